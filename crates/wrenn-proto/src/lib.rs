@@ -1,0 +1,78 @@
+//! Wrenn wire protocols, as protobuf definitions plus tonic/prost code generated at build
+//! time with the pure-Rust compiler `protox` (no `protoc` is needed).
+//!
+//! Two protocols live here:
+//!
+//! - [`hostagent::v1`] (package `hostagent.v1`, service `HostAgentService`): the control
+//!   plane drives a host agent. One agent runs per host and owns the sandboxes on it:
+//!   lifecycle (create, destroy, pause, resume, hibernate, ping, list, pause-all,
+//!   terminate), command execution (unary and streamed, background processes, stdin,
+//!   signals, PTYs), streamed file transfer and file-system operations, snapshot and
+//!   template creation, and per-sandbox and per-host metrics. It runs over gRPC with
+//!   mTLS in production and over a loopback channel in the embedded mode.
+//! - [`envd::v1`] (package `envd.v1`, services `Process`, `Filesystem`, `System`): the
+//!   host agent drives the guest agent `envd` that runs inside every sandbox and listens
+//!   on TCP port [`ENVD_PORT`]. It spawns and controls processes (pipes or PTY, output
+//!   streams with replay), streams files in chunks and reports health and metrics.
+//!
+//! Every message, field and RPC is documented in the `.proto` files under `proto/`,
+//! including the gRPC status codes each RPC returns; those comments are the doc comments
+//! of the generated types. Files always travel as streams of chunks of at most
+//! [`FILE_CHUNK_SIZE`] bytes. [`FILE_DESCRIPTOR_SET`] holds the encoded descriptors of
+//! both packages for servers that enable gRPC reflection.
+//!
+//! ```
+//! use wrenn_proto::envd::v1::{ProcessSelector, process_selector::Selector};
+//! use wrenn_proto::hostagent::v1::SandboxStatus;
+//!
+//! assert_eq!(SandboxStatus::Running.as_str_name(), "SANDBOX_STATUS_RUNNING");
+//! let by_tag = ProcessSelector { selector: Some(Selector::Tag("web".into())) };
+//! assert!(matches!(by_tag.selector, Some(Selector::Tag(ref t)) if t == "web"));
+//! ```
+
+/// The host agent protocol (control plane to host agent).
+pub mod hostagent {
+    /// Version 1 of the host agent protocol: package `hostagent.v1`, service
+    /// `HostAgentService` (server trait
+    /// [`HostAgentService`](v1::host_agent_service_server::HostAgentService), client
+    /// [`HostAgentServiceClient`](v1::host_agent_service_client::HostAgentServiceClient)).
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("hostagent.v1");
+    }
+}
+
+/// The guest agent protocol (host agent to `envd` inside a sandbox).
+pub mod envd {
+    /// Version 1 of the guest agent protocol: package `envd.v1`, services `Process`
+    /// ([`process_server::Process`](v1::process_server::Process)), `Filesystem`
+    /// ([`filesystem_server::Filesystem`](v1::filesystem_server::Filesystem)) and `System`
+    /// ([`system_server::System`](v1::system_server::System)), with matching clients.
+    ///
+    /// The clients have no `connect(endpoint)` constructor: `Process.Connect` is an RPC,
+    /// and its client method `connect` would collide with it. Build them from a channel
+    /// instead, for example
+    /// `ProcessClient::new(Endpoint::from_shared(url)?.connect().await?)`.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("envd.v1");
+    }
+}
+
+/// Maximum size in bytes of one chunk of file content on any file stream of either
+/// protocol (`WriteFileStream`/`ReadFileStream` in `hostagent.v1`, `WriteFile`/`ReadFile`
+/// in `envd.v1`): 64 KiB. Senders never exceed it; receivers reject larger chunks with
+/// `INVALID_ARGUMENT`.
+pub const FILE_CHUNK_SIZE: usize = 64 * 1024;
+
+/// TCP port the guest agent `envd` serves gRPC on inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+
+/// gRPC metadata key that carries the guest agent's access token (set with
+/// `System.Init`) on every `envd.v1` call except `System.Health`.
+pub const ENVD_ACCESS_TOKEN_METADATA: &str = "x-access-token";
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file of both packages
+/// (with their imports and source comments), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/wrenn_descriptor.bin"));
