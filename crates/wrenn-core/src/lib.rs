@@ -3,6 +3,7 @@
 //! storage, event and host-agent backend implements. No database, HTTP or gRPC code
 //! lives here.
 
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -12,4 +13,5 @@ pub mod layout;
 pub mod lifecycle;
 pub mod model;
 pub mod repo;
+pub mod scheduler;
 pub mod validate;

@@ -5,7 +5,7 @@
 //! acknowledged, and claiming of entries left pending by a dead consumer. The
 //! embedded default is [`InProcessBus`]; production uses Redis Streams
 //! (`wrenn-cpserver`). Both pass the same conformance suite
-//! ([`conformance`], feature `testing`).
+//! (module `conformance`, feature `testing`).
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ mod types;
 #[cfg(feature = "testing")]
 pub mod conformance;
 
-pub use in_process::InProcessBus;
+pub use in_process::{DEFAULT_MAX_LEN, InProcessBus};
 pub use types::{
     Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,

@@ -1,0 +1,1086 @@
+//! Typed configuration from environment variables, plus a best-effort `.env` file.
+//!
+//! [`Config::from_env`] / [`AgentConfig::from_env`] read the process environment, with
+//! values from `./.env` filling in what the real environment does not set (the real
+//! environment wins). All parsing happens in the `from_lookup` functions, which take
+//! a lookup closure, so tests never touch the process environment.
+//!
+//! Values are trimmed; a variable set to an empty (or all-whitespace) string counts as
+//! unset. Secrets ([`Secret`], the encryption key, passwords inside URLs) are never
+//! printed by `Debug` nor echoed in errors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Layout;
+
+/// Names of every environment variable read by this module.
+pub mod vars {
+    /// Data directory of the control plane and the agent.
+    pub const WRENN_DIR: &str = "WRENN_DIR";
+    /// Control-plane database URL.
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    /// Redis URL for the event stream.
+    pub const REDIS_URL: &str = "REDIS_URL";
+    /// Control-plane listen address.
+    pub const WRENN_CP_LISTEN_ADDR: &str = "WRENN_CP_LISTEN_ADDR";
+    /// Public base URL of the control plane.
+    pub const CP_PUBLIC_URL: &str = "CP_PUBLIC_URL";
+    /// JWT signing secret.
+    pub const JWT_SECRET: &str = "JWT_SECRET";
+    /// mTLS CA certificate path.
+    pub const WRENN_CA_CERT: &str = "WRENN_CA_CERT";
+    /// mTLS CA private key path.
+    pub const WRENN_CA_KEY: &str = "WRENN_CA_KEY";
+    /// Key for encrypting channel configs (64 hex characters).
+    pub const WRENN_ENCRYPTION_KEY: &str = "WRENN_ENCRYPTION_KEY";
+    /// SMTP server host.
+    pub const SMTP_HOST: &str = "SMTP_HOST";
+    /// SMTP server port.
+    pub const SMTP_PORT: &str = "SMTP_PORT";
+    /// SMTP user name.
+    pub const SMTP_USERNAME: &str = "SMTP_USERNAME";
+    /// SMTP password.
+    pub const SMTP_PASSWORD: &str = "SMTP_PASSWORD";
+    /// Sender address of outgoing email.
+    pub const SMTP_FROM_EMAIL: &str = "SMTP_FROM_EMAIL";
+    /// Host monitor period in seconds.
+    pub const WRENN_HOST_MONITOR_INTERVAL_SECS: &str = "WRENN_HOST_MONITOR_INTERVAL_SECS";
+    /// Scheduler strategy.
+    pub const WRENN_SCHEDULER: &str = "WRENN_SCHEDULER";
+    /// Maximum request body size in bytes.
+    pub const WRENN_MAX_BODY_BYTES: &str = "WRENN_MAX_BODY_BYTES";
+    /// Host agent listen address.
+    pub const WRENN_HOST_LISTEN_ADDR: &str = "WRENN_HOST_LISTEN_ADDR";
+    /// Control-plane URL the agent registers with.
+    pub const WRENN_CP_URL: &str = "WRENN_CP_URL";
+    /// Sandbox runtime of the agent.
+    pub const WRENN_RUNTIME: &str = "WRENN_RUNTIME";
+    /// Default rootfs size (`5G`, `2Gi`, `1000M`, plain = MiB).
+    pub const WRENN_DEFAULT_ROOTFS_SIZE: &str = "WRENN_DEFAULT_ROOTFS_SIZE";
+    /// Idle time in seconds before a paused sandbox is hibernated.
+    pub const WRENN_HIBERNATE_AFTER_SECS: &str = "WRENN_HIBERNATE_AFTER_SECS";
+    /// Path of the firecracker binary.
+    pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
+}
+
+/// Default `WRENN_DIR`.
+pub const DEFAULT_WRENN_DIR: &str = "/var/lib/wrenn";
+/// Default control-plane listen address.
+pub const DEFAULT_CP_LISTEN_ADDR: &str = "127.0.0.1:8000";
+/// Default host agent listen address.
+pub const DEFAULT_HOST_LISTEN_ADDR: &str = "127.0.0.1:50051";
+/// Default SMTP port (submission).
+pub const DEFAULT_SMTP_PORT: u16 = 587;
+/// Default sender address.
+pub const DEFAULT_SMTP_FROM_EMAIL: &str = "noreply@wrenn.dev";
+/// Default host monitor period.
+pub const DEFAULT_HOST_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Default maximum request body size: 100 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Default rootfs size in MiB.
+pub const DEFAULT_ROOTFS_SIZE_MB: u64 = 5120;
+/// Default idle time before hibernation.
+pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(600);
+/// Default firecracker binary.
+pub const DEFAULT_FIRECRACKER_BIN: &str = "/usr/local/bin/firecracker";
+/// Minimum length of `JWT_SECRET`, in characters.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Why the configuration could not be built. Every variant names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable has a value that cannot be used.
+    #[error("invalid {var}={value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// The value (truncated, with any URL password redacted).
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+    /// A secret variable has a value that cannot be used; the value is not shown.
+    #[error("invalid {var}: {reason} (value not shown)")]
+    InvalidSecret {
+        /// The variable.
+        var: &'static str,
+        /// What is expected.
+        reason: String,
+    },
+    /// A variable is set but another one that it needs is not.
+    #[error("{var} is set but {missing} is not: set both or neither")]
+    Incomplete {
+        /// The variable that is set.
+        var: &'static str,
+        /// The variable that is missing.
+        missing: &'static str,
+    },
+}
+
+/// A secret string. `Debug` prints `[redacted]`; read it with [`expose_secret`](Self::expose_secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret value.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// How the control plane picks a host for a new sandbox (`WRENN_SCHEDULER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    /// `least_loaded`: the host with the most free resources.
+    #[default]
+    LeastLoaded,
+    /// `round_robin`: hosts in turn.
+    RoundRobin,
+    /// `single_host`: always the only online host.
+    SingleHost,
+}
+
+impl SchedulerKind {
+    /// Wire value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::LeastLoaded => "least_loaded",
+            SchedulerKind::RoundRobin => "round_robin",
+            SchedulerKind::SingleHost => "single_host",
+        }
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SchedulerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "least_loaded" => Ok(Self::LeastLoaded),
+            "round_robin" => Ok(Self::RoundRobin),
+            "single_host" => Ok(Self::SingleHost),
+            _ => Err("expected one of least_loaded, round_robin, single_host".to_owned()),
+        }
+    }
+}
+
+/// How the host agent runs sandboxes (`WRENN_RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// `process`: Linux namespaces + overlayfs + cgroups.
+    #[default]
+    Process,
+    /// `firecracker`: Firecracker microVMs.
+    Firecracker,
+}
+
+impl RuntimeKind {
+    /// Wire value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(Self::Process),
+            "firecracker" => Ok(Self::Firecracker),
+            _ => Err("expected one of process, firecracker".to_owned()),
+        }
+    }
+}
+
+/// Outgoing email settings; present when `SMTP_HOST` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    /// `SMTP_HOST` (required for email to be sent).
+    pub host: String,
+    /// `SMTP_PORT`, default 587.
+    pub port: u16,
+    /// `SMTP_USERNAME`, optional.
+    pub username: Option<String>,
+    /// `SMTP_PASSWORD`, optional.
+    pub password: Option<Secret>,
+    /// `SMTP_FROM_EMAIL`, default `noreply@wrenn.dev`.
+    pub from_email: String,
+}
+
+/// Control-plane configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `WRENN_DIR`, default `/var/lib/wrenn`.
+    pub wrenn_dir: PathBuf,
+    /// `DATABASE_URL` (`postgres://…`, `postgresql://…` or `sqlite:…`), default
+    /// `sqlite://{WRENN_DIR}/wrenn.db`.
+    pub database_url: String,
+    /// `REDIS_URL` (`redis://`, `rediss://`, `redis+unix://`, `unix://`); unset → the
+    /// in-process event bus.
+    pub redis_url: Option<String>,
+    /// `WRENN_CP_LISTEN_ADDR`, default `127.0.0.1:8000`. `:8000` means `0.0.0.0:8000`.
+    pub listen_addr: SocketAddr,
+    /// `CP_PUBLIC_URL` (`http(s)://…`, trailing `/` removed), optional.
+    pub public_url: Option<String>,
+    /// `JWT_SECRET` (at least 32 characters); unset → the server generates one into
+    /// `WRENN_DIR`.
+    pub jwt_secret: Option<Secret>,
+    /// `WRENN_CA_CERT`: mTLS CA certificate (PEM path); set together with `ca_key`.
+    /// Unset → the server generates a CA into `WRENN_DIR`.
+    pub ca_cert: Option<PathBuf>,
+    /// `WRENN_CA_KEY`: mTLS CA private key (PEM path); set together with `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes) for channel secrets; optional.
+    pub encryption_key: Option<[u8; 32]>,
+    /// SMTP settings (`SMTP_*`); unset `SMTP_HOST` → no email is sent.
+    pub smtp: Option<SmtpConfig>,
+    /// `WRENN_HOST_MONITOR_INTERVAL_SECS`, default 60 (at least 1).
+    pub host_monitor_interval: Duration,
+    /// `WRENN_SCHEDULER` (`least_loaded` | `round_robin` | `single_host`), default
+    /// `least_loaded`.
+    pub scheduler: SchedulerKind,
+    /// `WRENN_MAX_BODY_BYTES`, default 104857600 (100 MiB, at least 1).
+    pub max_body_bytes: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured without `..` so a new field cannot be forgotten here.
+        let Config {
+            wrenn_dir,
+            database_url,
+            redis_url,
+            listen_addr,
+            public_url,
+            jwt_secret,
+            ca_cert,
+            ca_key,
+            encryption_key,
+            smtp,
+            host_monitor_interval,
+            scheduler,
+            max_body_bytes,
+        } = self;
+        f.debug_struct("Config")
+            .field("wrenn_dir", wrenn_dir)
+            .field("database_url", &redact_url(database_url))
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("listen_addr", listen_addr)
+            .field("public_url", public_url)
+            .field("jwt_secret", jwt_secret)
+            .field("ca_cert", ca_cert)
+            .field("ca_key", ca_key)
+            .field("encryption_key", &encryption_key.map(|_| Redacted))
+            .field("smtp", smtp)
+            .field("host_monitor_interval", host_monitor_interval)
+            .field("scheduler", scheduler)
+            .field("max_body_bytes", max_body_bytes)
+            .finish()
+    }
+}
+
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Config {
+    /// Reads the process environment, with `./.env` (best-effort) filling in unset
+    /// variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let env = EnvSource::load(".env");
+        Self::from_lookup(|k| env.get(k))
+    }
+
+    /// Builds the configuration from `lookup(variable name)`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Vars(&lookup);
+        let wrenn_dir = v.path(vars::WRENN_DIR, DEFAULT_WRENN_DIR);
+        let database_url = match v.get(vars::DATABASE_URL) {
+            Some(url) => check_scheme(
+                vars::DATABASE_URL,
+                url,
+                &["postgres://", "postgresql://", "sqlite:"],
+            )?,
+            None => format!(
+                "sqlite://{}",
+                Layout::new(&wrenn_dir).sqlite_db_file().display()
+            ),
+        };
+        let redis_url = v
+            .get(vars::REDIS_URL)
+            .map(|url| {
+                check_scheme(
+                    vars::REDIS_URL,
+                    url,
+                    &["redis://", "rediss://", "redis+unix://", "unix://"],
+                )
+            })
+            .transpose()?;
+        let listen_addr = v.socket_addr(vars::WRENN_CP_LISTEN_ADDR, DEFAULT_CP_LISTEN_ADDR)?;
+        let public_url = v
+            .get(vars::CP_PUBLIC_URL)
+            .map(|url| http_url(vars::CP_PUBLIC_URL, url))
+            .transpose()?;
+        let jwt_secret = match v.get(vars::JWT_SECRET) {
+            Some(s) if s.chars().count() < MIN_JWT_SECRET_LEN => {
+                return Err(ConfigError::InvalidSecret {
+                    var: vars::JWT_SECRET,
+                    reason: format!(
+                        "must be at least {MIN_JWT_SECRET_LEN} characters long (got {})",
+                        s.chars().count()
+                    ),
+                });
+            }
+            s => s.map(Secret),
+        };
+        let ca_cert = v.get(vars::WRENN_CA_CERT).map(PathBuf::from);
+        let ca_key = v.get(vars::WRENN_CA_KEY).map(PathBuf::from);
+        match (&ca_cert, &ca_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Incomplete {
+                    var: vars::WRENN_CA_CERT,
+                    missing: vars::WRENN_CA_KEY,
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Incomplete {
+                    var: vars::WRENN_CA_KEY,
+                    missing: vars::WRENN_CA_CERT,
+                });
+            }
+            _ => {}
+        }
+        let encryption_key = v
+            .get(vars::WRENN_ENCRYPTION_KEY)
+            .map(|s| encryption_key(&s))
+            .transpose()?;
+        let smtp = match v.get(vars::SMTP_HOST) {
+            None => None,
+            Some(host) => Some(SmtpConfig {
+                host,
+                port: v.parse_with(vars::SMTP_PORT, DEFAULT_SMTP_PORT, |s| match s.parse() {
+                    Ok(0) | Err(_) => Err("expected a port number between 1 and 65535".into()),
+                    Ok(p) => Ok(p),
+                })?,
+                username: v.get(vars::SMTP_USERNAME),
+                password: v.get(vars::SMTP_PASSWORD).map(Secret),
+                from_email: match v.get(vars::SMTP_FROM_EMAIL) {
+                    None => DEFAULT_SMTP_FROM_EMAIL.to_owned(),
+                    Some(e) => crate::validate::email(&e)
+                        .map_err(|err| invalid(vars::SMTP_FROM_EMAIL, &e, err.to_string()))?,
+                },
+            }),
+        };
+        let host_monitor_interval = Duration::from_secs(v.positive(
+            vars::WRENN_HOST_MONITOR_INTERVAL_SECS,
+            DEFAULT_HOST_MONITOR_INTERVAL.as_secs(),
+            "a whole number of seconds",
+        )?);
+        let scheduler = v.parse_with(vars::WRENN_SCHEDULER, SchedulerKind::default(), |s| {
+            s.parse()
+        })?;
+        let max_body_bytes = v.positive(
+            vars::WRENN_MAX_BODY_BYTES,
+            DEFAULT_MAX_BODY_BYTES,
+            "a whole number of bytes",
+        )?;
+        Ok(Self {
+            wrenn_dir,
+            database_url,
+            redis_url,
+            listen_addr,
+            public_url,
+            jwt_secret,
+            ca_cert,
+            ca_key,
+            encryption_key,
+            smtp,
+            host_monitor_interval,
+            scheduler,
+            max_body_bytes,
+        })
+    }
+
+    /// The host paths under `wrenn_dir`.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.wrenn_dir)
+    }
+}
+
+/// Host agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `WRENN_HOST_LISTEN_ADDR`, default `127.0.0.1:50051`. `:50051` means `0.0.0.0:50051`.
+    pub listen_addr: SocketAddr,
+    /// `WRENN_CP_URL` (`http(s)://…`, trailing `/` removed): the control plane a
+    /// standalone agent registers with. Unset when the agent runs embedded.
+    pub cp_url: Option<String>,
+    /// `WRENN_DIR`, default `/var/lib/wrenn`.
+    pub wrenn_dir: PathBuf,
+    /// `WRENN_RUNTIME` (`process` | `firecracker`), default `process`.
+    pub runtime: RuntimeKind,
+    /// `WRENN_DEFAULT_ROOTFS_SIZE` in MiB, default 5120. Written like `5G`, `2Gi`,
+    /// `1000M` (G/Gi = ×1024, T/Ti = ×1024², M/Mi or no suffix = MiB).
+    pub default_rootfs_size_mb: u64,
+    /// `WRENN_HIBERNATE_AFTER_SECS`, default 600 (at least 1).
+    pub hibernate_after: Duration,
+    /// `WRENN_FIRECRACKER_BIN`, default `/usr/local/bin/firecracker`.
+    pub firecracker_bin: PathBuf,
+}
+
+impl AgentConfig {
+    /// Reads the process environment, with `./.env` (best-effort) filling in unset
+    /// variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let env = EnvSource::load(".env");
+        Self::from_lookup(|k| env.get(k))
+    }
+
+    /// Builds the configuration from `lookup(variable name)`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Vars(&lookup);
+        Ok(Self {
+            listen_addr: v.socket_addr(vars::WRENN_HOST_LISTEN_ADDR, DEFAULT_HOST_LISTEN_ADDR)?,
+            cp_url: v
+                .get(vars::WRENN_CP_URL)
+                .map(|url| http_url(vars::WRENN_CP_URL, url))
+                .transpose()?,
+            wrenn_dir: v.path(vars::WRENN_DIR, DEFAULT_WRENN_DIR),
+            runtime: v.parse_with(vars::WRENN_RUNTIME, RuntimeKind::default(), |s| s.parse())?,
+            default_rootfs_size_mb: v.parse_with(
+                vars::WRENN_DEFAULT_ROOTFS_SIZE,
+                DEFAULT_ROOTFS_SIZE_MB,
+                |s| {
+                    parse_size_mb(s).ok_or_else(|| {
+                        "expected a positive size like 5G, 2Gi, 1000M or a number of MiB".into()
+                    })
+                },
+            )?,
+            hibernate_after: Duration::from_secs(v.positive(
+                vars::WRENN_HIBERNATE_AFTER_SECS,
+                DEFAULT_HIBERNATE_AFTER.as_secs(),
+                "a whole number of seconds",
+            )?),
+            firecracker_bin: v.path(vars::WRENN_FIRECRACKER_BIN, DEFAULT_FIRECRACKER_BIN),
+        })
+    }
+
+    /// The host paths under `wrenn_dir`.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.wrenn_dir)
+    }
+}
+
+/// Parses a size into MiB: a positive whole number followed by an optional
+/// case-insensitive unit — none, `M` or `Mi` (MiB), `G` or `Gi` (GiB), `T` or `Ti`
+/// (TiB). `None` if malformed, zero or overflowing.
+pub fn parse_size_mb(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let factor = match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mi" => 1,
+        "g" | "gi" => 1024,
+        "t" | "ti" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|&mb| mb > 0)
+}
+
+/// The process environment with a `.env` file underneath it: a variable set in the
+/// real environment wins over the file.
+#[derive(Clone, Default)]
+pub struct EnvSource {
+    dotenv: HashMap<String, String>,
+}
+
+impl fmt::Debug for EnvSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvSource")
+            .field("dotenv_vars", &self.dotenv.len())
+            .finish()
+    }
+}
+
+impl EnvSource {
+    /// Loads the `.env` file at `path`, best-effort: a missing file is ignored, and a
+    /// malformed line is logged (without its content) and ends the reading.
+    pub fn load(path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref();
+        let mut dotenv = HashMap::new();
+        match dotenvy::from_path_iter(path) {
+            Ok(iter) => {
+                for item in iter {
+                    match item {
+                        Ok((k, v)) => {
+                            dotenv.insert(k, v);
+                        }
+                        Err(e) => {
+                            let what = match e {
+                                dotenvy::Error::LineParse(_, idx) => {
+                                    format!("parse error at position {idx}")
+                                }
+                                _ => "read error".to_owned(),
+                            };
+                            tracing::warn!(path = %path.display(), "ignoring rest of .env file: {what}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(_) => tracing::warn!(path = %path.display(), "could not read .env file"),
+        }
+        Self { dotenv }
+    }
+
+    /// The value of `key`: the real environment first, then the `.env` file.
+    pub fn get(&self, key: &str) -> Option<String> {
+        std::env::var_os(key)
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| self.dotenv.get(key).cloned())
+    }
+}
+
+/// Typed access to a lookup function.
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    /// Trimmed value; empty counts as unset.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn path(&self, var: &str, default: &str) -> PathBuf {
+        PathBuf::from(self.get(var).unwrap_or_else(|| default.to_owned()))
+    }
+
+    fn parse_with<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(s) => parse(&s).map_err(|reason| invalid(var, &s, reason)),
+        }
+    }
+
+    fn positive(&self, var: &'static str, default: u64, what: &str) -> Result<u64, ConfigError> {
+        self.parse_with(var, default, |s| match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("expected {what} greater than 0")),
+        })
+    }
+
+    fn socket_addr(&self, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let raw = self.get(var).unwrap_or_else(|| default.to_owned());
+        let full = if raw.starts_with(':') {
+            format!("0.0.0.0{raw}")
+        } else {
+            raw.clone()
+        };
+        full.parse().map_err(|_| {
+            invalid(
+                var,
+                &raw,
+                "expected ip:port, e.g. 127.0.0.1:8000, [::1]:8000 or :8000".to_owned(),
+            )
+        })
+    }
+}
+
+fn invalid(var: &'static str, value: &str, reason: String) -> ConfigError {
+    let mut shown: String = redact_url(value).chars().take(200).collect();
+    if value.chars().count() > 200 {
+        shown.push('…');
+    }
+    ConfigError::Invalid {
+        var,
+        value: shown,
+        reason,
+    }
+}
+
+fn check_scheme(var: &'static str, url: String, schemes: &[&str]) -> Result<String, ConfigError> {
+    if schemes.iter().any(|s| url.starts_with(s)) {
+        Ok(url)
+    } else {
+        Err(invalid(
+            var,
+            &url,
+            format!("expected a URL starting with one of {}", schemes.join(", ")),
+        ))
+    }
+}
+
+fn http_url(var: &'static str, url: String) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => {
+            Ok(url.trim_end_matches('/').to_owned())
+        }
+        _ => Err(invalid(
+            var,
+            &url,
+            "expected an http:// or https:// URL, e.g. https://wrenn.example.com".to_owned(),
+        )),
+    }
+}
+
+fn encryption_key(s: &str) -> Result<[u8; 32], ConfigError> {
+    let mut key = [0u8; 32];
+    if s.len() != 64 || hex::decode_to_slice(s, &mut key).is_err() {
+        return Err(ConfigError::InvalidSecret {
+            var: vars::WRENN_ENCRYPTION_KEY,
+            reason: "expected 64 hex characters (32 bytes)".to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+/// Replaces the password in `scheme://user:password@host…` with `[redacted]`.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let auth_start = scheme_end + 3;
+    let rest = &url[auth_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:[redacted]{}",
+            &url[..auth_start],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn agent(pairs: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AgentConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn err_var(e: &ConfigError) -> &'static str {
+        match e {
+            ConfigError::Invalid { var, .. }
+            | ConfigError::InvalidSecret { var, .. }
+            | ConfigError::Incomplete { var, .. } => var,
+        }
+    }
+
+    const SECRET: &str = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+    const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn control_plane_defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.wrenn_dir, Path::new("/var/lib/wrenn"));
+        assert_eq!(c.database_url, "sqlite:///var/lib/wrenn/wrenn.db");
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.listen_addr, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.public_url, None);
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!((c.ca_cert.clone(), c.ca_key.clone()), (None, None));
+        assert_eq!(c.encryption_key, None);
+        assert_eq!(c.smtp, None);
+        assert_eq!(c.host_monitor_interval, Duration::from_secs(60));
+        assert_eq!(c.scheduler, SchedulerKind::LeastLoaded);
+        assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.layout(), Layout::new("/var/lib/wrenn"));
+    }
+
+    #[test]
+    fn control_plane_values() {
+        let c = cfg(&[
+            ("WRENN_DIR", "/srv/wrenn"),
+            ("DATABASE_URL", "postgres://wrenn:pw@db:5432/wrenn"),
+            ("REDIS_URL", "redis://localhost:6379/0"),
+            ("WRENN_CP_LISTEN_ADDR", ":9000"),
+            ("CP_PUBLIC_URL", "https://wrenn.example.com/"),
+            ("JWT_SECRET", SECRET),
+            ("WRENN_CA_CERT", "/etc/wrenn/ca.pem"),
+            ("WRENN_CA_KEY", "/etc/wrenn/ca-key.pem"),
+            ("WRENN_ENCRYPTION_KEY", KEY_HEX),
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_PORT", "465"),
+            ("SMTP_USERNAME", "mailer"),
+            ("SMTP_PASSWORD", "mail-pass"),
+            ("SMTP_FROM_EMAIL", " Wrenn@Example.com "),
+            ("WRENN_HOST_MONITOR_INTERVAL_SECS", "15"),
+            ("WRENN_SCHEDULER", "round_robin"),
+            ("WRENN_MAX_BODY_BYTES", "1024"),
+        ])
+        .unwrap();
+        assert_eq!(c.wrenn_dir, Path::new("/srv/wrenn"));
+        assert_eq!(c.database_url, "postgres://wrenn:pw@db:5432/wrenn");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://localhost:6379/0"));
+        assert_eq!(c.listen_addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.public_url.as_deref(), Some("https://wrenn.example.com"));
+        assert_eq!(
+            c.jwt_secret.as_ref().map(Secret::expose_secret),
+            Some(SECRET)
+        );
+        assert_eq!(c.ca_cert.as_deref(), Some(Path::new("/etc/wrenn/ca.pem")));
+        assert_eq!(
+            c.ca_key.as_deref(),
+            Some(Path::new("/etc/wrenn/ca-key.pem"))
+        );
+        let key = c.encryption_key.unwrap();
+        assert_eq!((key[0], key[1], key[31]), (0x00, 0x11, 0xff));
+        let smtp = c.smtp.clone().unwrap();
+        assert_eq!(smtp.host, "smtp.example.com");
+        assert_eq!(smtp.port, 465);
+        assert_eq!(smtp.username.as_deref(), Some("mailer"));
+        assert_eq!(smtp.password, Some(Secret::new("mail-pass")));
+        assert_eq!(smtp.from_email, "wrenn@example.com");
+        assert_eq!(c.host_monitor_interval, Duration::from_secs(15));
+        assert_eq!(c.scheduler, SchedulerKind::RoundRobin);
+        assert_eq!(c.max_body_bytes, 1024);
+        assert_eq!(c.layout().root(), Path::new("/srv/wrenn"));
+    }
+
+    #[test]
+    fn database_url_follows_wrenn_dir_and_smtp_defaults() {
+        let c = cfg(&[("WRENN_DIR", "/tmp/w"), ("SMTP_HOST", "mail")]).unwrap();
+        assert_eq!(c.database_url, "sqlite:///tmp/w/wrenn.db");
+        let smtp = c.smtp.unwrap();
+        assert_eq!(
+            (smtp.port, smtp.from_email.as_str()),
+            (587, "noreply@wrenn.dev")
+        );
+        assert_eq!((smtp.username, smtp.password), (None, None));
+        for db in ["sqlite::memory:", "postgresql://x/y", "sqlite:///a/b.db"] {
+            assert_eq!(cfg(&[("DATABASE_URL", db)]).unwrap().database_url, db);
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let c = cfg(&[
+            ("REDIS_URL", ""),
+            ("JWT_SECRET", "   "),
+            ("WRENN_SCHEDULER", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.scheduler, SchedulerKind::LeastLoaded);
+    }
+
+    #[test]
+    fn every_parse_error_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "localhost:6379"),
+            ("WRENN_CP_LISTEN_ADDR", "localhost"),
+            ("WRENN_CP_LISTEN_ADDR", "127.0.0.1:99999"),
+            ("CP_PUBLIC_URL", "wrenn.example.com"),
+            ("CP_PUBLIC_URL", "https://"),
+            ("JWT_SECRET", "short"),
+            ("WRENN_ENCRYPTION_KEY", "abc"),
+            ("WRENN_ENCRYPTION_KEY", &"zz".repeat(32)),
+            ("WRENN_HOST_MONITOR_INTERVAL_SECS", "0"),
+            ("WRENN_HOST_MONITOR_INTERVAL_SECS", "1m"),
+            ("WRENN_HOST_MONITOR_INTERVAL_SECS", "-5"),
+            ("WRENN_SCHEDULER", "random"),
+            ("WRENN_MAX_BODY_BYTES", "0"),
+            ("WRENN_MAX_BODY_BYTES", "100MiB"),
+        ];
+        for (var, value) in cases {
+            let err = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(err_var(&err), *var, "{var}={value}: {err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        // SMTP variables are only read when SMTP_HOST is set.
+        assert!(cfg(&[("SMTP_PORT", "x")]).is_ok());
+        for (var, value) in [
+            ("SMTP_PORT", "0"),
+            ("SMTP_PORT", "70000"),
+            ("SMTP_FROM_EMAIL", "nope"),
+        ] {
+            let err = cfg(&[("SMTP_HOST", "mail"), (var, value)]).unwrap_err();
+            assert_eq!(err_var(&err), var, "{err}");
+        }
+        let err = cfg(&[("WRENN_SCHEDULER", "random")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid WRENN_SCHEDULER=\"random\": expected one of least_loaded, round_robin, single_host"
+        );
+    }
+
+    #[test]
+    fn ca_paths_come_in_pairs() {
+        let err = cfg(&[("WRENN_CA_CERT", "/a")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Incomplete {
+                var: "WRENN_CA_CERT",
+                missing: "WRENN_CA_KEY"
+            }
+        );
+        assert!(err.to_string().contains("set both or neither"));
+        let err = cfg(&[("WRENN_CA_KEY", "/a")]).unwrap_err();
+        assert_eq!(err_var(&err), "WRENN_CA_KEY");
+    }
+
+    #[test]
+    fn scheduler_values() {
+        for (s, k) in [
+            ("least_loaded", SchedulerKind::LeastLoaded),
+            ("round_robin", SchedulerKind::RoundRobin),
+            ("single_host", SchedulerKind::SingleHost),
+        ] {
+            assert_eq!(cfg(&[("WRENN_SCHEDULER", s)]).unwrap().scheduler, k);
+            assert_eq!(k.to_string(), s);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{s}\""));
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_errors() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://wrenn:dbpass@db/wrenn"),
+            ("REDIS_URL", "redis://:redispass@redis:6379/0"),
+            ("JWT_SECRET", SECRET),
+            ("WRENN_ENCRYPTION_KEY", KEY_HEX),
+            ("SMTP_HOST", "mail"),
+            ("SMTP_PASSWORD", "smtppass"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?} {c:#?}");
+        for secret in [
+            SECRET,
+            KEY_HEX,
+            "dbpass",
+            "redispass",
+            "smtppass",
+            "221, 238",
+        ] {
+            assert!(!dbg.contains(secret), "{secret} leaked: {dbg}");
+        }
+        assert!(
+            dbg.contains("postgres://wrenn:[redacted]@db/wrenn"),
+            "{dbg}"
+        );
+        assert!(dbg.contains("[redacted]"));
+        assert_eq!(format!("{:?}", Secret::new("x")), "[redacted]");
+
+        let err = cfg(&[("JWT_SECRET", "tooshort-secret")]).unwrap_err();
+        assert!(!err.to_string().contains("tooshort-secret"), "{err}");
+        assert!(err.to_string().contains("at least 32 characters"), "{err}");
+        let bad_key = "g".repeat(64);
+        let err = cfg(&[("WRENN_ENCRYPTION_KEY", &bad_key)]).unwrap_err();
+        assert!(!err.to_string().contains(&bad_key), "{err}");
+        let err = cfg(&[("DATABASE_URL", "mysql://root:rootpass@db/x")]).unwrap_err();
+        assert!(!err.to_string().contains("rootpass"), "{err}");
+    }
+
+    #[test]
+    fn url_redaction() {
+        assert_eq!(
+            redact_url("postgres://u:p@h/db"),
+            "postgres://u:[redacted]@h/db"
+        );
+        assert_eq!(redact_url("redis://:p@h:1/0"), "redis://:[redacted]@h:1/0");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?x=a@b:c"),
+            "postgres://h/db?x=a@b:c"
+        );
+        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
+        assert_eq!(redact_url("u:p@h"), "u:p@h");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:[redacted]@h/db"
+        );
+    }
+
+    #[test]
+    fn agent_defaults() {
+        let a = agent(&[]).unwrap();
+        assert_eq!(a.listen_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(a.cp_url, None);
+        assert_eq!(a.wrenn_dir, Path::new("/var/lib/wrenn"));
+        assert_eq!(a.runtime, RuntimeKind::Process);
+        assert_eq!(a.default_rootfs_size_mb, 5120);
+        assert_eq!(a.hibernate_after, Duration::from_secs(600));
+        assert_eq!(a.firecracker_bin, Path::new("/usr/local/bin/firecracker"));
+        assert_eq!(a.layout(), Layout::new("/var/lib/wrenn"));
+    }
+
+    #[test]
+    fn agent_values() {
+        let a = agent(&[
+            ("WRENN_HOST_LISTEN_ADDR", "[::]:6000"),
+            ("WRENN_CP_URL", "http://10.0.0.1:8000/"),
+            ("WRENN_DIR", "/data"),
+            ("WRENN_RUNTIME", "firecracker"),
+            ("WRENN_DEFAULT_ROOTFS_SIZE", "2Gi"),
+            ("WRENN_HIBERNATE_AFTER_SECS", "30"),
+            ("WRENN_FIRECRACKER_BIN", "/opt/fc"),
+        ])
+        .unwrap();
+        assert_eq!(a.listen_addr, "[::]:6000".parse().unwrap());
+        assert_eq!(a.cp_url.as_deref(), Some("http://10.0.0.1:8000"));
+        assert_eq!(a.wrenn_dir, Path::new("/data"));
+        assert_eq!(a.runtime, RuntimeKind::Firecracker);
+        assert_eq!(a.default_rootfs_size_mb, 2048);
+        assert_eq!(a.hibernate_after, Duration::from_secs(30));
+        assert_eq!(a.firecracker_bin, Path::new("/opt/fc"));
+    }
+
+    #[test]
+    fn agent_parse_errors_name_their_variable() {
+        for (var, value) in [
+            ("WRENN_HOST_LISTEN_ADDR", "50051"),
+            ("WRENN_CP_URL", "ftp://cp"),
+            ("WRENN_RUNTIME", "docker"),
+            ("WRENN_DEFAULT_ROOTFS_SIZE", "5X"),
+            ("WRENN_DEFAULT_ROOTFS_SIZE", "0"),
+            ("WRENN_HIBERNATE_AFTER_SECS", "0"),
+            ("WRENN_HIBERNATE_AFTER_SECS", "ten"),
+        ] {
+            let err = agent(&[(var, value)]).unwrap_err();
+            assert_eq!(err_var(&err), var, "{var}={value}: {err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        let err = agent(&[("WRENN_RUNTIME", "docker")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid WRENN_RUNTIME=\"docker\": expected one of process, firecracker"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        for (s, mb) in [
+            ("5G", 5120),
+            ("5g", 5120),
+            ("2Gi", 2048),
+            ("1000M", 1000),
+            ("1000Mi", 1000),
+            ("1000", 1000),
+            ("1T", 1_048_576),
+            (" 7G ", 7168),
+        ] {
+            assert_eq!(parse_size_mb(s), Some(mb), "{s}");
+        }
+        for bad in [
+            "",
+            "G",
+            "0",
+            "0G",
+            "-1G",
+            "1.5G",
+            "5GB",
+            "5 G",
+            "5K",
+            "99999999999999999999",
+            &format!("{}T", u64::MAX),
+        ] {
+            assert_eq!(parse_size_mb(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_source_reads_dotenv_under_the_real_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        // PATH is set in the real environment and must win over the file.
+        std::fs::write(
+            &path,
+            "WRENN_TEST_ONLY_IN_DOTENV_7f3a=from-file\nPATH=/from/dotenv\n# comment\n",
+        )
+        .unwrap();
+        let env = EnvSource::load(&path);
+        assert_eq!(
+            env.get("WRENN_TEST_ONLY_IN_DOTENV_7f3a").as_deref(),
+            Some("from-file")
+        );
+        assert_ne!(env.get("PATH").as_deref(), Some("/from/dotenv"));
+        assert_eq!(env.get("WRENN_TEST_NOWHERE_7f3a"), None);
+        // A missing file and a malformed file are not errors.
+        let missing = EnvSource::load(dir.path().join("nope"));
+        assert_eq!(missing.get("WRENN_TEST_ONLY_IN_DOTENV_7f3a"), None);
+        std::fs::write(&path, "GOOD_7f3a=1\nthis is not valid\nLATER_7f3a=2\n").unwrap();
+        let env = EnvSource::load(&path);
+        assert_eq!(env.get("GOOD_7f3a").as_deref(), Some("1"));
+        assert!(!format!("{env:?}").contains("GOOD_7f3a"));
+    }
+}

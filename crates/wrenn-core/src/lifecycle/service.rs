@@ -1,0 +1,738 @@
+//! The [`Lifecycle`] service: every sandbox state change goes through here.
+//!
+//! Each operation validates its input and performs its first conditional write
+//! synchronously (so the caller learns at once whether it was accepted), then drives
+//! the host agent in a background task and records the outcome with another
+//! conditional write. Whoever is late — the task, the event consumer, the host
+//! monitor, a concurrent request — finds the row no longer in the status it expected
+//! and changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::agents::{AgentError, HostAgents, SandboxSpec, StartedSandbox};
+use crate::audit::Actor;
+use crate::events::{
+    Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
+    SandboxEvent, SandboxEventKind,
+};
+use crate::id::{BUILTIN_TEMPLATE_NAME, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
+use crate::lifecycle::SandboxStatus::{self, *};
+use crate::model::{Metadata, NewSandbox, Sandbox, Template, TemplateKind};
+use crate::repo::{NewTemplate, RepoError, Store};
+use crate::scheduler::{Placement, Scheduler, SchedulerError};
+use crate::validate::{self, ValidationError};
+
+/// Why a lifecycle operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The request is malformed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The sandbox or template does not exist (for this team).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The sandbox is not in a status that allows the operation.
+    #[error("capsule {id} is {status}; cannot {action}")]
+    InvalidState {
+        /// The sandbox.
+        id: SandboxId,
+        /// Its current status.
+        status: SandboxStatus,
+        /// The refused operation.
+        action: &'static str,
+    },
+    /// A template name is reserved by a platform template.
+    #[error("template name {0:?} is reserved by a platform template")]
+    NameReserved(String),
+    /// A template name is already used by the team.
+    #[error("template name {0:?} is already taken; pass overwrite=true to replace it")]
+    NameTaken(String),
+    /// No host can take the sandbox.
+    #[error(transparent)]
+    NoHosts(SchedulerError),
+    /// The host agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(RepoError),
+}
+
+impl From<RepoError> for LifecycleError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NotFound { entity } => Self::NotFound(entity),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<SchedulerError> for LifecycleError {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            SchedulerError::Store(e) => Self::Store(e),
+            other => Self::NoHosts(other),
+        }
+    }
+}
+
+/// How long background steps may take before they count as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Agent create.
+    pub create: Duration,
+    /// Agent pause.
+    pub pause: Duration,
+    /// Agent resume.
+    pub resume: Duration,
+    /// Agent destroy (per attempt).
+    pub destroy: Duration,
+    /// Agent snapshot.
+    pub snapshot: Duration,
+    /// Liveness ping after a failed operation.
+    pub ping: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            create: Duration::from_secs(600),
+            pause: Duration::from_secs(600),
+            resume: Duration::from_secs(300),
+            destroy: Duration::from_secs(300),
+            snapshot: Duration::from_secs(300),
+            ping: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A request to create a sandbox. `None` fields take the template's or the
+/// platform's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSandbox {
+    /// Template name (default `minimal`).
+    pub template: Option<String>,
+    /// vCPUs (default 1, or the snapshot template's).
+    pub vcpus: Option<i64>,
+    /// Memory in MiB (default 512, or the snapshot template's).
+    pub memory_mb: Option<i64>,
+    /// Idle timeout in seconds before auto-pause (default 0 = never).
+    pub timeout_sec: Option<i64>,
+    /// Disk in MiB (default 20480).
+    pub disk_size_mb: Option<i64>,
+    /// User metadata.
+    pub metadata: Metadata,
+}
+
+/// Default vCPUs.
+pub const DEFAULT_VCPUS: i32 = 1;
+/// Default memory (MiB).
+pub const DEFAULT_MEMORY_MB: i32 = 512;
+/// Default disk (MiB).
+pub const DEFAULT_DISK_SIZE_MB: i32 = 20480;
+
+/// What happened when an event was applied by the fallback writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The event moved the sandbox to a new status.
+    Changed(Box<Sandbox>),
+    /// The row was already past the event (someone else wrote first), or the event
+    /// carries no status change.
+    Unchanged,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    agents: Arc<dyn HostAgents>,
+    bus: Arc<dyn EventBus>,
+    scheduler: Arc<dyn Scheduler>,
+    tasks: TaskTracker,
+    timeouts: Timeouts,
+}
+
+/// The sandbox lifecycle service. Cheap to clone.
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("backend", &self.inner.store.backend())
+            .field("tasks", &self.inner.tasks.len())
+            .finish()
+    }
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| Err(AgentError::Timeout(format!("{what} took longer than {limit:?}"))))
+}
+
+impl Lifecycle {
+    /// A service over the given backends, with default [`Timeouts`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        agents: Arc<dyn HostAgents>,
+        bus: Arc<dyn EventBus>,
+        scheduler: Arc<dyn Scheduler>,
+    ) -> Self {
+        Self::with_timeouts(store, agents, bus, scheduler, Timeouts::default())
+    }
+
+    /// A service with custom timeouts.
+    pub fn with_timeouts(
+        store: Arc<dyn Store>,
+        agents: Arc<dyn HostAgents>,
+        bus: Arc<dyn EventBus>,
+        scheduler: Arc<dyn Scheduler>,
+        timeouts: Timeouts,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                agents,
+                bus,
+                scheduler,
+                tasks: TaskTracker::new(),
+                timeouts,
+            }),
+        }
+    }
+
+    /// Waits until every background task started so far has finished.
+    pub async fn wait_idle(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.tasks.reopen();
+    }
+
+    /// Stops accepting background work and waits up to `grace` for running tasks.
+    /// Returns `false` if tasks were still running when the grace ran out (their rows
+    /// stay transient and the host monitor resolves them).
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_ok()
+    }
+
+    /// Number of background tasks in flight.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
+    async fn publish_sandbox(&self, event: SandboxEvent) {
+        if let Err(e) = self.inner.bus.publish(SANDBOX_STREAM, &Event::Sandbox(event)).await {
+            warn!(error = %e, "could not publish sandbox event");
+        }
+    }
+
+    async fn publish_platform(&self, kind: PlatformEventKind, sandbox: &Sandbox, actor: &Actor) {
+        let ev = PlatformEvent::capsule(kind, sandbox.team_id, actor.clone(), sandbox.id);
+        if let Err(e) = self.inner.bus.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+            warn!(error = %e, "could not publish platform event");
+        }
+    }
+
+    fn outcome(&self, kind: SandboxEventKind, sandbox: &Sandbox) -> SandboxEvent {
+        let mut ev = SandboxEvent::new(kind, sandbox.id, sandbox.host_id);
+        ev.team_id = Some(sandbox.team_id);
+        ev
+    }
+
+    async fn invalid_state(&self, team: TeamId, id: SandboxId, action: &'static str) -> LifecycleError {
+        match self.inner.store.get_team_sandbox(team, id).await {
+            Ok(sb) => LifecycleError::InvalidState {
+                id,
+                status: sb.status,
+                action,
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Moves the sandbox from whichever of `from` it is in to `to`, conditionally.
+    /// Returns the status it left, or `None` if it is in none of them.
+    async fn transition_from_any(
+        &self,
+        sandbox: &Sandbox,
+        from: &[SandboxStatus],
+        to: SandboxStatus,
+    ) -> Result<Option<(SandboxStatus, Sandbox)>, LifecycleError> {
+        let mut current = sandbox.status;
+        // A few rounds: each lost race re-reads the row and tries its new status.
+        for _ in 0..8 {
+            if !from.contains(&current) {
+                return Ok(None);
+            }
+            if let Some(sb) = self.inner.store.status_if(sandbox.id, current, to).await? {
+                return Ok(Some((current, sb)));
+            }
+            current = self.inner.store.get_sandbox(sandbox.id).await?.status;
+        }
+        Ok(None)
+    }
+
+    fn spec(&self, sb: &Sandbox, template: Option<&Template>) -> SandboxSpec {
+        SandboxSpec {
+            sandbox_id: sb.id,
+            team_id: sb.team_id,
+            template: sb.template.clone(),
+            template_id: sb.template_id,
+            template_team_id: sb.template_team_id,
+            vcpus: sb.vcpus,
+            memory_mb: sb.memory_mb,
+            disk_size_mb: sb.disk_size_mb,
+            timeout_sec: sb.timeout_sec,
+            default_user: template.map(|t| t.default_user.clone()).unwrap_or_else(|| "root".into()),
+            default_env: template.map(|t| t.default_env.clone()).unwrap_or_default(),
+            metadata: sb.metadata.clone(),
+        }
+    }
+
+    /// Creates a sandbox: validates, picks a host, inserts the row as `starting` and
+    /// starts it in the background. Returns the `starting` row.
+    pub async fn create(&self, team: TeamId, actor: &Actor, req: CreateSandbox) -> Result<Sandbox, LifecycleError> {
+        let store = &self.inner.store;
+        let name = req.template.as_deref().unwrap_or(BUILTIN_TEMPLATE_NAME);
+        validate::safe_name("template", name)?;
+        validate::capsule_metadata(&req.metadata)?;
+        let template = store.get_template_for_team(team, name).await?;
+        let (vcpus, memory_mb) = if template.kind == TemplateKind::Snapshot {
+            (template.vcpus, template.memory_mb)
+        } else {
+            (
+                req.vcpus.map(validate::vcpus).transpose()?.unwrap_or(DEFAULT_VCPUS),
+                req.memory_mb.map(validate::memory_mb).transpose()?.unwrap_or(DEFAULT_MEMORY_MB),
+            )
+        };
+        let disk_size_mb = req
+            .disk_size_mb
+            .map(validate::disk_size_mb)
+            .transpose()?
+            .unwrap_or(DEFAULT_DISK_SIZE_MB);
+        let timeout_sec = req.timeout_sec.map(validate::timeout_sec).transpose()?.unwrap_or(0);
+        let team_row = store.get_team(team).await?;
+        if team_row.deleted_at.is_some() {
+            return Err(LifecycleError::NotFound("team"));
+        }
+        let host_id = self
+            .inner
+            .scheduler
+            .select_host(&Placement {
+                team_id: team,
+                team_is_byoc: team_row.is_byoc,
+                vcpus,
+                memory_mb,
+                disk_size_mb,
+            })
+            .await?;
+        let sandbox = store
+            .insert_sandbox(NewSandbox {
+                id: SandboxId::new(),
+                team_id: team,
+                host_id,
+                template: template.name.clone(),
+                template_id: template.id,
+                template_team_id: template.team_id,
+                status: Starting,
+                vcpus,
+                memory_mb,
+                timeout_sec,
+                disk_size_mb,
+                metadata: req.metadata,
+            })
+            .await?;
+        self.publish_platform(PlatformEventKind::CapsuleCreated, &sandbox, actor).await;
+        let span = info_span!("sandbox.create", sandbox_id = %sandbox.id, team_id = %team, host_id = %host_id);
+        let (this, sb, spec, actor) = (self.clone(), sandbox.clone(), self.spec(&sandbox, Some(&template)), actor.clone());
+        self.inner.tasks.spawn(
+            async move {
+                let res = with_timeout(this.inner.timeouts.create, "create", this.inner.agents.create_sandbox(sb.host_id, &spec)).await;
+                this.finish_start(&sb, Starting, Error, res, &actor).await;
+            }
+            .instrument(span),
+        );
+        Ok(sandbox)
+    }
+
+    /// Records the outcome of an agent create or resume that started from `expected`.
+    async fn finish_start(
+        &self,
+        sb: &Sandbox,
+        expected: SandboxStatus,
+        on_failure: SandboxStatus,
+        res: Result<StartedSandbox, AgentError>,
+        actor: &Actor,
+    ) {
+        let store = &self.inner.store;
+        let (ok_kind, fail_kind) = if expected == Starting {
+            (SandboxEventKind::Started, SandboxEventKind::Failed)
+        } else {
+            (SandboxEventKind::Resumed, SandboxEventKind::ResumeFailed)
+        };
+        match res {
+            Ok(started) => match store.running_if(sb.id, expected, &started.host_ip, &started.metadata).await {
+                Ok(Some(row)) => {
+                    let mut ev = self.outcome(ok_kind, &row);
+                    ev.host_ip = Some(started.host_ip);
+                    ev.metadata = Some(started.metadata);
+                    self.publish_sandbox(ev).await;
+                    self.publish_platform(PlatformEventKind::CapsuleRunning, &row, actor).await;
+                }
+                Ok(None) => {
+                    // Someone moved the row on (a destroy, most likely). If it is on
+                    // its way out, make sure the agent does not keep what it just made.
+                    let current = store.get_sandbox(sb.id).await.map(|s| s.status);
+                    warn!(status = ?current, "sandbox changed while it was starting");
+                    if matches!(current, Ok(Stopping | Stopped | Error)) {
+                        self.destroy_on_agent(sb).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not record running sandbox"),
+            },
+            Err(err) => {
+                warn!(error = %err, "agent failed to start sandbox");
+                // A resume of a sandbox the agent no longer has cannot be retried.
+                let target = if matches!(err, AgentError::NotFound(_)) { Error } else { on_failure };
+                match store.status_if(sb.id, expected, target).await {
+                    Ok(Some(row)) => {
+                        let kind = if target == Error { SandboxEventKind::Failed } else { fail_kind };
+                        let mut ev = self.outcome(kind, &row);
+                        ev.error = Some(err.to_string());
+                        self.publish_sandbox(ev).await;
+                        if target == Error {
+                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "could not record failed start"),
+                }
+                // A timed-out create may still complete on the host: clean it up.
+                if expected == Starting && matches!(err, AgentError::Timeout(_) | AgentError::Unavailable(_)) {
+                    self.destroy_on_agent(sb).await;
+                }
+            }
+        }
+    }
+
+    async fn destroy_on_agent(&self, sb: &Sandbox) {
+        let res = with_timeout(
+            self.inner.timeouts.destroy,
+            "destroy",
+            self.inner.agents.destroy_sandbox(sb.host_id, sb.id),
+        )
+        .await;
+        match res {
+            Ok(()) | Err(AgentError::NotFound(_)) => {}
+            Err(e) => warn!(error = %e, "could not destroy sandbox on its host"),
+        }
+    }
+
+    /// Pauses a running sandbox: `running → pausing` now, `paused` (or back to
+    /// `running`, or `error` if it no longer answers) when the agent is done.
+    pub async fn pause(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+        let store = &self.inner.store;
+        store.get_team_sandbox(team, id).await?;
+        let Some(sb) = store.status_if(id, Running, Pausing).await? else {
+            return Err(self.invalid_state(team, id, "pause").await);
+        };
+        let span = info_span!("sandbox.pause", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
+        self.inner.tasks.spawn(
+            async move {
+                let res = with_timeout(this.inner.timeouts.pause, "pause", this.inner.agents.pause_sandbox(row.host_id, row.id)).await;
+                this.finish_pause(&row, res, &actor).await;
+            }
+            .instrument(span),
+        );
+        Ok(sb)
+    }
+
+    async fn finish_pause(&self, sb: &Sandbox, res: Result<(), AgentError>, actor: &Actor) {
+        let store = &self.inner.store;
+        match res {
+            Ok(()) => match store.status_if(sb.id, Pausing, Paused).await {
+                Ok(Some(row)) => {
+                    self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row)).await;
+                    self.publish_platform(PlatformEventKind::CapsulePaused, &row, actor).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not record paused sandbox"),
+            },
+            Err(err) => {
+                warn!(error = %err, "agent failed to pause sandbox");
+                let alive = with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, sb.id))
+                    .await
+                    .is_ok();
+                let target = if alive { Running } else { Error };
+                match store.status_if(sb.id, Pausing, target).await {
+                    Ok(Some(row)) => {
+                        let kind = if alive { SandboxEventKind::PauseFailed } else { SandboxEventKind::Failed };
+                        let mut ev = self.outcome(kind, &row);
+                        ev.error = Some(err.to_string());
+                        self.publish_sandbox(ev).await;
+                        if !alive {
+                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "could not record failed pause"),
+                }
+            }
+        }
+    }
+
+    /// Resumes a paused or hibernated sandbox: `→ resuming` now, `running` (or back
+    /// to where it was) when the agent is done.
+    pub async fn resume(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+        let store = &self.inner.store;
+        let current = store.get_team_sandbox(team, id).await?;
+        let Some((from, sb)) = self.transition_from_any(&current, &[Paused, Hibernated], Resuming).await? else {
+            return Err(self.invalid_state(team, id, "resume").await);
+        };
+        let template = store.get_template(sb.template_id).await.ok();
+        let spec = self.spec(&sb, template.as_ref());
+        let span = info_span!("sandbox.resume", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
+        self.inner.tasks.spawn(
+            async move {
+                let res = with_timeout(this.inner.timeouts.resume, "resume", this.inner.agents.resume_sandbox(row.host_id, &spec)).await;
+                this.finish_start(&row, Resuming, from, res, &actor).await;
+            }
+            .instrument(span),
+        );
+        Ok(sb)
+    }
+
+    /// Destroys a sandbox: `→ stopping` now, `stopped` when the agent is done. The
+    /// row is kept. Destroying a stopped or errored sandbox changes nothing.
+    pub async fn destroy(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+        let store = &self.inner.store;
+        let current = store.get_team_sandbox(team, id).await?;
+        if current.status.is_terminal() || current.status == Stopping {
+            return Ok(current);
+        }
+        let live: Vec<SandboxStatus> = SandboxStatus::ALL
+            .into_iter()
+            .filter(|s| s.can_transition_to(Stopping))
+            .collect();
+        let Some((_, sb)) = self.transition_from_any(&current, &live, Stopping).await? else {
+            // Lost to a concurrent destroy (or it ended meanwhile): report where it is.
+            return Ok(store.get_team_sandbox(team, id).await?);
+        };
+        self.spawn_destroy(sb.clone(), actor.clone());
+        Ok(sb)
+    }
+
+    fn spawn_destroy(&self, sb: Sandbox, actor: Actor) {
+        let span = info_span!("sandbox.destroy", sandbox_id = %sb.id, team_id = %sb.team_id, host_id = %sb.host_id);
+        let this = self.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let mut last_err = None;
+                for attempt in 0..3u32 {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                    }
+                    match with_timeout(this.inner.timeouts.destroy, "destroy", this.inner.agents.destroy_sandbox(sb.host_id, sb.id)).await {
+                        Ok(()) | Err(AgentError::NotFound(_)) => {
+                            last_err = None;
+                            break;
+                        }
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+                if let Some(e) = last_err {
+                    // Leave it `stopping`: the host monitor finishes the job when the
+                    // host answers again, or resolves it after the grace period.
+                    warn!(error = %e, "could not destroy sandbox; left stopping");
+                    return;
+                }
+                match this.inner.store.status_if(sb.id, Stopping, Stopped).await {
+                    Ok(Some(row)) => {
+                        this.publish_sandbox(this.outcome(SandboxEventKind::Stopped, &row)).await;
+                        this.publish_platform(PlatformEventKind::CapsuleDestroyed, &row, &actor).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "could not record stopped sandbox"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Checks that a running sandbox answers and marks it active.
+    pub async fn ping(&self, team: TeamId, id: SandboxId) -> Result<(), LifecycleError> {
+        let store = &self.inner.store;
+        let sb = store.get_team_sandbox(team, id).await?;
+        if sb.status != Running {
+            return Err(LifecycleError::InvalidState {
+                id,
+                status: sb.status,
+                action: "ping",
+            });
+        }
+        with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, id)).await?;
+        store.touch_sandbox(id, chrono::Utc::now()).await?;
+        Ok(())
+    }
+
+    /// Captures a running or paused sandbox into a team template named `name`
+    /// (default `template-xxxxxxxx`), replacing a same-named team template only when
+    /// `overwrite`. The sandbox is `snapshotting` meanwhile and returns to where it
+    /// was. Completes before returning; the work runs in a task of its own, so a
+    /// caller that goes away does not leave the sandbox half-way.
+    pub async fn snapshot(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        name: Option<String>,
+        overwrite: bool,
+        actor: &Actor,
+    ) -> Result<Template, LifecycleError> {
+        let store = &self.inner.store;
+        let name = name.unwrap_or_else(crate::id::new_snapshot_name);
+        validate::safe_name("name", &name)?;
+        let current = store.get_team_sandbox(team, id).await?;
+        let template_id = match store.get_template_for_team(team, &name).await {
+            Ok(t) if t.team_id == PLATFORM_TEAM_ID && team != PLATFORM_TEAM_ID => {
+                return Err(LifecycleError::NameReserved(name));
+            }
+            Ok(_) if !overwrite => return Err(LifecycleError::NameTaken(name)),
+            Ok(t) => t.id,
+            Err(RepoError::NotFound { .. }) => TemplateId::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let Some((from, sb)) = self.transition_from_any(&current, &[Running, Paused], Snapshotting).await? else {
+            return Err(self.invalid_state(team, id, "snapshot").await);
+        };
+        let span = info_span!("sandbox.snapshot", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let this = self.clone();
+        let actor = actor.clone();
+        let task = self.inner.tasks.spawn(
+            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }.instrument(span),
+        );
+        task.await
+            .unwrap_or_else(|e| Err(LifecycleError::Agent(AgentError::Internal(format!("snapshot task failed: {e}")))))
+    }
+
+    async fn run_snapshot(
+        &self,
+        sb: Sandbox,
+        from: SandboxStatus,
+        template_id: TemplateId,
+        name: String,
+        actor: &Actor,
+    ) -> Result<Template, LifecycleError> {
+        let store = &self.inner.store;
+        let res = with_timeout(
+            self.inner.timeouts.snapshot,
+            "snapshot",
+            self.inner.agents.create_snapshot(sb.host_id, sb.id, sb.team_id, template_id),
+        )
+        .await;
+        let size = match res {
+            Ok(size) => size,
+            Err(err) => {
+                let alive = with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, sb.id))
+                    .await
+                    .is_ok();
+                let back = if alive || from == Paused { from } else { Error };
+                let _ = store.status_if(sb.id, Snapshotting, back).await;
+                return Err(err.into());
+            }
+        };
+        let source = store.get_template(sb.template_id).await.ok();
+        let upserted = store
+            .upsert_template(NewTemplate {
+                id: template_id,
+                team_id: sb.team_id,
+                name,
+                kind: TemplateKind::Snapshot,
+                vcpus: sb.vcpus,
+                memory_mb: sb.memory_mb,
+                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+                default_user: source.as_ref().map(|t| t.default_user.clone()).unwrap_or_else(|| "root".into()),
+                default_env: source.map(|t| t.default_env).unwrap_or_default(),
+                metadata: Metadata::new(),
+            })
+            .await;
+        if let Ok(Some(row)) = store.status_if(sb.id, Snapshotting, from).await {
+            self.publish_sandbox(self.outcome(SandboxEventKind::Snapshotted, &row)).await;
+        }
+        let template = upserted?;
+        let ev = PlatformEvent {
+            event: PlatformEventKind::SnapshotCreated,
+            timestamp: chrono::Utc::now(),
+            team_id: sb.team_id,
+            actor: actor.clone(),
+            resource: crate::events::EventResource {
+                id: template.name.clone(),
+                kind: "template".into(),
+            },
+        };
+        if let Err(e) = self.inner.bus.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+            warn!(error = %e, "could not publish platform event");
+        }
+        Ok(template)
+    }
+
+    /// Applies a sandbox event as the fallback writer (the event consumer calls this
+    /// for every entry of the sandbox stream, agent callbacks included). Only events
+    /// from the sandbox's own host are considered. Every write is conditional, so an
+    /// event the background task already recorded changes nothing.
+    pub async fn apply_event(&self, ev: &SandboxEvent) -> Result<Applied, LifecycleError> {
+        let store = &self.inner.store;
+        let sb = match store.get_sandbox(ev.sandbox_id).await {
+            Ok(sb) => sb,
+            Err(RepoError::NotFound { .. }) => return Ok(Applied::Unchanged),
+            Err(e) => return Err(e.into()),
+        };
+        if sb.host_id != ev.host_id {
+            warn!(sandbox_id = %sb.id, host_id = %ev.host_id, "ignoring event from a host that does not own the sandbox");
+            return Ok(Applied::Unchanged);
+        }
+        use SandboxEventKind as K;
+        let candidates: &[(SandboxStatus, SandboxStatus)] = match ev.event {
+            K::Started => &[(Starting, Running)],
+            K::Resumed => &[(Resuming, Running)],
+            K::Paused => &[(Pausing, Paused)],
+            K::AutoPaused => &[(Running, Paused), (Pausing, Paused)],
+            K::Hibernated => &[(Paused, Hibernated), (Running, Hibernated), (Pausing, Hibernated)],
+            K::Stopped => &[(Stopping, Stopped), (Running, Stopped), (Paused, Stopped), (Hibernated, Stopped)],
+            K::Failed => &[(Running, Error), (Starting, Error), (Pausing, Error), (Resuming, Error), (Snapshotting, Error)],
+            K::Snapshotted | K::PauseFailed | K::ResumeFailed => &[],
+        };
+        let Some(&(from, to)) = candidates.iter().find(|(from, _)| *from == sb.status) else {
+            return Ok(Applied::Unchanged);
+        };
+        let changed = if to == Running {
+            let meta = ev.metadata.clone().unwrap_or_default();
+            store.running_if(sb.id, from, ev.host_ip.as_deref().unwrap_or(&sb.host_ip), &meta).await?
+        } else {
+            store.status_if(sb.id, from, to).await?
+        };
+        let Some(row) = changed else {
+            return Ok(Applied::Unchanged);
+        };
+        let kind = match to {
+            Running => PlatformEventKind::CapsuleRunning,
+            Paused => PlatformEventKind::CapsulePaused,
+            Hibernated => PlatformEventKind::CapsuleHibernated,
+            Stopped => PlatformEventKind::CapsuleDestroyed,
+            _ => PlatformEventKind::CapsuleFailed,
+        };
+        self.publish_platform(kind, &row, &Actor::system()).await;
+        Ok(Applied::Changed(Box::new(row)))
+    }
+}

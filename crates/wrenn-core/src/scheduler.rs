@@ -1,0 +1,387 @@
+//! Placing new sandboxes on hosts.
+//!
+//! Eligibility is the same for every strategy: a host must be `online` with an
+//! address; BYOC teams use only their own BYOC hosts, every other team only regular
+//! (platform) hosts. Strategies differ in which eligible host they pick.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::id::{HostId, TeamId};
+use crate::lifecycle::HostStatus;
+use crate::model::{HostKind, HostLoad};
+use crate::repo::{HostRepo, RepoError};
+
+/// What a new sandbox needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Team the sandbox belongs to.
+    pub team_id: TeamId,
+    /// Whether that team runs on its own hosts.
+    pub team_is_byoc: bool,
+    /// vCPUs requested.
+    pub vcpus: i32,
+    /// Memory requested (MiB).
+    pub memory_mb: i32,
+    /// Disk requested (MiB).
+    pub disk_size_mb: i32,
+}
+
+/// Why no host was chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// A BYOC team has no online host of its own.
+    #[error("no online BYOC hosts available for team {0}")]
+    NoByocHosts(TeamId),
+    /// No online platform host exists.
+    #[error("no online platform hosts available")]
+    NoPlatformHosts,
+    /// Hosts exist but none has room.
+    #[error("no host has sufficient resources: need {memory_mb} MB memory, {disk_mb} MB disk")]
+    InsufficientResources {
+        /// Memory requested.
+        memory_mb: i32,
+        /// Disk requested.
+        disk_mb: i32,
+    },
+    /// The host list could not be read.
+    #[error(transparent)]
+    Store(#[from] RepoError),
+}
+
+/// Picks a host for a new sandbox.
+#[async_trait::async_trait]
+pub trait Scheduler: Send + Sync + 'static {
+    /// The chosen host.
+    async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError>;
+}
+
+/// Whether `load.host` may run sandboxes of the placement's team.
+pub fn is_eligible(load: &HostLoad, placement: &Placement) -> bool {
+    let h = &load.host;
+    if h.status != HostStatus::Online || h.address.is_empty() {
+        return false;
+    }
+    if placement.team_is_byoc {
+        h.kind == HostKind::Byoc && h.team_id == Some(placement.team_id)
+    } else {
+        h.kind == HostKind::Regular
+    }
+}
+
+fn no_hosts(placement: &Placement) -> SchedulerError {
+    if placement.team_is_byoc {
+        SchedulerError::NoByocHosts(placement.team_id)
+    } else {
+        SchedulerError::NoPlatformHosts
+    }
+}
+
+/// Capacity held back on every host for the host itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reserve {
+    /// Memory kept for the host (MiB).
+    pub memory_mb: i64,
+    /// CPUs kept for the host, after overcommit.
+    pub cpus: f64,
+    /// Disk kept for the host (MiB).
+    pub disk_mb: i64,
+    /// CPU overcommit factor (vCPUs per core).
+    pub cpu_overcommit: f64,
+    /// Weight of paused sandboxes' memory (they keep it, but are reclaimable).
+    pub paused_memory_weight: f64,
+    /// Weight of paused and hibernated sandboxes' disk.
+    pub paused_disk_weight: f64,
+}
+
+impl Default for Reserve {
+    /// The production defaults: 8 GiB and 4 CPUs for the host, 30 GiB of disk,
+    /// 1.5× CPU overcommit, paused memory at ½ and paused disk at ⅔.
+    fn default() -> Self {
+        Self {
+            memory_mb: 8192,
+            cpus: 4.0,
+            disk_mb: 30720,
+            cpu_overcommit: 1.5,
+            paused_memory_weight: 0.5,
+            paused_disk_weight: 2.0 / 3.0,
+        }
+    }
+}
+
+/// Free capacity of a host as fractions, and whether a placement fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Headroom {
+    /// Memory still usable (MiB).
+    pub memory_mb: f64,
+    /// Disk still usable (MiB).
+    pub disk_mb: f64,
+    /// min(free/total) over memory, CPU and disk; 0 when a total is not positive.
+    pub score: f64,
+}
+
+impl Reserve {
+    /// Headroom of one host.
+    pub fn headroom(&self, load: &HostLoad) -> Headroom {
+        let h = &load.host;
+        let ram_total = f64::from(h.memory_mb) - self.memory_mb as f64;
+        let cpu_total = f64::from(h.cpu_cores) * self.cpu_overcommit - self.cpus;
+        let disk_total = f64::from(h.disk_gb) * 1024.0 - self.disk_mb as f64;
+        let ram_used = load.running_memory_mb as f64 + self.paused_memory_weight * load.paused_memory_mb as f64;
+        let disk_used = load.running_disk_mb as f64 + self.paused_disk_weight * load.paused_disk_mb as f64;
+        let cpu_used = load.running_vcpus as f64;
+        let frac = |total: f64, used: f64| if total <= 0.0 { 0.0 } else { ((total - used) / total).max(0.0) };
+        Headroom {
+            memory_mb: ram_total - ram_used,
+            disk_mb: disk_total - disk_used,
+            score: frac(ram_total, ram_used)
+                .min(frac(cpu_total, cpu_used))
+                .min(frac(disk_total, disk_used)),
+        }
+    }
+}
+
+/// The least-loaded choice among `hosts` (pure; what [`LeastLoaded`] runs after
+/// reading the host list). Hosts are expected oldest first; ties go to the first.
+/// Admission is on memory and disk; CPU may be overcommitted.
+pub fn pick_least_loaded<'a>(
+    hosts: &'a [HostLoad],
+    placement: &Placement,
+    reserve: &Reserve,
+) -> Result<&'a HostLoad, SchedulerError> {
+    let mut any_eligible = false;
+    let mut best: Option<(&HostLoad, f64)> = None;
+    for load in hosts.iter().filter(|l| is_eligible(l, placement)) {
+        any_eligible = true;
+        let room = reserve.headroom(load);
+        if room.memory_mb < f64::from(placement.memory_mb) || room.disk_mb < f64::from(placement.disk_size_mb) {
+            continue;
+        }
+        if best.is_none_or(|(_, score)| room.score > score) {
+            best = Some((load, room.score));
+        }
+    }
+    match best {
+        Some((load, _)) => Ok(load),
+        None if any_eligible => Err(SchedulerError::InsufficientResources {
+            memory_mb: placement.memory_mb,
+            disk_mb: placement.disk_size_mb,
+        }),
+        None => Err(no_hosts(placement)),
+    }
+}
+
+/// Picks the eligible host with the most headroom.
+pub struct LeastLoaded {
+    hosts: Arc<dyn HostRepo>,
+    reserve: Reserve,
+}
+
+impl LeastLoaded {
+    /// With the default [`Reserve`].
+    pub fn new(hosts: Arc<dyn HostRepo>) -> Self {
+        Self::with_reserve(hosts, Reserve::default())
+    }
+
+    /// With a custom reserve (small hosts, tests).
+    pub fn with_reserve(hosts: Arc<dyn HostRepo>, reserve: Reserve) -> Self {
+        Self { hosts, reserve }
+    }
+}
+
+#[async_trait::async_trait]
+impl Scheduler for LeastLoaded {
+    async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
+        let hosts = self.hosts.list_hosts_with_load().await?;
+        pick_least_loaded(&hosts, placement, &self.reserve).map(|l| l.host.id)
+    }
+}
+
+/// Cycles through eligible hosts, with no admission control.
+pub struct RoundRobin {
+    hosts: Arc<dyn HostRepo>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Over the hosts in `hosts`.
+    pub fn new(hosts: Arc<dyn HostRepo>) -> Self {
+        Self {
+            hosts,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Scheduler for RoundRobin {
+    async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
+        let hosts = self.hosts.list_hosts_with_load().await?;
+        let eligible: Vec<_> = hosts.iter().filter(|l| is_eligible(l, placement)).collect();
+        if eligible.is_empty() {
+            return Err(no_hosts(placement));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len();
+        Ok(eligible[i].host.id)
+    }
+}
+
+/// One host for everything: either a configured host (the embedded platform's
+/// in-process agent) or, with [`SingleHost::only_online`], the oldest eligible
+/// online host. No admission control: a single host takes what it is given.
+pub struct SingleHost {
+    hosts: Arc<dyn HostRepo>,
+    host: Option<HostId>,
+}
+
+impl SingleHost {
+    /// Always `host`, provided it is eligible for the team.
+    pub fn new(hosts: Arc<dyn HostRepo>, host: HostId) -> Self {
+        Self { hosts, host: Some(host) }
+    }
+
+    /// The oldest eligible online host.
+    pub fn only_online(hosts: Arc<dyn HostRepo>) -> Self {
+        Self { hosts, host: None }
+    }
+}
+
+#[async_trait::async_trait]
+impl Scheduler for SingleHost {
+    async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
+        let hosts = self.hosts.list_hosts_with_load().await?;
+        hosts
+            .iter()
+            .filter(|l| self.host.is_none_or(|h| l.host.id == h))
+            .find(|l| is_eligible(l, placement))
+            .map(|l| l.host.id)
+            .ok_or_else(|| no_hosts(placement))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Host;
+    use chrono::Utc;
+
+    fn host(kind: HostKind, team: Option<TeamId>, mem_gb: i32, cores: i32, disk_gb: i32) -> HostLoad {
+        let now = Utc::now();
+        HostLoad {
+            host: Host {
+                id: HostId::new(),
+                kind,
+                team_id: team,
+                provider: String::new(),
+                availability_zone: String::new(),
+                arch: "x86_64".into(),
+                cpu_cores: cores,
+                memory_mb: mem_gb * 1024,
+                disk_gb,
+                address: "10.0.0.1:50051".into(),
+                status: HostStatus::Online,
+                last_heartbeat_at: Some(now),
+                metadata: serde_json::json!({}),
+                created_by: None,
+                created_at: now,
+                updated_at: now,
+                cert_fingerprint: String::new(),
+                cert_expires_at: None,
+            },
+            running_memory_mb: 0,
+            running_vcpus: 0,
+            running_disk_mb: 0,
+            paused_memory_mb: 0,
+            paused_disk_mb: 0,
+        }
+    }
+
+    fn placement(team: TeamId, byoc: bool) -> Placement {
+        Placement {
+            team_id: team,
+            team_is_byoc: byoc,
+            vcpus: 1,
+            memory_mb: 512,
+            disk_size_mb: 20480,
+        }
+    }
+
+    #[test]
+    fn the_emptier_host_wins() {
+        let mut busy = host(HostKind::Regular, None, 64, 16, 500);
+        busy.running_memory_mb = 40_000;
+        let idle = host(HostKind::Regular, None, 64, 16, 500);
+        let hosts = [busy, idle.clone()];
+        let got = pick_least_loaded(&hosts, &placement(TeamId::new(), false), &Reserve::default()).unwrap();
+        assert_eq!(got.host.id, idle.host.id);
+    }
+
+    #[test]
+    fn ties_go_to_the_oldest_host() {
+        let hosts = [host(HostKind::Regular, None, 64, 16, 500), host(HostKind::Regular, None, 64, 16, 500)];
+        let got = pick_least_loaded(&hosts, &placement(TeamId::new(), false), &Reserve::default()).unwrap();
+        assert_eq!(got.host.id, hosts[0].host.id);
+    }
+
+    #[test]
+    fn paused_memory_counts_half() {
+        let mut h = host(HostKind::Regular, None, 16, 16, 500); // 8 GiB usable
+        h.paused_memory_mb = 15_000; // weighs 7 500
+        let p = placement(TeamId::new(), false);
+        assert!(pick_least_loaded(std::slice::from_ref(&h), &p, &Reserve::default()).is_ok());
+        h.paused_memory_mb = 16_000; // weighs 8 000: 192 MiB left
+        let err = pick_least_loaded(&[h], &p, &Reserve::default()).unwrap_err();
+        assert!(matches!(err, SchedulerError::InsufficientResources { memory_mb: 512, .. }), "{err}");
+    }
+
+    #[test]
+    fn disk_is_admitted_too() {
+        let h = host(HostKind::Regular, None, 64, 16, 40); // 40 GiB - 30 GiB reserve = 10 GiB
+        let err = pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        assert!(err.to_string().contains("20480 MB disk"), "{err}");
+    }
+
+    #[test]
+    fn cpu_may_be_overcommitted() {
+        let mut h = host(HostKind::Regular, None, 64, 4, 500);
+        h.running_vcpus = 100;
+        assert!(pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).is_ok());
+    }
+
+    #[test]
+    fn byoc_teams_only_use_their_own_hosts() {
+        let team = TeamId::new();
+        let regular = host(HostKind::Regular, None, 64, 16, 500);
+        let other = host(HostKind::Byoc, Some(TeamId::new()), 64, 16, 500);
+        let hosts = [regular.clone(), other];
+        let err = pick_least_loaded(&hosts, &placement(team, true), &Reserve::default()).unwrap_err();
+        assert!(matches!(err, SchedulerError::NoByocHosts(t) if t == team));
+        let own = host(HostKind::Byoc, Some(team), 64, 16, 500);
+        let hosts = [regular, own.clone()];
+        assert_eq!(pick_least_loaded(&hosts, &placement(team, true), &Reserve::default()).unwrap().host.id, own.host.id);
+    }
+
+    #[test]
+    fn regular_teams_never_use_byoc_hosts() {
+        let byoc = host(HostKind::Byoc, Some(TeamId::new()), 64, 16, 500);
+        let err = pick_least_loaded(&[byoc], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        assert!(matches!(err, SchedulerError::NoPlatformHosts));
+    }
+
+    #[test]
+    fn offline_and_addressless_hosts_are_skipped() {
+        let mut down = host(HostKind::Regular, None, 64, 16, 500);
+        down.host.status = HostStatus::Unreachable;
+        let mut blank = host(HostKind::Regular, None, 64, 16, 500);
+        blank.host.address.clear();
+        let err = pick_least_loaded(&[down, blank], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        assert!(matches!(err, SchedulerError::NoPlatformHosts));
+    }
+
+    #[test]
+    fn hosts_smaller_than_the_reserve_score_zero_and_admit_nothing() {
+        let tiny = host(HostKind::Regular, None, 4, 2, 20);
+        assert_eq!(Reserve::default().headroom(&tiny).score, 0.0);
+        assert!(pick_least_loaded(&[tiny], &placement(TeamId::new(), false), &Reserve::default()).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! The REST API. Each module owns one resource and exposes `routes()`, an
+//! [`OpenApiRouter`] whose handlers carry their own OpenAPI annotations, so the
+//! document at `/openapi.json` is generated from the code that serves it.
+
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use wrenn_extension::ServerContext;
+
+mod admin;
+mod api_keys;
+mod audit;
+mod auth;
+mod docs;
+mod health;
+mod me;
+mod teams;
+mod users;
+
+use docs::SecuritySchemes;
+
+/// Tag names used to group operations in the OpenAPI document.
+pub(crate) mod tags {
+    pub const SYSTEM: &str = "system";
+    pub const AUTH: &str = "auth";
+    pub const ME: &str = "me";
+    pub const USERS: &str = "users";
+    pub const TEAMS: &str = "teams";
+    pub const API_KEYS: &str = "api-keys";
+    pub const AUDIT: &str = "audit";
+    pub const ADMIN: &str = "admin";
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Wrenn API", description = "Isolated sandboxes (capsules) for AI agents and developers."),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = tags::SYSTEM, description = "Health and API documentation"),
+        (name = tags::AUTH, description = "Sign-up, activation, login, team switching, password reset"),
+        (name = tags::ME, description = "The logged-in user's account"),
+        (name = tags::USERS, description = "Finding users to add to a team"),
+        (name = tags::TEAMS, description = "Teams and their members"),
+        (name = tags::API_KEYS, description = "Team API keys"),
+        (name = tags::AUDIT, description = "The team audit log"),
+        (name = tags::ADMIN, description = "Platform administration"),
+    )
+)]
+struct ApiDoc;
+
+/// Every core route, with the OpenAPI document and Swagger UI.
+pub fn router(ctx: &ServerContext, version: &str) -> Router {
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::routes())
+        .merge(auth::routes())
+        .merge(me::routes())
+        .merge(users::routes())
+        .merge(teams::routes())
+        .merge(api_keys::routes())
+        .merge(audit::routes())
+        .merge(admin::routes())
+        .split_for_parts();
+    openapi.info.version = version.to_owned();
+    router
+        .with_state(ctx.clone())
+        .merge(docs::routes(openapi))
+}

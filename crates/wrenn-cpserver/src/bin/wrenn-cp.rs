@@ -1,0 +1,22 @@
+//! `wrenn-cp`: the control plane on its configured backends (see `wrenn_core::config`).
+
+use wrenn_cpserver::{Builder, run};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    wrenn_cpserver::logging::init();
+    match Builder::from_env() {
+        Ok(builder) => match run(builder.with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("unknown"))).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "control plane failed");
+                eprintln!("wrenn-cp: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("wrenn-cp: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Assembles the HTTP router: core routes (with their OpenAPI document), extension
+//! routes, extension middleware, and the layers every request goes through.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use wrenn_extension::{ApiError, Extension, ServerContext};
+
+use crate::api;
+use crate::error::ServerError;
+
+fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal server error").into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown route conflict".into())
+}
+
+/// The full router for `ctx`, with `extensions` merged in.
+pub fn build(ctx: &ServerContext, extensions: &[Arc<dyn Extension>], version: &str) -> Result<Router, ServerError> {
+    let mut router = api::router(ctx, version);
+    for ext in extensions {
+        let ext_routes = ext.routes(ctx);
+        // axum refuses overlapping routes by panicking; turn that into a startup
+        // error that names the extension and the route.
+        let base = router.clone();
+        router = std::panic::catch_unwind(AssertUnwindSafe(move || base.merge(ext_routes))).map_err(|p| {
+            ServerError::Extension {
+                extension: ext.name().to_owned(),
+                message: format!("its routes clash with a core route: {}", panic_message(p.as_ref())),
+            }
+        })?;
+    }
+    let mut router = router.fallback(not_found);
+    for ext in extensions {
+        router = ext.middleware(router, ctx);
+    }
+    let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
+    Ok(router
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http()))
+}

@@ -1,0 +1,168 @@
+//! Server secrets: the JWT signing secret and the host CA.
+//!
+//! When not configured, each is generated once into `$WRENN_DIR/secrets/` (mode
+//! 0600) and read back on later starts, so tokens and host certificates survive
+//! restarts.
+
+use std::io::Write;
+use std::path::Path;
+
+use wrenn_core::auth::generate_jwt_secret;
+use wrenn_core::config::Config;
+
+use crate::error::ServerError;
+
+/// The host CA: issues agent server certificates and control-plane client
+/// certificates for mTLS.
+#[derive(Clone)]
+pub struct CertificateAuthority {
+    /// PEM of the CA certificate.
+    pub cert_pem: String,
+    /// PEM of the CA private key (ECDSA P-256).
+    key_pem: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority").field("key_pem", &"[redacted]").finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// PEM of the private key.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+}
+
+/// Loaded secrets.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// HS256 secret for user and host JWTs.
+    pub jwt_secret: String,
+    /// The host CA.
+    pub ca: CertificateAuthority,
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ServerError::io(dir, e))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| ServerError::io(path, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| ServerError::io(path, e))
+}
+
+fn read(path: &Path) -> Result<Option<String>, ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ServerError::io(path, e)),
+    }
+}
+
+fn generate_ca() -> Result<(String, String), ServerError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ServerError::Secrets(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Wrenn host CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    // Valid from the start of this year for ten years.
+    let year = chrono::Datelike::year(&chrono::Utc::now());
+    params.not_before = rcgen::date_time_ymd(year, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+    let cert = params.self_signed(&key).map_err(|e| ServerError::Secrets(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+impl Secrets {
+    /// Loads the configured secrets, generating and persisting missing ones.
+    pub fn load_or_generate(config: &Config) -> Result<Self, ServerError> {
+        let layout = config.layout();
+        let jwt_secret = match &config.jwt_secret {
+            Some(s) => s.expose_secret().to_owned(),
+            None => {
+                let path = layout.jwt_secret_file();
+                match read(&path)? {
+                    Some(s) => s.trim().to_owned(),
+                    None => {
+                        let s = generate_jwt_secret();
+                        write_private(&path, &s)?;
+                        tracing::info!(path = %path.display(), "generated JWT secret");
+                        s
+                    }
+                }
+            }
+        };
+        let ca = match (&config.ca_cert, &config.ca_key) {
+            (Some(cert), Some(key)) => CertificateAuthority {
+                cert_pem: read(cert)?.ok_or_else(|| ServerError::Secrets(format!("CA certificate {} does not exist", cert.display())))?,
+                key_pem: read(key)?.ok_or_else(|| ServerError::Secrets(format!("CA key {} does not exist", key.display())))?,
+            },
+            (None, None) => {
+                let (cert_path, key_path) = (layout.ca_cert_file(), layout.ca_key_file());
+                match (read(&cert_path)?, read(&key_path)?) {
+                    (Some(cert_pem), Some(key_pem)) => CertificateAuthority { cert_pem, key_pem },
+                    (None, None) => {
+                        let (cert_pem, key_pem) = generate_ca()?;
+                        write_private(&key_path, &key_pem)?;
+                        write_private(&cert_path, &cert_pem)?;
+                        tracing::info!(path = %cert_path.display(), "generated host CA");
+                        CertificateAuthority { cert_pem, key_pem }
+                    }
+                    _ => {
+                        return Err(ServerError::Secrets(format!(
+                            "only one of {} and {} exists; restore the other or remove both to generate a new CA",
+                            cert_path.display(),
+                            key_path.display()
+                        )));
+                    }
+                }
+            }
+            _ => return Err(ServerError::Secrets("WRENN_CA_CERT and WRENN_CA_KEY must be set together".into())),
+        };
+        rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| ServerError::Secrets(format!("CA key is not a valid PEM private key: {e}")))?;
+        Ok(Self { jwt_secret, ca })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let dir = dir.to_string_lossy().into_owned();
+        Config::from_lookup(|k| (k == "WRENN_DIR").then(|| dir.clone())).expect("config")
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let first = Secrets::load_or_generate(&cfg).unwrap();
+        let second = Secrets::load_or_generate(&cfg).unwrap();
+        assert_eq!(first.jwt_secret, second.jwt_secret);
+        assert_eq!(first.ca.cert_pem, second.ca.cert_pem);
+        assert!(first.jwt_secret.len() >= 32);
+        assert!(first.ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(cfg.layout().jwt_secret_file()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_half_present_ca_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        Secrets::load_or_generate(&cfg).unwrap();
+        std::fs::remove_file(cfg.layout().ca_key_file()).unwrap();
+        let err = Secrets::load_or_generate(&cfg).unwrap_err();
+        assert!(err.to_string().contains("only one of"), "{err}");
+    }
+}

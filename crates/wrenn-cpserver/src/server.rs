@@ -1,0 +1,230 @@
+//! The bootstrap: turns a [`Builder`] into a running server, and shuts it down
+//! gracefully.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use wrenn_core::auth::JwtKeys;
+use wrenn_core::config::SchedulerKind;
+use wrenn_core::events::{EventBus, InProcessBus};
+use wrenn_core::lifecycle::Lifecycle;
+use wrenn_core::repo::Store;
+use wrenn_core::scheduler::{LeastLoaded, RoundRobin, Scheduler, SingleHost};
+use wrenn_extension::{Authenticator, Extension, Mailer, ServerContext, Supervisor};
+
+use crate::builder::Builder;
+use crate::error::ServerError;
+use crate::events::RedisBus;
+use crate::host_pool::GrpcHostAgents;
+use crate::mailer::SmtpMailer;
+use crate::secrets::Secrets;
+use crate::{router, workers};
+
+/// A fully assembled control plane, not yet listening.
+pub struct Server {
+    ctx: ServerContext,
+    router: Router,
+    extensions: Vec<Arc<dyn Extension>>,
+    secrets: Secrets,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("ctx", &self.ctx).finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// Runs the bootstrap up to (not including) binding the listener: config,
+    /// store and migrations, event bus, secrets, host pool, scheduler, audit,
+    /// lifecycle, router. Workers start in [`Server::serve`].
+    pub async fn build(self) -> Result<Server, ServerError> {
+        let config = Arc::new(self.config);
+        config.layout().ensure_dirs().map_err(|e| ServerError::io(&config.wrenn_dir, e))?;
+
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => wrenn_db::connect(&config.database_url).await?,
+        };
+        info!(backend = store.backend(), "store ready");
+
+        let events: Arc<dyn EventBus> = match (self.events, &config.redis_url) {
+            (Some(bus), _) => bus,
+            (None, Some(url)) => Arc::new(RedisBus::connect(url).await?),
+            (None, None) => Arc::new(InProcessBus::new()),
+        };
+
+        let secrets = Secrets::load_or_generate(&config)?;
+        let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes()).map_err(|e| ServerError::Secrets(e.to_string()))?;
+
+        let agents = match self.agents {
+            Some(a) => a,
+            None => Arc::new(GrpcHostAgents::new(store.clone())),
+        };
+        let scheduler: Arc<dyn Scheduler> = match self.scheduler {
+            Some(s) => s,
+            None => match config.scheduler {
+                SchedulerKind::LeastLoaded => Arc::new(LeastLoaded::new(store.clone())),
+                SchedulerKind::RoundRobin => Arc::new(RoundRobin::new(store.clone())),
+                SchedulerKind::SingleHost => Arc::new(SingleHost::only_online(store.clone())),
+            },
+        };
+        let audit = match self.audit {
+            Some(a) => a,
+            None => store.clone() as Arc<dyn wrenn_core::audit::AuditSink>,
+        };
+        let mailer = match self.mailer {
+            Some(m) => Some(m),
+            None => match &config.smtp {
+                Some(smtp) => Some(Arc::new(SmtpMailer::new(smtp)?) as Arc<dyn Mailer>),
+                None => None,
+            },
+        };
+        let lifecycle = Lifecycle::new(store.clone(), agents.clone(), events.clone(), scheduler.clone());
+        let ctx = ServerContext {
+            auth: Arc::new(Authenticator::new(jwt, store.clone())),
+            store,
+            lifecycle,
+            scheduler,
+            agents,
+            audit,
+            events,
+            config,
+            mailer,
+            shutdown: CancellationToken::new(),
+        };
+        let router = router::build(&ctx, &self.extensions, &self.version)?;
+        Ok(Server {
+            ctx,
+            router,
+            extensions: self.extensions,
+            secrets,
+            grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl Server {
+    /// The shared context (for tests and embedders).
+    pub fn context(&self) -> &ServerContext {
+        &self.ctx
+    }
+
+    /// The loaded secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The HTTP router (for in-process requests without a listener).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Starts the workers and serves on `listener` until `shutdown` resolves or the
+    /// context's token is cancelled; then stops accepting, lets in-flight requests
+    /// finish, stops workers and lifecycle tasks, each bounded by the grace period.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let ctx = self.ctx.clone();
+        let token = ctx.shutdown.clone();
+        let mut all_workers = workers::core_workers(&ctx);
+        for ext in &self.extensions {
+            all_workers.extend(ext.workers(&ctx));
+        }
+        let supervisor = Supervisor::start(&ctx, all_workers, token.child_token());
+        let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        info!(%addr, "control plane listening");
+
+        let stop = token.clone();
+        let http = axum::serve(listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future();
+        let mut http = tokio::spawn(http);
+        {
+            let token = token.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                token.cancel();
+            });
+        }
+        let early = tokio::select! {
+            r = &mut http => Some(r),
+            _ = token.cancelled() => None,
+        };
+        let served = match early {
+            Some(r) => r,
+            None => {
+                info!("shutting down");
+                match tokio::time::timeout(self.grace, &mut http).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        warn!("in-flight requests did not finish in time; closing them");
+                        http.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        token.cancel();
+        supervisor.shutdown(self.grace).await;
+        if !ctx.lifecycle.shutdown(self.grace).await {
+            warn!("lifecycle tasks still running at shutdown; the host monitor will resolve their sandboxes");
+        }
+        if let Err(e) = ctx.auth.flush_usage().await {
+            warn!(error = %e, "could not record API-key usage at shutdown");
+        }
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Serve(e)),
+            Err(join) => Err(ServerError::Other(format!("http server task failed: {join}"))),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Builds the server, binds `WRENN_CP_LISTEN_ADDR` and serves until SIGTERM/SIGINT.
+pub async fn run(builder: Builder) -> Result<(), ServerError> {
+    let addr = builder.config.listen_addr;
+    let server = builder.build().await?;
+    let listener = TcpListener::bind(addr).await.map_err(ServerError::Serve)?;
+    server.serve(listener, shutdown_signal()).await
+}
+
+/// Builds the server and serves on an already-bound listener until `shutdown`
+/// resolves (for tests and embedders running the control plane in-process).
+pub async fn serve(builder: Builder, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    builder.build().await?.serve(listener, shutdown).await
+}

@@ -1,0 +1,143 @@
+//! [`BuildRepo`] on both backends: template builds and their logs.
+
+use async_trait::async_trait;
+use sqlx::types::Json;
+use wrenn_core::id::BuildId;
+use wrenn_core::model::{BuildStatus, TemplateBuild};
+use wrenn_core::repo::{BuildRepo, RepoError, RepoResult};
+
+use crate::backend::{Dialect, for_each_backend, row_exists};
+use crate::error::db;
+use crate::rows::{BuildRow, convert_all};
+use crate::timestamp::Ts;
+
+/// Whether a build in `status` is finished.
+fn is_final(status: BuildStatus) -> bool {
+    matches!(
+        status,
+        BuildStatus::Success | BuildStatus::Failed | BuildStatus::Cancelled
+    )
+}
+
+macro_rules! impl_build_repo {
+    ($store:ty) => {
+        #[async_trait]
+        impl BuildRepo for $store {
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %build.id, team_id = %build.team_id))]
+            async fn create_build(&self, build: TemplateBuild) -> RepoResult<TemplateBuild> {
+                let row: BuildRow = sqlx::query_as(
+                    "INSERT INTO template_builds (id, team_id, name, base_template, recipe, \
+                       healthcheck, vcpus, memory_mb, status, current_step, total_steps, logs, \
+                       error, sandbox_id, host_id, template_id, created_at, started_at, \
+                       completed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                             $16, $17, $18, $19) \
+                     RETURNING *",
+                )
+                .bind(build.id.uuid())
+                .bind(build.team_id.uuid())
+                .bind(&build.name)
+                .bind(&build.base_template)
+                .bind(Json(&build.recipe))
+                .bind(&build.healthcheck)
+                .bind(build.vcpus)
+                .bind(build.memory_mb)
+                .bind(build.status.as_str())
+                .bind(build.current_step)
+                .bind(build.total_steps)
+                .bind(Json(&build.logs))
+                .bind(&build.error)
+                .bind(build.sandbox_id.map(|s| s.uuid()))
+                .bind(build.host_id.map(|h| h.uuid()))
+                .bind(build.template_id.map(|t| t.uuid()))
+                .bind(Ts::from(build.created_at))
+                .bind(build.started_at.map(Ts::from))
+                .bind(build.completed_at.map(Ts::from))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                row.try_into()
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id))]
+            async fn get_build(&self, id: BuildId) -> RepoResult<TemplateBuild> {
+                let row: BuildRow = sqlx::query_as("SELECT * FROM template_builds WHERE id = $1")
+                    .bind(id.uuid())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db("build"))?;
+                row.try_into()
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn list_builds(&self, limit: u32) -> RepoResult<Vec<TemplateBuild>> {
+                let rows: Vec<BuildRow> = sqlx::query_as(
+                    "SELECT * FROM template_builds ORDER BY created_at DESC, id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                convert_all(rows)
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id, %expected, %status))]
+            async fn build_status_if(
+                &self,
+                id: BuildId,
+                expected: BuildStatus,
+                status: BuildStatus,
+                error: &str,
+            ) -> RepoResult<Option<TemplateBuild>> {
+                let row: Option<BuildRow> = sqlx::query_as(
+                    "UPDATE template_builds SET status = $3, error = $4, \
+                       started_at = CASE WHEN $5 AND started_at IS NULL THEN $7 \
+                                         ELSE started_at END, \
+                       completed_at = CASE WHEN $6 THEN $7 ELSE completed_at END \
+                     WHERE id = $1 AND status = $2 RETURNING *",
+                )
+                .bind(id.uuid())
+                .bind(expected.as_str())
+                .bind(status.as_str())
+                .bind(error)
+                .bind(status == BuildStatus::Running)
+                .bind(is_final(status))
+                .bind(Ts::now())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                match row {
+                    Some(row) => Ok(Some(row.try_into()?)),
+                    None if row_exists!(&self.pool, "template_builds", id.uuid())? => Ok(None),
+                    None => Err(RepoError::not_found("build")),
+                }
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id, current_step, lines = lines.len()))]
+            async fn append_build_logs(
+                &self,
+                id: BuildId,
+                current_step: i32,
+                lines: &[String],
+            ) -> RepoResult<()> {
+                let sql = format!(
+                    "UPDATE template_builds SET logs = {}, current_step = $2 WHERE id = $1",
+                    <$store as Dialect>::json_array_concat("logs", "$3")
+                );
+                let done = sqlx::query(&sql)
+                    .bind(id.uuid())
+                    .bind(current_step)
+                    .bind(Json(lines))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("build"))?;
+                if done.rows_affected() == 0 {
+                    return Err(RepoError::not_found("build"));
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+for_each_backend!(impl_build_repo);

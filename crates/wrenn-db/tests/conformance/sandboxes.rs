@@ -1,0 +1,286 @@
+//! SandboxRepo: rows, listings, conditional status changes, proxy lookups, usage.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Duration;
+use futures::future::join_all;
+use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId};
+use wrenn_core::lifecycle::SandboxStatus::{self, *};
+use wrenn_core::repo::{HostRepo, SandboxRepo};
+
+use crate::fixtures::*;
+
+fn ids(sandboxes: &[wrenn_core::model::Sandbox]) -> BTreeSet<SandboxId> {
+    sandboxes.iter().map(|s| s.id).collect()
+}
+
+async fn inserted_sandboxes_read_back_exactly(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut new = new_sandbox(team.id, host.id, Starting);
+    new.metadata = BTreeMap::from([("purpose".into(), "test".into())]);
+    let stored = db.insert_sandbox(new.clone()).await.unwrap();
+    assert_eq!(stored.id, new.id);
+    assert_eq!((stored.team_id, stored.host_id), (team.id, host.id));
+    assert_eq!(stored.template, "minimal");
+    assert_eq!(stored.template_id, BUILTIN_TEMPLATE_ID);
+    assert_eq!(stored.template_team_id, PLATFORM_TEAM_ID);
+    assert_eq!(stored.status, Starting);
+    assert_eq!((stored.vcpus, stored.memory_mb, stored.timeout_sec), (2, 1024, 300));
+    assert_eq!(stored.disk_size_mb, 20_480);
+    assert_eq!((stored.guest_ip.as_str(), stored.host_ip.as_str()), ("", ""));
+    assert_eq!(stored.created_at, stored.last_updated);
+    assert!(stored.started_at.is_none() && stored.last_active_at.is_none());
+    assert_eq!(stored.metadata, new.metadata);
+    assert_eq!(db.get_sandbox(new.id).await.unwrap(), stored);
+    assert_conflict(db.insert_sandbox(new).await);
+    assert_invalid(db.insert_sandbox(new_sandbox(TeamId::new(), host.id, Starting)).await);
+}
+
+async fn sandboxes_are_only_visible_to_their_team(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (_, other) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let sb = sandbox(&db, team.id, host.id, Running).await;
+    assert_eq!(db.get_team_sandbox(team.id, sb.id).await.unwrap(), sb);
+    assert_not_found(db.get_team_sandbox(other.id, sb.id).await);
+    assert_not_found(db.get_sandbox(SandboxId::new()).await);
+    assert!(db.list_sandboxes(other.id).await.unwrap().is_empty());
+}
+
+async fn list_sandboxes_hides_stopped_and_errored_ones_newest_first(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut shown = Vec::new();
+    for status in SandboxStatus::ALL {
+        let sb = sandbox(&db, team.id, host.id, status).await;
+        if !matches!(status, Stopped | Error) {
+            shown.push(sb.id);
+        }
+    }
+    let listed: Vec<SandboxId> = db.list_sandboxes(team.id).await.unwrap().iter().map(|s| s.id).collect();
+    shown.reverse();
+    assert_eq!(listed, shown);
+}
+
+async fn active_sandboxes_include_paused_hibernated_and_missing(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut active = BTreeSet::new();
+    for status in SandboxStatus::ALL {
+        let sb = sandbox(&db, team.id, host.id, status).await;
+        if !matches!(status, Stopped | Error | Stopping) {
+            active.insert(sb.id);
+        }
+    }
+    assert_eq!(ids(&db.list_active_sandboxes_by_team(team.id).await.unwrap()), active);
+    assert_eq!(active.len(), 9);
+}
+
+async fn sandboxes_are_listed_by_host_and_status(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let other = self::host(&db, None).await;
+    let running = sandbox(&db, team.id, host.id, Running).await;
+    let missing = sandbox(&db, team.id, host.id, Missing).await;
+    sandbox(&db, team.id, host.id, Paused).await;
+    sandbox(&db, team.id, other.id, Running).await;
+    let found = db.list_sandboxes_by_host(host.id, &[Running, Missing]).await.unwrap();
+    assert_eq!(ids(&found), BTreeSet::from([running.id, missing.id]));
+    assert!(db.list_sandboxes_by_host(host.id, &[]).await.unwrap().is_empty());
+}
+
+async fn stuck_sandboxes_are_those_not_updated_since_the_cutoff(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let pausing = sandbox(&db, team.id, host.id, Pausing).await;
+    let starting = sandbox(&db, team.id, host.id, Starting).await;
+    sandbox(&db, team.id, host.id, Running).await;
+    let later = now() + Duration::seconds(1);
+    let stuck = db.list_sandboxes_stuck(&[Pausing, Starting, Stopping], later).await.unwrap();
+    assert_eq!(ids(&stuck), BTreeSet::from([pausing.id, starting.id]));
+    let earlier = pausing.last_updated - Duration::seconds(1);
+    assert!(db.list_sandboxes_stuck(&[Pausing], earlier).await.unwrap().is_empty());
+    assert!(db.list_sandboxes_stuck(&[], later).await.unwrap().is_empty());
+}
+
+async fn status_changes_only_from_the_expected_status(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let sb = sandbox(&db, team.id, host.id, Running).await;
+    let pausing = db.status_if(sb.id, Running, Pausing).await.unwrap().unwrap();
+    assert_eq!(pausing.status, Pausing);
+    assert!(pausing.last_updated >= sb.last_updated);
+    assert!(db.status_if(sb.id, Running, Pausing).await.unwrap().is_none(), "lost race");
+    assert_eq!(db.get_sandbox(sb.id).await.unwrap().status, Pausing);
+    assert_not_found(db.status_if(SandboxId::new(), Running, Pausing).await);
+}
+
+async fn concurrent_status_changes_have_exactly_one_winner(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let sb = sandbox(&db, team.id, host.id, Running).await;
+    let attempts = (0..32).map(|_| {
+        let db = db.clone();
+        tokio::spawn(async move { db.status_if(sb.id, Running, Pausing).await })
+    });
+    let results = join_all(attempts).await;
+    let winners = results
+        .into_iter()
+        .map(|r| r.expect("task").expect("status_if"))
+        .filter(Option::is_some)
+        .count();
+    assert_eq!(winners, 1);
+    assert_eq!(db.get_sandbox(sb.id).await.unwrap().status, Pausing);
+}
+
+async fn running_if_records_the_host_ip_and_merges_metadata(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut new = new_sandbox(team.id, host.id, Starting);
+    new.metadata = BTreeMap::from([("user".into(), "kept".into()), ("envd_version".into(), "0".into())]);
+    let sb = db.insert_sandbox(new).await.unwrap();
+    let reported = BTreeMap::from([("envd_version".into(), "1.2".into()), ("kernel_version".into(), "6.1".into())]);
+
+    assert!(db.running_if(sb.id, Resuming, "10.1.0.2", &reported).await.unwrap().is_none());
+    let running = db.running_if(sb.id, Starting, "10.1.0.2", &reported).await.unwrap().unwrap();
+    assert_eq!(running.status, Running);
+    assert_eq!(running.host_ip, "10.1.0.2");
+    assert!(running.started_at.is_some());
+    assert_eq!(running.started_at, running.last_active_at);
+    assert_eq!(
+        running.metadata,
+        BTreeMap::from([
+            ("envd_version".into(), "1.2".into()),
+            ("kernel_version".into(), "6.1".into()),
+            ("user".into(), "kept".into()),
+        ])
+    );
+    assert_eq!(db.get_sandbox(sb.id).await.unwrap(), running);
+    assert_not_found(db.running_if(SandboxId::new(), Starting, "x", &reported).await);
+}
+
+async fn losing_a_host_marks_its_live_sandboxes_missing(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let other = self::host(&db, None).await;
+    let mut expected_missing = BTreeSet::new();
+    for status in SandboxStatus::ALL {
+        let sb = sandbox(&db, team.id, host.id, status).await;
+        if matches!(status, Pending | Starting | Running | Pausing | Resuming | Snapshotting) {
+            expected_missing.insert(sb.id);
+        }
+    }
+    let elsewhere = sandbox(&db, team.id, other.id, Running).await;
+    assert_eq!(db.mark_host_sandboxes_missing(host.id).await.unwrap(), 6);
+    let missing = db.list_sandboxes_by_host(host.id, &[Missing]).await.unwrap();
+    // Plus the row that was already missing.
+    assert_eq!(missing.len(), 7);
+    assert!(expected_missing.is_subset(&ids(&missing)));
+    assert_eq!(db.get_sandbox(elsewhere.id).await.unwrap().status, Running);
+}
+
+async fn bulk_status_changes_move_only_rows_in_the_expected_status(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let a = sandbox(&db, team.id, host.id, Missing).await;
+    let b = sandbox(&db, team.id, host.id, Missing).await;
+    let c = sandbox(&db, team.id, host.id, Running).await;
+    let moved = db.bulk_status_if(&[a.id, b.id, c.id, SandboxId::new()], Missing, Running).await.unwrap();
+    assert_eq!(moved.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]));
+    for id in [a.id, b.id, c.id] {
+        assert_eq!(db.get_sandbox(id).await.unwrap().status, Running);
+    }
+    assert!(db.bulk_status_if(&[], Missing, Running).await.unwrap().is_empty());
+
+    // More ids than one statement carries.
+    let many: Vec<SandboxId> = (0..600).map(|_| SandboxId::new()).chain([a.id]).collect();
+    assert_eq!(db.bulk_status_if(&many, Running, Stopped).await.unwrap(), [a.id]);
+}
+
+async fn metadata_merges_keep_existing_keys(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut new = new_sandbox(team.id, host.id, Running);
+    new.metadata = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+    let sb = db.insert_sandbox(new).await.unwrap();
+    db.merge_sandbox_metadata(sb.id, &BTreeMap::from([("b".into(), "3".into()), ("c".into(), "4".into())]))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get_sandbox(sb.id).await.unwrap().metadata,
+        BTreeMap::from([("a".into(), "1".into()), ("b".into(), "3".into()), ("c".into(), "4".into())])
+    );
+    assert_not_found(db.merge_sandbox_metadata(SandboxId::new(), &BTreeMap::new()).await);
+}
+
+async fn touching_a_sandbox_records_its_last_activity(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let sb = sandbox(&db, team.id, host.id, Running).await;
+    let at = now() + Duration::seconds(3);
+    db.touch_sandbox(sb.id, at).await.unwrap();
+    assert_eq!(db.get_sandbox(sb.id).await.unwrap().last_active_at, Some(at));
+    assert_not_found(db.touch_sandbox(SandboxId::new(), at).await);
+}
+
+async fn the_proxy_target_carries_the_hosts_address(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = online_host(&db, "10.0.0.7:50051").await;
+    let sb = sandbox(&db, team.id, host.id, Running).await;
+    let target = db.proxy_target(sb.id).await.unwrap().unwrap();
+    assert_eq!(target.sandbox_id, sb.id);
+    assert_eq!(target.team_id, team.id);
+    assert_eq!(target.status, Running);
+    assert_eq!(target.host_id, host.id);
+    assert_eq!(target.host_address, "10.0.0.7:50051");
+    assert!(db.proxy_target(SandboxId::new()).await.unwrap().is_none());
+
+    let unregistered = self::host(&db, None).await;
+    let pending = sandbox(&db, team.id, unregistered.id, Starting).await;
+    assert_eq!(db.proxy_target(pending.id).await.unwrap().unwrap().host_address, "");
+    db.delete_host(unregistered.id).await.unwrap();
+    assert_eq!(db.proxy_target(pending.id).await.unwrap().unwrap().host_address, "", "host gone");
+}
+
+async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (_, idle) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    sandbox(&db, team.id, host.id, Running).await; // 2 vCPU, 1024 MB
+    sandbox(&db, team.id, host.id, Starting).await;
+    let mut odd = new_sandbox(team.id, host.id, Paused);
+    odd.memory_mb = 513;
+    db.insert_sandbox(odd).await.unwrap();
+    sandbox(&db, team.id, host.id, Pausing).await;
+    sandbox(&db, team.id, host.id, Stopped).await;
+    sandbox(&db, idle.id, host.id, Stopped).await;
+
+    let at = now();
+    let samples = db.sample_team_usage(at).await.unwrap();
+    let mine = samples.iter().find(|s| s.team_id == team.id).unwrap();
+    assert_eq!(mine.sampled_at, at);
+    assert_eq!(mine.running_count, 2);
+    assert_eq!(mine.vcpus_reserved, 4);
+    assert_eq!(mine.memory_mb_reserved, 2 * 1024 + 257, "CEIL(513 / 2) = 257");
+    let zero = samples.iter().find(|s| s.team_id == idle.id).expect("teams with only stopped rows sample zero");
+    assert_eq!((zero.running_count, zero.vcpus_reserved, zero.memory_mb_reserved), (0, 0, 0));
+}
+
+conformance_tests!(
+    inserted_sandboxes_read_back_exactly,
+    sandboxes_are_only_visible_to_their_team,
+    list_sandboxes_hides_stopped_and_errored_ones_newest_first,
+    active_sandboxes_include_paused_hibernated_and_missing,
+    sandboxes_are_listed_by_host_and_status,
+    stuck_sandboxes_are_those_not_updated_since_the_cutoff,
+    status_changes_only_from_the_expected_status,
+    concurrent_status_changes_have_exactly_one_winner,
+    running_if_records_the_host_ip_and_merges_metadata,
+    losing_a_host_marks_its_live_sandboxes_missing,
+    bulk_status_changes_move_only_rows_in_the_expected_status,
+    metadata_merges_keep_existing_keys,
+    touching_a_sandbox_records_its_last_activity,
+    the_proxy_target_carries_the_hosts_address,
+    team_usage_counts_running_fully_and_paused_at_half_memory,
+);

@@ -1,0 +1,61 @@
+//! [`ServerContext`]: everything a handler, worker or extension may use.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use wrenn_core::agents::HostAgents;
+use wrenn_core::audit::{AuditEntry, AuditSink};
+use wrenn_core::config::Config;
+use wrenn_core::events::EventBus;
+use wrenn_core::lifecycle::Lifecycle;
+use wrenn_core::repo::Store;
+use wrenn_core::scheduler::Scheduler;
+
+use crate::auth::Authenticator;
+use crate::mailer::Mailer;
+
+/// The control plane's shared state. Cheap to clone (a bundle of `Arc`s); it is the
+/// axum state of every route, core and extension alike.
+#[derive(Clone)]
+pub struct ServerContext {
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// The sandbox lifecycle service.
+    pub lifecycle: Lifecycle,
+    /// Host placement.
+    pub scheduler: Arc<dyn Scheduler>,
+    /// Lifecycle calls on host agents.
+    pub agents: Arc<dyn HostAgents>,
+    /// Credential checks (JWT keys, API-key cache).
+    pub auth: Arc<Authenticator>,
+    /// Where audit entries go.
+    pub audit: Arc<dyn AuditSink>,
+    /// The event bus.
+    pub events: Arc<dyn EventBus>,
+    /// Typed configuration.
+    pub config: Arc<Config>,
+    /// Outgoing email, when configured.
+    pub mailer: Option<Arc<dyn Mailer>>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext")
+            .field("store", &self.store.backend())
+            .field("listen_addr", &self.config.listen_addr)
+            .field("shutting_down", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerContext {
+    /// Writes an audit entry; a failure is logged, never returned (auditing must not
+    /// turn a successful operation into an error).
+    pub async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.audit.record(entry).await {
+            tracing::warn!(error = %e, "could not write audit entry");
+        }
+    }
+}

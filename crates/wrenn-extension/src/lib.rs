@@ -1,0 +1,27 @@
+//! The surface an enterprise build of Wrenn codes against.
+//!
+//! An extension implements [`Extension`] and is handed to the server builder:
+//!
+//! ```ignore
+//! wrenn_cpserver::run(Builder::from_env()?.with_extensions([Arc::new(Billing::new())])).await
+//! ```
+//!
+//! It receives a [`ServerContext`] (store, lifecycle, scheduler, host agents, auth,
+//! audit, event bus, config, shutdown token), may add routes (authenticated with the
+//! extractors of [`auth`]), wrap the router in middleware, run supervised
+//! [`Worker`]s, and react to sandbox events. Errors use the one envelope of
+//! [`ApiError`].
+
+pub mod auth;
+mod context;
+mod error;
+mod extension;
+mod mailer;
+mod worker;
+
+pub use auth::{AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal};
+pub use context::ServerContext;
+pub use error::{ApiError, ApiResult};
+pub use extension::Extension;
+pub use mailer::{Email, MailError, Mailer};
+pub use worker::{Supervisor, Worker, WorkerError};
