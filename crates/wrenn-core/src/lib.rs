@@ -14,4 +14,6 @@ pub mod lifecycle;
 pub mod model;
 pub mod repo;
 pub mod scheduler;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;

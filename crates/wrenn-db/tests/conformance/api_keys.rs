@@ -4,7 +4,6 @@ use chrono::Duration;
 use wrenn_core::auth::Role;
 use wrenn_core::id::{ApiKeyId, TeamId, UserId};
 use wrenn_core::model::ApiKey;
-use wrenn_core::repo::{ApiKeyRepo, TeamRepo, UserRepo};
 
 use crate::fixtures::*;
 
@@ -68,14 +67,18 @@ async fn api_keys_list_newest_first_with_the_creators_email_even_once_the_creato
     assert_eq!(email_of(newer.id), Some(colleague.email.clone()));
     assert_eq!(email_of(orphan.id), None);
 
+    // Hard deletion keeps the keys (soft deletion is what removes them) and the
+    // LEFT JOIN still lists them, without an email.
     db.hard_delete_user(colleague.id).await.unwrap();
     let listed = db.list_api_keys(team.id).await.unwrap();
-    assert_eq!(listed.len(), 2, "soft deletion is what removes a creator's keys");
-    db.hard_delete_user(owner.id).await.unwrap();
-    let listed = db.list_api_keys(team.id).await.unwrap();
-    let older_now = listed.iter().find(|k| k.key.id == older.id).unwrap();
-    assert_eq!(older_now.creator_email, None);
-    assert_eq!(older_now.key.created_by, None);
+    assert_eq!(listed.len(), 3);
+    let newer_now = listed.iter().find(|k| k.key.id == newer.id).unwrap();
+    assert_eq!(newer_now.creator_email, None);
+    assert_eq!(newer_now.key.created_by, None);
+    assert_eq!(
+        listed.iter().find(|k| k.key.id == older.id).unwrap().creator_email,
+        Some(owner.email.clone())
+    );
 }
 
 async fn deleting_an_api_key_needs_its_own_team(db: Db) {

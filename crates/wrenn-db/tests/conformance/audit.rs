@@ -7,8 +7,6 @@ use wrenn_core::audit::{
     Actor, ActorKind, AuditCursor, AuditEntry, AuditQuery, AuditRecord, AuditScope, AuditStatus,
 };
 use wrenn_core::id::{ApiKeyId, AuditLogId, TeamId};
-use wrenn_core::repo::AuditRepo;
-
 use crate::fixtures::*;
 
 fn query(team: TeamId) -> AuditQuery {

@@ -3,8 +3,6 @@
 use chrono::Duration;
 use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TemplateId};
 use wrenn_core::model::{BuildStatus, TemplateBuild};
-use wrenn_core::repo::BuildRepo;
-
 use crate::fixtures::*;
 
 fn build(name: &str) -> TemplateBuild {

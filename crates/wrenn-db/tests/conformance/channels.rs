@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 
 use wrenn_core::id::{ChannelId, TeamId};
 use wrenn_core::model::Channel;
-use wrenn_core::repo::ChannelRepo;
-
 use crate::fixtures::*;
 
 fn channel(team: TeamId, name: &str, events: &[&str]) -> Channel {

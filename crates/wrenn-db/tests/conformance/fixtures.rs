@@ -6,10 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{Host, HostKind, NewSandbox, Sandbox, Team, User, UserStatus};
-use wrenn_core::repo::{
-    HostRepo, HostSpec, NewHost, NewTeam, NewUser, RepoError, SandboxRepo, Store, TeamRepo,
-    UserRepo,
-};
+use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, RepoError, Store};
 
 /// The store under test.
 pub type Db = Arc<dyn Store>;

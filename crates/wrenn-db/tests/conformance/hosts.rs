@@ -5,7 +5,7 @@ use chrono::Duration;
 use wrenn_core::id::{HostId, HostRefreshTokenId, HostTokenId};
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::{HostKind, HostRefreshToken, HostToken};
-use wrenn_core::repo::{HostRepo, NewHost, TeamRepo};
+use wrenn_core::repo::NewHost;
 
 use crate::fixtures::*;
 
@@ -183,7 +183,6 @@ async fn deleting_a_host_cascades_to_tokens_tags_and_refresh_tokens(db: Db) {
     assert_not_found(db.get_host_token(tok.id).await);
     assert!(db.get_valid_refresh_token(&rt.token_hash, now()).await.unwrap().is_none());
     // Sandbox rows outlive their host.
-    use wrenn_core::repo::SandboxRepo;
     assert_eq!(db.get_sandbox(sandbox.id).await.unwrap().host_id, host.id);
 }
 

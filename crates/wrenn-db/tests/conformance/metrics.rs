@@ -3,8 +3,6 @@
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use wrenn_core::id::{SandboxId, TeamId};
 use wrenn_core::model::{MetricPoint, MetricTier, MetricsSnapshot};
-use wrenn_core::repo::MetricsRepo;
-
 use crate::fixtures::*;
 
 fn snapshot(team: TeamId, at: chrono::DateTime<Utc>, vcpus: i32, memory: i32) -> MetricsSnapshot {

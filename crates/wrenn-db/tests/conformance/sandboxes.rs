@@ -6,7 +6,6 @@ use chrono::Duration;
 use futures::future::join_all;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId};
 use wrenn_core::lifecycle::SandboxStatus::{self, *};
-use wrenn_core::repo::{HostRepo, SandboxRepo};
 
 use crate::fixtures::*;
 

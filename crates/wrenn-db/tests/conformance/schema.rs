@@ -2,7 +2,7 @@
 
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId};
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::repo::{RepoError, SandboxRepo, TeamRepo, TemplateRepo};
+use wrenn_core::repo::RepoError;
 use wrenn_db::testing::TestStore;
 
 use crate::fixtures::*;

@@ -5,7 +5,6 @@ use wrenn_core::auth::Role;
 use wrenn_core::id::{ApiKeyId, ChannelId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{ApiKey, Channel, MetricPoint, MetricTier, MetricsSnapshot};
-use wrenn_core::repo::{ApiKeyRepo, ChannelRepo, MetricsRepo, TeamRepo};
 
 use crate::fixtures::*;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, TeamId, TemplateId};
 use wrenn_core::model::TemplateKind;
-use wrenn_core::repo::{NewTemplate, TemplateRepo};
+use wrenn_core::repo::NewTemplate;
 
 use crate::fixtures::*;
 

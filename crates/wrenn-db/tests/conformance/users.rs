@@ -6,7 +6,6 @@ use wrenn_core::audit::{Actor, AuditEntry, AuditQuery, AuditScope};
 use wrenn_core::auth::Role;
 use wrenn_core::id::{ApiKeyId, HostTokenId, UserId};
 use wrenn_core::model::{ApiKey, HostToken, OAuthLink, UserStatus};
-use wrenn_core::repo::{ApiKeyRepo, AuditRepo, HostRepo, TeamRepo, UserRepo};
 
 use crate::fixtures::*;
 

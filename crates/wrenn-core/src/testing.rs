@@ -1,0 +1,195 @@
+//! Test helpers for crates that build on wrenn-core (feature `testing`).
+//!
+//! [`FakeAgents`] is a controllable [`HostAgents`] double for control-plane tests
+//! that must not depend on a real host: it keeps a real map of the sandboxes "on
+//! the host", so tests can check the database never contradicts it, and each
+//! operation can be made to fail once, to take a while, or to wait at a gate until
+//! the test releases it. End-to-end tests use the real agent instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use crate::agents::{AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox};
+use crate::id::{HostId, SandboxId, TeamId, TemplateId};
+use crate::lifecycle::SandboxStatus;
+
+/// Agent operations the double can script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `create_sandbox`.
+    Create,
+    /// `pause_sandbox`.
+    Pause,
+    /// `resume_sandbox`.
+    Resume,
+    /// `destroy_sandbox`.
+    Destroy,
+    /// `ping_sandbox`.
+    Ping,
+    /// `create_snapshot`.
+    Snapshot,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default, Debug)]
+struct Script {
+    fail: HashMap<Op, AgentError>,
+    delay: HashMap<Op, Duration>,
+    gate: HashMap<Op, Arc<Semaphore>>,
+}
+
+/// The double.
+#[derive(Default, Debug)]
+pub struct FakeAgents {
+    /// What the host holds.
+    pub sandboxes: Mutex<HashMap<SandboxId, SandboxStatus>>,
+    script: Mutex<Script>,
+    /// Every call, in order.
+    pub calls: Mutex<Vec<(Op, SandboxId)>>,
+}
+
+impl FakeAgents {
+    /// A double with an empty host.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The next call of `op` fails with `err`.
+    pub fn fail_next(&self, op: Op, err: AgentError) {
+        lock(&self.script).fail.insert(op, err);
+    }
+
+    /// Every call of `op` takes `d`.
+    pub fn delay(&self, op: Op, d: Duration) {
+        lock(&self.script).delay.insert(op, d);
+    }
+
+    /// Calls of `op` wait until [`FakeAgents::release`].
+    pub fn hold(&self, op: Op) {
+        lock(&self.script).gate.insert(op, Arc::new(Semaphore::new(0)));
+    }
+
+    /// Lets held calls of `op` proceed (and future ones too).
+    pub fn release(&self, op: Op) {
+        if let Some(g) = lock(&self.script).gate.remove(&op) {
+            g.add_permits(1 << 20);
+        }
+    }
+
+    /// The sandbox's status on the host, if it is there.
+    pub fn status_on_host(&self, id: SandboxId) -> Option<SandboxStatus> {
+        lock(&self.sandboxes).get(&id).copied()
+    }
+
+    /// The sandbox vanishes from the host (crash, reboot).
+    pub fn lose(&self, id: SandboxId) {
+        lock(&self.sandboxes).remove(&id);
+    }
+
+    /// How many calls of `op` were made.
+    pub fn count(&self, op: Op) -> usize {
+        lock(&self.calls).iter().filter(|(o, _)| *o == op).count()
+    }
+
+    async fn enter(&self, op: Op, id: SandboxId) -> Result<(), AgentError> {
+        lock(&self.calls).push((op, id));
+        let (gate, delay) = {
+            let s = lock(&self.script);
+            (s.gate.get(&op).cloned(), s.delay.get(&op).copied())
+        };
+        if let Some(g) = gate {
+            let _permit = g.acquire().await;
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        match lock(&self.script).fail.remove(&op) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    fn set(&self, id: SandboxId, from: &[SandboxStatus], to: SandboxStatus) -> Result<(), AgentError> {
+        let mut map = lock(&self.sandboxes);
+        match map.get_mut(&id) {
+            None => Err(AgentError::NotFound(id.to_string())),
+            Some(s) if from.contains(s) => {
+                *s = to;
+                Ok(())
+            }
+            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HostAgents for FakeAgents {
+    async fn create_sandbox(&self, _host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+        self.enter(Op::Create, spec.sandbox_id).await?;
+        lock(&self.sandboxes).insert(spec.sandbox_id, SandboxStatus::Running);
+        Ok(StartedSandbox {
+            host_ip: "10.11.0.2".into(),
+            metadata: [("agent_version".to_string(), "test".to_string())].into(),
+        })
+    }
+
+    async fn pause_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+        self.enter(Op::Pause, id).await?;
+        self.set(id, &[SandboxStatus::Running], SandboxStatus::Paused)
+    }
+
+    async fn resume_sandbox(&self, _host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+        self.enter(Op::Resume, spec.sandbox_id).await?;
+        self.set(spec.sandbox_id, &[SandboxStatus::Paused, SandboxStatus::Hibernated], SandboxStatus::Running)?;
+        Ok(StartedSandbox {
+            host_ip: "10.11.0.2".into(),
+            metadata: Default::default(),
+        })
+    }
+
+    async fn destroy_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+        self.enter(Op::Destroy, id).await?;
+        match lock(&self.sandboxes).remove(&id) {
+            Some(_) => Ok(()),
+            None => Err(AgentError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn ping_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+        self.enter(Op::Ping, id).await?;
+        match self.status_on_host(id) {
+            Some(SandboxStatus::Running) => Ok(()),
+            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
+            None => Err(AgentError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn create_snapshot(&self, _host: HostId, id: SandboxId, _team: TeamId, _t: TemplateId) -> Result<u64, AgentError> {
+        self.enter(Op::Snapshot, id).await?;
+        match self.status_on_host(id) {
+            Some(SandboxStatus::Running | SandboxStatus::Paused) => Ok(4096),
+            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
+            None => Err(AgentError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn delete_snapshot(&self, _host: HostId, _team: TeamId, _t: TemplateId) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    async fn list_sandboxes(&self, _host: HostId) -> Result<AgentInventory, AgentError> {
+        Ok(AgentInventory {
+            sandboxes: lock(&self.sandboxes)
+                .iter()
+                .map(|(id, s)| AgentSandbox { sandbox_id: *id, status: *s })
+                .collect(),
+            auto_paused: vec![],
+        })
+    }
+}
+
