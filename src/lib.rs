@@ -4,8 +4,14 @@
 //! one crate:
 //! - [`core`] — domain, lifecycle, schedulers, auth, events and the backend traits;
 //! - [`proto`] — the `hostagent.v1` and `envd.v1` wire protocols;
-//! - [`db`] — the PostgreSQL and SQLite stores.
+//! - [`db`] — the PostgreSQL and SQLite stores;
+//! - [`cpserver`] and [`extension`] — the control plane and its extension surface;
+//! - [`dev`] — `wrenn dev`, the platform on its embedded defaults.
 
 pub use wrenn_core as core;
 pub use wrenn_db as db;
 pub use wrenn_proto as proto;
+pub use wrenn_cpserver as cpserver;
+pub use wrenn_extension as extension;
+
+pub mod dev;

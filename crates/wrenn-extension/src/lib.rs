@@ -16,6 +16,7 @@ pub mod auth;
 mod context;
 mod error;
 mod extension;
+pub mod extract;
 mod mailer;
 mod worker;
 

@@ -1,5 +1,5 @@
-//! Authentication and authorisation primitives: argon2id passwords, HS256 user and
-//! host JWTs, team API keys, opaque refresh/registration tokens and team roles.
+//! Authentication and authorisation primitives: argon2id passwords, HS256 user, host
+//! and single-purpose (activation, password reset) JWTs, team API keys, opaque refresh/registration tokens and team roles.
 //!
 //! Nothing here touches storage or HTTP; the server combines these with the repos.
 
@@ -11,8 +11,9 @@ pub mod tokens;
 
 pub use api_key::{ApiKey, ApiKeyError, hash_api_key, key_prefix, looks_like_api_key};
 pub use jwt::{
-    HOST_TOKEN_LIFETIME, HostClaims, JwtError, JwtKeys, USER_TOKEN_LIFETIME, UserClaims,
-    generate_jwt_secret,
+    ACTIVATION_TOKEN_LIFETIME, HOST_TOKEN_LIFETIME, HostClaims, JwtError, JwtKeys,
+    PASSWORD_RESET_TOKEN_LIFETIME, PurposeClaims, TokenPurpose, USER_TOKEN_LIFETIME, UserClaims,
+    binding_digest, generate_jwt_secret,
 };
 pub use password::{
     PasswordError, check_password_policy, hash_password, verify_password, verify_password_dummy,

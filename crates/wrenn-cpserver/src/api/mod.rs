@@ -11,6 +11,7 @@ mod admin;
 mod api_keys;
 mod audit;
 mod auth;
+mod capsules;
 mod docs;
 mod health;
 mod me;
@@ -29,6 +30,7 @@ pub(crate) mod tags {
     pub const API_KEYS: &str = "api-keys";
     pub const AUDIT: &str = "audit";
     pub const ADMIN: &str = "admin";
+    pub const CAPSULES: &str = "capsules";
 }
 
 #[derive(OpenApi)]
@@ -44,6 +46,7 @@ pub(crate) mod tags {
         (name = tags::API_KEYS, description = "Team API keys"),
         (name = tags::AUDIT, description = "The team audit log"),
         (name = tags::ADMIN, description = "Platform administration"),
+        (name = tags::CAPSULES, description = "Sandboxes: create, inspect, pause, resume, destroy"),
     )
 )]
 struct ApiDoc;
@@ -59,6 +62,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(api_keys::routes())
         .merge(audit::routes())
         .merge(admin::routes())
+        .merge(capsules::routes())
         .split_for_parts();
     openapi.info.version = version.to_owned();
     router

@@ -235,7 +235,7 @@ async fn purging_a_team_removes_its_points_snapshots_keys_and_channels(db: Db) {
     let theirs = sandbox(&db, bystander.id, host.id, SandboxStatus::Running).await;
     let point = MetricPoint { ts: 1_700_000_000, cpu_pct: 12.5, mem_bytes: 1, disk_bytes: 2 };
     for (sandbox, team_id) in [(&mine, team.id), (&theirs, bystander.id)] {
-        db.insert_metric_points(sandbox.id, MetricTier::TenMinutes, &[point.clone()])
+        db.insert_metric_points(sandbox.id, MetricTier::TenMinutes, std::slice::from_ref(&point))
             .await
             .unwrap();
         db.insert_metrics_snapshots(&[MetricsSnapshot {

@@ -104,7 +104,7 @@ async fn templates_are_listed_per_team_per_kind_and_in_full(db: Db) {
     let bases = db.list_templates_for_team(team.id, Some(TemplateKind::Base)).await.unwrap();
     assert_eq!(bases, [base.clone(), builtin.clone()]);
     let snaps = db.list_templates_for_team(team.id, Some(TemplateKind::Snapshot)).await.unwrap();
-    assert_eq!(snaps, [snap.clone()]);
+    assert_eq!(snaps, std::slice::from_ref(&snap));
     assert_eq!(db.list_team_owned_templates(team.id).await.unwrap(), [snap.clone(), base.clone()]);
     let all = db.list_all_templates().await.unwrap();
     for t in [&base, &snap, &foreign, &builtin] {

@@ -1,0 +1,207 @@
+//! `wrenn dev`: the whole platform on its embedded defaults, in one directory.
+//!
+//! The control plane runs on SQLite in `--dir` with the in-process event bus. The
+//! first start creates an admin user, a team and an API key and keeps them in
+//! `DIR/dev-credentials.json` (mode 0600); every start prints the same
+//! ready-to-paste `export` lines, so the SDK works against it at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wrenn_core::auth::{ApiKey, hash_password};
+use wrenn_core::config::Config;
+use wrenn_core::id::{ApiKeyId, TeamId, UserId};
+use wrenn_core::model::{self, UserStatus};
+use wrenn_core::repo::{NewTeam, NewUser, Store};
+
+/// Default listen address of `wrenn dev`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// Default directory of `wrenn dev`.
+pub const DEFAULT_DIR: &str = ".wrenn";
+/// Email of the development admin account.
+pub const DEV_EMAIL: &str = "admin@wrenn.local";
+/// File (inside the directory) holding the development credentials.
+pub const CREDENTIALS_FILE: &str = "dev-credentials.json";
+
+/// Why `wrenn dev` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The control plane failed.
+    #[error(transparent)]
+    Server(#[from] wrenn_cpserver::ServerError),
+    /// The directory or credentials file could not be used.
+    #[error("{path}: {message}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store refused the development account.
+    #[error("could not create the development account: {0}")]
+    Store(#[from] wrenn_core::repo::RepoError),
+}
+
+/// The development account, as persisted in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevCredentials {
+    /// Admin user's email.
+    pub email: String,
+    /// Admin user's password (for the dashboard and JWT routes).
+    pub password: String,
+    /// The admin user.
+    pub user_id: UserId,
+    /// The admin's team.
+    pub team_id: TeamId,
+    /// The API key id.
+    pub api_key_id: ApiKeyId,
+    /// The API key plaintext.
+    pub api_key: String,
+}
+
+/// Configuration of `wrenn dev`: everything from the environment as usual, except
+/// that the directory, database and listen address come from the command line.
+pub fn config(dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
+    let dir_s = dir.to_string_lossy().into_owned();
+    let db = format!("sqlite://{}", dir.join("wrenn.db").display());
+    let listen_s = listen.to_string();
+    Config::from_lookup(|k| match k {
+        "WRENN_DIR" => Some(dir_s.clone()),
+        "DATABASE_URL" => Some(db.clone()),
+        "WRENN_CP_LISTEN_ADDR" => Some(listen_s.clone()),
+        "REDIS_URL" => None,
+        other => std::env::var(other).ok(),
+    })
+    .map_err(|e| DevError::Server(e.into()))
+}
+
+fn cred_err(path: &Path, message: impl std::fmt::Display) -> DevError {
+    DevError::Credentials {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Loads the development account from `dir`, or creates it (admin user, default
+/// team, API key) in `store` and saves it. A saved key that the store no longer
+/// knows (database removed) is recreated.
+pub async fn ensure_credentials(dir: &Path, store: &dyn Store) -> Result<DevCredentials, DevError> {
+    let path = dir.join(CREDENTIALS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let creds: DevCredentials = serde_json::from_str(&text).map_err(|e| cred_err(&path, format!("unreadable: {e}; remove it to start over")))?;
+        if store.get_api_key_by_hash(&wrenn_core::auth::hash_api_key(&creds.api_key)).await?.is_some() {
+            return Ok(creds);
+        }
+        tracing::warn!("saved development key is unknown to the database; creating a new account");
+    }
+    let creds = create_account(store).await?;
+    write_private(&path, &serde_json::to_string_pretty(&creds).map_err(|e| cred_err(&path, e))?)?;
+    Ok(creds)
+}
+
+async fn create_account(store: &dyn Store) -> Result<DevCredentials, DevError> {
+    let password = wrenn_core::auth::OpaqueToken::generate().expose_secret()[..24].to_owned();
+    let user = match store.get_user_by_email(DEV_EMAIL).await {
+        Ok(u) => {
+            store
+                .update_password(u.id, &hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?)
+                .await?;
+            u
+        }
+        Err(wrenn_core::repo::RepoError::NotFound { .. }) => {
+            store
+                .create_user(NewUser {
+                    id: UserId::new(),
+                    email: DEV_EMAIL.into(),
+                    password_hash: Some(hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?),
+                    name: "Wrenn Admin".into(),
+                    status: UserStatus::Active,
+                    is_admin: true,
+                })
+                .await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let team = match store.default_team_for_user(user.id).await? {
+        Some(t) => t.team.id,
+        None => {
+            store
+                .create_team(
+                    NewTeam {
+                        id: TeamId::new(),
+                        name: "Wrenn Admin's Team".into(),
+                        slug: wrenn_core::id::new_team_slug(),
+                        is_byoc: false,
+                    },
+                    user.id,
+                    true,
+                )
+                .await?
+                .id
+        }
+    };
+    let key = ApiKey::generate();
+    let row = store
+        .create_api_key(model::ApiKey {
+            id: ApiKeyId::new(),
+            team_id: team,
+            name: "wrenn dev".into(),
+            key_hash: key.hash(),
+            key_prefix: key.prefix().to_owned(),
+            created_by: Some(user.id),
+            created_at: chrono::Utc::now(),
+            last_used: None,
+        })
+        .await?;
+    Ok(DevCredentials {
+        email: DEV_EMAIL.into(),
+        password,
+        user_id: user.id,
+        team_id: team,
+        api_key_id: row.id,
+        api_key: key.expose_secret().to_owned(),
+    })
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| cred_err(path, e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| cred_err(path, e))
+}
+
+/// The lines `wrenn dev` prints for the user to paste.
+pub fn banner(listen: SocketAddr, creds: &DevCredentials) -> String {
+    format!(
+        "Wrenn is running (control plane on http://{listen}, dashboard login {email} / {password}).\n\
+         Paste this into your shell to use it from the SDK:\n\n\
+         export WRENN_BASE_URL=http://{listen}\n\
+         export WRENN_API_KEY={key}\n",
+        email = creds.email,
+        password = creds.password,
+        key = creds.api_key,
+    )
+}
+
+/// Runs `wrenn dev` until SIGTERM/SIGINT.
+pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
+    std::fs::create_dir_all(&dir).map_err(|e| cred_err(&dir, e))?;
+    let dir = dir.canonicalize().map_err(|e| cred_err(&dir, e))?;
+    let config = config(&dir, listen)?;
+    let server = wrenn_cpserver::Builder::new(config)
+        .with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("dev"))
+        .build()
+        .await?;
+    let creds = ensure_credentials(&dir, server.context().store.as_ref()).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+    let bound = listener.local_addr().map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+    println!("{}", banner(bound, &creds));
+    server.serve(listener, wrenn_cpserver::shutdown_signal()).await?;
+    Ok(())
+}
