@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use futures::future::join_all;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId};
 use wrenn_core::lifecycle::SandboxStatus::{Pausing, Running};
@@ -56,7 +56,10 @@ async fn running_rows(store: &Arc<dyn Store>, n: usize) -> Vec<SandboxId> {
 async fn flip_flop(store: &dyn Store, id: SandboxId) {
     for (from, to) in [(Running, Pausing), (Pausing, Running)] {
         let moved = store.status_if(id, from, to).await.expect("status_if");
-        assert!(moved.is_some(), "uncontended status_if lost ({from} -> {to})");
+        assert!(
+            moved.is_some(),
+            "uncontended status_if lost ({from} -> {to})"
+        );
     }
 }
 
@@ -99,5 +102,9 @@ fn status_if(c: &mut Criterion) {
     runtime.block_on(async move { drop(stores) });
 }
 
-criterion_group!(benches, status_if);
-criterion_main!(benches);
+// What `criterion_group!`/`criterion_main!` expand to, minus an undocumented `pub fn`.
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    status_if(&mut criterion);
+    criterion.final_summary();
+}

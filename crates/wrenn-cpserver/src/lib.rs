@@ -22,6 +22,7 @@ pub mod mailer;
 mod router;
 pub mod secrets;
 mod server;
+pub mod teams;
 pub mod workers;
 
 pub use builder::Builder;

@@ -133,7 +133,7 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let ctx = self.ctx.clone();
         let token = ctx.shutdown.clone();
-        let mut all_workers = workers::core_workers(&ctx);
+        let mut all_workers = workers::core_workers(&ctx, &self.extensions);
         for ext in &self.extensions {
             all_workers.extend(ext.workers(&ctx));
         }

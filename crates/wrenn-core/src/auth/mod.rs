@@ -1,5 +1,6 @@
 //! Authentication and authorisation primitives: argon2id passwords, HS256 user, host
-//! and single-purpose (activation, password reset) JWTs, team API keys, opaque refresh/registration tokens and team roles.
+//! and single-purpose (activation, password reset) JWTs, team API keys, opaque
+//! refresh/registration tokens and team roles.
 //!
 //! Nothing here touches storage or HTTP; the server combines these with the repos.
 

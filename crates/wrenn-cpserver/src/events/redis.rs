@@ -106,7 +106,7 @@ fn is_no_group(e: &RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
 
-fn map_err(stream: &str, group: &str) -> impl Fn(RedisError) -> EventBusError + '_ {
+fn map_err<'a>(stream: &'a str, group: &'a str) -> impl Fn(RedisError) -> EventBusError + 'a {
     move |e| {
         if is_no_group(&e) {
             EventBusError::NoGroup {

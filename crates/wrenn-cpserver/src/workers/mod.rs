@@ -1,16 +1,22 @@
 //! The control plane's own background workers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use wrenn_extension::{ServerContext, Worker};
+use wrenn_extension::{Extension, ServerContext, Worker};
+
+pub mod event_consumer;
 
 /// How often batched API-key `last_used` times are written.
 pub const API_KEY_USAGE_FLUSH: Duration = Duration::from_secs(15);
 
-/// Every core worker.
-pub fn core_workers(_ctx: &ServerContext) -> Vec<Worker> {
-    vec![Worker::periodic("api-key-usage", API_KEY_USAGE_FLUSH, |ctx| async move {
-        ctx.auth.flush_usage().await?;
-        Ok(())
-    })]
+/// Every core worker. `extensions` receive sandbox events through the consumer.
+pub fn core_workers(_ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> Vec<Worker> {
+    vec![
+        Worker::periodic("api-key-usage", API_KEY_USAGE_FLUSH, |ctx| async move {
+            ctx.auth.flush_usage().await?;
+            Ok(())
+        }),
+        event_consumer::worker(extensions.to_vec()),
+    ]
 }
