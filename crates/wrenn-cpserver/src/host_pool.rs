@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
-use wrenn_core::agents::{AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox};
+use wrenn_core::agents::{
+    AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
+};
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::repo::{RepoError, Store};
@@ -114,7 +116,9 @@ impl GrpcHostAgents {
     /// The channel for `host`, resolving its address through the store.
     async fn channel(&self, host: HostId) -> Result<(String, Channel), AgentError> {
         let row = self.store.get_host(host).await.map_err(|e| match e {
-            RepoError::NotFound { .. } => AgentError::Unavailable(format!("host {host} does not exist")),
+            RepoError::NotFound { .. } => {
+                AgentError::Unavailable(format!("host {host} does not exist"))
+            }
             other => AgentError::Unavailable(format!("cannot look up host {host}: {other}")),
         })?;
         if !matches!(row.status, HostStatus::Online | HostStatus::Draining) {
@@ -138,7 +142,11 @@ impl GrpcHostAgents {
             return Ok((cached.address.clone(), cached.channel.clone()));
         }
         let channel = endpoint(address)
-            .map_err(|e| AgentError::Unavailable(format!("host {host} has an invalid address {address:?}: {e}")))?
+            .map_err(|e| {
+                AgentError::Unavailable(format!(
+                    "host {host} has an invalid address {address:?}: {e}"
+                ))
+            })?
             .connect_lazy();
         if let Some(old) = channels.insert(
             host,
@@ -153,7 +161,13 @@ impl GrpcHostAgents {
     }
 
     /// Runs one RPC on `host` with a deadline, mapping failures.
-    async fn call<T, F, Fut>(&self, host: HostId, op: &'static str, timeout: Duration, rpc: F) -> Result<T, AgentError>
+    async fn call<T, F, Fut>(
+        &self,
+        host: HostId,
+        op: &'static str,
+        timeout: Duration,
+        rpc: F,
+    ) -> Result<T, AgentError>
     where
         F: FnOnce(HostAgentServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -214,7 +228,9 @@ pub fn map_status(op: &str, host: HostId, status: &Status) -> AgentError {
 
 /// Converts a non-negative resource value for the wire.
 fn unsigned(field: &str, value: i32) -> Result<u32, AgentError> {
-    u32::try_from(value).map_err(|_| AgentError::InvalidArgument(format!("{field} must not be negative (got {value})")))
+    u32::try_from(value).map_err(|_| {
+        AgentError::InvalidArgument(format!("{field} must not be negative (got {value})"))
+    })
 }
 
 fn hyphenated(uuid: uuid::Uuid) -> String {
@@ -232,19 +248,16 @@ fn started(host_ip: String, metadata: HashMap<String, String>) -> StartedSandbox
     }
 }
 
-/// The `CreateSandbox` request for `spec`.
-///
-/// The protocol has a single team field, and the agent locates the template directory
-/// with it (`images/teams/{team_id}/{template_id}`), so it carries the team that owns
-/// the *template* (`template_team_id`, the all-zero platform team for built-in and
-/// platform templates), not the sandbox's owner. The owner stays in the control plane's
-/// database, which is the only place it is needed.
+/// The `CreateSandbox` request for `spec`: `team_id` is the sandbox's owner,
+/// `template_team_id` the team owning the template (the agent finds the template
+/// under `images/teams/{template_team_id}/{template_id}`).
 pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, AgentError> {
     Ok(pb::CreateSandboxRequest {
         sandbox_id: spec.sandbox_id.to_string(),
         template: spec.template.clone(),
-        team_id: hyphenated(spec.template_team_id.uuid()),
+        team_id: hyphenated(spec.team_id.uuid()),
         template_id: hyphenated(spec.template_id.uuid()),
+        template_team_id: hyphenated(spec.template_team_id.uuid()),
         vcpus: unsigned("vcpus", spec.vcpus)?,
         memory_mb: unsigned("memory_mb", spec.memory_mb)?,
         disk_size_mb: unsigned("disk_size_mb", spec.disk_size_mb)?,
@@ -307,7 +320,11 @@ pub fn inventory(host: HostId, resp: pb::ListSandboxesResponse) -> AgentInventor
         })
         .collect();
     let listed: HashSet<SandboxId> = sandboxes.iter().map(|s| s.sandbox_id).collect();
-    for id in resp.hibernated_sandbox_ids.iter().filter_map(|raw| parse(raw)) {
+    for id in resp
+        .hibernated_sandbox_ids
+        .iter()
+        .filter_map(|raw| parse(raw))
+    {
         if !listed.contains(&id) {
             sandboxes.push(AgentSandbox {
                 sandbox_id: id,
@@ -317,18 +334,28 @@ pub fn inventory(host: HostId, resp: pb::ListSandboxesResponse) -> AgentInventor
     }
     AgentInventory {
         sandboxes,
-        auto_paused: resp.auto_paused_sandbox_ids.iter().filter_map(|raw| parse(raw)).collect(),
+        auto_paused: resp
+            .auto_paused_sandbox_ids
+            .iter()
+            .filter_map(|raw| parse(raw))
+            .collect(),
     }
 }
 
 #[async_trait::async_trait]
 impl HostAgents for GrpcHostAgents {
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %spec.sandbox_id, team_id = %spec.team_id))]
-    async fn create_sandbox(&self, host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+    async fn create_sandbox(
+        &self,
+        host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError> {
         let req = create_request(spec)?;
         let t = LIFECYCLE_CALL_TIMEOUT;
         let resp = self
-            .call(host, "CreateSandbox", t, |mut c| async move { c.create_sandbox(request(req, t)).await })
+            .call(host, "CreateSandbox", t, |mut c| async move {
+                c.create_sandbox(request(req, t)).await
+            })
             .await?;
         Ok(started(resp.host_ip, resp.metadata))
     }
@@ -339,17 +366,25 @@ impl HostAgents for GrpcHostAgents {
             sandbox_id: id.to_string(),
         };
         let t = LIFECYCLE_CALL_TIMEOUT;
-        self.call(host, "PauseSandbox", t, |mut c| async move { c.pause_sandbox(request(req, t)).await })
-            .await?;
+        self.call(host, "PauseSandbox", t, |mut c| async move {
+            c.pause_sandbox(request(req, t)).await
+        })
+        .await?;
         Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %spec.sandbox_id, team_id = %spec.team_id))]
-    async fn resume_sandbox(&self, host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+    async fn resume_sandbox(
+        &self,
+        host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError> {
         let req = resume_request(spec)?;
         let t = LIFECYCLE_CALL_TIMEOUT;
         let resp = self
-            .call(host, "ResumeSandbox", t, |mut c| async move { c.resume_sandbox(request(req, t)).await })
+            .call(host, "ResumeSandbox", t, |mut c| async move {
+                c.resume_sandbox(request(req, t)).await
+            })
             .await?;
         Ok(started(resp.host_ip, resp.metadata))
     }
@@ -360,8 +395,10 @@ impl HostAgents for GrpcHostAgents {
             sandbox_id: id.to_string(),
         };
         let t = LIFECYCLE_CALL_TIMEOUT;
-        self.call(host, "DestroySandbox", t, |mut c| async move { c.destroy_sandbox(request(req, t)).await })
-            .await?;
+        self.call(host, "DestroySandbox", t, |mut c| async move {
+            c.destroy_sandbox(request(req, t)).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -371,8 +408,10 @@ impl HostAgents for GrpcHostAgents {
             sandbox_id: id.to_string(),
         };
         let t = PING_TIMEOUT;
-        self.call(host, "PingSandbox", t, |mut c| async move { c.ping_sandbox(request(req, t)).await })
-            .await?;
+        self.call(host, "PingSandbox", t, |mut c| async move {
+            c.ping_sandbox(request(req, t)).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -391,20 +430,29 @@ impl HostAgents for GrpcHostAgents {
         };
         let t = SNAPSHOT_CALL_TIMEOUT;
         let resp = self
-            .call(host, "CreateSnapshot", t, |mut c| async move { c.create_snapshot(request(req, t)).await })
+            .call(host, "CreateSnapshot", t, |mut c| async move {
+                c.create_snapshot(request(req, t)).await
+            })
             .await?;
         Ok(resp.size_bytes)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, team_id = %team, template_id = %template))]
-    async fn delete_snapshot(&self, host: HostId, team: TeamId, template: TemplateId) -> Result<(), AgentError> {
+    async fn delete_snapshot(
+        &self,
+        host: HostId,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<(), AgentError> {
         let req = pb::DeleteSnapshotRequest {
             team_id: hyphenated(team.uuid()),
             template_id: hyphenated(template.uuid()),
         };
         let t = QUICK_CALL_TIMEOUT;
-        self.call(host, "DeleteSnapshot", t, |mut c| async move { c.delete_snapshot(request(req, t)).await })
-            .await?;
+        self.call(host, "DeleteSnapshot", t, |mut c| async move {
+            c.delete_snapshot(request(req, t)).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -413,7 +461,8 @@ impl HostAgents for GrpcHostAgents {
         let t = QUICK_CALL_TIMEOUT;
         let resp = self
             .call(host, "ListSandboxes", t, |mut c| async move {
-                c.list_sandboxes(request(pb::ListSandboxesRequest {}, t)).await
+                c.list_sandboxes(request(pb::ListSandboxesRequest {}, t))
+                    .await
             })
             .await?;
         Ok(inventory(host, resp))

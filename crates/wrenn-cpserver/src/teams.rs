@@ -11,8 +11,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde_json::json;
 use tracing::{info, warn};
-use wrenn_core::audit::Actor;
+use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
 use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId};
 use wrenn_core::lifecycle::{HostStatus, LifecycleError};
 use wrenn_core::repo::RepoError;
@@ -78,7 +79,11 @@ pub struct TeamDeletion {
 /// missing, …) to be destroyed through the lifecycle, which drives the host agents in
 /// the background. Returns how many were sent; fails if any could not be marked.
 #[tracing::instrument(skip_all, fields(team_id = %team))]
-pub async fn destroy_team_sandboxes(ctx: &ServerContext, team: TeamId, actor: &Actor) -> Result<usize, DeleteTeamError> {
+pub async fn destroy_team_sandboxes(
+    ctx: &ServerContext,
+    team: TeamId,
+    actor: &Actor,
+) -> Result<usize, DeleteTeamError> {
     let sandboxes = ctx.store.list_active_sandboxes_by_team(team).await?;
     let total = sandboxes.len();
     let mut failed = 0;
@@ -92,7 +97,11 @@ pub async fn destroy_team_sandboxes(ctx: &ServerContext, team: TeamId, actor: &A
     }
     match first {
         None => Ok(total),
-        Some(first) => Err(DeleteTeamError::Sandboxes { failed, total, first }),
+        Some(first) => Err(DeleteTeamError::Sandboxes {
+            failed,
+            total,
+            first,
+        }),
     }
 }
 
@@ -106,19 +115,25 @@ pub async fn destroy_team_sandboxes(ctx: &ServerContext, team: TeamId, actor: &A
 /// 4. removes the team's template files from every online host (best effort) and
 ///    deletes its templates;
 /// 5. soft-deletes the team (its slug stays reserved);
-/// 6. sweeps once more for capsules created while this ran.
+/// 6. sweeps once more for capsules created while this ran;
+/// 7. records `team/delete` (warning) in the platform's admin-scoped audit trail,
+///    where platform admins see it (the team's own trail is no longer readable).
 ///
 /// Every step is idempotent, so a failed call can simply be retried.
 #[tracing::instrument(skip_all, fields(team_id = %team))]
-pub async fn delete_team_core(ctx: &ServerContext, team: TeamId, actor: &Actor) -> Result<TeamDeletion, DeleteTeamError> {
+pub async fn delete_team_core(
+    ctx: &ServerContext,
+    team: TeamId,
+    actor: &Actor,
+) -> Result<TeamDeletion, DeleteTeamError> {
     if team == PLATFORM_TEAM_ID {
         return Err(DeleteTeamError::PlatformTeam);
     }
-    match ctx.store.get_team(team).await {
-        Ok(t) if t.deleted_at.is_none() => {}
+    let record = match ctx.store.get_team(team).await {
+        Ok(t) if t.deleted_at.is_none() => t,
         Ok(_) | Err(RepoError::NotFound { .. }) => return Err(DeleteTeamError::NotFound),
         Err(e) => return Err(e.into()),
-    }
+    };
 
     let mut done = TeamDeletion {
         sandboxes_destroyed: destroy_team_sandboxes(ctx, team, actor).await?,
@@ -142,6 +157,19 @@ pub async fn delete_team_core(ctx: &ServerContext, team: TeamId, actor: &Actor) 
         Err(e) => warn!(error = %e, "could not destroy capsules created during team deletion"),
     }
 
+    ctx.audit(
+        AuditEntry::new(
+            PLATFORM_TEAM_ID,
+            actor.clone(),
+            "team",
+            Some(team.to_string()),
+            "delete",
+        )
+        .scope(AuditScope::Admin)
+        .status(AuditStatus::Warning)
+        .metadata(json!({ "name": record.name, "slug": record.slug })),
+    )
+    .await;
     info!(
         sandboxes = done.sandboxes_destroyed,
         rows_purged = done.rows_purged,

@@ -9,9 +9,7 @@ use std::str::FromStr;
 use chrono::NaiveDate;
 use sqlx::types::Json;
 use uuid::Uuid;
-use wrenn_core::audit::{
-    Actor, ActorKind, AuditEntry, AuditRecord, AuditScope, AuditStatus,
-};
+use wrenn_core::audit::{Actor, ActorKind, AuditEntry, AuditRecord, AuditScope, AuditStatus};
 use wrenn_core::id::{
     ApiKeyId, AuditLogId, BuildId, ChannelId, HostId, HostRefreshTokenId, HostTokenId, SandboxId,
     TeamId, TemplateId, UserId,

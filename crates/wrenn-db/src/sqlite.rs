@@ -35,11 +35,7 @@ impl SqliteStore {
     /// Opens (creating it and its directory if needed) the database file at `path`
     /// and applies the embedded migrations.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
-        let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::open_with(SqliteConnectOptions::new().filename(path)).await
+        Self::open_with(SqliteConnectOptions::new().filename(path.as_ref())).await
     }
 
     /// Opens a database from a `sqlite:` URL (`sqlite:path`, `sqlite://path`, with
@@ -59,6 +55,10 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> Result<Self, DbError> {
+        let dir = options.get_filename().parent();
+        if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

@@ -62,7 +62,7 @@ enum Concrete {
 
 enum Cleanup {
     /// The SQLite file lives in this directory, removed on drop.
-    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Dir(tempfile::TempDir),
     /// The Postgres schema to drop.
     Schema { url: String, schema: String },
 }
@@ -91,10 +91,14 @@ impl TestStore {
     /// would never write (e.g. a corrupt row).
     pub async fn execute(&self, sql: &str) -> Result<u64, crate::DbError> {
         let done = match &self.concrete {
-            Concrete::Sqlite(store) => sqlx::query(sql).execute(store.pool()).await?.rows_affected(),
-            Concrete::Postgres(store) => {
-                sqlx::query(sql).execute(store.pool()).await?.rows_affected()
-            }
+            Concrete::Sqlite(store) => sqlx::query(sql)
+                .execute(store.pool())
+                .await?
+                .rows_affected(),
+            Concrete::Postgres(store) => sqlx::query(sql)
+                .execute(store.pool())
+                .await?
+                .rows_affected(),
         };
         Ok(done)
     }
@@ -125,7 +129,10 @@ impl Drop for TestStore {
 /// from `Drop` inside any (or no) tokio runtime. Failures are only logged.
 fn drop_schema(url: String, schema: String) {
     let job = std::thread::spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(err) => return eprintln!("test schema {schema} not dropped: {err}"),
         };

@@ -7,6 +7,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use wrenn_extension::ServerContext;
 
+mod account;
 mod admin;
 mod api_keys;
 mod audit;
@@ -62,6 +63,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(api_keys::routes())
         .merge(audit::routes())
         .merge(admin::routes())
+        .merge(account::routes())
         .merge(capsules::routes())
         .split_for_parts();
     openapi.info.version = version.to_owned();

@@ -149,9 +149,15 @@ fn same_team(auth: &UserAuth, id: TeamId) -> Result<(), ApiError> {
 }
 
 fn member_audit(auth: &UserAuth, user: UserId, action: &str, status: AuditStatus) -> AuditEntry {
-    AuditEntry::new(auth.team_id, auth.actor(), "member", Some(user.to_string()), action)
-        .scope(AuditScope::Admin)
-        .status(status)
+    AuditEntry::new(
+        auth.team_id,
+        auth.actor(),
+        "member",
+        Some(user.to_string()),
+        action,
+    )
+    .scope(AuditScope::Admin)
+    .status(status)
 }
 
 /// The member `user` of `team`, or 404.
@@ -167,7 +173,10 @@ async fn find_member(ctx: &ServerContext, team: TeamId, user: UserId) -> Result<
 /// The caller's teams, with their role in each.
 #[utoipa::path(get, path = "/v1/teams", tag = tags::TEAMS, security(("bearer" = [])),
     responses((status = 200, body = [TeamWithRoleBody]), (status = 401)))]
-async fn list(State(ctx): State<ServerContext>, auth: UserAuth) -> ApiResult<Json<Vec<TeamWithRoleBody>>> {
+async fn list(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+) -> ApiResult<Json<Vec<TeamWithRoleBody>>> {
     let teams = ctx.store.list_teams_for_user(auth.user.id).await?;
     Ok(Json(teams.into_iter().map(Into::into).collect()))
 }
@@ -182,7 +191,9 @@ async fn create(
     Json(body): Json<TeamName>,
 ) -> ApiResult<(StatusCode, Json<TeamWithRoleBody>)> {
     if body.slug.is_some() {
-        return Err(ApiError::bad_request("a team's slug is generated and cannot be chosen"));
+        return Err(ApiError::bad_request(
+            "a team's slug is generated and cannot be chosen",
+        ));
     }
     let name = validate::team_name(&body.name)?;
     // Slugs are random; a collision with an existing (or deleted) team is retried.
@@ -200,8 +211,14 @@ async fn create(
         }
     };
     ctx.audit(
-        AuditEntry::new(team.id, auth.actor(), "team", Some(team.id.to_string()), "create")
-            .metadata(json!({ "name": team.name })),
+        AuditEntry::new(
+            team.id,
+            auth.actor(),
+            "team",
+            Some(team.id.to_string()),
+            "create",
+        )
+        .metadata(json!({ "name": team.name })),
     )
     .await;
     let body = TeamWithRoleBody {
@@ -215,7 +232,11 @@ async fn create(
 #[utoipa::path(get, path = "/v1/teams/{id}", tag = tags::TEAMS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 200, body = TeamDetail), (status = 400), (status = 401), (status = 403)))]
-async fn get_one(State(ctx): State<ServerContext>, auth: UserAuth, Path(id): Path<TeamId>) -> ApiResult<Json<TeamDetail>> {
+async fn get_one(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<TeamId>,
+) -> ApiResult<Json<TeamDetail>> {
     same_team(&auth, id)?;
     let team = ctx.store.get_team(id).await?;
     let members = ctx.store.list_members(id).await?;
@@ -239,7 +260,9 @@ async fn rename(
     same_team(&auth, id)?;
     auth.require(Role::can_rename_team, "rename the team")?;
     if body.slug.is_some() {
-        return Err(ApiError::bad_request("a team's slug is immutable; only the name can change"));
+        return Err(ApiError::bad_request(
+            "a team's slug is immutable; only the name can change",
+        ));
     }
     let name = validate::team_name(&body.name)?;
     let old = ctx.store.get_team(id).await?;
@@ -259,9 +282,16 @@ async fn rename(
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 204), (status = 400), (status = 401), (status = 403)))]
 #[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
-async fn delete(State(ctx): State<ServerContext>, auth: UserAuth, Path(id): Path<TeamId>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<TeamId>,
+) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
-    auth.require(Role::can_delete_team, "delete the team (only its owner can)")?;
+    auth.require(
+        Role::can_delete_team,
+        "delete the team (only its owner can)",
+    )?;
     crate::teams::delete_team_core(&ctx, id, &auth.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -270,7 +300,11 @@ async fn delete(State(ctx): State<ServerContext>, auth: UserAuth, Path(id): Path
 #[utoipa::path(get, path = "/v1/teams/{id}/members", tag = tags::TEAMS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 200, body = [MemberBody]), (status = 400), (status = 401), (status = 403)))]
-async fn list_members(State(ctx): State<ServerContext>, auth: UserAuth, Path(id): Path<TeamId>) -> ApiResult<Json<Vec<MemberBody>>> {
+async fn list_members(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<TeamId>,
+) -> ApiResult<Json<Vec<MemberBody>>> {
     same_team(&auth, id)?;
     let members = ctx.store.list_members(id).await?;
     Ok(Json(members.into_iter().map(Into::into).collect()))
@@ -294,19 +328,29 @@ async fn add_member(
     let user = match ctx.store.get_user_by_email(&email).await {
         Ok(u) if u.status != UserStatus::Deleted => u,
         Ok(_) | Err(RepoError::NotFound { .. }) => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no account with that email"));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no account with that email",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
     let membership = match ctx.store.add_member(id, user.id, Role::Member).await {
         Ok(m) => m,
-        Err(RepoError::Conflict(_)) => return Err(ApiError::bad_request("that user is already a member of the team")),
+        Err(RepoError::Conflict(_)) => {
+            return Err(ApiError::bad_request(
+                "that user is already a member of the team",
+            ));
+        }
         Err(e) => return Err(e.into()),
     };
-    ctx.audit(member_audit(&auth, user.id, "add", AuditStatus::Success).metadata(json!({
-        "email": user.email,
-        "role": membership.role,
-    })))
+    ctx.audit(
+        member_audit(&auth, user.id, "add", AuditStatus::Success).metadata(json!({
+            "email": user.email,
+            "role": membership.role,
+        })),
+    )
     .await;
     let member = MemberBody {
         user_id: user.id,
@@ -334,7 +378,9 @@ async fn update_member(
     same_team(&auth, id)?;
     let new_role = match body.role.parse::<Role>() {
         Ok(Role::Owner) | Err(_) => {
-            return Err(ApiError::bad_request("role must be \"admin\" or \"member\""));
+            return Err(ApiError::bad_request(
+                "role must be \"admin\" or \"member\"",
+            ));
         }
         Ok(role) => role,
     };
@@ -348,10 +394,12 @@ async fn update_member(
             .await?
             .ok_or_else(|| ApiError::conflict("conflict", "the member changed meanwhile; retry"))?;
     }
-    ctx.audit(member_audit(&auth, uid, "role_update", AuditStatus::Info).metadata(json!({
-        "email": target.email,
-        "new_role": new_role,
-    })))
+    ctx.audit(
+        member_audit(&auth, uid, "role_update", AuditStatus::Info).metadata(json!({
+            "email": target.email,
+            "new_role": new_role,
+        })),
+    )
     .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -375,8 +423,11 @@ async fn remove_member(
     if !ctx.store.remove_member(id, uid).await? {
         return Err(ApiError::not_found("member"));
     }
-    ctx.audit(member_audit(&auth, uid, "remove", AuditStatus::Warning).metadata(json!({ "email": target.email })))
-        .await;
+    ctx.audit(
+        member_audit(&auth, uid, "remove", AuditStatus::Warning)
+            .metadata(json!({ "email": target.email })),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -385,14 +436,21 @@ async fn remove_member(
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 204), (status = 400), (status = 401), (status = 403)))]
 #[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
-async fn leave(State(ctx): State<ServerContext>, auth: UserAuth, Path(id): Path<TeamId>) -> ApiResult<StatusCode> {
+async fn leave(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<TeamId>,
+) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
     check_leave(auth.user.role)?;
     if !ctx.store.remove_member(id, auth.user.id).await? {
         return Err(ApiError::not_found("member"));
     }
-    ctx.audit(member_audit(&auth, auth.user.id, "leave", AuditStatus::Info).metadata(json!({ "email": auth.user.email })))
-        .await;
+    ctx.audit(
+        member_audit(&auth, auth.user.id, "leave", AuditStatus::Info)
+            .metadata(json!({ "email": auth.user.email })),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -121,7 +121,10 @@ fn map_err<'a>(stream: &'a str, group: &'a str) -> impl Fn(RedisError) -> EventB
 
 /// Whether a connection that produced `e` can still be used (the server answered).
 fn connection_survives(e: &RedisError) -> bool {
-    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::Parse)
+    matches!(
+        e.kind(),
+        ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::Parse
+    )
 }
 
 /// Milliseconds of `d`, at least 1 when `d` is non-zero (so a tiny block still blocks).
@@ -179,7 +182,11 @@ fn parse_entry(v: Value) -> Result<Option<RawEntry>, EventBusError> {
     let mut items = items.into_iter();
     let id = match items.next() {
         Some(v) => text(&v).ok_or_else(|| unexpected("a stream entry id", &v))?,
-        None => return Err(EventBusError::Unavailable("empty stream entry in Redis reply".into())),
+        None => {
+            return Err(EventBusError::Unavailable(
+                "empty stream entry in Redis reply".into(),
+            ));
+        }
     };
     let mut payload = None;
     match items.next() {
@@ -277,7 +284,9 @@ fn codec_error(stream: &str, poison: &[(String, String)]) -> EventBusError {
         .map(|(id, reason)| format!("{id} ({reason})"))
         .collect::<Vec<_>>()
         .join(", ");
-    EventBusError::Codec(format!("undecodable entries on stream {stream:?} skipped: {list}"))
+    EventBusError::Codec(format!(
+        "undecodable entries on stream {stream:?} skipped: {list}"
+    ))
 }
 
 impl RedisBus {
@@ -322,7 +331,10 @@ impl RedisBus {
     }
 
     fn take_idle(&self) -> Option<MultiplexedConnection> {
-        self.blocking.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        self.blocking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
     }
 
     fn put_idle(&self, conn: MultiplexedConnection) {
@@ -336,7 +348,9 @@ impl RedisBus {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     /// Runs a command carrying `BLOCK` on a dedicated connection. A pooled connection
@@ -384,10 +398,15 @@ impl RedisBus {
             stream: stream.to_owned(),
             group: group.to_owned(),
         };
-        let reply = match self.query(redis::cmd("XINFO").arg("GROUPS").arg(stream)).await {
+        let reply = match self
+            .query(redis::cmd("XINFO").arg("GROUPS").arg(stream))
+            .await
+        {
             Ok(v) => v,
             // "ERR no such key"
-            Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => return Err(no_group()),
+            Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
+                return Err(no_group());
+            }
             Err(e) => return Err(unavailable(e)),
         };
         let groups = match reply {
@@ -415,7 +434,12 @@ impl RedisBus {
     }
 
     /// Acknowledges undecodable entries so they leave the pending list, and logs them.
-    async fn drop_poison(&self, stream: &str, group: &str, poison: &[(String, String)]) -> Result<(), EventBusError> {
+    async fn drop_poison(
+        &self,
+        stream: &str,
+        group: &str,
+        poison: &[(String, String)],
+    ) -> Result<(), EventBusError> {
         if poison.is_empty() {
             return Ok(());
         }
@@ -449,14 +473,19 @@ impl RedisBus {
                 .arg(consumer);
         }
         let mut conn = self.commands.clone();
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(map_err(stream, group))?;
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err(stream, group))?;
         let mut counts = HashMap::new();
         for reply in replies {
             let Value::Array(rows) = reply else { continue };
             for row in rows {
                 let Value::Array(fields) = row else { continue };
                 // [id, consumer, idle-ms, delivery-count]
-                if let (Some(id), Some(Value::Int(count))) = (fields.first().and_then(text), fields.get(3)) {
+                if let (Some(id), Some(Value::Int(count))) =
+                    (fields.first().and_then(text), fields.get(3))
+                {
                     counts.insert(id, u32::try_from(*count).unwrap_or(u32::MAX));
                 }
             }
@@ -521,12 +550,19 @@ impl EventBus for RedisBus {
             return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(max);
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
         if !block.is_zero() {
             cmd.arg("BLOCK").arg(millis(block));
         }
         cmd.arg("STREAMS").arg(stream).arg(">");
-        let reply = self.read(&cmd, block).await.map_err(map_err(stream, group))?;
+        let reply = self
+            .read(&cmd, block)
+            .await
+            .map_err(map_err(stream, group))?;
         let decoded = decode(parse_read_reply(reply)?, 1);
         self.drop_poison(stream, group, &decoded.poison).await?;
         if decoded.deliveries.is_empty() && !decoded.poison.is_empty() {
@@ -598,7 +634,9 @@ impl EventBus for RedisBus {
             let next = parts.next().as_ref().and_then(text);
             let entries = parts.next().unwrap_or(Value::Nil);
             let Some(next) = next else {
-                return Err(EventBusError::Unavailable("XAUTOCLAIM reply without a cursor".into()));
+                return Err(EventBusError::Unavailable(
+                    "XAUTOCLAIM reply without a cursor".into(),
+                ));
             };
             // Deleted (trimmed) ids are already removed from the pending list by Redis.
             claimed.extend(parse_entries(entries)?);
@@ -636,7 +674,10 @@ impl EventBus for RedisBus {
     ) -> Result<Vec<Delivery>, EventBusError> {
         let mut position = match after {
             Some(id) => checked_id(id)?.to_owned(),
-            None => self.last_id(stream).await?.map_or_else(|| "0-0".to_owned(), |id| id.0),
+            None => self
+                .last_id(stream)
+                .await?
+                .map_or_else(|| "0-0".to_owned(), |id| id.0),
         };
         if max == 0 {
             return Ok(Vec::new());
@@ -665,9 +706,19 @@ impl EventBus for RedisBus {
     #[tracing::instrument(level = "debug", skip_all, fields(stream = %stream))]
     async fn last_id(&self, stream: &str) -> Result<Option<EventId>, EventBusError> {
         let reply = self
-            .query(redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1))
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
             .await
             .map_err(unavailable)?;
-        Ok(parse_entries(reply)?.into_iter().next().map(|e| EventId(e.id)))
+        Ok(parse_entries(reply)?
+            .into_iter()
+            .next()
+            .map(|e| EventId(e.id)))
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use wrenn_extension::{Extension, ServerContext, Worker};
 
+pub mod account_cleanup;
 pub mod event_consumer;
 
 /// How often batched API-key `last_used` times are written.
@@ -18,5 +19,6 @@ pub fn core_workers(_ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> 
             Ok(())
         }),
         event_consumer::worker(extensions.to_vec()),
+        account_cleanup::worker(),
     ]
 }

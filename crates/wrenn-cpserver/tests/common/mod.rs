@@ -28,7 +28,13 @@ pub struct RecordingMailer {
 impl RecordingMailer {
     /// The last email sent to `to`.
     pub fn last_to(&self, to: &str) -> Option<Email> {
-        self.sent.lock().unwrap().iter().rev().find(|e| e.to == to).cloned()
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e.to == to)
+            .cloned()
     }
 }
 
@@ -75,12 +81,18 @@ pub struct TestUser {
 impl TestServer {
     /// SQLite, no mailer.
     pub async fn start() -> Self {
-        Self::start_with(Options::default()).await.expect("sqlite is always available")
+        Self::start_with(Options::default())
+            .await
+            .expect("sqlite is always available")
     }
 
     /// `None` when Postgres was asked for but is not configured (and not required).
     pub async fn start_with(opts: Options) -> Option<Self> {
-        let db = if opts.postgres { TestStores::postgres().await? } else { TestStores::sqlite().await };
+        let db = if opts.postgres {
+            TestStores::postgres().await?
+        } else {
+            TestStores::sqlite().await
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let wrenn_dir = dir.path().to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
@@ -89,7 +101,9 @@ impl TestServer {
         })
         .expect("config");
         let agents = FakeAgents::new();
-        let mut builder = Builder::new(config).with_store(db.store()).with_host_agents(agents.clone());
+        let mut builder = Builder::new(config)
+            .with_store(db.store())
+            .with_host_agents(agents.clone());
         let mailer = opts.mailer.then(|| Arc::new(RecordingMailer::default()));
         if let Some(m) = &mailer {
             builder = builder.with_mailer(m.clone());
@@ -179,7 +193,14 @@ impl TestServer {
     }
 
     /// A JWT for `user` acting in `team` (membership is still checked server-side).
-    pub fn token_for(&self, user: UserId, team: TeamId, role: Role, email: &str, admin: bool) -> String {
+    pub fn token_for(
+        &self,
+        user: UserId,
+        team: TeamId,
+        role: Role,
+        email: &str,
+        admin: bool,
+    ) -> String {
         let claims = UserClaims::new(user, team, role, email, "user", admin);
         self.ctx.auth.jwt().sign_user(&claims).expect("sign")
     }
@@ -195,12 +216,21 @@ impl TestServer {
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Asserts an error envelope with `status` and `code`.
 pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "body: {}", got.1);
     assert_eq!(got.1["error"]["code"], code, "body: {}", got.1);
-    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {}",
+        got.1
+    );
 }

@@ -22,25 +22,54 @@ fn key(team: TeamId, created_by: Option<UserId>) -> ApiKey {
 
 async fn api_keys_are_found_by_hash_with_their_teams_byoc_flag(db: Db) {
     let (owner, team) = owned_team(&db).await;
-    let stored = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
-    let found = db.get_api_key_by_hash(&stored.key_hash).await.unwrap().unwrap();
+    let stored = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
+    let found = db
+        .get_api_key_by_hash(&stored.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.key, stored);
     assert!(!found.team_is_byoc);
     db.set_team_byoc(team.id, true).await.unwrap();
-    assert!(db.get_api_key_by_hash(&stored.key_hash).await.unwrap().unwrap().team_is_byoc);
-    assert!(db.get_api_key_by_hash("no-such-hash").await.unwrap().is_none());
+    assert!(
+        db.get_api_key_by_hash(&stored.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .team_is_byoc
+    );
+    assert!(
+        db.get_api_key_by_hash("no-such-hash")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn api_keys_of_deleted_teams_do_not_authenticate(db: Db) {
     let (owner, team) = owned_team(&db).await;
-    let stored = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
+    let stored = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
     db.soft_delete_team(team.id).await.unwrap();
-    assert!(db.get_api_key_by_hash(&stored.key_hash).await.unwrap().is_none());
+    assert!(
+        db.get_api_key_by_hash(&stored.key_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn duplicate_api_key_hashes_conflict(db: Db) {
     let (owner, team) = owned_team(&db).await;
-    let first = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
+    let first = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
     let mut clash = key(team.id, Some(owner.id));
     clash.key_hash = first.key_hash.clone();
     assert_conflict(db.create_api_key(clash).await);
@@ -50,11 +79,16 @@ async fn duplicate_api_key_hashes_conflict(db: Db) {
 async fn api_keys_list_newest_first_with_the_creators_email_even_once_the_creator_is_gone(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let colleague = user(&db).await;
-    db.add_member(team.id, colleague.id, Role::Member).await.unwrap();
+    db.add_member(team.id, colleague.id, Role::Member)
+        .await
+        .unwrap();
     let mut older = key(team.id, Some(owner.id));
     older.created_at = now() - Duration::minutes(5);
     let older = db.create_api_key(older).await.unwrap();
-    let newer = db.create_api_key(key(team.id, Some(colleague.id))).await.unwrap();
+    let newer = db
+        .create_api_key(key(team.id, Some(colleague.id)))
+        .await
+        .unwrap();
     let orphan = db.create_api_key(key(team.id, None)).await.unwrap();
     let (_, other_team) = owned_team(&db).await;
     db.create_api_key(key(other_team.id, None)).await.unwrap();
@@ -62,7 +96,14 @@ async fn api_keys_list_newest_first_with_the_creators_email_even_once_the_creato
     let listed = db.list_api_keys(team.id).await.unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed.last().unwrap().key, older);
-    let email_of = |id| listed.iter().find(|k| k.key.id == id).unwrap().creator_email.clone();
+    let email_of = |id| {
+        listed
+            .iter()
+            .find(|k| k.key.id == id)
+            .unwrap()
+            .creator_email
+            .clone()
+    };
     assert_eq!(email_of(older.id), Some(owner.email.clone()));
     assert_eq!(email_of(newer.id), Some(colleague.email.clone()));
     assert_eq!(email_of(orphan.id), None);
@@ -76,7 +117,11 @@ async fn api_keys_list_newest_first_with_the_creators_email_even_once_the_creato
     assert_eq!(newer_now.creator_email, None);
     assert_eq!(newer_now.key.created_by, None);
     assert_eq!(
-        listed.iter().find(|k| k.key.id == older.id).unwrap().creator_email,
+        listed
+            .iter()
+            .find(|k| k.key.id == older.id)
+            .unwrap()
+            .creator_email,
         Some(owner.email.clone())
     );
 }
@@ -84,38 +129,87 @@ async fn api_keys_list_newest_first_with_the_creators_email_even_once_the_creato
 async fn deleting_an_api_key_needs_its_own_team(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    let stored = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
+    let stored = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
     assert!(!db.delete_api_key(other.id, stored.id).await.unwrap());
     assert!(db.delete_api_key(team.id, stored.id).await.unwrap());
     assert!(!db.delete_api_key(team.id, stored.id).await.unwrap());
-    assert!(db.get_api_key_by_hash(&stored.key_hash).await.unwrap().is_none());
+    assert!(
+        db.get_api_key_by_hash(&stored.key_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn touching_api_keys_records_last_use_and_never_goes_back(db: Db) {
     let (owner, team) = owned_team(&db).await;
-    let a = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
-    let b = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
+    let a = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
+    let b = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
     let t1 = now();
     let t0 = t1 - Duration::minutes(1);
-    db.touch_api_keys(&[(a.id, t1), (b.id, t0), (ApiKeyId::new(), t1)]).await.unwrap();
+    db.touch_api_keys(&[(a.id, t1), (b.id, t0), (ApiKeyId::new(), t1)])
+        .await
+        .unwrap();
     db.touch_api_keys(&[(a.id, t0)]).await.unwrap();
     db.touch_api_keys(&[]).await.unwrap();
     let last_used = |k: &ApiKey| k.last_used;
-    let a = db.get_api_key_by_hash(&a.key_hash).await.unwrap().unwrap().key;
-    let b = db.get_api_key_by_hash(&b.key_hash).await.unwrap().unwrap().key;
-    assert_eq!(last_used(&a), Some(t1), "an older use does not overwrite a newer one");
+    let a = db
+        .get_api_key_by_hash(&a.key_hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .key;
+    let b = db
+        .get_api_key_by_hash(&b.key_hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .key;
+    assert_eq!(
+        last_used(&a),
+        Some(t1),
+        "an older use does not overwrite a newer one"
+    );
     assert_eq!(last_used(&b), Some(t0));
 }
 
 async fn deleting_api_keys_by_creator_spares_everyone_elses(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let colleague = user(&db).await;
-    db.create_api_key(key(team.id, Some(colleague.id))).await.unwrap();
-    db.create_api_key(key(team.id, Some(colleague.id))).await.unwrap();
-    let kept = db.create_api_key(key(team.id, Some(owner.id))).await.unwrap();
-    assert_eq!(db.delete_api_keys_by_creator(colleague.id).await.unwrap(), 2);
-    assert_eq!(db.delete_api_keys_by_creator(colleague.id).await.unwrap(), 0);
-    let left: Vec<ApiKeyId> = db.list_api_keys(team.id).await.unwrap().iter().map(|k| k.key.id).collect();
+    db.create_api_key(key(team.id, Some(colleague.id)))
+        .await
+        .unwrap();
+    db.create_api_key(key(team.id, Some(colleague.id)))
+        .await
+        .unwrap();
+    let kept = db
+        .create_api_key(key(team.id, Some(owner.id)))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.delete_api_keys_by_creator(colleague.id).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        db.delete_api_keys_by_creator(colleague.id).await.unwrap(),
+        0
+    );
+    let left: Vec<ApiKeyId> = db
+        .list_api_keys(team.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.key.id)
+        .collect();
     assert_eq!(left, [kept.id]);
 }
 

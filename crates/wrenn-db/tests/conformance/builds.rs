@@ -1,9 +1,9 @@
 //! BuildRepo: template builds.
 
+use crate::fixtures::*;
 use chrono::Duration;
 use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TemplateId};
 use wrenn_core::model::{BuildStatus, TemplateBuild};
-use crate::fixtures::*;
 
 fn build(name: &str) -> TemplateBuild {
     TemplateBuild {
@@ -11,7 +11,10 @@ fn build(name: &str) -> TemplateBuild {
         team_id: PLATFORM_TEAM_ID,
         name: name.into(),
         base_template: "minimal".into(),
-        recipe: vec!["RUN apt-get update".into(), "RUN apt-get install -y python3".into()],
+        recipe: vec![
+            "RUN apt-get update".into(),
+            "RUN apt-get install -y python3".into(),
+        ],
         healthcheck: "python3 --version".into(),
         vcpus: 2,
         memory_mb: 2048,
@@ -45,24 +48,54 @@ async fn builds_round_trip_and_list_newest_first(db: Db) {
 
 async fn build_status_changes_stamp_start_and_completion(db: Db) {
     let b = db.create_build(build("py")).await.unwrap();
-    assert!(db.build_status_if(b.id, BuildStatus::Running, BuildStatus::Success, "").await.unwrap().is_none());
-    let running = db.build_status_if(b.id, BuildStatus::Pending, BuildStatus::Running, "").await.unwrap().unwrap();
+    assert!(
+        db.build_status_if(b.id, BuildStatus::Running, BuildStatus::Success, "")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let running = db
+        .build_status_if(b.id, BuildStatus::Pending, BuildStatus::Running, "")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(running.status, BuildStatus::Running);
     let started = running.started_at.expect("started_at set on first running");
     assert!(running.completed_at.is_none());
 
-    let failed = db.build_status_if(b.id, BuildStatus::Running, BuildStatus::Failed, "step 2 failed").await.unwrap().unwrap();
+    let failed = db
+        .build_status_if(
+            b.id,
+            BuildStatus::Running,
+            BuildStatus::Failed,
+            "step 2 failed",
+        )
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(failed.status, BuildStatus::Failed);
     assert_eq!(failed.error, "step 2 failed");
     assert_eq!(failed.started_at, Some(started), "started_at is kept");
     assert!(failed.completed_at.is_some());
-    assert_not_found(db.build_status_if(BuildId::new(), BuildStatus::Pending, BuildStatus::Running, "").await);
+    assert_not_found(
+        db.build_status_if(
+            BuildId::new(),
+            BuildStatus::Pending,
+            BuildStatus::Running,
+            "",
+        )
+        .await,
+    );
 }
 
 async fn build_logs_append_in_order(db: Db) {
     let b = db.create_build(build("logs")).await.unwrap();
-    db.append_build_logs(b.id, 1, &["one".into(), "two \"quoted\"".into()]).await.unwrap();
-    db.append_build_logs(b.id, 2, &["three".into()]).await.unwrap();
+    db.append_build_logs(b.id, 1, &["one".into(), "two \"quoted\"".into()])
+        .await
+        .unwrap();
+    db.append_build_logs(b.id, 2, &["three".into()])
+        .await
+        .unwrap();
     db.append_build_logs(b.id, 2, &[]).await.unwrap();
     let stored = db.get_build(b.id).await.unwrap();
     assert_eq!(stored.logs, ["one", "two \"quoted\"", "three"]);

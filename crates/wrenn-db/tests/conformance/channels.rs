@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::fixtures::*;
 use wrenn_core::id::{ChannelId, TeamId};
 use wrenn_core::model::Channel;
-use crate::fixtures::*;
 
 fn channel(team: TeamId, name: &str, events: &[&str]) -> Channel {
     Channel {
@@ -12,7 +12,10 @@ fn channel(team: TeamId, name: &str, events: &[&str]) -> Channel {
         team_id: team,
         name: name.into(),
         provider: "webhook".into(),
-        config: BTreeMap::from([("url".into(), "enc:abc".into()), ("secret".into(), "enc:def".into())]),
+        config: BTreeMap::from([
+            ("url".into(), "enc:abc".into()),
+            ("secret".into(), "enc:def".into()),
+        ]),
         event_types: events.iter().map(|e| (*e).to_owned()).collect(),
         created_at: now(),
         updated_at: now(),
@@ -21,8 +24,14 @@ fn channel(team: TeamId, name: &str, events: &[&str]) -> Channel {
 
 async fn channels_round_trip_and_list_by_name(db: Db) {
     let (_, team) = owned_team(&db).await;
-    let b = db.create_channel(channel(team.id, "b-ops", &["host.down"])).await.unwrap();
-    let a = db.create_channel(channel(team.id, "a-dev", &[])).await.unwrap();
+    let b = db
+        .create_channel(channel(team.id, "b-ops", &["host.down"]))
+        .await
+        .unwrap();
+    let a = db
+        .create_channel(channel(team.id, "a-dev", &[]))
+        .await
+        .unwrap();
     assert_eq!(db.get_channel(team.id, b.id).await.unwrap(), b);
     assert_eq!(db.list_channels(team.id).await.unwrap(), [a, b]);
 }
@@ -30,31 +39,74 @@ async fn channels_round_trip_and_list_by_name(db: Db) {
 async fn channels_are_found_by_subscribed_event_type(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    let both = db.create_channel(channel(team.id, "both", &["capsule.created", "capsule.paused"])).await.unwrap();
-    let created = db.create_channel(channel(team.id, "created", &["capsule.created"])).await.unwrap();
-    db.create_channel(channel(team.id, "none", &[])).await.unwrap();
-    db.create_channel(channel(other.id, "theirs", &["capsule.created"])).await.unwrap();
+    let both = db
+        .create_channel(channel(
+            team.id,
+            "both",
+            &["capsule.created", "capsule.paused"],
+        ))
+        .await
+        .unwrap();
+    let created = db
+        .create_channel(channel(team.id, "created", &["capsule.created"]))
+        .await
+        .unwrap();
+    db.create_channel(channel(team.id, "none", &[]))
+        .await
+        .unwrap();
+    db.create_channel(channel(other.id, "theirs", &["capsule.created"]))
+        .await
+        .unwrap();
 
-    let found = db.list_channels_for_event(team.id, "capsule.created").await.unwrap();
+    let found = db
+        .list_channels_for_event(team.id, "capsule.created")
+        .await
+        .unwrap();
     assert_eq!(found, [both.clone(), created]);
-    assert_eq!(db.list_channels_for_event(team.id, "capsule.paused").await.unwrap(), [both]);
-    assert!(db.list_channels_for_event(team.id, "capsule").await.unwrap().is_empty(), "whole values only");
-    assert!(db.list_channels_for_event(team.id, "host.up").await.unwrap().is_empty());
+    assert_eq!(
+        db.list_channels_for_event(team.id, "capsule.paused")
+            .await
+            .unwrap(),
+        [both]
+    );
+    assert!(
+        db.list_channels_for_event(team.id, "capsule")
+            .await
+            .unwrap()
+            .is_empty(),
+        "whole values only"
+    );
+    assert!(
+        db.list_channels_for_event(team.id, "host.up")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn duplicate_channel_names_conflict_within_a_team(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    db.create_channel(channel(team.id, "alerts", &[])).await.unwrap();
+    db.create_channel(channel(team.id, "alerts", &[]))
+        .await
+        .unwrap();
     assert_conflict(db.create_channel(channel(team.id, "alerts", &[])).await);
-    db.create_channel(channel(other.id, "alerts", &[])).await.unwrap();
-    assert_invalid(db.create_channel(channel(TeamId::new(), "alerts", &[])).await);
+    db.create_channel(channel(other.id, "alerts", &[]))
+        .await
+        .unwrap();
+    assert_invalid(
+        db.create_channel(channel(TeamId::new(), "alerts", &[]))
+            .await,
+    );
 }
 
 async fn channels_are_scoped_to_their_team(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    let ch = db.create_channel(channel(team.id, "alerts", &[])).await.unwrap();
+    let ch = db
+        .create_channel(channel(team.id, "alerts", &[]))
+        .await
+        .unwrap();
     assert_not_found(db.get_channel(other.id, ch.id).await);
     assert!(!db.delete_channel(other.id, ch.id).await.unwrap());
     assert!(db.delete_channel(team.id, ch.id).await.unwrap());

@@ -30,7 +30,9 @@ pub fn new_user(email: &str) -> NewUser {
 
 /// A fresh active user.
 pub async fn user(db: &Db) -> User {
-    db.create_user(new_user(&email())).await.expect("create user")
+    db.create_user(new_user(&email()))
+        .await
+        .expect("create user")
 }
 
 /// Input for a fresh team with a random slug.
@@ -85,7 +87,11 @@ pub fn spec(address: &str) -> HostSpec {
 /// A registered (online) regular host at `address`.
 pub async fn online_host(db: &Db, address: &str) -> Host {
     let host = host(db, None).await;
-    assert!(db.register_host(host.id, &spec(address)).await.expect("register"));
+    assert!(
+        db.register_host(host.id, &spec(address))
+            .await
+            .expect("register")
+    );
     db.get_host(host.id).await.expect("get host")
 }
 

@@ -25,15 +25,24 @@ async fn inserted_sandboxes_read_back_exactly(db: Db) {
     assert_eq!(stored.template_id, BUILTIN_TEMPLATE_ID);
     assert_eq!(stored.template_team_id, PLATFORM_TEAM_ID);
     assert_eq!(stored.status, Starting);
-    assert_eq!((stored.vcpus, stored.memory_mb, stored.timeout_sec), (2, 1024, 300));
+    assert_eq!(
+        (stored.vcpus, stored.memory_mb, stored.timeout_sec),
+        (2, 1024, 300)
+    );
     assert_eq!(stored.disk_size_mb, 20_480);
-    assert_eq!((stored.guest_ip.as_str(), stored.host_ip.as_str()), ("", ""));
+    assert_eq!(
+        (stored.guest_ip.as_str(), stored.host_ip.as_str()),
+        ("", "")
+    );
     assert_eq!(stored.created_at, stored.last_updated);
     assert!(stored.started_at.is_none() && stored.last_active_at.is_none());
     assert_eq!(stored.metadata, new.metadata);
     assert_eq!(db.get_sandbox(new.id).await.unwrap(), stored);
     assert_conflict(db.insert_sandbox(new).await);
-    assert_invalid(db.insert_sandbox(new_sandbox(TeamId::new(), host.id, Starting)).await);
+    assert_invalid(
+        db.insert_sandbox(new_sandbox(TeamId::new(), host.id, Starting))
+            .await,
+    );
 }
 
 async fn sandboxes_are_only_visible_to_their_team(db: Db) {
@@ -57,7 +66,13 @@ async fn list_sandboxes_hides_stopped_and_errored_ones_newest_first(db: Db) {
             shown.push(sb.id);
         }
     }
-    let listed: Vec<SandboxId> = db.list_sandboxes(team.id).await.unwrap().iter().map(|s| s.id).collect();
+    let listed: Vec<SandboxId> = db
+        .list_sandboxes(team.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
     shown.reverse();
     assert_eq!(listed, shown);
 }
@@ -72,7 +87,10 @@ async fn active_sandboxes_include_paused_hibernated_and_missing(db: Db) {
             active.insert(sb.id);
         }
     }
-    assert_eq!(ids(&db.list_active_sandboxes_by_team(team.id).await.unwrap()), active);
+    assert_eq!(
+        ids(&db.list_active_sandboxes_by_team(team.id).await.unwrap()),
+        active
+    );
     assert_eq!(active.len(), 9);
 }
 
@@ -84,9 +102,17 @@ async fn sandboxes_are_listed_by_host_and_status(db: Db) {
     let missing = sandbox(&db, team.id, host.id, Missing).await;
     sandbox(&db, team.id, host.id, Paused).await;
     sandbox(&db, team.id, other.id, Running).await;
-    let found = db.list_sandboxes_by_host(host.id, &[Running, Missing]).await.unwrap();
+    let found = db
+        .list_sandboxes_by_host(host.id, &[Running, Missing])
+        .await
+        .unwrap();
     assert_eq!(ids(&found), BTreeSet::from([running.id, missing.id]));
-    assert!(db.list_sandboxes_by_host(host.id, &[]).await.unwrap().is_empty());
+    assert!(
+        db.list_sandboxes_by_host(host.id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn stuck_sandboxes_are_those_not_updated_since_the_cutoff(db: Db) {
@@ -96,21 +122,44 @@ async fn stuck_sandboxes_are_those_not_updated_since_the_cutoff(db: Db) {
     let starting = sandbox(&db, team.id, host.id, Starting).await;
     sandbox(&db, team.id, host.id, Running).await;
     let later = now() + Duration::seconds(1);
-    let stuck = db.list_sandboxes_stuck(&[Pausing, Starting, Stopping], later).await.unwrap();
+    let stuck = db
+        .list_sandboxes_stuck(&[Pausing, Starting, Stopping], later)
+        .await
+        .unwrap();
     assert_eq!(ids(&stuck), BTreeSet::from([pausing.id, starting.id]));
     let earlier = pausing.last_updated - Duration::seconds(1);
-    assert!(db.list_sandboxes_stuck(&[Pausing], earlier).await.unwrap().is_empty());
-    assert!(db.list_sandboxes_stuck(&[], later).await.unwrap().is_empty());
+    assert!(
+        db.list_sandboxes_stuck(&[Pausing], earlier)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.list_sandboxes_stuck(&[], later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn status_changes_only_from_the_expected_status(db: Db) {
     let (_, team) = owned_team(&db).await;
     let host = host(&db, None).await;
     let sb = sandbox(&db, team.id, host.id, Running).await;
-    let pausing = db.status_if(sb.id, Running, Pausing).await.unwrap().unwrap();
+    let pausing = db
+        .status_if(sb.id, Running, Pausing)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pausing.status, Pausing);
     assert!(pausing.last_updated >= sb.last_updated);
-    assert!(db.status_if(sb.id, Running, Pausing).await.unwrap().is_none(), "lost race");
+    assert!(
+        db.status_if(sb.id, Running, Pausing)
+            .await
+            .unwrap()
+            .is_none(),
+        "lost race"
+    );
     assert_eq!(db.get_sandbox(sb.id).await.unwrap().status, Pausing);
     assert_not_found(db.status_if(SandboxId::new(), Running, Pausing).await);
 }
@@ -137,12 +186,27 @@ async fn running_if_records_the_host_ip_and_merges_metadata(db: Db) {
     let (_, team) = owned_team(&db).await;
     let host = host(&db, None).await;
     let mut new = new_sandbox(team.id, host.id, Starting);
-    new.metadata = BTreeMap::from([("user".into(), "kept".into()), ("envd_version".into(), "0".into())]);
+    new.metadata = BTreeMap::from([
+        ("user".into(), "kept".into()),
+        ("envd_version".into(), "0".into()),
+    ]);
     let sb = db.insert_sandbox(new).await.unwrap();
-    let reported = BTreeMap::from([("envd_version".into(), "1.2".into()), ("kernel_version".into(), "6.1".into())]);
+    let reported = BTreeMap::from([
+        ("envd_version".into(), "1.2".into()),
+        ("kernel_version".into(), "6.1".into()),
+    ]);
 
-    assert!(db.running_if(sb.id, Resuming, "10.1.0.2", &reported).await.unwrap().is_none());
-    let running = db.running_if(sb.id, Starting, "10.1.0.2", &reported).await.unwrap().unwrap();
+    assert!(
+        db.running_if(sb.id, Resuming, "10.1.0.2", &reported)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let running = db
+        .running_if(sb.id, Starting, "10.1.0.2", &reported)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(running.status, Running);
     assert_eq!(running.host_ip, "10.1.0.2");
     assert!(running.started_at.is_some());
@@ -156,7 +220,10 @@ async fn running_if_records_the_host_ip_and_merges_metadata(db: Db) {
         ])
     );
     assert_eq!(db.get_sandbox(sb.id).await.unwrap(), running);
-    assert_not_found(db.running_if(SandboxId::new(), Starting, "x", &reported).await);
+    assert_not_found(
+        db.running_if(SandboxId::new(), Starting, "x", &reported)
+            .await,
+    );
 }
 
 async fn losing_a_host_marks_its_live_sandboxes_missing(db: Db) {
@@ -166,13 +233,19 @@ async fn losing_a_host_marks_its_live_sandboxes_missing(db: Db) {
     let mut expected_missing = BTreeSet::new();
     for status in SandboxStatus::ALL {
         let sb = sandbox(&db, team.id, host.id, status).await;
-        if matches!(status, Pending | Starting | Running | Pausing | Resuming | Snapshotting) {
+        if matches!(
+            status,
+            Pending | Starting | Running | Pausing | Resuming | Snapshotting
+        ) {
             expected_missing.insert(sb.id);
         }
     }
     let elsewhere = sandbox(&db, team.id, other.id, Running).await;
     assert_eq!(db.mark_host_sandboxes_missing(host.id).await.unwrap(), 6);
-    let missing = db.list_sandboxes_by_host(host.id, &[Missing]).await.unwrap();
+    let missing = db
+        .list_sandboxes_by_host(host.id, &[Missing])
+        .await
+        .unwrap();
     // Plus the row that was already missing.
     assert_eq!(missing.len(), 7);
     assert!(expected_missing.is_subset(&ids(&missing)));
@@ -185,16 +258,30 @@ async fn bulk_status_changes_move_only_rows_in_the_expected_status(db: Db) {
     let a = sandbox(&db, team.id, host.id, Missing).await;
     let b = sandbox(&db, team.id, host.id, Missing).await;
     let c = sandbox(&db, team.id, host.id, Running).await;
-    let moved = db.bulk_status_if(&[a.id, b.id, c.id, SandboxId::new()], Missing, Running).await.unwrap();
-    assert_eq!(moved.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]));
+    let moved = db
+        .bulk_status_if(&[a.id, b.id, c.id, SandboxId::new()], Missing, Running)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([a.id, b.id])
+    );
     for id in [a.id, b.id, c.id] {
         assert_eq!(db.get_sandbox(id).await.unwrap().status, Running);
     }
-    assert!(db.bulk_status_if(&[], Missing, Running).await.unwrap().is_empty());
+    assert!(
+        db.bulk_status_if(&[], Missing, Running)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // More ids than one statement carries.
     let many: Vec<SandboxId> = (0..600).map(|_| SandboxId::new()).chain([a.id]).collect();
-    assert_eq!(db.bulk_status_if(&many, Running, Stopped).await.unwrap(), [a.id]);
+    assert_eq!(
+        db.bulk_status_if(&many, Running, Stopped).await.unwrap(),
+        [a.id]
+    );
 }
 
 async fn metadata_merges_keep_existing_keys(db: Db) {
@@ -203,14 +290,24 @@ async fn metadata_merges_keep_existing_keys(db: Db) {
     let mut new = new_sandbox(team.id, host.id, Running);
     new.metadata = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
     let sb = db.insert_sandbox(new).await.unwrap();
-    db.merge_sandbox_metadata(sb.id, &BTreeMap::from([("b".into(), "3".into()), ("c".into(), "4".into())]))
-        .await
-        .unwrap();
+    db.merge_sandbox_metadata(
+        sb.id,
+        &BTreeMap::from([("b".into(), "3".into()), ("c".into(), "4".into())]),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         db.get_sandbox(sb.id).await.unwrap().metadata,
-        BTreeMap::from([("a".into(), "1".into()), ("b".into(), "3".into()), ("c".into(), "4".into())])
+        BTreeMap::from([
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+            ("c".into(), "4".into())
+        ])
     );
-    assert_not_found(db.merge_sandbox_metadata(SandboxId::new(), &BTreeMap::new()).await);
+    assert_not_found(
+        db.merge_sandbox_metadata(SandboxId::new(), &BTreeMap::new())
+            .await,
+    );
 }
 
 async fn touching_a_sandbox_records_its_last_activity(db: Db) {
@@ -219,7 +316,10 @@ async fn touching_a_sandbox_records_its_last_activity(db: Db) {
     let sb = sandbox(&db, team.id, host.id, Running).await;
     let at = now() + Duration::seconds(3);
     db.touch_sandbox(sb.id, at).await.unwrap();
-    assert_eq!(db.get_sandbox(sb.id).await.unwrap().last_active_at, Some(at));
+    assert_eq!(
+        db.get_sandbox(sb.id).await.unwrap().last_active_at,
+        Some(at)
+    );
     assert_not_found(db.touch_sandbox(SandboxId::new(), at).await);
 }
 
@@ -237,9 +337,24 @@ async fn the_proxy_target_carries_the_hosts_address(db: Db) {
 
     let unregistered = self::host(&db, None).await;
     let pending = sandbox(&db, team.id, unregistered.id, Starting).await;
-    assert_eq!(db.proxy_target(pending.id).await.unwrap().unwrap().host_address, "");
+    assert_eq!(
+        db.proxy_target(pending.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .host_address,
+        ""
+    );
     db.delete_host(unregistered.id).await.unwrap();
-    assert_eq!(db.proxy_target(pending.id).await.unwrap().unwrap().host_address, "", "host gone");
+    assert_eq!(
+        db.proxy_target(pending.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .host_address,
+        "",
+        "host gone"
+    );
 }
 
 async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
@@ -261,9 +376,23 @@ async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
     assert_eq!(mine.sampled_at, at);
     assert_eq!(mine.running_count, 2);
     assert_eq!(mine.vcpus_reserved, 4);
-    assert_eq!(mine.memory_mb_reserved, 2 * 1024 + 257, "CEIL(513 / 2) = 257");
-    let zero = samples.iter().find(|s| s.team_id == idle.id).expect("teams with only stopped rows sample zero");
-    assert_eq!((zero.running_count, zero.vcpus_reserved, zero.memory_mb_reserved), (0, 0, 0));
+    assert_eq!(
+        mine.memory_mb_reserved,
+        2 * 1024 + 257,
+        "CEIL(513 / 2) = 257"
+    );
+    let zero = samples
+        .iter()
+        .find(|s| s.team_id == idle.id)
+        .expect("teams with only stopped rows sample zero");
+    assert_eq!(
+        (
+            zero.running_count,
+            zero.vcpus_reserved,
+            zero.memory_mb_reserved
+        ),
+        (0, 0, 0)
+    );
 }
 
 conformance_tests!(

@@ -35,8 +35,14 @@ async fn creating_a_team_for_an_unknown_owner_is_invalid_and_leaves_nothing(db: 
 
 async fn a_new_default_team_replaces_the_previous_default(db: Db) {
     let owner = user(&db).await;
-    let first = db.create_team(new_team("First"), owner.id, true).await.unwrap();
-    let second = db.create_team(new_team("Second"), owner.id, true).await.unwrap();
+    let first = db
+        .create_team(new_team("First"), owner.id, true)
+        .await
+        .unwrap();
+    let second = db
+        .create_team(new_team("Second"), owner.id, true)
+        .await
+        .unwrap();
     let default = db.default_team_for_user(owner.id).await.unwrap().unwrap();
     assert_eq!(default.team.id, second.id);
     assert!(default.is_default);
@@ -60,7 +66,10 @@ async fn the_login_team_falls_back_to_the_earliest_joined(db: Db) {
 
     db.soft_delete_team(first.id).await.unwrap();
     let login = db.default_team_for_user(owner.id).await.unwrap().unwrap();
-    assert_ne!(login.team.id, first.id, "deleted teams are never the login team");
+    assert_ne!(
+        login.team.id, first.id,
+        "deleted teams are never the login team"
+    );
 }
 
 async fn team_slugs_are_unique_and_stay_reserved_after_soft_delete(db: Db) {
@@ -131,22 +140,38 @@ async fn deleted_teams_disappear_from_their_members_views(db: Db) {
     let (owner, team) = owned_team(&db).await;
     db.soft_delete_team(team.id).await.unwrap();
     assert!(db.list_teams_for_user(owner.id).await.unwrap().is_empty());
-    assert!(db.get_membership(team.id, owner.id).await.unwrap().is_none());
+    assert!(
+        db.get_membership(team.id, owner.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(db.list_sole_owned_teams(owner.id).await.unwrap().is_empty());
 }
 
 async fn members_are_added_once_and_removed(db: Db) {
     let (_, team) = owned_team(&db).await;
     let member = user(&db).await;
-    let added = db.add_member(team.id, member.id, Role::Member).await.unwrap();
+    let added = db
+        .add_member(team.id, member.id, Role::Member)
+        .await
+        .unwrap();
     assert_eq!(added.role, Role::Member);
     assert!(!added.is_default);
-    assert_eq!(db.get_membership(team.id, member.id).await.unwrap(), Some(added));
+    assert_eq!(
+        db.get_membership(team.id, member.id).await.unwrap(),
+        Some(added)
+    );
     assert_conflict(db.add_member(team.id, member.id, Role::Admin).await);
 
     assert!(db.remove_member(team.id, member.id).await.unwrap());
     assert!(!db.remove_member(team.id, member.id).await.unwrap());
-    assert!(db.get_membership(team.id, member.id).await.unwrap().is_none());
+    assert!(
+        db.get_membership(team.id, member.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn members_cannot_be_added_as_owner_or_to_unknown_teams(db: Db) {
@@ -162,7 +187,9 @@ async fn members_cannot_be_added_as_owner_or_to_unknown_teams(db: Db) {
 async fn member_roles_change_only_from_the_expected_role(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let member = user(&db).await;
-    db.add_member(team.id, member.id, Role::Member).await.unwrap();
+    db.add_member(team.id, member.id, Role::Member)
+        .await
+        .unwrap();
 
     let promoted = db
         .update_member_role_if(team.id, member.id, Role::Member, Role::Admin)
@@ -171,23 +198,29 @@ async fn member_roles_change_only_from_the_expected_role(db: Db) {
         .unwrap();
     assert_eq!(promoted.role, Role::Admin);
     // Stale expectation: nothing changes.
-    assert!(db
-        .update_member_role_if(team.id, member.id, Role::Member, Role::Admin)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        db.update_member_role_if(team.id, member.id, Role::Member, Role::Admin)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The owner's role never changes, and no one becomes owner.
-    assert!(db
-        .update_member_role_if(team.id, owner.id, Role::Owner, Role::Admin)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        db.update_member_role_if(team.id, owner.id, Role::Owner, Role::Admin)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_invalid(
         db.update_member_role_if(team.id, member.id, Role::Admin, Role::Owner)
             .await,
     );
     assert_eq!(
-        db.get_membership(team.id, owner.id).await.unwrap().unwrap().role,
+        db.get_membership(team.id, owner.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
         Role::Owner
     );
     assert_not_found(
@@ -216,15 +249,29 @@ async fn sole_owned_teams_and_teams_with_other_members_are_told_apart(db: Db) {
     let alone = team(&db, owner.id).await;
     let shared = team(&db, owner.id).await;
     let other = user(&db).await;
-    db.add_member(shared.id, other.id, Role::Member).await.unwrap();
+    db.add_member(shared.id, other.id, Role::Member)
+        .await
+        .unwrap();
     // A team the user merely belongs to counts for neither.
     let (_, foreign) = owned_team(&db).await;
-    db.add_member(foreign.id, owner.id, Role::Admin).await.unwrap();
+    db.add_member(foreign.id, owner.id, Role::Admin)
+        .await
+        .unwrap();
 
     let sole = db.list_sole_owned_teams(owner.id).await.unwrap();
     assert_eq!(sole.iter().map(|t| t.id).collect::<Vec<_>>(), [alone.id]);
-    assert_eq!(db.count_owned_teams_with_other_members(owner.id).await.unwrap(), 1);
-    assert_eq!(db.count_owned_teams_with_other_members(other.id).await.unwrap(), 0);
+    assert_eq!(
+        db.count_owned_teams_with_other_members(owner.id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        db.count_owned_teams_with_other_members(other.id)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 async fn purging_a_team_removes_its_points_snapshots_keys_and_channels(db: Db) {
@@ -233,11 +280,20 @@ async fn purging_a_team_removes_its_points_snapshots_keys_and_channels(db: Db) {
     let host = host(&db, None).await;
     let mine = sandbox(&db, team.id, host.id, SandboxStatus::Running).await;
     let theirs = sandbox(&db, bystander.id, host.id, SandboxStatus::Running).await;
-    let point = MetricPoint { ts: 1_700_000_000, cpu_pct: 12.5, mem_bytes: 1, disk_bytes: 2 };
+    let point = MetricPoint {
+        ts: 1_700_000_000,
+        cpu_pct: 12.5,
+        mem_bytes: 1,
+        disk_bytes: 2,
+    };
     for (sandbox, team_id) in [(&mine, team.id), (&theirs, bystander.id)] {
-        db.insert_metric_points(sandbox.id, MetricTier::TenMinutes, std::slice::from_ref(&point))
-            .await
-            .unwrap();
+        db.insert_metric_points(
+            sandbox.id,
+            MetricTier::TenMinutes,
+            std::slice::from_ref(&point),
+        )
+        .await
+        .unwrap();
         db.insert_metrics_snapshots(&[MetricsSnapshot {
             team_id,
             sampled_at: now(),
@@ -275,16 +331,43 @@ async fn purging_a_team_removes_its_points_snapshots_keys_and_channels(db: Db) {
 
     assert_eq!(db.purge_team_data(team.id).await.unwrap(), 4);
     let window = (now() - Duration::hours(1), now() + Duration::hours(1));
-    assert!(db.list_metric_points(mine.id, MetricTier::TenMinutes).await.unwrap().is_empty());
-    assert!(db.list_metrics_snapshots(team.id, window.0, window.1).await.unwrap().is_empty());
+    assert!(
+        db.list_metric_points(mine.id, MetricTier::TenMinutes)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.list_metrics_snapshots(team.id, window.0, window.1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(db.list_api_keys(team.id).await.unwrap().is_empty());
     assert!(db.list_channels(team.id).await.unwrap().is_empty());
     // The bystander keeps everything; sandbox rows and memberships are kept too.
-    assert_eq!(db.list_metric_points(theirs.id, MetricTier::TenMinutes).await.unwrap().len(), 1);
-    assert_eq!(db.list_metrics_snapshots(bystander.id, window.0, window.1).await.unwrap().len(), 1);
+    assert_eq!(
+        db.list_metric_points(theirs.id, MetricTier::TenMinutes)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.list_metrics_snapshots(bystander.id, window.0, window.1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(db.list_api_keys(bystander.id).await.unwrap().len(), 1);
     assert_eq!(db.list_channels(bystander.id).await.unwrap().len(), 1);
-    assert!(db.get_membership(team.id, owner.id).await.unwrap().is_some());
+    assert!(
+        db.get_membership(team.id, owner.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 conformance_tests!(

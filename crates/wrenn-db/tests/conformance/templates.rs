@@ -31,8 +31,16 @@ async fn the_builtin_template_is_visible_to_every_team(db: Db) {
     assert_eq!((builtin.vcpus, builtin.memory_mb), (1, 512));
     assert!(builtin.protected);
     let (_, team) = owned_team(&db).await;
-    assert_eq!(db.get_template_for_team(team.id, "minimal").await.unwrap(), builtin);
-    assert!(db.list_templates_for_team(team.id, None).await.unwrap().contains(&builtin));
+    assert_eq!(
+        db.get_template_for_team(team.id, "minimal").await.unwrap(),
+        builtin
+    );
+    assert!(
+        db.list_templates_for_team(team.id, None)
+            .await
+            .unwrap()
+            .contains(&builtin)
+    );
 }
 
 async fn templates_round_trip(db: Db) {
@@ -42,21 +50,34 @@ async fn templates_round_trip(db: Db) {
     assert_eq!(stored.id, new.id);
     assert_eq!(stored.team_id, team.id);
     assert_eq!(stored.kind, TemplateKind::Snapshot);
-    assert_eq!((stored.vcpus, stored.memory_mb, stored.size_bytes), (2, 2048, 1 << 30));
+    assert_eq!(
+        (stored.vcpus, stored.memory_mb, stored.size_bytes),
+        (2, 2048, 1 << 30)
+    );
     assert_eq!(stored.default_user, "user");
     assert_eq!(stored.default_env, new.default_env);
     assert_eq!(stored.metadata, new.metadata);
     assert!(!stored.protected);
     assert_eq!(db.get_template(new.id).await.unwrap(), stored);
-    assert_eq!(db.get_template_for_team(team.id, "python").await.unwrap(), stored);
+    assert_eq!(
+        db.get_template_for_team(team.id, "python").await.unwrap(),
+        stored
+    );
 }
 
 async fn template_names_are_unique_per_team(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    db.create_template(template(team.id, "node", TemplateKind::Base)).await.unwrap();
-    assert_conflict(db.create_template(template(team.id, "node", TemplateKind::Base)).await);
-    db.create_template(template(other.id, "node", TemplateKind::Base)).await.unwrap();
+    db.create_template(template(team.id, "node", TemplateKind::Base))
+        .await
+        .unwrap();
+    assert_conflict(
+        db.create_template(template(team.id, "node", TemplateKind::Base))
+            .await,
+    );
+    db.create_template(template(other.id, "node", TemplateKind::Base))
+        .await
+        .unwrap();
     // A team sees its own template, never another team's.
     let (_, third) = owned_team(&db).await;
     assert_not_found(db.get_template_for_team(third.id, "node").await);
@@ -64,16 +85,36 @@ async fn template_names_are_unique_per_team(db: Db) {
 
 async fn platform_template_names_are_reserved_for_every_team(db: Db) {
     let (_, team) = owned_team(&db).await;
-    assert_conflict(db.create_template(template(team.id, "minimal", TemplateKind::Base)).await);
-    assert_conflict(db.upsert_template(template(team.id, "minimal", TemplateKind::Snapshot)).await);
-    db.create_template(template(PLATFORM_TEAM_ID, "ubuntu", TemplateKind::Base)).await.unwrap();
-    assert_conflict(db.create_template(template(team.id, "ubuntu", TemplateKind::Base)).await);
-    assert_eq!(db.get_template_for_team(team.id, "ubuntu").await.unwrap().team_id, PLATFORM_TEAM_ID);
+    assert_conflict(
+        db.create_template(template(team.id, "minimal", TemplateKind::Base))
+            .await,
+    );
+    assert_conflict(
+        db.upsert_template(template(team.id, "minimal", TemplateKind::Snapshot))
+            .await,
+    );
+    db.create_template(template(PLATFORM_TEAM_ID, "ubuntu", TemplateKind::Base))
+        .await
+        .unwrap();
+    assert_conflict(
+        db.create_template(template(team.id, "ubuntu", TemplateKind::Base))
+            .await,
+    );
+    assert_eq!(
+        db.get_template_for_team(team.id, "ubuntu")
+            .await
+            .unwrap()
+            .team_id,
+        PLATFORM_TEAM_ID
+    );
 }
 
 async fn upserting_a_template_replaces_it_in_place(db: Db) {
     let (_, team) = owned_team(&db).await;
-    let first = db.upsert_template(template(team.id, "snap", TemplateKind::Snapshot)).await.unwrap();
+    let first = db
+        .upsert_template(template(team.id, "snap", TemplateKind::Snapshot))
+        .await
+        .unwrap();
     let mut again = template(team.id, "snap", TemplateKind::Snapshot);
     again.vcpus = 4;
     again.size_bytes = 7;
@@ -81,31 +122,68 @@ async fn upserting_a_template_replaces_it_in_place(db: Db) {
     assert_eq!(replaced.id, first.id, "the existing id is kept");
     assert_eq!(replaced.vcpus, 4);
     assert_eq!(replaced.size_bytes, 7);
-    assert_eq!(db.list_team_owned_templates(team.id).await.unwrap(), [replaced]);
+    assert_eq!(
+        db.list_team_owned_templates(team.id).await.unwrap(),
+        [replaced]
+    );
 }
 
 async fn protected_templates_cannot_be_deleted_or_replaced(db: Db) {
-    assert!(!db.delete_template(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID).await.unwrap());
-    assert_conflict(db.upsert_template(template(PLATFORM_TEAM_ID, "minimal", TemplateKind::Base)).await);
+    assert!(
+        !db.delete_template(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID)
+            .await
+            .unwrap()
+    );
+    assert_conflict(
+        db.upsert_template(template(PLATFORM_TEAM_ID, "minimal", TemplateKind::Base))
+            .await,
+    );
     db.delete_team_templates(PLATFORM_TEAM_ID).await.unwrap();
-    assert!(db.get_template(BUILTIN_TEMPLATE_ID).await.unwrap().protected);
+    assert!(
+        db.get_template(BUILTIN_TEMPLATE_ID)
+            .await
+            .unwrap()
+            .protected
+    );
 }
 
 async fn templates_are_listed_per_team_per_kind_and_in_full(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    let base = db.create_template(template(team.id, "base", TemplateKind::Base)).await.unwrap();
-    let snap = db.create_template(template(team.id, "snap", TemplateKind::Snapshot)).await.unwrap();
-    let foreign = db.create_template(template(other.id, "theirs", TemplateKind::Base)).await.unwrap();
+    let base = db
+        .create_template(template(team.id, "base", TemplateKind::Base))
+        .await
+        .unwrap();
+    let snap = db
+        .create_template(template(team.id, "snap", TemplateKind::Snapshot))
+        .await
+        .unwrap();
+    let foreign = db
+        .create_template(template(other.id, "theirs", TemplateKind::Base))
+        .await
+        .unwrap();
     let builtin = db.get_template(BUILTIN_TEMPLATE_ID).await.unwrap();
 
     let visible = db.list_templates_for_team(team.id, None).await.unwrap();
-    assert_eq!(visible, [snap.clone(), base.clone(), builtin.clone()], "newest first");
-    let bases = db.list_templates_for_team(team.id, Some(TemplateKind::Base)).await.unwrap();
+    assert_eq!(
+        visible,
+        [snap.clone(), base.clone(), builtin.clone()],
+        "newest first"
+    );
+    let bases = db
+        .list_templates_for_team(team.id, Some(TemplateKind::Base))
+        .await
+        .unwrap();
     assert_eq!(bases, [base.clone(), builtin.clone()]);
-    let snaps = db.list_templates_for_team(team.id, Some(TemplateKind::Snapshot)).await.unwrap();
+    let snaps = db
+        .list_templates_for_team(team.id, Some(TemplateKind::Snapshot))
+        .await
+        .unwrap();
     assert_eq!(snaps, std::slice::from_ref(&snap));
-    assert_eq!(db.list_team_owned_templates(team.id).await.unwrap(), [snap.clone(), base.clone()]);
+    assert_eq!(
+        db.list_team_owned_templates(team.id).await.unwrap(),
+        [snap.clone(), base.clone()]
+    );
     let all = db.list_all_templates().await.unwrap();
     for t in [&base, &snap, &foreign, &builtin] {
         assert!(all.contains(t));
@@ -115,14 +193,27 @@ async fn templates_are_listed_per_team_per_kind_and_in_full(db: Db) {
 async fn deleting_templates_is_scoped_to_the_owning_team(db: Db) {
     let (_, team) = owned_team(&db).await;
     let (_, other) = owned_team(&db).await;
-    let a = db.create_template(template(team.id, "a", TemplateKind::Base)).await.unwrap();
-    db.create_template(template(team.id, "b", TemplateKind::Snapshot)).await.unwrap();
-    let theirs = db.create_template(template(other.id, "c", TemplateKind::Base)).await.unwrap();
+    let a = db
+        .create_template(template(team.id, "a", TemplateKind::Base))
+        .await
+        .unwrap();
+    db.create_template(template(team.id, "b", TemplateKind::Snapshot))
+        .await
+        .unwrap();
+    let theirs = db
+        .create_template(template(other.id, "c", TemplateKind::Base))
+        .await
+        .unwrap();
     assert!(!db.delete_template(other.id, a.id).await.unwrap());
     assert!(db.delete_template(team.id, a.id).await.unwrap());
     assert!(!db.delete_template(team.id, a.id).await.unwrap());
     assert_eq!(db.delete_team_templates(team.id).await.unwrap(), 1);
-    assert!(db.list_team_owned_templates(team.id).await.unwrap().is_empty());
+    assert!(
+        db.list_team_owned_templates(team.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(db.get_template(theirs.id).await.unwrap(), theirs);
 }
 
@@ -130,7 +221,10 @@ async fn unknown_templates_and_teams_are_refused(db: Db) {
     assert_not_found(db.get_template(TemplateId::new()).await);
     let (_, team) = owned_team(&db).await;
     assert_not_found(db.get_template_for_team(team.id, "nope").await);
-    assert_invalid(db.create_template(template(TeamId::new(), "x", TemplateKind::Base)).await);
+    assert_invalid(
+        db.create_template(template(TeamId::new(), "x", TemplateKind::Base))
+            .await,
+    );
 }
 
 conformance_tests!(

@@ -35,7 +35,12 @@ async fn users_are_found_by_id_and_by_email_in_any_case(db: Db) {
     assert_eq!(user.created_at, user.updated_at);
     assert!(user.deleted_at.is_none());
     assert_eq!(db.get_user(user.id).await.unwrap(), user);
-    assert_eq!(db.get_user_by_email("GRACE.hopper@example.COM").await.unwrap(), user);
+    assert_eq!(
+        db.get_user_by_email("GRACE.hopper@example.COM")
+            .await
+            .unwrap(),
+        user
+    );
 }
 
 async fn duplicate_emails_conflict_whatever_their_case(db: Db) {
@@ -60,8 +65,14 @@ async fn names_passwords_and_statuses_update(db: Db) {
     assert_eq!(renamed.name, "Grace");
     assert!(renamed.updated_at >= user.updated_at);
     db.update_password(user.id, "new-hash").await.unwrap();
-    assert_eq!(db.get_user(user.id).await.unwrap().password_hash.as_deref(), Some("new-hash"));
-    let disabled = db.set_user_status(user.id, UserStatus::Disabled).await.unwrap();
+    assert_eq!(
+        db.get_user(user.id).await.unwrap().password_hash.as_deref(),
+        Some("new-hash")
+    );
+    let disabled = db
+        .set_user_status(user.id, UserStatus::Disabled)
+        .await
+        .unwrap();
     assert_eq!(disabled.status, UserStatus::Disabled);
     assert_invalid(db.set_user_status(user.id, UserStatus::Deleted).await);
 }
@@ -94,9 +105,14 @@ async fn revoking_the_last_admin_is_a_conflict(db: Db) {
 async fn soft_deleting_a_user_hides_them_and_removes_their_api_keys(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let colleague = user(&db).await;
-    db.add_member(team.id, colleague.id, Role::Member).await.unwrap();
+    db.add_member(team.id, colleague.id, Role::Member)
+        .await
+        .unwrap();
     let mine = db.create_api_key(api_key(team.id, owner.id)).await.unwrap();
-    let theirs = db.create_api_key(api_key(team.id, colleague.id)).await.unwrap();
+    let theirs = db
+        .create_api_key(api_key(team.id, colleague.id))
+        .await
+        .unwrap();
     let before = db.count_users().await.unwrap();
 
     db.soft_delete_user(colleague.id).await.unwrap();
@@ -105,9 +121,20 @@ async fn soft_deleting_a_user_hides_them_and_removes_their_api_keys(db: Db) {
     assert_eq!(deleted.status, UserStatus::Deleted);
     assert!(deleted.deleted_at.is_some());
     assert_eq!(db.count_users().await.unwrap(), before - 1);
-    let keys: Vec<ApiKeyId> = db.list_api_keys(team.id).await.unwrap().iter().map(|k| k.key.id).collect();
+    let keys: Vec<ApiKeyId> = db
+        .list_api_keys(team.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.key.id)
+        .collect();
     assert_eq!(keys, [mine.id]);
-    assert!(db.get_api_key_by_hash(&theirs.key_hash).await.unwrap().is_none());
+    assert!(
+        db.get_api_key_by_hash(&theirs.key_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Idempotent.
     db.soft_delete_user(colleague.id).await.unwrap();
     // A deleted user can no longer be edited.
@@ -116,21 +143,51 @@ async fn soft_deleting_a_user_hides_them_and_removes_their_api_keys(db: Db) {
 
 async fn email_prefix_search_ignores_case_and_treats_wildcards_literally(db: Db) {
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let alice = db.create_user(new_user(&format!("{tag}.alice@example.com"))).await.unwrap();
-    let alina = db.create_user(new_user(&format!("{tag}.alina@example.com"))).await.unwrap();
-    let under = db.create_user(new_user(&format!("{tag}_x@example.com"))).await.unwrap();
-    let gone = db.create_user(new_user(&format!("{tag}.alfred@example.com"))).await.unwrap();
+    let alice = db
+        .create_user(new_user(&format!("{tag}.alice@example.com")))
+        .await
+        .unwrap();
+    let alina = db
+        .create_user(new_user(&format!("{tag}.alina@example.com")))
+        .await
+        .unwrap();
+    let under = db
+        .create_user(new_user(&format!("{tag}_x@example.com")))
+        .await
+        .unwrap();
+    let gone = db
+        .create_user(new_user(&format!("{tag}.alfred@example.com")))
+        .await
+        .unwrap();
     db.soft_delete_user(gone.id).await.unwrap();
 
-    let found = db.search_users_by_email_prefix(&format!("{}.AL", tag.to_uppercase()), 10).await.unwrap();
+    let found = db
+        .search_users_by_email_prefix(&format!("{}.AL", tag.to_uppercase()), 10)
+        .await
+        .unwrap();
     let ids: Vec<UserId> = found.iter().map(|u| u.id).collect();
-    assert_eq!(ids, [alice.id, alina.id], "sorted by email, deleted users hidden");
-    let limited = db.search_users_by_email_prefix(&format!("{tag}.al"), 1).await.unwrap();
+    assert_eq!(
+        ids,
+        [alice.id, alina.id],
+        "sorted by email, deleted users hidden"
+    );
+    let limited = db
+        .search_users_by_email_prefix(&format!("{tag}.al"), 1)
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1);
     // `_` and `%` are literal characters, not wildcards.
-    let literal = db.search_users_by_email_prefix(&format!("{tag}_"), 10).await.unwrap();
+    let literal = db
+        .search_users_by_email_prefix(&format!("{tag}_"), 10)
+        .await
+        .unwrap();
     assert_eq!(literal.iter().map(|u| u.id).collect::<Vec<_>>(), [under.id]);
-    assert!(db.search_users_by_email_prefix(&format!("{tag}%"), 10).await.unwrap().is_empty());
+    assert!(
+        db.search_users_by_email_prefix(&format!("{tag}%"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn list_users_pages_newest_first(db: Db) {
@@ -151,28 +208,52 @@ async fn users_deleted_before_a_cutoff_are_listed(db: Db) {
     assert!(expired.iter().any(|u| u.id == gone.id));
     assert!(!expired.iter().any(|u| u.id == kept.id));
     let earlier = now() - Duration::days(15);
-    assert!(!db.list_users_deleted_before(earlier).await.unwrap().iter().any(|u| u.id == gone.id));
+    assert!(
+        !db.list_users_deleted_before(earlier)
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.id == gone.id)
+    );
 }
 
 async fn hard_deleting_a_user_anonymises_their_audit_trail(db: Db) {
     let (owner, team) = owned_team(&db).await;
     let gone = user(&db).await;
     let by_gone = db
-        .record(AuditEntry::new(team.id, Actor::user(gone.id, &gone.email), "sandbox", Some("cl-x".into()), "create"))
+        .record(AuditEntry::new(
+            team.id,
+            Actor::user(gone.id, &gone.email),
+            "sandbox",
+            Some("cl-x".into()),
+            "create",
+        ))
         .await
         .unwrap();
     let about_gone = db
         .record(
-            AuditEntry::new(team.id, Actor::user(owner.id, &owner.email), "member", Some(gone.id.to_string()), "add")
-                .scope(AuditScope::Admin)
-                .metadata(json!({"email": gone.email, "role": "member"})),
+            AuditEntry::new(
+                team.id,
+                Actor::user(owner.id, &owner.email),
+                "member",
+                Some(gone.id.to_string()),
+                "add",
+            )
+            .scope(AuditScope::Admin)
+            .metadata(json!({"email": gone.email, "role": "member"})),
         )
         .await
         .unwrap();
     let unrelated = db
         .record(
-            AuditEntry::new(team.id, Actor::user(owner.id, &owner.email), "member", Some(owner.id.to_string()), "add")
-                .metadata(json!({"email": owner.email})),
+            AuditEntry::new(
+                team.id,
+                Actor::user(owner.id, &owner.email),
+                "member",
+                Some(owner.id.to_string()),
+                "add",
+            )
+            .metadata(json!({"email": owner.email})),
         )
         .await
         .unwrap();
@@ -200,7 +281,11 @@ async fn hard_deleting_a_user_anonymises_their_audit_trail(db: Db) {
     let about_gone = find(about_gone.id);
     assert_eq!(about_gone.entry.resource_id, None);
     assert_eq!(about_gone.entry.metadata, json!({"role": "member"}));
-    assert_eq!(about_gone.entry.actor.id, Some(owner.id.to_string()), "the actor was someone else");
+    assert_eq!(
+        about_gone.entry.actor.id,
+        Some(owner.id.to_string()),
+        "the actor was someone else"
+    );
     assert_eq!(find(unrelated.id), unrelated);
 }
 
@@ -254,7 +339,12 @@ async fn hard_deleting_a_user_keeps_their_api_keys_hosts_and_host_tokens_without
     assert_eq!(keys[0].creator_email, None);
     assert_eq!(db.get_host(host.id).await.unwrap().created_by, None);
     assert_eq!(db.get_host_token(token.id).await.unwrap().created_by, None);
-    assert!(db.get_membership(team.id, owner.id).await.unwrap().is_some());
+    assert!(
+        db.get_membership(team.id, owner.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn oauth_identities_link_once(db: Db) {
@@ -268,9 +358,18 @@ async fn oauth_identities_link_once(db: Db) {
         created_at: now(),
     };
     db.link_oauth(link.clone()).await.unwrap();
-    assert_eq!(db.get_oauth_link("github", "1").await.unwrap(), Some(link.clone()));
+    assert_eq!(
+        db.get_oauth_link("github", "1").await.unwrap(),
+        Some(link.clone())
+    );
     let other = self::user(&db).await;
-    assert_conflict(db.link_oauth(OAuthLink { user_id: other.id, ..link }).await);
+    assert_conflict(
+        db.link_oauth(OAuthLink {
+            user_id: other.id,
+            ..link
+        })
+        .await,
+    );
     assert_invalid(
         db.link_oauth(OAuthLink {
             provider: "github".into(),
@@ -286,10 +385,15 @@ async fn oauth_identities_link_once(db: Db) {
 async fn admin_permissions_are_granted_idempotently_and_listed_sorted(db: Db) {
     let user = user(&db).await;
     assert!(db.list_admin_permissions(user.id).await.unwrap().is_empty());
-    db.grant_admin_permission(user.id, "templates").await.unwrap();
+    db.grant_admin_permission(user.id, "templates")
+        .await
+        .unwrap();
     db.grant_admin_permission(user.id, "hosts").await.unwrap();
     db.grant_admin_permission(user.id, "hosts").await.unwrap();
-    assert_eq!(db.list_admin_permissions(user.id).await.unwrap(), ["hosts", "templates"]);
+    assert_eq!(
+        db.list_admin_permissions(user.id).await.unwrap(),
+        ["hosts", "templates"]
+    );
 }
 
 conformance_tests!(

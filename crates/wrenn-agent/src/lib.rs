@@ -1,0 +1,3 @@
+//! The Wrenn host agent.
+
+pub mod runtime;

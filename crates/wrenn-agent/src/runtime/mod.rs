@@ -1,0 +1,143 @@
+//! The [`Runtime`] seam: how a sandbox is actually run on this host.
+//!
+//! Implementations: [`process`] (Linux namespaces + overlayfs + cgroups; the
+//! embedded default) and `firecracker` (microVMs). The [`crate::manager`] owns the
+//! per-sandbox locks and state machine; a runtime only performs the operations.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use wrenn_core::id::{SandboxId, TeamId, TemplateId};
+
+/// What a runtime can do beyond the basics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Pause keeps memory and resume restores it exactly (process runtime: cgroup
+    /// freezer; Firecracker: memory snapshots).
+    pub memory_snapshots: bool,
+    /// Hibernate persists a sandbox to disk and frees its memory.
+    pub hibernate: bool,
+}
+
+/// Everything a runtime needs to start a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// Team owning the template.
+    pub template_team_id: TeamId,
+    /// Template (its files live at `layout.template_dir(template_team_id, template_id)`;
+    /// the built-in all-zero template is the host's root filesystem, read-only).
+    pub template_id: TemplateId,
+    /// vCPUs (enforced as a CPU quota).
+    pub vcpus: u32,
+    /// Memory limit (MiB).
+    pub memory_mb: u32,
+    /// Writable disk (MiB).
+    pub disk_size_mb: u32,
+    /// Default user for processes.
+    pub default_user: String,
+    /// Default environment for processes.
+    pub default_env: BTreeMap<String, String>,
+}
+
+/// Where a sandbox's guest agent (envd) answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvdEndpoint {
+    /// A unix socket on the host (process runtime).
+    Unix(PathBuf),
+    /// A TCP address reachable from the host (VM runtimes).
+    Tcp(SocketAddr),
+}
+
+/// A sandbox as a runtime started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Its guest agent.
+    pub envd: EnvdEndpoint,
+    /// The address the sandbox is reachable at from the host (ports are proxied
+    /// to it).
+    pub host_ip: String,
+    /// Runtime details reported to the control plane (versions, runtime name).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Resource usage of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stats {
+    /// CPU use since the previous sample, in percent of one CPU.
+    pub cpu_pct: f64,
+    /// Memory in use (bytes).
+    pub mem_bytes: u64,
+    /// Writable-layer disk use (bytes).
+    pub disk_bytes: u64,
+}
+
+/// A runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The host lacks something the runtime needs (root, a kernel feature, a binary).
+    #[error("host not capable: {0}")]
+    Unsupported(String),
+    /// The sandbox is unknown to the runtime.
+    #[error("sandbox {0} not found")]
+    NotFound(SandboxId),
+    /// The template is not present on this host.
+    #[error("template {0} not found on this host")]
+    TemplateNotFound(TemplateId),
+    /// The operation does not fit the sandbox's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs sandboxes. All methods are called with the sandbox's lock held by the
+/// manager, so a runtime never sees two operations on one sandbox at once.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Short name (`process`, `firecracker`), reported in sandbox metadata.
+    fn name(&self) -> &'static str;
+    /// What this runtime supports.
+    fn capabilities(&self) -> Capabilities;
+    /// Creates and starts a sandbox; returns once its envd answers.
+    async fn create(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError>;
+    /// Freezes a running sandbox, keeping its memory.
+    async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError>;
+    /// Thaws a paused sandbox.
+    async fn resume(&self, instance: &Instance) -> Result<(), RuntimeError>;
+    /// Persists a (running or paused) sandbox to `snapshots/{id}/` and stops it,
+    /// freeing its memory.
+    async fn hibernate(&self, instance: &Instance) -> Result<(), RuntimeError>;
+    /// Starts a hibernated sandbox again from its persisted state.
+    async fn restore(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError>;
+    /// Stops a sandbox and removes all its state (including hibernated state).
+    /// Idempotent: destroying an unknown sandbox cleans up leftovers and succeeds.
+    async fn destroy(&self, id: SandboxId) -> Result<(), RuntimeError>;
+    /// Copies the sandbox's filesystem state into a new template directory
+    /// (`layout.template_dir(team, template)`); returns its size in bytes.
+    async fn snapshot(&self, instance: &Instance, team: TeamId, template: TemplateId) -> Result<u64, RuntimeError>;
+    /// Resource usage.
+    async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError>;
+    /// Sandboxes hibernated on this host's disk (they survive agent restarts), with
+    /// the configuration to restore them.
+    async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError>;
+    /// Removes leftovers of live sandboxes not in `keep` (processes, mounts,
+    /// network namespaces after an agent crash), never hibernated state; returns the
+    /// ids cleaned up.
+    async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError>;
+}
