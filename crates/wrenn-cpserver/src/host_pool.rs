@@ -22,22 +22,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
+pub use wrenn_extension::hosts::{CONNECT_TIMEOUT, HostChannels, map_status};
 use wrenn_core::agents::{
     AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
-use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
-use wrenn_core::repo::{RepoError, Store};
+use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
-/// How long establishing the TCP + HTTP/2 connection to an agent may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of `PingSandbox` (a liveness probe: short).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of quick bookkeeping calls (`ListSandboxes`, `DeleteSnapshot`): the original
@@ -51,113 +49,28 @@ pub const LIFECYCLE_CALL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// control plane's total client timeout.
 pub const SNAPSHOT_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// HTTP/2 keep-alive ping interval: detects a vanished host on an idle channel.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a keep-alive ping may go unanswered before the connection is dropped.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A cached channel and the address it was built for.
-struct Cached {
-    address: String,
-    channel: Channel,
-}
-
 /// [`HostAgents`] reached over gRPC, one cached channel per host.
 pub struct GrpcHostAgents {
-    store: Arc<dyn Store>,
-    channels: Mutex<HashMap<HostId, Cached>>,
+    hosts: Arc<HostChannels>,
 }
 
 impl std::fmt::Debug for GrpcHostAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcHostAgents")
-            .field("cached_hosts", &self.lock().len())
+            .field("hosts", &self.hosts)
             .finish_non_exhaustive()
     }
 }
 
 impl GrpcHostAgents {
-    /// A pool resolving host addresses through `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self {
-            store,
-            channels: Mutex::new(HashMap::new()),
-        }
+    /// A pool over `hosts` (shared with the data-plane routes).
+    pub fn new(hosts: Arc<HostChannels>) -> Self {
+        Self { hosts }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Cached>> {
-        // The map holds only cheap handles; a panic elsewhere cannot corrupt it.
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops the cached channel of `host` (if any); the next call reconnects. Call it
-    /// when a host is deleted, re-registered or gets a new certificate.
-    pub fn evict(&self, host: HostId) {
-        if self.lock().remove(&host).is_some() {
-            tracing::debug!(host_id = %host, "evicted host channel");
-        }
-    }
-
-    /// The address the pool currently holds a channel for, if any (diagnostics).
-    pub fn cached_address(&self, host: HostId) -> Option<String> {
-        self.lock().get(&host).map(|c| c.address.clone())
-    }
-
-    /// Evicts `host` only if its channel is still the one built for `address` (a newer
-    /// channel for a changed address is kept).
-    fn evict_if(&self, host: HostId, address: &str) {
-        let mut channels = self.lock();
-        if channels.get(&host).is_some_and(|c| c.address == address) {
-            channels.remove(&host);
-            tracing::debug!(host_id = %host, address, "evicted host channel after UNAVAILABLE");
-        }
-    }
-
-    /// The channel for `host`, resolving its address through the store.
-    async fn channel(&self, host: HostId) -> Result<(String, Channel), AgentError> {
-        let row = self.store.get_host(host).await.map_err(|e| match e {
-            RepoError::NotFound { .. } => {
-                AgentError::Unavailable(format!("host {host} does not exist"))
-            }
-            other => AgentError::Unavailable(format!("cannot look up host {host}: {other}")),
-        })?;
-        if !matches!(row.status, HostStatus::Online | HostStatus::Draining) {
-            self.evict(host);
-            return Err(AgentError::Unavailable(format!(
-                "host {host} is {}; only online and draining hosts are called",
-                row.status.as_str()
-            )));
-        }
-        let address = row.address.trim();
-        if address.is_empty() {
-            self.evict(host);
-            return Err(AgentError::Unavailable(format!(
-                "host {host} has no address (its agent has not registered)"
-            )));
-        }
-        let mut channels = self.lock();
-        if let Some(cached) = channels.get(&host)
-            && cached.address == address
-        {
-            return Ok((cached.address.clone(), cached.channel.clone()));
-        }
-        let channel = endpoint(address)
-            .map_err(|e| {
-                AgentError::Unavailable(format!(
-                    "host {host} has an invalid address {address:?}: {e}"
-                ))
-            })?
-            .connect_lazy();
-        if let Some(old) = channels.insert(
-            host,
-            Cached {
-                address: address.to_owned(),
-                channel: channel.clone(),
-            },
-        ) {
-            tracing::info!(host_id = %host, old = %old.address, new = %address, "host address changed; reconnecting");
-        }
-        Ok((address.to_owned(), channel))
+    /// The shared channel cache.
+    pub fn channels(&self) -> &Arc<HostChannels> {
+        &self.hosts
     }
 
     /// Runs one RPC on `host` with a deadline, mapping failures.
@@ -172,13 +85,13 @@ impl GrpcHostAgents {
         F: FnOnce(HostAgentServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let (address, channel) = self.channel(host).await?;
+        let (address, channel) = self.hosts.channel(host).await?;
         let client = HostAgentServiceClient::new(channel);
         match tokio::time::timeout(timeout, rpc(client)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
                 if status.code() == Code::Unavailable {
-                    self.evict_if(host, &address);
+                    self.hosts.evict_if(host, &address);
                 }
                 tracing::debug!(host_id = %host, op, code = ?status.code(), message = status.message(), "agent call failed");
                 Err(map_status(op, host, &status))
@@ -191,39 +104,11 @@ impl GrpcHostAgents {
     }
 }
 
-/// The endpoint for an agent address (`host:port`, or a full `http://` URL).
-fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if address.starts_with("http://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
-}
-
 /// A request carrying `timeout` as its `grpc-timeout`.
 fn request<T>(message: T, timeout: Duration) -> Request<T> {
     let mut req = Request::new(message);
     req.set_timeout(timeout);
     req
-}
-
-/// Maps a gRPC status onto an [`AgentError`], keeping the agent's message.
-pub fn map_status(op: &str, host: HostId, status: &Status) -> AgentError {
-    let message = format!("{op} on host {host}: {}", status.message());
-    match status.code() {
-        Code::NotFound => AgentError::NotFound(message),
-        Code::FailedPrecondition | Code::AlreadyExists => AgentError::FailedPrecondition(message),
-        Code::InvalidArgument => AgentError::InvalidArgument(message),
-        Code::Unavailable => AgentError::Unavailable(message),
-        Code::DeadlineExceeded => AgentError::Timeout(message),
-        code => AgentError::Internal(format!("{message} ({code:?})")),
-    }
 }
 
 /// Converts a non-negative resource value for the wire.

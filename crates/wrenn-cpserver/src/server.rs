@@ -21,7 +21,7 @@ use wrenn_extension::{Authenticator, Extension, Mailer, ServerContext, Superviso
 use crate::builder::Builder;
 use crate::error::ServerError;
 use crate::events::RedisBus;
-use crate::host_pool::GrpcHostAgents;
+use crate::host_pool::{GrpcHostAgents, HostChannels};
 use crate::mailer::SmtpMailer;
 use crate::secrets::Secrets;
 use crate::{router, workers};
@@ -64,9 +64,10 @@ impl Builder {
         let secrets = Secrets::load_or_generate(&config)?;
         let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes()).map_err(|e| ServerError::Secrets(e.to_string()))?;
 
+        let hosts = Arc::new(HostChannels::new(store.clone()));
         let agents = match self.agents {
             Some(a) => a,
-            None => Arc::new(GrpcHostAgents::new(store.clone())),
+            None => Arc::new(GrpcHostAgents::new(hosts.clone())),
         };
         let scheduler: Arc<dyn Scheduler> = match self.scheduler {
             Some(s) => s,
@@ -94,6 +95,7 @@ impl Builder {
             lifecycle,
             scheduler,
             agents,
+            hosts,
             audit,
             events,
             config,

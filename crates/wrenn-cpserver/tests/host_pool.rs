@@ -18,7 +18,7 @@ use wrenn_core::id::{
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::HostKind;
 use wrenn_core::repo::{HostSpec, NewHost, Store};
-use wrenn_cpserver::host_pool::GrpcHostAgents;
+use wrenn_cpserver::host_pool::{GrpcHostAgents, HostChannels};
 use wrenn_db::testing::TestStores;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_server::{
@@ -368,7 +368,7 @@ impl Fixture {
 
     fn with(db: wrenn_db::testing::TestStore) -> Self {
         let store = db.store();
-        let pool = GrpcHostAgents::new(store.clone());
+        let pool = GrpcHostAgents::new(Arc::new(HostChannels::new(store.clone())));
         Self {
             _db: db,
             store,
@@ -593,7 +593,7 @@ async fn every_lifecycle_call_round_trips(f: Fixture) {
             .sandboxes
             .is_empty()
     );
-    assert_eq!(f.pool.cached_address(host), Some(agent.address()));
+    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -763,7 +763,7 @@ async fn hosts_that_cannot_be_called_are_unavailable() {
     );
     assert_unavailable(f.pool.list_sandboxes(offline).await, "offline");
     assert_eq!(
-        f.pool.cached_address(offline),
+        f.pool.channels().cached_address(offline),
         None,
         "an offline host's channel is dropped"
     );
@@ -817,7 +817,7 @@ async fn a_dead_address_is_unavailable_quickly() {
         started.elapsed()
     );
     assert_eq!(
-        f.pool.cached_address(host),
+        f.pool.channels().cached_address(host),
         None,
         "the failed channel is evicted"
     );
@@ -834,7 +834,7 @@ async fn a_changed_address_moves_the_channel_to_the_new_agent() {
         .create_sandbox(host, &spec)
         .await
         .expect("create on the old agent");
-    assert_eq!(f.pool.cached_address(host), Some(old.address()));
+    assert_eq!(f.pool.channels().cached_address(host), Some(old.address()));
 
     f.move_host(host, &new.address()).await;
     let inv = f
@@ -846,7 +846,7 @@ async fn a_changed_address_moves_the_channel_to_the_new_agent() {
         inv.sandboxes.is_empty(),
         "the new agent answered, not the old one"
     );
-    assert_eq!(f.pool.cached_address(host), Some(new.address()));
+    assert_eq!(f.pool.channels().cached_address(host), Some(new.address()));
     assert_eq!(old.agent.calls(), vec!["CreateSandbox"]);
     assert_eq!(new.agent.calls(), vec!["ListSandboxes"]);
 }
@@ -858,13 +858,13 @@ async fn an_agent_that_goes_away_is_evicted_and_reconnected_when_back() {
     let addr = agent.addr;
     let host = f.host_at(&agent.address()).await;
     f.pool.list_sandboxes(host).await.expect("list");
-    assert_eq!(f.pool.cached_address(host), Some(agent.address()));
+    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
 
     agent.stop().await;
     let got = f.pool.list_sandboxes(host).await;
     assert!(matches!(got, Err(AgentError::Unavailable(_))), "{got:?}");
     assert_eq!(
-        f.pool.cached_address(host),
+        f.pool.channels().cached_address(host),
         None,
         "UNAVAILABLE evicts the channel"
     );
@@ -888,12 +888,12 @@ async fn evict_drops_the_cached_channel() {
     let agent = RunningAgent::start().await;
     let host = f.host_at(&agent.address()).await;
     f.pool.list_sandboxes(host).await.expect("list");
-    assert!(f.pool.cached_address(host).is_some());
-    f.pool.evict(host);
-    assert_eq!(f.pool.cached_address(host), None);
-    f.pool.evict(host); // idempotent
+    assert!(f.pool.channels().cached_address(host).is_some());
+    f.pool.channels().evict(host);
+    assert_eq!(f.pool.channels().cached_address(host), None);
+    f.pool.channels().evict(host); // idempotent
     f.pool.list_sandboxes(host).await.expect("list reconnects");
-    assert_eq!(f.pool.cached_address(host), Some(agent.address()));
+    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,20 @@
 //! Throw-away stores for tests and benchmarks (feature `testing`).
 //!
-//! ```ignore
+//! ```no_run
 //! use wrenn_db::testing::TestStores;
 //!
-//! #[tokio::test(flavor = "multi_thread")]
-//! async fn works_on_postgres() {
-//!     // `None` = skipped (URL not set and services not required); panics when
-//!     // WRENN_TEST_REQUIRE_SERVICES=1 and WRENN_TEST_POSTGRES_URL is missing.
-//!     let Some(db) = TestStores::postgres().await else { return };
-//!     let store = db.store();
-//!     // …
-//! }
+//! // In a `#[tokio::test(flavor = "multi_thread")] async fn`:
+//! # async fn example() {
+//! // Always available: a fresh SQLite file.
+//! let sqlite = TestStores::sqlite().await;
+//! assert_eq!(sqlite.store().backend(), "sqlite");
+//!
+//! // `None` = skipped (URL not set and services not required); panics when
+//! // WRENN_TEST_REQUIRE_SERVICES=1 and WRENN_TEST_POSTGRES_URL is missing.
+//! let Some(postgres) = TestStores::postgres().await else { return };
+//! let store = postgres.store(); // Arc<dyn wrenn_core::repo::Store>
+//! # let _ = store;
+//! # }
 //! ```
 //!
 //! - [`TestStores::sqlite`]: a fresh SQLite file in its own temporary directory

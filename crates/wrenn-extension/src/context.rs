@@ -12,6 +12,7 @@ use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
 
 use crate::auth::Authenticator;
+use crate::hosts::HostChannels;
 use crate::mailer::Mailer;
 
 /// The control plane's shared state. Cheap to clone (a bundle of `Arc`s); it is the
@@ -26,6 +27,8 @@ pub struct ServerContext {
     pub scheduler: Arc<dyn Scheduler>,
     /// Lifecycle calls on host agents.
     pub agents: Arc<dyn HostAgents>,
+    /// gRPC channels to host agents, for data-plane calls (exec, files, PTY).
+    pub hosts: Arc<HostChannels>,
     /// Credential checks (JWT keys, API-key cache).
     pub auth: Arc<Authenticator>,
     /// Where audit entries go.

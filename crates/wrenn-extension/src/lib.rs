@@ -17,6 +17,7 @@ mod context;
 mod error;
 mod extension;
 pub mod extract;
+pub mod hosts;
 mod mailer;
 mod worker;
 

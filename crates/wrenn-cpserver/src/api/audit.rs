@@ -239,7 +239,7 @@ pub(super) async fn page(
             records.extend(ctx.store.list_audit_logs(&query).await?);
         }
     }
-    records.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    records.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
     records.truncate(filter.limit as usize);
     let full = records.len() == filter.limit as usize;
     let (next_before, next_before_id) = match records.last() {
