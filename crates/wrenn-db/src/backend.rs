@@ -41,7 +41,8 @@ macro_rules! for_each_backend {
 
 pub(crate) use for_each_backend;
 
-/// Builds `(a, b, c)`-style `IN` lists with bound values: `push_in(&mut qb, values)`.
+/// Appends a parenthesised list of bound values to a `QueryBuilder`, for `IN`:
+/// `push_in!(qb, values)`.
 macro_rules! push_in {
     ($qb:expr, $values:expr) => {{
         let mut sep = $qb.separated(", ");
@@ -70,7 +71,8 @@ macro_rules! row_exists {
 
 pub(crate) use row_exists;
 
-/// Opens a write transaction (`BEGIN IMMEDIATE` on SQLite) on `$store`'s pool.
+/// Opens a write transaction (`BEGIN IMMEDIATE` on SQLite) on `$store`'s pool. Used
+/// inside a store's impl (it names the backend through `Self`).
 macro_rules! begin_write {
     ($store:expr, $entity:literal) => {
         $store

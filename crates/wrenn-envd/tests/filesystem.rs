@@ -9,28 +9,13 @@ use std::time::Duration;
 use common::{Envd, within};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream_shim::ReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use wrenn_proto::FILE_CHUNK_SIZE;
 use wrenn_proto::envd::v1::{
     EntryInfo, FileType, ListDirRequest, MakeDirRequest, MoveRequest, ReadFileRequest,
     RemoveRequest, StatRequest, WriteFileHeader, WriteFileRequest, write_file_request,
 };
-
-/// Minimal `mpsc::Receiver` → `Stream` adapter (keeps the dev-dependencies small).
-mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
-
-    impl<T> futures::Stream for ReceiverStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            self.0.poll_recv(cx)
-        }
-    }
-}
 
 fn header(path: &str) -> WriteFileRequest {
     WriteFileRequest {
@@ -180,6 +165,30 @@ async fn writes_honour_mode_owner_and_append() {
     assert_eq!(read(&mut envd, &path).await.unwrap(), b"replaced\n");
 }
 
+/// A channel over its own unix connection, plus a handle that can cut that connection
+/// the way a crashed client or a broken network would.
+async fn cuttable_channel(
+    socket: std::path::PathBuf,
+) -> (tonic::transport::Channel, std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>) {
+    let cut = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let handle = std::sync::Arc::clone(&cut);
+    let channel = tonic::transport::Endpoint::from_static("http://envd.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            let handle = std::sync::Arc::clone(&handle);
+            async move {
+                let stream = std::os::unix::net::UnixStream::connect(socket)?;
+                *handle.lock().unwrap() = Some(stream.try_clone()?);
+                stream.set_nonblocking(true)?;
+                let stream = tokio::net::UnixStream::from_std(stream)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, cut)
+}
+
 #[tokio::test]
 async fn a_cancelled_upload_leaves_neither_a_partial_file_nor_temporary_files() {
     let mut envd = Envd::unix().await;
@@ -188,15 +197,25 @@ async fn a_cancelled_upload_leaves_neither_a_partial_file_nor_temporary_files() 
     write(&mut envd, &existing, b"original").await;
 
     for path in [&fresh, &existing] {
+        let (channel, cut) = cuttable_channel(envd.dir.path().join("envd.sock")).await;
         let (tx, rx) = mpsc::channel(16);
         tx.send(header(path)).await.unwrap();
         for _ in 0..8 {
             tx.send(data(&[b'x'; FILE_CHUNK_SIZE])).await.unwrap();
         }
-        let mut client = envd.fs.clone();
-        let upload = tokio::spawn(async move { client.write_file(ReadStreamBox(ReceiverStream(rx))).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        upload.abort(); // The client goes away mid-upload.
+        let mut client = wrenn_proto::envd::v1::filesystem_client::FilesystemClient::new(channel);
+        let upload = tokio::spawn(async move { client.write_file(ReceiverStream(rx)).await });
+        // Wait until envd holds a temporary file with the data, then vanish mid-upload.
+        within(async {
+            while leftovers(envd.dir.path()).is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stream = cut.lock().unwrap().take().expect("connected");
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+        let _ = within(upload).await;
         drop(tx);
     }
     within(async {
@@ -207,19 +226,6 @@ async fn a_cancelled_upload_leaves_neither_a_partial_file_nor_temporary_files() 
     .await;
     assert!(!std::path::Path::new(&fresh).exists());
     assert_eq!(std::fs::read(&existing).unwrap(), b"original");
-}
-
-/// Boxes the stream so the spawned upload future is `Send + 'static`.
-struct ReadStreamBox(ReceiverStream<WriteFileRequest>);
-
-impl futures::Stream for ReadStreamBox {
-    type Item = WriteFileRequest;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.0).poll_next(cx)
-    }
 }
 
 #[tokio::test]

@@ -13,9 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wrenn_core::audit::{AuditEntry, AuditScope, AuditStatus};
 use wrenn_core::auth::Role;
-use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId, UserId, new_team_slug};
+use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId, UserId};
 use wrenn_core::model::{Team, Template, User, UserStatus};
-use wrenn_core::repo::{NewTeam, RepoError};
 use wrenn_extension::extract::{Json, Path, Query};
 use wrenn_extension::{AdminAuth, ApiError, ApiResult, ServerContext};
 
@@ -271,7 +270,9 @@ async fn set_user_active(
     let user = ctx.store.get_user(id).await?;
     if body.active {
         ctx.store.set_user_status(id, UserStatus::Active).await?;
-        ensure_default_team(&ctx, &user).await?;
+        // An account an admin activates before it ever activated itself has no
+        // team yet: it gets its default team, as self-activation gives it.
+        super::auth::ensure_default_team(&ctx, &user).await?;
         ctx.audit(
             admin_audit(
                 &auth,
@@ -318,42 +319,6 @@ async fn set_user_active(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// An account activated by an admin before it ever activated itself has no team
-/// yet: give it its default team, as self-activation does.
-async fn ensure_default_team(ctx: &ServerContext, user: &User) -> Result<(), ApiError> {
-    if ctx.store.default_team_for_user(user.id).await?.is_some() {
-        return Ok(());
-    }
-    let mut attempt = 0;
-    loop {
-        let team = NewTeam {
-            id: TeamId::new(),
-            name: default_team_name(&user.name),
-            slug: new_team_slug(),
-            is_byoc: false,
-        };
-        match ctx.store.create_team(team, user.id, true).await {
-            Err(RepoError::Conflict(_)) if attempt < 3 => attempt += 1,
-            other => return other.map(|_| ()).map_err(Into::into),
-        }
-    }
-}
-
-/// `"<name>'s Team"`, reduced to the characters team names allow.
-fn default_team_name(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '-' | '@' | '\''))
-        .take(120)
-        .collect();
-    let clean = clean.trim();
-    if clean.is_empty() {
-        "My Team".to_owned()
-    } else {
-        format!("{clean}'s Team")
-    }
 }
 
 /// Every team (deleted ones included), newest first, 100 per page.
@@ -465,17 +430,6 @@ pub(super) fn routes() -> OpenApiRouter<ServerContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_team_names_are_valid_team_names() {
-        for name in ["Ada", "  ", "名前", "O'Brien-Smith", &"x".repeat(300)] {
-            let t = default_team_name(name);
-            assert!(
-                wrenn_core::validate::team_name(&t).is_ok(),
-                "{name:?} → {t:?}"
-            );
-        }
-    }
 
     #[test]
     fn pages_start_at_one() {

@@ -1,0 +1,1397 @@
+//! [`SandboxManager`]: the agent's map of sandboxes and their state machine.
+//!
+//! The map (`HashMap<SandboxId, Arc<Sandbox>>` behind a short-lived `RwLock`) is the
+//! truth about what runs on this host. Each [`Sandbox`] has
+//!
+//! - its own **operation lock** (`tokio::sync::Mutex`): create, pause, resume,
+//!   hibernate, snapshot and destroy of one sandbox are serialised, while two sandboxes
+//!   never wait on each other. Every [`Runtime`] method is called with it held (the
+//!   metrics sampler only `try_lock`s it and skips a busy sandbox);
+//! - a small **state** record behind a `std::sync::Mutex` that is never held across an
+//!   `.await`, so status reads (ListSandboxes, the data-plane checks) never wait for a
+//!   slow pause;
+//! - `last_active` (an atomic), its [`ConnTracker`] and its metric rings.
+//!
+//! # States
+//!
+//! ```text
+//!            create                 pause                 hibernate
+//! (new) ─▶ starting ─▶ running ─▶ pausing ─▶ paused ─▶ pausing ─▶ hibernated
+//!                         ▲  ▲                  │  resume            │ resume
+//!                         │  └──── resuming ◀───┘                    │
+//!                         └─────── resuming ◀────────────────────────┘
+//! any ─▶ stopping ─▶ stopped (removed from the map)      failures ─▶ error
+//! running/paused ─▶ snapshotting ─▶ paused (CreateSnapshot)
+//! ```
+//!
+//! `hibernating` is reported as `pausing` (the wire has no separate value). A failed
+//! pause returns the sandbox to `running` when its guest agent still answers and to
+//! `error` otherwise; it is never destroyed (Obs-S6). A failed resume or hibernation
+//! leaves the previous state. Destroy works from every state.
+//!
+//! Lifecycle operations should be driven through [`SandboxManager::spawn_op`] (the
+//! gRPC service does), so that a cancelled RPC never abandons a sandbox half-way in a
+//! transient state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wrenn_core::events::SandboxEventKind;
+use wrenn_core::id::{SandboxId, TeamId, TemplateId};
+use wrenn_core::layout::Layout;
+use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_proto::envd::v1::{InitRequest, PrepareSnapshotRequest};
+use wrenn_proto::hostagent::v1::MetricPoint;
+
+use crate::conntrack::ConnTracker;
+use crate::envd::EnvdClient;
+use crate::error::{AgentError, AgentResult};
+use crate::events::EventSender;
+use crate::metrics::{MetricRings, parse_range};
+use crate::runtime::{EnvdEndpoint, Instance, Runtime, SandboxConfig};
+
+/// Version of this agent, reported in sandbox metadata (`agent_version`).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Timings of the state machine. The defaults are the production values; tests
+/// shorten them.
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    /// How long a pause waits for in-flight proxy connections (2 s).
+    pub drain_grace: Duration,
+    /// Budget of envd's `PrepareSnapshot` before a pause (3 s, best effort).
+    pub prepare_timeout: Duration,
+    /// How long to wait for envd after create, resume and restore (30 s).
+    pub envd_ready_timeout: Duration,
+    /// Per-sandbox budget of PauseAll (2 min). A pause still running then keeps going
+    /// in the background and is reported as failed.
+    pub pause_all_timeout: Duration,
+    /// A paused sandbox is hibernated after this long (`AgentConfig::hibernate_after`,
+    /// default 10 min).
+    pub hibernate_after: Duration,
+    /// Smallest effective inactivity timeout: a `timeout_sec` below it is raised to it
+    /// (60 s).
+    pub min_timeout: Duration,
+    /// Overall bound of [`SandboxManager::shutdown`] (60 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            drain_grace: Duration::from_secs(2),
+            prepare_timeout: Duration::from_secs(3),
+            envd_ready_timeout: Duration::from_secs(30),
+            pause_all_timeout: Duration::from_secs(120),
+            hibernate_after: wrenn_core::config::DEFAULT_HIBERNATE_AFTER,
+            min_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What [`SandboxManager::create`] needs.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    /// The runtime configuration (id, team, template, resources, defaults).
+    pub config: SandboxConfig,
+    /// Template display name (informational).
+    pub template_name: String,
+    /// Inactivity timeout in seconds (0 = never).
+    pub timeout_sec: u32,
+    /// Caller metadata, kept with the sandbox (the agent's own keys win).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A sandbox that is running after create or resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// Where it is reachable from the host.
+    pub host_ip: String,
+    /// Caller metadata merged under the agent's keys (`runtime`, `agent_version`,
+    /// `envd_version`, the runtime's own keys).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A read-only view of one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxView {
+    /// Current status.
+    pub status: SandboxStatus,
+    /// Its configuration.
+    pub config: SandboxConfig,
+    /// Template display name.
+    pub template_name: String,
+    /// Reachable address (empty unless running or paused).
+    pub host_ip: String,
+    /// Creation time, Unix seconds.
+    pub created_at_unix: i64,
+    /// Last activity, Unix seconds.
+    pub last_active_unix: i64,
+    /// Inactivity timeout, seconds (0 = never).
+    pub timeout_sec: u32,
+    /// Metadata (see [`Started::metadata`]).
+    pub metadata: BTreeMap<String, String>,
+    /// Paused by the agent on its own (inactivity, PauseAll) and still paused.
+    pub auto_paused: bool,
+}
+
+/// Result of [`SandboxManager::pause_all`].
+#[derive(Debug, Clone, Default)]
+pub struct PauseAllOutcome {
+    /// Sandboxes paused by the call.
+    pub paused: Vec<SandboxId>,
+    /// Sandboxes whose pause failed, with the reason.
+    pub failed: Vec<(SandboxId, String)>,
+}
+
+/// Who asked for a pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// PauseSandbox.
+    Request,
+    /// The inactivity reaper.
+    Idle,
+    /// PauseAll.
+    PauseAll,
+}
+
+/// Who asked for a hibernation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HibernateCause {
+    /// HibernateSandbox.
+    Request,
+    /// Paused longer than `hibernate_after`.
+    LongPause,
+    /// Graceful agent shutdown.
+    Shutdown,
+}
+
+/// Mutable state of a sandbox (never held across an `.await`).
+#[derive(Debug)]
+struct State {
+    status: SandboxStatus,
+    config: SandboxConfig,
+    template_name: String,
+    created_at_unix: i64,
+    timeout_sec: u32,
+    /// The live instance (running, paused), or the last one (hibernated).
+    instance: Option<Instance>,
+    /// Cached envd client of the live instance.
+    envd: Option<EnvdClient>,
+    user_metadata: BTreeMap<String, String>,
+    agent_metadata: BTreeMap<String, String>,
+    auto_paused: bool,
+    paused_at: Option<Instant>,
+    /// envd access token of this sandbox.
+    access_token: String,
+}
+
+/// One sandbox: its lock, state, activity clock, proxy connections and metrics.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: SandboxId,
+    op: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    last_active_ms: AtomicI64,
+    conns: ConnTracker,
+    metrics: Mutex<MetricRings>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn random_token() -> String {
+    let b: [u8; 24] = rand::random();
+    hex::encode(b)
+}
+
+impl Sandbox {
+    fn new(config: SandboxConfig, status: SandboxStatus) -> Self {
+        let now = now_ms();
+        Self {
+            id: config.id,
+            op: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State {
+                status,
+                config,
+                template_name: String::new(),
+                created_at_unix: now / 1000,
+                timeout_sec: 0,
+                instance: None,
+                envd: None,
+                user_metadata: BTreeMap::new(),
+                agent_metadata: BTreeMap::new(),
+                auto_paused: false,
+                paused_at: None,
+                access_token: random_token(),
+            }),
+            last_active_ms: AtomicI64::new(now),
+            conns: ConnTracker::new(),
+            metrics: Mutex::new(MetricRings::default()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut st)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> SandboxId {
+        self.id
+    }
+
+    /// Current status.
+    pub fn status(&self) -> SandboxStatus {
+        self.with(|s| s.status)
+    }
+
+    /// Owning team.
+    pub fn team_id(&self) -> TeamId {
+        self.with(|s| s.config.team_id)
+    }
+
+    /// Its proxy connection tracker.
+    pub fn conns(&self) -> &ConnTracker {
+        &self.conns
+    }
+
+    /// The live instance's reachable address, if running.
+    pub fn running_host_ip(&self) -> Option<String> {
+        self.with(|s| {
+            (s.status == SandboxStatus::Running)
+                .then(|| s.instance.as_ref().map(|i| i.host_ip.clone()))
+                .flatten()
+        })
+    }
+
+    /// Marks the sandbox active now (pushes back its inactivity timeout).
+    pub fn touch(&self) {
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Last activity, milliseconds since the epoch.
+    pub fn last_active_ms(&self) -> i64 {
+        self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of everything known about the sandbox.
+    pub fn view(&self) -> SandboxView {
+        let last_active_unix = self.last_active_ms() / 1000;
+        self.with(|s| {
+            let live = matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused);
+            SandboxView {
+                status: s.status,
+                config: s.config.clone(),
+                template_name: s.template_name.clone(),
+                host_ip: if live {
+                    s.instance
+                        .as_ref()
+                        .map(|i| i.host_ip.clone())
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                created_at_unix: s.created_at_unix,
+                last_active_unix,
+                timeout_sec: s.timeout_sec,
+                metadata: merged_metadata(&s.user_metadata, &s.agent_metadata),
+                auto_paused: s.auto_paused && s.status == SandboxStatus::Paused,
+            }
+        })
+    }
+
+    /// Fails with NotFound once the sandbox has been destroyed (an operation that
+    /// waited for the lock behind a destroy).
+    fn check_alive(&self) -> AgentResult<()> {
+        if self.status() == SandboxStatus::Stopped {
+            return Err(AgentError::SandboxNotFound(self.id));
+        }
+        Ok(())
+    }
+
+    fn wrong_state(&self, status: SandboxStatus, what: &str) -> AgentError {
+        AgentError::WrongState {
+            id: self.id,
+            status,
+            what: what.to_owned(),
+        }
+    }
+
+    /// The envd client of the live instance (built on first use).
+    fn envd_client(&self) -> AgentResult<EnvdClient> {
+        self.with(|s| {
+            if let Some(c) = &s.envd {
+                return Ok(c.clone());
+            }
+            let instance = s.instance.as_ref().ok_or_else(|| {
+                AgentError::Internal(format!("sandbox {} has no live instance", self.id))
+            })?;
+            let client = EnvdClient::connect(&instance.envd, Some(&s.access_token))?;
+            s.envd = Some(client.clone());
+            Ok(client)
+        })
+    }
+
+    fn instance(&self) -> AgentResult<Instance> {
+        self.with(|s| s.instance.clone()).ok_or_else(|| {
+            AgentError::Internal(format!("sandbox {} has no live instance", self.id))
+        })
+    }
+
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_active_ms()).max(0) as u64)
+    }
+}
+
+fn merged_metadata(
+    user: &BTreeMap<String, String>,
+    agent: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut m = user.clone();
+    m.extend(agent.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m
+}
+
+/// The sandboxes of this host and their state machine.
+pub struct SandboxManager {
+    runtime: Arc<dyn Runtime>,
+    layout: Layout,
+    events: Arc<EventSender>,
+    settings: ManagerSettings,
+    sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for SandboxManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxManager")
+            .field("runtime", &self.runtime.name())
+            .field("layout", &self.layout)
+            .field("sandboxes", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxManager {
+    /// A manager with no sandboxes (call [`recover`](Self::recover) to load hibernated
+    /// ones).
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        layout: Layout,
+        events: Arc<EventSender>,
+        settings: ManagerSettings,
+    ) -> Self {
+        Self {
+            runtime,
+            layout,
+            events,
+            settings,
+            sandboxes: RwLock::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The host layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The timings in force.
+    pub fn settings(&self) -> &ManagerSettings {
+        &self.settings
+    }
+
+    /// The event sender.
+    pub fn events(&self) -> &Arc<EventSender> {
+        &self.events
+    }
+
+    /// Number of sandboxes known, in any state.
+    pub fn len(&self) -> usize {
+        self.sandboxes.read().map_or(0, |m| m.len())
+    }
+
+    /// True if no sandbox is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every sandbox.
+    pub fn all(&self) -> Vec<Arc<Sandbox>> {
+        self.sandboxes
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn lookup(&self, id: SandboxId) -> Option<Arc<Sandbox>> {
+        self.sandboxes.read().ok().and_then(|m| m.get(&id).cloned())
+    }
+
+    /// The sandbox, or NotFound.
+    pub fn get(&self, id: SandboxId) -> AgentResult<Arc<Sandbox>> {
+        self.lookup(id).ok_or(AgentError::SandboxNotFound(id))
+    }
+
+    /// Removes `sb` from the map if it is still the entry for its id.
+    fn remove(&self, sb: &Arc<Sandbox>) {
+        if let Ok(mut m) = self.sandboxes.write() {
+            if m.get(&sb.id).is_some_and(|cur| Arc::ptr_eq(cur, sb)) {
+                m.remove(&sb.id);
+            }
+        }
+    }
+
+    /// Runs a lifecycle operation on its own task, so that it completes (and leaves the
+    /// sandbox in a stable state) even if the caller stops waiting.
+    pub async fn spawn_op<T, F, Fut>(self: &Arc<Self>, op: F) -> AgentResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: Future<Output = AgentResult<T>> + Send + 'static,
+    {
+        let fut = op(Arc::clone(self));
+        tokio::spawn(fut)
+            .await
+            .map_err(|e| AgentError::internal(format!("operation task failed: {e}")))?
+    }
+
+    /// The sandbox's envd client for a data-plane call: the sandbox must be running.
+    /// Counts as activity.
+    pub fn envd_for(&self, id: SandboxId, what: &str) -> AgentResult<(Arc<Sandbox>, EnvdClient)> {
+        let sb = self.get(id)?;
+        let status = sb.status();
+        if status != SandboxStatus::Running {
+            return Err(sb.wrong_state(status, what));
+        }
+        sb.touch();
+        let envd = sb.envd_client()?;
+        Ok((sb, envd))
+    }
+
+    // -----------------------------------------------------------------------------
+    // Startup
+    // -----------------------------------------------------------------------------
+
+    /// Loads the hibernated sandboxes the runtime finds on disk into the map, then asks
+    /// the runtime to sweep leftovers of every other sandbox (after an agent crash).
+    /// Returns (recovered, swept).
+    pub async fn recover(&self) -> AgentResult<(Vec<SandboxId>, Vec<SandboxId>)> {
+        let hibernated = self.runtime.hibernated().await?;
+        let mut recovered = Vec::new();
+        {
+            let mut map = self
+                .sandboxes
+                .write()
+                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            for config in hibernated {
+                let id = config.id;
+                let sb = Sandbox::new(config, SandboxStatus::Hibernated);
+                sb.with(|s| {
+                    s.agent_metadata
+                        .insert("runtime".into(), self.runtime.name().into());
+                });
+                map.entry(id).or_insert_with(|| Arc::new(sb));
+                recovered.push(id);
+            }
+        }
+        let keep: Vec<SandboxId> = self.all().iter().map(|s| s.id).collect();
+        let swept = self.runtime.sweep(&keep).await?;
+        if !recovered.is_empty() || !swept.is_empty() {
+            tracing::info!(
+                recovered = recovered.len(),
+                swept = swept.len(),
+                "startup: hibernated sandboxes loaded, leftovers removed"
+            );
+        }
+        Ok((recovered, swept))
+    }
+
+    // -----------------------------------------------------------------------------
+    // Lifecycle
+    // -----------------------------------------------------------------------------
+
+    /// Creates and boots a sandbox; returns once its envd answers and its defaults are
+    /// applied. On any failure the sandbox is destroyed and removed.
+    pub async fn create(&self, spec: CreateSpec) -> AgentResult<Started> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::Unavailable("the agent is shutting down".into()));
+        }
+        let id = spec.config.id;
+        let sb = Arc::new(Sandbox::new(spec.config.clone(), SandboxStatus::Starting));
+        sb.with(|s| {
+            s.template_name = spec.template_name.clone();
+            s.timeout_sec = spec.timeout_sec;
+            s.user_metadata = spec.metadata.clone();
+        });
+        {
+            let mut map = self
+                .sandboxes
+                .write()
+                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            if map.contains_key(&id) {
+                return Err(AgentError::AlreadyExists(format!(
+                    "sandbox {id} already exists on this host"
+                )));
+            }
+            map.insert(id, Arc::clone(&sb));
+        }
+        let _op = sb.op.lock().await;
+        let team = spec.config.team_id;
+        let booted = async {
+            let instance = self.runtime.create(&spec.config).await?;
+            sb.with(|s| s.instance = Some(instance.clone()));
+            let envd = sb.envd_client()?;
+            let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
+            let token = sb.with(|s| s.access_token.clone());
+            init_envd(&envd, &spec.config.default_user, &spec.config.default_env, &token).await?;
+            Ok::<_, AgentError>((instance, health.version))
+        }
+        .await;
+        match booted {
+            Ok((instance, envd_version)) => {
+                let started = sb.with(|s| {
+                    s.agent_metadata = self.agent_metadata(&instance, &envd_version);
+                    s.status = SandboxStatus::Running;
+                    Started {
+                        host_ip: instance.host_ip.clone(),
+                        metadata: merged_metadata(&s.user_metadata, &s.agent_metadata),
+                    }
+                });
+                sb.touch();
+                let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
+                self.events.emit_with(SandboxEventKind::Started, id, |ev| {
+                    ev.team_id = Some(team);
+                    ev.host_ip = Some(ip);
+                    ev.metadata = Some(md);
+                });
+                Ok(started)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %id, "create failed: {e}");
+                if let Err(d) = self.runtime.destroy(id).await {
+                    tracing::error!(sandbox_id = %id, "cleanup after a failed create: {d}");
+                }
+                sb.with(|s| {
+                    s.status = SandboxStatus::Stopped;
+                    s.envd = None;
+                    s.instance = None;
+                });
+                self.remove(&sb);
+                self.events
+                    .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    fn agent_metadata(&self, instance: &Instance, envd_version: &str) -> BTreeMap<String, String> {
+        let mut m = instance.metadata.clone();
+        m.insert("runtime".into(), self.runtime.name().into());
+        m.insert("agent_version".into(), AGENT_VERSION.into());
+        if !envd_version.is_empty() {
+            m.insert("envd_version".into(), envd_version.into());
+        }
+        m
+    }
+
+    /// Destroys a sandbox in any state, or the leftover on-disk state of one the agent
+    /// no longer tracks. NotFound if there is neither.
+    pub async fn destroy(&self, id: SandboxId) -> AgentResult<()> {
+        let Some(sb) = self.lookup(id) else {
+            return self.destroy_leftovers(id).await;
+        };
+        // Refuse new proxy connections at once; in-flight ones end with the sandbox.
+        sb.conns.drain(Duration::ZERO).await;
+        let _op = sb.op.lock().await;
+        if sb.status() == SandboxStatus::Stopped {
+            return Ok(());
+        }
+        let team = sb.team_id();
+        sb.with(|s| {
+            s.status = SandboxStatus::Stopping;
+            s.envd = None;
+        });
+        match self.runtime.destroy(id).await {
+            Ok(()) => {
+                sb.with(|s| {
+                    s.status = SandboxStatus::Stopped;
+                    s.instance = None;
+                });
+                if let Ok(mut m) = sb.metrics.lock() {
+                    m.flush();
+                }
+                self.remove(&sb);
+                self.events
+                    .emit(SandboxEventKind::Stopped, id, Some(team), None);
+                Ok(())
+            }
+            Err(e) => {
+                sb.with(|s| s.status = SandboxStatus::Error);
+                self.events
+                    .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Removes leftovers (`sandboxes/{id}`, `snapshots/{id}`) of an untracked sandbox.
+    async fn destroy_leftovers(&self, id: SandboxId) -> AgentResult<()> {
+        let dirs = [self.layout.sandbox_dir(id), self.layout.snapshot_dir(id)];
+        let exists = tokio::task::spawn_blocking(move || dirs.iter().any(|d| d.exists()))
+            .await
+            .unwrap_or(false);
+        if !exists {
+            return Err(AgentError::SandboxNotFound(id));
+        }
+        // Reserve the id while cleaning, so a concurrent create of it waits its turn.
+        let placeholder = Arc::new(Sandbox::new(placeholder_config(id), SandboxStatus::Stopping));
+        {
+            let mut map = self
+                .sandboxes
+                .write()
+                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            if map.contains_key(&id) {
+                drop(map);
+                return Box::pin(self.destroy(id)).await;
+            }
+            map.insert(id, Arc::clone(&placeholder));
+        }
+        let result = self.runtime.destroy(id).await;
+        placeholder.with(|s| s.status = SandboxStatus::Stopped);
+        self.remove(&placeholder);
+        result.map_err(Into::into)
+    }
+
+    /// Pauses a running sandbox (manual pause).
+    pub async fn pause(&self, id: SandboxId) -> AgentResult<()> {
+        self.pause_with(id, PauseCause::Request).await
+    }
+
+    /// Pauses a running sandbox for `cause`. An idle pause re-checks, under the lock,
+    /// that the sandbox is still idle (and otherwise does nothing and fails with
+    /// FailedPrecondition).
+    pub async fn pause_with(&self, id: SandboxId, cause: PauseCause) -> AgentResult<()> {
+        let sb = self.get(id)?;
+        let _op = sb.op.lock().await;
+        sb.check_alive()?;
+        let status = sb.status();
+        if status != SandboxStatus::Running {
+            return Err(sb.wrong_state(status, "pause needs a running sandbox"));
+        }
+        if cause == PauseCause::Idle && !self.is_idle(&sb) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is no longer idle"
+            )));
+        }
+        self.pause_locked(&sb, cause).await
+    }
+
+    fn effective_timeout(&self, timeout_sec: u32) -> Option<Duration> {
+        (timeout_sec > 0)
+            .then(|| Duration::from_secs(u64::from(timeout_sec)).max(self.settings.min_timeout))
+    }
+
+    /// Running, with a timeout, and idle longer than it.
+    pub fn is_idle(&self, sb: &Sandbox) -> bool {
+        let (status, timeout) = sb.with(|s| (s.status, s.timeout_sec));
+        status == SandboxStatus::Running
+            && self
+                .effective_timeout(timeout)
+                .is_some_and(|t| sb.idle_for() > t)
+    }
+
+    /// Paused (not hibernated) longer than `hibernate_after`.
+    pub fn is_due_for_hibernation(&self, sb: &Sandbox) -> bool {
+        self.runtime.capabilities().hibernate
+            && sb.with(|s| {
+                s.status == SandboxStatus::Paused
+                    && s.paused_at
+                        .is_some_and(|t| t.elapsed() >= self.settings.hibernate_after)
+            })
+    }
+
+    /// Drains connections, lets envd prepare, and freezes; with the op lock held and the
+    /// sandbox running.
+    async fn pause_locked(&self, sb: &Arc<Sandbox>, cause: PauseCause) -> AgentResult<()> {
+        let id = sb.id;
+        let team = sb.team_id();
+        let instance = sb.instance()?;
+        sb.with(|s| s.status = SandboxStatus::Pausing);
+        if !sb.conns.drain(self.settings.drain_grace).await {
+            tracing::info!(sandbox_id = %id, "proxy connections still open after the drain grace");
+        }
+        self.prepare_snapshot(sb).await;
+        match self.runtime.pause(&instance).await {
+            Ok(()) => {
+                sb.with(|s| {
+                    s.status = SandboxStatus::Paused;
+                    s.paused_at = Some(Instant::now());
+                    s.auto_paused = cause != PauseCause::Request;
+                    s.envd = None;
+                });
+                let kind = match cause {
+                    PauseCause::Request => SandboxEventKind::Paused,
+                    PauseCause::Idle | PauseCause::PauseAll => SandboxEventKind::AutoPaused,
+                };
+                self.events.emit(kind, id, Some(team), None);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %id, "pause failed: {e}");
+                sb.conns.reset();
+                let back = self.recover_running(sb, &instance).await;
+                if back {
+                    self.events
+                        .emit(SandboxEventKind::PauseFailed, id, Some(team), Some(e.to_string()));
+                } else {
+                    self.events
+                        .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// After a failed freeze: makes sure the sandbox runs (thawing it if the runtime
+    /// left it half-frozen) and answers; sets `running`, or `error` if it does not.
+    async fn recover_running(&self, sb: &Arc<Sandbox>, instance: &Instance) -> bool {
+        sb.with(|s| s.envd = None);
+        let answers = |budget| async move {
+            match sb.envd_client() {
+                Ok(envd) => envd.wait_ready(budget).await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        let mut ok = answers(Duration::from_secs(2)).await;
+        if !ok {
+            if let Err(e) = self.runtime.resume(instance).await {
+                tracing::debug!(sandbox_id = %sb.id, "thaw after a failed pause: {e}");
+            }
+            ok = answers(Duration::from_secs(5)).await;
+        }
+        sb.with(|s| {
+            s.status = if ok {
+                SandboxStatus::Running
+            } else {
+                SandboxStatus::Error
+            }
+        });
+        ok
+    }
+
+    /// Asks envd to prepare for a freeze (best effort, bounded).
+    async fn prepare_snapshot(&self, sb: &Arc<Sandbox>) {
+        if let Ok(envd) = sb.envd_client() {
+            let mut system = envd.system;
+            match tokio::time::timeout(
+                self.settings.prepare_timeout,
+                system.prepare_snapshot(PrepareSnapshotRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(sandbox_id = %sb.id, "PrepareSnapshot: {e}"),
+                Err(_) => tracing::debug!(sandbox_id = %sb.id, "PrepareSnapshot timed out"),
+            }
+        }
+    }
+
+    /// Resumes a paused or hibernated sandbox. `timeout_sec` replaces the stored value,
+    /// `default_user` (if non-empty) replaces the default user and `default_env` is
+    /// merged into the defaults. On failure the sandbox keeps its previous state.
+    pub async fn resume(
+        &self,
+        id: SandboxId,
+        timeout_sec: u32,
+        default_user: String,
+        default_env: BTreeMap<String, String>,
+    ) -> AgentResult<Started> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::Unavailable("the agent is shutting down".into()));
+        }
+        let sb = self.get(id)?;
+        let _op = sb.op.lock().await;
+        sb.check_alive()?;
+        let prev = sb.status();
+        if !matches!(prev, SandboxStatus::Paused | SandboxStatus::Hibernated) {
+            return Err(sb.wrong_state(prev, "resume needs a paused or hibernated sandbox"));
+        }
+        let team = sb.team_id();
+        let (old_config, token) = sb.with(|s| (s.config.clone(), s.access_token.clone()));
+        let mut config = old_config.clone();
+        if !default_user.is_empty() {
+            config.default_user = default_user.clone();
+        }
+        config.default_env.extend(default_env.clone());
+        sb.with(|s| s.status = SandboxStatus::Resuming);
+
+        let result: AgentResult<(Instance, String)> = if prev == SandboxStatus::Paused {
+            let instance = sb.instance()?;
+            match self.runtime.resume(&instance).await {
+                Err(e) => Err(e.into()),
+                Ok(()) => {
+                    sb.with(|s| s.envd = None);
+                    let ready = async {
+                        let envd = sb.envd_client()?;
+                        let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
+                        if !default_user.is_empty() || !default_env.is_empty() {
+                            init_envd(&envd, &default_user, &default_env, &token).await?;
+                        }
+                        Ok::<_, AgentError>(health.version)
+                    }
+                    .await;
+                    match ready {
+                        Ok(v) => Ok((instance, v)),
+                        Err(e) => {
+                            // Back to paused, as it was.
+                            if let Err(pe) = self.runtime.pause(&instance).await {
+                                tracing::warn!(sandbox_id = %id, "re-pause after a failed resume: {pe}");
+                                sb.with(|s| s.status = SandboxStatus::Error);
+                                return Err(e);
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        } else {
+            match self.runtime.restore(&config).await {
+                Err(e) => Err(e.into()),
+                Ok(instance) => {
+                    sb.with(|s| {
+                        s.instance = Some(instance.clone());
+                        s.envd = None;
+                    });
+                    let ready = async {
+                        let envd = sb.envd_client()?;
+                        let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
+                        init_envd(&envd, &config.default_user, &config.default_env, &token)
+                            .await?;
+                        Ok::<_, AgentError>(health.version)
+                    }
+                    .await;
+                    match ready {
+                        Ok(v) => Ok((instance, v)),
+                        Err(e) => {
+                            if let Err(he) = self.runtime.hibernate(&instance).await {
+                                tracing::warn!(sandbox_id = %id, "re-hibernate after a failed restore: {he}");
+                                sb.with(|s| {
+                                    s.status = SandboxStatus::Error;
+                                    s.envd = None;
+                                });
+                                return Err(e);
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        };
+        match result {
+            Ok((instance, envd_version)) => {
+                let started = sb.with(|s| {
+                    s.config = config;
+                    s.timeout_sec = timeout_sec;
+                    s.status = SandboxStatus::Running;
+                    s.auto_paused = false;
+                    s.paused_at = None;
+                    s.agent_metadata = self.agent_metadata(&instance, &envd_version);
+                    s.instance = Some(instance.clone());
+                    Started {
+                        host_ip: instance.host_ip.clone(),
+                        metadata: merged_metadata(&s.user_metadata, &s.agent_metadata),
+                    }
+                });
+                sb.conns.reset();
+                sb.touch();
+                let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
+                self.events.emit_with(SandboxEventKind::Resumed, id, |ev| {
+                    ev.team_id = Some(team);
+                    ev.host_ip = Some(ip);
+                    ev.metadata = Some(md);
+                });
+                Ok(started)
+            }
+            Err(e) => {
+                sb.with(|s| {
+                    if s.status == SandboxStatus::Resuming {
+                        s.status = prev;
+                    }
+                    s.envd = None;
+                });
+                self.events.emit(
+                    SandboxEventKind::ResumeFailed,
+                    id,
+                    Some(team),
+                    Some(e.to_string()),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Hibernates a running or paused sandbox; returns the bytes its persisted state
+    /// occupies.
+    pub async fn hibernate(&self, id: SandboxId, cause: HibernateCause) -> AgentResult<u64> {
+        let sb = self.get(id)?;
+        let _op = sb.op.lock().await;
+        sb.check_alive()?;
+        if !self.runtime.capabilities().hibernate {
+            return Err(AgentError::FailedPrecondition(format!(
+                "the {} runtime cannot hibernate sandboxes",
+                self.runtime.name()
+            )));
+        }
+        let prev = sb.status();
+        if !matches!(prev, SandboxStatus::Running | SandboxStatus::Paused) {
+            return Err(sb.wrong_state(prev, "hibernate needs a running or paused sandbox"));
+        }
+        if cause == HibernateCause::LongPause && !self.is_due_for_hibernation(&sb) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "sandbox {id} is not due for hibernation"
+            )));
+        }
+        self.hibernate_locked(&sb, prev).await
+    }
+
+    async fn hibernate_locked(&self, sb: &Arc<Sandbox>, prev: SandboxStatus) -> AgentResult<u64> {
+        let id = sb.id;
+        let team = sb.team_id();
+        let instance = sb.instance()?;
+        sb.with(|s| s.status = SandboxStatus::Pausing);
+        if prev == SandboxStatus::Running {
+            sb.conns.drain(self.settings.drain_grace).await;
+            self.prepare_snapshot(sb).await;
+        }
+        match self.runtime.hibernate(&instance).await {
+            Ok(()) => {
+                sb.with(|s| {
+                    s.status = SandboxStatus::Hibernated;
+                    s.envd = None;
+                    s.auto_paused = false;
+                    s.paused_at = None;
+                });
+                if let Ok(mut m) = sb.metrics.lock() {
+                    m.flush();
+                }
+                let size = dir_allocated_bytes(self.layout.snapshot_dir(id)).await;
+                self.events
+                    .emit(SandboxEventKind::Hibernated, id, Some(team), None);
+                Ok(size)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %id, "hibernate failed: {e}");
+                sb.with(|s| s.status = prev);
+                if prev == SandboxStatus::Running {
+                    sb.conns.reset();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Marks a running sandbox active now.
+    pub fn ping(&self, id: SandboxId) -> AgentResult<()> {
+        let sb = self.get(id)?;
+        let status = sb.status();
+        if status != SandboxStatus::Running {
+            return Err(sb.wrong_state(status, "ping needs a running sandbox"));
+        }
+        sb.touch();
+        Ok(())
+    }
+
+    /// Pauses every running sandbox concurrently, each with its own deadline; they are
+    /// reported as auto-paused.
+    pub async fn pause_all(self: &Arc<Self>) -> PauseAllOutcome {
+        let running: Vec<SandboxId> = self
+            .all()
+            .iter()
+            .filter(|s| s.status() == SandboxStatus::Running)
+            .map(|s| s.id)
+            .collect();
+        let budget = self.settings.pause_all_timeout;
+        let tasks = running.into_iter().map(|id| {
+            let mgr = Arc::clone(self);
+            let handle = tokio::spawn(async move { mgr.pause_with(id, PauseCause::PauseAll).await });
+            async move {
+                let r = match tokio::time::timeout(budget, handle).await {
+                    Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(format!("pause task failed: {e}")),
+                    Err(_) => Err(format!("pause still running after {budget:?}")),
+                };
+                (id, r)
+            }
+        });
+        let mut out = PauseAllOutcome::default();
+        for (id, r) in futures::future::join_all(tasks).await {
+            match r {
+                Ok(()) => out.paused.push(id),
+                Err(e) => out.failed.push((id, e)),
+            }
+        }
+        out
+    }
+
+    /// Turns a sandbox into a template at `template_dir(team, template)`. A running
+    /// sandbox is paused first and stays paused; on failure the template directory is
+    /// removed and the sandbox keeps its state.
+    pub async fn snapshot(
+        &self,
+        id: SandboxId,
+        team: TeamId,
+        template: TemplateId,
+    ) -> AgentResult<u64> {
+        let sb = self.get(id)?;
+        let dir = self.layout.template_dir(team, template);
+        if path_exists(dir.clone()).await {
+            return Err(AgentError::AlreadyExists(format!(
+                "template {template} of {team} already exists on this host"
+            )));
+        }
+        let _op = sb.op.lock().await;
+        sb.check_alive()?;
+        let prev = sb.status();
+        if !matches!(
+            prev,
+            SandboxStatus::Running | SandboxStatus::Paused | SandboxStatus::Hibernated
+        ) {
+            return Err(sb.wrong_state(prev, "snapshot needs a running, paused or hibernated sandbox"));
+        }
+        let team_of_sandbox = sb.team_id();
+        let instance = sb
+            .with(|s| s.instance.clone())
+            .unwrap_or_else(|| offline_instance(id));
+        sb.with(|s| s.status = SandboxStatus::Snapshotting);
+        if prev == SandboxStatus::Running {
+            sb.conns.drain(self.settings.drain_grace).await;
+            self.prepare_snapshot(&sb).await;
+            if let Err(e) = self.runtime.pause(&instance).await {
+                sb.conns.reset();
+                self.recover_running(&sb, &instance).await;
+                return Err(e.into());
+            }
+            sb.with(|s| s.envd = None);
+        }
+        match self.runtime.snapshot(&instance, team, template).await {
+            Ok(size) => {
+                sb.with(|s| {
+                    if prev == SandboxStatus::Running {
+                        s.status = SandboxStatus::Paused;
+                        s.paused_at = Some(Instant::now());
+                        s.auto_paused = false;
+                    } else {
+                        s.status = prev;
+                    }
+                });
+                self.events
+                    .emit(SandboxEventKind::Snapshotted, id, Some(team_of_sandbox), None);
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = remove_dir_all_async(dir).await;
+                if prev == SandboxStatus::Running {
+                    match self.runtime.resume(&instance).await {
+                        Ok(()) => {
+                            sb.with(|s| s.status = SandboxStatus::Running);
+                            sb.conns.reset();
+                        }
+                        Err(re) => {
+                            tracing::warn!(sandbox_id = %id, "resume after a failed snapshot: {re}");
+                            sb.with(|s| {
+                                s.status = SandboxStatus::Paused;
+                                s.paused_at = Some(Instant::now());
+                            });
+                        }
+                    }
+                } else {
+                    sb.with(|s| s.status = prev);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes a template directory; refused while any sandbox here uses it. Returns
+    /// whether there was one.
+    pub async fn delete_template(&self, team: TeamId, template: TemplateId) -> AgentResult<bool> {
+        if let Some(user) = self.all().iter().find(|s| {
+            s.with(|st| st.config.template_team_id == team && st.config.template_id == template)
+        }) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "template {template} is still used by sandbox {}",
+                user.id
+            )));
+        }
+        let dir = self.layout.template_dir(team, template);
+        if !path_exists(dir.clone()).await {
+            return Ok(false);
+        }
+        remove_dir_all_async(dir)
+            .await
+            .map_err(|e| AgentError::internal(format!("delete template {template}: {e}")))?;
+        Ok(true)
+    }
+
+    // -----------------------------------------------------------------------------
+    // Reaper hooks
+    // -----------------------------------------------------------------------------
+
+    /// Idle pause by the reaper (re-checked under the lock).
+    pub async fn auto_pause(&self, id: SandboxId) -> AgentResult<()> {
+        self.pause_with(id, PauseCause::Idle).await
+    }
+
+    /// Hibernation of a long-paused sandbox by the reaper (re-checked under the lock).
+    pub async fn auto_hibernate(&self, id: SandboxId) -> AgentResult<u64> {
+        self.hibernate(id, HibernateCause::LongPause).await
+    }
+
+    // -----------------------------------------------------------------------------
+    // Metrics
+    // -----------------------------------------------------------------------------
+
+    /// Takes one resource sample of every running sandbox whose lock is free.
+    pub async fn sample_all(&self) {
+        let now_unix = now_ms() / 1000;
+        let jobs = self.all().into_iter().map(|sb| async move {
+            if sb.status() != SandboxStatus::Running {
+                return;
+            }
+            let Ok(_op) = sb.op.try_lock() else {
+                return;
+            };
+            let Some((instance, vcpus)) = sb.with(|s| {
+                (s.status == SandboxStatus::Running)
+                    .then(|| s.instance.clone().map(|i| (i, s.config.vcpus.max(1))))
+                    .flatten()
+            }) else {
+                return;
+            };
+            match self.runtime.stats(&instance).await {
+                Ok(st) => {
+                    let point = MetricPoint {
+                        timestamp_unix: now_unix,
+                        cpu_pct: (st.cpu_pct / f64::from(vcpus)).clamp(0.0, 100.0),
+                        mem_bytes: st.mem_bytes,
+                        disk_bytes: st.disk_bytes,
+                    };
+                    if let Ok(mut m) = sb.metrics.lock() {
+                        m.push(point);
+                    }
+                }
+                Err(e) => tracing::debug!(sandbox_id = %sb.id, "stats: {e}"),
+            }
+        });
+        futures::future::join_all(jobs).await;
+    }
+
+    /// Samples of `id` for `range`, oldest first.
+    pub fn metrics(&self, id: SandboxId, range: &str) -> AgentResult<Vec<MetricPoint>> {
+        let (tier, age) = parse_range(range)?;
+        let sb = self.get(id)?;
+        let status = sb.status();
+        if matches!(status, SandboxStatus::Hibernated | SandboxStatus::Stopped) {
+            return Err(sb.wrong_state(status, "its samples have been flushed"));
+        }
+        let now = now_ms() / 1000;
+        Ok(sb
+            .metrics
+            .lock()
+            .map(|m| m.range(tier, age, now))
+            .unwrap_or_default())
+    }
+
+    /// Returns and clears every tier of `id`.
+    #[allow(clippy::type_complexity)]
+    pub fn flush_metrics(
+        &self,
+        id: SandboxId,
+    ) -> AgentResult<(Vec<MetricPoint>, Vec<MetricPoint>, Vec<MetricPoint>)> {
+        let sb = self.get(id)?;
+        Ok(sb
+            .metrics
+            .lock()
+            .map(|mut m| m.flush())
+            .unwrap_or_default())
+    }
+
+    /// (known, running, vCPUs and MiB promised to running and paused sandboxes).
+    pub fn allocations(&self) -> (u32, u32, u32, u64) {
+        let all = self.all();
+        let mut running = 0;
+        let mut vcpus = 0;
+        let mut mem = 0u64;
+        for sb in &all {
+            sb.with(|s| {
+                if s.status == SandboxStatus::Running {
+                    running += 1;
+                }
+                if matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused) {
+                    vcpus += s.config.vcpus;
+                    mem += u64::from(s.config.memory_mb);
+                }
+            });
+        }
+        (all.len() as u32, running, vcpus, mem)
+    }
+
+    // -----------------------------------------------------------------------------
+    // Shutdown
+    // -----------------------------------------------------------------------------
+
+    /// Graceful agent shutdown: refuses new creates and resumes, then hibernates every
+    /// running or paused sandbox concurrently (a runtime that cannot hibernate destroys
+    /// them instead, reported as `stopped`), bounded by `shutdown_timeout`. Returns the
+    /// ids hibernated (or stopped).
+    pub async fn shutdown(self: &Arc<Self>) -> Vec<SandboxId> {
+        self.closing.store(true, Ordering::SeqCst);
+        let can_hibernate = self.runtime.capabilities().hibernate;
+        let targets: Vec<SandboxId> = self
+            .all()
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.status(),
+                    SandboxStatus::Running
+                        | SandboxStatus::Paused
+                        | SandboxStatus::Starting
+                        | SandboxStatus::Pausing
+                        | SandboxStatus::Resuming
+                        | SandboxStatus::Snapshotting
+                )
+            })
+            .map(|s| s.id)
+            .collect();
+        let tasks = targets.into_iter().map(|id| {
+            let mgr = Arc::clone(self);
+            tokio::spawn(async move {
+                let r = if can_hibernate {
+                    mgr.hibernate(id, HibernateCause::Shutdown).await.map(|_| ())
+                } else {
+                    mgr.destroy(id).await
+                };
+                if let Err(e) = &r {
+                    tracing::warn!(sandbox_id = %id, "shutdown: {e}");
+                }
+                r.ok().map(|_| id)
+            })
+        });
+        let all = futures::future::join_all(tasks);
+        match tokio::time::timeout(self.settings.shutdown_timeout, all).await {
+            Ok(done) => done.into_iter().filter_map(|r| r.ok().flatten()).collect(),
+            Err(_) => {
+                tracing::warn!("shutdown: some sandboxes were not hibernated in time");
+                Vec::new()
+            }
+        }
+    }
+
+    /// True once [`shutdown`](Self::shutdown) has started.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+}
+
+/// Applies defaults and the access token through envd's Init.
+async fn init_envd(
+    envd: &EnvdClient,
+    default_user: &str,
+    default_env: &BTreeMap<String, String>,
+    token: &str,
+) -> AgentResult<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let req = InitRequest {
+        default_user: (!default_user.is_empty()).then(|| default_user.to_owned()),
+        default_workdir: None,
+        env_vars: default_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        access_token: Some(token.to_owned()),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        }),
+    };
+    let mut system = envd.system.clone();
+    system.init(req).await?;
+    Ok(())
+}
+
+/// The configuration of a placeholder entry (leftover cleanup).
+fn placeholder_config(id: SandboxId) -> SandboxConfig {
+    SandboxConfig {
+        id,
+        team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+        template_team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+        template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
+        vcpus: 0,
+        memory_mb: 0,
+        disk_size_mb: 0,
+        default_user: String::new(),
+        default_env: BTreeMap::new(),
+    }
+}
+
+/// The instance handed to the runtime for a hibernated sandbox that has no live one
+/// (found on disk after an agent restart): it names the sandbox, nothing more.
+fn offline_instance(id: SandboxId) -> Instance {
+    Instance {
+        id,
+        envd: EnvdEndpoint::Unix(PathBuf::new()),
+        host_ip: String::new(),
+        metadata: BTreeMap::new(),
+    }
+}
+
+async fn path_exists(p: PathBuf) -> bool {
+    tokio::task::spawn_blocking(move || p.exists())
+        .await
+        .unwrap_or(false)
+}
+
+async fn remove_dir_all_async(p: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(p))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Allocated bytes (`st_blocks × 512`) of everything under `dir`; 0 if it is missing.
+pub async fn dir_allocated_bytes(dir: PathBuf) -> u64 {
+    tokio::task::spawn_blocking(move || allocated(&dir))
+        .await
+        .unwrap_or(0)
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = md.blocks() * 512;
+    if md.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                total += allocated(&e.path());
+            }
+        }
+    }
+    total
+}
+
