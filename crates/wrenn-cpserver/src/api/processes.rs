@@ -1,0 +1,204 @@
+//! Processes of a capsule: `GET /v1/capsules/{id}/processes`,
+//! `DELETE /v1/capsules/{id}/processes/{selector}` and the WebSocket
+//! `GET /v1/capsules/{id}/processes/{selector}/stream`.
+//!
+//! A selector made only of digits is a pid, anything else a tag. The process stream
+//! takes no client message: it attaches (with the agent's buffer of recent output
+//! replayed first) and relays the same frames as the exec stream (see `exec`).
+//! Closing the socket detaches; the process keeps running.
+
+use axum::extract::State;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wrenn_core::id::SandboxId;
+use wrenn_extension::extract::{Json, Path, Query};
+use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
+use wrenn_proto::hostagent::v1 as pb;
+use wrenn_proto::hostagent::v1::process_selector::Selector;
+
+use super::data_plane::{self, AgentConn};
+use super::exec::{self, valid_tag};
+use super::tags;
+
+/// One live process (SDK `ProcessEntry`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessEntry {
+    /// Its pid inside the capsule.
+    pub pid: u32,
+    /// Its tag, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The program.
+    pub cmd: String,
+    /// Its arguments (omitted when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// `GET /v1/capsules/{id}/processes` answer (SDK `ProcessListResponse`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessList {
+    /// The live processes (always an array).
+    pub processes: Vec<ProcessEntry>,
+}
+
+/// `DELETE …/processes/{selector}` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct KillQuery {
+    /// `SIGKILL` (default), `SIGTERM`, `SIGINT` or `SIGHUP`.
+    pub signal: Option<String>,
+}
+
+/// Parses a path selector: digits → pid (> 0), anything else → tag.
+fn selector(raw: &str) -> ApiResult<pb::ProcessSelector> {
+    let selector = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        match raw.parse::<u32>() {
+            Ok(pid) if pid > 0 => Selector::Pid(pid),
+            _ => return Err(ApiError::bad_request(format!("invalid pid {raw:?}"))),
+        }
+    } else if valid_tag(raw) {
+        Selector::Tag(raw.to_owned())
+    } else {
+        return Err(ApiError::bad_request("the selector must be a pid or a tag (1-64 characters of A-Za-z0-9._-)"));
+    };
+    Ok(pb::ProcessSelector { selector: Some(selector) })
+}
+
+fn signal(name: Option<&str>) -> ApiResult<pb::Signal> {
+    match name.map(|s| s.trim().to_ascii_uppercase()).as_deref() {
+        None | Some("") | Some("SIGKILL") | Some("KILL") | Some("9") => Ok(pb::Signal::Sigkill),
+        Some("SIGTERM") | Some("TERM") | Some("15") => Ok(pb::Signal::Sigterm),
+        Some("SIGINT") | Some("INT") | Some("2") => Ok(pb::Signal::Sigint),
+        Some("SIGHUP") | Some("HUP") | Some("1") => Ok(pb::Signal::Sighup),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unknown signal {other:?}; expected SIGKILL, SIGTERM, SIGINT or SIGHUP"
+        ))),
+    }
+}
+
+/// The live processes of a running capsule.
+#[utoipa::path(get, path = "/v1/capsules/{id}/processes", tag = tags::CAPSULES,
+    security(("api_key" = []), ("bearer" = [])),
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses((status = 200, body = ProcessList), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
+async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<Json<ProcessList>> {
+    let conn = exec::open(&ctx, &auth, id).await?;
+    let resp = conn
+        .client()
+        .list_processes(pb::ListProcessesRequest { sandbox_id: conn.sandbox_id() })
+        .await
+        .map_err(|s| conn.error(&ctx, "list processes", &s))?
+        .into_inner();
+    let mut processes: Vec<ProcessEntry> = resp
+        .processes
+        .into_iter()
+        .map(|p| ProcessEntry {
+            pid: p.pid,
+            tag: Some(p.tag).filter(|t| !t.is_empty()),
+            cmd: p.cmd,
+            args: p.args,
+        })
+        .collect();
+    processes.sort_by_key(|p| p.pid);
+    Ok(Json(ProcessList { processes }))
+}
+
+/// Signals a process (by pid or tag); SIGKILL unless `signal` says otherwise.
+#[utoipa::path(delete, path = "/v1/capsules/{id}/processes/{selector}", tag = tags::CAPSULES,
+    security(("api_key" = []), ("bearer" = [])),
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        ("selector" = String, Path, description = "A pid, or a process tag"), KillQuery),
+    responses((status = 204), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
+async fn kill(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path((id, raw)): Path<(SandboxId, String)>,
+    Query(q): Query<KillQuery>,
+) -> ApiResult<StatusCode> {
+    let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
+    let process = selector(&raw)?;
+    let signal = signal(q.signal.as_deref())?;
+    let conn = AgentConn::open(&ctx, sandbox).await?;
+    conn.client()
+        .kill_process(pb::KillProcessRequest {
+            sandbox_id: conn.sandbox_id(),
+            process: Some(process),
+            signal: signal.into(),
+        })
+        .await
+        .map_err(|s| conn.error(&ctx, "kill process", &s))?;
+    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, selector = %raw, signal = signal.as_str_name(), "process signalled");
+    data_plane::touch(&ctx, id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Attaches to a process and streams its output over a WebSocket.
+#[utoipa::path(get, path = "/v1/capsules/{id}/processes/{selector}/stream", tag = tags::CAPSULES,
+    security(("api_key" = []), ("bearer" = [])),
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        ("selector" = String, Path, description = "A pid, or a process tag")),
+    responses((status = 101, description = "WebSocket: server sends start/stdout/stderr/exit/error frames"), (status = 400)))]
+async fn stream(
+    State(ctx): State<ServerContext>,
+    headers: HeaderMap,
+    Path((id, raw)): Path<(SandboxId, String)>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let process = selector(&raw)?;
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}")))?;
+    let header_auth = ctx.auth.from_headers(&headers).await;
+    Ok(ws.on_upgrade(move |socket| session(ctx, socket, header_auth, id, process)))
+}
+
+async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResult<AuthContext>, id: SandboxId, process: pb::ProcessSelector) {
+    let auth = match data_plane::ws_authenticate(&ctx, &mut socket, header_auth).await {
+        Ok(a) => a,
+        Err(msg) => return exec::fail(&mut socket, &msg).await,
+    };
+    let conn = match exec::open(&ctx, &auth, id).await {
+        Ok(c) => c,
+        Err(e) => return exec::fail(&mut socket, &e.message).await,
+    };
+    let req = pb::ConnectProcessRequest {
+        sandbox_id: conn.sandbox_id(),
+        process: Some(process),
+        replay: true,
+    };
+    let events = match conn.client().connect_process(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return exec::fail(&mut socket, &conn.error(&ctx, "connect process", &s).message).await,
+    };
+    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, "process stream attached");
+    data_plane::touch(&ctx, id).await;
+    exec::forward_exec_events(&ctx, &conn, socket, events, false).await;
+}
+
+pub(super) fn routes() -> OpenApiRouter<ServerContext> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(kill)).routes(routes!(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_are_pids_or_tags() {
+        assert_eq!(selector("42").unwrap().selector, Some(Selector::Pid(42)));
+        assert_eq!(selector("web-1").unwrap().selector, Some(Selector::Tag("web-1".into())));
+        assert!(selector("0").is_err());
+        assert!(selector("99999999999").is_err());
+        assert!(selector("a b").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(signal(None).unwrap(), pb::Signal::Sigkill);
+        assert_eq!(signal(Some("SIGTERM")).unwrap(), pb::Signal::Sigterm);
+        assert!(signal(Some("SIGSEGV")).is_err());
+    }
+}
