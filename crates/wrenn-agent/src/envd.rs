@@ -112,7 +112,6 @@ impl EnvdClient {
     /// Polls `System.Health` every 50 ms until envd answers or `budget` passes.
     pub async fn wait_ready(&self, budget: Duration) -> AgentResult<HealthResponse> {
         let deadline = tokio::time::Instant::now() + budget;
-        let mut last_err = String::from("no answer");
         loop {
             let mut system = self.system.clone();
             let attempt = tokio::time::timeout(
@@ -120,11 +119,11 @@ impl EnvdClient {
                 system.health(HealthRequest {}),
             )
             .await;
-            match attempt {
+            let last_err = match attempt {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                Ok(Err(status)) => last_err = status.message().to_owned(),
-                Err(_) => last_err = "health check timed out".into(),
-            }
+                Ok(Err(status)) => status.message().to_owned(),
+                Err(_) => "health check timed out".to_owned(),
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(AgentError::Unavailable(format!(
                     "guest agent did not answer within {budget:?}: {last_err}"

@@ -389,7 +389,7 @@ fn mount_run(root: &Path, spec: &InitSpec) -> Result<(), String> {
 fn pivot_into(root: &Path) -> Result<(), String> {
     std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
     rustix::process::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
-    rustix::mount::mount_change(".", MountPropagationFlags::REC | MountPropagationFlags::SLAVE)
+    rustix::mount::mount_change(".", MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM)
         .map_err(ctx(|| "make the old root a slave".to_owned()))?;
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(ctx(|| "detach the old root".to_owned()))?;

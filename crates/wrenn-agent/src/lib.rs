@@ -1,3 +1,32 @@
-//! The Wrenn host agent.
+//! The Wrenn host agent: runs the sandboxes of one host and serves `hostagent.v1`.
+//!
+//! - [`server`]: [`Agent::start`](server::Agent::start) assembles everything and serves
+//!   gRPC plus the port proxy on one listener; [`AgentHandle`](server::AgentHandle)
+//!   shuts it down gracefully (hibernating every sandbox).
+//! - [`service`]: the tonic `HostAgentService` (all 34 RPCs).
+//! - [`manager`]: [`SandboxManager`](manager::SandboxManager), the map of sandboxes with
+//!   per-sandbox locks and the lifecycle state machine.
+//! - [`reaper`]: inactivity auto-pause, hibernation of long-paused sandboxes, metrics
+//!   sampling.
+//! - [`events`]: sandbox-event callbacks to the control plane.
+//! - [`envd`]: clients of the guest agent inside each sandbox.
+//! - [`proxy`] and [`conntrack`]: the HTTP port proxy and its per-sandbox connection
+//!   tracking (drained before a pause).
+//! - [`metrics`]: sample rings and host metrics; [`error`]: errors → gRPC codes.
+//! - [`runtime`]: the [`Runtime`](runtime::Runtime) seam and the process runtime;
+//!   [`init`]: the sandbox init step of the process runtime.
 
+pub mod conntrack;
+pub mod envd;
+pub mod error;
+pub mod events;
+pub mod init;
+pub mod manager;
+pub mod metrics;
+pub mod proxy;
+pub mod reaper;
 pub mod runtime;
+pub mod server;
+pub mod service;
+
+pub use server::{Agent, AgentHandle, AgentOptions};

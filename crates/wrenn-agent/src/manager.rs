@@ -52,7 +52,7 @@ use crate::envd::EnvdClient;
 use crate::error::{AgentError, AgentResult};
 use crate::events::EventSender;
 use crate::metrics::{MetricRings, parse_range};
-use crate::runtime::{EnvdEndpoint, Instance, Runtime, SandboxConfig};
+use crate::runtime::{EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig};
 
 /// Version of this agent, reported in sandbox metadata (`agent_version`).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -661,16 +661,21 @@ impl SandboxManager {
         }
         // Reserve the id while cleaning, so a concurrent create of it waits its turn.
         let placeholder = Arc::new(Sandbox::new(placeholder_config(id), SandboxStatus::Stopping));
-        {
+        let tracked = {
             let mut map = self
                 .sandboxes
                 .write()
                 .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
             if map.contains_key(&id) {
-                drop(map);
-                return Box::pin(self.destroy(id)).await;
+                true
+            } else {
+                map.insert(id, Arc::clone(&placeholder));
+                false
             }
-            map.insert(id, Arc::clone(&placeholder));
+        };
+        if tracked {
+            // Created meanwhile: destroy it like any tracked sandbox.
+            return Box::pin(self.destroy(id)).await;
         }
         let result = self.runtime.destroy(id).await;
         placeholder.with(|s| s.status = SandboxStatus::Stopped);
@@ -1106,6 +1111,15 @@ impl SandboxManager {
             }
             Err(e) => {
                 let _ = remove_dir_all_async(dir).await;
+                let e: AgentError = match e {
+                    RuntimeError::NotFound(_) if prev == SandboxStatus::Hibernated => {
+                        AgentError::FailedPrecondition(format!(
+                            "the {} runtime cannot snapshot a hibernated sandbox: resume it first",
+                            self.runtime.name()
+                        ))
+                    }
+                    e => e.into(),
+                };
                 if prev == SandboxStatus::Running {
                     match self.runtime.resume(&instance).await {
                         Ok(()) => {
@@ -1123,7 +1137,7 @@ impl SandboxManager {
                 } else {
                     sb.with(|s| s.status = prev);
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -157,6 +157,10 @@ pub async fn delete_team_core(
         Err(e) => warn!(error = %e, "could not destroy capsules created during team deletion"),
     }
 
+    if !done.soft_deleted {
+        // A concurrent call finished first and recorded the deletion.
+        return Ok(done);
+    }
     ctx.audit(
         AuditEntry::new(
             PLATFORM_TEAM_ID,

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 
+pub mod process;
+
 /// What a runtime can do beyond the basics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {

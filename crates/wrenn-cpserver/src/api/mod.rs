@@ -12,10 +12,19 @@ mod admin;
 mod api_keys;
 mod audit;
 mod auth;
+mod capsule_metrics;
 mod capsules;
+mod data_plane;
 mod docs;
+mod events_stream;
+mod exec;
+mod files;
 mod health;
+mod host_events;
 mod me;
+mod processes;
+mod pty;
+mod snapshots;
 mod teams;
 mod users;
 
@@ -65,6 +74,14 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(admin::routes())
         .merge(account::routes())
         .merge(capsules::routes())
+        .merge(exec::routes())
+        .merge(processes::routes())
+        .merge(files::routes())
+        .merge(pty::routes())
+        .merge(snapshots::routes())
+        .merge(capsule_metrics::routes())
+        .merge(events_stream::routes())
+        .merge(host_events::routes())
         .split_for_parts();
     openapi.info.version = version.to_owned();
     router

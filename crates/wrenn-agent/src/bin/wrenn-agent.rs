@@ -1,0 +1,126 @@
+//! `wrenn-agent`: the Wrenn host agent binary.
+//!
+//! Reads [`AgentConfig::from_env`] (`WRENN_DIR`, `WRENN_HOST_LISTEN_ADDR`,
+//! `WRENN_CP_URL`, `WRENN_RUNTIME`, `WRENN_HIBERNATE_AFTER_SECS`, …), starts the process
+//! runtime and serves `hostagent.v1` plus the port proxy until SIGTERM or SIGINT (or the
+//! Terminate RPC), then shuts down gracefully: every sandbox is hibernated, not
+//! destroyed.
+//!
+//! Until host registration lands (it will bring the host id, host JWT and mTLS material
+//! from the control plane and a credentials file), three interim variables are read
+//! here: `WRENN_HOST_ID` (`host-…`) and `WRENN_HOST_TOKEN` (the host JWT) enable the
+//! sandbox-event callbacks, and `WRENN_AGENT_TOKEN` requires
+//! `authorization: Bearer <token>` on every RPC. `WRENN_ENVD_BIN` names the envd
+//! binary (default: `wrenn-envd` next to this binary, else on `PATH`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+use wrenn_agent::{Agent, AgentOptions};
+use wrenn_core::config::{AgentConfig, RuntimeKind, Secret};
+use wrenn_core::id::HostId;
+
+fn main() -> ExitCode {
+    // First thing: when started as a process-runtime sandbox's init step, this sets the
+    // sandbox up and execs envd (it never returns then).
+    wrenn_agent::init::main_if_init();
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match AgentConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wrenn-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wrenn-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wrenn-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An interim setting (see the module docs); empty = unset.
+fn interim_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The envd binary: `WRENN_ENVD_BIN`, else next to this binary, else on `PATH`.
+fn envd_binary() -> Result<PathBuf, String> {
+    if let Some(p) = interim_var("WRENN_ENVD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("wrenn-envd"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(sibling);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("wrenn-envd"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "cannot find the wrenn-envd binary: set WRENN_ENVD_BIN or put it next to wrenn-agent"
+                .to_owned()
+        })
+}
+
+async fn run(config: AgentConfig) -> Result<(), String> {
+    if config.runtime != RuntimeKind::Process {
+        return Err(format!(
+            "the {} runtime is not available in this build; use WRENN_RUNTIME=process",
+            config.runtime
+        ));
+    }
+    let envd = envd_binary()?;
+    let runtime = ProcessRuntime::new(config.layout(), envd, ProcessRuntimeOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
+    let mut options = AgentOptions::from_config(Arc::new(runtime), &config, listener);
+    if let Some(host_id) = interim_var("WRENN_HOST_ID") {
+        let host_id: HostId = host_id
+            .parse()
+            .map_err(|e| format!("WRENN_HOST_ID: {e}"))?;
+        options = options.with_host(host_id, interim_var("WRENN_HOST_TOKEN").map(Secret::new));
+    }
+    if let Some(token) = interim_var("WRENN_AGENT_TOKEN") {
+        options = options.with_auth_token(Secret::new(token));
+    }
+    let agent = Agent::start(options).await.map_err(|e| e.to_string())?;
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = agent.wait() => {}
+    }
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The HTTP port proxy: `/proxy/{sandbox_id}/{port}/{path…}` on the agent's listener
+//! forwards to `http://{host_ip}:{port}/{path…}` of a running sandbox.
+//!
+//! - The query string is kept; `Host` is rewritten to the upstream address; hop-by-hop
+//!   headers are dropped (except `Connection: upgrade` / `Upgrade` on upgrades).
+//! - Answers: **400** malformed id or port (1–65535), **403** the guest agent's port
+//!   ([`wrenn_proto::ENVD_PORT`], never proxied), **404** unknown sandbox, **409**
+//!   sandbox not running (or draining for a pause), **502** upstream failure, **401**
+//!   missing agent token (when one is configured).
+//! - **Upgrades** (WebSocket and any other `Upgrade`) pass through: when the upstream
+//!   answers 101 the two connections are spliced byte for byte.
+//! - Root-relative `Location` headers (and absolute ones pointing at the upstream) are
+//!   rewritten under `/proxy/{id}/{port}`.
+//! - Every request holds a [`ConnGuard`](crate::conntrack::ConnGuard) of the sandbox's
+//!   [`ConnTracker`](crate::conntrack::ConnTracker) until its response body (or the
+//!   upgraded connection) ends, so a pause can drain it; it also counts as activity.
+//! - **Authentication**: when the agent has an auth token, proxy requests must carry
+//!   it in `X-Wrenn-Agent-Token` (a dedicated header, so the sandbox app's own
+//!   `Authorization` passes through untouched); the header is removed before
+//!   forwarding.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use wrenn_core::id::SandboxId;
+use wrenn_core::lifecycle::SandboxStatus;
+
+use crate::conntrack::ConnGuard;
+use crate::manager::{Sandbox, SandboxManager};
+
+/// Header that carries the agent's auth token on proxy requests.
+pub const AGENT_TOKEN_HEADER: &str = "x-wrenn-agent-token";
+
+/// Shared state of the proxy routes.
+#[derive(Clone)]
+struct ProxyState {
+    manager: Arc<SandboxManager>,
+    client: Client<HttpConnector, Body>,
+    token: Option<Arc<str>>,
+}
+
+/// The proxy routes (`/proxy/…`), to be merged into the agent's router.
+pub fn router(manager: Arc<SandboxManager>, token: Option<String>) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(30)));
+    connector.set_keepalive(Some(Duration::from_secs(20)));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(20)
+        .build(connector);
+    let state = ProxyState {
+        manager,
+        client,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/proxy/{id}/{port}", any(handle))
+        .route("/proxy/{id}/{port}/", any(handle))
+        .route("/proxy/{id}/{port}/{*rest}", any(handle))
+        .with_state(state)
+}
+
+fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+/// Constant-time comparison of two tokens.
+pub fn token_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `/proxy/{id}/{port}{rest}` → (id, port, rest starting with `/`).
+fn split_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/proxy/")?;
+    let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let (port, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    Some((id, port, tail))
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| t != "upgrade")
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u);
+        }
+    }
+}
+
+async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(AGENT_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !token_eq(given, token.as_bytes()) {
+            return plain(StatusCode::UNAUTHORIZED, "missing or wrong agent token");
+        }
+    }
+    req.headers_mut().remove(AGENT_TOKEN_HEADER);
+
+    let path = req.uri().path().to_owned();
+    let Some((id, port, tail)) = split_path(&path) else {
+        return plain(StatusCode::NOT_FOUND, "not a proxy path");
+    };
+    let id: SandboxId = match id.parse() {
+        Ok(id) => id,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return plain(StatusCode::BAD_REQUEST, format!("invalid port {port:?}: expected 1 to 65535")),
+    };
+    if port == wrenn_proto::ENVD_PORT {
+        return plain(StatusCode::FORBIDDEN, "the guest agent's port is not proxied");
+    }
+    let sb = match st.manager.get(id) {
+        Ok(sb) => sb,
+        Err(_) => return plain(StatusCode::NOT_FOUND, format!("sandbox {id} not found")),
+    };
+    let Some(host_ip) = sb.running_host_ip() else {
+        let status = sb.status();
+        return plain(StatusCode::CONFLICT, format!("sandbox {id} is {status}, not running"));
+    };
+    let Some(guard) = sb.conns().acquire() else {
+        return plain(StatusCode::CONFLICT, format!("sandbox {id} is pausing"));
+    };
+    // The status may have changed between the check and the acquire (a pause sets the
+    // status before draining): re-check under the guard.
+    if sb.status() != SandboxStatus::Running {
+        return plain(StatusCode::CONFLICT, format!("sandbox {id} is not running"));
+    }
+    sb.touch();
+
+    let authority = if host_ip.contains(':') {
+        format!("[{host_ip}]:{port}")
+    } else {
+        format!("{host_ip}:{port}")
+    };
+    let tail = if tail.is_empty() { "/" } else { tail };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_owned(),
+    };
+    let uri: Uri = match format!("http://{authority}{pq}").parse() {
+        Ok(u) => u,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("invalid path: {e}")),
+    };
+
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let upstream_req = http::Request::from_parts(parts, body);
+
+    let mut resp = match st.client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            return plain(StatusCode::BAD_GATEWAY, format!("proxy error: {e}"));
+        }
+    };
+    let prefix = format!("/proxy/{id}/{port}");
+    rewrite_location(resp.headers_mut(), &prefix, &authority);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let sb2 = Arc::clone(&sb);
+            tokio::spawn(async move {
+                let _guard = guard;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((down, up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                    Err(e) => tracing::debug!(sandbox_id = %sb2.id(), "proxy upgrade failed: {e}"),
+                }
+                sb2.touch();
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        Body::new(Guarded {
+            inner: body,
+            guard: Some(guard),
+            sb,
+        }),
+    )
+}
+
+/// Rewrites a root-relative or upstream-absolute `Location` under the proxy prefix.
+fn rewrite_location(headers: &mut HeaderMap, prefix: &str, authority: &str) {
+    let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let upstream = format!("http://{authority}");
+    let new = if let Some(rest) = loc.strip_prefix(&upstream) {
+        Some(format!("{prefix}{}", if rest.is_empty() { "/" } else { rest }))
+    } else if loc.starts_with('/') && !loc.starts_with("//") {
+        Some(format!("{prefix}{loc}"))
+    } else {
+        None
+    };
+    if let Some(v) = new.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+/// A response body that keeps the connection counted (and the sandbox active) until
+/// it is finished or dropped.
+struct Guarded {
+    inner: Incoming,
+    guard: Option<ConnGuard>,
+    sb: Arc<Sandbox>,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &poll {
+            self.guard.take();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.sb.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("/proxy/cl-x/80"), Some(("cl-x", "80", "")));
+        assert_eq!(split_path("/proxy/cl-x/80/"), Some(("cl-x", "80", "/")));
+        assert_eq!(split_path("/proxy/cl-x/80/a/b"), Some(("cl-x", "80", "/a/b")));
+        assert_eq!(split_path("/other"), None);
+    }
+
+    #[test]
+    fn locations() {
+        let mut h = HeaderMap::new();
+        h.insert(header::LOCATION, HeaderValue::from_static("/login?x=1"));
+        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
+        assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/login?x=1");
+        h.insert(header::LOCATION, HeaderValue::from_static("http://127.0.0.1:80/x"));
+        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
+        assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/x");
+        h.insert(header::LOCATION, HeaderValue::from_static("https://example.com/"));
+        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
+        assert_eq!(h[header::LOCATION], "https://example.com/");
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get("x-keep").is_some());
+        assert!(token_eq(b"abc", b"abc") && !token_eq(b"abc", b"abd") && !token_eq(b"a", b"ab"));
+    }
+}

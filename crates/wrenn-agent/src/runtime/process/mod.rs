@@ -1,0 +1,872 @@
+//! The process runtime: sandboxes as Linux namespaces + overlayfs + cgroups, with
+//! envd as PID 1. The embedded default (`wrenn dev`, tests); needs root.
+//!
+//! # A sandbox
+//!
+//! ```text
+//! agent ── nsenter --net=/run/netns/wrenn-{id} ── unshare --mount --uts --ipc --pid --fork
+//!            --kill-child ── <agent binary> __wrenn-sandbox-init '{spec}'   (PID 1)
+//!                              └─ exec wrenn-envd --socket /run/wrenn/envd.sock  (PID 1)
+//! ```
+//!
+//! - **Namespaces**: mount, pid, uts, ipc (from `unshare`), and the named network
+//!   namespace `wrenn-{id}` (joined with `nsenter`). The init step ([`crate::init`])
+//!   joins the cgroups, builds the root filesystem, sets the hostname to the sandbox id,
+//!   `pivot_root`s, drops capabilities and `exec`s envd, which therefore is PID 1.
+//! - **Root filesystem**: overlayfs, lower = the template's layers ([`template`]; the
+//!   built-in template is the host's `/`), upper + work = `sandboxes/{id}/upper` and
+//!   `sandboxes/{id}/work`, mounted at `sandboxes/{id}/rootfs` inside the sandbox's mount
+//!   namespace only (the host never sees it, and it vanishes with the sandbox's last
+//!   process). Nothing a sandbox writes reaches the host. Private `/proc`, `/sys`
+//!   (read-only), `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`; the agent's
+//!   `$WRENN_DIR` is hidden.
+//! - **envd**: listens on `/run/wrenn/envd.sock`, which is the host's
+//!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`]).
+//! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
+//!   limit; pause = freezer.
+//! - **Network**: [`net`] — a /30 per sandbox from `10.200.0.0/16` by default, veth +
+//!   default route + MASQUERADE; `host_ip` is the sandbox's `eth0` address.
+//!
+//! # On disk
+//!
+//! ```text
+//! sandboxes/{id}/upper/  work/  rootfs/  run/envd.sock  envd.log
+//! snapshots/{id}/upper/  sandbox.json                       (hibernated)
+//! images/teams/{team}/{template}/template.json  layers/N/   (snapshots → templates)
+//! ```
+//!
+//! Hibernate kills the processes (memory is freed), removes network and cgroups and
+//! *renames* the upper layer into `snapshots/{id}/` (no copy); restore renames it back
+//! and starts a fresh sandbox on it: files survive, processes do not. Snapshot copies
+//! the upper layer into a new layered template (see [`template`]).
+//!
+//! Create costs a few `ip` invocations, cgroup writes, one `nsenter`/`unshare` and
+//! envd's start; nothing is copied.
+
+pub mod cgroup;
+pub mod net;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::process::{Child, Command};
+use tonic::transport::{Endpoint, Uri};
+use wrenn_core::id::SandboxId;
+use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1::HealthRequest;
+use wrenn_proto::envd::v1::system_client::SystemClient;
+
+use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
+use self::net::{Ipv4Range, SandboxNet};
+use self::template::{HibernationRecord, Lowers};
+use super::{
+    Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
+};
+use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
+use wrenn_core::id::{TeamId, TemplateId};
+
+/// The value of [`Runtime::name`] and of the `runtime` metadata key.
+pub const RUNTIME_NAME: &str = "process";
+
+/// Longest unix socket path the kernel accepts (`sun_path` minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Bytes of envd's log reported when a sandbox fails to start.
+const LOG_TAIL_BYTES: usize = 2048;
+/// How long teardown waits for processes to die and cgroups to go.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a freeze or thaw may take.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of the process runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRuntimeOptions {
+    /// Sandbox address range, cut into /30 slots (default `10.200.0.0/16`).
+    pub network: Ipv4Range,
+    /// Cgroup directory (under each hierarchy's root) holding the sandboxes' cgroups
+    /// (default `wrenn-sandboxes`).
+    pub cgroup_parent: String,
+    /// Task limit per sandbox (`pids.max`, default 4096).
+    pub pids_max: u32,
+    /// How long `create`/`restore` wait for envd to answer (default 10 s).
+    pub envd_timeout: Duration,
+    /// The program run as the sandbox init step with [`INIT_ARG`]: a binary that calls
+    /// [`crate::init::main_if_init`] first thing in `main`. `None` (default) = the
+    /// running binary (`/proc/{agent pid}/exe`, which stays valid even if the file is
+    /// replaced on disk).
+    pub init_program: Option<PathBuf>,
+    /// Host paths hidden inside sandboxes (empty read-only tmpfs) besides `$WRENN_DIR`,
+    /// which always is.
+    pub mask_paths: Vec<PathBuf>,
+}
+
+impl Default for ProcessRuntimeOptions {
+    fn default() -> Self {
+        Self {
+            network: Ipv4Range {
+                base: std::net::Ipv4Addr::new(10, 200, 0, 0),
+                prefix: 16,
+            },
+            cgroup_parent: "wrenn-sandboxes".to_owned(),
+            pids_max: 4096,
+            envd_timeout: Duration::from_secs(10),
+            init_program: None,
+            mask_paths: Vec::new(),
+        }
+    }
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+struct Live {
+    config: SandboxConfig,
+    lowers: Lowers,
+    cgroup: SandboxCgroup,
+    net: SandboxNet,
+    /// The `nsenter`/`unshare` process (parent of the sandbox's PID 1).
+    child: tokio::sync::Mutex<Child>,
+    /// Last CPU sample: (usage ns, when).
+    cpu: Mutex<(u64, Instant)>,
+}
+
+/// The process runtime. See the [module docs](self).
+#[derive(Debug)]
+pub struct ProcessRuntime {
+    layout: Layout,
+    envd: PathBuf,
+    options: ProcessRuntimeOptions,
+    cgroups: CgroupDriver,
+    init_program: PathBuf,
+    mask: Vec<PathBuf>,
+    live: Mutex<HashMap<SandboxId, Arc<Live>>>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Io { context, source }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+impl ProcessRuntime {
+    /// Checks the host and prepares it (IPv4 forwarding, the host-wide NAT and isolation
+    /// rules of [`net`], the layout's directories).
+    ///
+    /// Fails with [`RuntimeError::Unsupported`] naming what is missing: root, the envd
+    /// binary, overlayfs, usable cgroups (v2 with cpu/memory/pids, or the v1 cpu,
+    /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables`, `nsenter`,
+    /// `unshare` or `cp` tools, or a `$WRENN_DIR` short and plain enough for socket and
+    /// overlay paths.
+    pub async fn new(
+        layout: Layout,
+        envd: impl Into<PathBuf>,
+        options: ProcessRuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
+        let envd = envd.into();
+        let unsupported_err = |m: String| RuntimeError::Unsupported(format!("process runtime: {m}"));
+        let unsupported = |m: String| Err(unsupported_err(m));
+        if !rustix::process::geteuid().is_root() {
+            return unsupported(format!(
+                "needs root to create namespaces, mounts, cgroups and network interfaces \
+                 (running as uid {}); run the agent as root",
+                rustix::process::geteuid().as_raw()
+            ));
+        }
+        if !envd.is_file() {
+            return unsupported(format!("the envd binary {} does not exist", envd.display()));
+        }
+        let missing: Vec<&str> = ["ip", "iptables", "nsenter", "unshare", "cp"]
+            .into_iter()
+            .filter(|p| find_in_path(p).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return unsupported(format!(
+                "missing tools: {} (packages iproute2, iptables, util-linux, coreutils)",
+                missing.join(", ")
+            ));
+        }
+        let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !filesystems.lines().any(|l| l.trim_end().ends_with("\toverlay")) {
+            return unsupported("the kernel has no overlay filesystem (modprobe overlay)".into());
+        }
+        let cgroups = CgroupDriver::detect().map_err(unsupported_err)?;
+        if options.cgroup_parent.is_empty()
+            || options.cgroup_parent.contains("..")
+            || options.cgroup_parent.starts_with('/')
+        {
+            return unsupported(format!("invalid cgroup parent {:?}", options.cgroup_parent));
+        }
+        let root_text = layout.root().to_string_lossy();
+        if !layout.root().is_absolute() || root_text.contains([':', ',', '\\']) {
+            return unsupported(format!(
+                "$WRENN_DIR {root_text:?} must be an absolute path without ':', ',' or '\\' \
+                 (it ends up in overlay mount options)"
+            ));
+        }
+        let socket = layout
+            .sandbox_dir(SandboxId::new())
+            .join("run")
+            .join(ENVD_SOCKET_NAME);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return unsupported(format!(
+                "$WRENN_DIR {root_text:?} is too long: envd socket paths like {} exceed {MAX_SOCKET_PATH} bytes",
+                socket.display()
+            ));
+        }
+        for dir in [layout.sandboxes_dir(), layout.snapshots_dir(), layout.team_images_dir()] {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        net::ensure_host(options.network)
+            .await
+            .map_err(|m| unsupported_err(format!("host network setup failed: {m}")))?;
+        let init_program = options
+            .init_program
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())));
+        let mut mask = vec![layout.root().canonicalize().unwrap_or_else(|_| layout.root().to_path_buf())];
+        mask.extend(options.mask_paths.iter().cloned());
+        Ok(Self {
+            layout,
+            envd,
+            options,
+            cgroups,
+            init_program,
+            mask,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The layout the runtime works in.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The cgroup setup in use.
+    pub fn cgroup_driver(&self) -> &CgroupDriver {
+        &self.cgroups
+    }
+
+    /// The cgroup of a sandbox (whether or not it exists).
+    pub fn sandbox_cgroup(&self, id: SandboxId) -> SandboxCgroup {
+        self.cgroups.sandbox(&self.options.cgroup_parent, &id.to_string())
+    }
+
+    /// The network namespace name of a sandbox (`wrenn-{id}`).
+    pub fn netns_name(id: SandboxId) -> String {
+        net::netns_name(&id.to_string())
+    }
+
+    /// The network of a running sandbox (namespace, veth, slot, addresses).
+    pub fn network(&self, id: SandboxId) -> Option<SandboxNet> {
+        self.lock_live().get(&id).map(|l| l.net.clone())
+    }
+
+    /// The host path of a sandbox's envd socket.
+    pub fn envd_socket(&self, id: SandboxId) -> PathBuf {
+        self.layout.sandbox_dir(id).join("run").join(ENVD_SOCKET_NAME)
+    }
+
+    fn get(&self, id: SandboxId) -> Result<Arc<Live>, RuntimeError> {
+        self.lock_live()
+            .get(&id)
+            .cloned()
+            .ok_or(RuntimeError::NotFound(id))
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn validate(config: &SandboxConfig) -> Result<(), RuntimeError> {
+        if config.vcpus == 0 {
+            return Err(RuntimeError::FailedPrecondition("vcpus must be at least 1".into()));
+        }
+        if config.memory_mb < 16 {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "memory_mb must be at least 16 (got {})",
+                config.memory_mb
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an id that is running, hibernated or has leftovers.
+    fn ensure_free(&self, id: SandboxId, allow_hibernated: bool) -> Result<(), RuntimeError> {
+        if self.lock_live().contains_key(&id) {
+            return Err(RuntimeError::FailedPrecondition(format!("sandbox {id} is already running")));
+        }
+        if self.layout.sandbox_dir(id).exists() || net::netns_path(&Self::netns_name(id)).exists() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} has leftovers on this host (destroy or sweep it first)"
+            )));
+        }
+        if !allow_hibernated && self.layout.snapshot_dir(id).exists() {
+            return Err(RuntimeError::FailedPrecondition(format!("sandbox {id} is hibernated")));
+        }
+        Ok(())
+    }
+
+    /// Creates `sandboxes/{id}/` with `work`, `rootfs`, `run` (and `upper` unless it is
+    /// moved in).
+    fn make_dirs(&self, id: SandboxId, with_upper: bool) -> Result<PathBuf, RuntimeError> {
+        let dir = self.layout.sandbox_dir(id);
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700);
+        builder.create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let mut subdirs = vec!["work", "rootfs", "run"];
+        if with_upper {
+            subdirs.push("upper");
+        }
+        for sub in subdirs {
+            let mode = if sub == "upper" { 0o755 } else { 0o700 };
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(dir.join(sub))
+                .map_err(io_err(format!("create {}", dir.join(sub).display())))?;
+        }
+        Ok(dir)
+    }
+
+    /// Starts a sandbox whose directory is ready; on failure everything but the
+    /// directory is torn down.
+    async fn start(&self, config: &SandboxConfig, lowers: Lowers) -> Result<Instance, RuntimeError> {
+        let id = config.id;
+        let dir = self.layout.sandbox_dir(id);
+        let cgroup = self.sandbox_cgroup(id);
+        let limits = Limits {
+            vcpus: config.vcpus,
+            memory_bytes: u64::from(config.memory_mb) * 1024 * 1024,
+            pids_max: self.options.pids_max,
+        };
+        let cg = cgroup.clone();
+        blocking(move || cg.create(limits))
+            .await?
+            .map_err(io_err(format!("set up the cgroups of {id}")))?;
+        let net = match net::create(&Self::netns_name(id), self.options.network).await {
+            Ok(net) => net,
+            Err(e) => {
+                self.teardown(id, None).await;
+                return Err(RuntimeError::Other(format!("network of {id}: {e}")));
+            }
+        };
+        match self.spawn(config, &lowers, &cgroup, &net, &dir).await {
+            Ok((child, version)) => {
+                let usage = cgroup.cpu_usage_ns().unwrap_or(0);
+                let live = Arc::new(Live {
+                    config: config.clone(),
+                    lowers,
+                    cgroup: cgroup.clone(),
+                    net: net.clone(),
+                    child: tokio::sync::Mutex::new(child),
+                    cpu: Mutex::new((usage, Instant::now())),
+                });
+                self.lock_live().insert(id, live);
+                let mut metadata = BTreeMap::new();
+                metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
+                metadata.insert("envd_version".to_owned(), version);
+                metadata.insert("cgroup".to_owned(), self.cgroups.version().to_owned());
+                metadata.insert("netns".to_owned(), net.netns.clone());
+                metadata.insert("veth".to_owned(), net.veth.clone());
+                Ok(Instance {
+                    id,
+                    envd: EnvdEndpoint::Unix(self.envd_socket(id)),
+                    host_ip: net.sandbox_addr.to_string(),
+                    metadata,
+                })
+            }
+            Err((child, e)) => {
+                if let Some(mut child) = child {
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await;
+                }
+                self.teardown(id, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns the init step and waits until envd answers; returns the child and envd's
+    /// version.
+    async fn spawn(
+        &self,
+        config: &SandboxConfig,
+        lowers: &Lowers,
+        cgroup: &SandboxCgroup,
+        net: &SandboxNet,
+        dir: &Path,
+    ) -> Result<(Child, String), (Option<Child>, RuntimeError)> {
+        let id = config.id;
+        let (lower_base, lower_list) = lowers.overlay();
+        let mut envd_args = vec![
+            "--socket".to_owned(),
+            format!("{SANDBOX_SOCKET_DIR}/{ENVD_SOCKET_NAME}"),
+        ];
+        if !config.default_user.is_empty() {
+            envd_args.push("--default-user".to_owned());
+            envd_args.push(config.default_user.clone());
+        }
+        let spec = InitSpec {
+            hostname: id.to_string(),
+            cgroup_procs: cgroup.procs_files(),
+            lower_base,
+            lowers: lower_list,
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            root: dir.join("rootfs"),
+            socket_dir: dir.join("run"),
+            envd: self.envd.clone(),
+            envd_args,
+            env: vec![
+                (
+                    "PATH".to_owned(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                ),
+                ("HOME".to_owned(), "/root".to_owned()),
+                ("LANG".to_owned(), "C.UTF-8".to_owned()),
+                ("WRENN_SANDBOX_ID".to_owned(), id.to_string()),
+                ("WRENN_TEMPLATE_ID".to_owned(), config.template_id.to_string()),
+            ],
+            mask: self.mask.clone(),
+        };
+        let spec_json = serde_json::to_string(&spec)
+            .map_err(|e| (None, RuntimeError::Other(format!("encode init spec: {e}"))))?;
+        let log_path = dir.join("envd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| (None, io_err(format!("open {}", log_path.display()))(e)))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| (None, io_err("duplicate log fd")(e)))?;
+        let netns_arg = format!("--net={}", net::netns_path(&net.netns).display());
+        let mut command = Command::new("nsenter");
+        command
+            .arg(netns_arg)
+            .args([
+                "--",
+                "unshare",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .arg(&self.init_program)
+            .arg(INIT_ARG)
+            .arg(spec_json)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(false);
+        let mut child = command
+            .spawn()
+            .map_err(|e| (None, io_err("spawn nsenter/unshare for the sandbox")(e)))?;
+
+        let socket = self.envd_socket(id);
+        let deadline = Instant::now() + self.options.envd_timeout;
+        let mut last = String::from("its socket never appeared");
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let tail = tail(&log_path, LOG_TAIL_BYTES);
+                    return Err((
+                        Some(child),
+                        RuntimeError::Other(format!(
+                            "sandbox {id} exited during start ({status}); envd log: {tail}"
+                        )),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err((Some(child), io_err("wait for the sandbox process")(e))),
+            }
+            if socket.exists() {
+                match health(&socket).await {
+                    Ok(version) => return Ok((child, version)),
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() >= deadline {
+                let tail = tail(&log_path, LOG_TAIL_BYTES);
+                return Err((
+                    Some(child),
+                    RuntimeError::Other(format!(
+                        "envd of {id} did not answer within {:?} ({last}); envd log: {tail}",
+                        self.options.envd_timeout
+                    )),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills every process of sandbox `id` and removes its network namespace and
+    /// cgroups (not its directories). Best effort; problems are logged.
+    async fn teardown(&self, id: SandboxId, live: Option<&Live>) {
+        if let Some(live) = live {
+            let _ = live.child.lock().await.start_kill();
+        }
+        let cgroup = self.sandbox_cgroup(id);
+        let netns = Self::netns_name(id);
+        let cg = cgroup.clone();
+        let ns = netns.clone();
+        let killed = blocking(move || {
+            let by_cgroup = cg.kill_all(TEARDOWN_TIMEOUT);
+            let by_netns = kill_netns_processes(&ns, TEARDOWN_TIMEOUT);
+            by_cgroup.and(by_netns)
+        })
+        .await;
+        if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
+            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
+        }
+        if let Some(live) = live {
+            let mut child = live.child.lock().await;
+            if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await.is_err() {
+                tracing::warn!(sandbox_id = %id, "sandbox process did not exit");
+            }
+        }
+        if let Err(e) = net::remove(&netns).await {
+            tracing::warn!(sandbox_id = %id, "removing network namespace {netns}: {e}");
+        }
+        let removed = blocking(move || cgroup.remove(TEARDOWN_TIMEOUT)).await;
+        if let Err(e) = removed.and_then(|r| r.map_err(io_err("remove cgroups"))) {
+            tracing::warn!(sandbox_id = %id, "{e}");
+        }
+    }
+
+    /// Tears sandbox `id` down and removes `sandboxes/{id}/`.
+    async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
+        let live = self.lock_live().remove(&id);
+        self.teardown(id, live.as_deref()).await;
+        remove_dir(&self.layout.sandbox_dir(id)).await
+    }
+}
+
+/// Runs blocking work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Other(format!("blocking task failed: {e}")))
+}
+
+async fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    let d = dir.to_path_buf();
+    blocking(move || match std::fs::remove_dir_all(&d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    })
+    .await?
+    .map_err(io_err(format!("remove {}", dir.display())))
+}
+
+/// The last `max` bytes of a log file.
+fn tail(path: &Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Asks envd for its health over the unix socket; returns its version.
+async fn health(socket: &Path) -> Result<String, String> {
+    let path = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://envd.local")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    SystemClient::new(channel)
+        .health(HealthRequest {})
+        .await
+        .map(|r| r.into_inner().version)
+        .map_err(|e| format!("health: {e}"))
+}
+
+/// SIGKILLs every process whose network namespace is `/run/netns/{netns}` until none
+/// is left (catches processes outside the cgroups, such as the `unshare` parent).
+fn kill_netns_processes(netns: &str, timeout: Duration) -> std::io::Result<()> {
+    let Ok(target) = std::fs::metadata(net::netns_path(netns)) else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
+                continue;
+            };
+            if ns.dev() == target.dev() && ns.ino() == target.ino() {
+                // Zombies keep their entry until reaped but no namespace link.
+                found = true;
+                cgroup::kill_pid(pid);
+            }
+        }
+        if !found {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("processes in network namespace {netns} did not exit within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        RUNTIME_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            memory_snapshots: true,
+            hibernate: true,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %config.id))]
+    async fn create(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError> {
+        let started = Instant::now();
+        Self::validate(config)?;
+        self.ensure_free(config.id, false)?;
+        let lowers = template::resolve(
+            &self.layout,
+            config.template_team_id,
+            config.template_id,
+        )?;
+        self.make_dirs(config.id, true)?;
+        match self.start(config, lowers).await {
+            Ok(instance) => {
+                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "sandbox created");
+                Ok(instance)
+            }
+            Err(e) => {
+                let _ = remove_dir(&self.layout.sandbox_dir(config.id)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let live = self.get(instance.id)?;
+        let cg = live.cgroup.clone();
+        blocking(move || cg.freeze(FREEZE_TIMEOUT))
+            .await?
+            .map_err(io_err(format!("freeze {}", instance.id)))
+    }
+
+    async fn resume(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let live = self.get(instance.id)?;
+        let cg = live.cgroup.clone();
+        blocking(move || cg.thaw(FREEZE_TIMEOUT))
+            .await?
+            .map_err(io_err(format!("thaw {}", instance.id)))
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn hibernate(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let id = instance.id;
+        let live = self.lock_live().remove(&id).ok_or(RuntimeError::NotFound(id))?;
+        self.teardown(id, Some(&live)).await;
+        let snapshot = self.layout.snapshot_dir(id);
+        let upper = self.layout.sandbox_dir(id).join("upper");
+        let record = HibernationRecord {
+            config: (&live.config).into(),
+            hibernated_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let snap = snapshot.clone();
+        blocking(move || {
+            if snap.join(template::UPPER_DIR).exists() {
+                std::fs::remove_dir_all(snap.join(template::UPPER_DIR))?;
+            }
+            std::fs::create_dir_all(&snap)?;
+            std::fs::rename(&upper, snap.join(template::UPPER_DIR))?;
+            template::write_record(&snap, &record)
+        })
+        .await?
+        .map_err(io_err(format!("persist {id} to {}", snapshot.display())))?;
+        remove_dir(&self.layout.sandbox_dir(id)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %config.id))]
+    async fn restore(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError> {
+        let id = config.id;
+        let snapshot = self.layout.snapshot_dir(id);
+        let record = template::read_record(&snapshot)?.ok_or(RuntimeError::NotFound(id))?;
+        Self::validate(config)?;
+        self.ensure_free(id, true)?;
+        // The upper layer only makes sense on the layers it was written over.
+        let lowers = template::resolve(
+            &self.layout,
+            record.config.template_team_id,
+            record.config.template_id,
+        )?;
+        let saved_upper = snapshot.join(template::UPPER_DIR);
+        if !saved_upper.is_dir() {
+            return Err(RuntimeError::Other(format!(
+                "hibernated sandbox {id} has no {}",
+                saved_upper.display()
+            )));
+        }
+        let dir = self.make_dirs(id, false)?;
+        let upper = dir.join("upper");
+        std::fs::rename(&saved_upper, &upper).map_err(io_err(format!("move {} back", saved_upper.display())))?;
+        let mut config = config.clone();
+        config.template_team_id = record.config.template_team_id;
+        config.template_id = record.config.template_id;
+        match self.start(&config, lowers).await {
+            Ok(instance) => {
+                remove_dir(&snapshot).await?;
+                Ok(instance)
+            }
+            Err(e) => {
+                if let Err(back) = std::fs::rename(&upper, &saved_upper) {
+                    tracing::error!(sandbox_id = %id, "cannot move the upper layer back: {back}");
+                }
+                let _ = remove_dir(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
+    async fn destroy(&self, id: SandboxId) -> Result<(), RuntimeError> {
+        self.remove_sandbox(id).await?;
+        remove_dir(&self.layout.snapshot_dir(id)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn snapshot(
+        &self,
+        instance: &Instance,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, RuntimeError> {
+        let live = self.get(instance.id)?;
+        if template == wrenn_core::id::BUILTIN_TEMPLATE_ID {
+            return Err(RuntimeError::FailedPrecondition(
+                "the built-in template cannot be overwritten".into(),
+            ));
+        }
+        let dest = self.layout.template_dir(team, template);
+        let cg = live.cgroup.clone();
+        let was_frozen = blocking(move || cg.is_frozen()).await?.unwrap_or(false);
+        if !was_frozen {
+            let cg = live.cgroup.clone();
+            blocking(move || cg.freeze(FREEZE_TIMEOUT))
+                .await?
+                .map_err(io_err(format!("freeze {} for the snapshot", instance.id)))?;
+        }
+        let upper = self.layout.sandbox_dir(instance.id).join("upper");
+        let result = template::write_template(&upper, &live.lowers, &dest, instance.id).await;
+        if !was_frozen {
+            let cg = live.cgroup.clone();
+            blocking(move || cg.thaw(FREEZE_TIMEOUT))
+                .await?
+                .map_err(io_err(format!("thaw {} after the snapshot", instance.id)))?;
+        }
+        result
+    }
+
+    async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError> {
+        let live = self.get(instance.id)?;
+        let upper = self.layout.sandbox_dir(instance.id).join("upper");
+        let l = live.clone();
+        blocking(move || {
+            let usage = l.cgroup.cpu_usage_ns()?;
+            let now = Instant::now();
+            let cpu_pct = {
+                let mut last = l.cpu.lock().unwrap_or_else(|p| p.into_inner());
+                let elapsed = now.duration_since(last.1).as_nanos() as f64;
+                let used = usage.saturating_sub(last.0) as f64;
+                *last = (usage, now);
+                if elapsed > 0.0 { used / elapsed * 100.0 } else { 0.0 }
+            };
+            Ok::<_, std::io::Error>(Stats {
+                cpu_pct,
+                mem_bytes: l.cgroup.memory_usage()?,
+                disk_bytes: template::dir_size(&upper),
+            })
+        })
+        .await?
+        .map_err(io_err(format!("read the usage of {}", instance.id)))
+    }
+
+    async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
+        let dir = self.layout.snapshots_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            match template::read_record(&entry.path()) {
+                Ok(Some(record)) => out.push(record.config.into()),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError> {
+        let dir = self.layout.sandboxes_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+        };
+        let ids: Vec<SandboxId> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|id| !keep.contains(id))
+            .collect();
+        let mut cleaned = Vec::new();
+        for id in ids {
+            self.remove_sandbox(id).await?;
+            cleaned.push(id);
+        }
+        Ok(cleaned)
+    }
+}

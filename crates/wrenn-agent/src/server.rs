@@ -1,0 +1,400 @@
+//! [`Agent::start`]: assembles the host agent — runtime, [`SandboxManager`], reaper,
+//! metrics sampler, event client — and serves `hostagent.v1` over gRPC plus the port
+//! proxy on one TCP listener.
+//!
+//! ```no_run
+//! # async fn demo(runtime: std::sync::Arc<dyn wrenn_agent::runtime::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
+//! use wrenn_agent::server::{Agent, AgentOptions};
+//! use wrenn_core::layout::Layout;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let agent = Agent::start(AgentOptions::new(runtime, Layout::new("/var/lib/wrenn"), listener)).await?;
+//! println!("agent on {}", agent.local_addr());
+//! agent.shutdown().await; // hibernates every sandbox, then stops serving
+//! # Ok(()) }
+//! ```
+//!
+//! # Serving
+//!
+//! One axum server (HTTP/1.1 and cleartext HTTP/2 on the same port) carries the tonic
+//! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. Clients use plain
+//! `http://` for now: TLS/mTLS arrives with host registration (the control plane's CA
+//! signs the agent's certificate), so until then run standalone agents on a trusted
+//! network or loopback.
+//!
+//! **Authentication.** With [`AgentOptions::auth_token`] set, every gRPC call must carry
+//! `authorization: Bearer <token>` metadata (else UNAUTHENTICATED) and every proxy
+//! request `X-Wrenn-Agent-Token: <token>` (else 401). Without it nothing is checked
+//! (embedded mode over loopback, tests).
+//!
+//! # Shutdown
+//!
+//! [`AgentHandle::shutdown`], the Terminate RPC and (in the binary) SIGTERM all run the
+//! same sequence once: stop the reaper and sampler, stop accepting connections, hibernate
+//! every running or paused sandbox (bounded; a runtime that cannot hibernate destroys
+//! them and reports `stopped`), flush the event queue, then stop serving.
+//!
+//! # Startup
+//!
+//! `layout.ensure_dirs()`, then [`SandboxManager::recover`]: hibernated sandboxes found
+//! by the runtime are loaded into the map and the runtime sweeps every other leftover.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use wrenn_core::config::{AgentConfig, Secret};
+use wrenn_core::id::{HostId, SandboxId};
+use wrenn_core::layout::Layout;
+use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentServiceServer;
+
+use crate::error::{AgentError, AgentResult};
+use crate::events::{EventSender, EventsConfig};
+use crate::manager::{ManagerSettings, SandboxManager};
+use crate::metrics::HostSampler;
+use crate::proxy::{self, token_eq};
+use crate::reaper::{self, DEFAULT_REAPER_TICK, DEFAULT_SAMPLE_INTERVAL};
+use crate::runtime::Runtime;
+use crate::service::AgentService;
+
+/// Largest gRPC message the agent accepts or sends (Exec returns up to 2 × 16 MiB of
+/// output; the control plane's client must allow at least this much).
+pub const MAX_GRPC_MESSAGE: usize = 40 * 1024 * 1024;
+
+/// Everything [`Agent::start`] needs.
+pub struct AgentOptions {
+    /// The sandbox runtime (the process runtime, Firecracker, or a test double).
+    pub runtime: Arc<dyn Runtime>,
+    /// Host paths (`$WRENN_DIR`).
+    pub layout: Layout,
+    /// Where to serve gRPC and the proxy.
+    pub listener: TcpListener,
+    /// Bearer token required on every RPC and proxy request (`None` = no check).
+    pub auth_token: Option<Secret>,
+    /// Control-plane callback settings (URL, host id, host JWT, retry tuning).
+    pub events: EventsConfig,
+    /// State-machine timings.
+    pub manager: ManagerSettings,
+    /// Inactivity reaper tick (2 s).
+    pub reaper_tick: Duration,
+    /// Metrics sampling interval (500 ms).
+    pub sample_interval: Duration,
+    /// How long to wait for in-flight requests after the sandboxes are hibernated at
+    /// shutdown (5 s), before the server is stopped hard.
+    pub serve_grace: Duration,
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("runtime", &self.runtime.name())
+            .field("layout", &self.layout)
+            .field("listener", &self.listener.local_addr().ok())
+            .field("auth_token", &self.auth_token)
+            .field("events", &self.events)
+            .field("manager", &self.manager)
+            .field("reaper_tick", &self.reaper_tick)
+            .field("sample_interval", &self.sample_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentOptions {
+    /// Production defaults, no control plane, no auth.
+    pub fn new(runtime: Arc<dyn Runtime>, layout: Layout, listener: TcpListener) -> Self {
+        Self {
+            runtime,
+            layout,
+            listener,
+            auth_token: None,
+            events: EventsConfig::default(),
+            manager: ManagerSettings::default(),
+            reaper_tick: DEFAULT_REAPER_TICK,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            serve_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Options from the agent's configuration: layout (`WRENN_DIR`), control-plane URL
+    /// (`WRENN_CP_URL`) and `hibernate_after` (`WRENN_HIBERNATE_AFTER_SECS`).
+    pub fn from_config(runtime: Arc<dyn Runtime>, config: &AgentConfig, listener: TcpListener) -> Self {
+        let mut o = Self::new(runtime, config.layout(), listener);
+        o.events.cp_url = config.cp_url.clone();
+        o.manager.hibernate_after = config.hibernate_after;
+        o
+    }
+
+    /// Sets the identity used for control-plane callbacks: the host id and its JWT
+    /// (sent as `X-Host-Token`). Until both are known (registration) events are only
+    /// logged.
+    pub fn with_host(mut self, host_id: HostId, host_token: Option<Secret>) -> Self {
+        self.events.host_id = Some(host_id);
+        self.events.host_token = host_token;
+        self
+    }
+
+    /// Sets the control plane's base URL for callbacks.
+    pub fn with_control_plane(mut self, cp_url: impl Into<String>) -> Self {
+        self.events.cp_url = Some(cp_url.into());
+        self
+    }
+
+    /// Requires `authorization: Bearer <token>` on every RPC (and
+    /// `X-Wrenn-Agent-Token` on proxy requests).
+    pub fn with_auth_token(mut self, token: Secret) -> Self {
+        self.auth_token = Some(token);
+        self
+    }
+}
+
+/// Checks the bearer token of every gRPC call.
+#[derive(Clone, Default)]
+pub struct BearerAuth {
+    expected: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("enabled", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl BearerAuth {
+    /// Requires `authorization: Bearer <token>` (`None` = accept everything).
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| Arc::from(format!("Bearer {t}"))),
+        }
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if token_eq(given, expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "missing or wrong agent token (authorization: Bearer <token>)",
+            ))
+        }
+    }
+}
+
+/// The host agent.
+#[derive(Debug)]
+pub struct Agent;
+
+struct Inner {
+    manager: Arc<SandboxManager>,
+    events: Arc<EventSender>,
+    workers: CancellationToken,
+    serve_stop: CancellationToken,
+    server: std::sync::Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    started: AtomicBool,
+    done: watch::Sender<bool>,
+    serve_grace: Duration,
+}
+
+impl Inner {
+    /// The shutdown sequence (runs once; later callers wait for it).
+    async fn shutdown(self: Arc<Self>) -> Vec<SandboxId> {
+        if self.started.swap(true, Ordering::SeqCst) {
+            let mut rx = self.done.subscribe();
+            let _ = rx.wait_for(|d| *d).await;
+            return Vec::new();
+        }
+        tracing::info!("agent shutting down: hibernating sandboxes");
+        self.workers.cancel();
+        self.serve_stop.cancel();
+        let kept = self.manager.shutdown().await;
+        tracing::info!(count = kept.len(), "sandboxes hibernated");
+        self.events.close(Duration::from_secs(5)).await;
+        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut server) = server {
+            if tokio::time::timeout(self.serve_grace, &mut server).await.is_err() {
+                tracing::info!("in-flight requests still open after the grace; stopping the server");
+                server.abort();
+            }
+        }
+        let _ = self.done.send(true);
+        kept
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    inner: Arc<Inner>,
+    local_addr: SocketAddr,
+    terminate: CancellationToken,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Starts the agent: prepares the data directory, recovers hibernated sandboxes,
+    /// sweeps leftovers, starts the background workers and serves on the listener.
+    pub async fn start(options: AgentOptions) -> AgentResult<AgentHandle> {
+        let AgentOptions {
+            runtime,
+            layout,
+            listener,
+            auth_token,
+            events,
+            manager: settings,
+            reaper_tick,
+            sample_interval,
+            serve_grace,
+        } = options;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| AgentError::internal(format!("listener address: {e}")))?;
+        {
+            let dirs = layout.clone();
+            tokio::task::spawn_blocking(move || dirs.ensure_dirs())
+                .await
+                .map_err(AgentError::internal)?
+                .map_err(|e| {
+                    AgentError::internal(format!("cannot prepare {}: {e}", layout.root().display()))
+                })?;
+        }
+        let events = Arc::new(EventSender::start(events));
+        let manager = Arc::new(SandboxManager::new(
+            runtime,
+            layout,
+            Arc::clone(&events),
+            settings,
+        ));
+        manager.recover().await?;
+
+        let workers = CancellationToken::new();
+        let host = Arc::new(HostSampler::new());
+        tokio::spawn(reaper::run_reaper(
+            Arc::clone(&manager),
+            reaper_tick,
+            workers.child_token(),
+        ));
+        tokio::spawn(reaper::run_sampler(
+            Arc::clone(&manager),
+            sample_interval,
+            workers.child_token(),
+        ));
+        {
+            let host = Arc::clone(&host);
+            let stop = workers.child_token();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            let h = Arc::clone(&host);
+                            let _ = tokio::task::spawn_blocking(move || h.tick()).await;
+                        }
+                    }
+                }
+            });
+        }
+
+        let terminate = CancellationToken::new();
+        let service = AgentService::new(Arc::clone(&manager), host, terminate.clone());
+        let token = auth_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let grpc = HostAgentServiceServer::new(service)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let grpc = InterceptedService::new(grpc, BearerAuth::new(token.as_deref()));
+        let router = tonic::service::Routes::new(grpc)
+            .prepare()
+            .into_axum_router()
+            .merge(proxy::router(Arc::clone(&manager), token));
+
+        let serve_stop = CancellationToken::new();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let inner = Arc::new(Inner {
+            manager,
+            events,
+            workers,
+            serve_stop,
+            server: std::sync::Mutex::new(Some(server)),
+            started: AtomicBool::new(false),
+            done: watch::Sender::new(false),
+            serve_grace,
+        });
+        {
+            // Terminate RPC → the same graceful shutdown.
+            let inner = Arc::clone(&inner);
+            let terminate = terminate.clone();
+            tokio::spawn(async move {
+                terminate.cancelled().await;
+                inner.shutdown().await;
+            });
+        }
+        tracing::info!(%local_addr, "host agent serving");
+        Ok(AgentHandle {
+            inner,
+            local_addr,
+            terminate,
+        })
+    }
+}
+
+impl AgentHandle {
+    /// The address the agent serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The sandbox manager (for embedding and tests).
+    pub fn manager(&self) -> &Arc<SandboxManager> {
+        &self.inner.manager
+    }
+
+    /// Graceful shutdown: hibernates every sandbox, flushes events, stops serving.
+    /// Returns the ids hibernated (empty if another caller ran the shutdown).
+    pub async fn shutdown(&self) -> Vec<SandboxId> {
+        Arc::clone(&self.inner).shutdown().await
+    }
+
+    /// Resolves once the agent has shut down (after [`shutdown`](Self::shutdown) or the
+    /// Terminate RPC).
+    pub async fn wait(&self) {
+        let mut rx = self.inner.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// True once a shutdown has been requested (Terminate RPC or `shutdown`).
+    pub fn is_terminating(&self) -> bool {
+        self.terminate.is_cancelled() || self.inner.started.load(Ordering::SeqCst)
+    }
+}
