@@ -236,6 +236,33 @@ fn host(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether a process has exited (a zombie waiting for its parent counts as exited).
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_or(true, |status| status.contains("State:\tZ"))
+}
+
+/// Sends one ICMP echo request to `addr` from inside the sandbox (raw socket in
+/// Python, as the host root has no `ping`) and reports whether the reply came.
+const ICMP_ECHO: &str = r#"
+import socket, struct, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+def checksum(b):
+    total = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+packet = struct.pack("!BBHHH", 8, 0, 0, 0x5752, 1) + b"wrenn-ping"
+packet = packet[:2] + struct.pack("!H", checksum(packet)) + packet[4:]
+s.sendto(packet, (addr, 0))
+while True:
+    data, (source, _) = s.recvfrom(1024)
+    if source == addr and data[20] == 0:
+        print("reply from", source)
+        break
+"#;
+
 fn host_mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
 }
@@ -438,12 +465,24 @@ async fn the_sandbox_has_its_own_network_with_nat_for_egress() {
     assert!(routes.contains(&format!("default via {} dev eth0", net.host_addr)), "{routes}");
     let inside = sb.ok("cat /proc/net/route").await;
     assert!(inside.lines().any(|l| l.starts_with("eth0\t00000000")), "{inside}");
-    assert_eq!(
-        sb.sh(&format!("ping -c 1 -W 2 {} >/dev/null", net.host_addr)).await.1,
-        0,
-        "the sandbox reaches the host end of its veth"
-    );
-    host("ping", &["-c", "1", "-W", "2", &sb.instance.host_ip]);
+    let ping = sb
+        .ok(&format!("python3 -c '{ICMP_ECHO}' {}", net.host_addr))
+        .await;
+    assert_eq!(ping.trim(), format!("reply from {}", net.host_addr), "the sandbox reaches the host end of its veth");
+
+    // The agent reaches services in the sandbox at host_ip (what the port proxy does).
+    sb.ok("python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpStream::connect((sb.instance.host_ip.as_str(), 8080)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot reach the sandbox at {}:8080: {e}", sb.instance.host_ip),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,7 +498,7 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
     runtime.pause(&sb.instance).await.unwrap();
 
     runtime.destroy(id).await.unwrap();
-    assert!(pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()), "processes survived");
+    assert!(pids.iter().all(|p| exited(*p)), "processes survived");
     assert!(!cgroup.exists());
     assert!(!Path::new("/run/netns").join(&net.netns).exists());
     assert!(!Path::new("/sys/class/net").join(&net.veth).exists());
@@ -485,7 +524,7 @@ async fn sweep_after_an_agent_crash_removes_leftovers_but_keeps_hibernated_sandb
     let restarted = host_env.restarted().await;
     let swept = restarted.sweep(&[kept.id()]).await.unwrap();
     assert_eq!(swept, vec![leftover.id()]);
-    assert!(leftover_pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()));
+    assert!(leftover_pids.iter().all(|p| exited(*p)), "processes survived the sweep");
     assert!(!leftover_cgroup.exists());
     assert!(!Path::new("/run/netns").join(ProcessRuntime::netns_name(leftover.id())).exists());
     assert!(!host_env.layout().sandbox_dir(leftover.id()).exists());

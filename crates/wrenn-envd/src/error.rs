@@ -125,13 +125,35 @@ mod tests {
     #[test]
     fn io_errors_map_to_the_documented_codes() {
         let code = |errno: i32| {
-            Status::from(EnvdError::from_io("x", &io::Error::from_raw_os_error(errno))).code()
+            Status::from(EnvdError::from_io(
+                "x",
+                &io::Error::from_raw_os_error(errno),
+            ))
+            .code()
         };
-        assert_eq!(code(rustix::io::Errno::NOENT.raw_os_error()), tonic::Code::NotFound);
-        assert_eq!(code(rustix::io::Errno::EXIST.raw_os_error()), tonic::Code::AlreadyExists);
-        assert_eq!(code(rustix::io::Errno::NOSPC.raw_os_error()), tonic::Code::ResourceExhausted);
-        assert_eq!(code(rustix::io::Errno::ACCESS.raw_os_error()), tonic::Code::PermissionDenied);
-        assert_eq!(code(rustix::io::Errno::NOTDIR.raw_os_error()), tonic::Code::InvalidArgument);
-        assert_eq!(code(rustix::io::Errno::IO.raw_os_error()), tonic::Code::Internal);
+        assert_eq!(
+            code(rustix::io::Errno::NOENT.raw_os_error()),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(rustix::io::Errno::EXIST.raw_os_error()),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(
+            code(rustix::io::Errno::NOSPC.raw_os_error()),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(rustix::io::Errno::ACCESS.raw_os_error()),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(rustix::io::Errno::NOTDIR.raw_os_error()),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(rustix::io::Errno::IO.raw_os_error()),
+            tonic::Code::Internal
+        );
     }
 }

@@ -54,7 +54,5 @@ mod system;
 mod users;
 
 pub use error::EnvdError;
-pub use fs::FilesystemService;
-pub use process::ProcessService;
 pub use server::{BoundAddr, Listen, ServeError, ServerConfig, ServerHandle, start};
-pub use system::{SystemService, VERSION};
+pub use system::VERSION;

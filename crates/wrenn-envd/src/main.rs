@@ -64,8 +64,10 @@ async fn main() -> ExitCode {
         }
     };
     let stop = server.stop_token();
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("wrenn-envd: cannot install signal handlers");
         return ExitCode::FAILURE;
     };

@@ -47,7 +47,12 @@ impl CpuSampler {
     /// CPU use in percent over the last interval; the first call (before the sampler
     /// has two samples) measures a short interval itself.
     pub async fn percent(&self) -> f64 {
-        if let Some(percent) = self.state.lock().unwrap_or_else(PoisonError::into_inner).percent {
+        if let Some(percent) = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .percent
+        {
             return percent;
         }
         self.sample();
@@ -123,11 +128,19 @@ fn parse_meminfo(text: &str) -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib * 1024)
     };
     let total = field("MemTotal:").unwrap_or(0);
-    let available = field("MemAvailable:").or_else(|| field("MemFree:")).unwrap_or(0);
+    let available = field("MemAvailable:")
+        .or_else(|| field("MemFree:"))
+        .unwrap_or(0);
     (total, available)
 }
 

@@ -75,23 +75,38 @@ mod tests {
 
     #[test]
     fn absolute_paths_are_cleaned() {
-        assert_eq!(resolve("/a//b/./c/../d", &home()).unwrap(), PathBuf::from("/a/b/d"));
+        assert_eq!(
+            resolve("/a//b/./c/../d", &home()).unwrap(),
+            PathBuf::from("/a/b/d")
+        );
         assert_eq!(resolve("/..", &home()).unwrap(), PathBuf::from("/"));
     }
 
     #[test]
     fn relative_and_tilde_paths_resolve_against_home() {
-        assert_eq!(resolve("x/y", &home()).unwrap(), PathBuf::from("/home/dev/x/y"));
+        assert_eq!(
+            resolve("x/y", &home()).unwrap(),
+            PathBuf::from("/home/dev/x/y")
+        );
         assert_eq!(resolve("~", &home()).unwrap(), home());
-        assert_eq!(resolve("~/x", &home()).unwrap(), PathBuf::from("/home/dev/x"));
-        assert_eq!(resolve("a/../b", &home()).unwrap(), PathBuf::from("/home/dev/b"));
+        assert_eq!(
+            resolve("~/x", &home()).unwrap(),
+            PathBuf::from("/home/dev/x")
+        );
+        assert_eq!(
+            resolve("a/../b", &home()).unwrap(),
+            PathBuf::from("/home/dev/b")
+        );
     }
 
     #[test]
     fn escaping_and_empty_paths_are_invalid() {
         for bad in ["", "../etc/passwd", "a/../../x", "~/../x", "a\0b"] {
             let err = resolve(bad, &home()).unwrap_err();
-            assert!(matches!(err, EnvdError::InvalidArgument(_)), "{bad:?}: {err}");
+            assert!(
+                matches!(err, EnvdError::InvalidArgument(_)),
+                "{bad:?}: {err}"
+            );
         }
     }
 }

@@ -7,7 +7,7 @@
 //! `Child::wait`, and it does not use `tokio::process`). That single owner is what makes
 //! it impossible for the reaper to "steal" an exit status envd itself needs:
 //!
-//! - [`spawn`] starts a child and registers its pid together with a oneshot sender
+//! - `spawn` starts a child and registers its pid together with a oneshot sender
 //!   while holding the *spawn gate* (a read lock). A reaping pass holds the gate's write
 //!   lock, so it never runs between `fork` and the registration: when it sees a pid, the
 //!   pid is either registered or truly not ours. (The gate also keeps the reaper away
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
-use rustix::process::{Pid, WaitOptions, WaitStatus, waitpid};
+use rustix::process::{Pid, WaitOptions, WaitStatus, wait, waitpid};
 use tokio::sync::oneshot;
 
 /// How a child ended.
@@ -149,7 +149,9 @@ fn reap_pass(reaper: &Reaper) {
     let mut reaped = Vec::new();
     if reaper.reap_orphans.load(Ordering::SeqCst) {
         loop {
-            match waitpid(None, WaitOptions::NOHANG) {
+            // `wait` is waitpid(-1): any child. (rustix's `waitpid(None)` would be
+            // waitpid(0), only the caller's process group, which envd's children leave.)
+            match wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => reaped.push((pid.as_raw_nonzero().get(), status)),
                 Ok(None) => break,
                 Err(rustix::io::Errno::INTR) => continue,

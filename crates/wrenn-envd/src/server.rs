@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
-use tokio_stream::wrappers::UnixListenerStream;
 use wrenn_proto::envd::v1::filesystem_server::FilesystemServer;
 use wrenn_proto::envd::v1::process_server::ProcessServer;
 use wrenn_proto::envd::v1::system_server::SystemServer;
@@ -112,7 +112,7 @@ pub enum ServeError {
 }
 
 /// A running server. Dropping the handle stops the server (like [`shutdown`]
-/// without waiting).
+/// without waiting) and kills the processes it started.
 ///
 /// [`shutdown`]: ServerHandle::shutdown
 #[derive(Debug)]
@@ -120,6 +120,7 @@ pub struct ServerHandle {
     addr: BoundAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    process: ProcessService,
 }
 
 impl ServerHandle {
@@ -159,6 +160,11 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop.cancel();
+        if self.task.is_some() {
+            // Not shut down explicitly: the runtime may be going away with the server
+            // task, so end envd's processes here rather than leave them behind.
+            self.process.kill_all();
+        }
     }
 }
 
@@ -206,7 +212,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     };
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(ProcessServer::with_interceptor(process.clone(), auth.clone()))
+        .add_service(ProcessServer::with_interceptor(
+            process.clone(),
+            auth.clone(),
+        ))
         .add_service(FilesystemServer::with_interceptor(filesystem, auth))
         .add_service(SystemServer::new(system));
 
@@ -219,7 +228,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     let mut serve = match listener {
         Listener::Tcp(listener) => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()))
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+            )
         }
         Listener::Unix(listener, _) => tokio::spawn(router.serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
@@ -235,6 +246,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     };
     let task = {
         let stop = stop.clone();
+        let process = process.clone();
         tokio::spawn(async move {
             let joined = tokio::select! {
                 joined = &mut serve => joined,
@@ -265,6 +277,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
         addr,
         stop,
         task: Some(task),
+        process,
     })
 }
 
@@ -313,7 +326,10 @@ fn inherited(fd: i32) -> io::Result<Listener> {
     let unix = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(tcp));
     let path = unix.local_addr()?.as_pathname().map(PathBuf::from);
     unix.set_nonblocking(true)?;
-    Ok(Listener::Unix(tokio::net::UnixListener::from_std(unix)?, path))
+    Ok(Listener::Unix(
+        tokio::net::UnixListener::from_std(unix)?,
+        path,
+    ))
 }
 
 /// Takes ownership of descriptor `fd`, after checking that it is an open socket.
@@ -321,7 +337,10 @@ fn inherited(fd: i32) -> io::Result<Listener> {
 fn adopt_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{BorrowedFd, FromRawFd};
     if fd < 3 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "descriptors 0-2 are stdio"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors 0-2 are stdio",
+        ));
     }
     // SAFETY: `fd` is not stdio; borrowing it only for the fstat below is sound even
     // if it were closed (fstat then fails with EBADF and we return before adopting).

@@ -89,7 +89,10 @@ impl Shared {
     /// Applies an Init request after validating every field, so a rejected Init changes
     /// nothing. Returns false if it was ignored as stale.
     pub fn apply_init(&self, init: InitChange) -> Result<bool> {
-        let mut last_init = self.last_init.write().unwrap_or_else(PoisonError::into_inner);
+        let mut last_init = self
+            .last_init
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let (Some(at), Some(last)) = (init.timestamp, *last_init) {
             if at < last {
                 return Ok(false);
@@ -114,7 +117,10 @@ impl Shared {
         };
         validate_env(&init.env_vars)?;
 
-        let mut defaults = self.defaults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut defaults = self
+            .defaults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         defaults.user = user.name;
         defaults.workdir = workdir;
         defaults.envs.extend(init.env_vars);

@@ -20,7 +20,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The `System` service.
 #[derive(Debug, Clone)]
-pub struct SystemService {
+pub(crate) struct SystemService {
     shared: Arc<Shared>,
     cpu: Arc<CpuSampler>,
 }

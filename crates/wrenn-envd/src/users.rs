@@ -65,7 +65,9 @@ pub(crate) fn find_user(passwd: &str, group: &str, name: &str) -> Option<User> {
         let Ok(gid) = fields[2].parse::<u32>() else {
             continue;
         };
-        if fields[3].split(',').any(|member| member.trim() == user.name)
+        if fields[3]
+            .split(',')
+            .any(|member| member.trim() == user.name)
             && !user.groups.contains(&gid)
         {
             user.groups.push(gid);

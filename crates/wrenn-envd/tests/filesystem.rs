@@ -34,7 +34,9 @@ fn data(bytes: &[u8]) -> WriteFileRequest {
 
 /// Writes `content` to `path` in 64 KiB chunks.
 async fn write(envd: &mut Envd, path: &str, content: &[u8]) -> EntryInfo {
-    write_with(envd, header(path), content).await.expect("write succeeds")
+    write_with(envd, header(path), content)
+        .await
+        .expect("write succeeds")
 }
 
 async fn write_with(
@@ -52,7 +54,9 @@ async fn write_with(
 async fn read(envd: &mut Envd, path: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut stream = envd
         .fs
-        .read_file(ReadFileRequest { path: path.to_owned() })
+        .read_file(ReadFileRequest {
+            path: path.to_owned(),
+        })
         .await?
         .into_inner();
     let mut content = Vec::new();
@@ -76,7 +80,9 @@ async fn read(envd: &mut Envd, path: &str) -> Result<Vec<u8>, tonic::Status> {
 async fn stat(envd: &mut Envd, path: &str) -> Result<EntryInfo, tonic::Status> {
     Ok(envd
         .fs
-        .stat(StatRequest { path: path.to_owned() })
+        .stat(StatRequest {
+            path: path.to_owned(),
+        })
         .await?
         .into_inner()
         .entry
@@ -86,7 +92,10 @@ async fn stat(envd: &mut Envd, path: &str) -> Result<EntryInfo, tonic::Status> {
 async fn mkdir(envd: &mut Envd, path: &str) -> Result<EntryInfo, tonic::Status> {
     Ok(envd
         .fs
-        .make_dir(MakeDirRequest { path: path.to_owned(), user: None })
+        .make_dir(MakeDirRequest {
+            path: path.to_owned(),
+            user: None,
+        })
         .await?
         .into_inner()
         .entry
@@ -148,7 +157,9 @@ async fn writes_honour_mode_owner_and_append() {
         h.mode = Some(0o750);
         h.user = Some("nobody".into());
     }
-    let entry = write_with(&mut envd, with_mode, b"#!/bin/sh\n").await.unwrap();
+    let entry = write_with(&mut envd, with_mode, b"#!/bin/sh\n")
+        .await
+        .unwrap();
     assert_eq!(entry.mode, 0o750);
     assert_eq!(entry.permissions, "-rwxr-x---");
     assert_eq!(entry.owner, "nobody");
@@ -158,8 +169,15 @@ async fn writes_honour_mode_owner_and_append() {
         h.append = true;
     }
     let entry = write_with(&mut envd, append, b"echo hi\n").await.unwrap();
-    assert_eq!(read(&mut envd, &path).await.unwrap(), b"#!/bin/sh\necho hi\n");
-    assert_eq!((entry.mode, entry.owner.as_str()), (0o750, "nobody"), "an existing file keeps its mode and owner");
+    assert_eq!(
+        read(&mut envd, &path).await.unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        (entry.mode, entry.owner.as_str()),
+        (0o750, "nobody"),
+        "an existing file keeps its mode and owner"
+    );
 
     write(&mut envd, &path, b"replaced\n").await;
     assert_eq!(read(&mut envd, &path).await.unwrap(), b"replaced\n");
@@ -169,7 +187,10 @@ async fn writes_honour_mode_owner_and_append() {
 /// the way a crashed client or a broken network would.
 async fn cuttable_channel(
     socket: std::path::PathBuf,
-) -> (tonic::transport::Channel, std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>) {
+) -> (
+    tonic::transport::Channel,
+    std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>,
+) {
     let cut = std::sync::Arc::new(std::sync::Mutex::new(None));
     let handle = std::sync::Arc::clone(&cut);
     let channel = tonic::transport::Endpoint::from_static("http://envd.local")
@@ -204,7 +225,7 @@ async fn a_cancelled_upload_leaves_neither_a_partial_file_nor_temporary_files() 
             tx.send(data(&[b'x'; FILE_CHUNK_SIZE])).await.unwrap();
         }
         let mut client = wrenn_proto::envd::v1::filesystem_client::FilesystemClient::new(channel);
-        let upload = tokio::spawn(async move { client.write_file(ReceiverStream(rx)).await });
+        let upload = tokio::spawn(async move { client.write_file(ReceiverStream::new(rx)).await });
         // Wait until envd holds a temporary file with the data, then vanish mid-upload.
         within(async {
             while leftovers(envd.dir.path()).is_empty() {
@@ -235,14 +256,27 @@ async fn malformed_upload_streams_are_invalid_argument() {
     let cases: Vec<(&str, Vec<WriteFileRequest>)> = vec![
         ("no messages", vec![]),
         ("data before header", vec![data(b"x"), header(&path)]),
-        ("two headers", vec![header(&path), data(b"x"), header(&path)]),
-        ("oversized chunk", vec![header(&path), data(&vec![0; FILE_CHUNK_SIZE + 1])]),
-        ("empty message", vec![header(&path), WriteFileRequest { msg: None }]),
+        (
+            "two headers",
+            vec![header(&path), data(b"x"), header(&path)],
+        ),
+        (
+            "oversized chunk",
+            vec![header(&path), data(&vec![0; FILE_CHUNK_SIZE + 1])],
+        ),
+        (
+            "empty message",
+            vec![header(&path), WriteFileRequest { msg: None }],
+        ),
         ("empty path", vec![header("")]),
         ("a directory", vec![header(&envd.path(""))]),
     ];
     for (what, messages) in cases {
-        let err = envd.fs.write_file(futures::stream::iter(messages)).await.expect_err(what);
+        let err = envd
+            .fs
+            .write_file(futures::stream::iter(messages))
+            .await
+            .expect_err(what);
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
     }
     assert!(!std::path::Path::new(&path).exists());
@@ -257,12 +291,21 @@ async fn mkdir_creates_parents_and_an_existing_path_is_already_exists() {
     assert_eq!(entry.name, "c");
     assert!(entry.permissions.starts_with('d'));
 
-    assert_eq!(mkdir(&mut envd, &deep).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        mkdir(&mut envd, &deep).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
     let file = envd.path("file");
     write(&mut envd, &file, b"x").await;
-    assert_eq!(mkdir(&mut envd, &file).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        mkdir(&mut envd, &file).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
     let under_file = envd.path("file/sub");
-    assert_eq!(mkdir(&mut envd, &under_file).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        mkdir(&mut envd, &under_file).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
@@ -271,7 +314,10 @@ async fn mkdir_gives_new_directories_to_the_user() {
     let path = envd.path("owned/by/nobody");
     let entry = envd
         .fs
-        .make_dir(MakeDirRequest { path: path.clone(), user: Some("nobody".into()) })
+        .make_dir(MakeDirRequest {
+            path: path.clone(),
+            user: Some("nobody".into()),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -279,7 +325,11 @@ async fn mkdir_gives_new_directories_to_the_user() {
         .unwrap();
     assert_eq!(entry.owner, "nobody");
     let parent = std::fs::metadata(envd.dir.path().join("owned")).unwrap();
-    assert_eq!(parent.uid(), 65534, "created parents belong to the user too");
+    assert_eq!(
+        parent.uid(),
+        65534,
+        "created parents belong to the user too"
+    );
 }
 
 #[tokio::test]
@@ -308,18 +358,36 @@ async fn list_descends_to_the_requested_depth_parents_first_without_following_li
     };
     assert_eq!(list(0).await, ["a", "link-to-a", "top.txt"]);
     assert_eq!(list(1).await, ["a", "link-to-a", "top.txt"]);
-    assert_eq!(list(2).await, ["a", "a/b", "a/one.txt", "link-to-a", "top.txt"]);
+    assert_eq!(
+        list(2).await,
+        ["a", "a/b", "a/one.txt", "link-to-a", "top.txt"]
+    );
     assert_eq!(
         list(3).await,
-        ["a", "a/b", "a/b/c", "a/b/two.txt", "a/one.txt", "link-to-a", "top.txt"]
+        [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/two.txt",
+            "a/one.txt",
+            "link-to-a",
+            "top.txt"
+        ]
     );
 
     let err = envd
         .fs
-        .list_dir(ListDirRequest { path: root.join("top.txt").display().to_string(), depth: 1 })
+        .list_dir(ListDirRequest {
+            path: root.join("top.txt").display().to_string(),
+            depth: 1,
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "a file is not a directory");
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "a file is not a directory"
+    );
 }
 
 #[tokio::test]
@@ -337,12 +405,22 @@ async fn a_symlink_is_reported_as_symlink_with_its_target_as_stored() {
     let target_path = envd.path("target.txt");
     let target = stat(&mut envd, &target_path).await.unwrap();
     assert_eq!(target.symlink_target, None);
-    assert_eq!((target.owner.as_str(), target.group.as_str()), ("root", "root"));
+    assert_eq!(
+        (target.owner.as_str(), target.group.as_str()),
+        ("root", "root")
+    );
     let modified = target.modified_time.unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     assert!((now - modified.seconds).abs() < 60);
 
-    assert_eq!(read(&mut envd, &link).await.unwrap(), b"hello", "reads follow links");
+    assert_eq!(
+        read(&mut envd, &link).await.unwrap(),
+        b"hello",
+        "reads follow links"
+    );
 }
 
 #[tokio::test]
@@ -353,7 +431,10 @@ async fn move_renames_and_creates_the_destinations_parents() {
     let destination = envd.path("new/parent/to.txt");
     let entry = envd
         .fs
-        .r#move(MoveRequest { source: source.clone(), destination: destination.clone() })
+        .r#move(MoveRequest {
+            source: source.clone(),
+            destination: destination.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -361,11 +442,17 @@ async fn move_renames_and_creates_the_destinations_parents() {
         .unwrap();
     assert_eq!(entry.path, destination);
     assert_eq!(read(&mut envd, &destination).await.unwrap(), b"moving");
-    assert_eq!(stat(&mut envd, &source).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        stat(&mut envd, &source).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     let missing = envd
         .fs
-        .r#move(MoveRequest { source: source.clone(), destination: envd.path("x") })
+        .r#move(MoveRequest {
+            source: source.clone(),
+            destination: envd.path("x"),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -376,7 +463,10 @@ async fn move_renames_and_creates_the_destinations_parents() {
     mkdir(&mut envd, &dir).await.unwrap();
     let onto_full = envd
         .fs
-        .r#move(MoveRequest { source: dir, destination: full_dir })
+        .r#move(MoveRequest {
+            source: dir,
+            destination: full_dir,
+        })
         .await
         .unwrap_err();
     assert_eq!(onto_full.code(), Code::AlreadyExists);
@@ -386,7 +476,7 @@ async fn move_renames_and_creates_the_destinations_parents() {
 async fn move_across_file_systems_copies_the_tree() {
     let mut envd = Envd::unix().await;
     let shm = std::path::Path::new("/dev/shm");
-    let same_device = std::fs::metadata(shm).map(|m| m.dev()) .ok()
+    let same_device = std::fs::metadata(shm).map(|m| m.dev()).ok()
         == Some(std::fs::metadata(envd.dir.path()).unwrap().dev());
     if !shm.is_dir() || same_device {
         eprintln!("skipped: no second file system at /dev/shm");
@@ -395,7 +485,11 @@ async fn move_across_file_systems_copies_the_tree() {
     let source = envd.dir.path().join("tree");
     std::fs::create_dir_all(source.join("sub")).unwrap();
     std::fs::write(source.join("sub/file"), "content").unwrap();
-    std::fs::set_permissions(source.join("sub/file"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        source.join("sub/file"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("sub/file", source.join("link")).unwrap();
     let destination = tempfile::tempdir_in(shm).unwrap();
     let target = destination.path().join("moved");
@@ -407,9 +501,18 @@ async fn move_across_file_systems_copies_the_tree() {
         .await
         .unwrap();
     assert!(!source.exists());
-    assert_eq!(std::fs::read_to_string(target.join("sub/file")).unwrap(), "content");
-    assert_eq!(std::fs::metadata(target.join("sub/file")).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read_link(target.join("link")).unwrap().to_str(), Some("sub/file"));
+    assert_eq!(
+        std::fs::read_to_string(target.join("sub/file")).unwrap(),
+        "content"
+    );
+    assert_eq!(
+        std::fs::metadata(target.join("sub/file")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_link(target.join("link")).unwrap().to_str(),
+        Some("sub/file")
+    );
     assert!(leftovers(destination.path()).is_empty());
 }
 
@@ -422,16 +525,41 @@ async fn remove_deletes_files_links_and_whole_trees() {
     write(&mut envd, &outside, b"keep").await;
     std::os::unix::fs::symlink(&outside, envd.dir.path().join("tree/link")).unwrap();
 
-    envd.fs.remove(RemoveRequest { path: format!("{tree}/link") }).await.unwrap();
-    assert!(std::path::Path::new(&outside).exists(), "removing a link keeps its target");
-    envd.fs.remove(RemoveRequest { path: tree.clone() }).await.unwrap();
+    envd.fs
+        .remove(RemoveRequest {
+            path: format!("{tree}/link"),
+        })
+        .await
+        .unwrap();
+    assert!(
+        std::path::Path::new(&outside).exists(),
+        "removing a link keeps its target"
+    );
+    envd.fs
+        .remove(RemoveRequest { path: tree.clone() })
+        .await
+        .unwrap();
     assert!(!std::path::Path::new(&tree).exists());
 
-    let again = envd.fs.remove(RemoveRequest { path: tree }).await.unwrap_err();
+    let again = envd
+        .fs
+        .remove(RemoveRequest { path: tree })
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::NotFound);
-    let root = envd.fs.remove(RemoveRequest { path: "/".into() }).await.unwrap_err();
+    let root = envd
+        .fs
+        .remove(RemoveRequest { path: "/".into() })
+        .await
+        .unwrap_err();
     assert_eq!(root.code(), Code::InvalidArgument);
-    let empty = envd.fs.remove(RemoveRequest { path: String::new() }).await.unwrap_err();
+    let empty = envd
+        .fs
+        .remove(RemoveRequest {
+            path: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
 }
 
@@ -439,9 +567,22 @@ async fn remove_deletes_files_links_and_whole_trees() {
 async fn missing_paths_are_not_found() {
     let mut envd = Envd::unix().await;
     let missing = envd.path("missing/file");
-    assert_eq!(stat(&mut envd, &missing).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(read(&mut envd, &missing).await.unwrap_err().code(), Code::NotFound);
-    let listed = envd.fs.list_dir(ListDirRequest { path: missing, depth: 1 }).await.unwrap_err();
+    assert_eq!(
+        stat(&mut envd, &missing).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        read(&mut envd, &missing).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let listed = envd
+        .fs
+        .list_dir(ListDirRequest {
+            path: missing,
+            depth: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(listed.code(), Code::NotFound);
 }
 
@@ -452,15 +593,24 @@ async fn relative_and_tilde_paths_resolve_against_home_and_may_not_escape_it() {
     write(&mut envd, &name, b"in home").await;
     let absolute = format!("/root/{name}");
     assert_eq!(std::fs::read(&absolute).unwrap(), b"in home");
-    assert_eq!(read(&mut envd, &format!("~/{name}")).await.unwrap(), b"in home");
-    envd.fs.remove(RemoveRequest { path: name.clone() }).await.unwrap();
+    assert_eq!(
+        read(&mut envd, &format!("~/{name}")).await.unwrap(),
+        b"in home"
+    );
+    envd.fs
+        .remove(RemoveRequest { path: name.clone() })
+        .await
+        .unwrap();
     assert!(!std::path::Path::new(&absolute).exists());
 
     for escaping in ["../etc/passwd", "~/../etc", "a/../../b"] {
         let err = stat(&mut envd, escaping).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{escaping}");
     }
-    assert_eq!(stat(&mut envd, "").await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        stat(&mut envd, "").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]

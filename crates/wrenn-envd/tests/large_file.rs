@@ -6,7 +6,9 @@ mod common;
 use common::Envd;
 use futures::StreamExt;
 use wrenn_proto::FILE_CHUNK_SIZE;
-use wrenn_proto::envd::v1::{ReadFileRequest, WriteFileHeader, WriteFileRequest, write_file_request};
+use wrenn_proto::envd::v1::{
+    ReadFileRequest, WriteFileHeader, WriteFileRequest, write_file_request,
+};
 
 const CHUNKS: usize = 200 * 1024 * 1024 / FILE_CHUNK_SIZE;
 
@@ -39,25 +41,52 @@ async fn a_200_mib_file_is_written_and_read_back_with_bounded_envd_memory() {
 
     // Warm up allocator pools and connection buffers before the baseline.
     let warmup = vec![
-        WriteFileRequest { msg: Some(write_file_request::Msg::Header(WriteFileHeader { path: envd.path("warm"), ..Default::default() })) },
-        WriteFileRequest { msg: Some(write_file_request::Msg::Data(chunk(0))) },
+        WriteFileRequest {
+            msg: Some(write_file_request::Msg::Header(WriteFileHeader {
+                path: envd.path("warm"),
+                ..Default::default()
+            })),
+        },
+        WriteFileRequest {
+            msg: Some(write_file_request::Msg::Data(chunk(0))),
+        },
     ];
-    envd.fs.write_file(futures::stream::iter(warmup)).await.unwrap();
+    envd.fs
+        .write_file(futures::stream::iter(warmup))
+        .await
+        .unwrap();
 
     let peak_resets = reset_peak_rss();
     let before = status_kib("VmRSS:");
 
     let header = WriteFileRequest {
-        msg: Some(write_file_request::Msg::Header(WriteFileHeader { path: path.clone(), ..Default::default() })),
+        msg: Some(write_file_request::Msg::Header(WriteFileHeader {
+            path: path.clone(),
+            ..Default::default()
+        })),
     };
     let messages = futures::stream::once(async move { header }).chain(futures::stream::iter(
-        (0..CHUNKS).map(|i| WriteFileRequest { msg: Some(write_file_request::Msg::Data(chunk(i))) }),
+        (0..CHUNKS).map(|i| WriteFileRequest {
+            msg: Some(write_file_request::Msg::Data(chunk(i))),
+        }),
     ));
-    let entry = envd.fs.write_file(messages).await.unwrap().into_inner().entry.unwrap();
+    let entry = envd
+        .fs
+        .write_file(messages)
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
     assert_eq!(entry.size, (CHUNKS * FILE_CHUNK_SIZE) as u64);
     let after_write = status_kib(if peak_resets { "VmHWM:" } else { "VmRSS:" });
 
-    let mut stream = envd.fs.read_file(ReadFileRequest { path }).await.unwrap().into_inner();
+    let mut stream = envd
+        .fs
+        .read_file(ReadFileRequest { path })
+        .await
+        .unwrap()
+        .into_inner();
     let mut index = 0;
     while let Some(message) = stream.next().await {
         let message = message.unwrap();
@@ -72,5 +101,8 @@ async fn a_200_mib_file_is_written_and_read_back_with_bounded_envd_memory() {
         "RSS before {before} KiB, {} after write {after_write} KiB, after read {after_read} KiB",
         if peak_resets { "peak" } else { "current" }
     );
-    assert!(growth_mib < 64, "envd grew by {growth_mib} MiB moving a 200 MiB file");
+    assert!(
+        growth_mib < 64,
+        "envd grew by {growth_mib} MiB moving a 200 MiB file"
+    );
 }

@@ -7,7 +7,9 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{Collected, Envd, by_pid, by_tag, collect, collect_until, config, request, sh, within};
+use common::{
+    Collected, Envd, by_pid, by_tag, collect, collect_until, config, request, sh, within,
+};
 use futures::StreamExt;
 use tonic::Code;
 use wrenn_proto::envd::v1::{
@@ -48,7 +50,12 @@ async fn connect(envd: &mut Envd, process: Option<ProcessSelector>, replay: bool
 async fn wait_until_exited(envd: &mut Envd, pid: u32) {
     within(async {
         loop {
-            let list = envd.process.list(ListRequest {}).await.unwrap().into_inner();
+            let list = envd
+                .process
+                .list(ListRequest {})
+                .await
+                .unwrap()
+                .into_inner();
             if list.processes.iter().all(|p| p.pid != pid) {
                 return;
             }
@@ -71,9 +78,18 @@ async fn signal(envd: &mut Envd, process: Option<ProcessSelector>, signal: Signa
 #[tokio::test]
 async fn echo_reaches_stdout_and_stderr_with_the_exit_code() {
     let mut envd = Envd::unix().await;
-    let run = collect(envd.start(sh("echo out; echo err >&2; exit 3")).await.unwrap()).await;
+    let run = collect(
+        envd.start(sh("echo out; echo err >&2; exit 3"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(run.pid > 0);
-    assert!(run.tag.starts_with("proc-") && run.tag.len() == 13, "{}", run.tag);
+    assert!(
+        run.tag.starts_with("proc-") && run.tag.len() == 13,
+        "{}",
+        run.tag
+    );
     assert_eq!(run.stdout(), "out\n");
     assert_eq!(run.stderr(), "err\n");
     let end = run.end.unwrap();
@@ -86,10 +102,16 @@ async fn echo_reaches_stdout_and_stderr_with_the_exit_code() {
 async fn output_arrives_as_produced_not_at_exit() {
     let mut envd = Envd::unix().await;
     let started = Instant::now();
-    let mut stream = envd.start(sh("printf partial; sleep 3; echo done")).await.unwrap();
+    let mut stream = envd
+        .start(sh("printf partial; sleep 5; echo done"))
+        .await
+        .unwrap();
     let mut seen = Collected::default();
     collect_until(&mut stream, &mut seen, |c| c.stdout == b"partial").await;
-    assert!(started.elapsed() < Duration::from_secs(2), "a chunk without newline arrives early");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a chunk without newline arrives early"
+    );
     assert!(seen.end.is_none());
 }
 
@@ -98,7 +120,10 @@ async fn environment_is_cleared_then_built_from_base_defaults_and_request() {
     let mut envd = Envd::unix().await;
     let mut req = request("/usr/bin/env", &[]);
     let cfg = req.process.as_mut().unwrap();
-    cfg.envs = HashMap::from([("FOO".to_owned(), "bar".to_owned()), ("USER".to_owned(), "override".to_owned())]);
+    cfg.envs = HashMap::from([
+        ("FOO".to_owned(), "bar".to_owned()),
+        ("USER".to_owned(), "override".to_owned()),
+    ]);
     let run = collect(envd.start(req).await.unwrap()).await;
     let vars: HashMap<String, String> = run
         .stdout()
@@ -106,7 +131,10 @@ async fn environment_is_cleared_then_built_from_base_defaults_and_request() {
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     let names: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
-    assert_eq!(names, BTreeSet::from(["FOO", "HOME", "LOGNAME", "PATH", "USER"]));
+    assert_eq!(
+        names,
+        BTreeSet::from(["FOO", "HOME", "LOGNAME", "PATH", "USER"])
+    );
     assert_eq!(vars["FOO"], "bar");
     assert_eq!(vars["USER"], "override", "request variables win");
     assert_eq!(vars["HOME"], "/root");
@@ -135,7 +163,10 @@ async fn cwd_is_honoured_and_relative_cwd_resolves_against_home() {
     let mut req = request("pwd", &[]);
     req.process.as_mut().unwrap().cwd = Some(envd.path(""));
     let run = collect(envd.start(req).await.unwrap()).await;
-    assert_eq!(run.stdout().trim_end(), envd.dir.path().display().to_string());
+    assert_eq!(
+        run.stdout().trim_end(),
+        envd.dir.path().display().to_string()
+    );
 
     let mut req = request("pwd", &[]);
     req.process.as_mut().unwrap().cwd = Some("~".into());
@@ -156,11 +187,21 @@ async fn a_non_root_user_runs_with_its_own_ids_and_groups() {
     req.process.as_mut().unwrap().user = Some("nobody".into());
     let run = collect(envd.start(req).await.unwrap()).await;
     assert_eq!(run.exit_code(), 0, "{}", run.stderr());
-    let lines: Vec<&str> = run.stdout.split(|b| *b == b'\n').map(|l| std::str::from_utf8(l).unwrap()).collect();
+    let lines: Vec<&str> = run
+        .stdout
+        .split(|b| *b == b'\n')
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
     assert_eq!(lines[0], "65534");
     assert_eq!(lines[1], "65534");
-    assert_eq!(lines[2], "65534", "no supplementary groups inherited from envd");
-    assert_eq!(lines[3], "/", "nobody's home does not exist, so the default cwd is /");
+    assert_eq!(
+        lines[2], "65534",
+        "no supplementary groups inherited from envd"
+    );
+    assert_eq!(
+        lines[3], "/",
+        "nobody's home does not exist, so the default cwd is /"
+    );
     assert_eq!(lines[4], "/nonexistent nobody");
 }
 
@@ -191,7 +232,10 @@ async fn replay_keeps_the_last_mebibyte_of_each_stream() {
     wait_until_exited(&mut envd, pid).await;
     let replayed = connect(&mut envd, by_pid(pid), true).await;
     let len = replayed.stdout.len();
-    assert!((1 << 20..=(1 << 20) + 32 * 1024).contains(&len), "replayed {len} bytes");
+    assert!(
+        (1 << 20..=(1 << 20) + 32 * 1024).contains(&len),
+        "replayed {len} bytes"
+    );
     assert!(replayed.stdout.ends_with(b"\0END\n"));
     assert_eq!(replayed.exit_code(), 0);
 }
@@ -200,7 +244,10 @@ async fn replay_keeps_the_last_mebibyte_of_each_stream() {
 async fn a_slow_reader_loses_no_output() {
     let mut envd = Envd::unix().await;
     let total = 8 * 1024 * 1024;
-    let mut stream = envd.start(sh(&format!("head -c {total} /dev/zero"))).await.unwrap();
+    let mut stream = envd
+        .start(sh(&format!("head -c {total} /dev/zero")))
+        .await
+        .unwrap();
     // Let the process run far ahead of the client's first read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen = Collected::default();
@@ -220,31 +267,53 @@ async fn stdin_round_trips_through_cat_and_close_stdin_ends_it() {
     let pid = seen.pid;
 
     envd.process
-        .send_input(SendInputRequest { process: by_pid(pid), input: stdin_input(b"hello\n") })
+        .send_input(SendInputRequest {
+            process: by_pid(pid),
+            input: stdin_input(b"hello\n"),
+        })
         .await
         .unwrap();
     collect_until(&mut stream, &mut seen, |c| c.stdout == b"hello\n").await;
 
     let messages = vec![
         StreamInputRequest {
-            event: Some(stream_input_request::Event::Start(StreamInputStart { process: by_pid(pid) })),
+            event: Some(stream_input_request::Event::Start(StreamInputStart {
+                process: by_pid(pid),
+            })),
         },
         StreamInputRequest {
-            event: Some(stream_input_request::Event::Data(stdin_input(b"streamed ").unwrap())),
+            event: Some(stream_input_request::Event::Data(
+                stdin_input(b"streamed ").unwrap(),
+            )),
         },
         StreamInputRequest {
             event: Some(stream_input_request::Event::Keepalive(Default::default())),
         },
         StreamInputRequest {
-            event: Some(stream_input_request::Event::Data(stdin_input(b"input\n").unwrap())),
+            event: Some(stream_input_request::Event::Data(
+                stdin_input(b"input\n").unwrap(),
+            )),
         },
     ];
-    envd.process.stream_input(futures::stream::iter(messages)).await.unwrap();
-    collect_until(&mut stream, &mut seen, |c| c.stdout == b"hello\nstreamed input\n").await;
-
-    envd.process.close_stdin(CloseStdinRequest { process: by_pid(pid) }).await.unwrap();
     envd.process
-        .close_stdin(CloseStdinRequest { process: by_pid(pid) })
+        .stream_input(futures::stream::iter(messages))
+        .await
+        .unwrap();
+    collect_until(&mut stream, &mut seen, |c| {
+        c.stdout == b"hello\nstreamed input\n"
+    })
+    .await;
+
+    envd.process
+        .close_stdin(CloseStdinRequest {
+            process: by_pid(pid),
+        })
+        .await
+        .unwrap();
+    envd.process
+        .close_stdin(CloseStdinRequest {
+            process: by_pid(pid),
+        })
         .await
         .expect("closing twice is fine");
     collect_until(&mut stream, &mut seen, |c| c.end.is_some()).await;
@@ -252,7 +321,10 @@ async fn stdin_round_trips_through_cat_and_close_stdin_ends_it() {
 
     let after = envd
         .process
-        .send_input(SendInputRequest { process: by_pid(pid), input: stdin_input(b"late") })
+        .send_input(SendInputRequest {
+            process: by_pid(pid),
+            input: stdin_input(b"late"),
+        })
         .await
         .unwrap_err();
     assert_eq!(after.code(), Code::FailedPrecondition);
@@ -262,11 +334,20 @@ async fn stdin_round_trips_through_cat_and_close_stdin_ends_it() {
 async fn stdin_is_refused_when_it_was_not_requested() {
     let mut envd = Envd::unix().await;
     let pid = start_tagged(&mut envd, request("sleep", &["30"]), "no-stdin").await;
-    let close = envd.process.close_stdin(CloseStdinRequest { process: by_pid(pid) }).await.unwrap_err();
+    let close = envd
+        .process
+        .close_stdin(CloseStdinRequest {
+            process: by_pid(pid),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(close.code(), Code::FailedPrecondition);
     let send = envd
         .process
-        .send_input(SendInputRequest { process: by_pid(pid), input: stdin_input(b"x") })
+        .send_input(SendInputRequest {
+            process: by_pid(pid),
+            input: stdin_input(b"x"),
+        })
         .await
         .unwrap_err();
     assert_eq!(send.code(), Code::FailedPrecondition);
@@ -290,16 +371,28 @@ async fn sigterm_ends_sleep_and_the_end_event_reports_the_signal() {
 #[tokio::test]
 async fn signals_reach_the_whole_process_group() {
     let mut envd = Envd::unix().await;
-    let started = Instant::now();
     // The background sleep keeps stdout open; it must die with its parent.
-    let mut stream = envd.start(sh("sleep 100 & sleep 100; wait")).await.unwrap();
+    let mut stream = envd
+        .start(sh("sleep 100 & echo $!; sleep 100; wait"))
+        .await
+        .unwrap();
     let mut seen = Collected::default();
-    collect_until(&mut stream, &mut seen, |c| c.pid != 0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&mut envd, by_pid(seen.pid), Signal::Sigint).await;
+    collect_until(&mut stream, &mut seen, |c| c.stdout.ends_with(b"\n")).await;
+    let background: u32 = seen.stdout().trim().parse().unwrap();
+    let started = Instant::now();
+    signal(&mut envd, by_pid(seen.pid), Signal::Sigterm).await;
     collect_until(&mut stream, &mut seen, |c| c.end.is_some()).await;
-    assert_eq!(seen.end.unwrap().status, "signal: interrupt");
+    assert_eq!(seen.end.unwrap().status, "signal: terminated");
     assert!(started.elapsed() < Duration::from_secs(5));
+    within(async {
+        // Gone, or a zombie waiting for its new parent to reap it.
+        while std::fs::read_to_string(format!("/proc/{background}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -310,15 +403,31 @@ async fn list_shows_live_processes_with_tags_and_pty_flags() {
     shell.pty = Some(wrenn_proto::envd::v1::Pty { cols: 80, rows: 24 });
     let term = start_tagged(&mut envd, shell, "term").await;
 
-    let list = envd.process.list(ListRequest {}).await.unwrap().into_inner();
-    let web_info = list.processes.iter().find(|p| p.pid == web).expect("web listed");
+    let list = envd
+        .process
+        .list(ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let web_info = list
+        .processes
+        .iter()
+        .find(|p| p.pid == web)
+        .expect("web listed");
     assert_eq!(web_info.tag.as_deref(), Some("web"));
     assert!(!web_info.pty);
     let config = web_info.config.as_ref().unwrap();
-    assert_eq!((config.cmd.as_str(), config.args.as_slice()), ("sleep", &["30".to_owned()][..]));
+    assert_eq!(
+        (config.cmd.as_str(), config.args.as_slice()),
+        ("sleep", &["30".to_owned()][..])
+    );
     assert_eq!(config.cwd.as_deref(), Some("/root"));
     assert_eq!(config.user.as_deref(), Some("root"));
-    let term_info = list.processes.iter().find(|p| p.pid == term).expect("term listed");
+    let term_info = list
+        .processes
+        .iter()
+        .find(|p| p.pid == term)
+        .expect("term listed");
     assert_eq!(term_info.tag.as_deref(), Some("term"));
     assert!(term_info.pty);
 
@@ -337,7 +446,10 @@ async fn a_background_process_can_be_reattached_by_tag() {
 
     let mut stream = envd
         .process
-        .connect(ConnectRequest { process: by_tag("worker"), replay: true })
+        .connect(ConnectRequest {
+            process: by_tag("worker"),
+            replay: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -345,7 +457,10 @@ async fn a_background_process_can_be_reattached_by_tag() {
     collect_until(&mut stream, &mut seen, |c| c.stdout == b"one\n").await;
     assert_eq!(seen.tag, "worker");
     envd.process
-        .send_input(SendInputRequest { process: by_tag("worker"), input: stdin_input(b"again\n") })
+        .send_input(SendInputRequest {
+            process: by_tag("worker"),
+            input: stdin_input(b"again\n"),
+        })
         .await
         .unwrap();
     collect_until(&mut stream, &mut seen, |c| c.end.is_some()).await;
@@ -367,7 +482,10 @@ async fn a_tag_in_use_is_already_exists_and_free_again_after_exit() {
     assert_eq!(reused.tag, "dup");
     assert_eq!(reused.exit_code(), 0);
     let newest = connect(&mut envd, by_tag("dup"), true).await;
-    assert_eq!(newest.pid, reused.pid, "a tag names its most recent process");
+    assert_eq!(
+        newest.pid, reused.pid,
+        "a tag names its most recent process"
+    );
 }
 
 #[tokio::test]
@@ -375,8 +493,16 @@ async fn cancelling_a_start_stream_leaves_the_process_to_the_caller() {
     let mut envd = Envd::unix().await;
     let pid = start_tagged(&mut envd, sh("echo started; sleep 100"), "foreground").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let list = envd.process.list(ListRequest {}).await.unwrap().into_inner();
-    assert!(list.processes.iter().any(|p| p.pid == pid), "still running after the stream was dropped");
+    let list = envd
+        .process
+        .list(ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.processes.iter().any(|p| p.pid == pid),
+        "still running after the stream was dropped"
+    );
 
     // The host agent ends an abandoned foreground exec with SendSignal.
     signal(&mut envd, by_tag("foreground"), Signal::Sigkill).await;
@@ -395,14 +521,23 @@ async fn idle_streams_get_keepalives() {
 
 #[tokio::test]
 async fn exited_processes_are_forgotten_after_the_retention_time() {
-    let mut envd = Envd::unix_with(|c| c.exited_retention = Duration::from_millis(300)).await;
+    let mut envd = Envd::unix_with(|c| c.exited_retention = Duration::from_secs(1)).await;
     let run = envd.run("true", &[]).await;
-    let connected = envd.process.connect(ConnectRequest { process: by_pid(run.pid), replay: true }).await;
+    let connected = envd
+        .process
+        .connect(ConnectRequest {
+            process: by_pid(run.pid),
+            replay: true,
+        })
+        .await;
     assert!(connected.is_ok(), "still there right after exit");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let gone = envd
         .process
-        .connect(ConnectRequest { process: by_pid(run.pid), replay: true })
+        .connect(ConnectRequest {
+            process: by_pid(run.pid),
+            replay: true,
+        })
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
@@ -412,9 +547,16 @@ async fn exited_processes_are_forgotten_after_the_retention_time() {
 async fn a_missing_program_fails_fast_with_not_found() {
     let mut envd = Envd::unix().await;
     let started = Instant::now();
-    let err = envd.start(request("definitely-not-a-program", &[])).await.unwrap_err();
+    let err = envd
+        .start(request("definitely-not-a-program", &[]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(err.message().contains("definitely-not-a-program"), "{}", err.message());
+    assert!(
+        err.message().contains("definitely-not-a-program"),
+        "{}",
+        err.message()
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let file = envd.path("not-executable");
@@ -462,7 +604,15 @@ async fn bad_start_requests_are_invalid_argument() {
     }
     let mut req = config("true", &[]);
     req.cwd = None;
-    let ok = collect(envd.start(StartRequest { process: Some(req), ..Default::default() }).await.unwrap()).await;
+    let ok = collect(
+        envd.start(StartRequest {
+            process: Some(req),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    )
+    .await;
     assert_eq!(ok.exit_code(), 0, "envd still works after bad requests");
 }
 
@@ -471,21 +621,72 @@ async fn unknown_processes_are_not_found_and_empty_selectors_invalid() {
     let mut envd = Envd::unix().await;
     let unknown = by_pid(999_999);
     let codes = [
-        envd.process.connect(ConnectRequest { process: unknown.clone(), replay: false }).await.err().map(|e| e.code()),
-        envd.process.send_signal(SendSignalRequest { process: unknown.clone(), signal: Signal::Sigterm as i32 }).await.err().map(|e| e.code()),
-        envd.process.send_input(SendInputRequest { process: unknown.clone(), input: stdin_input(b"x") }).await.err().map(|e| e.code()),
-        envd.process.close_stdin(CloseStdinRequest { process: unknown.clone() }).await.err().map(|e| e.code()),
-        envd.process.update(UpdateRequest { process: unknown.clone(), pty: None }).await.err().map(|e| e.code()),
-        envd.process.connect(ConnectRequest { process: by_tag("nobody-has-this-tag"), replay: false }).await.err().map(|e| e.code()),
+        envd.process
+            .connect(ConnectRequest {
+                process: unknown.clone(),
+                replay: false,
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .send_signal(SendSignalRequest {
+                process: unknown.clone(),
+                signal: Signal::Sigterm as i32,
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .send_input(SendInputRequest {
+                process: unknown.clone(),
+                input: stdin_input(b"x"),
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .close_stdin(CloseStdinRequest {
+                process: unknown.clone(),
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .update(UpdateRequest {
+                process: unknown.clone(),
+                pty: None,
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .connect(ConnectRequest {
+                process: by_tag("nobody-has-this-tag"),
+                replay: false,
+            })
+            .await
+            .err()
+            .map(|e| e.code()),
     ];
     for code in codes {
         assert_eq!(code, Some(Code::NotFound));
     }
-    let empty = envd.process.connect(ConnectRequest { process: None, replay: false }).await.unwrap_err();
+    let empty = envd
+        .process
+        .connect(ConnectRequest {
+            process: None,
+            replay: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
     let empty = envd
         .process
-        .send_signal(SendSignalRequest { process: Some(ProcessSelector { selector: None }), signal: 15 })
+        .send_signal(SendSignalRequest {
+            process: Some(ProcessSelector { selector: None }),
+            signal: 15,
+        })
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
@@ -497,21 +698,33 @@ async fn unspecified_signals_and_malformed_input_streams_are_invalid() {
     let pid = start_tagged(&mut envd, request("sleep", &["30"]), "target").await;
     let err = envd
         .process
-        .send_signal(SendSignalRequest { process: by_pid(pid), signal: Signal::Unspecified as i32 })
+        .send_signal(SendSignalRequest {
+            process: by_pid(pid),
+            signal: Signal::Unspecified as i32,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = envd
         .process
-        .send_signal(SendSignalRequest { process: by_pid(pid), signal: 5 })
+        .send_signal(SendSignalRequest {
+            process: by_pid(pid),
+            signal: 5,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let no_start = vec![StreamInputRequest {
-        event: Some(stream_input_request::Event::Data(stdin_input(b"x").unwrap())),
+        event: Some(stream_input_request::Event::Data(
+            stdin_input(b"x").unwrap(),
+        )),
     }];
-    let err = envd.process.stream_input(futures::stream::iter(no_start)).await.unwrap_err();
+    let err = envd
+        .process
+        .stream_input(futures::stream::iter(no_start))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     signal(&mut envd, by_pid(pid), Signal::Sigkill).await;
 }
@@ -522,7 +735,11 @@ async fn many_short_processes_all_report_their_own_exit_codes() {
     let runs = (0..20).map(|i| {
         let mut client = envd.process.clone();
         async move {
-            let stream = client.start(sh(&format!("exit {i}"))).await.unwrap().into_inner();
+            let stream = client
+                .start(sh(&format!("exit {i}")))
+                .await
+                .unwrap()
+                .into_inner();
             (i, collect(stream).await.exit_code())
         }
     });

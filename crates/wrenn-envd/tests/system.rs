@@ -20,7 +20,12 @@ fn timestamp(at: SystemTime) -> Option<prost_types::Timestamp> {
 #[tokio::test]
 async fn health_reports_the_version_and_uptime() {
     let mut envd = Envd::unix().await;
-    let health = envd.system.health(HealthRequest {}).await.unwrap().into_inner();
+    let health = envd
+        .system
+        .health(HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
     assert!(health.uptime_sec < 60);
 }
@@ -36,18 +41,39 @@ async fn init_sets_the_default_user_workdir_and_env() {
         ..Default::default()
     };
     envd.system.init(init.clone()).await.unwrap();
-    envd.system.init(init).await.expect("the same Init again is harmless");
+    envd.system
+        .init(init)
+        .await
+        .expect("the same Init again is harmless");
 
     let run = collect(envd.start(sh("id -u; pwd; echo $TEAM")).await.unwrap()).await;
     assert_eq!(run.stdout(), format!("65534\n{workdir}\nblue\n"));
-    let envs = envd.system.get_envs(GetEnvsRequest {}).await.unwrap().into_inner().envs;
-    assert_eq!(envs, HashMap::from([("TEAM".to_owned(), "blue".to_owned())]));
+    let envs = envd
+        .system
+        .get_envs(GetEnvsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .envs;
+    assert_eq!(
+        envs,
+        HashMap::from([("TEAM".to_owned(), "blue".to_owned())])
+    );
 
     envd.system
-        .init(InitRequest { env_vars: HashMap::from([("MORE".into(), "1".into())]), ..Default::default() })
+        .init(InitRequest {
+            env_vars: HashMap::from([("MORE".into(), "1".into())]),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let envs = envd.system.get_envs(GetEnvsRequest {}).await.unwrap().into_inner().envs;
+    let envs = envd
+        .system
+        .get_envs(GetEnvsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .envs;
     assert_eq!(envs.len(), 2, "env vars are merged: {envs:?}");
 }
 
@@ -72,7 +98,13 @@ async fn a_stale_init_changes_nothing() {
         })
         .await
         .expect("a stale Init still succeeds");
-    let envs = envd.system.get_envs(GetEnvsRequest {}).await.unwrap().into_inner().envs;
+    let envs = envd
+        .system
+        .get_envs(GetEnvsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .envs;
     assert_eq!(envs["V"], "new");
     assert_eq!(envd.run("id", &["-u"]).await.stdout(), "0\n");
 }
@@ -92,17 +124,29 @@ async fn init_with_an_unknown_user_or_missing_workdir_is_invalid_and_changes_not
     assert_eq!(bad_user.code(), Code::InvalidArgument);
     let bad_dir = envd
         .system
-        .init(InitRequest { default_workdir: Some("/no/such/dir".into()), ..Default::default() })
+        .init(InitRequest {
+            default_workdir: Some("/no/such/dir".into()),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad_dir.code(), Code::InvalidArgument);
-    let envs = envd.system.get_envs(GetEnvsRequest {}).await.unwrap().into_inner().envs;
+    let envs = envd
+        .system
+        .get_envs(GetEnvsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .envs;
     assert!(envs.is_empty());
 }
 
 fn with_token<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(wrenn_proto::ENVD_ACCESS_TOKEN_METADATA, "s3cret".parse().unwrap());
+    request.metadata_mut().insert(
+        wrenn_proto::ENVD_ACCESS_TOKEN_METADATA,
+        "s3cret".parse().unwrap(),
+    );
     request
 }
 
@@ -110,30 +154,72 @@ fn with_token<T>(message: T) -> Request<T> {
 async fn an_access_token_guards_every_call_but_health() {
     let mut envd = Envd::unix().await;
     envd.system
-        .init(InitRequest { access_token: Some("s3cret".into()), ..Default::default() })
+        .init(InitRequest {
+            access_token: Some("s3cret".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
 
     let unauthenticated = [
-        envd.process.list(ListRequest {}).await.err().map(|e| e.code()),
-        envd.fs.stat(StatRequest { path: "/".into() }).await.err().map(|e| e.code()),
-        envd.system.metrics(MetricsRequest {}).await.err().map(|e| e.code()),
-        envd.system.get_envs(GetEnvsRequest {}).await.err().map(|e| e.code()),
-        envd.system.init(InitRequest::default()).await.err().map(|e| e.code()),
-        envd.process.start(request("true", &[])).await.err().map(|e| e.code()),
+        envd.process
+            .list(ListRequest {})
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.fs
+            .stat(StatRequest { path: "/".into() })
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.system
+            .metrics(MetricsRequest {})
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.system
+            .get_envs(GetEnvsRequest {})
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.system
+            .init(InitRequest::default())
+            .await
+            .err()
+            .map(|e| e.code()),
+        envd.process
+            .start(request("true", &[]))
+            .await
+            .err()
+            .map(|e| e.code()),
     ];
     for code in unauthenticated {
         assert_eq!(code, Some(Code::Unauthenticated));
     }
-    envd.system.health(HealthRequest {}).await.expect("health needs no token");
+    envd.system
+        .health(HealthRequest {})
+        .await
+        .expect("health needs no token");
 
     let mut wrong = Request::new(ListRequest {});
-    wrong.metadata_mut().insert(wrenn_proto::ENVD_ACCESS_TOKEN_METADATA, "guess".parse().unwrap());
-    assert_eq!(envd.process.list(wrong).await.unwrap_err().code(), Code::Unauthenticated);
-    envd.process.list(with_token(ListRequest {})).await.expect("the right token works");
+    wrong.metadata_mut().insert(
+        wrenn_proto::ENVD_ACCESS_TOKEN_METADATA,
+        "guess".parse().unwrap(),
+    );
+    assert_eq!(
+        envd.process.list(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    envd.process
+        .list(with_token(ListRequest {}))
+        .await
+        .expect("the right token works");
 
     envd.system
-        .init(with_token(InitRequest { access_token: Some(String::new()), ..Default::default() }))
+        .init(with_token(InitRequest {
+            access_token: Some(String::new()),
+            ..Default::default()
+        }))
         .await
         .expect("an empty token removes it");
     envd.process.list(ListRequest {}).await.expect("open again");
@@ -142,7 +228,10 @@ async fn an_access_token_guards_every_call_but_health() {
 #[tokio::test]
 async fn prepare_snapshot_syncs_and_health_recovers() {
     let mut envd = Envd::unix().await;
-    envd.system.prepare_snapshot(PrepareSnapshotRequest {}).await.unwrap();
+    envd.system
+        .prepare_snapshot(PrepareSnapshotRequest {})
+        .await
+        .unwrap();
     envd.system.health(HealthRequest {}).await.unwrap();
     assert_eq!(envd.run("true", &[]).await.exit_code(), 0);
 }
@@ -150,12 +239,24 @@ async fn prepare_snapshot_syncs_and_health_recovers() {
 #[tokio::test]
 async fn metrics_report_cpu_memory_and_disk() {
     let mut envd = Envd::unix().await;
-    let metrics = envd.system.metrics(MetricsRequest {}).await.unwrap().into_inner();
+    let metrics = envd
+        .system
+        .metrics(MetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(metrics.cpu_count >= 1);
-    assert!((0.0..=100.0).contains(&metrics.cpu_used_pct), "{}", metrics.cpu_used_pct);
+    assert!(
+        (0.0..=100.0).contains(&metrics.cpu_used_pct),
+        "{}",
+        metrics.cpu_used_pct
+    );
     assert!(metrics.mem_total_bytes > 64 * 1024 * 1024);
     assert!(metrics.mem_used_bytes > 0 && metrics.mem_used_bytes <= metrics.mem_total_bytes);
     assert!(metrics.disk_total_bytes > 0 && metrics.disk_used_bytes <= metrics.disk_total_bytes);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     assert!((now - metrics.timestamp_unix).abs() < 5);
 }

@@ -10,31 +10,87 @@ use std::time::{Duration, Instant};
 use common::{Envd, collect, sh, within};
 use futures::StreamExt;
 use wrenn_proto::envd::v1::{
-    HealthRequest, ReadFileRequest, WriteFileHeader, WriteFileRequest, system_client::SystemClient,
-    process_client::ProcessClient, write_file_request,
+    HealthRequest, ReadFileRequest, WriteFileHeader, WriteFileRequest,
+    process_client::ProcessClient, system_client::SystemClient, write_file_request,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wrenn-envd");
 
+/// A child process that is killed (its whole process group) if the test fails first.
+struct Spawned(std::process::Child);
+
+impl Spawned {
+    fn new(command: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_child(&self.0)
+    }
+
+    fn terminate(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM).unwrap();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = rustix::process::kill_process_group(self.pid(), rustix::process::Signal::KILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 async fn exercise(envd: &mut Envd) {
-    let health = envd.system.health(HealthRequest {}).await.unwrap().into_inner();
+    let health = envd
+        .system
+        .health(HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
     let run = collect(envd.start(sh("echo over the wire")).await.unwrap()).await;
     assert_eq!(run.stdout(), "over the wire\n");
     let path = envd.path("wire.txt");
     let messages = vec![
-        WriteFileRequest { msg: Some(write_file_request::Msg::Header(WriteFileHeader { path: path.clone(), ..Default::default() })) },
-        WriteFileRequest { msg: Some(write_file_request::Msg::Data(b"payload".to_vec())) },
+        WriteFileRequest {
+            msg: Some(write_file_request::Msg::Header(WriteFileHeader {
+                path: path.clone(),
+                ..Default::default()
+            })),
+        },
+        WriteFileRequest {
+            msg: Some(write_file_request::Msg::Data(b"payload".to_vec())),
+        },
     ];
-    envd.fs.write_file(futures::stream::iter(messages)).await.unwrap();
-    let mut stream = envd.fs.read_file(ReadFileRequest { path }).await.unwrap().into_inner();
+    envd.fs
+        .write_file(futures::stream::iter(messages))
+        .await
+        .unwrap();
+    let mut stream = envd
+        .fs
+        .read_file(ReadFileRequest { path })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stream.next().await.unwrap().unwrap().data, b"payload");
 }
 
 #[tokio::test]
 async fn serves_over_tcp_on_loopback() {
     let mut envd = Envd::tcp().await;
-    assert!(matches!(envd.server.local_addr(), wrenn_envd::BoundAddr::Tcp(addr) if addr.port() != 0));
+    assert!(
+        matches!(envd.server.local_addr(), wrenn_envd::BoundAddr::Tcp(addr) if addr.port() != 0)
+    );
     exercise(&mut envd).await;
 }
 
@@ -86,7 +142,11 @@ async fn wait_for_health(socket: &Path) -> tonic::transport::Channel {
     within(async {
         loop {
             if let Ok(channel) = wrenn_envd::client::connect_unix(socket).await {
-                if SystemClient::new(channel.clone()).health(HealthRequest {}).await.is_ok() {
+                if SystemClient::new(channel.clone())
+                    .health(HealthRequest {})
+                    .await
+                    .is_ok()
+                {
                     return channel;
                 }
             }
@@ -96,14 +156,16 @@ async fn wait_for_health(socket: &Path) -> tonic::transport::Channel {
     .await
 }
 
-fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+/// Waits for the child without blocking the runtime (the test's client connections
+/// must keep running to see envd's graceful goodbye).
+async fn wait_for_exit(child: &mut Spawned) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status;
         }
         assert!(Instant::now() < deadline, "envd did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -111,32 +173,80 @@ fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 async fn the_binary_serves_on_a_socket_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("envd.sock");
-    let mut child = Command::new(BINARY)
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(Command::new(BINARY).arg("--socket").arg(&socket));
     let channel = wait_for_health(&socket).await;
-    let stream = ProcessClient::new(channel).start(sh("echo from the binary")).await.unwrap().into_inner();
+    let stream = ProcessClient::new(channel)
+        .start(sh("echo from the binary"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(collect(stream).await.stdout(), "from the binary\n");
 
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = wait_for_exit(&mut child);
+    child.terminate();
+    let started = Instant::now();
+    let status = wait_for_exit(&mut child).await;
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "the socket is removed at shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "graceful, not cut off after the grace period"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_serves_on_an_inherited_listening_socket() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // A duplicate without close-on-exec is what the child inherits.
+    let inheritable = rustix::io::dup(&listener).unwrap();
+    let child = Spawned::new(
+        Command::new(BINARY)
+            .arg("--listen-fd")
+            .arg(inheritable.as_raw_fd().to_string()),
+    );
+    drop(inheritable);
+    drop(listener);
+    let channel = wait_for_health(&socket).await;
+    let stream = ProcessClient::new(channel)
+        .start(sh("echo inherited"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(collect(stream).await.stdout(), "inherited\n");
+    child.terminate();
+    let mut child = child;
+    assert!(wait_for_exit(&mut child).await.success());
+
+    let not_a_socket = Command::new(BINARY)
+        .args(["--listen-fd", "0"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !not_a_socket.success(),
+        "stdin is refused as a listening socket"
+    );
 }
 
 /// Zombie children of `parent` (from /proc).
 fn zombies_of(parent: u32) -> Vec<u32> {
     let mut zombies = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(after_comm) = stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after_comm) = stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()) else {
+            continue;
+        };
         let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+        if fields.first() == Some(&"Z")
+            && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+        {
             zombies.push(pid);
         }
     }
@@ -145,31 +255,34 @@ fn zombies_of(parent: u32) -> Vec<u32> {
 
 /// The pid of the only child of `parent`.
 fn child_of(parent: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
 }
 
 #[tokio::test]
 async fn as_pid_1_the_binary_reaps_orphans_without_stealing_exit_codes() {
-    let unshare = Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status();
+    let unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stderr(Stdio::null())
+        .status();
     if !unshare.is_ok_and(|s| s.success()) {
         eprintln!("skipped: cannot create a pid namespace here");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("envd.sock");
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(BINARY)
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Spawned::new(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .arg(BINARY)
+            .arg("--socket")
+            .arg(&socket),
+    );
     let channel = wait_for_health(&socket).await;
     let envd_pid = within(async {
         loop {
-            if let Some(pid) = child_of(child.id()) {
+            if let Some(pid) = child_of(child.0.id()) {
                 return pid;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -185,7 +298,11 @@ async fn as_pid_1_the_binary_reaps_orphans_without_stealing_exit_codes() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(collect(stream).await.exit_code(), round, "envd's own exit status is intact");
+        assert_eq!(
+            collect(stream).await.exit_code(),
+            round,
+            "envd's own exit status is intact"
+        );
     }
     within(async {
         loop {
@@ -197,6 +314,9 @@ async fn as_pid_1_the_binary_reaps_orphans_without_stealing_exit_codes() {
     })
     .await;
 
-    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
-    wait_for_exit(&mut child);
+    // envd is PID 1 of the namespace: SIGTERM (sent from outside) stops it gracefully.
+    let envd = rustix::process::Pid::from_raw(envd_pid as i32).unwrap();
+    rustix::process::kill_process(envd, rustix::process::Signal::TERM).unwrap();
+    let mut child = child;
+    assert!(wait_for_exit(&mut child).await.success());
 }

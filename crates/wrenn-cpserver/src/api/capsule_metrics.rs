@@ -184,12 +184,19 @@ async fn metrics(
     Query(q): Query<RangeQuery>,
 ) -> ApiResult<Json<CapsuleMetrics>> {
     let sandbox = data_plane::team_capsule(&ctx, auth.team_id, id).await?;
-    let range = q.range.filter(|r| !r.is_empty()).unwrap_or_else(|| "10m".into());
-    let (length, tier) = metrics_range(&range)
-        .ok_or_else(|| ApiError::bad_request("range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h"))?;
+    let range = q
+        .range
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "10m".into());
+    let (length, tier) = metrics_range(&range).ok_or_else(|| {
+        ApiError::bad_request("range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h")
+    })?;
     let points = if sandbox.status == SandboxStatus::Running {
         let conn = AgentConn::open(&ctx, sandbox).await?;
-        let mut req = tonic::Request::new(pb::GetSandboxMetricsRequest { sandbox_id: conn.sandbox_id(), range: range.clone() });
+        let mut req = tonic::Request::new(pb::GetSandboxMetricsRequest {
+            sandbox_id: conn.sandbox_id(),
+            range: range.clone(),
+        });
         req.set_timeout(METRICS_CALL_TIMEOUT);
         conn.client()
             .get_sandbox_metrics(req)
@@ -220,19 +227,30 @@ async fn metrics(
             })
             .collect()
     };
-    Ok(Json(CapsuleMetrics { sandbox_id: id.to_string(), range, points }))
+    Ok(Json(CapsuleMetrics {
+        sandbox_id: id.to_string(),
+        range,
+        points,
+    }))
 }
 
 /// Buckets `snapshots` (oldest first) into `[end - length, end)` by `step`, keeping
 /// each bucket's maxima.
-fn series(snapshots: &[MetricsSnapshot], end: DateTime<Utc>, length: ChronoDuration, step: ChronoDuration) -> Series {
+fn series(
+    snapshots: &[MetricsSnapshot],
+    end: DateTime<Utc>,
+    length: ChronoDuration,
+    step: ChronoDuration,
+) -> Series {
     let step_s = step.num_seconds().max(1);
     let end_s = end.timestamp().div_euclid(step_s) * step_s + step_s;
     let n = (length.num_seconds() / step_s).max(1);
     let start_s = end_s - n * step_s;
     let len = usize::try_from(n).unwrap_or(0);
     let mut out = Series {
-        labels: (0..n).filter_map(|i| Utc.timestamp_opt(start_s + i * step_s, 0).single()).collect(),
+        labels: (0..n)
+            .filter_map(|i| Utc.timestamp_opt(start_s + i * step_s, 0).single())
+            .collect(),
         running: vec![0; len],
         vcpus: vec![0; len],
         memory_mb: vec![0; len],
@@ -242,7 +260,9 @@ fn series(snapshots: &[MetricsSnapshot], end: DateTime<Utc>, length: ChronoDurat
         if t < start_s || t >= end_s {
             continue;
         }
-        let Ok(i) = usize::try_from((t - start_s) / step_s) else { continue };
+        let Ok(i) = usize::try_from((t - start_s) / step_s) else {
+            continue;
+        };
         if i < len {
             out.running[i] = out.running[i].max(s.running_count);
             out.vcpus[i] = out.vcpus[i].max(s.vcpus_reserved);
@@ -256,9 +276,17 @@ fn series(snapshots: &[MetricsSnapshot], end: DateTime<Utc>, length: ChronoDurat
 #[utoipa::path(get, path = "/v1/capsules/stats", tag = tags::CAPSULES, params(RangeQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = CapsuleStats), (status = 400), (status = 401)))]
-async fn stats(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Query<RangeQuery>) -> ApiResult<Json<CapsuleStats>> {
-    let range = q.range.filter(|r| !r.is_empty()).unwrap_or_else(|| "1h".into());
-    let (length, step) = stats_range(&range).ok_or_else(|| ApiError::bad_request("range must be one of 5m, 1h, 6h, 24h, 30d"))?;
+async fn stats(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Query(q): Query<RangeQuery>,
+) -> ApiResult<Json<CapsuleStats>> {
+    let range = q
+        .range
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "1h".into());
+    let (length, step) = stats_range(&range)
+        .ok_or_else(|| ApiError::bad_request("range must be one of 5m, 1h, 6h, 24h, 30d"))?;
     let now = Utc::now();
     let current = ctx
         .store
@@ -272,8 +300,15 @@ async fn stats(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Qu
             memory_mb_reserved: s.memory_mb_reserved,
         })
         .unwrap_or_default();
-    let window = if length > PEAK_WINDOW { length } else { PEAK_WINDOW };
-    let snapshots = ctx.store.list_metrics_snapshots(auth.team_id, now - window, now + ChronoDuration::seconds(1)).await?;
+    let window = if length > PEAK_WINDOW {
+        length
+    } else {
+        PEAK_WINDOW
+    };
+    let snapshots = ctx
+        .store
+        .list_metrics_snapshots(auth.team_id, now - window, now + ChronoDuration::seconds(1))
+        .await?;
     let mut peaks = Peaks {
         running_count: current.running_count,
         vcpus: current.vcpus_reserved,
@@ -286,7 +321,12 @@ async fn stats(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Qu
         peaks.memory_mb = peaks.memory_mb.max(s.memory_mb_reserved);
     }
     let series = series(&snapshots, now, length, step);
-    Ok(Json(CapsuleStats { range, current, peaks, series }))
+    Ok(Json(CapsuleStats {
+        range,
+        current,
+        peaks,
+        series,
+    }))
 }
 
 fn parse_day(field: &str, value: Option<&str>) -> ApiResult<Option<NaiveDate>> {
@@ -294,7 +334,9 @@ fn parse_day(field: &str, value: Option<&str>) -> ApiResult<Option<NaiveDate>> {
         None => Ok(None),
         Some(v) => NaiveDate::parse_from_str(v, "%Y-%m-%d")
             .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("{field} must be a date in YYYY-MM-DD form"))),
+            .map_err(|_| {
+                ApiError::bad_request(format!("{field} must be a date in YYYY-MM-DD form"))
+            }),
     }
 }
 
@@ -302,23 +344,42 @@ fn parse_day(field: &str, value: Option<&str>) -> ApiResult<Option<NaiveDate>> {
 #[utoipa::path(get, path = "/v1/capsules/usage", tag = tags::CAPSULES, params(UsageQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UsageResponse), (status = 400), (status = 401)))]
-async fn usage(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Query<UsageQuery>) -> ApiResult<Json<UsageResponse>> {
+async fn usage(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult<Json<UsageResponse>> {
     let now = Utc::now();
     let today = now.date_naive();
     let to = parse_day("to", q.to.as_deref())?.unwrap_or(today);
-    let from = parse_day("from", q.from.as_deref())?.unwrap_or(to - ChronoDuration::days(DEFAULT_USAGE_DAYS - 1));
+    let from = parse_day("from", q.from.as_deref())?
+        .unwrap_or(to - ChronoDuration::days(DEFAULT_USAGE_DAYS - 1));
     if from > to {
         return Err(ApiError::bad_request("from must not be after to"));
     }
     if (to - from).num_days() + 1 > MAX_USAGE_DAYS {
-        return Err(ApiError::bad_request(format!("the range may cover at most {MAX_USAGE_DAYS} days")));
+        return Err(ApiError::bad_request(format!(
+            "the range may cover at most {MAX_USAGE_DAYS} days"
+        )));
     }
     let stored = ctx.store.list_daily_usage(auth.team_id, from, to).await?;
     let live_today = if from <= today && today <= to {
-        let midnight = today.and_hms_opt(0, 0, 0).map(|t| Utc.from_utc_datetime(&t)).unwrap_or(now);
-        let snaps = ctx.store.list_metrics_snapshots(auth.team_id, midnight, now + ChronoDuration::seconds(1)).await?;
-        let minutes = |f: fn(&MetricsSnapshot) -> i32| snaps.iter().map(|s| f64::from(f(s))).sum::<f64>() * SAMPLE_SECS / 60.0;
-        Some((minutes(|s| s.vcpus_reserved), minutes(|s| s.memory_mb_reserved)))
+        let midnight = today
+            .and_hms_opt(0, 0, 0)
+            .map(|t| Utc.from_utc_datetime(&t))
+            .unwrap_or(now);
+        let snaps = ctx
+            .store
+            .list_metrics_snapshots(auth.team_id, midnight, now + ChronoDuration::seconds(1))
+            .await?;
+        // `fold` from +0.0: an empty `sum` of floats is -0.0.
+        let minutes = |f: fn(&MetricsSnapshot) -> i32| {
+            snaps.iter().fold(0.0, |acc, s| acc + f64::from(f(s))) * SAMPLE_SECS / 60.0
+        };
+        Some((
+            minutes(|s| s.vcpus_reserved),
+            minutes(|s| s.memory_mb_reserved),
+        ))
     } else {
         None
     };
@@ -333,7 +394,11 @@ async fn usage(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Qu
                 .find(|u| u.day == day)
                 .map_or((0.0, 0.0), |u| (u.cpu_minutes, u.ram_mb_minutes)),
         };
-        points.push(UsagePoint { date: day, cpu_minutes: cpu, ram_mb_minutes: ram });
+        points.push(UsagePoint {
+            date: day,
+            cpu_minutes: cpu,
+            ram_mb_minutes: ram,
+        });
         let Some(next) = day.succ_opt() else { break };
         day = next;
     }
@@ -362,12 +427,21 @@ mod tests {
             vcpus_reserved: running,
             memory_mb_reserved: running * 512,
         };
-        let s = series(&[snap(30, 1), snap(25, 3), snap(5, 2)], end, ChronoDuration::minutes(5), ChronoDuration::seconds(10));
+        let s = series(
+            &[snap(30, 1), snap(25, 3), snap(5, 2)],
+            end,
+            ChronoDuration::minutes(5),
+            ChronoDuration::seconds(10),
+        );
         assert_eq!(s.labels.len(), 30);
         assert_eq!(s.running.iter().copied().max(), Some(3));
         // 30 s and 25 s ago share a bucket.
         assert_eq!(s.running.iter().filter(|v| **v > 0).count(), 2);
-        assert!(s.labels.windows(2).all(|w| w[1] - w[0] == ChronoDuration::seconds(10)));
+        assert!(
+            s.labels
+                .windows(2)
+                .all(|w| w[1] - w[0] == ChronoDuration::seconds(10))
+        );
     }
 
     #[test]

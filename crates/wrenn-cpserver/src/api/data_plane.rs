@@ -43,7 +43,11 @@ const MAX_AGENT_MESSAGE: usize = 40 * 1024 * 1024;
 
 /// The capsule `id` of `team`, which must be `running`: 404 if the team has no such
 /// capsule, 409 `invalid_state` otherwise.
-pub async fn running_capsule(ctx: &ServerContext, team: TeamId, id: SandboxId) -> ApiResult<Sandbox> {
+pub async fn running_capsule(
+    ctx: &ServerContext,
+    team: TeamId,
+    id: SandboxId,
+) -> ApiResult<Sandbox> {
     let sandbox = team_capsule(ctx, team, id).await?;
     if sandbox.status != SandboxStatus::Running {
         return Err(not_running(sandbox.status));
@@ -62,7 +66,10 @@ pub async fn team_capsule(ctx: &ServerContext, team: TeamId, id: SandboxId) -> A
 
 /// 409 `invalid_state` for a capsule that is not running.
 pub fn not_running(status: SandboxStatus) -> ApiError {
-    ApiError::conflict("invalid_state", format!("capsule is not running (status: {status})"))
+    ApiError::conflict(
+        "invalid_state",
+        format!("capsule is not running (status: {status})"),
+    )
 }
 
 /// A connection to the host agent of one capsule.
@@ -77,8 +84,16 @@ pub struct AgentConn {
 impl AgentConn {
     /// Resolves the capsule's host (503 `host_unavailable` if it cannot be called).
     pub async fn open(ctx: &ServerContext, sandbox: Sandbox) -> ApiResult<Self> {
-        let (address, channel) = ctx.hosts.channel(sandbox.host_id).await.map_err(ApiError::from)?;
-        Ok(Self { sandbox, address, channel })
+        let (address, channel) = ctx
+            .hosts
+            .channel(sandbox.host_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Self {
+            sandbox,
+            address,
+            channel,
+        })
     }
 
     /// A `hostagent.v1` client over the cached channel.
@@ -111,10 +126,22 @@ impl AgentConn {
     }
 }
 
-/// Marks the capsule active now (best effort: a failure is logged).
-pub async fn touch(ctx: &ServerContext, id: SandboxId) {
-    if let Err(e) = ctx.store.touch_sandbox(id, chrono::Utc::now()).await {
-        tracing::warn!(sandbox_id = %id, error = %e, "could not record capsule activity");
+/// Activity is recorded at most this often per capsule (the agent keeps its own
+/// precise clock for the idle timeout; the row's `last_active_at` is informational).
+const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Marks the capsule active now (best effort: a failure is logged), unless the row
+/// already says it was active moments ago.
+pub async fn touch(ctx: &ServerContext, sandbox: &Sandbox) {
+    let now = chrono::Utc::now();
+    if sandbox
+        .last_active_at
+        .is_some_and(|t| now - t < TOUCH_EVERY)
+    {
+        return;
+    }
+    if let Err(e) = ctx.store.touch_sandbox(sandbox.id, now).await {
+        tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not record capsule activity");
     }
 }
 
@@ -124,7 +151,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("a JSON request body is required"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 /// A required, non-empty path from a request body.
@@ -145,7 +173,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let sextet = |shift: u32| char::from(B64[((n >> shift) & 0x3f) as usize]);
         out.push(sextet(18));
@@ -267,7 +299,12 @@ pub async fn ws_authenticate(
     };
     let first = tokio::time::timeout(WS_AUTH_TIMEOUT, next_text(socket)).await;
     let text = match first {
-        Err(_) => return Err(format!("unauthorized: no auth message within {}s ({header_error})", WS_AUTH_TIMEOUT.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "unauthorized: no auth message within {}s ({header_error})",
+                WS_AUTH_TIMEOUT.as_secs()
+            ));
+        }
         Ok(None) => return Err("unauthorized: connection closed before authenticating".into()),
         Ok(Some(text)) => text,
     };
@@ -305,18 +342,74 @@ pub async fn next_text(socket: &mut WebSocket) -> Option<String> {
     None
 }
 
-/// Sends a JSON text frame; `false` if the client is gone.
-pub async fn send_json(socket: &mut WebSocket, value: &serde_json::Value) -> bool {
-    socket.send(Message::Text(value.to_string().into())).await.is_ok()
+/// The next protocol message: like [`next_text`], but a redundant `auth` message (a
+/// client that always authenticates by message, although its headers already did)
+/// is skipped.
+pub async fn next_command(socket: &mut WebSocket) -> Option<String> {
+    loop {
+        let text = next_text(socket).await?;
+        let is_auth = serde_json::from_str::<AuthMessage>(&text).is_ok_and(|m| m.kind == "auth");
+        if !is_auth {
+            return Some(text);
+        }
+    }
 }
 
-/// Sends a normal close frame (errors ignored: the client may be gone already).
-pub async fn close(socket: &mut WebSocket, reason: &str) {
-    let frame = CloseFrame {
+/// Sends a JSON text frame; `false` if the client is gone.
+pub async fn send_json(socket: &mut WebSocket, value: &serde_json::Value) -> bool {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .is_ok()
+}
+
+/// How long the server waits for the client to answer its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A normal close frame.
+pub fn close_frame(reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
         code: close_code::NORMAL,
         reason: reason.chars().take(120).collect::<String>().into(),
-    };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    }))
+}
+
+/// Closes the connection properly: sends a close frame, then reads (and discards)
+/// what the client still sends until it answers with its own close frame (or
+/// [`CLOSE_GRACE`] passes). Dropping the connection at once could reset it and lose
+/// the frames just sent if the client's last message is still unread.
+pub async fn close(socket: &mut WebSocket, reason: &str) {
+    if socket.send(close_frame(reason)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// [`close`] for a socket that was split into a sink and a stream.
+pub async fn close_split<Tx, Rx>(tx: &mut Tx, rx: &mut Rx)
+where
+    Tx: futures::Sink<Message> + Unpin,
+    Rx: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    use futures::{SinkExt, StreamExt};
+    if tx.send(close_frame("")).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(msg)) = rx.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -34,7 +34,9 @@ use futures::Stream;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::events::{Delivery, Event, EventId, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
+use wrenn_core::events::{
+    Delivery, Event, EventId, PLATFORM_STREAM, PlatformEvent, PlatformEventKind,
+};
 use wrenn_core::id::{SandboxId, TeamId};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
 
@@ -60,13 +62,17 @@ struct Tail {
 /// Whether `id` looks like a bus position (`<ms>-<seq>`).
 fn valid_event_id(id: &str) -> bool {
     let mut parts = id.splitn(2, '-');
-    let digits = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()));
+    let digits = |s: Option<&str>| {
+        s.is_some_and(|s| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+    };
     digits(parts.next()) && digits(parts.next())
 }
 
 /// The SSE `event` name, outcome and metadata of a platform event; `None` for events
 /// this stream does not carry (hosts, channel tests).
-fn sdk_kind(kind: PlatformEventKind) -> Option<(&'static str, Option<&'static str>, Option<&'static str>)> {
+fn sdk_kind(
+    kind: PlatformEventKind,
+) -> Option<(&'static str, Option<&'static str>, Option<&'static str>)> {
     use PlatformEventKind as K;
     Some(match kind {
         K::CapsuleCreated => ("capsule.create", Some("success"), None),
@@ -82,7 +88,11 @@ fn sdk_kind(kind: PlatformEventKind) -> Option<(&'static str, Option<&'static st
 }
 
 /// The SSE payload of a platform event of `team`, if this stream carries it.
-async fn payload(ctx: &ServerContext, team: TeamId, ev: &PlatformEvent) -> Option<(&'static str, Value)> {
+async fn payload(
+    ctx: &ServerContext,
+    team: TeamId,
+    ev: &PlatformEvent,
+) -> Option<(&'static str, Value)> {
     if ev.team_id != team {
         return None;
     }
@@ -112,9 +122,16 @@ impl Tail {
     async fn accept(&mut self, deliveries: Vec<Delivery>) {
         for d in deliveries {
             self.cursor = d.id.clone();
-            let Event::Platform(ev) = &d.event else { continue };
+            let Event::Platform(ev) = &d.event else {
+                continue;
+            };
             if let Some((name, body)) = payload(&self.ctx, self.team, ev).await {
-                self.pending.push_back(SseEvent::default().id(d.id.0).event(name).data(body.to_string()));
+                self.pending.push_back(
+                    SseEvent::default()
+                        .id(d.id.0)
+                        .event(name)
+                        .data(body.to_string()),
+                );
             }
         }
     }
@@ -124,7 +141,11 @@ impl Tail {
         if !self.connected {
             self.connected = true;
             let hello = json!({ "event": "connected", "timestamp": Utc::now() });
-            return Some(SseEvent::default().event("connected").data(hello.to_string()));
+            return Some(
+                SseEvent::default()
+                    .event("connected")
+                    .data(hello.to_string()),
+            );
         }
         loop {
             if let Some(ev) = self.pending.pop_front() {
@@ -166,7 +187,9 @@ async fn stream(
         Some(v) => {
             let v = v.to_str().map(str::trim).unwrap_or_default();
             if !valid_event_id(v) {
-                return Err(ApiError::bad_request("Last-Event-ID must be an event id received from this stream"));
+                return Err(ApiError::bad_request(
+                    "Last-Event-ID must be an event id received from this stream",
+                ));
             }
             Some(EventId(v.to_owned()))
         }
@@ -188,7 +211,9 @@ async fn stream(
         pending: VecDeque::new(),
         connected: false,
     };
-    let events = futures::stream::unfold(tail, |mut tail| async move { tail.next().await.map(|ev| (Ok(ev), tail)) });
+    let events = futures::stream::unfold(tail, |mut tail| async move {
+        tail.next().await.map(|ev| (Ok(ev), tail))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keepalive")))
 }
 
@@ -203,7 +228,12 @@ mod tests {
     #[test]
     fn event_ids() {
         assert!(valid_event_id("0-12") && valid_event_id("1712345678901-0"));
-        assert!(!valid_event_id("") && !valid_event_id("12") && !valid_event_id("a-1") && !valid_event_id("1-2-3"));
+        assert!(
+            !valid_event_id("")
+                && !valid_event_id("12")
+                && !valid_event_id("a-1")
+                && !valid_event_id("1-2-3")
+        );
     }
 
     #[test]

@@ -108,7 +108,9 @@ pub fn new_process_tag() -> String {
 pub fn valid_tag(tag: &str) -> bool {
     !tag.is_empty()
         && tag.len() <= 64
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn hash_map(m: Option<BTreeMap<String, String>>) -> HashMap<String, String> {
@@ -122,7 +124,11 @@ fn encode_output(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static 
         (out, err) => {
             let out = out.map_or_else(|e| e.into_bytes(), String::into_bytes);
             let err = err.map_or_else(|e| e.into_bytes(), String::into_bytes);
-            (data_plane::base64_encode(&out), data_plane::base64_encode(&err), "base64")
+            (
+                data_plane::base64_encode(&out),
+                data_plane::base64_encode(&err),
+                "base64",
+            )
         }
     }
 }
@@ -143,10 +149,19 @@ async fn exec(
     run_exec(ctx, auth, id, body).instrument(span).await
 }
 
-async fn run_exec(ctx: ServerContext, auth: AuthContext, id: SandboxId, body: Bytes) -> ApiResult<Response> {
+async fn run_exec(
+    ctx: ServerContext,
+    auth: AuthContext,
+    id: SandboxId,
+    body: Bytes,
+) -> ApiResult<Response> {
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: ExecRequest = data_plane::parse_json(&body)?;
-    let cmd = req.cmd.clone().filter(|c| !c.trim().is_empty()).ok_or_else(|| ApiError::bad_request("cmd is required"))?;
+    let cmd = req
+        .cmd
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("cmd is required"))?;
     let timeout_sec = match req.timeout_sec {
         None | Some(0) => DEFAULT_EXEC_TIMEOUT_SEC,
         Some(t) => u32::try_from(t)
@@ -158,7 +173,11 @@ async fn run_exec(ctx: ServerContext, auth: AuthContext, id: SandboxId, body: By
         _ if !req.background => None,
         None | Some("") => Some(new_process_tag()),
         Some(t) if valid_tag(t) => Some(t.to_owned()),
-        Some(_) => return Err(ApiError::bad_request("tag must be 1-64 characters of A-Za-z0-9._-")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "tag must be 1-64 characters of A-Za-z0-9._-",
+            ));
+        }
     };
     let conn = AgentConn::open(&ctx, sandbox).await?;
     tracing::debug!(host_id = %conn.sandbox.host_id, background = req.background, "exec");
@@ -177,7 +196,7 @@ async fn run_exec(ctx: ServerContext, auth: AuthContext, id: SandboxId, body: By
             .await
             .map_err(|s| conn.error(&ctx, "start background process", &s))?
             .into_inner();
-        data_plane::touch(&ctx, id).await;
+        data_plane::touch(&ctx, &conn.sandbox).await;
         let body = BackgroundExecResponse {
             sandbox_id: id.to_string(),
             cmd,
@@ -198,9 +217,14 @@ async fn run_exec(ctx: ServerContext, auth: AuthContext, id: SandboxId, body: By
     });
     rpc.set_timeout(Duration::from_secs(u64::from(timeout_sec)) + AGENT_GRACE);
     let started = Instant::now();
-    let out = conn.client().exec(rpc).await.map_err(|s| conn.error(&ctx, "exec", &s))?.into_inner();
+    let out = conn
+        .client()
+        .exec(rpc)
+        .await
+        .map_err(|s| conn.error(&ctx, "exec", &s))?
+        .into_inner();
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     let (stdout, stderr, encoding) = encode_output(out.stdout, out.stderr);
     Ok(Json(ExecResponse {
         sandbox_id: id.to_string(),
@@ -259,7 +283,12 @@ async fn exec_stream(
     Ok(ws.on_upgrade(move |socket| exec_session(ctx, socket, header_auth, id)))
 }
 
-async fn exec_session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResult<AuthContext>, id: SandboxId) {
+async fn exec_session(
+    ctx: ServerContext,
+    mut socket: WebSocket,
+    header_auth: ApiResult<AuthContext>,
+    id: SandboxId,
+) {
     let auth = match data_plane::ws_authenticate(&ctx, &mut socket, header_auth).await {
         Ok(a) => a,
         Err(msg) => return fail(&mut socket, &msg).await,
@@ -268,7 +297,12 @@ async fn exec_session(ctx: ServerContext, mut socket: WebSocket, header_auth: Ap
         Ok(c) => c,
         Err(e) => return fail(&mut socket, &e.message).await,
     };
-    let start = match tokio::time::timeout(data_plane::WS_START_TIMEOUT, data_plane::next_text(&mut socket)).await {
+    let start = match tokio::time::timeout(
+        data_plane::WS_START_TIMEOUT,
+        data_plane::next_command(&mut socket),
+    )
+    .await
+    {
         Ok(Some(text)) => text,
         Ok(None) => return,
         Err(_) => return fail(&mut socket, "no start message received").await,
@@ -278,7 +312,11 @@ async fn exec_session(ctx: ServerContext, mut socket: WebSocket, header_auth: Ap
         Err(e) => return fail(&mut socket, &format!("invalid start message: {e}")).await,
     };
     if start.kind != "start" {
-        return fail(&mut socket, &format!("expected a start message, got {:?}", start.kind)).await;
+        return fail(
+            &mut socket,
+            &format!("expected a start message, got {:?}", start.kind),
+        )
+        .await;
     }
     if start.cmd.trim().is_empty() {
         return fail(&mut socket, "cmd is required").await;
@@ -298,12 +336,16 @@ async fn exec_session(ctx: ServerContext, mut socket: WebSocket, header_auth: Ap
         Ok(r) => r.into_inner(),
         Err(s) => return fail(&mut socket, &conn.error(&ctx, "exec stream", &s).message).await,
     };
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     forward_exec_events(&ctx, &conn, socket, events, true).await;
 }
 
 /// The running capsule of the caller's team and a connection to its agent.
-pub(super) async fn open(ctx: &ServerContext, auth: &AuthContext, id: SandboxId) -> ApiResult<AgentConn> {
+pub(super) async fn open(
+    ctx: &ServerContext,
+    auth: &AuthContext,
+    id: SandboxId,
+) -> ApiResult<AgentConn> {
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     AgentConn::open(ctx, sandbox).await
 }
@@ -369,7 +411,12 @@ pub(super) async fn forward_exec_events(
                         break;
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) => {
+                    // Lets the automatic close reply go out.
+                    let _ = tx.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
             () = ctx.shutdown.cancelled() => {
@@ -378,16 +425,13 @@ pub(super) async fn forward_exec_events(
             }
         }
     }
-    let _ = tx
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        })))
-        .await;
+    data_plane::close_split(&mut tx, &mut rx).await;
 }
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
-    OpenApiRouter::new().routes(routes!(exec)).routes(routes!(exec_stream))
+    OpenApiRouter::new()
+        .routes(routes!(exec))
+        .routes(routes!(exec_stream))
 }
 
 #[cfg(test)]
@@ -396,9 +440,15 @@ mod tests {
 
     #[test]
     fn output_is_base64_for_both_streams_when_either_is_binary() {
-        assert_eq!(encode_output(b"hi".to_vec(), b"".to_vec()), ("hi".into(), "".into(), "utf-8"));
+        assert_eq!(
+            encode_output(b"hi".to_vec(), b"".to_vec()),
+            ("hi".into(), "".into(), "utf-8")
+        );
         let (out, err, enc) = encode_output(b"hi".to_vec(), vec![0xff]);
-        assert_eq!((out.as_str(), err.as_str(), enc), ("aGk=", "/w==", "base64"));
+        assert_eq!(
+            (out.as_str(), err.as_str(), enc),
+            ("aGk=", "/w==", "base64")
+        );
     }
 
     #[test]

@@ -143,7 +143,12 @@ async fn multipart(req: Request) -> ApiResult<Multipart> {
 }
 
 /// Reads the `path` field, then relays the `file` part that follows it to the agent.
-async fn upload_form(ctx: &ServerContext, conn: &AgentConn, form: &mut Multipart, limit: Option<u64>) -> ApiResult<u64> {
+async fn upload_form(
+    ctx: &ServerContext,
+    conn: &AgentConn,
+    form: &mut Multipart,
+    limit: Option<u64>,
+) -> ApiResult<u64> {
     let mut path = None;
     loop {
         let field = form.next_field().await.map_err(|e| multipart_error(&e))?;
@@ -164,7 +169,9 @@ async fn upload_form(ctx: &ServerContext, conn: &AgentConn, form: &mut Multipart
             }
             Some("file") => {
                 let Some(path) = path else {
-                    return Err(ApiError::bad_request("the path field must come before the file field"));
+                    return Err(ApiError::bad_request(
+                        "the path field must come before the file field",
+                    ));
                 };
                 return upload(ctx, conn, path, field, limit).await;
             }
@@ -185,9 +192,16 @@ enum UploadEnd {
 }
 
 /// Relays one uploaded file to the agent chunk by chunk. `limit` caps the file size.
-async fn upload(ctx: &ServerContext, conn: &AgentConn, path: String, mut file: Field<'_>, limit: Option<u64>) -> ApiResult<u64> {
+async fn upload(
+    ctx: &ServerContext,
+    conn: &AgentConn,
+    path: String,
+    mut file: Field<'_>,
+    limit: Option<u64>,
+) -> ApiResult<u64> {
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::WriteFileStreamRequest>(16);
-    let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let requests =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut client = conn.client();
     let mut call = tokio::spawn(async move { client.write_file_stream(requests).await });
     let meta = pb::WriteFileStreamRequest {
@@ -214,7 +228,9 @@ async fn upload(ctx: &ServerContext, conn: &AgentConn, path: String, mut file: F
                 break 'read UploadEnd::Abort(too_large(limit.unwrap_or_default()));
             }
             for piece in chunk.chunks(FILE_CHUNK_SIZE) {
-                let msg = pb::WriteFileStreamRequest { msg: Some(Msg::Chunk(piece.to_vec())) };
+                let msg = pb::WriteFileStreamRequest {
+                    msg: Some(Msg::Chunk(piece.to_vec())),
+                };
                 if tx.send(msg).await.is_err() {
                     break 'read UploadEnd::AgentGone;
                 }
@@ -230,24 +246,37 @@ async fn upload(ctx: &ServerContext, conn: &AgentConn, path: String, mut file: F
             if err.status == StatusCode::PAYLOAD_TOO_LARGE {
                 let removed = conn
                     .client()
-                    .remove_path(pb::RemovePathRequest { sandbox_id: conn.sandbox_id(), path: path.clone() })
+                    .remove_path(pb::RemovePathRequest {
+                        sandbox_id: conn.sandbox_id(),
+                        path: path.clone(),
+                    })
                     .await;
-                if let Some(s) = removed.as_ref().err().filter(|s| s.code() != tonic::Code::NotFound) {
+                if let Some(s) = removed
+                    .as_ref()
+                    .err()
+                    .filter(|s| s.code() != tonic::Code::NotFound)
+                {
                     tracing::warn!(sandbox_id = %conn.sandbox.id, path, error = %s, "could not remove an oversized partial upload");
                 }
             }
             Err(err)
         }
         UploadEnd::Done | UploadEnd::AgentGone => {
-            let resp = call.await.map_err(|e| ApiError::internal(format!("upload task failed: {e}")))?;
-            let written = resp.map_err(|s| conn.error(ctx, "write file", &s))?.into_inner();
+            let resp = call
+                .await
+                .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))?;
+            let written = resp
+                .map_err(|s| conn.error(ctx, "write file", &s))?
+                .into_inner();
             Ok(written.size)
         }
     }
 }
 
 fn too_large(limit: u64) -> ApiError {
-    ApiError::too_large(format!("the file is larger than the upload limit of {limit} bytes; use files/stream/write"))
+    ApiError::too_large(format!(
+        "the file is larger than the upload limit of {limit} bytes; use files/stream/write"
+    ))
 }
 
 /// Writes a file (multipart `path` then `file`; parents are created; limit 100 MiB).
@@ -256,13 +285,18 @@ fn too_large(limit: u64) -> ApiError {
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 404), (status = 409), (status = 413), (status = 503)))]
-async fn write(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, req: Request) -> ApiResult<StatusCode> {
+async fn write(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    req: Request,
+) -> ApiResult<StatusCode> {
     let limit = ctx.config.max_body_bytes;
     let conn = open_checked(&ctx, &auth, id, declared_length(&req), Some(limit)).await?;
     let mut form = multipart(req).await?;
     let size = upload_form(&ctx, &conn, &mut form, Some(limit)).await?;
     tracing::debug!(sandbox_id = %id, team_id = %auth.team_id, size, "file written");
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -272,12 +306,17 @@ async fn write(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Pa
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn stream_write(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, req: Request) -> ApiResult<StatusCode> {
+async fn stream_write(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    req: Request,
+) -> ApiResult<StatusCode> {
     let conn = open_checked(&ctx, &auth, id, None, None).await?;
     let mut form = multipart(req).await?;
     let size = upload_form(&ctx, &conn, &mut form, None).await?;
     tracing::debug!(sandbox_id = %id, team_id = %auth.team_id, size, "file streamed in");
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -290,7 +329,13 @@ fn declared_length(req: &Request) -> Option<u64> {
 }
 
 /// Capsule checks, then the declared size, then the agent connection.
-async fn open_checked(ctx: &ServerContext, auth: &AuthContext, id: SandboxId, declared: Option<u64>, limit: Option<u64>) -> ApiResult<AgentConn> {
+async fn open_checked(
+    ctx: &ServerContext,
+    auth: &AuthContext,
+    id: SandboxId,
+    declared: Option<u64>,
+    limit: Option<u64>,
+) -> ApiResult<AgentConn> {
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     if let Some(limit) = limit {
         if declared.is_some_and(|len| len > limit.saturating_add(MULTIPART_OVERHEAD)) {
@@ -303,19 +348,30 @@ async fn open_checked(ctx: &ServerContext, auth: &AuthContext, id: SandboxId, de
 /// Opens a file for reading and answers with its bytes, relayed as they come.
 /// Errors before the first chunk get a proper status; a failure later aborts the
 /// body (the client sees a truncated transfer, not a short file).
-async fn read_response(ctx: &ServerContext, auth: &AuthContext, id: SandboxId, body: &Bytes) -> ApiResult<Response> {
+async fn read_response(
+    ctx: &ServerContext,
+    auth: &AuthContext,
+    id: SandboxId,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(body)?;
     let path = data_plane::required_path(req.path)?;
     let conn = AgentConn::open(ctx, sandbox).await?;
     let mut chunks = conn
         .client()
-        .read_file_stream(pb::ReadFileStreamRequest { sandbox_id: conn.sandbox_id(), path })
+        .read_file_stream(pb::ReadFileStreamRequest {
+            sandbox_id: conn.sandbox_id(),
+            path,
+        })
         .await
         .map_err(|s| conn.error(ctx, "read file", &s))?
         .into_inner();
-    let first = chunks.message().await.map_err(|s| conn.error(ctx, "read file", &s))?;
-    data_plane::touch(ctx, id).await;
+    let first = chunks
+        .message()
+        .await
+        .map_err(|s| conn.error(ctx, "read file", &s))?;
+    data_plane::touch(ctx, &conn.sandbox).await;
     let total = first.as_ref().and_then(|m| m.total_size);
     let head = futures::stream::iter(first.map(|m| Ok::<_, std::io::Error>(Bytes::from(m.chunk))));
     let (ctx2, conn2) = (ctx.clone(), conn.clone());
@@ -340,7 +396,9 @@ async fn read_response(ctx: &ServerContext, auth: &AuthContext, id: SandboxId, b
         builder = builder.header("x-file-size", total);
     }
     builder
-        .body(Body::from_stream(head.chain(rest).filter(|c| futures::future::ready(!matches!(c, Ok(b) if b.is_empty())))))
+        .body(Body::from_stream(head.chain(rest).filter(|c| {
+            futures::future::ready(!matches!(c, Ok(b) if b.is_empty()))
+        })))
         .map_err(ApiError::internal)
 }
 
@@ -349,7 +407,12 @@ async fn read_response(ctx: &ServerContext, auth: &AuthContext, id: SandboxId, b
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn read(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, body: Bytes) -> ApiResult<Response> {
+async fn read(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    body: Bytes,
+) -> ApiResult<Response> {
     read_response(&ctx, &auth, id, &body).await
 }
 
@@ -358,7 +421,12 @@ async fn read(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Pat
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn stream_read(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, body: Bytes) -> ApiResult<Response> {
+async fn stream_read(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    body: Bytes,
+) -> ApiResult<Response> {
     read_response(&ctx, &auth, id, &body).await
 }
 
@@ -367,23 +435,35 @@ async fn stream_read(State(ctx): State<ServerContext>, auth: AuthContext, Path(i
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, body = ListResponse), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, body: Bytes) -> ApiResult<Json<ListResponse>> {
+async fn list(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    body: Bytes,
+) -> ApiResult<Json<ListResponse>> {
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: ListRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
     let depth = match req.depth {
         None => 1,
-        Some(d) => u32::try_from(d).map_err(|_| ApiError::bad_request("depth must be a non-negative integer"))?,
+        Some(d) => u32::try_from(d)
+            .map_err(|_| ApiError::bad_request("depth must be a non-negative integer"))?,
     };
     let conn = AgentConn::open(&ctx, sandbox).await?;
     let resp = conn
         .client()
-        .list_dir(pb::ListDirRequest { sandbox_id: conn.sandbox_id(), path, depth })
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: conn.sandbox_id(),
+            path,
+            depth,
+        })
         .await
         .map_err(|s| conn.error(&ctx, "list directory", &s))?
         .into_inner();
-    data_plane::touch(&ctx, id).await;
-    Ok(Json(ListResponse { entries: resp.entries.into_iter().map(FileEntry::from).collect() }))
+    data_plane::touch(&ctx, &conn.sandbox).await;
+    Ok(Json(ListResponse {
+        entries: resp.entries.into_iter().map(FileEntry::from).collect(),
+    }))
 }
 
 /// Creates a directory and its parents (an existing path is 409 `conflict`).
@@ -391,20 +471,36 @@ async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Pat
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, body = MakeDirResponse), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn mkdir(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, body: Bytes) -> ApiResult<Json<MakeDirResponse>> {
+async fn mkdir(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    body: Bytes,
+) -> ApiResult<Json<MakeDirResponse>> {
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
     let conn = AgentConn::open(&ctx, sandbox).await?;
     let resp = conn
         .client()
-        .make_dir(pb::MakeDirRequest { sandbox_id: conn.sandbox_id(), path })
+        .make_dir(pb::MakeDirRequest {
+            sandbox_id: conn.sandbox_id(),
+            path,
+        })
         .await
         .map_err(|s| conn.error(&ctx, "make directory", &s))?
         .into_inner();
-    data_plane::touch(&ctx, id).await;
-    let entry = resp.entry.ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", "the agent returned no directory entry"))?;
-    Ok(Json(MakeDirResponse { entry: entry.into() }))
+    data_plane::touch(&ctx, &conn.sandbox).await;
+    let entry = resp.entry.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_error",
+            "the agent returned no directory entry",
+        )
+    })?;
+    Ok(Json(MakeDirResponse {
+        entry: entry.into(),
+    }))
 }
 
 /// Removes a file or directory (recursively).
@@ -412,16 +508,24 @@ async fn mkdir(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Pa
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn remove(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>, body: Bytes) -> ApiResult<StatusCode> {
+async fn remove(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
     let conn = AgentConn::open(&ctx, sandbox).await?;
     conn.client()
-        .remove_path(pb::RemovePathRequest { sandbox_id: conn.sandbox_id(), path })
+        .remove_path(pb::RemovePathRequest {
+            sandbox_id: conn.sandbox_id(),
+            path,
+        })
         .await
         .map_err(|s| conn.error(&ctx, "remove path", &s))?;
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -26,9 +26,13 @@ const TAG: &str = "hosts";
     request_body(content = String, content_type = "application/json",
         description = "{event, sandbox_id, host_id, timestamp, error?, host_ip?, metadata?}; event is one of started, resumed, paused, auto_paused, hibernated, stopped, snapshotted, failed, pause_failed, resume_failed"),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 503)))]
-async fn sandbox_event(State(ctx): State<ServerContext>, HostAuth(host): HostAuth, body: Bytes) -> ApiResult<StatusCode> {
-    let mut ev: SandboxEvent =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid sandbox event: {e}")))?;
+async fn sandbox_event(
+    State(ctx): State<ServerContext>,
+    HostAuth(host): HostAuth,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let mut ev: SandboxEvent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid sandbox event: {e}")))?;
     if ev.host_id != host {
         return Err(ApiError::forbidden("host_id does not match the host token"));
     }
@@ -40,7 +44,9 @@ async fn sandbox_event(State(ctx): State<ServerContext>, HostAuth(host): HostAut
     ev.team_id = None;
     match ctx.store.get_sandbox(ev.sandbox_id).await {
         Ok(sb) if sb.host_id != host => {
-            return Err(ApiError::forbidden("the sandbox does not belong to this host"));
+            return Err(ApiError::forbidden(
+                "the sandbox does not belong to this host",
+            ));
         }
         Ok(sb) => ev.team_id = Some(sb.team_id),
         Err(RepoError::NotFound { .. }) => {}
@@ -50,7 +56,13 @@ async fn sandbox_event(State(ctx): State<ServerContext>, HostAuth(host): HostAut
     ctx.events
         .publish(SANDBOX_STREAM, &Event::Sandbox(ev.clone()))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "events_unavailable", format!("could not queue the event: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events_unavailable",
+                format!("could not queue the event: {e}"),
+            )
+        })?;
     if let Some(team) = ev.team_id {
         let action = match ev.event {
             SandboxEventKind::AutoPaused => Some("pause"),
@@ -63,9 +75,15 @@ async fn sandbox_event(State(ctx): State<ServerContext>, HostAuth(host): HostAut
                 meta["reason"] = serde_json::json!("ttl_expired");
             }
             ctx.audit(
-                AuditEntry::new(team, Actor::system(), "sandbox", Some(ev.sandbox_id.to_string()), action)
-                    .status(AuditStatus::Info)
-                    .metadata(meta),
+                AuditEntry::new(
+                    team,
+                    Actor::system(),
+                    "sandbox",
+                    Some(ev.sandbox_id.to_string()),
+                    action,
+                )
+                .status(AuditStatus::Info)
+                .metadata(meta),
             )
             .await;
         }

@@ -64,9 +64,13 @@ fn selector(raw: &str) -> ApiResult<pb::ProcessSelector> {
     } else if valid_tag(raw) {
         Selector::Tag(raw.to_owned())
     } else {
-        return Err(ApiError::bad_request("the selector must be a pid or a tag (1-64 characters of A-Za-z0-9._-)"));
+        return Err(ApiError::bad_request(
+            "the selector must be a pid or a tag (1-64 characters of A-Za-z0-9._-)",
+        ));
     };
-    Ok(pb::ProcessSelector { selector: Some(selector) })
+    Ok(pb::ProcessSelector {
+        selector: Some(selector),
+    })
 }
 
 fn signal(name: Option<&str>) -> ApiResult<pb::Signal> {
@@ -86,11 +90,17 @@ fn signal(name: Option<&str>) -> ApiResult<pb::Signal> {
     security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, body = ProcessList), (status = 400), (status = 401), (status = 404), (status = 409), (status = 503)))]
-async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<Json<ProcessList>> {
+async fn list(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<Json<ProcessList>> {
     let conn = exec::open(&ctx, &auth, id).await?;
     let resp = conn
         .client()
-        .list_processes(pb::ListProcessesRequest { sandbox_id: conn.sandbox_id() })
+        .list_processes(pb::ListProcessesRequest {
+            sandbox_id: conn.sandbox_id(),
+        })
         .await
         .map_err(|s| conn.error(&ctx, "list processes", &s))?
         .into_inner();
@@ -133,7 +143,7 @@ async fn kill(
         .await
         .map_err(|s| conn.error(&ctx, "kill process", &s))?;
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, selector = %raw, signal = signal.as_str_name(), "process signalled");
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -155,7 +165,13 @@ async fn stream(
     Ok(ws.on_upgrade(move |socket| session(ctx, socket, header_auth, id, process)))
 }
 
-async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResult<AuthContext>, id: SandboxId, process: pb::ProcessSelector) {
+async fn session(
+    ctx: ServerContext,
+    mut socket: WebSocket,
+    header_auth: ApiResult<AuthContext>,
+    id: SandboxId,
+    process: pb::ProcessSelector,
+) {
     let auth = match data_plane::ws_authenticate(&ctx, &mut socket, header_auth).await {
         Ok(a) => a,
         Err(msg) => return exec::fail(&mut socket, &msg).await,
@@ -171,15 +187,24 @@ async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResu
     };
     let events = match conn.client().connect_process(req).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return exec::fail(&mut socket, &conn.error(&ctx, "connect process", &s).message).await,
+        Err(s) => {
+            return exec::fail(
+                &mut socket,
+                &conn.error(&ctx, "connect process", &s).message,
+            )
+            .await;
+        }
     };
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, "process stream attached");
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     exec::forward_exec_events(&ctx, &conn, socket, events, false).await;
 }
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(kill)).routes(routes!(stream))
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(kill))
+        .routes(routes!(stream))
 }
 
 #[cfg(test)]
@@ -189,7 +214,10 @@ mod tests {
     #[test]
     fn selectors_are_pids_or_tags() {
         assert_eq!(selector("42").unwrap().selector, Some(Selector::Pid(42)));
-        assert_eq!(selector("web-1").unwrap().selector, Some(Selector::Tag("web-1".into())));
+        assert_eq!(
+            selector("web-1").unwrap().selector,
+            Some(Selector::Tag("web-1".into()))
+        );
         assert!(selector("0").is_err());
         assert!(selector("99999999999").is_err());
         assert!(selector("a b").is_err());

@@ -103,7 +103,10 @@ async fn pty(
 fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttachRequest, String> {
     match first.kind.as_str() {
         "start" => {
-            let cmd = first.cmd.filter(|c| !c.trim().is_empty()).unwrap_or_else(|| DEFAULT_PTY_CMD.into());
+            let cmd = first
+                .cmd
+                .filter(|c| !c.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_PTY_CMD.into());
             Ok(pb::PtyAttachRequest {
                 sandbox_id: conn.sandbox_id(),
                 tag: new_pty_tag(),
@@ -117,7 +120,10 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
             })
         }
         "connect" => {
-            let tag = first.tag.filter(|t| exec::valid_tag(t)).ok_or("connect needs the tag of a terminal")?;
+            let tag = first
+                .tag
+                .filter(|t| exec::valid_tag(t))
+                .ok_or("connect needs the tag of a terminal")?;
             Ok(pb::PtyAttachRequest {
                 sandbox_id: conn.sandbox_id(),
                 tag,
@@ -130,11 +136,18 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
                 user: None,
             })
         }
-        other => Err(format!("expected a start or connect message, got {other:?}")),
+        other => Err(format!(
+            "expected a start or connect message, got {other:?}"
+        )),
     }
 }
 
-async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResult<AuthContext>, id: SandboxId) {
+async fn session(
+    ctx: ServerContext,
+    mut socket: WebSocket,
+    header_auth: ApiResult<AuthContext>,
+    id: SandboxId,
+) {
     let auth = match data_plane::ws_authenticate(&ctx, &mut socket, header_auth).await {
         Ok(a) => a,
         Err(msg) => return fail(&mut socket, &msg).await,
@@ -143,7 +156,12 @@ async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResu
         Ok(c) => c,
         Err(e) => return fail(&mut socket, &e.message).await,
     };
-    let first = match tokio::time::timeout(data_plane::WS_START_TIMEOUT, data_plane::next_text(&mut socket)).await {
+    let first = match tokio::time::timeout(
+        data_plane::WS_START_TIMEOUT,
+        data_plane::next_command(&mut socket),
+    )
+    .await
+    {
         Ok(Some(text)) => text,
         Ok(None) => return,
         Err(_) => return fail(&mut socket, "no start or connect message received").await,
@@ -158,17 +176,32 @@ async fn session(ctx: ServerContext, mut socket: WebSocket, header_auth: ApiResu
     let tag = req.tag.clone();
     let events = match conn.client().pty_attach(req).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return fail(&mut socket, &conn.error(&ctx, "attach terminal", &s).message).await,
+        Err(s) => {
+            return fail(
+                &mut socket,
+                &conn.error(&ctx, "attach terminal", &s).message,
+            )
+            .await;
+        }
     };
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %conn.sandbox.host_id, tag, "terminal attached");
-    data_plane::touch(&ctx, id).await;
+    data_plane::touch(&ctx, &conn.sandbox).await;
     relay(&ctx, &conn, socket, events, tag).await;
 }
 
 /// Relays terminal output to the client and client input to the terminal.
-async fn relay(ctx: &ServerContext, conn: &AgentConn, socket: WebSocket, mut events: tonic::Streaming<pb::PtyEvent>, mut tag: String) {
+async fn relay(
+    ctx: &ServerContext,
+    conn: &AgentConn,
+    socket: WebSocket,
+    mut events: tonic::Streaming<pb::PtyEvent>,
+    mut tag: String,
+) {
     let (mut tx, mut rx) = socket.split();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PTY_PING_INTERVAL, PTY_PING_INTERVAL);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + PTY_PING_INTERVAL,
+        PTY_PING_INTERVAL,
+    );
     let mut started = false;
     loop {
         tokio::select! {
@@ -211,7 +244,12 @@ async fn relay(ctx: &ServerContext, conn: &AgentConn, socket: WebSocket, mut eve
                 let reply = match msg {
                     Some(Ok(Message::Binary(b))) => send_input(ctx, conn, &tag, b.to_vec()).await,
                     Some(Ok(Message::Text(t))) => control(ctx, conn, &tag, t.as_str()).await,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(Message::Close(_))) => {
+                    // Lets the automatic close reply go out.
+                    let _ = tx.flush().await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                     Some(Ok(_)) => None,
                 };
                 if let Some(err) = reply
@@ -231,21 +269,29 @@ async fn relay(ctx: &ServerContext, conn: &AgentConn, socket: WebSocket, mut eve
             }
         }
     }
-    let _ = tx
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        })))
-        .await;
+    data_plane::close_split(&mut tx, &mut rx).await;
 }
 
 /// Writes keystrokes; the error text of a failure, if any.
-async fn send_input(ctx: &ServerContext, conn: &AgentConn, tag: &str, data: Vec<u8>) -> Option<String> {
+async fn send_input(
+    ctx: &ServerContext,
+    conn: &AgentConn,
+    tag: &str,
+    data: Vec<u8>,
+) -> Option<String> {
     if data.is_empty() {
         return None;
     }
-    let req = pb::PtySendInputRequest { sandbox_id: conn.sandbox_id(), tag: tag.to_owned(), data };
-    conn.client().pty_send_input(req).await.err().map(|s| conn.error(ctx, "terminal input", &s).message)
+    let req = pb::PtySendInputRequest {
+        sandbox_id: conn.sandbox_id(),
+        tag: tag.to_owned(),
+        data,
+    };
+    conn.client()
+        .pty_send_input(req)
+        .await
+        .err()
+        .map(|s| conn.error(ctx, "terminal input", &s).message)
 }
 
 /// Handles a JSON control message; the error text of a failure, if any.
@@ -264,12 +310,28 @@ async fn control(ctx: &ServerContext, conn: &AgentConn, tag: &str, text: &str) -
             if cols == 0 || rows == 0 {
                 return None;
             }
-            let req = pb::PtyResizeRequest { sandbox_id: conn.sandbox_id(), tag: tag.to_owned(), cols, rows };
-            conn.client().pty_resize(req).await.err().map(|s| conn.error(ctx, "terminal resize", &s).message)
+            let req = pb::PtyResizeRequest {
+                sandbox_id: conn.sandbox_id(),
+                tag: tag.to_owned(),
+                cols,
+                rows,
+            };
+            conn.client()
+                .pty_resize(req)
+                .await
+                .err()
+                .map(|s| conn.error(ctx, "terminal resize", &s).message)
         }
         "kill" => {
-            let req = pb::PtyKillRequest { sandbox_id: conn.sandbox_id(), tag: tag.to_owned() };
-            conn.client().pty_kill(req).await.err().map(|s| conn.error(ctx, "terminal kill", &s).message)
+            let req = pb::PtyKillRequest {
+                sandbox_id: conn.sandbox_id(),
+                tag: tag.to_owned(),
+            };
+            conn.client()
+                .pty_kill(req)
+                .await
+                .err()
+                .map(|s| conn.error(ctx, "terminal kill", &s).message)
         }
         "pong" | "ping" => None,
         other => Some(format!("unknown message type {other:?}")),

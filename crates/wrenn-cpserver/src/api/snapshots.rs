@@ -100,7 +100,13 @@ pub struct ListQuery {
 }
 
 fn audit(auth: &AuthContext, name: &str, action: &str) -> AuditEntry {
-    AuditEntry::new(auth.team_id, auth.actor(), "snapshot", Some(name.to_owned()), action)
+    AuditEntry::new(
+        auth.team_id,
+        auth.actor(),
+        "snapshot",
+        Some(name.to_owned()),
+        action,
+    )
 }
 
 /// Captures a capsule into a snapshot template.
@@ -113,16 +119,24 @@ async fn create(
     Query(q): Query<CreateQuery>,
     Json(body): Json<CreateSnapshot>,
 ) -> ApiResult<impl IntoResponse> {
-    let raw = body.sandbox_id.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("sandbox_id is required"))?;
+    let raw = body
+        .sandbox_id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("sandbox_id is required"))?;
     let id: SandboxId = raw.parse()?;
     let name = body.name.filter(|n| !n.is_empty());
     let overwrite = q.overwrite.unwrap_or(false);
-    let template = ctx.lifecycle.snapshot(auth.team_id, id, name, overwrite, &auth.actor()).await?;
+    let template = ctx
+        .lifecycle
+        .snapshot(auth.team_id, id, name, overwrite, &auth.actor())
+        .await?;
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, template = %template.name, overwrite, "snapshot created");
-    ctx.audit(audit(&auth, &template.name, "create").metadata(serde_json::json!({
-        "sandbox_id": id.to_string(),
-        "overwrite": overwrite,
-    })))
+    ctx.audit(
+        audit(&auth, &template.name, "create").metadata(serde_json::json!({
+            "sandbox_id": id.to_string(),
+            "overwrite": overwrite,
+        })),
+    )
     .await;
     Ok((StatusCode::CREATED, Json(TemplateBody::from(template))))
 }
@@ -131,13 +145,25 @@ async fn create(
 #[utoipa::path(get, path = "/v1/snapshots", tag = TAG, params(ListQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = [TemplateBody]), (status = 400), (status = 401)))]
-async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<TemplateBody>>> {
+async fn list(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<TemplateBody>>> {
     let kind = match q.kind.as_deref() {
         None | Some("") => None,
-        Some(k) => Some(k.parse::<TemplateKind>().map_err(|e| ApiError::bad_request(e.to_string()))?),
+        Some(k) => Some(
+            k.parse::<TemplateKind>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
     };
-    let templates = ctx.store.list_templates_for_team(auth.team_id, kind).await?;
-    Ok(Json(templates.into_iter().map(TemplateBody::from).collect()))
+    let templates = ctx
+        .store
+        .list_templates_for_team(auth.team_id, kind)
+        .await?;
+    Ok(Json(
+        templates.into_iter().map(TemplateBody::from).collect(),
+    ))
 }
 
 /// Deletes a team snapshot template (its files on every online host, then the row).
@@ -145,7 +171,11 @@ async fn list(State(ctx): State<ServerContext>, auth: AuthContext, Query(q): Que
     security(("api_key" = []), ("bearer" = [])),
     params(("name" = String, Path, description = "Template name")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
-async fn delete(State(ctx): State<ServerContext>, auth: AuthContext, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     wrenn_core::validate::safe_name("name", &name)?;
     let template = match ctx.store.get_template_for_team(auth.team_id, &name).await {
         Ok(t) => t,
@@ -153,7 +183,9 @@ async fn delete(State(ctx): State<ServerContext>, auth: AuthContext, Path(name):
         Err(e) => return Err(e.into()),
     };
     if template.team_id == PLATFORM_TEAM_ID || name == BUILTIN_TEMPLATE_NAME || template.protected {
-        return Err(ApiError::forbidden(format!("template {name:?} is a platform or protected template and cannot be deleted")));
+        return Err(ApiError::forbidden(format!(
+            "template {name:?} is a platform or protected template and cannot be deleted"
+        )));
     }
     // Capsules (in any live status) started from the template still need its files.
     let users: Vec<String> = ctx
@@ -167,13 +199,20 @@ async fn delete(State(ctx): State<ServerContext>, auth: AuthContext, Path(name):
     if !users.is_empty() {
         return Err(ApiError::conflict(
             "conflict",
-            format!("template {name:?} is used by capsules that still exist: {}", users.join(", ")),
+            format!(
+                "template {name:?} is used by capsules that still exist: {}",
+                users.join(", ")
+            ),
         )
         .with_detail("sandbox_ids", serde_json::json!(users)));
     }
     let hosts = ctx.store.list_hosts(None).await?;
     for host in hosts.iter().filter(|h| h.status == HostStatus::Online) {
-        if let Err(e) = ctx.agents.delete_snapshot(host.id, template.team_id, template.id).await {
+        if let Err(e) = ctx
+            .agents
+            .delete_snapshot(host.id, template.team_id, template.id)
+            .await
+        {
             // A host that cannot delete now keeps an orphaned directory; the row goes
             // regardless so the name is free again.
             tracing::warn!(host_id = %host.id, team_id = %auth.team_id, template = %name, error = %e, "could not delete template files on host");
@@ -183,20 +222,30 @@ async fn delete(State(ctx): State<ServerContext>, auth: AuthContext, Path(name):
         return Err(ApiError::not_found("template"));
     }
     tracing::info!(team_id = %auth.team_id, template = %name, "snapshot deleted");
-    ctx.audit(audit(&auth, &name, "delete").status(AuditStatus::Warning)).await;
+    ctx.audit(audit(&auth, &name, "delete").status(AuditStatus::Warning))
+        .await;
     let ev = PlatformEvent {
         event: PlatformEventKind::SnapshotDeleted,
         timestamp: Utc::now(),
         team_id: auth.team_id,
         actor: auth.actor(),
-        resource: EventResource { id: name, kind: "template".into() },
+        resource: EventResource {
+            id: name,
+            kind: "template".into(),
+        },
     };
-    if let Err(e) = ctx.events.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+    if let Err(e) = ctx
+        .events
+        .publish(PLATFORM_STREAM, &Event::Platform(ev))
+        .await
+    {
         tracing::warn!(error = %e, "could not publish template.snapshot.deleted");
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
-    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(delete))
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(delete))
 }

@@ -33,7 +33,9 @@ use wrenn_cpserver::Builder;
 use wrenn_cpserver::extension::ServerContext;
 use wrenn_db::testing::{TestStore, TestStores};
 use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::host_agent_service_server::{HostAgentService, HostAgentServiceServer};
+use wrenn_proto::hostagent::v1::host_agent_service_server::{
+    HostAgentService, HostAgentServiceServer,
+};
 
 // =====================================================================================
 // The control plane
@@ -75,12 +77,18 @@ pub struct TestUser {
 impl Env {
     /// SQLite, default config.
     pub async fn start() -> Self {
-        Self::start_with(Opts::default()).await.expect("sqlite is always available")
+        Self::start_with(Opts::default())
+            .await
+            .expect("sqlite is always available")
     }
 
     /// `None` when Postgres was asked for and is not configured.
     pub async fn start_with(opts: Opts) -> Option<Self> {
-        let db = if opts.postgres { TestStores::postgres().await? } else { TestStores::sqlite().await };
+        let db = if opts.postgres {
+            TestStores::postgres().await?
+        } else {
+            TestStores::sqlite().await
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let wrenn_dir = dir.path().join("wrenn").to_string_lossy().into_owned();
         let max_body = opts.max_body_bytes.map(|v| v.to_string());
@@ -116,7 +124,10 @@ impl Env {
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(agent_listener), stop_agent.cancelled())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(agent_listener),
+                    stop_agent.cancelled(),
+                )
                 .await;
         });
         let host = register_host(&ctx.store, &agent_addr.to_string()).await;
@@ -174,7 +185,12 @@ impl Env {
         let team = TeamId::new();
         store
             .create_team(
-                NewTeam { id: team, name: format!("{email} team"), slug: wrenn_core::id::new_team_slug(), is_byoc: false },
+                NewTeam {
+                    id: team,
+                    name: format!("{email} team"),
+                    slug: wrenn_core::id::new_team_slug(),
+                    is_byoc: false,
+                },
                 id,
                 true,
             )
@@ -182,7 +198,12 @@ impl Env {
             .expect("create team");
         let claims = UserClaims::new(id, team, Role::Owner, email, "user", false);
         let token = self.ctx.auth.jwt().sign_user(&claims).expect("sign");
-        TestUser { id, team, email: email.to_lowercase(), token }
+        TestUser {
+            id,
+            team,
+            email: email.to_lowercase(),
+            token,
+        }
     }
 
     /// A plaintext API key for the user's team.
@@ -230,7 +251,11 @@ impl Env {
             .expect("running")
             .expect("was starting");
         if status != SandboxStatus::Running {
-            store.status_if(id, SandboxStatus::Running, status).await.expect("status").expect("was running");
+            store
+                .status_if(id, SandboxStatus::Running, status)
+                .await
+                .expect("status")
+                .expect("was running");
         }
         if matches!(status, SandboxStatus::Running | SandboxStatus::Paused) {
             self.agents.sandboxes.lock().unwrap().insert(id, status);
@@ -265,7 +290,13 @@ pub async fn register_host(store: &Arc<dyn Store>, address: &str) -> HostId {
         })
         .await
         .expect("create host");
-    let spec = HostSpec { address: address.into(), arch: "x86_64".into(), cpu_cores: 8, memory_mb: 16384, disk_gb: 100 };
+    let spec = HostSpec {
+        address: address.into(),
+        arch: "x86_64".into(),
+        cpu_cores: 8,
+        memory_mb: 16384,
+        disk_gb: 100,
+    };
     assert!(store.register_host(id, &spec).await.expect("register"));
     id
 }
@@ -274,14 +305,23 @@ pub async fn register_host(store: &Arc<dyn Store>, address: &str) -> HostId {
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Asserts an error envelope with `status` and `code`.
 pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "body: {}", got.1);
     assert_eq!(got.1["error"]["code"], code, "body: {}", got.1);
-    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {}",
+        got.1
+    );
 }
 
 /// Polls `check` until it holds (or panics after `secs`).
@@ -378,7 +418,12 @@ impl FakeAgent {
     /// How many RPCs were made for `sandbox`.
     pub fn calls_for(&self, sandbox: SandboxId) -> usize {
         let s = sandbox.to_string();
-        self.calls.lock().unwrap().iter().filter(|c| c.ends_with(&s)).count()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.ends_with(&s))
+            .count()
     }
 
     /// The host directory holding a sandbox's file system.
@@ -391,12 +436,18 @@ impl FakeAgent {
         if path.trim().is_empty() {
             return Err(Status::invalid_argument("path is required"));
         }
-        let rel = if let Some(p) = path.strip_prefix('/') { p.to_owned() } else { format!("root/{}", path.trim_start_matches("~/")) };
+        let rel = if let Some(p) = path.strip_prefix('/') {
+            p.to_owned()
+        } else {
+            format!("root/{}", path.trim_start_matches("~/"))
+        };
         let mut out = self.root.join(sandbox);
         for c in Path::new(&rel).components() {
             match c {
                 Component::Normal(n) => out.push(n),
-                Component::ParentDir => return Err(Status::invalid_argument("'..' is not allowed")),
+                Component::ParentDir => {
+                    return Err(Status::invalid_argument("'..' is not allowed"));
+                }
                 _ => {}
             }
         }
@@ -406,7 +457,10 @@ impl FakeAgent {
     /// Maps a host path back to the sandbox.
     fn sandbox_path(&self, sandbox: &str, host: &Path) -> String {
         let base = self.root.join(sandbox);
-        format!("/{}", host.strip_prefix(&base).unwrap_or(host).to_string_lossy())
+        format!(
+            "/{}",
+            host.strip_prefix(&base).unwrap_or(host).to_string_lossy()
+        )
     }
 
     fn home(&self, sandbox: &str) -> PathBuf {
@@ -415,19 +469,35 @@ impl FakeAgent {
         home
     }
 
-    fn command(&self, sandbox: &str, cmd: &str, args: &[String], envs: &HashMap<String, String>, cwd: Option<&str>) -> Result<Command, Status> {
+    fn command(
+        &self,
+        sandbox: &str,
+        cmd: &str,
+        args: &[String],
+        envs: &HashMap<String, String>,
+        cwd: Option<&str>,
+    ) -> Result<Command, Status> {
         if cmd.trim().is_empty() {
             return Err(Status::invalid_argument("cmd is required"));
         }
+        let home = self.home(sandbox);
         let dir = match cwd {
             Some(c) if !c.is_empty() => self.host_path(sandbox, c)?,
-            _ => self.home(sandbox),
+            _ => home,
         };
         if !dir.is_dir() {
-            return Err(Status::invalid_argument(format!("cwd {cwd:?} does not exist")));
+            return Err(Status::invalid_argument(format!(
+                "cwd {cwd:?} does not exist"
+            )));
         }
         let mut c = Command::new(cmd);
-        c.args(args).envs(envs).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        c.args(args)
+            .envs(envs)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         Ok(c)
     }
 
@@ -444,12 +514,22 @@ impl FakeAgent {
     }
 
     fn find_tag(&self, sandbox: &str, tag: &str) -> Result<Arc<Proc>, Status> {
-        let sel = pb::ProcessSelector { selector: Some(pb::process_selector::Selector::Tag(tag.into())) };
+        let sel = pb::ProcessSelector {
+            selector: Some(pb::process_selector::Selector::Tag(tag.into())),
+        };
         self.find(sandbox, Some(&sel))
     }
 
     /// Starts a tracked process: its output is buffered for replay and broadcast live.
-    fn track(&self, sandbox: &str, mut child: Child, tag: String, cmd: String, args: Vec<String>, pty: bool) -> Result<Arc<Proc>, Status> {
+    fn track(
+        &self,
+        sandbox: &str,
+        mut child: Child,
+        tag: String,
+        cmd: String,
+        args: Vec<String>,
+        pty: bool,
+    ) -> Result<Arc<Proc>, Status> {
         let pid = child.id().ok_or_else(|| Status::internal("no pid"))?;
         let (live, _) = broadcast::channel(1024);
         let proc = Arc::new(Proc {
@@ -459,10 +539,18 @@ impl FakeAgent {
             args,
             pty,
             stdin: tokio::sync::Mutex::new(child.stdin.take()),
-            state: Mutex::new(ProcState { replay: Vec::new(), exit: None }),
+            state: Mutex::new(ProcState {
+                replay: Vec::new(),
+                exit: None,
+            }),
             live,
         });
-        self.procs.lock().unwrap().entry(sandbox.to_owned()).or_default().push(proc.clone());
+        self.procs
+            .lock()
+            .unwrap()
+            .entry(sandbox.to_owned())
+            .or_default()
+            .push(proc.clone());
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let p = proc.clone();
         tokio::spawn(async move {
@@ -499,7 +587,12 @@ impl FakeAgent {
         let procs = self.procs.lock().unwrap();
         procs
             .get(sandbox)
-            .map(|l| l.iter().filter(|p| p.state.lock().unwrap().exit.is_none()).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .filter(|p| p.state.lock().unwrap().exit.is_none())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -530,7 +623,10 @@ impl FakeAgent {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs() as i64);
         Ok(pb::FileEntry {
-            name: host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             path: self.sandbox_path(sandbox, host),
             r#type: kind.into(),
             size: meta.len(),
@@ -539,12 +635,28 @@ impl FakeAgent {
             owner: "root".into(),
             group: "root".into(),
             modified_at_unix: modified,
-            symlink_target: if ft.is_symlink() { std::fs::read_link(host).ok().map(|t| t.to_string_lossy().into_owned()) } else { None },
+            symlink_target: if ft.is_symlink() {
+                std::fs::read_link(host)
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned())
+            } else {
+                None
+            },
         })
     }
 
-    fn list(&self, sandbox: &str, dir: &Path, depth: u32, out: &mut Vec<pb::FileEntry>) -> Result<(), Status> {
-        let mut names: Vec<_> = std::fs::read_dir(dir).map_err(|e| io_status(&e, dir))?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    fn list(
+        &self,
+        sandbox: &str,
+        dir: &Path,
+        depth: u32,
+        out: &mut Vec<pb::FileEntry>,
+    ) -> Result<(), Status> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io_status(&e, dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         names.sort();
         for p in names {
             out.push(self.entry(sandbox, &p)?);
@@ -558,7 +670,9 @@ impl FakeAgent {
 
 fn io_status(e: &std::io::Error, path: &Path) -> Status {
     match e.kind() {
-        std::io::ErrorKind::NotFound => Status::not_found(format!("{} does not exist", path.display())),
+        std::io::ErrorKind::NotFound => {
+            Status::not_found(format!("{} does not exist", path.display()))
+        }
         std::io::ErrorKind::PermissionDenied => Status::permission_denied(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
@@ -574,13 +688,25 @@ fn process_events(proc: Arc<Proc>, replay: bool) -> BoxStream<pb::ExecEvent> {
     tokio::spawn(async move {
         let conv = |o: Out| -> pb::ExecEvent {
             let event = match o {
-                Out::Stdout(b) => Event::Data(pb::ExecData { output: Some(pb::exec_data::Output::Stdout(b)) }),
-                Out::Stderr(b) => Event::Data(pb::ExecData { output: Some(pb::exec_data::Output::Stderr(b)) }),
-                Out::Exit(code) => Event::End(pb::ExecEnd { exit_code: code, error: None }),
+                Out::Stdout(b) => Event::Data(pb::ExecData {
+                    output: Some(pb::exec_data::Output::Stdout(b)),
+                }),
+                Out::Stderr(b) => Event::Data(pb::ExecData {
+                    output: Some(pb::exec_data::Output::Stderr(b)),
+                }),
+                Out::Exit(code) => Event::End(pb::ExecEnd {
+                    exit_code: code,
+                    error: None,
+                }),
             };
             pb::ExecEvent { event: Some(event) }
         };
-        let start = pb::ExecEvent { event: Some(Event::Start(pb::ExecStart { pid: proc.pid, tag: proc.tag.clone() })) };
+        let start = pb::ExecEvent {
+            event: Some(Event::Start(pb::ExecStart {
+                pid: proc.pid,
+                tag: proc.tag.clone(),
+            })),
+        };
         if tx.send(Ok(start)).await.is_err() {
             return;
         }
@@ -653,12 +779,23 @@ impl HostAgentService for AgentService {
         get_host_metrics(GetHostMetricsRequest) -> GetHostMetricsResponse;
     }
 
-    async fn exec(&self, r: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
+    async fn exec(
+        &self,
+        r: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
         let r = r.into_inner();
         self.0.call("exec", &r.sandbox_id);
-        let mut cmd = self.0.command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
-        let child = cmd.spawn().map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
-        let timeout = Duration::from_secs(u64::from(if r.timeout_sec == 0 { 30 } else { r.timeout_sec }));
+        let mut cmd = self
+            .0
+            .command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
+        let timeout = Duration::from_secs(u64::from(if r.timeout_sec == 0 {
+            30
+        } else {
+            r.timeout_sec
+        }));
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => Ok(Response::new(pb::ExecResponse {
                 stdout: out.stdout,
@@ -667,18 +804,30 @@ impl HostAgentService for AgentService {
                 truncated: false,
             })),
             Ok(Err(e)) => Err(Status::internal(e.to_string())),
-            Err(_) => Err(Status::deadline_exceeded(format!("command outlived {}s and was killed", timeout.as_secs()))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "command outlived {}s and was killed",
+                timeout.as_secs()
+            ))),
         }
     }
 
     type ExecStreamStream = BoxStream<pb::ExecEvent>;
 
-    async fn exec_stream(&self, r: Request<pb::ExecStreamRequest>) -> Result<Response<Self::ExecStreamStream>, Status> {
+    async fn exec_stream(
+        &self,
+        r: Request<pb::ExecStreamRequest>,
+    ) -> Result<Response<Self::ExecStreamStream>, Status> {
         let r = r.into_inner();
         self.0.call("exec_stream", &r.sandbox_id);
-        let mut cmd = self.0.command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
-        let child = cmd.spawn().map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
-        let proc = self.0.track(&r.sandbox_id, child, String::new(), r.cmd, r.args, false)?;
+        let mut cmd = self
+            .0
+            .command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
+        let proc = self
+            .0
+            .track(&r.sandbox_id, child, String::new(), r.cmd, r.args, false)?;
         // Cancelling the stream kills the process.
         let pid = proc.pid;
         let events = process_events(proc.clone(), true);
@@ -689,21 +838,48 @@ impl HostAgentService for AgentService {
         }))))
     }
 
-    async fn start_background(&self, r: Request<pb::StartBackgroundRequest>) -> Result<Response<pb::StartBackgroundResponse>, Status> {
+    async fn start_background(
+        &self,
+        r: Request<pb::StartBackgroundRequest>,
+    ) -> Result<Response<pb::StartBackgroundResponse>, Status> {
         let r = r.into_inner();
         self.0.call("start_background", &r.sandbox_id);
-        if self.0.live_procs(&r.sandbox_id).iter().any(|p| p.tag == r.tag) {
-            return Err(Status::already_exists(format!("a process is already tagged {}", r.tag)));
+        if self
+            .0
+            .live_procs(&r.sandbox_id)
+            .iter()
+            .any(|p| p.tag == r.tag)
+        {
+            return Err(Status::already_exists(format!(
+                "a process is already tagged {}",
+                r.tag
+            )));
         }
-        let mut cmd = self.0.command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
+        let mut cmd = self
+            .0
+            .command(&r.sandbox_id, &r.cmd, &r.args, &r.envs, r.cwd.as_deref())?;
         cmd.kill_on_drop(false);
-        let child = cmd.spawn().map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
-        let tag = if r.tag.is_empty() { "proc-00000000".to_owned() } else { r.tag };
-        let proc = self.0.track(&r.sandbox_id, child, tag, r.cmd, r.args, false)?;
-        Ok(Response::new(pb::StartBackgroundResponse { pid: proc.pid, tag: proc.tag.clone() }))
+        let child = cmd
+            .spawn()
+            .map_err(|e| Status::invalid_argument(format!("cannot start {}: {e}", r.cmd)))?;
+        let tag = if r.tag.is_empty() {
+            "proc-00000000".to_owned()
+        } else {
+            r.tag
+        };
+        let proc = self
+            .0
+            .track(&r.sandbox_id, child, tag, r.cmd, r.args, false)?;
+        Ok(Response::new(pb::StartBackgroundResponse {
+            pid: proc.pid,
+            tag: proc.tag.clone(),
+        }))
     }
 
-    async fn list_processes(&self, r: Request<pb::ListProcessesRequest>) -> Result<Response<pb::ListProcessesResponse>, Status> {
+    async fn list_processes(
+        &self,
+        r: Request<pb::ListProcessesRequest>,
+    ) -> Result<Response<pb::ListProcessesResponse>, Status> {
         let r = r.into_inner();
         self.0.call("list_processes", &r.sandbox_id);
         let processes = self
@@ -723,7 +899,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::ListProcessesResponse { processes }))
     }
 
-    async fn kill_process(&self, r: Request<pb::KillProcessRequest>) -> Result<Response<pb::KillProcessResponse>, Status> {
+    async fn kill_process(
+        &self,
+        r: Request<pb::KillProcessRequest>,
+    ) -> Result<Response<pb::KillProcessResponse>, Status> {
         let r = r.into_inner();
         self.0.call("kill_process", &r.sandbox_id);
         let proc = self.0.find(&r.sandbox_id, r.process.as_ref())?;
@@ -742,7 +921,10 @@ impl HostAgentService for AgentService {
 
     type ConnectProcessStream = BoxStream<pb::ExecEvent>;
 
-    async fn connect_process(&self, r: Request<pb::ConnectProcessRequest>) -> Result<Response<Self::ConnectProcessStream>, Status> {
+    async fn connect_process(
+        &self,
+        r: Request<pb::ConnectProcessRequest>,
+    ) -> Result<Response<Self::ConnectProcessStream>, Status> {
         let r = r.into_inner();
         self.0.call("connect_process", &r.sandbox_id);
         let proc = self.0.find(&r.sandbox_id, r.process.as_ref())?;
@@ -751,7 +933,10 @@ impl HostAgentService for AgentService {
 
     type PtyAttachStream = BoxStream<pb::PtyEvent>;
 
-    async fn pty_attach(&self, r: Request<pb::PtyAttachRequest>) -> Result<Response<Self::PtyAttachStream>, Status> {
+    async fn pty_attach(
+        &self,
+        r: Request<pb::PtyAttachRequest>,
+    ) -> Result<Response<Self::PtyAttachStream>, Status> {
         use pb::pty_event::Event;
         let r = r.into_inner();
         self.0.call("pty_attach", &r.sandbox_id);
@@ -766,33 +951,65 @@ impl HostAgentService for AgentService {
                 return Err(Status::invalid_argument("cols and rows are required"));
             }
             // No real terminal here: stdin/stdout pipes, stderr merged into stdout.
-            let mut args = vec!["-c".to_owned(), "exec \"$0\" \"$@\" 2>&1".to_owned(), r.cmd.clone()];
+            let mut args = vec![
+                "-c".to_owned(),
+                "exec \"$0\" \"$@\" 2>&1".to_owned(),
+                r.cmd.clone(),
+            ];
             args.extend(r.args.iter().cloned());
             let mut envs = r.envs.clone();
             envs.insert("COLUMNS".into(), r.cols.to_string());
             envs.insert("LINES".into(), r.rows.to_string());
-            let mut cmd = self.0.command(&r.sandbox_id, "/bin/sh", &args, &envs, r.cwd.as_deref())?;
+            let mut cmd =
+                self.0
+                    .command(&r.sandbox_id, "/bin/sh", &args, &envs, r.cwd.as_deref())?;
             cmd.stdin(Stdio::piped()).kill_on_drop(false);
             let child = cmd.spawn().map_err(|e| Status::internal(e.to_string()))?;
-            self.0.track(&r.sandbox_id, child, r.tag.clone(), r.cmd.clone(), r.args.clone(), true)?
+            self.0.track(
+                &r.sandbox_id,
+                child,
+                r.tag.clone(),
+                r.cmd.clone(),
+                r.args.clone(),
+                true,
+            )?
         };
         let (buffered, mut live) = proc.subscribe();
-        let exited = buffered.iter().find_map(|o| if let Out::Exit(c) = o { Some(*c) } else { None });
+        let exited = buffered
+            .iter()
+            .find_map(|o| if let Out::Exit(c) = o { Some(*c) } else { None });
         let (tx, rx) = mpsc::channel(64);
         let (pid, tag) = (proc.pid, proc.tag.clone());
         tokio::spawn(async move {
-            let started = pb::PtyEvent { event: Some(Event::Started(pb::PtyStarted { pid, tag })) };
+            let started = pb::PtyEvent {
+                event: Some(Event::Started(pb::PtyStarted { pid, tag })),
+            };
             if tx.send(Ok(started)).await.is_err() {
                 return;
             }
             if let Some(code) = exited {
-                let _ = tx.send(Ok(pb::PtyEvent { event: Some(Event::Exited(pb::PtyExited { exit_code: code, error: None })) })).await;
+                let _ = tx
+                    .send(Ok(pb::PtyEvent {
+                        event: Some(Event::Exited(pb::PtyExited {
+                            exit_code: code,
+                            error: None,
+                        })),
+                    }))
+                    .await;
                 return;
             }
             while let Ok(o) = live.recv().await {
                 let (ev, end) = match o {
-                    Out::Stdout(b) | Out::Stderr(b) => (Event::Output(pb::PtyOutput { data: b }), false),
-                    Out::Exit(code) => (Event::Exited(pb::PtyExited { exit_code: code, error: None }), true),
+                    Out::Stdout(b) | Out::Stderr(b) => {
+                        (Event::Output(pb::PtyOutput { data: b }), false)
+                    }
+                    Out::Exit(code) => (
+                        Event::Exited(pb::PtyExited {
+                            exit_code: code,
+                            error: None,
+                        }),
+                        true,
+                    ),
                 };
                 if tx.send(Ok(pb::PtyEvent { event: Some(ev) })).await.is_err() || end {
                     return;
@@ -802,18 +1019,32 @@ impl HostAgentService for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn pty_send_input(&self, r: Request<pb::PtySendInputRequest>) -> Result<Response<pb::PtySendInputResponse>, Status> {
+    async fn pty_send_input(
+        &self,
+        r: Request<pb::PtySendInputRequest>,
+    ) -> Result<Response<pb::PtySendInputResponse>, Status> {
         let r = r.into_inner();
         self.0.call("pty_send_input", &r.sandbox_id);
         let proc = self.0.find_tag(&r.sandbox_id, &r.tag)?;
         let mut stdin = proc.stdin.lock().await;
-        let stdin = stdin.as_mut().ok_or_else(|| Status::failed_precondition("no stdin"))?;
-        stdin.write_all(&r.data).await.map_err(|e| Status::internal(e.to_string()))?;
-        stdin.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+        let stdin = stdin
+            .as_mut()
+            .ok_or_else(|| Status::failed_precondition("no stdin"))?;
+        stdin
+            .write_all(&r.data)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::PtySendInputResponse {}))
     }
 
-    async fn pty_resize(&self, r: Request<pb::PtyResizeRequest>) -> Result<Response<pb::PtyResizeResponse>, Status> {
+    async fn pty_resize(
+        &self,
+        r: Request<pb::PtyResizeRequest>,
+    ) -> Result<Response<pb::PtyResizeResponse>, Status> {
         let r = r.into_inner();
         self.0.call("pty_resize", &r.sandbox_id);
         self.0.find_tag(&r.sandbox_id, &r.tag)?;
@@ -821,7 +1052,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::PtyResizeResponse {}))
     }
 
-    async fn pty_kill(&self, r: Request<pb::PtyKillRequest>) -> Result<Response<pb::PtyKillResponse>, Status> {
+    async fn pty_kill(
+        &self,
+        r: Request<pb::PtyKillRequest>,
+    ) -> Result<Response<pb::PtyKillResponse>, Status> {
         let r = r.into_inner();
         self.0.call("pty_kill", &r.sandbox_id);
         let proc = self.0.find_tag(&r.sandbox_id, &r.tag)?;
@@ -829,11 +1063,16 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::PtyKillResponse {}))
     }
 
-    async fn write_file_stream(&self, r: Request<Streaming<pb::WriteFileStreamRequest>>) -> Result<Response<pb::WriteFileStreamResponse>, Status> {
+    async fn write_file_stream(
+        &self,
+        r: Request<Streaming<pb::WriteFileStreamRequest>>,
+    ) -> Result<Response<pb::WriteFileStreamResponse>, Status> {
         use pb::write_file_stream_request::Msg;
         let mut stream = r.into_inner();
         let meta = match stream.message().await? {
-            Some(pb::WriteFileStreamRequest { msg: Some(Msg::Meta(m)) }) => m,
+            Some(pb::WriteFileStreamRequest {
+                msg: Some(Msg::Meta(m)),
+            }) => m,
             _ => return Err(Status::invalid_argument("the first message must be meta")),
         };
         self.0.call("write_file_stream", &meta.sandbox_id);
@@ -842,9 +1081,13 @@ impl HostAgentService for AgentService {
             return Err(Status::invalid_argument("the path is a directory"));
         }
         if let Some(parent) = host.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| Status::internal(e.to_string()))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let mut file = tokio::fs::File::create(&host).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = tokio::fs::File::create(&host)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mut size = 0u64;
         while let Some(msg) = stream.message().await? {
             match msg.msg {
@@ -856,27 +1099,41 @@ impl HostAgentService for AgentService {
                         let mut max = self.0.max_chunk.lock().unwrap();
                         *max = (*max).max(c.len());
                     }
-                    file.write_all(&c).await.map_err(|e| Status::internal(e.to_string()))?;
+                    file.write_all(&c)
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?;
                     size += c.len() as u64;
                 }
                 _ => return Err(Status::invalid_argument("a second meta")),
             }
         }
-        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::WriteFileStreamResponse { path: meta.path, size }))
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::WriteFileStreamResponse {
+            path: meta.path,
+            size,
+        }))
     }
 
     type ReadFileStreamStream = BoxStream<pb::ReadFileStreamResponse>;
 
-    async fn read_file_stream(&self, r: Request<pb::ReadFileStreamRequest>) -> Result<Response<Self::ReadFileStreamStream>, Status> {
+    async fn read_file_stream(
+        &self,
+        r: Request<pb::ReadFileStreamRequest>,
+    ) -> Result<Response<Self::ReadFileStreamStream>, Status> {
         let r = r.into_inner();
         self.0.call("read_file_stream", &r.sandbox_id);
         let host = self.0.host_path(&r.sandbox_id, &r.path)?;
-        let meta = tokio::fs::metadata(&host).await.map_err(|e| io_status(&e, &host))?;
+        let meta = tokio::fs::metadata(&host)
+            .await
+            .map_err(|e| io_status(&e, &host))?;
         if !meta.is_file() {
             return Err(Status::invalid_argument("not a regular file"));
         }
-        let mut file = tokio::fs::File::open(&host).await.map_err(|e| io_status(&e, &host))?;
+        let mut file = tokio::fs::File::open(&host)
+            .await
+            .map_err(|e| io_status(&e, &host))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             let mut first = true;
@@ -895,7 +1152,15 @@ impl HostAgentService for AgentService {
                 buf.truncate(n);
                 let total_size = first.then_some(meta.len());
                 first = false;
-                if tx.send(Ok(pb::ReadFileStreamResponse { chunk: buf, total_size })).await.is_err() || n == 0 {
+                if tx
+                    .send(Ok(pb::ReadFileStreamResponse {
+                        chunk: buf,
+                        total_size,
+                    }))
+                    .await
+                    .is_err()
+                    || n == 0
+                {
                     return;
                 }
             }
@@ -903,7 +1168,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_dir(&self, r: Request<pb::ListDirRequest>) -> Result<Response<pb::ListDirResponse>, Status> {
+    async fn list_dir(
+        &self,
+        r: Request<pb::ListDirRequest>,
+    ) -> Result<Response<pb::ListDirResponse>, Status> {
         let r = r.into_inner();
         self.0.call("list_dir", &r.sandbox_id);
         let host = self.0.host_path(&r.sandbox_id, &r.path)?;
@@ -912,11 +1180,15 @@ impl HostAgentService for AgentService {
             return Err(Status::invalid_argument("not a directory"));
         }
         let mut entries = Vec::new();
-        self.0.list(&r.sandbox_id, &host, r.depth.max(1), &mut entries)?;
+        self.0
+            .list(&r.sandbox_id, &host, r.depth.max(1), &mut entries)?;
         Ok(Response::new(pb::ListDirResponse { entries }))
     }
 
-    async fn make_dir(&self, r: Request<pb::MakeDirRequest>) -> Result<Response<pb::MakeDirResponse>, Status> {
+    async fn make_dir(
+        &self,
+        r: Request<pb::MakeDirRequest>,
+    ) -> Result<Response<pb::MakeDirResponse>, Status> {
         let r = r.into_inner();
         self.0.call("make_dir", &r.sandbox_id);
         let host = self.0.host_path(&r.sandbox_id, &r.path)?;
@@ -924,10 +1196,15 @@ impl HostAgentService for AgentService {
             return Err(Status::already_exists(format!("{} already exists", r.path)));
         }
         std::fs::create_dir_all(&host).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(pb::MakeDirResponse { entry: Some(self.0.entry(&r.sandbox_id, &host)?) }))
+        Ok(Response::new(pb::MakeDirResponse {
+            entry: Some(self.0.entry(&r.sandbox_id, &host)?),
+        }))
     }
 
-    async fn remove_path(&self, r: Request<pb::RemovePathRequest>) -> Result<Response<pb::RemovePathResponse>, Status> {
+    async fn remove_path(
+        &self,
+        r: Request<pb::RemovePathRequest>,
+    ) -> Result<Response<pb::RemovePathResponse>, Status> {
         let r = r.into_inner();
         self.0.call("remove_path", &r.sandbox_id);
         let host = self.0.host_path(&r.sandbox_id, &r.path)?;
@@ -941,7 +1218,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::RemovePathResponse {}))
     }
 
-    async fn get_sandbox_metrics(&self, r: Request<pb::GetSandboxMetricsRequest>) -> Result<Response<pb::GetSandboxMetricsResponse>, Status> {
+    async fn get_sandbox_metrics(
+        &self,
+        r: Request<pb::GetSandboxMetricsRequest>,
+    ) -> Result<Response<pb::GetSandboxMetricsResponse>, Status> {
         let r = r.into_inner();
         self.0.call("get_sandbox_metrics", &r.sandbox_id);
         if !["", "5m", "10m", "1h", "2h", "6h", "12h", "24h"].contains(&r.range.as_str()) {
@@ -949,7 +1229,12 @@ impl HostAgentService for AgentService {
         }
         let now = chrono::Utc::now().timestamp();
         let points = (0..3)
-            .map(|i| pb::MetricPoint { timestamp_unix: now - 2 + i, cpu_pct: 10.0 * i as f64, mem_bytes: 1 << 20, disk_bytes: 4096 })
+            .map(|i| pb::MetricPoint {
+                timestamp_unix: now - 2 + i,
+                cpu_pct: 10.0 * i as f64,
+                mem_bytes: 1 << 20,
+                disk_bytes: 4096,
+            })
             .collect();
         Ok(Response::new(pb::GetSandboxMetricsResponse { points }))
     }
@@ -967,12 +1252,20 @@ impl Drop for KillOnDrop {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Whether a process is alive (`kill -0`).
 pub fn alive(pid: u32) -> bool {
-    std::process::Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    std::process::Command::new("kill")
+        .arg("-0")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 // =====================================================================================
@@ -1002,7 +1295,11 @@ pub struct Refused {
 
 impl Ws {
     /// Upgrades `GET path` on `authority` with extra `headers`.
-    pub async fn connect(authority: &str, path: &str, headers: &[(&str, &str)]) -> Result<Ws, Refused> {
+    pub async fn connect(
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, Refused> {
         let mut stream = TcpStream::connect(authority).await.expect("connect");
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -1012,7 +1309,10 @@ impl Ws {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await.expect("send upgrade");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("send upgrade");
         let mut buf = Vec::new();
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -1024,12 +1324,20 @@ impl Ws {
             buf.extend_from_slice(&tmp[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
         let rest = buf[head_end..].to_vec();
         if status != 101 {
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             let mut body = rest;
             while body.len() < len {
@@ -1040,7 +1348,10 @@ impl Ws {
                 }
                 body.extend_from_slice(&tmp[..n]);
             }
-            return Err(Refused { status, body: String::from_utf8_lossy(&body).into_owned() });
+            return Err(Refused {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
         Ok(Ws { stream, buf: rest })
     }
@@ -1126,8 +1437,11 @@ impl Ws {
             match opcode {
                 0x9 => self.send_frame(0xA, &payload).await,
                 0xA => {}
-                0x8 => return Some(Frame::Close),
-                0x0 | 0x1 | 0x2 => {
+                0x8 => {
+                    self.send_frame(0x8, &payload).await;
+                    return Some(Frame::Close);
+                }
+                0x0..=0x2 => {
                     if opcode != 0 {
                         message_op = opcode;
                     }
@@ -1147,7 +1461,9 @@ impl Ws {
 
     /// The next frame within `secs` seconds.
     pub async fn next(&mut self, secs: u64) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(secs), self.recv()).await.expect("timed out waiting for a frame")
+        tokio::time::timeout(Duration::from_secs(secs), self.recv())
+            .await
+            .expect("timed out waiting for a frame")
     }
 
     /// The next frame, which must be JSON text.
@@ -1213,12 +1529,18 @@ pub struct SseReader {
 
 impl SseReader {
     pub fn new(resp: reqwest::Response) -> Self {
-        Self { body: Box::pin(resp.bytes_stream()), buf: String::new(), comments: 0 }
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+            comments: 0,
+        }
     }
 
     /// The next message within `secs` (`None` if the stream ended).
     pub async fn next(&mut self, secs: u64) -> Option<SseMessage> {
-        tokio::time::timeout(Duration::from_secs(secs), self.read()).await.expect("timed out waiting for an SSE message")
+        tokio::time::timeout(Duration::from_secs(secs), self.read())
+            .await
+            .expect("timed out waiting for an SSE message")
     }
 
     async fn read(&mut self) -> Option<SseMessage> {

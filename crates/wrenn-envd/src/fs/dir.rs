@@ -93,7 +93,12 @@ pub(crate) fn create_dirs(path: &Path, owner: Owner, must_create: bool) -> Resul
                 if err.kind() == io::ErrorKind::AlreadyExists
                     && dir.is_dir()
                     && !(must_create && dir == path) => {}
-            Err(err) => return Err(EnvdError::from_io(format_args!("creating {}", dir.display()), &err)),
+            Err(err) => {
+                return Err(EnvdError::from_io(
+                    format_args!("creating {}", dir.display()),
+                    &err,
+                ));
+            }
         }
     }
     Ok(())

@@ -63,14 +63,13 @@ pub(crate) fn permissions(mode: u32) -> String {
         _ => '-',
     };
     let bit = |mask: u32, c: char| if mode & mask != 0 { c } else { '-' };
-    let special = |exec: u32, flag: u32, set: char, unset: char| {
-        match (mode & exec != 0, mode & flag != 0) {
+    let special =
+        |exec: u32, flag: u32, set: char, unset: char| match (mode & exec != 0, mode & flag != 0) {
             (true, true) => set,
             (false, true) => unset,
             (true, false) => 'x',
             (false, false) => '-',
-        }
-    };
+        };
     [
         kind,
         bit(0o400, 'r'),

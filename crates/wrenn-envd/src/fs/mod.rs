@@ -52,7 +52,7 @@ pub(crate) fn temp_name(prefix: &str) -> String {
 
 /// The `Filesystem` service.
 #[derive(Debug, Clone)]
-pub struct FilesystemService {
+pub(crate) struct FilesystemService {
     shared: Arc<Shared>,
 }
 
@@ -74,7 +74,9 @@ impl FilesystemService {
 }
 
 /// Runs blocking file-system work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work).await?
 }
 
@@ -115,7 +117,10 @@ impl filesystem_server::Filesystem for FilesystemService {
         Ok(Response::new(MakeDirResponse { entry: Some(entry) }))
     }
 
-    async fn r#move(&self, request: Request<MoveRequest>) -> Result<Response<MoveResponse>, Status> {
+    async fn r#move(
+        &self,
+        request: Request<MoveRequest>,
+    ) -> Result<Response<MoveResponse>, Status> {
         let request = request.into_inner();
         let source = self.resolve(&request.source, None)?;
         let destination = self.resolve(&request.destination, None)?;

@@ -24,6 +24,15 @@ pub type ReadStream = ReceiverStream<Result<ReadFileResponse, Status>>;
 
 /// Opens a regular file for streaming; returns it with its size. Blocking.
 pub(crate) fn open(path: &Path) -> Result<(File, u64)> {
+    // Check before opening: opening a FIFO for reading would block until a writer
+    // appears.
+    let metadata = std::fs::metadata(path).map_err(EnvdError::io(path.display()))?;
+    if !metadata.is_file() {
+        return Err(EnvdError::invalid(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
     let file = File::open(path).map_err(EnvdError::io(path.display()))?;
     let metadata = file.metadata().map_err(EnvdError::io(path.display()))?;
     if !metadata.is_file() {

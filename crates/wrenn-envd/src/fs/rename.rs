@@ -65,14 +65,27 @@ fn rename_error(destination: &Path, err: &io::Error) -> EnvdError {
 fn copy_into_place(source: &Path, source_meta: &fs::Metadata, destination: &Path) -> Result<()> {
     if let Ok(existing) = fs::symlink_metadata(destination) {
         match (source_meta.is_dir(), existing.is_dir()) {
-            (_, true) if fs::read_dir(destination).map(|mut d| d.next().is_some()).unwrap_or(true) => {
-                return Err(rename_error(destination, &io::Error::from_raw_os_error(Errno::NOTEMPTY.raw_os_error())));
+            (_, true)
+                if fs::read_dir(destination)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true) =>
+            {
+                return Err(rename_error(
+                    destination,
+                    &io::Error::from_raw_os_error(Errno::NOTEMPTY.raw_os_error()),
+                ));
             }
             (false, true) => {
-                return Err(rename_error(destination, &io::Error::from_raw_os_error(Errno::ISDIR.raw_os_error())));
+                return Err(rename_error(
+                    destination,
+                    &io::Error::from_raw_os_error(Errno::ISDIR.raw_os_error()),
+                ));
             }
             (true, false) => {
-                return Err(rename_error(destination, &io::Error::from_raw_os_error(Errno::NOTDIR.raw_os_error())));
+                return Err(rename_error(
+                    destination,
+                    &io::Error::from_raw_os_error(Errno::NOTDIR.raw_os_error()),
+                ));
             }
             _ => {}
         }
@@ -111,12 +124,18 @@ fn copy_tree(source: &Path, target: &Path) -> io::Result<()> {
     } else if is_special(&kind) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("cannot copy special file {} across file systems", source.display()),
+            format!(
+                "cannot copy special file {} across file systems",
+                source.display()
+            ),
         ));
     } else {
         fs::copy(source, target)?;
         if let Ok(modified) = meta.modified() {
-            let _ = fs::File::options().write(true).open(target).and_then(|f| f.set_modified(modified));
+            let _ = fs::File::options()
+                .write(true)
+                .open(target)
+                .and_then(|f| f.set_modified(modified));
         }
     }
     chown_best_effort(target, owner);

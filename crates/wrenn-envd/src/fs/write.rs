@@ -37,10 +37,9 @@ pub(crate) async fn receive(
     shared: &Shared,
     mut messages: Streaming<WriteFileRequest>,
 ) -> Result<PathBuf> {
-    let first = messages
-        .message()
-        .await
-        .map_err(|status| EnvdError::invalid(format!("reading the upload: {}", status.message())))?;
+    let first = messages.message().await.map_err(|status| {
+        EnvdError::invalid(format!("reading the upload: {}", status.message()))
+    })?;
     let header = match first.and_then(|m| m.msg) {
         Some(write_file_request::Msg::Header(header)) => header,
         _ => {
@@ -69,7 +68,12 @@ pub(crate) async fn receive(
                 let _ = tx.send(Piece::Commit).await;
                 break;
             }
-            Err(status) => return Err(EnvdError::invalid(format!("upload interrupted: {}", status.message()))),
+            Err(status) => {
+                return Err(EnvdError::invalid(format!(
+                    "upload interrupted: {}",
+                    status.message()
+                )));
+            }
         };
         let data = match message.msg {
             Some(write_file_request::Msg::Data(data)) => data,
@@ -137,7 +141,8 @@ fn write_blocking(
         Some(meta) => (meta.permissions(), Some((meta.uid(), meta.gid()))),
         None => (Permissions::from_mode(mode), owner),
     };
-    fs::set_permissions(temp.path(), permissions).map_err(EnvdError::io(context("setting the mode of")))?;
+    fs::set_permissions(temp.path(), permissions)
+        .map_err(EnvdError::io(context("setting the mode of")))?;
     chown_best_effort(temp.path(), file_owner);
 
     loop {

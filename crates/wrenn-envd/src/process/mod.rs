@@ -32,9 +32,8 @@ use tonic::{Request, Response, Status, Streaming};
 use wrenn_proto::envd::v1::{
     CloseStdinRequest, CloseStdinResponse, ConnectRequest, ListRequest, ListResponse,
     ProcessConfig, ProcessInput, SendInputRequest, SendInputResponse, SendSignalRequest,
-    SendSignalResponse, Signal, StartEvent, StartRequest, StreamInputRequest,
-    StreamInputResponse, UpdateRequest, UpdateResponse, process_input, process_server,
-    stream_input_request,
+    SendSignalResponse, Signal, StartEvent, StartRequest, StreamInputRequest, StreamInputResponse,
+    UpdateRequest, UpdateResponse, process_input, process_server, stream_input_request,
 };
 
 use self::fdio::{Reader, Writer};
@@ -60,7 +59,7 @@ pub(crate) struct ProcessLimits {
 
 /// The `Process` service.
 #[derive(Debug, Clone)]
-pub struct ProcessService {
+pub(crate) struct ProcessService {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     limits: ProcessLimits,
@@ -75,7 +74,10 @@ impl ProcessService {
         }
     }
 
-    async fn start_process(&self, request: StartRequest) -> Result<(Arc<ProcessEntry>, Subscription)> {
+    async fn start_process(
+        &self,
+        request: StartRequest,
+    ) -> Result<(Arc<ProcessEntry>, Subscription)> {
         let config = request
             .process
             .ok_or_else(|| EnvdError::invalid("process is required"))?;
@@ -83,7 +85,9 @@ impl ProcessService {
             return Err(EnvdError::invalid("cmd is empty"));
         }
         if config.cmd.contains('\0') || config.args.iter().any(|a| a.contains('\0')) {
-            return Err(EnvdError::invalid("cmd and args must not contain NUL bytes"));
+            return Err(EnvdError::invalid(
+                "cmd and args must not contain NUL bytes",
+            ));
         }
         validate_env(&config.envs)?;
         let size = request.pty.as_ref().map(pty_size).transpose()?;
@@ -180,7 +184,12 @@ impl ProcessService {
         let pumps = sources
             .into_iter()
             .map(|(source, kind)| {
-                tokio::spawn(output::pump(source, kind, Arc::clone(&output), exited.clone()))
+                tokio::spawn(output::pump(
+                    source,
+                    kind,
+                    Arc::clone(&output),
+                    exited.clone(),
+                ))
             })
             .collect();
         tokio::spawn(watch_exit(Arc::clone(&entry), spawned.exit, exited, pumps));
@@ -219,10 +228,11 @@ impl ProcessService {
         })
     }
 
-    /// Sends SIGKILL to the process group of every live process (used at shutdown, so
-    /// envd's processes do not outlive it).
+    /// Sends SIGKILL to the process group of every process envd knows, including
+    /// exited ones whose descendants may still run (used at shutdown, so nothing envd
+    /// started outlives it).
     pub(crate) fn kill_all(&self) {
-        for entry in self.registry.live() {
+        for entry in self.registry.all() {
             kill_group(entry.pid, OsSignal::KILL);
         }
     }
@@ -298,9 +308,9 @@ fn spawn_error(program: &str, err: &std::io::Error) -> EnvdError {
         std::io::ErrorKind::NotFound => {
             EnvdError::not_found(format!("program {program:?} not found: {err}"))
         }
-        std::io::ErrorKind::PermissionDenied => EnvdError::PermissionDenied(format!(
-            "cannot execute {program:?}: {err}"
-        )),
+        std::io::ErrorKind::PermissionDenied => {
+            EnvdError::PermissionDenied(format!("cannot execute {program:?}: {err}"))
+        }
         _ => EnvdError::from_io(format_args!("starting {program:?}"), err),
     }
 }

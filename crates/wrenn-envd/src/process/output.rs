@@ -146,7 +146,12 @@ impl Output {
 
     /// Records the end of the process; subscribers get it after all output.
     pub fn finish(&self, end: EndEvent) {
-        self.lock().end = Some(end);
+        let mut state = self.lock();
+        state.end = Some(end);
+        for ring in &mut state.rings {
+            ring.buf.shrink_to_fit();
+        }
+        drop(state);
         self.changed.send_replace(());
     }
 

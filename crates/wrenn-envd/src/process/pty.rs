@@ -30,7 +30,8 @@ impl Size {
 /// A new pseudo-terminal pair of the given size: `(master, slave)`. Both descriptors
 /// are close-on-exec; the slave is opened without becoming envd's controlling terminal.
 pub(crate) fn open(size: Size) -> io::Result<(OwnedFd, OwnedFd)> {
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     let name = rustix::pty::ptsname(&master, Vec::new())?;

@@ -87,9 +87,18 @@ impl ProcessEntry {
 
     /// Records the exit and closes the input and the PTY master.
     pub fn mark_exited(&self) {
-        *self.exited_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        self.input.lock().unwrap_or_else(PoisonError::into_inner).take();
-        self.pty.lock().unwrap_or_else(PoisonError::into_inner).take();
+        *self
+            .exited_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.input
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.pty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     fn exited_before(&self, deadline: Instant) -> bool {
@@ -101,22 +110,39 @@ impl ProcessEntry {
 
     /// The input descriptor for a write, or why there is none.
     pub fn input_fd(&self) -> Result<Arc<Writer>> {
-        if let Some(fd) = self.input.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        if let Some(fd) = self
+            .input
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
             return Ok(fd);
         }
         if self.has_exited() {
-            Err(EnvdError::precondition(format!("process {} has exited", self.pid)))
+            Err(EnvdError::precondition(format!(
+                "process {} has exited",
+                self.pid
+            )))
         } else if self.stdin_closed.load(Ordering::SeqCst) {
-            Err(EnvdError::precondition(format!("stdin of process {} is closed", self.pid)))
+            Err(EnvdError::precondition(format!(
+                "stdin of process {} is closed",
+                self.pid
+            )))
         } else {
-            Err(EnvdError::precondition(format!("process {} takes no input", self.pid)))
+            Err(EnvdError::precondition(format!(
+                "process {} takes no input",
+                self.pid
+            )))
         }
     }
 
     /// Closes stdin (idempotent). The descriptor closes once in-flight writes finish.
     pub fn close_stdin(&self) {
         self.stdin_closed.store(true, Ordering::SeqCst);
-        self.input.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.input
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// The PTY master, or why there is none.
@@ -192,7 +218,9 @@ impl Registry {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let deadline = Instant::now().checked_sub(self.retention);
         if let Some(deadline) = deadline {
-            inner.by_pid.retain(|_, entry| !entry.exited_before(deadline));
+            inner
+                .by_pid
+                .retain(|_, entry| !entry.exited_before(deadline));
         }
         inner
     }
@@ -268,6 +296,11 @@ impl Registry {
                     .ok_or_else(|| EnvdError::not_found(format!("no process with tag {tag:?}")))
             }
         }
+    }
+
+    /// Every known process, live or recently exited.
+    pub fn all(&self) -> Vec<Arc<ProcessEntry>> {
+        self.lock().by_pid.values().cloned().collect()
     }
 
     /// The live processes.

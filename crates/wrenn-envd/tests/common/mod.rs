@@ -71,7 +71,10 @@ impl Envd {
     }
 
     /// Starts `cmd args...` and returns the event stream.
-    pub async fn start(&mut self, request: StartRequest) -> Result<Streaming<ProcessEvent>, Status> {
+    pub async fn start(
+        &mut self,
+        request: StartRequest,
+    ) -> Result<Streaming<ProcessEvent>, Status> {
         Ok(self.process.start(request).await?.into_inner())
     }
 

@@ -523,27 +523,30 @@ impl ProcessRuntime {
     /// Kills every process of sandbox `id` and removes its network namespace and
     /// cgroups (not its directories). Best effort; problems are logged.
     async fn teardown(&self, id: SandboxId, live: Option<&Live>) {
-        if let Some(live) = live {
-            let _ = live.child.lock().await.start_kill();
-        }
         let cgroup = self.sandbox_cgroup(id);
         let netns = Self::netns_name(id);
+        // Killing the sandbox's processes (PID 1 included) ends its pid namespace; the
+        // `unshare` parent then reaps PID 1 and exits by itself, and we reap it.
         let cg = cgroup.clone();
-        let ns = netns.clone();
-        let killed = blocking(move || {
-            let by_cgroup = cg.kill_all(TEARDOWN_TIMEOUT);
-            let by_netns = kill_netns_processes(&ns, TEARDOWN_TIMEOUT);
-            by_cgroup.and(by_netns)
-        })
-        .await;
+        let killed = blocking(move || cg.kill_all(TEARDOWN_TIMEOUT)).await;
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
             tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
         }
         if let Some(live) = live {
             let mut child = live.child.lock().await;
-            if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await.is_err() {
-                tracing::warn!(sandbox_id = %id, "sandbox process did not exit");
+            if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+                let _ = child.start_kill();
+                if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await.is_err() {
+                    tracing::warn!(sandbox_id = %id, "sandbox process did not exit");
+                }
             }
+        }
+        // Anything still in the namespace but outside the cgroups (the `unshare` parent
+        // after an agent crash, an init step that never joined).
+        let ns = netns.clone();
+        let killed = blocking(move || kill_netns_processes(&ns, TEARDOWN_TIMEOUT)).await;
+        if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
+            tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {e}");
         }
         if let Err(e) = net::remove(&netns).await {
             tracing::warn!(sandbox_id = %id, "removing network namespace {netns}: {e}");
