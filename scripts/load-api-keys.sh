@@ -16,7 +16,7 @@ port=${WRENN_LOAD_PORT:-18080}
 base="http://127.0.0.1:${port}"
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release --quiet --bin wrenn-cp
+cargo build --release --quiet -p wrenn-cpserver --bin wrenn-cp
 
 dir=$(mktemp -d)
 db=""
