@@ -174,7 +174,11 @@ fn run(spec: &InitSpec) -> Result<Never, String> {
     mount_proc(root)?;
     mount_sys(root)?;
     mount_dev(root)?;
-    mount_tmpfs(&root.join("tmp"), "mode=1777", MountFlags::NOSUID | MountFlags::NODEV)?;
+    mount_tmpfs(
+        &root.join("tmp"),
+        "mode=1777",
+        MountFlags::NOSUID | MountFlags::NODEV,
+    )?;
     mount_run(root, spec)?;
     for path in &spec.mask {
         let inside = root.join(path.strip_prefix("/").unwrap_or(path));
@@ -205,8 +209,9 @@ fn run(spec: &InitSpec) -> Result<Never, String> {
 /// Mounts the overlay root filesystem at `spec.root`.
 fn mount_rootfs(spec: &InitSpec) -> Result<(), String> {
     if let Some(base) = &spec.lower_base {
-        std::env::set_current_dir(base)
-            .map_err(ctx(|| format!("enter template directory {}", base.display())))?;
+        std::env::set_current_dir(base).map_err(ctx(|| {
+            format!("enter template directory {}", base.display())
+        }))?;
     }
     let mut lowers = spec.lowers.clone();
     if lowers.len() > 1 && lowers.last().is_some_and(|l| l == "/") {
@@ -242,7 +247,9 @@ fn mount_rootfs(spec: &InitSpec) -> Result<(), String> {
         MountFlags::empty(),
         data.as_c_str(),
     )
-    .map_err(ctx(|| format!("mount overlay ({options}) on {}", spec.root.display())))?;
+    .map_err(ctx(|| {
+        format!("mount overlay ({options}) on {}", spec.root.display())
+    }))?;
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".to_owned()))
 }
 
@@ -283,8 +290,9 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String> {
         }
         fs::File::create(target).map_err(ctx(|| format!("create {}", target.display())))?;
     }
-    rustix::mount::mount_bind(source, target)
-        .map_err(ctx(|| format!("bind {} on {}", source.display(), target.display())))?;
+    rustix::mount::mount_bind(source, target).map_err(ctx(|| {
+        format!("bind {} on {}", source.display(), target.display())
+    }))?;
     if read_only {
         remount_read_only(target)?;
     }
@@ -408,8 +416,11 @@ fn mount_run(root: &Path, spec: &InitSpec) -> Result<(), String> {
 fn pivot_into(root: &Path) -> Result<(), String> {
     std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
     rustix::process::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
-    rustix::mount::mount_change(".", MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM)
-        .map_err(ctx(|| "make the old root a slave".to_owned()))?;
+    rustix::mount::mount_change(
+        ".",
+        MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
+    )
+    .map_err(ctx(|| "make the old root a slave".to_owned()))?;
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(ctx(|| "detach the old root".to_owned()))?;
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".to_owned()))
@@ -431,8 +442,8 @@ fn drop_capabilities() -> Result<(), String> {
             Err(_) => break,
         }
     }
-    let current = rustix::thread::capabilities(None)
-        .map_err(ctx(|| "read capabilities".to_owned()))?;
+    let current =
+        rustix::thread::capabilities(None).map_err(ctx(|| "read capabilities".to_owned()))?;
     rustix::thread::set_capabilities(
         None,
         CapabilitySets {

@@ -38,7 +38,14 @@ fn envd_binary() -> PathBuf {
     static ENVD: OnceLock<PathBuf> = OnceLock::new();
     ENVD.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "wrenn-envd", "--bin", "wrenn-envd"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "wrenn-envd",
+                "--bin",
+                "wrenn-envd",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build -p wrenn-envd");
@@ -96,7 +103,8 @@ impl Host {
     /// Creates a sandbox from the built-in template; it is destroyed when the guard
     /// drops, even if the test fails.
     async fn sandbox(&self) -> Sandbox {
-        self.sandbox_from(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID).await
+        self.sandbox_from(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID)
+            .await
     }
 
     async fn sandbox_from(&self, team: TeamId, template: TemplateId) -> Sandbox {
@@ -213,7 +221,11 @@ async fn run(instance: &Instance, script: &str) -> (String, i32) {
             Some(process_event::Event::Data(data)) => match data.output {
                 Some(data_event::Output::Stdout(bytes)) => out.extend_from_slice(&bytes),
                 Some(data_event::Output::Stderr(bytes)) => {
-                    eprintln!("[{}] {}", instance.id, String::from_utf8_lossy(&bytes).trim_end());
+                    eprintln!(
+                        "[{}] {}",
+                        instance.id,
+                        String::from_utf8_lossy(&bytes).trim_end()
+                    );
                 }
                 _ => {}
             },
@@ -277,7 +289,10 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
     let pid1 = sb.ok("tr '\\0' ' ' < /proc/1/cmdline").await;
     assert!(pid1.starts_with("wrenn-envd "), "PID 1 is {pid1:?}");
     assert_eq!(sb.ok("hostname").await.trim(), id.to_string());
-    assert_eq!(sb.ok("cat /proc/sys/kernel/hostname").await.trim(), id.to_string());
+    assert_eq!(
+        sb.ok("cat /proc/sys/kernel/hostname").await.trim(),
+        id.to_string()
+    );
 
     // The host's files show through, read-only: changes stay in the sandbox.
     let host_has_hostname = Path::new("/etc/hostname").exists();
@@ -285,20 +300,39 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
     std::fs::write(&marker, "from the host").unwrap();
     let seen = sb.sh(&format!("cat {}", marker.display())).await;
     let changed = sb
-        .sh(&format!("echo changed > {} && rm -f /etc/hostname && echo sandbox > /etc/wrenn-{id}", marker.display()))
+        .sh(&format!(
+            "echo changed > {} && rm -f /etc/hostname && echo sandbox > /etc/wrenn-{id}",
+            marker.display()
+        ))
         .await;
     let host_marker = std::fs::read_to_string(&marker).unwrap();
     std::fs::remove_file(&marker).unwrap();
     assert_eq!(seen, ("from the host".into(), 0));
     assert_eq!(changed.1, 0);
     assert_eq!(host_marker, "from the host");
-    assert_eq!(sb.ok(&format!("cat {}", marker.display())).await, "changed\n");
-    assert!(!Path::new(&format!("/etc/wrenn-{id}")).exists(), "a sandbox write reached the host");
+    assert_eq!(
+        sb.ok(&format!("cat {}", marker.display())).await,
+        "changed\n"
+    );
+    assert!(
+        !Path::new(&format!("/etc/wrenn-{id}")).exists(),
+        "a sandbox write reached the host"
+    );
     assert_eq!(Path::new("/etc/hostname").exists(), host_has_hostname);
-    assert_ne!(sb.sh("test -e /etc/hostname").await.1, 0, "deleted inside the sandbox");
+    assert_ne!(
+        sb.sh("test -e /etc/hostname").await.1,
+        0,
+        "deleted inside the sandbox"
+    );
     assert_eq!(sb.ok(&format!("cat /etc/wrenn-{id}")).await, "sandbox\n");
     assert_eq!(
-        std::fs::read_to_string(host_env.layout().sandbox_dir(id).join(format!("upper/etc/wrenn-{id}"))).unwrap(),
+        std::fs::read_to_string(
+            host_env
+                .layout()
+                .sandbox_dir(id)
+                .join(format!("upper/etc/wrenn-{id}"))
+        )
+        .unwrap(),
         "sandbox\n",
         "writes land in the sandbox's upper layer"
     );
@@ -309,12 +343,30 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
 
     // Private /proc, /tmp and /dev; the agent's directory is hidden.
     let pids = sb.ok("ls /proc | grep -c '^[0-9]'").await;
-    assert!(pids.trim().parse::<u32>().unwrap() < 10, "the sandbox sees host processes: {pids}");
+    assert!(
+        pids.trim().parse::<u32>().unwrap() < 10,
+        "the sandbox sees host processes: {pids}"
+    );
     sb.ok("test -c /dev/null && test -c /dev/urandom && test -e /dev/pts/ptmx && test -d /dev/shm")
         .await;
-    assert_eq!(sb.ok(&format!("ls -A {} | wc -l", host_env.layout().root().display())).await.trim(), "0");
+    assert_eq!(
+        sb.ok(&format!(
+            "ls -A {} | wc -l",
+            host_env.layout().root().display()
+        ))
+        .await
+        .trim(),
+        "0"
+    );
     sb.ok("echo scratch > /tmp/scratch").await;
-    assert!(!host_env.layout().sandbox_dir(id).join("upper/tmp/scratch").exists(), "/tmp is a tmpfs");
+    assert!(
+        !host_env
+            .layout()
+            .sandbox_dir(id)
+            .join("upper/tmp/scratch")
+            .exists(),
+        "/tmp is a tmpfs"
+    );
     // No mounting and no device nodes for sandboxed root.
     assert_ne!(sb.sh("mount -t tmpfs none /mnt 2>/dev/null").await.1, 0);
     assert_ne!(sb.sh("mknod /root/disk b 254 0 2>/dev/null").await.1, 0);
@@ -323,9 +375,17 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
     let cgroup = host_env.runtime.sandbox_cgroup(id);
     assert_eq!(cgroup.memory_limit().unwrap(), 256 * 1024 * 1024);
     let envd_pid = cgroup.pids();
-    assert!(!envd_pid.is_empty(), "envd runs inside the sandbox's cgroup");
+    assert!(
+        !envd_pid.is_empty(),
+        "envd runs inside the sandbox's cgroup"
+    );
     if let wrenn_agent::runtime::process::cgroup::SandboxCgroup::V1 { cpu, .. } = &cgroup {
-        assert_eq!(std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap().trim(), "100000");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                .unwrap()
+                .trim(),
+            "100000"
+        );
     }
 
     // Usage: some CPU and memory, and the disk use of the upper layer.
@@ -340,7 +400,10 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
 async fn pause_freezes_the_sandbox_and_resume_continues_with_its_memory() {
     let host_env = Host::new().await;
     let sb = host_env.sandbox().await;
-    let counter = host_env.layout().sandbox_dir(sb.id()).join("upper/root/counter");
+    let counter = host_env
+        .layout()
+        .sandbox_dir(sb.id())
+        .join("upper/root/counter");
     // A shell whose loop variable lives only in memory.
     sb.ok("sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.01; done' >/dev/null 2>&1 &")
         .await;
@@ -362,14 +425,23 @@ async fn pause_freezes_the_sandbox_and_resume_continues_with_its_memory() {
     let frozen_at = read();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(read(), frozen_at, "the counter advanced while paused");
-    assert!(host_env.runtime.sandbox_cgroup(sb.id()).is_frozen().unwrap());
+    assert!(
+        host_env
+            .runtime
+            .sandbox_cgroup(sb.id())
+            .is_frozen()
+            .unwrap()
+    );
 
     let started = Instant::now();
     host_env.runtime.resume(&sb.instance).await.unwrap();
     eprintln!("resume took {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = read();
-    assert!(after > frozen_at, "the counter did not continue ({after} <= {frozen_at})");
+    assert!(
+        after > frozen_at,
+        "the counter did not continue ({after} <= {frozen_at})"
+    );
     assert!(
         after < frozen_at + 200,
         "the counter restarted or jumped instead of continuing ({frozen_at} → {after})"
@@ -382,23 +454,40 @@ async fn hibernate_frees_the_sandbox_and_restore_brings_back_its_files() {
     let host_env = Host::new().await;
     let sb = host_env.sandbox().await;
     let id = sb.id();
-    sb.ok("mkdir -p /root/work && echo kept > /root/work/note && sleep 1000 >/dev/null 2>&1 &").await;
+    sb.ok("mkdir -p /root/work && echo kept > /root/work/note && sleep 1000 >/dev/null 2>&1 &")
+        .await;
     let cgroup = host_env.runtime.sandbox_cgroup(id);
 
     host_env.runtime.hibernate(&sb.instance).await.unwrap();
     assert!(!host_env.layout().sandbox_dir(id).exists());
     assert!(!cgroup.exists(), "memory is freed: the cgroup is gone");
-    assert!(!Path::new("/run/netns").join(ProcessRuntime::netns_name(id)).exists());
-    assert!(host_env.layout().snapshot_dir(id).join("upper/root/work/note").is_file());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(id))
+            .exists()
+    );
+    assert!(
+        host_env
+            .layout()
+            .snapshot_dir(id)
+            .join("upper/root/work/note")
+            .is_file()
+    );
     // Hibernated state survives an agent restart.
     let restarted = host_env.restarted().await;
     let listed = restarted.hibernated().await.unwrap();
     assert_eq!(listed, vec![sb.config.clone()]);
 
     let instance = host_env.runtime.restore(&sb.config).await.unwrap();
-    assert_eq!(run(&instance, "cat /root/work/note").await, ("kept\n".into(), 0));
+    assert_eq!(
+        run(&instance, "cat /root/work/note").await,
+        ("kept\n".into(), 0)
+    );
     let (procs, _) = run(&instance, "cat /proc/[0-9]*/comm 2>/dev/null").await;
-    assert!(!procs.contains("sleep"), "processes do not survive hibernation: {procs}");
+    assert!(
+        !procs.contains("sleep"),
+        "processes do not survive hibernation: {procs}"
+    );
     assert!(host_env.runtime.hibernated().await.unwrap().is_empty());
     assert!(!host_env.layout().snapshot_dir(id).exists());
 }
@@ -414,23 +503,47 @@ async fn a_snapshot_is_a_template_that_new_sandboxes_start_from() {
     original
         .ok("mkdir -p /opt/wrenn && echo one > /opt/wrenn/one && rm /etc/os-release")
         .await;
-    let size = host_env.runtime.snapshot(&original.instance, team, first).await.unwrap();
+    let size = host_env
+        .runtime
+        .snapshot(&original.instance, team, first)
+        .await
+        .unwrap();
     assert!(size > 0);
-    assert!(host_env.layout().template_dir(team, first).join("template.json").is_file());
+    assert!(
+        host_env
+            .layout()
+            .template_dir(team, first)
+            .join("template.json")
+            .is_file()
+    );
     assert_eq!(original.ok("echo still running").await, "still running\n");
 
     let child = host_env.sandbox_from(team, first).await;
     assert_eq!(child.ok("cat /opt/wrenn/one").await, "one\n");
-    assert_ne!(child.sh("test -e /etc/os-release").await.1, 0, "deletions carry over");
-    assert!(child.ok("ls /usr/bin").await.contains("sh"), "the host base is there");
+    assert_ne!(
+        child.sh("test -e /etc/os-release").await.1,
+        0,
+        "deletions carry over"
+    );
+    assert!(
+        child.ok("ls /usr/bin").await.contains("sh"),
+        "the host base is there"
+    );
     child.ok("echo two > /opt/wrenn/two").await;
 
     // A template of a template stands alone: deleting its parent does not matter.
-    host_env.runtime.snapshot(&child.instance, team, second).await.unwrap();
+    host_env
+        .runtime
+        .snapshot(&child.instance, team, second)
+        .await
+        .unwrap();
     drop(child);
     std::fs::remove_dir_all(host_env.layout().template_dir(team, first)).unwrap();
     let grandchild = host_env.sandbox_from(team, second).await;
-    assert_eq!(grandchild.ok("cat /opt/wrenn/one /opt/wrenn/two").await, "one\ntwo\n");
+    assert_eq!(
+        grandchild.ok("cat /opt/wrenn/one /opt/wrenn/two").await,
+        "one\ntwo\n"
+    );
 
     // Snapshotting onto an existing template is refused.
     let err = host_env
@@ -445,7 +558,10 @@ async fn a_snapshot_is_a_template_that_new_sandboxes_start_from() {
 async fn the_sandbox_has_its_own_network_with_nat_for_egress() {
     let host_env = Host::new().await;
     let sb = host_env.sandbox().await;
-    let net = host_env.runtime.network(sb.id()).expect("network of a running sandbox");
+    let net = host_env
+        .runtime
+        .network(sb.id())
+        .expect("network of a running sandbox");
     assert_eq!(sb.instance.host_ip, net.sandbox_addr.to_string());
 
     let nat = host(
@@ -456,22 +572,44 @@ async fn the_sandbox_has_its_own_network_with_nat_for_egress() {
         nat.contains("-s 10.200.0.0/16 ! -d 10.200.0.0/16 -j MASQUERADE"),
         "{nat}"
     );
-    assert!(host("iptables", &["-w", "5", "-t", "nat", "-S", "POSTROUTING"]).contains("-j WRENN-PROC-POST"));
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "1");
+    assert!(
+        host("iptables", &["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+            .contains("-j WRENN-PROC-POST")
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
     let host_link = host("ip", &["-4", "-o", "addr", "show", "dev", &net.veth]);
-    assert!(host_link.contains(&format!("{}/30", net.host_addr)), "{host_link}");
+    assert!(
+        host_link.contains(&format!("{}/30", net.host_addr)),
+        "{host_link}"
+    );
 
     let routes = host("ip", &["-n", &net.netns, "route"]);
-    assert!(routes.contains(&format!("default via {} dev eth0", net.host_addr)), "{routes}");
+    assert!(
+        routes.contains(&format!("default via {} dev eth0", net.host_addr)),
+        "{routes}"
+    );
     let inside = sb.ok("cat /proc/net/route").await;
-    assert!(inside.lines().any(|l| l.starts_with("eth0\t00000000")), "{inside}");
+    assert!(
+        inside.lines().any(|l| l.starts_with("eth0\t00000000")),
+        "{inside}"
+    );
     let ping = sb
         .ok(&format!("python3 -c '{ICMP_ECHO}' {}", net.host_addr))
         .await;
-    assert_eq!(ping.trim(), format!("reply from {}", net.host_addr), "the sandbox reaches the host end of its veth");
+    assert_eq!(
+        ping.trim(),
+        format!("reply from {}", net.host_addr),
+        "the sandbox reaches the host end of its veth"
+    );
 
     // The agent reaches services in the sandbox at host_ip (what the port proxy does).
-    sb.ok("python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &").await;
+    sb.ok("python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match tokio::net::TcpStream::connect((sb.instance.host_ip.as_str(), 8080)).await {
@@ -480,7 +618,10 @@ async fn the_sandbox_has_its_own_network_with_nat_for_egress() {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("cannot reach the sandbox at {}:8080: {e}", sb.instance.host_ip),
+            Err(e) => panic!(
+                "cannot reach the sandbox at {}:8080: {e}",
+                sb.instance.host_ip
+            ),
         }
     }
 }
@@ -504,7 +645,10 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
     assert!(!Path::new("/sys/class/net").join(&net.veth).exists());
     assert!(!host_env.layout().sandbox_dir(id).exists());
     assert!(!host_mounts().contains(&id.to_string()));
-    assert!(matches!(runtime.stats(&sb.instance).await, Err(RuntimeError::NotFound(_))));
+    assert!(matches!(
+        runtime.stats(&sb.instance).await,
+        Err(RuntimeError::NotFound(_))
+    ));
     // Idempotent (the guard destroys it again).
     runtime.destroy(id).await.unwrap();
 }
@@ -516,7 +660,11 @@ async fn sweep_after_an_agent_crash_removes_leftovers_but_keeps_hibernated_sandb
     let kept = host_env.sandbox().await;
     let hibernated = host_env.sandbox().await;
     hibernated.ok("echo zzz > /root/dream").await;
-    host_env.runtime.hibernate(&hibernated.instance).await.unwrap();
+    host_env
+        .runtime
+        .hibernate(&hibernated.instance)
+        .await
+        .unwrap();
     let leftover_cgroup = host_env.runtime.sandbox_cgroup(leftover.id());
     let leftover_pids = leftover_cgroup.pids();
 
@@ -524,14 +672,24 @@ async fn sweep_after_an_agent_crash_removes_leftovers_but_keeps_hibernated_sandb
     let restarted = host_env.restarted().await;
     let swept = restarted.sweep(&[kept.id()]).await.unwrap();
     assert_eq!(swept, vec![leftover.id()]);
-    assert!(leftover_pids.iter().all(|p| exited(*p)), "processes survived the sweep");
+    assert!(
+        leftover_pids.iter().all(|p| exited(*p)),
+        "processes survived the sweep"
+    );
     assert!(!leftover_cgroup.exists());
-    assert!(!Path::new("/run/netns").join(ProcessRuntime::netns_name(leftover.id())).exists());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(leftover.id()))
+            .exists()
+    );
     assert!(!host_env.layout().sandbox_dir(leftover.id()).exists());
 
     assert_eq!(kept.ok("echo kept").await, "kept\n");
     let listed = restarted.hibernated().await.unwrap();
-    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![hibernated.id()]);
+    assert_eq!(
+        listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![hibernated.id()]
+    );
     let instance = restarted.restore(&hibernated.config).await.unwrap();
     assert_eq!(run(&instance, "cat /root/dream").await, ("zzz\n".into(), 0));
     restarted.destroy(hibernated.id()).await.unwrap();
@@ -550,7 +708,11 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     let id = unknown.id;
     assert!(!host_env.layout().sandbox_dir(id).exists());
     assert!(!runtime.sandbox_cgroup(id).exists());
-    assert!(!Path::new("/run/netns").join(ProcessRuntime::netns_name(id)).exists());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(id))
+            .exists()
+    );
 
     let mut no_cpu = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
     no_cpu.vcpus = 0;
@@ -562,10 +724,16 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
 
     let sb = host_env.sandbox().await;
     let twice = runtime.create(&sb.config).await.unwrap_err();
-    assert!(matches!(twice, RuntimeError::FailedPrecondition(_)), "{twice}");
+    assert!(
+        matches!(twice, RuntimeError::FailedPrecondition(_)),
+        "{twice}"
+    );
     assert_eq!(sb.ok("echo unharmed").await, "unharmed\n");
 
     let missing = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
-    assert!(matches!(runtime.restore(&missing).await, Err(RuntimeError::NotFound(_))));
+    assert!(matches!(
+        runtime.restore(&missing).await,
+        Err(RuntimeError::NotFound(_))
+    ));
     runtime.destroy(missing.id).await.unwrap();
 }

@@ -67,9 +67,8 @@ impl CgroupDriver {
             };
             match fstype {
                 Some("cgroup2") => {
-                    let controllers =
-                        fs::read_to_string(mount_point.join("cgroup.controllers"))
-                            .unwrap_or_default();
+                    let controllers = fs::read_to_string(mount_point.join("cgroup.controllers"))
+                        .unwrap_or_default();
                     let have: Vec<&str> = controllers.split_whitespace().collect();
                     let missing: Vec<&str> = ["cpu", "memory", "pids"]
                         .into_iter()
@@ -108,8 +107,13 @@ impl CgroupDriver {
             .filter(|(_, f)| f.is_none())
             .map(|(c, _)| *c)
             .collect();
-        if let [Some(cpu), Some(cpuacct), Some(memory), Some(pids), Some(freezer)] =
-            found.as_slice()
+        if let [
+            Some(cpu),
+            Some(cpuacct),
+            Some(memory),
+            Some(pids),
+            Some(freezer),
+        ] = found.as_slice()
         {
             return Ok(Self::V1 {
                 cpu: cpu.clone(),
@@ -212,8 +216,12 @@ pub enum SandboxCgroup {
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
-    fs::write(path, value)
-        .map_err(|e| io::Error::new(e.kind(), format!("write {value:?} to {}: {e}", path.display())))
+    fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("write {value:?} to {}: {e}", path.display()),
+        )
+    })
 }
 
 fn read_u64(path: &Path) -> io::Result<u64> {
@@ -241,7 +249,10 @@ fn mkdir(path: &Path) -> io::Result<()> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("create cgroup {}: {e}", path.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("create cgroup {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -296,10 +307,7 @@ impl SandboxCgroup {
                 write(&dir.join("pids.max"), &limits.pids_max.to_string())?;
             }
             Self::V1 {
-                cpu,
-                memory,
-                pids,
-                ..
+                cpu, memory, pids, ..
             } => {
                 for d in self.dirs() {
                     if let Some(parent) = d.parent() {
@@ -449,7 +457,10 @@ impl SandboxCgroup {
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("processes of {:?} did not exit within {timeout:?}", self.dirs()),
+                    format!(
+                        "processes of {:?} did not exit within {timeout:?}",
+                        self.dirs()
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(2));

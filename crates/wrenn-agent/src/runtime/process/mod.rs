@@ -65,9 +65,7 @@ use wrenn_proto::envd::v1::system_client::SystemClient;
 use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
 use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
-use super::{
-    Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
-};
+use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
 use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
 use wrenn_core::id::{TeamId, TemplateId};
 
@@ -175,7 +173,8 @@ impl ProcessRuntime {
         options: ProcessRuntimeOptions,
     ) -> Result<Self, RuntimeError> {
         let envd = envd.into();
-        let unsupported_err = |m: String| RuntimeError::Unsupported(format!("process runtime: {m}"));
+        let unsupported_err =
+            |m: String| RuntimeError::Unsupported(format!("process runtime: {m}"));
         let unsupported = |m: String| Err(unsupported_err(m));
         if !rustix::process::geteuid().is_root() {
             return unsupported(format!(
@@ -198,7 +197,10 @@ impl ProcessRuntime {
             ));
         }
         let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-        if !filesystems.lines().any(|l| l.trim_end().ends_with("\toverlay")) {
+        if !filesystems
+            .lines()
+            .any(|l| l.trim_end().ends_with("\toverlay"))
+        {
             return unsupported("the kernel has no overlay filesystem (modprobe overlay)".into());
         }
         let cgroups = CgroupDriver::detect().map_err(unsupported_err)?;
@@ -225,7 +227,11 @@ impl ProcessRuntime {
                 socket.display()
             ));
         }
-        for dir in [layout.sandboxes_dir(), layout.snapshots_dir(), layout.team_images_dir()] {
+        for dir in [
+            layout.sandboxes_dir(),
+            layout.snapshots_dir(),
+            layout.team_images_dir(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
         net::ensure_host(options.network)
@@ -235,7 +241,12 @@ impl ProcessRuntime {
             .init_program
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())));
-        let mut mask = vec![layout.root().canonicalize().unwrap_or_else(|_| layout.root().to_path_buf())];
+        let mut mask = vec![
+            layout
+                .root()
+                .canonicalize()
+                .unwrap_or_else(|_| layout.root().to_path_buf()),
+        ];
         mask.extend(options.mask_paths.iter().cloned());
         Ok(Self {
             layout,
@@ -260,7 +271,8 @@ impl ProcessRuntime {
 
     /// The cgroup of a sandbox (whether or not it exists).
     pub fn sandbox_cgroup(&self, id: SandboxId) -> SandboxCgroup {
-        self.cgroups.sandbox(&self.options.cgroup_parent, &id.to_string())
+        self.cgroups
+            .sandbox(&self.options.cgroup_parent, &id.to_string())
     }
 
     /// The network namespace name of a sandbox (`wrenn-{id}`).
@@ -275,7 +287,10 @@ impl ProcessRuntime {
 
     /// The host path of a sandbox's envd socket.
     pub fn envd_socket(&self, id: SandboxId) -> PathBuf {
-        self.layout.sandbox_dir(id).join("run").join(ENVD_SOCKET_NAME)
+        self.layout
+            .sandbox_dir(id)
+            .join("run")
+            .join(ENVD_SOCKET_NAME)
     }
 
     fn get(&self, id: SandboxId) -> Result<Arc<Live>, RuntimeError> {
@@ -291,7 +306,9 @@ impl ProcessRuntime {
 
     fn validate(config: &SandboxConfig) -> Result<(), RuntimeError> {
         if config.vcpus == 0 {
-            return Err(RuntimeError::FailedPrecondition("vcpus must be at least 1".into()));
+            return Err(RuntimeError::FailedPrecondition(
+                "vcpus must be at least 1".into(),
+            ));
         }
         if config.memory_mb < 16 {
             return Err(RuntimeError::FailedPrecondition(format!(
@@ -305,7 +322,9 @@ impl ProcessRuntime {
     /// Refuses an id that is running, hibernated or has leftovers.
     fn ensure_free(&self, id: SandboxId, allow_hibernated: bool) -> Result<(), RuntimeError> {
         if self.lock_live().contains_key(&id) {
-            return Err(RuntimeError::FailedPrecondition(format!("sandbox {id} is already running")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} is already running"
+            )));
         }
         if self.layout.sandbox_dir(id).exists() || net::netns_path(&Self::netns_name(id)).exists() {
             return Err(RuntimeError::FailedPrecondition(format!(
@@ -313,7 +332,9 @@ impl ProcessRuntime {
             )));
         }
         if !allow_hibernated && self.layout.snapshot_dir(id).exists() {
-            return Err(RuntimeError::FailedPrecondition(format!("sandbox {id} is hibernated")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} is hibernated"
+            )));
         }
         Ok(())
     }
@@ -324,7 +345,9 @@ impl ProcessRuntime {
         let dir = self.layout.sandbox_dir(id);
         let mut builder = std::fs::DirBuilder::new();
         builder.mode(0o700);
-        builder.create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        builder
+            .create(&dir)
+            .map_err(io_err(format!("create {}", dir.display())))?;
         let mut subdirs = vec!["work", "rootfs", "run"];
         if with_upper {
             subdirs.push("upper");
@@ -341,7 +364,11 @@ impl ProcessRuntime {
 
     /// Starts a sandbox whose directory is ready; on failure everything but the
     /// directory is torn down.
-    async fn start(&self, config: &SandboxConfig, lowers: Lowers) -> Result<Instance, RuntimeError> {
+    async fn start(
+        &self,
+        config: &SandboxConfig,
+        lowers: Lowers,
+    ) -> Result<Instance, RuntimeError> {
         let id = config.id;
         let dir = self.layout.sandbox_dir(id);
         let cgroup = self.sandbox_cgroup(id);
@@ -436,7 +463,10 @@ impl ProcessRuntime {
                 ("HOME".to_owned(), "/root".to_owned()),
                 ("LANG".to_owned(), "C.UTF-8".to_owned()),
                 ("WRENN_SANDBOX_ID".to_owned(), id.to_string()),
-                ("WRENN_TEMPLATE_ID".to_owned(), config.template_id.to_string()),
+                (
+                    "WRENN_TEMPLATE_ID".to_owned(),
+                    config.template_id.to_string(),
+                ),
             ],
             mask: self.mask.clone(),
         };
@@ -472,7 +502,10 @@ impl ProcessRuntime {
             .arg(INIT_ARG)
             .arg(spec_json)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -534,9 +567,15 @@ impl ProcessRuntime {
         }
         if let Some(live) = live {
             let mut child = live.child.lock().await;
-            if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.start_kill();
-                if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await.is_err() {
+                if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(sandbox_id = %id, "sandbox process did not exit");
                 }
             }
@@ -672,15 +711,14 @@ impl Runtime for ProcessRuntime {
         let started = Instant::now();
         Self::validate(config)?;
         self.ensure_free(config.id, false)?;
-        let lowers = template::resolve(
-            &self.layout,
-            config.template_team_id,
-            config.template_id,
-        )?;
+        let lowers = template::resolve(&self.layout, config.template_team_id, config.template_id)?;
         self.make_dirs(config.id, true)?;
         match self.start(config, lowers).await {
             Ok(instance) => {
-                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "sandbox created");
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox created"
+                );
                 Ok(instance)
             }
             Err(e) => {
@@ -709,7 +747,10 @@ impl Runtime for ProcessRuntime {
     #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
     async fn hibernate(&self, instance: &Instance) -> Result<(), RuntimeError> {
         let id = instance.id;
-        let live = self.lock_live().remove(&id).ok_or(RuntimeError::NotFound(id))?;
+        let live = self
+            .lock_live()
+            .remove(&id)
+            .ok_or(RuntimeError::NotFound(id))?;
         self.teardown(id, Some(&live)).await;
         let snapshot = self.layout.snapshot_dir(id);
         let upper = self.layout.sandbox_dir(id).join("upper");
@@ -753,7 +794,8 @@ impl Runtime for ProcessRuntime {
         }
         let dir = self.make_dirs(id, false)?;
         let upper = dir.join("upper");
-        std::fs::rename(&saved_upper, &upper).map_err(io_err(format!("move {} back", saved_upper.display())))?;
+        std::fs::rename(&saved_upper, &upper)
+            .map_err(io_err(format!("move {} back", saved_upper.display())))?;
         let mut config = config.clone();
         config.template_team_id = record.config.template_team_id;
         config.template_id = record.config.template_id;
@@ -823,7 +865,11 @@ impl Runtime for ProcessRuntime {
                 let elapsed = now.duration_since(last.1).as_nanos() as f64;
                 let used = usage.saturating_sub(last.0) as f64;
                 *last = (usage, now);
-                if elapsed > 0.0 { used / elapsed * 100.0 } else { 0.0 }
+                if elapsed > 0.0 {
+                    used / elapsed * 100.0
+                } else {
+                    0.0
+                }
             };
             Ok::<_, std::io::Error>(Stats {
                 cpu_pct,

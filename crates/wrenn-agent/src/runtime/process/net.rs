@@ -59,11 +59,15 @@ impl Ipv4Range {
     /// `base/prefix`, which must be aligned and leave room for at least two /30 slots.
     pub fn new(base: Ipv4Addr, prefix: u8) -> Result<Self, String> {
         if !(8..=29).contains(&prefix) {
-            return Err(format!("sandbox network prefix /{prefix} must be between /8 and /29"));
+            return Err(format!(
+                "sandbox network prefix /{prefix} must be between /8 and /29"
+            ));
         }
         let mask = u32::MAX << (32 - prefix);
         if u32::from(base) & !mask != 0 {
-            return Err(format!("sandbox network {base}/{prefix} is not aligned to its prefix"));
+            return Err(format!(
+                "sandbox network {base}/{prefix} is not aligned to its prefix"
+            ));
         }
         Ok(Self { base, prefix })
     }
@@ -186,21 +190,54 @@ pub async fn ensure_host(range: Ipv4Range) -> Result<(), String> {
             "FORWARD",
             vec!["-i", &veths, "-o", &veths, "-j", "DROP"],
         ),
-        ("filter", "WRENN-PROC-FWD", "FORWARD", vec!["-i", &veths, "-j", "ACCEPT"]),
         (
             "filter",
             "WRENN-PROC-FWD",
             "FORWARD",
-            vec!["-o", &veths, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            vec!["-i", &veths, "-j", "ACCEPT"],
+        ),
+        (
+            "filter",
+            "WRENN-PROC-FWD",
+            "FORWARD",
+            vec![
+                "-o",
+                &veths,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
         ),
         (
             "filter",
             "WRENN-PROC-IN",
             "INPUT",
-            vec!["-i", &veths, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            vec![
+                "-i",
+                &veths,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
         ),
-        ("filter", "WRENN-PROC-IN", "INPUT", vec!["-i", &veths, "-p", "icmp", "-j", "ACCEPT"]),
-        ("filter", "WRENN-PROC-IN", "INPUT", vec!["-i", &veths, "-j", "DROP"]),
+        (
+            "filter",
+            "WRENN-PROC-IN",
+            "INPUT",
+            vec!["-i", &veths, "-p", "icmp", "-j", "ACCEPT"],
+        ),
+        (
+            "filter",
+            "WRENN-PROC-IN",
+            "INPUT",
+            vec!["-i", &veths, "-j", "DROP"],
+        ),
     ];
     let mut hooked = HashSet::new();
     for (table, chain, hook, rule) in &rules {

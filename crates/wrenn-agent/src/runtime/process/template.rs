@@ -114,7 +114,11 @@ impl Lowers {
 }
 
 /// Finds the layers of template `(team, template)`.
-pub fn resolve(layout: &Layout, team: TeamId, template: TemplateId) -> Result<Lowers, RuntimeError> {
+pub fn resolve(
+    layout: &Layout,
+    team: TeamId,
+    template: TemplateId,
+) -> Result<Lowers, RuntimeError> {
     if template == BUILTIN_TEMPLATE_ID {
         return Ok(Lowers::HostRoot);
     }
@@ -123,7 +127,10 @@ pub fn resolve(layout: &Layout, team: TeamId, template: TemplateId) -> Result<Lo
     match fs::read(&manifest_path) {
         Ok(raw) => {
             let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| {
-                RuntimeError::Other(format!("template {template}: invalid {}: {e}", manifest_path.display()))
+                RuntimeError::Other(format!(
+                    "template {template}: invalid {}: {e}",
+                    manifest_path.display()
+                ))
             })?;
             if manifest.format != MANIFEST_FORMAT {
                 return Err(RuntimeError::Other(format!(
@@ -143,7 +150,9 @@ pub fn resolve(layout: &Layout, team: TeamId, template: TemplateId) -> Result<Lo
                 }
             }
             if manifest.layers.is_empty() && manifest.base == Base::None {
-                return Err(RuntimeError::Other(format!("template {template} has no layers")));
+                return Err(RuntimeError::Other(format!(
+                    "template {template} has no layers"
+                )));
             }
             Ok(Lowers::Template {
                 dir,
@@ -214,28 +223,48 @@ pub async fn write_template(
             "a template may stack at most {MAX_LAYERS} layers"
         )));
     }
-    let parent = dest.parent().ok_or_else(|| RuntimeError::Other("template path has no parent".into()))?;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| RuntimeError::Other("template path has no parent".into()))?;
     fs::create_dir_all(parent).map_err(|source| RuntimeError::Io {
         context: format!("create {}", parent.display()),
         source,
     })?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
     let result = async {
         let layers_dir = tmp.join(LAYERS_DIR);
-        fs::create_dir_all(&layers_dir).map_err(|e| format!("create {}: {e}", layers_dir.display()))?;
+        fs::create_dir_all(&layers_dir)
+            .map_err(|e| format!("create {}: {e}", layers_dir.display()))?;
         let mut names = Vec::new();
         let top = layers_dir.join("0");
-        cp(&["-a".as_ref(), "--reflink=auto".as_ref(), upper.as_os_str(), top.as_os_str()]).await?;
+        cp(&[
+            "-a".as_ref(),
+            "--reflink=auto".as_ref(),
+            upper.as_os_str(),
+            top.as_os_str(),
+        ])
+        .await?;
         names.push(format!("{LAYERS_DIR}/0"));
         for (i, layer) in parent_layers.iter().enumerate() {
             let target = layers_dir.join((i + 1).to_string());
             // Layers are immutable: hard links share them; fall back to a copy across
             // filesystems.
-            if cp(&["-al".as_ref(), layer.as_os_str(), target.as_os_str()]).await.is_err() {
+            if cp(&["-al".as_ref(), layer.as_os_str(), target.as_os_str()])
+                .await
+                .is_err()
+            {
                 let _ = fs::remove_dir_all(&target);
-                cp(&["-a".as_ref(), "--reflink=auto".as_ref(), layer.as_os_str(), target.as_os_str()])
-                    .await?;
+                cp(&[
+                    "-a".as_ref(),
+                    "--reflink=auto".as_ref(),
+                    layer.as_os_str(),
+                    target.as_os_str(),
+                ])
+                .await?;
             }
             names.push(format!("{LAYERS_DIR}/{}", i + 1));
         }
@@ -248,7 +277,8 @@ pub async fn write_template(
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
         fs::write(tmp.join(MANIFEST_FILE), json).map_err(|e| format!("write manifest: {e}"))?;
-        fs::rename(&tmp, dest).map_err(|e| format!("move template into {}: {e}", dest.display()))?;
+        fs::rename(&tmp, dest)
+            .map_err(|e| format!("move template into {}: {e}", dest.display()))?;
         Ok::<_, String>(())
     }
     .await;
@@ -354,7 +384,10 @@ pub fn read_record(dir: &Path) -> Result<Option<HibernationRecord>, RuntimeError
     let path = dir.join(RECORD_FILE);
     match fs::read(&path) {
         Ok(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| {
-            RuntimeError::Other(format!("invalid hibernation record {}: {e}", path.display()))
+            RuntimeError::Other(format!(
+                "invalid hibernation record {}: {e}",
+                path.display()
+            ))
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(RuntimeError::Io {

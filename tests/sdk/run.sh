@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Drives `wrenn dev` with the published Python SDK (wrenn 0.3.0, unchanged).
+# Creates a venv under target/sdk-venv, builds `wrenn`, starts `wrenn dev` in a
+# temporary directory on a free loopback port, and runs tests/sdk/test_sdk.py.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+venv=target/sdk-venv
+if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import wrenn' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q --ignore-requires-python wrenn==0.3.0 pytest
+fi
+
+cargo build -q -p wrenn --bin wrenn
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/debug/wrenn dev --dir "$dir/state" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+for _ in $(seq 1 300); do grep -q '^export WRENN_API_KEY' "$dir/out.log" 2>/dev/null && break; sleep 0.1; done
+if ! grep -q '^export WRENN_API_KEY' "$dir/out.log"; then
+  echo "wrenn dev did not start:"; cat "$dir/err.log"; exit 1
+fi
+eval "$(grep '^export' "$dir/out.log")"
+status=0
+"$venv/bin/pytest" -q tests/sdk/test_sdk.py "$@" || status=$?
+if [ "$status" != 0 ]; then echo "--- wrenn dev log (tail)"; tail -50 "$dir/err.log"; fi
+exit "$status"

@@ -1,0 +1,136 @@
+"""The published Python SDK (wrenn 0.3.0) driving `wrenn dev`, unchanged.
+
+Run by tests/sdk/run.sh, which starts `wrenn dev` and exports WRENN_BASE_URL and
+WRENN_API_KEY before calling pytest.
+"""
+
+import time
+import uuid
+
+import pytest
+from wrenn import Capsule
+from wrenn.exceptions import WrennConflictError, WrennNotFoundError
+
+
+@pytest.fixture
+def capsule():
+    c = Capsule(wait=True)
+    try:
+        yield c
+    finally:
+        try:
+            c.destroy()
+        except WrennNotFoundError:
+            pass
+
+
+def wait_status(capsule_id, want, timeout=30.0):
+    deadline = time.time() + timeout
+    status = None
+    while time.time() < deadline:
+        status = str(Capsule.get_info(capsule_id).status)
+        if status.endswith(want):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"capsule {capsule_id} stayed {status}, wanted {want}")
+
+
+def test_list_is_a_list():
+    assert isinstance(Capsule.list(), list)
+
+
+def test_create_waits_until_running(capsule):
+    info = capsule.get_info()
+    assert str(info.status).endswith("running")
+    assert info.id.startswith("cl-")
+    assert any(c.id == capsule.capsule_id for c in Capsule.list())
+
+
+def test_commands_report_stdout_stderr_and_exit_codes(capsule):
+    r = capsule.commands.run("echo hello; echo oops >&2; exit 3")
+    assert r.stdout == "hello\n"
+    assert r.stderr == "oops\n"
+    assert r.exit_code == 3
+    assert capsule.commands.run("true").exit_code == 0
+
+
+def test_commands_honour_envs_and_cwd(capsule):
+    r = capsule.commands.run("echo $GREETING; pwd", envs={"GREETING": "hi"}, cwd="/tmp")
+    assert r.stdout == "hi\n/tmp\n"
+
+
+def test_background_commands_can_be_listed_and_killed(capsule):
+    handle = capsule.commands.run("sleep 300", background=True, tag="sleeper")
+    assert handle.pid > 0
+    procs = capsule.commands.list()
+    assert any(p.pid == handle.pid for p in procs)
+    capsule.commands.kill(handle.pid)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(p.pid == handle.pid for p in capsule.commands.list()):
+        time.sleep(0.1)
+    assert not any(p.pid == handle.pid for p in capsule.commands.list())
+
+
+def test_files_round_trip(capsule):
+    capsule.files.write("/tmp/sdk/hello.txt", "hello from the sdk")
+    assert capsule.files.read("/tmp/sdk/hello.txt") == "hello from the sdk"
+    names = [e.name for e in capsule.files.list("/tmp/sdk")]
+    assert "hello.txt" in names
+    entry = capsule.files.make_dir("/tmp/sdk/sub")
+    assert entry.name == "sub"
+    assert capsule.files.exists("/tmp/sdk/sub")
+    capsule.files.remove("/tmp/sdk/sub")
+    assert not capsule.files.exists("/tmp/sdk/sub")
+
+
+def test_binary_upload_and_download_stream(capsule):
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    capsule.files.upload_stream("/tmp/blob.bin", iter([blob[i : i + 65536] for i in range(0, len(blob), 65536)]))
+    got = b"".join(capsule.files.download_stream("/tmp/blob.bin"))
+    assert got == blob
+    assert capsule.files.read_bytes("/tmp/blob.bin") == blob
+
+
+def test_pause_and_resume_keep_processes_alive(capsule):
+    capsule.commands.run("sleep 1000", background=True, tag="survivor")
+    capsule.pause()
+    wait_status(capsule.capsule_id, "paused")
+    with pytest.raises(WrennConflictError):
+        capsule.commands.run("true")
+    capsule.resume()
+    wait_status(capsule.capsule_id, "running")
+    assert any(p.tag == "survivor" for p in capsule.commands.list())
+    assert capsule.commands.run("echo back").stdout == "back\n"
+
+
+def test_snapshot_becomes_a_template_for_new_capsules(capsule):
+    capsule.files.write("/root/state.txt", "kept in the snapshot")
+    name = f"sdk-{uuid.uuid4().hex[:8]}"
+    template = capsule.create_snapshot(name=name)
+    assert template.name == name
+    child = Capsule(template=name, wait=True)
+    try:
+        assert child.files.read("/root/state.txt") == "kept in the snapshot"
+    finally:
+        child.destroy()
+
+
+def test_pty_runs_an_interactive_shell(capsule):
+    seen = b""
+    with capsule.pty(cmd="/bin/sh") as term:
+        term.write(b"echo pty-$((40+2))\n")
+        deadline = time.time() + 15
+        for event in term:
+            if event.data:
+                seen += event.data
+            if b"pty-42" in seen or time.time() > deadline:
+                break
+        term.kill()
+    assert b"pty-42" in seen
+
+
+def test_destroy_leaves_the_capsule_stopped():
+    c = Capsule(wait=True)
+    c.destroy()
+    wait_status(c.capsule_id, "stopped")
+    assert not any(x.id == c.capsule_id for x in Capsule.list())
