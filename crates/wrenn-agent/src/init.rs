@@ -149,8 +149,10 @@ fn process_args() -> Vec<Vec<u8>> {
     }
 }
 
+/// What [`run`] returns on success: nothing, because it `exec`s.
 enum Never {}
 
+/// Turns an error into `"<what>: <error>"`.
 fn ctx<T>(what: impl FnOnce() -> String) -> impl FnOnce(T) -> String
 where
     T: std::fmt::Display,

@@ -90,7 +90,13 @@ async fn agent_over_the_process_runtime() {
         .into_inner();
     assert_eq!(created.metadata["runtime"], "process");
     assert!(!created.host_ip.is_empty());
-    assert_eq!(sh(&c, id, "echo hi").await.unwrap(), ("hi\n".into(), 0));
+    let r = sh(&c, id, "echo hi").await;
+    if r.is_err() {
+        let log = std::fs::read_to_string(layout.sandbox_dir(id).join("envd.log")).unwrap_or_default();
+        eprintln!("ENVD LOG:\n{log}");
+        let _ = std::process::Command::new("ps").args(["-ef", "--forest"]).status();
+    }
+    assert_eq!(r.unwrap(), ("hi\n".into(), 0));
     assert_eq!(sh(&c, id, "hostname").await.unwrap().0.trim(), id.to_string());
 
     // Files land in the sandbox, not on the host.

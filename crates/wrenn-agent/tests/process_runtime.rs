@@ -405,7 +405,7 @@ async fn pause_freezes_the_sandbox_and_resume_continues_with_its_memory() {
         .sandbox_dir(sb.id())
         .join("upper/root/counter");
     // A shell whose loop variable lives only in memory.
-    sb.ok("sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.01; done' >/dev/null 2>&1 &")
+    sb.ok("sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/next; mv /root/next /root/counter; sleep 0.01; done' >/dev/null 2>&1 &")
         .await;
     let read = || -> u64 {
         std::fs::read_to_string(&counter)
@@ -736,4 +736,30 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
         Err(RuntimeError::NotFound(_))
     ));
     runtime.destroy(missing.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn zz_timing() {
+    let host_env = Host::new().await;
+    let (mut c, mut p, mut r, mut d) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..20 {
+        let cfg = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+        let t = Instant::now();
+        let inst = host_env.runtime.create(&cfg).await.unwrap();
+        c.push(t.elapsed());
+        let t = Instant::now();
+        host_env.runtime.pause(&inst).await.unwrap();
+        p.push(t.elapsed());
+        let t = Instant::now();
+        host_env.runtime.resume(&inst).await.unwrap();
+        r.push(t.elapsed());
+        let t = Instant::now();
+        host_env.runtime.destroy(cfg.id).await.unwrap();
+        d.push(t.elapsed());
+    }
+    for (n, mut v) in [("create", c), ("pause", p), ("resume", r), ("destroy", d)] {
+        v.sort();
+        eprintln!("{n}: p50 {:?} p90 {:?} max {:?}", v[10], v[18], v[19]);
+    }
 }

@@ -163,6 +163,24 @@ async fn the_event_stream_checks_credentials_and_the_resume_id() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    drop(resp);
+
+    // The data-plane routes are documented.
+    let (status, doc) = json(env.req(Method::GET, "/openapi.json").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/events/stream",
+        "/v1/capsules/{id}/exec",
+        "/v1/capsules/{id}/exec/stream",
+        "/v1/capsules/{id}/processes/{selector}",
+        "/v1/capsules/{id}/files/stream/write",
+        "/v1/capsules/{id}/pty",
+        "/v1/capsules/stats",
+        "/v1/snapshots/{name}",
+        "/v1/hosts/sandbox-events",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
     env.stop().await;
 }
 

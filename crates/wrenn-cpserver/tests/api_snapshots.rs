@@ -778,6 +778,6 @@ async fn usage_serves_rolled_up_days_and_today_live() {
         .text()
         .await
         .unwrap();
-    assert!(!text.contains("-0"), "{text}");
+    assert!(!text.contains(":-0"), "{text}");
     env.stop().await;
 }

@@ -83,6 +83,9 @@ pub struct ExecResponse {
     pub duration_ms: u64,
     /// `utf-8`, or `base64` when either stream is not valid UTF-8 (then both are).
     pub encoding: &'static str,
+    /// Present (and true) when a stream exceeded 16 MiB and the excess was dropped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Background exec result (SDK `BackgroundExecResponse`).
@@ -234,6 +237,7 @@ async fn run_exec(
         exit_code: out.exit_code,
         duration_ms,
         encoding,
+        truncated: out.truncated,
     })
     .into_response())
 }

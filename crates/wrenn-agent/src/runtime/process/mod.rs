@@ -348,6 +348,14 @@ impl ProcessRuntime {
         builder
             .create(&dir)
             .map_err(io_err(format!("create {}", dir.display())))?;
+        if let Err(e) = Self::make_subdirs(&dir, with_upper) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(dir)
+    }
+
+    fn make_subdirs(dir: &Path, with_upper: bool) -> Result<(), RuntimeError> {
         let mut subdirs = vec!["work", "rootfs", "run"];
         if with_upper {
             subdirs.push("upper");
@@ -359,7 +367,7 @@ impl ProcessRuntime {
                 .create(dir.join(sub))
                 .map_err(io_err(format!("create {}", dir.join(sub).display())))?;
         }
-        Ok(dir)
+        Ok(())
     }
 
     /// Starts a sandbox whose directory is ready; on failure everything but the
@@ -377,19 +385,37 @@ impl ProcessRuntime {
             memory_bytes: u64::from(config.memory_mb) * 1024 * 1024,
             pids_max: self.options.pids_max,
         };
+        let netns = Self::netns_name(id);
+        // The namespace must exist before the sandbox joins it; cgroups before it starts.
         let cg = cgroup.clone();
-        blocking(move || cg.create(limits))
-            .await?
-            .map_err(io_err(format!("set up the cgroups of {id}")))?;
-        let net = match net::create(&Self::netns_name(id), self.options.network).await {
-            Ok(net) => net,
-            Err(e) => {
-                self.teardown(id, None).await;
-                return Err(RuntimeError::Other(format!("network of {id}: {e}")));
-            }
+        let (cgroups, namespace) = tokio::join!(
+            blocking(move || cg.create(limits)),
+            net::add_netns(&netns)
+        );
+        let prepared = cgroups
+            .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
+            .and_then(|()| {
+                namespace.map_err(|e| RuntimeError::Other(format!("network of {id}: {e}")))
+            });
+        if let Err(e) = prepared {
+            self.teardown(id, None).await;
+            return Err(e);
+        }
+        // envd starts while the veth pair is configured; both finish before we return.
+        let (net, spawned) = tokio::join!(
+            net::configure(&netns, self.options.network),
+            self.spawn(config, &lowers, &cgroup, &netns, &dir)
+        );
+        let spawned = match (net, spawned) {
+            (Ok(net), Ok(spawned)) => Ok((net, spawned)),
+            (Err(e), Ok((child, _))) => Err((
+                Some(child),
+                RuntimeError::Other(format!("network of {id}: {e}")),
+            )),
+            (_, Err(e)) => Err(e),
         };
-        match self.spawn(config, &lowers, &cgroup, &net, &dir).await {
-            Ok((child, version)) => {
+        match spawned {
+            Ok((net, (child, version))) => {
                 let usage = cgroup.cpu_usage_ns().unwrap_or(0);
                 let live = Arc::new(Live {
                     config: config.clone(),
@@ -431,7 +457,7 @@ impl ProcessRuntime {
         config: &SandboxConfig,
         lowers: &Lowers,
         cgroup: &SandboxCgroup,
-        net: &SandboxNet,
+        netns: &str,
         dir: &Path,
     ) -> Result<(Child, String), (Option<Child>, RuntimeError)> {
         let id = config.id;
@@ -481,7 +507,7 @@ impl ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| (None, io_err("duplicate log fd")(e)))?;
-        let netns_arg = format!("--net={}", net::netns_path(&net.netns).display());
+        let netns_arg = format!("--net={}", net::netns_path(netns).display());
         let mut command = Command::new("nsenter");
         command
             .arg(netns_arg)
@@ -549,7 +575,7 @@ impl ProcessRuntime {
                 ));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            pause = (pause * 2).min(Duration::from_millis(2));
         }
     }
 

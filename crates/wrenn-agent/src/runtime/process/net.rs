@@ -283,20 +283,14 @@ fn next_slot_hint(slots: u32) -> u32 {
     NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % slots
 }
 
-/// Creates the namespace `netns` with a veth pair in a free slot and configures it.
-/// On failure nothing is left behind.
-pub async fn create(netns: &str, range: Ipv4Range) -> Result<SandboxNet, String> {
-    run("ip", &["netns", "add", netns], None).await?;
-    match configure(netns, range).await {
-        Ok(net) => Ok(net),
-        Err(e) => {
-            let _ = remove(netns).await;
-            Err(e)
-        }
-    }
+/// Creates the (empty) named namespace `netns`.
+pub async fn add_netns(netns: &str) -> Result<(), String> {
+    run("ip", &["netns", "add", netns], None).await
 }
 
-async fn configure(netns: &str, range: Ipv4Range) -> Result<SandboxNet, String> {
+/// Adds a veth pair in a free slot to the namespace `netns` and configures both ends
+/// (processes may already run in the namespace). [`remove`] undoes it.
+pub async fn configure(netns: &str, range: Ipv4Range) -> Result<SandboxNet, String> {
     let slots = range.slots();
     let start = next_slot_hint(slots);
     let mut last_error = String::new();
