@@ -114,11 +114,8 @@ impl EnvdClient {
         let deadline = tokio::time::Instant::now() + budget;
         loop {
             let mut system = self.system.clone();
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(2),
-                system.health(HealthRequest {}),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(2), system.health(HealthRequest {})).await;
             let last_err = match attempt {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => status.message().to_owned(),

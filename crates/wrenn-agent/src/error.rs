@@ -109,8 +109,7 @@ impl AgentError {
 
 /// `ENOSPC` / `EDQUOT`.
 fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(28) | Some(122))
-        || e.kind() == std::io::ErrorKind::StorageFull
+    matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// How a status returned by the guest agent is passed on to the control plane.
@@ -171,7 +170,10 @@ mod tests {
                 },
                 Code::FailedPrecondition,
             ),
-            (AgentError::Runtime(RuntimeError::NotFound(id)), Code::NotFound),
+            (
+                AgentError::Runtime(RuntimeError::NotFound(id)),
+                Code::NotFound,
+            ),
             (
                 AgentError::Runtime(RuntimeError::Unsupported("x".into())),
                 Code::FailedPrecondition,

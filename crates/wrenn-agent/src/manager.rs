@@ -544,12 +544,16 @@ impl SandboxManager {
                 .sandboxes
                 .write()
                 .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
-            if map.contains_key(&id) {
-                return Err(AgentError::AlreadyExists(format!(
-                    "sandbox {id} already exists on this host"
-                )));
+            match map.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    return Err(AgentError::AlreadyExists(format!(
+                        "sandbox {id} already exists on this host"
+                    )));
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Arc::clone(&sb));
+                }
             }
-            map.insert(id, Arc::clone(&sb));
         }
         let _op = sb.op.lock().await;
         let team = spec.config.team_id;
@@ -559,7 +563,13 @@ impl SandboxManager {
             let envd = sb.envd_client()?;
             let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
             let token = sb.with(|s| s.access_token.clone());
-            init_envd(&envd, &spec.config.default_user, &spec.config.default_env, &token).await?;
+            init_envd(
+                &envd,
+                &spec.config.default_user,
+                &spec.config.default_env,
+                &token,
+            )
+            .await?;
             Ok::<_, AgentError>((instance, health.version))
         }
         .await;
@@ -593,8 +603,12 @@ impl SandboxManager {
                     s.instance = None;
                 });
                 self.remove(&sb);
-                self.events
-                    .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                self.events.emit(
+                    SandboxEventKind::Failed,
+                    id,
+                    Some(team),
+                    Some(e.to_string()),
+                );
                 Err(e)
             }
         }
@@ -643,8 +657,12 @@ impl SandboxManager {
             }
             Err(e) => {
                 sb.with(|s| s.status = SandboxStatus::Error);
-                self.events
-                    .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                self.events.emit(
+                    SandboxEventKind::Failed,
+                    id,
+                    Some(team),
+                    Some(e.to_string()),
+                );
                 Err(e.into())
             }
         }
@@ -660,17 +678,21 @@ impl SandboxManager {
             return Err(AgentError::SandboxNotFound(id));
         }
         // Reserve the id while cleaning, so a concurrent create of it waits its turn.
-        let placeholder = Arc::new(Sandbox::new(placeholder_config(id), SandboxStatus::Stopping));
+        let placeholder = Arc::new(Sandbox::new(
+            placeholder_config(id),
+            SandboxStatus::Stopping,
+        ));
         let tracked = {
             let mut map = self
                 .sandboxes
                 .write()
                 .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
-            if map.contains_key(&id) {
-                true
-            } else {
-                map.insert(id, Arc::clone(&placeholder));
-                false
+            match map.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Arc::clone(&placeholder));
+                    false
+                }
             }
         };
         if tracked {
@@ -762,11 +784,19 @@ impl SandboxManager {
                 sb.conns.reset();
                 let back = self.recover_running(sb, &instance).await;
                 if back {
-                    self.events
-                        .emit(SandboxEventKind::PauseFailed, id, Some(team), Some(e.to_string()));
+                    self.events.emit(
+                        SandboxEventKind::PauseFailed,
+                        id,
+                        Some(team),
+                        Some(e.to_string()),
+                    );
                 } else {
-                    self.events
-                        .emit(SandboxEventKind::Failed, id, Some(team), Some(e.to_string()));
+                    self.events.emit(
+                        SandboxEventKind::Failed,
+                        id,
+                        Some(team),
+                        Some(e.to_string()),
+                    );
                 }
                 Err(e.into())
             }
@@ -886,8 +916,7 @@ impl SandboxManager {
                     let ready = async {
                         let envd = sb.envd_client()?;
                         let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
-                        init_envd(&envd, &config.default_user, &config.default_env, &token)
-                            .await?;
+                        init_envd(&envd, &config.default_user, &config.default_env, &token).await?;
                         Ok::<_, AgentError>(health.version)
                     }
                     .await;
@@ -1034,7 +1063,8 @@ impl SandboxManager {
         let budget = self.settings.pause_all_timeout;
         let tasks = running.into_iter().map(|id| {
             let mgr = Arc::clone(self);
-            let handle = tokio::spawn(async move { mgr.pause_with(id, PauseCause::PauseAll).await });
+            let handle =
+                tokio::spawn(async move { mgr.pause_with(id, PauseCause::PauseAll).await });
             async move {
                 let r = match tokio::time::timeout(budget, handle).await {
                     Ok(Ok(r)) => r.map_err(|e| e.to_string()),
@@ -1077,7 +1107,10 @@ impl SandboxManager {
             prev,
             SandboxStatus::Running | SandboxStatus::Paused | SandboxStatus::Hibernated
         ) {
-            return Err(sb.wrong_state(prev, "snapshot needs a running, paused or hibernated sandbox"));
+            return Err(sb.wrong_state(
+                prev,
+                "snapshot needs a running, paused or hibernated sandbox",
+            ));
         }
         let team_of_sandbox = sb.team_id();
         let instance = sb
@@ -1105,8 +1138,12 @@ impl SandboxManager {
                         s.status = prev;
                     }
                 });
-                self.events
-                    .emit(SandboxEventKind::Snapshotted, id, Some(team_of_sandbox), None);
+                self.events.emit(
+                    SandboxEventKind::Snapshotted,
+                    id,
+                    Some(team_of_sandbox),
+                    None,
+                );
                 Ok(size)
             }
             Err(e) => {
@@ -1239,11 +1276,7 @@ impl SandboxManager {
         id: SandboxId,
     ) -> AgentResult<(Vec<MetricPoint>, Vec<MetricPoint>, Vec<MetricPoint>)> {
         let sb = self.get(id)?;
-        Ok(sb
-            .metrics
-            .lock()
-            .map(|mut m| m.flush())
-            .unwrap_or_default())
+        Ok(sb.metrics.lock().map(|mut m| m.flush()).unwrap_or_default())
     }
 
     /// (known, running, vCPUs and MiB promised to running and paused sandboxes).
@@ -1297,7 +1330,9 @@ impl SandboxManager {
             let mgr = Arc::clone(self);
             tokio::spawn(async move {
                 let r = if can_hibernate {
-                    mgr.hibernate(id, HibernateCause::Shutdown).await.map(|_| ())
+                    mgr.hibernate(id, HibernateCause::Shutdown)
+                        .await
+                        .map(|_| ())
                 } else {
                     mgr.destroy(id).await
                 };
@@ -1336,7 +1371,10 @@ async fn init_envd(
     let req = InitRequest {
         default_user: (!default_user.is_empty()).then(|| default_user.to_owned()),
         default_workdir: None,
-        env_vars: default_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env_vars: default_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         access_token: Some(token.to_owned()),
         timestamp: Some(prost_types::Timestamp {
             seconds: now.as_secs() as i64,
@@ -1408,4 +1446,3 @@ fn allocated(path: &Path) -> u64 {
     }
     total
 }
-

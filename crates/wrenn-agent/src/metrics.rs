@@ -182,7 +182,13 @@ fn read_meminfo() -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kb| kb * 1024)
     };
     (field("MemTotal:"), field("MemAvailable:"))
@@ -274,10 +280,16 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("").unwrap(), (Tier::Fine, Duration::from_secs(600)));
+        assert_eq!(
+            parse_range("").unwrap(),
+            (Tier::Fine, Duration::from_secs(600))
+        );
         assert_eq!(parse_range("2h").unwrap().0, Tier::Mid);
         assert_eq!(parse_range("24h").unwrap().0, Tier::Coarse);
-        assert!(matches!(parse_range("3d"), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(
+            parse_range("3d"),
+            Err(AgentError::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -115,7 +115,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -166,10 +169,18 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     };
     let port: u16 = match port.parse() {
         Ok(p) if p > 0 => p,
-        _ => return plain(StatusCode::BAD_REQUEST, format!("invalid port {port:?}: expected 1 to 65535")),
+        _ => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("invalid port {port:?}: expected 1 to 65535"),
+            );
+        }
     };
     if port == wrenn_proto::ENVD_PORT {
-        return plain(StatusCode::FORBIDDEN, "the guest agent's port is not proxied");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "the guest agent's port is not proxied",
+        );
     }
     let sb = match st.manager.get(id) {
         Ok(sb) => sb,
@@ -177,7 +188,10 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     };
     let Some(host_ip) = sb.running_host_ip() else {
         let status = sb.status();
-        return plain(StatusCode::CONFLICT, format!("sandbox {id} is {status}, not running"));
+        return plain(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is {status}, not running"),
+        );
     };
     let Some(guard) = sb.conns().acquire() else {
         return plain(StatusCode::CONFLICT, format!("sandbox {id} is pausing"));
@@ -263,7 +277,10 @@ fn rewrite_location(headers: &mut HeaderMap, prefix: &str, authority: &str) {
     };
     let upstream = format!("http://{authority}");
     let new = if let Some(rest) = loc.strip_prefix(&upstream) {
-        Some(format!("{prefix}{}", if rest.is_empty() { "/" } else { rest }))
+        Some(format!(
+            "{prefix}{}",
+            if rest.is_empty() { "/" } else { rest }
+        ))
     } else if loc.starts_with('/') && !loc.starts_with("//") {
         Some(format!("{prefix}{loc}"))
     } else {
@@ -320,7 +337,10 @@ mod tests {
     fn paths() {
         assert_eq!(split_path("/proxy/cl-x/80"), Some(("cl-x", "80", "")));
         assert_eq!(split_path("/proxy/cl-x/80/"), Some(("cl-x", "80", "/")));
-        assert_eq!(split_path("/proxy/cl-x/80/a/b"), Some(("cl-x", "80", "/a/b")));
+        assert_eq!(
+            split_path("/proxy/cl-x/80/a/b"),
+            Some(("cl-x", "80", "/a/b"))
+        );
         assert_eq!(split_path("/other"), None);
     }
 
@@ -330,10 +350,16 @@ mod tests {
         h.insert(header::LOCATION, HeaderValue::from_static("/login?x=1"));
         rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
         assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/login?x=1");
-        h.insert(header::LOCATION, HeaderValue::from_static("http://127.0.0.1:80/x"));
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://127.0.0.1:80/x"),
+        );
         rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
         assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/x");
-        h.insert(header::LOCATION, HeaderValue::from_static("https://example.com/"));
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://example.com/"),
+        );
         rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
         assert_eq!(h[header::LOCATION], "https://example.com/");
     }
@@ -341,10 +367,16 @@ mod tests {
     #[test]
     fn hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-secret").is_none() && h.get(header::TRANSFER_ENCODING).is_none());
         assert!(h.get("x-keep").is_some());

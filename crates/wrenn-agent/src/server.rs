@@ -126,7 +126,11 @@ impl AgentOptions {
 
     /// Options from the agent's configuration: layout (`WRENN_DIR`), control-plane URL
     /// (`WRENN_CP_URL`) and `hibernate_after` (`WRENN_HIBERNATE_AFTER_SECS`).
-    pub fn from_config(runtime: Arc<dyn Runtime>, config: &AgentConfig, listener: TcpListener) -> Self {
+    pub fn from_config(
+        runtime: Arc<dyn Runtime>,
+        config: &AgentConfig,
+        listener: TcpListener,
+    ) -> Self {
         let mut o = Self::new(runtime, config.layout(), listener);
         o.events.cp_url = config.cp_url.clone();
         o.manager.hibernate_after = config.hibernate_after;
@@ -230,8 +234,13 @@ impl Inner {
         self.events.close(Duration::from_secs(5)).await;
         let server = self.server.lock().ok().and_then(|mut s| s.take());
         if let Some(mut server) = server {
-            if tokio::time::timeout(self.serve_grace, &mut server).await.is_err() {
-                tracing::info!("in-flight requests still open after the grace; stopping the server");
+            if tokio::time::timeout(self.serve_grace, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    "in-flight requests still open after the grace; stopping the server"
+                );
                 server.abort();
             }
         }

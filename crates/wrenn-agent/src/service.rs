@@ -129,9 +129,7 @@ fn parse_uuid(field: &str, s: &str, empty_is_nil: bool) -> AgentResult<Uuid> {
         )));
     }
     Uuid::try_parse(s).map_err(|_| {
-        AgentError::InvalidArgument(format!(
-            "invalid {field} {s:?}: expected a hyphenated UUID"
-        ))
+        AgentError::InvalidArgument(format!("invalid {field} {s:?}: expected a hyphenated UUID"))
     })
 }
 
@@ -194,7 +192,9 @@ fn selector(sel: Option<pb::ProcessSelector>) -> AgentResult<envd::ProcessSelect
         Some(P::Tag(tag)) if !tag.is_empty() => Ok(envd::ProcessSelector {
             selector: Some(E::Tag(tag)),
         }),
-        _ => Err(AgentError::invalid("process selector (pid or tag) is required")),
+        _ => Err(AgentError::invalid(
+            "process selector (pid or tag) is required",
+        )),
     }
 }
 
@@ -270,7 +270,9 @@ async fn first_start(
     loop {
         let msg = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .map_err(|_| AgentError::DeadlineExceeded("the process did not start in time".into()))?;
+            .map_err(|_| {
+                AgentError::DeadlineExceeded("the process did not start in time".into())
+            })?;
         match msg? {
             Some(envd::ProcessEvent {
                 event: Some(envd::process_event::Event::Start(s)),
@@ -441,7 +443,10 @@ fn pty_event(ev: envd::ProcessEvent) -> Relayed<pb::PtyEvent> {
 
 fn pty_exited(exit_code: i32, error: Option<String>) -> pb::PtyEvent {
     pb::PtyEvent {
-        event: Some(pb::pty_event::Event::Exited(pb::PtyExited { exit_code, error })),
+        event: Some(pb::pty_event::Event::Exited(pb::PtyExited {
+            exit_code,
+            error,
+        })),
     }
 }
 
@@ -660,13 +665,17 @@ impl AgentService {
         let new = !r.cmd.is_empty();
         if new {
             if r.cols == 0 || r.rows == 0 {
-                return Err(AgentError::invalid("cols and rows must be non-zero for a new PTY"));
+                return Err(AgentError::invalid(
+                    "cols and rows must be non-zero for a new PTY",
+                ));
             }
             if !r.tag.is_empty() {
                 check_tag(&r.tag)?;
             }
         } else if r.tag.is_empty() {
-            return Err(AgentError::invalid("tag is required to reattach (cmd is empty)"));
+            return Err(AgentError::invalid(
+                "tag is required to reattach (cmd is empty)",
+            ));
         }
         let (sb, envd) = self.manager.envd_for(id, "PTY needs a running sandbox")?;
         let mut process = envd.process.clone();
@@ -751,15 +760,19 @@ impl AgentService {
         };
         let id = parse_sandbox_id(&meta.sandbox_id)?;
         require_path("path", &meta.path)?;
-        let (sb, envd) = self.manager.envd_for(id, "writing files needs a running sandbox")?;
+        let (sb, envd) = self
+            .manager
+            .envd_for(id, "writing files needs a running sandbox")?;
         let (tx, rx) = mpsc::channel::<envd::WriteFileRequest>(8);
         let header = envd::WriteFileRequest {
-            msg: Some(envd::write_file_request::Msg::Header(envd::WriteFileHeader {
-                path: meta.path,
-                mode: meta.mode,
-                user: meta.user,
-                append: false,
-            })),
+            msg: Some(envd::write_file_request::Msg::Header(
+                envd::WriteFileHeader {
+                    path: meta.path,
+                    mode: meta.mode,
+                    user: meta.user,
+                    append: false,
+                },
+            )),
         };
         tx.send(header)
             .await
@@ -828,13 +841,18 @@ async fn find_process(envd: &crate::envd::EnvdClient, tag: &str) -> AgentResult<
 
 #[tonic::async_trait]
 impl HostAgentService for AgentService {
-    async fn create_sandbox(&self, req: Request<pb::CreateSandboxRequest>) -> Rpc<pb::CreateSandboxResponse> {
+    async fn create_sandbox(
+        &self,
+        req: Request<pb::CreateSandboxRequest>,
+    ) -> Rpc<pb::CreateSandboxResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let team = TeamId::from_uuid(parse_uuid("team_id", &r.team_id, true).map_err(status_of)?);
-        let template = TemplateId(parse_uuid("template_id", &r.template_id, true).map_err(status_of)?);
-        let template_team =
-            TeamId::from_uuid(parse_uuid("template_team_id", &r.template_team_id, true).map_err(status_of)?);
+        let template =
+            TemplateId(parse_uuid("template_id", &r.template_id, true).map_err(status_of)?);
+        let template_team = TeamId::from_uuid(
+            parse_uuid("template_team_id", &r.template_team_id, true).map_err(status_of)?,
+        );
         let vcpus = value_or(r.vcpus, DEFAULT_VCPUS);
         let memory_mb = value_or(r.memory_mb, DEFAULT_MEMORY_MB);
         let disk_size_mb = value_or(r.disk_size_mb, DEFAULT_DISK_MB);
@@ -870,7 +888,10 @@ impl HostAgentService for AgentService {
         }))
     }
 
-    async fn destroy_sandbox(&self, req: Request<pb::DestroySandboxRequest>) -> Rpc<pb::DestroySandboxResponse> {
+    async fn destroy_sandbox(
+        &self,
+        req: Request<pb::DestroySandboxRequest>,
+    ) -> Rpc<pb::DestroySandboxResponse> {
         let id = parse_sandbox_id(&req.into_inner().sandbox_id).map_err(status_of)?;
         self.manager
             .spawn_op(move |m| async move { m.destroy(id).await })
@@ -879,7 +900,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::DestroySandboxResponse {}))
     }
 
-    async fn pause_sandbox(&self, req: Request<pb::PauseSandboxRequest>) -> Rpc<pb::PauseSandboxResponse> {
+    async fn pause_sandbox(
+        &self,
+        req: Request<pb::PauseSandboxRequest>,
+    ) -> Rpc<pb::PauseSandboxResponse> {
         let id = parse_sandbox_id(&req.into_inner().sandbox_id).map_err(status_of)?;
         self.manager
             .spawn_op(move |m| async move { m.pause(id).await })
@@ -888,7 +912,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::PauseSandboxResponse {}))
     }
 
-    async fn resume_sandbox(&self, req: Request<pb::ResumeSandboxRequest>) -> Rpc<pb::ResumeSandboxResponse> {
+    async fn resume_sandbox(
+        &self,
+        req: Request<pb::ResumeSandboxRequest>,
+    ) -> Rpc<pb::ResumeSandboxResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let env = r.default_env.into_iter().collect();
@@ -906,7 +933,10 @@ impl HostAgentService for AgentService {
         }))
     }
 
-    async fn hibernate_sandbox(&self, req: Request<pb::HibernateSandboxRequest>) -> Rpc<pb::HibernateSandboxResponse> {
+    async fn hibernate_sandbox(
+        &self,
+        req: Request<pb::HibernateSandboxRequest>,
+    ) -> Rpc<pb::HibernateSandboxResponse> {
         let id = parse_sandbox_id(&req.into_inner().sandbox_id).map_err(status_of)?;
         let size_bytes = self
             .manager
@@ -916,13 +946,19 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::HibernateSandboxResponse { size_bytes }))
     }
 
-    async fn ping_sandbox(&self, req: Request<pb::PingSandboxRequest>) -> Rpc<pb::PingSandboxResponse> {
+    async fn ping_sandbox(
+        &self,
+        req: Request<pb::PingSandboxRequest>,
+    ) -> Rpc<pb::PingSandboxResponse> {
         let id = parse_sandbox_id(&req.into_inner().sandbox_id).map_err(status_of)?;
         self.manager.ping(id).map_err(status_of)?;
         Ok(Response::new(pb::PingSandboxResponse {}))
     }
 
-    async fn list_sandboxes(&self, _req: Request<pb::ListSandboxesRequest>) -> Rpc<pb::ListSandboxesResponse> {
+    async fn list_sandboxes(
+        &self,
+        _req: Request<pb::ListSandboxesRequest>,
+    ) -> Rpc<pb::ListSandboxesResponse> {
         let mut resp = pb::ListSandboxesResponse::default();
         let mut all = self.manager.all();
         all.sort_by_key(|s| s.id());
@@ -972,7 +1008,10 @@ impl HostAgentService for AgentService {
 
     type ExecStreamStream = ReceiverStream<Result<pb::ExecEvent, Status>>;
 
-    async fn exec_stream(&self, req: Request<pb::ExecStreamRequest>) -> Rpc<Self::ExecStreamStream> {
+    async fn exec_stream(
+        &self,
+        req: Request<pb::ExecStreamRequest>,
+    ) -> Rpc<Self::ExecStreamStream> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         require_cmd(&r.cmd).map_err(status_of)?;
@@ -1014,7 +1053,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn start_background(&self, req: Request<pb::StartBackgroundRequest>) -> Rpc<pb::StartBackgroundResponse> {
+    async fn start_background(
+        &self,
+        req: Request<pb::StartBackgroundRequest>,
+    ) -> Rpc<pb::StartBackgroundResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         require_cmd(&r.cmd).map_err(status_of)?;
@@ -1051,7 +1093,10 @@ impl HostAgentService for AgentService {
         }))
     }
 
-    async fn list_processes(&self, req: Request<pb::ListProcessesRequest>) -> Rpc<pb::ListProcessesResponse> {
+    async fn list_processes(
+        &self,
+        req: Request<pb::ListProcessesRequest>,
+    ) -> Rpc<pb::ListProcessesResponse> {
         let r = req.into_inner();
         let (_sb, envd) = self
             .running(&r.sandbox_id, "listing processes needs a running sandbox")
@@ -1081,7 +1126,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::ListProcessesResponse { processes }))
     }
 
-    async fn kill_process(&self, req: Request<pb::KillProcessRequest>) -> Rpc<pb::KillProcessResponse> {
+    async fn kill_process(
+        &self,
+        req: Request<pb::KillProcessRequest>,
+    ) -> Rpc<pb::KillProcessResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let sel = selector(r.process).map_err(status_of)?;
@@ -1103,7 +1151,10 @@ impl HostAgentService for AgentService {
 
     type ConnectProcessStream = ReceiverStream<Result<pb::ExecEvent, Status>>;
 
-    async fn connect_process(&self, req: Request<pb::ConnectProcessRequest>) -> Rpc<Self::ConnectProcessStream> {
+    async fn connect_process(
+        &self,
+        req: Request<pb::ConnectProcessRequest>,
+    ) -> Rpc<Self::ConnectProcessStream> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let sel = selector(r.process).map_err(status_of)?;
@@ -1135,7 +1186,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn send_process_input(&self, req: Request<pb::SendProcessInputRequest>) -> Rpc<pb::SendProcessInputResponse> {
+    async fn send_process_input(
+        &self,
+        req: Request<pb::SendProcessInputRequest>,
+    ) -> Rpc<pb::SendProcessInputResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let sel = selector(r.process).map_err(status_of)?;
@@ -1156,7 +1210,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::SendProcessInputResponse {}))
     }
 
-    async fn close_process_stdin(&self, req: Request<pb::CloseProcessStdinRequest>) -> Rpc<pb::CloseProcessStdinResponse> {
+    async fn close_process_stdin(
+        &self,
+        req: Request<pb::CloseProcessStdinRequest>,
+    ) -> Rpc<pb::CloseProcessStdinResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let sel = selector(r.process).map_err(status_of)?;
@@ -1182,7 +1239,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(stream))
     }
 
-    async fn pty_send_input(&self, req: Request<pb::PtySendInputRequest>) -> Rpc<pb::PtySendInputResponse> {
+    async fn pty_send_input(
+        &self,
+        req: Request<pb::PtySendInputRequest>,
+    ) -> Rpc<pb::PtySendInputResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         if r.tag.is_empty() {
@@ -1212,7 +1272,9 @@ impl HostAgentService for AgentService {
             return Err(status_of(AgentError::invalid("tag is required")));
         }
         if r.cols == 0 || r.rows == 0 {
-            return Err(status_of(AgentError::invalid("cols and rows must be non-zero")));
+            return Err(status_of(AgentError::invalid(
+                "cols and rows must be non-zero",
+            )));
         }
         let (_sb, envd) = self
             .manager
@@ -1273,7 +1335,10 @@ impl HostAgentService for AgentService {
 
     type ReadFileStreamStream = ReceiverStream<Result<pb::ReadFileStreamResponse, Status>>;
 
-    async fn read_file_stream(&self, req: Request<pb::ReadFileStreamRequest>) -> Rpc<Self::ReadFileStreamStream> {
+    async fn read_file_stream(
+        &self,
+        req: Request<pb::ReadFileStreamRequest>,
+    ) -> Rpc<Self::ReadFileStreamStream> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         require_path("path", &r.path).map_err(status_of)?;
@@ -1411,7 +1476,10 @@ impl HostAgentService for AgentService {
         }))
     }
 
-    async fn remove_path(&self, req: Request<pb::RemovePathRequest>) -> Rpc<pb::RemovePathResponse> {
+    async fn remove_path(
+        &self,
+        req: Request<pb::RemovePathRequest>,
+    ) -> Rpc<pb::RemovePathResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         require_path("path", &r.path).map_err(status_of)?;
@@ -1426,10 +1494,14 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::RemovePathResponse {}))
     }
 
-    async fn create_snapshot(&self, req: Request<pb::CreateSnapshotRequest>) -> Rpc<pb::CreateSnapshotResponse> {
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Rpc<pb::CreateSnapshotResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
-        let (team, template) = parse_template_target(&r.team_id, &r.template_id).map_err(status_of)?;
+        let (team, template) =
+            parse_template_target(&r.team_id, &r.template_id).map_err(status_of)?;
         let size_bytes = self
             .manager
             .spawn_op(move |m| async move { m.snapshot(id, team, template).await })
@@ -1438,9 +1510,13 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::CreateSnapshotResponse { size_bytes }))
     }
 
-    async fn delete_snapshot(&self, req: Request<pb::DeleteSnapshotRequest>) -> Rpc<pb::DeleteSnapshotResponse> {
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Rpc<pb::DeleteSnapshotResponse> {
         let r = req.into_inner();
-        let (team, template) = parse_template_target(&r.team_id, &r.template_id).map_err(status_of)?;
+        let (team, template) =
+            parse_template_target(&r.team_id, &r.template_id).map_err(status_of)?;
         let deleted = self
             .manager
             .spawn_op(move |m| async move { m.delete_template(team, template).await })
@@ -1449,7 +1525,10 @@ impl HostAgentService for AgentService {
         Ok(Response::new(pb::DeleteSnapshotResponse { deleted }))
     }
 
-    async fn flatten_rootfs(&self, req: Request<pb::FlattenRootfsRequest>) -> Rpc<pb::FlattenRootfsResponse> {
+    async fn flatten_rootfs(
+        &self,
+        req: Request<pb::FlattenRootfsRequest>,
+    ) -> Rpc<pb::FlattenRootfsResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         parse_template_target(&r.team_id, &r.template_id).map_err(status_of)?;
@@ -1469,16 +1548,23 @@ impl HostAgentService for AgentService {
         ))))
     }
 
-    async fn get_sandbox_metrics(&self, req: Request<pb::GetSandboxMetricsRequest>) -> Rpc<pb::GetSandboxMetricsResponse> {
+    async fn get_sandbox_metrics(
+        &self,
+        req: Request<pb::GetSandboxMetricsRequest>,
+    ) -> Rpc<pb::GetSandboxMetricsResponse> {
         let r = req.into_inner();
         let id = parse_sandbox_id(&r.sandbox_id).map_err(status_of)?;
         let points = self.manager.metrics(id, &r.range).map_err(status_of)?;
         Ok(Response::new(pb::GetSandboxMetricsResponse { points }))
     }
 
-    async fn flush_sandbox_metrics(&self, req: Request<pb::FlushSandboxMetricsRequest>) -> Rpc<pb::FlushSandboxMetricsResponse> {
+    async fn flush_sandbox_metrics(
+        &self,
+        req: Request<pb::FlushSandboxMetricsRequest>,
+    ) -> Rpc<pb::FlushSandboxMetricsResponse> {
         let id = parse_sandbox_id(&req.into_inner().sandbox_id).map_err(status_of)?;
-        let (points_10m, points_2h, points_24h) = self.manager.flush_metrics(id).map_err(status_of)?;
+        let (points_10m, points_2h, points_24h) =
+            self.manager.flush_metrics(id).map_err(status_of)?;
         Ok(Response::new(pb::FlushSandboxMetricsResponse {
             points_10m,
             points_2h,
@@ -1486,7 +1572,10 @@ impl HostAgentService for AgentService {
         }))
     }
 
-    async fn get_host_metrics(&self, _req: Request<pb::GetHostMetricsRequest>) -> Rpc<pb::GetHostMetricsResponse> {
+    async fn get_host_metrics(
+        &self,
+        _req: Request<pb::GetHostMetricsRequest>,
+    ) -> Rpc<pb::GetHostMetricsResponse> {
         let host = Arc::clone(&self.host);
         let dir: PathBuf = self.manager.layout().root().to_path_buf();
         let usage = tokio::task::spawn_blocking(move || host.usage(&dir))
@@ -1521,11 +1610,13 @@ mod tests {
         assert!(parse_uuid("t", "", false).is_err());
         assert!(parse_uuid("t", "0000000000000000000000000000000a", true).is_err());
         assert!(parse_uuid("t", "00000000-0000-0000-0000-00000000000a", true).is_ok());
-        assert!(parse_template_target(
-            "00000000-0000-0000-0000-000000000001",
-            "00000000-0000-0000-0000-000000000000"
-        )
-        .is_err());
+        assert!(
+            parse_template_target(
+                "00000000-0000-0000-0000-000000000001",
+                "00000000-0000-0000-0000-000000000000"
+            )
+            .is_err()
+        );
         check_tag("web-1.x_y").unwrap();
         assert!(check_tag("bad tag").is_err());
         assert!(check_tag(&"a".repeat(65)).is_err());

@@ -40,17 +40,27 @@ async fn sh(
     Ok((String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code))
 }
 
-async fn write(c: &HostAgentServiceClient<tonic::transport::Channel>, id: SandboxId, path: &str, data: &[u8]) {
+async fn write(
+    c: &HostAgentServiceClient<tonic::transport::Channel>,
+    id: SandboxId,
+    path: &str,
+    data: &[u8],
+) {
     let mut msgs = vec![pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(pb::WriteFileMeta {
-            sandbox_id: id.to_string(),
-            path: path.into(),
-            ..Default::default()
-        })),
+        msg: Some(pb::write_file_stream_request::Msg::Meta(
+            pb::WriteFileMeta {
+                sandbox_id: id.to_string(),
+                path: path.into(),
+                ..Default::default()
+            },
+        )),
     }];
-    msgs.extend(data.chunks(wrenn_proto::FILE_CHUNK_SIZE).map(|ch| pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Chunk(ch.to_vec())),
-    }));
+    msgs.extend(
+        data.chunks(wrenn_proto::FILE_CHUNK_SIZE)
+            .map(|ch| pb::WriteFileStreamRequest {
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(ch.to_vec())),
+            }),
+    );
     c.clone()
         .write_file_stream(futures::stream::iter(msgs))
         .await
@@ -66,7 +76,9 @@ async fn agent_over_the_process_runtime() {
     // Short $WRENN_DIR: unix socket paths live under it.
     let dir = tempfile::Builder::new().prefix("wa").tempdir().unwrap();
     let layout = Layout::new(dir.path());
-    let envd = tokio::task::spawn_blocking(common::envd_binary).await.unwrap();
+    let envd = tokio::task::spawn_blocking(common::envd_binary)
+        .await
+        .unwrap();
     let options = ProcessRuntimeOptions {
         init_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_wrenn-agent"))),
         ..ProcessRuntimeOptions::default()
@@ -75,9 +87,13 @@ async fn agent_over_the_process_runtime() {
         .await
         .expect("the process runtime starts (root, cgroups, overlayfs, iproute2, iptables)");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let agent = Agent::start(AgentOptions::new(Arc::new(runtime), layout.clone(), listener))
-        .await
-        .unwrap();
+    let agent = Agent::start(AgentOptions::new(
+        Arc::new(runtime),
+        layout.clone(),
+        listener,
+    ))
+    .await
+    .unwrap();
     let c = connect(agent.local_addr()).await;
 
     // Create and exec.
@@ -92,18 +108,30 @@ async fn agent_over_the_process_runtime() {
     assert!(!created.host_ip.is_empty());
     let r = sh(&c, id, "echo hi").await;
     if r.is_err() {
-        let log = std::fs::read_to_string(layout.sandbox_dir(id).join("envd.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(layout.sandbox_dir(id).join("envd.log")).unwrap_or_default();
         eprintln!("ENVD LOG:\n{log}");
-        let _ = std::process::Command::new("ps").args(["-ef", "--forest"]).status();
+        let _ = std::process::Command::new("ps")
+            .args(["-ef", "--forest"])
+            .status();
     }
     assert_eq!(r.unwrap(), ("hi\n".into(), 0));
-    assert_eq!(sh(&c, id, "hostname").await.unwrap().0.trim(), id.to_string());
+    assert_eq!(
+        sh(&c, id, "hostname").await.unwrap().0.trim(),
+        id.to_string()
+    );
 
     // Files land in the sandbox, not on the host.
     let note = format!("/root/wrenn-e2e-{id}.txt");
     write(&c, id, &note, b"inside").await;
-    assert_eq!(sh(&c, id, &format!("cat {note}")).await.unwrap().0, "inside");
-    assert!(!std::path::Path::new(&note).exists(), "the host never sees sandbox writes");
+    assert_eq!(
+        sh(&c, id, &format!("cat {note}")).await.unwrap().0,
+        "inside"
+    );
+    assert!(
+        !std::path::Path::new(&note).exists(),
+        "the host never sees sandbox writes"
+    );
 
     // Pause keeps memory: a background process survives with its pid.
     let bg = c
@@ -111,7 +139,10 @@ async fn agent_over_the_process_runtime() {
         .start_background(pb::StartBackgroundRequest {
             sandbox_id: id.to_string(),
             cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), "n=0; while true; do n=$((n+1)); echo $n > /tmp/count; sleep 0.1; done".into()],
+            args: vec![
+                "-c".into(),
+                "n=0; while true; do n=$((n+1)); echo $n > /tmp/count; sleep 0.1; done".into(),
+            ],
             tag: "counter".into(),
             ..Default::default()
         })
@@ -119,22 +150,34 @@ async fn agent_over_the_process_runtime() {
         .unwrap()
         .into_inner();
     c.clone()
-        .pause_sandbox(pb::PauseSandboxRequest { sandbox_id: id.to_string() })
+        .pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.to_string(),
+        })
         .await
         .unwrap();
     let err = sh(&c, id, "true").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     c.clone()
-        .resume_sandbox(pb::ResumeSandboxRequest { sandbox_id: id.to_string(), ..Default::default() })
+        .resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let procs = c
         .clone()
-        .list_processes(pb::ListProcessesRequest { sandbox_id: id.to_string() })
+        .list_processes(pb::ListProcessesRequest {
+            sandbox_id: id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert!(procs.processes.iter().any(|p| p.tag == "counter" && p.pid == bg.pid));
+    assert!(
+        procs
+            .processes
+            .iter()
+            .any(|p| p.tag == "counter" && p.pid == bg.pid)
+    );
 
     // The proxy reaches a server inside the sandbox's network namespace.
     if std::path::Path::new("/usr/bin/python3").exists() {
@@ -142,13 +185,22 @@ async fn agent_over_the_process_runtime() {
             .start_background(pb::StartBackgroundRequest {
                 sandbox_id: id.to_string(),
                 cmd: "/usr/bin/python3".into(),
-                args: vec!["-m".into(), "http.server".into(), "8123".into(), "--directory".into(), "/root".into()],
+                args: vec![
+                    "-m".into(),
+                    "http.server".into(),
+                    "8123".into(),
+                    "--directory".into(),
+                    "/root".into(),
+                ],
                 tag: "web".into(),
                 ..Default::default()
             })
             .await
             .unwrap();
-        let url = format!("http://{}/proxy/{id}/8123/wrenn-e2e-{id}.txt", agent.local_addr());
+        let url = format!(
+            "http://{}/proxy/{id}/8123/wrenn-e2e-{id}.txt",
+            agent.local_addr()
+        );
         let http = reqwest::Client::new();
         eventually("the proxied server", || {
             let (http, url) = (http.clone(), url.clone());
@@ -164,16 +216,29 @@ async fn agent_over_the_process_runtime() {
 
     // Hibernate → resume keeps files (processes restart from scratch).
     c.clone()
-        .hibernate_sandbox(pb::HibernateSandboxRequest { sandbox_id: id.to_string() })
+        .hibernate_sandbox(pb::HibernateSandboxRequest {
+            sandbox_id: id.to_string(),
+        })
         .await
         .unwrap();
-    let list = c.clone().list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .clone()
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.hibernated_sandbox_ids.contains(&id.to_string()));
     c.clone()
-        .resume_sandbox(pb::ResumeSandboxRequest { sandbox_id: id.to_string(), ..Default::default() })
+        .resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(sh(&c, id, &format!("cat {note}")).await.unwrap().0, "inside");
+    assert_eq!(
+        sh(&c, id, &format!("cat {note}")).await.unwrap().0,
+        "inside"
+    );
 
     // Snapshot → a new sandbox from the template sees the files.
     let team = "00000000-0000-0000-0000-00000000e2e1";
@@ -191,19 +256,27 @@ async fn agent_over_the_process_runtime() {
     req.template_team_id = team.into();
     req.template_id = tmpl.clone();
     c.clone().create_sandbox(req).await.unwrap();
-    assert_eq!(sh(&c, child, &format!("cat {note}")).await.unwrap().0, "inside");
+    assert_eq!(
+        sh(&c, child, &format!("cat {note}")).await.unwrap().0,
+        "inside"
+    );
 
     // Destroy everything; the template can then go.
     for sb in [id, child] {
         c.clone()
-            .destroy_sandbox(pb::DestroySandboxRequest { sandbox_id: sb.to_string() })
+            .destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: sb.to_string(),
+            })
             .await
             .unwrap();
         assert_eq!(sh(&c, sb, "true").await.unwrap_err().code(), Code::NotFound);
     }
     let deleted = c
         .clone()
-        .delete_snapshot(pb::DeleteSnapshotRequest { team_id: team.into(), template_id: tmpl })
+        .delete_snapshot(pb::DeleteSnapshotRequest {
+            team_id: team.into(),
+            template_id: tmpl,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -212,8 +285,13 @@ async fn agent_over_the_process_runtime() {
 
     // Graceful shutdown with a running sandbox hibernates it.
     let last = SandboxId::new();
-    c.clone().create_sandbox(common::create_request(last, 0)).await.unwrap();
-    let kept = tokio::time::timeout(PATIENCE, agent.shutdown()).await.unwrap();
+    c.clone()
+        .create_sandbox(common::create_request(last, 0))
+        .await
+        .unwrap();
+    let kept = tokio::time::timeout(PATIENCE, agent.shutdown())
+        .await
+        .unwrap();
     assert_eq!(kept, vec![last]);
     assert!(layout.snapshot_dir(last).exists());
     // Clean up the hibernated state with a fresh runtime.
@@ -221,6 +299,8 @@ async fn agent_over_the_process_runtime() {
     let rt = ProcessRuntime::new(layout.clone(), envd, ProcessRuntimeOptions::default())
         .await
         .unwrap();
-    wrenn_agent::runtime::Runtime::destroy(&rt, last).await.unwrap();
+    wrenn_agent::runtime::Runtime::destroy(&rt, last)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

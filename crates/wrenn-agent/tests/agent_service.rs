@@ -58,9 +58,16 @@ async fn create_exec_echo_and_metadata() {
     let id = SandboxId::new();
     let mut req = create_request(id, 0);
     req.metadata.insert("owner".into(), "tests".into());
-    req.metadata.insert("runtime".into(), "caller-value-loses".into());
+    req.metadata
+        .insert("runtime".into(), "caller-value-loses".into());
     req.default_env.insert("GREETING".into(), "hello".into());
-    let created = agent.client.clone().create_sandbox(req).await.unwrap().into_inner();
+    let created = agent
+        .client
+        .clone()
+        .create_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(created.status(), pb::SandboxStatus::Running);
     assert_eq!(created.host_ip, "127.0.0.1");
     assert_eq!(created.metadata["owner"], "tests");
@@ -85,7 +92,10 @@ async fn create_exec_echo_and_metadata() {
     assert!(!resp.truncated);
 
     // Exit codes, stderr, default env from Init, request env and cwd, stdin.
-    let (out, err, code) = agent.sh(id, "echo $GREETING; echo oops >&2; exit 3").await.unwrap();
+    let (out, err, code) = agent
+        .sh(id, "echo $GREETING; echo oops >&2; exit 3")
+        .await
+        .unwrap();
     assert_eq!((out.as_str(), err.as_str(), code), ("hello\n", "oops\n", 3));
     let mut envs = std::collections::HashMap::new();
     envs.insert("X".to_owned(), "42".to_owned());
@@ -165,7 +175,10 @@ async fn exec_timeout_kills_the_process_and_output_is_capped() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!std::path::Path::new(&marker).exists(), "the process was killed");
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "the process was killed"
+    );
 
     // 17 MiB of output: 16 MiB kept, truncated set.
     let resp = agent
@@ -174,7 +187,11 @@ async fn exec_timeout_kills_the_process_and_output_is_capped() {
         .exec(pb::ExecRequest {
             sandbox_id: id.to_string(),
             cmd: "head".into(),
-            args: vec!["-c".into(), (17 * 1024 * 1024).to_string(), "/dev/zero".into()],
+            args: vec![
+                "-c".into(),
+                (17 * 1024 * 1024).to_string(),
+                "/dev/zero".into(),
+            ],
             ..Default::default()
         })
         .await
@@ -330,7 +347,11 @@ async fn background_process_connect_replay_input_and_kill() {
         .await
         .unwrap()
         .into_inner();
-    assert!(gen_tag.tag.starts_with("proc-") && gen_tag.tag.len() == 13, "{}", gen_tag.tag);
+    assert!(
+        gen_tag.tag.starts_with("proc-") && gen_tag.tag.len() == 13,
+        "{}",
+        gen_tag.tag
+    );
 
     let list = c
         .list_processes(pb::ListProcessesRequest {
@@ -441,7 +462,11 @@ async fn pty_attach_input_resize_reattach_kill() {
     .unwrap();
     let mut seen = String::new();
     while !(seen.contains("24 80") && seen.contains("TERM=xterm-256color")) {
-        let ev = tokio::time::timeout(PATIENCE, s.message()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(PATIENCE, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(pb::pty_event::Event::Output(o)) = ev.event {
             seen.push_str(&String::from_utf8_lossy(&o.data));
         }
@@ -490,7 +515,11 @@ async fn pty_attach_input_resize_reattach_kill() {
     .unwrap();
     let mut seen = String::new();
     while !seen.contains("40 100") {
-        let ev = tokio::time::timeout(PATIENCE, s.message()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(PATIENCE, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(pb::pty_event::Event::Output(o)) = ev.event {
             seen.push_str(&String::from_utf8_lossy(&o.data));
         }
@@ -503,7 +532,10 @@ async fn pty_attach_input_resize_reattach_kill() {
     .await
     .unwrap();
     loop {
-        let ev = tokio::time::timeout(PATIENCE, s.message()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(PATIENCE, s.message())
+            .await
+            .unwrap()
+            .unwrap();
         match ev.and_then(|e| e.event) {
             Some(pb::pty_event::Event::Exited(x)) => {
                 assert_eq!(x.exit_code, -1);
@@ -563,16 +595,22 @@ async fn files_stream_20_mib_and_fs_operations() {
     const SIZE: usize = 20 * 1024 * 1024;
     let content: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
     let mut msgs = vec![pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(pb::WriteFileMeta {
-            sandbox_id: id.to_string(),
-            path: path.clone(),
-            mode: Some(0o600),
-            user: None,
-        })),
+        msg: Some(pb::write_file_stream_request::Msg::Meta(
+            pb::WriteFileMeta {
+                sandbox_id: id.to_string(),
+                path: path.clone(),
+                mode: Some(0o600),
+                user: None,
+            },
+        )),
     }];
-    msgs.extend(content.chunks(wrenn_proto::FILE_CHUNK_SIZE).map(|c| pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Chunk(c.to_vec())),
-    }));
+    msgs.extend(
+        content
+            .chunks(wrenn_proto::FILE_CHUNK_SIZE)
+            .map(|c| pb::WriteFileStreamRequest {
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(c.to_vec())),
+            }),
+    );
     let resp = c
         .write_file_stream(futures::stream::iter(msgs))
         .await
@@ -661,7 +699,10 @@ async fn files_stream_20_mib_and_fs_operations() {
         .unwrap()
         .into_inner();
     let names: Vec<&str> = list.entries.iter().map(|e| e.name.as_str()).collect();
-    assert!(names.contains(&"made") && names.contains(&"big.bin") && names.contains(&"sub"), "{names:?}");
+    assert!(
+        names.contains(&"made") && names.contains(&"big.bin") && names.contains(&"sub"),
+        "{names:?}"
+    );
     c.remove_path(pb::RemovePathRequest {
         sandbox_id: id.to_string(),
         path: dir.clone(),
@@ -694,17 +735,22 @@ async fn files_stream_20_mib_and_fs_operations() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let meta = pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(pb::WriteFileMeta {
-            sandbox_id: id.to_string(),
-            path: agent.path("too-big"),
-            ..Default::default()
-        })),
+        msg: Some(pb::write_file_stream_request::Msg::Meta(
+            pb::WriteFileMeta {
+                sandbox_id: id.to_string(),
+                path: agent.path("too-big"),
+                ..Default::default()
+            },
+        )),
     };
     let err = c
         .write_file_stream(futures::stream::iter(vec![
             meta.clone(),
             pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(vec![0; 64 * 1024 + 1])),
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(vec![
+                    0;
+                    64 * 1024 + 1
+                ])),
             },
         ]))
         .await
@@ -772,7 +818,11 @@ async fn pause_refuses_exec_then_resume_and_destroy() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     // A manual pause is not an auto-pause.
-    let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.auto_paused_sandbox_ids.is_empty());
 
     let resumed = c
@@ -851,34 +901,51 @@ async fn unknown_and_malformed_ids() {
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains(&unknown));
     for code in [
-        c.pause_sandbox(pb::PauseSandboxRequest { sandbox_id: unknown.clone() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.resume_sandbox(pb::ResumeSandboxRequest { sandbox_id: unknown.clone(), ..Default::default() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.hibernate_sandbox(pb::HibernateSandboxRequest { sandbox_id: unknown.clone() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.ping_sandbox(pb::PingSandboxRequest { sandbox_id: unknown.clone() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.destroy_sandbox(pb::DestroySandboxRequest { sandbox_id: unknown.clone() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.get_sandbox_metrics(pb::GetSandboxMetricsRequest { sandbox_id: unknown.clone(), range: String::new() })
-            .await
-            .unwrap_err()
-            .code(),
-        c.pty_kill(pb::PtyKillRequest { sandbox_id: unknown.clone(), tag: "x".into() })
-            .await
-            .unwrap_err()
-            .code(),
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: unknown.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.hibernate_sandbox(pb::HibernateSandboxRequest {
+            sandbox_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.ping_sandbox(pb::PingSandboxRequest {
+            sandbox_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.get_sandbox_metrics(pb::GetSandboxMetricsRequest {
+            sandbox_id: unknown.clone(),
+            range: String::new(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        c.pty_kill(pb::PtyKillRequest {
+            sandbox_id: unknown.clone(),
+            tag: "x".into(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
         c.create_snapshot(pb::CreateSnapshotRequest {
             sandbox_id: unknown.clone(),
             team_id: "00000000-0000-0000-0000-000000000001".into(),
@@ -891,7 +958,13 @@ async fn unknown_and_malformed_ids() {
         assert_eq!(code, Code::NotFound);
     }
 
-    for bad in ["", "cl-short", "usr-0000000000000000000000000", "cl-ABCDEFGHIJKLMNOPQRSTUVWXY", "../../etc"] {
+    for bad in [
+        "",
+        "cl-short",
+        "usr-0000000000000000000000000",
+        "cl-ABCDEFGHIJKLMNOPQRSTUVWXY",
+        "../../etc",
+    ] {
         let err = c
             .create_sandbox(pb::CreateSandboxRequest {
                 sandbox_id: bad.into(),
@@ -901,18 +974,27 @@ async fn unknown_and_malformed_ids() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
         let err = c
-            .destroy_sandbox(pb::DestroySandboxRequest { sandbox_id: bad.into() })
+            .destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: bad.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
         let err = c
-            .stat(pb::StatRequest { sandbox_id: bad.into(), path: "/".into() })
+            .stat(pb::StatRequest {
+                sandbox_id: bad.into(),
+                path: "/".into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
     }
     let id = SandboxId::new();
-    for (team, template) in [("not-a-uuid", ""), ("", "12345"), ("00000000000000000000000000000001", "")] {
+    for (team, template) in [
+        ("not-a-uuid", ""),
+        ("", "12345"),
+        ("00000000000000000000000000000001", ""),
+    ] {
         let err = c
             .create_sandbox(pb::CreateSandboxRequest {
                 sandbox_id: id.to_string(),
@@ -943,9 +1025,17 @@ async fn unknown_and_malformed_ids() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    assert_eq!(agent.status(id).await, None, "a failed create leaves nothing");
+    assert_eq!(
+        agent.status(id).await,
+        None,
+        "a failed create leaves nothing"
+    );
     // Nothing was touched by any of it.
-    let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.sandboxes.is_empty());
 }
 
@@ -964,19 +1054,30 @@ async fn ttl_auto_pause_is_reported_then_hibernated_then_resumed() {
     let idle = agent.create(1).await;
     let busy = agent.create(0).await; // timeout 0 = never paused
     let file = agent.path("kept.txt");
-    agent.sh(idle, &format!("echo kept > {file}")).await.unwrap();
+    agent
+        .sh(idle, &format!("echo kept > {file}"))
+        .await
+        .unwrap();
 
     let mut c = agent.client.clone();
     eventually("the idle sandbox to be auto-paused", || {
         let mut c = c.clone();
         async move {
-            let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+            let list = c
+                .list_sandboxes(pb::ListSandboxesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
             list.auto_paused_sandbox_ids.contains(&idle.to_string())
         }
     })
     .await;
     // Not drained on read.
-    let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.auto_paused_sandbox_ids.contains(&idle.to_string()));
     assert!(!list.auto_paused_sandbox_ids.contains(&busy.to_string()));
     assert_eq!(agent.status(busy).await, Some(pb::SandboxStatus::Running));
@@ -987,10 +1088,18 @@ async fn ttl_auto_pause_is_reported_then_hibernated_then_resumed() {
 
     // Paused longer than hibernate_after: hibernated and reported.
     cp.wait_for("hibernated", idle).await;
-    let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.hibernated_sandbox_ids.contains(&idle.to_string()));
     assert!(!list.auto_paused_sandbox_ids.contains(&idle.to_string()));
-    let info = list.sandboxes.iter().find(|s| s.sandbox_id == idle.to_string()).unwrap();
+    let info = list
+        .sandboxes
+        .iter()
+        .find(|s| s.sandbox_id == idle.to_string())
+        .unwrap();
     assert_eq!(info.status(), pb::SandboxStatus::Hibernated);
     assert_eq!(info.host_ip, "");
     let err = c
@@ -1010,10 +1119,17 @@ async fn ttl_auto_pause_is_reported_then_hibernated_then_resumed() {
     })
     .await
     .unwrap();
-    assert_eq!(agent.sh(idle, &format!("cat {file}")).await.unwrap().0, "kept\n");
+    assert_eq!(
+        agent.sh(idle, &format!("cat {file}")).await.unwrap().0,
+        "kept\n"
+    );
     cp.wait_for("resumed", idle).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(agent.status(idle).await, Some(pb::SandboxStatus::Running), "timeout 0 now");
+    assert_eq!(
+        agent.status(idle).await,
+        Some(pb::SandboxStatus::Running),
+        "timeout 0 now"
+    );
 }
 
 #[tokio::test]
@@ -1040,7 +1156,10 @@ async fn activity_postpones_the_auto_pause() {
         .exec_stream(pb::ExecStreamRequest {
             sandbox_id: id.to_string(),
             cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.3; done".into()],
+            args: vec![
+                "-c".into(),
+                "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.3; done".into(),
+            ],
             ..Default::default()
         })
         .await
@@ -1106,7 +1225,13 @@ async fn hibernate_survives_an_agent_restart_and_shutdown_hibernates() {
     let mut want = vec![a.to_string(), b.to_string(), c_running.to_string()];
     want.sort();
     assert_eq!(hib, want);
-    assert_eq!(agent.runtime.sweeps.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        agent
+            .runtime
+            .sweeps
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     agent
         .client
         .clone()
@@ -1116,7 +1241,10 @@ async fn hibernate_survives_an_agent_restart_and_shutdown_hibernates() {
         })
         .await
         .unwrap();
-    assert_eq!(agent.sh(a, &format!("cat {file}")).await.unwrap().0, "before\n");
+    assert_eq!(
+        agent.sh(a, &format!("cat {file}")).await.unwrap().0,
+        "before\n"
+    );
     // A hibernated sandbox can be destroyed directly.
     agent
         .client
@@ -1163,14 +1291,22 @@ async fn pause_all_reports_auto_paused_and_failures() {
     let a = agent.create(0).await;
     let b = agent.create(0).await;
     let mut c = agent.client.clone();
-    let out = c.pause_all(pb::PauseAllRequest {}).await.unwrap().into_inner();
+    let out = c
+        .pause_all(pb::PauseAllRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let mut paused = out.paused_sandbox_ids.clone();
     paused.sort();
     let mut want = vec![a.to_string(), b.to_string()];
     want.sort();
     assert_eq!(paused, want);
     assert!(out.failed.is_empty());
-    let list = c.list_sandboxes(pb::ListSandboxesRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.auto_paused_sandbox_ids.len(), 2);
     cp.wait_for("auto_paused", a).await;
     cp.wait_for("auto_paused", b).await;
@@ -1182,8 +1318,15 @@ async fn pause_all_reports_auto_paused_and_failures() {
     })
     .await
     .unwrap();
-    agent.runtime.fail_next_pause.store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = c.pause_all(pb::PauseAllRequest {}).await.unwrap().into_inner();
+    agent
+        .runtime
+        .fail_next_pause
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = c
+        .pause_all(pb::PauseAllRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(out.paused_sandbox_ids.is_empty());
     assert!(out.failed[&a.to_string()].contains("injected"));
     assert_eq!(agent.status(a).await, Some(pb::SandboxStatus::Running));
@@ -1209,7 +1352,11 @@ async fn snapshots_create_delete_and_flatten() {
         .into_inner()
         .size_bytes;
     assert!(size > 0);
-    assert_eq!(agent.status(id).await, Some(pb::SandboxStatus::Paused), "stays paused");
+    assert_eq!(
+        agent.status(id).await,
+        Some(pb::SandboxStatus::Paused),
+        "stays paused"
+    );
     let err = c
         .create_snapshot(pb::CreateSnapshotRequest {
             sandbox_id: id.to_string(),
@@ -1232,7 +1379,11 @@ async fn snapshots_create_delete_and_flatten() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{team_id:?} {template_id:?}");
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{team_id:?} {template_id:?}"
+        );
     }
 
     // A new sandbox from the template; the template cannot be deleted while used.
@@ -1358,9 +1509,20 @@ async fn metrics_sandbox_and_host() {
         .unwrap()
         .into_inner();
     assert!(!flushed.points_10m.is_empty());
-    let host = c.get_host_metrics(pb::GetHostMetricsRequest {}).await.unwrap().into_inner();
+    let host = c
+        .get_host_metrics(pb::GetHostMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(host.cpu_count >= 1 && host.memory_total_bytes > 0 && host.disk_total_bytes > 0);
-    assert_eq!((host.sandbox_count, host.running_sandbox_count, host.vcpus_allocated), (1, 1, 1));
+    assert_eq!(
+        (
+            host.sandbox_count,
+            host.running_sandbox_count,
+            host.vcpus_allocated
+        ),
+        (1, 1, 1)
+    );
     assert_eq!(host.memory_allocated_mb, 512);
 }
 
@@ -1382,7 +1544,13 @@ async fn auth_token_is_required_when_configured() {
     req.metadata_mut()
         .insert("authorization", "Bearer wrong".parse().unwrap());
     assert_eq!(
-        agent.client.clone().list_sandboxes(req).await.unwrap_err().code(),
+        agent
+            .client
+            .clone()
+            .list_sandboxes(req)
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
     let mut req = tonic::Request::new(pb::ListSandboxesRequest {});
@@ -1404,7 +1572,10 @@ async fn terminate_hibernates_and_stops_serving() {
     tokio::time::timeout(PATIENCE, agent.handle.wait())
         .await
         .expect("agent stops");
-    assert!(agent.layout.snapshot_dir(id).join("sandbox.json").is_file(), "hibernated");
+    assert!(
+        agent.layout.snapshot_dir(id).join("sandbox.json").is_file(),
+        "hibernated"
+    );
     // No new connections are served.
     let res = tokio::time::timeout(
         Duration::from_secs(5),

@@ -737,29 +737,3 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     ));
     runtime.destroy(missing.id).await.unwrap();
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn zz_timing() {
-    let host_env = Host::new().await;
-    let (mut c, mut p, mut r, mut d) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..20 {
-        let cfg = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
-        let t = Instant::now();
-        let inst = host_env.runtime.create(&cfg).await.unwrap();
-        c.push(t.elapsed());
-        let t = Instant::now();
-        host_env.runtime.pause(&inst).await.unwrap();
-        p.push(t.elapsed());
-        let t = Instant::now();
-        host_env.runtime.resume(&inst).await.unwrap();
-        r.push(t.elapsed());
-        let t = Instant::now();
-        host_env.runtime.destroy(cfg.id).await.unwrap();
-        d.push(t.elapsed());
-    }
-    for (n, mut v) in [("create", c), ("pause", p), ("resume", r), ("destroy", d)] {
-        v.sort();
-        eprintln!("{n}: p50 {:?} p90 {:?} max {:?}", v[10], v[18], v[19]);
-    }
-}

@@ -17,29 +17,40 @@ use wrenn_proto::hostagent::v1 as pb;
 
 /// An HTTP app on 127.0.0.1 standing in for a server inside the sandbox.
 async fn upstream() -> SocketAddr {
-    let app = axum::Router::new()
-        .route(
-            "/hello",
-            get(
-                |Query(q): Query<std::collections::HashMap<String, String>>, headers: HeaderMap| async move {
-                    format!(
-                        "hello {} host={} auth={}",
-                        q.get("name").cloned().unwrap_or_default(),
-                        headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or(""),
-                        headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                    )
-                },
-            ),
-        )
-        .route("/", get(|| async { "root" }))
-        .route("/go", get(|| async { Redirect::to("/target").into_response() }))
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                "slow done"
-            }),
-        );
+    let app =
+        axum::Router::new()
+            .route(
+                "/hello",
+                get(
+                    |Query(q): Query<std::collections::HashMap<String, String>>,
+                     headers: HeaderMap| async move {
+                        format!(
+                            "hello {} host={} auth={}",
+                            q.get("name").cloned().unwrap_or_default(),
+                            headers
+                                .get("host")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or(""),
+                            headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-"),
+                        )
+                    },
+                ),
+            )
+            .route("/", get(|| async { "root" }))
+            .route(
+                "/go",
+                get(|| async { Redirect::to("/target").into_response() }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    "slow done"
+                }),
+            );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -54,7 +65,9 @@ async fn upgrade_echo() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut b = [0u8; 1];
@@ -75,8 +88,16 @@ async fn upgrade_echo() -> SocketAddr {
     addr
 }
 
-fn url(agent: &TestAgent, id: impl std::fmt::Display, port: impl std::fmt::Display, rest: &str) -> String {
-    format!("http://{}/proxy/{id}/{port}{rest}", agent.handle.local_addr())
+fn url(
+    agent: &TestAgent,
+    id: impl std::fmt::Display,
+    port: impl std::fmt::Display,
+    rest: &str,
+) -> String {
+    format!(
+        "http://{}/proxy/{id}/{port}{rest}",
+        agent.handle.local_addr()
+    )
 }
 
 #[tokio::test]
@@ -95,9 +116,16 @@ async fn forwards_to_the_sandbox_port() {
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.text().await.unwrap(),
-        format!("hello wrenn host=127.0.0.1:{} auth=Bearer app-token", up.port())
+        format!(
+            "hello wrenn host=127.0.0.1:{} auth=Bearer app-token",
+            up.port()
+        )
     );
-    let resp = http.get(url(&agent, id, up.port(), "")).send().await.unwrap();
+    let resp = http
+        .get(url(&agent, id, up.port(), ""))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.text().await.unwrap(), "root");
 
     // Redirects stay under the proxy prefix.
@@ -120,7 +148,10 @@ async fn forwards_to_the_sandbox_port() {
         let http = http.clone();
         async move { http.get(u).send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(st(url(&agent, SandboxId::new(), up.port(), "/hello")).await, 404);
+    assert_eq!(
+        st(url(&agent, SandboxId::new(), up.port(), "/hello")).await,
+        404
+    );
     assert_eq!(st(url(&agent, "cl-bad", up.port(), "/hello")).await, 400);
     assert_eq!(st(url(&agent, id, 0, "/")).await, 400);
     assert_eq!(st(url(&agent, id, 70000, "/")).await, 400);
@@ -134,13 +165,18 @@ async fn forwards_to_the_sandbox_port() {
 
     // Paused: 409; resumed: served again.
     let mut c = agent.client.clone();
-    c.pause_sandbox(pb::PauseSandboxRequest { sandbox_id: id.to_string() })
-        .await
-        .unwrap();
+    c.pause_sandbox(pb::PauseSandboxRequest {
+        sandbox_id: id.to_string(),
+    })
+    .await
+    .unwrap();
     assert_eq!(st(url(&agent, id, up.port(), "/hello")).await, 409);
-    c.resume_sandbox(pb::ResumeSandboxRequest { sandbox_id: id.to_string(), ..Default::default() })
-        .await
-        .unwrap();
+    c.resume_sandbox(pb::ResumeSandboxRequest {
+        sandbox_id: id.to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(st(url(&agent, id, up.port(), "/hello")).await, 200);
 }
 
@@ -149,7 +185,9 @@ async fn upgrades_pass_through() {
     let agent = TestAgent::start().await;
     let id = agent.create(0).await;
     let echo = upgrade_echo().await;
-    let mut s = tokio::net::TcpStream::connect(agent.handle.local_addr()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(agent.handle.local_addr())
+        .await
+        .unwrap();
     let req = format!(
         "GET /proxy/{id}/{}/ws HTTP/1.1\r\nHost: agent\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
         echo.port()
@@ -193,12 +231,20 @@ async fn pause_drains_in_flight_requests_and_reset_reopens() {
     agent
         .client
         .clone()
-        .pause_sandbox(pb::PauseSandboxRequest { sandbox_id: id.to_string() })
+        .pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.to_string(),
+        })
         .await
         .unwrap();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(700), "pause waited for the drain: {waited:?}");
-    assert!(waited < Duration::from_secs(3), "bounded by the grace: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(700),
+        "pause waited for the drain: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "bounded by the grace: {waited:?}"
+    );
     assert_eq!(slow.await.unwrap(), "slow done");
     assert_eq!(sb.conns().active(), 0);
 
@@ -206,7 +252,10 @@ async fn pause_drains_in_flight_requests_and_reset_reopens() {
     agent
         .client
         .clone()
-        .resume_sandbox(pb::ResumeSandboxRequest { sandbox_id: id.to_string(), ..Default::default() })
+        .resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     agent
@@ -216,12 +265,18 @@ async fn pause_drains_in_flight_requests_and_reset_reopens() {
     let err = agent
         .client
         .clone()
-        .pause_sandbox(pb::PauseSandboxRequest { sandbox_id: id.to_string() })
+        .pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.to_string(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
     assert!(!sb.conns().is_draining());
-    let resp = http.get(url(&agent, id, up.port(), "/hello")).send().await.unwrap();
+    let resp = http
+        .get(url(&agent, id, up.port(), "/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -235,11 +290,16 @@ async fn proxy_requires_the_agent_token_when_configured() {
     // Create through the authenticated client.
     let id = SandboxId::new();
     let mut req = tonic::Request::new(common::create_request(id, 0));
-    req.metadata_mut().insert("authorization", "Bearer tok".parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
     agent.client.clone().create_sandbox(req).await.unwrap();
     let up = upstream().await;
     let http = reqwest::Client::new();
-    let resp = http.get(url(&agent, id, up.port(), "/hello")).send().await.unwrap();
+    let resp = http
+        .get(url(&agent, id, up.port(), "/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = http
         .get(url(&agent, id, up.port(), "/hello?name=x"))

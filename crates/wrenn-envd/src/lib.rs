@@ -41,6 +41,7 @@
 //! - `users`, `paths`, `state`, [`error`]: `/etc/passwd`, path resolution, Init state,
 //!   errors to status codes.
 
+pub mod cli;
 pub mod client;
 pub mod error;
 mod fs;

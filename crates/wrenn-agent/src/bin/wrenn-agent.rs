@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wrenn-agent: cannot start the async runtime: {e}");
@@ -104,9 +107,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
     let mut options = AgentOptions::from_config(Arc::new(runtime), &config, listener);
     if let Some(host_id) = interim_var("WRENN_HOST_ID") {
-        let host_id: HostId = host_id
-            .parse()
-            .map_err(|e| format!("WRENN_HOST_ID: {e}"))?;
+        let host_id: HostId = host_id.parse().map_err(|e| format!("WRENN_HOST_ID: {e}"))?;
         options = options.with_host(host_id, interim_var("WRENN_HOST_TOKEN").map(Secret::new));
     }
     if let Some(token) = interim_var("WRENN_AGENT_TOKEN") {

@@ -62,7 +62,10 @@ pub fn envd_binary() -> PathBuf {
                     "cannot build wrenn-envd ({other:?}) and {} does not exist",
                     bin.display()
                 );
-                eprintln!("warning: building wrenn-envd failed ({other:?}); using {}", bin.display());
+                eprintln!(
+                    "warning: building wrenn-envd failed ({other:?}); using {}",
+                    bin.display()
+                );
             }
         }
         assert!(bin.is_file(), "{} missing", bin.display());
@@ -124,10 +127,11 @@ impl EnvdRuntime {
         })?;
         let socket = dir.join("envd.sock");
         let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(dir.join("envd.log")).map_err(|source| RuntimeError::Io {
-            context: "envd log".into(),
-            source,
-        })?;
+        let log =
+            std::fs::File::create(dir.join("envd.log")).map_err(|source| RuntimeError::Io {
+                context: "envd log".into(),
+                source,
+            })?;
         let child = Command::new(&self.envd)
             .arg("--socket")
             .arg(&socket)
@@ -367,7 +371,11 @@ impl Runtime for EnvdRuntime {
         let mut swept = Vec::new();
         if let Ok(entries) = std::fs::read_dir(self.layout.sandboxes_dir()) {
             for e in entries.flatten() {
-                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<SandboxId>().ok()) {
+                if let Some(id) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<SandboxId>().ok())
+                {
                     if !keep.contains(&id) {
                         self.kill(id);
                         let _ = std::fs::remove_dir_all(e.path());
@@ -413,7 +421,9 @@ impl FakeControlPlane {
             .route(
                 "/v1/hosts/sandbox-events",
                 post(
-                    |State(st): State<CpState>, headers: HeaderMap, Json(body): Json<serde_json::Value>| async move {
+                    |State(st): State<CpState>,
+                     headers: HeaderMap,
+                     Json(body): Json<serde_json::Value>| async move {
                         if st
                             .fail_first
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -450,9 +460,11 @@ impl FakeControlPlane {
     pub async fn wait_for(&self, kind: &str, id: SandboxId) -> Received {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(r) = self.received().into_iter().find(|r| {
-                r.body["event"] == kind && r.body["sandbox_id"] == id.to_string()
-            }) {
+            if let Some(r) = self
+                .received()
+                .into_iter()
+                .find(|r| r.body["event"] == kind && r.body["sandbox_id"] == id.to_string())
+            {
                 return r;
             }
             assert!(
@@ -575,7 +587,11 @@ impl TestAgent {
     }
 
     /// Runs `sh -c line` and returns (stdout, stderr, exit code).
-    pub async fn sh(&self, id: SandboxId, line: &str) -> Result<(String, String, i32), tonic::Status> {
+    pub async fn sh(
+        &self,
+        id: SandboxId,
+        line: &str,
+    ) -> Result<(String, String, i32), tonic::Status> {
         let resp = self
             .client
             .clone()
@@ -637,7 +653,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

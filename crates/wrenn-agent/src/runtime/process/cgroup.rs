@@ -287,14 +287,18 @@ impl SandboxCgroup {
         match self {
             Self::V2 { dir } => {
                 let parent = dir.parent().unwrap_or(dir);
-                if !parent.is_dir() {
-                    mkdir(parent)?;
-                }
-                let subtree = parent.join("cgroup.subtree_control");
-                let enabled = fs::read_to_string(&subtree).unwrap_or_default();
-                for c in ["cpu", "memory", "pids"] {
-                    if !enabled.split_whitespace().any(|e| e == c) {
-                        write(&subtree, &format!("+{c}"))?;
+                // Controllers must be enabled on the way down: in the hierarchy's root
+                // (exempt from the no-internal-processes rule) and in the parent.
+                for level in [parent.parent(), Some(parent)].into_iter().flatten() {
+                    if !level.is_dir() {
+                        mkdir(level)?;
+                    }
+                    let subtree = level.join("cgroup.subtree_control");
+                    let enabled = fs::read_to_string(&subtree).unwrap_or_default();
+                    for c in ["cpu", "memory", "pids"] {
+                        if !enabled.split_whitespace().any(|e| e == c) {
+                            write(&subtree, &format!("+{c}"))?;
+                        }
                     }
                 }
                 mkdir(dir)?;

@@ -388,10 +388,8 @@ impl ProcessRuntime {
         let netns = Self::netns_name(id);
         // The namespace must exist before the sandbox joins it; cgroups before it starts.
         let cg = cgroup.clone();
-        let (cgroups, namespace) = tokio::join!(
-            blocking(move || cg.create(limits)),
-            net::add_netns(&netns)
-        );
+        let (cgroups, namespace) =
+            tokio::join!(blocking(move || cg.create(limits)), net::add_netns(&netns));
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| {

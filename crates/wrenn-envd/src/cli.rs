@@ -1,0 +1,99 @@
+//! The `wrenn-envd` command line (shared by the `wrenn-envd` binary and by binaries
+//! that embed envd, such as `wrenn`, which runs it when started as `wrenn-envd`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use crate::{Listen, ServerConfig};
+
+/// Wrenn guest agent: serves envd.v1 (processes, files, system) over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "wrenn-envd", version, about)]
+struct Args {
+    /// TCP address to serve on (default 0.0.0.0:49983, as inside a VM).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["socket", "listen_fd"])]
+    listen: Option<SocketAddr>,
+    /// Unix socket path to serve on (the process runtime).
+    #[arg(long, value_name = "PATH", conflicts_with = "listen_fd")]
+    socket: Option<PathBuf>,
+    /// Serve on an inherited, already listening TCP or unix socket.
+    #[arg(long, value_name = "FD")]
+    listen_fd: Option<i32>,
+    /// The user processes run as until Init sets another.
+    #[arg(long, value_name = "NAME", default_value = "root")]
+    default_user: String,
+    /// Reap every orphaned child, not only envd's own (automatic when envd is PID 1).
+    #[arg(long)]
+    reap_orphans: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Parses the command line and runs envd until SIGTERM/SIGINT.
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("wrenn-envd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let listen = match (args.listen, args.socket, args.listen_fd) {
+        (Some(addr), _, _) => Listen::Tcp(addr),
+        (_, Some(path), _) => Listen::Unix(path),
+        (_, _, Some(fd)) => Listen::Fd(fd),
+        _ => ServerConfig::default().listen,
+    };
+    let mut config = ServerConfig::new(listen);
+    config.default_user = args.default_user;
+    config.reap_orphans |= args.reap_orphans;
+
+    let server = match crate::start(config).await {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("wrenn-envd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = server.stop_token();
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("wrenn-envd: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        stop.cancel();
+    });
+    match server.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wrenn-envd: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
