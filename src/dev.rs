@@ -1,8 +1,11 @@
 //! `wrenn dev`: the whole platform on its embedded defaults, in one directory.
 //!
-//! The control plane runs on SQLite in `--dir` with the in-process event bus. The
-//! first start creates an admin user, a team and an API key and keeps them in
-//! `DIR/dev-credentials.json` (mode 0600); every start prints the same
+//! The control plane runs on SQLite in `--dir` with the in-process event bus, and a
+//! host agent runs in the same process with the `process` runtime (sandboxes are
+//! Linux namespaces + overlayfs + cgroups; envd is this very binary, started as
+//! `wrenn-envd`), reached over a loopback gRPC channel like any other host. The
+//! first start creates an admin user, a team, an API key and the host, and keeps
+//! them in `DIR/dev-credentials.json` (mode 0600); every start prints the same
 //! ready-to-paste `export` lines, so the SDK works against it at once.
 
 use std::net::SocketAddr;
@@ -11,9 +14,18 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use wrenn_core::auth::{ApiKey, hash_password};
 use wrenn_core::config::Config;
-use wrenn_core::id::{ApiKeyId, TeamId, UserId};
-use wrenn_core::model::{self, UserStatus};
-use wrenn_core::repo::{NewTeam, NewUser, Store};
+use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
+use std::sync::Arc;
+
+use wrenn_agent::runtime::Runtime;
+use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+use wrenn_agent::server::{Agent, AgentOptions};
+use wrenn_core::auth::HostClaims;
+use wrenn_core::config::Secret;
+use wrenn_core::layout::Layout;
+use wrenn_core::model::{self, HostKind, UserStatus};
+use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
+use wrenn_core::scheduler::SingleHost;
 
 /// Default listen address of `wrenn dev`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
@@ -58,6 +70,9 @@ pub struct DevCredentials {
     pub api_key_id: ApiKeyId,
     /// The API key plaintext.
     pub api_key: String,
+    /// The in-process agent's host.
+    #[serde(default)]
+    pub host_id: Option<HostId>,
 }
 
 /// Configuration of `wrenn dev`: everything from the environment as usual, except
@@ -161,6 +176,7 @@ async fn create_account(store: &dyn Store) -> Result<DevCredentials, DevError> {
         team_id: team,
         api_key_id: row.id,
         api_key: key.expose_secret().to_owned(),
+        host_id: None,
     })
 }
 
@@ -187,21 +203,126 @@ pub fn banner(listen: SocketAddr, creds: &DevCredentials) -> String {
     )
 }
 
+/// Makes sure the development host exists and is online at `address`; returns its id
+/// and records it in the credentials file.
+async fn ensure_host(dir: &Path, store: &dyn Store, creds: &mut DevCredentials, address: &str) -> Result<HostId, DevError> {
+    let spec = HostSpec {
+        address: address.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
+        memory_mb: host_memory_mb(),
+        disk_gb: 100,
+    };
+    if let Some(id) = creds.host_id
+        && store.get_host(id).await.is_ok()
+    {
+        store.heartbeat(id, &spec).await?;
+        return Ok(id);
+    }
+    let id = HostId::new();
+    store
+        .create_host(NewHost {
+            id,
+            kind: HostKind::Regular,
+            team_id: None,
+            provider: "wrenn dev".into(),
+            availability_zone: "local".into(),
+            created_by: Some(creds.user_id),
+        })
+        .await?;
+    store.register_host(id, &spec).await?;
+    creds.host_id = Some(id);
+    let path = dir.join(CREDENTIALS_FILE);
+    write_private(&path, &serde_json::to_string_pretty(creds).map_err(|e| cred_err(&path, e))?)?;
+    Ok(id)
+}
+
+fn host_memory_mb() -> i32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+        })
+        .map_or(8192, |kib| i32::try_from(kib / 1024).unwrap_or(i32::MAX))
+}
+
+/// The process runtime for the in-process agent, with this binary as envd.
+async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
+    let runtime = ProcessRuntime::new(layout, exe, ProcessRuntimeOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(runtime))
+}
+
 /// Runs `wrenn dev` until SIGTERM/SIGINT.
 pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
     std::fs::create_dir_all(&dir).map_err(|e| cred_err(&dir, e))?;
     let dir = dir.canonicalize().map_err(|e| cred_err(&dir, e))?;
     let config = config(&dir, listen)?;
-    let server = wrenn_cpserver::Builder::new(config)
-        .with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("dev"))
-        .build()
-        .await?;
-    let creds = ensure_credentials(&dir, server.context().store.as_ref()).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let store = wrenn_db::connect(&config.database_url)
+        .await
+        .map_err(|e| DevError::Server(e.into()))?;
+    let mut creds = ensure_credentials(&dir, store.as_ref()).await?;
+    let cp_listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
-    let bound = listener.local_addr().map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+    let bound = cp_listener.local_addr().map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+
+    let mut builder = wrenn_cpserver::Builder::new(config.clone())
+        .with_store(store.clone())
+        .with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("dev"));
+    let mut agent_parts = None;
+    match process_runtime(config.layout()).await {
+        Ok(runtime) => {
+            let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+            let address = agent_listener
+                .local_addr()
+                .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?
+                .to_string();
+            let host = ensure_host(&dir, store.as_ref(), &mut creds, &address).await?;
+            builder = builder.with_scheduler(Arc::new(SingleHost::new(store.clone(), host)));
+            agent_parts = Some((runtime, agent_listener, host));
+        }
+        Err(why) => {
+            eprintln!(
+                "wrenn dev: sandboxes are unavailable ({why}); the control plane runs without a host, \
+                 so creating capsules answers 503 until this is fixed"
+            );
+        }
+    }
+    let server = builder.build().await?;
+    let agent = match agent_parts {
+        Some((runtime, listener, host)) => {
+            let token = server
+                .context()
+                .auth
+                .jwt()
+                .sign_host(&HostClaims::new(host))
+                .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Secrets(e.to_string())))?;
+            let options = AgentOptions::new(runtime, config.layout(), listener)
+                .with_host(host, Some(Secret::new(token)))
+                .with_control_plane(format!("http://{bound}"));
+            Some(
+                Agent::start(options)
+                    .await
+                    .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Other(format!("host agent: {e}"))))?,
+            )
+        }
+        None => None,
+    };
     println!("{}", banner(bound, &creds));
-    server.serve(listener, wrenn_cpserver::shutdown_signal()).await?;
+    let served = server.serve(cp_listener, wrenn_cpserver::shutdown_signal()).await;
+    if let Some(agent) = agent {
+        let hibernated = agent.shutdown().await;
+        if !hibernated.is_empty() {
+            eprintln!("wrenn dev: hibernated {} sandbox(es); they resume on the next start", hibernated.len());
+        }
+    }
+    served?;
     Ok(())
 }

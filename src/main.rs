@@ -1,7 +1,9 @@
 //! `wrenn`: the all-in-one binary.
 //!
 //! `wrenn dev [--listen ADDR] [--dir PATH]` runs the whole platform on its
-//! embedded defaults (SQLite in `PATH`, in-process events).
+//! embedded defaults (SQLite in `PATH`, in-process events, an in-process host agent
+//! with the process runtime). The same binary is the sandbox init step and, when
+//! started as `wrenn-envd`, the guest agent inside each sandbox.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,13 +31,28 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    wrenn_cpserver::logging::init();
+fn main() -> ExitCode {
+    // Inside a sandbox being set up: become its init step (never returns).
+    wrenn_agent::init::main_if_init();
+    // Started as the sandbox's guest agent.
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&arg0).file_name().is_some_and(|n| n == "wrenn-envd") {
+        return wrenn_envd::cli::main();
+    }
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Dev { listen, dir } => wrenn::dev::run(dir, listen).await,
+    wrenn_cpserver::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wrenn: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev { listen, dir } => wrenn::dev::run(dir, listen).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

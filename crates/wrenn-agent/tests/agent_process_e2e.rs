@@ -10,10 +10,10 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{PATIENCE, connect, eventually};
 use tonic::Code;
+use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::id::SandboxId;
@@ -79,6 +79,21 @@ async fn agent_over_the_process_runtime() {
     let envd = tokio::task::spawn_blocking(common::envd_binary)
         .await
         .unwrap();
+    let result = tokio::spawn(scenario(layout.clone(), envd.clone())).await;
+    // Whatever happened, remove every sandbox (processes, mounts, cgroups, network).
+    let rt = ProcessRuntime::new(layout.clone(), envd, ProcessRuntimeOptions::default())
+        .await
+        .unwrap();
+    let _ = rt.sweep(&[]).await;
+    for config in rt.hibernated().await.unwrap_or_default() {
+        let _ = rt.destroy(config.id).await;
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn scenario(layout: Layout, envd: PathBuf) {
     let options = ProcessRuntimeOptions {
         init_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_wrenn-agent"))),
         ..ProcessRuntimeOptions::default()
@@ -294,13 +309,4 @@ async fn agent_over_the_process_runtime() {
         .unwrap();
     assert_eq!(kept, vec![last]);
     assert!(layout.snapshot_dir(last).exists());
-    // Clean up the hibernated state with a fresh runtime.
-    let envd = common::envd_binary();
-    let rt = ProcessRuntime::new(layout.clone(), envd, ProcessRuntimeOptions::default())
-        .await
-        .unwrap();
-    wrenn_agent::runtime::Runtime::destroy(&rt, last)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -25,9 +25,8 @@
 //! - `filter WRENN-PROC-IN` (from `INPUT`): from sandboxes only ICMP and replies reach
 //!   the host itself, so a sandbox cannot talk to the agent or other host services.
 //!
-//! Destroying the namespace destroys `eth0` and with it the host end of the veth, so
-//! teardown is one `ip netns del`. The host-wide rules stay (other agents on the host may
-//! use them).
+//! Teardown deletes `eth0` (which takes the host end with it) and the namespace. The
+//! host-wide rules stay (other agents on the host may use them).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -349,10 +348,13 @@ pub async fn configure(netns: &str, range: Ipv4Range) -> Result<SandboxNet, Stri
     Err(format!("no free network slot in {range}: {last_error}"))
 }
 
-/// Deletes a namespace (and with it the veth pair). Missing namespaces are fine.
+/// Deletes a namespace and its veth pair. Missing namespaces are fine.
 pub async fn remove(netns: &str) -> Result<(), String> {
     if !netns_path(netns).exists() {
         return Ok(());
     }
+    // The kernel dismantles a dead namespace asynchronously; deleting `eth0` first
+    // removes the pair (and frees the slot's name) before we return.
+    let _ = run("ip", &["-n", netns, "link", "del", "eth0"], None).await;
     run("ip", &["netns", "del", netns], None).await
 }
