@@ -205,14 +205,22 @@ pub fn banner(listen: SocketAddr, creds: &DevCredentials) -> String {
 
 /// Makes sure the development host exists and is online at `address`; returns its id
 /// and records it in the credentials file.
-async fn ensure_host(dir: &Path, store: &dyn Store, creds: &mut DevCredentials, address: &str) -> Result<HostId, DevError> {
-    let spec = HostSpec {
+fn host_spec(address: &str) -> HostSpec {
+    HostSpec {
         address: address.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
         memory_mb: host_memory_mb(),
         disk_gb: 100,
-    };
+    }
+}
+
+/// How often the in-process host records a heartbeat (the host monitor marks hosts
+/// unreachable after 90 s without one).
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn ensure_host(dir: &Path, store: &dyn Store, creds: &mut DevCredentials, address: &str) -> Result<HostId, DevError> {
+    let spec = host_spec(address);
     if let Some(id) = creds.host_id
         && store.get_host(id).await.is_ok()
     {
@@ -285,6 +293,16 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                 .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?
                 .to_string();
             let host = ensure_host(&dir, store.as_ref(), &mut creds, &address).await?;
+            let (hb_store, spec) = (store.clone(), host_spec(&address));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = hb_store.heartbeat(host, &spec).await {
+                        tracing::warn!(error = %e, "could not record the in-process host's heartbeat");
+                    }
+                }
+            });
             builder = builder.with_scheduler(Arc::new(SingleHost::new(store.clone(), host)));
             agent_parts = Some((runtime, agent_listener, host));
         }

@@ -1,7 +1,7 @@
 //! The Wrenn host agent: runs the sandboxes of one host and serves `hostagent.v1`.
 //!
 //! - [`server`]: [`Agent::start`](server::Agent::start) assembles everything and serves
-//!   gRPC plus the port proxy on one listener; [`AgentHandle`](server::AgentHandle)
+//!   gRPC plus the port proxy on one listener; [`AgentHandle`]
 //!   shuts it down gracefully (hibernating every sandbox).
 //! - [`service`]: the tonic `HostAgentService` (all 34 RPCs).
 //! - [`manager`]: [`SandboxManager`](manager::SandboxManager), the map of sandboxes with

@@ -491,6 +491,10 @@ impl SandboxManager {
     /// Loads the hibernated sandboxes the runtime finds on disk into the map, then asks
     /// the runtime to sweep leftovers of every other sandbox (after an agent crash).
     /// Returns (recovered, swept).
+    ///
+    /// What the runtime does not persist starts afresh for recovered sandboxes: their
+    /// inactivity timeout is 0 (ResumeSandbox sets it again), `created_at` is the
+    /// agent's start, and caller metadata is empty.
     pub async fn recover(&self) -> AgentResult<(Vec<SandboxId>, Vec<SandboxId>)> {
         let hibernated = self.runtime.hibernated().await?;
         let mut recovered = Vec::new();

@@ -11,7 +11,7 @@
 //!   answers 101 the two connections are spliced byte for byte.
 //! - Root-relative `Location` headers (and absolute ones pointing at the upstream) are
 //!   rewritten under `/proxy/{id}/{port}`.
-//! - Every request holds a [`ConnGuard`](crate::conntrack::ConnGuard) of the sandbox's
+//! - Every request holds a [`ConnGuard`] of the sandbox's
 //!   [`ConnTracker`](crate::conntrack::ConnTracker) until its response body (or the
 //!   upgraded connection) ends, so a pause can drain it; it also counts as activity.
 //! - **Authentication**: when the agent has an auth token, proxy requests must carry

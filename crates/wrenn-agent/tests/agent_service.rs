@@ -1030,6 +1030,13 @@ async fn unknown_and_malformed_ids() {
         None,
         "a failed create leaves nothing"
     );
+    // Defaults that envd cannot apply fail the create, and the sandbox is destroyed.
+    let mut req = create_request(id, 0);
+    req.default_user = "no-such-user-here".into();
+    let err = c.create_sandbox(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(agent.status(id).await, None);
+    assert!(!agent.layout.sandbox_dir(id).exists());
     // Nothing was touched by any of it.
     let list = c
         .list_sandboxes(pb::ListSandboxesRequest {})

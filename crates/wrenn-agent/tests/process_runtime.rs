@@ -737,3 +737,33 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     ));
     runtime.destroy(missing.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
+    let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let options = ProcessRuntimeOptions {
+        // Not an init program: `sh` tries to run a script named after the init argument.
+        init_program: Some("/bin/sh".into()),
+        ..Default::default()
+    };
+    let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
+    let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options)
+        .await
+        .unwrap();
+    let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+
+    let err = runtime.create(&config).await.unwrap_err().to_string();
+    assert!(err.contains("exited during start"), "{err}");
+    assert!(
+        err.contains("__wrenn-sandbox-init"),
+        "the log tail is reported: {err}"
+    );
+    let id = config.id;
+    assert!(!runtime.layout().sandbox_dir(id).exists());
+    assert!(!runtime.sandbox_cgroup(id).exists());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(id))
+            .exists()
+    );
+}

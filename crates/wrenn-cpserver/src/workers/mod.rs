@@ -7,12 +7,13 @@ use wrenn_extension::{Extension, ServerContext, Worker};
 
 pub mod account_cleanup;
 pub mod event_consumer;
+pub mod host_monitor;
 
 /// How often batched API-key `last_used` times are written.
 pub const API_KEY_USAGE_FLUSH: Duration = Duration::from_secs(15);
 
 /// Every core worker. `extensions` receive sandbox events through the consumer.
-pub fn core_workers(_ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> Vec<Worker> {
+pub fn core_workers(ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> Vec<Worker> {
     vec![
         Worker::periodic("api-key-usage", API_KEY_USAGE_FLUSH, |ctx| async move {
             ctx.auth.flush_usage().await?;
@@ -20,5 +21,6 @@ pub fn core_workers(_ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> 
         }),
         event_consumer::worker(extensions.to_vec()),
         account_cleanup::worker(),
+        host_monitor::worker(ctx.config.host_monitor_interval),
     ]
 }

@@ -438,11 +438,8 @@ impl ProcessRuntime {
                 })
             }
             Err((child, e)) => {
-                if let Some(mut child) = child {
-                    let _ = child.start_kill();
-                    let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait()).await;
-                }
-                self.teardown(id, None).await;
+                let child = child.map(tokio::sync::Mutex::new);
+                self.teardown(id, child.as_ref()).await;
                 Err(e)
             }
         }
@@ -579,7 +576,7 @@ impl ProcessRuntime {
 
     /// Kills every process of sandbox `id` and removes its network namespace and
     /// cgroups (not its directories). Best effort; problems are logged.
-    async fn teardown(&self, id: SandboxId, live: Option<&Live>) {
+    async fn teardown(&self, id: SandboxId, child: Option<&tokio::sync::Mutex<Child>>) {
         let cgroup = self.sandbox_cgroup(id);
         let netns = Self::netns_name(id);
         // Killing the sandbox's processes (PID 1 included) ends its pid namespace; the
@@ -589,8 +586,8 @@ impl ProcessRuntime {
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
             tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
         }
-        if let Some(live) = live {
-            let mut child = live.child.lock().await;
+        if let Some(child) = child {
+            let mut child = child.lock().await;
             if tokio::time::timeout(Duration::from_secs(2), child.wait())
                 .await
                 .is_err()
@@ -623,7 +620,7 @@ impl ProcessRuntime {
     /// Tears sandbox `id` down and removes `sandboxes/{id}/`.
     async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let live = self.lock_live().remove(&id);
-        self.teardown(id, live.as_deref()).await;
+        self.teardown(id, live.as_ref().map(|l| &l.child)).await;
         remove_dir(&self.layout.sandbox_dir(id)).await
     }
 }
@@ -775,7 +772,7 @@ impl Runtime for ProcessRuntime {
             .lock_live()
             .remove(&id)
             .ok_or(RuntimeError::NotFound(id))?;
-        self.teardown(id, Some(&live)).await;
+        self.teardown(id, Some(&live.child)).await;
         let snapshot = self.layout.snapshot_dir(id);
         let upper = self.layout.sandbox_dir(id).join("upper");
         let record = HibernationRecord {

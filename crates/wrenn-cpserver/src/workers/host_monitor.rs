@@ -1,0 +1,239 @@
+//! The host monitor: the safety net that reconciles what the control plane believes
+//! with what the hosts actually run (DESIGN §4).
+//!
+//! Each pass:
+//! 1. **Passive** — a host whose last heartbeat is older than
+//!    [`MonitorSettings::unreachable_after`] becomes `unreachable`, and its live
+//!    sandboxes `missing` (audited and published as `host.down`).
+//! 2. **Active** — for every online host, the agent's inventory is compared with the
+//!    rows: missing-but-alive rows come back with the agent's status; running rows the
+//!    agent no longer has become `paused` (when its idle reaper paused them) or
+//!    `stopped`; rows the agent reports paused or hibernated follow it; transient rows
+//!    stuck past the grace period are resolved (`starting`/`resuming` → `running` when
+//!    alive, else `error`; `pausing` → the agent's status or `error`; `stopping` →
+//!    `stopped` once gone; `snapshotting` → the agent's status after its longer grace);
+//!    and sandboxes the host runs that the control plane destroyed (or never knew)
+//!    are destroyed on the host.
+//!
+//! Every write is a conditional update, so a lifecycle task or an event that gets
+//! there first wins and the monitor changes nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{info, warn};
+use wrenn_core::agents::AgentInventory;
+use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
+use wrenn_core::events::{Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
+use wrenn_core::id::{PLATFORM_TEAM_ID, SandboxId};
+use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
+use wrenn_core::model::{Host, Sandbox};
+use wrenn_extension::{ServerContext, Worker, WorkerError};
+
+use SandboxStatus::*;
+
+/// Tunables of the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorSettings {
+    /// Heartbeat age after which a host is unreachable.
+    pub unreachable_after: Duration,
+    /// How long a transient status may last before the monitor resolves it.
+    pub transient_grace: Duration,
+    /// The same for `snapshotting` (copies whole disks).
+    pub snapshot_grace: Duration,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            unreachable_after: Duration::from_secs(90),
+            transient_grace: Duration::from_secs(120),
+            snapshot_grace: Duration::from_secs(900),
+        }
+    }
+}
+
+/// The worker, running a pass every `WRENN_HOST_MONITOR_INTERVAL_SECS` (default 60 s).
+pub fn worker(interval: Duration) -> Worker {
+    Worker::periodic("host-monitor", interval, |ctx| async move {
+        run_pass(&ctx, &MonitorSettings::default()).await
+    })
+}
+
+/// What one pass changed (for logs and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Hosts marked unreachable.
+    pub hosts_down: usize,
+    /// Rows whose status the pass changed.
+    pub sandboxes_changed: usize,
+    /// Sandboxes destroyed on hosts because the control plane no longer wants them.
+    pub orphans_destroyed: usize,
+}
+
+/// One monitor pass over every active host.
+pub async fn run_pass(ctx: &ServerContext, settings: &MonitorSettings) -> Result<(), WorkerError> {
+    let report = pass(ctx, settings).await?;
+    if report != PassReport::default() {
+        info!(?report, "host monitor pass");
+    }
+    Ok(())
+}
+
+/// One pass, returning what changed.
+pub async fn pass(ctx: &ServerContext, settings: &MonitorSettings) -> Result<PassReport, WorkerError> {
+    let mut report = PassReport::default();
+    let now = Utc::now();
+    let stale_before = now - chrono::Duration::from_std(settings.unreachable_after)?;
+    for host in ctx.store.list_active_hosts().await? {
+        let stale = host.last_heartbeat_at.is_none_or(|t| t < stale_before);
+        if stale {
+            if host.status != HostStatus::Unreachable && mark_down(ctx, &host).await? {
+                report.hosts_down += 1;
+            }
+            continue;
+        }
+        if host.status != HostStatus::Online {
+            continue;
+        }
+        let inventory = match ctx.agents.list_sandboxes(host.id).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                warn!(host_id = %host.id, error = %e, "cannot list the host's sandboxes; skipping it this pass");
+                continue;
+            }
+        };
+        reconcile(ctx, &host, &inventory, settings, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn mark_down(ctx: &ServerContext, host: &Host) -> Result<bool, WorkerError> {
+    if !ctx.store.set_host_status_if(host.id, host.status, HostStatus::Unreachable).await? {
+        return Ok(false);
+    }
+    let missing = ctx.store.mark_host_sandboxes_missing(host.id).await?;
+    warn!(host_id = %host.id, missing, "host stopped heartbeating; marked unreachable");
+    let team = host.team_id.unwrap_or(PLATFORM_TEAM_ID);
+    ctx.audit(
+        AuditEntry::new(team, Actor::system(), "host", Some(host.id.to_string()), "marked_down")
+            .status(AuditStatus::Error)
+            .scope(AuditScope::Team)
+            .metadata(serde_json::json!({ "missing_sandboxes": missing })),
+    )
+    .await;
+    publish_host(ctx, host, team, PlatformEventKind::HostDown).await;
+    Ok(true)
+}
+
+async fn publish_host(ctx: &ServerContext, host: &Host, team: wrenn_core::id::TeamId, kind: PlatformEventKind) {
+    let ev = PlatformEvent {
+        event: kind,
+        timestamp: Utc::now(),
+        team_id: team,
+        actor: Actor::system(),
+        resource: EventResource {
+            id: host.id.to_string(),
+            kind: "host".into(),
+        },
+    };
+    if let Err(e) = ctx.events.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+        warn!(error = %e, "could not publish host event");
+    }
+}
+
+/// Moves `sb` from its current status to `to`, conditionally; counts a win.
+async fn settle(ctx: &ServerContext, sb: &Sandbox, to: SandboxStatus, report: &mut PassReport) -> Result<(), WorkerError> {
+    let changed = if to == Running {
+        ctx.store.running_if(sb.id, sb.status, &sb.host_ip, &Default::default()).await?
+    } else {
+        ctx.store.status_if(sb.id, sb.status, to).await?
+    };
+    if changed.is_some() {
+        info!(sandbox_id = %sb.id, from = %sb.status, to = %to, "reconciled");
+        report.sandboxes_changed += 1;
+    }
+    Ok(())
+}
+
+/// The stable status a sandbox the agent reports should have in the database.
+fn stable(agent: SandboxStatus) -> Option<SandboxStatus> {
+    match agent {
+        Running | Paused | Hibernated => Some(agent),
+        _ => None,
+    }
+}
+
+async fn reconcile(
+    ctx: &ServerContext,
+    host: &Host,
+    inventory: &AgentInventory,
+    settings: &MonitorSettings,
+    report: &mut PassReport,
+) -> Result<(), WorkerError> {
+    let on_host: HashMap<SandboxId, SandboxStatus> = inventory.sandboxes.iter().map(|s| (s.sandbox_id, s.status)).collect();
+    let auto_paused: HashSet<SandboxId> = inventory.auto_paused.iter().copied().collect();
+    let now = Utc::now();
+    let rows = ctx
+        .store
+        .list_sandboxes_by_host(host.id, &SandboxStatus::ALL.into_iter().filter(|s| !s.is_terminal()).collect::<Vec<_>>())
+        .await?;
+    let known: HashSet<SandboxId> = rows.iter().map(|s| s.id).collect();
+    for sb in &rows {
+        let agent = on_host.get(&sb.id).copied();
+        let age = now.signed_duration_since(sb.last_updated).to_std().unwrap_or_default();
+        match (sb.status, agent) {
+            (Missing, Some(a)) => {
+                if let Some(to) = stable(a) {
+                    settle(ctx, sb, to, report).await?;
+                }
+            }
+            (Missing, None) => settle(ctx, sb, Stopped, report).await?,
+            (Running, None) => {
+                let to = if auto_paused.contains(&sb.id) { Paused } else { Stopped };
+                settle(ctx, sb, to, report).await?;
+            }
+            (Running, Some(a @ (Paused | Hibernated))) => settle(ctx, sb, a, report).await?,
+            (Paused, Some(Hibernated)) => settle(ctx, sb, Hibernated, report).await?,
+            (Paused | Hibernated, None) => settle(ctx, sb, Error, report).await?,
+            (Starting | Resuming | Pausing | Stopping, _) if age >= settings.transient_grace => {
+                let to = match (sb.status, agent) {
+                    (Stopping, None) => Stopped,
+                    (Stopping, Some(_)) => {
+                        // The destroy never reached the host: do it now.
+                        destroy_on_host(ctx, host, sb.id, report).await;
+                        Stopped
+                    }
+                    (_, Some(a)) => stable(a).unwrap_or(Error),
+                    (_, None) => Error,
+                };
+                settle(ctx, sb, to, report).await?;
+            }
+            (Snapshotting, a) if age >= settings.snapshot_grace => {
+                settle(ctx, sb, a.and_then(stable).unwrap_or(Error), report).await?;
+            }
+            _ => {}
+        }
+    }
+    // Sandboxes the host runs that the control plane does not want.
+    for (&id, _) in on_host.iter().filter(|(id, _)| !known.contains(id)) {
+        match ctx.store.get_sandbox(id).await {
+            // A row created after our listing: leave it to the next pass.
+            Ok(sb) if !sb.status.is_terminal() => {}
+            Ok(_) | Err(wrenn_core::repo::RepoError::NotFound { .. }) => destroy_on_host(ctx, host, id, report).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn destroy_on_host(ctx: &ServerContext, host: &Host, id: SandboxId, report: &mut PassReport) {
+    match ctx.agents.destroy_sandbox(host.id, id).await {
+        Ok(()) | Err(wrenn_core::agents::AgentError::NotFound(_)) => {
+            info!(host_id = %host.id, sandbox_id = %id, "destroyed an orphaned sandbox on its host");
+            report.orphans_destroyed += 1;
+        }
+        Err(e) => warn!(host_id = %host.id, sandbox_id = %id, error = %e, "could not destroy orphaned sandbox"),
+    }
+}
