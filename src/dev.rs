@@ -21,7 +21,7 @@ use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::server::{Agent, AgentOptions};
 use wrenn_core::auth::HostClaims;
-use wrenn_core::config::Secret;
+use wrenn_core::config::{AgentConfig, Secret};
 use wrenn_core::layout::Layout;
 use wrenn_core::model::{self, HostKind, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
@@ -322,9 +322,12 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                 .jwt()
                 .sign_host(&HostClaims::new(host))
                 .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Secrets(e.to_string())))?;
-            let options = AgentOptions::new(runtime, config.layout(), listener)
+            let mut options = AgentOptions::new(runtime, config.layout(), listener)
                 .with_host(host, Some(Secret::new(token)))
                 .with_control_plane(format!("http://{bound}"));
+            // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS).
+            let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
+            options.manager.hibernate_after = agent_config.hibernate_after;
             Some(
                 Agent::start(options)
                     .await
@@ -334,13 +337,23 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
         None => None,
     };
     println!("{}", banner(bound, &creds));
-    let served = server.serve(cp_listener, wrenn_cpserver::shutdown_signal()).await;
-    if let Some(agent) = agent {
-        let hibernated = agent.shutdown().await;
-        if !hibernated.is_empty() {
-            eprintln!("wrenn dev: hibernated {} sandbox(es); they resume on the next start", hibernated.len());
+    // On SIGTERM/SIGINT the agent goes first (it hibernates its sandboxes and reports
+    // that to the still-running control plane), then the control plane stops.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_server = stop.clone();
+    tokio::spawn(async move {
+        wrenn_cpserver::shutdown_signal().await;
+        if let Some(agent) = agent {
+            let hibernated = agent.shutdown().await;
+            if !hibernated.is_empty() {
+                eprintln!("wrenn dev: hibernated {} sandbox(es); they resume on the next start", hibernated.len());
+            }
+            // Let the event consumer record the reports before the server stops.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-    }
+        stop.cancel();
+    });
+    let served = server.serve(cp_listener, async move { stop_server.cancelled().await }).await;
     served?;
     Ok(())
 }

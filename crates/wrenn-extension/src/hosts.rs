@@ -66,8 +66,8 @@ impl HostChannels {
     pub async fn client(&self, host: HostId) -> Result<HostAgentServiceClient<Channel>, AgentError> {
         let (_, channel) = self.channel(host).await?;
         Ok(HostAgentServiceClient::new(channel)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Cached>> {

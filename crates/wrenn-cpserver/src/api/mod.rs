@@ -21,6 +21,7 @@ mod exec;
 mod files;
 mod health;
 mod host_events;
+mod hosts;
 mod me;
 mod processes;
 mod pty;
@@ -41,6 +42,7 @@ pub(crate) mod tags {
     pub const AUDIT: &str = "audit";
     pub const ADMIN: &str = "admin";
     pub const CAPSULES: &str = "capsules";
+    pub const HOSTS: &str = "hosts";
 }
 
 #[derive(OpenApi)]
@@ -82,6 +84,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(capsule_metrics::routes())
         .merge(events_stream::routes())
         .merge(host_events::routes())
+        .merge(hosts::routes())
         .split_for_parts();
     openapi.info.version = version.to_owned();
     router
