@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use wrenn_core::auth::{ApiKey, JwtKeys, Role, UserClaims, hash_api_key, hash_password, verify_password};
+use wrenn_core::auth::{
+    ApiKey, JwtKeys, Role, UserClaims, hash_api_key, hash_password, verify_password,
+};
 use wrenn_core::id::{HostId, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::model::{Host, HostKind, HostLoad};
@@ -21,7 +23,9 @@ fn ids(c: &mut Criterion) {
     let id = SandboxId::new();
     let wire = id.to_string();
     c.bench_function("id/encode", |b| b.iter(|| black_box(id).to_string()));
-    c.bench_function("id/parse", |b| b.iter(|| black_box(wire.as_str()).parse::<SandboxId>()));
+    c.bench_function("id/parse", |b| {
+        b.iter(|| black_box(wire.as_str()).parse::<SandboxId>())
+    });
     c.bench_function("id/encode+parse", |b| {
         b.iter(|| black_box(id).to_string().parse::<SandboxId>())
     });
@@ -29,10 +33,21 @@ fn ids(c: &mut Criterion) {
 
 fn jwts(c: &mut Criterion) {
     let keys = JwtKeys::new("a-benchmark-secret-that-is-long-enough-to-use").expect("keys");
-    let claims = UserClaims::new(UserId::new(), TeamId::new(), Role::Owner, "a@b.c", "A", false);
+    let claims = UserClaims::new(
+        UserId::new(),
+        TeamId::new(),
+        Role::Owner,
+        "a@b.c",
+        "A",
+        false,
+    );
     let token = keys.sign_user(&claims).expect("sign");
-    c.bench_function("jwt/sign_user", |b| b.iter(|| keys.sign_user(black_box(&claims))));
-    c.bench_function("jwt/verify_user", |b| b.iter(|| keys.verify_user(black_box(&token))));
+    c.bench_function("jwt/sign_user", |b| {
+        b.iter(|| keys.sign_user(black_box(&claims)))
+    });
+    c.bench_function("jwt/verify_user", |b| {
+        b.iter(|| keys.verify_user(black_box(&token)))
+    });
     c.bench_function("jwt/sign+verify", |b| {
         b.iter(|| keys.verify_user(&keys.sign_user(black_box(&claims)).expect("sign")))
     });
@@ -51,7 +66,11 @@ fn passwords(c: &mut Criterion) {
 fn api_keys(c: &mut Criterion) {
     // The auth cache's job: hash the presented key and find it among many.
     let keys: Vec<ApiKey> = (0..10_000).map(|_| ApiKey::generate()).collect();
-    let table: HashMap<String, usize> = keys.iter().enumerate().map(|(i, k)| (k.hash(), i)).collect();
+    let table: HashMap<String, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.hash(), i))
+        .collect();
     let probe = keys[4242].expose_secret().to_owned();
     c.bench_function("api_key/hash+lookup(10k)", |b| {
         b.iter(|| table.get(&hash_api_key(black_box(&probe))).copied())
@@ -63,7 +82,11 @@ fn host(i: usize) -> HostLoad {
     HostLoad {
         host: Host {
             id: HostId::new(),
-            kind: if i % 10 == 0 { HostKind::Byoc } else { HostKind::Regular },
+            kind: if i % 10 == 0 {
+                HostKind::Byoc
+            } else {
+                HostKind::Regular
+            },
             team_id: None,
             provider: "bench".into(),
             availability_zone: format!("az-{}", i % 3),
@@ -72,7 +95,11 @@ fn host(i: usize) -> HostLoad {
             memory_mb: 131_072,
             disk_gb: 2_000,
             address: format!("10.0.{}.{}:50051", i / 250, i % 250),
-            status: if i % 17 == 0 { HostStatus::Unreachable } else { HostStatus::Online },
+            status: if i % 17 == 0 {
+                HostStatus::Unreachable
+            } else {
+                HostStatus::Online
+            },
             last_heartbeat_at: Some(now),
             metadata: serde_json::json!({}),
             created_by: None,
@@ -103,7 +130,11 @@ fn scheduling(c: &mut Criterion) {
         b.iter(|| pick_least_loaded(black_box(&hosts), &placement, &reserve).map(|h| h.host.id))
     });
     c.bench_function("scheduler/least_loaded(1000 hosts, cloned input)", |b| {
-        b.iter_batched(|| hosts.clone(), |h| pick_least_loaded(&h, &placement, &reserve).map(|l| l.host.id), BatchSize::LargeInput)
+        b.iter_batched(
+            || hosts.clone(),
+            |h| pick_least_loaded(&h, &placement, &reserve).map(|l| l.host.id),
+            BatchSize::LargeInput,
+        )
     });
 }
 

@@ -62,12 +62,20 @@ pub struct MeterState {
     meter: UsageMeter,
 }
 
-async fn usage(State(MeterState { ctx, meter }): State<MeterState>, auth: AuthContext) -> ApiResult<Json<Usage>> {
+async fn usage(
+    State(MeterState { ctx, meter }): State<MeterState>,
+    auth: AuthContext,
+) -> ApiResult<Json<Usage>> {
     let mut by_status = BTreeMap::new();
     for sb in ctx.store.list_sandboxes(auth.team_id).await? {
         *by_status.entry(sb.status.to_string()).or_default() += 1;
     }
-    let events_seen = meter.observed.events.lock().map(|m| m.clone()).unwrap_or_default();
+    let events_seen = meter
+        .observed
+        .events
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
     Ok(Json(Usage {
         team_id: auth.team_id.to_string(),
         capsules_by_status: by_status,
@@ -119,8 +127,16 @@ impl Extension for UsageMeter {
         })]
     }
 
-    async fn on_sandbox_event(&self, _ctx: &ServerContext, event: &SandboxEvent) -> Result<(), WorkerError> {
-        let mut events = self.observed.events.lock().map_err(|_| "event counter poisoned")?;
+    async fn on_sandbox_event(
+        &self,
+        _ctx: &ServerContext,
+        event: &SandboxEvent,
+    ) -> Result<(), WorkerError> {
+        let mut events = self
+            .observed
+            .events
+            .lock()
+            .map_err(|_| "event counter poisoned")?;
         *events.entry(event.event.as_str().to_owned()).or_default() += 1;
         Ok(())
     }
@@ -137,7 +153,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match wrenn_cpserver::run(builder.with_extensions([Arc::new(UsageMeter::default()) as Arc<dyn Extension>])).await {
+    match wrenn_cpserver::run(
+        builder.with_extensions([Arc::new(UsageMeter::default()) as Arc<dyn Extension>]),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("enterprise_extension: {e}");

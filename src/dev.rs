@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use wrenn_core::auth::{ApiKey, hash_password};
 use wrenn_core::config::Config;
 use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
-use std::sync::Arc;
 
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
@@ -104,14 +104,22 @@ fn cred_err(path: &Path, message: impl std::fmt::Display) -> DevError {
 pub async fn ensure_credentials(dir: &Path, store: &dyn Store) -> Result<DevCredentials, DevError> {
     let path = dir.join(CREDENTIALS_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let creds: DevCredentials = serde_json::from_str(&text).map_err(|e| cred_err(&path, format!("unreadable: {e}; remove it to start over")))?;
-        if store.get_api_key_by_hash(&wrenn_core::auth::hash_api_key(&creds.api_key)).await?.is_some() {
+        let creds: DevCredentials = serde_json::from_str(&text)
+            .map_err(|e| cred_err(&path, format!("unreadable: {e}; remove it to start over")))?;
+        if store
+            .get_api_key_by_hash(&wrenn_core::auth::hash_api_key(&creds.api_key))
+            .await?
+            .is_some()
+        {
             return Ok(creds);
         }
         tracing::warn!("saved development key is unknown to the database; creating a new account");
     }
     let creds = create_account(store).await?;
-    write_private(&path, &serde_json::to_string_pretty(&creds).map_err(|e| cred_err(&path, e))?)?;
+    write_private(
+        &path,
+        &serde_json::to_string_pretty(&creds).map_err(|e| cred_err(&path, e))?,
+    )?;
     Ok(creds)
 }
 
@@ -120,7 +128,10 @@ async fn create_account(store: &dyn Store) -> Result<DevCredentials, DevError> {
     let user = match store.get_user_by_email(DEV_EMAIL).await {
         Ok(u) => {
             store
-                .update_password(u.id, &hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?)
+                .update_password(
+                    u.id,
+                    &hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?,
+                )
                 .await?;
             u
         }
@@ -129,7 +140,9 @@ async fn create_account(store: &dyn Store) -> Result<DevCredentials, DevError> {
                 .create_user(NewUser {
                     id: UserId::new(),
                     email: DEV_EMAIL.into(),
-                    password_hash: Some(hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?),
+                    password_hash: Some(
+                        hash_password(&password).map_err(|e| cred_err(Path::new(DEV_EMAIL), e))?,
+                    ),
                     name: "Wrenn Admin".into(),
                     status: UserStatus::Active,
                     is_admin: true,
@@ -187,7 +200,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path).map_err(|e| cred_err(path, e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| cred_err(path, e))
+    f.write_all(contents.as_bytes())
+        .map_err(|e| cred_err(path, e))
 }
 
 /// The lines `wrenn dev` prints for the user to paste.
@@ -209,7 +223,8 @@ fn host_spec(address: &str) -> HostSpec {
     HostSpec {
         address: address.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
-        cpu_cores: std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
+        cpu_cores: std::thread::available_parallelism()
+            .map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
         memory_mb: host_memory_mb(),
         disk_gb: 100,
     }
@@ -219,7 +234,12 @@ fn host_spec(address: &str) -> HostSpec {
 /// unreachable after 90 s without one).
 const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn ensure_host(dir: &Path, store: &dyn Store, creds: &mut DevCredentials, address: &str) -> Result<HostId, DevError> {
+async fn ensure_host(
+    dir: &Path,
+    store: &dyn Store,
+    creds: &mut DevCredentials,
+    address: &str,
+) -> Result<HostId, DevError> {
     let spec = host_spec(address);
     if let Some(id) = creds.host_id
         && store.get_host(id).await.is_ok()
@@ -241,7 +261,10 @@ async fn ensure_host(dir: &Path, store: &dyn Store, creds: &mut DevCredentials, 
     store.register_host(id, &spec).await?;
     creds.host_id = Some(id);
     let path = dir.join(CREDENTIALS_FILE);
-    write_private(&path, &serde_json::to_string_pretty(creds).map_err(|e| cred_err(&path, e))?)?;
+    write_private(
+        &path,
+        &serde_json::to_string_pretty(creds).map_err(|e| cred_err(&path, e))?,
+    )?;
     Ok(id)
 }
 
@@ -277,11 +300,16 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
     let cp_listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
-    let bound = cp_listener.local_addr().map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
+    let bound = cp_listener
+        .local_addr()
+        .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Serve(e)))?;
 
     let mut builder = wrenn_cpserver::Builder::new(config.clone())
         .with_store(store.clone())
-        .with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("dev"));
+        .with_version(
+            env!("CARGO_PKG_VERSION"),
+            option_env!("WRENN_COMMIT").unwrap_or("dev"),
+        );
     let mut agent_parts = None;
     match process_runtime(config.layout()).await {
         Ok(runtime) => {
@@ -321,18 +349,20 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                 .auth
                 .jwt()
                 .sign_host(&HostClaims::new(host))
-                .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Secrets(e.to_string())))?;
+                .map_err(|e| {
+                    DevError::Server(wrenn_cpserver::ServerError::Secrets(e.to_string()))
+                })?;
             let mut options = AgentOptions::new(runtime, config.layout(), listener)
                 .with_host(host, Some(Secret::new(token)))
                 .with_control_plane(format!("http://{bound}"));
             // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS).
             let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
             options.manager.hibernate_after = agent_config.hibernate_after;
-            Some(
-                Agent::start(options)
-                    .await
-                    .map_err(|e| DevError::Server(wrenn_cpserver::ServerError::Other(format!("host agent: {e}"))))?,
-            )
+            Some(Agent::start(options).await.map_err(|e| {
+                DevError::Server(wrenn_cpserver::ServerError::Other(format!(
+                    "host agent: {e}"
+                )))
+            })?)
         }
         None => None,
     };
@@ -346,14 +376,19 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
         if let Some(agent) = agent {
             let hibernated = agent.shutdown().await;
             if !hibernated.is_empty() {
-                eprintln!("wrenn dev: hibernated {} sandbox(es); they resume on the next start", hibernated.len());
+                eprintln!(
+                    "wrenn dev: hibernated {} sandbox(es); they resume on the next start",
+                    hibernated.len()
+                );
             }
             // Let the event consumer record the reports before the server stops.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
         stop.cancel();
     });
-    let served = server.serve(cp_listener, async move { stop_server.cancelled().await }).await;
+    let served = server
+        .serve(cp_listener, async move { stop_server.cancelled().await })
+        .await;
     served?;
     Ok(())
 }

@@ -9,9 +9,9 @@
 //! - [`dev`] — `wrenn dev`, the platform on its embedded defaults.
 
 pub use wrenn_core as core;
-pub use wrenn_db as db;
-pub use wrenn_proto as proto;
 pub use wrenn_cpserver as cpserver;
+pub use wrenn_db as db;
 pub use wrenn_extension as extension;
+pub use wrenn_proto as proto;
 
 pub mod dev;

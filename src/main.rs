@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wrenn", version, about = "Wrenn: isolated sandboxes for AI agents and developers")]
+#[command(
+    name = "wrenn",
+    version,
+    about = "Wrenn: isolated sandboxes for AI agents and developers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,12 +40,18 @@ fn main() -> ExitCode {
     wrenn_agent::init::main_if_init();
     // Started as the sandbox's guest agent.
     let arg0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&arg0).file_name().is_some_and(|n| n == "wrenn-envd") {
+    if std::path::Path::new(&arg0)
+        .file_name()
+        .is_some_and(|n| n == "wrenn-envd")
+    {
         return wrenn_envd::cli::main();
     }
     let cli = Cli::parse();
     wrenn_cpserver::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wrenn: cannot start the async runtime: {e}");

@@ -24,7 +24,10 @@ struct Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         // SIGTERM: the agent hibernates what is left and the server shuts down.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -39,7 +42,11 @@ impl Drop for Dev {
 
 fn start_dev() -> Dev {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
         .args(["dev", "--dir"])
         .arg(dir.path().join("state"))
@@ -70,7 +77,9 @@ fn start_dev() -> Dev {
 
 impl Dev {
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).header("X-API-Key", &self.key)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -81,11 +90,16 @@ impl Dev {
         let resp = r.send().await.expect("request");
         let status = resp.status();
         let bytes = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn status(&self, id: &str) -> String {
-        let (s, v) = self.call(Method::GET, &format!("/v1/capsules/{id}"), None).await;
+        let (s, v) = self
+            .call(Method::GET, &format!("/v1/capsules/{id}"), None)
+            .await;
         assert_eq!(s, 200, "{v}");
         v["status"].as_str().unwrap_or_default().to_owned()
     }
@@ -113,7 +127,12 @@ impl Dev {
     }
 
     async fn exec(&self, id: &str, cmd: &str) -> (StatusCode, Value) {
-        self.call(Method::POST, &format!("/v1/capsules/{id}/exec"), Some(json!({"cmd": "/bin/sh", "args": ["-c", cmd]}))).await
+        self.call(
+            Method::POST,
+            &format!("/v1/capsules/{id}/exec"),
+            Some(json!({"cmd": "/bin/sh", "args": ["-c", cmd]})),
+        )
+        .await
     }
 
     async fn sh(&self, id: &str, cmd: &str) -> String {
@@ -130,20 +149,55 @@ async fn the_platform_end_to_end() {
 
     // Bad input on the capsule routes is a 4xx and changes nothing.
     let bad: [(Method, &str, Option<Value>, u16); 7] = [
-        (Method::POST, "/v1/capsules", Some(json!({"template": "../etc"})), 400),
-        (Method::POST, "/v1/capsules", Some(json!({"metadata": {"kernel_version": "x"}})), 400),
-        (Method::POST, "/v1/capsules", Some(json!({"template": "no-such-template"})), 404),
-        (Method::POST, "/v1/capsules", Some(json!({"vcpus": "two"})), 400),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"template": "../etc"})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"metadata": {"kernel_version": "x"}})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"template": "no-such-template"})),
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"vcpus": "two"})),
+            400,
+        ),
         (Method::GET, "/v1/capsules/not-an-id", None, 400),
-        (Method::GET, "/v1/capsules/cl-0000000000000000000000000", None, 404),
-        (Method::POST, "/v1/capsules/cl-0000000000000000000000000/pause", None, 404),
+        (
+            Method::GET,
+            "/v1/capsules/cl-0000000000000000000000000",
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules/cl-0000000000000000000000000/pause",
+            None,
+            404,
+        ),
     ];
     for (method, path, body, want) in bad {
         let (s, v) = dev.call(method.clone(), path, body.clone()).await;
         assert_eq!(s.as_u16(), want, "{method} {path} {body:?}: {v}");
         assert!(v["error"]["code"].is_string(), "{v}");
     }
-    let unauthenticated = dev.http.get(format!("{}/v1/capsules", dev.base)).send().await.unwrap();
+    let unauthenticated = dev
+        .http
+        .get(format!("{}/v1/capsules", dev.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthenticated.status(), 401);
     let (_, list) = dev.call(Method::GET, "/v1/capsules", None).await;
     assert_eq!(list, json!([]), "bad requests created nothing");
@@ -152,7 +206,9 @@ async fn the_platform_end_to_end() {
     let started = Instant::now();
     let ttl = dev.create(json!({"timeout_sec": 60})).await;
     let a = dev.create(json!({"metadata": {"purpose": "e2e"}})).await;
-    let (_, info) = dev.call(Method::GET, &format!("/v1/capsules/{a}"), None).await;
+    let (_, info) = dev
+        .call(Method::GET, &format!("/v1/capsules/{a}"), None)
+        .await;
     assert_eq!(info["metadata"]["purpose"], "e2e");
     assert_eq!(info["metadata"]["runtime"], "process");
 
@@ -168,7 +224,10 @@ async fn the_platform_end_to_end() {
     assert_eq!(dev.sh(&a, "cat /proc/1/comm").await.trim(), "wrenn-envd");
     assert_eq!(dev.sh(&a, "hostname").await.trim(), a);
     dev.sh(&a, "echo inside > /etc/wrenn-e2e-marker").await;
-    assert!(!std::path::Path::new("/etc/wrenn-e2e-marker").exists(), "sandbox writes never reach the host");
+    assert!(
+        !std::path::Path::new("/etc/wrenn-e2e-marker").exists(),
+        "sandbox writes never reach the host"
+    );
 
     // Files: a 200 MiB file streamed in and out, byte for byte.
     let size = 200 * 1024 * 1024;
@@ -178,13 +237,36 @@ async fn the_platform_end_to_end() {
         want.update(&chunk);
     }
     let want = hex::encode(want.finalize());
-    let body = reqwest::Body::wrap_stream(futures::stream::iter((0..200).map(move |_| Ok::<_, std::io::Error>(chunk.clone()))));
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        (0..200).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    ));
     let form = reqwest::multipart::Form::new()
         .text("path", "/root/big.bin")
-        .part("file", reqwest::multipart::Part::stream_with_length(body, size).file_name("big.bin"));
-    let resp = dev.req(Method::POST, &format!("/v1/capsules/{a}/files/stream/write")).multipart(form).send().await.unwrap();
-    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap_or_default());
-    let mut resp = dev.req(Method::POST, &format!("/v1/capsules/{a}/files/stream/read")).json(&json!({"path": "/root/big.bin"})).send().await.unwrap();
+        .part(
+            "file",
+            reqwest::multipart::Part::stream_with_length(body, size).file_name("big.bin"),
+        );
+    let resp = dev
+        .req(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/stream/write"),
+        )
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        204,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let mut resp = dev
+        .req(Method::POST, &format!("/v1/capsules/{a}/files/stream/read"))
+        .json(&json!({"path": "/root/big.bin"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let (mut got, mut n) = (Sha256::new(), 0usize);
     while let Some(bytes) = resp.chunk().await.unwrap() {
@@ -193,11 +275,32 @@ async fn the_platform_end_to_end() {
     }
     assert_eq!(n as u64, size);
     assert_eq!(hex::encode(got.finalize()), want);
-    let (s, v) = dev.call(Method::POST, &format!("/v1/capsules/{a}/files/mkdir"), Some(json!({"path": "/root/dir"}))).await;
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/mkdir"),
+            Some(json!({"path": "/root/dir"})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = dev.call(Method::POST, &format!("/v1/capsules/{a}/files/mkdir"), Some(json!({"path": "/root/dir"}))).await;
-    assert_eq!((s.as_u16(), v["error"]["code"].as_str()), (409, Some("conflict")));
-    let (s, v) = dev.call(Method::POST, &format!("/v1/capsules/{a}/files/read"), Some(json!({"path": "/root/missing"}))).await;
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/mkdir"),
+            Some(json!({"path": "/root/dir"})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/read"),
+            Some(json!({"path": "/root/missing"})),
+        )
+        .await;
     assert_eq!(s, 404, "{v}");
 
     // A background process keeps a value in memory across pause and resume.
@@ -207,38 +310,71 @@ async fn the_platform_end_to_end() {
     assert_eq!(s, 202, "{v}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = dev.sh(&a, "cat /tmp/mem").await;
-    let (s, v) = dev.call(Method::GET, &format!("/v1/capsules/{a}/processes"), None).await;
+    let (s, v) = dev
+        .call(Method::GET, &format!("/v1/capsules/{a}/processes"), None)
+        .await;
     assert_eq!(s, 200);
-    assert!(v["processes"].as_array().unwrap().iter().any(|p| p["tag"] == "mem"), "{v}");
-    let (s, v) = dev.call(Method::POST, &format!("/v1/capsules/{a}/pause"), None).await;
+    assert!(
+        v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["tag"] == "mem"),
+        "{v}"
+    );
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
+        .await;
     assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("pausing")));
     dev.wait_for(&a, "paused", Duration::from_secs(10)).await;
     let (s, v) = dev.exec(&a, "true").await;
-    assert_eq!((s.as_u16(), v["error"]["code"].as_str()), (409, Some("invalid_state")), "exec refused while paused");
-    let (s, _) = dev.call(Method::POST, &format!("/v1/capsules/{a}/resume"), None).await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (409, Some("invalid_state")),
+        "exec refused while paused"
+    );
+    let (s, _) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/resume"), None)
+        .await;
     assert_eq!(s, 202);
     dev.wait_for(&a, "running", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(dev.sh(&a, "cat /tmp/mem").await, before, "the same process, with its memory, carried on");
+    assert_eq!(
+        dev.sh(&a, "cat /tmp/mem").await,
+        before,
+        "the same process, with its memory, carried on"
+    );
 
     // Hibernate (the agent hibernates a paused capsule after 2 s here) → resume keeps files.
     dev.sh(&a, "echo survives > /root/keep.txt").await;
-    dev.call(Method::POST, &format!("/v1/capsules/{a}/pause"), None).await;
-    dev.wait_for(&a, "hibernated", Duration::from_secs(20)).await;
-    let (s, _) = dev.call(Method::POST, &format!("/v1/capsules/{a}/resume"), None).await;
+    dev.call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
+        .await;
+    dev.wait_for(&a, "hibernated", Duration::from_secs(20))
+        .await;
+    let (s, _) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/resume"), None)
+        .await;
     assert_eq!(s, 202);
     dev.wait_for(&a, "running", Duration::from_secs(30)).await;
     assert_eq!(dev.sh(&a, "cat /root/keep.txt").await, "survives\n");
 
     // Snapshot → a new capsule from the template sees the files.
-    let (s, t) = dev.call(Method::POST, "/v1/snapshots", Some(json!({"sandbox_id": a, "name": "e2e-snap"}))).await;
+    let (s, t) = dev
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"sandbox_id": a, "name": "e2e-snap"})),
+        )
+        .await;
     assert_eq!(s, 201, "{t}");
     assert_eq!(t["name"], "e2e-snap");
     let b = dev.create(json!({"template": "e2e-snap"})).await;
     assert_eq!(dev.sh(&b, "cat /root/keep.txt").await, "survives\n");
 
     // Destroy → GET still answers, with `stopped`.
-    let (s, v) = dev.call(Method::DELETE, &format!("/v1/capsules/{b}"), None).await;
+    let (s, v) = dev
+        .call(Method::DELETE, &format!("/v1/capsules/{b}"), None)
+        .await;
     assert_eq!(s, 202, "{v}");
     dev.wait_for(&b, "stopped", Duration::from_secs(20)).await;
 
@@ -258,7 +394,10 @@ async fn the_platform_end_to_end() {
     }
     dev.wait_for(&c, "stopped", Duration::from_secs(30)).await;
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&c), "no network namespace left behind");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&c),
+        "no network namespace left behind"
+    );
 
     // TTL: the idle capsule was auto-paused by the agent (timeout 60 s) and the
     // control plane learned it from the agent's event.
@@ -272,5 +411,8 @@ async fn the_platform_end_to_end() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(last == "paused" || last == "hibernated", "TTL capsule is {last}");
+    assert!(
+        last == "paused" || last == "hibernated",
+        "TTL capsule is {last}"
+    );
 }

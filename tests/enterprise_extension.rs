@@ -41,7 +41,16 @@ async fn seed(store: &Arc<dyn Store>) -> (TeamId, String) {
         .unwrap();
     let team = TeamId::new();
     store
-        .create_team(NewTeam { id: team, name: "Ops".into(), slug: wrenn_core::id::new_team_slug(), is_byoc: false }, user.id, true)
+        .create_team(
+            NewTeam {
+                id: team,
+                name: "Ops".into(),
+                slug: wrenn_core::id::new_team_slug(),
+                is_byoc: false,
+            },
+            user.id,
+            true,
+        )
         .await
         .unwrap();
     let key = ApiKey::generate();
@@ -60,10 +69,23 @@ async fn seed(store: &Arc<dyn Store>) -> (TeamId, String) {
         .unwrap();
     let host = HostId::new();
     store
-        .create_host(NewHost { id: host, kind: HostKind::Regular, team_id: None, provider: "test".into(), availability_zone: "a".into(), created_by: None })
+        .create_host(NewHost {
+            id: host,
+            kind: HostKind::Regular,
+            team_id: None,
+            provider: "test".into(),
+            availability_zone: "a".into(),
+            created_by: None,
+        })
         .await
         .unwrap();
-    let spec = HostSpec { address: "127.0.0.1:1".into(), arch: "x86_64".into(), cpu_cores: 64, memory_mb: 262_144, disk_gb: 4000 };
+    let spec = HostSpec {
+        address: "127.0.0.1:1".into(),
+        arch: "x86_64".into(),
+        cpu_cores: 64,
+        memory_mb: 262_144,
+        disk_gb: 4000,
+    };
     assert!(store.register_host(host, &spec).await.unwrap());
     (team, key.expose_secret().to_owned())
 }
@@ -95,11 +117,20 @@ async fn the_extension_route_worker_and_hook_all_run() {
 
     // The hook sees the lifecycle's events through the consumer.
     tokio::time::sleep(Duration::from_millis(300)).await; // consumer group created
-    let sb = ctx.lifecycle.create(team, &Actor::system(), CreateSandbox::default()).await.unwrap();
+    let sb = ctx
+        .lifecycle
+        .create(team, &Actor::system(), CreateSandbox::default())
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let mut body = serde_json::Value::Null;
     for _ in 0..50 {
-        let resp = http.get(format!("{base}/v1/ext/usage")).header("X-API-Key", &key).send().await.unwrap();
+        let resp = http
+            .get(format!("{base}/v1/ext/usage"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         body = resp.json().await.unwrap();
         if body["events_seen"]["started"] == 1 && body["samples"].as_u64().unwrap_or(0) >= 2 {
@@ -111,10 +142,17 @@ async fn the_extension_route_worker_and_hook_all_run() {
     assert_eq!(body["capsules_by_status"]["running"], 1, "{body}");
     assert_eq!(body["events_seen"]["started"], 1, "{body}");
     assert!(body["samples"].as_u64().unwrap() >= 2, "{body}");
-    assert_eq!(agents.status_on_host(sb.id), Some(wrenn_core::lifecycle::SandboxStatus::Running));
+    assert_eq!(
+        agents.status_on_host(sb.id),
+        Some(wrenn_core::lifecycle::SandboxStatus::Running)
+    );
 
     // The route is authenticated like every core route.
-    let resp = http.get(format!("{base}/v1/ext/usage")).send().await.unwrap();
+    let resp = http
+        .get(format!("{base}/v1/ext/usage"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let err: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "unauthorized");
@@ -142,7 +180,12 @@ impl Extension for Clashing {
 async fn a_route_clashing_with_a_core_route_is_a_startup_error() {
     let db = wrenn_db::testing::TestStores::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
-    let err = Builder::new(config(dir.path())).with_store(db.store()).with_extension(Arc::new(Clashing)).build().await.unwrap_err();
+    let err = Builder::new(config(dir.path()))
+        .with_store(db.store())
+        .with_extension(Arc::new(Clashing))
+        .build()
+        .await
+        .unwrap_err();
     match err {
         ServerError::Extension { extension, message } => {
             assert_eq!(extension, "clashing");

@@ -93,11 +93,19 @@ pub struct AgentInventory {
 #[async_trait::async_trait]
 pub trait HostAgents: Send + Sync + 'static {
     /// Creates and starts a sandbox.
-    async fn create_sandbox(&self, host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError>;
+    async fn create_sandbox(
+        &self,
+        host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError>;
     /// Pauses a running sandbox (memory kept).
     async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError>;
     /// Resumes a paused or hibernated sandbox.
-    async fn resume_sandbox(&self, host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError>;
+    async fn resume_sandbox(
+        &self,
+        host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError>;
     /// Destroys a sandbox and its disk state. NotFound means it was already gone.
     async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError>;
     /// Checks the sandbox answers and marks it active.
@@ -111,7 +119,12 @@ pub trait HostAgents: Send + Sync + 'static {
         template: TemplateId,
     ) -> Result<u64, AgentError>;
     /// Deletes a template's files from the host (idempotent).
-    async fn delete_snapshot(&self, host: HostId, team: TeamId, template: TemplateId) -> Result<(), AgentError>;
+    async fn delete_snapshot(
+        &self,
+        host: HostId,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<(), AgentError>;
     /// What the host currently holds.
     async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, AgentError>;
 }

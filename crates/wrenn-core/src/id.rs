@@ -93,11 +93,13 @@ pub trait EntityId: Copy + Eq + fmt::Display + FromStr<Err = IdError> {
     }
     /// Parses the wire form, checking prefix and body.
     fn parse_wire(s: &str) -> Result<Self, IdError> {
-        let body = s.strip_prefix(Self::PREFIX).ok_or_else(|| IdError::Prefix {
-            kind: Self::KIND,
-            prefix: Self::PREFIX,
-            input: truncated(s),
-        })?;
+        let body = s
+            .strip_prefix(Self::PREFIX)
+            .ok_or_else(|| IdError::Prefix {
+                kind: Self::KIND,
+                prefix: Self::PREFIX,
+                input: truncated(s),
+            })?;
         decode_base36(body)
             .map(Self::from_uuid)
             .ok_or_else(|| IdError::Body {
@@ -302,7 +304,10 @@ mod tests {
     #[test]
     fn nil_uuid_is_25_zeros() {
         assert_eq!(encode_base36(Uuid::nil()), "0".repeat(25));
-        assert_eq!(PLATFORM_TEAM_ID.to_string(), format!("team-{}", "0".repeat(25)));
+        assert_eq!(
+            PLATFORM_TEAM_ID.to_string(),
+            format!("team-{}", "0".repeat(25))
+        );
     }
 
     #[test]
@@ -321,13 +326,25 @@ mod tests {
     fn wrong_prefix_names_the_expected_one() {
         let user = UserId::new().to_string();
         let err = user.parse::<TeamId>().unwrap_err();
-        assert!(matches!(err, IdError::Prefix { prefix: "team-", .. }));
+        assert!(matches!(
+            err,
+            IdError::Prefix {
+                prefix: "team-",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("\"team-\""), "{err}");
     }
 
     #[test]
     fn bad_bodies_are_rejected() {
-        for bad in ["cl-", "cl-abc", "cl-ABCDEFGHIJKLMNOPQRSTUVWXY", "cl-000000000000000000000000-", "cl-00000000000000000000000000"] {
+        for bad in [
+            "cl-",
+            "cl-abc",
+            "cl-ABCDEFGHIJKLMNOPQRSTUVWXY",
+            "cl-000000000000000000000000-",
+            "cl-00000000000000000000000000",
+        ] {
             let err = bad.parse::<SandboxId>().unwrap_err();
             assert!(matches!(err, IdError::Body { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("25 characters"), "{err}");

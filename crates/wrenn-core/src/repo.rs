@@ -92,7 +92,8 @@ pub struct NewTeam {
 pub trait TeamRepo: Send + Sync {
     /// Creates a team and makes `owner` its owner, atomically. When `is_default`,
     /// the new team becomes the owner's default team.
-    async fn create_team(&self, team: NewTeam, owner: UserId, is_default: bool) -> RepoResult<Team>;
+    async fn create_team(&self, team: NewTeam, owner: UserId, is_default: bool)
+    -> RepoResult<Team>;
     /// A team, including soft-deleted ones.
     async fn get_team(&self, id: TeamId) -> RepoResult<Team>;
     /// A team by slug (including soft-deleted ones: slugs stay reserved).
@@ -104,7 +105,12 @@ pub trait TeamRepo: Send + Sync {
     /// Soft-deletes a team; `false` if it was already deleted.
     async fn soft_delete_team(&self, id: TeamId) -> RepoResult<bool>;
     /// All teams (admin view), newest first, including deleted ones when asked.
-    async fn list_teams(&self, include_deleted: bool, limit: u32, offset: u32) -> RepoResult<Vec<Team>>;
+    async fn list_teams(
+        &self,
+        include_deleted: bool,
+        limit: u32,
+        offset: u32,
+    ) -> RepoResult<Vec<Team>>;
     /// Live teams the user belongs to, with the user's role.
     async fn list_teams_for_user(&self, user: UserId) -> RepoResult<Vec<TeamWithRole>>;
     /// The user's login team: the default one, else the earliest joined; live teams only.
@@ -155,7 +161,8 @@ pub trait UserRepo: Send + Sync {
     /// keys they created, atomically.
     async fn soft_delete_user(&self, id: UserId) -> RepoResult<()>;
     /// Live users whose email starts with `prefix` (case-insensitive), for member search.
-    async fn search_users_by_email_prefix(&self, prefix: &str, limit: u32) -> RepoResult<Vec<User>>;
+    async fn search_users_by_email_prefix(&self, prefix: &str, limit: u32)
+    -> RepoResult<Vec<User>>;
     /// All users (admin view), newest first.
     async fn list_users(&self, limit: u32, offset: u32) -> RepoResult<Vec<User>>;
     /// Number of non-deleted users.
@@ -169,7 +176,11 @@ pub trait UserRepo: Send + Sync {
     /// Links an OAuth identity. Conflict if already linked.
     async fn link_oauth(&self, link: OAuthLink) -> RepoResult<()>;
     /// The user behind an OAuth identity.
-    async fn get_oauth_link(&self, provider: &str, provider_id: &str) -> RepoResult<Option<OAuthLink>>;
+    async fn get_oauth_link(
+        &self,
+        provider: &str,
+        provider_id: &str,
+    ) -> RepoResult<Option<OAuthLink>>;
     /// Grants a named admin permission (idempotent).
     async fn grant_admin_permission(&self, user: UserId, permission: &str) -> RepoResult<()>;
     /// Permissions granted to a user.
@@ -254,9 +265,19 @@ pub trait HostRepo: Send + Sync {
     /// status before the heartbeat. NotFound for unknown hosts.
     async fn heartbeat(&self, id: HostId, spec: &HostSpec) -> RepoResult<HostStatus>;
     /// Conditional host status change.
-    async fn set_host_status_if(&self, id: HostId, expected: HostStatus, status: HostStatus) -> RepoResult<bool>;
+    async fn set_host_status_if(
+        &self,
+        id: HostId,
+        expected: HostStatus,
+        status: HostStatus,
+    ) -> RepoResult<bool>;
     /// Records the agent's current certificate.
-    async fn update_host_cert(&self, id: HostId, fingerprint: &str, expires_at: DateTime<Utc>) -> RepoResult<()>;
+    async fn update_host_cert(
+        &self,
+        id: HostId,
+        fingerprint: &str,
+        expires_at: DateTime<Utc>,
+    ) -> RepoResult<()>;
     /// Deletes a host (tokens, tags and refresh tokens cascade); `false` if absent.
     async fn delete_host(&self, id: HostId) -> RepoResult<bool>;
     /// Adds a tag (idempotent).
@@ -269,11 +290,19 @@ pub trait HostRepo: Send + Sync {
     async fn create_host_token(&self, token: HostToken) -> RepoResult<HostToken>;
     /// Consumes a registration token by hash: only if unused and unexpired at `now`;
     /// returns the record, `None` if invalid. Exactly one concurrent caller wins.
-    async fn consume_host_token(&self, token_hash: &str, now: DateTime<Utc>) -> RepoResult<Option<HostToken>>;
+    async fn consume_host_token(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> RepoResult<Option<HostToken>>;
     /// Stores a refresh token record.
     async fn create_refresh_token(&self, token: HostRefreshToken) -> RepoResult<HostRefreshToken>;
     /// A refresh token that is neither revoked nor expired at `now`.
-    async fn get_valid_refresh_token(&self, token_hash: &str, now: DateTime<Utc>) -> RepoResult<Option<HostRefreshToken>>;
+    async fn get_valid_refresh_token(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> RepoResult<Option<HostRefreshToken>>;
     /// Revokes one refresh token by id; `false` if already revoked.
     async fn revoke_refresh_token(&self, id: crate::id::HostRefreshTokenId) -> RepoResult<bool>;
     /// Revokes every token of a host. Returns count.
@@ -323,7 +352,11 @@ pub trait TemplateRepo: Send + Sync {
     /// A template by name visible to the team: the team's own or a platform one.
     async fn get_template_for_team(&self, team: TeamId, name: &str) -> RepoResult<Template>;
     /// Templates visible to a team (its own and platform ones), optionally one kind.
-    async fn list_templates_for_team(&self, team: TeamId, kind: Option<TemplateKind>) -> RepoResult<Vec<Template>>;
+    async fn list_templates_for_team(
+        &self,
+        team: TeamId,
+        kind: Option<TemplateKind>,
+    ) -> RepoResult<Vec<Template>>;
     /// Every template (admin view).
     async fn list_all_templates(&self) -> RepoResult<Vec<Template>>;
     /// Templates owned by the team itself.
@@ -350,12 +383,25 @@ pub trait SandboxRepo: Send + Sync {
     /// paused, resuming, snapshotting, hibernated, missing, pending.
     async fn list_active_sandboxes_by_team(&self, team: TeamId) -> RepoResult<Vec<Sandbox>>;
     /// A host's sandboxes in any of `statuses`.
-    async fn list_sandboxes_by_host(&self, host: HostId, statuses: &[SandboxStatus]) -> RepoResult<Vec<Sandbox>>;
+    async fn list_sandboxes_by_host(
+        &self,
+        host: HostId,
+        statuses: &[SandboxStatus],
+    ) -> RepoResult<Vec<Sandbox>>;
     /// Sandboxes in any of `statuses` whose row was last updated before `before`
     /// (the monitor's stuck-transient query).
-    async fn list_sandboxes_stuck(&self, statuses: &[SandboxStatus], before: DateTime<Utc>) -> RepoResult<Vec<Sandbox>>;
+    async fn list_sandboxes_stuck(
+        &self,
+        statuses: &[SandboxStatus],
+        before: DateTime<Utc>,
+    ) -> RepoResult<Vec<Sandbox>>;
     /// `status = to` only if it is `expected`.
-    async fn status_if(&self, id: SandboxId, expected: SandboxStatus, to: SandboxStatus) -> RepoResult<Option<Sandbox>>;
+    async fn status_if(
+        &self,
+        id: SandboxId,
+        expected: SandboxStatus,
+        to: SandboxStatus,
+    ) -> RepoResult<Option<Sandbox>>;
     /// Marks the sandbox running (with its host address, `started_at` and
     /// `last_active_at` = now, metadata merged) only if it is `expected`.
     async fn running_if(
@@ -369,7 +415,12 @@ pub trait SandboxRepo: Send + Sync {
     async fn mark_host_sandboxes_missing(&self, host: HostId) -> RepoResult<u64>;
     /// Bulk conditional update: each id moves to `to` only if currently `expected`.
     /// Returns the ids that moved.
-    async fn bulk_status_if(&self, ids: &[SandboxId], expected: SandboxStatus, to: SandboxStatus) -> RepoResult<Vec<SandboxId>>;
+    async fn bulk_status_if(
+        &self,
+        ids: &[SandboxId],
+        expected: SandboxStatus,
+        to: SandboxStatus,
+    ) -> RepoResult<Vec<SandboxId>>;
     /// Merges metadata keys.
     async fn merge_sandbox_metadata(&self, id: SandboxId, metadata: &Metadata) -> RepoResult<()>;
     /// Bumps `last_active_at`.
@@ -387,20 +438,43 @@ pub trait MetricsRepo: Send + Sync {
     /// Stores team snapshots.
     async fn insert_metrics_snapshots(&self, snapshots: &[MetricsSnapshot]) -> RepoResult<()>;
     /// A team's snapshots in `[from, to)`, oldest first.
-    async fn list_metrics_snapshots(&self, team: TeamId, from: DateTime<Utc>, to: DateTime<Utc>) -> RepoResult<Vec<MetricsSnapshot>>;
+    async fn list_metrics_snapshots(
+        &self,
+        team: TeamId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> RepoResult<Vec<MetricsSnapshot>>;
     /// Deletes snapshots older than `cutoff`. Returns count.
     async fn prune_metrics_snapshots(&self, cutoff: DateTime<Utc>) -> RepoResult<u64>;
     /// Stores per-sandbox points (duplicates ignored).
-    async fn insert_metric_points(&self, sandbox: SandboxId, tier: MetricTier, points: &[MetricPoint]) -> RepoResult<()>;
+    async fn insert_metric_points(
+        &self,
+        sandbox: SandboxId,
+        tier: MetricTier,
+        points: &[MetricPoint],
+    ) -> RepoResult<()>;
     /// A sandbox's points of one tier, oldest first.
-    async fn list_metric_points(&self, sandbox: SandboxId, tier: MetricTier) -> RepoResult<Vec<MetricPoint>>;
+    async fn list_metric_points(
+        &self,
+        sandbox: SandboxId,
+        tier: MetricTier,
+    ) -> RepoResult<Vec<MetricPoint>>;
     /// Deletes a sandbox's points of the given tiers. Returns count.
-    async fn delete_metric_points(&self, sandbox: SandboxId, tiers: &[MetricTier]) -> RepoResult<u64>;
+    async fn delete_metric_points(
+        &self,
+        sandbox: SandboxId,
+        tiers: &[MetricTier],
+    ) -> RepoResult<u64>;
     /// Computes a team's usage for a UTC day from its snapshots (10 s cadence) and
     /// stores it (upsert).
     async fn rollup_daily_usage(&self, team: TeamId, day: NaiveDate) -> RepoResult<DailyUsage>;
     /// A team's usage for days in `[from, to]`.
-    async fn list_daily_usage(&self, team: TeamId, from: NaiveDate, to: NaiveDate) -> RepoResult<Vec<DailyUsage>>;
+    async fn list_daily_usage(
+        &self,
+        team: TeamId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> RepoResult<Vec<DailyUsage>>;
 }
 
 /// Notification channels.
@@ -413,7 +487,11 @@ pub trait ChannelRepo: Send + Sync {
     /// A team's channels by name.
     async fn list_channels(&self, team: TeamId) -> RepoResult<Vec<Channel>>;
     /// Channels of a team subscribed to an event type.
-    async fn list_channels_for_event(&self, team: TeamId, event_type: &str) -> RepoResult<Vec<Channel>>;
+    async fn list_channels_for_event(
+        &self,
+        team: TeamId,
+        event_type: &str,
+    ) -> RepoResult<Vec<Channel>>;
     /// Deletes a team's channel; `false` if absent.
     async fn delete_channel(&self, team: TeamId, id: ChannelId) -> RepoResult<bool>;
 }
@@ -429,9 +507,20 @@ pub trait BuildRepo: Send + Sync {
     async fn list_builds(&self, limit: u32) -> RepoResult<Vec<TemplateBuild>>;
     /// Moves a build to `status` only if it is `expected`; sets `started_at` on the
     /// first `running` and `completed_at` on a final status.
-    async fn build_status_if(&self, id: BuildId, expected: BuildStatus, status: BuildStatus, error: &str) -> RepoResult<Option<TemplateBuild>>;
+    async fn build_status_if(
+        &self,
+        id: BuildId,
+        expected: BuildStatus,
+        status: BuildStatus,
+        error: &str,
+    ) -> RepoResult<Option<TemplateBuild>>;
     /// Appends log lines and records progress.
-    async fn append_build_logs(&self, id: BuildId, current_step: i32, lines: &[String]) -> RepoResult<()>;
+    async fn append_build_logs(
+        &self,
+        id: BuildId,
+        current_step: i32,
+        lines: &[String],
+    ) -> RepoResult<()>;
 }
 
 /// Reading the audit trail (writing goes through [`AuditSink`]).

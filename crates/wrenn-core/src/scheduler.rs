@@ -127,10 +127,18 @@ impl Reserve {
         let ram_total = f64::from(h.memory_mb) - self.memory_mb as f64;
         let cpu_total = f64::from(h.cpu_cores) * self.cpu_overcommit - self.cpus;
         let disk_total = f64::from(h.disk_gb) * 1024.0 - self.disk_mb as f64;
-        let ram_used = load.running_memory_mb as f64 + self.paused_memory_weight * load.paused_memory_mb as f64;
-        let disk_used = load.running_disk_mb as f64 + self.paused_disk_weight * load.paused_disk_mb as f64;
+        let ram_used = load.running_memory_mb as f64
+            + self.paused_memory_weight * load.paused_memory_mb as f64;
+        let disk_used =
+            load.running_disk_mb as f64 + self.paused_disk_weight * load.paused_disk_mb as f64;
         let cpu_used = load.running_vcpus as f64;
-        let frac = |total: f64, used: f64| if total <= 0.0 { 0.0 } else { ((total - used) / total).max(0.0) };
+        let frac = |total: f64, used: f64| {
+            if total <= 0.0 {
+                0.0
+            } else {
+                ((total - used) / total).max(0.0)
+            }
+        };
         Headroom {
             memory_mb: ram_total - ram_used,
             disk_mb: disk_total - disk_used,
@@ -154,7 +162,9 @@ pub fn pick_least_loaded<'a>(
     for load in hosts.iter().filter(|l| is_eligible(l, placement)) {
         any_eligible = true;
         let room = reserve.headroom(load);
-        if room.memory_mb < f64::from(placement.memory_mb) || room.disk_mb < f64::from(placement.disk_size_mb) {
+        if room.memory_mb < f64::from(placement.memory_mb)
+            || room.disk_mb < f64::from(placement.disk_size_mb)
+        {
             continue;
         }
         if best.is_none_or(|(_, score)| room.score > score) {
@@ -237,7 +247,10 @@ pub struct SingleHost {
 impl SingleHost {
     /// Always `host`, provided it is eligible for the team.
     pub fn new(hosts: Arc<dyn HostRepo>, host: HostId) -> Self {
-        Self { hosts, host: Some(host) }
+        Self {
+            hosts,
+            host: Some(host),
+        }
     }
 
     /// The oldest eligible online host.
@@ -265,7 +278,13 @@ mod tests {
     use crate::model::Host;
     use chrono::Utc;
 
-    fn host(kind: HostKind, team: Option<TeamId>, mem_gb: i32, cores: i32, disk_gb: i32) -> HostLoad {
+    fn host(
+        kind: HostKind,
+        team: Option<TeamId>,
+        mem_gb: i32,
+        cores: i32,
+        disk_gb: i32,
+    ) -> HostLoad {
         let now = Utc::now();
         HostLoad {
             host: Host {
@@ -312,14 +331,27 @@ mod tests {
         busy.running_memory_mb = 40_000;
         let idle = host(HostKind::Regular, None, 64, 16, 500);
         let hosts = [busy, idle.clone()];
-        let got = pick_least_loaded(&hosts, &placement(TeamId::new(), false), &Reserve::default()).unwrap();
+        let got = pick_least_loaded(
+            &hosts,
+            &placement(TeamId::new(), false),
+            &Reserve::default(),
+        )
+        .unwrap();
         assert_eq!(got.host.id, idle.host.id);
     }
 
     #[test]
     fn ties_go_to_the_oldest_host() {
-        let hosts = [host(HostKind::Regular, None, 64, 16, 500), host(HostKind::Regular, None, 64, 16, 500)];
-        let got = pick_least_loaded(&hosts, &placement(TeamId::new(), false), &Reserve::default()).unwrap();
+        let hosts = [
+            host(HostKind::Regular, None, 64, 16, 500),
+            host(HostKind::Regular, None, 64, 16, 500),
+        ];
+        let got = pick_least_loaded(
+            &hosts,
+            &placement(TeamId::new(), false),
+            &Reserve::default(),
+        )
+        .unwrap();
         assert_eq!(got.host.id, hosts[0].host.id);
     }
 
@@ -331,13 +363,20 @@ mod tests {
         assert!(pick_least_loaded(std::slice::from_ref(&h), &p, &Reserve::default()).is_ok());
         h.paused_memory_mb = 16_000; // weighs 8 000: 192 MiB left
         let err = pick_least_loaded(&[h], &p, &Reserve::default()).unwrap_err();
-        assert!(matches!(err, SchedulerError::InsufficientResources { memory_mb: 512, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SchedulerError::InsufficientResources { memory_mb: 512, .. }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn disk_is_admitted_too() {
         let h = host(HostKind::Regular, None, 64, 16, 40); // 40 GiB - 30 GiB reserve = 10 GiB
-        let err = pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        let err = pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default())
+            .unwrap_err();
         assert!(err.to_string().contains("20480 MB disk"), "{err}");
     }
 
@@ -345,7 +384,9 @@ mod tests {
     fn cpu_may_be_overcommitted() {
         let mut h = host(HostKind::Regular, None, 64, 4, 500);
         h.running_vcpus = 100;
-        assert!(pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).is_ok());
+        assert!(
+            pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).is_ok()
+        );
     }
 
     #[test]
@@ -354,17 +395,29 @@ mod tests {
         let regular = host(HostKind::Regular, None, 64, 16, 500);
         let other = host(HostKind::Byoc, Some(TeamId::new()), 64, 16, 500);
         let hosts = [regular.clone(), other];
-        let err = pick_least_loaded(&hosts, &placement(team, true), &Reserve::default()).unwrap_err();
+        let err =
+            pick_least_loaded(&hosts, &placement(team, true), &Reserve::default()).unwrap_err();
         assert!(matches!(err, SchedulerError::NoByocHosts(t) if t == team));
         let own = host(HostKind::Byoc, Some(team), 64, 16, 500);
         let hosts = [regular, own.clone()];
-        assert_eq!(pick_least_loaded(&hosts, &placement(team, true), &Reserve::default()).unwrap().host.id, own.host.id);
+        assert_eq!(
+            pick_least_loaded(&hosts, &placement(team, true), &Reserve::default())
+                .unwrap()
+                .host
+                .id,
+            own.host.id
+        );
     }
 
     #[test]
     fn regular_teams_never_use_byoc_hosts() {
         let byoc = host(HostKind::Byoc, Some(TeamId::new()), 64, 16, 500);
-        let err = pick_least_loaded(&[byoc], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        let err = pick_least_loaded(
+            &[byoc],
+            &placement(TeamId::new(), false),
+            &Reserve::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SchedulerError::NoPlatformHosts));
     }
 
@@ -374,7 +427,12 @@ mod tests {
         down.host.status = HostStatus::Unreachable;
         let mut blank = host(HostKind::Regular, None, 64, 16, 500);
         blank.host.address.clear();
-        let err = pick_least_loaded(&[down, blank], &placement(TeamId::new(), false), &Reserve::default()).unwrap_err();
+        let err = pick_least_loaded(
+            &[down, blank],
+            &placement(TeamId::new(), false),
+            &Reserve::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SchedulerError::NoPlatformHosts));
     }
 
@@ -382,6 +440,13 @@ mod tests {
     fn hosts_smaller_than_the_reserve_score_zero_and_admit_nothing() {
         let tiny = host(HostKind::Regular, None, 4, 2, 20);
         assert_eq!(Reserve::default().headroom(&tiny).score, 0.0);
-        assert!(pick_least_loaded(&[tiny], &placement(TeamId::new(), false), &Reserve::default()).is_err());
+        assert!(
+            pick_least_loaded(
+                &[tiny],
+                &placement(TeamId::new(), false),
+                &Reserve::default()
+            )
+            .is_err()
+        );
     }
 }

@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use crate::agents::{AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox};
+use crate::agents::{
+    AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
+};
 use crate::id::{HostId, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus;
+use tokio::sync::Semaphore;
 
 /// Agent operations the double can script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +73,9 @@ impl FakeAgents {
 
     /// Calls of `op` wait until [`FakeAgents::release`].
     pub fn hold(&self, op: Op) {
-        lock(&self.script).gate.insert(op, Arc::new(Semaphore::new(0)));
+        lock(&self.script)
+            .gate
+            .insert(op, Arc::new(Semaphore::new(0)));
     }
 
     /// Lets held calls of `op` proceed (and future ones too).
@@ -114,7 +118,12 @@ impl FakeAgents {
         }
     }
 
-    fn set(&self, id: SandboxId, from: &[SandboxStatus], to: SandboxStatus) -> Result<(), AgentError> {
+    fn set(
+        &self,
+        id: SandboxId,
+        from: &[SandboxStatus],
+        to: SandboxStatus,
+    ) -> Result<(), AgentError> {
         let mut map = lock(&self.sandboxes);
         match map.get_mut(&id) {
             None => Err(AgentError::NotFound(id.to_string())),
@@ -129,7 +138,11 @@ impl FakeAgents {
 
 #[async_trait::async_trait]
 impl HostAgents for FakeAgents {
-    async fn create_sandbox(&self, _host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+    async fn create_sandbox(
+        &self,
+        _host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError> {
         self.enter(Op::Create, spec.sandbox_id).await?;
         lock(&self.sandboxes).insert(spec.sandbox_id, SandboxStatus::Running);
         Ok(StartedSandbox {
@@ -143,9 +156,17 @@ impl HostAgents for FakeAgents {
         self.set(id, &[SandboxStatus::Running], SandboxStatus::Paused)
     }
 
-    async fn resume_sandbox(&self, _host: HostId, spec: &SandboxSpec) -> Result<StartedSandbox, AgentError> {
+    async fn resume_sandbox(
+        &self,
+        _host: HostId,
+        spec: &SandboxSpec,
+    ) -> Result<StartedSandbox, AgentError> {
         self.enter(Op::Resume, spec.sandbox_id).await?;
-        self.set(spec.sandbox_id, &[SandboxStatus::Paused, SandboxStatus::Hibernated], SandboxStatus::Running)?;
+        self.set(
+            spec.sandbox_id,
+            &[SandboxStatus::Paused, SandboxStatus::Hibernated],
+            SandboxStatus::Running,
+        )?;
         Ok(StartedSandbox {
             host_ip: "10.11.0.2".into(),
             metadata: Default::default(),
@@ -169,7 +190,13 @@ impl HostAgents for FakeAgents {
         }
     }
 
-    async fn create_snapshot(&self, _host: HostId, id: SandboxId, _team: TeamId, _t: TemplateId) -> Result<u64, AgentError> {
+    async fn create_snapshot(
+        &self,
+        _host: HostId,
+        id: SandboxId,
+        _team: TeamId,
+        _t: TemplateId,
+    ) -> Result<u64, AgentError> {
         self.enter(Op::Snapshot, id).await?;
         match self.status_on_host(id) {
             Some(SandboxStatus::Running | SandboxStatus::Paused) => Ok(4096),
@@ -178,7 +205,12 @@ impl HostAgents for FakeAgents {
         }
     }
 
-    async fn delete_snapshot(&self, _host: HostId, _team: TeamId, _t: TemplateId) -> Result<(), AgentError> {
+    async fn delete_snapshot(
+        &self,
+        _host: HostId,
+        _team: TeamId,
+        _t: TemplateId,
+    ) -> Result<(), AgentError> {
         Ok(())
     }
 
@@ -186,10 +218,12 @@ impl HostAgents for FakeAgents {
         Ok(AgentInventory {
             sandboxes: lock(&self.sandboxes)
                 .iter()
-                .map(|(id, s)| AgentSandbox { sandbox_id: *id, status: *s })
+                .map(|(id, s)| AgentSandbox {
+                    sandbox_id: *id,
+                    status: *s,
+                })
                 .collect(),
             auto_paused: vec![],
         })
     }
 }
-

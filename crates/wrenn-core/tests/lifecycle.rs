@@ -9,9 +9,13 @@ use std::time::Duration;
 use support::{FakeAgents, Op, online_host, team};
 use wrenn_core::agents::AgentError;
 use wrenn_core::audit::Actor;
-use wrenn_core::events::{Event, EventBus, InProcessBus, PLATFORM_STREAM, SANDBOX_STREAM, SandboxEvent, SandboxEventKind};
+use wrenn_core::events::{
+    Event, EventBus, InProcessBus, PLATFORM_STREAM, SANDBOX_STREAM, SandboxEvent, SandboxEventKind,
+};
 use wrenn_core::id::{HostId, SandboxId, TeamId};
-use wrenn_core::lifecycle::{Applied, CreateSandbox, Lifecycle, LifecycleError, SandboxStatus::*, Timeouts};
+use wrenn_core::lifecycle::{
+    Applied, CreateSandbox, Lifecycle, LifecycleError, SandboxStatus::*, Timeouts,
+};
 use wrenn_core::repo::Store;
 use wrenn_core::scheduler::SingleHost;
 
@@ -73,7 +77,12 @@ impl World {
 
     async fn sandbox_events(&self) -> Vec<SandboxEventKind> {
         self.bus
-            .read_after(SANDBOX_STREAM, Some(&wrenn_core::events::EventId("0-0".into())), 1000, Duration::ZERO)
+            .read_after(
+                SANDBOX_STREAM,
+                Some(&wrenn_core::events::EventId("0-0".into())),
+                1000,
+                Duration::ZERO,
+            )
             .await
             .expect("read")
             .into_iter()
@@ -86,7 +95,12 @@ impl World {
 
     async fn platform_events(&self) -> Vec<&'static str> {
         self.bus
-            .read_after(PLATFORM_STREAM, Some(&wrenn_core::events::EventId("0-0".into())), 1000, Duration::ZERO)
+            .read_after(
+                PLATFORM_STREAM,
+                Some(&wrenn_core::events::EventId("0-0".into())),
+                1000,
+                Duration::ZERO,
+            )
             .await
             .expect("read")
             .into_iter()
@@ -100,7 +114,11 @@ impl World {
 
 async fn create_returns_starting_and_ends_running(store: Arc<dyn Store>) {
     let w = world(store).await;
-    let sb = w.lifecycle.create(w.team, &w.actor, CreateSandbox::default()).await.unwrap();
+    let sb = w
+        .lifecycle
+        .create(w.team, &w.actor, CreateSandbox::default())
+        .await
+        .unwrap();
     assert_eq!(sb.status, Starting);
     assert_eq!(sb.host_id, w.host);
     assert_eq!(sb.template, "minimal");
@@ -109,16 +127,23 @@ async fn create_returns_starting_and_ends_running(store: Arc<dyn Store>) {
     let row = w.store.get_sandbox(sb.id).await.unwrap();
     assert_eq!(row.status, Running);
     assert_eq!(row.host_ip, "10.11.0.2");
-    assert_eq!(row.metadata.get("agent_version").map(String::as_str), Some("test"));
+    assert_eq!(
+        row.metadata.get("agent_version").map(String::as_str),
+        Some("test")
+    );
     assert!(row.started_at.is_some());
     assert_eq!(w.agents.status_on_host(sb.id), Some(Running));
     assert_eq!(w.sandbox_events().await, vec![SandboxEventKind::Started]);
-    assert_eq!(w.platform_events().await, vec!["capsule.created", "capsule.running"]);
+    assert_eq!(
+        w.platform_events().await,
+        vec!["capsule.created", "capsule.running"]
+    );
 }
 
 async fn a_failed_create_ends_in_error(store: Arc<dyn Store>) {
     let w = world(store).await;
-    w.agents.fail_next(Op::Create, AgentError::Internal("no space left".into()));
+    w.agents
+        .fail_next(Op::Create, AgentError::Internal("no space left".into()));
     let id = w.create().await;
     assert_eq!(w.status(id).await, Error);
     assert_eq!(w.agents.status_on_host(id), None);
@@ -137,23 +162,58 @@ async fn a_create_that_times_out_ends_in_error_and_is_cleaned_up(store: Arc<dyn 
 async fn bad_input_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
     let w = world(store).await;
     let bad = [
-        CreateSandbox { template: Some("../etc".into()), ..Default::default() },
-        CreateSandbox { vcpus: Some(1000), ..Default::default() },
-        CreateSandbox { memory_mb: Some(1), ..Default::default() },
-        CreateSandbox { disk_size_mb: Some(-5), ..Default::default() },
-        CreateSandbox { timeout_sec: Some(-1), ..Default::default() },
-        CreateSandbox { metadata: [("kernel_version".into(), "x".into())].into(), ..Default::default() },
+        CreateSandbox {
+            template: Some("../etc".into()),
+            ..Default::default()
+        },
+        CreateSandbox {
+            vcpus: Some(1000),
+            ..Default::default()
+        },
+        CreateSandbox {
+            memory_mb: Some(1),
+            ..Default::default()
+        },
+        CreateSandbox {
+            disk_size_mb: Some(-5),
+            ..Default::default()
+        },
+        CreateSandbox {
+            timeout_sec: Some(-1),
+            ..Default::default()
+        },
+        CreateSandbox {
+            metadata: [("kernel_version".into(), "x".into())].into(),
+            ..Default::default()
+        },
     ];
     for req in bad {
-        let err = w.lifecycle.create(w.team, &w.actor, req.clone()).await.unwrap_err();
-        assert!(matches!(err, LifecycleError::Invalid(_)), "{req:?} gave {err:?}");
+        let err = w
+            .lifecycle
+            .create(w.team, &w.actor, req.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LifecycleError::Invalid(_)),
+            "{req:?} gave {err:?}"
+        );
     }
     let err = w
         .lifecycle
-        .create(w.team, &w.actor, CreateSandbox { template: Some("nope".into()), ..Default::default() })
+        .create(
+            w.team,
+            &w.actor,
+            CreateSandbox {
+                template: Some("nope".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, LifecycleError::NotFound("template")), "{err:?}");
+    assert!(
+        matches!(err, LifecycleError::NotFound("template")),
+        "{err:?}"
+    );
     assert!(w.store.list_sandboxes(w.team).await.unwrap().is_empty());
     assert_eq!(w.agents.count(Op::Create), 0);
 }
@@ -166,7 +226,10 @@ async fn no_host_means_no_row(store: Arc<dyn Store>) {
         w.bus.clone(),
         Arc::new(SingleHost::new(store.clone(), HostId::new())),
     );
-    let err = other.create(w.team, &w.actor, CreateSandbox::default()).await.unwrap_err();
+    let err = other
+        .create(w.team, &w.actor, CreateSandbox::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, LifecycleError::NoHosts(_)), "{err:?}");
     assert!(w.store.list_sandboxes(w.team).await.unwrap().is_empty());
 }
@@ -185,24 +248,34 @@ async fn pause_then_resume(store: Arc<dyn Store>) {
     assert_eq!(w.status(id).await, Running);
     assert_eq!(
         w.sandbox_events().await,
-        vec![SandboxEventKind::Started, SandboxEventKind::Paused, SandboxEventKind::Resumed]
+        vec![
+            SandboxEventKind::Started,
+            SandboxEventKind::Paused,
+            SandboxEventKind::Resumed
+        ]
     );
 }
 
 async fn a_failed_pause_returns_to_running_when_the_sandbox_answers(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
-    w.agents.fail_next(Op::Pause, AgentError::Internal("snapshot failed".into()));
+    w.agents
+        .fail_next(Op::Pause, AgentError::Internal("snapshot failed".into()));
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Running);
-    assert!(w.sandbox_events().await.contains(&SandboxEventKind::PauseFailed));
+    assert!(
+        w.sandbox_events()
+            .await
+            .contains(&SandboxEventKind::PauseFailed)
+    );
 }
 
 async fn a_failed_pause_ends_in_error_when_the_sandbox_is_gone(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
-    w.agents.fail_next(Op::Pause, AgentError::Internal("vmm crashed".into()));
+    w.agents
+        .fail_next(Op::Pause, AgentError::Internal("vmm crashed".into()));
     w.agents.lose(id);
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
@@ -213,10 +286,29 @@ async fn wrong_state_is_refused_with_the_current_status(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
     let err = w.lifecycle.resume(w.team, id, &w.actor).await.unwrap_err();
-    assert!(matches!(err, LifecycleError::InvalidState { status: Running, action: "resume", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            LifecycleError::InvalidState {
+                status: Running,
+                action: "resume",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     let err = w.lifecycle.pause(w.team, id, &w.actor).await.unwrap_err();
-    assert!(matches!(err, LifecycleError::InvalidState { action: "pause", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            LifecycleError::InvalidState {
+                action: "pause",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Paused);
 }
@@ -239,7 +331,8 @@ async fn a_failed_resume_returns_to_paused(store: Arc<dyn Store>) {
     let id = w.create().await;
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
-    w.agents.fail_next(Op::Resume, AgentError::Internal("restore failed".into()));
+    w.agents
+        .fail_next(Op::Resume, AgentError::Internal("restore failed".into()));
     w.lifecycle.resume(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Paused);
@@ -253,15 +346,23 @@ async fn a_hibernated_sandbox_resumes(store: Arc<dyn Store>) {
     // The agent hibernates a long-paused sandbox and says so.
     w.agents.sandboxes.lock().unwrap().insert(id, Hibernated);
     let ev = SandboxEvent::new(SandboxEventKind::Hibernated, id, w.host);
-    assert!(matches!(w.lifecycle.apply_event(&ev).await.unwrap(), Applied::Changed(_)));
+    assert!(matches!(
+        w.lifecycle.apply_event(&ev).await.unwrap(),
+        Applied::Changed(_)
+    ));
     assert_eq!(w.status(id).await, Hibernated);
     w.lifecycle.resume(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Running);
     // A failed resume of a hibernated sandbox goes back to hibernated.
     w.agents.sandboxes.lock().unwrap().insert(id, Hibernated);
-    w.store.status_if(id, Running, Hibernated).await.unwrap().expect("hibernate row");
-    w.agents.fail_next(Op::Resume, AgentError::Internal("disk busy".into()));
+    w.store
+        .status_if(id, Running, Hibernated)
+        .await
+        .unwrap()
+        .expect("hibernate row");
+    w.agents
+        .fail_next(Op::Resume, AgentError::Internal("disk busy".into()));
     w.lifecycle.resume(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Hibernated);
@@ -276,16 +377,30 @@ async fn destroy_keeps_the_row_as_stopped(store: Arc<dyn Store>) {
     assert_eq!(w.status(id).await, Stopped);
     assert_eq!(w.agents.status_on_host(id), None);
     // Destroying again changes nothing and is not an error.
-    assert_eq!(w.lifecycle.destroy(w.team, id, &w.actor).await.unwrap().status, Stopped);
+    assert_eq!(
+        w.lifecycle
+            .destroy(w.team, id, &w.actor)
+            .await
+            .unwrap()
+            .status,
+        Stopped
+    );
     w.lifecycle.wait_idle().await;
     assert_eq!(w.agents.count(Op::Destroy), 1);
-    assert!(w.store.list_sandboxes(w.team).await.unwrap().is_empty(), "stopped rows are hidden from the list");
+    assert!(
+        w.store.list_sandboxes(w.team).await.unwrap().is_empty(),
+        "stopped rows are hidden from the list"
+    );
 }
 
 async fn destroy_while_starting_wins_and_leaves_no_orphan(store: Arc<dyn Store>) {
     let w = world(store).await;
     w.agents.hold(Op::Create);
-    let sb = w.lifecycle.create(w.team, &w.actor, CreateSandbox::default()).await.unwrap();
+    let sb = w
+        .lifecycle
+        .create(w.team, &w.actor, CreateSandbox::default())
+        .await
+        .unwrap();
     w.lifecycle.destroy(w.team, sb.id, &w.actor).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     w.agents.release(Op::Create);
@@ -317,7 +432,8 @@ async fn concurrent_pause_destroy_resume_agree_with_the_host(store: Arc<dyn Stor
             w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
             w.lifecycle.wait_idle().await;
         }
-        w.agents.delay(Op::Pause, Duration::from_millis(20 * (round % 3)));
+        w.agents
+            .delay(Op::Pause, Duration::from_millis(20 * (round % 3)));
         let (a, b, c) = tokio::join!(
             w.lifecycle.pause(w.team, id, &w.actor),
             w.lifecycle.destroy(w.team, id, &w.actor),
@@ -338,23 +454,51 @@ async fn concurrent_pause_destroy_resume_agree_with_the_host(store: Arc<dyn Stor
 async fn snapshots_become_templates(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
-    let t = w.lifecycle.snapshot(w.team, id, Some("my-env".into()), false, &w.actor).await.unwrap();
+    let t = w
+        .lifecycle
+        .snapshot(w.team, id, Some("my-env".into()), false, &w.actor)
+        .await
+        .unwrap();
     assert_eq!(t.name, "my-env");
     assert_eq!(t.team_id, w.team);
     assert_eq!(t.size_bytes, 4096);
     assert_eq!(w.status(id).await, Running, "back to where it was");
-    let err = w.lifecycle.snapshot(w.team, id, Some("my-env".into()), false, &w.actor).await.unwrap_err();
+    let err = w
+        .lifecycle
+        .snapshot(w.team, id, Some("my-env".into()), false, &w.actor)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LifecycleError::NameTaken(_)), "{err:?}");
-    let again = w.lifecycle.snapshot(w.team, id, Some("my-env".into()), true, &w.actor).await.unwrap();
+    let again = w
+        .lifecycle
+        .snapshot(w.team, id, Some("my-env".into()), true, &w.actor)
+        .await
+        .unwrap();
     assert_eq!(again.id, t.id, "overwrite keeps the template id");
-    let err = w.lifecycle.snapshot(w.team, id, Some("minimal".into()), true, &w.actor).await.unwrap_err();
+    let err = w
+        .lifecycle
+        .snapshot(w.team, id, Some("minimal".into()), true, &w.actor)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LifecycleError::NameReserved(_)), "{err:?}");
-    let err = w.lifecycle.snapshot(w.team, id, Some("bad name!".into()), false, &w.actor).await.unwrap_err();
+    let err = w
+        .lifecycle
+        .snapshot(w.team, id, Some("bad name!".into()), false, &w.actor)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LifecycleError::Invalid(_)), "{err:?}");
     // A new sandbox from the snapshot gets its size.
     let sb = w
         .lifecycle
-        .create(w.team, &w.actor, CreateSandbox { template: Some("my-env".into()), vcpus: Some(4), ..Default::default() })
+        .create(
+            w.team,
+            &w.actor,
+            CreateSandbox {
+                template: Some("my-env".into()),
+                vcpus: Some(4),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!((sb.template_id, sb.vcpus), (t.id, 1));
@@ -362,45 +506,81 @@ async fn snapshots_become_templates(store: Arc<dyn Store>) {
     // A paused sandbox can be snapshotted too and stays paused.
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
-    w.lifecycle.snapshot(w.team, id, None, false, &w.actor).await.unwrap();
+    w.lifecycle
+        .snapshot(w.team, id, None, false, &w.actor)
+        .await
+        .unwrap();
     assert_eq!(w.status(id).await, Paused);
 }
 
 async fn a_failed_snapshot_puts_the_sandbox_back(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
-    w.agents.fail_next(Op::Snapshot, AgentError::Internal("disk full".into()));
-    let err = w.lifecycle.snapshot(w.team, id, Some("x".into()), false, &w.actor).await.unwrap_err();
+    w.agents
+        .fail_next(Op::Snapshot, AgentError::Internal("disk full".into()));
+    let err = w
+        .lifecycle
+        .snapshot(w.team, id, Some("x".into()), false, &w.actor)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LifecycleError::Agent(_)), "{err:?}");
     assert_eq!(w.status(id).await, Running);
-    assert!(w.store.get_template_for_team(w.team, "x").await.is_err(), "no template row");
+    assert!(
+        w.store.get_template_for_team(w.team, "x").await.is_err(),
+        "no template row"
+    );
 }
 
 async fn events_are_applied_once_and_only_from_the_owning_host(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
     let stranger = SandboxEvent::new(SandboxEventKind::AutoPaused, id, HostId::new());
-    assert_eq!(w.lifecycle.apply_event(&stranger).await.unwrap(), Applied::Unchanged);
+    assert_eq!(
+        w.lifecycle.apply_event(&stranger).await.unwrap(),
+        Applied::Unchanged
+    );
     assert_eq!(w.status(id).await, Running);
     let ev = SandboxEvent::new(SandboxEventKind::AutoPaused, id, w.host);
-    assert!(matches!(w.lifecycle.apply_event(&ev).await.unwrap(), Applied::Changed(_)));
+    assert!(matches!(
+        w.lifecycle.apply_event(&ev).await.unwrap(),
+        Applied::Changed(_)
+    ));
     assert_eq!(w.status(id).await, Paused);
-    assert_eq!(w.lifecycle.apply_event(&ev).await.unwrap(), Applied::Unchanged);
+    assert_eq!(
+        w.lifecycle.apply_event(&ev).await.unwrap(),
+        Applied::Unchanged
+    );
     // The background task's own event, replayed by the consumer, changes nothing.
     let started = SandboxEvent::new(SandboxEventKind::Started, id, w.host);
-    assert_eq!(w.lifecycle.apply_event(&started).await.unwrap(), Applied::Unchanged);
+    assert_eq!(
+        w.lifecycle.apply_event(&started).await.unwrap(),
+        Applied::Unchanged
+    );
     let unknown = SandboxEvent::new(SandboxEventKind::Stopped, SandboxId::new(), w.host);
-    assert_eq!(w.lifecycle.apply_event(&unknown).await.unwrap(), Applied::Unchanged);
+    assert_eq!(
+        w.lifecycle.apply_event(&unknown).await.unwrap(),
+        Applied::Unchanged
+    );
 }
 
 async fn ping_needs_a_running_sandbox(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
     w.lifecycle.ping(w.team, id).await.unwrap();
-    assert!(w.store.get_sandbox(id).await.unwrap().last_active_at.is_some());
+    assert!(
+        w.store
+            .get_sandbox(id)
+            .await
+            .unwrap()
+            .last_active_at
+            .is_some()
+    );
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
-    assert!(matches!(w.lifecycle.ping(w.team, id).await, Err(LifecycleError::InvalidState { .. })));
+    assert!(matches!(
+        w.lifecycle.ping(w.team, id).await,
+        Err(LifecycleError::InvalidState { .. })
+    ));
 }
 
 macro_rules! on_every_store {

@@ -11,39 +11,78 @@ use wrenn_core::id::{HostId, TeamId};
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::{HostKind, NewSandbox};
 use wrenn_core::repo::{HostSpec, NewHost, Store};
-use wrenn_core::scheduler::{LeastLoaded, Placement, Reserve, RoundRobin, Scheduler, SchedulerError, SingleHost};
+use wrenn_core::scheduler::{
+    LeastLoaded, Placement, Reserve, RoundRobin, Scheduler, SchedulerError, SingleHost,
+};
 
-async fn host(store: &Arc<dyn Store>, kind: HostKind, team: Option<TeamId>, memory_mb: i32) -> HostId {
+async fn host(
+    store: &Arc<dyn Store>,
+    kind: HostKind,
+    team: Option<TeamId>,
+    memory_mb: i32,
+) -> HostId {
     let id = HostId::new();
     store
-        .create_host(NewHost { id, kind, team_id: team, provider: "t".into(), availability_zone: "a".into(), created_by: None })
+        .create_host(NewHost {
+            id,
+            kind,
+            team_id: team,
+            provider: "t".into(),
+            availability_zone: "a".into(),
+            created_by: None,
+        })
         .await
         .unwrap();
-    let spec = HostSpec { address: format!("127.0.0.1:{}", 20000 + (id.uuid().as_u128() % 1000) as u16), arch: "x86_64".into(), cpu_cores: 32, memory_mb, disk_gb: 1000 };
+    let spec = HostSpec {
+        address: format!("127.0.0.1:{}", 20000 + (id.uuid().as_u128() % 1000) as u16),
+        arch: "x86_64".into(),
+        cpu_cores: 32,
+        memory_mb,
+        disk_gb: 1000,
+    };
     assert!(store.register_host(id, &spec).await.unwrap());
     id
 }
 
 fn placement(team: TeamId, byoc: bool) -> Placement {
-    Placement { team_id: team, team_is_byoc: byoc, vcpus: 1, memory_mb: 512, disk_size_mb: 1024 }
+    Placement {
+        team_id: team,
+        team_is_byoc: byoc,
+        vcpus: 1,
+        memory_mb: 512,
+        disk_size_mb: 1024,
+    }
 }
 
 type Make = fn(Arc<dyn Store>) -> Arc<dyn Scheduler>;
 
 fn small_reserve() -> Reserve {
-    Reserve { memory_mb: 0, cpus: 0.0, disk_mb: 0, ..Reserve::default() }
+    Reserve {
+        memory_mb: 0,
+        cpus: 0.0,
+        disk_mb: 0,
+        ..Reserve::default()
+    }
 }
 
 const STRATEGIES: [(&str, Make); 3] = [
-    ("least_loaded", |s| Arc::new(LeastLoaded::with_reserve(s, small_reserve()))),
+    ("least_loaded", |s| {
+        Arc::new(LeastLoaded::with_reserve(s, small_reserve()))
+    }),
     ("round_robin", |s| Arc::new(RoundRobin::new(s))),
     ("single_host", |s| Arc::new(SingleHost::only_online(s))),
 ];
 
 async fn no_hosts_is_a_clear_error(store: Arc<dyn Store>) {
     for (name, make) in STRATEGIES {
-        let err = make(store.clone()).select_host(&placement(TeamId::new(), false)).await.unwrap_err();
-        assert!(matches!(err, SchedulerError::NoPlatformHosts), "{name}: {err}");
+        let err = make(store.clone())
+            .select_host(&placement(TeamId::new(), false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::NoPlatformHosts),
+            "{name}: {err}"
+        );
         assert_eq!(err.to_string(), "no online platform hosts available");
     }
 }
@@ -52,29 +91,63 @@ async fn byoc_teams_use_only_their_own_hosts(store: Arc<dyn Store>) {
     let (_, team) = support::team(&store).await;
     let regular = host(&store, HostKind::Regular, None, 65536).await;
     for (name, make) in STRATEGIES {
-        let err = make(store.clone()).select_host(&placement(team, true)).await.unwrap_err();
-        assert!(matches!(err, SchedulerError::NoByocHosts(t) if t == team), "{name}: {err}");
+        let err = make(store.clone())
+            .select_host(&placement(team, true))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::NoByocHosts(t) if t == team),
+            "{name}: {err}"
+        );
     }
     let own = host(&store, HostKind::Byoc, Some(team), 65536).await;
     for (name, make) in STRATEGIES {
         let s = make(store.clone());
         for _ in 0..3 {
-            assert_eq!(s.select_host(&placement(team, true)).await.unwrap(), own, "{name}");
-            assert_eq!(s.select_host(&placement(TeamId::new(), false)).await.unwrap(), regular, "{name}: regular teams never get BYOC hosts");
+            assert_eq!(
+                s.select_host(&placement(team, true)).await.unwrap(),
+                own,
+                "{name}"
+            );
+            assert_eq!(
+                s.select_host(&placement(TeamId::new(), false))
+                    .await
+                    .unwrap(),
+                regular,
+                "{name}: regular teams never get BYOC hosts"
+            );
         }
     }
 }
 
 async fn unreachable_hosts_are_skipped(store: Arc<dyn Store>) {
     let down = host(&store, HostKind::Regular, None, 65536).await;
-    assert!(store.set_host_status_if(down, HostStatus::Online, HostStatus::Unreachable).await.unwrap());
+    assert!(
+        store
+            .set_host_status_if(down, HostStatus::Online, HostStatus::Unreachable)
+            .await
+            .unwrap()
+    );
     for (name, make) in STRATEGIES {
-        let err = make(store.clone()).select_host(&placement(TeamId::new(), false)).await.unwrap_err();
-        assert!(matches!(err, SchedulerError::NoPlatformHosts), "{name}: {err}");
+        let err = make(store.clone())
+            .select_host(&placement(TeamId::new(), false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::NoPlatformHosts),
+            "{name}: {err}"
+        );
     }
     let up = host(&store, HostKind::Regular, None, 65536).await;
     for (name, make) in STRATEGIES {
-        assert_eq!(make(store.clone()).select_host(&placement(TeamId::new(), false)).await.unwrap(), up, "{name}");
+        assert_eq!(
+            make(store.clone())
+                .select_host(&placement(TeamId::new(), false))
+                .await
+                .unwrap(),
+            up,
+            "{name}"
+        );
     }
 }
 
@@ -84,7 +157,11 @@ async fn round_robin_takes_hosts_in_turn(store: Arc<dyn Store>) {
     let rr = RoundRobin::new(store.clone());
     let mut got = Vec::new();
     for _ in 0..4 {
-        got.push(rr.select_host(&placement(TeamId::new(), false)).await.unwrap());
+        got.push(
+            rr.select_host(&placement(TeamId::new(), false))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(got.iter().filter(|h| **h == a).count(), 2);
     assert_eq!(got.iter().filter(|h| **h == b).count(), 2);
@@ -116,10 +193,30 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
     let ll = LeastLoaded::with_reserve(store.clone(), small_reserve());
     assert_eq!(ll.select_host(&placement(team, false)).await.unwrap(), idle);
     // A sandbox bigger than what either host has left is refused with the sizes.
-    let big = Placement { memory_mb: 8000, ..placement(team, false) };
-    store.insert_sandbox(NewSandbox { id: wrenn_core::id::SandboxId::new(), host_id: idle, memory_mb: 4096, ..new_from(&sb) }).await.unwrap();
+    let big = Placement {
+        memory_mb: 8000,
+        ..placement(team, false)
+    };
+    store
+        .insert_sandbox(NewSandbox {
+            id: wrenn_core::id::SandboxId::new(),
+            host_id: idle,
+            memory_mb: 4096,
+            ..new_from(&sb)
+        })
+        .await
+        .unwrap();
     let err = ll.select_host(&big).await.unwrap_err();
-    assert!(matches!(err, SchedulerError::InsufficientResources { memory_mb: 8000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SchedulerError::InsufficientResources {
+                memory_mb: 8000,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 fn new_from(sb: &wrenn_core::model::Sandbox) -> NewSandbox {
@@ -144,10 +241,25 @@ async fn single_host_pins_its_host(store: Arc<dyn Store>) {
     let b = host(&store, HostKind::Regular, None, 65536).await;
     let s = SingleHost::new(store.clone(), b);
     for _ in 0..3 {
-        assert_eq!(s.select_host(&placement(TeamId::new(), false)).await.unwrap(), b);
+        assert_eq!(
+            s.select_host(&placement(TeamId::new(), false))
+                .await
+                .unwrap(),
+            b
+        );
     }
-    assert!(store.set_host_status_if(b, HostStatus::Online, HostStatus::Unreachable).await.unwrap());
-    assert!(s.select_host(&placement(TeamId::new(), false)).await.is_err(), "never falls back to {a}");
+    assert!(
+        store
+            .set_host_status_if(b, HostStatus::Online, HostStatus::Unreachable)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.select_host(&placement(TeamId::new(), false))
+            .await
+            .is_err(),
+        "never falls back to {a}"
+    );
 }
 
 macro_rules! on_every_store {

@@ -36,7 +36,14 @@ impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder")
             .field("listen_addr", &self.config.listen_addr)
-            .field("extensions", &self.extensions.iter().map(|e| e.name().to_owned()).collect::<Vec<_>>())
+            .field(
+                "extensions",
+                &self
+                    .extensions
+                    .iter()
+                    .map(|e| e.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
             .field("version", &self.version)
             .finish_non_exhaustive()
     }

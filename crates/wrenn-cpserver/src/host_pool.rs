@@ -6,7 +6,7 @@
 //! called; anything else fails with [`AgentError::Unavailable`] naming the reason. The
 //! pool keeps one lazily connected [`Channel`] per host (HTTP/2 multiplexes every call
 //! over it) and drops it when the host's address changes, when a call fails with
-//! `UNAVAILABLE`, or on [`GrpcHostAgents::evict`].
+//! `UNAVAILABLE`, or on [`HostChannels::evict`].
 //!
 //! **Transport security.** Channels are plain HTTP/2 for now. mTLS (the control plane's
 //! CA signs each agent's certificate at registration, and the pool pins it through
@@ -27,12 +27,12 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
-pub use wrenn_extension::hosts::{CONNECT_TIMEOUT, HostChannels, map_status};
 use wrenn_core::agents::{
     AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
+pub use wrenn_extension::hosts::{CONNECT_TIMEOUT, HostChannels, map_status};
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 

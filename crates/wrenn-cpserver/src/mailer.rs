@@ -17,7 +17,9 @@ pub struct SmtpMailer {
 
 impl std::fmt::Debug for SmtpMailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpMailer").field("from", &self.from.to_string()).finish_non_exhaustive()
+        f.debug_struct("SmtpMailer")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
     }
 }
 
@@ -29,15 +31,23 @@ impl SmtpMailer {
         let mut builder = if loopback {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
         } else if config.port == 465 {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host).map_err(|e| bad(e.to_string()))?
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .map_err(|e| bad(e.to_string()))?
         } else {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host).map_err(|e| bad(e.to_string()))?
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .map_err(|e| bad(e.to_string()))?
         }
         .port(config.port);
         if let (Some(user), Some(pass)) = (&config.username, &config.password) {
-            builder = builder.credentials(Credentials::new(user.clone(), pass.expose_secret().to_owned()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                pass.expose_secret().to_owned(),
+            ));
         }
-        let from = config.from_email.parse::<Mailbox>().map_err(|e| bad(format!("SMTP_FROM_EMAIL: {e}")))?;
+        let from = config
+            .from_email
+            .parse::<Mailbox>()
+            .map_err(|e| bad(format!("SMTP_FROM_EMAIL: {e}")))?;
         Ok(Self {
             transport: builder.build(),
             from,
@@ -48,14 +58,20 @@ impl SmtpMailer {
 #[async_trait::async_trait]
 impl Mailer for SmtpMailer {
     async fn send(&self, email: Email) -> Result<(), MailError> {
-        let to = email.to.parse::<Mailbox>().map_err(|e| MailError(format!("bad recipient: {e}")))?;
+        let to = email
+            .to
+            .parse::<Mailbox>()
+            .map_err(|e| MailError(format!("bad recipient: {e}")))?;
         let msg = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(email.subject)
             .body(email.body)
             .map_err(|e| MailError(e.to_string()))?;
-        self.transport.send(msg).await.map_err(|e| MailError(e.to_string()))?;
+        self.transport
+            .send(msg)
+            .await
+            .map_err(|e| MailError(e.to_string()))?;
         Ok(())
     }
 }

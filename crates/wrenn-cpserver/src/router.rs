@@ -17,7 +17,12 @@ use crate::error::ServerError;
 
 fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
     tracing::error!("handler panicked");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal server error").into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal server error",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -32,19 +37,25 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The full router for `ctx`, with `extensions` merged in.
-pub fn build(ctx: &ServerContext, extensions: &[Arc<dyn Extension>], version: &str) -> Result<Router, ServerError> {
+pub fn build(
+    ctx: &ServerContext,
+    extensions: &[Arc<dyn Extension>],
+    version: &str,
+) -> Result<Router, ServerError> {
     let mut router = api::router(ctx, version);
     for ext in extensions {
         let ext_routes = ext.routes(ctx);
         // axum refuses overlapping routes by panicking; turn that into a startup
         // error that names the extension and the route.
         let base = router.clone();
-        router = std::panic::catch_unwind(AssertUnwindSafe(move || base.merge(ext_routes))).map_err(|p| {
-            ServerError::Extension {
+        router = std::panic::catch_unwind(AssertUnwindSafe(move || base.merge(ext_routes)))
+            .map_err(|p| ServerError::Extension {
                 extension: ext.name().to_owned(),
-                message: format!("its routes clash with a core route: {}", panic_message(p.as_ref())),
-            }
-        })?;
+                message: format!(
+                    "its routes clash with a core route: {}",
+                    panic_message(p.as_ref())
+                ),
+            })?;
     }
     let mut router = router.fallback(not_found);
     for ext in extensions {

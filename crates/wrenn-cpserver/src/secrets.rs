@@ -24,7 +24,9 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").field("key_pem", &"[redacted]").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .field("key_pem", &"[redacted]")
+            .finish_non_exhaustive()
     }
 }
 
@@ -53,7 +55,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path).map_err(|e| ServerError::io(path, e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| ServerError::io(path, e))
+    f.write_all(contents.as_bytes())
+        .map_err(|e| ServerError::io(path, e))
 }
 
 fn read(path: &Path) -> Result<Option<String>, ServerError> {
@@ -65,16 +68,24 @@ fn read(path: &Path) -> Result<Option<String>, ServerError> {
 }
 
 fn generate_ca() -> Result<(String, String), ServerError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ServerError::Secrets(e.to_string()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ServerError::Secrets(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Wrenn host CA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Wrenn host CA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     // Valid from the start of this year for ten years.
     let year = chrono::Datelike::year(&chrono::Utc::now());
     params.not_before = rcgen::date_time_ymd(year, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-    let cert = params.self_signed(&key).map_err(|e| ServerError::Secrets(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| ServerError::Secrets(e.to_string()))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -99,8 +110,15 @@ impl Secrets {
         };
         let ca = match (&config.ca_cert, &config.ca_key) {
             (Some(cert), Some(key)) => CertificateAuthority {
-                cert_pem: read(cert)?.ok_or_else(|| ServerError::Secrets(format!("CA certificate {} does not exist", cert.display())))?,
-                key_pem: read(key)?.ok_or_else(|| ServerError::Secrets(format!("CA key {} does not exist", key.display())))?,
+                cert_pem: read(cert)?.ok_or_else(|| {
+                    ServerError::Secrets(format!(
+                        "CA certificate {} does not exist",
+                        cert.display()
+                    ))
+                })?,
+                key_pem: read(key)?.ok_or_else(|| {
+                    ServerError::Secrets(format!("CA key {} does not exist", key.display()))
+                })?,
             },
             (None, None) => {
                 let (cert_path, key_path) = (layout.ca_cert_file(), layout.ca_key_file());
@@ -122,9 +140,15 @@ impl Secrets {
                     }
                 }
             }
-            _ => return Err(ServerError::Secrets("WRENN_CA_CERT and WRENN_CA_KEY must be set together".into())),
+            _ => {
+                return Err(ServerError::Secrets(
+                    "WRENN_CA_CERT and WRENN_CA_KEY must be set together".into(),
+                ));
+            }
         };
-        rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| ServerError::Secrets(format!("CA key is not a valid PEM private key: {e}")))?;
+        rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| {
+            ServerError::Secrets(format!("CA key is not a valid PEM private key: {e}"))
+        })?;
         Ok(Self { jwt_secret, ca })
     }
 }
@@ -151,7 +175,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(cfg.layout().jwt_secret_file()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(cfg.layout().jwt_secret_file())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

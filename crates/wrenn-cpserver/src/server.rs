@@ -37,7 +37,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("ctx", &self.ctx).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,10 @@ impl Builder {
     /// lifecycle, router. Workers start in [`Server::serve`].
     pub async fn build(self) -> Result<Server, ServerError> {
         let config = Arc::new(self.config);
-        config.layout().ensure_dirs().map_err(|e| ServerError::io(&config.wrenn_dir, e))?;
+        config
+            .layout()
+            .ensure_dirs()
+            .map_err(|e| ServerError::io(&config.wrenn_dir, e))?;
 
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
@@ -62,7 +67,8 @@ impl Builder {
         };
 
         let secrets = Secrets::load_or_generate(&config)?;
-        let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes()).map_err(|e| ServerError::Secrets(e.to_string()))?;
+        let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes())
+            .map_err(|e| ServerError::Secrets(e.to_string()))?;
 
         let hosts = Arc::new(HostChannels::new(store.clone()));
         let agents = match self.agents {
@@ -88,7 +94,12 @@ impl Builder {
                 None => None,
             },
         };
-        let lifecycle = Lifecycle::new(store.clone(), agents.clone(), events.clone(), scheduler.clone());
+        let lifecycle = Lifecycle::new(
+            store.clone(),
+            agents.clone(),
+            events.clone(),
+            scheduler.clone(),
+        );
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
             store,
@@ -132,7 +143,11 @@ impl Server {
     /// Starts the workers and serves on `listener` until `shutdown` resolves or the
     /// context's token is cancelled; then stops accepting, lets in-flight requests
     /// finish, stops workers and lifecycle tasks, each bounded by the grace period.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let ctx = self.ctx.clone();
         let token = ctx.shutdown.clone();
         let mut all_workers = workers::core_workers(&ctx, &self.extensions);
@@ -144,9 +159,13 @@ impl Server {
         info!(%addr, "control plane listening");
 
         let stop = token.clone();
-        let http = axum::serve(listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future();
+        let http = axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
         let mut http = tokio::spawn(http);
         {
             let token = token.clone();
@@ -176,7 +195,9 @@ impl Server {
         token.cancel();
         supervisor.shutdown(self.grace).await;
         if !ctx.lifecycle.shutdown(self.grace).await {
-            warn!("lifecycle tasks still running at shutdown; the host monitor will resolve their sandboxes");
+            warn!(
+                "lifecycle tasks still running at shutdown; the host monitor will resolve their sandboxes"
+            );
         }
         if let Err(e) = ctx.auth.flush_usage().await {
             warn!(error = %e, "could not record API-key usage at shutdown");
@@ -184,7 +205,9 @@ impl Server {
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServerError::Serve(e)),
-            Err(join) => Err(ServerError::Other(format!("http server task failed: {join}"))),
+            Err(join) => Err(ServerError::Other(format!(
+                "http server task failed: {join}"
+            ))),
         }
     }
 }
@@ -227,6 +250,10 @@ pub async fn run(builder: Builder) -> Result<(), ServerError> {
 
 /// Builds the server and serves on an already-bound listener until `shutdown`
 /// resolves (for tests and embedders running the control plane in-process).
-pub async fn serve(builder: Builder, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn serve(
+    builder: Builder,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     builder.build().await?.serve(listener, shutdown).await
 }

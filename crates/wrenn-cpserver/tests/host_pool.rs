@@ -593,7 +593,10 @@ async fn every_lifecycle_call_round_trips(f: Fixture) {
             .sandboxes
             .is_empty()
     );
-    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
+    assert_eq!(
+        f.pool.channels().cached_address(host),
+        Some(agent.address())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -858,7 +861,10 @@ async fn an_agent_that_goes_away_is_evicted_and_reconnected_when_back() {
     let addr = agent.addr;
     let host = f.host_at(&agent.address()).await;
     f.pool.list_sandboxes(host).await.expect("list");
-    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
+    assert_eq!(
+        f.pool.channels().cached_address(host),
+        Some(agent.address())
+    );
 
     agent.stop().await;
     let got = f.pool.list_sandboxes(host).await;
@@ -893,7 +899,10 @@ async fn evict_drops_the_cached_channel() {
     assert_eq!(f.pool.channels().cached_address(host), None);
     f.pool.channels().evict(host); // idempotent
     f.pool.list_sandboxes(host).await.expect("list reconnects");
-    assert_eq!(f.pool.channels().cached_address(host), Some(agent.address()));
+    assert_eq!(
+        f.pool.channels().cached_address(host),
+        Some(agent.address())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

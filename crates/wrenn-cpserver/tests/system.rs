@@ -20,14 +20,21 @@ async fn the_openapi_document_is_generated_and_served_offline() {
     let s = TestServer::start().await;
     let (status, doc) = json(s.req(Method::GET, "/openapi.json").send().await.unwrap()).await;
     assert_eq!(status, 200);
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     assert!(doc["paths"]["/health"]["get"].is_object());
     let yaml = s.req(Method::GET, "/openapi.yaml").send().await.unwrap();
     assert_eq!(yaml.status(), 200);
     assert!(yaml.text().await.unwrap().contains("openapi: 3.1"));
     let docs = s.req(Method::GET, "/docs/").send().await.unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"), "Swagger UI page");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "Swagger UI page"
+    );
     s.stop().await;
 }
 

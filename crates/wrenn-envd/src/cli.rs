@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::{Listen, ServerConfig};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
-use crate::{Listen, ServerConfig};
 
 /// Wrenn guest agent: serves envd.v1 (processes, files, system) over gRPC.
 #[derive(Debug, Parser)]
@@ -36,7 +36,10 @@ struct Args {
 
 /// Parses the command line and runs envd until SIGTERM/SIGINT.
 pub fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("wrenn-envd: cannot start the async runtime: {err}");

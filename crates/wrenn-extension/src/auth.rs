@@ -111,7 +111,10 @@ impl UserAuth {
         if allowed(self.user.role) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("your role ({}) may not {what}", self.user.role)))
+            Err(ApiError::forbidden(format!(
+                "your role ({}) may not {what}",
+                self.user.role
+            )))
         }
     }
 }
@@ -170,7 +173,11 @@ impl Authenticator {
         }
         let hash = hash_api_key(presented);
         let cached = lock(&self.cache).get(&hash).and_then(|c| {
-            let ttl = if c.key.is_some() { API_KEY_CACHE_TTL } else { API_KEY_NEGATIVE_TTL };
+            let ttl = if c.key.is_some() {
+                API_KEY_CACHE_TTL
+            } else {
+                API_KEY_NEGATIVE_TTL
+            };
             (c.at.elapsed() < ttl).then(|| c.key.clone())
         });
         let key = match cached {
@@ -184,15 +191,26 @@ impl Authenticator {
                         cache.clear();
                     }
                 }
-                cache.insert(hash, CachedKey { key: k.clone(), at: Instant::now() });
+                cache.insert(
+                    hash,
+                    CachedKey {
+                        key: k.clone(),
+                        at: Instant::now(),
+                    },
+                );
                 k
             }
         };
-        let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?.key;
+        let key = key
+            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?
+            .key;
         lock(&self.usage).insert(key.id, Utc::now());
         Ok(AuthContext {
             team_id: key.team_id,
-            principal: Principal::ApiKey { id: key.id, name: key.name },
+            principal: Principal::ApiKey {
+                id: key.id,
+                name: key.name,
+            },
         })
     }
 
@@ -204,16 +222,26 @@ impl Authenticator {
         })?;
         let user = match self.store.get_user(claims.sub).await {
             Ok(u) => u,
-            Err(RepoError::NotFound { .. }) => return Err(ApiError::unauthorized("user no longer exists")),
+            Err(RepoError::NotFound { .. }) => {
+                return Err(ApiError::unauthorized("user no longer exists"));
+            }
             Err(e) => return Err(e.into()),
         };
         match user.status {
             UserStatus::Active => {}
             UserStatus::Inactive => {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "account_not_activated", "account is not activated"));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "account_not_activated",
+                    "account is not activated",
+                ));
             }
             UserStatus::Disabled | UserStatus::Deleted => {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "account_deactivated", "account is deactivated"));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "account_deactivated",
+                    "account is deactivated",
+                ));
             }
         }
         let membership = self
@@ -244,7 +272,9 @@ impl Authenticator {
     /// API key (`X-API-Key`) if present, else user JWT (`Authorization: Bearer`).
     pub async fn from_headers(&self, headers: &HeaderMap) -> Result<AuthContext, ApiError> {
         if let Some(key) = headers.get(API_KEY_HEADER) {
-            let key = key.to_str().map_err(|_| ApiError::unauthorized("invalid API key"))?;
+            let key = key
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("invalid API key"))?;
             return self.api_key(key.trim()).await;
         }
         if let Some(token) = bearer(headers)? {
@@ -254,7 +284,9 @@ impl Authenticator {
                 principal: Principal::User(u.user),
             });
         }
-        Err(ApiError::unauthorized("X-API-Key or Authorization: Bearer <token> required"))
+        Err(ApiError::unauthorized(
+            "X-API-Key or Authorization: Bearer <token> required",
+        ))
     }
 
     /// Forgets a cached key at once (after it is deleted).
@@ -290,12 +322,18 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     match v.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim()))
         }
-        _ => Err(ApiError::unauthorized("Authorization header must be 'Bearer <token>'")),
+        _ => Err(ApiError::unauthorized(
+            "Authorization header must be 'Bearer <token>'",
+        )),
     }
 }
 
@@ -326,7 +364,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let ctx = ServerContext::from_ref(state);
-        let token = bearer(&parts.headers)?.ok_or_else(|| ApiError::unauthorized("Authorization: Bearer <token> required"))?;
+        let token = bearer(&parts.headers)?
+            .ok_or_else(|| ApiError::unauthorized("Authorization: Bearer <token> required"))?;
         ctx.auth.user_token(token).await
     }
 }

@@ -32,7 +32,13 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -43,7 +49,11 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     /// Any status and code.
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             code: code.into(),
@@ -54,7 +64,9 @@ impl ApiError {
 
     /// Adds a top-level field to the `error` object.
     pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.details.get_or_insert_with(Default::default).insert(key.to_owned(), value);
+        self.details
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
         self
     }
 
@@ -75,7 +87,11 @@ impl ApiError {
 
     /// 404 `not_found`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 409 with a specific code (`conflict`, `invalid_state`, …).
@@ -91,7 +107,11 @@ impl ApiError {
     /// 500 `internal_error`. The detail is logged, not returned.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal server error",
+        )
     }
 }
 
@@ -158,7 +178,9 @@ impl From<AgentError> for ApiError {
             AgentError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             AgentError::InvalidArgument(m) => Self::bad_request(m),
             AgentError::FailedPrecondition(m) => Self::conflict("conflict", m),
-            AgentError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_unavailable", m),
+            AgentError::Unavailable(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_unavailable", m)
+            }
             AgentError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "agent_error", m),
             AgentError::Internal(m) => Self::new(StatusCode::BAD_GATEWAY, "agent_error", m),
         }
@@ -169,7 +191,11 @@ impl From<SchedulerError> for ApiError {
     fn from(e: SchedulerError) -> Self {
         match e {
             SchedulerError::Store(e) => e.into(),
-            other => Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available", other.to_string()),
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_hosts_available",
+                other.to_string(),
+            ),
         }
     }
 }
@@ -179,9 +205,13 @@ impl From<LifecycleError> for ApiError {
         match e {
             LifecycleError::Invalid(e) => e.into(),
             LifecycleError::NotFound(what) => Self::not_found(what),
-            e @ LifecycleError::InvalidState { .. } => Self::conflict("invalid_state", e.to_string()),
+            e @ LifecycleError::InvalidState { .. } => {
+                Self::conflict("invalid_state", e.to_string())
+            }
             e @ LifecycleError::NameReserved(_) => Self::conflict("name_reserved", e.to_string()),
-            e @ LifecycleError::NameTaken(_) => Self::conflict("template_name_taken", e.to_string()),
+            e @ LifecycleError::NameTaken(_) => {
+                Self::conflict("template_name_taken", e.to_string())
+            }
             LifecycleError::NoHosts(e) => e.into(),
             LifecycleError::Agent(e) => e.into(),
             LifecycleError::Store(e) => e.into(),
@@ -198,11 +228,20 @@ mod tests {
         let e: ApiError = LifecycleError::NotFound("capsule").into();
         assert_eq!((e.status, &*e.code), (StatusCode::NOT_FOUND, "not_found"));
         let e: ApiError = LifecycleError::NameTaken("x".into()).into();
-        assert_eq!((e.status, &*e.code), (StatusCode::CONFLICT, "template_name_taken"));
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::CONFLICT, "template_name_taken")
+        );
         let e: ApiError = LifecycleError::NoHosts(SchedulerError::NoPlatformHosts).into();
-        assert_eq!((e.status, &*e.code), (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available"));
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available")
+        );
         let e: ApiError = RepoError::Backend("boom".into()).into();
-        assert_eq!(e.message, "internal server error", "internals are not leaked");
+        assert_eq!(
+            e.message, "internal server error",
+            "internals are not leaked"
+        );
     }
 
     #[tokio::test]
@@ -211,7 +250,9 @@ mod tests {
             .with_detail("sandbox_ids", json!(["cl-1"]))
             .into_response();
         assert_eq!(resp.status(), StatusCode::CONFLICT);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "host_has_sandboxes");
         assert_eq!(v["error"]["sandbox_ids"][0], "cl-1");

@@ -53,7 +53,11 @@ pub trait Extension: Send + Sync + 'static {
     /// Called by the event consumer for every sandbox event after the core has
     /// applied it. An error leaves the event unacknowledged, so it is delivered
     /// again (implementations must be idempotent).
-    async fn on_sandbox_event(&self, ctx: &ServerContext, event: &SandboxEvent) -> Result<(), WorkerError> {
+    async fn on_sandbox_event(
+        &self,
+        ctx: &ServerContext,
+        event: &SandboxEvent,
+    ) -> Result<(), WorkerError> {
         let _ = (ctx, event);
         Ok(())
     }

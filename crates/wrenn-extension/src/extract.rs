@@ -38,9 +38,15 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         return ApiError::too_large("request body is too large");
     }
     match r {
-        JsonRejection::MissingJsonContentType(_) => ApiError::bad_request("expected a JSON body (Content-Type: application/json)"),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(format!("malformed JSON: {}", e.body_text())),
-        JsonRejection::JsonDataError(e) => ApiError::bad_request(format!("invalid request body: {}", e.body_text())),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("expected a JSON body (Content-Type: application/json)")
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request(format!("invalid request body: {}", e.body_text()))
+        }
         other => ApiError::bad_request(format!("invalid request body: {}", other.body_text())),
     }
 }

@@ -63,7 +63,10 @@ impl HostChannels {
     }
 
     /// A `hostagent.v1` client for `host`.
-    pub async fn client(&self, host: HostId) -> Result<HostAgentServiceClient<Channel>, AgentError> {
+    pub async fn client(
+        &self,
+        host: HostId,
+    ) -> Result<HostAgentServiceClient<Channel>, AgentError> {
         let (_, channel) = self.channel(host).await?;
         Ok(HostAgentServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
@@ -144,7 +147,6 @@ impl HostChannels {
         }
         Ok((address.to_owned(), channel))
     }
-
 }
 
 /// The endpoint for an agent address (`host:port`, or a full `http://` URL).
@@ -174,4 +176,3 @@ pub fn map_status(op: &str, host: HostId, status: &Status) -> AgentError {
         code => AgentError::Internal(format!("{message} ({code:?})")),
     }
 }
-

@@ -21,7 +21,9 @@ pub mod hosts;
 mod mailer;
 mod worker;
 
-pub use auth::{AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal};
+pub use auth::{
+    AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal,
+};
 pub use context::ServerContext;
 pub use error::{ApiError, ApiResult};
 pub use extension::Extension;

@@ -14,7 +14,9 @@ use crate::context::ServerContext;
 /// A worker's failure; the supervisor logs it and restarts the worker.
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
 
-type RunFn = dyn Fn(ServerContext, CancellationToken) -> BoxFuture<'static, Result<(), WorkerError>> + Send + Sync;
+type RunFn = dyn Fn(ServerContext, CancellationToken) -> BoxFuture<'static, Result<(), WorkerError>>
+    + Send
+    + Sync;
 
 /// A long-running background job.
 ///
@@ -122,7 +124,10 @@ impl Supervisor {
         .await
         .is_ok();
         if !drained {
-            warn!(remaining = self.set.len(), "workers did not stop in time; aborting them");
+            warn!(
+                remaining = self.set.len(),
+                "workers did not stop in time; aborting them"
+            );
             self.set.abort_all();
             while self.set.join_next().await.is_some() {}
         }

@@ -132,7 +132,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, id: SandboxId) -> Result<(), RuntimeError>;
     /// Copies the sandbox's filesystem state into a new template directory
     /// (`layout.template_dir(team, template)`); returns its size in bytes.
-    async fn snapshot(&self, instance: &Instance, team: TeamId, template: TemplateId) -> Result<u64, RuntimeError>;
+    async fn snapshot(
+        &self,
+        instance: &Instance,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, RuntimeError>;
     /// Resource usage.
     async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError>;
     /// Sandboxes hibernated on this host's disk (they survive agent restarts), with

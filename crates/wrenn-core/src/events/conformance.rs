@@ -40,8 +40,14 @@ pub async fn group_sees_only_entries_published_after_creation(bus: Arc<dyn Event
     for n in 1..=3 {
         bus.publish(&s, &event(n)).await.expect("publish");
     }
-    let got = bus.read_group(&s, "g", "c1", 10, NO_WAIT).await.expect("read");
-    assert_eq!(got.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let got = bus
+        .read_group(&s, "g", "c1", 10, NO_WAIT)
+        .await
+        .expect("read");
+    assert_eq!(
+        got.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(got.iter().all(|d| d.delivery_count == 1));
 }
 
@@ -51,7 +57,10 @@ pub async fn creating_a_group_twice_is_harmless(bus: Arc<dyn EventBus>) {
     bus.create_group(&s, "g").await.expect("group");
     bus.publish(&s, &event(1)).await.expect("publish");
     bus.create_group(&s, "g").await.expect("group again");
-    let got = bus.read_group(&s, "g", "c", 10, NO_WAIT).await.expect("read");
+    let got = bus
+        .read_group(&s, "g", "c", 10, NO_WAIT)
+        .await
+        .expect("read");
     assert_eq!(got.len(), 1);
 }
 
@@ -63,13 +72,27 @@ pub async fn groups_are_independent_and_consumers_share(bus: Arc<dyn EventBus>) 
     for n in 0..4 {
         bus.publish(&s, &event(n)).await.expect("publish");
     }
-    let a1 = bus.read_group(&s, "a", "c1", 2, NO_WAIT).await.expect("read");
-    let a2 = bus.read_group(&s, "a", "c2", 10, NO_WAIT).await.expect("read");
-    let b = bus.read_group(&s, "b", "c1", 10, NO_WAIT).await.expect("read");
+    let a1 = bus
+        .read_group(&s, "a", "c1", 2, NO_WAIT)
+        .await
+        .expect("read");
+    let a2 = bus
+        .read_group(&s, "a", "c2", 10, NO_WAIT)
+        .await
+        .expect("read");
+    let b = bus
+        .read_group(&s, "b", "c1", 10, NO_WAIT)
+        .await
+        .expect("read");
     assert_eq!(a1.len(), 2);
     assert_eq!(a2.len(), 2);
     assert_eq!(b.len(), 4);
-    assert!(bus.read_group(&s, "a", "c3", 10, NO_WAIT).await.expect("read").is_empty());
+    assert!(
+        bus.read_group(&s, "a", "c3", 10, NO_WAIT)
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }
 
 /// Reading from a group that does not exist is an error, not an empty read.
@@ -87,9 +110,15 @@ pub async fn unacked_entries_are_claimed_after_idle(bus: Arc<dyn EventBus>) {
     bus.create_group(&s, "g").await.expect("group");
     bus.publish(&s, &event(1)).await.expect("publish");
     bus.publish(&s, &event(2)).await.expect("publish");
-    let got = bus.read_group(&s, "g", "dead", 10, NO_WAIT).await.expect("read");
+    let got = bus
+        .read_group(&s, "g", "dead", 10, NO_WAIT)
+        .await
+        .expect("read");
     assert_eq!(got.len(), 2);
-    assert_eq!(bus.ack(&s, "g", &[got[0].id.clone()]).await.expect("ack"), 1);
+    assert_eq!(
+        bus.ack(&s, "g", &[got[0].id.clone()]).await.expect("ack"),
+        1
+    );
     // Not idle long enough yet.
     let early = bus
         .claim_stale(&s, "g", "alive", Duration::from_secs(60), 10)
@@ -104,8 +133,18 @@ pub async fn unacked_entries_are_claimed_after_idle(bus: Arc<dyn EventBus>) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(stamp(&claimed[0].event), 2);
     assert_eq!(claimed[0].delivery_count, 2);
-    assert_eq!(bus.ack(&s, "g", &[claimed[0].id.clone()]).await.expect("ack"), 1);
-    assert_eq!(bus.ack(&s, "g", &[claimed[0].id.clone()]).await.expect("ack"), 0);
+    assert_eq!(
+        bus.ack(&s, "g", &[claimed[0].id.clone()])
+            .await
+            .expect("ack"),
+        1
+    );
+    assert_eq!(
+        bus.ack(&s, "g", &[claimed[0].id.clone()])
+            .await
+            .expect("ack"),
+        0
+    );
 }
 
 /// A blocked group read wakes up when an entry is published.
@@ -114,7 +153,10 @@ pub async fn blocked_read_wakes_on_publish(bus: Arc<dyn EventBus>) {
     bus.create_group(&s, "g").await.expect("group");
     let reader = {
         let (bus, s) = (bus.clone(), s.clone());
-        tokio::spawn(async move { bus.read_group(&s, "g", "c", 10, Duration::from_secs(5)).await })
+        tokio::spawn(async move {
+            bus.read_group(&s, "g", "c", 10, Duration::from_secs(5))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     bus.publish(&s, &event(7)).await.expect("publish");
@@ -144,10 +186,22 @@ pub async fn tail_reads_follow_positions(bus: Arc<dyn EventBus>) {
     assert_eq!(bus.last_id(&s).await.expect("last"), None);
     let first = bus.publish(&s, &event(1)).await.expect("publish");
     bus.publish(&s, &event(2)).await.expect("publish");
-    let after = bus.read_after(&s, Some(&first), 10, NO_WAIT).await.expect("read");
-    assert_eq!(after.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(), vec![2]);
-    assert_eq!(bus.last_id(&s).await.expect("last"), Some(after[0].id.clone()));
-    let fresh = bus.read_after(&s, None, 10, Duration::from_millis(20)).await.expect("read");
+    let after = bus
+        .read_after(&s, Some(&first), 10, NO_WAIT)
+        .await
+        .expect("read");
+    assert_eq!(
+        after.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(
+        bus.last_id(&s).await.expect("last"),
+        Some(after[0].id.clone())
+    );
+    let fresh = bus
+        .read_after(&s, None, 10, Duration::from_millis(20))
+        .await
+        .expect("read");
     assert!(fresh.is_empty(), "None must mean only new entries");
     let tail = {
         let (bus, s) = (bus.clone(), s.clone());
@@ -156,7 +210,10 @@ pub async fn tail_reads_follow_positions(bus: Arc<dyn EventBus>) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     bus.publish(&s, &event(3)).await.expect("publish");
     let got = tail.await.expect("join").expect("read");
-    assert_eq!(got.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        got.iter().map(|d| stamp(&d.event)).collect::<Vec<_>>(),
+        vec![3]
+    );
 }
 
 /// Events survive the trip through the bus unchanged.
@@ -168,7 +225,10 @@ pub async fn events_round_trip_unchanged(bus: Arc<dyn EventBus>) {
     e.host_ip = Some("10.0.0.1".into());
     let ev = Event::Sandbox(e);
     bus.publish(&s, &ev).await.expect("publish");
-    let got = bus.read_group(&s, "g", "c", 1, NO_WAIT).await.expect("read");
+    let got = bus
+        .read_group(&s, "g", "c", 1, NO_WAIT)
+        .await
+        .expect("read");
     assert_eq!(got[0].event, ev);
 }
 

@@ -93,7 +93,11 @@ impl InProcessBus {
     }
 
     /// Runs `attempt` until it yields entries or `block` elapses, waking on publish.
-    async fn blocking<F>(&self, block: Duration, mut attempt: F) -> Result<Vec<Delivery>, EventBusError>
+    async fn blocking<F>(
+        &self,
+        block: Duration,
+        mut attempt: F,
+    ) -> Result<Vec<Delivery>, EventBusError>
     where
         F: FnMut(&mut HashMap<String, Stream>) -> Result<Vec<Delivery>, EventBusError>,
     {
@@ -157,7 +161,9 @@ impl EventBus for InProcessBus {
                 group: group.to_owned(),
             };
             let s = streams.get_mut(stream).ok_or_else(no_group)?;
-            let Stream { entries, groups, .. } = s;
+            let Stream {
+                entries, groups, ..
+            } = s;
             let g = groups.get_mut(group).ok_or_else(no_group)?;
             let now = Instant::now();
             let mut out = Vec::new();
@@ -198,7 +204,10 @@ impl EventBus for InProcessBus {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
             })?;
-        Ok(seqs.iter().filter(|seq| g.pending.remove(seq).is_some()).count() as u64)
+        Ok(seqs
+            .iter()
+            .filter(|seq| g.pending.remove(seq).is_some())
+            .count() as u64)
     }
 
     async fn claim_stale(
@@ -215,7 +224,9 @@ impl EventBus for InProcessBus {
             group: group.to_owned(),
         };
         let s = streams.get_mut(stream).ok_or_else(no_group)?;
-        let Stream { entries, groups, .. } = s;
+        let Stream {
+            entries, groups, ..
+        } = s;
         let g = groups.get_mut(group).ok_or_else(no_group)?;
         let now = Instant::now();
         let mut out = Vec::new();

@@ -227,7 +227,11 @@ mod tests {
 
     #[test]
     fn sandbox_event_wire_shape() {
-        let ev = SandboxEvent::new(SandboxEventKind::AutoPaused, SandboxId::new(), HostId::new());
+        let ev = SandboxEvent::new(
+            SandboxEventKind::AutoPaused,
+            SandboxId::new(),
+            HostId::new(),
+        );
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["event"], "auto_paused");
         assert!(v.get("error").is_none());

@@ -174,9 +174,11 @@ async fn with_timeout<T>(
     what: &str,
     fut: impl Future<Output = Result<T, AgentError>>,
 ) -> Result<T, AgentError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| Err(AgentError::Timeout(format!("{what} took longer than {limit:?}"))))
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(AgentError::Timeout(format!(
+            "{what} took longer than {limit:?}"
+        )))
+    })
 }
 
 impl Lifecycle {
@@ -222,7 +224,9 @@ impl Lifecycle {
     /// stay transient and the host monitor resolves them).
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.tasks.close();
-        tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Number of background tasks in flight.
@@ -231,14 +235,24 @@ impl Lifecycle {
     }
 
     async fn publish_sandbox(&self, event: SandboxEvent) {
-        if let Err(e) = self.inner.bus.publish(SANDBOX_STREAM, &Event::Sandbox(event)).await {
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(SANDBOX_STREAM, &Event::Sandbox(event))
+            .await
+        {
             warn!(error = %e, "could not publish sandbox event");
         }
     }
 
     async fn publish_platform(&self, kind: PlatformEventKind, sandbox: &Sandbox, actor: &Actor) {
         let ev = PlatformEvent::capsule(kind, sandbox.team_id, actor.clone(), sandbox.id);
-        if let Err(e) = self.inner.bus.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(PLATFORM_STREAM, &Event::Platform(ev))
+            .await
+        {
             warn!(error = %e, "could not publish platform event");
         }
     }
@@ -249,7 +263,12 @@ impl Lifecycle {
         ev
     }
 
-    async fn invalid_state(&self, team: TeamId, id: SandboxId, action: &'static str) -> LifecycleError {
+    async fn invalid_state(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        action: &'static str,
+    ) -> LifecycleError {
         match self.inner.store.get_team_sandbox(team, id).await {
             Ok(sb) => LifecycleError::InvalidState {
                 id,
@@ -293,7 +312,9 @@ impl Lifecycle {
             memory_mb: sb.memory_mb,
             disk_size_mb: sb.disk_size_mb,
             timeout_sec: sb.timeout_sec,
-            default_user: template.map(|t| t.default_user.clone()).unwrap_or_else(|| "root".into()),
+            default_user: template
+                .map(|t| t.default_user.clone())
+                .unwrap_or_else(|| "root".into()),
             default_env: template.map(|t| t.default_env.clone()).unwrap_or_default(),
             metadata: sb.metadata.clone(),
         }
@@ -301,7 +322,12 @@ impl Lifecycle {
 
     /// Creates a sandbox: validates, picks a host, inserts the row as `starting` and
     /// starts it in the background. Returns the `starting` row.
-    pub async fn create(&self, team: TeamId, actor: &Actor, req: CreateSandbox) -> Result<Sandbox, LifecycleError> {
+    pub async fn create(
+        &self,
+        team: TeamId,
+        actor: &Actor,
+        req: CreateSandbox,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let name = req.template.as_deref().unwrap_or(BUILTIN_TEMPLATE_NAME);
         validate::safe_name("template", name)?;
@@ -311,8 +337,14 @@ impl Lifecycle {
             (template.vcpus, template.memory_mb)
         } else {
             (
-                req.vcpus.map(validate::vcpus).transpose()?.unwrap_or(DEFAULT_VCPUS),
-                req.memory_mb.map(validate::memory_mb).transpose()?.unwrap_or(DEFAULT_MEMORY_MB),
+                req.vcpus
+                    .map(validate::vcpus)
+                    .transpose()?
+                    .unwrap_or(DEFAULT_VCPUS),
+                req.memory_mb
+                    .map(validate::memory_mb)
+                    .transpose()?
+                    .unwrap_or(DEFAULT_MEMORY_MB),
             )
         };
         let disk_size_mb = req
@@ -320,7 +352,11 @@ impl Lifecycle {
             .map(validate::disk_size_mb)
             .transpose()?
             .unwrap_or(DEFAULT_DISK_SIZE_MB);
-        let timeout_sec = req.timeout_sec.map(validate::timeout_sec).transpose()?.unwrap_or(0);
+        let timeout_sec = req
+            .timeout_sec
+            .map(validate::timeout_sec)
+            .transpose()?
+            .unwrap_or(0);
         let team_row = store.get_team(team).await?;
         if team_row.deleted_at.is_some() {
             return Err(LifecycleError::NotFound("team"));
@@ -352,12 +388,23 @@ impl Lifecycle {
                 metadata: req.metadata,
             })
             .await?;
-        self.publish_platform(PlatformEventKind::CapsuleCreated, &sandbox, actor).await;
+        self.publish_platform(PlatformEventKind::CapsuleCreated, &sandbox, actor)
+            .await;
         let span = info_span!("sandbox.create", sandbox_id = %sandbox.id, team_id = %team, host_id = %host_id);
-        let (this, sb, spec, actor) = (self.clone(), sandbox.clone(), self.spec(&sandbox, Some(&template)), actor.clone());
+        let (this, sb, spec, actor) = (
+            self.clone(),
+            sandbox.clone(),
+            self.spec(&sandbox, Some(&template)),
+            actor.clone(),
+        );
         self.inner.tasks.spawn(
             async move {
-                let res = with_timeout(this.inner.timeouts.create, "create", this.inner.agents.create_sandbox(sb.host_id, &spec)).await;
+                let res = with_timeout(
+                    this.inner.timeouts.create,
+                    "create",
+                    this.inner.agents.create_sandbox(sb.host_id, &spec),
+                )
+                .await;
                 this.finish_start(&sb, Starting, Error, res, &actor).await;
             }
             .instrument(span),
@@ -381,13 +428,17 @@ impl Lifecycle {
             (SandboxEventKind::Resumed, SandboxEventKind::ResumeFailed)
         };
         match res {
-            Ok(started) => match store.running_if(sb.id, expected, &started.host_ip, &started.metadata).await {
+            Ok(started) => match store
+                .running_if(sb.id, expected, &started.host_ip, &started.metadata)
+                .await
+            {
                 Ok(Some(row)) => {
                     let mut ev = self.outcome(ok_kind, &row);
                     ev.host_ip = Some(started.host_ip);
                     ev.metadata = Some(started.metadata);
                     self.publish_sandbox(ev).await;
-                    self.publish_platform(PlatformEventKind::CapsuleRunning, &row, actor).await;
+                    self.publish_platform(PlatformEventKind::CapsuleRunning, &row, actor)
+                        .await;
                 }
                 Ok(None) => {
                     // Someone moved the row on (a destroy, most likely). If it is on
@@ -403,22 +454,33 @@ impl Lifecycle {
             Err(err) => {
                 warn!(error = %err, "agent failed to start sandbox");
                 // A resume of a sandbox the agent no longer has cannot be retried.
-                let target = if matches!(err, AgentError::NotFound(_)) { Error } else { on_failure };
+                let target = if matches!(err, AgentError::NotFound(_)) {
+                    Error
+                } else {
+                    on_failure
+                };
                 match store.status_if(sb.id, expected, target).await {
                     Ok(Some(row)) => {
-                        let kind = if target == Error { SandboxEventKind::Failed } else { fail_kind };
+                        let kind = if target == Error {
+                            SandboxEventKind::Failed
+                        } else {
+                            fail_kind
+                        };
                         let mut ev = self.outcome(kind, &row);
                         ev.error = Some(err.to_string());
                         self.publish_sandbox(ev).await;
                         if target == Error {
-                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor).await;
+                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor)
+                                .await;
                         }
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "could not record failed start"),
                 }
                 // A timed-out create may still complete on the host: clean it up.
-                if expected == Starting && matches!(err, AgentError::Timeout(_) | AgentError::Unavailable(_)) {
+                if expected == Starting
+                    && matches!(err, AgentError::Timeout(_) | AgentError::Unavailable(_))
+                {
                     self.destroy_on_agent(sb).await;
                 }
             }
@@ -440,17 +502,28 @@ impl Lifecycle {
 
     /// Pauses a running sandbox: `running → pausing` now, `paused` (or back to
     /// `running`, or `error` if it no longer answers) when the agent is done.
-    pub async fn pause(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+    pub async fn pause(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         store.get_team_sandbox(team, id).await?;
         let Some(sb) = store.status_if(id, Running, Pausing).await? else {
             return Err(self.invalid_state(team, id, "pause").await);
         };
-        let span = info_span!("sandbox.pause", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let span =
+            info_span!("sandbox.pause", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
         self.inner.tasks.spawn(
             async move {
-                let res = with_timeout(this.inner.timeouts.pause, "pause", this.inner.agents.pause_sandbox(row.host_id, row.id)).await;
+                let res = with_timeout(
+                    this.inner.timeouts.pause,
+                    "pause",
+                    this.inner.agents.pause_sandbox(row.host_id, row.id),
+                )
+                .await;
                 this.finish_pause(&row, res, &actor).await;
             }
             .instrument(span),
@@ -463,26 +536,37 @@ impl Lifecycle {
         match res {
             Ok(()) => match store.status_if(sb.id, Pausing, Paused).await {
                 Ok(Some(row)) => {
-                    self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row)).await;
-                    self.publish_platform(PlatformEventKind::CapsulePaused, &row, actor).await;
+                    self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row))
+                        .await;
+                    self.publish_platform(PlatformEventKind::CapsulePaused, &row, actor)
+                        .await;
                 }
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "could not record paused sandbox"),
             },
             Err(err) => {
                 warn!(error = %err, "agent failed to pause sandbox");
-                let alive = with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, sb.id))
-                    .await
-                    .is_ok();
+                let alive = with_timeout(
+                    self.inner.timeouts.ping,
+                    "ping",
+                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
+                )
+                .await
+                .is_ok();
                 let target = if alive { Running } else { Error };
                 match store.status_if(sb.id, Pausing, target).await {
                     Ok(Some(row)) => {
-                        let kind = if alive { SandboxEventKind::PauseFailed } else { SandboxEventKind::Failed };
+                        let kind = if alive {
+                            SandboxEventKind::PauseFailed
+                        } else {
+                            SandboxEventKind::Failed
+                        };
                         let mut ev = self.outcome(kind, &row);
                         ev.error = Some(err.to_string());
                         self.publish_sandbox(ev).await;
                         if !alive {
-                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor).await;
+                            self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor)
+                                .await;
                         }
                     }
                     Ok(None) => {}
@@ -494,19 +578,33 @@ impl Lifecycle {
 
     /// Resumes a paused or hibernated sandbox: `→ resuming` now, `running` (or back
     /// to where it was) when the agent is done.
-    pub async fn resume(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+    pub async fn resume(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let current = store.get_team_sandbox(team, id).await?;
-        let Some((from, sb)) = self.transition_from_any(&current, &[Paused, Hibernated], Resuming).await? else {
+        let Some((from, sb)) = self
+            .transition_from_any(&current, &[Paused, Hibernated], Resuming)
+            .await?
+        else {
             return Err(self.invalid_state(team, id, "resume").await);
         };
         let template = store.get_template(sb.template_id).await.ok();
         let spec = self.spec(&sb, template.as_ref());
-        let span = info_span!("sandbox.resume", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let span =
+            info_span!("sandbox.resume", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
         self.inner.tasks.spawn(
             async move {
-                let res = with_timeout(this.inner.timeouts.resume, "resume", this.inner.agents.resume_sandbox(row.host_id, &spec)).await;
+                let res = with_timeout(
+                    this.inner.timeouts.resume,
+                    "resume",
+                    this.inner.agents.resume_sandbox(row.host_id, &spec),
+                )
+                .await;
                 this.finish_start(&row, Resuming, from, res, &actor).await;
             }
             .instrument(span),
@@ -516,7 +614,12 @@ impl Lifecycle {
 
     /// Destroys a sandbox: `→ stopping` now, `stopped` when the agent is done. The
     /// row is kept. Destroying a stopped or errored sandbox changes nothing.
-    pub async fn destroy(&self, team: TeamId, id: SandboxId, actor: &Actor) -> Result<Sandbox, LifecycleError> {
+    pub async fn destroy(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let current = store.get_team_sandbox(team, id).await?;
         if current.status.is_terminal() || current.status == Stopping {
@@ -544,7 +647,13 @@ impl Lifecycle {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
                     }
-                    match with_timeout(this.inner.timeouts.destroy, "destroy", this.inner.agents.destroy_sandbox(sb.host_id, sb.id)).await {
+                    match with_timeout(
+                        this.inner.timeouts.destroy,
+                        "destroy",
+                        this.inner.agents.destroy_sandbox(sb.host_id, sb.id),
+                    )
+                    .await
+                    {
                         Ok(()) | Err(AgentError::NotFound(_)) => {
                             last_err = None;
                             break;
@@ -560,8 +669,10 @@ impl Lifecycle {
                 }
                 match this.inner.store.status_if(sb.id, Stopping, Stopped).await {
                     Ok(Some(row)) => {
-                        this.publish_sandbox(this.outcome(SandboxEventKind::Stopped, &row)).await;
-                        this.publish_platform(PlatformEventKind::CapsuleDestroyed, &row, &actor).await;
+                        this.publish_sandbox(this.outcome(SandboxEventKind::Stopped, &row))
+                            .await;
+                        this.publish_platform(PlatformEventKind::CapsuleDestroyed, &row, &actor)
+                            .await;
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "could not record stopped sandbox"),
@@ -582,7 +693,12 @@ impl Lifecycle {
                 action: "ping",
             });
         }
-        with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, id)).await?;
+        with_timeout(
+            self.inner.timeouts.ping,
+            "ping",
+            self.inner.agents.ping_sandbox(sb.host_id, id),
+        )
+        .await?;
         store.touch_sandbox(id, chrono::Utc::now()).await?;
         Ok(())
     }
@@ -613,17 +729,24 @@ impl Lifecycle {
             Err(RepoError::NotFound { .. }) => TemplateId::new(),
             Err(e) => return Err(e.into()),
         };
-        let Some((from, sb)) = self.transition_from_any(&current, &[Running, Paused], Snapshotting).await? else {
+        let Some((from, sb)) = self
+            .transition_from_any(&current, &[Running, Paused], Snapshotting)
+            .await?
+        else {
             return Err(self.invalid_state(team, id, "snapshot").await);
         };
         let span = info_span!("sandbox.snapshot", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let this = self.clone();
         let actor = actor.clone();
         let task = self.inner.tasks.spawn(
-            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }.instrument(span),
+            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }
+                .instrument(span),
         );
-        task.await
-            .unwrap_or_else(|e| Err(LifecycleError::Agent(AgentError::Internal(format!("snapshot task failed: {e}")))))
+        task.await.unwrap_or_else(|e| {
+            Err(LifecycleError::Agent(AgentError::Internal(format!(
+                "snapshot task failed: {e}"
+            ))))
+        })
     }
 
     async fn run_snapshot(
@@ -638,15 +761,21 @@ impl Lifecycle {
         let res = with_timeout(
             self.inner.timeouts.snapshot,
             "snapshot",
-            self.inner.agents.create_snapshot(sb.host_id, sb.id, sb.team_id, template_id),
+            self.inner
+                .agents
+                .create_snapshot(sb.host_id, sb.id, sb.team_id, template_id),
         )
         .await;
         let size = match res {
             Ok(size) => size,
             Err(err) => {
-                let alive = with_timeout(self.inner.timeouts.ping, "ping", self.inner.agents.ping_sandbox(sb.host_id, sb.id))
-                    .await
-                    .is_ok();
+                let alive = with_timeout(
+                    self.inner.timeouts.ping,
+                    "ping",
+                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
+                )
+                .await
+                .is_ok();
                 let back = if alive || from == Paused { from } else { Error };
                 let _ = store.status_if(sb.id, Snapshotting, back).await;
                 return Err(err.into());
@@ -662,13 +791,17 @@ impl Lifecycle {
                 vcpus: sb.vcpus,
                 memory_mb: sb.memory_mb,
                 size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-                default_user: source.as_ref().map(|t| t.default_user.clone()).unwrap_or_else(|| "root".into()),
+                default_user: source
+                    .as_ref()
+                    .map(|t| t.default_user.clone())
+                    .unwrap_or_else(|| "root".into()),
                 default_env: source.map(|t| t.default_env).unwrap_or_default(),
                 metadata: Metadata::new(),
             })
             .await;
         if let Ok(Some(row)) = store.status_if(sb.id, Snapshotting, from).await {
-            self.publish_sandbox(self.outcome(SandboxEventKind::Snapshotted, &row)).await;
+            self.publish_sandbox(self.outcome(SandboxEventKind::Snapshotted, &row))
+                .await;
         }
         let template = upserted?;
         let ev = PlatformEvent {
@@ -681,7 +814,12 @@ impl Lifecycle {
                 kind: "template".into(),
             },
         };
-        if let Err(e) = self.inner.bus.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(PLATFORM_STREAM, &Event::Platform(ev))
+            .await
+        {
             warn!(error = %e, "could not publish platform event");
         }
         Ok(template)
@@ -708,9 +846,24 @@ impl Lifecycle {
             K::Resumed => &[(Resuming, Running)],
             K::Paused => &[(Pausing, Paused)],
             K::AutoPaused => &[(Running, Paused), (Pausing, Paused)],
-            K::Hibernated => &[(Paused, Hibernated), (Running, Hibernated), (Pausing, Hibernated)],
-            K::Stopped => &[(Stopping, Stopped), (Running, Stopped), (Paused, Stopped), (Hibernated, Stopped)],
-            K::Failed => &[(Running, Error), (Starting, Error), (Pausing, Error), (Resuming, Error), (Snapshotting, Error)],
+            K::Hibernated => &[
+                (Paused, Hibernated),
+                (Running, Hibernated),
+                (Pausing, Hibernated),
+            ],
+            K::Stopped => &[
+                (Stopping, Stopped),
+                (Running, Stopped),
+                (Paused, Stopped),
+                (Hibernated, Stopped),
+            ],
+            K::Failed => &[
+                (Running, Error),
+                (Starting, Error),
+                (Pausing, Error),
+                (Resuming, Error),
+                (Snapshotting, Error),
+            ],
             K::Snapshotted | K::PauseFailed | K::ResumeFailed => &[],
         };
         let Some(&(from, to)) = candidates.iter().find(|(from, _)| *from == sb.status) else {
@@ -718,7 +871,14 @@ impl Lifecycle {
         };
         let changed = if to == Running {
             let meta = ev.metadata.clone().unwrap_or_default();
-            store.running_if(sb.id, from, ev.host_ip.as_deref().unwrap_or(&sb.host_ip), &meta).await?
+            store
+                .running_if(
+                    sb.id,
+                    from,
+                    ev.host_ip.as_deref().unwrap_or(&sb.host_ip),
+                    &meta,
+                )
+                .await?
         } else {
             store.status_if(sb.id, from, to).await?
         };

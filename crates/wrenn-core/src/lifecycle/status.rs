@@ -116,7 +116,14 @@ impl SandboxStatus {
             // Host went away: anything live may go missing.
             (from, Missing) => matches!(
                 from,
-                Pending | Starting | Running | Pausing | Paused | Resuming | Snapshotting | Hibernated
+                Pending
+                    | Starting
+                    | Running
+                    | Pausing
+                    | Paused
+                    | Resuming
+                    | Snapshotting
+                    | Hibernated
             ),
             (Missing, to) => matches!(to, Running | Paused | Hibernated | Stopped | Error),
             (Pending, Starting | Running | Error) => true,

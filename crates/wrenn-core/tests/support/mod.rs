@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-pub use wrenn_core::testing::{FakeAgents, Op};
 use wrenn_core::id::{HostId, TeamId, UserId};
 use wrenn_core::model::UserStatus;
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
+#[allow(unused_imports)]
+pub use wrenn_core::testing::{FakeAgents, Op};
 
 /// An online regular host in `store`.
 pub async fn online_host(store: &Arc<dyn Store>) -> HostId {

@@ -112,7 +112,11 @@ impl CreateCapsule {
     fn into_request(self) -> Result<CreateSandbox, ApiError> {
         let positive = |v: Option<i64>| v.filter(|v| *v > 0);
         let timeout_sec = match self.timeout_sec {
-            Some(t) if t < 0 => return Err(ApiError::bad_request("timeout_sec must be 0 (never) or a positive number of seconds")),
+            Some(t) if t < 0 => {
+                return Err(ApiError::bad_request(
+                    "timeout_sec must be 0 (never) or a positive number of seconds",
+                ));
+            }
             Some(t) if t > 0 && t < MIN_TIMEOUT_SEC => Some(MIN_TIMEOUT_SEC),
             other => other,
         };
@@ -128,31 +132,52 @@ impl CreateCapsule {
 }
 
 fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
-    AuditEntry::new(auth.team_id, auth.actor(), "sandbox", Some(id.to_string()), action)
+    AuditEntry::new(
+        auth.team_id,
+        auth.actor(),
+        "sandbox",
+        Some(id.to_string()),
+        action,
+    )
 }
 
 /// Creates a capsule; it starts in the background.
 #[utoipa::path(post, path = "/v1/capsules", tag = tags::CAPSULES, request_body = CreateCapsule,
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 503)))]
-async fn create(State(ctx): State<ServerContext>, auth: AuthContext, body: axum::body::Bytes) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    body: axum::body::Bytes,
+) -> ApiResult<impl IntoResponse> {
     // An empty body means "all defaults" (the SDK sends `{}`, curl users often nothing).
     let body: CreateCapsule = if body.iter().all(u8::is_ascii_whitespace) {
         CreateCapsule::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
     let req = body.into_request()?;
-    let template = req.template.clone().unwrap_or_else(|| wrenn_core::id::BUILTIN_TEMPLATE_NAME.into());
-    let sb = ctx.lifecycle.create(auth.team_id, &auth.actor(), req).await?;
-    ctx.audit(audit(&auth, sb.id, "create").metadata(serde_json::json!({ "template": template }))).await;
+    let template = req
+        .template
+        .clone()
+        .unwrap_or_else(|| wrenn_core::id::BUILTIN_TEMPLATE_NAME.into());
+    let sb = ctx
+        .lifecycle
+        .create(auth.team_id, &auth.actor(), req)
+        .await?;
+    ctx.audit(audit(&auth, sb.id, "create").metadata(serde_json::json!({ "template": template })))
+        .await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
 }
 
 /// The team's capsules, newest first (stopped and errored ones are hidden).
 #[utoipa::path(get, path = "/v1/capsules", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = [Capsule]), (status = 401)))]
-async fn list(State(ctx): State<ServerContext>, auth: AuthContext) -> ApiResult<Json<Vec<Capsule>>> {
+async fn list(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+) -> ApiResult<Json<Vec<Capsule>>> {
     let rows = ctx.store.list_sandboxes(auth.team_id).await?;
     Ok(Json(rows.into_iter().map(Capsule::from).collect()))
 }
@@ -161,17 +186,35 @@ async fn list(State(ctx): State<ServerContext>, auth: AuthContext) -> ApiResult<
 #[utoipa::path(get, path = "/v1/capsules/{id}", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 200, body = Capsule), (status = 400), (status = 401), (status = 404)))]
-async fn get_one(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<Json<Capsule>> {
-    Ok(Json(ctx.store.get_team_sandbox(auth.team_id, id).await.map_err(|_| ApiError::not_found("capsule"))?.into()))
+async fn get_one(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<Json<Capsule>> {
+    Ok(Json(
+        ctx.store
+            .get_team_sandbox(auth.team_id, id)
+            .await
+            .map_err(|_| ApiError::not_found("capsule"))?
+            .into(),
+    ))
 }
 
 /// Destroys a capsule (the row is kept as `stopped`).
 #[utoipa::path(delete, path = "/v1/capsules/{id}", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404)))]
-async fn destroy(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<impl IntoResponse> {
-    let sb = ctx.lifecycle.destroy(auth.team_id, id, &auth.actor()).await?;
-    ctx.audit(audit(&auth, id, "destroy").status(AuditStatus::Warning)).await;
+async fn destroy(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<impl IntoResponse> {
+    let sb = ctx
+        .lifecycle
+        .destroy(auth.team_id, id, &auth.actor())
+        .await?;
+    ctx.audit(audit(&auth, id, "destroy").status(AuditStatus::Warning))
+        .await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
 }
 
@@ -179,7 +222,11 @@ async fn destroy(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): 
 #[utoipa::path(post, path = "/v1/capsules/{id}/pause", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 409)))]
-async fn pause(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<impl IntoResponse> {
+async fn pause(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<impl IntoResponse> {
     let sb = ctx.lifecycle.pause(auth.team_id, id, &auth.actor()).await?;
     ctx.audit(audit(&auth, id, "pause")).await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
@@ -189,8 +236,15 @@ async fn pause(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Pa
 #[utoipa::path(post, path = "/v1/capsules/{id}/resume", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 409)))]
-async fn resume(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<impl IntoResponse> {
-    let sb = ctx.lifecycle.resume(auth.team_id, id, &auth.actor()).await?;
+async fn resume(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<impl IntoResponse> {
+    let sb = ctx
+        .lifecycle
+        .resume(auth.team_id, id, &auth.actor())
+        .await?;
     ctx.audit(audit(&auth, id, "resume")).await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
 }
@@ -199,7 +253,11 @@ async fn resume(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): P
 #[utoipa::path(post, path = "/v1/capsules/{id}/ping", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 404), (status = 409)))]
-async fn ping(State(ctx): State<ServerContext>, auth: AuthContext, Path(id): Path<SandboxId>) -> ApiResult<StatusCode> {
+async fn ping(
+    State(ctx): State<ServerContext>,
+    auth: AuthContext,
+    Path(id): Path<SandboxId>,
+) -> ApiResult<StatusCode> {
     ctx.lifecycle.ping(auth.team_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

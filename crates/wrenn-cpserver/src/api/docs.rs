@@ -16,17 +16,30 @@ pub(super) struct SecuritySchemes;
 impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
-        components.add_security_scheme("host_token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Host-Token"))));
+        components.add_security_scheme(
+            "host_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Host-Token"))),
+        );
     }
 }
 
 pub(super) fn routes(openapi: OpenApi) -> Router {
-    let yaml = openapi.to_yaml().unwrap_or_else(|e| format!("# could not render YAML: {e}\n"));
+    let yaml = openapi
+        .to_yaml()
+        .unwrap_or_else(|e| format!("# could not render YAML: {e}\n"));
     Router::new()
         .route(
             "/openapi.yaml",

@@ -87,7 +87,5 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(hosts::routes())
         .split_for_parts();
     openapi.info.version = version.to_owned();
-    router
-        .with_state(ctx.clone())
-        .merge(docs::routes(openapi))
+    router.with_state(ctx.clone()).merge(docs::routes(openapi))
 }

@@ -6,7 +6,12 @@ use wrenn_cpserver::{Builder, run};
 async fn main() -> std::process::ExitCode {
     wrenn_cpserver::logging::init();
     match Builder::from_env() {
-        Ok(builder) => match run(builder.with_version(env!("CARGO_PKG_VERSION"), option_env!("WRENN_COMMIT").unwrap_or("unknown"))).await {
+        Ok(builder) => match run(builder.with_version(
+            env!("CARGO_PKG_VERSION"),
+            option_env!("WRENN_COMMIT").unwrap_or("unknown"),
+        ))
+        .await
+        {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "control plane failed");

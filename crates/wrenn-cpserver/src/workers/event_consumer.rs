@@ -34,27 +34,41 @@ pub fn worker(extensions: Vec<Arc<dyn Extension>>) -> Worker {
     })
 }
 
-async fn run(ctx: ServerContext, cancel: CancellationToken, extensions: &[Arc<dyn Extension>], consumer: &str) -> Result<(), WorkerError> {
+async fn run(
+    ctx: ServerContext,
+    cancel: CancellationToken,
+    extensions: &[Arc<dyn Extension>],
+    consumer: &str,
+) -> Result<(), WorkerError> {
     ctx.events.create_group(SANDBOX_STREAM, GROUP).await?;
     loop {
         if cancel.is_cancelled() {
             return Ok(());
         }
-        let stale = ctx.events.claim_stale(SANDBOX_STREAM, GROUP, consumer, CLAIM_AFTER, BATCH).await?;
+        let stale = ctx
+            .events
+            .claim_stale(SANDBOX_STREAM, GROUP, consumer, CLAIM_AFTER, BATCH)
+            .await?;
         let fresh = tokio::select! {
             r = ctx.events.read_group(SANDBOX_STREAM, GROUP, consumer, BATCH, BLOCK) => r?,
             _ = cancel.cancelled() => return Ok(()),
         };
         for delivery in stale.into_iter().chain(fresh) {
             if handle(&ctx, extensions, &delivery).await {
-                ctx.events.ack(SANDBOX_STREAM, GROUP, std::slice::from_ref(&delivery.id)).await?;
+                ctx.events
+                    .ack(SANDBOX_STREAM, GROUP, std::slice::from_ref(&delivery.id))
+                    .await?;
             }
         }
     }
 }
 
 /// Applies one entry; `true` when it may be acknowledged.
-async fn handle(ctx: &ServerContext, extensions: &[Arc<dyn Extension>], delivery: &Delivery) -> bool {
+async fn handle(
+    ctx: &ServerContext,
+    extensions: &[Arc<dyn Extension>],
+    delivery: &Delivery,
+) -> bool {
     let Event::Sandbox(event) = &delivery.event else {
         return true;
     };

@@ -82,7 +82,10 @@ pub async fn run_pass(ctx: &ServerContext, settings: &MonitorSettings) -> Result
 }
 
 /// One pass, returning what changed.
-pub async fn pass(ctx: &ServerContext, settings: &MonitorSettings) -> Result<PassReport, WorkerError> {
+pub async fn pass(
+    ctx: &ServerContext,
+    settings: &MonitorSettings,
+) -> Result<PassReport, WorkerError> {
     let mut report = PassReport::default();
     let now = Utc::now();
     let stale_before = now - chrono::Duration::from_std(settings.unreachable_after)?;
@@ -110,24 +113,39 @@ pub async fn pass(ctx: &ServerContext, settings: &MonitorSettings) -> Result<Pas
 }
 
 async fn mark_down(ctx: &ServerContext, host: &Host) -> Result<bool, WorkerError> {
-    if !ctx.store.set_host_status_if(host.id, host.status, HostStatus::Unreachable).await? {
+    if !ctx
+        .store
+        .set_host_status_if(host.id, host.status, HostStatus::Unreachable)
+        .await?
+    {
         return Ok(false);
     }
     let missing = ctx.store.mark_host_sandboxes_missing(host.id).await?;
     warn!(host_id = %host.id, missing, "host stopped heartbeating; marked unreachable");
     let team = host.team_id.unwrap_or(PLATFORM_TEAM_ID);
     ctx.audit(
-        AuditEntry::new(team, Actor::system(), "host", Some(host.id.to_string()), "marked_down")
-            .status(AuditStatus::Error)
-            .scope(AuditScope::Team)
-            .metadata(serde_json::json!({ "missing_sandboxes": missing })),
+        AuditEntry::new(
+            team,
+            Actor::system(),
+            "host",
+            Some(host.id.to_string()),
+            "marked_down",
+        )
+        .status(AuditStatus::Error)
+        .scope(AuditScope::Team)
+        .metadata(serde_json::json!({ "missing_sandboxes": missing })),
     )
     .await;
     publish_host(ctx, host, team, PlatformEventKind::HostDown).await;
     Ok(true)
 }
 
-async fn publish_host(ctx: &ServerContext, host: &Host, team: wrenn_core::id::TeamId, kind: PlatformEventKind) {
+async fn publish_host(
+    ctx: &ServerContext,
+    host: &Host,
+    team: wrenn_core::id::TeamId,
+    kind: PlatformEventKind,
+) {
     let ev = PlatformEvent {
         event: kind,
         timestamp: Utc::now(),
@@ -138,15 +156,26 @@ async fn publish_host(ctx: &ServerContext, host: &Host, team: wrenn_core::id::Te
             kind: "host".into(),
         },
     };
-    if let Err(e) = ctx.events.publish(PLATFORM_STREAM, &Event::Platform(ev)).await {
+    if let Err(e) = ctx
+        .events
+        .publish(PLATFORM_STREAM, &Event::Platform(ev))
+        .await
+    {
         warn!(error = %e, "could not publish host event");
     }
 }
 
 /// Moves `sb` from its current status to `to`, conditionally; counts a win.
-async fn settle(ctx: &ServerContext, sb: &Sandbox, to: SandboxStatus, report: &mut PassReport) -> Result<(), WorkerError> {
+async fn settle(
+    ctx: &ServerContext,
+    sb: &Sandbox,
+    to: SandboxStatus,
+    report: &mut PassReport,
+) -> Result<(), WorkerError> {
     let changed = if to == Running {
-        ctx.store.running_if(sb.id, sb.status, &sb.host_ip, &Default::default()).await?
+        ctx.store
+            .running_if(sb.id, sb.status, &sb.host_ip, &Default::default())
+            .await?
     } else {
         ctx.store.status_if(sb.id, sb.status, to).await?
     };
@@ -172,17 +201,30 @@ async fn reconcile(
     settings: &MonitorSettings,
     report: &mut PassReport,
 ) -> Result<(), WorkerError> {
-    let on_host: HashMap<SandboxId, SandboxStatus> = inventory.sandboxes.iter().map(|s| (s.sandbox_id, s.status)).collect();
+    let on_host: HashMap<SandboxId, SandboxStatus> = inventory
+        .sandboxes
+        .iter()
+        .map(|s| (s.sandbox_id, s.status))
+        .collect();
     let auto_paused: HashSet<SandboxId> = inventory.auto_paused.iter().copied().collect();
     let now = Utc::now();
     let rows = ctx
         .store
-        .list_sandboxes_by_host(host.id, &SandboxStatus::ALL.into_iter().filter(|s| !s.is_terminal()).collect::<Vec<_>>())
+        .list_sandboxes_by_host(
+            host.id,
+            &SandboxStatus::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .collect::<Vec<_>>(),
+        )
         .await?;
     let known: HashSet<SandboxId> = rows.iter().map(|s| s.id).collect();
     for sb in &rows {
         let agent = on_host.get(&sb.id).copied();
-        let age = now.signed_duration_since(sb.last_updated).to_std().unwrap_or_default();
+        let age = now
+            .signed_duration_since(sb.last_updated)
+            .to_std()
+            .unwrap_or_default();
         match (sb.status, agent) {
             (Missing, Some(a)) => {
                 if let Some(to) = stable(a) {
@@ -191,7 +233,11 @@ async fn reconcile(
             }
             (Missing, None) => settle(ctx, sb, Stopped, report).await?,
             (Running, None) => {
-                let to = if auto_paused.contains(&sb.id) { Paused } else { Stopped };
+                let to = if auto_paused.contains(&sb.id) {
+                    Paused
+                } else {
+                    Stopped
+                };
                 settle(ctx, sb, to, report).await?;
             }
             (Running, Some(a @ (Paused | Hibernated))) => settle(ctx, sb, a, report).await?,
@@ -221,7 +267,9 @@ async fn reconcile(
         match ctx.store.get_sandbox(id).await {
             // A row created after our listing: leave it to the next pass.
             Ok(sb) if !sb.status.is_terminal() => {}
-            Ok(_) | Err(wrenn_core::repo::RepoError::NotFound { .. }) => destroy_on_host(ctx, host, id, report).await,
+            Ok(_) | Err(wrenn_core::repo::RepoError::NotFound { .. }) => {
+                destroy_on_host(ctx, host, id, report).await
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -234,6 +282,8 @@ async fn destroy_on_host(ctx: &ServerContext, host: &Host, id: SandboxId, report
             info!(host_id = %host.id, sandbox_id = %id, "destroyed an orphaned sandbox on its host");
             report.orphans_destroyed += 1;
         }
-        Err(e) => warn!(host_id = %host.id, sandbox_id = %id, error = %e, "could not destroy orphaned sandbox"),
+        Err(e) => {
+            warn!(host_id = %host.id, sandbox_id = %id, error = %e, "could not destroy orphaned sandbox")
+        }
     }
 }
