@@ -465,8 +465,12 @@ async fn issue_registration_token(
     Ok(token)
 }
 
-/// Signs a host JWT and stores a fresh refresh token.
-async fn issue_credentials(ctx: &ServerContext, host: Host) -> ApiResult<HostCredentials> {
+/// Signs a host JWT and stores a fresh refresh token; returns the credentials and
+/// the new refresh token's id.
+async fn issue_credentials(
+    ctx: &ServerContext,
+    host: Host,
+) -> ApiResult<(HostCredentials, HostRefreshTokenId)> {
     let jwt = ctx
         .auth
         .jwt()
@@ -474,7 +478,8 @@ async fn issue_credentials(ctx: &ServerContext, host: Host) -> ApiResult<HostCre
         .map_err(ApiError::internal)?;
     let refresh = OpaqueToken::generate();
     let now = Utc::now();
-    ctx.store
+    let stored = ctx
+        .store
         .create_refresh_token(HostRefreshToken {
             id: HostRefreshTokenId::new(),
             host_id: host.id,
@@ -484,11 +489,12 @@ async fn issue_credentials(ctx: &ServerContext, host: Host) -> ApiResult<HostCre
             revoked_at: None,
         })
         .await?;
-    Ok(HostCredentials {
+    let creds = HostCredentials {
         host: host.into(),
         token: jwt,
         refresh_token: refresh.expose_secret().to_owned(),
-    })
+    };
+    Ok((creds, stored.id))
 }
 
 // ---------------------------------------------------------------------------
@@ -874,7 +880,7 @@ async fn register(
     }
     ctx.hosts.evict(host_id);
     let host = ctx.store.get_host(host_id).await?;
-    let creds = issue_credentials(&ctx, host.clone()).await?;
+    let (creds, _) = issue_credentials(&ctx, host.clone()).await?;
     tracing::info!(host_id = %host_id, address = %spec.address, "host registered");
     ctx.audit(
         AuditEntry::new(
@@ -917,18 +923,11 @@ async fn refresh(
         Err(e) => return Err(e.into()),
     };
     // Issue first, revoke second.
-    let creds = issue_credentials(&ctx, host).await?;
+    let (creds, new_id) = issue_credentials(&ctx, host).await?;
     if !ctx.store.revoke_refresh_token(old.id).await? {
         // A concurrent refresh spent the same token first: withdraw ours.
-        if let Ok(Some(new)) = ctx
-            .store
-            .get_valid_refresh_token(
-                &wrenn_core::auth::hash_token(&creds.refresh_token),
-                Utc::now(),
-            )
-            .await
-        {
-            let _ = ctx.store.revoke_refresh_token(new.id).await;
+        if let Err(e) = ctx.store.revoke_refresh_token(new_id).await {
+            tracing::warn!(host_id = %old.host_id, error = %e, "could not withdraw a losing refresh token");
         }
         return Err(ApiError::unauthorized(INVALID_REFRESH_TOKEN));
     }

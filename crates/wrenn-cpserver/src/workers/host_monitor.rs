@@ -55,9 +55,21 @@ impl Default for MonitorSettings {
 }
 
 /// The worker, running a pass every `WRENN_HOST_MONITOR_INTERVAL_SECS` (default 60 s).
+/// The first pass comes one interval after start, so hosts get the chance to
+/// heartbeat and report before anything is judged.
 pub fn worker(interval: Duration) -> Worker {
-    Worker::periodic("host-monitor", interval, |ctx| async move {
-        run_pass(&ctx, &MonitorSettings::default()).await
+    Worker::new("host-monitor", move |ctx, cancel| async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = run_pass(&ctx, &MonitorSettings::default()).await {
+                warn!(error = %e, "host monitor pass failed");
+            }
+        }
     })
 }
 
