@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Sandbox benchmarks through the public API of `wrenn dev` (process runtime).
+
+    cargo build --release -p wrenn --bin wrenn
+    scripts/bench-sandboxes.py [--rounds 30] [--concurrent 50] [--file-mib 256]
+
+Starts `target/release/wrenn dev` in a temporary directory on a free loopback port
+and measures, reporting p50/p99:
+  - create -> running (POST /v1/capsules until GET says running),
+  - exec `true` round trip (POST .../exec),
+  - file write and read throughput (streamed multipart write / streamed read),
+  - pause -> paused and resume -> running,
+  - N concurrent sandboxes, with the wrenn process's RSS growth per sandbox.
+Only loopback is contacted. Standard library only.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+
+def pct(values, p):
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
+    return s[k]
+
+
+def report(name, ms):
+    print(f"{name:34s} n={len(ms):4d}  p50={pct(ms, 50):8.2f} ms  p99={pct(ms, 99):8.2f} ms")
+
+
+class Api:
+    def __init__(self, port, key):
+        self.port, self.key = port, key
+        self.local = threading.local()
+
+    def conn(self):
+        c = getattr(self.local, "c", None)
+        if c is None:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            self.local.c = c
+        return c
+
+    def call(self, method, path, body=None):
+        headers = {"X-API-Key": self.key}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in (0, 1):
+            try:
+                c = self.conn()
+                c.request(method, path, body=data, headers=headers)
+                r = c.getresponse()
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw and raw[:1] in b"[{" else raw)
+            except (http.client.HTTPException, OSError):
+                self.local.c = None
+                if attempt:
+                    raise
+
+    def status(self, cid):
+        return self.call("GET", f"/v1/capsules/{cid}")[1]["status"]
+
+    def wait(self, cid, want, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.status(cid) == want:
+                return
+            time.sleep(0.002)
+        raise RuntimeError(f"{cid} did not become {want}")
+
+    def create(self):
+        s, v = self.call("POST", "/v1/capsules", {})
+        assert s == 202, (s, v)
+        return v["id"]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"VmRSS:\s+(\d+)", f.read())
+    return int(m.group(1)) if m else 0
+
+
+def stream_write(port, key, cid, path, total):
+    boundary = "wrennbench"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n{path}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.putrequest("POST", f"/v1/capsules/{cid}/files/stream/write")
+    c.putheader("X-API-Key", key)
+    c.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    c.putheader("Content-Length", str(len(head) + total + len(tail)))
+    c.endheaders()
+    chunk = os.urandom(1 << 20)
+    c.send(head)
+    sent = 0
+    while sent < total:
+        n = min(len(chunk), total - sent)
+        c.send(chunk[:n])
+        sent += n
+    c.send(tail)
+    r = c.getresponse()
+    r.read()
+    assert r.status == 204, r.status
+
+
+def stream_read(port, key, cid, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", f"/v1/capsules/{cid}/files/stream/read", body=json.dumps({"path": path}),
+              headers={"X-API-Key": key, "Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    n = 0
+    while True:
+        b = r.read(1 << 20)
+        if not b:
+            return n
+        n += len(b)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--concurrent", type=int, default=50)
+    ap.add_argument("--file-mib", type=int, default=256)
+    ap.add_argument("--binary", default="target/release/wrenn")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="wrenn-bench-")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([args.binary, "dev", "--dir", f"{tmp}/state", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "RUST_LOG": "error"})
+    key = None
+    for line in proc.stdout:
+        if line.startswith("export WRENN_API_KEY="):
+            key = line.strip().split("=", 1)[1]
+            break
+    api = Api(port, key)
+    try:
+        created = []
+        ms = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            cid = api.create()
+            api.wait(cid, "running")
+            ms.append((time.perf_counter() - t) * 1000)
+            created.append(cid)
+        report("create -> running", ms)
+
+        cid = created[0]
+        ms = []
+        for _ in range(max(100, args.rounds * 5)):
+            t = time.perf_counter()
+            st, v = api.call("POST", f"/v1/capsules/{cid}/exec", {"cmd": "true"})
+            ms.append((time.perf_counter() - t) * 1000)
+            assert st == 200 and v["exit_code"] == 0, v
+        report("exec `true` round trip", ms)
+
+        total = args.file_mib << 20
+        t = time.perf_counter()
+        stream_write(port, key, cid, "/root/bench.bin", total)
+        w = time.perf_counter() - t
+        t = time.perf_counter()
+        n = stream_read(port, key, cid, "/root/bench.bin")
+        r = time.perf_counter() - t
+        assert n == total
+        print(f"{'file write (streamed)':34s} {args.file_mib / w:8.1f} MiB/s ({args.file_mib} MiB)")
+        print(f"{'file read (streamed)':34s} {args.file_mib / r:8.1f} MiB/s ({args.file_mib} MiB)")
+
+        pause_ms, resume_ms = [], []
+        for cid in created[: min(len(created), 20)]:
+            t = time.perf_counter()
+            api.call("POST", f"/v1/capsules/{cid}/pause")
+            api.wait(cid, "paused")
+            pause_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            api.call("POST", f"/v1/capsules/{cid}/resume")
+            api.wait(cid, "running")
+            resume_ms.append((time.perf_counter() - t) * 1000)
+        report("pause -> paused", pause_ms)
+        report("resume -> running", resume_ms)
+
+        for cid in created:
+            api.call("DELETE", f"/v1/capsules/{cid}")
+        for cid in created:
+            api.wait(cid, "stopped")
+
+        before = rss_kib(proc.pid)
+        ids, errors = [], []
+
+        def one():
+            try:
+                local = Api(port, key)
+                c = local.create()
+                local.wait(c, "running", timeout=120)
+                ids.append(c)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=one) for _ in range(args.concurrent)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        took = time.perf_counter() - t
+        for c in ids:
+            st, v = api.call("POST", f"/v1/capsules/{c}/exec", {"cmd": "true"})
+            assert st == 200, v
+        after = rss_kib(proc.pid)
+        print(f"{'concurrent sandboxes':34s} {len(ids)}/{args.concurrent} running in {took:.1f} s, "
+              f"{len(errors)} errors; wrenn RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB "
+              f"({(after - before) / max(1, len(ids)):.0f} KiB per sandbox)")
+        for c in ids:
+            api.call("DELETE", f"/v1/capsules/{c}")
+        for c in ids:
+            api.wait(c, "stopped", timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
