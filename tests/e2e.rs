@@ -143,6 +143,47 @@ impl Dev {
     }
 }
 
+/// Opens a WebSocket on `path` (API-key header), sends `start` (text) and `input`
+/// (binary), and collects text and binary payloads until `until` shows up (10 s).
+async fn ws_session(
+    dev: &Dev,
+    path: &str,
+    start: Option<Value>,
+    input: Option<&[u8]>,
+    until: &str,
+) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}{path}", dev.base.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-api-key", dev.key.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket");
+    if let Some(start) = start {
+        ws.send(Message::text(start.to_string())).await.unwrap();
+    }
+    if let Some(input) = input {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ws.send(Message::binary(input.to_vec())).await.unwrap();
+    }
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(until) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(t.as_str()),
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let _ = ws.close(None).await;
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_end_to_end() {
     let dev = start_dev();
@@ -370,6 +411,33 @@ async fn the_platform_end_to_end() {
     assert_eq!(t["name"], "e2e-snap");
     let b = dev.create(json!({"template": "e2e-snap"})).await;
     assert_eq!(dev.sh(&b, "cat /root/keep.txt").await, "survives\n");
+
+    // PTY over WebSocket: an interactive shell answers.
+    let out = ws_session(
+        &dev,
+        &format!("/v1/capsules/{a}/pty"),
+        Some(json!({"type": "start", "cmd": "/bin/sh", "cols": 80, "rows": 24})),
+        Some(b"echo pty-$((6*7))\n"),
+        "pty-42",
+    )
+    .await;
+    assert!(out.contains("pty-42"), "{out}");
+
+    // A background process's output is replayed to a client that reattaches later.
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/exec"), Some(json!({"cmd": "/bin/sh", "args": ["-c", "echo hello-reattach; sleep 30"], "background": true, "tag": "late"})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = ws_session(
+        &dev,
+        &format!("/v1/capsules/{a}/processes/late/stream"),
+        None,
+        None,
+        "hello-reattach",
+    )
+    .await;
+    assert!(out.contains("hello-reattach"), "{out}");
 
     // Destroy → GET still answers, with `stopped`.
     let (s, v) = dev

@@ -1133,8 +1133,20 @@ impl SandboxManager {
         }
         match self.runtime.snapshot(&instance, team, template).await {
             Ok(size) => {
+                // A running sandbox carries on after the copy; it was only frozen for
+                // a consistent snapshot.
+                let resumed = prev == SandboxStatus::Running
+                    && match self.runtime.resume(&instance).await {
+                        Ok(()) => true,
+                        Err(re) => {
+                            tracing::warn!(sandbox_id = %id, "resume after a snapshot: {re}");
+                            false
+                        }
+                    };
                 sb.with(|s| {
-                    if prev == SandboxStatus::Running {
+                    if resumed {
+                        s.status = SandboxStatus::Running;
+                    } else if prev == SandboxStatus::Running {
                         s.status = SandboxStatus::Paused;
                         s.paused_at = Some(Instant::now());
                         s.auto_paused = false;
@@ -1142,6 +1154,9 @@ impl SandboxManager {
                         s.status = prev;
                     }
                 });
+                if resumed {
+                    sb.conns.reset();
+                }
                 self.events.emit(
                     SandboxEventKind::Snapshotted,
                     id,

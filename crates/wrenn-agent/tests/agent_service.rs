@@ -1361,9 +1361,10 @@ async fn snapshots_create_delete_and_flatten() {
     assert!(size > 0);
     assert_eq!(
         agent.status(id).await,
-        Some(pb::SandboxStatus::Paused),
-        "stays paused"
+        Some(pb::SandboxStatus::Running),
+        "a running sandbox carries on after the snapshot"
     );
+    assert_eq!(agent.sh(id, "echo after").await.unwrap().0, "after\n");
     let err = c
         .create_snapshot(pb::CreateSnapshotRequest {
             sandbox_id: id.to_string(),
@@ -1441,7 +1442,13 @@ async fn snapshots_create_delete_and_flatten() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    // FlattenRootfs: validated, then UNIMPLEMENTED for this runtime.
+    // FlattenRootfs: validated (a paused sandbox is refused), then UNIMPLEMENTED for
+    // this runtime.
+    c.pause_sandbox(pb::PauseSandboxRequest {
+        sandbox_id: id.to_string(),
+    })
+    .await
+    .unwrap();
     let err = c
         .flatten_rootfs(pb::FlattenRootfsRequest {
             sandbox_id: id.to_string(),
