@@ -227,3 +227,32 @@ impl HostAgents for FakeAgents {
         })
     }
 }
+
+/// Registers an online regular host in `hosts` (address `127.0.0.1:50051`, a large
+/// machine) and returns its id.
+///
+/// # Panics
+/// If the store refuses (a broken test setup).
+pub async fn online_host(hosts: &dyn crate::repo::HostRepo) -> HostId {
+    let id = HostId::new();
+    hosts
+        .create_host(crate::repo::NewHost {
+            id,
+            kind: crate::model::HostKind::Regular,
+            team_id: None,
+            provider: "test".into(),
+            availability_zone: "local".into(),
+            created_by: None,
+        })
+        .await
+        .expect("create host");
+    let spec = crate::repo::HostSpec {
+        address: "127.0.0.1:50051".into(),
+        arch: "x86_64".into(),
+        cpu_cores: 64,
+        memory_mb: 262_144,
+        disk_gb: 4_000,
+    };
+    assert!(hosts.register_host(id, &spec).await.expect("register host"));
+    id
+}

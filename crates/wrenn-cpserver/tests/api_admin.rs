@@ -4,73 +4,16 @@ mod common;
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use common::{Options, TestServer, TestUser, assert_error, json};
+use common::{Options, TestServer, assert_error, make_key, member_of, online_host, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 use wrenn_core::audit::{Actor, AuditQuery, AuditRecord, AuditScope};
-use wrenn_core::auth::{ApiKey, Role};
-use wrenn_core::id::{ApiKeyId, HostId, PLATFORM_TEAM_ID, TeamId, TemplateId, UserId};
+use wrenn_core::auth::Role;
+use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId, TemplateId, UserId};
 use wrenn_core::lifecycle::{CreateSandbox, SandboxStatus};
-use wrenn_core::model::{self, HostKind, TemplateKind, UserStatus};
-use wrenn_core::repo::{HostSpec, NewHost, NewTemplate, Store};
+use wrenn_core::model::{TemplateKind, UserStatus};
+use wrenn_core::repo::{NewTemplate, Store};
 use wrenn_core::testing::Op;
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    json(req.send().await.expect("request")).await
-}
-
-async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
-    let u = s.user(email).await;
-    s.store()
-        .add_member(team, u.id, role)
-        .await
-        .expect("add member");
-    let token = s.token_for(u.id, team, role, email, false);
-    TestUser { team, token, ..u }
-}
-
-async fn online_host(store: &Arc<dyn Store>) -> HostId {
-    let id = HostId::new();
-    store
-        .create_host(NewHost {
-            id,
-            kind: HostKind::Regular,
-            team_id: None,
-            provider: "test".into(),
-            availability_zone: "local".into(),
-            created_by: None,
-        })
-        .await
-        .expect("create host");
-    let spec = HostSpec {
-        address: "127.0.0.1:50051".into(),
-        arch: "x86_64".into(),
-        cpu_cores: 64,
-        memory_mb: 262_144,
-        disk_gb: 4_000,
-    };
-    assert!(store.register_host(id, &spec).await.expect("register"));
-    id
-}
-
-async fn make_key(store: &Arc<dyn Store>, team: TeamId, creator: UserId) -> ApiKey {
-    let key = ApiKey::generate();
-    store
-        .create_api_key(model::ApiKey {
-            id: ApiKeyId::new(),
-            team_id: team,
-            name: "k".into(),
-            key_hash: key.hash(),
-            key_prefix: key.prefix().into(),
-            created_by: Some(creator),
-            created_at: Utc::now(),
-            last_used: None,
-        })
-        .await
-        .expect("key");
-    key
-}
 
 async fn platform_entry(
     store: &Arc<dyn Store>,

@@ -4,26 +4,12 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Options, TestServer, TestUser, assert_error, json};
+use common::{Options, TestServer, TestUser, assert_error, member_of, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
 use wrenn_core::auth::Role;
 use wrenn_core::id::TeamId;
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    json(req.send().await.expect("request")).await
-}
-
-async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
-    let u = s.user(email).await;
-    s.store()
-        .add_member(team, u.id, role)
-        .await
-        .expect("add member");
-    let token = s.token_for(u.id, team, role, email, false);
-    TestUser { team, token, ..u }
-}
 
 /// Writes `n` team-scoped entries straight into the trail.
 async fn plant(s: &TestServer, team: TeamId, n: usize, resource: &str, action: &str) {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Options, TestServer, TestUser, assert_error, json};
+use common::{Options, TestServer, TestUser, assert_error, member_of, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 use wrenn_core::audit::{AuditQuery, AuditScope, AuditStatus};
@@ -22,10 +22,6 @@ use wrenn_core::repo::RepoError;
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    json(req.send().await.expect("request")).await
-}
 
 /// Credentials an agent receives at registration.
 #[derive(Debug, Clone)]
@@ -54,16 +50,6 @@ impl Creds {
 
 async fn admin(s: &TestServer) -> TestUser {
     s.user_with("root@x.io", true).await
-}
-
-async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
-    let u = s.user(email).await;
-    s.store()
-        .add_member(team, u.id, role)
-        .await
-        .expect("add member");
-    let token = s.token_for(u.id, team, role, email, false);
-    TestUser { team, token, ..u }
 }
 
 /// `POST /v1/hosts` that must succeed; returns the host id and registration token.

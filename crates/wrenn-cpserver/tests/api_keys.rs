@@ -3,27 +3,13 @@
 
 mod common;
 
-use common::{Options, TestServer, TestUser, assert_error, json};
+use common::{Options, TestServer, TestUser, assert_error, member_of, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 use wrenn_core::audit::{AuditQuery, AuditRecord, AuditScope};
 use wrenn_core::auth::{Role, hash_api_key};
 use wrenn_core::id::{ApiKeyId, TeamId};
 use wrenn_extension::Principal;
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    json(req.send().await.expect("request")).await
-}
-
-async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
-    let u = s.user(email).await;
-    s.store()
-        .add_member(team, u.id, role)
-        .await
-        .expect("add member");
-    let token = s.token_for(u.id, team, role, email, false);
-    TestUser { team, token, ..u }
-}
 
 /// Creates a key through the API; returns the response body.
 async fn create_key(s: &TestServer, u: &TestUser, name: Option<&str>) -> Value {

@@ -6,9 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use common::{Options, TestServer, TestUser, assert_error, json};
+use common::{Options, TestServer, TestUser, assert_error, member_of, online_host, send};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use wrenn_core::agents::{AgentError, AgentInventory, HostAgents, SandboxSpec, StartedSandbox};
 use wrenn_core::audit::{Actor, AuditQuery, AuditRecord, AuditScope};
 use wrenn_core::auth::{ApiKey, Role};
@@ -17,10 +17,8 @@ use wrenn_core::id::{
     ApiKeyId, ChannelId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId,
 };
 use wrenn_core::lifecycle::{CreateSandbox, HostStatus, SandboxStatus};
-use wrenn_core::model::{
-    self, Channel, HostKind, MetricPoint, MetricTier, MetricsSnapshot, TemplateKind,
-};
-use wrenn_core::repo::{HostSpec, NewHost, NewTemplate, Store};
+use wrenn_core::model::{self, Channel, MetricPoint, MetricTier, MetricsSnapshot, TemplateKind};
+use wrenn_core::repo::{NewTemplate, Store};
 use wrenn_core::testing::{FakeAgents, Op};
 use wrenn_cpserver::teams::{DeleteTeamError, delete_team_core};
 use wrenn_db::testing::TestStores;
@@ -28,46 +26,6 @@ use wrenn_db::testing::TestStores;
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    json(req.send().await.expect("request")).await
-}
-
-/// A new user who is also a `role` of `team`, with a token acting in `team`.
-async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
-    let u = s.user(email).await;
-    s.store()
-        .add_member(team, u.id, role)
-        .await
-        .expect("add member");
-    let token = s.token_for(u.id, team, role, email, false);
-    TestUser { team, token, ..u }
-}
-
-/// An online regular host.
-async fn online_host(store: &Arc<dyn Store>) -> HostId {
-    let id = HostId::new();
-    store
-        .create_host(NewHost {
-            id,
-            kind: HostKind::Regular,
-            team_id: None,
-            provider: "test".into(),
-            availability_zone: "local".into(),
-            created_by: None,
-        })
-        .await
-        .expect("create host");
-    let spec = HostSpec {
-        address: "127.0.0.1:50051".into(),
-        arch: "x86_64".into(),
-        cpu_cores: 64,
-        memory_mb: 262_144,
-        disk_gb: 4_000,
-    };
-    assert!(store.register_host(id, &spec).await.expect("register"));
-    id
-}
 
 fn actor(u: &TestUser) -> Actor {
     Actor::user(u.id, u.email.clone())

@@ -6,33 +6,13 @@ use std::sync::Arc;
 
 use wrenn_core::id::{HostId, TeamId, UserId};
 use wrenn_core::model::UserStatus;
-use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
+use wrenn_core::repo::{NewTeam, NewUser, Store};
 #[allow(unused_imports)]
 pub use wrenn_core::testing::{FakeAgents, Op};
 
 /// An online regular host in `store`.
 pub async fn online_host(store: &Arc<dyn Store>) -> HostId {
-    let id = HostId::new();
-    store
-        .create_host(NewHost {
-            id,
-            kind: wrenn_core::model::HostKind::Regular,
-            team_id: None,
-            provider: "test".into(),
-            availability_zone: "local".into(),
-            created_by: None,
-        })
-        .await
-        .expect("create host");
-    let spec = HostSpec {
-        address: "127.0.0.1:50051".into(),
-        arch: "x86_64".into(),
-        cpu_cores: 64,
-        memory_mb: 262_144,
-        disk_gb: 4_000,
-    };
-    assert!(store.register_host(id, &spec).await.expect("register"));
-    id
+    wrenn_core::testing::online_host(store.as_ref()).await
 }
 
 /// A user owning a fresh team.

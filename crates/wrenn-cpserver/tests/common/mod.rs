@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wrenn_core::auth::{Role, UserClaims, hash_password};
+
 use wrenn_core::config::Config;
 use wrenn_core::id::{TeamId, UserId};
 use wrenn_core::model::UserStatus;
@@ -233,4 +234,48 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
         "body: {}",
         got.1
     );
+}
+
+/// Sends a request; status and JSON body.
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    json(req.send().await.expect("request")).await
+}
+
+/// A new user who is a `role` member of `team`, with a token acting in that team.
+pub async fn member_of(s: &TestServer, team: TeamId, email: &str, role: Role) -> TestUser {
+    let u = s.user(email).await;
+    s.store()
+        .add_member(team, u.id, role)
+        .await
+        .expect("add member");
+    let token = s.token_for(u.id, team, role, email, false);
+    TestUser { team, token, ..u }
+}
+
+/// An online regular host (registered straight in the store).
+pub async fn online_host(store: &Arc<dyn Store>) -> wrenn_core::id::HostId {
+    wrenn_core::testing::online_host(store.as_ref()).await
+}
+
+/// A team API key created by `creator`, straight in the store.
+pub async fn make_key(
+    store: &Arc<dyn Store>,
+    team: TeamId,
+    creator: UserId,
+) -> wrenn_core::auth::ApiKey {
+    let key = wrenn_core::auth::ApiKey::generate();
+    store
+        .create_api_key(wrenn_core::model::ApiKey {
+            id: wrenn_core::id::ApiKeyId::new(),
+            team_id: team,
+            name: "k".into(),
+            key_hash: key.hash(),
+            key_prefix: key.prefix().into(),
+            created_by: Some(creator),
+            created_at: chrono::Utc::now(),
+            last_used: None,
+        })
+        .await
+        .expect("key");
+    key
 }
