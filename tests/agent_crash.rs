@@ -1,0 +1,185 @@
+//! A host agent killed in the middle of a create leaves the capsule in `error`, never
+//! stuck in `starting`: the real `wrenn-agent` binary (process runtime) is frozen
+//! with SIGSTOP while the control plane's create call is in flight, then killed.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wrenn_core::audit::Actor;
+use wrenn_core::id::{HostId, TeamId, UserId};
+use wrenn_core::lifecycle::{CreateSandbox, SandboxStatus};
+use wrenn_core::model::{HostKind, UserStatus};
+use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
+
+/// Builds the agent and envd binaries (once per test run) and returns their paths.
+fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "wrenn-agent",
+            "--bin",
+            "wrenn-agent",
+            "-p",
+            "wrenn-envd",
+            "--bin",
+            "wrenn-envd",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(
+        status.success(),
+        "building wrenn-agent and wrenn-envd failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    (
+        target.join("debug/wrenn-agent"),
+        target.join("debug/wrenn-envd"),
+    )
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+async fn team(store: &Arc<dyn Store>) -> TeamId {
+    let user = UserId::new();
+    store
+        .create_user(NewUser {
+            id: user,
+            email: "crash@example.com".into(),
+            password_hash: None,
+            name: "Crash".into(),
+            status: UserStatus::Active,
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    let team = TeamId::new();
+    store
+        .create_team(
+            NewTeam {
+                id: team,
+                name: "Crash".into(),
+                slug: wrenn_core::id::new_team_slug(),
+                is_byoc: false,
+            },
+            user,
+            true,
+        )
+        .await
+        .unwrap();
+    team
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_create_leaves_error_not_starting() {
+    let (agent_bin, envd_bin) = binaries();
+    let db = wrenn_db::testing::TestStores::sqlite().await;
+    let store = db.store();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = Command::new(&agent_bin)
+        .env("WRENN_DIR", dir.path().join("agent"))
+        .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("WRENN_ENVD_BIN", &envd_bin)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wrenn-agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start listening"
+        );
+        assert!(
+            agent.try_wait().unwrap().is_none(),
+            "the agent exited at start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The control plane, in process, over the real store, with the agent as its host.
+    let host = HostId::new();
+    store
+        .create_host(NewHost {
+            id: host,
+            kind: HostKind::Regular,
+            team_id: None,
+            provider: "t".into(),
+            availability_zone: "a".into(),
+            created_by: None,
+        })
+        .await
+        .unwrap();
+    let spec = HostSpec {
+        address: format!("127.0.0.1:{port}"),
+        arch: "x86_64".into(),
+        cpu_cores: 2,
+        memory_mb: 16384,
+        disk_gb: 100,
+    };
+    assert!(store.register_host(host, &spec).await.unwrap());
+    let config = {
+        let d = dir.path().join("cp").to_string_lossy().into_owned();
+        wrenn_core::config::Config::from_lookup(|k| (k == "WRENN_DIR").then(|| d.clone())).unwrap()
+    };
+    let server = wrenn_cpserver::Builder::new(config)
+        .with_store(store.clone())
+        .with_scheduler(Arc::new(wrenn_core::scheduler::SingleHost::new(
+            store.clone(),
+            host,
+        )))
+        .build()
+        .await
+        .unwrap();
+    let ctx = server.context().clone();
+    let team = team(&store).await;
+
+    // Freeze the agent, start a create (its RPC hangs), then kill the agent.
+    signal(agent.id(), "-STOP");
+    let sb = ctx
+        .lifecycle
+        .create(team, &Actor::system(), CreateSandbox::default())
+        .await
+        .unwrap();
+    assert_eq!(sb.status, SandboxStatus::Starting);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.get_sandbox(sb.id).await.unwrap().status,
+        SandboxStatus::Starting,
+        "the call is in flight"
+    );
+    signal(agent.id(), "-KILL");
+    let _ = agent.wait();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = SandboxStatus::Starting;
+    while Instant::now() < deadline {
+        status = store.get_sandbox(sb.id).await.unwrap().status;
+        if status != SandboxStatus::Starting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        SandboxStatus::Error,
+        "a create whose agent died ends in error"
+    );
+    ctx.lifecycle.wait_idle().await;
+}
