@@ -52,10 +52,13 @@ macro_rules! impl_api_key_repo {
 
             #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team))]
             async fn list_api_keys(&self, team: TeamId) -> RepoResult<Vec<ApiKeyWithCreator>> {
-                // LEFT JOIN: the creator may have been deleted (created_by is NULL then).
+                // The creator may have been deleted (created_by is NULL then). A
+                // correlated primary-key lookup rather than a join: its plan does not
+                // depend on table statistics (a join may hash the whole users table).
                 let rows: Vec<ApiKeyWithCreatorRow> = sqlx::query_as(
-                    "SELECT k.*, u.email AS creator_email \
-                     FROM team_api_keys k LEFT JOIN users u ON u.id = k.created_by \
+                    "SELECT k.*, (SELECT u.email FROM users u WHERE u.id = k.created_by) \
+                     AS creator_email \
+                     FROM team_api_keys k \
                      WHERE k.team_id = $1 ORDER BY k.created_at DESC, k.id DESC",
                 )
                 .bind(team.uuid())

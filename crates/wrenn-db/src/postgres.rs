@@ -9,6 +9,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::backend::Dialect;
 use crate::error::DbError;
 
+mod leases;
+
+pub(crate) use leases::Leases;
+pub use leases::PING_AFTER_IDLE;
+
 /// The embedded Postgres schema (`migrations/postgres`).
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -16,10 +21,18 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 ///
 /// Cheap to clone (it is a connection pool). Build it with [`PgStore::connect`], or
 /// wrap an existing pool with [`PgStore::from_pool`] and call [`PgStore::migrate`].
+///
+/// A query costs one round trip: connections whose query completed are kept and
+/// reused without the pool's release check (see [`PING_AFTER_IDLE`] for how a
+/// connection the server dropped is caught). Close the store with
+/// [`PgStore::close`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Leases,
 }
+
+/// Connections the store opens at most.
+pub const MAX_CONNECTIONS: u32 = 16;
 
 impl PgStore {
     /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies the
@@ -30,7 +43,18 @@ impl PgStore {
             source,
         })?;
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(MAX_CONNECTIONS)
+            // The pool checks a connection when it comes back; check again on
+            // acquire only when it has been idle for a while.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
@@ -45,19 +69,26 @@ impl PgStore {
 
     /// Wraps an existing pool as is (no migrations are run; see [`PgStore::migrate`]).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool: Leases::new(pool),
+        }
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.pool.pool()
+    }
+
+    /// Closes every connection; queries after this fail with a closed-pool error.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Applies the embedded migrations that are not applied yet (idempotent). They
     /// go into the first schema of the connection's `search_path`.
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR
-            .run(&self.pool)
+            .run(self.pool.pool())
             .await
             .map_err(|source| DbError::Migrate {
                 backend: Self::NAME,

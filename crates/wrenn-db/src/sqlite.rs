@@ -117,6 +117,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Closes every connection; queries after this fail with a closed-pool error.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Applies the embedded migrations that are not applied yet (idempotent).
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR

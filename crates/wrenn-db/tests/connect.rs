@@ -64,7 +64,7 @@ async fn reopening_a_sqlite_file_keeps_its_data() {
     {
         let store = SqliteStore::open(&path).await.unwrap();
         store.create_user(user.clone()).await.unwrap();
-        store.pool().close().await;
+        store.close().await;
     }
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.get_user(user.id).await.unwrap().email, user.email);
