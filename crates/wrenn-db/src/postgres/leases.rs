@@ -8,6 +8,8 @@
 //! pool and keeps them on its own idle stack after a query that **ran to
 //! completion**, handing them out again without the check:
 //!
+//! - callers queue on [`Leases`]' own permits (one per pool connection), so a
+//!   finished connection goes straight to the next caller, never through the pool;
 //! - a connection whose query did not complete (an error, or the caller dropped the
 //!   future) goes back to the pool, which checks it and closes it if it is broken;
 //! - a connection idle for [`PING_AFTER_IDLE`] or longer is pinged before reuse, so
@@ -15,16 +17,15 @@
 //!   instead of failing a query;
 //! - a connection held longer than the pool's `max_lifetime` goes back to the pool,
 //!   which closes it;
-//! - transactions start on a leased connection and return to the pool when they
-//!   end (the pool's check flushes a rollback left by a dropped transaction);
-//! - while a caller waits on the pool for a connection, finished connections go
-//!   back to the pool (and so to that caller) rather than onto the stack;
+//! - a transaction ([`PgTransaction`]) holds its permit until it ends; its connection
+//!   then returns to the pool (whose check flushes the rollback of a dropped one);
 //! - closing the pool empties the stack at once, so `PgPool::close` completes.
 //!
 //! Every connection still comes from, and counts against, the sqlx pool.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ use futures::stream::BoxStream;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Connection, Describe, Either, Execute, Executor, Postgres, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A kept connection idle at least this long is pinged before it is reused.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -47,25 +49,10 @@ pub(crate) struct Leases {
 
 struct Inner {
     pool: PgPool,
-    idle: Mutex<IdleStack>,
+    /// One per pool connection: held by every lease and open transaction.
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
     max_lifetime: Option<Duration>,
-}
-
-/// The kept connections, and how many callers wait on the pool (under one lock, so
-/// a connection is never kept while somebody waits for one).
-#[derive(Default)]
-struct IdleStack {
-    kept: Vec<Idle>,
-    waiting: usize,
-}
-
-/// Counts a caller as waiting on the pool until dropped (also when its future is).
-struct Waiting<'a>(&'a Inner);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.idle).waiting -= 1;
-    }
 }
 
 /// A connection on the idle stack.
@@ -77,16 +64,25 @@ struct Idle {
     taken: Instant,
 }
 
-/// A connection checked out of [`Leases`] for one query or one transaction.
+/// A connection checked out of [`Leases`] for one query.
 struct Lease {
     conn: Option<PoolConnection<Postgres>>,
     taken: Instant,
     /// Set once the query ran to completion: only then is the connection kept.
     completed: bool,
     inner: Arc<Inner>,
+    /// Released after `Drop::drop` has put the connection back on the stack.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-fn lock(idle: &Mutex<IdleStack>) -> MutexGuard<'_, IdleStack> {
+/// A write transaction of the Postgres store. It dereferences to the connection
+/// (`&mut *tx` is an executor) and holds its [`Leases`] permit until it ends.
+pub(crate) struct PgTransaction {
+    tx: Transaction<'static, Postgres>,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
     idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -94,9 +90,11 @@ impl Leases {
     /// Over `pool`. Inside a Tokio runtime this also starts a small task that empties
     /// the idle stack when the pool is closed (and ends when the pool is gone).
     pub(crate) fn new(pool: PgPool) -> Self {
+        let size = usize::try_from(pool.options().get_max_connections()).unwrap_or(1);
         let inner = Arc::new(Inner {
             max_lifetime: pool.options().get_max_lifetime(),
-            idle: Mutex::new(IdleStack::default()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+            idle: Mutex::new(Vec::new()),
             pool,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -105,7 +103,8 @@ impl Leases {
             runtime.spawn(async move {
                 closed.await;
                 if let Some(inner) = weak.upgrade() {
-                    lock(&inner.idle).kept.clear();
+                    inner.permits.close();
+                    lock(&inner.idle).clear();
                 }
             });
         }
@@ -119,37 +118,35 @@ impl Leases {
 
     /// Empties the idle stack and closes the pool (waiting for leased connections).
     pub(crate) async fn close(&self) {
-        lock(&self.inner.idle).kept.clear();
+        self.inner.permits.close();
+        lock(&self.inner.idle).clear();
         self.inner.pool.close().await;
     }
 
     /// How many connections are on the idle stack (for tests).
     #[cfg(test)]
     pub(crate) fn kept(&self) -> usize {
-        lock(&self.inner.idle).kept.len()
+        lock(&self.inner.idle).len()
     }
 
-    /// A connection: the most recently used kept one (pinged first if it idled for
-    /// [`PING_AFTER_IDLE`]), or a new one from the pool.
+    /// A permit, then a connection: the most recently used kept one (pinged first if
+    /// it idled for [`PING_AFTER_IDLE`]), or one from the pool.
     async fn lease(&self) -> Result<Lease, sqlx::Error> {
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         loop {
             if self.inner.pool.is_closed() {
-                lock(&self.inner.idle).kept.clear();
+                lock(&self.inner.idle).clear();
                 return Err(sqlx::Error::PoolClosed);
             }
-            let kept = {
-                let mut stack = lock(&self.inner.idle);
-                let kept = stack.kept.pop();
-                if kept.is_none() {
-                    stack.waiting += 1;
-                }
-                kept
-            };
+            let kept = lock(&self.inner.idle).pop();
             let Some(mut idle) = kept else {
-                let waiting = Waiting(&self.inner);
-                let conn = self.inner.pool.acquire().await;
-                drop(waiting);
-                return Ok(self.wrap(conn?, Instant::now()));
+                // Holding a permit, the pool has room (it may still be taking back a
+                // connection that was not kept).
+                let conn = self.inner.pool.acquire().await?;
+                return Ok(self.wrap(conn, Instant::now(), permit));
             };
             if self
                 .inner
@@ -167,28 +164,39 @@ impl Leases {
                     continue;
                 }
             }
-            return Ok(self.wrap(idle.conn, idle.taken));
+            return Ok(self.wrap(idle.conn, idle.taken, permit));
         }
     }
 
-    fn wrap(&self, conn: PoolConnection<Postgres>, taken: Instant) -> Lease {
+    fn wrap(
+        &self,
+        conn: PoolConnection<Postgres>,
+        taken: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Lease {
         Lease {
             conn: Some(conn),
             taken,
             completed: false,
             inner: Arc::clone(&self.inner),
+            permit: Some(permit),
         }
     }
 
-    /// Starts a transaction with `statement` (`BEGIN …`) on a leased connection. The
-    /// connection returns to the pool when the transaction ends.
+    /// Starts a transaction with `statement` (`BEGIN …`) on a leased connection.
     pub(crate) async fn begin_with(
         &self,
         statement: &'static str,
-    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    ) -> Result<PgTransaction, sqlx::Error> {
         let mut lease = self.lease().await?;
-        let conn = lease.conn.take().ok_or(sqlx::Error::PoolClosed)?;
-        Transaction::begin(conn, Some(Cow::Borrowed(statement))).await
+        let (Some(conn), Some(permit)) = (lease.conn.take(), lease.permit.take()) else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let tx = Transaction::begin(conn, Some(Cow::Borrowed(statement))).await?;
+        Ok(PgTransaction {
+            tx,
+            _permit: permit,
+        })
     }
 }
 
@@ -196,7 +204,7 @@ impl fmt::Debug for Leases {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Leases")
             .field("pool", &self.inner.pool)
-            .field("kept", &lock(&self.inner.idle).kept.len())
+            .field("kept", &lock(&self.inner.idle).len())
             .finish()
     }
 }
@@ -219,18 +227,32 @@ impl Drop for Lease {
             drop(conn);
             return;
         }
-        let mut stack = lock(&self.inner.idle);
-        if stack.waiting > 0 {
-            // Somebody waits on the pool: hand it over through the pool.
-            drop(stack);
-            drop(conn);
-            return;
-        }
-        stack.kept.push(Idle {
+        lock(&self.inner.idle).push(Idle {
             conn,
             since: Instant::now(),
             taken: self.taken,
         });
+    }
+}
+
+impl PgTransaction {
+    /// Commits; the connection returns to the pool.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl Deref for PgTransaction {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for PgTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
     }
 }
 
@@ -458,6 +480,49 @@ mod tests {
             "one Sync per query: no check round trip on release"
         );
         assert_eq!(leases.kept(), 1, "the one connection is kept for reuse");
+    }
+
+    #[tokio::test]
+    async fn queries_queued_for_a_connection_still_cost_one_round_trip() {
+        let Some(options) = options() else { return };
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let relay = SyncCounter::start(upstream).await;
+        let options = options
+            .host("127.0.0.1")
+            .port(relay.port)
+            .ssl_mode(PgSslMode::Disable);
+        let leases = leases(options, 2).await;
+        let query = "SELECT $1::int4 * 2";
+        // The first burst prepares the statement on both connections; the second
+        // is counted.
+        let burst = |leases: Leases| async move {
+            let tasks: Vec<_> = (0..8)
+                .map(|t| {
+                    let leases = leases.clone();
+                    tokio::spawn(async move {
+                        for i in 0..20 {
+                            let got: i32 = sqlx::query_scalar(query)
+                                .bind(t * 100 + i)
+                                .fetch_one(&leases)
+                                .await?;
+                            assert_eq!(got, (t * 100 + i) * 2);
+                        }
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+        };
+        burst(leases.clone()).await;
+        let before = relay.count();
+        burst(leases.clone()).await;
+        assert_eq!(
+            relay.count() - before,
+            160,
+            "8 callers × 20 queries over 2 connections: one Sync each, none for checks"
+        );
     }
 
     #[tokio::test]
