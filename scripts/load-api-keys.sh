@@ -7,6 +7,10 @@
 # Needs: wrk (apt-get install wrk), curl, python3; for postgres a server at
 # 127.0.0.1:5432 with trust auth for user postgres (a throw-away database is
 # created and dropped). Only loopback is targeted.
+#
+# The database is on loopback, so the control plane connects without TLS
+# (`sslmode=disable`); WRENN_LOAD_PG_SSLMODE=prefer measures the libpq default
+# (TLS when the server offers it). WRENN_DB_MAX_CONNECTIONS passes through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +28,7 @@ case "$backend" in
   postgres)
     db="wrenn_load_$$"
     psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE ${db}"
-    url="postgres://postgres@127.0.0.1:5432/${db}"
+    url="postgres://postgres@127.0.0.1:5432/${db}?sslmode=${WRENN_LOAD_PG_SSLMODE:-disable}"
     ;;
   sqlite) url="sqlite://${dir}/wrenn.db" ;;
   *) echo "backend must be postgres or sqlite" >&2; exit 2 ;;

@@ -56,6 +56,8 @@ pub mod vars {
     pub const WRENN_SCHEDULER: &str = "WRENN_SCHEDULER";
     /// Maximum request body size in bytes.
     pub const WRENN_MAX_BODY_BYTES: &str = "WRENN_MAX_BODY_BYTES";
+    /// Most connections the control plane opens to Postgres.
+    pub const WRENN_DB_MAX_CONNECTIONS: &str = "WRENN_DB_MAX_CONNECTIONS";
     /// Host agent listen address.
     pub const WRENN_HOST_LISTEN_ADDR: &str = "WRENN_HOST_LISTEN_ADDR";
     /// Control-plane URL the agent registers with.
@@ -84,6 +86,14 @@ pub const DEFAULT_SMTP_FROM_EMAIL: &str = "noreply@wrenn.dev";
 pub const DEFAULT_HOST_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 /// Default maximum request body size: 100 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Default [`Config::database_max_connections`]. Postgres serves a pool best when it
+/// is about twice the database server's cores; more connections only queue inside
+/// the server (measured: 8 beats 16 on a 2-core host, see `scripts/load-api-keys.sh`).
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 8;
+
+/// Largest accepted [`Config::database_max_connections`].
+pub const MAX_DB_MAX_CONNECTIONS: u32 = 1024;
 /// Default rootfs size in MiB.
 pub const DEFAULT_ROOTFS_SIZE_MB: u64 = 5120;
 /// Default idle time before hibernation.
@@ -283,6 +293,9 @@ pub struct Config {
     pub scheduler: SchedulerKind,
     /// `WRENN_MAX_BODY_BYTES`, default 104857600 (100 MiB, at least 1).
     pub max_body_bytes: u64,
+    /// `WRENN_DB_MAX_CONNECTIONS`: most connections opened to Postgres, default 8
+    /// (1 to 1024). SQLite ignores it.
+    pub database_max_connections: u32,
 }
 
 impl fmt::Debug for Config {
@@ -302,6 +315,7 @@ impl fmt::Debug for Config {
             host_monitor_interval,
             scheduler,
             max_body_bytes,
+            database_max_connections,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -317,6 +331,7 @@ impl fmt::Debug for Config {
             .field("host_monitor_interval", host_monitor_interval)
             .field("scheduler", scheduler)
             .field("max_body_bytes", max_body_bytes)
+            .field("database_max_connections", database_max_connections)
             .finish()
     }
 }
@@ -430,6 +445,16 @@ impl Config {
             DEFAULT_MAX_BODY_BYTES,
             "a whole number of bytes",
         )?;
+        let database_max_connections = v.parse_with(
+            vars::WRENN_DB_MAX_CONNECTIONS,
+            DEFAULT_DB_MAX_CONNECTIONS,
+            |s| match s.parse::<u32>() {
+                Ok(n) if (1..=MAX_DB_MAX_CONNECTIONS).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "expected a whole number from 1 to {MAX_DB_MAX_CONNECTIONS}"
+                )),
+            },
+        )?;
         Ok(Self {
             wrenn_dir,
             database_url,
@@ -444,6 +469,7 @@ impl Config {
             host_monitor_interval,
             scheduler,
             max_body_bytes,
+            database_max_connections,
         })
     }
 
@@ -762,6 +788,7 @@ mod tests {
         assert_eq!(c.host_monitor_interval, Duration::from_secs(60));
         assert_eq!(c.scheduler, SchedulerKind::LeastLoaded);
         assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.database_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
         assert_eq!(c.layout(), Layout::new("/var/lib/wrenn"));
     }
 
@@ -785,8 +812,10 @@ mod tests {
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "15"),
             ("WRENN_SCHEDULER", "round_robin"),
             ("WRENN_MAX_BODY_BYTES", "1024"),
+            ("WRENN_DB_MAX_CONNECTIONS", "32"),
         ])
         .unwrap();
+        assert_eq!(c.database_max_connections, 32);
         assert_eq!(c.wrenn_dir, Path::new("/srv/wrenn"));
         assert_eq!(c.database_url, "postgres://wrenn:pw@db:5432/wrenn");
         assert_eq!(c.redis_url.as_deref(), Some("redis://localhost:6379/0"));
@@ -861,6 +890,9 @@ mod tests {
             ("WRENN_SCHEDULER", "random"),
             ("WRENN_MAX_BODY_BYTES", "0"),
             ("WRENN_MAX_BODY_BYTES", "100MiB"),
+            ("WRENN_DB_MAX_CONNECTIONS", "0"),
+            ("WRENN_DB_MAX_CONNECTIONS", "1025"),
+            ("WRENN_DB_MAX_CONNECTIONS", "lots"),
         ];
         for (var, value) in cases {
             let err = cfg(&[(var, value)]).unwrap_err();

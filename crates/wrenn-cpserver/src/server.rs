@@ -56,7 +56,12 @@ impl Builder {
 
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
-            None => wrenn_db::connect(&config.database_url).await?,
+            None => {
+                let options = wrenn_db::ConnectOptions {
+                    max_connections: config.database_max_connections,
+                };
+                wrenn_db::connect_with(&config.database_url, options).await?
+            }
         };
         info!(backend = store.backend(), "store ready");
 

@@ -50,7 +50,7 @@ mod users;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use connect::connect;
+pub use connect::{ConnectOptions, connect, connect_with};
 pub use error::DbError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use wrenn_core::config::DEFAULT_DB_MAX_CONNECTIONS;
+
 use crate::backend::Dialect;
 use crate::error::DbError;
 
@@ -31,19 +33,22 @@ pub struct PgStore {
     pub(crate) pool: Leases,
 }
 
-/// Connections the store opens at most.
-pub const MAX_CONNECTIONS: u32 = 16;
-
 impl PgStore {
-    /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies the
-    /// embedded migrations (a no-op when the schema is current).
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) with at most
+    /// [`DEFAULT_DB_MAX_CONNECTIONS`] connections and applies the embedded
+    /// migrations (a no-op when the schema is current).
     pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Self::connect_with(url, DEFAULT_DB_MAX_CONNECTIONS).await
+    }
+
+    /// [`PgStore::connect`] with at most `max_connections` connections (at least 1).
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, DbError> {
         let options = PgConnectOptions::from_str(url).map_err(|source| DbError::Connect {
             backend: Self::NAME,
             source,
         })?;
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(max_connections.max(1))
             // The pool checks a connection when it comes back; check again on
             // acquire only when it has been idle for a while.
             .test_before_acquire(false)

@@ -8,7 +8,7 @@ use wrenn_core::id::{PLATFORM_TEAM_ID, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{BuildStatus, UserStatus};
 use wrenn_core::repo::{NewTeam, NewUser, Store, UserRepo};
-use wrenn_db::{DbError, SqliteStore, connect};
+use wrenn_db::{ConnectOptions, DbError, SqliteStore, connect, connect_with};
 
 fn new_user() -> NewUser {
     NewUser {
@@ -97,6 +97,11 @@ async fn postgres_urls_open_migrated_stores() {
         let alt = scoped.replacen("postgres://", "postgresql://", 1);
         let again = connect(&alt).await?;
         assert_eq!(again.backend(), "postgres");
+        let sized = wrenn_db::PgStore::connect_with(&scoped, 3).await?;
+        assert_eq!(sized.pool().options().get_max_connections(), 3);
+        let wide = connect_with(&scoped, ConnectOptions { max_connections: 5 }).await?;
+        assert_eq!(wide.get_team(PLATFORM_TEAM_ID).await?.name, "Platform");
+        sized.close().await;
         Ok::<_, Box<dyn std::error::Error>>(())
     }
     .await;
