@@ -44,16 +44,43 @@ pub enum IdError {
 
 /// Encodes a UUID as the 25-character base36 body.
 pub fn encode_base36(uuid: Uuid) -> String {
-    let mut n = uuid.as_u128();
-    let mut buf = [b'0'; BODY_LEN];
-    let mut i = BODY_LEN;
-    while n > 0 {
-        i -= 1;
-        buf[i] = ALPHABET[(n % 36) as usize];
-        n /= 36;
-    }
-    // 36^25 > 2^128, so the body always fits.
+    let buf = encode_base36_bytes(uuid);
     buf.iter().map(|&b| b as char).collect()
+}
+
+/// 36^12: the largest power of 36 whose digits fit comfortably in `u64` arithmetic.
+const CHUNK: u128 = 36u128.pow(12);
+
+/// The 25-character base36 body as ASCII bytes, without allocating. The 128-bit
+/// value is split into three `u64` chunks (12 + 12 + 1 digits) so that each digit
+/// costs a `u64` division rather than a 128-bit one.
+fn encode_base36_bytes(uuid: Uuid) -> [u8; BODY_LEN] {
+    let n = uuid.as_u128();
+    let low = (n % CHUNK) as u64;
+    let rest = n / CHUNK;
+    let mid = (rest % CHUNK) as u64;
+    // 36^25 > 2^128, so what is left is a single digit.
+    let high = (rest / CHUNK) as u64;
+    let mut buf = [b'0'; BODY_LEN];
+    for (end, mut chunk, digits) in [(BODY_LEN, low, 12), (BODY_LEN - 12, mid, 12), (1, high, 1)] {
+        for i in (end - digits..end).rev() {
+            buf[i] = ALPHABET[(chunk % 36) as usize];
+            chunk /= 36;
+        }
+    }
+    buf
+}
+
+/// Longest id prefix (`team-`, `host-`, …).
+const MAX_PREFIX_LEN: usize = 8;
+
+/// Writes `prefix` + body into `buf` and returns it as a string slice.
+fn render<'a>(buf: &'a mut [u8; MAX_PREFIX_LEN + BODY_LEN], prefix: &str, uuid: Uuid) -> &'a str {
+    let p = prefix.len().min(MAX_PREFIX_LEN);
+    buf[..p].copy_from_slice(&prefix.as_bytes()[..p]);
+    buf[p..p + BODY_LEN].copy_from_slice(&encode_base36_bytes(uuid));
+    // Both parts are ASCII.
+    std::str::from_utf8(&buf[..p + BODY_LEN]).unwrap_or_default()
 }
 
 /// Decodes a 25-character base36 body; `None` if it is malformed or overflows 128 bits.
@@ -150,8 +177,7 @@ macro_rules! entity_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str($prefix)?;
-                f.write_str(&encode_base36(self.0))
+                f.write_str(render(&mut [0; MAX_PREFIX_LEN + BODY_LEN], $prefix, self.0))
             }
         }
 
@@ -180,9 +206,11 @@ macro_rules! entity_id {
             }
         }
 
+        const _: () = assert!($prefix.len() <= MAX_PREFIX_LEN, "id prefix too long");
+
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                s.serialize_str(render(&mut [0; MAX_PREFIX_LEN + BODY_LEN], $prefix, self.0))
             }
         }
 
@@ -298,6 +326,47 @@ pub fn new_pty_tag() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// The digit-by-digit 128-bit division the chunked encoder replaces.
+    fn reference_base36(n: u128) -> String {
+        let mut n = n;
+        let mut out = vec![b'0'; BODY_LEN];
+        for slot in out.iter_mut().rev() {
+            *slot = ALPHABET[(n % 36) as usize];
+            n /= 36;
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn chunked_encoding_matches_plain_division_at_the_edges() {
+        let edges = [
+            0,
+            1,
+            35,
+            36,
+            36u128.pow(12) - 1,
+            36u128.pow(12),
+            36u128.pow(24) - 1,
+            36u128.pow(24),
+            u128::MAX - 1,
+            u128::MAX,
+        ];
+        for n in edges {
+            let uuid = Uuid::from_u128(n);
+            assert_eq!(encode_base36(uuid), reference_base36(n), "{n}");
+            assert_eq!(decode_base36(&encode_base36(uuid)), Some(uuid));
+        }
+        let id = TeamId::from_uuid(Uuid::from_u128(u128::MAX));
+        assert_eq!(
+            id.to_string(),
+            format!("team-{}", reference_base36(u128::MAX))
+        );
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            format!("\"team-{}\"", reference_base36(u128::MAX))
+        );
+    }
     use super::*;
     use proptest::prelude::*;
 
@@ -370,6 +439,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn chunked_encoding_matches_plain_division(n in any::<u128>()) {
+            prop_assert_eq!(encode_base36(Uuid::from_u128(n)), reference_base36(n));
+        }
+
         #[test]
         fn base36_round_trips(n in any::<u128>()) {
             let u = Uuid::from_u128(n);
