@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -164,6 +165,13 @@ impl Server {
         info!(%addr, "control plane listening");
 
         let stop = token.clone();
+        // No Nagle delay: streamed responses (SSE, WebSocket frames, file chunks)
+        // go out as they are written.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
         let http = axum::serve(
             listener,
             self.router
