@@ -14,7 +14,7 @@ use crate::error::DbError;
 mod leases;
 
 pub(crate) use leases::Leases;
-pub use leases::PING_AFTER_IDLE;
+use leases::PING_AFTER_IDLE;
 
 /// The embedded Postgres schema (`migrations/postgres`).
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -25,9 +25,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 /// wrap an existing pool with [`PgStore::from_pool`] and call [`PgStore::migrate`].
 ///
 /// A query costs one round trip: connections whose query completed are kept and
-/// reused without the pool's release check (see [`PING_AFTER_IDLE`] for how a
-/// connection the server dropped is caught). Close the store with
-/// [`PgStore::close`].
+/// reused without the pool's release check; one idle for a second or more is pinged
+/// before reuse, so a connection the server dropped is replaced rather than failing a
+/// query. Close the store with [`PgStore::close`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(crate) pool: Leases,

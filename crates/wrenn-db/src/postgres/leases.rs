@@ -38,7 +38,7 @@ use sqlx::{Connection, Describe, Either, Execute, Executor, Postgres, Transactio
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A kept connection idle at least this long is pinged before it is reused.
-pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The store's Postgres connections: an [`Executor`] over a [`PgPool`] that skips
 /// the pool's round trip on release for queries that completed.
