@@ -441,16 +441,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_completed_query_costs_one_round_trip() {
-        let Some(options) = options() else { return };
+    /// `size` connections to the test Postgres through a [`SyncCounter`] (plain TCP,
+    /// so the relay can read the protocol).
+    async fn counted_leases(size: u32) -> Option<(SyncCounter, Leases)> {
+        let options = options()?;
         let upstream = format!("{}:{}", options.get_host(), options.get_port());
         let relay = SyncCounter::start(upstream).await;
         let options = options
             .host("127.0.0.1")
             .port(relay.port)
             .ssl_mode(PgSslMode::Disable);
-        let leases = leases(options, 2).await;
+        Some((relay, leases(options, size).await))
+    }
+
+    #[tokio::test]
+    async fn a_completed_query_costs_one_round_trip() {
+        let Some((relay, leases)) = counted_leases(2).await else {
+            return;
+        };
         let query = "SELECT $1::int4 + 1";
         let one: i32 = sqlx::query_scalar(query)
             .bind(1)
@@ -484,14 +492,9 @@ mod tests {
 
     #[tokio::test]
     async fn queries_queued_for_a_connection_still_cost_one_round_trip() {
-        let Some(options) = options() else { return };
-        let upstream = format!("{}:{}", options.get_host(), options.get_port());
-        let relay = SyncCounter::start(upstream).await;
-        let options = options
-            .host("127.0.0.1")
-            .port(relay.port)
-            .ssl_mode(PgSslMode::Disable);
-        let leases = leases(options, 2).await;
+        let Some((relay, leases)) = counted_leases(2).await else {
+            return;
+        };
         let query = "SELECT $1::int4 * 2";
         // The first burst prepares the statement on both connections; the second
         // is counted.
