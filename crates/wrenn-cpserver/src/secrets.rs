@@ -6,36 +6,13 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use wrenn_core::auth::generate_jwt_secret;
 use wrenn_core::config::Config;
+use wrenn_extension::CertificateAuthority;
 
 use crate::error::ServerError;
-
-/// The host CA: issues agent server certificates and control-plane client
-/// certificates for mTLS.
-#[derive(Clone)]
-pub struct CertificateAuthority {
-    /// PEM of the CA certificate.
-    pub cert_pem: String,
-    /// PEM of the CA private key (ECDSA P-256).
-    key_pem: String,
-}
-
-impl std::fmt::Debug for CertificateAuthority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority")
-            .field("key_pem", &"[redacted]")
-            .finish_non_exhaustive()
-    }
-}
-
-impl CertificateAuthority {
-    /// PEM of the private key.
-    pub fn key_pem(&self) -> &str {
-        &self.key_pem
-    }
-}
 
 /// Loaded secrets.
 #[derive(Debug, Clone)]
@@ -43,7 +20,7 @@ pub struct Secrets {
     /// HS256 secret for user and host JWTs.
     pub jwt_secret: String,
     /// The host CA.
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
@@ -67,28 +44,6 @@ fn read(path: &Path) -> Result<Option<String>, ServerError> {
     }
 }
 
-fn generate_ca() -> Result<(String, String), ServerError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| ServerError::Secrets(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Wrenn host CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    // Valid from the start of this year for ten years.
-    let year = chrono::Datelike::year(&chrono::Utc::now());
-    params.not_before = rcgen::date_time_ymd(year, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| ServerError::Secrets(e.to_string()))?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
 impl Secrets {
     /// Loads the configured secrets, generating and persisting missing ones.
     pub fn load_or_generate(config: &Config) -> Result<Self, ServerError> {
@@ -108,28 +63,29 @@ impl Secrets {
                 }
             }
         };
-        let ca = match (&config.ca_cert, &config.ca_key) {
-            (Some(cert), Some(key)) => CertificateAuthority {
-                cert_pem: read(cert)?.ok_or_else(|| {
+        let (cert_pem, key_pem) = match (&config.ca_cert, &config.ca_key) {
+            (Some(cert), Some(key)) => (
+                read(cert)?.ok_or_else(|| {
                     ServerError::Secrets(format!(
                         "CA certificate {} does not exist",
                         cert.display()
                     ))
                 })?,
-                key_pem: read(key)?.ok_or_else(|| {
+                read(key)?.ok_or_else(|| {
                     ServerError::Secrets(format!("CA key {} does not exist", key.display()))
                 })?,
-            },
+            ),
             (None, None) => {
                 let (cert_path, key_path) = (layout.ca_cert_file(), layout.ca_key_file());
                 match (read(&cert_path)?, read(&key_path)?) {
-                    (Some(cert_pem), Some(key_pem)) => CertificateAuthority { cert_pem, key_pem },
+                    (Some(cert_pem), Some(key_pem)) => (cert_pem, key_pem),
                     (None, None) => {
-                        let (cert_pem, key_pem) = generate_ca()?;
-                        write_private(&key_path, &key_pem)?;
-                        write_private(&cert_path, &cert_pem)?;
+                        let ca = CertificateAuthority::generate()
+                            .map_err(|e| ServerError::Secrets(e.to_string()))?;
+                        write_private(&key_path, ca.key_pem())?;
+                        write_private(&cert_path, ca.cert_pem())?;
                         tracing::info!(path = %cert_path.display(), "generated host CA");
-                        CertificateAuthority { cert_pem, key_pem }
+                        (ca.cert_pem().to_owned(), ca.key_pem().to_owned())
                     }
                     _ => {
                         return Err(ServerError::Secrets(format!(
@@ -146,9 +102,9 @@ impl Secrets {
                 ));
             }
         };
-        rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| {
-            ServerError::Secrets(format!("CA key is not a valid PEM private key: {e}"))
-        })?;
+        let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem)
+            .map_err(|e| ServerError::Secrets(e.to_string()))?;
+        let ca = Arc::new(ca);
         Ok(Self { jwt_secret, ca })
     }
 }
@@ -169,9 +125,14 @@ mod tests {
         let first = Secrets::load_or_generate(&cfg).unwrap();
         let second = Secrets::load_or_generate(&cfg).unwrap();
         assert_eq!(first.jwt_secret, second.jwt_secret);
-        assert_eq!(first.ca.cert_pem, second.ca.cert_pem);
+        assert_eq!(first.ca.cert_pem(), second.ca.cert_pem());
         assert!(first.jwt_secret.len() >= 32);
-        assert!(first.ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            first
+                .ca
+                .cert_pem()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -191,5 +152,35 @@ mod tests {
         std::fs::remove_file(cfg.layout().ca_key_file()).unwrap();
         let err = Secrets::load_or_generate(&cfg).unwrap_err();
         assert!(err.to_string().contains("only one of"), "{err}");
+    }
+
+    #[test]
+    fn a_configured_ca_is_loaded_and_a_mismatched_key_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = CertificateAuthority::generate().unwrap();
+        let b = CertificateAuthority::generate().unwrap();
+        let (cert, key, other_key) = (
+            tmp.path().join("ca.pem"),
+            tmp.path().join("ca.key"),
+            tmp.path().join("other.key"),
+        );
+        std::fs::write(&cert, a.cert_pem()).unwrap();
+        std::fs::write(&key, a.key_pem()).unwrap();
+        std::fs::write(&other_key, b.key_pem()).unwrap();
+        let with = |key: &Path| {
+            let vars = [
+                ("WRENN_DIR", tmp.path().to_string_lossy().into_owned()),
+                ("WRENN_CA_CERT", cert.to_string_lossy().into_owned()),
+                ("WRENN_CA_KEY", key.to_string_lossy().into_owned()),
+            ];
+            Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+                .expect("config")
+        };
+        let loaded = Secrets::load_or_generate(&with(&key)).unwrap();
+        assert_eq!(loaded.ca.cert_pem(), a.cert_pem());
+        let err = Secrets::load_or_generate(&with(&other_key)).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        // Nothing was generated beside the configured pair.
+        assert!(!with(&key).layout().ca_key_file().exists());
     }
 }

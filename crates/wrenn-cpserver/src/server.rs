@@ -108,6 +108,7 @@ impl Builder {
         );
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
+            ca: secrets.ca.clone(),
             store,
             lifecycle,
             scheduler,

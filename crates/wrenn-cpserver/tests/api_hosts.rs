@@ -48,6 +48,54 @@ impl Creds {
     }
 }
 
+/// Checks the certificate of a registration or refresh answer: signed by the
+/// server's host CA (whose certificate is in the answer), CN = the host id, the IP
+/// of its address as SAN, for server authentication, valid 7 days, and recorded on
+/// the host by fingerprint and expiry. Returns the fingerprint.
+async fn issued_cert(s: &TestServer, answer: &Value, host: HostId, ip: [u8; 4]) -> String {
+    use sha2::Digest;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::parse_x509_pem;
+
+    let ca_pem = answer["ca_cert_pem"].as_str().expect("ca_cert_pem");
+    assert_eq!(ca_pem, s.ctx.ca.cert_pem());
+    let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).expect("CA PEM");
+    let ca = ca_block.parse_x509().expect("CA certificate");
+    let cert_pem = answer["cert_pem"].as_str().expect("cert_pem");
+    let (_, block) = parse_x509_pem(cert_pem.as_bytes()).expect("certificate PEM");
+    let cert = block.parse_x509().expect("certificate");
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("signed by the host CA");
+    let cn = cert.subject().iter_common_name().next().expect("CN");
+    assert_eq!(cn.as_str().unwrap(), host.to_string());
+    let san = cert.subject_alternative_name().unwrap().expect("SAN");
+    assert_eq!(san.value.general_names, vec![GeneralName::IPAddress(&ip)]);
+    assert!(
+        cert.extended_key_usage()
+            .unwrap()
+            .expect("EKU")
+            .value
+            .server_auth
+    );
+    let not_after = cert.validity().not_after.timestamp();
+    let week = (Utc::now() + chrono::Duration::days(7)).timestamp();
+    assert!(
+        (week - 60..=week).contains(&not_after),
+        "{not_after} vs {week}"
+    );
+    let key_pem = answer["key_pem"].as_str().expect("key_pem");
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{key_pem}"
+    );
+
+    let fingerprint = hex::encode(sha2::Sha256::digest(&block.contents));
+    let row = s.store().get_host(host).await.unwrap();
+    assert_eq!(row.cert_fingerprint, fingerprint);
+    assert_eq!(row.cert_expires_at.map(|t| t.timestamp()), Some(not_after));
+    fingerprint
+}
+
 async fn admin(s: &TestServer) -> TestUser {
     s.user_with("root@x.io", true).await
 }
@@ -227,8 +275,8 @@ async fn onboarding_flow(s: &TestServer) {
     assert_eq!(got.1["host"]["status"], "online");
     assert_eq!(got.1["host"]["address"], "10.1.2.3:50051");
     assert_eq!(got.1["host"]["cpu_cores"], 16);
-    assert!(got.1.get("cert_pem").is_none(), "no mTLS material yet");
     let creds = Creds::from(&got.1);
+    let first_cert = issued_cert(s, &got.1, id, [10, 1, 2, 3]).await;
     assert_eq!(creds.host, id);
     assert_eq!(creds.refresh.len(), 64);
     let row = s.store().get_host(id).await.unwrap();
@@ -254,6 +302,9 @@ async fn onboarding_flow(s: &TestServer) {
     let rotated = Creds::from(&got.1);
     assert_eq!(rotated.host, id);
     assert_ne!(rotated.refresh, creds.refresh);
+    // ... and brings a new certificate for the same host and address.
+    let second_cert = issued_cert(s, &got.1, id, [10, 1, 2, 3]).await;
+    assert_ne!(first_cert, second_cert);
     assert_error(&refresh(s, &creds.refresh).await, 401, "unauthorized");
     let got = send(heartbeat(s, id, &rotated.jwt)).await;
     assert_eq!(got.0, 204, "body: {}", got.1);

@@ -12,6 +12,7 @@ use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
 
 use crate::auth::Authenticator;
+use crate::ca::CertificateAuthority;
 use crate::hosts::HostChannels;
 use crate::mailer::Mailer;
 
@@ -31,6 +32,8 @@ pub struct ServerContext {
     pub hosts: Arc<HostChannels>,
     /// Credential checks (JWT keys, API-key cache).
     pub auth: Arc<Authenticator>,
+    /// The host CA: signs host agents' certificates.
+    pub ca: Arc<CertificateAuthority>,
     /// Where audit entries go.
     pub audit: Arc<dyn AuditSink>,
     /// The event bus.

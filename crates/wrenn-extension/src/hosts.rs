@@ -9,10 +9,10 @@
 //! reason. A channel is dropped when the host's address changes, when a call fails
 //! with `UNAVAILABLE` ([`HostChannels::evict_if`]), or on [`HostChannels::evict`].
 //!
-//! **Transport security.** Channels are plain HTTP/2 for now; mTLS (the control
-//! plane's CA signs each agent's certificate at registration and the pool pins it
-//! through `hosts.cert_fingerprint`) arrives with host registration. Until then, run
-//! agents on a trusted network only.
+//! **Transport security.** Channels are plain HTTP/2 for now. The control plane's
+//! [host CA](crate::ca) already signs each agent's server certificate at
+//! registration and refresh (its fingerprint is kept in `hosts.cert_fingerprint`),
+//! but the agent does not serve TLS with it yet: run agents on a trusted network.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

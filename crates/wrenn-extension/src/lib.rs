@@ -7,12 +7,13 @@
 //! ```
 //!
 //! It receives a [`ServerContext`] (store, lifecycle, scheduler, host agents, auth,
-//! audit, event bus, config, shutdown token), may add routes (authenticated with the
+//! host CA, audit, event bus, config, shutdown token), may add routes (authenticated with the
 //! extractors of [`auth`]), wrap the router in middleware, run supervised
 //! [`Worker`]s, and react to sandbox events. Errors use the one envelope of
 //! [`ApiError`].
 
 pub mod auth;
+pub mod ca;
 mod context;
 mod error;
 mod extension;
@@ -24,6 +25,7 @@ mod worker;
 pub use auth::{
     AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal,
 };
+pub use ca::{CaError, CertificateAuthority, HostCertificate};
 pub use context::ServerContext;
 pub use error::{ApiError, ApiResult};
 pub use extension::Extension;

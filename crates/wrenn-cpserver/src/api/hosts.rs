@@ -17,9 +17,12 @@
 //! than none. Every failure of a presented token — unknown, used, revoked, expired,
 //! malformed — is 401; only a missing or mistyped field is 400.
 //!
-//! **mTLS is not issued yet**: the registration and refresh answers carry no
-//! `cert_pem`/`key_pem`/`ca_cert_pem` until the certificate authority lands, so agents
-//! must run on a trusted network for now (see [`wrenn_extension::hosts`]).
+//! **Certificates.** Registration and every refresh also return a fresh TLS server
+//! certificate for the agent (`cert_pem`, `key_pem`; ECDSA P-256, CN = the host id,
+//! SAN = its address, valid 7 days like the JWT) signed by the control plane's host
+//! CA (`ca_cert_pem`); its SHA-256 fingerprint and expiry are recorded on the host.
+//! An agent whose address changes gets a certificate for the new one at its next
+//! refresh.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -254,6 +257,13 @@ pub struct HostCredentials {
     pub token: String,
     /// Refresh token (64 hex, 60 days, single use: each refresh rotates it).
     pub refresh_token: String,
+    /// The agent's TLS server certificate (PEM; CN = host id, SAN = its address,
+    /// 7 days), signed by the host CA.
+    pub cert_pem: String,
+    /// The certificate's private key (PEM, PKCS#8). Shown only in this answer.
+    pub key_pem: String,
+    /// The certificate of the host CA that signed `cert_pem` (PEM).
+    pub ca_cert_pem: String,
 }
 
 /// `POST /v1/hosts/{id}/heartbeat` body; every field is optional and the body may
@@ -465,19 +475,26 @@ async fn issue_registration_token(
     Ok(token)
 }
 
-/// Signs a host JWT and stores a fresh refresh token; returns the credentials and
-/// the new refresh token's id.
+/// Signs a host JWT and a host certificate (recording its fingerprint) and stores a
+/// fresh refresh token; returns the credentials and the new refresh token's id.
 async fn issue_credentials(
     ctx: &ServerContext,
     host: Host,
 ) -> ApiResult<(HostCredentials, HostRefreshTokenId)> {
+    let now = Utc::now();
+    let cert = ctx
+        .ca
+        .issue_host_cert(host.id, &host.address, now)
+        .map_err(ApiError::internal)?;
+    ctx.store
+        .update_host_cert(host.id, &cert.fingerprint, cert.expires_at)
+        .await?;
     let jwt = ctx
         .auth
         .jwt()
         .sign_host(&HostClaims::new(host.id))
         .map_err(ApiError::internal)?;
     let refresh = OpaqueToken::generate();
-    let now = Utc::now();
     let stored = ctx
         .store
         .create_refresh_token(HostRefreshToken {
@@ -493,6 +510,9 @@ async fn issue_credentials(
         host: host.into(),
         token: jwt,
         refresh_token: refresh.expose_secret().to_owned(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        ca_cert_pem: ctx.ca.cert_pem().to_owned(),
     };
     Ok((creds, stored.id))
 }
@@ -841,12 +861,10 @@ async fn remove_tag(
 // ---------------------------------------------------------------------------
 
 /// An agent trades its one-time registration token for credentials: a host JWT (7
-/// days) and a refresh token (60 days). The host goes `pending` → `online` with the
-/// reported address and resources. The token works once (of concurrent attempts
-/// exactly one wins); an unknown, used or expired token is 401.
-///
-/// No mTLS material (`cert_pem`, `key_pem`, `ca_cert_pem`) is returned yet: the
-/// control plane's certificate authority is a later addition.
+/// days), a refresh token (60 days), and a TLS server certificate for its address
+/// signed by the host CA (7 days) with the CA's certificate. The host goes `pending`
+/// → `online` with the reported address and resources. The token works once (of
+/// concurrent attempts exactly one wins); an unknown, used or expired token is 401.
 #[utoipa::path(post, path = "/v1/hosts/register", tag = tags::HOSTS, request_body = RegisterHost,
     responses((status = 201, body = HostCredentials), (status = 400), (status = 401)))]
 async fn register(
@@ -901,7 +919,8 @@ async fn register(
 /// The new token is stored before the old one is revoked (a crash in between leaves
 /// two valid tokens, never none); of two concurrent refreshes with the same token
 /// only one succeeds. Any failure of the token (unknown, revoked, expired,
-/// malformed) is 401; a missing field is 400. No mTLS material is returned yet.
+/// malformed) is 401; a missing field is 400. The answer carries a new certificate
+/// (the previous one stays valid until it expires).
 #[utoipa::path(post, path = "/v1/hosts/auth/refresh", tag = tags::HOSTS, request_body = RefreshBody,
     responses((status = 200, body = HostCredentials), (status = 400), (status = 401)))]
 async fn refresh(
