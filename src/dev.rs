@@ -17,11 +17,12 @@ use wrenn_core::auth::{ApiKey, hash_password};
 use wrenn_core::config::Config;
 use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
 
+use wrenn_agent::registration::{Credentials, HostCredentials};
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::server::{Agent, AgentOptions};
 use wrenn_core::auth::HostClaims;
-use wrenn_core::config::{AgentConfig, Secret};
+use wrenn_core::config::AgentConfig;
 use wrenn_core::layout::Layout;
 use wrenn_core::model::{self, HostKind, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
@@ -353,7 +354,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                     DevError::Server(wrenn_cpserver::ServerError::Secrets(e.to_string()))
                 })?;
             let mut options = AgentOptions::new(runtime, config.layout(), listener)
-                .with_host(host, Some(Secret::new(token)))
+                .with_credentials(Credentials::in_memory(HostCredentials::with_jwt(
+                    host, token,
+                )))
                 .with_control_plane(format!("http://{bound}"));
             // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS).
             let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;

@@ -17,17 +17,19 @@
 //! as a fallback writer with conditional updates, so a duplicate or a lost event never
 //! corrupts its state; its host monitor reconciles the rest.
 //!
-//! Without a control-plane URL or a host id (standalone use, tests, not yet registered)
-//! events are only logged.
+//! Without a control-plane URL or credentials (standalone use, tests, not yet
+//! registered) events are only logged. The JWT is read from the shared
+//! [`Credentials`] at each attempt, so a refresh by the heartbeat takes effect at once.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use wrenn_core::config::Secret;
 use wrenn_core::events::{SandboxEvent, SandboxEventKind};
 use wrenn_core::id::{HostId, SandboxId, TeamId};
+
+use crate::registration::Credentials;
 
 /// Path of the callback endpoint on the control plane.
 pub const SANDBOX_EVENTS_PATH: &str = "/v1/hosts/sandbox-events";
@@ -39,10 +41,8 @@ pub const HOST_TOKEN_HEADER: &str = "X-Host-Token";
 pub struct EventsConfig {
     /// Control-plane base URL (`http(s)://host:port`, no trailing `/`); `None` = log only.
     pub cp_url: Option<String>,
-    /// This host's id (required to post events).
-    pub host_id: Option<HostId>,
-    /// Host JWT sent as `X-Host-Token`.
-    pub host_token: Option<Secret>,
+    /// This host's id and JWT (sent as `X-Host-Token`); required to post events.
+    pub credentials: Option<Credentials>,
     /// Events waiting to be sent, at most (default 1024).
     pub queue_capacity: usize,
     /// Attempts per event before it is dropped (default 8).
@@ -59,8 +59,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             cp_url: None,
-            host_id: None,
-            host_token: None,
+            credentials: None,
             queue_capacity: 1024,
             max_attempts: 8,
             initial_backoff: Duration::from_millis(250),
@@ -80,10 +79,11 @@ pub struct EventSender {
 }
 
 impl EventSender {
-    /// Starts the delivery task (when `config` has a URL and a host id). Must be called
-    /// inside a Tokio runtime.
+    /// Starts the delivery task (when `config` has a URL and credentials). Must be
+    /// called inside a Tokio runtime.
     pub fn start(config: EventsConfig) -> Self {
-        let (tx, worker) = match (&config.cp_url, config.host_id) {
+        let host_id = config.credentials.as_ref().map(Credentials::host_id);
+        let (tx, worker) = match (&config.cp_url, host_id) {
             (Some(_), Some(_)) => {
                 let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
                 let worker = tokio::spawn(deliver(config.clone(), rx));
@@ -99,7 +99,7 @@ impl EventSender {
             _ => (None, None),
         };
         Self {
-            host_id: config.host_id,
+            host_id,
             tx: Mutex::new(tx),
             worker: Mutex::new(worker),
         }
@@ -191,8 +191,8 @@ async fn deliver(config: EventsConfig, mut rx: mpsc::Receiver<SandboxEvent>) {
         let mut delay = config.initial_backoff;
         for attempt in 1..=config.max_attempts.max(1) {
             let mut req = client.post(&url).json(&event);
-            if let Some(token) = &config.host_token {
-                req = req.header(HOST_TOKEN_HEADER, token.expose_secret());
+            if let Some(creds) = &config.credentials {
+                req = req.header(HOST_TOKEN_HEADER, creds.jwt());
             }
             let retry = match req.send().await {
                 Ok(resp) if resp.status().is_success() => break,

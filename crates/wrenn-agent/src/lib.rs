@@ -9,6 +9,8 @@
 //! - [`reaper`]: inactivity auto-pause, hibernation of long-paused sandboxes, metrics
 //!   sampling.
 //! - [`events`]: sandbox-event callbacks to the control plane.
+//! - [`registration`] and [`heartbeat`]: a standalone agent's identity with the
+//!   control plane (register, credentials file, refresh) and its liveness reports.
 //! - [`envd`]: clients of the guest agent inside each sandbox.
 //! - [`proxy`] and [`conntrack`]: the HTTP port proxy and its per-sandbox connection
 //!   tracking (drained before a pause).
@@ -20,11 +22,13 @@ pub mod conntrack;
 pub mod envd;
 pub mod error;
 pub mod events;
+pub mod heartbeat;
 pub mod init;
 pub mod manager;
 pub mod metrics;
 pub mod proxy;
 pub mod reaper;
+pub mod registration;
 pub mod runtime;
 pub mod server;
 pub mod service;

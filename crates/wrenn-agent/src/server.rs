@@ -53,16 +53,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use wrenn_core::config::{AgentConfig, Secret};
-use wrenn_core::id::{HostId, SandboxId};
+use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
 use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentServiceServer;
 
 use crate::error::{AgentError, AgentResult};
 use crate::events::{EventSender, EventsConfig};
+use crate::heartbeat::{HEARTBEAT_INTERVAL, Heartbeat, HeartbeatEnd};
 use crate::manager::{ManagerSettings, SandboxManager};
 use crate::metrics::HostSampler;
 use crate::proxy::{self, token_eq};
 use crate::reaper::{self, DEFAULT_REAPER_TICK, DEFAULT_SAMPLE_INTERVAL};
+use crate::registration::{ControlPlane, Credentials};
 use crate::runtime::Runtime;
 use crate::service::AgentService;
 
@@ -80,8 +82,12 @@ pub struct AgentOptions {
     pub listener: TcpListener,
     /// Bearer token required on every RPC and proxy request (`None` = no check).
     pub auth_token: Option<Secret>,
-    /// Control-plane callback settings (URL, host id, host JWT, retry tuning).
+    /// Control-plane callback settings (URL, credentials, retry tuning).
     pub events: EventsConfig,
+    /// Heartbeat interval: with a control-plane URL and credentials in `events`, the
+    /// agent heartbeats (see [`crate::heartbeat`]). `None` = no heartbeat (embedded
+    /// mode, tests); [`AgentOptions::from_config`] sets 30 s.
+    pub heartbeat_interval: Option<Duration>,
     /// State-machine timings.
     pub manager: ManagerSettings,
     /// Inactivity reaper tick (2 s).
@@ -101,6 +107,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("listener", &self.listener.local_addr().ok())
             .field("auth_token", &self.auth_token)
             .field("events", &self.events)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .field("manager", &self.manager)
             .field("reaper_tick", &self.reaper_tick)
             .field("sample_interval", &self.sample_interval)
@@ -117,6 +124,7 @@ impl AgentOptions {
             listener,
             auth_token: None,
             events: EventsConfig::default(),
+            heartbeat_interval: None,
             manager: ManagerSettings::default(),
             reaper_tick: DEFAULT_REAPER_TICK,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
@@ -125,7 +133,8 @@ impl AgentOptions {
     }
 
     /// Options from the agent's configuration: layout (`WRENN_DIR`), control-plane URL
-    /// (`WRENN_CP_URL`) and `hibernate_after` (`WRENN_HIBERNATE_AFTER_SECS`).
+    /// (`WRENN_CP_URL`), `hibernate_after` (`WRENN_HIBERNATE_AFTER_SECS`) and the
+    /// 30 s heartbeat (which runs once credentials are set).
     pub fn from_config(
         runtime: Arc<dyn Runtime>,
         config: &AgentConfig,
@@ -134,15 +143,20 @@ impl AgentOptions {
         let mut o = Self::new(runtime, config.layout(), listener);
         o.events.cp_url = config.cp_url.clone();
         o.manager.hibernate_after = config.hibernate_after;
+        o.heartbeat_interval = Some(HEARTBEAT_INTERVAL);
         o
     }
 
-    /// Sets the identity used for control-plane callbacks: the host id and its JWT
-    /// (sent as `X-Host-Token`). Until both are known (registration) events are only
-    /// logged.
-    pub fn with_host(mut self, host_id: HostId, host_token: Option<Secret>) -> Self {
-        self.events.host_id = Some(host_id);
-        self.events.host_token = host_token;
+    /// Sets the identity used with the control plane (events, heartbeat); see
+    /// [`crate::registration`]. Without it events are only logged.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.events.credentials = Some(credentials);
+        self
+    }
+
+    /// Heartbeats every `interval` (needs a control-plane URL and credentials).
+    pub fn with_heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
         self
     }
 
@@ -274,6 +288,7 @@ impl Agent {
             listener,
             auth_token,
             events,
+            heartbeat_interval,
             manager: settings,
             reaper_tick,
             sample_interval,
@@ -291,6 +306,14 @@ impl Agent {
                     AgentError::internal(format!("cannot prepare {}: {e}", layout.root().display()))
                 })?;
         }
+        let heartbeat_link = match (&events.cp_url, &events.credentials, heartbeat_interval) {
+            (Some(url), Some(creds), Some(interval)) => Some((
+                ControlPlane::new(url).map_err(AgentError::internal)?,
+                creds.clone(),
+                interval,
+            )),
+            _ => None,
+        };
         let events = Arc::new(EventSender::start(events));
         let manager = Arc::new(SandboxManager::new(
             runtime,
@@ -367,6 +390,21 @@ impl Agent {
             tokio::spawn(async move {
                 terminate.cancelled().await;
                 inner.shutdown().await;
+            });
+        }
+        if let Some((control_plane, credentials, interval)) = heartbeat_link {
+            let heartbeat = Heartbeat {
+                control_plane,
+                credentials,
+                manager: Arc::clone(&inner.manager),
+                interval,
+            };
+            let stop = inner.workers.child_token();
+            let terminate = terminate.clone();
+            tokio::spawn(async move {
+                if heartbeat.run(stop).await == HeartbeatEnd::HostDeleted {
+                    terminate.cancel();
+                }
             });
         }
         tracing::info!(%local_addr, "host agent serving");

@@ -70,6 +70,10 @@ pub mod vars {
     pub const WRENN_HIBERNATE_AFTER_SECS: &str = "WRENN_HIBERNATE_AFTER_SECS";
     /// Path of the firecracker binary.
     pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
+    /// One-time host registration token (from `POST /v1/hosts`).
+    pub const WRENN_REGISTRATION_TOKEN: &str = "WRENN_REGISTRATION_TOKEN";
+    /// The `host:port` at which the control plane reaches this agent.
+    pub const WRENN_HOST_ADDRESS: &str = "WRENN_HOST_ADDRESS";
 }
 
 /// Default `WRENN_DIR`.
@@ -498,6 +502,14 @@ pub struct AgentConfig {
     pub hibernate_after: Duration,
     /// `WRENN_FIRECRACKER_BIN`, default `/usr/local/bin/firecracker`.
     pub firecracker_bin: PathBuf,
+    /// `WRENN_REGISTRATION_TOKEN`: a one-time token from `POST /v1/hosts`. When set
+    /// (with `cp_url`), the agent registers at startup and stores its credentials;
+    /// otherwise it uses the credentials stored by an earlier registration.
+    pub registration_token: Option<Secret>,
+    /// `WRENN_HOST_ADDRESS`: `host:port` at which the control plane reaches this
+    /// agent (reported at registration). Default: `listen_addr`, unless that is an
+    /// unspecified address such as `0.0.0.0`.
+    pub advertise_address: Option<String>,
 }
 
 impl AgentConfig {
@@ -534,6 +546,20 @@ impl AgentConfig {
                 "a whole number of seconds",
             )?),
             firecracker_bin: v.path(vars::WRENN_FIRECRACKER_BIN, DEFAULT_FIRECRACKER_BIN),
+            registration_token: v.get(vars::WRENN_REGISTRATION_TOKEN).map(Secret::new),
+            advertise_address: v
+                .get(vars::WRENN_HOST_ADDRESS)
+                .map(|a| host_port(vars::WRENN_HOST_ADDRESS, a))
+                .transpose()?,
+        })
+    }
+
+    /// The `host:port` to report to the control plane: `advertise_address`, else
+    /// `listen_addr` when it names a specific IP; `None` when the agent listens on an
+    /// unspecified address (`0.0.0.0`, `[::]`) and no address is configured.
+    pub fn reported_address(&self) -> Option<String> {
+        self.advertise_address.clone().or_else(|| {
+            (!self.listen_addr.ip().is_unspecified()).then(|| self.listen_addr.to_string())
         })
     }
 
@@ -706,6 +732,37 @@ fn http_url(var: &'static str, url: String) -> Result<String, ConfigError> {
             &url,
             "expected an http:// or https:// URL, e.g. https://wrenn.example.com".to_owned(),
         )),
+    }
+}
+
+/// `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
+/// from 1 to 65535).
+fn host_port(var: &'static str, value: String) -> Result<String, ConfigError> {
+    let bad = |value: &str| {
+        invalid(
+            var,
+            value,
+            "expected host:port, e.g. 10.0.0.5:50051 or agent-1.internal:50051".to_owned(),
+        )
+    };
+    if let Ok(sa) = value.parse::<SocketAddr>() {
+        return if sa.port() == 0 {
+            Err(bad(&value))
+        } else {
+            Ok(value)
+        };
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(bad(&value));
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(value),
+        _ => Err(bad(&value)),
     }
 }
 
@@ -1014,6 +1071,10 @@ mod tests {
         assert_eq!(a.hibernate_after, Duration::from_secs(600));
         assert_eq!(a.firecracker_bin, Path::new("/usr/local/bin/firecracker"));
         assert_eq!(a.layout(), Layout::new("/var/lib/wrenn"));
+        assert_eq!(a.registration_token, None);
+        assert_eq!(a.reported_address().as_deref(), Some("127.0.0.1:50051"));
+        let wildcard = agent(&[("WRENN_HOST_LISTEN_ADDR", ":50051")]).unwrap();
+        assert_eq!(wildcard.reported_address(), None);
     }
 
     #[test]
@@ -1026,9 +1087,19 @@ mod tests {
             ("WRENN_DEFAULT_ROOTFS_SIZE", "2Gi"),
             ("WRENN_HIBERNATE_AFTER_SECS", "30"),
             ("WRENN_FIRECRACKER_BIN", "/opt/fc"),
+            ("WRENN_REGISTRATION_TOKEN", "ab12"),
+            ("WRENN_HOST_ADDRESS", "agent-1.internal:6000"),
         ])
         .unwrap();
         assert_eq!(a.listen_addr, "[::]:6000".parse().unwrap());
+        assert_eq!(
+            a.registration_token.as_ref().map(Secret::expose_secret),
+            Some("ab12")
+        );
+        assert_eq!(
+            a.reported_address().as_deref(),
+            Some("agent-1.internal:6000")
+        );
         assert_eq!(a.cp_url.as_deref(), Some("http://10.0.0.1:8000"));
         assert_eq!(a.wrenn_dir, Path::new("/data"));
         assert_eq!(a.runtime, RuntimeKind::Firecracker);
@@ -1047,6 +1118,10 @@ mod tests {
             ("WRENN_DEFAULT_ROOTFS_SIZE", "0"),
             ("WRENN_HIBERNATE_AFTER_SECS", "0"),
             ("WRENN_HIBERNATE_AFTER_SECS", "ten"),
+            ("WRENN_HOST_ADDRESS", "10.0.0.5"),
+            ("WRENN_HOST_ADDRESS", "10.0.0.5:0"),
+            ("WRENN_HOST_ADDRESS", "bad host:1"),
+            ("WRENN_HOST_ADDRESS", ":50051"),
         ] {
             let err = agent(&[(var, value)]).unwrap_err();
             assert_eq!(err_var(&err), var, "{var}={value}: {err}");

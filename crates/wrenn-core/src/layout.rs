@@ -148,6 +148,12 @@ impl Layout {
         self.secrets_dir().join("ca-key.pem")
     }
 
+    /// `secrets/host-credentials.json`: a registered agent's host id, host JWT,
+    /// refresh token and TLS certificate material.
+    pub fn host_credentials_file(&self) -> PathBuf {
+        self.secrets_dir().join("host-credentials.json")
+    }
+
     /// `wrenn.db`: the embedded SQLite database.
     pub fn sqlite_db_file(&self) -> PathBuf {
         self.root.join("wrenn.db")

@@ -6,12 +6,17 @@
 //! Terminate RPC), then shuts down gracefully: every sandbox is hibernated, not
 //! destroyed.
 //!
-//! Until host registration lands (it will bring the host id, host JWT and mTLS material
-//! from the control plane and a credentials file), three interim variables are read
-//! here: `WRENN_HOST_ID` (`host-…`) and `WRENN_HOST_TOKEN` (the host JWT) enable the
-//! sandbox-event callbacks, and `WRENN_AGENT_TOKEN` requires
-//! `authorization: Bearer <token>` on every RPC. `WRENN_ENVD_BIN` names the envd
-//! binary (default: `wrenn-envd` next to this binary, else on `PATH`).
+//! **Registration.** With `WRENN_CP_URL` and `WRENN_REGISTRATION_TOKEN` (from `POST
+//! /v1/hosts`), the agent registers at startup, reporting `WRENN_HOST_ADDRESS` (default:
+//! the listen address) and its CPUs, memory and disk, and keeps the credentials in
+//! `$WRENN_DIR/secrets/host-credentials.json`; a later start without the token uses
+//! that file. A registered agent heartbeats every 30 s and posts sandbox events (see
+//! `wrenn_agent::registration` and `wrenn_agent::heartbeat`). Without a control-plane
+//! URL it runs standalone.
+//!
+//! `WRENN_AGENT_TOKEN` requires `authorization: Bearer <token>` on every RPC.
+//! `WRENN_ENVD_BIN` names the envd binary (default: `wrenn-envd` next to this binary,
+//! else on `PATH`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +24,10 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::config::{AgentConfig, RuntimeKind, Secret};
-use wrenn_core::id::HostId;
 
 fn main() -> ExitCode {
     // First thing: when started as a process-runtime sandbox's init step, this sets the
@@ -61,7 +66,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// An interim setting (see the module docs); empty = unset.
+/// An optional setting read here (see the module docs); empty = unset.
 fn interim_var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
@@ -91,6 +96,45 @@ fn envd_binary() -> Result<PathBuf, String> {
         })
 }
 
+/// Registers (with a registration token) or loads the stored credentials; `None`
+/// when the agent runs without a control plane or was never registered.
+async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String> {
+    let file = config.layout().host_credentials_file();
+    let Some(cp_url) = &config.cp_url else {
+        if config.registration_token.is_some() {
+            return Err("WRENN_REGISTRATION_TOKEN needs WRENN_CP_URL".into());
+        }
+        return Ok(None);
+    };
+    if let Some(token) = &config.registration_token {
+        let address = config.reported_address().ok_or_else(|| {
+            format!(
+                "the agent listens on {}: set WRENN_HOST_ADDRESS to the host:port the control plane reaches it at",
+                config.listen_addr
+            )
+        })?;
+        let report = HostReport::this_machine(address, &config.wrenn_dir);
+        let cp = ControlPlane::new(cp_url).map_err(|e| e.to_string())?;
+        let creds = cp
+            .register(token.expose_secret(), &report)
+            .await
+            .map_err(|e| format!("registration failed: {e}"))?;
+        creds.save(&file).map_err(|e| e.to_string())?;
+        return Ok(Some(Credentials::stored(creds, file)));
+    }
+    match HostCredentials::load(&file).map_err(|e| e.to_string())? {
+        Some(creds) => Ok(Some(Credentials::stored(creds, file))),
+        None => {
+            tracing::warn!(
+                file = %file.display(),
+                "not registered: set WRENN_REGISTRATION_TOKEN (from POST /v1/hosts) to register; \
+                 until then no heartbeat is sent and sandbox events are only logged"
+            );
+            Ok(None)
+        }
+    }
+}
+
 async fn run(config: AgentConfig) -> Result<(), String> {
     if config.runtime != RuntimeKind::Process {
         return Err(format!(
@@ -106,9 +150,9 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
     let mut options = AgentOptions::from_config(Arc::new(runtime), &config, listener);
-    if let Some(host_id) = interim_var("WRENN_HOST_ID") {
-        let host_id: HostId = host_id.parse().map_err(|e| format!("WRENN_HOST_ID: {e}"))?;
-        options = options.with_host(host_id, interim_var("WRENN_HOST_TOKEN").map(Secret::new));
+    if let Some(credentials) = credentials(&config).await? {
+        tracing::info!(host_id = %credentials.host_id(), "registered with the control plane");
+        options = options.with_credentials(credentials);
     }
     if let Some(token) = interim_var("WRENN_AGENT_TOKEN") {
         options = options.with_auth_token(Secret::new(token));

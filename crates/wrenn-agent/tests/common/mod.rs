@@ -20,6 +20,7 @@ use axum::routing::post;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use wrenn_agent::manager::ManagerSettings;
+use wrenn_agent::registration::{Credentials, HostCredentials};
 use wrenn_agent::runtime::{
     Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
 };
@@ -493,6 +494,8 @@ pub struct Setup {
     pub reaper_tick: Duration,
     pub sample_interval: Duration,
     pub cp: Option<(String, HostId, String)>,
+    /// A registered agent: control-plane URL, its credentials, heartbeat interval.
+    pub registered: Option<(String, Credentials, Duration)>,
     pub auth_token: Option<String>,
 }
 
@@ -509,6 +512,7 @@ impl Default for Setup {
             reaper_tick: Duration::from_secs(2),
             sample_interval: Duration::from_millis(100),
             cp: None,
+            registered: None,
             auth_token: None,
         }
     }
@@ -553,7 +557,15 @@ impl TestAgent {
         if let Some((url, host, token)) = setup.cp {
             options = options
                 .with_control_plane(url)
-                .with_host(host, Some(Secret::new(token)));
+                .with_credentials(Credentials::in_memory(HostCredentials::with_jwt(
+                    host, token,
+                )));
+        }
+        if let Some((url, credentials, interval)) = setup.registered {
+            options = options
+                .with_control_plane(url)
+                .with_credentials(credentials)
+                .with_heartbeat(interval);
         }
         if let Some(token) = &setup.auth_token {
             options = options.with_auth_token(Secret::new(token.clone()));

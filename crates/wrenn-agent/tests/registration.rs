@@ -1,0 +1,285 @@
+//! A standalone agent and the real control plane (in-process, on SQLite): the agent
+//! registers with a one-time token, stores its credentials, heartbeats, refreshes a
+//! refused JWT, pauses its sandboxes when it can no longer prove who it is or cannot
+//! reach the control plane, and shuts down when its host is deleted.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Setup, TestAgent, eventually};
+use tokio_util::sync::CancellationToken;
+use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
+use wrenn_core::auth::OpaqueToken;
+use wrenn_core::config::Config;
+use wrenn_core::id::{HostId, HostTokenId};
+use wrenn_core::lifecycle::HostStatus;
+use wrenn_core::model::{HostKind, HostToken};
+use wrenn_core::repo::{NewHost, Store};
+use wrenn_proto::hostagent::v1 as pb;
+
+/// How often the agents under test heartbeat.
+const BEAT: Duration = Duration::from_millis(100);
+
+/// The control plane, serving on loopback.
+struct ControlPlaneUnderTest {
+    url: String,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlaneUnderTest {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [
+            ("WRENN_DIR", dir.path().display().to_string()),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("wrenn.db").display()),
+            ),
+        ];
+        let config =
+            Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+                .unwrap();
+        let server = wrenn_cpserver::Builder::new(config).build().await.unwrap();
+        let store = server.context().store.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
+        Self {
+            url,
+            store,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// A `pending` host and its one-time registration token (what `POST /v1/hosts`
+    /// hands an operator).
+    async fn pending_host(&self) -> (HostId, String) {
+        let id = HostId::new();
+        self.store
+            .create_host(NewHost {
+                id,
+                kind: HostKind::Regular,
+                team_id: None,
+                provider: "test".into(),
+                availability_zone: "local".into(),
+                created_by: None,
+            })
+            .await
+            .unwrap();
+        let token = OpaqueToken::generate();
+        let now = Utc::now();
+        self.store
+            .create_host_token(HostToken {
+                id: HostTokenId::new(),
+                host_id: id,
+                token_hash: token.hash(),
+                created_by: None,
+                created_at: now,
+                expires_at: now + chrono::Duration::hours(1),
+                used_at: None,
+            })
+            .await
+            .unwrap();
+        (id, token.expose_secret().to_owned())
+    }
+
+    /// Registers a new host the way the agent binary does; returns its credentials,
+    /// stored in `file`.
+    async fn register(&self, file: &std::path::Path) -> Credentials {
+        let (id, token) = self.pending_host().await;
+        let scratch = tempfile::tempdir().unwrap();
+        let report = HostReport::this_machine("127.0.0.1:50051", scratch.path());
+        let creds = ControlPlane::new(&self.url)
+            .unwrap()
+            .register(&token, &report)
+            .await
+            .expect("registration succeeds");
+        assert_eq!(creds.host_id, id);
+        creds.save(file).unwrap();
+        Credentials::stored(creds, file.to_owned())
+    }
+
+    async fn last_heartbeat(&self, id: HostId) -> Option<chrono::DateTime<Utc>> {
+        self.store.get_host(id).await.unwrap().last_heartbeat_at
+    }
+
+    /// Waits until the host's heartbeat time moves past what it is now.
+    async fn wait_for_heartbeat(&self, id: HostId) {
+        let before = self.last_heartbeat(id).await;
+        eventually("a new heartbeat", || async {
+            self.last_heartbeat(id).await > before
+        })
+        .await;
+    }
+}
+
+impl Drop for ControlPlaneUnderTest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn registered_agent(cp: &ControlPlaneUnderTest, creds: &Credentials) -> TestAgent {
+    TestAgent::start_with(Setup {
+        registered: Some((cp.url.clone(), creds.clone(), BEAT)),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn registration_stores_credentials_and_the_host_comes_online() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets").join("host-credentials.json");
+    let creds = cp.register(&file).await;
+
+    let stored = HostCredentials::load(&file).unwrap().expect("file written");
+    assert_eq!(stored, creds.get());
+    assert!(stored.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(
+        stored
+            .ca_cert_pem
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let host = cp.store.get_host(stored.host_id).await.unwrap();
+    assert_eq!(host.status, HostStatus::Online);
+    assert_eq!(host.address, "127.0.0.1:50051");
+    assert_eq!(host.arch, std::env::consts::ARCH);
+    assert!(host.cpu_cores >= 1 && host.memory_mb > 0, "{host:?}");
+
+    // The token was single use.
+    let again = ControlPlane::new(&cp.url).unwrap();
+    let (_, token) = cp.pending_host().await;
+    let report = HostReport::this_machine("127.0.0.1:1", dir.path());
+    again.register(&token, &report).await.unwrap();
+    let err = again.register(&token, &report).await.unwrap_err();
+    assert!(err.is_refused(), "{err}");
+}
+
+#[tokio::test]
+async fn a_registered_agent_heartbeats_and_refreshes_a_refused_jwt() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("host-credentials.json");
+    let creds = cp.register(&file).await;
+    let id = creds.host_id();
+    let agent = registered_agent(&cp, &creds).await;
+    cp.wait_for_heartbeat(id).await;
+
+    // The JWT stops being accepted: the next beat is refused, the agent refreshes,
+    // keeps the new tokens (in memory and in the file) and carries on beating.
+    let old = creds.get();
+    let fingerprint = cp.store.get_host(id).await.unwrap().cert_fingerprint;
+    creds
+        .replace(HostCredentials {
+            jwt: "not-a-jwt".into(),
+            ..old.clone()
+        })
+        .await
+        .unwrap();
+    eventually("the credentials are refreshed", || async {
+        creds.get().refresh_token != old.refresh_token
+    })
+    .await;
+    let new = creds.get();
+    assert_ne!(new.jwt, "not-a-jwt");
+    assert_ne!(
+        new.cert_pem, old.cert_pem,
+        "a new certificate comes with it"
+    );
+    assert_eq!(HostCredentials::load(&file).unwrap(), Some(new));
+    assert_ne!(
+        cp.store.get_host(id).await.unwrap().cert_fingerprint,
+        fingerprint
+    );
+    cp.wait_for_heartbeat(id).await;
+    agent.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_pauses_every_sandbox_and_stops_the_heartbeat() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = cp.register(&dir.path().join("host-credentials.json")).await;
+    let id = creds.host_id();
+    let agent = registered_agent(&cp, &creds).await;
+    let sandbox = agent.create(0).await;
+    cp.wait_for_heartbeat(id).await;
+
+    // Both the JWT and the refresh token are refused.
+    let current = creds.get();
+    let spent = cp
+        .store
+        .get_valid_refresh_token(
+            &OpaqueToken::parse(&current.refresh_token).unwrap().hash(),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .expect("a valid refresh token");
+    assert!(cp.store.revoke_refresh_token(spent.id).await.unwrap());
+    creds
+        .replace(HostCredentials {
+            jwt: "not-a-jwt".into(),
+            ..current
+        })
+        .await
+        .unwrap();
+
+    eventually("the sandbox is paused", || async {
+        agent.status(sandbox).await == Some(pb::SandboxStatus::Paused)
+    })
+    .await;
+    // The heartbeat has stopped: the host's last beat no longer moves.
+    let last = cp.last_heartbeat(id).await;
+    tokio::time::sleep(BEAT * 10).await;
+    assert_eq!(cp.last_heartbeat(id).await, last);
+    assert!(!agent.handle.is_terminating(), "the agent keeps serving");
+    agent.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deleted_host_removes_its_credentials_and_shuts_the_agent_down() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("host-credentials.json");
+    let creds = cp.register(&file).await;
+    let agent = registered_agent(&cp, &creds).await;
+    cp.wait_for_heartbeat(creds.host_id()).await;
+
+    assert!(cp.store.delete_host(creds.host_id()).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(30), agent.handle.wait())
+        .await
+        .expect("the agent shuts down");
+    assert!(!file.exists(), "credentials removed");
+}
+
+#[tokio::test]
+async fn an_unreachable_control_plane_pauses_sandboxes_after_repeated_failures() {
+    // A port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let creds = Credentials::in_memory(HostCredentials::with_jwt(HostId::new(), "jwt"));
+    // Slow enough that the sandbox runs before the third failure.
+    let agent = TestAgent::start_with(Setup {
+        registered: Some((url, creds, Duration::from_secs(1))),
+        ..Setup::default()
+    })
+    .await;
+    let sandbox = agent.create(0).await;
+    eventually("the sandbox is paused", || async {
+        agent.status(sandbox).await == Some(pb::SandboxStatus::Paused)
+    })
+    .await;
+    assert!(!agent.handle.is_terminating());
+    agent.handle.shutdown().await;
+}
