@@ -10,7 +10,8 @@
 //!   sampling.
 //! - [`events`]: sandbox-event callbacks to the control plane.
 //! - [`registration`] and [`heartbeat`]: a standalone agent's identity with the
-//!   control plane (register, credentials file, refresh) and its liveness reports.
+//!   control plane (register, credentials file, refresh) and its liveness reports;
+//!   [`tls`]: mutual TLS on the listener of a registered agent.
 //! - [`envd`]: clients of the guest agent inside each sandbox.
 //! - [`proxy`] and [`conntrack`]: the HTTP port proxy and its per-sandbox connection
 //!   tracking (drained before a pause).
@@ -32,5 +33,6 @@ pub mod registration;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use server::{Agent, AgentHandle, AgentOptions};

@@ -244,10 +244,20 @@ impl Credentials {
 
     /// A copy of the current credentials.
     pub fn get(&self) -> HostCredentials {
+        self.read(HostCredentials::clone)
+    }
+
+    /// `f` of the current credentials, without copying them.
+    pub fn read<R>(&self, f: impl FnOnce(&HostCredentials) -> R) -> R {
         match self.current.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(c) => f(&c),
+            Err(poisoned) => f(&poisoned.into_inner()),
         }
+    }
+
+    /// True when the credentials carry a TLS certificate, its key and the CA.
+    pub fn has_certificate(&self) -> bool {
+        self.read(|c| !c.cert_pem.is_empty() && !c.key_pem.is_empty() && !c.ca_cert_pem.is_empty())
     }
 
     /// This host's id.

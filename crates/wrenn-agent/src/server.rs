@@ -16,11 +16,11 @@
 //!
 //! # Serving
 //!
-//! One axum server (HTTP/1.1 and cleartext HTTP/2 on the same port) carries the tonic
-//! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. Clients use plain
-//! `http://` for now: TLS/mTLS arrives with host registration (the control plane's CA
-//! signs the agent's certificate), so until then run standalone agents on a trusted
-//! network or loopback.
+//! One axum server (HTTP/1.1 and HTTP/2 on the same port) carries the tonic
+//! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. A registered agent
+//! ([`AgentOptions::tls`]) serves them over mutual TLS with the certificate the control
+//! plane issued it ([`crate::tls`]); otherwise (embedded in `wrenn dev`, tests) over
+//! cleartext, for loopback or a trusted network.
 //!
 //! **Authentication.** With [`AgentOptions::auth_token`] set, every gRPC call must carry
 //! `authorization: Bearer <token>` metadata (else UNAUTHENTICATED) and every proxy
@@ -67,6 +67,7 @@ use crate::reaper::{self, DEFAULT_REAPER_TICK, DEFAULT_SAMPLE_INTERVAL};
 use crate::registration::{ControlPlane, Credentials};
 use crate::runtime::Runtime;
 use crate::service::AgentService;
+use crate::tls::{self, TlsListener};
 
 /// Largest gRPC message the agent accepts or sends (Exec returns up to 2 × 16 MiB of
 /// output; the control plane's client must allow at least this much).
@@ -84,6 +85,9 @@ pub struct AgentOptions {
     pub auth_token: Option<Secret>,
     /// Control-plane callback settings (URL, credentials, retry tuning).
     pub events: EventsConfig,
+    /// Serve mutual TLS with the certificate of the credentials in `events` (see
+    /// [`crate::tls`]); the binary sets it for a registered agent.
+    pub tls: bool,
     /// Heartbeat interval: with a control-plane URL and credentials in `events`, the
     /// agent heartbeats (see [`crate::heartbeat`]). `None` = no heartbeat (embedded
     /// mode, tests); [`AgentOptions::from_config`] sets 30 s.
@@ -107,6 +111,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("listener", &self.listener.local_addr().ok())
             .field("auth_token", &self.auth_token)
             .field("events", &self.events)
+            .field("tls", &self.tls)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("manager", &self.manager)
             .field("reaper_tick", &self.reaper_tick)
@@ -124,6 +129,7 @@ impl AgentOptions {
             listener,
             auth_token: None,
             events: EventsConfig::default(),
+            tls: false,
             heartbeat_interval: None,
             manager: ManagerSettings::default(),
             reaper_tick: DEFAULT_REAPER_TICK,
@@ -151,6 +157,12 @@ impl AgentOptions {
     /// [`crate::registration`]. Without it events are only logged.
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.events.credentials = Some(credentials);
+        self
+    }
+
+    /// Serves mutual TLS with the credentials' certificate (set them first).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -288,6 +300,7 @@ impl Agent {
             listener,
             auth_token,
             events,
+            tls,
             heartbeat_interval,
             manager: settings,
             reaper_tick,
@@ -306,6 +319,14 @@ impl Agent {
                     AgentError::internal(format!("cannot prepare {}: {e}", layout.root().display()))
                 })?;
         }
+        let tls_config = if tls {
+            let creds = events.credentials.as_ref().ok_or_else(|| {
+                AgentError::internal("TLS needs the host credentials (register the agent)")
+            })?;
+            Some(tls::server_config(creds).map_err(AgentError::internal)?)
+        } else {
+            None
+        };
         let heartbeat_link = match (&events.cp_url, &events.credentials, heartbeat_interval) {
             (Some(url), Some(creds), Some(interval)) => Some((
                 ControlPlane::new(url).map_err(AgentError::internal)?,
@@ -365,14 +386,27 @@ impl Agent {
             .merge(proxy::router(Arc::clone(&manager), token));
 
         let serve_stop = CancellationToken::new();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let server = match tls_config {
+            Some(config) => {
+                let listener = TlsListener::new(listener, config)
+                    .map_err(|e| AgentError::internal(format!("TLS listener: {e}")))?;
+                tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+        };
         let inner = Arc::new(Inner {
             manager,
             events,
@@ -407,7 +441,7 @@ impl Agent {
                 }
             });
         }
-        tracing::info!(%local_addr, "host agent serving");
+        tracing::info!(%local_addr, tls, "host agent serving");
         Ok(AgentHandle {
             inner,
             local_addr,

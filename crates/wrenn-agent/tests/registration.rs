@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{Setup, TestAgent, eventually};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio_util::sync::CancellationToken;
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
 use wrenn_core::auth::OpaqueToken;
@@ -18,7 +20,9 @@ use wrenn_core::id::{HostId, HostTokenId};
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::model::{HostKind, HostToken};
 use wrenn_core::repo::{NewHost, Store};
+use wrenn_cpserver::extension::{CertificateAuthority, ServerContext};
 use wrenn_proto::hostagent::v1 as pb;
+use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
 /// How often the agents under test heartbeat.
 const BEAT: Duration = Duration::from_millis(100);
@@ -26,6 +30,7 @@ const BEAT: Duration = Duration::from_millis(100);
 /// The control plane, serving on loopback.
 struct ControlPlaneUnderTest {
     url: String,
+    ctx: ServerContext,
     store: Arc<dyn Store>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
@@ -45,13 +50,15 @@ impl ControlPlaneUnderTest {
             Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
                 .unwrap();
         let server = wrenn_cpserver::Builder::new(config).build().await.unwrap();
-        let store = server.context().store.clone();
+        let ctx = server.context().clone();
+        let store = ctx.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
         Self {
             url,
+            ctx,
             store,
             stop,
             _dir: dir,
@@ -93,9 +100,14 @@ impl ControlPlaneUnderTest {
     /// Registers a new host the way the agent binary does; returns its credentials,
     /// stored in `file`.
     async fn register(&self, file: &std::path::Path) -> Credentials {
+        self.register_at(file, "127.0.0.1:50051").await
+    }
+
+    /// [`register`](Self::register), reporting `address`.
+    async fn register_at(&self, file: &std::path::Path, address: &str) -> Credentials {
         let (id, token) = self.pending_host().await;
         let scratch = tempfile::tempdir().unwrap();
-        let report = HostReport::this_machine("127.0.0.1:50051", scratch.path());
+        let report = HostReport::this_machine(address, scratch.path());
         let creds = ControlPlane::new(&self.url)
             .unwrap()
             .register(&token, &report)
@@ -281,5 +293,136 @@ async fn an_unreachable_control_plane_pauses_sandboxes_after_repeated_failures()
     })
     .await;
     assert!(!agent.handle.is_terminating());
+    agent.handle.shutdown().await;
+}
+
+/// A rustls client of `addr`: trusts `ca_pem`, presents `identity` (cert, key PEMs)
+/// if given. Returns the server's certificate (DER) or the handshake error.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(addr.ip().to_string()).unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: a refused client certificate shows on the first read.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 9];
+    tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    let (_, conn) = tls.get_ref();
+    Ok(conn.peer_certificates().unwrap()[0].to_vec())
+}
+
+#[tokio::test]
+async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let creds = cp
+        .register_at(&dir.path().join("host-credentials.json"), &addr.to_string())
+        .await;
+    let id = creds.host_id();
+    // The control plane's own channel to the host (mutual TLS, its client certificate).
+    let client = cp.ctx.hosts.client(id).await.unwrap();
+    let agent = TestAgent::start_with(Setup {
+        registered: Some((cp.url.clone(), creds.clone(), BEAT)),
+        tls: true,
+        listener: Some(listener),
+        client: Some(client),
+        ..Setup::default()
+    })
+    .await;
+
+    // Through the control plane's channel, the agent works.
+    let sandbox = agent.create(0).await;
+    assert_eq!(
+        agent.status(sandbox).await,
+        Some(pb::SandboxStatus::Running)
+    );
+
+    // Cleartext gets nothing.
+    let plain = HostAgentServiceClient::connect(format!("http://{addr}")).await;
+    match plain {
+        Err(_) => {}
+        Ok(mut c) => assert!(c.list_sandboxes(pb::ListSandboxesRequest {}).await.is_err()),
+    }
+    let ca = cp.ctx.ca.cert_pem().to_owned();
+    let client_cert = cp.ctx.ca.issue_client_cert(Utc::now()).unwrap();
+    let identity = Some((client_cert.cert_pem.as_str(), client_cert.key_pem.as_str()));
+    // The agent's certificate is the one it was issued.
+    let served = handshake(addr, &ca, identity).await.expect("handshake");
+    let issued = CertificateDer::from_pem_slice(creds.get().cert_pem.as_bytes()).unwrap();
+    assert_eq!(served, issued.to_vec());
+    // No client certificate, one from another CA, or a host's (server-only)
+    // certificate: refused.
+    assert!(handshake(addr, &ca, None).await.is_err());
+    let other = CertificateAuthority::generate().unwrap();
+    let foreign = other.issue_client_cert(Utc::now()).unwrap();
+    assert!(
+        handshake(addr, &ca, Some((&foreign.cert_pem, &foreign.key_pem)))
+            .await
+            .is_err()
+    );
+    let host_cert = cp
+        .ctx
+        .ca
+        .issue_host_cert(HostId::new(), "127.0.0.1:1", Utc::now())
+        .unwrap();
+    assert!(
+        handshake(addr, &ca, Some((&host_cert.cert_pem, &host_cert.key_pem)))
+            .await
+            .is_err()
+    );
+
+    // A refresh brings a new certificate, served from the next connection on.
+    let old = creds.get();
+    creds
+        .replace(HostCredentials {
+            jwt: "not-a-jwt".into(),
+            ..old.clone()
+        })
+        .await
+        .unwrap();
+    eventually("the credentials are refreshed", || async {
+        creds.get().cert_pem != old.cert_pem
+    })
+    .await;
+    let renewed = CertificateDer::from_pem_slice(creds.get().cert_pem.as_bytes()).unwrap();
+    let served = handshake(addr, &ca, identity).await.expect("handshake");
+    assert_eq!(served, renewed.to_vec());
+    // The control plane still reaches it.
+    assert_eq!(
+        agent.status(sandbox).await,
+        Some(pb::SandboxStatus::Running)
+    );
     agent.handle.shutdown().await;
 }

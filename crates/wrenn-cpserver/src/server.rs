@@ -76,7 +76,7 @@ impl Builder {
         let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes())
             .map_err(|e| ServerError::Secrets(e.to_string()))?;
 
-        let hosts = Arc::new(HostChannels::new(store.clone()));
+        let hosts = Arc::new(HostChannels::new(store.clone(), secrets.ca.clone()));
         let agents = match self.agents {
             Some(a) => a,
             None => Arc::new(GrpcHostAgents::new(hosts.clone())),

@@ -18,6 +18,7 @@ use wrenn_core::id::{
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::HostKind;
 use wrenn_core::repo::{HostSpec, NewHost, Store};
+use wrenn_cpserver::extension::CertificateAuthority;
 use wrenn_cpserver::host_pool::{GrpcHostAgents, HostChannels};
 use wrenn_db::testing::TestStores;
 use wrenn_proto::hostagent::v1 as pb;
@@ -368,7 +369,10 @@ impl Fixture {
 
     fn with(db: wrenn_db::testing::TestStore) -> Self {
         let store = db.store();
-        let pool = GrpcHostAgents::new(Arc::new(HostChannels::new(store.clone())));
+        let pool = GrpcHostAgents::new(Arc::new(HostChannels::new(
+            store.clone(),
+            Arc::new(CertificateAuthority::generate().unwrap()),
+        )));
         Self {
             _db: db,
             store,

@@ -27,6 +27,16 @@ pub const HOST_CERT_LIFETIME: Duration = Duration::days(7);
 /// little behind the control plane's accepts it at once.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::minutes(5);
 
+/// How long the control plane's client certificate is valid (it is renewed well
+/// before, see [`CLIENT_CERT_RENEW_AFTER`]).
+pub const CLIENT_CERT_LIFETIME: Duration = Duration::hours(24);
+
+/// Age after which the control plane renews its client certificate.
+pub const CLIENT_CERT_RENEW_AFTER: Duration = Duration::hours(12);
+
+/// Common name of the control plane's client certificate.
+pub const CLIENT_CERT_CN: &str = "wrenn-cp";
+
 /// Lifetime of a generated CA.
 pub const CA_LIFETIME: Duration = Duration::days(3650);
 
@@ -50,10 +60,10 @@ pub enum CaError {
     Sign(String),
 }
 
-/// A certificate issued to a host agent.
+/// A certificate the CA issued, with its key.
 #[derive(Clone)]
-pub struct HostCertificate {
-    /// PEM of the certificate (CN = the host id, SAN = its address).
+pub struct IssuedCertificate {
+    /// PEM of the certificate.
     pub cert_pem: String,
     /// PEM (PKCS#8) of the certificate's private key.
     pub key_pem: String,
@@ -63,9 +73,9 @@ pub struct HostCertificate {
     pub expires_at: DateTime<Utc>,
 }
 
-impl std::fmt::Debug for HostCertificate {
+impl std::fmt::Debug for IssuedCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostCertificate")
+        f.debug_struct("IssuedCertificate")
             .field("fingerprint", &self.fingerprint)
             .field("expires_at", &self.expires_at)
             .field("key_pem", &"[redacted]")
@@ -152,28 +162,58 @@ impl CertificateAuthority {
         host: HostId,
         address: &str,
         now: DateTime<Utc>,
-    ) -> Result<HostCertificate, CaError> {
+    ) -> Result<IssuedCertificate, CaError> {
         let san = address_san(address)?;
+        self.issue(
+            &host.to_string(),
+            vec![san],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            HOST_CERT_LIFETIME,
+        )
+    }
+
+    /// Issues the control plane's TLS client certificate (CN [`CLIENT_CERT_CN`],
+    /// client authentication only, valid [`CLIENT_CERT_LIFETIME`]), which agents
+    /// require on every connection.
+    pub fn issue_client_cert(&self, now: DateTime<Utc>) -> Result<IssuedCertificate, CaError> {
+        self.issue(
+            CLIENT_CERT_CN,
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            CLIENT_CERT_LIFETIME,
+        )
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        now: DateTime<Utc>,
+        lifetime: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, host.to_string());
-        params.subject_alt_names = vec![san];
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let expires_at = now + HOST_CERT_LIFETIME;
+        let expires_at = now + lifetime;
         params.not_before = to_time(now - CLOCK_SKEW_ALLOWANCE)?;
         params.not_after = to_time(expires_at)?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(HostCertificate {
+        Ok(IssuedCertificate {
             fingerprint: hex::encode(Sha256::digest(cert.der())),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -334,6 +374,26 @@ mod tests {
             ca.issue_host_cert(HostId::new(), ":50051", Utc::now()),
             Err(CaError::Address(_))
         ));
+    }
+
+    #[test]
+    fn the_client_certificate_is_for_client_authentication_only() {
+        let ca = CertificateAuthority::generate().unwrap();
+        let now = Utc::now();
+        let issued = ca.issue_client_cert(now).unwrap();
+        let der = parse(&issued.cert_pem);
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), CLIENT_CERT_CN);
+        let eku = cert.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+        assert_eq!(
+            cert.validity().not_after.timestamp(),
+            (now + CLIENT_CERT_LIFETIME).timestamp()
+        );
+        let ca_der = parse(ca.cert_pem());
+        let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
+        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
     }
 
     #[test]

@@ -9,22 +9,28 @@
 //! reason. A channel is dropped when the host's address changes, when a call fails
 //! with `UNAVAILABLE` ([`HostChannels::evict_if`]), or on [`HostChannels::evict`].
 //!
-//! **Transport security.** Channels are plain HTTP/2 for now. The control plane's
-//! [host CA](crate::ca) already signs each agent's server certificate at
-//! registration and refresh (its fingerprint is kept in `hosts.cert_fingerprint`),
-//! but the agent does not serve TLS with it yet: run agents on a trusted network.
+//! **Transport security.** A host registered through the API has a certificate from
+//! the control plane's [host CA](crate::ca) (`hosts.cert_fingerprint` is set): its
+//! channel is mutual TLS — the agent's certificate must chain to the CA and name the
+//! host's address, and the control plane presents its own client certificate (CN
+//! `wrenn-cp`, 24 h, renewed after 12 h, when every TLS channel is rebuilt). A host
+//! without a certificate (the in-process host of `wrenn dev`, hosts inserted by
+//! embedders) is reached over plain HTTP/2.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use chrono::{DateTime, Utc};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use wrenn_core::agents::AgentError;
 use wrenn_core::id::HostId;
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::repo::{RepoError, Store};
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
+
+use crate::ca::{CLIENT_CERT_RENEW_AFTER, CertificateAuthority};
 
 /// How long establishing the TCP + HTTP/2 connection to an agent may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,15 +39,24 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keep-alive ping may go unanswered before the connection is dropped.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A cached channel and the address it was built for.
+/// A cached channel and what it was built for.
 struct Cached {
     address: String,
+    tls: bool,
     channel: Channel,
+}
+
+/// The control plane's current client certificate.
+struct ClientCert {
+    identity: Identity,
+    issued_at: DateTime<Utc>,
 }
 
 /// The per-host channel cache.
 pub struct HostChannels {
     store: Arc<dyn Store>,
+    ca: Arc<CertificateAuthority>,
+    client_cert: Mutex<Option<ClientCert>>,
     channels: Mutex<HashMap<HostId, Cached>>,
 }
 
@@ -54,10 +69,13 @@ impl std::fmt::Debug for HostChannels {
 }
 
 impl HostChannels {
-    /// A cache resolving host addresses through `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// A cache resolving host addresses through `store`; TLS channels trust `ca` and
+    /// present a client certificate it issues.
+    pub fn new(store: Arc<dyn Store>, ca: Arc<CertificateAuthority>) -> Self {
         Self {
             store,
+            ca,
+            client_cert: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -123,13 +141,24 @@ impl HostChannels {
                 "host {host} has no address (its agent has not registered)"
             )));
         }
+        let tls = !row.cert_fingerprint.is_empty();
+        let identity = if tls {
+            Some(self.client_identity()?)
+        } else {
+            None
+        };
         let mut channels = self.lock();
         if let Some(cached) = channels.get(&host)
             && cached.address == address
+            && cached.tls == tls
         {
             return Ok((cached.address.clone(), cached.channel.clone()));
         }
-        let channel = endpoint(address)
+        let endpoint = match identity {
+            Some(identity) => tls_endpoint(address, self.ca.cert_pem(), identity),
+            None => endpoint(address),
+        };
+        let channel = endpoint
             .map_err(|e| {
                 AgentError::Unavailable(format!(
                     "host {host} has an invalid address {address:?}: {e}"
@@ -140,6 +169,7 @@ impl HostChannels {
             host,
             Cached {
                 address: address.to_owned(),
+                tls,
                 channel: channel.clone(),
             },
         ) {
@@ -149,6 +179,65 @@ impl HostChannels {
     }
 }
 
+impl HostChannels {
+    /// The client certificate, issued on first use and renewed once older than
+    /// [`CLIENT_CERT_RENEW_AFTER`] (every TLS channel is then rebuilt with the new one).
+    fn client_identity(&self) -> Result<Identity, AgentError> {
+        let now = Utc::now();
+        let mut current = self.client_cert.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = current.as_ref()
+            && now - c.issued_at < CLIENT_CERT_RENEW_AFTER
+        {
+            return Ok(c.identity.clone());
+        }
+        let issued = self.ca.issue_client_cert(now).map_err(|e| {
+            AgentError::Unavailable(format!(
+                "cannot issue the control plane's client certificate: {e}"
+            ))
+        })?;
+        let identity = Identity::from_pem(issued.cert_pem, issued.key_pem);
+        let renewed = current.replace(ClientCert {
+            identity: identity.clone(),
+            issued_at: now,
+        });
+        drop(current);
+        if renewed.is_some() {
+            self.lock().retain(|_, c| !c.tls);
+            tracing::info!("control-plane client certificate renewed; TLS channels rebuilt");
+        }
+        Ok(identity)
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed), which the
+/// agent's certificate must name.
+fn server_name(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A mutual-TLS endpoint for an agent address: the agent's certificate must chain to
+/// `ca_pem` and name the address's host; the control plane presents `identity`.
+fn tls_endpoint(
+    address: &str,
+    ca_pem: &str,
+    identity: Identity,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let authority = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+        .unwrap_or(address);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(identity)
+        .domain_name(server_name(authority));
+    let endpoint = Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls)?;
+    Ok(tune(endpoint))
+}
+
 /// The endpoint for an agent address (`host:port`, or a full `http://` URL).
 fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if address.starts_with("http://") {
@@ -156,12 +245,17 @@ fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     } else {
         format!("http://{address}")
     };
-    Ok(Endpoint::from_shared(uri)?
+    Ok(tune(Endpoint::from_shared(uri)?))
+}
+
+/// Timeouts and keep-alive of every agent channel.
+fn tune(endpoint: Endpoint) -> Endpoint {
+    endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
 }
 
 /// Maps a gRPC status onto an [`AgentError`], keeping the agent's message.

@@ -25,7 +25,7 @@ mod worker;
 pub use auth::{
     AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal,
 };
-pub use ca::{CaError, CertificateAuthority, HostCertificate};
+pub use ca::{CaError, CertificateAuthority, IssuedCertificate};
 pub use context::ServerContext;
 pub use error::{ApiError, ApiResult};
 pub use extension::Extension;

@@ -10,9 +10,10 @@
 //! /v1/hosts`), the agent registers at startup, reporting `WRENN_HOST_ADDRESS` (default:
 //! the listen address) and its CPUs, memory and disk, and keeps the credentials in
 //! `$WRENN_DIR/secrets/host-credentials.json`; a later start without the token uses
-//! that file. A registered agent heartbeats every 30 s and posts sandbox events (see
-//! `wrenn_agent::registration` and `wrenn_agent::heartbeat`). Without a control-plane
-//! URL it runs standalone.
+//! that file. A registered agent serves mutual TLS with the certificate the control
+//! plane issued it, heartbeats every 30 s and posts sandbox events (see
+//! `wrenn_agent::registration`, `wrenn_agent::heartbeat` and `wrenn_agent::tls`).
+//! Without a control-plane URL it runs standalone, without TLS.
 //!
 //! `WRENN_AGENT_TOKEN` requires `authorization: Bearer <token>` on every RPC.
 //! `WRENN_ENVD_BIN` names the envd binary (default: `wrenn-envd` next to this binary,
@@ -152,7 +153,13 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     let mut options = AgentOptions::from_config(Arc::new(runtime), &config, listener);
     if let Some(credentials) = credentials(&config).await? {
         tracing::info!(host_id = %credentials.host_id(), "registered with the control plane");
+        let tls = credentials.has_certificate();
         options = options.with_credentials(credentials);
+        if tls {
+            options = options.with_tls();
+        } else {
+            tracing::warn!("the stored credentials hold no TLS certificate: serving without TLS");
+        }
     }
     if let Some(token) = interim_var("WRENN_AGENT_TOKEN") {
         options = options.with_auth_token(Secret::new(token));

@@ -496,6 +496,12 @@ pub struct Setup {
     pub cp: Option<(String, HostId, String)>,
     /// A registered agent: control-plane URL, its credentials, heartbeat interval.
     pub registered: Option<(String, Credentials, Duration)>,
+    /// Serve mutual TLS with the registered credentials.
+    pub tls: bool,
+    /// Listen here (default: a new loopback port).
+    pub listener: Option<tokio::net::TcpListener>,
+    /// Talk to the agent with this client (default: cleartext to its address).
+    pub client: Option<HostAgentServiceClient<Channel>>,
     pub auth_token: Option<String>,
 }
 
@@ -513,6 +519,9 @@ impl Default for Setup {
             sample_interval: Duration::from_millis(100),
             cp: None,
             registered: None,
+            tls: false,
+            listener: None,
+            client: None,
             auth_token: None,
         }
     }
@@ -547,7 +556,10 @@ impl TestAgent {
         let scratch = dir.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap();
         let runtime = Arc::new(EnvdRuntime::new(layout.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match setup.listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let mut options = AgentOptions::new(runtime.clone(), layout.clone(), listener);
         options.manager = setup.settings;
         options.reaper_tick = setup.reaper_tick;
@@ -567,11 +579,17 @@ impl TestAgent {
                 .with_credentials(credentials)
                 .with_heartbeat(interval);
         }
+        if setup.tls {
+            options = options.with_tls();
+        }
         if let Some(token) = &setup.auth_token {
             options = options.with_auth_token(Secret::new(token.clone()));
         }
         let handle = Agent::start(options).await.expect("agent starts");
-        let client = connect(handle.local_addr()).await;
+        let client = match setup.client {
+            Some(c) => c,
+            None => connect(handle.local_addr()).await,
+        };
         Self {
             handle,
             client,
