@@ -8,10 +8,11 @@
 //! over it) and drops it when the host's address changes, when a call fails with
 //! `UNAVAILABLE`, or on [`HostChannels::evict`].
 //!
-//! **Transport security.** Channels are plain HTTP/2 for now. mTLS (the control plane's
-//! CA signs each agent's certificate at registration, and the pool pins it through
-//! `hosts.cert_fingerprint`) arrives with host registration; until then, run agents on
-//! a trusted network only.
+//! **Transport security.** A host registered through the API is called over mutual
+//! TLS (its certificate must chain to the control plane's CA and name its address; the
+//! control plane presents its `wrenn-cp` client certificate); a host without a
+//! certificate (`wrenn dev`'s in-process host) over cleartext HTTP/2. See
+//! [`HostChannels`].
 //!
 //! gRPC status codes map onto [`AgentError`]: `NOT_FOUND` → `NotFound`,
 //! `FAILED_PRECONDITION` and `ALREADY_EXISTS` → `FailedPrecondition`,
