@@ -426,3 +426,98 @@ async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
     );
     agent.handle.shutdown().await;
 }
+
+/// Kills the child on drop (SIGTERM: the agent shuts down gracefully).
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn start(
+        cp: &ControlPlaneUnderTest,
+        dir: &std::path::Path,
+        listen: &str,
+        token: Option<&str>,
+    ) -> Self {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("WRENN_DIR", dir)
+            .env("WRENN_CP_URL", &cp.url)
+            .env("WRENN_HOST_LISTEN_ADDR", listen)
+            .env("WRENN_ENVD_BIN", common::envd_binary())
+            .env("RUST_LOG", "warn")
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null());
+        if let Some(token) = token {
+            cmd.env("WRENN_REGISTRATION_TOKEN", token);
+        }
+        Self(cmd.spawn().expect("wrenn-agent starts"))
+    }
+
+    fn stop(mut self) {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wrenn-agent did not stop on SIGTERM");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_agent_binary_registers_serves_mutual_tls_and_restarts_from_its_credentials() {
+    let cp = ControlPlaneUnderTest::start().await;
+    // A short data directory: unix socket paths live under it.
+    let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap().to_string();
+    drop(free);
+    let (id, token) = cp.pending_host().await;
+
+    let agent = AgentProcess::start(&cp, dir.path(), &listen, Some(&token));
+    eventually("the host is online at the agent's address", || async {
+        let host = cp.store.get_host(id).await.unwrap();
+        host.status == HostStatus::Online && host.address == listen
+    })
+    .await;
+    let file = dir.path().join("secrets").join("host-credentials.json");
+    let stored = HostCredentials::load(&file)
+        .unwrap()
+        .expect("credentials stored");
+    assert_eq!(stored.host_id, id);
+    // The control plane reaches it over mutual TLS.
+    let mut client = cp.ctx.hosts.client(id).await.unwrap();
+    eventually("the agent answers the control plane", || {
+        let mut c = client.clone();
+        async move { c.list_sandboxes(pb::ListSandboxesRequest {}).await.is_ok() }
+    })
+    .await;
+    agent.stop();
+
+    // Restarted without the token, it uses the stored credentials: it heartbeats as
+    // the same host and serves TLS again.
+    let before = cp.last_heartbeat(id).await;
+    let agent = AgentProcess::start(&cp, dir.path(), &listen, None);
+    eventually("a heartbeat from the restarted agent", || async {
+        cp.last_heartbeat(id).await > before
+    })
+    .await;
+    cp.ctx.hosts.evict(id);
+    client = cp.ctx.hosts.client(id).await.unwrap();
+    eventually("the restarted agent answers the control plane", || {
+        let mut c = client.clone();
+        async move { c.list_sandboxes(pb::ListSandboxesRequest {}).await.is_ok() }
+    })
+    .await;
+    agent.stop();
+}
