@@ -138,6 +138,19 @@ impl Drop for ControlPlaneUnderTest {
     }
 }
 
+/// Makes the control plane refuse the agent's JWT from its next heartbeat on (the
+/// refresh token stays as it is).
+async fn refuse_jwt(creds: &Credentials) {
+    let current = creds.get();
+    creds
+        .replace(HostCredentials {
+            jwt: "not-a-jwt".into(),
+            ..current
+        })
+        .await
+        .unwrap();
+}
+
 async fn registered_agent(cp: &ControlPlaneUnderTest, creds: &Credentials) -> TestAgent {
     TestAgent::start_with(Setup {
         registered: Some((cp.url.clone(), creds.clone(), BEAT)),
@@ -190,13 +203,7 @@ async fn a_registered_agent_heartbeats_and_refreshes_a_refused_jwt() {
     // keeps the new tokens (in memory and in the file) and carries on beating.
     let old = creds.get();
     let fingerprint = cp.store.get_host(id).await.unwrap().cert_fingerprint;
-    creds
-        .replace(HostCredentials {
-            jwt: "not-a-jwt".into(),
-            ..old.clone()
-        })
-        .await
-        .unwrap();
+    refuse_jwt(&creds).await;
     eventually("the credentials are refreshed", || async {
         creds.get().refresh_token != old.refresh_token
     })
@@ -238,13 +245,7 @@ async fn a_refused_refresh_token_pauses_every_sandbox_and_stops_the_heartbeat() 
         .unwrap()
         .expect("a valid refresh token");
     assert!(cp.store.revoke_refresh_token(spent.id).await.unwrap());
-    creds
-        .replace(HostCredentials {
-            jwt: "not-a-jwt".into(),
-            ..current
-        })
-        .await
-        .unwrap();
+    refuse_jwt(&creds).await;
 
     eventually("the sandbox is paused", || async {
         agent.status(sandbox).await == Some(pb::SandboxStatus::Paused)
@@ -405,13 +406,7 @@ async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
 
     // A refresh brings a new certificate, served from the next connection on.
     let old = creds.get();
-    creds
-        .replace(HostCredentials {
-            jwt: "not-a-jwt".into(),
-            ..old.clone()
-        })
-        .await
-        .unwrap();
+    refuse_jwt(&creds).await;
     eventually("the credentials are refreshed", || async {
         creds.get().cert_pem != old.cert_pem
     })

@@ -236,30 +236,35 @@ fn pem_der(pem: &str) -> Result<Vec<u8>, CaError> {
     Ok(block.contents)
 }
 
-/// The subject alternative name for an agent address: its IP, or else its DNS
-/// name.
-fn address_san(address: &str) -> Result<SanType, CaError> {
-    let bad = || CaError::Address(address.to_owned());
+/// The host part of an agent address (`host:port`, `[v6]:port`, `http(s)://host:port`):
+/// what its certificate names and what the control plane verifies when it dials it.
+pub fn address_host(address: &str) -> &str {
     let authority = address.trim();
     let authority = authority
         .strip_prefix("http://")
         .or_else(|| authority.strip_prefix("https://"))
         .unwrap_or(authority);
-    if let Ok(sa) = authority.parse::<std::net::SocketAddr>() {
-        return Ok(SanType::IpAddress(sa.ip()));
-    }
     let host = match authority.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
         _ => authority,
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The subject alternative name for an agent address: its IP, or else its DNS
+/// name.
+fn address_san(address: &str) -> Result<SanType, CaError> {
+    let host = address_host(address);
     if host.is_empty() {
-        return Err(bad());
+        return Err(CaError::Address(address.to_owned()));
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    let name = host.to_ascii_lowercase().try_into().map_err(|_| bad())?;
+    let name = host
+        .to_ascii_lowercase()
+        .try_into()
+        .map_err(|_| CaError::Address(address.to_owned()))?;
     Ok(SanType::DnsName(name))
 }
 
@@ -287,6 +292,16 @@ mod tests {
         pem_der(pem).expect("pem")
     }
 
+    /// Whether the certificate `cert_pem` carries a valid signature of `ca`'s key.
+    fn signed_by(cert_pem: &str, ca: &CertificateAuthority) -> bool {
+        let der = parse(cert_pem);
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        let ca_der = parse(ca.cert_pem());
+        let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
+        cert.issuer() == ca_cert.subject()
+            && cert.verify_signature(Some(ca_cert.public_key())).is_ok()
+    }
+
     #[test]
     fn a_host_certificate_names_the_host_and_is_signed_by_the_ca() {
         let ca = CertificateAuthority::generate().unwrap();
@@ -307,19 +322,10 @@ mod tests {
         assert!(eku.value.server_auth && !eku.value.client_auth);
         assert!(!cert.is_ca());
 
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
-        assert_eq!(cert.issuer(), ca_cert.subject());
-        cert.verify_signature(Some(ca_cert.public_key()))
-            .expect("signed by the CA");
+        assert!(signed_by(&issued.cert_pem, &ca), "signed by the CA");
         // Another CA's key does not verify it.
         let other = CertificateAuthority::generate().unwrap();
-        let other_der = parse(other.cert_pem());
-        let (_, other_cert) = parse_x509_certificate(&other_der).unwrap();
-        assert!(
-            cert.verify_signature(Some(other_cert.public_key()))
-                .is_err()
-        );
+        assert!(!signed_by(&issued.cert_pem, &other));
 
         let validity = cert.validity();
         assert_eq!(
@@ -391,9 +397,7 @@ mod tests {
             cert.validity().not_after.timestamp(),
             (now + CLIENT_CERT_LIFETIME).timestamp()
         );
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
-        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert!(signed_by(&issued.cert_pem, &ca));
     }
 
     #[test]
@@ -418,11 +422,7 @@ mod tests {
         let issued = loaded
             .issue_host_cert(HostId::new(), "10.0.0.1:1", Utc::now())
             .unwrap();
-        let der = parse(&issued.cert_pem);
-        let (_, cert) = parse_x509_certificate(&der).unwrap();
-        let ca_der = parse(ca.cert_pem());
-        let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
-        cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+        assert!(signed_by(&issued.cert_pem, &ca));
     }
 
     #[test]

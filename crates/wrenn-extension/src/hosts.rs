@@ -30,7 +30,7 @@ use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::repo::{RepoError, Store};
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
-use crate::ca::{CLIENT_CERT_RENEW_AFTER, CertificateAuthority};
+use crate::ca::{CLIENT_CERT_RENEW_AFTER, CertificateAuthority, address_host};
 
 /// How long establishing the TCP + HTTP/2 connection to an agent may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,16 +209,6 @@ impl HostChannels {
     }
 }
 
-/// The host part of `host:port` (brackets of an IPv6 address removed), which the
-/// agent's certificate must name.
-fn server_name(authority: &str) -> &str {
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => host,
-        _ => authority,
-    };
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
 /// A mutual-TLS endpoint for an agent address: the agent's certificate must chain to
 /// `ca_pem` and name the address's host; the control plane presents `identity`.
 fn tls_endpoint(
@@ -233,7 +223,7 @@ fn tls_endpoint(
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(identity)
-        .domain_name(server_name(authority));
+        .domain_name(address_host(authority));
     let endpoint = Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls)?;
     Ok(tune(endpoint))
 }
