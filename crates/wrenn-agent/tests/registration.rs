@@ -480,12 +480,19 @@ async fn the_agent_binary_registers_serves_mutual_tls_and_restarts_from_its_cred
     let (id, token) = cp.pending_host().await;
 
     let agent = AgentProcess::start(&cp, dir.path(), &listen, Some(&token));
-    eventually("the host is online at the agent's address", || async {
-        let host = cp.store.get_host(id).await.unwrap();
-        host.status == HostStatus::Online && host.address == listen
-    })
-    .await;
     let file = dir.path().join("secrets").join("host-credentials.json");
+    // The host goes online when the registration answers; the agent writes its
+    // credentials file right after.
+    eventually(
+        "the host is online and the credentials are stored",
+        || async {
+            let host = cp.store.get_host(id).await.unwrap();
+            host.status == HostStatus::Online
+                && host.address == listen
+                && matches!(HostCredentials::load(&file), Ok(Some(_)))
+        },
+    )
+    .await;
     let stored = HostCredentials::load(&file)
         .unwrap()
         .expect("credentials stored");
