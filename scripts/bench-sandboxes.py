@@ -3,15 +3,22 @@
 
     cargo build --release -p wrenn --bin wrenn
     scripts/bench-sandboxes.py [--rounds 30] [--concurrent 50] [--file-mib 256]
+                               [--docker auto|off|on] [--docker-image debian:bookworm]
 
 Starts `target/release/wrenn dev` in a temporary directory on a free loopback port
 and measures, reporting p50/p99:
   - create -> running (POST /v1/capsules until GET says running),
   - exec `true` round trip (POST .../exec),
   - file write and read throughput (streamed multipart write / streamed read),
-  - pause -> paused and resume -> running,
+  - pause -> paused and resume -> running, delete -> stopped,
   - N concurrent sandboxes, with the wrenn process's RSS growth per sandbox.
-Only loopback is contacted. Standard library only.
+
+Docker side by side (`--docker auto`, the default): when a Docker daemon answers on
+/var/run/docker.sock and has `--docker-image` locally (nothing is pulled), the same
+operations run through Docker's Engine API — create+start, exec `true`, a streamed
+file write (PUT archive) and read (GET archive), pause, unpause, remove — and a
+ratio column says how many times faster Wrenn is (docker p50 / wrenn p50).
+Only loopback and the local Docker socket are contacted. Standard library only.
 """
 
 import argparse
@@ -36,8 +43,153 @@ def pct(values, p):
     return s[k]
 
 
+RESULTS = {}
+
+
 def report(name, ms):
+    RESULTS[name] = pct(ms, 50)
     print(f"{name:34s} n={len(ms):4d}  p50={pct(ms, 50):8.2f} ms  p99={pct(ms, 99):8.2f} ms")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the Docker daemon's API)."""
+
+    def __init__(self, path, timeout=120):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Docker:
+    """Just enough of Docker's Engine API to run the same operations as Wrenn's."""
+
+    def __init__(self, path="/var/run/docker.sock"):
+        self.path = path
+
+    def call(self, method, url, body=None, raw=None, headers=None, stream=False):
+        c = UnixHTTPConnection(self.path)
+        h = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        c.request(method, url, body=data, headers=h)
+        r = c.getresponse()
+        if stream:
+            return r
+        out = r.read()
+        return r.status, (json.loads(out) if out[:1] in b"[{" else out)
+
+    def available(self, image):
+        try:
+            st, _ = self.call("GET", "/_ping")
+            if st != 200:
+                return False, "daemon did not answer /_ping"
+            st, _ = self.call("GET", f"/images/{image}/json")
+            return (st == 200), (None if st == 200 else f"image {image} is not present locally")
+        except OSError as e:
+            return False, f"no daemon ({e})"
+
+    def create(self, image):
+        st, v = self.call("POST", "/containers/create",
+                          {"Image": image, "Cmd": ["sleep", "infinity"], "Tty": False})
+        assert st == 201, (st, v)
+        cid = v["Id"]
+        st, v = self.call("POST", f"/containers/{cid}/start")
+        assert st == 204, (st, v)
+        return cid
+
+    def exec_true(self, cid):
+        st, v = self.call("POST", f"/containers/{cid}/exec",
+                          {"Cmd": ["true"], "AttachStdout": True, "AttachStderr": True})
+        assert st == 201, (st, v)
+        st, _ = self.call("POST", f"/exec/{v['Id']}/start", {"Detach": False, "Tty": False})
+        assert st == 200, st
+
+    def write_file(self, cid, directory, total):
+        """Streams a one-file tar of `total` random bytes into `directory`."""
+        import tarfile
+        info = tarfile.TarInfo("bench.bin")
+        info.size = total
+        header = info.tobuf(format=tarfile.USTAR_FORMAT)
+        pad = (512 - total % 512) % 512
+        c = UnixHTTPConnection(self.path, timeout=600)
+        c.putrequest("PUT", f"/containers/{cid}/archive?path={directory}")
+        c.putheader("Content-Type", "application/x-tar")
+        c.putheader("Content-Length", str(len(header) + total + pad + 1024))
+        c.endheaders()
+        c.send(header)
+        chunk = os.urandom(1 << 20)
+        sent = 0
+        while sent < total:
+            n = min(len(chunk), total - sent)
+            c.send(chunk[:n])
+            sent += n
+        c.send(b"\0" * (pad + 1024))
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+
+    def read_file(self, cid, path):
+        r = self.call("GET", f"/containers/{cid}/archive?path={path}", stream=True)
+        assert r.status == 200, r.status
+        n = 0
+        while True:
+            b = r.read(1 << 20)
+            if not b:
+                return n
+            n += len(b)
+
+    def pause(self, cid):
+        assert self.call("POST", f"/containers/{cid}/pause")[0] == 204
+
+    def unpause(self, cid):
+        assert self.call("POST", f"/containers/{cid}/unpause")[0] == 204
+
+    def remove(self, cid):
+        assert self.call("DELETE", f"/containers/{cid}?force=1")[0] == 204
+
+
+def bench_docker(docker, image, rounds, file_mib):
+    """The Docker side of the comparison; returns {metric: p50 ms or MiB/s}."""
+    out = {}
+
+    def timed(name, fn, n):
+        ms = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ms.append((time.perf_counter() - t) * 1000)
+        out[name] = pct(ms, 50)
+        print(f"  docker {name:27s} n={n:4d}  p50={pct(ms, 50):8.2f} ms  p99={pct(ms, 99):8.2f} ms")
+
+    ids = []
+    timed("create -> running", lambda: ids.append(docker.create(image)), rounds)
+    cid = ids[0]
+    timed("exec `true` round trip", lambda: docker.exec_true(cid), max(100, rounds * 5))
+    total = file_mib << 20
+    t = time.perf_counter()
+    docker.write_file(cid, "/tmp", total)
+    w = time.perf_counter() - t
+    t = time.perf_counter()
+    docker.read_file(cid, "/tmp/bench.bin")
+    r = time.perf_counter() - t
+    out["file write (streamed)"] = file_mib / w
+    out["file read (streamed)"] = file_mib / r
+    print(f"  docker {'file write (streamed)':27s} {file_mib / w:8.1f} MiB/s")
+    print(f"  docker {'file read (streamed)':27s} {file_mib / r:8.1f} MiB/s")
+    some = ids[: min(len(ids), 20)]
+    it = iter(some * 2)
+    timed("pause -> paused", lambda: docker.pause(next(it)), len(some))
+    it = iter(some)
+    timed("resume -> running", lambda: docker.unpause(next(it)), len(some))
+    it = iter(ids)
+    timed("delete -> stopped", lambda: docker.remove(next(it)), len(ids))
+    return out
 
 
 class Api:
@@ -132,12 +284,39 @@ def stream_read(port, key, cid, path):
         n += len(b)
 
 
+def compare_with_docker(args):
+    """Runs the Docker side and prints ratios, when a daemon and the image are here."""
+    if args.docker == "off":
+        return
+    docker = Docker()
+    ok, why = docker.available(args.docker_image)
+    if not ok:
+        if args.docker == "on":
+            raise SystemExit(f"--docker on: {why}")
+        print(f"(Docker comparison skipped: {why})")
+        return
+    print(f"Docker ({args.docker_image}) side by side:")
+    theirs = bench_docker(docker, args.docker_image, args.rounds, args.file_mib)
+    print(f"{'metric':34s} {'wrenn':>10s} {'docker':>10s} {'wrenn advantage':>16s}")
+    for name, mine in RESULTS.items():
+        if name not in theirs:
+            continue
+        other = theirs[name]
+        unit = "MiB/s" if "file" in name else "ms"
+        ratio = (mine / other) if unit == "MiB/s" else (other / mine if mine else float("nan"))
+        print(f"{name:34s} {mine:10.2f} {other:10.2f} {ratio:15.2f}x  ({unit})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--concurrent", type=int, default=50)
     ap.add_argument("--file-mib", type=int, default=256)
     ap.add_argument("--binary", default="target/release/wrenn")
+    ap.add_argument("--file-path", default="/home/wrenn-user/bench.bin",
+                    help="where the file benchmark writes inside the capsule")
+    ap.add_argument("--docker", choices=["auto", "off", "on"], default="auto")
+    ap.add_argument("--docker-image", default="debian:bookworm")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="wrenn-bench-")
@@ -176,12 +355,14 @@ def main():
 
         total = args.file_mib << 20
         t = time.perf_counter()
-        stream_write(port, key, cid, "/root/bench.bin", total)
+        stream_write(port, key, cid, args.file_path, total)
         w = time.perf_counter() - t
         t = time.perf_counter()
-        n = stream_read(port, key, cid, "/root/bench.bin")
+        n = stream_read(port, key, cid, args.file_path)
         r = time.perf_counter() - t
         assert n == total
+        RESULTS["file write (streamed)"] = args.file_mib / w
+        RESULTS["file read (streamed)"] = args.file_mib / r
         print(f"{'file write (streamed)':34s} {args.file_mib / w:8.1f} MiB/s ({args.file_mib} MiB)")
         print(f"{'file read (streamed)':34s} {args.file_mib / r:8.1f} MiB/s ({args.file_mib} MiB)")
 
@@ -198,10 +379,13 @@ def main():
         report("pause -> paused", pause_ms)
         report("resume -> running", resume_ms)
 
+        delete_ms = []
         for cid in created:
+            t = time.perf_counter()
             api.call("DELETE", f"/v1/capsules/{cid}")
-        for cid in created:
             api.wait(cid, "stopped")
+            delete_ms.append((time.perf_counter() - t) * 1000)
+        report("delete -> stopped", delete_ms)
 
         before = rss_kib(proc.pid)
         ids, errors = [], []
@@ -233,6 +417,7 @@ def main():
             api.call("DELETE", f"/v1/capsules/{c}")
         for c in ids:
             api.wait(c, "stopped", timeout=120)
+        compare_with_docker(args)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

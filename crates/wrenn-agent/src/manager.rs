@@ -767,7 +767,11 @@ impl SandboxManager {
         if !sb.conns.drain(self.settings.drain_grace).await {
             tracing::info!(sandbox_id = %id, "proxy connections still open after the drain grace");
         }
-        self.prepare_snapshot(sb).await;
+        // A pause that keeps memory (cgroup freezer, VM memory snapshot) keeps the page
+        // cache too: nothing to flush. Only a pause that drops memory asks envd to sync.
+        if !self.runtime.capabilities().memory_snapshots {
+            self.prepare_snapshot(sb).await;
+        }
         match self.runtime.pause(&instance).await {
             Ok(()) => {
                 sb.with(|s| {

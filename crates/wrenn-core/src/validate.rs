@@ -1,4 +1,5 @@
-//! Input validation for names, emails, capsule metadata and resource sizes.
+//! Input validation for names, emails, capsule metadata, resource sizes and the
+//! commands run in capsules.
 //!
 //! Every check is written by hand (no regex engine), never panics on any input, and
 //! returns a [`ValidationError`] whose message names the field and the rule broken.
@@ -43,6 +44,12 @@ pub const MAX_DISK_SIZE_MB: i64 = 102_400;
 pub const MIN_TIMEOUT_SEC: i64 = 0;
 /// Largest inactivity timeout in seconds (fits a 32-bit column).
 pub const MAX_TIMEOUT_SEC: i64 = i32::MAX as i64;
+/// Longest single argument, environment entry (`KEY=value`) or working directory, in
+/// bytes: the kernel's `MAX_ARG_STRLEN` (32 pages) less the terminating NUL.
+pub const MAX_COMMAND_STRING_BYTES: usize = 32 * 4096 - 1;
+/// Largest command line plus environment, in bytes (well under the kernel's `ARG_MAX`
+/// share of the stack, so `execve` never fails with `E2BIG` on what we accepted).
+pub const MAX_COMMAND_TOTAL_BYTES: usize = 1 << 20;
 
 const SAFE_NAME_RULE: &str =
     "must start with a letter or digit and contain only letters, digits, '.', '_' or '-'";
@@ -108,6 +115,16 @@ pub enum ValidationError {
     ReservedMetadataKey {
         /// The key.
         key: String,
+    },
+    /// A command-line string is longer than `execve` accepts.
+    #[error("{field} must be at most {max} bytes long (got {len})")]
+    TooManyBytes {
+        /// The field, e.g. `args`.
+        field: &'static str,
+        /// The maximum, in bytes.
+        max: usize,
+        /// The length given, in bytes.
+        len: usize,
     },
     /// A metadata value is too long.
     #[error("metadata value for key {key:?} must be at most {max} characters long")]
@@ -322,10 +339,116 @@ pub fn timeout_sec(value: i64) -> Result<i32, ValidationError> {
     in_range("timeout_sec", value, MIN_TIMEOUT_SEC, MAX_TIMEOUT_SEC)
 }
 
+/// Checks a command to run in a capsule before anything is sent to it: the program,
+/// its arguments, its environment and its working directory must be what `execve`
+/// can take — no NUL bytes, environment names without `=`, each string at most
+/// [`MAX_COMMAND_STRING_BYTES`] and all together at most [`MAX_COMMAND_TOTAL_BYTES`].
+pub fn command<'a>(
+    cmd: &str,
+    args: impl IntoIterator<Item = &'a String>,
+    envs: impl IntoIterator<Item = (&'a String, &'a String)>,
+    cwd: Option<&str>,
+) -> Result<(), ValidationError> {
+    fn string(field: &'static str, value: &str) -> Result<usize, ValidationError> {
+        if value.as_bytes().contains(&0) {
+            return Err(ValidationError::Format {
+                field,
+                rule: "must not contain NUL bytes",
+            });
+        }
+        if value.len() > MAX_COMMAND_STRING_BYTES {
+            return Err(ValidationError::TooManyBytes {
+                field,
+                max: MAX_COMMAND_STRING_BYTES,
+                len: value.len(),
+            });
+        }
+        // The kernel counts each string with its NUL and a pointer to it.
+        Ok(value.len() + 1 + std::mem::size_of::<usize>())
+    }
+    let mut total = string("cmd", cmd)?;
+    if let Some(cwd) = cwd {
+        total += string("cwd", cwd)?;
+    }
+    for arg in args {
+        total += string("args", arg)?;
+    }
+    for (key, value) in envs {
+        if key.is_empty() || key.contains('=') {
+            return Err(ValidationError::Format {
+                field: "envs",
+                rule: "names must be non-empty and must not contain '='",
+            });
+        }
+        total += string("envs", key)? + string("envs", value)?;
+        if key.len() + 1 + value.len() > MAX_COMMAND_STRING_BYTES {
+            return Err(ValidationError::TooManyBytes {
+                field: "envs",
+                max: MAX_COMMAND_STRING_BYTES,
+                len: key.len() + 1 + value.len(),
+            });
+        }
+    }
+    if total > MAX_COMMAND_TOTAL_BYTES {
+        return Err(ValidationError::TooManyBytes {
+            field: "cmd, args and envs together",
+            max: MAX_COMMAND_TOTAL_BYTES,
+            len: total,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn strings(n: usize, len: usize) -> Vec<String> {
+        vec!["a".repeat(len); n]
+    }
+
+    #[test]
+    fn commands_that_execve_takes_pass() {
+        let envs = meta(&[("LANG", "C.UTF-8"), ("EMPTY", "")]);
+        assert_eq!(
+            command("/bin/sh", &strings(2, 10), &envs, Some("/home/u")),
+            Ok(())
+        );
+        assert_eq!(
+            command("x", &strings(1, MAX_COMMAND_STRING_BYTES), &envs, None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn oversized_or_malformed_commands_are_refused_with_the_field() {
+        let none = BTreeMap::new();
+        let long = strings(1, MAX_COMMAND_STRING_BYTES + 1);
+        assert!(matches!(
+            command("sh", &long, &none, None),
+            Err(ValidationError::TooManyBytes { field: "args", .. })
+        ));
+        let many = strings(20, 100_000);
+        let err = command("sh", &many, &none, None).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+        assert!(matches!(
+            command("sh\0x", &[], &none, None),
+            Err(ValidationError::Format { field: "cmd", .. })
+        ));
+        assert!(matches!(
+            command("sh", &[], &meta(&[("A=B", "1")]), None),
+            Err(ValidationError::Format { field: "envs", .. })
+        ));
+        assert!(matches!(
+            command("sh", &[], &meta(&[("", "1")]), None),
+            Err(ValidationError::Format { field: "envs", .. })
+        ));
+        assert!(matches!(
+            command("sh", &[], &none, Some("/a\0b")),
+            Err(ValidationError::Format { field: "cwd", .. })
+        ));
+    }
 
     fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -186,6 +186,30 @@ async fn exec_checks_come_in_the_contract_order_and_change_nothing() {
         400,
         "invalid_request",
     );
+    // What execve could never take is refused here, not passed on to fail as a 502.
+    let huge_arg = "x".repeat(wrenn_core::validate::MAX_COMMAND_STRING_BYTES + 1);
+    let got = exec(&env, &u, id, json!({"cmd": "echo", "args": [huge_arg]})).await;
+    assert_error(&got, 400, "invalid_request");
+    assert!(got.1["error"]["message"].as_str().unwrap().contains("args"));
+    let many = vec!["x".repeat(100_000); 20];
+    let got = exec(
+        &env,
+        &u,
+        id,
+        json!({"cmd": "echo", "args": many, "background": true}),
+    )
+    .await;
+    assert_error(&got, 400, "invalid_request");
+    assert_error(
+        &exec(&env, &u, id, json!({"cmd": "echo", "envs": {"A=B": "1"}})).await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &exec(&env, &u, id, json!({"cmd": "ec\u{0}ho"})).await,
+        400,
+        "invalid_request",
+    );
     let got = json(
         env.as_user(&u, Method::POST, &format!("/v1/capsules/{id}/exec"))
             .body("{nope")

@@ -77,7 +77,9 @@ impl system_server::System for SystemService {
         request: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         self.shared.authorize(request.metadata())?;
-        tokio::task::spawn_blocking(rustix::fs::sync)
+        // Flush this sandbox's root filesystem only (`syncfs`), never the whole host
+        // (`sync(2)` would wait for every other sandbox's and the host's dirty pages).
+        tokio::task::spawn_blocking(sync_root_filesystem)
             .await
             .map_err(EnvdError::from)?;
         self.shared.prepare_snapshot();
@@ -99,5 +101,18 @@ impl system_server::System for SystemService {
         self.shared.authorize(request.metadata())?;
         let envs = self.shared.defaults().envs.into_iter().collect();
         Ok(Response::new(GetEnvsResponse { envs }))
+    }
+}
+
+/// `syncfs(2)` on the filesystem holding `/` (the sandbox's root). Best effort: a
+/// failure to open `/` is logged, not reported, as `sync(2)` would not report either.
+fn sync_root_filesystem() {
+    match std::fs::File::open("/") {
+        Ok(root) => {
+            if let Err(err) = rustix::fs::syncfs(&root) {
+                tracing::warn!("syncfs(/): {err}");
+            }
+        }
+        Err(err) => tracing::warn!("open / for syncfs: {err}"),
     }
 }

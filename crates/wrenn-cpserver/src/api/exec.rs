@@ -165,6 +165,13 @@ async fn run_exec(
         .clone()
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("cmd is required"))?;
+    let no_envs = BTreeMap::new();
+    wrenn_core::validate::command(
+        &cmd,
+        &req.args,
+        req.envs.as_ref().unwrap_or(&no_envs),
+        req.cwd.as_deref(),
+    )?;
     let timeout_sec = match req.timeout_sec {
         None | Some(0) => DEFAULT_EXEC_TIMEOUT_SEC,
         Some(t) => u32::try_from(t)
@@ -324,6 +331,15 @@ async fn exec_session(
     }
     if start.cmd.trim().is_empty() {
         return fail(&mut socket, "cmd is required").await;
+    }
+    let no_envs = BTreeMap::new();
+    if let Err(e) = wrenn_core::validate::command(
+        &start.cmd,
+        &start.args,
+        start.envs.as_ref().unwrap_or(&no_envs),
+        start.cwd.as_deref(),
+    ) {
+        return fail(&mut socket, &e.to_string()).await;
     }
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %conn.sandbox.host_id, "exec stream started");
     let req = pb::ExecStreamRequest {

@@ -107,6 +107,9 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
                 .cmd
                 .filter(|c| !c.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_PTY_CMD.into());
+            let envs = first.envs.unwrap_or_default();
+            wrenn_core::validate::command(&cmd, &first.args, &envs, first.cwd.as_deref())
+                .map_err(|e| e.to_string())?;
             Ok(pb::PtyAttachRequest {
                 sandbox_id: conn.sandbox_id(),
                 tag: new_pty_tag(),
@@ -114,7 +117,7 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
                 args: first.args,
                 cols: first.cols.filter(|c| *c > 0).unwrap_or(80),
                 rows: first.rows.filter(|r| *r > 0).unwrap_or(24),
-                envs: first.envs.unwrap_or_default().into_iter().collect(),
+                envs: envs.into_iter().collect(),
                 cwd: first.cwd.filter(|c| !c.is_empty()),
                 user: first.user.filter(|u| !u.is_empty()),
             })
