@@ -4,8 +4,6 @@
 //! $WRENN_DIR/
 //!   wrenn.db                                   embedded SQLite database
 //!   kernels/vmlinux-<x.y.z>                    guest kernels
-//!   images/base/                               builds of the default image (rootfs/,
-//!                                              rootfs.ext4, kernel/, manifest.json)
 //!   images/teams/<team uuid>/<template uuid>/rootfs.ext4
 //!                                              templates (platform: all-zero uuids)
 //!   sandboxes/<cl-…>/                          per-sandbox runtime state
@@ -80,12 +78,6 @@ impl Layout {
     /// `images/`.
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
-    }
-
-    /// `images/base/`: the image store of the default template's builds (see
-    /// `wrenn_agent::image`).
-    pub fn base_images_dir(&self) -> PathBuf {
-        self.images_dir().join("base")
     }
 
     /// `images/teams/`.

@@ -58,6 +58,8 @@ pub use self::progress::{LogProgress, NoProgress, Progress};
 pub use self::recipe::Recipe;
 pub use self::store::{BuiltImage, Store};
 
+/// The store's directory under [`Layout::images_dir`].
+pub const BASE_DIR: &str = "base";
 /// Environment variable naming a shared image store (see [`store_dir`]).
 pub const CACHE_ENV: &str = "WRENN_IMAGE_CACHE";
 /// Environment variable that forbids installing a missing bootstrap tool.
@@ -147,12 +149,17 @@ pub struct ImageRef {
 }
 
 /// The image store to use: `$WRENN_IMAGE_CACHE` when set and non-empty, else
-/// `$WRENN_DIR/images/base` ([`Layout::base_images_dir`]).
+/// `$WRENN_DIR/images/base` ([`base_dir`]).
 pub fn store_dir(layout: &Layout) -> PathBuf {
     match std::env::var_os(CACHE_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => layout.base_images_dir(),
+        _ => base_dir(layout),
     }
+}
+
+/// `$WRENN_DIR/images/base`: the image store of a `$WRENN_DIR`.
+pub fn base_dir(layout: &Layout) -> PathBuf {
+    layout.images_dir().join(BASE_DIR)
 }
 
 /// The build of the default recipe in `store`, built first when there is none (or
