@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use sha2::Digest;
+
 use wrenn_agent::image::manifest::sha256_file;
 use wrenn_agent::image::store::{BUILDS_DIR, STAGING_PREFIX};
 use wrenn_agent::image::{self, BuildOptions, LogProgress, Recipe, Store};
@@ -236,4 +238,38 @@ fn image_store_builds_once_for_concurrent_callers_and_ignores_interrupted_builds
     // A link to a build whose manifest is broken is not used.
     std::fs::write(images[0].dir.join("manifest.json"), "{").unwrap();
     assert!(store.current(&recipe).unwrap().is_none());
+}
+
+#[test]
+fn image_default_kernel_payload_decompresses_to_the_recorded_vmlinux() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let kernel = image.manifest.kernel.as_ref().expect("kernel artefacts");
+    let bzimage = std::fs::read(image.vmlinuz().unwrap()).unwrap();
+    let (payload, method) = wrenn_agent::image::kernel::payload(&bzimage).unwrap();
+    assert_eq!(method, kernel.compression);
+    if method == "lz4" {
+        let vmlinux = wrenn_agent::image::lz4::decompress_legacy(payload).unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(&vmlinux));
+        assert_eq!(digest, kernel.vmlinux.sha256);
+        // The same bytes as the reference tool, when the host has it.
+        if let Ok(out) = Command::new("lz4")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().unwrap();
+                let data = payload.to_vec();
+                let writer = std::thread::spawn(move || stdin.write_all(&data));
+                let out = child.wait_with_output();
+                let _ = writer.join();
+                out
+            })
+        {
+            assert_eq!(out.stdout.len(), vmlinux.len());
+            assert_eq!(out.stdout, vmlinux);
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! `vmlinuz` (bzImage) and `lib/modules/<release>` go to `kernel/`, and the
 //! uncompressed ELF `vmlinux` is cut out of the bzImage (what the kernel's
 //! `scripts/extract-vmlinux` does, but reading the payload's exact place and length
-//! from the boot protocol header instead of searching for magic bytes).
+//! from the boot protocol header instead of searching for magic bytes). LZ4 payloads
+//! (Debian 12's cloud kernel) are decompressed in process ([`super::lz4`]); xz, zstd,
+//! gzip, bzip2 and lzma ones with the host's Debian tool.
 
 use std::fs;
 use std::io::Write;
@@ -225,6 +227,10 @@ fn decompress_payload(bzimage: &[u8], out: &Path) -> Result<&'static str, ImageE
         .get(data.len().saturating_sub(4)..)
         .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
         .unwrap_or(0);
+    if method == "lz4" {
+        let vmlinux = super::lz4::decompress_legacy(data).map_err(ImageError::Kernel)?;
+        return check_and_write(vmlinux, expected, out).map(|()| method);
+    }
     let (tool, package, args): (&str, &str, &[&str]) = match method {
         "xz" => ("xz", "xz-utils", &["-dc", "--single-stream"]),
         "zstd" => ("zstd", "zstd", &["-dcq"]),
@@ -289,6 +295,18 @@ fn decompress_payload(bzimage: &[u8], out: &Path) -> Result<&'static str, ImageE
         )));
     }
     Ok(method)
+}
+
+/// Writes an uncompressed kernel after checking it is an ELF file of the size the
+/// bzImage announces.
+fn check_and_write(vmlinux: Vec<u8>, expected: u64, out: &Path) -> Result<(), ImageError> {
+    if !vmlinux.starts_with(b"\x7fELF") || vmlinux.len() as u64 != expected {
+        return Err(ImageError::Kernel(format!(
+            "the payload decompressed to {} bytes (expected an ELF file of {expected} bytes)",
+            vmlinux.len()
+        )));
+    }
+    fs::write(out, vmlinux).map_err(ImageError::io(format!("write {}", out.display())))
 }
 
 #[cfg(test)]

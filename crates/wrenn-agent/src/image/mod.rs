@@ -42,6 +42,7 @@
 pub mod build;
 pub mod ext4;
 pub mod kernel;
+pub mod lz4;
 pub mod manifest;
 pub mod progress;
 pub mod recipe;
@@ -184,9 +185,15 @@ pub const TEST_CACHE_DEFAULT: &str = "/var/cache/wrenn/test-images";
 /// `$WRENN_IMAGE_CACHE` (default [`TEST_CACHE_DEFAULT`]), reused by every test binary
 /// after that (concurrent callers wait for one build). Progress is logged.
 pub fn ensure_shared_for_tests() -> Result<BuiltImage, ImageError> {
-    let store = match std::env::var_os(CACHE_ENV) {
+    ensure_default(&test_store_dir(), &BuildOptions::from_env(), &LogProgress)
+}
+
+/// The store of [`ensure_shared_for_tests`]: `$WRENN_IMAGE_CACHE`, else
+/// [`TEST_CACHE_DEFAULT`]. Tests pass it on as `WRENN_IMAGE_CACHE` to the binaries they
+/// start.
+pub fn test_store_dir() -> PathBuf {
+    match std::env::var_os(CACHE_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(TEST_CACHE_DEFAULT),
-    };
-    ensure_default(&store, &BuildOptions::from_env(), &LogProgress)
+    }
 }
