@@ -239,7 +239,7 @@ pub(crate) fn build(
 pub fn cleanup(staging: &Path) {
     let rootfs = staging.join(ROOTFS_DIR);
     for sub in ["proc", "sys", "dev/pts"] {
-        let _ = rustix::mount::unmount(&rootfs.join(sub), rustix::mount::UnmountFlags::DETACH);
+        let _ = rustix::mount::unmount(rootfs.join(sub), rustix::mount::UnmountFlags::DETACH);
     }
 }
 
