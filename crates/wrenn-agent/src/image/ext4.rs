@@ -50,7 +50,7 @@ pub fn measure(root: &Path) -> std::io::Result<TreeSize> {
     Ok(size)
 }
 
-/// The image size and inode count for a tree: content + 10 % + [`MARGIN_BYTES`] plus
+/// The image size and inode count for a tree: content + 10 % + 256 MiB plus
 /// room for the inode tables, in whole MiB.
 pub fn plan(tree: TreeSize) -> (u64, u64) {
     let inodes = tree.inodes + tree.inodes / 5 + MARGIN_INODES;
