@@ -280,10 +280,28 @@ fn host_memory_mb() -> i32 {
         .map_or(8192, |kib| i32::try_from(kib / 1024).unwrap_or(i32::MAX))
 }
 
-/// The process runtime for the in-process agent, with this binary as envd.
+/// The process runtime for the in-process agent, with this binary as envd, on the
+/// default image (built here on the first start).
 async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
-    let runtime = ProcessRuntime::new(layout, exe, ProcessRuntimeOptions::default())
+    if crate::image::needs_build(layout.root()) {
+        eprintln!(
+            "wrenn dev: building the default capsule image (Debian; takes about 2 minutes, once)…"
+        );
+    }
+    let (image, took) = crate::image::ensure(layout.root(), false).await?;
+    if let Some(took) = took {
+        eprintln!(
+            "wrenn dev: built the default image in {:.0} s ({})",
+            took.as_secs_f64(),
+            image.dir.display()
+        );
+    }
+    let options = ProcessRuntimeOptions {
+        base_image: Some(image.reference()),
+        ..ProcessRuntimeOptions::default()
+    };
+    let runtime = ProcessRuntime::new(layout, exe, options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(runtime))

@@ -6,7 +6,8 @@
 //! - [`proto`] — the `hostagent.v1` and `envd.v1` wire protocols;
 //! - [`db`] — the PostgreSQL and SQLite stores;
 //! - [`cpserver`] and [`extension`] — the control plane and its extension surface;
-//! - [`dev`] — `wrenn dev`, the platform on its embedded defaults.
+//! - [`dev`] — `wrenn dev`, the platform on its embedded defaults;
+//! - [`image`] — `wrenn image build`, the default capsule image.
 
 pub use wrenn_core as core;
 pub use wrenn_cpserver as cpserver;
@@ -15,3 +16,4 @@ pub use wrenn_extension as extension;
 pub use wrenn_proto as proto;
 
 pub mod dev;
+pub mod image;

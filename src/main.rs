@@ -2,7 +2,8 @@
 //!
 //! `wrenn dev [--listen ADDR] [--dir PATH]` runs the whole platform on its
 //! embedded defaults (SQLite in `PATH`, in-process events, an in-process host agent
-//! with the process runtime). The same binary is the sandbox init step and, when
+//! with the process runtime). `wrenn image build [--dir PATH] [--force]` builds the
+//! default capsule image (`wrenn dev` does on its first start). The same binary is the sandbox init step and, when
 //! started as `wrenn-envd`, the guest agent inside each sandbox.
 
 use std::net::SocketAddr;
@@ -33,6 +34,22 @@ enum Command {
         #[arg(long, default_value = wrenn::dev::DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// Manage the capsule images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the default capsule image (Debian) unless it is already built.
+    Build {
+        /// Directory whose `images/base/` holds the image ($WRENN_IMAGE_CACHE overrides).
+        #[arg(long, default_value = wrenn::dev::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Build again even if a build of the current recipe exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,7 +77,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev { listen, dir } => wrenn::dev::run(dir, listen).await,
+            Command::Dev { listen, dir } => wrenn::dev::run(dir, listen)
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Image(ImageCommand::Build { dir, force }) => {
+                wrenn::image::build(&dir, force).await
+            }
         }
     });
     match result {

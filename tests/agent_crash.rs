@@ -84,6 +84,11 @@ async fn team(store: &Arc<dyn Store>) -> TeamId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_create_leaves_error_not_starting() {
     let (agent_bin, envd_bin) = binaries();
+    // The default image, built once per machine and shared through WRENN_IMAGE_CACHE.
+    tokio::task::spawn_blocking(wrenn_agent::image::ensure_shared_for_tests)
+        .await
+        .unwrap()
+        .expect("the default image");
     let db = wrenn_db::testing::TestStores::sqlite().await;
     let store = db.store();
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +101,10 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
         .env("WRENN_DIR", dir.path().join("agent"))
         .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("WRENN_ENVD_BIN", &envd_bin)
+        .env(
+            wrenn_agent::image::CACHE_ENV,
+            wrenn_agent::image::test_store_dir(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -41,6 +41,8 @@ impl Drop for Dev {
 }
 
 fn start_dev() -> Dev {
+    // The default image, built once per machine and shared through WRENN_IMAGE_CACHE.
+    wrenn_agent::image::ensure_shared_for_tests().expect("the default image");
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -52,6 +54,10 @@ fn start_dev() -> Dev {
         .arg(dir.path().join("state"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WRENN_HIBERNATE_AFTER_SECS", "2")
+        .env(
+            wrenn_agent::image::CACHE_ENV,
+            wrenn_agent::image::test_store_dir(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -264,10 +270,34 @@ async fn the_platform_end_to_end() {
     // The sandbox is isolated: its own PID 1, hostname and writable layer.
     assert_eq!(dev.sh(&a, "cat /proc/1/comm").await.trim(), "wrenn-envd");
     assert_eq!(dev.sh(&a, "hostname").await.trim(), a);
-    dev.sh(&a, "echo inside > /etc/wrenn-e2e-marker").await;
+    dev.sh(&a, "sudo -n sh -c 'echo inside > /etc/wrenn-e2e-marker'")
+        .await;
     assert!(
         !std::path::Path::new("/etc/wrenn-e2e-marker").exists(),
         "sandbox writes never reach the host"
+    );
+    // The default capsule is the Debian image as `wrenn-user` (home and default cwd
+    // /home/wrenn-user, passwordless sudo), and the host's files are not in it.
+    let host_marker = format!("/etc/wrenn-e2e-host-marker-{a}");
+    std::fs::write(&host_marker, "host only").unwrap();
+    let seen = dev.exec(&a, &format!("cat {host_marker}")).await;
+    let (read_status, _) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/read"),
+            Some(json!({"path": host_marker})),
+        )
+        .await;
+    std::fs::remove_file(&host_marker).unwrap();
+    assert_ne!(seen.1["exit_code"], 0, "{}", seen.1);
+    assert_eq!(read_status, 404);
+    assert_eq!(
+        dev.sh(
+            &a,
+            "id -un; pwd; sudo -n id -u; . /etc/os-release; echo $ID"
+        )
+        .await,
+        "wrenn-user\n/home/wrenn-user\n0\ndebian\n"
     );
 
     // Files: a 200 MiB file streamed in and out, byte for byte.
@@ -282,7 +312,7 @@ async fn the_platform_end_to_end() {
         (0..200).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
     ));
     let form = reqwest::multipart::Form::new()
-        .text("path", "/root/big.bin")
+        .text("path", "/home/wrenn-user/big.bin")
         .part(
             "file",
             reqwest::multipart::Part::stream_with_length(body, size).file_name("big.bin"),
@@ -304,7 +334,7 @@ async fn the_platform_end_to_end() {
     );
     let mut resp = dev
         .req(Method::POST, &format!("/v1/capsules/{a}/files/stream/read"))
-        .json(&json!({"path": "/root/big.bin"}))
+        .json(&json!({"path": "/home/wrenn-user/big.bin"}))
         .send()
         .await
         .unwrap();
@@ -320,7 +350,7 @@ async fn the_platform_end_to_end() {
         .call(
             Method::POST,
             &format!("/v1/capsules/{a}/files/mkdir"),
-            Some(json!({"path": "/root/dir"})),
+            Some(json!({"path": "/home/wrenn-user/dir"})),
         )
         .await;
     assert_eq!(s, 200, "{v}");
@@ -328,7 +358,7 @@ async fn the_platform_end_to_end() {
         .call(
             Method::POST,
             &format!("/v1/capsules/{a}/files/mkdir"),
-            Some(json!({"path": "/root/dir"})),
+            Some(json!({"path": "/home/wrenn-user/dir"})),
         )
         .await;
     assert_eq!(
@@ -339,7 +369,7 @@ async fn the_platform_end_to_end() {
         .call(
             Method::POST,
             &format!("/v1/capsules/{a}/files/read"),
-            Some(json!({"path": "/root/missing"})),
+            Some(json!({"path": "/home/wrenn-user/missing"})),
         )
         .await;
     assert_eq!(s, 404, "{v}");
@@ -387,7 +417,8 @@ async fn the_platform_end_to_end() {
     );
 
     // Hibernate (the agent hibernates a paused capsule after 2 s here) → resume keeps files.
-    dev.sh(&a, "echo survives > /root/keep.txt").await;
+    dev.sh(&a, "echo survives > /home/wrenn-user/keep.txt")
+        .await;
     dev.call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
         .await;
     dev.wait_for(&a, "hibernated", Duration::from_secs(20))
@@ -397,7 +428,7 @@ async fn the_platform_end_to_end() {
         .await;
     assert_eq!(s, 202);
     dev.wait_for(&a, "running", Duration::from_secs(30)).await;
-    assert_eq!(dev.sh(&a, "cat /root/keep.txt").await, "survives\n");
+    assert_eq!(dev.sh(&a, "cat ~/keep.txt").await, "survives\n");
 
     // Snapshot → a new capsule from the template sees the files.
     let (s, t) = dev
@@ -410,7 +441,7 @@ async fn the_platform_end_to_end() {
     assert_eq!(s, 201, "{t}");
     assert_eq!(t["name"], "e2e-snap");
     let b = dev.create(json!({"template": "e2e-snap"})).await;
-    assert_eq!(dev.sh(&b, "cat /root/keep.txt").await, "survives\n");
+    assert_eq!(dev.sh(&b, "cat ~/keep.txt").await, "survives\n");
 
     // PTY over WebSocket: an interactive shell answers.
     let out = ws_session(

@@ -12,10 +12,15 @@ if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import wrenn' 2>/dev/
   "$venv/bin/pip" install -q --ignore-requires-python wrenn==0.3.0 pytest
 fi
 
-cargo build -q -p wrenn --bin wrenn
+# WRENN_BIN: a prebuilt `wrenn` to test instead of building one.
+if [ -z "${WRENN_BIN:-}" ]; then cargo build -q -p wrenn --bin wrenn; fi
+wrenn="${WRENN_BIN:-${CARGO_TARGET_DIR:-target}/debug/wrenn}"
+# The default image, built once per machine and shared (see README: WRENN_IMAGE_CACHE).
+export WRENN_IMAGE_CACHE="${WRENN_IMAGE_CACHE:-/var/cache/wrenn/test-images}"
 dir=$(mktemp -d)
+"$wrenn" image build --dir "$dir/state"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/wrenn dev --dir "$dir/state" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
+"$wrenn" dev --dir "$dir/state" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT

@@ -59,6 +59,33 @@ def test_commands_honour_envs_and_cwd(capsule):
     assert r.stdout == "hi\n/tmp\n"
 
 
+def test_the_default_capsule_is_debian_as_wrenn_user(capsule):
+    r = capsule.commands.run("id -un; pwd; echo $HOME; . /etc/os-release; echo $ID")
+    assert r.stdout == "wrenn-user\n/home/wrenn-user\n/home/wrenn-user\ndebian\n"
+    assert capsule.commands.run("sudo -n true").exit_code == 0
+    assert capsule.commands.run("sudo -n id -u").stdout == "0\n"
+    r = capsule.commands.run("git --version && python3 --version")
+    assert r.exit_code == 0 and "git version" in r.stdout and "Python 3" in r.stdout
+
+
+def test_git_and_python_work_in_the_home(capsule):
+    script = (
+        "git init -q repo && cd repo && git config user.email a@b && git config user.name a"
+        " && echo x > f && git add f && git commit -qm one && git log --format=%s"
+        " && python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'print(6*7)'"
+    )
+    r = capsule.commands.run(script)
+    assert (r.exit_code, r.stdout) == (0, "one\n42\n"), r.stderr
+
+
+def test_apt_get_install_works_with_sudo_and_no_update_first(capsule):
+    r = capsule.commands.run(
+        "sudo -n apt-get install -y -q tree >/dev/null && tree --version", timeout=300
+    )
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("tree v")
+
+
 def test_background_commands_can_be_listed_and_killed(capsule):
     handle = capsule.commands.run("sleep 300", background=True, tag="sleeper")
     assert handle.pid > 0
@@ -104,13 +131,13 @@ def test_pause_and_resume_keep_processes_alive(capsule):
 
 
 def test_snapshot_becomes_a_template_for_new_capsules(capsule):
-    capsule.files.write("/root/state.txt", "kept in the snapshot")
+    capsule.files.write("/home/wrenn-user/state.txt", "kept in the snapshot")
     name = f"sdk-{uuid.uuid4().hex[:8]}"
     template = capsule.create_snapshot(name=name)
     assert template.name == name
     child = Capsule(template=name, wait=True)
     try:
-        assert child.files.read("/root/state.txt") == "kept in the snapshot"
+        assert child.files.read("/home/wrenn-user/state.txt") == "kept in the snapshot"
     finally:
         child.destroy()
 

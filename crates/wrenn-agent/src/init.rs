@@ -215,25 +215,7 @@ fn mount_rootfs(spec: &InitSpec) -> Result<(), String> {
             format!("enter template directory {}", base.display())
         }))?;
     }
-    let mut lowers = spec.lowers.clone();
-    if lowers.len() > 1 && lowers.last().is_some_and(|l| l == "/") {
-        // Overlayfs refuses lower layers nested in one another ("overlapping lowerdir
-        // path"), and every template layer under $WRENN_DIR lies inside the host's `/`.
-        // Present `/` through its own read-only overlay (another superblock) instead.
-        let host = spec.root.with_file_name("lower-host");
-        let empty = spec.root.with_file_name("lower-empty");
-        mount_tmpfs(&empty, "mode=0755,size=4k", MountFlags::RDONLY)?;
-        mount_fs(
-            "overlay",
-            &host,
-            "overlay",
-            MountFlags::RDONLY,
-            &format!("lowerdir=/:{}", empty.display()),
-        )?;
-        if let Some(last) = lowers.last_mut() {
-            *last = host.display().to_string();
-        }
-    }
+    let lowers = &spec.lowers;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),

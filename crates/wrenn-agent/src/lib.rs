@@ -16,6 +16,8 @@
 //! - [`proxy`] and [`conntrack`]: the HTTP port proxy and its per-sandbox connection
 //!   tracking (drained before a pause).
 //! - [`metrics`]: sample rings and host metrics; [`error`]: errors → gRPC codes.
+//! - [`image`]: the image pipeline that builds the default template (a Debian tree,
+//!   its ext4 image and kernel) and caches it.
 //! - [`runtime`]: the [`Runtime`](runtime::Runtime) seam and the process runtime;
 //!   [`init`]: the sandbox init step of the process runtime.
 
@@ -24,6 +26,7 @@ pub mod envd;
 pub mod error;
 pub mod events;
 pub mod heartbeat;
+pub mod image;
 pub mod init;
 pub mod manager;
 pub mod metrics;

@@ -81,7 +81,7 @@ async fn agent_over_the_process_runtime() {
         .unwrap();
     let result = tokio::spawn(scenario(layout.clone(), envd.clone())).await;
     // Whatever happened, remove every sandbox (processes, mounts, cgroups, network).
-    let rt = ProcessRuntime::new(layout.clone(), envd, ProcessRuntimeOptions::default())
+    let rt = ProcessRuntime::new(layout.clone(), envd, common::process_options().await)
         .await
         .unwrap();
     let _ = rt.sweep(&[]).await;
@@ -96,7 +96,7 @@ async fn agent_over_the_process_runtime() {
 async fn scenario(layout: Layout, envd: PathBuf) {
     let options = ProcessRuntimeOptions {
         init_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_wrenn-agent"))),
-        ..ProcessRuntimeOptions::default()
+        ..common::process_options().await
     };
     let runtime = ProcessRuntime::new(layout.clone(), envd, options)
         .await
@@ -195,7 +195,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     );
 
     // The proxy reaches a server inside the sandbox's network namespace.
-    if std::path::Path::new("/usr/bin/python3").exists() {
+    {
         c.clone()
             .start_background(pb::StartBackgroundRequest {
                 sandbox_id: id.to_string(),

@@ -14,12 +14,16 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+use wrenn_agent::image::{BuiltImage, ImageRef};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::runtime::{EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1::filesystem_client::FilesystemClient;
 use wrenn_proto::envd::v1::process_client::ProcessClient;
-use wrenn_proto::envd::v1::{ProcessConfig, StartRequest, data_event, process_event};
+use wrenn_proto::envd::v1::{
+    ListDirRequest, ProcessConfig, StartRequest, StatRequest, data_event, process_event,
+};
 
 // Runs before libtest's `main`: when the runtime starts this binary as a sandbox's init
 // step, this sets the sandbox up and execs envd; otherwise it returns at once.
@@ -60,6 +64,26 @@ fn envd_binary() -> PathBuf {
     .clone()
 }
 
+/// The default image, built once per machine into `$WRENN_IMAGE_CACHE` (default
+/// `/var/cache/wrenn/test-images`) and shared by every test binary.
+fn test_image() -> BuiltImage {
+    static IMAGE: OnceLock<BuiltImage> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            wrenn_agent::image::ensure_shared_for_tests().expect("build the default image")
+        })
+        .clone()
+}
+
+/// Options with the default image as the base.
+async fn options() -> ProcessRuntimeOptions {
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    ProcessRuntimeOptions {
+        base_image: Some(image.reference()),
+        ..ProcessRuntimeOptions::default()
+    }
+}
+
 /// A runtime over a fresh `$WRENN_DIR`.
 struct Host {
     runtime: Arc<ProcessRuntime>,
@@ -70,13 +94,9 @@ impl Host {
     async fn new() -> Self {
         let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
         let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-        let runtime = ProcessRuntime::new(
-            Layout::new(dir.path()),
-            envd,
-            ProcessRuntimeOptions::default(),
-        )
-        .await
-        .expect("the process runtime needs root, cgroups and overlayfs");
+        let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options().await)
+            .await
+            .expect("the process runtime needs root, cgroups and overlayfs");
         Self {
             runtime: Arc::new(runtime),
             dir,
@@ -86,13 +106,9 @@ impl Host {
     /// Another runtime on the same `$WRENN_DIR`, as after an agent restart.
     async fn restarted(&self) -> Arc<ProcessRuntime> {
         Arc::new(
-            ProcessRuntime::new(
-                Layout::new(self.dir.path()),
-                envd_binary(),
-                ProcessRuntimeOptions::default(),
-            )
-            .await
-            .unwrap(),
+            ProcessRuntime::new(Layout::new(self.dir.path()), envd_binary(), options().await)
+                .await
+                .unwrap(),
         )
     }
 
@@ -108,7 +124,10 @@ impl Host {
     }
 
     async fn sandbox_from(&self, team: TeamId, template: TemplateId) -> Sandbox {
-        let config = config(team, template);
+        self.sandbox_with(config(team, template)).await
+    }
+
+    async fn sandbox_with(&self, config: SandboxConfig) -> Sandbox {
         let mut guard = Sandbox::guard(&self.runtime, config.clone());
         let started = Instant::now();
         guard.instance = self.runtime.create(&config).await.expect("create");
@@ -280,7 +299,7 @@ fn host_mounts() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
+async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_image() {
     let host_env = Host::new().await;
     let sb = host_env.sandbox().await;
     let id = sb.id();
@@ -294,11 +313,14 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
         id.to_string()
     );
 
-    // The host's files show through, read-only: changes stay in the sandbox.
-    let host_has_hostname = Path::new("/etc/hostname").exists();
+    // The image's files show through, read-only (the host's do not): changes stay in
+    // the sandbox.
+    let image_root = test_image().rootfs();
     let marker = PathBuf::from(format!("/var/tmp/wrenn-host-marker-{id}"));
     std::fs::write(&marker, "from the host").unwrap();
-    let seen = sb.sh(&format!("cat {}", marker.display())).await;
+    let seen = sb
+        .sh(&format!("cat {} 2>/dev/null", marker.display()))
+        .await;
     let changed = sb
         .sh(&format!(
             "echo changed > {} && rm -f /etc/hostname && echo sandbox > /etc/wrenn-{id}",
@@ -307,7 +329,7 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
         .await;
     let host_marker = std::fs::read_to_string(&marker).unwrap();
     std::fs::remove_file(&marker).unwrap();
-    assert_eq!(seen, ("from the host".into(), 0));
+    assert_ne!(seen.1, 0, "a host file is visible in the sandbox: {seen:?}");
     assert_eq!(changed.1, 0);
     assert_eq!(host_marker, "from the host");
     assert_eq!(
@@ -315,10 +337,14 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
         "changed\n"
     );
     assert!(
-        !Path::new(&format!("/etc/wrenn-{id}")).exists(),
-        "a sandbox write reached the host"
+        !Path::new(&format!("/etc/wrenn-{id}")).exists()
+            && !image_root.join(format!("etc/wrenn-{id}")).exists(),
+        "a sandbox write reached the host or the image"
     );
-    assert_eq!(Path::new("/etc/hostname").exists(), host_has_hostname);
+    assert!(
+        image_root.join("etc/hostname").exists(),
+        "the image is untouched"
+    );
     assert_ne!(
         sb.sh("test -e /etc/hostname").await.1,
         0,
@@ -338,7 +364,7 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
     );
     assert_eq!(
         sb.ok("cat /etc/os-release").await,
-        std::fs::read_to_string("/etc/os-release").unwrap()
+        std::fs::read_to_string(image_root.join("etc/os-release")).unwrap()
     );
 
     // Private /proc, /tmp and /dev; the agent's directory is hidden.
@@ -351,7 +377,7 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_host() {
         .await;
     assert_eq!(
         sb.ok(&format!(
-            "ls -A {} | wc -l",
+            "ls -A {} 2>/dev/null | wc -l",
             host_env.layout().root().display()
         ))
         .await
@@ -527,7 +553,22 @@ async fn a_snapshot_is_a_template_that_new_sandboxes_start_from() {
     );
     assert!(
         child.ok("ls /usr/bin").await.contains("sh"),
-        "the host base is there"
+        "the image base is there"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            host_env
+                .layout()
+                .template_dir(team, first)
+                .join("template.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["base"]["image"]["rootfs"],
+        test_image().rootfs().display().to_string(),
+        "the template records the image build it sits on: {manifest}"
     );
     child.ok("echo two > /opt/wrenn/two").await;
 
@@ -744,7 +785,7 @@ async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
     let options = ProcessRuntimeOptions {
         // Not an init program: `sh` tries to run a script named after the init argument.
         init_program: Some("/bin/sh".into()),
-        ..Default::default()
+        ..options().await
     };
     let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
     let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options)
@@ -766,4 +807,131 @@ async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
             .join(ProcessRuntime::netns_name(id))
             .exists()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_image_capsule_is_debian_as_wrenn_user_without_the_hosts_files() {
+    let host_env = Host::new().await;
+    let mut config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+    config.default_user = "wrenn-user".into();
+    let id = config.id;
+    // Marker files on the host, where a capsule on the host's root would see them.
+    let markers = [
+        PathBuf::from(format!("/root/wrenn-image-marker-{id}")),
+        PathBuf::from(format!("/etc/wrenn-image-marker-{id}")),
+    ];
+    for m in &markers {
+        std::fs::write(m, "host secret").unwrap();
+    }
+    let sb = host_env.sandbox_with(config).await;
+    let probe = sb
+        .sh(&format!(
+            "id -un; pwd; echo $HOME; sudo -n true && echo sudo-ok; sudo -n id -u; \
+             git --version >/dev/null && python3 -c 'print(\"py-ok\")'; \
+             . /etc/os-release; echo $ID $VERSION_CODENAME; \
+             sudo -n ls -a /root /etc | grep -c wrenn-image-marker-{id} || true"
+        ))
+        .await;
+    // The files API (envd's Filesystem service) does not see them either.
+    let mut files = FilesystemClient::new(channel(&sb.instance).await);
+    let mut seen_by_files_api = Vec::new();
+    for m in &markers {
+        let stat = files
+            .stat(StatRequest {
+                path: m.display().to_string(),
+            })
+            .await;
+        seen_by_files_api.push(stat.map(|_| ()).map_err(|s| s.code()));
+    }
+    let listing = files
+        .list_dir(ListDirRequest {
+            path: "/home".into(),
+            depth: 1,
+        })
+        .await
+        .map(|r| r.into_inner().entries);
+    for m in &markers {
+        std::fs::remove_file(m).unwrap();
+    }
+    assert_eq!(
+        probe,
+        (
+            "wrenn-user\n/home/wrenn-user\n/home/wrenn-user\nsudo-ok\n0\npy-ok\ndebian bookworm\n0\n"
+                .into(),
+            0
+        )
+    );
+    for result in seen_by_files_api {
+        assert_eq!(result, Err(tonic::Code::NotFound));
+    }
+    let listing = listing.expect("list /home");
+    assert_eq!(
+        listing
+            .iter()
+            .map(|e| (e.name.as_str(), e.owner.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("wrenn-user", "wrenn-user")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_image_is_required_and_templates_on_the_host_root_are_refused() {
+    let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
+    let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let err = ProcessRuntime::new(
+        layout.clone(),
+        envd.clone(),
+        ProcessRuntimeOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Unsupported(m) if m.contains("wrenn image build")),
+        "{err}"
+    );
+    let gone = ImageRef {
+        hash: "0".repeat(64),
+        rootfs: dir.path().join("no-such-build/rootfs"),
+    };
+    let err = ProcessRuntime::new(
+        layout.clone(),
+        envd.clone(),
+        ProcessRuntimeOptions {
+            base_image: Some(gone.clone()),
+            ..ProcessRuntimeOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Unsupported(m) if m.contains("gone")),
+        "{err}"
+    );
+
+    let host_env = Host::new().await;
+    let team = TeamId::new();
+    let write_template = |template: TemplateId, base: serde_json::Value| {
+        let dir = host_env.layout().template_dir(team, template);
+        std::fs::create_dir_all(dir.join("layers/0/etc")).unwrap();
+        let manifest = serde_json::json!({
+            "format": "wrenn-process-template/1",
+            "base": base,
+            "layers": ["layers/0"],
+        });
+        std::fs::write(dir.join("template.json"), manifest.to_string()).unwrap();
+    };
+    let on_host = TemplateId::new();
+    write_template(on_host, serde_json::json!("host"));
+    let on_gone_image = TemplateId::new();
+    write_template(on_gone_image, serde_json::json!({ "image": gone }));
+    for (template, expected) in [(on_host, "older Wrenn"), (on_gone_image, "gone")] {
+        let config = config(team, template);
+        let err = host_env.runtime.create(&config).await.unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::FailedPrecondition(m) if m.contains(expected)),
+            "{err}"
+        );
+        assert!(!host_env.layout().sandbox_dir(config.id).exists());
+    }
 }

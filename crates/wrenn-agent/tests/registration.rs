@@ -432,6 +432,9 @@ impl AgentProcess {
         listen: &str,
         token: Option<&str>,
     ) -> Self {
+        // The default image, built once per machine and shared through
+        // WRENN_IMAGE_CACHE (the agent builds it on start when missing).
+        common::test_image();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -439,6 +442,10 @@ impl AgentProcess {
             .env("WRENN_CP_URL", &cp.url)
             .env("WRENN_HOST_LISTEN_ADDR", listen)
             .env("WRENN_ENVD_BIN", common::envd_binary())
+            .env(
+                wrenn_agent::image::CACHE_ENV,
+                wrenn_agent::image::test_store_dir(),
+            )
             .env("RUST_LOG", "warn")
             .current_dir(dir)
             .stdout(std::process::Stdio::null());

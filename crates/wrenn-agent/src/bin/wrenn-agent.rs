@@ -15,6 +15,11 @@
 //! `wrenn_agent::registration`, `wrenn_agent::heartbeat` and `wrenn_agent::tls`).
 //! Without a control-plane URL it runs standalone, without TLS.
 //!
+//! **Image.** Sandboxes run on the default image (a Debian tree, see
+//! `wrenn_agent::image`), found in `$WRENN_IMAGE_CACHE` or `$WRENN_DIR/images/base` and
+//! built there on the first start (about two minutes; needs `debootstrap`, installed
+//! with apt-get when missing unless `WRENN_IMAGE_NO_INSTALL=1`).
+//!
 //! `WRENN_AGENT_TOKEN` requires `authorization: Bearer <token>` on every RPC.
 //! `WRENN_ENVD_BIN` names the envd binary (default: `wrenn-envd` next to this binary,
 //! else on `PATH`).
@@ -25,6 +30,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+use wrenn_agent::image::{self, BuildOptions, BuiltImage, LogProgress};
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
@@ -136,6 +142,37 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
     }
 }
 
+/// The default image (`$WRENN_IMAGE_CACHE` or `$WRENN_DIR/images/base`), built on the
+/// first start.
+async fn default_image(config: &AgentConfig) -> Result<BuiltImage, String> {
+    let store = image::store_dir(&config.layout());
+    tokio::task::spawn_blocking(move || {
+        if let Some(found) = image::find_default(&store).map_err(|e| e.to_string())? {
+            return Ok(found);
+        }
+        tracing::info!(store = %store.display(), "building the default image (once)");
+        let started = std::time::Instant::now();
+        let built = image::ensure_default(&store, &BuildOptions::from_env(), &LogProgress)
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                format!(
+                    "cannot build the default image in {}: {e}{cause}",
+                    store.display()
+                )
+            })?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs(),
+            build = %built.dir.display(),
+            "built the default image"
+        );
+        Ok(built)
+    })
+    .await
+    .map_err(|e| format!("image build task: {e}"))?
+}
+
 async fn run(config: AgentConfig) -> Result<(), String> {
     if config.runtime != RuntimeKind::Process {
         return Err(format!(
@@ -144,7 +181,12 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         ));
     }
     let envd = envd_binary()?;
-    let runtime = ProcessRuntime::new(config.layout(), envd, ProcessRuntimeOptions::default())
+    let image = default_image(&config).await?;
+    let options = ProcessRuntimeOptions {
+        base_image: Some(image.reference()),
+        ..ProcessRuntimeOptions::default()
+    };
+    let runtime = ProcessRuntime::new(config.layout(), envd, options)
         .await
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)

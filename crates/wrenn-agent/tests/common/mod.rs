@@ -75,6 +75,29 @@ pub fn envd_binary() -> PathBuf {
     .clone()
 }
 
+/// The default image for tests that start real sandboxes: built once per machine into
+/// `$WRENN_IMAGE_CACHE` (default `/var/cache/wrenn/test-images`) and shared by every
+/// test binary (concurrent binaries wait for one build).
+pub fn test_image() -> wrenn_agent::image::BuiltImage {
+    static IMAGE: OnceLock<wrenn_agent::image::BuiltImage> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            wrenn_agent::image::ensure_shared_for_tests().expect("build the default image")
+        })
+        .clone()
+}
+
+/// Process-runtime options on [`test_image`].
+pub async fn process_options() -> wrenn_agent::runtime::process::ProcessRuntimeOptions {
+    let image = tokio::task::spawn_blocking(test_image)
+        .await
+        .expect("image task");
+    wrenn_agent::runtime::process::ProcessRuntimeOptions {
+        base_image: Some(image.reference()),
+        ..Default::default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // A runtime over real envd processes
 // ---------------------------------------------------------------------------------------

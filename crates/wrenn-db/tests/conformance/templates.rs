@@ -30,6 +30,8 @@ async fn the_builtin_template_is_visible_to_every_team(db: Db) {
     assert_eq!(builtin.kind, TemplateKind::Base);
     assert_eq!((builtin.vcpus, builtin.memory_mb), (1, 512));
     assert!(builtin.protected);
+    // Migration 0003: the default image's unprivileged user.
+    assert_eq!(builtin.default_user, "wrenn-user");
     let (_, team) = owned_team(&db).await;
     assert_eq!(
         db.get_template_for_team(team.id, "minimal").await.unwrap(),

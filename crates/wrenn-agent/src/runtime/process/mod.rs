@@ -13,8 +13,9 @@
 //!   namespace `wrenn-{id}` (joined with `nsenter`). The init step ([`crate::init`])
 //!   joins the cgroups, builds the root filesystem, sets the hostname to the sandbox id,
 //!   `pivot_root`s, drops capabilities and `exec`s envd, which therefore is PID 1.
-//! - **Root filesystem**: overlayfs, lower = the template's layers ([`template`]; the
-//!   built-in template is the host's `/`), upper + work = `sandboxes/{id}/upper` and
+//! - **Root filesystem**: overlayfs, lower = the template's layers over an image
+//!   build's `rootfs/` ([`template`]; the built-in template is the image alone —
+//!   [`ProcessRuntimeOptions::base_image`], built by [`crate::image`]), upper + work = `sandboxes/{id}/upper` and
 //!   `sandboxes/{id}/work`, mounted at `sandboxes/{id}/rootfs` inside the sandbox's mount
 //!   namespace only (the host never sees it, and it vanishes with the sandbox's last
 //!   process). Nothing a sandbox writes reaches the host. Private `/proc`, `/sys`
@@ -66,6 +67,7 @@ use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
 use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
 use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
+use crate::image::ImageRef;
 use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
 use wrenn_core::id::{TeamId, TemplateId};
 
@@ -101,6 +103,11 @@ pub struct ProcessRuntimeOptions {
     /// Host paths hidden inside sandboxes (empty read-only tmpfs) besides `$WRENN_DIR`,
     /// which always is.
     pub mask_paths: Vec<PathBuf>,
+    /// The image build the built-in template is (and new templates sit on):
+    /// [`BuiltImage::reference`](crate::image::BuiltImage::reference) of
+    /// [`crate::image::ensure_default`]. Required: [`ProcessRuntime::new`] refuses to
+    /// start without one.
+    pub base_image: Option<ImageRef>,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -115,6 +122,7 @@ impl Default for ProcessRuntimeOptions {
             envd_timeout: Duration::from_secs(10),
             init_program: None,
             mask_paths: Vec::new(),
+            base_image: None,
         }
     }
 }
@@ -141,6 +149,7 @@ pub struct ProcessRuntime {
     cgroups: CgroupDriver,
     init_program: PathBuf,
     mask: Vec<PathBuf>,
+    image: ImageRef,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
 }
 
@@ -165,8 +174,9 @@ impl ProcessRuntime {
     /// Fails with [`RuntimeError::Unsupported`] naming what is missing: root, the envd
     /// binary, overlayfs, usable cgroups (v2 with cpu/memory/pids, or the v1 cpu,
     /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables`, `nsenter`,
-    /// `unshare` or `cp` tools, or a `$WRENN_DIR` short and plain enough for socket and
-    /// overlay paths.
+    /// `unshare` or `cp` tools, a `$WRENN_DIR` short and plain enough for socket and
+    /// overlay paths, or the base image ([`ProcessRuntimeOptions::base_image`]: none
+    /// given, or its `rootfs/` missing).
     pub async fn new(
         layout: Layout,
         envd: impl Into<PathBuf>,
@@ -186,6 +196,15 @@ impl ProcessRuntime {
         if !envd.is_file() {
             return unsupported(format!("the envd binary {} does not exist", envd.display()));
         }
+        let Some(image) = options.base_image.clone() else {
+            return unsupported(
+                "no base image: sandboxes run on the default image, never the host's root; \
+                 build it with `wrenn image build`"
+                    .into(),
+            );
+        };
+        template::check_image(&image)
+            .map_err(|e| unsupported_err(format!("{e}; rebuild it with `wrenn image build`")))?;
         let missing: Vec<&str> = ["ip", "iptables", "nsenter", "unshare", "cp"]
             .into_iter()
             .filter(|p| find_in_path(p).is_none())
@@ -255,8 +274,14 @@ impl ProcessRuntime {
             cgroups,
             init_program,
             mask,
+            image,
             live: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The image build of the built-in template.
+    pub fn base_image(&self) -> &ImageRef {
+        &self.image
     }
 
     /// The layout the runtime works in.
@@ -732,7 +757,12 @@ impl Runtime for ProcessRuntime {
         let started = Instant::now();
         Self::validate(config)?;
         self.ensure_free(config.id, false)?;
-        let lowers = template::resolve(&self.layout, config.template_team_id, config.template_id)?;
+        let lowers = template::resolve(
+            &self.layout,
+            &self.image,
+            config.template_team_id,
+            config.template_id,
+        )?;
         self.make_dirs(config.id, true)?;
         match self.start(config, lowers).await {
             Ok(instance) => {
@@ -778,6 +808,7 @@ impl Runtime for ProcessRuntime {
         let record = HibernationRecord {
             config: (&live.config).into(),
             hibernated_at: chrono::Utc::now().to_rfc3339(),
+            image: live.lowers.image().cloned(),
         };
         let snap = snapshot.clone();
         blocking(move || {
@@ -800,9 +831,16 @@ impl Runtime for ProcessRuntime {
         let record = template::read_record(&snapshot)?.ok_or(RuntimeError::NotFound(id))?;
         Self::validate(config)?;
         self.ensure_free(id, true)?;
-        // The upper layer only makes sense on the layers it was written over.
+        // The upper layer only makes sense on the layers it was written over: the
+        // built-in template is the image build it was hibernated on while that exists.
+        let image = record
+            .image
+            .as_ref()
+            .filter(|i| template::check_image(i).is_ok())
+            .unwrap_or(&self.image);
         let lowers = template::resolve(
             &self.layout,
+            image,
             record.config.template_team_id,
             record.config.template_id,
         )?;

@@ -1,29 +1,38 @@
 //! Templates, snapshots and hibernation records of the process runtime.
 //!
-//! A process-runtime template is a directory `images/teams/{team}/{template}/`:
+//! Every sandbox's root filesystem stands on an **image build** ([`crate::image`]):
+//! the built-in template (all-zero id) is the runtime's image alone; never the host's
+//! `/`. A process-runtime template is a directory `images/teams/{team}/{template}/`:
 //!
 //! ```text
-//! template.json      {"format":"wrenn-process-template/1","base":"host"|"none",
+//! template.json      {"format":"wrenn-process-template/1",
+//!                     "base":{"image":{"hash":"…","rootfs":"/…/builds/<id>/rootfs"}}|"none",
 //!                     "layers":["layers/0","layers/1",…], …}
 //! layers/0/          the newest layer: a copy of the sandbox's overlay upper directory
 //! layers/1/ …        the layers of the template that sandbox was created from
 //! ```
 //!
-//! A sandbox from it mounts `lowerdir=layers/0:layers/1:…[:/]` (relative to the template
-//! directory, `/` when `base` is `host`). Overlay whiteouts and opaque directories in the
-//! copied upper layers keep deletions visible. Each template is **self-contained**: the
-//! parent's layers are hard-linked (they are immutable), not referenced, so deleting a
-//! parent template never breaks a child; only the sandbox's own upper layer is really
-//! copied (`cp -a`, reflinks where the filesystem has them). Nothing is flattened onto
-//! the host root, so a snapshot costs what the sandbox wrote, not a full tree.
+//! A sandbox from it mounts `lowerdir=layers/0:layers/1:…[:<image rootfs>]` (relative
+//! to the template directory; the image's `rootfs/` last when `base` names one).
+//! Overlay whiteouts and opaque directories in the copied upper layers keep deletions
+//! visible. Each template records the exact image build it sits on (its directory),
+//! not "the current image": builds are immutable and never removed by Wrenn, so a
+//! template keeps working — on the tree it was made on — after the image is rebuilt.
+//! The parent's layers are hard-linked (they are immutable), not referenced, so
+//! deleting a parent template never breaks a child; only the sandbox's own upper layer
+//! is really copied (`cp -a`, reflinks where the filesystem has them). A snapshot costs
+//! what the sandbox wrote, not a full tree.
+//!
+//! A manifest with `"base":"host"` (templates of older versions, which stood on the
+//! host's `/`) is refused with an error saying to recreate the template.
 //!
 //! A directory with only a `rootfs/` tree (an unpacked image, no `template.json`) is a
-//! template too: one lower layer, no host base. The built-in template (all-zero id) is
-//! the host's root filesystem.
+//! template too: one lower layer, no image base.
 //!
 //! Hibernated sandboxes live in `snapshots/{id}/`: `upper/` (the overlay upper
 //! directory, moved there with a rename) and `sandbox.json` (a [`HibernationRecord`],
-//! written last, so a half-written directory is never listed).
+//! written last, so a half-written directory is never listed), which also records the
+//! image build the sandbox stood on.
 
 use std::collections::HashSet;
 use std::fs;
@@ -35,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
 
+use crate::image::ImageRef;
 use crate::runtime::{RuntimeError, SandboxConfig};
 
 /// The manifest file of a template directory.
@@ -55,11 +65,11 @@ pub const UPPER_DIR: &str = "upper";
 pub const MAX_LAYERS: usize = 128;
 
 /// What a template's layers sit on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Base {
-    /// The host's root filesystem (`/`), read-only.
-    Host,
+    /// An image build's `rootfs/`, read-only.
+    Image(ImageRef),
     /// Nothing: the layers are a complete tree.
     None,
 }
@@ -84,15 +94,15 @@ pub struct Manifest {
 /// The read-only layers of a sandbox's root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lowers {
-    /// The built-in template: the host's `/`.
-    HostRoot,
+    /// The built-in template: an image build's `rootfs/` alone.
+    Image(ImageRef),
     /// A template directory.
     Template {
         /// The template directory (layer paths are relative to it).
         dir: PathBuf,
         /// Layers, topmost first, relative to `dir`.
         layers: Vec<String>,
-        /// Whether the host's `/` is the bottom layer.
+        /// What the layers sit on.
         base: Base,
     },
 }
@@ -101,32 +111,76 @@ impl Lowers {
     /// The overlay `lowerdir` entries and the directory they are relative to.
     pub fn overlay(&self) -> (Option<PathBuf>, Vec<String>) {
         match self {
-            Self::HostRoot => (None, vec!["/".to_owned()]),
+            Self::Image(image) => (None, vec![image.rootfs.display().to_string()]),
             Self::Template { dir, layers, base } => {
                 let mut all = layers.clone();
-                if *base == Base::Host {
-                    all.push("/".to_owned());
+                if let Base::Image(image) = base {
+                    all.push(image.rootfs.display().to_string());
                 }
                 (Some(dir.clone()), all)
             }
         }
     }
+
+    /// The image build at the bottom, if any.
+    pub fn image(&self) -> Option<&ImageRef> {
+        match self {
+            Self::Image(image)
+            | Self::Template {
+                base: Base::Image(image),
+                ..
+            } => Some(image),
+            Self::Template { .. } => None,
+        }
+    }
 }
 
-/// Finds the layers of template `(team, template)`.
+/// Checks that an image build's `rootfs/` can be an overlay lower layer: an absolute
+/// path without overlay option separators, present on disk.
+pub fn check_image(image: &ImageRef) -> Result<(), String> {
+    let text = image.rootfs.to_string_lossy();
+    if !image.rootfs.is_absolute() || text.contains([':', ',', '\\']) {
+        return Err(format!(
+            "image root {text:?} must be an absolute path without ':', ',' or '\\'"
+        ));
+    }
+    if !image.rootfs.is_dir() {
+        return Err(format!(
+            "image build {} is gone ({text} does not exist)",
+            image.hash.get(..16).unwrap_or(&image.hash)
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the layers of template `(team, template)`; the built-in template is `image`.
 pub fn resolve(
     layout: &Layout,
+    image: &ImageRef,
     team: TeamId,
     template: TemplateId,
 ) -> Result<Lowers, RuntimeError> {
     if template == BUILTIN_TEMPLATE_ID {
-        return Ok(Lowers::HostRoot);
+        return Ok(Lowers::Image(image.clone()));
     }
     let dir = layout.template_dir(team, template);
     let manifest_path = dir.join(MANIFEST_FILE);
     match fs::read(&manifest_path) {
         Ok(raw) => {
-            let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| {
+            let value: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
+                RuntimeError::Other(format!(
+                    "template {template}: invalid {}: {e}",
+                    manifest_path.display()
+                ))
+            })?;
+            if value.get("base").and_then(|b| b.as_str()) == Some("host") {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "template {template} was made by an older Wrenn on the host's root \
+                     filesystem, which sandboxes no longer see; recreate it from a sandbox \
+                     of the built-in template"
+                )));
+            }
+            let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
                 RuntimeError::Other(format!(
                     "template {template}: invalid {}: {e}",
                     manifest_path.display()
@@ -153,6 +207,11 @@ pub fn resolve(
                 return Err(RuntimeError::Other(format!(
                     "template {template} has no layers"
                 )));
+            }
+            if let Base::Image(image) = &manifest.base {
+                check_image(image).map_err(|e| {
+                    RuntimeError::FailedPrecondition(format!("template {template}: {e}"))
+                })?;
             }
             Ok(Lowers::Template {
                 dir,
@@ -213,9 +272,9 @@ pub async fn write_template(
         )));
     }
     let (parent_layers, base): (Vec<PathBuf>, Base) = match lowers {
-        Lowers::HostRoot => (Vec::new(), Base::Host),
+        Lowers::Image(image) => (Vec::new(), Base::Image(image.clone())),
         Lowers::Template { dir, layers, base } => {
-            (layers.iter().map(|l| dir.join(l)).collect(), *base)
+            (layers.iter().map(|l| dir.join(l)).collect(), base.clone())
         }
     };
     if parent_layers.len() + 1 > MAX_LAYERS {
@@ -377,6 +436,10 @@ pub struct HibernationRecord {
     pub config: ConfigRecord,
     /// When it was hibernated (RFC 3339).
     pub hibernated_at: String,
+    /// The image build it stood on (restore uses it while it exists, so an image
+    /// rebuilt meanwhile does not slide under the saved upper layer).
+    #[serde(default)]
+    pub image: Option<ImageRef>,
 }
 
 /// Reads `snapshots/{id}/sandbox.json`; `Ok(None)` when there is none.

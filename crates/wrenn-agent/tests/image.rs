@@ -1,0 +1,275 @@
+//! The image pipeline, for real: debootstrap, chroot, mkfs.ext4, the kernel package.
+//! Needs root and network access to a Debian mirror.
+//!
+//! `image_default_*` use the machine-wide test image (`$WRENN_IMAGE_CACHE`, default
+//! `/var/cache/wrenn/test-images`, built on first use); `image_store_*` build a small
+//! recipe in a fresh store.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use sha2::Digest;
+
+use wrenn_agent::image::manifest::sha256_file;
+use wrenn_agent::image::store::{BUILDS_DIR, STAGING_PREFIX};
+use wrenn_agent::image::{self, BuildOptions, LogProgress, Recipe, Store};
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn image_default_manifest_matches_the_build() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let m = &image.manifest;
+    assert_eq!(m.hash, Recipe::default_for_host().hash());
+    assert_eq!(m.recipe, Recipe::default_for_host());
+    let rootfs = image.rootfs();
+    for wanted in ["sudo", "git", "python3", "python3-pip", "curl", "bash"] {
+        let listed = m
+            .packages
+            .iter()
+            .find(|p| p.name == wanted)
+            .unwrap_or_else(|| panic!("{wanted} not in the manifest"));
+        let installed = output(Command::new("chroot").arg(&rootfs).args([
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${Version}",
+            wanted,
+        ]));
+        assert_eq!(listed.version, installed, "{wanted}");
+    }
+    assert!(!m.packages.iter().any(|p| p.name.starts_with("linux-image")));
+    assert_eq!(sha256_file(&image.ext4()).unwrap(), m.ext4.sha256);
+    assert_eq!(std::fs::metadata(image.ext4()).unwrap().len(), m.ext4.bytes);
+    assert!(m.rootfs_bytes > 100 << 20, "{}", m.rootfs_bytes);
+    // Nothing half-built is left next to it.
+    let staging = std::fs::read_dir(image.dir.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(STAGING_PREFIX))
+        .count();
+    assert_eq!(staging, 0);
+}
+
+#[test]
+fn image_default_tree_is_the_sdk_environment() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let root = image.rootfs();
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l == "wrenn-user:x:1000:1000:Wrenn:/home/wrenn-user:/bin/bash"),
+        "{passwd}"
+    );
+    let sudoers = std::fs::read_to_string(root.join("etc/sudoers.d/wrenn-user")).unwrap();
+    assert_eq!(sudoers.trim(), "wrenn-user ALL=(ALL:ALL) NOPASSWD:ALL");
+    let home = std::fs::metadata(root.join("home/wrenn-user")).unwrap();
+    assert!(home.is_dir());
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&home), 1000);
+    let sources = std::fs::read_to_string(root.join("etc/apt/sources.list")).unwrap();
+    assert!(sources.contains("bookworm-security"), "{sources}");
+    // `apt-get install` works without an update first: the lists are there.
+    let lists = std::fs::read_dir(root.join("var/lib/apt/lists"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        .count();
+    assert!(lists >= 2, "apt lists missing");
+    let policy = std::fs::read_to_string(root.join("usr/sbin/policy-rc.d")).unwrap();
+    assert!(policy.contains("exit 101"));
+    let os = std::fs::read_to_string(root.join("etc/os-release")).unwrap();
+    assert!(os.contains("bookworm"), "{os}");
+    for tool in [
+        "usr/bin/git",
+        "usr/bin/python3",
+        "usr/bin/sudo",
+        "usr/bin/curl",
+    ] {
+        assert!(root.join(tool).exists(), "{tool}");
+    }
+    // No leftover of the kernel download or the build's package cache.
+    assert!(!root.join("var/tmp/wrenn-kernel").exists());
+    let debs = std::fs::read_dir(root.join("var/cache/apt/archives"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+        .count();
+    assert_eq!(debs, 0);
+}
+
+#[test]
+fn image_default_ext4_is_clean_and_holds_the_home() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image.ext4())
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck: {fsck:?}");
+    let ls = output(
+        Command::new("debugfs")
+            .args(["-R", "ls -l /home"])
+            .arg(image.ext4()),
+    );
+    assert!(ls.contains("wrenn-user"), "{ls}");
+    assert!(ls.contains(" 1000 "), "owned by 1000: {ls}");
+    // Sparse: far fewer blocks allocated than its length would take.
+    let meta = std::fs::metadata(image.ext4()).unwrap();
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(allocated < meta.len(), "{allocated} of {}", meta.len());
+}
+
+#[test]
+fn image_default_kernel_is_an_elf_vmlinux_with_modules() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let kernel = image.manifest.kernel.as_ref().expect("kernel artefacts");
+    assert!(
+        kernel.package.starts_with("linux-image-"),
+        "{}",
+        kernel.package
+    );
+    let vmlinux = image.vmlinux().unwrap();
+    let head = std::fs::read(&vmlinux).unwrap();
+    assert_eq!(&head[..4], b"\x7fELF");
+    assert_eq!(head[4], 2, "64-bit ELF");
+    assert_eq!(sha256_file(&vmlinux).unwrap(), kernel.vmlinux.sha256);
+    assert_eq!(
+        sha256_file(&image.vmlinuz().unwrap()).unwrap(),
+        kernel.vmlinuz.sha256
+    );
+    let modules = image.dir.join(&kernel.modules);
+    assert!(modules.join("modules.order").is_file());
+    assert!(modules.join("kernel").is_dir());
+    assert!(modules.ends_with(&kernel.release));
+    // The kernel release is in the uncompressed image.
+    let needle = format!("Linux version {}", kernel.release);
+    assert!(
+        head.windows(needle.len()).any(|w| w == needle.as_bytes()),
+        "no {needle:?} in vmlinux"
+    );
+}
+
+/// A small recipe (no extra packages, no kernel) to exercise the store.
+fn small_recipe() -> Recipe {
+    let mut r = Recipe::default_for_host();
+    r.name = "test-small".into();
+    r.packages = vec!["sudo".into()];
+    r.kernel_package = None;
+    r
+}
+
+fn builds_in(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store.join(BUILDS_DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn image_store_builds_once_for_concurrent_callers_and_ignores_interrupted_builds() {
+    init_logging();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = Store::new(dir.path());
+    let recipe = small_recipe();
+    // An interrupted build: a staging directory with a tree and even a manifest.
+    let stale = dir.path().join(BUILDS_DIR).join(format!(
+        "{STAGING_PREFIX}{}-interrupted",
+        recipe.short_hash()
+    ));
+    std::fs::create_dir_all(stale.join("rootfs/etc")).unwrap();
+    std::fs::write(stale.join("rootfs/etc/marker"), "half").unwrap();
+    std::fs::write(stale.join("manifest.json"), "{}").unwrap();
+    assert!(store.current(&recipe).unwrap().is_none());
+
+    let started = Instant::now();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| store.ensure(&recipe, &BuildOptions::default(), &LogProgress)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("3 concurrent ensures: {:?}", started.elapsed());
+    let images: Vec<_> = results.into_iter().map(|r| r.expect("build")).collect();
+    assert!(images.iter().all(|i| i.dir == images[0].dir));
+    let builds = builds_in(dir.path());
+    assert_eq!(builds.len(), 1, "one build, no staging left: {builds:?}");
+    assert!(!stale.exists());
+    assert!(!images[0].rootfs().join("etc/marker").exists());
+    assert!(images[0].rootfs().join("usr/bin/sudo").exists());
+    assert!(images[0].manifest.kernel.is_none());
+
+    // Later calls reuse it at once.
+    let started = Instant::now();
+    let again = store
+        .ensure(&recipe, &BuildOptions::default(), &LogProgress)
+        .unwrap();
+    assert_eq!(again.dir, images[0].dir);
+    assert!(
+        started.elapsed().as_millis() < 500,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A changed recipe is another key: not found, so it would be built.
+    let mut changed = recipe.clone();
+    changed.packages.push("less".into());
+    assert!(store.current(&changed).unwrap().is_none());
+
+    // A link to a build whose manifest is broken is not used.
+    std::fs::write(images[0].dir.join("manifest.json"), "{").unwrap();
+    assert!(store.current(&recipe).unwrap().is_none());
+}
+
+#[test]
+fn image_default_kernel_payload_decompresses_to_the_recorded_vmlinux() {
+    init_logging();
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let kernel = image.manifest.kernel.as_ref().expect("kernel artefacts");
+    let bzimage = std::fs::read(image.vmlinuz().unwrap()).unwrap();
+    let (payload, method) = wrenn_agent::image::kernel::payload(&bzimage).unwrap();
+    assert_eq!(method, kernel.compression);
+    if method == "lz4" {
+        let vmlinux = wrenn_agent::image::lz4::decompress_legacy(payload).unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(&vmlinux));
+        assert_eq!(digest, kernel.vmlinux.sha256);
+        // The same bytes as the reference tool, when the host has it.
+        if let Ok(out) = Command::new("lz4")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().unwrap();
+                let data = payload.to_vec();
+                let writer = std::thread::spawn(move || stdin.write_all(&data));
+                let out = child.wait_with_output();
+                let _ = writer.join();
+                out
+            })
+        {
+            assert_eq!(out.stdout.len(), vmlinux.len());
+            assert_eq!(out.stdout, vmlinux);
+        }
+    }
+}
