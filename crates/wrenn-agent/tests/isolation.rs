@@ -41,7 +41,14 @@ fn envd_binary() -> PathBuf {
     static ENVD: OnceLock<PathBuf> = OnceLock::new();
     ENVD.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "wrenn-envd", "--bin", "wrenn-envd"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "wrenn-envd",
+                "--bin",
+                "wrenn-envd",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build -p wrenn-envd");
@@ -254,9 +261,8 @@ async fn isolation_each_capsule_maps_root_to_its_own_unprivileged_id_range() {
 
     let map_a = a.ok("cat /proc/self/uid_map").await;
     let map_b = b.ok("cat /proc/self/uid_map").await;
-    let fields = |map: &str| -> Vec<u64> {
-        map.split_whitespace().map(|f| f.parse().unwrap()).collect()
-    };
+    let fields =
+        |map: &str| -> Vec<u64> { map.split_whitespace().map(|f| f.parse().unwrap()).collect() };
     let (fa, fb) = (fields(&map_a), fields(&map_b));
     assert_eq!(fa.len(), 3, "one mapping: {map_a}");
     assert_eq!((fa[0], fa[2]), (0, 65536), "{map_a}");
@@ -286,14 +292,21 @@ async fn isolation_each_capsule_maps_root_to_its_own_unprivileged_id_range() {
 async fn isolation_files_on_disk_keep_capsule_ids_and_host_files_look_root_owned() {
     let host = Host::new().await;
     let sb = host.sandbox().await;
-    assert_eq!(sb.ok("stat -c %u:%g /etc/passwd /usr/bin").await, "0:0\n0:0\n");
+    assert_eq!(
+        sb.ok("stat -c %u:%g /etc/passwd /usr/bin").await,
+        "0:0\n0:0\n"
+    );
     sb.ok("echo mine > /root/by-root && mkdir -p /srv/u && chown 1000:1000 /srv/u")
         .await;
     sb.ok("python3 -c 'import os; os.setgid(1000); os.setuid(1000); open(\"/srv/u/by-user\", \"w\").write(\"x\")'")
         .await;
     let upper = host.layout().sandbox_dir(sb.id()).join("upper");
     let by_root = std::fs::metadata(upper.join("root/by-root")).unwrap();
-    assert_eq!((by_root.uid(), by_root.gid()), (0, 0), "capsule root → uid 0 on disk");
+    assert_eq!(
+        (by_root.uid(), by_root.gid()),
+        (0, 0),
+        "capsule root → uid 0 on disk"
+    );
     let by_user = std::fs::metadata(upper.join("srv/u/by-user")).unwrap();
     assert_eq!((by_user.uid(), by_user.gid()), (1000, 1000));
     assert_eq!(sb.ok("stat -c %u /srv/u/by-user").await.trim(), "1000");
@@ -309,7 +322,10 @@ async fn isolation_layers_work_in_later_capsules_whatever_their_range() {
     let range_before = host.runtime.id_map(sb.id()).unwrap().host_base;
     sb.ok("mkdir /srv/u && echo data > /srv/u/f && chown -R 1000:1000 /srv/u")
         .await;
-    host.runtime.snapshot(&sb.instance, team, template).await.unwrap();
+    host.runtime
+        .snapshot(&sb.instance, team, template)
+        .await
+        .unwrap();
     host.runtime.hibernate(&sb.instance).await.unwrap();
     drop(first);
     let _blocker = host.sandbox().await;
@@ -368,16 +384,17 @@ async fn isolation_seccomp_denies_a_syscall_of_every_dangerous_family() {
     let host = Host::new().await;
     let sb = host.sandbox().await;
     assert_eq!(status_field(&sb, "Seccomp").await, "2");
-    assert_eq!(status_field(&sb, "NoNewPrivs").await, "0", "set-uid programs work");
+    assert_eq!(
+        status_field(&sb, "NoNewPrivs").await,
+        "0",
+        "set-uid programs work"
+    );
     let pid1 = sb.ok("grep '^Seccomp:' /proc/1/status | cut -f2").await;
     assert_eq!(pid1.trim(), "2", "envd itself is filtered");
 
     let script = SYSCALL_PROBE.replace("CUT_OFF", &MAX_ALLOWED_NR.to_string());
     let out = sb.ok(&format!("python3 -c '{script}'")).await;
-    let results: HashMap<&str, &str> = out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let results: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
     let expected = [
         ("unshare_user", "EPERM"),
         ("unshare_mount", "EPERM"),
@@ -424,14 +441,22 @@ async fn isolation_the_kernel_keyring_is_not_shared_with_the_host() {
     let host_keys = std::fs::read_to_string("/proc/keys").unwrap();
     assert!(host_keys.contains(&description), "the host has the key");
 
-    assert_eq!(sb.ok("wc -c < /proc/keys").await.trim(), "0", "/proc/keys is masked");
+    assert_eq!(
+        sb.ok("wc -c < /proc/keys").await.trim(),
+        "0",
+        "/proc/keys is masked"
+    );
     let search = format!(
         "import ctypes, errno; libc = ctypes.CDLL(None, use_errno=True); \
          r = libc.syscall(250, 10, -4, b\"user\", b\"{description}\", 0); \
          print(r, errno.errorcode.get(ctypes.get_errno()))"
     );
     let out = sb.ok(&format!("python3 -c '{search}'")).await;
-    assert_eq!(out.trim(), "-1 EPERM", "keyctl(KEYCTL_SEARCH) in the capsule");
+    assert_eq!(
+        out.trim(),
+        "-1 EPERM",
+        "keyctl(KEYCTL_SEARCH) in the capsule"
+    );
     host_unlink_key(key);
 }
 
@@ -452,7 +477,11 @@ fn host_add_key(description: &str) -> i64 {
             -4i64, // KEY_SPEC_USER_KEYRING
         )
     };
-    assert!(serial > 0, "add_key on the host: {}", std::io::Error::last_os_error());
+    assert!(
+        serial > 0,
+        "add_key on the host: {}",
+        std::io::Error::last_os_error()
+    );
     serial
 }
 
@@ -471,8 +500,12 @@ async fn isolation_capabilities_are_reduced_and_namespaces_are_not_the_capsules(
     for pid in ["self", "1"] {
         let field = |name: &str| format!("grep '^{name}:' /proc/{pid}/status | cut -f2");
         let bounding = u64::from_str_radix(sb.ok(&field("CapBnd")).await.trim(), 16).unwrap();
-        for (name, bit) in [("net_raw", 13), ("sys_admin", 21), ("mknod", 27), ("setfcap", 31)]
-        {
+        for (name, bit) in [
+            ("net_raw", 13),
+            ("sys_admin", 21),
+            ("mknod", 27),
+            ("setfcap", 31),
+        ] {
             assert_eq!(bounding & (1 << bit), 0, "{pid}: CapBnd has {name}");
         }
         for (name, bit) in [("chown", 0), ("setuid", 7), ("net_bind_service", 10)] {
@@ -521,9 +554,18 @@ async fn isolation_proc_and_sys_are_masked_like_runc() {
             );
         }
     }
-    for dir in ["/proc/acpi", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"] {
+    for dir in [
+        "/proc/acpi",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ] {
         if Path::new(dir).is_dir() {
-            assert_eq!(sb.ok(&format!("ls -A {dir} | wc -l")).await.trim(), "0", "{dir}");
+            assert_eq!(
+                sb.ok(&format!("ls -A {dir} | wc -l")).await.trim(),
+                "0",
+                "{dir}"
+            );
         }
     }
     for path in ["/proc/sys/kernel/domainname", "/proc/sysrq-trigger"] {
@@ -531,7 +573,13 @@ async fn isolation_proc_and_sys_are_masked_like_runc() {
         assert_ne!(code, 0, "{path} is writable");
     }
     let mounts = sb.ok("cat /proc/self/mounts").await;
-    for ro in ["/proc/sys ", "/proc/bus ", "/proc/fs ", "/proc/irq ", "/sys "] {
+    for ro in [
+        "/proc/sys ",
+        "/proc/bus ",
+        "/proc/fs ",
+        "/proc/irq ",
+        "/sys ",
+    ] {
         let line = mounts.lines().find(|l| l.contains(&format!(" {ro}")));
         if let Some(line) = line {
             assert!(line.contains(" ro,") || line.contains(" ro "), "{line}");
@@ -545,7 +593,11 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
     let sb = host.sandbox().await;
     let sandbox_dir = host.layout().sandbox_dir(sb.id());
     let envd = envd_binary();
-    for table in ["/proc/self/mountinfo", "/proc/self/mounts", "/proc/1/mountinfo"] {
+    for table in [
+        "/proc/self/mountinfo",
+        "/proc/self/mounts",
+        "/proc/1/mountinfo",
+    ] {
         let text = sb.ok(&format!("cat {table}")).await;
         for host_path in [
             host.layout().root().to_string_lossy().into_owned(),
@@ -556,9 +608,15 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
             "/work/".to_owned(),
             "/run/netns".to_owned(),
         ] {
-            assert!(!text.contains(&host_path), "{table} shows {host_path}:\n{text}");
+            assert!(
+                !text.contains(&host_path),
+                "{table} shows {host_path}:\n{text}"
+            );
         }
-        assert!(text.contains("lowerdir="), "the root overlay is listed: {text}");
+        assert!(
+            text.contains("lowerdir="),
+            "the root overlay is listed: {text}"
+        );
     }
     // The agent's directory is invisible, not just empty.
     let (_, code) = sb
@@ -589,14 +647,27 @@ async fn isolation_the_envd_socket_lives_where_the_capsule_cannot_reach() {
 
     // The capsule's writable layer is on the host; a symlink planted there is never
     // followed by the agent (usage, snapshot).
-    sb.ok("ln -s / /root/escape && ln -s /etc/shadow /root/shadow").await;
+    sb.ok("ln -s / /root/escape && ln -s /etc/shadow /root/shadow")
+        .await;
     let stats = host.runtime.stats(&sb.instance).await.unwrap();
-    assert!(stats.disk_bytes < 64 << 20, "the agent followed a symlink: {stats:?}");
-    let (team, template) = (TeamId::new(), TemplateId::new());
-    host.runtime.snapshot(&sb.instance, team, template).await.unwrap();
-    let copied = host.layout().template_dir(team, template).join("layers/0/root/escape");
     assert!(
-        std::fs::symlink_metadata(&copied).unwrap().file_type().is_symlink(),
+        stats.disk_bytes < 64 << 20,
+        "the agent followed a symlink: {stats:?}"
+    );
+    let (team, template) = (TeamId::new(), TemplateId::new());
+    host.runtime
+        .snapshot(&sb.instance, team, template)
+        .await
+        .unwrap();
+    let copied = host
+        .layout()
+        .template_dir(team, template)
+        .join("layers/0/root/escape");
+    assert!(
+        std::fs::symlink_metadata(&copied)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
         "copied as a symlink"
     );
 }
@@ -620,13 +691,18 @@ async fn isolation_sudo_python_and_git_work_for_a_user_in_a_debian_capsule() {
     assert_eq!(sb.ok_as("wrenn-user", "id -u").await.trim(), "1000");
     assert_eq!(sb.ok_as("wrenn-user", "sudo -n id -u").await.trim(), "0");
     assert_eq!(
-        sb.ok_as("wrenn-user", "sudo -n sh -c 'echo root-file > /root/f && stat -c %u /root/f'")
-            .await
-            .trim(),
+        sb.ok_as(
+            "wrenn-user",
+            "sudo -n sh -c 'echo root-file > /root/f && stat -c %u /root/f'"
+        )
+        .await
+        .trim(),
         "0"
     );
     assert_eq!(
-        sb.ok_as("wrenn-user", "python3 -c 'print(6 * 7)'").await.trim(),
+        sb.ok_as("wrenn-user", "python3 -c 'print(6 * 7)'")
+            .await
+            .trim(),
         "42"
     );
     sb.ok_as(
@@ -636,7 +712,8 @@ async fn isolation_sudo_python_and_git_work_for_a_user_in_a_debian_capsule() {
     )
     .await;
     // apt's methods drop privileges to _apt (setgroups + setresuid).
-    sb.ok("setpriv --reuid=_apt --regid=nogroup --clear-groups id -u").await;
+    sb.ok("setpriv --reuid=_apt --regid=nogroup --clear-groups id -u")
+        .await;
     // A PTY for the user: devpts gives it the tty group.
     let tty = sb
         .ok_as("wrenn-user", "python3 -c 'import os, pty; m, s = pty.openpty(); st = os.fstat(s); print(st.st_uid, st.st_gid)'")
@@ -646,7 +723,11 @@ async fn isolation_sudo_python_and_git_work_for_a_user_in_a_debian_capsule() {
         .layout()
         .sandbox_dir(sb.id())
         .join("upper/home/wrenn-user/repo/.git/HEAD");
-    assert_eq!(std::fs::metadata(home).unwrap().uid(), 1000, "on disk as uid 1000");
+    assert_eq!(
+        std::fs::metadata(home).unwrap().uid(),
+        1000,
+        "on disk as uid 1000"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,5 @@ pub(super) fn drop_to_bounding_set() -> Result<(), InitError> {
         },
     )
     .context(|| "clear inheritable capabilities".into())?;
-    rustix::thread::clear_ambient_capability_set()
-        .context(|| "clear ambient capabilities".into())
+    rustix::thread::clear_ambient_capability_set().context(|| "clear ambient capabilities".into())
 }

@@ -1,16 +1,16 @@
 //! The sandbox init step of the process runtime: what makes a capsule a boundary.
 //!
 //! [`ProcessRuntime`](crate::runtime::process::ProcessRuntime) starts every capsule by
-//! running the init program (the agent binary) as `<program> __wrenn-sandbox-init
-//! '<InitSpec as JSON>'` in a child that, between `fork` and `exec`, joins the capsule's
-//! network namespace and unshares the mount, UTS, IPC and pid namespaces ([`spawn`]) —
-//! all owned by the host's initial user namespace, so nothing inside the capsule can
-//! ever reconfigure them. [`main_if_init`] (which every binary embedding the agent calls
-//! first thing in `main`) recognises the hidden argument and, instead of returning:
+//! spawning the init program (the agent binary) as `<program> __wrenn-sandbox-init
+//! '<InitSpec as JSON>'` ([`spawn`]). [`main_if_init`] (which every binary embedding the
+//! agent calls first thing in `main`) recognises the hidden argument and, instead of
+//! returning:
 //!
-//! 1. forks PID 1 of the new pid namespace and, in the outer process, waits for it and
-//!    exits with its status (`unshare --fork --kill-child`: PID 1 gets `SIGKILL` if the
-//!    outer process dies);
+//! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
+//!    namespaces — all owned by the host's initial user namespace, so nothing inside the
+//!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
+//!    outer process, waits for it and exits with its status (`unshare --fork
+//!    --kill-child`: PID 1 gets `SIGKILL` if the outer process dies);
 //! 2. as host root in PID 1: joins the capsule's cgroups; makes all mounts private;
 //!    sets `net.ipv4.ping_group_range` of the capsule's network namespace to the
 //!    capsule's gids (unprivileged `ping`);
@@ -102,6 +102,8 @@ impl<T, E: Into<std::io::Error>> Context<T> for Result<T, E> {
 pub(crate) struct InitSpec {
     /// The hostname (the sandbox id).
     pub hostname: String,
+    /// The capsule's network namespace (`/run/netns/wrenn-{id}`).
+    pub netns: PathBuf,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
     /// The capsule's uid/gid range on the host.
@@ -183,9 +185,12 @@ enum Never {}
 /// Performs the set-up and execs envd. Only returns on failure.
 fn run(spec: &InitSpec) -> Result<Never, InitError> {
     if !spec.id_map.is_valid() {
-        return Err(InitError::invalid("the id range is empty or includes host root"));
+        return Err(InitError::invalid(
+            "the id range is empty or includes host root",
+        ));
     }
     let filter = seccomp::program()?;
+    spawn::enter_namespaces(&spec.netns)?;
     spawn::fork_pid1()?;
     // PID 1 of the capsule, still host root.
     for procs in &spec.cgroup_procs {
@@ -221,8 +226,7 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
 
     let root = mounts::root_filesystem(spec, userns.as_fd())?;
     mounts::capsule_filesystems(&root, spec)?;
-    rustix::system::sethostname(spec.hostname.as_bytes())
-        .context(|| "set the hostname".into())?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).context(|| "set the hostname".into())?;
     mounts::pivot_into(&root)?;
 
     userns::enter(userns.as_fd())?;

@@ -74,7 +74,9 @@ pub(super) fn root_filesystem(
         spec.upper.file_name(),
         spec.work.file_name(),
     ) else {
-        return Err(InitError::invalid("upper and work must be named directories"));
+        return Err(InitError::invalid(
+            "upper and work must be named directories",
+        ));
     };
     if spec.work.parent() != Some(upper_dir) {
         return Err(InitError::invalid(
@@ -92,7 +94,13 @@ pub(super) fn root_filesystem(
     // directory, copy-up). Through the idmapped upper mount, host root is unmapped
     // (EOVERFLOW), so mount it as the capsule's root ids, keeping every capability.
     userns::as_fs_ids(spec.id_map.host_base, || {
-        mount_fs("overlay", Path::new("r"), "overlay", MountFlags::empty(), &options)
+        mount_fs(
+            "overlay",
+            Path::new("r"),
+            "overlay",
+            MountFlags::empty(),
+            &options,
+        )
     })?;
     Ok(staging.join("r"))
 }
@@ -340,13 +348,16 @@ pub(super) fn pivot_into(root: &Path) -> Result<(), InitError> {
         MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
     )
     .context(|| "make the old root a slave".into())?;
-    rustix::mount::unmount(".", UnmountFlags::DETACH)
-        .context(|| "detach the old root".into())?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).context(|| "detach the old root".into())?;
     std::env::set_current_dir("/").context(|| "enter /".into())
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), InitError> {
-    match fs::DirBuilder::new().recursive(true).mode(mode).create(path) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+    {
         Ok(()) => {}
         Err(e) => return Err(InitError::new(format!("create {}", path.display()), e)),
     }

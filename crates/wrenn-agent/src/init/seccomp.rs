@@ -33,8 +33,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch, sock_filter,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch, sock_filter,
 };
 
 use super::InitError;
@@ -132,10 +132,8 @@ pub fn program() -> Result<BpfProgram, InitError> {
     let compile_err = |e: seccompiler::BackendError| {
         InitError::new("compile the seccomp filter", std::io::Error::other(e))
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
-        .iter()
-        .map(|(_, nr)| (*nr as i64, Vec::new()))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
     let any_flag = |flags: &[u64]| -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
         flags
             .iter()
@@ -149,17 +147,23 @@ pub fn program() -> Result<BpfProgram, InitError> {
             })
             .collect()
     };
-    rules.insert(libc::SYS_clone as i64, any_flag(CLONE_NEW_FLAGS).map_err(compile_err)?);
+    rules.insert(
+        libc::SYS_clone,
+        any_flag(CLONE_NEW_FLAGS).map_err(compile_err)?,
+    );
     let mut unshare_flags = CLONE_NEW_FLAGS.to_vec();
     unshare_flags.push(CLONE_NEWTIME);
-    rules.insert(libc::SYS_unshare as i64, any_flag(&unshare_flags).map_err(compile_err)?);
+    rules.insert(
+        libc::SYS_unshare,
+        any_flag(&unshare_flags).map_err(compile_err)?,
+    );
     let unsafe_personality = SAFE_PERSONALITIES
         .iter()
         .map(|&p| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, p))
         .collect::<Result<Vec<_>, _>>()
         .and_then(SeccompRule::new)
         .map_err(compile_err)?;
-    rules.insert(libc::SYS_personality as i64, vec![unsafe_personality]);
+    rules.insert(libc::SYS_personality, vec![unsafe_personality]);
     let ioctls = DENIED_IOCTLS
         .iter()
         .map(|&request| {
@@ -172,7 +176,7 @@ pub fn program() -> Result<BpfProgram, InitError> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(compile_err)?;
-    rules.insert(libc::SYS_ioctl as i64, ioctls);
+    rules.insert(libc::SYS_ioctl, ioctls);
 
     let filter = SeccompFilter::new(
         rules,
@@ -206,7 +210,8 @@ fn prelude() -> Vec<sock_filter> {
         /* 4 */ op(JSET_K, 2, 0, X32_SYSCALL_BIT),
         /* 5 */ op(JEQ_K, 1, 0, libc::SYS_clone3 as u32),
         /* 6 */ op(JGT_K, 0, 1, MAX_ALLOWED_NR),
-        /* 7 */ op(RET_K, 0, 0, enosys),
+        /* 7 */
+        op(RET_K, 0, 0, enosys),
         // 8: the deny list (which checks the architecture again and reloads the number).
     ]
 }
@@ -267,7 +272,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for (name, nr) in DENIED {
             assert!(seen.insert(*nr), "{name} listed twice");
-            assert!(*nr as u32 <= MAX_ALLOWED_NR, "{name} is above the cut-off anyway");
+            assert!(
+                *nr as u32 <= MAX_ALLOWED_NR,
+                "{name} is above the cut-off anyway"
+            );
         }
     }
 }

@@ -51,13 +51,15 @@ impl IdMap {
 /// Creates a user namespace whose uid and gid maps are `map` and returns a file
 /// descriptor of it. `setgroups` stays allowed (the maps are written by host root).
 pub(super) fn create(map: IdMap) -> Result<OwnedFd, InitError> {
-    let (mut ready_r, ready_w) = std::io::pipe().context(|| "create a pipe".into())?;
-    let (release_r, release_w) = std::io::pipe().context(|| "create a pipe".into())?;
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+    let (ready_r, ready_w) = pipe().context(|| "create a pipe".into())?;
+    let (release_r, release_w) = pipe().context(|| "create a pipe".into())?;
+    let mut ready_r = fs::File::from(ready_r);
     let pid = fork().context(|| "fork the user namespace helper".into())?;
     if pid == 0 {
         drop(ready_r);
         drop(release_w);
-        helper(OwnedFd::from(ready_w), release_r.as_fd());
+        helper(ready_w, release_r.as_fd());
     }
     drop(ready_w);
     drop(release_r);

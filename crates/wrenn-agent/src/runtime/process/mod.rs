@@ -4,8 +4,8 @@
 //! # A sandbox
 //!
 //! ```text
-//! agent ─ fork: setns(net = /run/netns/wrenn-{id}), unshare(mount, uts, ipc, pid)
-//!   └─ exec <agent binary> __wrenn-sandbox-init '{spec}'       (outer: waits, mirrors)
+//! agent ─ posix_spawn <agent binary> __wrenn-sandbox-init '{spec}'
+//!   outer: setns(net = /run/netns/wrenn-{id}), unshare(mount, uts, ipc, pid); waits, mirrors
 //!        └─ fork → PID 1: cgroups, user namespace, idmapped overlay, /proc…, pivot_root,
 //!                  setns(user), caps, seccomp
 //!             └─ execveat wrenn-envd --listen-fd N                  (PID 1)
@@ -53,6 +53,7 @@
 //! and envd's start; nothing is copied.
 
 pub mod cgroup;
+pub mod dynmods;
 pub mod idrange;
 pub mod net;
 pub mod template;
@@ -105,7 +106,8 @@ pub struct ProcessRuntimeOptions {
     pub pids_max: u32,
     /// How long `create`/`restore` wait for envd to answer (default 10 s).
     pub envd_timeout: Duration,
-    /// The program run as the sandbox init step with [`INIT_ARG`]: a binary that calls
+    /// The program run as the sandbox init step with
+    /// [`INIT_ARG`](crate::init::INIT_ARG): a binary that calls
     /// [`crate::init::main_if_init`] first thing in `main`. `None` (default) = the
     /// running binary (`/proc/{agent pid}/exe`, which stays valid even if the file is
     /// replaced on disk).
@@ -122,6 +124,10 @@ pub struct ProcessRuntimeOptions {
     /// Size of `/dev/shm` in MiB; `None` (default) = half the capsule's memory, at most
     /// 1 GiB (tmpfs pages are charged to the capsule's memory limit anyway).
     pub shm_size_mb: Option<u32>,
+    /// Turn on the cgroup2 `favordynmods` flag host-wide ([`dynmods`]; default `true`):
+    /// moving a capsule's init into its cgroups then takes ~0.1 ms instead of an RCU
+    /// grace period (~10 ms) on the create path.
+    pub favor_dynamic_cgroups: bool,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -139,6 +145,7 @@ impl Default for ProcessRuntimeOptions {
             id_base: 1 << 31,
             id_ranges: 16384,
             shm_size_mb: None,
+            favor_dynamic_cgroups: true,
         }
     }
 }
@@ -231,6 +238,13 @@ impl ProcessRuntime {
         let cgroups = CgroupDriver::detect().map_err(unsupported_err)?;
         let ids = IdRanges::new(options.id_base, options.id_ranges)
             .map_err(|e| unsupported_err(e.to_string()))?;
+        if options.favor_dynamic_cgroups {
+            match dynmods::enable(&layout.root().join(".cgroup2")) {
+                Ok(true) => {}
+                Ok(false) => tracing::info!("turned on cgroup2 favordynmods (fast cgroup moves)"),
+                Err(e) => tracing::warn!("cannot turn on cgroup2 favordynmods: {e}"),
+            }
+        }
         if options.cgroup_parent.is_empty()
             || options.cgroup_parent.contains("..")
             || options.cgroup_parent.starts_with('/')
@@ -522,6 +536,7 @@ impl ProcessRuntime {
         };
         let spec = InitSpec {
             hostname: id.to_string(),
+            netns: net::netns_path(netns),
             cgroup_procs: cgroup.procs_files(),
             id_map,
             lower_base,
@@ -560,10 +575,7 @@ impl ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| (None, io_err("duplicate log fd")(e)))?;
-        let netns_path = net::netns_path(netns);
-        let netns_fd = std::fs::File::open(&netns_path)
-            .map_err(|e| (None, io_err(format!("open {}", netns_path.display()))(e)))?;
-        let mut command = init_command(&self.init_program, &spec, netns_fd.into())
+        let mut command = init_command(&self.init_program, &spec)
             .map_err(|e| (None, RuntimeError::Other(format!("encode init spec: {e}"))))?;
         command
             .stdin(Stdio::null())
