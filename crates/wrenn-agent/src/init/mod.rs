@@ -1,0 +1,277 @@
+//! The sandbox init step of the process runtime: what makes a capsule a boundary.
+//!
+//! [`ProcessRuntime`](crate::runtime::process::ProcessRuntime) starts every capsule by
+//! spawning the init program (the agent binary) as `<program> __wrenn-sandbox-init
+//! '<InitSpec as JSON>'` ([`spawn`]). [`main_if_init`] (which every binary embedding the
+//! agent calls first thing in `main`) recognises the hidden argument and, instead of
+//! returning:
+//!
+//! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
+//!    namespaces — all owned by the host's initial user namespace, so nothing inside the
+//!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
+//!    outer process, waits for it and exits with its status (`unshare --fork
+//!    --kill-child`: PID 1 gets `SIGKILL` if the outer process dies);
+//! 2. as host root in PID 1: joins the capsule's cgroups; makes all mounts private;
+//!    sets `net.ipv4.ping_group_range` of the capsule's network namespace to the
+//!    capsule's gids (unprivileged `ping`);
+//! 3. creates the capsule's user namespace ([`userns`]): capsule ids `0..65536` are the
+//!    host ids of the capsule's range ([`IdMap`]);
+//! 4. binds envd's listening socket at the host path `sandboxes/{id}/run/envd.sock`
+//!    (a host-root directory the capsule never sees) and opens the envd binary `O_PATH`;
+//! 5. builds the root filesystem ([`mounts`]): every overlay layer (template layers,
+//!    the host base, the upper and work directories) is an idmapped clone attached in a
+//!    private staging tmpfs under a short relative name, so files on disk stay owned by
+//!    capsule ids and no host path shows in `/proc/self/mountinfo`; then `/proc` (runc's
+//!    masked and read-only paths), a read-only `/sys`, `/dev` (`pts`, sized `shm`),
+//!    `/run` and, for templates on the host's root, a `/tmp` tmpfs hiding the host's;
+//! 6. sets the hostname and `pivot_root`s, detaching the host's mount tree;
+//! 7. joins the user namespace and becomes its root (`setgroups` stays allowed);
+//! 8. reduces the bounding set to [`caps::KEPT_CAPABILITIES`] and clears the
+//!    inheritable and ambient sets;
+//! 9. installs the seccomp filter ([`seccomp`], no `PR_SET_NO_NEW_PRIVS`: `sudo` works);
+//! 10. `execveat`s envd from its descriptor with `--listen-fd`, so envd is PID 1.
+//!
+//! Any failure is printed to stderr (which the runtime keeps in `sandboxes/{id}/envd.log`
+//! and reports) and the process exits with status 1.
+
+pub mod caps;
+pub mod mounts;
+pub mod seccomp;
+pub mod spawn;
+pub mod userns;
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::caps::KEPT_CAPABILITIES;
+pub use self::userns::IdMap;
+
+/// The hidden first argument that turns a binary embedding the agent into the sandbox
+/// init step.
+pub const INIT_ARG: &str = "__wrenn-sandbox-init";
+
+/// The file name of envd's socket in the host directory `sandboxes/{id}/run/`.
+pub const ENVD_SOCKET_NAME: &str = "envd.sock";
+
+/// What the init step failed to do, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct InitError {
+    what: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl InitError {
+    /// `what` failed because of `source`.
+    pub fn new(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// An invalid specification.
+    fn invalid(what: &str) -> Self {
+        Self::new(
+            format!("invalid init specification: {what}"),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    }
+}
+
+/// Adds what was being done to an I/O error.
+pub(crate) trait Context<T> {
+    /// Wraps the error in an [`InitError`] saying `what` failed.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, InitError>;
+}
+
+impl<T, E: Into<std::io::Error>> Context<T> for Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, InitError> {
+        self.map_err(|e| InitError::new(what(), e.into()))
+    }
+}
+
+/// Everything the init step needs, passed as JSON in the argument after [`INIT_ARG`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct InitSpec {
+    /// The hostname (the sandbox id).
+    pub hostname: String,
+    /// The capsule's network namespace (`/run/netns/wrenn-{id}`).
+    pub netns: PathBuf,
+    /// `cgroup.procs` files to join before anything else.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The capsule's uid/gid range on the host.
+    pub id_map: IdMap,
+    /// Directory the overlay's `lowers` are relative to; `None` when they are absolute.
+    pub lower_base: Option<PathBuf>,
+    /// Overlay lower layers, topmost first; `/` = the host's root filesystem.
+    pub lowers: Vec<String>,
+    /// Overlay upper directory (host path).
+    pub upper: PathBuf,
+    /// Overlay work directory (host path, in the same directory as `upper`).
+    pub work: PathBuf,
+    /// An empty host directory the staging tmpfs (and the root overlay in it) is
+    /// mounted on, in the capsule's mount namespace only.
+    pub root: PathBuf,
+    /// Host path envd's listening socket is bound at (in a host-root-only directory).
+    pub socket: PathBuf,
+    /// The envd binary on the host.
+    pub envd: PathBuf,
+    /// Arguments for envd (`--listen-fd N` is added).
+    pub envd_args: Vec<String>,
+    /// Envd's whole environment.
+    pub env: Vec<(String, String)>,
+    /// Host paths hidden (overlay whiteouts) when the host's root is a layer.
+    pub mask: Vec<PathBuf>,
+    /// Size in bytes of a `/tmp` tmpfs; `None` = `/tmp` is the root filesystem's.
+    pub tmp_size: Option<u64>,
+    /// Size in bytes of the `/dev/shm` tmpfs.
+    pub shm_size: u64,
+}
+
+/// Call this first thing in `main` of every binary that embeds the agent.
+///
+/// It returns at once unless the first argument is [`INIT_ARG`]; then the process is the
+/// init step of a process-runtime sandbox: it sets the sandbox up and `exec`s envd, and
+/// never returns (on failure it prints the reason to stderr and exits with status 1).
+pub fn main_if_init() {
+    let args = process_args();
+    if args.get(1).map(|a| a.as_slice()) != Some(INIT_ARG.as_bytes()) {
+        return;
+    }
+    let result = args
+        .get(2)
+        .ok_or_else(|| InitError::invalid("missing the init specification argument"))
+        .and_then(|raw| {
+            serde_json::from_slice::<InitSpec>(raw).map_err(|e| {
+                InitError::new(
+                    "invalid init specification",
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                )
+            })
+        })
+        .and_then(|spec| run(&spec));
+    match result {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("wrenn-sandbox-init: {e}: {}", e.source);
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The process arguments, read from `/proc/self/cmdline` so that this also works
+/// before the Rust runtime has recorded them (a binary may call [`main_if_init`] from a
+/// constructor, as the integration tests do).
+fn process_args() -> Vec<Vec<u8>> {
+    match fs::read("/proc/self/cmdline") {
+        Ok(raw) => {
+            let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
+            raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect()
+        }
+        Err(_) => std::env::args_os().map(OsString::into_vec).collect(),
+    }
+}
+
+/// What [`run`] returns on success: nothing, because it `exec`s.
+enum Never {}
+
+/// Performs the set-up and execs envd. Only returns on failure.
+fn run(spec: &InitSpec) -> Result<Never, InitError> {
+    if !spec.id_map.is_valid() {
+        return Err(InitError::invalid(
+            "the id range is empty or includes host root",
+        ));
+    }
+    let filter = seccomp::program()?;
+    spawn::enter_namespaces(&spec.netns)?;
+    spawn::fork_pid1()?;
+    // PID 1 of the capsule, still host root.
+    for procs in &spec.cgroup_procs {
+        fs::write(procs, b"0").context(|| format!("join cgroup {}", procs.display()))?;
+    }
+    mounts::make_private()?;
+    let first_gid = spec.id_map.host_base;
+    let last_gid = first_gid + (spec.id_map.size - 1);
+    fs::write(
+        "/proc/sys/net/ipv4/ping_group_range",
+        format!("{first_gid} {last_gid}"),
+    )
+    .context(|| "set net.ipv4.ping_group_range".into())?;
+    let userns = userns::create(spec.id_map)?;
+
+    let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
+        .context(|| format!("listen on {}", spec.socket.display()))?;
+    let listener = OwnedFd::from(listener);
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty())
+        .context(|| "pass the listening socket on".into())?;
+    let envd = rustix::fs::open(
+        &spec.envd,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .context(|| format!("open envd ({})", spec.envd.display()))?;
+    let mut argv = vec!["wrenn-envd".to_owned()];
+    argv.extend(spec.envd_args.iter().cloned());
+    argv.push("--listen-fd".to_owned());
+    argv.push(listener.as_raw_fd().to_string());
+    let argv = c_strings(argv)?;
+    let envp = c_strings(spec.env.iter().map(|(k, v)| format!("{k}={v}")))?;
+
+    let root = mounts::root_filesystem(spec, userns.as_fd())?;
+    mounts::capsule_filesystems(&root, spec)?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).context(|| "set the hostname".into())?;
+    mounts::pivot_into(&root)?;
+
+    userns::enter(userns.as_fd())?;
+    drop(userns);
+    caps::drop_to_bounding_set()?;
+    seccomp::install(&filter)?;
+    // Credential changes cleared it; envd must still die with the outer process.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context(|| "set the parent-death signal".into())?;
+    let err = execveat(envd.as_fd(), &argv, &envp);
+    Err(InitError::new(
+        format!("exec envd ({})", spec.envd.display()),
+        err,
+    ))
+}
+
+fn c_strings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, InitError> {
+    items
+        .into_iter()
+        .map(|s| CString::new(s).map_err(|_| InitError::invalid("a NUL byte in envd's command")))
+        .collect()
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`; returns only on failure.
+#[allow(unsafe_code)]
+fn execveat(
+    program: std::os::fd::BorrowedFd<'_>,
+    argv: &[CString],
+    envp: &[CString],
+) -> std::io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: both arrays are NULL-terminated arrays of pointers to NUL-terminated
+    // strings that outlive the call; the path is an empty NUL-terminated string.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            program.as_raw_fd(),
+            c"".as_ptr(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    std::io::Error::last_os_error()
+}

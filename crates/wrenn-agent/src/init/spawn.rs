@@ -1,0 +1,83 @@
+//! Starting a capsule: the agent's side (one `posix_spawn` of the init program) and the
+//! init program's outer process, which enters the capsule's namespaces, forks the
+//! capsule's PID 1 and mirrors its exit, like `unshare --fork --kill-child`.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use rustix::thread::UnshareFlags;
+
+use super::userns;
+use super::{Context, INIT_ARG, InitError, InitSpec};
+
+/// The namespaces the outer process unshares (after joining the capsule's network
+/// namespace). Its next child is PID 1 of the new pid namespace.
+const NEW_NAMESPACES: UnshareFlags = UnshareFlags::NEWNS
+    .union(UnshareFlags::NEWUTS)
+    .union(UnshareFlags::NEWIPC)
+    .union(UnshareFlags::NEWPID);
+
+/// The command that starts a capsule: `program INIT_ARG '<spec as JSON>'` with a clean
+/// environment. Nothing runs between `fork` and `exec`, so the standard library spawns
+/// it with `posix_spawn` (no copy of the agent's page tables).
+pub(crate) fn init_command(
+    program: &Path,
+    spec: &InitSpec,
+) -> Result<tokio::process::Command, serde_json::Error> {
+    let spec_json = serde_json::to_string(spec)?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg(INIT_ARG)
+        .arg(OsStr::new(&spec_json))
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    Ok(command)
+}
+
+/// Joins the network namespace at `netns` (`/run/netns/…`) and unshares the mount, UTS,
+/// IPC and pid namespaces — all owned by the host's initial user namespace; the
+/// capsule's own user namespace is made and joined later, by PID 1. The caller must be
+/// single-threaded.
+#[allow(unsafe_code)]
+pub(super) fn enter_namespaces(netns: &Path) -> Result<(), InitError> {
+    let fd = std::fs::File::open(netns)
+        .context(|| format!("open the network namespace {}", netns.display()))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&fd),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .context(|| format!("join the network namespace {}", netns.display()))?;
+    // SAFETY: the init step is single-threaded, so no thread can observe an unshared
+    // descriptor table (and `CLONE_FILES` is not among the flags anyway).
+    unsafe { rustix::thread::unshare_unsafe(NEW_NAMESPACES) }
+        .context(|| "unshare the mount, UTS, IPC and pid namespaces".into())
+}
+
+/// The outer process of the init program: forks the capsule's PID 1 (which returns
+/// `Ok(())` from here and goes on with the set-up) and, in the parent, waits for it and
+/// exits with its status (`128 + signal` if it was killed). PID 1 gets `SIGKILL` if
+/// this process dies.
+pub(super) fn fork_pid1() -> Result<(), InitError> {
+    let pid = userns::fork().map_err(|e| InitError::new("fork PID 1", e))?;
+    if pid == 0 {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .context(|| "set the parent-death signal".into())?;
+        return Ok(());
+    }
+    let code = match userns::reap(pid) {
+        Some(status) => {
+            if let Some(code) = status.exit_status() {
+                code
+            } else if let Some(signal) = status.terminating_signal() {
+                128 + signal
+            } else {
+                1
+            }
+        }
+        None => 1,
+    };
+    userns::exit_now(code)
+}
