@@ -226,3 +226,34 @@ pub fn wait_released(number: u32, file: &Path, timeout: Duration) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_below_the_minimum_are_refused() {
+        let err = check_size(MIN_SIZE_MB - 1, Path::new("/")).unwrap_err();
+        assert!(matches!(err, DiskError::TooSmall { size_mb } if size_mb == MIN_SIZE_MB - 1));
+        assert!(err.to_string().contains("minimum of 64 MiB"), "{err}");
+    }
+
+    #[test]
+    fn sizes_above_the_free_space_are_refused() {
+        let err = check_size(u32::MAX, Path::new("/")).unwrap_err();
+        assert!(
+            matches!(err, DiskError::NoSpace { size_mb, free_mb } if size_mb == u32::MAX && free_mb < u64::from(u32::MAX)),
+            "{err}"
+        );
+        check_size(MIN_SIZE_MB, Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_io_error_naming_it() {
+        let err = check_size(MIN_SIZE_MB, Path::new("/nonexistent/wrenn-disk")).unwrap_err();
+        assert!(
+            matches!(&err, DiskError::Io { context, .. } if context.contains("/nonexistent/wrenn-disk"))
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}

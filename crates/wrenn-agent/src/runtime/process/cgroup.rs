@@ -632,3 +632,23 @@ pub fn kill_pid(pid: i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_max_lines_name_the_device_and_write_max_for_unlimited() {
+        let limits = IoLimits {
+            weight: 100,
+            read_bps: Some(1024),
+            write_bps: None,
+            read_iops: Some(10),
+            write_iops: None,
+        };
+        assert_eq!(
+            limits.io_max_line(7, 3),
+            "7:3 rbps=1024 wbps=max riops=10 wiops=max"
+        );
+    }
+}

@@ -14,34 +14,47 @@
 //!   joins the cgroups, builds the root filesystem, sets the hostname to the sandbox id,
 //!   `pivot_root`s, drops capabilities and `exec`s envd, which therefore is PID 1.
 //! - **Root filesystem**: overlayfs, lower = the template's layers ([`template`]; the
-//!   built-in template is the host's `/`), upper + work = `sandboxes/{id}/upper` and
-//!   `sandboxes/{id}/work`, mounted at `sandboxes/{id}/rootfs` inside the sandbox's mount
-//!   namespace only (the host never sees it, and it vanishes with the sandbox's last
-//!   process). Nothing a sandbox writes reaches the host. Private `/proc`, `/sys`
+//!   built-in template is the host's `/`), upper + work = `disk/upper` and `disk/work`
+//!   of the sandbox's **disk**, mounted at `sandboxes/{id}/rootfs` inside the sandbox's
+//!   mount namespace only (the host never sees it, and it vanishes with the sandbox's
+//!   last process). Nothing a sandbox writes reaches the host.
+//! - **Disk** ([`crate::disk`]): a sparse ext4 file of `disk_size_mb`
+//!   (`sandboxes/{id}/disk.ext4`) on a loop device (direct I/O, autoclear), mounted
+//!   `nodev` at `sandboxes/{id}/disk`. `df /` inside shows its size; writes past it fail
+//!   with `ENOSPC`. Disks of [`ProcessRuntimeOptions::disk_pool_size_mb`] come ready
+//!   from a pool (a rename and a `move_mount`); other sizes are formatted on demand. Private `/proc`, `/sys`
 //!   (read-only), `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`; the agent's
 //!   `$WRENN_DIR` is hidden.
 //! - **envd**: listens on `/run/wrenn/envd.sock`, which is the host's
 //!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`]).
 //! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
-//!   limit; pause = freezer.
+//!   limit, I/O limits on the disk's device ([`ProcessRuntimeOptions::io`]); pause =
+//!   freezer.
 //! - **Network**: [`net`] — a /30 per sandbox from `10.200.0.0/16` by default, veth +
 //!   default route + MASQUERADE; `host_ip` is the sandbox's `eth0` address.
 //!
 //! # On disk
 //!
 //! ```text
-//! sandboxes/{id}/upper/  work/  rootfs/  run/envd.sock  envd.log
-//! snapshots/{id}/upper/  sandbox.json                       (hibernated)
-//! images/teams/{team}/{template}/template.json  layers/N/   (snapshots → templates)
+//! sandboxes/{id}/disk.ext4  disk/{upper,work}/  rootfs/  run/envd.sock  envd.log
+//! snapshots/{id}/disk.ext4  sandbox.json                      (hibernated)
+//! images/teams/{team}/{template}/template.json  layers/N/     (snapshots → templates)
+//! disks/pool/{random}.ext4                                    (ready disks)
 //! ```
 //!
-//! Hibernate kills the processes (memory is freed), removes network and cgroups and
-//! *renames* the upper layer into `snapshots/{id}/` (no copy); restore renames it back
-//! and starts a fresh sandbox on it: files survive, processes do not. Snapshot copies
-//! the upper layer into a new layered template (see [`template`]).
+//! Hibernate kills the processes (memory is freed), removes network and cgroups,
+//! unmounts the disk, waits until its loop device is unbound and *renames*
+//! `disk.ext4` into `snapshots/{id}/` (no copy); restore renames it back, mounts it and
+//! starts a fresh sandbox on it: files survive, processes do not. A sandbox
+//! hibernated before disks existed (a plain `snapshots/{id}/upper/`) is restored by
+//! copying that directory into a new disk of the requested size. Snapshot copies
+//! `disk/upper` into a new layered template (see [`template`]). Destroy unmounts the
+//! disk and deletes its file; the loop device unbinds itself. Sweep also unmounts
+//! and unbinds disks under `$WRENN_DIR` of sandboxes it does not keep — never other
+//! mounts or loop devices.
 //!
 //! Create costs a few `ip` invocations, cgroup writes, one `nsenter`/`unshare` and
-//! envd's start; nothing is copied.
+//! envd's start, plus a pooled disk (rename + `move_mount`); nothing is copied.
 
 pub mod cgroup;
 pub mod net;
@@ -1228,5 +1241,29 @@ impl Runtime for ProcessRuntime {
             }
         }
         Ok(cleaned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_under_sandboxes_or_snapshots_name_their_sandbox() {
+        let id = SandboxId::new();
+        let parents = [PathBuf::from("/w/sandboxes"), PathBuf::from("/w/snapshots")];
+        let disk = PathBuf::from(format!("/w/sandboxes/{id}/disk.ext4"));
+        assert_eq!(sandbox_of(&disk, &parents), Some(id));
+        let saved = PathBuf::from(format!("/w/snapshots/{id}/disk.ext4"));
+        assert_eq!(sandbox_of(&saved, &parents), Some(id));
+        assert_eq!(
+            sandbox_of(Path::new("/w/disks/pool/a.ext4"), &parents),
+            None
+        );
+        assert_eq!(
+            sandbox_of(Path::new("/w/sandboxes/not-an-id/x"), &parents),
+            None
+        );
+        assert_eq!(sandbox_of(Path::new("/other/sandboxes/x"), &parents), None);
     }
 }
