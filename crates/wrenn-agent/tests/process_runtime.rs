@@ -1255,6 +1255,52 @@ async fn disk_timings_attach_mount_and_format() {
         percentile(&unmount, 0.5),
         percentile(&unmount, 0.99)
     ));
+
+    // A pooled disk: what create pays (rename + move_mount).
+    let pool_dir = dir.path().join("pool");
+    let pool = disk::pool::DiskPool::start(&pool_dir, &mkfs, 20 * 1024, 4).unwrap();
+    assert!(wait_until(|| pool.ready() == 4), "the pool never filled");
+    let mut handout = Vec::new();
+    for i in 0..4 {
+        let place = dir.path().join(format!("sb{i}"));
+        std::fs::create_dir(&place).unwrap();
+        let started = Instant::now();
+        let pooled = pool.take().unwrap();
+        std::fs::rename(&pooled.file, place.join(disk::DISK_FILE)).unwrap();
+        pooled.disk.place(&place).unwrap();
+        handout.push(started.elapsed());
+        assert!(place.join("upper").is_dir());
+        disk::unmount(&place).unwrap();
+    }
+    handout.sort();
+    report.push(format!(
+        "pooled disk handout (rename + move_mount): p50 {:?} max {:?}",
+        percentile(&handout, 0.5),
+        handout[handout.len() - 1]
+    ));
+    assert!(wait_until(|| pool.ready() == 4), "the pool did not refill");
+    let refills = pool.refill_times();
+    report.push(format!("pool refill per 20 GiB disk: {refills:?}"));
+    drop(pool);
+    assert!(wait_until(|| loops_under(dir.path()).is_empty()));
     eprintln!("{}", report.join("\n"));
     assert!(percentile(&attach, 0.5) < Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_a_restored_sandbox_snapshots_into_a_template_new_capsules_see() {
+    let host_env = Host::new().await;
+    let sb = host_env.sandbox().await;
+    sb.ok("echo restored > /root/note").await;
+    host_env.runtime.hibernate(&sb.instance).await.unwrap();
+    let instance = host_env.runtime.restore(&sb.config).await.unwrap();
+    let team = TeamId::new();
+    let template = TemplateId::new();
+    host_env
+        .runtime
+        .snapshot(&instance, team, template)
+        .await
+        .unwrap();
+    let child = host_env.sandbox_from(team, template).await;
+    assert_eq!(child.ok("cat /root/note").await, "restored\n");
 }

@@ -1,6 +1,6 @@
 //! Making and measuring ext4 filesystems in sparse files.
 //!
-//! [`format`] runs `mkfs.ext4` (e2fsprogs) on a sparse file with what makes it cheap
+//! [`format()`] runs `mkfs.ext4` (e2fsprogs) on a sparse file with what makes it cheap
 //! to create and quick to mount: no journal (a sandbox's disk never outlives a host
 //! crash — leftovers are swept — and hibernation unmounts cleanly first, so the
 //! journal would only double every metadata write), no reserved blocks (the sandbox
