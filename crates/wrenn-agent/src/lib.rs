@@ -22,6 +22,7 @@
 //!   [`init`]: the sandbox init step of the process runtime.
 
 pub mod conntrack;
+pub mod disk;
 pub mod envd;
 pub mod error;
 pub mod events;

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+use wrenn_agent::disk;
 use wrenn_agent::image::{BuiltImage, ImageRef};
-use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+use wrenn_agent::runtime::process::cgroup::{IoLimits, SandboxCgroup};
+use wrenn_agent::runtime::process::{self, ProcessRuntime, ProcessRuntimeOptions, template};
 use wrenn_agent::runtime::{EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
@@ -92,9 +94,16 @@ struct Host {
 
 impl Host {
     async fn new() -> Self {
+        Self::with(ProcessRuntimeOptions::default()).await
+    }
+
+    async fn with(mut opts: ProcessRuntimeOptions) -> Self {
+        if opts.base_image.is_none() {
+            opts.base_image = options().await.base_image;
+        }
         let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
         let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-        let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options().await)
+        let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, opts)
             .await
             .expect("the process runtime needs root, cgroups and overlayfs");
         Self {
@@ -356,7 +365,7 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_image() {
             host_env
                 .layout()
                 .sandbox_dir(id)
-                .join(format!("upper/etc/wrenn-{id}"))
+                .join(format!("disk/upper/etc/wrenn-{id}"))
         )
         .unwrap(),
         "sandbox\n",
@@ -389,7 +398,7 @@ async fn a_sandbox_runs_envd_as_pid_1_on_a_private_overlay_of_the_image() {
         !host_env
             .layout()
             .sandbox_dir(id)
-            .join("upper/tmp/scratch")
+            .join("disk/upper/tmp/scratch")
             .exists(),
         "/tmp is a tmpfs"
     );
@@ -429,7 +438,7 @@ async fn pause_freezes_the_sandbox_and_resume_continues_with_its_memory() {
     let counter = host_env
         .layout()
         .sandbox_dir(sb.id())
-        .join("upper/root/counter");
+        .join("disk/upper/root/counter");
     // A shell whose loop variable lives only in memory.
     sb.ok("sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/next; mv /root/next /root/counter; sleep 0.01; done' >/dev/null 2>&1 &")
         .await;
@@ -496,8 +505,9 @@ async fn hibernate_frees_the_sandbox_and_restore_brings_back_its_files() {
         host_env
             .layout()
             .snapshot_dir(id)
-            .join("upper/root/work/note")
-            .is_file()
+            .join("disk.ext4")
+            .is_file(),
+        "the disk moved into the snapshot"
     );
     // Hibernated state survives an agent restart.
     let restarted = host_env.restarted().await;
@@ -801,6 +811,10 @@ async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
     );
     let id = config.id;
     assert!(!runtime.layout().sandbox_dir(id).exists());
+    assert!(
+        wait_until(|| loops_under(&runtime.layout().sandbox_dir(id)).is_empty()),
+        "the disk's loop device was left bound"
+    );
     assert!(!runtime.sandbox_cgroup(id).exists());
     assert!(
         !Path::new("/run/netns")
@@ -934,4 +948,535 @@ async fn default_image_is_required_and_templates_on_the_host_root_are_refused() 
         );
         assert!(!host_env.layout().sandbox_dir(config.id).exists());
     }
+}
+
+// ---- Disks: the writable layer lives on a sized ext4 file on a loop device ----
+
+const MIB: u64 = 1024 * 1024;
+
+/// Loop devices bound to files under `dir` (canonical, as the kernel names them).
+fn loops_under(dir: &Path) -> Vec<disk::loopdev::Bound> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    disk::loopdev::bound_under(&dir).unwrap()
+}
+
+/// Mounts at or under `dir`.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    disk::mount::mounts_under(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// Polls `check` for up to 5 s (loop devices unbind themselves asynchronously).
+fn wait_until(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn sized(mut config: SandboxConfig, disk_size_mb: u32) -> SandboxConfig {
+    config.disk_size_mb = disk_size_mb;
+    config
+}
+
+/// `df -B1 /` inside: (size, used) in bytes.
+async fn df_root(sb: &Sandbox) -> (u64, u64) {
+    let out = sb.ok("df -B1 / | tail -n 1").await;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    (fields[1].parse().unwrap(), fields[2].parse().unwrap())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_df_shows_its_size_and_writes_past_it_fail_with_enospc_without_touching_the_host() {
+    let host_env = Host::new().await;
+    let config = sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), 128);
+    let mut sb = Sandbox::guard(&host_env.runtime, config.clone());
+    sb.instance = host_env.runtime.create(&config).await.unwrap();
+
+    let (size, _) = df_root(&sb).await;
+    assert!(
+        size > 112 * MIB && size <= 128 * MIB,
+        "df / shows {size} bytes for a 128 MiB disk"
+    );
+    let (out, code) = sb
+        .sh("dd if=/dev/zero of=/root/big bs=1M count=256 2>&1; echo dd=$?")
+        .await;
+    assert_ne!(code, 1, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(!out.contains("dd=0"), "{out}");
+    let written = sb.ok("stat -c %s /root/big").await;
+    let written: u64 = written.trim().parse().unwrap();
+    assert!(written > 100 * MIB && written <= 128 * MIB, "{written}");
+
+    // The host file never grows past the disk's size.
+    let file = host_env.layout().sandbox_dir(sb.id()).join(disk::DISK_FILE);
+    let allocated =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap()) * 512;
+    assert!(
+        allocated <= 128 * MIB,
+        "{allocated} bytes allocated on the host"
+    );
+    let stats = host_env.runtime.stats(&sb.instance).await.unwrap();
+    assert!(
+        stats.disk_bytes >= written && stats.disk_bytes <= 128 * MIB,
+        "disk_bytes {} for {written} written",
+        stats.disk_bytes
+    );
+
+    // Freeing space makes the disk usable again.
+    sb.ok("rm /root/big && echo fine > /root/after").await;
+    assert_eq!(sb.ok("cat /root/after").await, "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_sizes_below_the_minimum_or_above_the_free_space_are_refused_before_anything_exists() {
+    let host_env = Host::new().await;
+    for size in [0, 32, disk::MIN_SIZE_MB - 1, u32::MAX] {
+        let config = sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), size);
+        let err = host_env.runtime.create(&config).await.unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::FailedPrecondition(m) if m.contains("disk_size_mb")),
+            "{size}: {err}"
+        );
+        let dir = host_env.layout().sandbox_dir(config.id);
+        assert!(!dir.exists());
+        assert!(loops_under(&dir).is_empty());
+        assert!(!host_env.runtime.sandbox_cgroup(config.id).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_files_survive_hibernate_and_restore_on_the_same_disk() {
+    let host_env = Host::new().await;
+    let sb = host_env.sandbox().await;
+    let id = sb.id();
+    sb.ok("echo kept > /root/on-disk && chmod 4755 /root/on-disk")
+        .await;
+    let (size_before, _) = df_root(&sb).await;
+    let sandbox_dir = host_env.layout().sandbox_dir(id);
+
+    host_env.runtime.hibernate(&sb.instance).await.unwrap();
+    assert!(mounts_under(&sandbox_dir).is_empty());
+    assert!(
+        loops_under(&sandbox_dir).is_empty(),
+        "the device is unbound"
+    );
+    let saved = host_env.layout().snapshot_dir(id).join(disk::DISK_FILE);
+    assert!(saved.is_file());
+    assert!(loops_under(&host_env.layout().snapshot_dir(id)).is_empty());
+
+    let instance = host_env.runtime.restore(&sb.config).await.unwrap();
+    assert_eq!(
+        run(&instance, "cat /root/on-disk").await,
+        ("kept\n".into(), 0)
+    );
+    assert_eq!(
+        run(&instance, "stat -c %a /root/on-disk").await,
+        ("4755\n".into(), 0),
+        "set-uid bits survive (the disk is not nosuid)"
+    );
+    let (out, _) = run(&instance, "df -B1 / | tail -n 1").await;
+    let size_after: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(size_after, size_before);
+    assert!(!saved.exists());
+    assert_eq!(
+        mounts_under(&sandbox_dir).len(),
+        1,
+        "the disk is mounted again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_snapshot_copies_the_disk_upper_into_a_template_new_capsules_see() {
+    let host_env = Host::new().await;
+    let team = TeamId::new();
+    let template = TemplateId::new();
+    let original = host_env.sandbox().await;
+    original.ok("echo layered > /root/from-disk").await;
+    host_env
+        .runtime
+        .snapshot(&original.instance, team, template)
+        .await
+        .unwrap();
+    let child = host_env.sandbox_from(team, template).await;
+    assert_eq!(child.ok("cat /root/from-disk").await, "layered\n");
+    child.ok("echo child > /root/from-disk").await;
+    assert_eq!(original.ok("cat /root/from-disk").await, "layered\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_destroy_leaves_no_loop_device_mount_or_file() {
+    let host_env = Host::new().await;
+    let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+    let instance = host_env.runtime.create(&config).await.unwrap();
+    let id = instance.id;
+    let dir = host_env.layout().sandbox_dir(id);
+    let device = host_env.runtime.disk_device(id).unwrap();
+    assert_eq!(
+        disk::loopdev::backing_file(device.number),
+        Some(dir.canonicalize().unwrap().join(disk::DISK_FILE))
+    );
+    assert_eq!(
+        mounts_under(&dir),
+        vec![dir.canonicalize().unwrap().join(disk::MOUNT_DIR)]
+    );
+
+    let started = Instant::now();
+    host_env.runtime.destroy(id).await.unwrap();
+    eprintln!("destroy took {:?}", started.elapsed());
+    assert!(!dir.exists());
+    assert!(mounts_under(&dir).is_empty());
+    assert!(
+        wait_until(|| loops_under(&dir).is_empty()),
+        "loop device still bound: {:?}",
+        loops_under(&dir)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_sweep_after_a_crash_cleans_our_leftover_mounts_and_loop_devices_only() {
+    let host_env = Host::new().await;
+    let running = host_env.sandbox().await;
+    let kept = host_env.sandbox().await;
+
+    // A crash halfway through a removal: a disk bound (without autoclear) and mounted
+    // in a sandbox directory that is no longer listed as a sandbox.
+    let half = SandboxId::new();
+    let half_dir = host_env.layout().sandbox_dir(half);
+    let stray = half_dir.join(disk::DISK_FILE);
+    std::fs::create_dir_all(half_dir.join(disk::MOUNT_DIR)).unwrap();
+    std::fs::copy(
+        host_env
+            .layout()
+            .sandbox_dir(running.id())
+            .join(disk::DISK_FILE),
+        &stray,
+    )
+    .unwrap_or_default();
+    // Someone else's loop device and mount, outside `$WRENN_DIR`.
+    let foreign = tempfile::Builder::new()
+        .prefix("disk-helper-foreign")
+        .tempdir()
+        .unwrap();
+    let foreign_file = foreign.path().join("other.img");
+    let foreign_mount = foreign.path().join("mnt");
+    std::fs::create_dir(&foreign_mount).unwrap();
+    for (file, mount) in [
+        (&stray, half_dir.join(disk::MOUNT_DIR)),
+        (&foreign_file, foreign_mount.clone()),
+    ] {
+        let _ = std::fs::remove_file(file);
+        let ok = Command::new("truncate")
+            .arg("-s64M")
+            .arg(file)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(file)
+                .status()
+                .unwrap()
+                .success()
+            && Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(file)
+                .arg(&mount)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "setting up {}", file.display());
+    }
+    std::fs::remove_dir_all(&half_dir).unwrap_or_default();
+    assert_eq!(loops_under(&half_dir).len(), 1);
+    let foreign_loops = loops_under(foreign.path());
+    assert_eq!(foreign_loops.len(), 1);
+
+    // A new agent knows nothing of `running`.
+    let restarted = host_env.restarted().await;
+    let swept = restarted.sweep(&[kept.id()]).await.unwrap();
+    assert!(
+        swept.contains(&running.id()) && swept.contains(&half),
+        "{swept:?}"
+    );
+    assert!(!swept.contains(&kept.id()));
+    for id in [running.id(), half] {
+        let dir = host_env.layout().sandbox_dir(id);
+        assert!(mounts_under(&dir).is_empty(), "{id}");
+        assert!(
+            wait_until(|| loops_under(&dir).is_empty()),
+            "{id}: {:?}",
+            loops_under(&dir)
+        );
+    }
+    assert_eq!(
+        kept.ok("echo still here > /root/x && cat /root/x").await,
+        "still here\n"
+    );
+    assert_eq!(
+        mounts_under(&host_env.layout().sandbox_dir(kept.id())).len(),
+        1
+    );
+
+    // Other people's devices and mounts are untouched.
+    assert_eq!(loops_under(foreign.path()), foreign_loops);
+    assert_eq!(mounts_under(&foreign_mount).len(), 1);
+    assert!(
+        Command::new("umount")
+            .arg(&foreign_mount)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_until(|| loops_under(foreign.path()).is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_pool_hands_out_ready_disks_and_refills_in_the_background() {
+    let host_env = Host::with(ProcessRuntimeOptions {
+        disk_pool_size_mb: 1024,
+        disk_pool_depth: 2,
+        ..Default::default()
+    })
+    .await;
+    let pool = host_env.runtime.disk_pool().unwrap();
+    assert!(wait_until(|| pool.ready() == 2), "the pool never filled");
+    let refills_before = pool.refill_times().len();
+
+    let mut sandboxes = Vec::new();
+    for _ in 0..3 {
+        let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+        let mut sb = Sandbox::guard(&host_env.runtime, config.clone());
+        let started = Instant::now();
+        sb.instance = host_env.runtime.create(&config).await.unwrap();
+        eprintln!("create with a 1 GiB disk took {:?}", started.elapsed());
+        let (size, _) = df_root(&sb).await;
+        assert!(size > 1000 * MIB && size <= 1024 * MIB, "{size}");
+        sandboxes.push(sb);
+    }
+    // Taken disks are replaced (the third create may have been served by a refill or
+    // formatted on demand).
+    assert!(wait_until(|| pool.ready() == 2), "the pool did not refill");
+    let refills = pool.refill_times();
+    assert!(refills.len() >= refills_before + 2, "{refills:?}");
+    eprintln!("pool refill times (format + bind + mount): {refills:?}");
+    // The pool's files live in its own directory, not among the sandboxes.
+    let pool_files = std::fs::read_dir(process::disk_pool_dir(host_env.layout()))
+        .unwrap()
+        .count();
+    assert_eq!(pool_files, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_io_limits_are_set_on_the_capsule_device() {
+    let io = IoLimits {
+        weight: 300,
+        read_bps: Some(50 * MIB),
+        write_bps: Some(20 * MIB),
+        read_iops: Some(3000),
+        write_iops: None,
+    };
+    let host_env = Host::with(ProcessRuntimeOptions {
+        io,
+        ..Default::default()
+    })
+    .await;
+    let sb = host_env.sandbox().await;
+    let device = host_env.runtime.disk_device(sb.id()).unwrap();
+    let dev = format!("{}:{}", device.major, device.minor);
+    assert_eq!(sb.instance.metadata.get("disk_device"), Some(&dev));
+    match host_env.runtime.sandbox_cgroup(sb.id()) {
+        SandboxCgroup::V1 {
+            blkio: Some(blkio), ..
+        } => {
+            let read = |f: &str| std::fs::read_to_string(blkio.join(f)).unwrap();
+            assert_eq!(
+                read("blkio.throttle.read_bps_device"),
+                format!("{dev} {}\n", 50 * MIB)
+            );
+            assert_eq!(
+                read("blkio.throttle.write_bps_device"),
+                format!("{dev} {}\n", 20 * MIB)
+            );
+            assert_eq!(
+                read("blkio.throttle.read_iops_device"),
+                format!("{dev} 3000\n")
+            );
+            assert_eq!(
+                read("blkio.throttle.write_iops_device"),
+                "",
+                "None = no rule"
+            );
+            if blkio.join("blkio.weight").exists() {
+                assert_eq!(read("blkio.weight"), "300\n");
+            }
+            // The sandbox's processes are in that cgroup, so its direct I/O is throttled.
+            let mut procs: Vec<i32> = read("cgroup.procs")
+                .lines()
+                .map(|p| p.parse().unwrap())
+                .collect();
+            procs.sort();
+            let mut all = host_env.runtime.sandbox_cgroup(sb.id()).pids();
+            all.sort();
+            assert!(!procs.is_empty());
+            assert_eq!(procs, all);
+            let (out, _) = sb
+                .sh("dd if=/dev/zero of=/root/d bs=1M count=40 oflag=direct 2>&1 | tail -n 1")
+                .await;
+            eprintln!("direct write of 40 MiB at 20 MiB/s: {out}");
+            let secs: f64 = out
+                .split(',')
+                .nth(1)
+                .and_then(|s| s.trim().split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("dd output: {out}"));
+            assert!(secs >= 1.5, "40 MiB at 20 MiB/s took {secs} s");
+        }
+        SandboxCgroup::V2 { dir } => {
+            let max = std::fs::read_to_string(dir.join("io.max")).unwrap();
+            assert!(max.contains(&dev), "{max}");
+        }
+        other => panic!("no I/O controller: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_a_sandbox_hibernated_before_disks_restores_into_a_new_disk() {
+    let host_env = Host::new().await;
+    let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+    let snapshot = host_env.layout().snapshot_dir(config.id);
+    std::fs::create_dir_all(snapshot.join("upper/root")).unwrap();
+    std::fs::write(snapshot.join("upper/root/old-note"), "from before\n").unwrap();
+    template::write_record(
+        &snapshot,
+        &template::HibernationRecord {
+            config: (&config).into(),
+            hibernated_at: "2026-01-01T00:00:00Z".into(),
+            image: None,
+        },
+    )
+    .unwrap();
+    let mut sb = Sandbox::guard(&host_env.runtime, config.clone());
+    sb.instance = host_env.runtime.restore(&config).await.unwrap();
+    assert_eq!(sb.ok("cat /root/old-note").await, "from before\n");
+    let (size, _) = df_root(&sb).await;
+    assert!(size <= u64::from(config.disk_size_mb) * MIB, "{size}");
+    assert!(!snapshot.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_timings_attach_mount_and_format() {
+    let dir = tempfile::Builder::new()
+        .prefix("wr-disk")
+        .tempdir()
+        .unwrap();
+    let mkfs = disk::ext4::find_mkfs().unwrap();
+    let mut report = Vec::new();
+    for gib in [1u32, 5, 20] {
+        let file = dir.path().join(format!("{gib}.ext4"));
+        let started = Instant::now();
+        disk::ext4::format(&mkfs, &file, disk::size_bytes(gib * 1024))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let allocated =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap()) * 512;
+        report.push(format!(
+            "mkfs {gib} GiB: {took:?} ({} KiB allocated)",
+            allocated / 1024
+        ));
+    }
+    let file = dir.path().join("20.ext4");
+    let target = dir.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let (mut attach, mut unmount) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let started = Instant::now();
+        let device = disk::MountedDisk::open(&file)
+            .unwrap()
+            .place(&target)
+            .unwrap();
+        attach.push(started.elapsed());
+        assert!(device.direct_io, "loop device without direct I/O");
+        let usage = disk::ext4::usage(&target).unwrap();
+        assert!(usage.total_bytes > 19 * 1024 * MIB, "{usage:?}");
+        assert!(target.join("upper").is_dir() && target.join("work").is_dir());
+        let started = Instant::now();
+        disk::unmount(&target).unwrap();
+        disk::wait_released(device.number, &file, Duration::from_secs(5)).unwrap();
+        unmount.push(started.elapsed());
+    }
+    attach.sort();
+    unmount.sort();
+    report.push(format!(
+        "attach+mount (20 GiB, in-process): p50 {:?} p99 {:?}",
+        percentile(&attach, 0.5),
+        percentile(&attach, 0.99)
+    ));
+    report.push(format!(
+        "unmount+unbind: p50 {:?} p99 {:?}",
+        percentile(&unmount, 0.5),
+        percentile(&unmount, 0.99)
+    ));
+
+    // A pooled disk: what create pays (rename + move_mount).
+    let pool_dir = dir.path().join("pool");
+    let pool = disk::pool::DiskPool::start(&pool_dir, &mkfs, 20 * 1024, 4).unwrap();
+    assert!(wait_until(|| pool.ready() == 4), "the pool never filled");
+    let mut handout = Vec::new();
+    for i in 0..4 {
+        let place = dir.path().join(format!("sb{i}"));
+        std::fs::create_dir(&place).unwrap();
+        let started = Instant::now();
+        let pooled = pool.take().unwrap();
+        std::fs::rename(&pooled.file, place.join(disk::DISK_FILE)).unwrap();
+        pooled.disk.place(&place).unwrap();
+        handout.push(started.elapsed());
+        assert!(place.join("upper").is_dir());
+        disk::unmount(&place).unwrap();
+    }
+    handout.sort();
+    report.push(format!(
+        "pooled disk handout (rename + move_mount): p50 {:?} max {:?}",
+        percentile(&handout, 0.5),
+        handout[handout.len() - 1]
+    ));
+    assert!(wait_until(|| pool.ready() == 4), "the pool did not refill");
+    let refills = pool.refill_times();
+    report.push(format!("pool refill per 20 GiB disk: {refills:?}"));
+    drop(pool);
+    assert!(wait_until(|| loops_under(dir.path()).is_empty()));
+    eprintln!("{}", report.join("\n"));
+    assert!(percentile(&attach, 0.5) < Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_a_restored_sandbox_snapshots_into_a_template_new_capsules_see() {
+    let host_env = Host::new().await;
+    let sb = host_env.sandbox().await;
+    sb.ok("echo restored > /root/note").await;
+    host_env.runtime.hibernate(&sb.instance).await.unwrap();
+    let instance = host_env.runtime.restore(&sb.config).await.unwrap();
+    let team = TeamId::new();
+    let template = TemplateId::new();
+    host_env
+        .runtime
+        .snapshot(&instance, team, template)
+        .await
+        .unwrap();
+    let child = host_env.sandbox_from(team, template).await;
+    assert_eq!(child.ok("cat /root/note").await, "restored\n");
 }

@@ -6,12 +6,21 @@
 //! - **v2** is used when a `cgroup2` mount offers the `cpu`, `memory` and `pids`
 //!   controllers. Sandbox `{id}` gets `<mount>/<parent>/{id}` with `cpu.max`
 //!   (`vcpus × period`), `memory.max` (+ `memory.swap.max = 0`), `pids.max`;
-//!   pause writes `cgroup.freeze`.
+//!   pause writes `cgroup.freeze`. When the hierarchy offers the `io` controller, the
+//!   sandbox's disk device gets `io.max` (bytes and IOs per second) and `io.weight`
+//!   (where the kernel has it: BFQ or `io.cost`). Untested on the hosts we run CI on,
+//!   which are v1.
 //! - **v1** otherwise, when the `cpu`, `cpuacct`, `memory`, `pids` and `freezer`
 //!   hierarchies are all mounted: `<hierarchy>/<parent>/{id}` in each, with
 //!   `cpu.cfs_quota_us = vcpus × cpu.cfs_period_us`, `memory.limit_in_bytes` (and
 //!   `memory.memsw.limit_in_bytes` when swap accounting exists), `pids.max`, and
-//!   `freezer.state` for pause; CPU time comes from `cpuacct.usage`.
+//!   `freezer.state` for pause; CPU time comes from `cpuacct.usage`. When the `blkio`
+//!   hierarchy is mounted too, the sandbox's disk device gets
+//!   `blkio.throttle.{read,write}_{bps,iops}_device`, and `blkio.weight` (or
+//!   `blkio.bfq.weight`) where the device's scheduler supports weights (BFQ). On v1
+//!   buffered writeback is issued by kernel flusher threads and is not charged to the
+//!   sandbox: the write limits bind direct and synchronous writes (and reads) only;
+//!   v2 attributes writeback to the cgroup that dirtied the pages.
 //!
 //! `<parent>` is [`ProcessRuntimeOptions::cgroup_parent`](super::ProcessRuntimeOptions)
 //! (`wrenn-sandboxes`), directly under each hierarchy's root, so it is stable across
@@ -45,6 +54,8 @@ pub enum CgroupDriver {
         pids: PathBuf,
         /// `freezer` (pause).
         freezer: PathBuf,
+        /// `blkio` (I/O limits), when mounted.
+        blkio: Option<PathBuf>,
     },
 }
 
@@ -121,6 +132,7 @@ impl CgroupDriver {
                 memory: memory.clone(),
                 pids: pids.clone(),
                 freezer: freezer.clone(),
+                blkio: find("blkio"),
             });
         }
         Err(format!(
@@ -149,12 +161,14 @@ impl CgroupDriver {
                 memory,
                 pids,
                 freezer,
+                blkio,
             } => SandboxCgroup::V1 {
                 cpu: cpu.join(parent).join(name),
                 cpuacct: cpuacct.join(parent).join(name),
                 memory: memory.join(parent).join(name),
                 pids: pids.join(parent).join(name),
                 freezer: freezer.join(parent).join(name),
+                blkio: blkio.as_ref().map(|b| b.join(parent).join(name)),
             },
         }
     }
@@ -212,7 +226,55 @@ pub enum SandboxCgroup {
         pids: PathBuf,
         /// In the `freezer` hierarchy.
         freezer: PathBuf,
+        /// In the `blkio` hierarchy, when it is mounted.
+        blkio: Option<PathBuf>,
     },
+}
+
+/// I/O limits of a sandbox on its disk's block device. `None` = unlimited.
+///
+/// The defaults are generous — they stop one sandbox from saturating the host's disk,
+/// not ordinary work: 1 GiB/s and 40 000 IOPS each way, weight 100 (the kernel's
+/// default; it only matters under contention, with a scheduler that honours weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Proportional weight, 1–10000 on v2 (`io.weight`); clamped to 10–1000 for v1
+    /// (`blkio.weight`).
+    pub weight: u16,
+    /// Read bytes per second.
+    pub read_bps: Option<u64>,
+    /// Write bytes per second.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+impl Default for IoLimits {
+    fn default() -> Self {
+        Self {
+            weight: 100,
+            read_bps: Some(1 << 30),
+            write_bps: Some(1 << 30),
+            read_iops: Some(40_000),
+            write_iops: Some(40_000),
+        }
+    }
+}
+
+impl IoLimits {
+    /// The v2 `io.max` line for device `major:minor`.
+    pub fn io_max_line(&self, major: u32, minor: u32) -> String {
+        let v = |l: Option<u64>| l.map_or_else(|| "max".to_owned(), |n| n.to_string());
+        format!(
+            "{major}:{minor} rbps={} wbps={} riops={} wiops={}",
+            v(self.read_bps),
+            v(self.write_bps),
+            v(self.read_iops),
+            v(self.write_iops)
+        )
+    }
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
@@ -267,7 +329,12 @@ impl SandboxCgroup {
                 memory,
                 pids,
                 freezer,
-            } => vec![cpu, cpuacct, memory, pids, freezer],
+                blkio,
+            } => {
+                let mut dirs: Vec<&Path> = vec![cpu, cpuacct, memory, pids, freezer];
+                dirs.extend(blkio.as_deref());
+                dirs
+            }
         }
     }
 
@@ -295,7 +362,14 @@ impl SandboxCgroup {
                     }
                     let subtree = level.join("cgroup.subtree_control");
                     let enabled = fs::read_to_string(&subtree).unwrap_or_default();
-                    for c in ["cpu", "memory", "pids"] {
+                    let available =
+                        fs::read_to_string(level.join("cgroup.controllers")).unwrap_or_default();
+                    // `io` is optional: without it the disk is still sized, not throttled.
+                    let io = available.split_whitespace().any(|c| c == "io");
+                    for c in ["cpu", "memory", "pids"]
+                        .into_iter()
+                        .chain(io.then_some("io"))
+                    {
                         if !enabled.split_whitespace().any(|e| e == c) {
                             write(&subtree, &format!("+{c}"))?;
                         }
@@ -331,6 +405,51 @@ impl SandboxCgroup {
                 }
                 write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
             }
+        }
+        Ok(())
+    }
+
+    /// Applies `limits` to block device `major:minor` (the sandbox's disk). A
+    /// hierarchy without I/O control (v1 without `blkio`, v2 without `io`) is left
+    /// alone; weights are written only where the kernel offers them.
+    pub fn set_io_limits(&self, major: u32, minor: u32, limits: &IoLimits) -> io::Result<()> {
+        match self {
+            Self::V2 { dir } => {
+                let max = dir.join("io.max");
+                if max.exists() {
+                    write(&max, &limits.io_max_line(major, minor))?;
+                }
+                let weight = dir.join("io.weight");
+                if weight.exists() {
+                    write(
+                        &weight,
+                        &format!("default {}", limits.weight.clamp(1, 10_000)),
+                    )?;
+                }
+            }
+            Self::V1 {
+                blkio: Some(blkio), ..
+            } => {
+                let weight = limits.weight.clamp(10, 1000).to_string();
+                for file in ["blkio.weight", "blkio.bfq.weight"] {
+                    let path = blkio.join(file);
+                    if path.exists() {
+                        write(&path, &weight)?;
+                    }
+                }
+                // 0 removes a rule, so "unlimited" is written as 0.
+                for (file, value) in [
+                    ("blkio.throttle.read_bps_device", limits.read_bps),
+                    ("blkio.throttle.write_bps_device", limits.write_bps),
+                    ("blkio.throttle.read_iops_device", limits.read_iops),
+                    ("blkio.throttle.write_iops_device", limits.write_iops),
+                ] {
+                    let path = blkio.join(file);
+                    let rule = format!("{major}:{minor} {}", value.unwrap_or(0));
+                    write(&path, &rule)?;
+                }
+            }
+            Self::V1 { blkio: None, .. } => {}
         }
         Ok(())
     }
@@ -511,5 +630,25 @@ impl SandboxCgroup {
 pub fn kill_pid(pid: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_max_lines_name_the_device_and_write_max_for_unlimited() {
+        let limits = IoLimits {
+            weight: 100,
+            read_bps: Some(1024),
+            write_bps: None,
+            read_iops: Some(10),
+            write_iops: None,
+        };
+        assert_eq!(
+            limits.io_max_line(7, 3),
+            "7:3 rbps=1024 wbps=max riops=10 wiops=max"
+        );
     }
 }

@@ -20,38 +20,51 @@
 //!   is PID 1.
 //! - **Root filesystem**: overlayfs, lower = the template's layers over an image
 //!   build's `rootfs/` ([`template`]; the built-in template is the image alone —
-//!   [`ProcessRuntimeOptions::base_image`], built by [`crate::image`]), upper + work = `sandboxes/{id}/upper` and
-//!   `sandboxes/{id}/work`, mounted at `sandboxes/{id}/rootfs` inside the sandbox's mount
-//!   namespace only (the host never sees it, and it vanishes with the sandbox's last
-//!   process). Every layer is idmapped, so files on disk are owned by capsule ids and
-//!   any layer works in any later capsule. Nothing a sandbox writes reaches the host.
-//!   Private `/proc`, `/sys` (read-only), `/dev`, `/dev/pts`, `/dev/shm` (sized), `/run`;
-//!   `/tmp` is the root filesystem's (on the capsule's disk) except over the host's
-//!   root, where a tmpfs hides the host's; the agent's `$WRENN_DIR` is hidden.
+//!   [`ProcessRuntimeOptions::base_image`], built by [`crate::image`]), upper + work =
+//!   `disk/upper` and `disk/work` of the sandbox's **disk**, mounted at
+//!   `sandboxes/{id}/rootfs` inside the sandbox's mount namespace only (the host never
+//!   sees it, and it vanishes with the sandbox's last process). Every layer is
+//!   idmapped, so files on disk are owned by capsule ids and any layer works in any
+//!   later capsule. Nothing a sandbox writes reaches the host. Private `/proc`, `/sys`
+//!   (read-only), `/dev`, `/dev/pts`, `/dev/shm` (sized), `/run`; `/tmp` is the root
+//!   filesystem's, on the capsule's disk.
+//! - **Disk** ([`crate::disk`]): a sparse ext4 file of `disk_size_mb`
+//!   (`sandboxes/{id}/disk.ext4`) on a loop device (direct I/O, autoclear), mounted
+//!   `nodev` at `sandboxes/{id}/disk`. `df /` inside shows its size; writes past it fail
+//!   with `ENOSPC`. Disks of [`ProcessRuntimeOptions::disk_pool_size_mb`] come ready
+//!   from a pool (a rename and a `move_mount`); other sizes are formatted on demand.
 //! - **envd**: serves on a socket the init step binds, as host root, at the host's
 //!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`]) and passes to envd as a
 //!   descriptor: the directory is never visible in the capsule, so the agent never
 //!   follows a path the capsule controls.
 //! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
-//!   limit; pause = freezer.
+//!   limit, I/O limits on the disk's device ([`ProcessRuntimeOptions::io`]); pause =
+//!   freezer.
 //! - **Network**: [`net`] — a /30 per sandbox from `10.200.0.0/16` by default, veth +
 //!   default route + MASQUERADE; `host_ip` is the sandbox's `eth0` address.
 //!
 //! # On disk
 //!
 //! ```text
-//! sandboxes/{id}/upper/  work/  rootfs/  run/envd.sock  envd.log
-//! snapshots/{id}/upper/  sandbox.json                       (hibernated)
-//! images/teams/{team}/{template}/template.json  layers/N/   (snapshots → templates)
+//! sandboxes/{id}/disk.ext4  disk/{upper,work}/  rootfs/  run/envd.sock  envd.log
+//! snapshots/{id}/disk.ext4  sandbox.json                      (hibernated)
+//! images/teams/{team}/{template}/template.json  layers/N/     (snapshots → templates)
+//! disks/pool/{random}.ext4                                    (ready disks)
 //! ```
 //!
-//! Hibernate kills the processes (memory is freed), removes network and cgroups and
-//! *renames* the upper layer into `snapshots/{id}/` (no copy); restore renames it back
-//! and starts a fresh sandbox on it: files survive, processes do not. Snapshot copies
-//! the upper layer into a new layered template (see [`template`]).
+//! Hibernate kills the processes (memory is freed), removes network and cgroups,
+//! unmounts the disk, waits until its loop device is unbound and *renames*
+//! `disk.ext4` into `snapshots/{id}/` (no copy); restore renames it back, mounts it and
+//! starts a fresh sandbox on it: files survive, processes do not. A sandbox
+//! hibernated before disks existed (a plain `snapshots/{id}/upper/`) is restored by
+//! copying that directory into a new disk of the requested size. Snapshot copies
+//! `disk/upper` into a new layered template (see [`template`]). Destroy unmounts the
+//! disk and deletes its file; the loop device unbinds itself. Sweep also unmounts
+//! and unbinds disks under `$WRENN_DIR` of sandboxes it does not keep — never other
+//! mounts or loop devices.
 //!
 //! Create costs the network set-up, cgroup writes, one `fork`+`exec` of the init program
-//! and envd's start; nothing is copied.
+//! and envd's start, plus a pooled disk (rename + `move_mount`); nothing is copied.
 
 pub mod cgroup;
 pub mod dynmods;
@@ -67,18 +80,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 use tonic::transport::{Endpoint, Uri};
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
 use wrenn_proto::envd::v1::HealthRequest;
 use wrenn_proto::envd::v1::system_client::SystemClient;
 
-use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
+use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
 use self::idrange::IdRanges;
 use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
 use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
+use crate::disk::pool::DiskPool;
+use crate::disk::{self, DeviceId, DiskError, MountedDisk};
 use crate::image::ImageRef;
 use crate::init::spawn::init_command;
 use crate::init::{ENVD_SOCKET_NAME, InitSpec};
@@ -95,6 +110,8 @@ const LOG_TAIL_BYTES: usize = 2048;
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a freeze or thaw may take.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long hibernation waits for a disk's filesystem to be shut down everywhere.
+const DISK_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options of the process runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +152,15 @@ pub struct ProcessRuntimeOptions {
     /// moving a capsule's init into its cgroups then takes ~0.1 ms instead of an RCU
     /// grace period (~10 ms) on the create path.
     pub favor_dynamic_cgroups: bool,
+    /// Size of the disks kept formatted and mounted ahead of time (MiB; default
+    /// [`DEFAULT_DISK_SIZE_MB`](wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB), the
+    /// control plane's default). Sandboxes asking for another size get a disk
+    /// formatted on demand (`mkfs.ext4`, tens of milliseconds).
+    pub disk_pool_size_mb: u32,
+    /// How many pooled disks are kept ready (default 4; 0 = no pool).
+    pub disk_pool_depth: usize,
+    /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
+    pub io: IoLimits,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -154,6 +180,10 @@ impl Default for ProcessRuntimeOptions {
             id_ranges: 16384,
             shm_size_mb: None,
             favor_dynamic_cgroups: true,
+            disk_pool_size_mb: u32::try_from(wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB)
+                .unwrap_or(20_480),
+            disk_pool_depth: 4,
+            io: IoLimits::default(),
         }
     }
 }
@@ -165,6 +195,8 @@ struct Live {
     lowers: Lowers,
     cgroup: SandboxCgroup,
     net: SandboxNet,
+    /// The loop device of the sandbox's disk.
+    disk: DeviceId,
     /// The init program's outer process (parent of the sandbox's PID 1).
     child: tokio::sync::Mutex<Child>,
     /// Last CPU sample: (usage ns, when).
@@ -182,12 +214,26 @@ pub struct ProcessRuntime {
     mask: Vec<PathBuf>,
     image: ImageRef,
     ids: IdRanges,
+    mkfs: PathBuf,
+    pool: Option<DiskPool>,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let context = context.into();
     move |source| RuntimeError::Io { context, source }
+}
+
+impl From<DiskError> for RuntimeError {
+    fn from(e: DiskError) -> Self {
+        match e {
+            DiskError::TooSmall { .. } | DiskError::NoSpace { .. } => {
+                Self::FailedPrecondition(e.to_string())
+            }
+            DiskError::Io { context, source } => Self::Io { context, source },
+            DiskError::Mkfs { .. } => Self::Other(e.to_string()),
+        }
+    }
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -205,10 +251,11 @@ impl ProcessRuntime {
     ///
     /// Fails with [`RuntimeError::Unsupported`] naming what is missing: root, the envd
     /// binary, overlayfs, usable cgroups (v2 with cpu/memory/pids, or the v1 cpu,
-    /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables` or `cp`
-    /// tools, a `$WRENN_DIR` short and plain enough for socket paths, valid id ranges,
-    /// or the base image ([`ProcessRuntimeOptions::base_image`]: none given, or its
-    /// `rootfs/` missing).
+    /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables`, `cp` or
+    /// `mkfs.ext4` tools, loop devices, ext4 and the new mount API (Linux ≥ 5.8), a
+    /// `$WRENN_DIR` short and plain enough for socket paths, valid id ranges, or the base
+    /// image ([`ProcessRuntimeOptions::base_image`]: none given, or its `rootfs/`
+    /// missing). Starts filling the disk pool in the background.
     pub async fn new(
         layout: Layout,
         envd: impl Into<PathBuf>,
@@ -253,6 +300,20 @@ impl ProcessRuntime {
             .any(|l| l.trim_end().ends_with("\toverlay"))
         {
             return unsupported("the kernel has no overlay filesystem (modprobe overlay)".into());
+        }
+        let Some(mkfs) = disk::ext4::find_mkfs() else {
+            return unsupported("missing tool: mkfs.ext4 (package e2fsprogs)".into());
+        };
+        if !Path::new("/dev/loop-control").exists() {
+            return unsupported(
+                "no /dev/loop-control: the kernel has no loop devices (modprobe loop)".into(),
+            );
+        }
+        if let Err(e) = rustix::mount::fsopen("ext4", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC) {
+            return unsupported(format!(
+                "cannot open an ext4 filesystem context ({e}): the kernel needs ext4 and \
+                 the new mount API (Linux 5.8 or later)"
+            ));
         }
         let cgroups = CgroupDriver::detect().map_err(unsupported_err)?;
         let ids = IdRanges::new(options.id_base, options.id_ranges)
@@ -320,6 +381,18 @@ impl ProcessRuntime {
                 }
             }
         }
+        let pool = if options.disk_pool_depth > 0 {
+            disk::check_size(options.disk_pool_size_mb, &layout.sandboxes_dir())
+                .map_err(|e| unsupported_err(format!("disk pool: {e}")))?;
+            Some(DiskPool::start(
+                &disk_pool_dir(&layout),
+                &mkfs,
+                options.disk_pool_size_mb,
+                options.disk_pool_depth,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             layout,
             envd,
@@ -329,6 +402,8 @@ impl ProcessRuntime {
             mask,
             image,
             ids,
+            mkfs,
+            pool,
             live: Mutex::new(HashMap::new()),
         })
     }
@@ -357,6 +432,21 @@ impl ProcessRuntime {
     /// The network namespace name of a sandbox (`wrenn-{id}`).
     pub fn netns_name(id: SandboxId) -> String {
         net::netns_name(&id.to_string())
+    }
+
+    /// The pool of ready disks, if it is enabled.
+    pub fn disk_pool(&self) -> Option<&DiskPool> {
+        self.pool.as_ref()
+    }
+
+    /// The loop device of a running sandbox's disk.
+    pub fn disk_device(&self, id: SandboxId) -> Option<DeviceId> {
+        self.lock_live().get(&id).map(|l| l.disk)
+    }
+
+    /// Where a sandbox's disk is mounted on the host (`sandboxes/{id}/disk`).
+    pub fn disk_mount_point(&self, id: SandboxId) -> PathBuf {
+        self.layout.sandbox_dir(id).join(disk::MOUNT_DIR)
     }
 
     /// The network of a running sandbox (namespace, veth, slot, addresses).
@@ -389,7 +479,14 @@ impl ProcessRuntime {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn validate(config: &SandboxConfig) -> Result<(), RuntimeError> {
+    /// Checks the limits and the disk size (before anything is created).
+    fn validate(&self, config: &SandboxConfig) -> Result<(), RuntimeError> {
+        Self::validate_limits(config)?;
+        disk::check_size(config.disk_size_mb, &self.layout.sandboxes_dir())?;
+        Ok(())
+    }
+
+    fn validate_limits(config: &SandboxConfig) -> Result<(), RuntimeError> {
         if config.vcpus == 0 {
             return Err(RuntimeError::FailedPrecondition(
                 "vcpus must be at least 1".into(),
@@ -424,43 +521,128 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    /// Creates `sandboxes/{id}/` with `work`, `rootfs`, `run` (and `upper` unless it is
-    /// moved in).
-    fn make_dirs(&self, id: SandboxId, with_upper: bool) -> Result<PathBuf, RuntimeError> {
+    /// Creates `sandboxes/{id}/` with `rootfs`, `run` and the disk's mount point.
+    fn make_dirs(&self, id: SandboxId) -> Result<PathBuf, RuntimeError> {
         let dir = self.layout.sandbox_dir(id);
         let mut builder = std::fs::DirBuilder::new();
         builder.mode(0o700);
         builder
             .create(&dir)
             .map_err(io_err(format!("create {}", dir.display())))?;
-        if let Err(e) = Self::make_subdirs(&dir, with_upper) {
+        if let Err(e) = Self::make_subdirs(&dir) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
         Ok(dir)
     }
 
-    fn make_subdirs(dir: &Path, with_upper: bool) -> Result<(), RuntimeError> {
-        let mut subdirs = vec!["work", "rootfs", "run"];
-        if with_upper {
-            subdirs.push("upper");
-        }
-        for sub in subdirs {
-            let mode = if sub == "upper" { 0o755 } else { 0o700 };
+    fn make_subdirs(dir: &Path) -> Result<(), RuntimeError> {
+        for sub in ["rootfs", "run", disk::MOUNT_DIR] {
             std::fs::DirBuilder::new()
-                .mode(mode)
+                .mode(0o700)
                 .create(dir.join(sub))
                 .map_err(io_err(format!("create {}", dir.join(sub).display())))?;
         }
         Ok(())
     }
 
-    /// Starts a sandbox whose directory is ready; on failure everything but the
-    /// directory is torn down.
+    /// Gives sandbox `id` (whose directory exists) a fresh, empty disk of `size_mb`
+    /// mounted at `sandboxes/{id}/disk`: a pooled one when the size matches the pool's,
+    /// else one formatted now. On failure nothing of the disk is left.
+    async fn new_disk(&self, id: SandboxId, size_mb: u32) -> Result<DeviceId, RuntimeError> {
+        let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
+        let target = self.disk_mount_point(id);
+        let pool = self.pool.as_ref().filter(|p| p.size_mb() == size_mb);
+        let mut pooled = None;
+        while let Some(candidate) = pool.and_then(DiskPool::take) {
+            match std::fs::rename(&candidate.file, &file) {
+                Ok(()) => {
+                    pooled = Some(candidate.disk);
+                    break;
+                }
+                // Dropped (unmounted); its file was removed under us, e.g. by another
+                // agent starting on the same directory.
+                Err(e) => tracing::warn!(
+                    sandbox_id = %id,
+                    "skipping pooled disk {}: {e}",
+                    candidate.file.display()
+                ),
+            }
+        }
+        let mounted = match pooled {
+            Some(disk) => disk,
+            None => {
+                tracing::debug!(sandbox_id = %id, size_mb, "formatting a disk on demand");
+                disk::ext4::format(&self.mkfs, &file, disk::size_bytes(size_mb)).await?;
+                let f = file.clone();
+                match blocking(move || MountedDisk::open(&f)).await? {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&file);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        // Dropping `mounted` on failure unmounts it; the device unbinds itself.
+        mounted.place(&target).map_err(|e| {
+            let _ = std::fs::remove_file(&file);
+            e.into()
+        })
+    }
+
+    /// Gives sandbox `id` a new disk holding a copy of `upper` (the upper directory of
+    /// a sandbox hibernated before sandboxes had disks).
+    async fn convert_legacy_upper(
+        &self,
+        id: SandboxId,
+        size_mb: u32,
+        upper: &Path,
+    ) -> Result<DeviceId, RuntimeError> {
+        tracing::info!(sandbox_id = %id, "copying a pre-disk hibernated upper layer into a disk");
+        let disk = self.new_disk(id, size_mb).await?;
+        let dest = self.disk_mount_point(id).join(disk::UPPER_DIR);
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(upper.join("."))
+            .arg(&dest)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_err("run cp"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Other(format!(
+                "copying the hibernated upper layer of {id} into its {size_mb} MiB disk failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(disk)
+    }
+
+    /// Mounts the existing disk file of sandbox `id` at `sandboxes/{id}/disk`.
+    async fn open_disk(&self, id: SandboxId) -> Result<DeviceId, RuntimeError> {
+        let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
+        let target = self.disk_mount_point(id);
+        Ok(blocking(move || MountedDisk::open(&file).and_then(|m| m.place(&target))).await??)
+    }
+
+    /// Unmounts everything under `sandboxes/{id}/` and removes the directory (with the
+    /// disk file).
+    async fn remove_sandbox_dir(&self, id: SandboxId) -> Result<(), RuntimeError> {
+        let dir = self.layout.sandbox_dir(id);
+        let d = dir.clone();
+        blocking(move || unmount_all_under(&d)).await??;
+        remove_dir(&dir).await
+    }
+
+    /// Starts a sandbox whose directory and disk are ready; on failure everything but
+    /// the directory and disk is torn down.
     async fn start(
         &self,
         config: &SandboxConfig,
         lowers: Lowers,
+        disk: DeviceId,
     ) -> Result<Instance, RuntimeError> {
         let id = config.id;
         let dir = self.layout.sandbox_dir(id);
@@ -473,8 +655,14 @@ impl ProcessRuntime {
         let netns = Self::netns_name(id);
         // The namespace must exist before the sandbox joins it; cgroups before it starts.
         let cg = cgroup.clone();
-        let (cgroups, namespace) =
-            tokio::join!(blocking(move || cg.create(limits)), net::add_netns(&netns));
+        let io = self.options.io;
+        let (cgroups, namespace) = tokio::join!(
+            blocking(move || {
+                cg.create(limits)?;
+                cg.set_io_limits(disk.major, disk.minor, &io)
+            }),
+            net::add_netns(&netns)
+        );
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| {
@@ -505,6 +693,7 @@ impl ProcessRuntime {
                     lowers,
                     cgroup: cgroup.clone(),
                     net: net.clone(),
+                    disk,
                     child: tokio::sync::Mutex::new(child),
                     cpu: Mutex::new((usage, Instant::now())),
                 });
@@ -515,6 +704,10 @@ impl ProcessRuntime {
                 metadata.insert("cgroup".to_owned(), self.cgroups.version().to_owned());
                 metadata.insert("netns".to_owned(), net.netns.clone());
                 metadata.insert("veth".to_owned(), net.veth.clone());
+                metadata.insert(
+                    "disk_device".to_owned(),
+                    format!("{}:{}", disk.major, disk.minor),
+                );
                 Ok(Instance {
                     id,
                     envd: EnvdEndpoint::Unix(self.envd_socket(id)),
@@ -566,8 +759,8 @@ impl ProcessRuntime {
             id_map,
             lower_base,
             lowers: lower_list,
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            upper: dir.join(disk::MOUNT_DIR).join(disk::UPPER_DIR),
+            work: dir.join(disk::MOUNT_DIR).join(disk::WORK_DIR),
             root: dir.join("rootfs"),
             socket: self.envd_socket(id),
             envd: self.envd.clone(),
@@ -695,12 +888,18 @@ impl ProcessRuntime {
         self.ids.release(id);
     }
 
-    /// Tears sandbox `id` down and removes `sandboxes/{id}/`.
+    /// Tears sandbox `id` down and removes `sandboxes/{id}/` (disk included).
     async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let live = self.lock_live().remove(&id);
         self.teardown(id, live.as_ref().map(|l| &l.child)).await;
-        remove_dir(&self.layout.sandbox_dir(id)).await
+        self.remove_sandbox_dir(id).await
     }
+}
+
+/// `$WRENN_DIR/disks/pool/`: the disk pool's files (on the filesystem of
+/// `sandboxes/`, so a pooled disk moves into a sandbox with a rename).
+pub fn disk_pool_dir(layout: &Layout) -> PathBuf {
+    layout.root().join("disks").join("pool")
 }
 
 /// Runs blocking work off the async threads.
@@ -721,6 +920,32 @@ async fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
     })
     .await?
     .map_err(io_err(format!("remove {}", dir.display())))
+}
+
+/// Unmounts every mount at or under `dir` (deepest first). Blocking.
+fn unmount_all_under(dir: &Path) -> Result<(), DiskError> {
+    // Mountinfo names mount points by their canonical path.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mounts =
+        disk::mount::mounts_under(&dir).map_err(DiskError::io("read /proc/self/mountinfo"))?;
+    for m in mounts {
+        disk::unmount(&m.mount_point)?;
+    }
+    Ok(())
+}
+
+/// The sandbox a path under `sandboxes/` or `snapshots/` belongs to.
+fn sandbox_of(path: &Path, parents: &[PathBuf]) -> Option<SandboxId> {
+    parents.iter().find_map(|parent| {
+        path.strip_prefix(parent)
+            .ok()?
+            .components()
+            .next()?
+            .as_os_str()
+            .to_str()?
+            .parse()
+            .ok()
+    })
 }
 
 /// The last `max` bytes of a log file.
@@ -808,7 +1033,7 @@ impl Runtime for ProcessRuntime {
     #[tracing::instrument(skip_all, fields(sandbox_id = %config.id))]
     async fn create(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError> {
         let started = Instant::now();
-        Self::validate(config)?;
+        self.validate(config)?;
         self.ensure_free(config.id, false)?;
         let lowers = template::resolve(
             &self.layout,
@@ -816,8 +1041,12 @@ impl Runtime for ProcessRuntime {
             config.template_team_id,
             config.template_id,
         )?;
-        self.make_dirs(config.id, true)?;
-        match self.start(config, lowers).await {
+        self.make_dirs(config.id)?;
+        let started_sandbox = match self.new_disk(config.id, config.disk_size_mb).await {
+            Ok(disk) => self.start(config, lowers, disk).await,
+            Err(e) => Err(e),
+        };
+        match started_sandbox {
             Ok(instance) => {
                 tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -826,7 +1055,9 @@ impl Runtime for ProcessRuntime {
                 Ok(instance)
             }
             Err(e) => {
-                let _ = remove_dir(&self.layout.sandbox_dir(config.id)).await;
+                if let Err(cleanup) = self.remove_sandbox_dir(config.id).await {
+                    tracing::warn!(sandbox_id = %config.id, "cleaning up after a failed create: {cleanup}");
+                }
                 Err(e)
             }
         }
@@ -857,7 +1088,9 @@ impl Runtime for ProcessRuntime {
             .ok_or(RuntimeError::NotFound(id))?;
         self.teardown(id, Some(&live.child)).await;
         let snapshot = self.layout.snapshot_dir(id);
-        let upper = self.layout.sandbox_dir(id).join("upper");
+        let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
+        let mount_point = self.disk_mount_point(id);
+        let device = live.disk.number;
         let record = HibernationRecord {
             config: (&live.config).into(),
             hibernated_at: chrono::Utc::now().to_rfc3339(),
@@ -865,15 +1098,22 @@ impl Runtime for ProcessRuntime {
         };
         let snap = snapshot.clone();
         blocking(move || {
-            if snap.join(template::UPPER_DIR).exists() {
-                std::fs::remove_dir_all(snap.join(template::UPPER_DIR))?;
-            }
-            std::fs::create_dir_all(&snap)?;
-            std::fs::rename(&upper, snap.join(template::UPPER_DIR))?;
-            template::write_record(&snap, &record)
+            // The filesystem must be shut down everywhere before the file moves and
+            // can be mounted again (the sandbox's mount namespace dies with it).
+            disk::unmount(&mount_point)?;
+            disk::wait_released(device, &file, DISK_RELEASE_TIMEOUT)?;
+            let persist = || {
+                // A sandbox hibernated before disks existed left an `upper/` here.
+                if snap.join(template::UPPER_DIR).exists() {
+                    std::fs::remove_dir_all(snap.join(template::UPPER_DIR))?;
+                }
+                std::fs::create_dir_all(&snap)?;
+                std::fs::rename(&file, snap.join(disk::DISK_FILE))?;
+                template::write_record(&snap, &record)
+            };
+            persist().map_err(DiskError::io(format!("persist {id} to {}", snap.display())))
         })
-        .await?
-        .map_err(io_err(format!("persist {id} to {}", snapshot.display())))?;
+        .await??;
         remove_dir(&self.layout.sandbox_dir(id)).await
     }
 
@@ -882,7 +1122,7 @@ impl Runtime for ProcessRuntime {
         let id = config.id;
         let snapshot = self.layout.snapshot_dir(id);
         let record = template::read_record(&snapshot)?.ok_or(RuntimeError::NotFound(id))?;
-        Self::validate(config)?;
+        Self::validate_limits(config)?;
         self.ensure_free(id, true)?;
         // The upper layer only makes sense on the layers it was written over: the
         // built-in template is the image build it was hibernated on while that exists.
@@ -897,28 +1137,53 @@ impl Runtime for ProcessRuntime {
             record.config.template_team_id,
             record.config.template_id,
         )?;
-        let saved_upper = snapshot.join(template::UPPER_DIR);
-        if !saved_upper.is_dir() {
+        let saved_disk = snapshot.join(disk::DISK_FILE);
+        let legacy_upper = snapshot.join(template::UPPER_DIR);
+        let legacy = !saved_disk.is_file();
+        if legacy && !legacy_upper.is_dir() {
             return Err(RuntimeError::Other(format!(
-                "hibernated sandbox {id} has no {}",
-                saved_upper.display()
+                "hibernated sandbox {id} has neither {} nor {}",
+                saved_disk.display(),
+                legacy_upper.display()
             )));
         }
-        let dir = self.make_dirs(id, false)?;
-        let upper = dir.join("upper");
-        std::fs::rename(&saved_upper, &upper)
-            .map_err(io_err(format!("move {} back", saved_upper.display())))?;
+        if legacy {
+            // Hibernated before sandboxes had disks: its upper directory is copied into
+            // a new disk of the requested size (once; the copy is what is kept).
+            self.validate(config)?;
+        }
+        let dir = self.make_dirs(id)?;
+        let file = dir.join(disk::DISK_FILE);
+        let prepared = if legacy {
+            self.convert_legacy_upper(id, config.disk_size_mb, &legacy_upper)
+                .await
+        } else {
+            match std::fs::rename(&saved_disk, &file) {
+                Ok(()) => self.open_disk(id).await,
+                Err(e) => Err(io_err(format!("move {} back", saved_disk.display()))(e)),
+            }
+        };
         let mut config = config.clone();
         config.template_team_id = record.config.template_team_id;
         config.template_id = record.config.template_id;
-        match self.start(&config, lowers).await {
+        let started = match prepared {
+            Ok(disk) => self.start(&config, lowers, disk).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(instance) => {
                 remove_dir(&snapshot).await?;
                 Ok(instance)
             }
             Err(e) => {
-                if let Err(back) = std::fs::rename(&upper, &saved_upper) {
-                    tracing::error!(sandbox_id = %id, "cannot move the upper layer back: {back}");
+                let d = dir.clone();
+                if let Err(u) = blocking(move || unmount_all_under(&d)).await {
+                    tracing::error!(sandbox_id = %id, "cannot unmount the disk: {u}");
+                }
+                if !legacy && file.exists() {
+                    if let Err(back) = std::fs::rename(&file, &saved_disk) {
+                        tracing::error!(sandbox_id = %id, "cannot move the disk back: {back}");
+                    }
                 }
                 let _ = remove_dir(&dir).await;
                 Err(e)
@@ -954,7 +1219,7 @@ impl Runtime for ProcessRuntime {
                 .await?
                 .map_err(io_err(format!("freeze {} for the snapshot", instance.id)))?;
         }
-        let upper = self.layout.sandbox_dir(instance.id).join("upper");
+        let upper = self.disk_mount_point(instance.id).join(disk::UPPER_DIR);
         let result = template::write_template(&upper, &live.lowers, &dest, instance.id).await;
         if !was_frozen {
             let cg = live.cgroup.clone();
@@ -967,7 +1232,7 @@ impl Runtime for ProcessRuntime {
 
     async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError> {
         let live = self.get(instance.id)?;
-        let upper = self.layout.sandbox_dir(instance.id).join("upper");
+        let mount_point = self.disk_mount_point(instance.id);
         let l = live.clone();
         blocking(move || {
             let usage = l.cgroup.cpu_usage_ns()?;
@@ -986,7 +1251,7 @@ impl Runtime for ProcessRuntime {
             Ok::<_, std::io::Error>(Stats {
                 cpu_pct,
                 mem_bytes: l.cgroup.memory_usage()?,
-                disk_bytes: template::dir_size(&upper),
+                disk_bytes: disk::ext4::usage(&mount_point)?.used_bytes,
             })
         })
         .await?
@@ -1028,6 +1293,68 @@ impl Runtime for ProcessRuntime {
             self.remove_sandbox(id).await?;
             cleaned.push(id);
         }
+        // Disks whose directory is gone but whose mount or loop device is left (a
+        // crash halfway through a removal): only ours, only of sandboxes not kept.
+        // The kernel names backing files by their canonical path.
+        let parents = [self.layout.sandboxes_dir(), self.layout.snapshots_dir()]
+            .map(|p| p.canonicalize().unwrap_or(p));
+        let keep = keep.to_vec();
+        let swept = blocking(move || {
+            let mut swept = Vec::new();
+            let mounts = disk::mount::mounts_under(&parents[0])
+                .map_err(DiskError::io("read /proc/self/mountinfo"))?;
+            for m in mounts {
+                if let Some(id) = sandbox_of(&m.mount_point, &parents[..1]) {
+                    if !keep.contains(&id) {
+                        disk::unmount(&m.mount_point)?;
+                        swept.push(id);
+                    }
+                }
+            }
+            let bound = disk::loopdev::list_bound().map_err(DiskError::io("list loop devices"))?;
+            for b in bound {
+                if let Some(id) = sandbox_of(&b.backing_file, &parents) {
+                    if !keep.contains(&id) {
+                        disk::loopdev::detach(b.number).map_err(DiskError::io(format!(
+                            "detach {}",
+                            disk::loopdev::device_path(b.number).display()
+                        )))?;
+                        swept.push(id);
+                    }
+                }
+            }
+            Ok::<_, DiskError>(swept)
+        })
+        .await??;
+        for id in swept {
+            if !cleaned.contains(&id) {
+                cleaned.push(id);
+            }
+        }
         Ok(cleaned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_under_sandboxes_or_snapshots_name_their_sandbox() {
+        let id = SandboxId::new();
+        let parents = [PathBuf::from("/w/sandboxes"), PathBuf::from("/w/snapshots")];
+        let disk = PathBuf::from(format!("/w/sandboxes/{id}/disk.ext4"));
+        assert_eq!(sandbox_of(&disk, &parents), Some(id));
+        let saved = PathBuf::from(format!("/w/snapshots/{id}/disk.ext4"));
+        assert_eq!(sandbox_of(&saved, &parents), Some(id));
+        assert_eq!(
+            sandbox_of(Path::new("/w/disks/pool/a.ext4"), &parents),
+            None
+        );
+        assert_eq!(
+            sandbox_of(Path::new("/w/sandboxes/not-an-id/x"), &parents),
+            None
+        );
+        assert_eq!(sandbox_of(Path::new("/other/sandboxes/x"), &parents), None);
     }
 }
