@@ -45,6 +45,7 @@
 
 pub mod cgroup;
 pub mod net;
+pub mod state;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,7 +66,9 @@ use wrenn_proto::envd::v1::system_client::SystemClient;
 use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
 use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
-use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
+use super::{
+    Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
+};
 use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
 use wrenn_core::id::{TeamId, TemplateId};
 
@@ -126,8 +129,11 @@ struct Live {
     lowers: Lowers,
     cgroup: SandboxCgroup,
     net: SandboxNet,
-    /// The `nsenter`/`unshare` process (parent of the sandbox's PID 1).
-    child: tokio::sync::Mutex<Child>,
+    /// The `nsenter`/`unshare` process (parent of the sandbox's PID 1); `None` for a
+    /// sandbox adopted after an agent restart (it is not this agent's child).
+    child: Option<tokio::sync::Mutex<Child>>,
+    /// Host pid of the sandbox's PID 1 and its start time ([`state`]).
+    pid1: (i32, u64),
     /// Last CPU sample: (usage ns, when).
     cpu: Mutex<(u64, Instant)>,
 }
@@ -414,15 +420,25 @@ impl ProcessRuntime {
         };
         match spawned {
             Ok((net, (child, version))) => {
+                let child = tokio::sync::Mutex::new(child);
+                let pid1 = match self.find_pid1(&cgroup) {
+                    Ok(pid1) => pid1,
+                    Err(e) => {
+                        self.teardown(id, Some(&child)).await;
+                        return Err(e);
+                    }
+                };
                 let usage = cgroup.cpu_usage_ns().unwrap_or(0);
                 let live = Arc::new(Live {
                     config: config.clone(),
                     lowers,
                     cgroup: cgroup.clone(),
                     net: net.clone(),
-                    child: tokio::sync::Mutex::new(child),
+                    child: Some(child),
+                    pid1,
                     cpu: Mutex::new((usage, Instant::now())),
                 });
+                self.record_live(&live, &version);
                 self.lock_live().insert(id, live);
                 let mut metadata = BTreeMap::new();
                 metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
@@ -620,7 +636,8 @@ impl ProcessRuntime {
     /// Tears sandbox `id` down and removes `sandboxes/{id}/`.
     async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let live = self.lock_live().remove(&id);
-        self.teardown(id, live.as_ref().map(|l| &l.child)).await;
+        self.teardown(id, live.as_ref().and_then(|l| l.child.as_ref()))
+            .await;
         remove_dir(&self.layout.sandbox_dir(id)).await
     }
 }
@@ -772,7 +789,7 @@ impl Runtime for ProcessRuntime {
             .lock_live()
             .remove(&id)
             .ok_or(RuntimeError::NotFound(id))?;
-        self.teardown(id, Some(&live.child)).await;
+        self.teardown(id, live.child.as_ref()).await;
         let snapshot = self.layout.snapshot_dir(id);
         let upper = self.layout.sandbox_dir(id).join("upper");
         let record = HibernationRecord {
@@ -900,6 +917,14 @@ impl Runtime for ProcessRuntime {
         })
         .await?
         .map_err(io_err(format!("read the usage of {}", instance.id)))
+    }
+
+    async fn wait_exit(&self, instance: &Instance) -> Result<String, RuntimeError> {
+        self.watch_pid1(instance.id).await
+    }
+
+    async fn adopt(&self) -> Result<Adoption, RuntimeError> {
+        self.adopt_recorded().await
     }
 
     async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
