@@ -217,10 +217,10 @@ pub fn open_pidfd(pid: i32, start: u64) -> Result<OwnedFd, String> {
 }
 
 /// Resolves once the process behind `pidfd` has exited (the pidfd becomes readable).
-pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
+pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<OwnedFd> {
     let fd = register(pidfd)?;
     let _ready = fd.readable().await?;
-    Ok(())
+    Ok(fd.into_inner())
 }
 
 /// Registers an owned descriptor with Tokio's reactor for readability.
@@ -231,6 +231,56 @@ fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     // whole life of the `AsyncFd` that takes it.
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)
+}
+
+/// The head of the kernel's `struct pidfd_info` (`PIDFD_INFO_SIZE_VER0`, 64 bytes),
+/// filled by the `PIDFD_GET_INFO` ioctl (Linux 6.13; exit status since 6.15).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+/// `PIDFD_INFO_EXIT`: the request/answer bit for `exit_code`.
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// The `waitpid`-encoded exit status of the process behind `pidfd`, once it has been
+/// reaped (by whichever process is its parent), on kernels that keep it (6.15+).
+#[allow(unsafe_code)]
+fn pidfd_exit_code(pidfd: &OwnedFd) -> Option<i32> {
+    use rustix::ioctl::{Updater, ioctl, opcode};
+    const PIDFD_GET_INFO: rustix::ioctl::Opcode = opcode::read_write::<PidfdInfo>(0xFF, 11);
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: PIDFD_GET_INFO is `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)` and
+    // `PidfdInfo` is `#[repr(C)]` with the layout of the first 64 bytes of that struct
+    // (the size encoded in the opcode, which the kernel accepts as version 0).
+    let done = unsafe { ioctl(pidfd, Updater::<PIDFD_GET_INFO, PidfdInfo>::new(&mut info)) };
+    (done.is_ok() && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
+}
+
+/// How a process that has exited ended: from its zombie's `/proc` entry while its
+/// parent has not reaped it, else from the pidfd once it has (a short wait covers the
+/// moment in between).
+async fn exit_status(pid: i32, start: u64, pidfd: Option<&OwnedFd>) -> Option<i32> {
+    for _ in 0..50 {
+        if let Some(code) = zombie_exit_code(pid, start) {
+            return Some(code);
+        }
+        if let Some(code) = pidfd.and_then(pidfd_exit_code) {
+            return Some(code);
+        }
+        if pidfd.is_none() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
 }
 
 /// Replaces every occurrence of the host's data directory in `text` (log lines that
@@ -331,12 +381,17 @@ impl ProcessRuntime {
         let live = self.get(id)?;
         let (pid, start) = live.pid1;
         // A pidfd that cannot be opened means the process is already gone.
-        if let Ok(fd) = open_pidfd(pid, start) {
-            wait_exit(fd)
-                .await
-                .map_err(super::io_err(format!("watch the PID 1 of {id}")))?;
-        }
-        let mut how = zombie_exit_code(pid, start).map(describe_wait_status);
+        let pidfd = match open_pidfd(pid, start) {
+            Ok(fd) => Some(
+                wait_exit(fd)
+                    .await
+                    .map_err(super::io_err(format!("watch the PID 1 of {id}")))?,
+            ),
+            Err(_) => None,
+        };
+        let mut how = exit_status(pid, start, pidfd.as_ref())
+            .await
+            .map(describe_wait_status);
         if let Some(child) = &live.child {
             let mut child = child.lock().await;
             // `unshare --fork` exits the way its child (PID 1) did.
