@@ -283,7 +283,14 @@ fn host_memory_mb() -> i32 {
 /// The process runtime for the in-process agent, with this binary as envd.
 async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
-    let runtime = ProcessRuntime::new(layout, exe, ProcessRuntimeOptions::default())
+    // The parent cgroup's limits come from the agent's configuration.
+    let agent = AgentConfig::from_env().map_err(|e| e.to_string())?;
+    let options = ProcessRuntimeOptions {
+        sandboxes_pids_max: agent.sandboxes_pids_max,
+        sandboxes_memory_reserve_mb: agent.overcommit.memory_reserve_mb,
+        ..ProcessRuntimeOptions::default()
+    };
+    let runtime = ProcessRuntime::new(layout, exe, options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(runtime))

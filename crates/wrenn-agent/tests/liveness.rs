@@ -416,3 +416,75 @@ async fn admission_refuses_a_capsule_beyond_the_hosts_memory_or_vcpus() {
     }
     node.agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
+    use wrenn_agent::runtime::Runtime;
+    use wrenn_agent::runtime::process::cgroup::CgroupDriver;
+    // A parent of its own, so that other agents on this host are not affected.
+    let parent = format!("wrenn-liveness-{}", std::process::id());
+    let dir = tempdir();
+    let envd = tokio::task::spawn_blocking(common::envd_binary)
+        .await
+        .unwrap();
+    let options = ProcessRuntimeOptions {
+        cgroup_parent: parent.clone(),
+        sandboxes_pids_max: 40,
+        sandboxes_memory_reserve_mb: 1024,
+        ..ProcessRuntimeOptions::default()
+    };
+    let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options)
+        .await
+        .expect("process runtime");
+    let driver = CgroupDriver::detect().unwrap();
+    let (pids, memory) = driver.parent_limits(&parent).unwrap();
+    assert_eq!(pids, "40");
+    let host_mb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        / 1024;
+    assert_eq!(memory, ((host_mb - 1024) * 1024 * 1024).to_string());
+
+    // A capsule allowed 4096 tasks of its own still stops at the parent's 40.
+    let config = wrenn_agent::runtime::SandboxConfig {
+        id: SandboxId::new(),
+        team_id: wrenn_core::id::TeamId::new(),
+        template_team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+        template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
+        vcpus: 1,
+        memory_mb: 256,
+        disk_size_mb: 1024,
+        default_user: "root".into(),
+        default_env: Default::default(),
+    };
+    let instance = runtime.create(&config).await.expect("create");
+    let cgroup = runtime.sandbox_cgroup(config.id);
+    let spawned = tokio::task::spawn_blocking(move || {
+        // A host shell joins the capsule's cgroups, then forks sleepers until the
+        // kernel refuses.
+        let join: String = cgroup
+            .procs_files()
+            .iter()
+            .map(|f| format!("echo $$ > {}; ", f.display()))
+            .collect();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{join} for i in $(seq 100); do sleep 30 >/dev/null 2>&1 & done"))
+            .output()
+            .unwrap();
+        (cgroup.pids().len(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap();
+    assert!(spawned.0 <= 40, "{} tasks in a capsule under pids.max=40", spawned.0);
+    assert!(spawned.1.contains("fork"), "no fork was refused: {}", spawned.1);
+    runtime.destroy(instance.id).await.unwrap();
+    for d in driver.sandbox(&parent, "x").dirs() {
+        if let Some(p) = d.parent() {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}

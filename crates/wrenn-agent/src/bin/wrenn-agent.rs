@@ -144,7 +144,12 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         ));
     }
     let envd = envd_binary()?;
-    let runtime = ProcessRuntime::new(config.layout(), envd, ProcessRuntimeOptions::default())
+    let runtime_options = ProcessRuntimeOptions {
+        sandboxes_pids_max: config.sandboxes_pids_max,
+        sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
+        ..ProcessRuntimeOptions::default()
+    };
+    let runtime = ProcessRuntime::new(config.layout(), envd, runtime_options)
         .await
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)

@@ -104,6 +104,13 @@ pub struct ProcessRuntimeOptions {
     /// Host paths hidden inside sandboxes (empty read-only tmpfs) besides `$WRENN_DIR`,
     /// which always is.
     pub mask_paths: Vec<PathBuf>,
+    /// `pids.max` of the parent cgroup: tasks all sandboxes may run together
+    /// (`WRENN_SANDBOXES_PIDS_MAX`, default 32768).
+    pub sandboxes_pids_max: u64,
+    /// Memory kept for the host outside every sandbox: the parent cgroup's memory
+    /// limit is the host's memory minus this (`WRENN_MEMORY_RESERVE_MB`, default
+    /// 1024 MiB).
+    pub sandboxes_memory_reserve_mb: u64,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -118,6 +125,8 @@ impl Default for ProcessRuntimeOptions {
             envd_timeout: Duration::from_secs(10),
             init_program: None,
             mask_paths: Vec::new(),
+            sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
+            sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
         }
     }
 }
@@ -216,6 +225,7 @@ impl ProcessRuntime {
         {
             return unsupported(format!("invalid cgroup parent {:?}", options.cgroup_parent));
         }
+        state::limit_parent_cgroup(&cgroups, &options);
         let root_text = layout.root().to_string_lossy();
         if !layout.root().is_absolute() || root_text.contains([':', ',', '\\']) {
             return unsupported(format!(

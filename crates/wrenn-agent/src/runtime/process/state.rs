@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use wrenn_core::id::{SandboxId, TeamId};
 
-use super::cgroup::SandboxCgroup;
+use super::cgroup::{CgroupDriver, ParentLimits, SandboxCgroup};
 use super::net::SandboxNet;
 use super::template::{self, ConfigRecord};
-use super::{Live, ProcessRuntime, RUNTIME_NAME};
+use super::{Live, ProcessRuntime, ProcessRuntimeOptions, RUNTIME_NAME};
 use crate::runtime::{Adopted, Adoption, EnvdEndpoint, Instance, Lost, RuntimeError, SandboxConfig};
 
 /// File name of the record in `sandboxes/{id}/`.
@@ -305,6 +305,35 @@ pub fn recorded_dirs(sandboxes: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+
+/// Applies the parent cgroup's limits ([`ProcessRuntimeOptions::sandboxes_pids_max`],
+/// host memory minus [`ProcessRuntimeOptions::sandboxes_memory_reserve_mb`]); a
+/// failure is logged (the per-sandbox limits still hold).
+pub(super) fn limit_parent_cgroup(cgroups: &CgroupDriver, options: &ProcessRuntimeOptions) {
+    let total_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024);
+    let Some(total_mb) = total_mb else {
+        tracing::warn!("cannot read the host's memory: the sandboxes' parent cgroup has no memory limit");
+        return;
+    };
+    let limits = ParentLimits {
+        pids_max: options.sandboxes_pids_max.max(1),
+        memory_bytes: total_mb
+            .saturating_sub(options.sandboxes_memory_reserve_mb)
+            .max(64)
+            * 1024
+            * 1024,
+    };
+    if let Err(e) = cgroups.limit_parent(&options.cgroup_parent, limits) {
+        tracing::warn!("cannot limit the sandboxes' parent cgroup: {e}");
+    }
+}
 
 /// Bytes of envd's log put into a death or adoption report.
 const REPORT_LOG_BYTES: usize = 1024;
