@@ -1509,7 +1509,8 @@ impl SandboxManager {
 
     /// Why the sandbox is in `error` (it died, or could not be adopted), if it is.
     pub fn failure(&self, id: SandboxId) -> Option<String> {
-        self.lookup(id).and_then(|sb| sb.with(|s| s.failure.clone()))
+        self.lookup(id)
+            .and_then(|sb| sb.with(|s| s.failure.clone()))
     }
 
     /// Writes what the manager needs to adopt `sb` after an agent restart

@@ -265,7 +265,10 @@ async fn liveness_a_stopped_envd_fails_its_health_checks_but_a_paused_capsule_do
         })
         .await
         .expect("resume");
-    assert_eq!(node.sh(paused, "echo ok").await.unwrap(), ("ok\n".into(), 0));
+    assert_eq!(
+        node.sh(paused, "echo ok").await.unwrap(),
+        ("ok\n".into(), 0)
+    );
     node.destroy(hung).await;
     node.destroy(paused).await;
     node.agent.shutdown().await;
@@ -291,7 +294,10 @@ fn crashed_agent(dir: &Path, count: usize) -> Vec<(SandboxId, i32)> {
             }
             // Something long-running that must survive the agent's restart.
             let (_, code) = node
-                .sh(out[0].0, "sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/survivor")
+                .sh(
+                    out[0].0,
+                    "sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/survivor",
+                )
                 .await
                 .unwrap();
             assert_eq!(code, 0);
@@ -362,8 +368,11 @@ async fn adopt_after_an_agent_crash_keeps_live_capsules_and_reports_dead_ones() 
 
 /// The process is gone or a zombie.
 fn state_gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +405,11 @@ async fn admission_refuses_a_capsule_beyond_the_hosts_memory_or_vcpus() {
     let second = create(512, 1).await.expect("fits exactly");
     let refused = create(64, 1).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("host memory exhausted"), "{}", refused.message());
+    assert!(
+        refused.message().contains("host memory exhausted"),
+        "{}",
+        refused.message()
+    );
     node.destroy(second).await;
     let refused = create(64, 2).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -472,15 +485,28 @@ async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
             .collect();
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("{join} for i in $(seq 100); do sleep 30 >/dev/null 2>&1 & done"))
+            .arg(format!(
+                "{join} for i in $(seq 100); do sleep 30 >/dev/null 2>&1 & done"
+            ))
             .output()
             .unwrap();
-        (cgroup.pids().len(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            cgroup.pids().len(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     })
     .await
     .unwrap();
-    assert!(spawned.0 <= 40, "{} tasks in a capsule under pids.max=40", spawned.0);
-    assert!(spawned.1.contains("fork"), "no fork was refused: {}", spawned.1);
+    assert!(
+        spawned.0 <= 40,
+        "{} tasks in a capsule under pids.max=40",
+        spawned.0
+    );
+    assert!(
+        spawned.1.contains("fork"),
+        "no fork was refused: {}",
+        spawned.1
+    );
     runtime.destroy(instance.id).await.unwrap();
     for d in driver.sandbox(&parent, "x").dirs() {
         if let Some(p) = d.parent() {

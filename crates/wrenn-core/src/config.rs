@@ -1310,7 +1310,11 @@ mod tests {
             (a.sandboxes_pids_max, a.health_interval, a.health_timeout),
             (1000, Duration::from_secs(3), Duration::from_secs(2))
         );
-        let c = cfg(&[("WRENN_TEAM_MAX_CAPSULES", "5"), ("WRENN_CPU_OVERCOMMIT", "2")]).unwrap();
+        let c = cfg(&[
+            ("WRENN_TEAM_MAX_CAPSULES", "5"),
+            ("WRENN_CPU_OVERCOMMIT", "2"),
+        ])
+        .unwrap();
         assert_eq!((c.team_max_capsules, c.overcommit.cpu), (5, 2.0));
         for (var, value) in [
             ("WRENN_MEMORY_OVERCOMMIT", "0"),

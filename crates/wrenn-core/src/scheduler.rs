@@ -98,9 +98,8 @@ pub fn check_fits_some_host(
     if eligible.is_empty() {
         return Ok(());
     }
-    let memory = |l: &HostLoad| {
-        overcommit.memory_limit_mb(u64::try_from(l.host.memory_mb).unwrap_or(0))
-    };
+    let memory =
+        |l: &HostLoad| overcommit.memory_limit_mb(u64::try_from(l.host.memory_mb).unwrap_or(0));
     let vcpus = |l: &HostLoad| overcommit.vcpu_limit(u64::try_from(l.host.cpu_cores).unwrap_or(0));
     let want_mb = u64::try_from(placement.memory_mb).unwrap_or(0);
     let want_vcpus = u64::try_from(placement.vcpus).unwrap_or(0);
@@ -499,14 +498,25 @@ mod tests {
         assert!(
             matches!(
                 err,
-                SchedulerError::ExceedsHostCapacity { limit: 23552, requested: 32768, .. }
+                SchedulerError::ExceedsHostCapacity {
+                    limit: 23552,
+                    requested: 32768,
+                    ..
+                }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("32768 MiB of memory requested, at most 23552"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("32768 MiB of memory requested, at most 23552"),
+            "{err}"
+        );
         p.memory_mb = 1024;
         let err = check_fits_some_host(std::slice::from_ref(&small), &p, &o).unwrap_err();
-        assert!(err.to_string().contains("16 vCPUs requested, at most 8"), "{err}");
+        assert!(
+            err.to_string().contains("16 vCPUs requested, at most 8"),
+            "{err}"
+        );
         // A bigger eligible host is enough; an ineligible one is not.
         let big = host(HostKind::Regular, None, 64, 8, 500);
         assert!(check_fits_some_host(&[small.clone(), big], &p, &o).is_ok());

@@ -183,7 +183,11 @@ async fn admission_a_create_the_host_refuses_for_capacity_is_error_with_the_reas
     })
     .await;
     let row = env.store().get_sandbox(id).await.unwrap();
-    let reason = row.metadata.get(FAILURE_METADATA_KEY).cloned().unwrap_or_default();
+    let reason = row
+        .metadata
+        .get(FAILURE_METADATA_KEY)
+        .cloned()
+        .unwrap_or_default();
     assert!(reason.contains("host memory exhausted"), "{reason}");
     env.stop().await;
 }

@@ -221,9 +221,11 @@ impl From<LifecycleError> for ApiError {
                 Self::conflict("template_name_taken", e.to_string())
             }
             LifecycleError::NoHosts(e) => e.into(),
-            e @ LifecycleError::QuotaExceeded { .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string())
-            }
+            e @ LifecycleError::QuotaExceeded { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                e.to_string(),
+            ),
             LifecycleError::Agent(e) => e.into(),
             LifecycleError::Store(e) => e.into(),
         }

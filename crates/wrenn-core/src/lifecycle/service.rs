@@ -16,6 +16,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::agents::{AgentError, HostAgents, SandboxSpec, StartedSandbox};
 use crate::audit::Actor;
+use crate::config::DEFAULT_TEAM_MAX_CAPSULES;
 use crate::events::{
     Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,
@@ -23,7 +24,6 @@ use crate::events::{
 use crate::id::{BUILTIN_TEMPLATE_NAME, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus::{self, *};
 use crate::model::{Metadata, NewSandbox, Sandbox, Template, TemplateKind};
-use crate::config::DEFAULT_TEAM_MAX_CAPSULES;
 use crate::repo::{NewTemplate, Quota, RepoError, Store};
 use crate::scheduler::{Placement, Scheduler, SchedulerError};
 use crate::validate::{self, ValidationError};
@@ -405,18 +405,18 @@ impl Lifecycle {
         let inserted = store
             .insert_sandbox_within_quota(
                 NewSandbox {
-                id: SandboxId::new(),
-                team_id: team,
-                host_id,
-                template: template.name.clone(),
-                template_id: template.id,
-                template_team_id: template.team_id,
-                status: Starting,
-                vcpus,
-                memory_mb,
-                timeout_sec,
-                disk_size_mb,
-                metadata: req.metadata,
+                    id: SandboxId::new(),
+                    team_id: team,
+                    host_id,
+                    template: template.name.clone(),
+                    template_id: template.id,
+                    template_team_id: template.team_id,
+                    status: Starting,
+                    vcpus,
+                    memory_mb,
+                    timeout_sec,
+                    disk_size_mb,
+                    metadata: req.metadata,
                 },
                 limit,
             )

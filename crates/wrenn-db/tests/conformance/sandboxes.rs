@@ -408,16 +408,26 @@ async fn fail_if_records_the_reason_only_from_the_expected_status(db: Db) {
         "a conditional failure from the wrong status changes nothing"
     );
     let failed = db
-        .fail_if(sb.id, Running, "the capsule's init (envd) killed by signal 9 (SIGKILL)")
+        .fail_if(
+            sb.id,
+            Running,
+            "the capsule's init (envd) killed by signal 9 (SIGKILL)",
+        )
         .await
         .unwrap()
         .expect("running → error");
     assert_eq!(failed.status, Error);
     assert_eq!(
-        failed.metadata.get(FAILURE_METADATA_KEY).map(String::as_str),
+        failed
+            .metadata
+            .get(FAILURE_METADATA_KEY)
+            .map(String::as_str),
         Some("the capsule's init (envd) killed by signal 9 (SIGKILL)")
     );
-    assert_eq!(failed.metadata.get("purpose").map(String::as_str), Some("test"));
+    assert_eq!(
+        failed.metadata.get("purpose").map(String::as_str),
+        Some("test")
+    );
     assert_eq!(db.get_sandbox(sb.id).await.unwrap(), failed);
     assert_eq!(db.fail_if(sb.id, Running, "again").await.unwrap(), None);
     assert_not_found(db.fail_if(SandboxId::new(), Running, "x").await);
@@ -476,7 +486,8 @@ async fn the_team_quota_admits_exactly_its_limit_under_concurrency(db: Db) {
 async fn resuming_a_hibernated_sandbox_counts_against_the_quota(db: Db) {
     let (_, team) = owned_team(&db).await;
     let host = host(&db, None).await;
-    let sleeping: Vec<_> = join_all((0..6).map(|_| sandbox(&db, team.id, host.id, Hibernated))).await;
+    let sleeping: Vec<_> =
+        join_all((0..6).map(|_| sandbox(&db, team.id, host.id, Hibernated))).await;
     sandbox(&db, team.id, host.id, Paused).await;
     // Quota 4 with one paused: exactly 3 of 6 concurrent resumes get through.
     let resumes = sleeping.iter().map(|sb| {

@@ -191,7 +191,9 @@ impl CgroupDriver {
                 write(&dir.join("memory.max"), &memory)
             }
             Self::V1 {
-                memory: mem, pids: pid, ..
+                memory: mem,
+                pids: pid,
+                ..
             } => {
                 let (mem, pid) = (mem.join(parent), pid.join(parent));
                 mkdir(&mem)?;

@@ -34,7 +34,9 @@ use super::cgroup::{CgroupDriver, ParentLimits, SandboxCgroup};
 use super::net::SandboxNet;
 use super::template::{self, ConfigRecord};
 use super::{Live, ProcessRuntime, ProcessRuntimeOptions, RUNTIME_NAME};
-use crate::runtime::{Adopted, Adoption, EnvdEndpoint, Instance, Lost, RuntimeError, SandboxConfig};
+use crate::runtime::{
+    Adopted, Adoption, EnvdEndpoint, Instance, Lost, RuntimeError, SandboxConfig,
+};
 
 /// File name of the record in `sandboxes/{id}/`.
 pub const STATE_FILE: &str = "state.json";
@@ -275,9 +277,8 @@ async fn exit_status(pid: i32, start: u64, pidfd: Option<&OwnedFd>) -> Option<i3
         if let Some(code) = pidfd.and_then(pidfd_exit_code) {
             return Some(code);
         }
-        if pidfd.is_none() {
-            return None;
-        }
+        // Without a pidfd there is nothing more to wait for.
+        pidfd?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     None
@@ -305,7 +306,6 @@ pub fn recorded_dirs(sandboxes: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-
 /// Applies the parent cgroup's limits ([`ProcessRuntimeOptions::sandboxes_pids_max`],
 /// host memory minus [`ProcessRuntimeOptions::sandboxes_memory_reserve_mb`]); a
 /// failure is logged (the per-sandbox limits still hold).
@@ -319,7 +319,9 @@ pub(super) fn limit_parent_cgroup(cgroups: &CgroupDriver, options: &ProcessRunti
         })
         .map(|kib| kib / 1024);
     let Some(total_mb) = total_mb else {
-        tracing::warn!("cannot read the host's memory: the sandboxes' parent cgroup has no memory limit");
+        tracing::warn!(
+            "cannot read the host's memory: the sandboxes' parent cgroup has no memory limit"
+        );
         return;
     };
     let limits = ParentLimits {
@@ -436,7 +438,9 @@ impl ProcessRuntime {
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(sandbox_id = %id, "reaping the sandbox process: {e}"),
-                Err(_) => tracing::warn!(sandbox_id = %id, "the sandbox process outlived its PID 1"),
+                Err(_) => {
+                    tracing::warn!(sandbox_id = %id, "the sandbox process outlived its PID 1")
+                }
             }
         }
         let how = how.unwrap_or_else(|| "exited".to_owned());
@@ -587,7 +591,10 @@ mod tests {
         });
         std::fs::write(dir.path().join(STATE_FILE), raw.to_string()).expect("write");
         let rec = read(dir.path()).expect("read").expect("some");
-        assert_eq!((rec.pid1, rec.pid1_start, rec.envd_version.as_str()), (42, 7, ""));
+        assert_eq!(
+            (rec.pid1, rec.pid1_start, rec.envd_version.as_str()),
+            (42, 7, "")
+        );
         write(dir.path(), &rec).expect("rewrite");
         assert_eq!(read(dir.path()).expect("read").expect("some"), rec);
     }
