@@ -297,8 +297,12 @@ async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
             image.dir.display()
         );
     }
+    // The parent cgroup's limits come from the agent's configuration.
+    let agent = AgentConfig::from_env().map_err(|e| e.to_string())?;
     let options = ProcessRuntimeOptions {
         base_image: Some(image.reference()),
+        sandboxes_pids_max: agent.sandboxes_pids_max,
+        sandboxes_memory_reserve_mb: agent.overcommit.memory_reserve_mb,
         ..ProcessRuntimeOptions::default()
     };
     let runtime = ProcessRuntime::new(layout, exe, options)
@@ -350,7 +354,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                     }
                 }
             });
-            builder = builder.with_scheduler(Arc::new(SingleHost::new(store.clone(), host)));
+            builder = builder.with_scheduler(Arc::new(
+                SingleHost::new(store.clone(), host).with_overcommit(config.overcommit),
+            ));
             agent_parts = Some((runtime, agent_listener, host));
         }
         Err(why) => {
@@ -376,9 +382,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                     host, token,
                 )))
                 .with_control_plane(format!("http://{bound}"));
-            // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS).
+            // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS,
+            // WRENN_MEMORY_OVERCOMMIT, WRENN_HEALTH_INTERVAL_SECS).
             let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
-            options.manager.hibernate_after = agent_config.hibernate_after;
+            options.manager.apply_config(&agent_config);
             Some(Agent::start(options).await.map_err(|e| {
                 DevError::Server(wrenn_cpserver::ServerError::Other(format!(
                     "host agent: {e}"

@@ -100,6 +100,7 @@ impl AgentError {
                     Code::FailedPrecondition
                 }
                 RuntimeError::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
+                RuntimeError::ResourceExhausted(_) => Code::ResourceExhausted,
                 RuntimeError::Io { .. } | RuntimeError::Other(_) => Code::Internal,
             },
             Self::Envd(status) => envd_code(status.code()),

@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use wrenn_core::config::Overcommit;
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
@@ -52,7 +53,9 @@ use crate::envd::EnvdClient;
 use crate::error::{AgentError, AgentResult};
 use crate::events::EventSender;
 use crate::metrics::{MetricRings, parse_range};
-use crate::runtime::{EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig};
+use crate::runtime::{Adoption, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig};
+use tracing::Instrument;
+use wrenn_proto::envd::v1::HealthRequest;
 
 /// Version of this agent, reported in sandbox metadata (`agent_version`).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -78,6 +81,91 @@ pub struct ManagerSettings {
     pub min_timeout: Duration,
     /// Overall bound of [`SandboxManager::shutdown`] (60 s).
     pub shutdown_timeout: Duration,
+    /// How often every running sandbox's envd is asked for its health
+    /// (`WRENN_HEALTH_INTERVAL_SECS`, 10 s).
+    pub health_interval: Duration,
+    /// Budget of one health call (`WRENN_HEALTH_TIMEOUT_SECS`, 5 s).
+    pub health_timeout: Duration,
+    /// Consecutive failed health calls after which a sandbox is declared dead (2).
+    pub health_failures: u32,
+    /// What this host admits (memory and vCPUs with their overcommit ratios); `None`
+    /// admits everything.
+    pub capacity: Option<HostCapacity>,
+}
+
+/// The capacity admission works against: the host's memory and CPUs, with the
+/// deployment's overcommit ratios and memory reserve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostCapacity {
+    /// Host memory (MiB).
+    pub memory_mb: u64,
+    /// Host CPUs.
+    pub cpus: u32,
+    /// Ratios and reserve (`WRENN_MEMORY_OVERCOMMIT`, `WRENN_CPU_OVERCOMMIT`,
+    /// `WRENN_MEMORY_RESERVE_MB`).
+    pub overcommit: Overcommit,
+}
+
+impl HostCapacity {
+    /// This host's memory (`/proc/meminfo`) and CPUs, with `overcommit`.
+    pub fn of_this_host(overcommit: Overcommit) -> std::io::Result<Self> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+        let kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .ok_or_else(|| std::io::Error::other("/proc/meminfo has no MemTotal"))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Ok(Self {
+            memory_mb: kib / 1024,
+            cpus,
+            overcommit,
+        })
+    }
+
+    /// Refuses `vcpus`/`memory_mb` more on top of `committed` (vCPUs, MiB) beyond the
+    /// host's limits, naming the resource, what is asked and what is left.
+    pub fn admit(&self, committed: (u64, u64), vcpus: u32, memory_mb: u32) -> AgentResult<()> {
+        let (used_vcpus, used_mb) = committed;
+        let o = &self.overcommit;
+        let mem_limit = o.memory_limit_mb(self.memory_mb);
+        let cpu_limit = o.vcpu_limit(u64::from(self.cpus));
+        if used_mb + u64::from(memory_mb) > mem_limit {
+            return Err(AgentError::ResourceExhausted(format!(
+                "host memory exhausted: the capsule needs {memory_mb} MiB but {} of the host's \
+                 {mem_limit} MiB for capsules are free ({} MiB × {} overcommit − {} MiB reserve)",
+                mem_limit.saturating_sub(used_mb),
+                self.memory_mb,
+                o.memory,
+                o.memory_reserve_mb
+            )));
+        }
+        if used_vcpus + u64::from(vcpus) > cpu_limit {
+            return Err(AgentError::ResourceExhausted(format!(
+                "host vCPUs exhausted: the capsule needs {vcpus} vCPUs but {} of the host's \
+                 {cpu_limit} are free ({} CPUs × {} overcommit)",
+                cpu_limit.saturating_sub(used_vcpus),
+                self.cpus,
+                o.cpu
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ManagerSettings {
+    /// Takes the tunables of the agent's configuration: `hibernate_after`, the health
+    /// checks, and admission against this host's memory and CPUs with the configured
+    /// overcommit (left off, with a warning, if `/proc/meminfo` cannot be read).
+    pub fn apply_config(&mut self, config: &wrenn_core::config::AgentConfig) {
+        self.hibernate_after = config.hibernate_after;
+        self.health_interval = config.health_interval;
+        self.health_timeout = config.health_timeout;
+        match HostCapacity::of_this_host(config.overcommit) {
+            Ok(c) => self.capacity = Some(c),
+            Err(e) => tracing::warn!("admission is off: cannot read the host's memory: {e}"),
+        }
+    }
 }
 
 impl Default for ManagerSettings {
@@ -90,6 +178,10 @@ impl Default for ManagerSettings {
             hibernate_after: wrenn_core::config::DEFAULT_HIBERNATE_AFTER,
             min_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(60),
+            health_interval: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(5),
+            health_failures: 2,
+            capacity: None,
         }
     }
 }
@@ -189,6 +281,13 @@ struct State {
     paused_at: Option<Instant>,
     /// envd access token of this sandbox.
     access_token: String,
+    /// Bumped whenever `instance` is replaced, so a watcher of an older instance
+    /// recognises that its news is stale.
+    generation: u64,
+    /// Stops the watcher of the live instance.
+    watch: Option<tokio_util::sync::CancellationToken>,
+    /// Why the sandbox is in `error`, when it died or could not be adopted.
+    failure: Option<String>,
 }
 
 /// One sandbox: its lock, state, activity clock, proxy connections and metrics.
@@ -200,6 +299,8 @@ pub struct Sandbox {
     last_active_ms: AtomicI64,
     conns: ConnTracker,
     metrics: Mutex<MetricRings>,
+    /// Consecutive failed health checks.
+    health_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -233,10 +334,14 @@ impl Sandbox {
                 auto_paused: false,
                 paused_at: None,
                 access_token: random_token(),
+                generation: 0,
+                watch: None,
+                failure: None,
             }),
             last_active_ms: AtomicI64::new(now),
             conns: ConnTracker::new(),
             metrics: Mutex::new(MetricRings::default()),
+            health_failures: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -496,8 +601,9 @@ impl SandboxManager {
     /// inactivity timeout is 0 (ResumeSandbox sets it again), `created_at` is the
     /// agent's start, and caller metadata is empty.
     pub async fn recover(&self) -> AgentResult<(Vec<SandboxId>, Vec<SandboxId>)> {
+        let adoption = self.runtime.adopt().await?;
+        let mut recovered = self.adopt(adoption);
         let hibernated = self.runtime.hibernated().await?;
-        let mut recovered = Vec::new();
         {
             let mut map = self
                 .sandboxes
@@ -520,10 +626,78 @@ impl SandboxManager {
             tracing::info!(
                 recovered = recovered.len(),
                 swept = swept.len(),
-                "startup: hibernated sandboxes loaded, leftovers removed"
+                "startup: live sandboxes adopted, hibernated ones loaded, leftovers removed"
             );
         }
         Ok((recovered, swept))
+    }
+
+    /// Tracks again what the runtime adopted (running or paused, watched) and reports
+    /// what it could not adopt (`failed`, kept as `error` until destroyed). Returns
+    /// the ids adopted.
+    fn adopt(&self, adoption: Adoption) -> Vec<SandboxId> {
+        let mut adopted = Vec::new();
+        let mut entries = Vec::new();
+        for a in adoption.adopted {
+            let id = a.config.id;
+            let record = read_managed(&self.layout.sandbox_dir(id));
+            let sb = Arc::new(Sandbox::new(
+                a.config.clone(),
+                if a.paused {
+                    SandboxStatus::Paused
+                } else {
+                    SandboxStatus::Running
+                },
+            ));
+            let envd_version = a
+                .instance
+                .metadata
+                .get("envd_version")
+                .cloned()
+                .unwrap_or_default();
+            sb.with(|s| {
+                s.agent_metadata = self.agent_metadata(&a.instance, &envd_version);
+                s.instance = Some(a.instance.clone());
+                if a.paused {
+                    s.paused_at = Some(Instant::now());
+                }
+                if let Some(r) = record {
+                    s.access_token = r.access_token;
+                    s.template_name = r.template_name;
+                    s.created_at_unix = r.created_at_unix;
+                    s.timeout_sec = r.timeout_sec;
+                    s.user_metadata = r.user_metadata;
+                    s.config.default_user = r.default_user;
+                    s.config.default_env = r.default_env;
+                }
+            });
+            entries.push((sb, a.instance));
+            adopted.push(id);
+        }
+        for lost in adoption.lost {
+            let mut config = placeholder_config(lost.id);
+            if let Some(team) = lost.team_id {
+                config.team_id = team;
+            }
+            let sb = Arc::new(Sandbox::new(config, SandboxStatus::Error));
+            sb.with(|s| s.failure = Some(lost.reason.clone()));
+            if let Ok(mut map) = self.sandboxes.write() {
+                map.entry(lost.id).or_insert(sb);
+            }
+            self.events.emit(
+                SandboxEventKind::Failed,
+                lost.id,
+                lost.team_id,
+                Some(lost.reason),
+            );
+        }
+        for (sb, instance) in entries {
+            if let Ok(mut map) = self.sandboxes.write() {
+                map.insert(sb.id, Arc::clone(&sb));
+            }
+            self.watch(&sb, instance);
+        }
+        adopted
     }
 
     // -----------------------------------------------------------------------------
@@ -554,8 +728,15 @@ impl SandboxManager {
                         "sandbox {id} already exists on this host"
                     )));
                 }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Arc::clone(&sb));
+                std::collections::hash_map::Entry::Vacant(_) => {
+                    if let Some(capacity) = &self.settings.capacity {
+                        capacity.admit(
+                            committed(&map),
+                            spec.config.vcpus,
+                            spec.config.memory_mb,
+                        )?;
+                    }
+                    map.insert(id, Arc::clone(&sb));
                 }
             }
         }
@@ -588,6 +769,8 @@ impl SandboxManager {
                     }
                 });
                 sb.touch();
+                self.persist(&sb);
+                self.watch(&sb, instance);
                 let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
                 self.events.emit_with(SandboxEventKind::Started, id, |ev| {
                     ev.team_id = Some(team);
@@ -650,6 +833,7 @@ impl SandboxManager {
                 sb.with(|s| {
                     s.status = SandboxStatus::Stopped;
                     s.instance = None;
+                    stop_watch(s);
                 });
                 if let Ok(mut m) = sb.metrics.lock() {
                     m.flush();
@@ -882,7 +1066,20 @@ impl SandboxManager {
             config.default_user = default_user.clone();
         }
         config.default_env.extend(default_env.clone());
-        sb.with(|s| s.status = SandboxStatus::Resuming);
+        {
+            // A hibernated sandbox takes its memory and vCPUs back: admit it first,
+            // atomically with the other creates and restores.
+            let map = self
+                .sandboxes
+                .write()
+                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            if prev == SandboxStatus::Hibernated {
+                if let Some(capacity) = &self.settings.capacity {
+                    capacity.admit(committed(&map), config.vcpus, config.memory_mb)?;
+                }
+            }
+            sb.with(|s| s.status = SandboxStatus::Resuming);
+        }
 
         let result: AgentResult<(Instance, String)> = if prev == SandboxStatus::Paused {
             let instance = sb.instance()?;
@@ -962,6 +1159,10 @@ impl SandboxManager {
                 });
                 sb.conns.reset();
                 sb.touch();
+                self.persist(&sb);
+                if prev == SandboxStatus::Hibernated {
+                    self.watch(&sb, instance);
+                }
                 let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
                 self.events.emit_with(SandboxEventKind::Resumed, id, |ev| {
                     ev.team_id = Some(team);
@@ -1028,6 +1229,7 @@ impl SandboxManager {
                     s.envd = None;
                     s.auto_paused = false;
                     s.paused_at = None;
+                    stop_watch(s);
                 });
                 if let Ok(mut m) = sb.metrics.lock() {
                     m.flush();
@@ -1224,6 +1426,123 @@ impl SandboxManager {
     }
 
     // -----------------------------------------------------------------------------
+    // Liveness
+    // -----------------------------------------------------------------------------
+
+    /// Watches the live `instance` of `sb`: when the runtime reports that its init
+    /// exited, the sandbox is torn down, marked `error` with the reason and a
+    /// `failed` event is sent ([`SandboxManager::fail_dead`]).
+    fn watch(&self, sb: &Arc<Sandbox>, instance: Instance) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let generation = sb.with(|s| {
+            stop_watch(s);
+            s.generation += 1;
+            s.watch = Some(stop.clone());
+            s.generation
+        });
+        sb.health_failures.store(0, Ordering::Relaxed);
+        let (runtime, events, sb) = (
+            Arc::clone(&self.runtime),
+            Arc::clone(&self.events),
+            Arc::clone(sb),
+        );
+        let span = tracing::info_span!("sandbox.watch", sandbox_id = %sb.id);
+        tokio::spawn(
+            async move {
+                let reason = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = runtime.wait_exit(&instance) => match r {
+                        Ok(reason) => reason,
+                        Err(RuntimeError::NotFound(_)) => return,
+                        Err(e) => {
+                            tracing::warn!("cannot watch the sandbox: {e}");
+                            return;
+                        }
+                    },
+                };
+                let _op = sb.op.lock().await;
+                fail_dead(&*runtime, &events, &sb, Some(generation), reason).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Asks the envd of every running sandbox whose lock is free for its health,
+    /// concurrently, each bounded by `health_timeout`. A sandbox that fails
+    /// `health_failures` checks in a row (a hung or stopped envd) is torn down and
+    /// reported like a dead one. Paused sandboxes are never checked.
+    pub async fn check_health(&self) {
+        let checks = self.all().into_iter().map(|sb| async move {
+            if sb.status() != SandboxStatus::Running {
+                return;
+            }
+            let Ok(_op) = sb.op.try_lock() else {
+                return;
+            };
+            if sb.status() != SandboxStatus::Running {
+                return;
+            }
+            let budget = self.settings.health_timeout;
+            let outcome = match sb.envd_client() {
+                Ok(envd) => {
+                    let mut system = envd.system;
+                    match tokio::time::timeout(budget, system.health(HealthRequest {})).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("it answered {}", e.message())),
+                        Err(_) => Err(format!("it did not answer within {budget:?}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => sb.health_failures.store(0, Ordering::Relaxed),
+                Err(why) => {
+                    let n = sb.health_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(sandbox_id = %sb.id, failures = n, "envd health check failed: {why}");
+                    if n >= self.settings.health_failures.max(1) {
+                        let reason = format!(
+                            "the capsule's envd failed {n} health checks in a row (last: {why})"
+                        );
+                        fail_dead(&*self.runtime, &self.events, &sb, None, reason).await;
+                    }
+                }
+            }
+        });
+        futures::future::join_all(checks).await;
+    }
+
+    /// Why the sandbox is in `error` (it died, or could not be adopted), if it is.
+    pub fn failure(&self, id: SandboxId) -> Option<String> {
+        self.lookup(id)
+            .and_then(|sb| sb.with(|s| s.failure.clone()))
+    }
+
+    /// Writes what the manager needs to adopt `sb` after an agent restart
+    /// (`sandboxes/{id}/agent.json`; a failure is logged).
+    fn persist(&self, sb: &Sandbox) {
+        let record = sb.with(|s| ManagedRecord {
+            access_token: s.access_token.clone(),
+            template_name: s.template_name.clone(),
+            created_at_unix: s.created_at_unix,
+            timeout_sec: s.timeout_sec,
+            default_user: s.config.default_user.clone(),
+            default_env: s.config.default_env.clone(),
+            user_metadata: s.user_metadata.clone(),
+        });
+        let dir = self.layout.sandbox_dir(sb.id);
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|raw| {
+                let tmp = dir.join(".agent.json.tmp");
+                std::fs::write(&tmp, raw)?;
+                std::fs::rename(&tmp, dir.join(MANAGED_RECORD))
+            });
+        if let Err(e) = written {
+            tracing::warn!(sandbox_id = %sb.id, "cannot persist the sandbox record: {e}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------
     // Reaper hooks
     // -----------------------------------------------------------------------------
 
@@ -1379,6 +1698,112 @@ impl SandboxManager {
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
+}
+
+/// File in `sandboxes/{id}/` holding what the manager needs to adopt a sandbox.
+const MANAGED_RECORD: &str = "agent.json";
+
+/// What [`SandboxManager`] persists per live sandbox (its runtime persists the rest).
+/// Fields added later must be `#[serde(default)]`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ManagedRecord {
+    access_token: String,
+    #[serde(default)]
+    template_name: String,
+    #[serde(default)]
+    created_at_unix: i64,
+    #[serde(default)]
+    timeout_sec: u32,
+    #[serde(default)]
+    default_user: String,
+    #[serde(default)]
+    default_env: BTreeMap<String, String>,
+    #[serde(default)]
+    user_metadata: BTreeMap<String, String>,
+}
+
+fn read_managed(dir: &Path) -> Option<ManagedRecord> {
+    let raw = std::fs::read(dir.join(MANAGED_RECORD)).ok()?;
+    match serde_json::from_slice(&raw) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("unreadable {MANAGED_RECORD} in {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// Cancels the watcher of the live instance, if any.
+fn stop_watch(s: &mut State) {
+    if let Some(w) = s.watch.take() {
+        w.cancel();
+    }
+}
+
+/// vCPUs and MiB held by the sandboxes of `map` that have (or are getting) processes
+/// on this host.
+fn committed(map: &HashMap<SandboxId, Arc<Sandbox>>) -> (u64, u64) {
+    map.values().fold((0, 0), |(vcpus, mb), sb| {
+        sb.with(|s| {
+            if matches!(
+                s.status,
+                SandboxStatus::Starting
+                    | SandboxStatus::Running
+                    | SandboxStatus::Pausing
+                    | SandboxStatus::Paused
+                    | SandboxStatus::Resuming
+                    | SandboxStatus::Snapshotting
+                    | SandboxStatus::Stopping
+            ) {
+                (
+                    vcpus + u64::from(s.config.vcpus),
+                    mb + u64::from(s.config.memory_mb),
+                )
+            } else {
+                (vcpus, mb)
+            }
+        })
+    })
+}
+
+/// A sandbox whose init died (or whose envd stopped answering): with its op lock
+/// held, unless a lifecycle operation moved it on meanwhile (or `generation` names an
+/// older instance), it is torn down, kept as `error` with `reason`, and a `failed`
+/// event is sent.
+async fn fail_dead(
+    runtime: &dyn Runtime,
+    events: &EventSender,
+    sb: &Sandbox,
+    generation: Option<u64>,
+    reason: String,
+) {
+    let current = sb.with(|s| {
+        matches!(s.status, SandboxStatus::Running | SandboxStatus::Paused)
+            && generation.is_none_or(|g| g == s.generation)
+    });
+    if !current {
+        return;
+    }
+    let id = sb.id;
+    tracing::warn!(sandbox_id = %id, "sandbox died: {reason}");
+    sb.conns.drain(Duration::ZERO).await;
+    let team = sb.with(|s| {
+        s.envd = None;
+        stop_watch(s);
+        s.config.team_id
+    });
+    if let Err(e) = runtime.destroy(id).await {
+        tracing::error!(sandbox_id = %id, "tearing down a dead sandbox: {e}");
+    }
+    sb.with(|s| {
+        s.status = SandboxStatus::Error;
+        s.instance = None;
+        s.failure = Some(reason.clone());
+    });
+    if let Ok(mut m) = sb.metrics.lock() {
+        m.flush();
+    }
+    events.emit(SandboxEventKind::Failed, id, Some(team), Some(reason));
 }
 
 /// Applies defaults and the access token through envd's Init.

@@ -17,6 +17,11 @@
 //! arrives meanwhile wins. A sandbox already being handled is not picked again until
 //! its action ends. A failed auto-pause never destroys the sandbox (Obs-S6).
 //!
+//! **Health.** Every `health_interval` (10 s) the envd of every running sandbox is
+//! asked for its health ([`SandboxManager::check_health`]); a sandbox whose envd
+//! stops answering is torn down and reported as failed. (A sandbox whose init dies is
+//! noticed at once by its exit watcher, not by this loop.)
+//!
 //! **Sampler.** Every 500 ms it records [`Runtime::stats`](crate::runtime::Runtime::stats)
 //! of each running sandbox into its metric rings.
 
@@ -83,6 +88,19 @@ fn reap_once(manager: &Arc<SandboxManager>, busy: &Arc<Mutex<HashSet<SandboxId>>
                 b.remove(&id);
             }
         });
+    }
+}
+
+/// Runs the envd health checks every `every` until `stop` is cancelled.
+pub async fn run_health(manager: Arc<SandboxManager>, every: Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        manager.check_health().await;
     }
 }
 

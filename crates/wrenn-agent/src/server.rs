@@ -36,8 +36,11 @@
 //!
 //! # Startup
 //!
-//! `layout.ensure_dirs()`, then [`SandboxManager::recover`]: hibernated sandboxes found
-//! by the runtime are loaded into the map and the runtime sweeps every other leftover.
+//! `layout.ensure_dirs()`, then [`SandboxManager::recover`]: live sandboxes a previous
+//! agent left running are adopted (those that cannot be are reported as failed),
+//! hibernated sandboxes found by the runtime are loaded into the map, and the runtime
+//! sweeps every other leftover. Then the reaper, the envd health checks and the
+//! metrics sampler start.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -139,8 +142,8 @@ impl AgentOptions {
     }
 
     /// Options from the agent's configuration: layout (`WRENN_DIR`), control-plane URL
-    /// (`WRENN_CP_URL`), `hibernate_after` (`WRENN_HIBERNATE_AFTER_SECS`) and the
-    /// 30 s heartbeat (which runs once credentials are set).
+    /// (`WRENN_CP_URL`), the manager's tunables ([`ManagerSettings::apply_config`]) and
+    /// the 30 s heartbeat (which runs once credentials are set).
     pub fn from_config(
         runtime: Arc<dyn Runtime>,
         config: &AgentConfig,
@@ -148,7 +151,7 @@ impl AgentOptions {
     ) -> Self {
         let mut o = Self::new(runtime, config.layout(), listener);
         o.events.cp_url = config.cp_url.clone();
-        o.manager.hibernate_after = config.hibernate_after;
+        o.manager.apply_config(config);
         o.heartbeat_interval = Some(HEARTBEAT_INTERVAL);
         o
     }
@@ -349,6 +352,11 @@ impl Agent {
         tokio::spawn(reaper::run_reaper(
             Arc::clone(&manager),
             reaper_tick,
+            workers.child_token(),
+        ));
+        tokio::spawn(reaper::run_health(
+            Arc::clone(&manager),
+            manager.settings().health_interval,
             workers.child_token(),
         ));
         tokio::spawn(reaper::run_sampler(

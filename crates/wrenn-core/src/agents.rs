@@ -25,6 +25,9 @@ pub enum AgentError {
     /// The host could not be reached (or is not registered).
     #[error("host unavailable: {0}")]
     Unavailable(String),
+    /// The host has no room for the sandbox (memory or vCPUs beyond its capacity).
+    #[error("host capacity exhausted: {0}")]
+    ResourceExhausted(String),
     /// The call did not finish in time.
     #[error("host call timed out: {0}")]
     Timeout(String),

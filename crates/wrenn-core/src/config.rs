@@ -74,6 +74,20 @@ pub mod vars {
     pub const WRENN_REGISTRATION_TOKEN: &str = "WRENN_REGISTRATION_TOKEN";
     /// The `host:port` at which the control plane reaches this agent.
     pub const WRENN_HOST_ADDRESS: &str = "WRENN_HOST_ADDRESS";
+    /// Memory overcommit ratio of a host (sandboxes may hold RAM × ratio − reserve).
+    pub const WRENN_MEMORY_OVERCOMMIT: &str = "WRENN_MEMORY_OVERCOMMIT";
+    /// vCPU overcommit ratio of a host (sandboxes may hold CPUs × ratio vCPUs).
+    pub const WRENN_CPU_OVERCOMMIT: &str = "WRENN_CPU_OVERCOMMIT";
+    /// Memory (MiB) kept for the host itself, outside every sandbox.
+    pub const WRENN_MEMORY_RESERVE_MB: &str = "WRENN_MEMORY_RESERVE_MB";
+    /// Most tasks all sandboxes of a host may run together.
+    pub const WRENN_SANDBOXES_PIDS_MAX: &str = "WRENN_SANDBOXES_PIDS_MAX";
+    /// Seconds between envd health checks of every running sandbox.
+    pub const WRENN_HEALTH_INTERVAL_SECS: &str = "WRENN_HEALTH_INTERVAL_SECS";
+    /// Seconds one envd health check may take.
+    pub const WRENN_HEALTH_TIMEOUT_SECS: &str = "WRENN_HEALTH_TIMEOUT_SECS";
+    /// Most live capsules a team may have at once.
+    pub const WRENN_TEAM_MAX_CAPSULES: &str = "WRENN_TEAM_MAX_CAPSULES";
 }
 
 /// Default `WRENN_DIR`.
@@ -104,6 +118,78 @@ pub const DEFAULT_ROOTFS_SIZE_MB: u64 = 5120;
 pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(600);
 /// Default firecracker binary.
 pub const DEFAULT_FIRECRACKER_BIN: &str = "/usr/local/bin/firecracker";
+/// Default [`Overcommit::memory`].
+pub const DEFAULT_MEMORY_OVERCOMMIT: f64 = 1.0;
+/// Default [`Overcommit::cpu`].
+pub const DEFAULT_CPU_OVERCOMMIT: f64 = 4.0;
+/// Default [`Overcommit::memory_reserve_mb`].
+pub const DEFAULT_MEMORY_RESERVE_MB: u64 = 1024;
+/// Default [`AgentConfig::sandboxes_pids_max`].
+pub const DEFAULT_SANDBOXES_PIDS_MAX: u64 = 32768;
+/// Default [`AgentConfig::health_interval`].
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default [`AgentConfig::health_timeout`].
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`Config::team_max_capsules`].
+pub const DEFAULT_TEAM_MAX_CAPSULES: u32 = 100;
+/// Largest accepted overcommit ratio.
+pub const MAX_OVERCOMMIT: f64 = 100.0;
+
+/// How much of a host sandboxes may hold: the agent admits work against it, and the
+/// control plane refuses at once a capsule no host could ever hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overcommit {
+    /// `WRENN_MEMORY_OVERCOMMIT`, default 1.0 (above 0, at most 100): sandboxes may
+    /// hold `host memory × memory − memory_reserve_mb` MiB.
+    pub memory: f64,
+    /// `WRENN_CPU_OVERCOMMIT`, default 4.0 (above 0, at most 100): sandboxes may hold
+    /// `host CPUs × cpu` vCPUs.
+    pub cpu: f64,
+    /// `WRENN_MEMORY_RESERVE_MB`, default 1024: memory kept for the host itself.
+    pub memory_reserve_mb: u64,
+}
+
+// The ratios are finite (never NaN) when read from the environment, so equality is
+// total.
+impl Eq for Overcommit {}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Self {
+            memory: DEFAULT_MEMORY_OVERCOMMIT,
+            cpu: DEFAULT_CPU_OVERCOMMIT,
+            memory_reserve_mb: DEFAULT_MEMORY_RESERVE_MB,
+        }
+    }
+}
+
+impl Overcommit {
+    fn from_vars(v: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            memory: v.ratio(vars::WRENN_MEMORY_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT)?,
+            cpu: v.ratio(vars::WRENN_CPU_OVERCOMMIT, DEFAULT_CPU_OVERCOMMIT)?,
+            memory_reserve_mb: v.parse_with(
+                vars::WRENN_MEMORY_RESERVE_MB,
+                DEFAULT_MEMORY_RESERVE_MB,
+                |s| {
+                    s.parse::<u64>()
+                        .map_err(|_| "expected a whole number of MiB".to_owned())
+                },
+            )?,
+        })
+    }
+
+    /// Memory (MiB) sandboxes may hold together on a host with `host_memory_mb`.
+    pub fn memory_limit_mb(&self, host_memory_mb: u64) -> u64 {
+        ((host_memory_mb as f64 * self.memory) as u64).saturating_sub(self.memory_reserve_mb)
+    }
+
+    /// vCPUs sandboxes may hold together on a host with `host_cpus`.
+    pub fn vcpu_limit(&self, host_cpus: u64) -> u64 {
+        (host_cpus as f64 * self.cpu) as u64
+    }
+}
+
 /// Minimum length of `JWT_SECRET`, in characters.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
@@ -300,6 +386,14 @@ pub struct Config {
     /// `WRENN_DB_MAX_CONNECTIONS`: most connections opened to Postgres, default 8
     /// (1 to 1024). SQLite ignores it.
     pub database_max_connections: u32,
+    /// The hosts' overcommit (`WRENN_MEMORY_OVERCOMMIT`, `WRENN_CPU_OVERCOMMIT`,
+    /// `WRENN_MEMORY_RESERVE_MB`): a capsule larger than what any host could hold is
+    /// refused at once.
+    pub overcommit: Overcommit,
+    /// `WRENN_TEAM_MAX_CAPSULES`, default 100 (at least 1): most capsules a team may
+    /// have in `starting`, `running`, `pausing`, `paused`, `resuming` or
+    /// `snapshotting` at once (hibernated, stopped and errored ones do not count).
+    pub team_max_capsules: u32,
 }
 
 impl fmt::Debug for Config {
@@ -320,6 +414,8 @@ impl fmt::Debug for Config {
             scheduler,
             max_body_bytes,
             database_max_connections,
+            overcommit,
+            team_max_capsules,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -336,6 +432,8 @@ impl fmt::Debug for Config {
             .field("scheduler", scheduler)
             .field("max_body_bytes", max_body_bytes)
             .field("database_max_connections", database_max_connections)
+            .field("overcommit", overcommit)
+            .field("team_max_capsules", team_max_capsules)
             .finish()
     }
 }
@@ -474,6 +572,15 @@ impl Config {
             scheduler,
             max_body_bytes,
             database_max_connections,
+            overcommit: Overcommit::from_vars(&v)?,
+            team_max_capsules: v.parse_with(
+                vars::WRENN_TEAM_MAX_CAPSULES,
+                DEFAULT_TEAM_MAX_CAPSULES,
+                |s| match s.parse::<u32>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err("expected a whole number of capsules greater than 0".to_owned()),
+                },
+            )?,
         })
     }
 
@@ -510,6 +617,16 @@ pub struct AgentConfig {
     /// agent (reported at registration). Default: `listen_addr`, unless that is an
     /// unspecified address such as `0.0.0.0`.
     pub advertise_address: Option<String>,
+    /// Admission: `WRENN_MEMORY_OVERCOMMIT`, `WRENN_CPU_OVERCOMMIT`,
+    /// `WRENN_MEMORY_RESERVE_MB`.
+    pub overcommit: Overcommit,
+    /// `WRENN_SANDBOXES_PIDS_MAX`, default 32768 (at least 1): `pids.max` of the cgroup
+    /// holding every sandbox.
+    pub sandboxes_pids_max: u64,
+    /// `WRENN_HEALTH_INTERVAL_SECS`, default 10 (at least 1).
+    pub health_interval: Duration,
+    /// `WRENN_HEALTH_TIMEOUT_SECS`, default 5 (at least 1).
+    pub health_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -551,6 +668,22 @@ impl AgentConfig {
                 .get(vars::WRENN_HOST_ADDRESS)
                 .map(|a| host_port(vars::WRENN_HOST_ADDRESS, a))
                 .transpose()?,
+            overcommit: Overcommit::from_vars(&v)?,
+            sandboxes_pids_max: v.positive(
+                vars::WRENN_SANDBOXES_PIDS_MAX,
+                DEFAULT_SANDBOXES_PIDS_MAX,
+                "a whole number of tasks",
+            )?,
+            health_interval: Duration::from_secs(v.positive(
+                vars::WRENN_HEALTH_INTERVAL_SECS,
+                DEFAULT_HEALTH_INTERVAL.as_secs(),
+                "a whole number of seconds",
+            )?),
+            health_timeout: Duration::from_secs(v.positive(
+                vars::WRENN_HEALTH_TIMEOUT_SECS,
+                DEFAULT_HEALTH_TIMEOUT.as_secs(),
+                "a whole number of seconds",
+            )?),
         })
     }
 
@@ -675,6 +808,16 @@ impl Vars<'_> {
         self.parse_with(var, default, |s| match s.parse::<u64>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("expected {what} greater than 0")),
+        })
+    }
+
+    /// A finite ratio above 0 and at most [`MAX_OVERCOMMIT`].
+    fn ratio(&self, var: &'static str, default: f64) -> Result<f64, ConfigError> {
+        self.parse_with(var, default, |s| match s.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 && r <= MAX_OVERCOMMIT => Ok(r),
+            _ => Err(format!(
+                "expected a ratio above 0 and at most {MAX_OVERCOMMIT}, e.g. 1.5"
+            )),
         })
     }
 
@@ -1132,6 +1275,70 @@ mod tests {
             err.to_string(),
             "invalid WRENN_RUNTIME=\"docker\": expected one of process, firecracker"
         );
+    }
+
+    #[test]
+    fn admission_and_liveness_settings() {
+        let a = agent(&[]).unwrap();
+        assert_eq!(a.overcommit, Overcommit::default());
+        assert_eq!(a.sandboxes_pids_max, 32768);
+        assert_eq!(a.health_interval, Duration::from_secs(10));
+        assert_eq!(a.health_timeout, Duration::from_secs(5));
+        assert_eq!(cfg(&[]).unwrap().team_max_capsules, 100);
+        let a = agent(&[
+            ("WRENN_MEMORY_OVERCOMMIT", "1.5"),
+            ("WRENN_CPU_OVERCOMMIT", "8"),
+            ("WRENN_MEMORY_RESERVE_MB", "0"),
+            ("WRENN_SANDBOXES_PIDS_MAX", "1000"),
+            ("WRENN_HEALTH_INTERVAL_SECS", "3"),
+            ("WRENN_HEALTH_TIMEOUT_SECS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            a.overcommit,
+            Overcommit {
+                memory: 1.5,
+                cpu: 8.0,
+                memory_reserve_mb: 0
+            }
+        );
+        assert_eq!(a.overcommit.memory_limit_mb(1000), 1500);
+        assert_eq!(a.overcommit.vcpu_limit(2), 16);
+        assert_eq!(Overcommit::default().memory_limit_mb(24576), 23552);
+        assert_eq!(Overcommit::default().memory_limit_mb(512), 0);
+        assert_eq!(
+            (a.sandboxes_pids_max, a.health_interval, a.health_timeout),
+            (1000, Duration::from_secs(3), Duration::from_secs(2))
+        );
+        let c = cfg(&[
+            ("WRENN_TEAM_MAX_CAPSULES", "5"),
+            ("WRENN_CPU_OVERCOMMIT", "2"),
+        ])
+        .unwrap();
+        assert_eq!((c.team_max_capsules, c.overcommit.cpu), (5, 2.0));
+        for (var, value) in [
+            ("WRENN_MEMORY_OVERCOMMIT", "0"),
+            ("WRENN_MEMORY_OVERCOMMIT", "-1"),
+            ("WRENN_MEMORY_OVERCOMMIT", "NaN"),
+            ("WRENN_CPU_OVERCOMMIT", "inf"),
+            ("WRENN_CPU_OVERCOMMIT", "101"),
+            ("WRENN_CPU_OVERCOMMIT", "four"),
+            ("WRENN_MEMORY_RESERVE_MB", "-5"),
+            ("WRENN_SANDBOXES_PIDS_MAX", "0"),
+            ("WRENN_HEALTH_INTERVAL_SECS", "0"),
+            ("WRENN_HEALTH_TIMEOUT_SECS", "x"),
+        ] {
+            let err = agent(&[(var, value)]).unwrap_err();
+            assert_eq!(err_var(&err), var, "{var}={value}: {err}");
+        }
+        for (var, value) in [
+            ("WRENN_TEAM_MAX_CAPSULES", "0"),
+            ("WRENN_TEAM_MAX_CAPSULES", "many"),
+            ("WRENN_MEMORY_OVERCOMMIT", "0.0"),
+        ] {
+            let err = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(err_var(&err), var, "{var}={value}: {err}");
+        }
     }
 
     #[test]

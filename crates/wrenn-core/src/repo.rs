@@ -367,6 +367,35 @@ pub trait TemplateRepo: Send + Sync {
     async fn delete_team_templates(&self, team: TeamId) -> RepoResult<u64>;
 }
 
+/// Metadata key under which [`SandboxRepo::fail_if`] records why a sandbox failed.
+pub const FAILURE_METADATA_KEY: &str = "error";
+
+/// The statuses that count against a team's concurrent-capsule quota: the sandbox
+/// holds (or is about to hold) a host's memory. Hibernated, stopping, stopped,
+/// missing and errored sandboxes do not count.
+pub const QUOTA_STATUSES: [SandboxStatus; 7] = [
+    SandboxStatus::Pending,
+    SandboxStatus::Starting,
+    SandboxStatus::Running,
+    SandboxStatus::Pausing,
+    SandboxStatus::Paused,
+    SandboxStatus::Resuming,
+    SandboxStatus::Snapshotting,
+];
+
+/// The outcome of a write subject to a team's concurrent-capsule quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quota<T> {
+    /// The write happened (or, for a conditional update, was attempted: `None` when
+    /// the row was not in the expected status).
+    Done(T),
+    /// The team already has this many sandboxes in a [`QUOTA_STATUSES`] status.
+    Exceeded {
+        /// Sandboxes of the team counted.
+        live: i64,
+    },
+}
+
 /// Sandboxes. Status changes are conditional: the `…_if` methods return `None` when
 /// the row was not in the expected status (someone else won).
 #[async_trait::async_trait]
@@ -411,6 +440,33 @@ pub trait SandboxRepo: Send + Sync {
         host_ip: &str,
         metadata: &Metadata,
     ) -> RepoResult<Option<Sandbox>>;
+    /// Marks the sandbox `error` only if it is `expected`, recording `reason` under
+    /// the metadata key [`FAILURE_METADATA_KEY`].
+    async fn fail_if(
+        &self,
+        id: SandboxId,
+        expected: SandboxStatus,
+        reason: &str,
+    ) -> RepoResult<Option<Sandbox>>;
+    /// Inserts a sandbox row only if its team then has fewer than `max_live` sandboxes
+    /// in a [`QUOTA_STATUSES`] status — atomically with respect to concurrent inserts
+    /// and resumes of the team on every replica (the team's row is locked).
+    async fn insert_sandbox_within_quota(
+        &self,
+        sandbox: NewSandbox,
+        max_live: u32,
+    ) -> RepoResult<Quota<Sandbox>>;
+    /// `status = to` only if it is `expected` and the sandbox's team then has fewer
+    /// than `max_live` sandboxes in a [`QUOTA_STATUSES`] status (resuming a
+    /// hibernated sandbox), atomically like
+    /// [`insert_sandbox_within_quota`](Self::insert_sandbox_within_quota).
+    async fn status_if_within_quota(
+        &self,
+        id: SandboxId,
+        expected: SandboxStatus,
+        to: SandboxStatus,
+        max_live: u32,
+    ) -> RepoResult<Quota<Option<Sandbox>>>;
     /// Moves every sandbox of the host in a live status to `missing`. Returns count.
     async fn mark_host_sandboxes_missing(&self, host: HostId) -> RepoResult<u64>;
     /// Bulk conditional update: each id moves to `to` only if currently `expected`.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::Overcommit;
 use crate::id::{HostId, TeamId};
 use crate::lifecycle::HostStatus;
 use crate::model::{HostKind, HostLoad};
@@ -44,6 +45,21 @@ pub enum SchedulerError {
         /// Disk requested.
         disk_mb: i32,
     },
+    /// The capsule is larger than any eligible host could ever hold, even empty.
+    #[error(
+        "the capsule is larger than any host can hold: {requested} {resource} requested, \
+         at most {limit} on the largest host (host {resource} × overcommit{reserve})"
+    )]
+    ExceedsHostCapacity {
+        /// `MiB of memory` or `vCPUs`.
+        resource: &'static str,
+        /// What was asked.
+        requested: i64,
+        /// The most any eligible host can give.
+        limit: u64,
+        /// ` − reserve` for memory, empty otherwise.
+        reserve: &'static str,
+    },
     /// The host list could not be read.
     #[error(transparent)]
     Store(#[from] RepoError),
@@ -67,6 +83,47 @@ pub fn is_eligible(load: &HostLoad, placement: &Placement) -> bool {
     } else {
         h.kind == HostKind::Regular
     }
+}
+
+/// Refuses a placement no eligible host of `hosts` could hold even when empty:
+/// memory above `host memory × overcommit − reserve` or vCPUs above
+/// `host CPUs × overcommit` on every one of them. `Ok` when no host is eligible (the
+/// caller reports that).
+pub fn check_fits_some_host(
+    hosts: &[HostLoad],
+    placement: &Placement,
+    overcommit: &Overcommit,
+) -> Result<(), SchedulerError> {
+    let eligible: Vec<&HostLoad> = hosts.iter().filter(|l| is_eligible(l, placement)).collect();
+    if eligible.is_empty() {
+        return Ok(());
+    }
+    let memory =
+        |l: &HostLoad| overcommit.memory_limit_mb(u64::try_from(l.host.memory_mb).unwrap_or(0));
+    let vcpus = |l: &HostLoad| overcommit.vcpu_limit(u64::try_from(l.host.cpu_cores).unwrap_or(0));
+    let want_mb = u64::try_from(placement.memory_mb).unwrap_or(0);
+    let want_vcpus = u64::try_from(placement.vcpus).unwrap_or(0);
+    if eligible
+        .iter()
+        .any(|l| memory(l) >= want_mb && vcpus(l) >= want_vcpus)
+    {
+        return Ok(());
+    }
+    let max_mb = eligible.iter().map(|l| memory(l)).max().unwrap_or(0);
+    if want_mb > max_mb {
+        return Err(SchedulerError::ExceedsHostCapacity {
+            resource: "MiB of memory",
+            requested: i64::from(placement.memory_mb),
+            limit: max_mb,
+            reserve: " − reserve",
+        });
+    }
+    Err(SchedulerError::ExceedsHostCapacity {
+        resource: "vCPUs",
+        requested: i64::from(placement.vcpus),
+        limit: eligible.iter().map(|l| vcpus(l)).max().unwrap_or(0),
+        reserve: "",
+    })
 }
 
 fn no_hosts(placement: &Placement) -> SchedulerError {
@@ -185,6 +242,7 @@ pub fn pick_least_loaded<'a>(
 pub struct LeastLoaded {
     hosts: Arc<dyn HostRepo>,
     reserve: Reserve,
+    overcommit: Overcommit,
 }
 
 impl LeastLoaded {
@@ -195,7 +253,18 @@ impl LeastLoaded {
 
     /// With a custom reserve (small hosts, tests).
     pub fn with_reserve(hosts: Arc<dyn HostRepo>, reserve: Reserve) -> Self {
-        Self { hosts, reserve }
+        Self {
+            hosts,
+            reserve,
+            overcommit: Overcommit::default(),
+        }
+    }
+
+    /// Refuses capsules no host could hold with `overcommit` (default
+    /// [`Overcommit::default`]); see [`check_fits_some_host`].
+    pub fn with_overcommit(mut self, overcommit: Overcommit) -> Self {
+        self.overcommit = overcommit;
+        self
     }
 }
 
@@ -203,6 +272,7 @@ impl LeastLoaded {
 impl Scheduler for LeastLoaded {
     async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
         let hosts = self.hosts.list_hosts_with_load().await?;
+        check_fits_some_host(&hosts, placement, &self.overcommit)?;
         pick_least_loaded(&hosts, placement, &self.reserve).map(|l| l.host.id)
     }
 }
@@ -211,6 +281,7 @@ impl Scheduler for LeastLoaded {
 pub struct RoundRobin {
     hosts: Arc<dyn HostRepo>,
     next: AtomicUsize,
+    overcommit: Overcommit,
 }
 
 impl RoundRobin {
@@ -219,7 +290,15 @@ impl RoundRobin {
         Self {
             hosts,
             next: AtomicUsize::new(0),
+            overcommit: Overcommit::default(),
         }
+    }
+
+    /// Refuses capsules no host could hold with `overcommit`; see
+    /// [`check_fits_some_host`].
+    pub fn with_overcommit(mut self, overcommit: Overcommit) -> Self {
+        self.overcommit = overcommit;
+        self
     }
 }
 
@@ -227,6 +306,7 @@ impl RoundRobin {
 impl Scheduler for RoundRobin {
     async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
         let hosts = self.hosts.list_hosts_with_load().await?;
+        check_fits_some_host(&hosts, placement, &self.overcommit)?;
         let eligible: Vec<_> = hosts.iter().filter(|l| is_eligible(l, placement)).collect();
         if eligible.is_empty() {
             return Err(no_hosts(placement));
@@ -242,6 +322,7 @@ impl Scheduler for RoundRobin {
 pub struct SingleHost {
     hosts: Arc<dyn HostRepo>,
     host: Option<HostId>,
+    overcommit: Overcommit,
 }
 
 impl SingleHost {
@@ -250,12 +331,24 @@ impl SingleHost {
         Self {
             hosts,
             host: Some(host),
+            overcommit: Overcommit::default(),
         }
     }
 
     /// The oldest eligible online host.
     pub fn only_online(hosts: Arc<dyn HostRepo>) -> Self {
-        Self { hosts, host: None }
+        Self {
+            hosts,
+            host: None,
+            overcommit: Overcommit::default(),
+        }
+    }
+
+    /// Refuses capsules the host could not hold with `overcommit`; see
+    /// [`check_fits_some_host`].
+    pub fn with_overcommit(mut self, overcommit: Overcommit) -> Self {
+        self.overcommit = overcommit;
+        self
     }
 }
 
@@ -263,9 +356,13 @@ impl SingleHost {
 impl Scheduler for SingleHost {
     async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
         let hosts = self.hosts.list_hosts_with_load().await?;
-        hosts
-            .iter()
+        let candidates: Vec<HostLoad> = hosts
+            .into_iter()
             .filter(|l| self.host.is_none_or(|h| l.host.id == h))
+            .collect();
+        check_fits_some_host(&candidates, placement, &self.overcommit)?;
+        candidates
+            .iter()
             .find(|l| is_eligible(l, placement))
             .map(|l| l.host.id)
             .ok_or_else(|| no_hosts(placement))
@@ -387,6 +484,44 @@ mod tests {
         assert!(
             pick_least_loaded(&[h], &placement(TeamId::new(), false), &Reserve::default()).is_ok()
         );
+    }
+
+    #[test]
+    fn a_capsule_no_host_could_hold_is_refused_naming_the_limit() {
+        let small = host(HostKind::Regular, None, 24, 2, 500); // 24 GiB, 2 cores
+        let o = Overcommit::default(); // memory × 1 − 1 GiB, vCPUs × 4
+        let mut p = placement(TeamId::new(), false);
+        assert!(check_fits_some_host(std::slice::from_ref(&small), &p, &o).is_ok());
+        p.memory_mb = 32768;
+        p.vcpus = 16;
+        let err = check_fits_some_host(std::slice::from_ref(&small), &p, &o).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SchedulerError::ExceedsHostCapacity {
+                    limit: 23552,
+                    requested: 32768,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("32768 MiB of memory requested, at most 23552"),
+            "{err}"
+        );
+        p.memory_mb = 1024;
+        let err = check_fits_some_host(std::slice::from_ref(&small), &p, &o).unwrap_err();
+        assert!(
+            err.to_string().contains("16 vCPUs requested, at most 8"),
+            "{err}"
+        );
+        // A bigger eligible host is enough; an ineligible one is not.
+        let big = host(HostKind::Regular, None, 64, 8, 500);
+        assert!(check_fits_some_host(&[small.clone(), big], &p, &o).is_ok());
+        let byoc = host(HostKind::Byoc, Some(TeamId::new()), 64, 8, 500);
+        assert!(check_fits_some_host(&[small, byoc], &p, &o).is_err());
     }
 
     #[test]

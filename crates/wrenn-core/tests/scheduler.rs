@@ -190,7 +190,14 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
         })
         .await
         .unwrap();
-    let ll = LeastLoaded::with_reserve(store.clone(), small_reserve());
+    // No memory reserve either in the "could any host ever hold it" check: this test is
+    // about what is left on the hosts.
+    let ll = LeastLoaded::with_reserve(store.clone(), small_reserve()).with_overcommit(
+        wrenn_core::config::Overcommit {
+            memory_reserve_mb: 0,
+            ..Default::default()
+        },
+    );
     assert_eq!(ll.select_host(&placement(team, false)).await.unwrap(), idle);
     // A sandbox bigger than what either host has left is refused with the sizes.
     let big = Placement {

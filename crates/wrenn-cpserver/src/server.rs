@@ -84,9 +84,15 @@ impl Builder {
         let scheduler: Arc<dyn Scheduler> = match self.scheduler {
             Some(s) => s,
             None => match config.scheduler {
-                SchedulerKind::LeastLoaded => Arc::new(LeastLoaded::new(store.clone())),
-                SchedulerKind::RoundRobin => Arc::new(RoundRobin::new(store.clone())),
-                SchedulerKind::SingleHost => Arc::new(SingleHost::only_online(store.clone())),
+                SchedulerKind::LeastLoaded => {
+                    Arc::new(LeastLoaded::new(store.clone()).with_overcommit(config.overcommit))
+                }
+                SchedulerKind::RoundRobin => {
+                    Arc::new(RoundRobin::new(store.clone()).with_overcommit(config.overcommit))
+                }
+                SchedulerKind::SingleHost => Arc::new(
+                    SingleHost::only_online(store.clone()).with_overcommit(config.overcommit),
+                ),
             },
         };
         let audit = match self.audit {
@@ -106,6 +112,7 @@ impl Builder {
             events.clone(),
             scheduler.clone(),
         );
+        lifecycle.set_team_max_capsules(config.team_max_capsules);
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
             ca: secrets.ca.clone(),

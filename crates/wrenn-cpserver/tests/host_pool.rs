@@ -656,7 +656,7 @@ async fn agent_status_codes_map_onto_agent_errors() {
         (Status::invalid_argument("bad id"), "invalid_argument"),
         (Status::deadline_exceeded("too slow"), "timeout"),
         (Status::internal("disk on fire"), "internal"),
-        (Status::resource_exhausted("no slots"), "internal"),
+        (Status::resource_exhausted("no slots"), "resource_exhausted"),
         (Status::unimplemented("nope"), "internal"),
         (Status::unavailable("envd did not answer"), "unavailable"),
     ];
@@ -675,6 +675,7 @@ async fn agent_status_codes_map_onto_agent_errors() {
             AgentError::Unavailable(_) => "unavailable",
             AgentError::NotFound(_) => "not_found",
             AgentError::FailedPrecondition(_) => "failed_precondition",
+            AgentError::ResourceExhausted(_) => "resource_exhausted",
         };
         assert_eq!(kind, want, "{err:?}");
         assert!(

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use wrenn_core::id::{HostId, SandboxId, TeamId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{Metadata, MetricsSnapshot, NewSandbox, ProxyTarget, Sandbox};
-use wrenn_core::repo::{RepoError, RepoResult, SandboxRepo};
+use wrenn_core::repo::{FAILURE_METADATA_KEY, Quota, RepoError, RepoResult, SandboxRepo};
 
 use crate::backend::{Dialect, begin_write, for_each_backend, push_in, row_exists};
 use crate::error::db;
@@ -24,6 +24,17 @@ const BULK_CHUNK: usize = 500;
 const GOES_MISSING: &str =
     "('pending', 'starting', 'running', 'pausing', 'resuming', 'snapshotting')";
 
+/// [`QUOTA_STATUSES`] as an SQL list (a unit test keeps them equal).
+const QUOTA_LIVE: &str =
+    "('pending', 'starting', 'running', 'pausing', 'paused', 'resuming', 'snapshotting')";
+
+/// The insert of a sandbox row (`insert_sandbox` and its quota-checked variant).
+const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, team_id, host_id, template, template_id, \
+       template_team_id, status, vcpus, memory_mb, timeout_sec, disk_size_mb, \
+       created_at, last_updated, metadata) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) \
+     RETURNING *";
+
 /// Per-team reservation: running/starting count fully, paused at half memory
 /// (rounded up, as `CEIL(memory_mb / 2)`).
 const TEAM_USAGE: &str = "\
@@ -36,6 +47,37 @@ const TEAM_USAGE: &str = "\
                         WHEN status = 'paused' THEN (memory_mb + 1) / 2 \
                         ELSE 0 END), 0) AS memory_mb_reserved \
     FROM sandboxes GROUP BY team_id ORDER BY team_id";
+
+/// Inside the write transaction `$tx` of store `$store`: locks the row of team
+/// `$team` (a `Uuid`; Postgres `FOR UPDATE`, SQLite's write transaction is already
+/// exclusive), so quota checks of one team are serialised across replicas, and
+/// evaluates to `RepoResult<i64>`: its sandboxes in a quota status.
+macro_rules! lock_and_count_live {
+    ($store:ty, $tx:expr, $team:expr) => {
+        async {
+            let sql = format!(
+                "SELECT 1 FROM teams WHERE id = $1{}",
+                <$store as Dialect>::LOCK_ROWS
+            );
+            let found: Option<i32> = sqlx::query_scalar(&sql)
+                .bind($team)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(db("team"))?;
+            if found.is_none() {
+                return Err(RepoError::not_found("team"));
+            }
+            let sql = format!(
+                "SELECT COUNT(*) FROM sandboxes WHERE team_id = $1 AND status IN {QUOTA_LIVE}"
+            );
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind($team)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err(db("sandbox"))
+        }
+    };
+}
 
 macro_rules! impl_sandbox_repo {
     ($store:ty) => {
@@ -55,13 +97,7 @@ macro_rules! impl_sandbox_repo {
         impl SandboxRepo for $store {
             #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %sandbox.id, team_id = %sandbox.team_id, host_id = %sandbox.host_id))]
             async fn insert_sandbox(&self, sandbox: NewSandbox) -> RepoResult<Sandbox> {
-                let row: SandboxRow = sqlx::query_as(
-                    "INSERT INTO sandboxes (id, team_id, host_id, template, template_id, \
-                       template_team_id, status, vcpus, memory_mb, timeout_sec, disk_size_mb, \
-                       created_at, last_updated, metadata) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) \
-                     RETURNING *",
-                )
+                let row: SandboxRow = sqlx::query_as(INSERT_SANDBOX)
                 .bind(sandbox.id.uuid())
                 .bind(sandbox.team_id.uuid())
                 .bind(sandbox.host_id.uuid())
@@ -232,6 +268,102 @@ macro_rules! impl_sandbox_repo {
                 }
             }
 
+            #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %id, %expected))]
+            async fn fail_if(
+                &self,
+                id: SandboxId,
+                expected: SandboxStatus,
+                reason: &str,
+            ) -> RepoResult<Option<Sandbox>> {
+                let sql = format!(
+                    "UPDATE sandboxes SET status = 'error', last_updated = $3, metadata = {} \
+                     WHERE id = $1 AND status = $2 RETURNING *",
+                    <$store as Dialect>::json_merge("metadata", "$4")
+                );
+                let mut failure = Metadata::new();
+                failure.insert(FAILURE_METADATA_KEY.to_owned(), reason.to_owned());
+                let row: Option<SandboxRow> = sqlx::query_as(&sql)
+                    .bind(id.uuid())
+                    .bind(expected.as_str())
+                    .bind(Ts::now())
+                    .bind(Json(&failure))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("sandbox"))?;
+                match row {
+                    Some(row) => Ok(Some(row.try_into()?)),
+                    None => self.lost_race(id).await,
+                }
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %sandbox.id, team_id = %sandbox.team_id, max_live))]
+            async fn insert_sandbox_within_quota(
+                &self,
+                sandbox: NewSandbox,
+                max_live: u32,
+            ) -> RepoResult<Quota<Sandbox>> {
+                let mut tx = begin_write!(self, "sandbox")?;
+                let live = lock_and_count_live!($store, tx, sandbox.team_id.uuid()).await?;
+                if live >= i64::from(max_live) {
+                    // Dropping the transaction rolls it back.
+                    return Ok(Quota::Exceeded { live });
+                }
+                let row: SandboxRow = sqlx::query_as(INSERT_SANDBOX)
+                    .bind(sandbox.id.uuid())
+                    .bind(sandbox.team_id.uuid())
+                    .bind(sandbox.host_id.uuid())
+                    .bind(&sandbox.template)
+                    .bind(sandbox.template_id.uuid())
+                    .bind(sandbox.template_team_id.uuid())
+                    .bind(sandbox.status.as_str())
+                    .bind(sandbox.vcpus)
+                    .bind(sandbox.memory_mb)
+                    .bind(sandbox.timeout_sec)
+                    .bind(sandbox.disk_size_mb)
+                    .bind(Ts::now())
+                    .bind(Json(&sandbox.metadata))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("sandbox"))?;
+                tx.commit().await.map_err(db("sandbox"))?;
+                Ok(Quota::Done(row.try_into()?))
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %id, %expected, %to, max_live))]
+            async fn status_if_within_quota(
+                &self,
+                id: SandboxId,
+                expected: SandboxStatus,
+                to: SandboxStatus,
+                max_live: u32,
+            ) -> RepoResult<Quota<Option<Sandbox>>> {
+                let mut tx = begin_write!(self, "sandbox")?;
+                let team: Option<Uuid> =
+                    sqlx::query_scalar("SELECT team_id FROM sandboxes WHERE id = $1")
+                        .bind(id.uuid())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db("sandbox"))?;
+                let team = team.ok_or_else(|| RepoError::not_found("sandbox"))?;
+                let live = lock_and_count_live!($store, tx, team).await?;
+                if live >= i64::from(max_live) {
+                    return Ok(Quota::Exceeded { live });
+                }
+                let row: Option<SandboxRow> = sqlx::query_as(
+                    "UPDATE sandboxes SET status = $3, last_updated = $4 \
+                     WHERE id = $1 AND status = $2 RETURNING *",
+                )
+                .bind(id.uuid())
+                .bind(expected.as_str())
+                .bind(to.as_str())
+                .bind(Ts::now())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("sandbox"))?;
+                tx.commit().await.map_err(db("sandbox"))?;
+                Ok(Quota::Done(row.map(TryInto::try_into).transpose()?))
+            }
+
             #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host))]
             async fn mark_host_sandboxes_missing(&self, host: HostId) -> RepoResult<u64> {
                 let sql = format!(
@@ -346,3 +478,18 @@ macro_rules! impl_sandbox_repo {
 }
 
 for_each_backend!(impl_sandbox_repo);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wrenn_core::repo::QUOTA_STATUSES;
+
+    #[test]
+    fn the_quota_sql_list_is_the_quota_statuses() {
+        let listed: Vec<String> = QUOTA_STATUSES
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(QUOTA_LIVE, format!("({})", listed.join(", ")));
+    }
+}

@@ -182,6 +182,11 @@ impl From<AgentError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_unavailable", m)
             }
             AgentError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "agent_error", m),
+            e @ AgentError::ResourceExhausted(_) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "host_capacity_exhausted",
+                e.to_string(),
+            ),
             AgentError::Internal(m) => Self::new(StatusCode::BAD_GATEWAY, "agent_error", m),
         }
     }
@@ -191,6 +196,9 @@ impl From<SchedulerError> for ApiError {
     fn from(e: SchedulerError) -> Self {
         match e {
             SchedulerError::Store(e) => e.into(),
+            e @ SchedulerError::ExceedsHostCapacity { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "capsule_too_large", e.to_string())
+            }
             other => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_hosts_available",
@@ -213,6 +221,11 @@ impl From<LifecycleError> for ApiError {
                 Self::conflict("template_name_taken", e.to_string())
             }
             LifecycleError::NoHosts(e) => e.into(),
+            e @ LifecycleError::QuotaExceeded { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                e.to_string(),
+            ),
             LifecycleError::Agent(e) => e.into(),
             LifecycleError::Store(e) => e.into(),
         }

@@ -257,6 +257,7 @@ pub fn map_status(op: &str, host: HostId, status: &Status) -> AgentError {
         Code::InvalidArgument => AgentError::InvalidArgument(message),
         Code::Unavailable => AgentError::Unavailable(message),
         Code::DeadlineExceeded => AgentError::Timeout(message),
+        Code::ResourceExhausted => AgentError::ResourceExhausted(message),
         code => AgentError::Internal(format!("{message} ({code:?})")),
     }
 }

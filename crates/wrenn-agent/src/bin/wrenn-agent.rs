@@ -184,6 +184,8 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     let image = default_image(&config).await?;
     let options = ProcessRuntimeOptions {
         base_image: Some(image.reference()),
+        sandboxes_pids_max: config.sandboxes_pids_max,
+        sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
         ..ProcessRuntimeOptions::default()
     };
     let runtime = ProcessRuntime::new(config.layout(), envd, options)

@@ -107,7 +107,7 @@ pub fn size_bytes(size_mb: u32) -> u64 {
 }
 
 /// The loop device a disk is bound to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceId {
     /// `N` of `/dev/loopN`.
     pub number: u32,

@@ -80,6 +80,40 @@ pub struct Stats {
     pub disk_bytes: u64,
 }
 
+/// A live sandbox found again after an agent restart ([`Runtime::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// Its configuration, as persisted when it was started.
+    pub config: SandboxConfig,
+    /// The running instance (its envd answered).
+    pub instance: Instance,
+    /// It was frozen (paused) when found.
+    pub paused: bool,
+}
+
+/// What [`Runtime::adopt`] found on this host after an agent restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// Sandboxes whose processes still run and whose envd answers; they are tracked
+    /// again (and watched) as if this agent had started them.
+    pub adopted: Vec<Adopted>,
+    /// Sandboxes that were live when the previous agent stopped but could not be
+    /// adopted (their init died, envd does not answer, state is unreadable). Their
+    /// leftovers have been removed.
+    pub lost: Vec<Lost>,
+}
+
+/// A sandbox [`Runtime::adopt`] could not adopt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Its team, when its state could be read.
+    pub team_id: Option<TeamId>,
+    /// Why it could not be adopted (no host paths).
+    pub reason: String,
+}
+
 /// A runtime failure.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -95,6 +129,9 @@ pub enum RuntimeError {
     /// The operation does not fit the sandbox's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The host has no room for the sandbox (memory or vCPUs beyond its capacity).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -143,6 +180,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Sandboxes hibernated on this host's disk (they survive agent restarts), with
     /// the configuration to restore them.
     async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError>;
+    /// Resolves when the sandbox's init (PID 1 for the process runtime; the VMM for VM
+    /// runtimes) has exited, with a description of how it ended (exit status or
+    /// signal and the tail of its log, no host paths). Whatever was the runtime's
+    /// child process for it is reaped. Resolves with `NotFound` at once for an unknown
+    /// sandbox. Runtimes that cannot watch never resolve (the default).
+    async fn wait_exit(&self, instance: &Instance) -> Result<String, RuntimeError> {
+        let _ = instance;
+        std::future::pending().await
+    }
+    /// Re-adopts the sandboxes a previous agent left running on this host (called once
+    /// at startup, before [`sweep`](Self::sweep)). The default adopts nothing.
+    async fn adopt(&self) -> Result<Adoption, RuntimeError> {
+        Ok(Adoption::default())
+    }
     /// Removes leftovers of live sandboxes not in `keep` (processes, mounts,
     /// network namespaces after an agent crash), never hibernated state; returns the
     /// ids cleaned up.

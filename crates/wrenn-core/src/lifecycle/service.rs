@@ -8,6 +8,7 @@
 //! and changes nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
@@ -15,6 +16,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::agents::{AgentError, HostAgents, SandboxSpec, StartedSandbox};
 use crate::audit::Actor;
+use crate::config::DEFAULT_TEAM_MAX_CAPSULES;
 use crate::events::{
     Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,
@@ -22,7 +24,7 @@ use crate::events::{
 use crate::id::{BUILTIN_TEMPLATE_NAME, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus::{self, *};
 use crate::model::{Metadata, NewSandbox, Sandbox, Template, TemplateKind};
-use crate::repo::{NewTemplate, RepoError, Store};
+use crate::repo::{NewTemplate, Quota, RepoError, Store};
 use crate::scheduler::{Placement, Scheduler, SchedulerError};
 use crate::validate::{self, ValidationError};
 
@@ -54,6 +56,17 @@ pub enum LifecycleError {
     /// No host can take the sandbox.
     #[error(transparent)]
     NoHosts(SchedulerError),
+    /// The team already has as many live capsules as it may.
+    #[error(
+        "team capsule quota exceeded: {live} capsules are live (starting, running, pausing, \
+         paused, resuming or snapshotting) and the limit is {limit}; destroy or hibernate one first"
+    )]
+    QuotaExceeded {
+        /// The team's limit (`WRENN_TEAM_MAX_CAPSULES`).
+        limit: u32,
+        /// Its live capsules.
+        live: i64,
+    },
     /// The host agent failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -152,6 +165,8 @@ struct Inner {
     scheduler: Arc<dyn Scheduler>,
     tasks: TaskTracker,
     timeouts: Timeouts,
+    /// Most live capsules per team (see [`crate::repo::QUOTA_STATUSES`]).
+    team_max_capsules: AtomicU32,
 }
 
 /// The sandbox lifecycle service. Cheap to clone.
@@ -208,8 +223,22 @@ impl Lifecycle {
                 scheduler,
                 tasks: TaskTracker::new(),
                 timeouts,
+                team_max_capsules: AtomicU32::new(DEFAULT_TEAM_MAX_CAPSULES),
             }),
         }
+    }
+
+    /// Sets the most live capsules a team may have (default
+    /// [`DEFAULT_TEAM_MAX_CAPSULES`]); enforced on create and on resuming a hibernated
+    /// capsule, atomically in the store.
+    pub fn set_team_max_capsules(&self, max: u32) {
+        self.inner
+            .team_max_capsules
+            .store(max.max(1), Ordering::Relaxed);
+    }
+
+    fn team_max_capsules(&self) -> u32 {
+        self.inner.team_max_capsules.load(Ordering::Relaxed)
     }
 
     /// Waits until every background task started so far has finished.
@@ -372,22 +401,30 @@ impl Lifecycle {
                 disk_size_mb,
             })
             .await?;
-        let sandbox = store
-            .insert_sandbox(NewSandbox {
-                id: SandboxId::new(),
-                team_id: team,
-                host_id,
-                template: template.name.clone(),
-                template_id: template.id,
-                template_team_id: template.team_id,
-                status: Starting,
-                vcpus,
-                memory_mb,
-                timeout_sec,
-                disk_size_mb,
-                metadata: req.metadata,
-            })
+        let limit = self.team_max_capsules();
+        let inserted = store
+            .insert_sandbox_within_quota(
+                NewSandbox {
+                    id: SandboxId::new(),
+                    team_id: team,
+                    host_id,
+                    template: template.name.clone(),
+                    template_id: template.id,
+                    template_team_id: template.team_id,
+                    status: Starting,
+                    vcpus,
+                    memory_mb,
+                    timeout_sec,
+                    disk_size_mb,
+                    metadata: req.metadata,
+                },
+                limit,
+            )
             .await?;
+        let sandbox = match inserted {
+            Quota::Done(sb) => sb,
+            Quota::Exceeded { live } => return Err(LifecycleError::QuotaExceeded { limit, live }),
+        };
         self.publish_platform(PlatformEventKind::CapsuleCreated, &sandbox, actor)
             .await;
         let span = info_span!("sandbox.create", sandbox_id = %sandbox.id, team_id = %team, host_id = %host_id);
@@ -459,7 +496,12 @@ impl Lifecycle {
                 } else {
                     on_failure
                 };
-                match store.status_if(sb.id, expected, target).await {
+                let moved = if target == Error {
+                    store.fail_if(sb.id, expected, &err.to_string()).await
+                } else {
+                    store.status_if(sb.id, expected, target).await
+                };
+                match moved {
                     Ok(Some(row)) => {
                         let kind = if target == Error {
                             SandboxEventKind::Failed
@@ -586,10 +628,7 @@ impl Lifecycle {
     ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let current = store.get_team_sandbox(team, id).await?;
-        let Some((from, sb)) = self
-            .transition_from_any(&current, &[Paused, Hibernated], Resuming)
-            .await?
-        else {
+        let Some((from, sb)) = self.begin_resume(current).await? else {
             return Err(self.invalid_state(team, id, "resume").await);
         };
         let template = store.get_template(sb.template_id).await.ok();
@@ -610,6 +649,39 @@ impl Lifecycle {
             .instrument(span),
         );
         Ok(sb)
+    }
+
+    /// `paused → resuming`, or `hibernated → resuming` within the team's quota (a
+    /// hibernated capsule holds no host memory and does not count, a resuming one
+    /// does). Returns the status left, or `None` if it is in neither.
+    async fn begin_resume(
+        &self,
+        mut current: Sandbox,
+    ) -> Result<Option<(SandboxStatus, Sandbox)>, LifecycleError> {
+        let store = &self.inner.store;
+        for _ in 0..8 {
+            let moved = match current.status {
+                Paused => store.status_if(current.id, Paused, Resuming).await?,
+                Hibernated => {
+                    let limit = self.team_max_capsules();
+                    match store
+                        .status_if_within_quota(current.id, Hibernated, Resuming, limit)
+                        .await?
+                    {
+                        Quota::Done(moved) => moved,
+                        Quota::Exceeded { live } => {
+                            return Err(LifecycleError::QuotaExceeded { limit, live });
+                        }
+                    }
+                }
+                _ => return Ok(None),
+            };
+            if let Some(sb) = moved {
+                return Ok(Some((current.status, sb)));
+            }
+            current = store.get_sandbox(current.id).await?;
+        }
+        Ok(None)
     }
 
     /// Destroys a sandbox: `→ stopping` now, `stopped` when the agent is done. The
@@ -859,10 +931,12 @@ impl Lifecycle {
             ],
             K::Failed => &[
                 (Running, Error),
+                (Paused, Error),
                 (Starting, Error),
                 (Pausing, Error),
                 (Resuming, Error),
                 (Snapshotting, Error),
+                (Missing, Error),
             ],
             K::Snapshotted | K::PauseFailed | K::ResumeFailed => &[],
         };
@@ -879,6 +953,8 @@ impl Lifecycle {
                     &meta,
                 )
                 .await?
+        } else if let (Error, Some(reason)) = (to, ev.error.as_deref()) {
+            store.fail_if(sb.id, from, reason).await?
         } else {
             store.status_if(sb.id, from, to).await?
         };

@@ -130,7 +130,8 @@ impl SandboxStatus {
             (Starting, Running | Error) => true,
             (Running, Pausing | Paused | Snapshotting | Hibernated | Stopped | Error) => true,
             (Pausing, Paused | Running | Error | Hibernated) => true,
-            (Paused, Resuming | Snapshotting | Hibernated | Running) => true,
+            // A paused sandbox whose processes died (noticed by its host) fails.
+            (Paused, Resuming | Snapshotting | Hibernated | Running | Error) => true,
             (Hibernated, Resuming) => true,
             (Resuming, Running | Paused | Hibernated | Error) => true,
             (Snapshotting, Running | Paused | Error) => true,

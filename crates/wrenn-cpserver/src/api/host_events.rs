@@ -1,5 +1,8 @@
 //! `POST /v1/hosts/sandbox-events`: a host agent reports a sandbox lifecycle outcome
-//! (`auto_paused` from its idle reaper, `hibernated`, completions of lifecycle calls).
+//! (`auto_paused` from its idle reaper, `hibernated`, completions of lifecycle calls,
+//! `failed` with the reason when a capsule's init or envd died or it could not be
+//! re-adopted after an agent restart — the row then becomes `error` with the reason
+//! under the metadata key `error`).
 //!
 //! The body is a `SandboxEvent` (`{event, sandbox_id, host_id, timestamp, error?,
 //! host_ip?, metadata?}`); it is checked and republished on the sandbox stream, where
@@ -67,12 +70,16 @@ async fn sandbox_event(
         let action = match ev.event {
             SandboxEventKind::AutoPaused => Some("pause"),
             SandboxEventKind::Hibernated => Some("hibernate"),
+            SandboxEventKind::Failed => Some("fail"),
             _ => None,
         };
         if let Some(action) = action {
             let mut meta = serde_json::json!({ "host_id": host.to_string() });
             if ev.event == SandboxEventKind::AutoPaused {
                 meta["reason"] = serde_json::json!("ttl_expired");
+            }
+            if let Some(error) = &ev.error {
+                meta["reason"] = serde_json::json!(error);
             }
             ctx.audit(
                 AuditEntry::new(

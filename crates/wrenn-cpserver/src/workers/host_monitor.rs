@@ -8,7 +8,8 @@
 //! 2. **Active** — for every online host, the agent's inventory is compared with the
 //!    rows: missing-but-alive rows come back with the agent's status; running rows the
 //!    agent no longer has become `paused` (when its idle reaper paused them) or
-//!    `stopped`; rows the agent reports paused or hibernated follow it; transient rows
+//!    `stopped`; rows the agent reports paused, hibernated or (dead) in error follow
+//!    it; transient rows
 //!    stuck past the grace period are resolved (`starting`/`resuming` → `running` when
 //!    alive, else `error`; `pausing` → the agent's status or `error`; `stopping` →
 //!    `stopped` once gone; `snapshotting` → the agent's status after its longer grace);
@@ -254,6 +255,9 @@ async fn reconcile(
             }
             (Running, Some(a @ (Paused | Hibernated))) => settle(ctx, sb, a, report).await?,
             (Paused, Some(Hibernated)) => settle(ctx, sb, Hibernated, report).await?,
+            // The agent noticed the sandbox died (its `failed` event carries the
+            // reason; this is the fallback when that event was lost).
+            (Running | Paused, Some(Error)) => settle(ctx, sb, Error, report).await?,
             (Paused | Hibernated, None) => settle(ctx, sb, Error, report).await?,
             (Starting | Resuming | Pausing | Stopping, _) if age >= settings.transient_grace => {
                 let to = match (sb.status, agent) {

@@ -8,6 +8,7 @@ use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId};
 use wrenn_core::lifecycle::SandboxStatus::{self, *};
 
 use crate::fixtures::*;
+use wrenn_core::repo::{FAILURE_METADATA_KEY, QUOTA_STATUSES, Quota};
 
 fn ids(sandboxes: &[wrenn_core::model::Sandbox]) -> BTreeSet<SandboxId> {
     sandboxes.iter().map(|s| s.id).collect()
@@ -395,7 +396,133 @@ async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
     );
 }
 
+async fn fail_if_records_the_reason_only_from_the_expected_status(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let mut new = new_sandbox(team.id, host.id, Running);
+    new.metadata = BTreeMap::from([("purpose".into(), "test".into())]);
+    let sb = db.insert_sandbox(new).await.unwrap();
+    assert_eq!(
+        db.fail_if(sb.id, Paused, "init died").await.unwrap(),
+        None,
+        "a conditional failure from the wrong status changes nothing"
+    );
+    let failed = db
+        .fail_if(
+            sb.id,
+            Running,
+            "the capsule's init (envd) killed by signal 9 (SIGKILL)",
+        )
+        .await
+        .unwrap()
+        .expect("running → error");
+    assert_eq!(failed.status, Error);
+    assert_eq!(
+        failed
+            .metadata
+            .get(FAILURE_METADATA_KEY)
+            .map(String::as_str),
+        Some("the capsule's init (envd) killed by signal 9 (SIGKILL)")
+    );
+    assert_eq!(
+        failed.metadata.get("purpose").map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(db.get_sandbox(sb.id).await.unwrap(), failed);
+    assert_eq!(db.fail_if(sb.id, Running, "again").await.unwrap(), None);
+    assert_not_found(db.fail_if(SandboxId::new(), Running, "x").await);
+}
+
+async fn the_team_quota_admits_exactly_its_limit_under_concurrency(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (_, other) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    // Rows that do not count: hibernated, stopped, errored, stopping, missing; and
+    // another team's live ones.
+    for status in [Hibernated, Stopped, Error, Stopping, Missing] {
+        sandbox(&db, team.id, host.id, status).await;
+    }
+    for _ in 0..3 {
+        sandbox(&db, other.id, host.id, Running).await;
+    }
+    let inserts = (0..20).map(|_| {
+        let db = db.clone();
+        let new = new_sandbox(team.id, host.id, Starting);
+        async move { db.insert_sandbox_within_quota(new, 5).await.unwrap() }
+    });
+    let outcomes = join_all(inserts).await;
+    let done = outcomes
+        .iter()
+        .filter(|o| matches!(o, Quota::Done(_)))
+        .count();
+    assert_eq!(done, 5, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Quota::Done(_) | Quota::Exceeded { live: 5 }))
+    );
+    let live = db
+        .list_active_sandboxes_by_team(team.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| QUOTA_STATUSES.contains(&s.status))
+        .count();
+    assert_eq!(live, 5);
+    // The other team is not affected by this team's quota.
+    assert!(matches!(
+        db.insert_sandbox_within_quota(new_sandbox(other.id, host.id, Starting), 5)
+            .await
+            .unwrap(),
+        Quota::Done(_)
+    ));
+    // A team that does not exist is NotFound, not a quota answer.
+    assert_not_found(
+        db.insert_sandbox_within_quota(new_sandbox(TeamId::new(), host.id, Starting), 5)
+            .await,
+    );
+}
+
+async fn resuming_a_hibernated_sandbox_counts_against_the_quota(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let host = host(&db, None).await;
+    let sleeping: Vec<_> =
+        join_all((0..6).map(|_| sandbox(&db, team.id, host.id, Hibernated))).await;
+    sandbox(&db, team.id, host.id, Paused).await;
+    // Quota 4 with one paused: exactly 3 of 6 concurrent resumes get through.
+    let resumes = sleeping.iter().map(|sb| {
+        let db = db.clone();
+        let id = sb.id;
+        async move {
+            db.status_if_within_quota(id, Hibernated, Resuming, 4)
+                .await
+                .unwrap()
+        }
+    });
+    let outcomes = join_all(resumes).await;
+    let resumed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Quota::Done(Some(_))))
+        .count();
+    assert_eq!(resumed, 3, "{outcomes:?}");
+    // A row not in the expected status is `Done(None)` while there is room.
+    let stopped = sandbox(&db, team.id, host.id, Stopped).await;
+    assert_eq!(
+        db.status_if_within_quota(stopped.id, Hibernated, Resuming, 100)
+            .await
+            .unwrap(),
+        Quota::Done(None)
+    );
+    assert_not_found(
+        db.status_if_within_quota(SandboxId::new(), Hibernated, Resuming, 100)
+            .await,
+    );
+}
+
 conformance_tests!(
+    fail_if_records_the_reason_only_from_the_expected_status,
+    the_team_quota_admits_exactly_its_limit_under_concurrency,
+    resuming_a_hibernated_sandbox_counts_against_the_quota,
     inserted_sandboxes_read_back_exactly,
     sandboxes_are_only_visible_to_their_team,
     list_sandboxes_hides_stopped_and_errored_ones_newest_first,

@@ -174,6 +174,69 @@ impl CgroupDriver {
     }
 }
 
+/// Limits of the parent cgroup that holds every sandbox, so that all of them together
+/// cannot exhaust the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentLimits {
+    /// `pids.max`: tasks all sandboxes may run together.
+    pub pids_max: u64,
+    /// Memory all sandboxes may use together (bytes).
+    pub memory_bytes: u64,
+}
+
+impl CgroupDriver {
+    /// Creates the parent cgroup `parent` (enabling the controllers on the way down,
+    /// v2) and applies `limits` to it.
+    pub fn limit_parent(&self, parent: &str, limits: ParentLimits) -> io::Result<()> {
+        let pids = limits.pids_max.to_string();
+        let memory = limits.memory_bytes.to_string();
+        match self {
+            Self::V2 { mount } => {
+                let subtree = mount.join("cgroup.subtree_control");
+                let enabled = fs::read_to_string(&subtree).unwrap_or_default();
+                for c in ["cpu", "memory", "pids"] {
+                    if !enabled.split_whitespace().any(|e| e == c) {
+                        write(&subtree, &format!("+{c}"))?;
+                    }
+                }
+                let dir = mount.join(parent);
+                mkdir(&dir)?;
+                write(&dir.join("pids.max"), &pids)?;
+                write(&dir.join("memory.max"), &memory)
+            }
+            Self::V1 {
+                memory: mem,
+                pids: pid,
+                ..
+            } => {
+                let (mem, pid) = (mem.join(parent), pid.join(parent));
+                mkdir(&mem)?;
+                mkdir(&pid)?;
+                write(&pid.join("pids.max"), &pids)?;
+                write(&mem.join("memory.limit_in_bytes"), &memory)
+            }
+        }
+    }
+
+    /// The `pids.max` and memory limit (bytes) in force on the parent cgroup.
+    pub fn parent_limits(&self, parent: &str) -> io::Result<(String, String)> {
+        let (pids, memory) = match self {
+            Self::V2 { mount } => (
+                mount.join(parent).join("pids.max"),
+                mount.join(parent).join("memory.max"),
+            ),
+            Self::V1 { memory, pids, .. } => (
+                pids.join(parent).join("pids.max"),
+                memory.join(parent).join("memory.limit_in_bytes"),
+            ),
+        };
+        Ok((
+            fs::read_to_string(pids)?.trim().to_owned(),
+            fs::read_to_string(memory)?.trim().to_owned(),
+        ))
+    }
+}
+
 /// Mountinfo escapes spaces and friends as octal (`\040`).
 fn unescape(field: &str) -> PathBuf {
     let bytes = field.as_bytes();

@@ -70,6 +70,7 @@ pub mod cgroup;
 pub mod dynmods;
 pub mod idrange;
 pub mod net;
+pub mod state;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -91,7 +92,9 @@ use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
 use self::idrange::IdRanges;
 use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
-use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
+use super::{
+    Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
+};
 use crate::disk::pool::DiskPool;
 use crate::disk::{self, DeviceId, DiskError, MountedDisk};
 use crate::image::ImageRef;
@@ -161,6 +164,13 @@ pub struct ProcessRuntimeOptions {
     pub disk_pool_depth: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
     pub io: IoLimits,
+    /// `pids.max` of the parent cgroup: tasks all sandboxes may run together
+    /// (`WRENN_SANDBOXES_PIDS_MAX`, default 32768).
+    pub sandboxes_pids_max: u64,
+    /// Memory kept for the host outside every sandbox: the parent cgroup's memory
+    /// limit is the host's memory minus this (`WRENN_MEMORY_RESERVE_MB`, default
+    /// 1024 MiB).
+    pub sandboxes_memory_reserve_mb: u64,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -184,6 +194,8 @@ impl Default for ProcessRuntimeOptions {
                 .unwrap_or(20_480),
             disk_pool_depth: 4,
             io: IoLimits::default(),
+            sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
+            sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
         }
     }
 }
@@ -197,8 +209,11 @@ struct Live {
     net: SandboxNet,
     /// The loop device of the sandbox's disk.
     disk: DeviceId,
-    /// The init program's outer process (parent of the sandbox's PID 1).
-    child: tokio::sync::Mutex<Child>,
+    /// The init program's outer process (parent of the sandbox's PID 1); `None` for a
+    /// sandbox adopted after an agent restart (it is not this agent's child).
+    child: Option<tokio::sync::Mutex<Child>>,
+    /// Host pid of the sandbox's PID 1 and its start time ([`state`]).
+    pid1: (i32, u64),
     /// Last CPU sample: (usage ns, when).
     cpu: Mutex<(u64, Instant)>,
 }
@@ -331,6 +346,7 @@ impl ProcessRuntime {
         {
             return unsupported(format!("invalid cgroup parent {:?}", options.cgroup_parent));
         }
+        state::limit_parent_cgroup(&cgroups, &options);
         let root_text = layout.root().to_string_lossy();
         if !layout.root().is_absolute() || root_text.contains([':', ',', '\\']) {
             return unsupported(format!(
@@ -687,6 +703,14 @@ impl ProcessRuntime {
         };
         match spawned {
             Ok((net, (child, version))) => {
+                let child = tokio::sync::Mutex::new(child);
+                let pid1 = match self.find_pid1(&cgroup) {
+                    Ok(pid1) => pid1,
+                    Err(e) => {
+                        self.teardown(id, Some(&child)).await;
+                        return Err(e);
+                    }
+                };
                 let usage = cgroup.cpu_usage_ns().unwrap_or(0);
                 let live = Arc::new(Live {
                     config: config.clone(),
@@ -694,9 +718,11 @@ impl ProcessRuntime {
                     cgroup: cgroup.clone(),
                     net: net.clone(),
                     disk,
-                    child: tokio::sync::Mutex::new(child),
+                    child: Some(child),
+                    pid1,
                     cpu: Mutex::new((usage, Instant::now())),
                 });
+                self.record_live(&live, &version);
                 self.lock_live().insert(id, live);
                 let mut metadata = BTreeMap::new();
                 metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
@@ -891,7 +917,8 @@ impl ProcessRuntime {
     /// Tears sandbox `id` down and removes `sandboxes/{id}/` (disk included).
     async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let live = self.lock_live().remove(&id);
-        self.teardown(id, live.as_ref().map(|l| &l.child)).await;
+        self.teardown(id, live.as_ref().and_then(|l| l.child.as_ref()))
+            .await;
         self.remove_sandbox_dir(id).await
     }
 }
@@ -1086,7 +1113,7 @@ impl Runtime for ProcessRuntime {
             .lock_live()
             .remove(&id)
             .ok_or(RuntimeError::NotFound(id))?;
-        self.teardown(id, Some(&live.child)).await;
+        self.teardown(id, live.child.as_ref()).await;
         let snapshot = self.layout.snapshot_dir(id);
         let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
         let mount_point = self.disk_mount_point(id);
@@ -1256,6 +1283,14 @@ impl Runtime for ProcessRuntime {
         })
         .await?
         .map_err(io_err(format!("read the usage of {}", instance.id)))
+    }
+
+    async fn wait_exit(&self, instance: &Instance) -> Result<String, RuntimeError> {
+        self.watch_pid1(instance.id).await
+    }
+
+    async fn adopt(&self) -> Result<Adoption, RuntimeError> {
+        self.adopt_recorded().await
     }
 
     async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
