@@ -22,7 +22,7 @@ use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::server::{Agent, AgentOptions};
 use wrenn_core::auth::HostClaims;
-use wrenn_core::config::AgentConfig;
+use wrenn_core::config::{AgentConfig, EgressConfig};
 use wrenn_core::layout::Layout;
 use wrenn_core::model::{self, HostKind, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
@@ -281,9 +281,11 @@ fn host_memory_mb() -> i32 {
 }
 
 /// The process runtime for the in-process agent, with this binary as envd.
-async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
+async fn process_runtime(layout: Layout, egress: EgressConfig) -> Result<Arc<dyn Runtime>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
-    let runtime = ProcessRuntime::new(layout, exe, ProcessRuntimeOptions::default())
+    let mut options = ProcessRuntimeOptions::default();
+    options.network.egress = egress;
+    let runtime = ProcessRuntime::new(layout, exe, options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(runtime))
@@ -312,7 +314,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
             option_env!("WRENN_COMMIT").unwrap_or("dev"),
         );
     let mut agent_parts = None;
-    match process_runtime(config.layout()).await {
+    // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS, WRENN_EGRESS_*).
+    let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
+    match process_runtime(config.layout(), agent_config.egress.clone()).await {
         Ok(runtime) => {
             let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
@@ -358,8 +362,6 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                     host, token,
                 )))
                 .with_control_plane(format!("http://{bound}"));
-            // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS).
-            let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
             options.manager.hibernate_after = agent_config.hibernate_after;
             Some(Agent::start(options).await.map_err(|e| {
                 DevError::Server(wrenn_cpserver::ServerError::Other(format!(

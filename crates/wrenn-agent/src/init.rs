@@ -98,6 +98,9 @@ pub(crate) struct InitSpec {
     pub root: PathBuf,
     /// Host directory bind-mounted at [`SANDBOX_SOCKET_DIR`].
     pub socket_dir: PathBuf,
+    /// Host file bound read-only at `/etc/resolv.conf` (the capsule's DNS forwarder).
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
     /// The envd binary on the host.
     pub envd: PathBuf,
     /// Arguments for envd.
@@ -182,6 +185,9 @@ fn run(spec: &InitSpec) -> Result<Never, String> {
         MountFlags::NOSUID | MountFlags::NODEV,
     )?;
     mount_run(root, spec)?;
+    if let Some(resolv_conf) = &spec.resolv_conf {
+        bind_resolv_conf(root, resolv_conf)?;
+    }
     for path in &spec.mask {
         let inside = root.join(path.strip_prefix("/").unwrap_or(path));
         if inside.is_dir() {
@@ -412,6 +418,30 @@ fn mount_run(root: &Path, spec: &InitSpec) -> Result<(), String> {
     let inside = |p: &str| root.join(p.trim_start_matches('/'));
     bind(&spec.socket_dir, &inside(SANDBOX_SOCKET_DIR), false)?;
     bind(&spec.envd, &inside(SANDBOX_ENVD_PATH), true)
+}
+
+/// Binds `source` read-only at `/etc/resolv.conf` of the new root. A symlink there (the
+/// template's own, e.g. to a systemd-resolved stub) is replaced by an empty file in the
+/// writable layer first, so the bind never follows a link out of the root; a root
+/// without a real `/etc` directory is left alone.
+fn bind_resolv_conf(root: &Path, source: &Path) -> Result<(), String> {
+    let etc = root.join("etc");
+    if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let target = etc.join("resolv.conf");
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => {}
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::remove_file(&target).map_err(ctx(|| format!("remove {}", target.display())))?;
+            fs::File::create(&target).map_err(ctx(|| format!("create {}", target.display())))?;
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {
+            fs::File::create(&target).map_err(ctx(|| format!("create {}", target.display())))?;
+        }
+    }
+    bind(source, &target, true)
 }
 
 /// `pivot_root` into `root` and detach the old root (runc's `pivot_root(".", ".")`).

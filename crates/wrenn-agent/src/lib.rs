@@ -17,7 +17,8 @@
 //!   tracking (drained before a pause).
 //! - [`metrics`]: sample rings and host metrics; [`error`]: errors → gRPC codes.
 //! - [`runtime`]: the [`Runtime`](runtime::Runtime) seam and the process runtime;
-//!   [`init`]: the sandbox init step of the process runtime.
+//!   [`init`]: the sandbox init step of the process runtime; [`network`]: capsule
+//!   networking (namespaces, veth, firewall, DNS) shared by the runtimes.
 
 pub mod conntrack;
 pub mod envd;
@@ -27,6 +28,7 @@ pub mod heartbeat;
 pub mod init;
 pub mod manager;
 pub mod metrics;
+pub mod network;
 pub mod proxy;
 pub mod reaper;
 pub mod registration;

@@ -1321,8 +1321,16 @@ mod tests {
     #[test]
     fn bad_egress_entries_are_refused_naming_the_variable() {
         for (var, value, reason) in [
-            ("WRENN_EGRESS_ALLOW", "10.0.0.1/8", "did you mean 10.0.0.0/8?"),
-            ("WRENN_EGRESS_ALLOW", "10.0.0.0/33", "prefix length must be 0 to 32"),
+            (
+                "WRENN_EGRESS_ALLOW",
+                "10.0.0.1/8",
+                "did you mean 10.0.0.0/8?",
+            ),
+            (
+                "WRENN_EGRESS_ALLOW",
+                "10.0.0.0/33",
+                "prefix length must be 0 to 32",
+            ),
             ("WRENN_EGRESS_DENY", "fd00::1/8", "did you mean fd00::/8?"),
             ("WRENN_EGRESS_DENY", "example.com", "is not an IP address"),
             ("WRENN_EGRESS_DENY", "10.0.0.0/-1", "prefix length"),
@@ -1340,7 +1348,10 @@ mod tests {
         let net: Cidr = "10.0.0.0/8".parse().unwrap();
         assert!(net.contains("10.255.255.53".parse().unwrap()));
         assert!(!net.contains("11.0.0.1".parse().unwrap()));
-        assert!(!net.contains("::a00:1".parse().unwrap()), "never across families");
+        assert!(
+            !net.contains("::a00:1".parse().unwrap()),
+            "never across families"
+        );
         assert!(net.covers(&"10.200.0.0/16".parse().unwrap()));
         assert!(!net.covers(&"0.0.0.0/0".parse().unwrap()));
         assert_eq!(net.mask_bytes(), [255, 0, 0, 0]);

@@ -144,7 +144,9 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         ));
     }
     let envd = envd_binary()?;
-    let runtime = ProcessRuntime::new(config.layout(), envd, ProcessRuntimeOptions::default())
+    let mut options = ProcessRuntimeOptions::default();
+    options.network.egress = config.egress.clone();
+    let runtime = ProcessRuntime::new(config.layout(), envd, options)
         .await
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)

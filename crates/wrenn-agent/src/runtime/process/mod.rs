@@ -24,13 +24,15 @@
 //!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`]).
 //! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
 //!   limit; pause = freezer.
-//! - **Network**: [`net`] — a /30 per sandbox from `10.200.0.0/16` by default, veth +
-//!   default route + MASQUERADE; `host_ip` is the sandbox's `eth0` address.
+//! - **Network**: [`crate::network`] — a /30 per sandbox from `10.200.0.0/16` by
+//!   default, veth + default route + NAT, the capsule firewall, and a DNS forwarder on
+//!   the gateway that `sandboxes/{id}/resolv.conf` (bound at `/etc/resolv.conf`)
+//!   names; `host_ip` is the sandbox's `eth0` address.
 //!
 //! # On disk
 //!
 //! ```text
-//! sandboxes/{id}/upper/  work/  rootfs/  run/envd.sock  envd.log
+//! sandboxes/{id}/upper/  work/  rootfs/  run/envd.sock  envd.log  resolv.conf
 //! snapshots/{id}/upper/  sandbox.json                       (hibernated)
 //! images/teams/{team}/{template}/template.json  layers/N/   (snapshots → templates)
 //! ```
@@ -40,11 +42,10 @@
 //! and starts a fresh sandbox on it: files survive, processes do not. Snapshot copies
 //! the upper layer into a new layered template (see [`template`]).
 //!
-//! Create costs a few `ip` invocations, cgroup writes, one `nsenter`/`unshare` and
-//! envd's start; nothing is copied.
+//! Create costs a network namespace and a few netlink messages, cgroup writes, one
+//! `nsenter`/`unshare` and envd's start; nothing is copied.
 
 pub mod cgroup;
-pub mod net;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -63,10 +64,10 @@ use wrenn_proto::envd::v1::HealthRequest;
 use wrenn_proto::envd::v1::system_client::SystemClient;
 
 use self::cgroup::{CgroupDriver, Limits, SandboxCgroup};
-use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
 use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
 use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
+use crate::network::{self, Network, NetworkOptions, SandboxNet};
 use wrenn_core::id::{TeamId, TemplateId};
 
 /// The value of [`Runtime::name`] and of the `runtime` metadata key.
@@ -84,8 +85,9 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Options of the process runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessRuntimeOptions {
-    /// Sandbox address range, cut into /30 slots (default `10.200.0.0/16`).
-    pub network: Ipv4Range,
+    /// Capsule networking: address range (default `10.200.0.0/16`), firewall table,
+    /// egress policy, DNS forwarder.
+    pub network: NetworkOptions,
     /// Cgroup directory (under each hierarchy's root) holding the sandboxes' cgroups
     /// (default `wrenn-sandboxes`).
     pub cgroup_parent: String,
@@ -106,10 +108,7 @@ pub struct ProcessRuntimeOptions {
 impl Default for ProcessRuntimeOptions {
     fn default() -> Self {
         Self {
-            network: Ipv4Range {
-                base: std::net::Ipv4Addr::new(10, 200, 0, 0),
-                prefix: 16,
-            },
+            network: NetworkOptions::default(),
             cgroup_parent: "wrenn-sandboxes".to_owned(),
             pids_max: 4096,
             envd_timeout: Duration::from_secs(10),
@@ -139,6 +138,7 @@ pub struct ProcessRuntime {
     envd: PathBuf,
     options: ProcessRuntimeOptions,
     cgroups: CgroupDriver,
+    network: Network,
     init_program: PathBuf,
     mask: Vec<PathBuf>,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
@@ -159,12 +159,12 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 impl ProcessRuntime {
-    /// Checks the host and prepares it (IPv4 forwarding, the host-wide NAT and isolation
-    /// rules of [`net`], the layout's directories).
+    /// Checks the host and prepares it (IPv4 forwarding, the capsule firewall of
+    /// [`crate::network`], the layout's directories).
     ///
     /// Fails with [`RuntimeError::Unsupported`] naming what is missing: root, the envd
     /// binary, overlayfs, usable cgroups (v2 with cpu/memory/pids, or the v1 cpu,
-    /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables`, `nsenter`,
+    /// cpuacct, memory, pids and freezer hierarchies), nf_tables, the `nsenter`,
     /// `unshare` or `cp` tools, or a `$WRENN_DIR` short and plain enough for socket and
     /// overlay paths.
     pub async fn new(
@@ -186,13 +186,13 @@ impl ProcessRuntime {
         if !envd.is_file() {
             return unsupported(format!("the envd binary {} does not exist", envd.display()));
         }
-        let missing: Vec<&str> = ["ip", "iptables", "nsenter", "unshare", "cp"]
+        let missing: Vec<&str> = ["nsenter", "unshare", "cp"]
             .into_iter()
             .filter(|p| find_in_path(p).is_none())
             .collect();
         if !missing.is_empty() {
             return unsupported(format!(
-                "missing tools: {} (packages iproute2, iptables, util-linux, coreutils)",
+                "missing tools: {} (packages util-linux, coreutils)",
                 missing.join(", ")
             ));
         }
@@ -234,9 +234,9 @@ impl ProcessRuntime {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
-        net::ensure_host(options.network)
+        let network = Network::new(options.network.clone())
             .await
-            .map_err(|m| unsupported_err(format!("host network setup failed: {m}")))?;
+            .map_err(|e| unsupported_err(error_chain(&e)))?;
         let init_program = options
             .init_program
             .clone()
@@ -253,6 +253,7 @@ impl ProcessRuntime {
             envd,
             options,
             cgroups,
+            network,
             init_program,
             mask,
             live: Mutex::new(HashMap::new()),
@@ -277,7 +278,12 @@ impl ProcessRuntime {
 
     /// The network namespace name of a sandbox (`wrenn-{id}`).
     pub fn netns_name(id: SandboxId) -> String {
-        net::netns_name(&id.to_string())
+        network::netns_name(&id.to_string())
+    }
+
+    /// The capsule networking of this runtime (firewall, DNS forwarder).
+    pub fn networking(&self) -> &Network {
+        &self.network
     }
 
     /// The network of a running sandbox (namespace, veth, slot, addresses).
@@ -326,7 +332,9 @@ impl ProcessRuntime {
                 "sandbox {id} is already running"
             )));
         }
-        if self.layout.sandbox_dir(id).exists() || net::netns_path(&Self::netns_name(id)).exists() {
+        if self.layout.sandbox_dir(id).exists()
+            || network::netns_path(&Self::netns_name(id)).exists()
+        {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "sandbox {id} has leftovers on this host (destroy or sweep it first)"
             )));
@@ -387,29 +395,45 @@ impl ProcessRuntime {
         };
         let netns = Self::netns_name(id);
         // The namespace must exist before the sandbox joins it; cgroups before it starts.
+        // The resolv.conf the init step binds is filled in once the gateway is known.
         let cg = cgroup.clone();
-        let (cgroups, namespace) =
-            tokio::join!(blocking(move || cg.create(limits)), net::add_netns(&netns));
+        let resolv_conf = dir.join(RESOLV_CONF);
+        let (cgroups, namespace) = tokio::join!(
+            blocking(move || cg.create(limits)),
+            self.network.create_netns(&netns)
+        );
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| {
-                namespace.map_err(|e| RuntimeError::Other(format!("network of {id}: {e}")))
-            });
-        if let Err(e) = prepared {
-            self.teardown(id, None).await;
-            return Err(e);
-        }
+                std::fs::File::create(&resolv_conf)
+                    .map(drop)
+                    .map_err(io_err(format!("create {}", resolv_conf.display())))
+            })
+            .and_then(|()| namespace.map_err(network_err(id)));
+        let pending = match prepared {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.teardown(id, None).await;
+                return Err(e);
+            }
+        };
         // envd starts while the veth pair is configured; both finish before we return.
-        let (net, spawned) = tokio::join!(
-            net::configure(&netns, self.options.network),
-            self.spawn(config, &lowers, &cgroup, &netns, &dir)
-        );
+        let id_text = id.to_string();
+        let attach = async {
+            let net = self
+                .network
+                .attach(pending, &id_text)
+                .await
+                .map_err(network_err(id))?;
+            net.write_resolv_conf(&resolv_conf)
+                .map_err(io_err(format!("write {}", resolv_conf.display())))?;
+            Ok::<_, RuntimeError>(net)
+        };
+        let (net, spawned) =
+            tokio::join!(attach, self.spawn(config, &lowers, &cgroup, &netns, &dir));
         let spawned = match (net, spawned) {
             (Ok(net), Ok(spawned)) => Ok((net, spawned)),
-            (Err(e), Ok((child, _))) => Err((
-                Some(child),
-                RuntimeError::Other(format!("network of {id}: {e}")),
-            )),
+            (Err(e), Ok((child, _))) => Err((Some(child), e)),
             (_, Err(e)) => Err(e),
         };
         match spawned {
@@ -474,6 +498,7 @@ impl ProcessRuntime {
             work: dir.join("work"),
             root: dir.join("rootfs"),
             socket_dir: dir.join("run"),
+            resolv_conf: Some(dir.join(RESOLV_CONF)),
             envd: self.envd.clone(),
             envd_args,
             env: vec![
@@ -502,7 +527,7 @@ impl ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| (None, io_err("duplicate log fd")(e)))?;
-        let netns_arg = format!("--net={}", net::netns_path(netns).display());
+        let netns_arg = format!("--net={}", network::netns_path(netns).display());
         let mut command = Command::new("nsenter");
         command
             .arg(netns_arg)
@@ -608,8 +633,8 @@ impl ProcessRuntime {
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
             tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {e}");
         }
-        if let Err(e) = net::remove(&netns).await {
-            tracing::warn!(sandbox_id = %id, "removing network namespace {netns}: {e}");
+        if let Err(e) = self.network.remove(&netns).await {
+            tracing::warn!(sandbox_id = %id, "removing the network: {}", error_chain(&e));
         }
         let removed = blocking(move || cgroup.remove(TEARDOWN_TIMEOUT)).await;
         if let Err(e) = removed.and_then(|r| r.map_err(io_err("remove cgroups"))) {
@@ -623,6 +648,27 @@ impl ProcessRuntime {
         self.teardown(id, live.as_ref().map(|l| &l.child)).await;
         remove_dir(&self.layout.sandbox_dir(id)).await
     }
+}
+
+/// The capsule's resolver configuration in `sandboxes/{id}/`, bound read-only at
+/// `/etc/resolv.conf` inside.
+const RESOLV_CONF: &str = "resolv.conf";
+
+/// A network error of sandbox `id` as a runtime error.
+fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeError {
+    move |e| RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Runs blocking work off the async threads.
@@ -681,7 +727,7 @@ async fn health(socket: &Path) -> Result<String, String> {
 /// SIGKILLs every process whose network namespace is `/run/netns/{netns}` until none
 /// is left (catches processes outside the cgroups, such as the `unshare` parent).
 fn kill_netns_processes(netns: &str, timeout: Duration) -> std::io::Result<()> {
-    let Ok(target) = std::fs::metadata(net::netns_path(netns)) else {
+    let Ok(target) = std::fs::metadata(network::netns_path(netns)) else {
         return Ok(());
     };
     let deadline = Instant::now() + timeout;
