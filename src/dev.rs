@@ -282,7 +282,7 @@ fn host_memory_mb() -> i32 {
 
 /// The process runtime for the in-process agent, with this binary as envd, on the
 /// default image (built here on the first start).
-async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
+async fn process_runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
     if crate::image::needs_build(layout.root()) {
         eprintln!(
@@ -297,14 +297,13 @@ async fn process_runtime(layout: Layout) -> Result<Arc<dyn Runtime>, String> {
             image.dir.display()
         );
     }
-    // The parent cgroup's limits come from the agent's configuration.
-    let agent = AgentConfig::from_env().map_err(|e| e.to_string())?;
-    let options = ProcessRuntimeOptions {
+    let mut options = ProcessRuntimeOptions {
         base_image: Some(image.reference()),
         sandboxes_pids_max: agent.sandboxes_pids_max,
         sandboxes_memory_reserve_mb: agent.overcommit.memory_reserve_mb,
         ..ProcessRuntimeOptions::default()
     };
+    options.network.egress = agent.egress.clone();
     let runtime = ProcessRuntime::new(layout, exe, options)
         .await
         .map_err(|e| e.to_string())?;
@@ -334,7 +333,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
             option_env!("WRENN_COMMIT").unwrap_or("dev"),
         );
     let mut agent_parts = None;
-    match process_runtime(config.layout()).await {
+    // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS, WRENN_EGRESS_*).
+    let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
+    match process_runtime(config.layout(), &agent_config).await {
         Ok(runtime) => {
             let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
@@ -384,7 +385,6 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                 .with_control_plane(format!("http://{bound}"));
             // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS,
             // WRENN_MEMORY_OVERCOMMIT, WRENN_HEALTH_INTERVAL_SECS).
-            let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
             options.manager.apply_config(&agent_config);
             Some(Agent::start(options).await.map_err(|e| {
                 DevError::Server(wrenn_cpserver::ServerError::Other(format!(

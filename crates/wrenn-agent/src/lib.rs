@@ -19,7 +19,8 @@
 //! - [`image`]: the image pipeline that builds the default template (a Debian tree,
 //!   its ext4 image and kernel) and caches it.
 //! - [`runtime`]: the [`Runtime`](runtime::Runtime) seam and the process runtime;
-//!   [`init`]: the sandbox init step of the process runtime.
+//!   [`init`]: the sandbox init step of the process runtime; [`network`]: capsule
+//!   networking (namespaces, veth, firewall, DNS) shared by the runtimes.
 
 pub mod conntrack;
 pub mod disk;
@@ -31,6 +32,7 @@ pub mod image;
 pub mod init;
 pub mod manager;
 pub mod metrics;
+pub mod network;
 pub mod proxy;
 pub mod reaper;
 pub mod registration;

@@ -100,7 +100,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     };
     let runtime = ProcessRuntime::new(layout.clone(), envd, options)
         .await
-        .expect("the process runtime starts (root, cgroups, overlayfs, iproute2, iptables)");
+        .expect("the process runtime starts (root, cgroups, overlayfs, nf_tables)");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent = Agent::start(AgentOptions::new(
         Arc::new(runtime),

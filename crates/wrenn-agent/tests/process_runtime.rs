@@ -1,5 +1,5 @@
 //! The process runtime against the real thing: namespaces, cgroups, overlayfs,
-//! iptables and the real `wrenn-envd` (built once with cargo). Needs root, as the
+//! nftables and the real `wrenn-envd` (built once with cargo). Needs root, as the
 //! runtime does.
 //!
 //! The test binary itself is the sandbox init program: like every binary embedding the
@@ -615,17 +615,10 @@ async fn the_sandbox_has_its_own_network_with_nat_for_egress() {
         .expect("network of a running sandbox");
     assert_eq!(sb.instance.host_ip, net.sandbox_addr.to_string());
 
-    let nat = host(
-        "iptables",
-        &["-w", "5", "-t", "nat", "-S", "WRENN-PROC-POST"],
-    );
+    let firewall = host("nft", &["list", "table", "inet", "wrenn"]);
     assert!(
-        nat.contains("-s 10.200.0.0/16 ! -d 10.200.0.0/16 -j MASQUERADE"),
-        "{nat}"
-    );
-    assert!(
-        host("iptables", &["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
-            .contains("-j WRENN-PROC-POST")
+        firewall.contains("ip saddr 10.200.0.0/16 ip daddr != 10.200.0.0/16 masquerade"),
+        "{firewall}"
     );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
@@ -693,7 +686,12 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
     assert!(pids.iter().all(|p| exited(*p)), "processes survived");
     assert!(!cgroup.exists());
     assert!(!Path::new("/run/netns").join(&net.netns).exists());
-    assert!(!Path::new("/sys/class/net").join(&net.veth).exists());
+    // The kernel deletes the veth pair with the namespace, after destroy answered.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Path::new("/sys/class/net").join(&net.veth).exists() {
+        assert!(Instant::now() < deadline, "veth {} left", net.veth);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     assert!(!host_env.layout().sandbox_dir(id).exists());
     assert!(!host_mounts().contains(&id.to_string()));
     assert!(matches!(

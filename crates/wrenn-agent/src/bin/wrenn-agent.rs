@@ -182,12 +182,13 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     }
     let envd = envd_binary()?;
     let image = default_image(&config).await?;
-    let options = ProcessRuntimeOptions {
+    let mut options = ProcessRuntimeOptions {
         base_image: Some(image.reference()),
         sandboxes_pids_max: config.sandboxes_pids_max,
         sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
         ..ProcessRuntimeOptions::default()
     };
+    options.network.egress = config.egress.clone();
     let runtime = ProcessRuntime::new(config.layout(), envd, options)
         .await
         .map_err(|e| e.to_string())?;

@@ -133,6 +133,12 @@ pub(crate) struct InitSpec {
     pub tmp_size: Option<u64>,
     /// Size in bytes of the `/dev/shm` tmpfs.
     pub shm_size: u64,
+    /// The capsule's `/etc/resolv.conf` (its DNS forwarder), written into its root
+    /// filesystem at every start (a file, not a bind mount: no host path shows in
+    /// `/proc/self/mountinfo`, and a capsule-made symlink there is replaced, never
+    /// followed).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 /// Call this first thing in `main` of every binary that embeds the agent.
@@ -225,6 +231,9 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
     let envp = c_strings(spec.env.iter().map(|(k, v)| format!("{k}={v}")))?;
 
     let root = mounts::root_filesystem(spec, userns.as_fd())?;
+    if let Some(content) = &spec.resolv_conf {
+        mounts::write_resolv_conf(&root, content, spec.id_map)?;
+    }
     mounts::capsule_filesystems(&root, spec)?;
     rustix::system::sethostname(spec.hostname.as_bytes()).context(|| "set the hostname".into())?;
     mounts::pivot_into(&root)?;

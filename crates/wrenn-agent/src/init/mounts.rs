@@ -9,7 +9,7 @@
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
@@ -103,6 +103,31 @@ pub(super) fn root_filesystem(
         )
     })?;
     Ok(staging.join("r"))
+}
+
+/// Writes `content` as `/etc/resolv.conf` of the mounted root `root`, owned by the
+/// capsule's root. Whatever stands there (the image's file, or a symlink the capsule
+/// made) is replaced through a rename in `/etc`, so no link is ever followed; a root
+/// without a real `/etc` directory is left alone.
+pub(super) fn write_resolv_conf(root: &Path, content: &str, map: IdMap) -> Result<(), InitError> {
+    let etc = root.join("etc");
+    if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let staged = etc.join(".resolv.conf.wrenn");
+    let target = etc.join("resolv.conf");
+    userns::as_fs_ids(map.host_base, || {
+        let _ = fs::remove_file(&staged);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&staged)
+            .context(|| format!("create {}", staged.display()))?;
+        std::io::Write::write_all(&mut file, content.as_bytes())
+            .context(|| format!("write {}", staged.display()))?;
+        fs::rename(&staged, &target).context(|| format!("replace {}", target.display()))
+    })
 }
 
 /// Clones `source` idmapped (read-only if asked) and attaches it at `name` in the

@@ -40,8 +40,10 @@
 //! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
 //!   limit, I/O limits on the disk's device ([`ProcessRuntimeOptions::io`]); pause =
 //!   freezer.
-//! - **Network**: [`net`] — a /30 per sandbox from `10.200.0.0/16` by default, veth +
-//!   default route + MASQUERADE; `host_ip` is the sandbox's `eth0` address.
+//! - **Network**: [`crate::network`] — a /30 per sandbox from `10.200.0.0/16` by
+//!   default, veth + default route + NAT, the capsule firewall, and a DNS forwarder on
+//!   the gateway that the capsule's `/etc/resolv.conf` names (written by the init step
+//!   at each start); `host_ip` is the sandbox's `eth0` address.
 //!
 //! # On disk
 //!
@@ -63,13 +65,13 @@
 //! and unbinds disks under `$WRENN_DIR` of sandboxes it does not keep — never other
 //! mounts or loop devices.
 //!
-//! Create costs the network set-up, cgroup writes, one `fork`+`exec` of the init program
-//! and envd's start, plus a pooled disk (rename + `move_mount`); nothing is copied.
+//! Create costs a network namespace and a few netlink messages, cgroup writes, one
+//! `fork`+`exec` of the init program and envd's start, plus a pooled disk (rename +
+//! `move_mount`); nothing is copied.
 
 pub mod cgroup;
 pub mod dynmods;
 pub mod idrange;
-pub mod net;
 pub mod state;
 pub mod template;
 
@@ -90,7 +92,6 @@ use wrenn_proto::envd::v1::system_client::SystemClient;
 
 use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
 use self::idrange::IdRanges;
-use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
 use super::{
     Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
@@ -100,6 +101,7 @@ use crate::disk::{self, DeviceId, DiskError, MountedDisk};
 use crate::image::ImageRef;
 use crate::init::spawn::init_command;
 use crate::init::{ENVD_SOCKET_NAME, InitSpec};
+use crate::network::{self, Network, NetworkOptions, SandboxNet};
 use wrenn_core::id::{TeamId, TemplateId};
 
 /// The value of [`Runtime::name`] and of the `runtime` metadata key.
@@ -119,8 +121,9 @@ const DISK_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Options of the process runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessRuntimeOptions {
-    /// Sandbox address range, cut into /30 slots (default `10.200.0.0/16`).
-    pub network: Ipv4Range,
+    /// Capsule networking: address range (default `10.200.0.0/16`), firewall table,
+    /// egress policy, DNS forwarder.
+    pub network: NetworkOptions,
     /// Cgroup directory (under each hierarchy's root) holding the sandboxes' cgroups
     /// (default `wrenn-sandboxes`).
     pub cgroup_parent: String,
@@ -176,10 +179,7 @@ pub struct ProcessRuntimeOptions {
 impl Default for ProcessRuntimeOptions {
     fn default() -> Self {
         Self {
-            network: Ipv4Range {
-                base: std::net::Ipv4Addr::new(10, 200, 0, 0),
-                prefix: 16,
-            },
+            network: NetworkOptions::default(),
             cgroup_parent: "wrenn-sandboxes".to_owned(),
             pids_max: 4096,
             envd_timeout: Duration::from_secs(10),
@@ -225,6 +225,7 @@ pub struct ProcessRuntime {
     envd: PathBuf,
     options: ProcessRuntimeOptions,
     cgroups: CgroupDriver,
+    network: Network,
     init_program: PathBuf,
     mask: Vec<PathBuf>,
     image: ImageRef,
@@ -261,12 +262,12 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 impl ProcessRuntime {
-    /// Checks the host and prepares it (IPv4 forwarding, the host-wide NAT and isolation
-    /// rules of [`net`], the layout's directories).
+    /// Checks the host and prepares it (IPv4 forwarding, the capsule firewall of
+    /// [`crate::network`], the layout's directories).
     ///
     /// Fails with [`RuntimeError::Unsupported`] naming what is missing: root, the envd
     /// binary, overlayfs, usable cgroups (v2 with cpu/memory/pids, or the v1 cpu,
-    /// cpuacct, memory, pids and freezer hierarchies), the `ip`, `iptables`, `cp` or
+    /// cpuacct, memory, pids and freezer hierarchies), nf_tables, the `cp` or
     /// `mkfs.ext4` tools, loop devices, ext4 and the new mount API (Linux ≥ 5.8), a
     /// `$WRENN_DIR` short and plain enough for socket paths, valid id ranges, or the base
     /// image ([`ProcessRuntimeOptions::base_image`]: none given, or its `rootfs/`
@@ -299,13 +300,13 @@ impl ProcessRuntime {
         };
         template::check_image(&image)
             .map_err(|e| unsupported_err(format!("{e}; rebuild it with `wrenn image build`")))?;
-        let missing: Vec<&str> = ["ip", "iptables", "cp"]
+        let missing: Vec<&str> = ["cp"]
             .into_iter()
             .filter(|p| find_in_path(p).is_none())
             .collect();
         if !missing.is_empty() {
             return unsupported(format!(
-                "missing tools: {} (packages iproute2, iptables, coreutils)",
+                "missing tools: {} (package coreutils)",
                 missing.join(", ")
             ));
         }
@@ -371,9 +372,9 @@ impl ProcessRuntime {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
-        net::ensure_host(options.network)
+        let network = Network::new(options.network.clone())
             .await
-            .map_err(|m| unsupported_err(format!("host network setup failed: {m}")))?;
+            .map_err(|e| unsupported_err(error_chain(&e)))?;
         let init_program = options
             .init_program
             .clone()
@@ -414,6 +415,7 @@ impl ProcessRuntime {
             envd,
             options,
             cgroups,
+            network,
             init_program,
             mask,
             image,
@@ -447,7 +449,12 @@ impl ProcessRuntime {
 
     /// The network namespace name of a sandbox (`wrenn-{id}`).
     pub fn netns_name(id: SandboxId) -> String {
-        net::netns_name(&id.to_string())
+        network::netns_name(&id.to_string())
+    }
+
+    /// The capsule networking of this runtime (firewall, DNS forwarder).
+    pub fn networking(&self) -> &Network {
+        &self.network
     }
 
     /// The pool of ready disks, if it is enabled.
@@ -524,7 +531,9 @@ impl ProcessRuntime {
                 "sandbox {id} is already running"
             )));
         }
-        if self.layout.sandbox_dir(id).exists() || net::netns_path(&Self::netns_name(id)).exists() {
+        if self.layout.sandbox_dir(id).exists()
+            || network::netns_path(&Self::netns_name(id)).exists()
+        {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "sandbox {id} has leftovers on this host (destroy or sweep it first)"
             )));
@@ -669,38 +678,35 @@ impl ProcessRuntime {
             pids_max: self.options.pids_max,
         };
         let netns = Self::netns_name(id);
-        // The namespace must exist before the sandbox joins it; cgroups before it starts.
+        // The namespace must exist, and its slot be known (the capsule's resolv.conf
+        // names its gateway), before the sandbox starts; cgroups too.
         let cg = cgroup.clone();
         let io = self.options.io;
-        let (cgroups, namespace) = tokio::join!(
+        let id_text = id.to_string();
+        let (cgroups, network) = tokio::join!(
             blocking(move || {
                 cg.create(limits)?;
                 cg.set_io_limits(disk.major, disk.minor, &io)
             }),
-            net::add_netns(&netns)
+            async {
+                let pending = self.network.create_netns(&netns).await?;
+                self.network.attach(pending, &id_text).await
+            }
         );
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
-            .and_then(|()| {
-                namespace.map_err(|e| RuntimeError::Other(format!("network of {id}: {e}")))
-            });
-        if let Err(e) = prepared {
-            self.teardown(id, None).await;
-            return Err(e);
-        }
-        // envd starts while the veth pair is configured; both finish before we return.
-        let (net, spawned) = tokio::join!(
-            net::configure(&netns, self.options.network),
-            self.spawn(config, &lowers, &cgroup, &netns, &dir)
-        );
-        let spawned = match (net, spawned) {
-            (Ok(net), Ok(spawned)) => Ok((net, spawned)),
-            (Err(e), Ok((child, _))) => Err((
-                Some(child),
-                RuntimeError::Other(format!("network of {id}: {e}")),
-            )),
-            (_, Err(e)) => Err(e),
+            .and_then(|()| network.map_err(network_err(id)));
+        let net = match prepared {
+            Ok(net) => net,
+            Err(e) => {
+                self.teardown(id, None).await;
+                return Err(e);
+            }
         };
+        let spawned = self
+            .spawn(config, &lowers, &cgroup, &netns, &dir, net.resolv_conf())
+            .await;
+        let spawned = spawned.map(|spawned| (net, spawned));
         match spawned {
             Ok((net, (child, version))) => {
                 let child = tokio::sync::Mutex::new(child);
@@ -758,6 +764,7 @@ impl ProcessRuntime {
         cgroup: &SandboxCgroup,
         netns: &str,
         dir: &Path,
+        resolv_conf: String,
     ) -> Result<(Child, String), (Option<Child>, RuntimeError)> {
         let id = config.id;
         let id_map = self
@@ -780,7 +787,7 @@ impl ProcessRuntime {
         };
         let spec = InitSpec {
             hostname: id.to_string(),
-            netns: net::netns_path(netns),
+            netns: network::netns_path(netns),
             cgroup_procs: cgroup.procs_files(),
             id_map,
             lower_base,
@@ -809,6 +816,7 @@ impl ProcessRuntime {
             // image's, on the capsule's disk.
             tmp_size: on_host_root.then_some(memory_bytes / 2),
             shm_size,
+            resolv_conf: Some(resolv_conf),
         };
         let log_path = dir.join("envd.log");
         let log = std::fs::OpenOptions::new()
@@ -903,8 +911,8 @@ impl ProcessRuntime {
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
             tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {e}");
         }
-        if let Err(e) = net::remove(&netns).await {
-            tracing::warn!(sandbox_id = %id, "removing network namespace {netns}: {e}");
+        if let Err(e) = self.network.remove(&netns).await {
+            tracing::warn!(sandbox_id = %id, "removing the network: {}", error_chain(&e));
         }
         let removed = blocking(move || cgroup.remove(TEARDOWN_TIMEOUT)).await;
         if let Err(e) = removed.and_then(|r| r.map_err(io_err("remove cgroups"))) {
@@ -927,6 +935,24 @@ impl ProcessRuntime {
 /// `sandboxes/`, so a pooled disk moves into a sandbox with a rename).
 pub fn disk_pool_dir(layout: &Layout) -> PathBuf {
     layout.root().join("disks").join("pool")
+}
+
+
+/// A network error of sandbox `id` as a runtime error.
+fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeError {
+    move |e| RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Runs blocking work off the async threads.
@@ -1011,7 +1037,7 @@ async fn health(socket: &Path) -> Result<String, String> {
 /// SIGKILLs every process whose network namespace is `/run/netns/{netns}` until none
 /// is left (catches processes outside the cgroups, such as the `unshare` parent).
 fn kill_netns_processes(netns: &str, timeout: Duration) -> std::io::Result<()> {
-    let Ok(target) = std::fs::metadata(net::netns_path(netns)) else {
+    let Ok(target) = std::fs::metadata(network::netns_path(netns)) else {
         return Ok(());
     };
     let deadline = Instant::now() + timeout;

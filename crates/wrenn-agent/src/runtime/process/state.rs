@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 use wrenn_core::id::{SandboxId, TeamId};
 
 use super::cgroup::{CgroupDriver, ParentLimits, SandboxCgroup};
-use super::net::SandboxNet;
+use crate::network::SandboxNet;
 use super::template::{self, ConfigRecord};
 use super::{Live, ProcessRuntime, ProcessRuntimeOptions, RUNTIME_NAME};
 use crate::runtime::{
