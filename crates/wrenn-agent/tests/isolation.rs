@@ -62,11 +62,17 @@ fn envd_binary() -> PathBuf {
     .clone()
 }
 
-/// The Debian root filesystem used as a template.
-fn test_rootfs() -> PathBuf {
-    std::env::var_os("WRENN_TEST_ROOTFS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn-dev-rootfs"))
+/// The default image (Debian, with sudo), built once per machine and shared by every
+/// test binary.
+fn test_image() -> wrenn_agent::image::ImageRef {
+    static IMAGE: OnceLock<wrenn_agent::image::ImageRef> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            wrenn_agent::image::ensure_shared_for_tests()
+                .expect("build the default image")
+                .reference()
+        })
+        .clone()
 }
 
 struct Host {
@@ -78,10 +84,14 @@ impl Host {
     async fn new() -> Self {
         let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
         let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+        let image = tokio::task::spawn_blocking(test_image).await.unwrap();
         let runtime = ProcessRuntime::new(
             Layout::new(dir.path()),
             envd,
-            ProcessRuntimeOptions::default(),
+            ProcessRuntimeOptions {
+                base_image: Some(image),
+                ..ProcessRuntimeOptions::default()
+            },
         )
         .await
         .expect("the process runtime needs root, cgroups and overlayfs");
@@ -126,22 +136,10 @@ impl Host {
         sandbox
     }
 
-    /// A template whose only layer is the Debian test root filesystem, or `None` (with
-    /// a note) when it is not there.
+    /// The Debian template with sudo, python3 and git: the built-in one, on the default
+    /// image.
     fn debian_template(&self) -> Option<(TeamId, TemplateId)> {
-        let rootfs = test_rootfs();
-        if !rootfs.join("usr/bin/sudo").is_file() {
-            eprintln!(
-                "SKIPPED: no Debian rootfs with sudo at {} (set WRENN_TEST_ROOTFS)",
-                rootfs.display()
-            );
-            return None;
-        }
-        let (team, template) = (TeamId::new(), TemplateId::new());
-        let dir = self.layout().template_dir(team, template);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::os::unix::fs::symlink(&rootfs, dir.join("rootfs")).unwrap();
-        Some((team, template))
+        Some((PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID))
     }
 }
 
@@ -300,7 +298,7 @@ async fn isolation_files_on_disk_keep_capsule_ids_and_host_files_look_root_owned
         .await;
     sb.ok("python3 -c 'import os; os.setgid(1000); os.setuid(1000); open(\"/srv/u/by-user\", \"w\").write(\"x\")'")
         .await;
-    let upper = host.layout().sandbox_dir(sb.id()).join("upper");
+    let upper = host.layout().sandbox_dir(sb.id()).join("disk/upper");
     let by_root = std::fs::metadata(upper.join("root/by-root")).unwrap();
     assert_eq!(
         (by_root.uid(), by_root.gid()),
@@ -722,7 +720,7 @@ async fn isolation_sudo_python_and_git_work_for_a_user_in_a_debian_capsule() {
     let home = host
         .layout()
         .sandbox_dir(sb.id())
-        .join("upper/home/wrenn-user/repo/.git/HEAD");
+        .join("disk/upper/home/wrenn-user/repo/.git/HEAD");
     assert_eq!(
         std::fs::metadata(home).unwrap().uid(),
         1000,

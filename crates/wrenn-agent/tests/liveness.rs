@@ -64,7 +64,7 @@ async fn start_node(dir: &Path, cp: &FakeControlPlane, settings: ManagerSettings
         .unwrap();
     let layout = Layout::new(dir);
     let runtime = Arc::new(
-        ProcessRuntime::new(layout.clone(), envd, ProcessRuntimeOptions::default())
+        ProcessRuntime::new(layout.clone(), envd, common::process_options().await)
             .await
             .expect("the process runtime needs root, cgroups and overlayfs"),
     );
@@ -444,7 +444,7 @@ async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
         cgroup_parent: parent.clone(),
         sandboxes_pids_max: 40,
         sandboxes_memory_reserve_mb: 1024,
-        ..ProcessRuntimeOptions::default()
+        ..common::process_options().await
     };
     let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options)
         .await

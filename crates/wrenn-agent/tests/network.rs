@@ -85,8 +85,14 @@ impl Host {
     async fn with(network: NetworkOptions) -> Self {
         let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
         let dir = tempfile::Builder::new().prefix("wn").tempdir().unwrap();
+        let image = tokio::task::spawn_blocking(|| {
+            wrenn_agent::image::ensure_shared_for_tests().expect("build the default image")
+        })
+        .await
+        .unwrap();
         let options = ProcessRuntimeOptions {
             network,
+            base_image: Some(image.reference()),
             ..Default::default()
         };
         let runtime = ProcessRuntime::new(Layout::new(dir.path()), envd, options)
