@@ -700,10 +700,19 @@ async fn network_capsules_resolve_names_through_the_forwarder_not_the_private_re
         resolv.contains(&format!("nameserver {gateway}\n")),
         "{resolv}"
     );
+    // A plain file of the capsule's root (written at every start; no host path
+    // behind it), not writable by its users.
+    assert_eq!(
+        capsule.sh("stat -c %u:%a /etc/resolv.conf").await.0.trim(),
+        "0:644"
+    );
     assert_ne!(
-        capsule.sh("echo x > /etc/resolv.conf").await.1,
+        capsule
+            .sh("setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo x > /etc/resolv.conf'")
+            .await
+            .1,
         0,
-        "read-only"
+        "users cannot redirect the capsule's DNS"
     );
 
     let (hosts, code) = capsule.sh("getent hosts deb.debian.org").await;
