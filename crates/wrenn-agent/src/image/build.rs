@@ -233,13 +233,25 @@ pub(crate) fn build(
     Ok(manifest)
 }
 
-/// Undoes what a failed build may have left mounted in `staging` (debootstrap mounts
-/// `/proc` and `/sys` in the target while it runs and unmounts them itself unless it
-/// is killed).
+/// Undoes what a failed or killed build may have left mounted in `staging` (the
+/// bootstrap tools mount `/proc`, `/sys` and device nodes in the target while they run
+/// and unmount them themselves unless killed), so removing it never walks into them.
 pub fn cleanup(staging: &Path) {
-    let rootfs = staging.join(ROOTFS_DIR);
-    for sub in ["proc", "sys", "dev/pts"] {
-        let _ = rustix::mount::unmount(rootfs.join(sub), rustix::mount::UnmountFlags::DETACH);
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut inside: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(staging))
+        .collect();
+    // Deepest first.
+    inside.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for mount in inside {
+        if let Err(e) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH) {
+            tracing::warn!(mount = %mount.display(), error = %e, "cannot unmount a leftover of an image build");
+        }
     }
 }
 
