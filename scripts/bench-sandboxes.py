@@ -147,7 +147,10 @@ def main():
     s.close()
     proc = subprocess.Popen([args.binary, "dev", "--dir", f"{tmp}/state", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RUST_LOG": "error"})
+                            env={**os.environ, "RUST_LOG": "error",
+                                 # One default image per machine, not one per run.
+                                 "WRENN_IMAGE_CACHE": os.environ.get(
+                                     "WRENN_IMAGE_CACHE", "/var/cache/wrenn/test-images")})
     key = None
     for line in proc.stdout:
         if line.startswith("export WRENN_API_KEY="):
@@ -176,10 +179,10 @@ def main():
 
         total = args.file_mib << 20
         t = time.perf_counter()
-        stream_write(port, key, cid, "/root/bench.bin", total)
+        stream_write(port, key, cid, "/home/wrenn-user/bench.bin", total)
         w = time.perf_counter() - t
         t = time.perf_counter()
-        n = stream_read(port, key, cid, "/root/bench.bin")
+        n = stream_read(port, key, cid, "/home/wrenn-user/bench.bin")
         r = time.perf_counter() - t
         assert n == total
         print(f"{'file write (streamed)':34s} {args.file_mib / w:8.1f} MiB/s ({args.file_mib} MiB)")
