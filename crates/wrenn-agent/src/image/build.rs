@@ -456,10 +456,27 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// Makes `cmd`'s process receive SIGKILL when the thread that starts it ends (a
+/// killed builder then leaves no bootstrap tool writing into a staging directory that
+/// the next builder removes). Build steps run on the thread that waits for them.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only makes one
+    // prctl(2) system call, which is async-signal-safe; it touches no memory of the
+    // parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Runs `cmd` to completion; returns its stdout, or an error with the tail of its
 /// output.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
-    let out = cmd
+    let out = die_with_parent(cmd)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| ImageError::Spawn {
@@ -485,7 +502,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
 
 /// Runs `cmd`, calling `on_line` with every line of its stdout and stderr.
 fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<(), ImageError> {
-    let mut child = cmd
+    let mut child = die_with_parent(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
