@@ -326,7 +326,10 @@ def main():
     s.close()
     proc = subprocess.Popen([args.binary, "dev", "--dir", f"{tmp}/state", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RUST_LOG": "error"})
+                            env={**os.environ, "RUST_LOG": "error",
+                                 # One default image per machine, not one per run.
+                                 "WRENN_IMAGE_CACHE": os.environ.get(
+                                     "WRENN_IMAGE_CACHE", "/var/cache/wrenn/test-images")})
     key = None
     for line in proc.stdout:
         if line.startswith("export WRENN_API_KEY="):

@@ -186,7 +186,8 @@ fn builds_in(store: &Path) -> Vec<String> {
 }
 
 #[test]
-fn image_store_builds_once_for_concurrent_callers_and_ignores_interrupted_builds() {
+fn image_store_builds_once_for_concurrent_callers_ignores_interrupted_builds_and_force_keeps_the_old()
+ {
     init_logging();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::new(dir.path());
@@ -230,13 +231,30 @@ fn image_store_builds_once_for_concurrent_callers_and_ignores_interrupted_builds
         started.elapsed()
     );
 
+    // --force builds anew: the link moves to the new build, and the older one stays
+    // (templates made on it keep working).
+    let forced = store
+        .ensure(
+            &recipe,
+            &BuildOptions {
+                force: true,
+                ..BuildOptions::default()
+            },
+            &LogProgress,
+        )
+        .unwrap();
+    assert_ne!(forced.dir, images[0].dir);
+    assert_eq!(store.current(&recipe).unwrap().unwrap().dir, forced.dir);
+    assert!(images[0].rootfs().join("usr/bin/sudo").exists());
+    assert_eq!(builds_in(dir.path()).len(), 2);
+
     // A changed recipe is another key: not found, so it would be built.
     let mut changed = recipe.clone();
     changed.packages.push("less".into());
     assert!(store.current(&changed).unwrap().is_none());
 
     // A link to a build whose manifest is broken is not used.
-    std::fs::write(images[0].dir.join("manifest.json"), "{").unwrap();
+    std::fs::write(forced.dir.join("manifest.json"), "{").unwrap();
     assert!(store.current(&recipe).unwrap().is_none());
 }
 

@@ -496,6 +496,15 @@ async fn hibernate_frees_the_sandbox_and_restore_brings_back_its_files() {
 
     host_env.runtime.hibernate(&sb.instance).await.unwrap();
     assert!(!host_env.layout().sandbox_dir(id).exists());
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host_env.layout().snapshot_dir(id).join("sandbox.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["image"]["rootfs"],
+        test_image().rootfs().display().to_string(),
+        "the record names the image build the upper layer was written over"
+    );
     assert!(!cgroup.exists(), "memory is freed: the cgroup is gone");
     assert!(
         !Path::new("/run/netns")

@@ -233,13 +233,25 @@ pub(crate) fn build(
     Ok(manifest)
 }
 
-/// Undoes what a failed build may have left mounted in `staging` (debootstrap mounts
-/// `/proc` and `/sys` in the target while it runs and unmounts them itself unless it
-/// is killed).
+/// Undoes what a failed or killed build may have left mounted in `staging` (the
+/// bootstrap tools mount `/proc`, `/sys` and device nodes in the target while they run
+/// and unmount them themselves unless killed), so removing it never walks into them.
 pub fn cleanup(staging: &Path) {
-    let rootfs = staging.join(ROOTFS_DIR);
-    for sub in ["proc", "sys", "dev/pts"] {
-        let _ = rustix::mount::unmount(rootfs.join(sub), rustix::mount::UnmountFlags::DETACH);
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut inside: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(staging))
+        .collect();
+    // Deepest first.
+    inside.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for mount in inside {
+        if let Err(e) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH) {
+            tracing::warn!(mount = %mount.display(), error = %e, "cannot unmount a leftover of an image build");
+        }
     }
 }
 
@@ -444,10 +456,27 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// Makes `cmd`'s process receive SIGKILL when the thread that starts it ends (a
+/// killed builder then leaves no bootstrap tool writing into a staging directory that
+/// the next builder removes). Build steps run on the thread that waits for them.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only makes one
+    // prctl(2) system call, which is async-signal-safe; it touches no memory of the
+    // parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Runs `cmd` to completion; returns its stdout, or an error with the tail of its
 /// output.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
-    let out = cmd
+    let out = die_with_parent(cmd)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| ImageError::Spawn {
@@ -473,7 +502,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
 
 /// Runs `cmd`, calling `on_line` with every line of its stdout and stderr.
 fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<(), ImageError> {
-    let mut child = cmd
+    let mut child = die_with_parent(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -70,6 +70,10 @@ impl<'a> Clock<'a> {
 /// The phase a bootstrap tool's `I: …` line belongs to; `None` for other lines.
 pub(crate) fn bootstrap_phase(line: &str) -> Option<&'static str> {
     let rest = line.strip_prefix("I: ")?;
+    if rest.starts_with("installing remaining") {
+        // mmdebstrap: the packages beyond the essential set, the longest step.
+        return Some("install the remaining packages");
+    }
     let word = rest.split_whitespace().next()?;
     Some(match word {
         "Retrieving" | "Validating" | "Checking" | "Valid" | "Resolving" | "Target" | "Chosen"
@@ -96,6 +100,10 @@ mod tests {
         assert_eq!(
             bootstrap_phase("I: Configuring ca-certificates..."),
             Some("configure packages")
+        );
+        assert_eq!(
+            bootstrap_phase("I: installing remaining packages inside the chroot..."),
+            Some("install the remaining packages")
         );
         assert_eq!(bootstrap_phase("W: something"), None);
         assert_eq!(bootstrap_phase("Unpacking x"), None);

@@ -203,6 +203,7 @@ impl Store {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 tracing::warn!(dir = %entry.path().display(), "removing an interrupted image build");
+                build::cleanup(&entry.path());
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
                     tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove it");
                 }
