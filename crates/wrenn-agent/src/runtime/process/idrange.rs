@@ -181,7 +181,10 @@ mod tests {
         assert!(IdRanges::new(0, 1).is_err());
         assert!(IdRanges::new(1000, 1).is_err());
         assert!(IdRanges::new(u32::MAX - RANGE_SIZE + 1, 1).is_err());
-        assert!(IdRanges::new(u32::MAX - RANGE_SIZE, 1).is_ok(), "ends at u32::MAX - 1");
+        assert!(
+            IdRanges::new(u32::MAX - RANGE_SIZE, 1).is_ok(),
+            "ends at u32::MAX - 1"
+        );
         assert!(IdRanges::new(1 << 31, 0).is_err());
         assert!(IdRanges::new(u32::MAX - 2 * RANGE_SIZE, 1).is_ok());
     }
