@@ -24,7 +24,7 @@ use wrenn_agent::runtime::{EnvdEndpoint, Instance, Runtime, SandboxConfig};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
 use wrenn_proto::envd::v1::process_client::ProcessClient;
-use wrenn_proto::envd::v1::{ProcessConfig, StartRequest, data_event, process_event};
+use wrenn_proto::envd::v1::{ProcessConfig, Pty, StartRequest, data_event, process_event};
 
 #[used]
 #[allow(unsafe_code)] // `link_section` is an unsafe attribute; the function is plain Rust.
@@ -243,6 +243,41 @@ async fn run(instance: &Instance, user: Option<&str>, script: &str) -> (String, 
     panic!("process stream ended without an end event");
 }
 
+/// Runs `script` on a terminal (cols × rows); the terminal output and the exit code.
+async fn run_on_terminal(instance: &Instance, script: &str, cols: u32, rows: u32) -> (String, i32) {
+    let mut client = ProcessClient::new(channel(instance).await);
+    let mut events = client
+        .start(StartRequest {
+            process: Some(ProcessConfig {
+                cmd: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                cwd: Some("/".into()),
+                ..Default::default()
+            }),
+            pty: Some(Pty { cols, rows }),
+            tag: None,
+            stdin: false,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(event) = events.message().await.expect("event stream") {
+        match event.event {
+            Some(process_event::Event::Data(data)) => {
+                if let Some(data_event::Output::Pty(bytes)) = data.output {
+                    out.extend_from_slice(&bytes);
+                }
+            }
+            Some(process_event::Event::End(end)) => {
+                return (String::from_utf8_lossy(&out).into_owned(), end.exit_code);
+            }
+            _ => {}
+        }
+    }
+    panic!("process stream ended without an end event");
+}
+
 /// `/proc/self/status` field `name` of a shell in the capsule.
 async fn status_field(sb: &Sandbox, name: &str) -> String {
     sb.ok(&format!("grep '^{name}:' /proc/self/status | cut -f2"))
@@ -428,6 +463,27 @@ async fn isolation_seccomp_denies_a_syscall_of_every_dangerous_family() {
     // Fork, exec, threads and ptrace of one's own children still work.
     sb.ok("python3 -c 'import os, threading; t = threading.Thread(target=print); t.start(); t.join(); os.wait() if os.fork() else os._exit(0)'")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_envd_still_serves_terminals_and_processes_under_the_filter() {
+    let host = Host::new().await;
+    let sb = host.sandbox().await;
+    let (out, code) = run_on_terminal(&sb.instance, "tty; stty size; id -u", 100, 30).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("30 100"), "{out}");
+    // The terminal belongs to capsule root and the tty group, as seen inside.
+    let owner = sb
+        .ok("python3 -c 'import os, pty; m, s = pty.openpty(); st = os.fstat(s); print(st.st_uid, st.st_gid, oct(st.st_mode & 0o777))'")
+        .await;
+    assert_eq!(owner.trim(), "0 5 0o620");
+    // Background processes, pipes and /dev/shm.
+    sb.ok("sleep 30 >/dev/null 2>&1 & echo x | cat > /dev/shm/x && test -s /dev/shm/x")
+        .await;
+    let shm = sb.ok("df -k /dev/shm | tail -1").await;
+    let size_kib: u64 = shm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(size_kib, 128 * 1024, "/dev/shm is half of 256 MiB: {shm}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,6 +677,54 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
         .sh(&format!("test -e {}", host.layout().root().display()))
         .await;
     assert_ne!(code, 0, "$WRENN_DIR is visible");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_masked_host_paths_vanish_without_a_mount_point() {
+    // A host directory outside /tmp (which capsules on the host's root get as a tmpfs).
+    let secret = tempfile::Builder::new()
+        .prefix("boundary-mask-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::write(secret.path().join("secret"), "host only").unwrap();
+    let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
+    let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let options = ProcessRuntimeOptions {
+        mask_paths: vec![secret.path().to_path_buf()],
+        ..Default::default()
+    };
+    let runtime = Arc::new(
+        ProcessRuntime::new(Layout::new(dir.path()), envd, options)
+            .await
+            .unwrap(),
+    );
+    let host = Host { runtime, _dir: dir };
+    let sb = host.sandbox().await;
+    let path = secret.path().display().to_string();
+    let (_, code) = sb.sh(&format!("test -e {path}")).await;
+    assert_ne!(code, 0, "{path} is visible in the capsule");
+    assert_eq!(
+        sb.ok("stat -c %u:%g:%a /var/tmp").await.trim(),
+        {
+            let meta = std::fs::metadata("/var/tmp").unwrap();
+            format!(
+                "{}:{}:{:o}",
+                meta.uid(),
+                meta.gid(),
+                meta.permissions().mode() & 0o7777
+            )
+        },
+        "the directory around the mask looks as on the host"
+    );
+    let mountinfo = sb.ok("cat /proc/self/mountinfo").await;
+    assert!(!mountinfo.contains(&path), "{mountinfo}");
+    // The capsule may create the path itself (it is its own then).
+    sb.ok(&format!("mkdir -p {path} && echo mine > {path}/secret"))
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(secret.path().join("secret")).unwrap(),
+        "host only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

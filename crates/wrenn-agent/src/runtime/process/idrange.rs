@@ -180,7 +180,11 @@ mod tests {
     fn ranges_that_reach_host_root_or_past_u32_are_refused() {
         assert!(IdRanges::new(0, 1).is_err());
         assert!(IdRanges::new(1000, 1).is_err());
-        assert!(IdRanges::new(u32::MAX - RANGE_SIZE, 1).is_err());
+        assert!(IdRanges::new(u32::MAX - RANGE_SIZE + 1, 1).is_err());
+        assert!(
+            IdRanges::new(u32::MAX - RANGE_SIZE, 1).is_ok(),
+            "ends at u32::MAX - 1"
+        );
         assert!(IdRanges::new(1 << 31, 0).is_err());
         assert!(IdRanges::new(u32::MAX - 2 * RANGE_SIZE, 1).is_ok());
     }
