@@ -225,8 +225,9 @@ impl NetworkError {
     }
 }
 
-/// The network of one capsule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The network of one capsule (serializable, so a runtime can record it and
+/// [`adopt`](Network::adopt) the capsule after an agent restart).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxNet {
     /// Network namespace name (`wrenn-{id}`).
     pub netns: String,
@@ -390,6 +391,53 @@ impl Network {
             old.stop().await;
         }
         Ok(net)
+    }
+
+    /// Takes over a capsule network that outlived the agent that made it (after a
+    /// restart): serves DNS on its gateway again. The namespace, veth and addresses are
+    /// the kernel's and still in place; `AddrInUse` means another agent serves it.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    pub async fn adopt(&self, net: &SandboxNet, sandbox_id: &str) -> Result<(), NetworkError> {
+        if !self
+            .options
+            .range
+            .cidr()
+            .contains(IpAddr::V4(net.host_addr))
+        {
+            return Err(NetworkError::Options(format!(
+                "{} is not in this network's range {}",
+                net.host_addr, self.options.range
+            )));
+        }
+        if self.serves_dns(&net.netns) {
+            return Ok(());
+        }
+        if !netns_path(&net.netns).exists() {
+            return Err(NetworkError::capsule(&net.netns, "adopt the network")(
+                io::Error::new(io::ErrorKind::NotFound, "the namespace does not exist"),
+            ));
+        }
+        let gateway = net.host_addr;
+        let bound = run_blocking(move || {
+            dns::bind(gateway).map_err(|source| NetworkError::Host {
+                what: format!("bind the DNS forwarder on {gateway}"),
+                source,
+            })
+        })
+        .await?;
+        let listeners = self
+            .forwarder
+            .serve(bound, sandbox_id)
+            .map_err(NetworkError::capsule(&net.netns, "serve DNS"))?;
+        let old = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(net.netns.clone(), listeners);
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        Ok(())
     }
 
     /// Removes namespace `name`: stops its DNS listeners (their sockets are closed
