@@ -299,7 +299,7 @@ impl Network {
         let options = Arc::new(options);
         let capsules = options.range.cidr();
         let opts = options.clone();
-        run_blocking(move || {
+        let warnings = run_blocking(move || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(|source| {
                 NetworkError::Host {
                     what: "enable net.ipv4.ip_forward".into(),
@@ -313,9 +313,13 @@ impl Network {
             apply_firewall(&opts)
         })
         .await?;
+        for warning in &warnings {
+            tracing::warn!(table = %options.table, "{warning}");
+        }
         let interval = options.reassert_interval;
         let opts = options.clone();
         let reassert = tokio::spawn(async move {
+            let mut warned = warnings;
             let mut ticks = tokio::time::interval(interval);
             ticks.tick().await;
             loop {
@@ -323,7 +327,15 @@ impl Network {
                 let o = opts.clone();
                 let applied = tokio::task::spawn_blocking(move || apply_firewall(&o)).await;
                 match applied {
-                    Ok(Ok(())) => tracing::trace!(table = %opts.table, "firewall re-asserted"),
+                    Ok(Ok(warnings)) => {
+                        tracing::trace!(table = %opts.table, "firewall re-asserted");
+                        if warnings != warned {
+                            for warning in &warnings {
+                                tracing::warn!(table = %opts.table, "{warning}");
+                            }
+                            warned = warnings;
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(table = %opts.table, "re-asserting the firewall: {e}")
                     }
@@ -349,7 +361,7 @@ impl Network {
     /// Replaces the firewall table now (what the periodic re-assertion does).
     pub async fn reassert(&self) -> Result<(), NetworkError> {
         let o = self.options.clone();
-        run_blocking(move || apply_firewall(&o)).await
+        run_blocking(move || apply_firewall(&o)).await.map(drop)
     }
 
     /// Creates the empty named namespace `name` (the capsule's processes may join it
@@ -512,8 +524,10 @@ fn firewall_spec(options: &NetworkOptions) -> Result<FirewallSpec, NetworkError>
     })
 }
 
-fn apply_firewall(options: &NetworkOptions) -> Result<(), NetworkError> {
+/// Installs the firewall; returns warnings about other rules that drop what it accepts.
+fn apply_firewall(options: &NetworkOptions) -> Result<Vec<String>, NetworkError> {
     let spec = firewall_spec(options)?;
+    let warnings = firewall::foreign_drops(&options.interface_prefix);
     firewall::apply(&spec).map_err(|e| {
         let hint = match &e {
             NftError::Socket(_) => {
@@ -533,7 +547,8 @@ fn apply_firewall(options: &NetworkOptions) -> Result<(), NetworkError> {
             hint,
             source: e.into(),
         }
-    })
+    })?;
+    Ok(warnings)
 }
 
 fn validate(options: &NetworkOptions) -> Result<(), NetworkError> {
