@@ -892,6 +892,61 @@ async fn network_the_firewall_is_one_table_of_ours_that_nft_reads_back() {
     assert!(gone.is_empty(), "deleted: {gone}");
 }
 
+/// Asks `server` (UDP) for `name`'s address; true if an answer with records came back.
+async fn resolves(server: Ipv4Addr, name: &str) -> bool {
+    let mut q = vec![0x57, 0x52, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    socket.send_to(&q, (server, 53)).await.unwrap();
+    let mut answer = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut answer)).await {
+        Ok(Ok(n)) => n > 12 && answer[..2] == q[..2] && answer[3] & 15 == 0 && answer[7] > 0,
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_a_restarted_agent_adopts_a_capsule_network_and_serves_its_dns() {
+    let name = format!("wrenn-netadopt-{}", std::process::id());
+    let first = Network::new(NetworkOptions::default()).await.unwrap();
+    let pending = first.create_netns(&name).await.unwrap();
+    let net = first.attach(pending, &name).await.unwrap();
+    assert!(
+        resolves(net.host_addr, "deb.debian.org").await,
+        "the forwarder answers"
+    );
+    let recorded = serde_json::to_string(&net).unwrap();
+    drop(first); // the agent goes away; the namespace and veth stay
+
+    let second = Network::new(NetworkOptions::default()).await.unwrap();
+    let net: network::SandboxNet = serde_json::from_str(&recorded).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match second.adopt(&net, &name).await {
+            Ok(()) => break,
+            // The first agent's sockets close as its tasks wind down.
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("adopt: {e}"),
+        }
+    }
+    assert!(second.serves_dns(&name));
+    assert!(
+        resolves(net.host_addr, "deb.debian.org").await,
+        "served again"
+    );
+    second.remove(&name).await.unwrap();
+    assert!(!network::netns_path(&name).exists());
+    let missing = second.adopt(&net, &name).await.unwrap_err();
+    assert!(missing.to_string().contains(&name), "{missing}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_setup_and_teardown_timings() {
     let network = Network::new(NetworkOptions::default()).await.unwrap();

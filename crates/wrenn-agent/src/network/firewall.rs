@@ -275,6 +275,34 @@ pub(crate) fn apply(spec: &FirewallSpec) -> Result<(), NftError> {
     nft::commit(nft::replace_batch(&table(spec)))
 }
 
+/// `NFPROTO_IPV4` as an nfgenmsg family: where iptables-nft keeps its tables.
+const FAMILY_IP: u8 = 2;
+
+/// What iptables (e.g. Docker's `FORWARD` policy `DROP`) will do to capsule traffic
+/// that our table accepts: a drop in *their* chain is as final as one in ours, so the
+/// operator must allow capsule traffic there. Returns the warnings (blocking).
+pub(crate) fn foreign_drops(interface_prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (chain, what) in [
+        ("FORWARD", "capsule egress"),
+        ("INPUT", "DNS from capsules to the agent's forwarder"),
+    ] {
+        if let Ok(Some(0)) = nft::chain_policy(FAMILY_IP, "filter", chain) {
+            out.push(format!(
+                "iptables' {chain} chain has policy DROP (Docker sets this for FORWARD): {what} is \
+                 dropped unless that chain accepts it, e.g. `iptables -I {chain} -i {interface_prefix}+ \
+                 -j ACCEPT`{}",
+                if chain == "FORWARD" {
+                    format!(" and `iptables -I FORWARD -o {interface_prefix}+ -j ACCEPT` (or the same in DOCKER-USER)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    out
+}
+
 /// Deletes the table `inet <name>` if it exists (blocking).
 pub(crate) fn delete(name: &str) -> Result<(), NftError> {
     nft::commit(nft::delete_batch(Family::Inet, name))
@@ -360,6 +388,25 @@ fn reject_counted() -> Vec<Expr> {
 mod tests {
     use super::*;
     use wrenn_core::config::EgressConfig;
+
+    #[test]
+    fn the_policy_of_a_base_chain_is_read_back_from_the_kernel() {
+        let mut s = spec();
+        s.table = format!("network_policy_{}", std::process::id());
+        apply(&s).expect("installing a table needs root (CAP_NET_ADMIN) and nf_tables");
+        let input = nft::chain_policy(1, &s.table, "input");
+        let regular = nft::chain_policy(1, &s.table, "egress");
+        let missing = nft::chain_policy(1, &s.table, "no-such-chain");
+        delete(&s.table).unwrap();
+        assert_eq!(input.unwrap(), Some(1), "NF_ACCEPT");
+        assert_eq!(regular.unwrap(), None, "not a base chain");
+        assert_eq!(missing.unwrap(), None);
+        assert_eq!(
+            nft::chain_policy(1, &s.table, "input").unwrap(),
+            None,
+            "table gone"
+        );
+    }
 
     fn spec() -> FirewallSpec {
         let capsules: Cidr = "10.200.0.0/16".parse().unwrap();

@@ -225,8 +225,9 @@ impl NetworkError {
     }
 }
 
-/// The network of one capsule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The network of one capsule (serializable, so a runtime can record it and
+/// [`adopt`](Network::adopt) the capsule after an agent restart).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxNet {
     /// Network namespace name (`wrenn-{id}`).
     pub netns: String,
@@ -298,7 +299,7 @@ impl Network {
         let options = Arc::new(options);
         let capsules = options.range.cidr();
         let opts = options.clone();
-        run_blocking(move || {
+        let warnings = run_blocking(move || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(|source| {
                 NetworkError::Host {
                     what: "enable net.ipv4.ip_forward".into(),
@@ -312,9 +313,13 @@ impl Network {
             apply_firewall(&opts)
         })
         .await?;
+        for warning in &warnings {
+            tracing::warn!(table = %options.table, "{warning}");
+        }
         let interval = options.reassert_interval;
         let opts = options.clone();
         let reassert = tokio::spawn(async move {
+            let mut warned = warnings;
             let mut ticks = tokio::time::interval(interval);
             ticks.tick().await;
             loop {
@@ -322,7 +327,15 @@ impl Network {
                 let o = opts.clone();
                 let applied = tokio::task::spawn_blocking(move || apply_firewall(&o)).await;
                 match applied {
-                    Ok(Ok(())) => tracing::trace!(table = %opts.table, "firewall re-asserted"),
+                    Ok(Ok(warnings)) => {
+                        tracing::trace!(table = %opts.table, "firewall re-asserted");
+                        if warnings != warned {
+                            for warning in &warnings {
+                                tracing::warn!(table = %opts.table, "{warning}");
+                            }
+                            warned = warnings;
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(table = %opts.table, "re-asserting the firewall: {e}")
                     }
@@ -348,7 +361,7 @@ impl Network {
     /// Replaces the firewall table now (what the periodic re-assertion does).
     pub async fn reassert(&self) -> Result<(), NetworkError> {
         let o = self.options.clone();
-        run_blocking(move || apply_firewall(&o)).await
+        run_blocking(move || apply_firewall(&o)).await.map(drop)
     }
 
     /// Creates the empty named namespace `name` (the capsule's processes may join it
@@ -390,6 +403,53 @@ impl Network {
             old.stop().await;
         }
         Ok(net)
+    }
+
+    /// Takes over a capsule network that outlived the agent that made it (after a
+    /// restart): serves DNS on its gateway again. The namespace, veth and addresses are
+    /// the kernel's and still in place; `AddrInUse` means another agent serves it.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    pub async fn adopt(&self, net: &SandboxNet, sandbox_id: &str) -> Result<(), NetworkError> {
+        if !self
+            .options
+            .range
+            .cidr()
+            .contains(IpAddr::V4(net.host_addr))
+        {
+            return Err(NetworkError::Options(format!(
+                "{} is not in this network's range {}",
+                net.host_addr, self.options.range
+            )));
+        }
+        if self.serves_dns(&net.netns) {
+            return Ok(());
+        }
+        if !netns_path(&net.netns).exists() {
+            return Err(NetworkError::capsule(&net.netns, "adopt the network")(
+                io::Error::new(io::ErrorKind::NotFound, "the namespace does not exist"),
+            ));
+        }
+        let gateway = net.host_addr;
+        let bound = run_blocking(move || {
+            dns::bind(gateway).map_err(|source| NetworkError::Host {
+                what: format!("bind the DNS forwarder on {gateway}"),
+                source,
+            })
+        })
+        .await?;
+        let listeners = self
+            .forwarder
+            .serve(bound, sandbox_id)
+            .map_err(NetworkError::capsule(&net.netns, "serve DNS"))?;
+        let old = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(net.netns.clone(), listeners);
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        Ok(())
     }
 
     /// Removes namespace `name`: stops its DNS listeners (their sockets are closed
@@ -464,8 +524,10 @@ fn firewall_spec(options: &NetworkOptions) -> Result<FirewallSpec, NetworkError>
     })
 }
 
-fn apply_firewall(options: &NetworkOptions) -> Result<(), NetworkError> {
+/// Installs the firewall; returns warnings about other rules that drop what it accepts.
+fn apply_firewall(options: &NetworkOptions) -> Result<Vec<String>, NetworkError> {
     let spec = firewall_spec(options)?;
+    let warnings = firewall::foreign_drops(&options.interface_prefix);
     firewall::apply(&spec).map_err(|e| {
         let hint = match &e {
             NftError::Socket(_) => {
@@ -485,7 +547,8 @@ fn apply_firewall(options: &NetworkOptions) -> Result<(), NetworkError> {
             hint,
             source: e.into(),
         }
-    })
+    })?;
+    Ok(warnings)
 }
 
 fn validate(options: &NetworkOptions) -> Result<(), NetworkError> {

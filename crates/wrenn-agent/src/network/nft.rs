@@ -24,6 +24,7 @@ const MSG_BATCH_END: u16 = 0x11;
 const MSG_NEWTABLE: u16 = 0;
 const MSG_DELTABLE: u16 = 2;
 const MSG_NEWCHAIN: u16 = 3;
+const MSG_GETCHAIN: u16 = 4;
 const MSG_NEWRULE: u16 = 6;
 
 // Attributes (`enum nft_*_attributes`).
@@ -319,12 +320,17 @@ impl NetlinkDeserializable for NftMessage {
     type Error = DecodeError;
 
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
-        // Only acknowledgements are expected; keep anything else opaque.
+        // Top-level attributes only, values kept as bytes (nested ones unparsed).
+        let mut attrs = Vec::new();
+        for nla in netlink_packet_core::NlasIterator::new(payload.get(4..).unwrap_or_default()) {
+            let nla = nla?;
+            attrs.push(Attr::Bytes(nla.kind(), nla.value().to_vec()));
+        }
         Ok(Self {
             message_type: header.message_type,
             family: payload.first().copied().unwrap_or(0),
             res_id: 0,
-            attrs: Vec::new(),
+            attrs,
         })
     }
 }
@@ -525,6 +531,26 @@ pub(crate) fn commit(batch: Vec<(u16, NftMessage, String)>) -> Result<(), NftErr
             what: whats.get(index).cloned().unwrap_or_default(),
             source: error,
         })
+}
+
+/// The policy of base chain `chain` in table `table` of family `family` (`NF_DROP` = 0,
+/// `NF_ACCEPT` = 1); `None` if there is no such chain or it is not a base chain.
+pub(crate) fn chain_policy(family: u8, table: &str, chain: &str) -> io::Result<Option<u32>> {
+    let mut conn = Connection::open(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    let request = NftMessage {
+        message_type: (SUBSYS_NFTABLES << 8) | MSG_GETCHAIN,
+        family,
+        res_id: 0,
+        attrs: vec![Attr::str(CHAIN_TABLE, table), Attr::str(CHAIN_NAME, chain)],
+    };
+    match conn.get(request) {
+        Ok(reply) => Ok(reply.attrs.iter().find_map(|a| match a {
+            Attr::Bytes(CHAIN_POLICY, v) => v.as_slice().try_into().ok().map(u32::from_be_bytes),
+            _ => None,
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A rule comment in nftables' user data format (type, length, NUL-terminated text).
