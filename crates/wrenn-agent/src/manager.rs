@@ -1483,6 +1483,7 @@ impl SandboxManager {
                 return;
             }
             let budget = self.settings.health_timeout;
+            tracing::trace!(sandbox_id = %sb.id, "health check");
             let outcome = match sb.envd_client() {
                 Ok(envd) => {
                     let mut system = envd.system;

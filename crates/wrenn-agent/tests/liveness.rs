@@ -514,3 +514,47 @@ async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_bookkeeping_adds_little_to_a_create() {
+    let dir = tempdir();
+    let cp = FakeControlPlane::start(0).await;
+    let node = start_node(dir.path(), &cp, fast_settings()).await;
+    let mut creates = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        ids.push(node.create().await);
+        creates.push(t.elapsed());
+    }
+    creates.sort();
+    let id = ids[0];
+    let sandbox_dir = Layout::new(dir.path()).sandbox_dir(id);
+    let record = state::read(&sandbox_dir).unwrap().expect("state.json");
+    let cgroup = node.runtime.sandbox_cgroup(id);
+    const N: u32 = 200;
+    let t = Instant::now();
+    for _ in 0..N {
+        assert_eq!(state::find_pid1(&cgroup), Some(record.pid1));
+    }
+    let find = t.elapsed() / N;
+    // As at create: the record does not exist yet.
+    let mut write = Duration::ZERO;
+    for _ in 0..N {
+        std::fs::remove_file(sandbox_dir.join(state::STATE_FILE)).unwrap();
+        let t = Instant::now();
+        state::write(&sandbox_dir, &record).unwrap();
+        write += t.elapsed();
+    }
+    let write = write / N;
+    eprintln!(
+        "create p50 {:?} (gRPC, debug build); per create: find PID 1 {find:?}, write state.json {write:?}",
+        creates[creates.len() / 2]
+    );
+    // Two small file writes (state.json, agent.json) and one PID 1 lookup.
+    assert!(find + 2 * write < Duration::from_millis(1), "{find:?} + 2 × {write:?}");
+    for id in ids {
+        node.destroy(id).await;
+    }
+    node.agent.shutdown().await;
+}
