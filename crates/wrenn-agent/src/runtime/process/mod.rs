@@ -60,8 +60,9 @@
 //! starts a fresh sandbox on it: files survive, processes do not. A sandbox
 //! hibernated before disks existed (a plain `snapshots/{id}/upper/`) is restored by
 //! copying that directory into a new disk of the requested size. Snapshot copies
-//! `disk/upper` into a new layered template (see [`template`]). Destroy unmounts the
-//! disk and deletes its file; the loop device unbinds itself. Sweep also unmounts
+//! `disk/upper` into a new layered template (see [`template`]). Destroy shuts the
+//! disk's filesystem down (dirty data is dropped, not written), unmounts it and
+//! deletes its file; the loop device unbinds itself. Sweep also unmounts
 //! and unbinds disks under `$WRENN_DIR` of sandboxes it does not keep — never other
 //! mounts or loop devices.
 //!
@@ -163,7 +164,8 @@ pub struct ProcessRuntimeOptions {
     /// control plane's default). Sandboxes asking for another size get a disk
     /// formatted on demand (`mkfs.ext4`, tens of milliseconds).
     pub disk_pool_size_mb: u32,
-    /// How many pooled disks are kept ready (default 4; 0 = no pool).
+    /// How many pooled disks are kept ready (default 4; 0 = no pool). The pool is off
+    /// when its size exceeds the host's free space (such sandboxes are refused).
     pub disk_pool_depth: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
     pub io: IoLimits,
@@ -231,7 +233,7 @@ pub struct ProcessRuntime {
     image: ImageRef,
     ids: IdRanges,
     mkfs: PathBuf,
-    pool: Option<DiskPool>,
+    pool: DiskPool,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
 }
 
@@ -398,18 +400,22 @@ impl ProcessRuntime {
                 }
             }
         }
-        let pool = if options.disk_pool_depth > 0 {
-            disk::check_size(options.disk_pool_size_mb, &layout.sandboxes_dir())
-                .map_err(|e| unsupported_err(format!("disk pool: {e}")))?;
-            Some(DiskPool::start(
-                &disk_pool_dir(&layout),
-                &mkfs,
-                options.disk_pool_size_mb,
-                options.disk_pool_depth,
-            )?)
-        } else {
-            None
-        };
+        // Pooled disks that sandboxes could not get (the size is refused on this host)
+        // would only hold loop devices.
+        let pool_fits = disk::check_size(options.disk_pool_size_mb, &layout.sandboxes_dir())
+            .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
+            .is_ok();
+        // Always started: it also removes the pooled disks a previous agent left.
+        let pool = DiskPool::start(
+            &disk_pool_dir(&layout),
+            &mkfs,
+            options.disk_pool_size_mb,
+            if pool_fits {
+                options.disk_pool_depth
+            } else {
+                0
+            },
+        )?;
         Ok(Self {
             layout,
             envd,
@@ -457,9 +463,10 @@ impl ProcessRuntime {
         &self.network
     }
 
-    /// The pool of ready disks, if it is enabled.
-    pub fn disk_pool(&self) -> Option<&DiskPool> {
-        self.pool.as_ref()
+    /// The pool of ready disks (of depth 0 when disabled, or when its size does not
+    /// fit the host's free space).
+    pub fn disk_pool(&self) -> &DiskPool {
+        &self.pool
     }
 
     /// The loop device of a running sandbox's disk.
@@ -577,7 +584,7 @@ impl ProcessRuntime {
     async fn new_disk(&self, id: SandboxId, size_mb: u32) -> Result<DeviceId, RuntimeError> {
         let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
         let target = self.disk_mount_point(id);
-        let pool = self.pool.as_ref().filter(|p| p.size_mb() == size_mb);
+        let pool = Some(&self.pool).filter(|p| p.size_mb() == size_mb && p.depth() > 0);
         let mut pooled = None;
         while let Some(candidate) = pool.and_then(DiskPool::take) {
             match std::fs::rename(&candidate.file, &file) {
@@ -652,12 +659,18 @@ impl ProcessRuntime {
         Ok(blocking(move || MountedDisk::open(&file).and_then(|m| m.place(&target))).await??)
     }
 
-    /// Unmounts everything under `sandboxes/{id}/` and removes the directory (with the
-    /// disk file).
+    /// Throws the disk away (shut down, so dirty data is never written out), unmounts
+    /// everything under `sandboxes/{id}/` and removes the directory (with the disk
+    /// file).
     async fn remove_sandbox_dir(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let dir = self.layout.sandbox_dir(id);
         let d = dir.clone();
-        blocking(move || unmount_all_under(&d)).await??;
+        let mount_point = self.disk_mount_point(id);
+        blocking(move || {
+            disk::discard(&mount_point)?;
+            unmount_all_under(&d)
+        })
+        .await??;
         remove_dir(&dir).await
     }
 
