@@ -708,7 +708,9 @@ async fn network_capsules_resolve_names_through_the_forwarder_not_the_private_re
     );
     assert_ne!(
         capsule
-            .sh("setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo x > /etc/resolv.conf'")
+            .sh(
+                "setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo x > /etc/resolv.conf'"
+            )
             .await
             .1,
         0,

@@ -950,7 +950,6 @@ pub fn disk_pool_dir(layout: &Layout) -> PathBuf {
     layout.root().join("disks").join("pool")
 }
 
-
 /// A network error of sandbox `id` as a runtime error.
 fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeError {
     move |e| RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))

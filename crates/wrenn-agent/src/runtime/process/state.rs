@@ -31,9 +31,9 @@ use tokio::io::unix::AsyncFd;
 use wrenn_core::id::{SandboxId, TeamId};
 
 use super::cgroup::{CgroupDriver, ParentLimits, SandboxCgroup};
-use crate::network::SandboxNet;
 use super::template::{self, ConfigRecord};
 use super::{Live, ProcessRuntime, ProcessRuntimeOptions, RUNTIME_NAME};
+use crate::network::SandboxNet;
 use crate::runtime::{
     Adopted, Adoption, EnvdEndpoint, Instance, Lost, RuntimeError, SandboxConfig,
 };
