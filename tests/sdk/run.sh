@@ -30,6 +30,6 @@ if ! grep -q '^export WRENN_API_KEY' "$dir/out.log"; then
 fi
 eval "$(grep '^export' "$dir/out.log")"
 status=0
-"$venv/bin/pytest" -q tests/sdk/test_sdk.py "$@" || status=$?
+"$venv/bin/pytest" -q tests/sdk/test_sdk.py tests/sdk/test_environment.py "$@" || status=$?
 if [ "$status" != 0 ]; then echo "--- wrenn dev log (tail)"; tail -50 "$dir/err.log"; fi
 exit "$status"
