@@ -8,6 +8,7 @@
 //! them in `DIR/dev-credentials.json` (mode 0600); every start prints the same
 //! ready-to-paste `export` lines, so the SDK works against it at once.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -394,7 +395,11 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
         }
         None => None,
     };
-    println!("{}", banner(bound, &creds));
+    // Not `println!`: whoever reads the banner may close the pipe once it has the key,
+    // and a closed stdout must not bring the platform down.
+    if let Err(e) = writeln!(std::io::stdout(), "{}", banner(bound, &creds)) {
+        tracing::debug!("could not print the banner: {e}");
+    }
     // On SIGTERM/SIGINT the agent goes first (it hibernates its sandboxes and reports
     // that to the still-running control plane), then the control plane stops.
     let stop = tokio_util::sync::CancellationToken::new();

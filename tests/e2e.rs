@@ -64,14 +64,17 @@ fn start_dev() -> Dev {
         .spawn()
         .expect("start wrenn dev");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
     let mut key = None;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("read stdout");
         if let Some(k) = line.strip_prefix("export WRENN_API_KEY=") {
             key = Some(k.to_owned());
             break;
         }
     }
+    // Keep reading what else it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     Dev {
         child,
         base: format!("http://127.0.0.1:{port}"),

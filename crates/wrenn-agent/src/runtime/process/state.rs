@@ -550,6 +550,11 @@ impl ProcessRuntime {
             .disk
             .ok_or_else(|| "its state record names no disk".to_owned())?;
         let net: SandboxNet = (&record.net).into();
+        // Its DNS forwarder lived in the previous agent: serve it again (and hold the slot).
+        self.network
+            .adopt(&net, &id.to_string())
+            .await
+            .map_err(|e| format!("its network cannot be taken over: {e}"))?;
         let usage = cgroup.cpu_usage_ns().unwrap_or(0);
         let live = Arc::new(Live {
             config: config.clone(),
