@@ -81,7 +81,7 @@ use self::net::{Ipv4Range, SandboxNet};
 use self::template::{HibernationRecord, Lowers};
 use super::{Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats};
 use crate::disk::pool::DiskPool;
-use crate::disk::{self, DeviceId, DiskError, MountedDisk};
+use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
 use crate::init::{ENVD_SOCKET_NAME, INIT_ARG, InitSpec, SANDBOX_SOCKET_DIR};
 use wrenn_core::id::{TeamId, TemplateId};
 
@@ -125,10 +125,13 @@ pub struct ProcessRuntimeOptions {
     /// formatted on demand (`mkfs.ext4`, tens of milliseconds).
     pub disk_pool_size_mb: u32,
     /// How many pooled disks are kept ready (default 4; 0 = no pool). The pool is off
-    /// when its size exceeds the host's free space (such sandboxes are refused).
+    /// when [`disk_space_check`](Self::disk_space_check) refuses its size.
     pub disk_pool_depth: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
     pub io: IoLimits,
+    /// Which disk sizes are refused besides those below
+    /// [`MIN_SIZE_MB`](disk::MIN_SIZE_MB) (default [`SpaceCheck::Capacity`]).
+    pub disk_space_check: SpaceCheck,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -147,6 +150,7 @@ impl Default for ProcessRuntimeOptions {
                 .unwrap_or(20_480),
             disk_pool_depth: 4,
             io: IoLimits::default(),
+            disk_space_check: SpaceCheck::default(),
         }
     }
 }
@@ -188,7 +192,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeE
 impl From<DiskError> for RuntimeError {
     fn from(e: DiskError) -> Self {
         match e {
-            DiskError::TooSmall { .. } | DiskError::NoSpace { .. } => {
+            DiskError::TooSmall { .. } | DiskError::NoSpace { .. } | DiskError::TooLarge { .. } => {
                 Self::FailedPrecondition(e.to_string())
             }
             DiskError::Io { context, source } => Self::Io { context, source },
@@ -313,9 +317,13 @@ impl ProcessRuntime {
         mask.extend(options.mask_paths.iter().cloned());
         // Pooled disks that sandboxes could not get (the size is refused on this host)
         // would only hold loop devices.
-        let pool_fits = disk::check_size(options.disk_pool_size_mb, &layout.sandboxes_dir())
-            .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
-            .is_ok();
+        let pool_fits = disk::check_size(
+            options.disk_pool_size_mb,
+            &layout.sandboxes_dir(),
+            options.disk_space_check,
+        )
+        .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
+        .is_ok();
         // Always started: it also removes the pooled disks a previous agent left.
         let pool = DiskPool::start(
             &disk_pool_dir(&layout),
@@ -404,7 +412,11 @@ impl ProcessRuntime {
     /// Checks the limits and the disk size (before anything is created).
     fn validate(&self, config: &SandboxConfig) -> Result<(), RuntimeError> {
         Self::validate_limits(config)?;
-        disk::check_size(config.disk_size_mb, &self.layout.sandboxes_dir())?;
+        disk::check_size(
+            config.disk_size_mb,
+            &self.layout.sandboxes_dir(),
+            self.options.disk_space_check,
+        )?;
         Ok(())
     }
 
