@@ -1044,8 +1044,15 @@ async fn disk_df_shows_its_size_and_writes_past_it_fail_with_enospc_without_touc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_sizes_below_the_minimum_or_above_the_free_space_are_refused_before_anything_exists() {
-    let host_env = Host::new().await;
-    for size in [0, 32, disk::MIN_SIZE_MB - 1, u32::MAX] {
+    let host_env = Host::with(ProcessRuntimeOptions {
+        disk_space_check: disk::SpaceCheck::FreeSpace,
+        ..Default::default()
+    })
+    .await;
+    let st = rustix::fs::statvfs(host_env.layout().sandboxes_dir().as_path()).unwrap();
+    let free_mb = st.f_bavail * st.f_frsize / MIB;
+    let above_free = u32::try_from(free_mb + 2048).unwrap();
+    for size in [0, 32, disk::MIN_SIZE_MB - 1, above_free, u32::MAX] {
         let config = sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), size);
         let err = host_env.runtime.create(&config).await.unwrap_err();
         assert!(
@@ -1121,7 +1128,14 @@ async fn disk_snapshot_copies_the_disk_upper_into_a_template_new_capsules_see() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_destroy_leaves_no_loop_device_mount_or_file() {
     let host_env = Host::new().await;
-    let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
+    // Larger than the free space, smaller than the disk: accepted by default (sparse).
+    let st = rustix::fs::statvfs(host_env.layout().sandboxes_dir().as_path()).unwrap();
+    let (free_mb, capacity_mb) = (
+        st.f_bavail * st.f_frsize / MIB,
+        st.f_blocks * st.f_frsize / MIB,
+    );
+    let size = u32::try_from((free_mb + 1024).min(capacity_mb)).unwrap();
+    let config = sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), size);
     let instance = host_env.runtime.create(&config).await.unwrap();
     let id = instance.id;
     let dir = host_env.layout().sandbox_dir(id);

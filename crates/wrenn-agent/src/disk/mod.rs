@@ -57,6 +57,14 @@ pub enum DiskError {
         /// Free space where disks are kept (MiB).
         free_mb: u64,
     },
+    /// The requested size exceeds the size of the host's filesystem.
+    #[error("disk_size_mb {size_mb} exceeds this host's {capacity_mb} MiB disk")]
+    TooLarge {
+        /// The requested size (MiB).
+        size_mb: u32,
+        /// Size of the filesystem where disks are kept (MiB).
+        capacity_mb: u64,
+    },
     /// `mkfs.ext4` failed.
     #[error("mkfs.ext4 {path} failed ({status}): {stderr}")]
     Mkfs {
@@ -86,19 +94,41 @@ impl DiskError {
     }
 }
 
-/// Refuses a size below [`MIN_SIZE_MB`] or above the free space of the filesystem
-/// holding `dir` (disks are sparse, so this bounds one disk, not their sum).
-pub fn check_size(size_mb: u32, dir: &Path) -> Result<(), DiskError> {
+/// Which sizes a host accepts besides the minimum. Disks are sparse: a new disk takes
+/// a few MiB, and the host's space is consumed only as sandboxes write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpaceCheck {
+    /// Refuse a disk larger than the space free now on the filesystem holding the
+    /// disks (so one sandbox alone cannot fill the host; several still can).
+    FreeSpace,
+    /// Refuse a disk larger than that filesystem's total size (never satisfiable);
+    /// free space is overcommitted as with any thin provisioning. The default: with
+    /// the control plane's 20 GiB default disk, `FreeSpace` refuses every default
+    /// sandbox on a machine with less than 20 GiB free.
+    #[default]
+    Capacity,
+}
+
+/// Refuses a size below [`MIN_SIZE_MB`] or above what `check` allows on the
+/// filesystem holding `dir`.
+pub fn check_size(size_mb: u32, dir: &Path, check: SpaceCheck) -> Result<(), DiskError> {
     if size_mb < MIN_SIZE_MB {
         return Err(DiskError::TooSmall { size_mb });
     }
     let st = rustix::fs::statvfs(dir)
         .map_err(|e| DiskError::io(format!("statvfs {}", dir.display()))(e.into()))?;
-    let free_mb = st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024);
-    if u64::from(size_mb) > free_mb {
-        return Err(DiskError::NoSpace { size_mb, free_mb });
+    let mib = |blocks: u64| blocks.saturating_mul(st.f_frsize) / (1024 * 1024);
+    match check {
+        SpaceCheck::FreeSpace if u64::from(size_mb) > mib(st.f_bavail) => Err(DiskError::NoSpace {
+            size_mb,
+            free_mb: mib(st.f_bavail),
+        }),
+        SpaceCheck::Capacity if u64::from(size_mb) > mib(st.f_blocks) => Err(DiskError::TooLarge {
+            size_mb,
+            capacity_mb: mib(st.f_blocks),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Bytes of a disk of `size_mb` MiB.
@@ -262,24 +292,41 @@ mod tests {
 
     #[test]
     fn sizes_below_the_minimum_are_refused() {
-        let err = check_size(MIN_SIZE_MB - 1, Path::new("/")).unwrap_err();
+        let err = check_size(MIN_SIZE_MB - 1, Path::new("/"), SpaceCheck::Capacity).unwrap_err();
         assert!(matches!(err, DiskError::TooSmall { size_mb } if size_mb == MIN_SIZE_MB - 1));
         assert!(err.to_string().contains("minimum of 64 MiB"), "{err}");
     }
 
     #[test]
-    fn sizes_above_the_free_space_are_refused() {
-        let err = check_size(u32::MAX, Path::new("/")).unwrap_err();
+    fn sizes_above_the_free_space_or_the_capacity_are_refused() {
+        let st = rustix::fs::statvfs("/").unwrap();
+        let free_mb = st.f_bavail * st.f_frsize / (1024 * 1024);
+        let capacity_mb = st.f_blocks * st.f_frsize / (1024 * 1024);
+        let above_free = u32::try_from(free_mb + 1024).unwrap();
+        let err = check_size(above_free, Path::new("/"), SpaceCheck::FreeSpace).unwrap_err();
         assert!(
-            matches!(err, DiskError::NoSpace { size_mb, free_mb } if size_mb == u32::MAX && free_mb < u64::from(u32::MAX)),
+            matches!(err, DiskError::NoSpace { size_mb, .. } if size_mb == above_free),
             "{err}"
         );
-        check_size(MIN_SIZE_MB, Path::new("/")).unwrap();
+        if u64::from(above_free) <= capacity_mb {
+            check_size(above_free, Path::new("/"), SpaceCheck::Capacity).unwrap();
+        }
+        let err = check_size(u32::MAX, Path::new("/"), SpaceCheck::Capacity).unwrap_err();
+        assert!(
+            matches!(err, DiskError::TooLarge { size_mb, capacity_mb: c } if size_mb == u32::MAX && c == capacity_mb),
+            "{err}"
+        );
+        check_size(MIN_SIZE_MB, Path::new("/"), SpaceCheck::FreeSpace).unwrap();
     }
 
     #[test]
     fn a_missing_directory_is_an_io_error_naming_it() {
-        let err = check_size(MIN_SIZE_MB, Path::new("/nonexistent/wrenn-disk")).unwrap_err();
+        let err = check_size(
+            MIN_SIZE_MB,
+            Path::new("/nonexistent/wrenn-disk"),
+            SpaceCheck::Capacity,
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, DiskError::Io { context, .. } if context.contains("/nonexistent/wrenn-disk"))
         );

@@ -98,7 +98,7 @@ use super::{
     Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
 };
 use crate::disk::pool::DiskPool;
-use crate::disk::{self, DeviceId, DiskError, MountedDisk};
+use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
 use crate::image::ImageRef;
 use crate::init::spawn::init_command;
 use crate::init::{ENVD_SOCKET_NAME, InitSpec};
@@ -165,7 +165,7 @@ pub struct ProcessRuntimeOptions {
     /// formatted on demand (`mkfs.ext4`, tens of milliseconds).
     pub disk_pool_size_mb: u32,
     /// How many pooled disks are kept ready (default 4; 0 = no pool). The pool is off
-    /// when its size exceeds the host's free space (such sandboxes are refused).
+    /// when [`disk_space_check`](Self::disk_space_check) refuses its size.
     pub disk_pool_depth: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
     pub io: IoLimits,
@@ -176,6 +176,9 @@ pub struct ProcessRuntimeOptions {
     /// limit is the host's memory minus this (`WRENN_MEMORY_RESERVE_MB`, default
     /// 1024 MiB).
     pub sandboxes_memory_reserve_mb: u64,
+    /// Which disk sizes are refused besides those below
+    /// [`MIN_SIZE_MB`](disk::MIN_SIZE_MB) (default [`SpaceCheck::Capacity`]).
+    pub disk_space_check: SpaceCheck,
 }
 
 impl Default for ProcessRuntimeOptions {
@@ -198,6 +201,7 @@ impl Default for ProcessRuntimeOptions {
             io: IoLimits::default(),
             sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
             sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
+            disk_space_check: SpaceCheck::default(),
         }
     }
 }
@@ -245,7 +249,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeE
 impl From<DiskError> for RuntimeError {
     fn from(e: DiskError) -> Self {
         match e {
-            DiskError::TooSmall { .. } | DiskError::NoSpace { .. } => {
+            DiskError::TooSmall { .. } | DiskError::NoSpace { .. } | DiskError::TooLarge { .. } => {
                 Self::FailedPrecondition(e.to_string())
             }
             DiskError::Io { context, source } => Self::Io { context, source },
@@ -402,9 +406,13 @@ impl ProcessRuntime {
         }
         // Pooled disks that sandboxes could not get (the size is refused on this host)
         // would only hold loop devices.
-        let pool_fits = disk::check_size(options.disk_pool_size_mb, &layout.sandboxes_dir())
-            .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
-            .is_ok();
+        let pool_fits = disk::check_size(
+            options.disk_pool_size_mb,
+            &layout.sandboxes_dir(),
+            options.disk_space_check,
+        )
+        .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
+        .is_ok();
         // Always started: it also removes the pooled disks a previous agent left.
         let pool = DiskPool::start(
             &disk_pool_dir(&layout),
@@ -512,7 +520,11 @@ impl ProcessRuntime {
     /// Checks the limits and the disk size (before anything is created).
     fn validate(&self, config: &SandboxConfig) -> Result<(), RuntimeError> {
         Self::validate_limits(config)?;
-        disk::check_size(config.disk_size_mb, &self.layout.sandboxes_dir())?;
+        disk::check_size(
+            config.disk_size_mb,
+            &self.layout.sandboxes_dir(),
+            self.options.disk_space_check,
+        )?;
         Ok(())
     }
 
