@@ -680,54 +680,6 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn isolation_masked_host_paths_vanish_without_a_mount_point() {
-    // A host directory outside /tmp (which capsules on the host's root get as a tmpfs).
-    let secret = tempfile::Builder::new()
-        .prefix("boundary-mask-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    std::fs::write(secret.path().join("secret"), "host only").unwrap();
-    let envd = tokio::task::spawn_blocking(envd_binary).await.unwrap();
-    let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-    let options = ProcessRuntimeOptions {
-        mask_paths: vec![secret.path().to_path_buf()],
-        ..Default::default()
-    };
-    let runtime = Arc::new(
-        ProcessRuntime::new(Layout::new(dir.path()), envd, options)
-            .await
-            .unwrap(),
-    );
-    let host = Host { runtime, _dir: dir };
-    let sb = host.sandbox().await;
-    let path = secret.path().display().to_string();
-    let (_, code) = sb.sh(&format!("test -e {path}")).await;
-    assert_ne!(code, 0, "{path} is visible in the capsule");
-    assert_eq!(
-        sb.ok("stat -c %u:%g:%a /var/tmp").await.trim(),
-        {
-            let meta = std::fs::metadata("/var/tmp").unwrap();
-            format!(
-                "{}:{}:{:o}",
-                meta.uid(),
-                meta.gid(),
-                meta.permissions().mode() & 0o7777
-            )
-        },
-        "the directory around the mask looks as on the host"
-    );
-    let mountinfo = sb.ok("cat /proc/self/mountinfo").await;
-    assert!(!mountinfo.contains(&path), "{mountinfo}");
-    // The capsule may create the path itself (it is its own then).
-    sb.ok(&format!("mkdir -p {path} && echo mine > {path}/secret"))
-        .await;
-    assert_eq!(
-        std::fs::read_to_string(secret.path().join("secret")).unwrap(),
-        "host only"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_the_envd_socket_lives_where_the_capsule_cannot_reach() {
     let host = Host::new().await;
     let sb = host.sandbox().await;

@@ -19,11 +19,11 @@
 //! 4. binds envd's listening socket at the host path `sandboxes/{id}/run/envd.sock`
 //!    (a host-root directory the capsule never sees) and opens the envd binary `O_PATH`;
 //! 5. builds the root filesystem ([`mounts`]): every overlay layer (template layers,
-//!    the host base, the upper and work directories) is an idmapped clone attached in a
+//!    the base image, the upper and work directories) is an idmapped clone attached in a
 //!    private staging tmpfs under a short relative name, so files on disk stay owned by
 //!    capsule ids and no host path shows in `/proc/self/mountinfo`; then `/proc` (runc's
-//!    masked and read-only paths), a read-only `/sys`, `/dev` (`pts`, sized `shm`),
-//!    `/run` and, for templates on the host's root, a `/tmp` tmpfs hiding the host's;
+//!    masked and read-only paths), a read-only `/sys`, `/dev` (`pts`, sized `shm`) and
+//!    `/run`; `/tmp` is the root filesystem's, on the capsule's sized disk;
 //! 6. sets the hostname and `pivot_root`s, detaching the host's mount tree;
 //! 7. joins the user namespace and becomes its root (`setgroups` stays allowed);
 //! 8. reduces the bounding set to [`caps::KEPT_CAPABILITIES`] and clears the
@@ -110,7 +110,7 @@ pub(crate) struct InitSpec {
     pub id_map: IdMap,
     /// Directory the overlay's `lowers` are relative to; `None` when they are absolute.
     pub lower_base: Option<PathBuf>,
-    /// Overlay lower layers, topmost first; `/` = the host's root filesystem.
+    /// Overlay lower layers, topmost first.
     pub lowers: Vec<String>,
     /// Overlay upper directory (host path).
     pub upper: PathBuf,
@@ -127,10 +127,6 @@ pub(crate) struct InitSpec {
     pub envd_args: Vec<String>,
     /// Envd's whole environment.
     pub env: Vec<(String, String)>,
-    /// Host paths hidden (overlay whiteouts) when the host's root is a layer.
-    pub mask: Vec<PathBuf>,
-    /// Size in bytes of a `/tmp` tmpfs; `None` = `/tmp` is the root filesystem's.
-    pub tmp_size: Option<u64>,
     /// Size in bytes of the `/dev/shm` tmpfs.
     pub shm_size: u64,
     /// The capsule's `/etc/resolv.conf` (its DNS forwarder), written into its root

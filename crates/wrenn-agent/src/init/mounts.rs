@@ -53,10 +53,6 @@ pub(super) fn root_filesystem(
 
     let mut lowers = Vec::with_capacity(spec.lowers.len());
     for (i, layer) in spec.lowers.iter().enumerate() {
-        if layer == "/" {
-            lowers.push(host_base(spec, userns)?);
-            continue;
-        }
         let path = match &spec.lower_base {
             Some(base) => base.join(layer),
             None => PathBuf::from(layer),
@@ -143,70 +139,6 @@ fn attach_idmapped(
     userns::attach(tree.as_fd(), Path::new(name))
 }
 
-/// The host's `/` as a lower layer (templates with a host base): overlayfs refuses
-/// layers nested in one another, and template layers and the upper directory all lie
-/// inside `/`, so `/` comes through its own read-only overlay (another superblock) of
-/// the idmapped root and a layer of whiteouts for the masked host paths. Returns its
-/// name in the staging area.
-fn host_base(spec: &InitSpec, userns: BorrowedFd<'_>) -> Result<String, InitError> {
-    attach_idmapped(Path::new("/"), userns, true, "h")?;
-    mkdir(Path::new("m"), 0o755)?;
-    for path in &spec.mask {
-        whiteout(Path::new("m"), path, spec.id_map)?;
-    }
-    mount_fs(
-        "overlay",
-        Path::new("hr"),
-        "overlay",
-        MountFlags::RDONLY,
-        "lowerdir=m:h",
-    )?;
-    Ok("hr".to_owned())
-}
-
-/// Puts an overlay whiteout for host path `path` into the layer directory `layer`,
-/// creating its parent directories with the owners and modes they have on the host (as
-/// the idmapped root shows them), so the merged directories look unchanged.
-fn whiteout(layer: &Path, path: &Path, map: IdMap) -> Result<(), InitError> {
-    let mut host = PathBuf::from("/");
-    let mut inside = layer.to_path_buf();
-    let components: Vec<Component<'_>> = path.components().collect();
-    let Some((last, parents)) = components.split_last() else {
-        return Ok(());
-    };
-    for part in parents {
-        let Component::Normal(name) = part else {
-            continue;
-        };
-        host.push(name);
-        inside.push(name);
-        if inside.exists() {
-            continue;
-        }
-        let Ok(meta) = fs::metadata(&host) else {
-            // Nothing to hide below a path the host does not have.
-            return Ok(());
-        };
-        mkdir(&inside, meta.mode() & 0o7777)?;
-        chown(&inside, map, meta.uid(), meta.gid())?;
-    }
-    let Component::Normal(name) = last else {
-        return Ok(());
-    };
-    if fs::symlink_metadata(host.join(name)).is_err() {
-        return Ok(());
-    }
-    let target = inside.join(name);
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &target,
-        rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::empty(),
-        0,
-    )
-    .context(|| format!("create a whiteout for {}", path.display()))
-}
-
 /// `chown` to what host ids `uid`/`gid` look like through the idmapped root: capsule
 /// ids `uid`/`gid` (unmapped ids stay as they are).
 fn chown(path: &Path, map: IdMap, uid: u32, gid: u32) -> Result<(), InitError> {
@@ -216,8 +148,9 @@ fn chown(path: &Path, map: IdMap, uid: u32, gid: u32) -> Result<(), InitError> {
         .context(|| format!("chown {}", path.display()))
 }
 
-/// Mounts `/proc`, `/sys`, `/dev` (with `pts`, `shm`), `/run` and, if asked, a `/tmp`
-/// tmpfs in the new root `root`, owned by capsule root.
+/// Mounts `/proc`, `/sys`, `/dev` (with `pts`, `shm`) and `/run` in the new root
+/// `root`, owned by capsule root. `/tmp` stays the root filesystem's, on the capsule's
+/// sized disk.
 pub(super) fn capsule_filesystems(root: &Path, spec: &InitSpec) -> Result<(), InitError> {
     let owner = spec.id_map.host_base;
     proc(root)?;
@@ -233,17 +166,7 @@ pub(super) fn capsule_filesystems(root: &Path, spec: &InitSpec) -> Result<(), In
     )?;
     let lock = run.join("lock");
     mkdir(&lock, 0o1777)?;
-    chown(&lock, spec.id_map, 0, 0)?;
-    if let Some(size) = spec.tmp_size {
-        mount_fs(
-            "tmpfs",
-            &root.join("tmp"),
-            "tmpfs",
-            MountFlags::NOSUID | MountFlags::NODEV,
-            &format!("mode=1777,size={size},uid={owner},gid={owner}"),
-        )?;
-    }
-    Ok(())
+    chown(&lock, spec.id_map, 0, 0)
 }
 
 /// A private `/proc` for the new pid namespace with runc's masked and read-only paths.

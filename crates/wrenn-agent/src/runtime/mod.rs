@@ -32,7 +32,7 @@ pub struct SandboxConfig {
     /// Team owning the template.
     pub template_team_id: TeamId,
     /// Template (its files live at `layout.template_dir(template_team_id, template_id)`;
-    /// the built-in all-zero template is the host's root filesystem, read-only).
+    /// the built-in all-zero template is the default image's root filesystem, read-only).
     pub template_id: TemplateId,
     /// vCPUs (enforced as a CPU quota).
     pub vcpus: u32,

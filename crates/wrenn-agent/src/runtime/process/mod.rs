@@ -138,9 +138,6 @@ pub struct ProcessRuntimeOptions {
     /// running binary (`/proc/{agent pid}/exe`, which stays valid even if the file is
     /// replaced on disk).
     pub init_program: Option<PathBuf>,
-    /// Host paths hidden inside sandboxes whose template sits on the host's root, besides
-    /// `$WRENN_DIR`, which always is.
-    pub mask_paths: Vec<PathBuf>,
     /// The image build the built-in template is (and new templates sit on):
     /// [`BuiltImage::reference`](crate::image::BuiltImage::reference) of
     /// [`crate::image::ensure_default`]. Required: [`ProcessRuntime::new`] refuses to
@@ -189,7 +186,6 @@ impl Default for ProcessRuntimeOptions {
             pids_max: 4096,
             envd_timeout: Duration::from_secs(10),
             init_program: None,
-            mask_paths: Vec::new(),
             base_image: None,
             id_base: 1 << 31,
             id_ranges: 16384,
@@ -233,7 +229,6 @@ pub struct ProcessRuntime {
     cgroups: CgroupDriver,
     network: Network,
     init_program: PathBuf,
-    mask: Vec<PathBuf>,
     image: ImageRef,
     ids: IdRanges,
     mkfs: PathBuf,
@@ -385,13 +380,6 @@ impl ProcessRuntime {
             .init_program
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/exe", std::process::id())));
-        let mut mask = vec![
-            layout
-                .root()
-                .canonicalize()
-                .unwrap_or_else(|_| layout.root().to_path_buf()),
-        ];
-        mask.extend(options.mask_paths.iter().cloned());
         // Capsules of an earlier agent on this `$WRENN_DIR` may still run.
         for entry in std::fs::read_dir(layout.sandboxes_dir())
             .map_err(io_err("list sandboxes"))?
@@ -431,7 +419,6 @@ impl ProcessRuntime {
             cgroups,
             network,
             init_program,
-            mask,
             image,
             ids,
             mkfs,
@@ -799,7 +786,6 @@ impl ProcessRuntime {
         idrange::write_record(dir, id_map)
             .map_err(|e| (None, io_err(format!("record the id range of {id}"))(e)))?;
         let (lower_base, lower_list) = lowers.overlay();
-        let on_host_root = lower_list.last().is_some_and(|l| l == "/");
         let mut envd_args = Vec::new();
         if !config.default_user.is_empty() {
             envd_args.push("--default-user".to_owned());
@@ -836,10 +822,6 @@ impl ProcessRuntime {
                     config.template_id.to_string(),
                 ),
             ],
-            mask: self.mask.clone(),
-            // Over the host's root, a tmpfs hides the host's /tmp; otherwise /tmp is the
-            // image's, on the capsule's disk.
-            tmp_size: on_host_root.then_some(memory_bytes / 2),
             shm_size,
             resolv_conf: Some(resolv_conf),
         };
