@@ -552,7 +552,10 @@ async fn liveness_bookkeeping_adds_little_to_a_create() {
         creates[creates.len() / 2]
     );
     // Two small file writes (state.json, agent.json) and one PID 1 lookup.
-    assert!(find + 2 * write < Duration::from_millis(1), "{find:?} + 2 × {write:?}");
+    assert!(
+        find + 2 * write < Duration::from_millis(1),
+        "{find:?} + 2 × {write:?}"
+    );
     for id in ids {
         node.destroy(id).await;
     }
