@@ -29,6 +29,19 @@
 //! `error` otherwise; it is never destroyed (Obs-S6). A failed resume or hibernation
 //! leaves the previous state. Destroy works from every state.
 //!
+//! # Liveness, adoption, admission
+//!
+//! Every live instance has a watcher ([`Runtime::wait_exit`]: a pidfd on the process
+//! runtime's PID 1) and the reaper's health loop asks each running envd for its health
+//! every `health_interval` (paused sandboxes are never asked). A sandbox whose init
+//! exits, or whose envd fails `health_failures` checks in a row, is torn down under its
+//! lock, kept as `error` with the reason (until destroyed) and reported with a `failed`
+//! event carrying the reason. Each live sandbox's access token and defaults are kept
+//! in `sandboxes/{id}/agent.json`, so that [`SandboxManager::recover`] can take back
+//! what [`Runtime::adopt`] finds still running after an agent restart; what the runtime
+//! could not adopt is reported `failed`. Creates and restores are admitted against
+//! [`ManagerSettings::capacity`] atomically with each other (RESOURCE_EXHAUSTED).
+//!
 //! Lifecycle operations should be driven through [`SandboxManager::spawn_op`] (the
 //! gRPC service does), so that a cancelled RPC never abandons a sandbox half-way in a
 //! transient state.

@@ -199,6 +199,12 @@ impl From<SchedulerError> for ApiError {
             e @ SchedulerError::ExceedsHostCapacity { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "capsule_too_large", e.to_string())
             }
+            // Hosts exist but are full now: the caller may retry later.
+            e @ SchedulerError::InsufficientResources { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_capacity",
+                e.to_string(),
+            ),
             other => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_hosts_available",
@@ -249,6 +255,36 @@ mod tests {
         assert_eq!(
             (e.status, &*e.code),
             (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available")
+        );
+        let e: ApiError = LifecycleError::NoHosts(SchedulerError::InsufficientResources {
+            memory_mb: 512,
+            disk_mb: 1024,
+        })
+        .into();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::TOO_MANY_REQUESTS, "insufficient_capacity")
+        );
+        let e: ApiError = LifecycleError::NoHosts(SchedulerError::ExceedsHostCapacity {
+            resource: "vCPUs",
+            requested: 16,
+            limit: 8,
+            reserve: "",
+        })
+        .into();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::BAD_REQUEST, "capsule_too_large")
+        );
+        let e: ApiError = LifecycleError::QuotaExceeded { limit: 5, live: 5 }.into();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+        );
+        let e: ApiError = AgentError::ResourceExhausted("host memory exhausted".into()).into();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::TOO_MANY_REQUESTS, "host_capacity_exhausted")
         );
         let e: ApiError = RepoError::Backend("boom".into()).into();
         assert_eq!(

@@ -144,7 +144,8 @@ fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
 /// Creates a capsule; it starts in the background.
 #[utoipa::path(post, path = "/v1/capsules", tag = tags::CAPSULES, request_body = CreateCapsule,
     security(("api_key" = []), ("bearer" = [])),
-    responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 503)))]
+    responses((status = 202, body = Capsule), (status = 400, description = "bad input, or capsule_too_large: no host could ever hold it"), (status = 401), (status = 404),
+        (status = 429, description = "quota_exceeded (the team's live-capsule quota) or insufficient_capacity (every host is full)"), (status = 503)))]
 async fn create(
     State(ctx): State<ServerContext>,
     auth: AuthContext,
@@ -235,7 +236,8 @@ async fn pause(
 /// Resumes a paused or hibernated capsule.
 #[utoipa::path(post, path = "/v1/capsules/{id}/resume", tag = tags::CAPSULES, security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
-    responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 409)))]
+    responses((status = 202, body = Capsule), (status = 400), (status = 401), (status = 404), (status = 409),
+        (status = 429, description = "quota_exceeded: resuming a hibernated capsule would exceed the team's live-capsule quota")))]
 async fn resume(
     State(ctx): State<ServerContext>,
     auth: AuthContext,
