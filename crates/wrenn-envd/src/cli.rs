@@ -36,6 +36,11 @@ struct Args {
 
 /// Parses the command line and runs envd until SIGTERM/SIGINT.
 pub fn main() -> ExitCode {
+    // The process's name (`comm`, what `ps` shows), whatever file it was started from:
+    // binaries that embed envd and descriptor-based `execveat` would show another.
+    if let Err(err) = rustix::thread::set_name(c"wrenn-envd") {
+        eprintln!("wrenn-envd: cannot set the process name: {err}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
