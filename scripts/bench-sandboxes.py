@@ -313,6 +313,7 @@ def main():
     ap.add_argument("--concurrent", type=int, default=50)
     ap.add_argument("--file-mib", type=int, default=256)
     ap.add_argument("--binary", default="target/release/wrenn")
+    ap.add_argument("--log", help="keep the server's stderr here (RUST_LOG from the environment)")
     ap.add_argument("--file-path", default="/home/wrenn-user/bench.bin",
                     help="where the file benchmark writes inside the capsule")
     ap.add_argument("--docker", choices=["auto", "off", "on"], default="auto")
@@ -324,9 +325,11 @@ def main():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    log = open(args.log, "w") if args.log else subprocess.DEVNULL
     proc = subprocess.Popen([args.binary, "dev", "--dir", f"{tmp}/state", "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RUST_LOG": "error",
+                            stdout=subprocess.PIPE, stderr=log, text=True,
+                            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")
+                                 if args.log else "error",
                                  # One default image per machine, not one per run.
                                  "WRENN_IMAGE_CACHE": os.environ.get(
                                      "WRENN_IMAGE_CACHE", "/var/cache/wrenn/test-images")})

@@ -81,6 +81,8 @@ impl EnvdClient {
                 let path = path.clone();
                 Endpoint::from_static("http://envd.local")
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .initial_stream_window_size(wrenn_proto::transport::STREAM_WINDOW)
+                    .initial_connection_window_size(wrenn_proto::transport::CONNECTION_WINDOW)
                     .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move {
@@ -93,6 +95,8 @@ impl EnvdClient {
                 .map_err(|e| AgentError::internal(format!("envd endpoint {addr}: {e}")))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
+                .initial_stream_window_size(wrenn_proto::transport::STREAM_WINDOW)
+                .initial_connection_window_size(wrenn_proto::transport::CONNECTION_WINDOW)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .connect_lazy(),
         };

@@ -787,8 +787,9 @@ impl AgentService {
                     Some(Msg::Chunk(chunk)) => {
                         if chunk.len() > wrenn_proto::FILE_CHUNK_SIZE {
                             return Err(AgentError::InvalidArgument(format!(
-                                "chunk of {} bytes is larger than 64 KiB",
-                                chunk.len()
+                                "chunk of {} bytes is larger than the {} KiB limit",
+                                chunk.len(),
+                                wrenn_proto::FILE_CHUNK_SIZE / 1024
                             )));
                         }
                         if chunk.is_empty() {

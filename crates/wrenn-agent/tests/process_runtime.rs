@@ -700,6 +700,8 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(!host_env.layout().sandbox_dir(id).exists());
+    runtime.removals_settled().await;
+    assert_nothing_left_in_removing(runtime.layout());
     assert!(!host_mounts().contains(&id.to_string()));
     assert!(matches!(
         runtime.stats(&sb.instance).await,
@@ -1177,12 +1179,26 @@ async fn disk_destroy_leaves_no_loop_device_mount_or_file() {
         allocated_before / MIB,
         started.elapsed()
     );
-    assert!(!dir.exists());
-    assert!(mounts_under(&dir).is_empty());
+    assert!(!dir.exists(), "destroy answers once the directory is out of the way");
+    host_env.runtime.removals_settled().await;
+    assert_nothing_left_in_removing(host_env.layout());
+}
+
+/// Background removals ([`ProcessRuntime::removals_settled`] awaited) left no
+/// directory, mount or bound loop device in `removing/`.
+fn assert_nothing_left_in_removing(layout: &Layout) {
+    let removing = layout.root().join("removing");
+    let left: Vec<_> = std::fs::read_dir(&removing)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in removing/: {left:?}");
+    assert!(mounts_under(&removing).is_empty());
     assert!(
-        wait_until(|| loops_under(&dir).is_empty()),
+        wait_until(|| loops_under(&removing).is_empty()),
         "loop device still bound: {:?}",
-        loops_under(&dir)
+        loops_under(&removing)
     );
 }
 

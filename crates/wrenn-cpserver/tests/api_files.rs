@@ -79,8 +79,8 @@ async fn a_20_mib_file_written_with_multipart_reads_back_identically() {
         .unwrap();
     assert_eq!(resp.status(), 204, "{:?}", resp.text().await);
     assert!(
-        *env.agent.max_chunk.lock().unwrap() <= 64 * 1024,
-        "relayed in chunks of at most 64 KiB"
+        *env.agent.max_chunk.lock().unwrap() <= wrenn_proto::FILE_CHUNK_SIZE,
+        "relayed in chunks of at most FILE_CHUNK_SIZE"
     );
 
     let (status, back) = read(&env, &u, id, "read", "/data/nested/big.bin").await;

@@ -212,6 +212,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     };
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(Some(wrenn_proto::transport::STREAM_WINDOW))
+        .initial_connection_window_size(Some(wrenn_proto::transport::CONNECTION_WINDOW))
+        .max_frame_size(Some(wrenn_proto::transport::MAX_FRAME_SIZE))
         .add_service(ProcessServer::with_interceptor(
             process.clone(),
             auth.clone(),

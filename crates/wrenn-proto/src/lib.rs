@@ -61,9 +61,9 @@ pub mod envd {
 
 /// Maximum size in bytes of one chunk of file content on any file stream of either
 /// protocol (`WriteFileStream`/`ReadFileStream` in `hostagent.v1`, `WriteFile`/`ReadFile`
-/// in `envd.v1`): 64 KiB. Senders never exceed it; receivers reject larger chunks with
+/// in `envd.v1`): 256 KiB. Senders never exceed it; receivers reject larger chunks with
 /// `INVALID_ARGUMENT`.
-pub const FILE_CHUNK_SIZE: usize = 64 * 1024;
+pub const FILE_CHUNK_SIZE: usize = 256 * 1024;
 
 /// TCP port the guest agent `envd` serves gRPC on inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;
@@ -76,3 +76,16 @@ pub const ENVD_ACCESS_TOKEN_METADATA: &str = "x-access-token";
 /// (with their imports and source comments), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/wrenn_descriptor.bin"));
+
+/// HTTP/2 settings every client and server of either protocol uses, sized for file
+/// streams of [`FILE_CHUNK_SIZE`] chunks: with h2's defaults (16 KiB frames, 64 KiB
+/// windows on some peers) a 256 KiB chunk costs many frames and flow-control round
+/// trips.
+pub mod transport {
+    /// Largest HTTP/2 frame a peer may send us (1 MiB: a chunk fits in one frame).
+    pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+    /// Initial flow-control window of each stream (4 MiB: sixteen chunks in flight).
+    pub const STREAM_WINDOW: u32 = 4 << 20;
+    /// Initial flow-control window of each connection (8 MiB).
+    pub const CONNECTION_WINDOW: u32 = 8 << 20;
+}

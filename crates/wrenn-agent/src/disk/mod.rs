@@ -9,7 +9,8 @@
 //! and work directories of the process runtime. The size is a hard limit: writes past
 //! it fail with `ENOSPC`, and the host file never grows beyond it.
 //!
-//! Formatting ([`ext4::format`], `mkfs.ext4`) costs an external process, so
+//! Formatting ([`ext4::format`], `mkfs.ext4`) costs an external process, so disks
+//! are copies of one formatted image per size ([`blank::Blanks`]), and
 //! [`pool::DiskPool`] keeps a few formatted, attached and mounted disks of the
 //! default size ready and refills them in the background: taking one costs a
 //! `rename` and a `move_mount`.
@@ -18,6 +19,7 @@
 //! the same way (or by copying a base image) and hand the file to the VMM instead of
 //! mounting it.
 
+pub mod blank;
 pub mod ext4;
 pub mod loopdev;
 pub mod mount;
@@ -240,6 +242,16 @@ pub fn unmount(mount_point: &Path) -> Result<(), DiskError> {
 /// the sandbox left in the page cache is dropped instead of written out by the
 /// unmount. Nothing mounted there is fine.
 pub fn discard(mount_point: &Path) -> Result<(), DiskError> {
+    if shut_down(mount_point)? {
+        unmount(mount_point)
+    } else {
+        Ok(())
+    }
+}
+
+/// Shuts down the ext4 filesystem whose root is `mount_point` (see [`discard`]);
+/// returns whether `mount_point` exists. Another filesystem, or none, is left alone.
+pub fn shut_down(mount_point: &Path) -> Result<bool, DiskError> {
     match std::fs::File::open(mount_point) {
         Ok(dir) => {
             // A directory that is not the root of an ext4 mount (nothing mounted, or
@@ -250,10 +262,10 @@ pub fn discard(mount_point: &Path) -> Result<(), DiskError> {
                 }
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(DiskError::io(format!("open {}", mount_point.display()))(e)),
     }
-    unmount(mount_point)
+    Ok(true)
 }
 
 /// Whether `dir` (opened at `path`) is the root of a filesystem mounted there.

@@ -1,8 +1,8 @@
 //! A pool of ready disks of one size, so that creating a sandbox never waits for
 //! `mkfs`.
 //!
-//! Each pooled disk is a sparse file `{dir}/{random}.ext4`, formatted
-//! ([`ext4::format`]), bound to a loop device and mounted as a detached mount
+//! Each pooled disk is a sparse file `{dir}/{random}.ext4`, a copy of a blank
+//! ([`Blanks`]), bound to a loop device and mounted as a detached mount
 //! ([`MountedDisk`]) with its upper and work directories made. [`DiskPool::take`]
 //! hands one out (the caller renames the file and places the mount); a background
 //! task formats replacements until the pool holds `depth` disks again.
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{DiskError, MountedDisk, ext4, loopdev, mount, size_bytes};
+use super::blank::Blanks;
+use super::{DiskError, MountedDisk, loopdev, mount};
 
 /// Pause after a failed refill before trying again.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
@@ -36,7 +37,7 @@ pub struct PooledDisk {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    mkfs: PathBuf,
+    blanks: Arc<Blanks>,
     size_mb: u32,
     depth: usize,
     ready: Mutex<VecDeque<PooledDisk>>,
@@ -53,7 +54,7 @@ impl Inner {
         let file = self
             .dir
             .join(format!("{:016x}.ext4", rand::random::<u64>()));
-        ext4::format(&self.mkfs, &file, size_bytes(self.size_mb)).await?;
+        self.blanks.make(&file, self.size_mb).await?;
         let path = file.clone();
         let opened = tokio::task::spawn_blocking(move || MountedDisk::open(&path))
             .await
@@ -126,14 +127,19 @@ pub struct DiskPool {
 
 impl DiskPool {
     /// Cleans `dir` of a previous agent's pooled disks and starts filling it with
-    /// `depth` disks of `size_mb` (on the current tokio runtime). `dir` must be on the
-    /// same filesystem as the directories disks are moved to.
-    pub fn start(dir: &Path, mkfs: &Path, size_mb: u32, depth: usize) -> Result<Self, DiskError> {
+    /// `depth` disks of `size_mb` made by `blanks` (on the current tokio runtime).
+    /// `dir` must be on the same filesystem as the directories disks are moved to.
+    pub fn start(
+        dir: &Path,
+        blanks: Arc<Blanks>,
+        size_mb: u32,
+        depth: usize,
+    ) -> Result<Self, DiskError> {
         std::fs::create_dir_all(dir).map_err(DiskError::io(format!("create {}", dir.display())))?;
         clean(dir)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
-            mkfs: mkfs.to_path_buf(),
+            blanks,
             size_mb,
             depth,
             ready: Mutex::new(VecDeque::new()),
@@ -162,7 +168,7 @@ impl DiskPool {
         self.inner.ready().len()
     }
 
-    /// How long each refill so far took (format + bind + mount), oldest first.
+    /// How long each refill so far took (copy + bind + mount), oldest first.
     pub fn refill_times(&self) -> Vec<Duration> {
         self.inner
             .refills

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::agents::{AgentError, HostAgents, SandboxSpec, StartedSandbox};
 use crate::audit::Actor;
@@ -481,7 +481,12 @@ impl Lifecycle {
                     // Someone moved the row on (a destroy, most likely). If it is on
                     // its way out, make sure the agent does not keep what it just made.
                     let current = store.get_sandbox(sb.id).await.map(|s| s.status);
-                    warn!(status = ?current, "sandbox changed while it was starting");
+                    if current.as_ref().is_ok_and(|s| *s == Running) {
+                        // The agent's own `started` event got there first.
+                        debug!("sandbox already recorded running by its host's event");
+                    } else {
+                        warn!(status = ?current, "sandbox changed while it was starting");
+                    }
                     if matches!(current, Ok(Stopping | Stopped | Error)) {
                         self.destroy_on_agent(sb).await;
                     }

@@ -2,8 +2,8 @@
 //! `stream/write` (multipart: a `path` field, then a `file` part), `read` and
 //! `stream/read` (raw bytes), `list`, `mkdir`, `remove`.
 //!
-//! Uploads are relayed to the agent's `WriteFileStream` in chunks of at most 64 KiB
-//! as they arrive; downloads are relayed from `ReadFileStream` the same way, so no
+//! Uploads are relayed to the agent's `WriteFileStream` in chunks of at most
+//! [`FILE_CHUNK_SIZE`] as they arrive; downloads are relayed from `ReadFileStream` the same way, so no
 //! file is ever held whole in memory. `write` refuses files larger than the
 //! configured body limit (`WRENN_MAX_BODY_BYTES`, 100 MiB by default) with 413
 //! `too_large`: a declared `Content-Length` over the limit is refused before

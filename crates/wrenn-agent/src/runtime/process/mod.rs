@@ -52,6 +52,8 @@
 //! snapshots/{id}/disk.ext4  sandbox.json                      (hibernated)
 //! images/teams/{team}/{template}/template.json  layers/N/     (snapshots → templates)
 //! disks/pool/{random}.ext4                                    (ready disks)
+//! disks/blank/{size_mb}.ext4                 (formatted once, copied into new disks)
+//! removing/{id}.{random}/               (destroyed, being deleted in the background)
 //! ```
 //!
 //! Hibernate kills the processes (memory is freed), removes network and cgroups,
@@ -60,19 +62,22 @@
 //! starts a fresh sandbox on it: files survive, processes do not. A sandbox
 //! hibernated before disks existed (a plain `snapshots/{id}/upper/`) is restored by
 //! copying that directory into a new disk of the requested size. Snapshot copies
-//! `disk/upper` into a new layered template (see [`template`]). Destroy shuts the
-//! disk's filesystem down (dirty data is dropped, not written), unmounts it and
-//! deletes its file; the loop device unbinds itself. Sweep also unmounts
+//! `disk/upper` into a new layered template (see [`template`]). Destroy answers once
+//! the processes, network and cgroups are gone and the directory is renamed into
+//! `removing/` ([`removal`]); in the background the disk's filesystem is shut down
+//! (dirty data is dropped, not written), unmounted and its file deleted; the loop
+//! device unbinds itself. Sweep also unmounts
 //! and unbinds disks under `$WRENN_DIR` of sandboxes it does not keep — never other
 //! mounts or loop devices.
 //!
 //! Create costs a network namespace and a few netlink messages, cgroup writes, one
 //! `fork`+`exec` of the init program and envd's start, plus a pooled disk (rename +
-//! `move_mount`); nothing is copied.
+//! `move_mount`), or one copied from a blank ([`disk::blank`]).
 
 pub mod cgroup;
 pub mod dynmods;
 pub mod idrange;
+pub mod removal;
 pub mod state;
 pub mod template;
 
@@ -93,10 +98,12 @@ use wrenn_proto::envd::v1::system_client::SystemClient;
 
 use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
 use self::idrange::IdRanges;
+use self::removal::Removals;
 use self::template::{HibernationRecord, Lowers};
 use super::{
     Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
 };
+use crate::disk::blank::Blanks;
 use crate::disk::pool::DiskPool;
 use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
 use crate::image::ImageRef;
@@ -159,9 +166,10 @@ pub struct ProcessRuntimeOptions {
     /// Size of the disks kept formatted and mounted ahead of time (MiB; default
     /// [`DEFAULT_DISK_SIZE_MB`](wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB), the
     /// control plane's default). Sandboxes asking for another size get a disk
-    /// formatted on demand (`mkfs.ext4`, tens of milliseconds).
+    /// copied on demand from a blank of that size ([`disk::blank`]; the first disk
+    /// of a size costs a `mkfs.ext4`).
     pub disk_pool_size_mb: u32,
-    /// How many pooled disks are kept ready (default 4; 0 = no pool). The pool is off
+    /// How many pooled disks are kept ready (default 8; 0 = no pool). The pool is off
     /// when [`disk_space_check`](Self::disk_space_check) refuses its size.
     pub disk_pool_depth: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
@@ -193,7 +201,7 @@ impl Default for ProcessRuntimeOptions {
             favor_dynamic_cgroups: true,
             disk_pool_size_mb: u32::try_from(wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB)
                 .unwrap_or(20_480),
-            disk_pool_depth: 4,
+            disk_pool_depth: 8,
             io: IoLimits::default(),
             sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
             sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
@@ -231,8 +239,9 @@ pub struct ProcessRuntime {
     init_program: PathBuf,
     image: ImageRef,
     ids: IdRanges,
-    mkfs: PathBuf,
+    blanks: Arc<Blanks>,
     pool: DiskPool,
+    removals: Removals,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
 }
 
@@ -401,10 +410,12 @@ impl ProcessRuntime {
         )
         .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
         .is_ok();
+        let removals = Removals::new(&layout.root().join("removing"))?;
+        let blanks = Arc::new(Blanks::new(&layout.root().join("disks").join("blank"), &mkfs)?);
         // Always started: it also removes the pooled disks a previous agent left.
         let pool = DiskPool::start(
             &disk_pool_dir(&layout),
-            &mkfs,
+            blanks.clone(),
             options.disk_pool_size_mb,
             if pool_fits {
                 options.disk_pool_depth
@@ -421,8 +432,9 @@ impl ProcessRuntime {
             init_program,
             image,
             ids,
-            mkfs,
+            blanks,
             pool,
+            removals,
             live: Mutex::new(HashMap::new()),
         })
     }
@@ -603,8 +615,8 @@ impl ProcessRuntime {
         let mounted = match pooled {
             Some(disk) => disk,
             None => {
-                tracing::debug!(sandbox_id = %id, size_mb, "formatting a disk on demand");
-                disk::ext4::format(&self.mkfs, &file, disk::size_bytes(size_mb)).await?;
+                tracing::debug!(sandbox_id = %id, size_mb, "making a disk on demand");
+                self.blanks.make(&file, size_mb).await?;
                 let f = file.clone();
                 match blocking(move || MountedDisk::open(&f)).await? {
                     Ok(m) => m,
@@ -708,6 +720,7 @@ impl ProcessRuntime {
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| network.map_err(network_err(id)));
+        tracing::debug!("cgroups and network ready");
         let net = match prepared {
             Ok(net) => net,
             Err(e) => {
@@ -721,6 +734,7 @@ impl ProcessRuntime {
         let spawned = spawned.map(|spawned| (net, spawned));
         match spawned {
             Ok((net, (child, version))) => {
+                tracing::debug!("envd answered");
                 let child = tokio::sync::Mutex::new(child);
                 let pid1 = match self.find_pid1(&cgroup) {
                     Ok(pid1) => pid1,
@@ -930,11 +944,18 @@ impl ProcessRuntime {
     }
 
     /// Tears sandbox `id` down and removes `sandboxes/{id}/` (disk included).
+    /// The directory goes in the background ([`Removals`]).
     async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
         let live = self.lock_live().remove(&id);
         self.teardown(id, live.as_ref().and_then(|l| l.child.as_ref()))
             .await;
-        self.remove_sandbox_dir(id).await
+        self.removals.remove(&self.layout.sandbox_dir(id))
+    }
+
+    /// Waits until the directories of destroyed sandboxes are gone (they are removed
+    /// in the background after [`destroy`](Runtime::destroy) answers).
+    pub async fn removals_settled(&self) {
+        self.removals.settled().await;
     }
 }
 
@@ -1102,7 +1123,10 @@ impl Runtime for ProcessRuntime {
         )?;
         self.make_dirs(config.id)?;
         let started_sandbox = match self.new_disk(config.id, config.disk_size_mb).await {
-            Ok(disk) => self.start(config, lowers, disk).await,
+            Ok(disk) => {
+                tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "disk ready");
+                self.start(config, lowers, disk).await
+            }
             Err(e) => Err(e),
         };
         match started_sandbox {
@@ -1253,7 +1277,7 @@ impl Runtime for ProcessRuntime {
     #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
     async fn destroy(&self, id: SandboxId) -> Result<(), RuntimeError> {
         self.remove_sandbox(id).await?;
-        remove_dir(&self.layout.snapshot_dir(id)).await
+        self.removals.remove(&self.layout.snapshot_dir(id))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
