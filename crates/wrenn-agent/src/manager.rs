@@ -759,7 +759,16 @@ impl SandboxManager {
             let instance = self.runtime.create(&spec.config).await?;
             sb.with(|s| s.instance = Some(instance.clone()));
             let envd = sb.envd_client()?;
-            let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
+            // `create` returns once envd answers; a runtime that asked it says which
+            // version answered, and asking again would only cost a round trip.
+            let version = match instance.metadata.get("envd_version") {
+                Some(version) => version.clone(),
+                None => {
+                    envd.wait_ready(self.settings.envd_ready_timeout)
+                        .await?
+                        .version
+                }
+            };
             let token = sb.with(|s| s.access_token.clone());
             init_envd(
                 &envd,
@@ -768,7 +777,7 @@ impl SandboxManager {
                 &token,
             )
             .await?;
-            Ok::<_, AgentError>((instance, health.version))
+            Ok::<_, AgentError>((instance, version))
         }
         .await;
         match booted {

@@ -1179,7 +1179,10 @@ async fn disk_destroy_leaves_no_loop_device_mount_or_file() {
         allocated_before / MIB,
         started.elapsed()
     );
-    assert!(!dir.exists(), "destroy answers once the directory is out of the way");
+    assert!(
+        !dir.exists(),
+        "destroy answers once the directory is out of the way"
+    );
     host_env.runtime.removals_settled().await;
     assert_nothing_left_in_removing(host_env.layout());
 }

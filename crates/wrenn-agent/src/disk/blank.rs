@@ -66,7 +66,9 @@ impl Blanks {
         if !*made {
             // Remade on every agent start: a file left by an older agent (other mkfs
             // options, a crash midway) is never trusted.
-            let staging = self.dir.join(format!(".{size_mb}.ext4.{}", std::process::id()));
+            let staging = self
+                .dir
+                .join(format!(".{size_mb}.ext4.{}", std::process::id()));
             let _ = std::fs::remove_file(&staging);
             ext4::format(&self.mkfs, &staging, size_bytes(size_mb)).await?;
             std::fs::rename(&staging, &image).map_err(|e| {
@@ -113,9 +115,11 @@ fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
             ) {
                 Ok(n) => n,
                 // Across filesystems, or a filesystem without it: copy by hand.
-                Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
-                    copy_range(&src, &dst, at, want)?
-                }
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP,
+                ) => copy_range(&src, &dst, at, want)?,
                 Err(e) => return Err(e.into()),
             };
             if n == 0 {

@@ -6,6 +6,9 @@
 //! agent calls first thing in `main`) recognises the hidden argument and, instead of
 //! returning:
 //!
+//! 0. waits for the agent's go-ahead on stdin ([`go`], which carries the capsule's
+//!    `resolv.conf`): the agent spawns it first and makes the network namespace and
+//!    cgroups while it starts; a closed pipe without it means "give up";
 //! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
 //!    namespaces — all owned by the host's initial user namespace, so nothing inside the
 //!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
@@ -129,12 +132,51 @@ pub(crate) struct InitSpec {
     pub env: Vec<(String, String)>,
     /// Size in bytes of the `/dev/shm` tmpfs.
     pub shm_size: u64,
-    /// The capsule's `/etc/resolv.conf` (its DNS forwarder), written into its root
-    /// filesystem at every start (a file, not a bind mount: no host path shows in
-    /// `/proc/self/mountinfo`, and a capsule-made symlink there is replaced, never
-    /// followed).
-    #[serde(default)]
-    pub resolv_conf: Option<String>,
+}
+
+/// The byte that opens the go-ahead message on the init step's stdin.
+const GO: u8 = b'G';
+
+/// Gives the init step waiting on the other end of `pipe` (its stdin) the go-ahead:
+/// its network namespace and cgroups exist. `resolv_conf` is the capsule's
+/// `/etc/resolv.conf` (its DNS forwarder), written into its root filesystem at every
+/// start (a file, not a bind mount: no host path shows in `/proc/self/mountinfo`, and
+/// a capsule-made symlink there is replaced, never followed); empty leaves the
+/// image's. Closing the pipe without this is the signal to give up.
+pub(crate) fn go(mut pipe: std::fs::File, resolv_conf: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    // Far below the pipe's capacity: never blocks.
+    let mut message = Vec::with_capacity(1 + resolv_conf.len());
+    message.push(GO);
+    message.extend_from_slice(resolv_conf.as_bytes());
+    pipe.write_all(&message)
+}
+
+/// Waits for [`go`] on stdin (to its end), then points stdin at `/dev/null`; returns
+/// the `resolv.conf` it carried (`None` when empty).
+fn wait_for_go() -> Result<Option<String>, InitError> {
+    use std::io::Read;
+    let mut message = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut message)
+        .context(|| "read the go-ahead".into())?;
+    let Some((&GO, resolv_conf)) = message.split_first() else {
+        return Err(InitError::new(
+            "the agent called the start off",
+            std::io::ErrorKind::ConnectionAborted.into(),
+        ));
+    };
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .context(|| "open /dev/null".into())?;
+    rustix::stdio::dup2_stdin(&null).context(|| "point stdin at /dev/null".into())?;
+    let resolv_conf = String::from_utf8(resolv_conf.to_vec())
+        .map_err(|_| InitError::invalid("the resolv.conf of the go-ahead is not UTF-8"))?;
+    Ok(Some(resolv_conf).filter(|r| !r.is_empty()))
 }
 
 /// Call this first thing in `main` of every binary that embeds the agent.
@@ -192,6 +234,7 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
         ));
     }
     let filter = seccomp::program()?;
+    let resolv_conf = wait_for_go()?;
     spawn::enter_namespaces(&spec.netns)?;
     spawn::fork_pid1()?;
     // PID 1 of the capsule, still host root.
@@ -227,7 +270,7 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
     let envp = c_strings(spec.env.iter().map(|(k, v)| format!("{k}={v}")))?;
 
     let root = mounts::root_filesystem(spec, userns.as_fd())?;
-    if let Some(content) = &spec.resolv_conf {
+    if let Some(content) = &resolv_conf {
         mounts::write_resolv_conf(&root, content, spec.id_map)?;
     }
     mounts::capsule_filesystems(&root, spec)?;

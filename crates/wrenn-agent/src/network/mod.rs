@@ -148,6 +148,10 @@ pub struct NetworkOptions {
     pub dns: DnsOptions,
     /// How often the firewall table is re-asserted (default 30 s).
     pub reassert_interval: Duration,
+    /// Empty network namespaces kept ready (default 4; 0 = none): creating one costs
+    /// 1–6 ms (the kernel serialises it with the teardown of old ones), naming a
+    /// ready one a bind mount.
+    pub spare_namespaces: usize,
 }
 
 impl Default for NetworkOptions {
@@ -162,6 +166,7 @@ impl Default for NetworkOptions {
             egress: EgressConfig::default(),
             dns: DnsOptions::default(),
             reassert_interval: Duration::from_secs(30),
+            spare_namespaces: 4,
         }
     }
 }
@@ -260,6 +265,21 @@ impl SandboxNet {
     }
 }
 
+/// A namespace with a slot from [`Network::claim`], not yet connected.
+#[derive(Debug)]
+pub struct ClaimedNet {
+    pending: PendingNet,
+    net: SandboxNet,
+    bound: dns::Bound,
+}
+
+impl ClaimedNet {
+    /// The network the capsule will have once [`Network::connect`]ed.
+    pub fn net(&self) -> &SandboxNet {
+        &self.net
+    }
+}
+
 /// A namespace made by [`Network::create_netns`], not yet attached.
 #[derive(Debug)]
 pub struct PendingNet {
@@ -283,11 +303,52 @@ pub struct Network {
     listeners: Mutex<HashMap<String, dns::Listeners>>,
     next_slot: AtomicU32,
     reassert: tokio::task::JoinHandle<()>,
+    spares: Arc<Spares>,
+    refill: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
         self.reassert.abort();
+        self.refill.abort();
+    }
+}
+
+/// Unnamed namespaces made ahead of time, refilled in the background.
+#[derive(Debug, Default)]
+struct Spares {
+    ready: Mutex<std::collections::VecDeque<netns::Unnamed>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Spares {
+    fn take(&self) -> Option<netns::Unnamed> {
+        let spare = self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        self.wake.notify_one();
+        spare
+    }
+
+    async fn refill(self: Arc<Self>, depth: usize) {
+        loop {
+            while self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < depth {
+                match netns::create_unnamed().await {
+                    Ok(ns) => self
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(ns),
+                    Err(e) => {
+                        tracing::warn!("preparing a spare network namespace: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            self.wake.notified().await;
+        }
     }
 }
 
@@ -343,6 +404,8 @@ impl Network {
                 }
             }
         });
+        let spares = Arc::new(Spares::default());
+        let refill = tokio::spawn(spares.clone().refill(options.spare_namespaces));
         Ok(Self {
             forwarder: Arc::new(dns::Forwarder::new(options.dns.clone(), capsules)),
             options,
@@ -350,6 +413,8 @@ impl Network {
             listeners: Mutex::new(HashMap::new()),
             next_slot: AtomicU32::new(u32::MAX),
             reassert,
+            spares,
+            refill,
         })
     }
 
@@ -365,11 +430,14 @@ impl Network {
     }
 
     /// Creates the empty named namespace `name` (the capsule's processes may join it
-    /// at once); [`attach`](Self::attach) connects it.
+    /// at once) — a spare one named now when there is one; [`attach`](Self::attach)
+    /// connects it.
     pub async fn create_netns(&self, name: &str) -> Result<PendingNet, NetworkError> {
-        let created = netns::create(name)
-            .await
-            .map_err(NetworkError::capsule(name, "create the namespace"))?;
+        let created = match self.spares.take() {
+            Some(spare) => netns::name(spare, name),
+            None => netns::create(name).await,
+        }
+        .map_err(NetworkError::capsule(name, "create the namespace"))?;
         Ok(PendingNet {
             name: name.to_owned(),
             created,
@@ -377,19 +445,37 @@ impl Network {
     }
 
     /// Connects a namespace from [`create_netns`](Self::create_netns) in a free slot:
-    /// veth pair, addresses, routes, DNS forwarder (processes may already run in the
-    /// namespace). On failure nothing of the slot is left; the namespace itself stays
-    /// for [`remove`](Self::remove).
-    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    /// [`claim`](Self::claim) then [`connect`](Self::connect).
     pub async fn attach(
         &self,
         pending: PendingNet,
         sandbox_id: &str,
     ) -> Result<SandboxNet, NetworkError> {
+        let claimed = self.claim(pending).await?;
+        self.connect(claimed, sandbox_id).await
+    }
+
+    /// Claims a free slot for a namespace from [`create_netns`](Self::create_netns):
+    /// binds the DNS forwarder's sockets on its gateway (which no other agent can then
+    /// bind) where no interface of the slot's name exists. Cheap: the capsule's
+    /// addresses (and so its `resolv.conf`) are known before its link exists.
+    pub async fn claim(&self, pending: PendingNet) -> Result<ClaimedNet, NetworkError> {
         let range = self.options.range;
         let prefix = self.options.interface_prefix.clone();
         let start = self.next_slot_hint();
-        let (net, bound) = run_blocking(move || connect(pending, range, &prefix, start)).await?;
+        run_blocking(move || claim(pending, range, &prefix, start)).await
+    }
+
+    /// Connects a claimed slot: veth pair, addresses, routes, DNS forwarder (processes
+    /// may already run in the namespace). On failure nothing of the slot is left; the
+    /// namespace itself stays for [`remove`](Self::remove).
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    pub async fn connect(
+        &self,
+        claimed: ClaimedNet,
+        sandbox_id: &str,
+    ) -> Result<SandboxNet, NetworkError> {
+        let (net, bound) = run_blocking(move || connect(claimed)).await?;
         let listeners = self
             .forwarder
             .serve(bound, sandbox_id)
@@ -591,17 +677,13 @@ fn validate(options: &NetworkOptions) -> Result<(), NetworkError> {
 }
 
 /// Finds a free slot from `start` and connects `pending` there (blocking).
-fn connect(
+fn claim(
     pending: PendingNet,
     range: Ipv4Range,
     prefix: &str,
     start: u32,
-) -> Result<(SandboxNet, dns::Bound), NetworkError> {
-    let PendingNet { name, created } = pending;
-    let netns::Created {
-        fd,
-        links: mut inside,
-    } = created;
+) -> Result<ClaimedNet, NetworkError> {
+    let name = pending.name.clone();
     let mut host = Links::open().map_err(NetworkError::capsule(&name, "open rtnetlink"))?;
     let slots = range.slots();
     for offset in 0..slots {
@@ -616,33 +698,56 @@ fn connect(
             Err(e) => return Err(NetworkError::capsule(&name, "bind the DNS forwarder")(e)),
         };
         let veth = format!("{prefix}{slot}");
-        match host.add_veth(&veth, CAPSULE_INTERFACE, fd.as_fd()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+        // Left by a capsule that outlived its agent and is not adopted yet.
+        match host.index(&veth) {
+            Ok(_) => continue,
+            // No such device: the name is free.
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error())
+                    || e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(NetworkError::capsule(&name, format!("create veth {veth}"))(
-                    e,
-                ));
+                return Err(NetworkError::capsule(&name, format!("look up {veth}"))(e));
             }
         }
         let net = SandboxNet {
-            netns: name.clone(),
+            netns: name,
             slot,
-            veth: veth.clone(),
+            veth,
             host_addr: gateway,
             sandbox_addr: range.sandbox_addr(slot),
         };
-        let configured = configure(&mut host, &mut inside, &net);
-        if let Err(e) = configured {
-            // Deleting the host end takes the peer with it.
-            if let Err(del) = host.delete(&veth) {
-                tracing::warn!("removing veth {veth} after a failed setup: {del}");
-            }
-            return Err(e);
-        }
-        return Ok((net, bound));
+        return Ok(ClaimedNet {
+            pending,
+            net,
+            bound,
+        });
     }
     Err(NetworkError::Exhausted(range))
+}
+
+fn connect(claimed: ClaimedNet) -> Result<(SandboxNet, dns::Bound), NetworkError> {
+    let ClaimedNet {
+        pending,
+        net,
+        bound,
+    } = claimed;
+    let netns::Created {
+        fd,
+        links: mut inside,
+    } = pending.created;
+    let name = &net.netns;
+    let veth = &net.veth;
+    let mut host = Links::open().map_err(NetworkError::capsule(name, "open rtnetlink"))?;
+    host.add_veth(veth, CAPSULE_INTERFACE, fd.as_fd())
+        .map_err(NetworkError::capsule(name, format!("create veth {veth}")))?;
+    if let Err(e) = configure(&mut host, &mut inside, &net) {
+        // Deleting the host end takes the peer with it.
+        if let Err(del) = host.delete(veth) {
+            tracing::warn!("removing veth {veth} after a failed setup: {del}");
+        }
+        return Err(e);
+    }
+    Ok((net, bound))
 }
 
 /// Addresses both ends of `net`'s veth, brings them up and routes the capsule's

@@ -96,6 +96,10 @@ impl Connection {
             })?;
             for reply in replies {
                 let seq = reply.header.sequence_number;
+                // A late answer to a request abandoned after an earlier failure.
+                if !pending.contains(&seq) {
+                    continue;
+                }
                 if let NetlinkPayload::Error(e) = reply.payload {
                     if e.code.is_some() {
                         return Err(RequestError {

@@ -1093,7 +1093,9 @@ impl HostAgentService for AgentService {
             match msg.msg {
                 Some(Msg::Chunk(c)) => {
                     if c.len() > wrenn_proto::FILE_CHUNK_SIZE {
-                        return Err(Status::invalid_argument("chunk larger than FILE_CHUNK_SIZE"));
+                        return Err(Status::invalid_argument(
+                            "chunk larger than FILE_CHUNK_SIZE",
+                        ));
                     }
                     {
                         let mut max = self.0.max_chunk.lock().unwrap();

@@ -108,7 +108,7 @@ use crate::disk::pool::DiskPool;
 use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
 use crate::image::ImageRef;
 use crate::init::spawn::init_command;
-use crate::init::{ENVD_SOCKET_NAME, InitSpec};
+use crate::init::{self, ENVD_SOCKET_NAME, InitSpec};
 use crate::network::{self, Network, NetworkOptions, SandboxNet};
 use wrenn_core::id::{TeamId, TemplateId};
 
@@ -411,7 +411,10 @@ impl ProcessRuntime {
         .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
         .is_ok();
         let removals = Removals::new(&layout.root().join("removing"))?;
-        let blanks = Arc::new(Blanks::new(&layout.root().join("disks").join("blank"), &mkfs)?);
+        let blanks = Arc::new(Blanks::new(
+            &layout.root().join("disks").join("blank"),
+            &mkfs,
+        )?);
         // Always started: it also removes the pooled disks a previous agent left.
         let pool = DiskPool::start(
             &disk_pool_dir(&layout),
@@ -687,6 +690,12 @@ impl ProcessRuntime {
 
     /// Starts a sandbox whose directory and disk are ready; on failure everything but
     /// the directory and disk is torn down.
+    ///
+    /// The init program is spawned first and waits for a go-ahead on its stdin
+    /// ([`crate::init`]) while its network namespace and cgroups are made and a
+    /// network slot is claimed, so its `exec` overlaps with them; the go-ahead carries
+    /// the capsule's `resolv.conf`. The veth pair is made while the init step and envd
+    /// start (neither needs it).
     async fn start(
         &self,
         config: &SandboxConfig,
@@ -702,103 +711,122 @@ impl ProcessRuntime {
             pids_max: self.options.pids_max,
         };
         let netns = Self::netns_name(id);
-        // The namespace must exist, and its slot be known (the capsule's resolv.conf
-        // names its gateway), before the sandbox starts; cgroups too.
+        let (command, go) = match self.init_command(config, &lowers, &cgroup, &netns, &dir) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.teardown(id, None).await;
+                return Err(e);
+            }
+        };
         let cg = cgroup.clone();
         let io = self.options.io;
         let id_text = id.to_string();
-        let (cgroups, network) = tokio::join!(
+        // `spawn` blocks its thread until the child has `exec`ed.
+        let (spawned, cgroups, claimed) = tokio::join!(
+            blocking(move || {
+                let mut command = command;
+                command.spawn()
+            }),
             blocking(move || {
                 cg.create(limits)?;
                 cg.set_io_limits(disk.major, disk.minor, &io)
             }),
             async {
                 let pending = self.network.create_netns(&netns).await?;
-                self.network.attach(pending, &id_text).await
+                self.network.claim(pending).await
             }
         );
+        let child =
+            match spawned.and_then(|r| r.map_err(io_err("start the sandbox's init program"))) {
+                Ok(child) => tokio::sync::Mutex::new(child),
+                Err(e) => {
+                    drop(claimed);
+                    self.teardown(id, None).await;
+                    return Err(e);
+                }
+            };
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
-            .and_then(|()| network.map_err(network_err(id)));
-        tracing::debug!("cgroups and network ready");
-        let net = match prepared {
-            Ok(net) => net,
+            .and_then(|()| claimed.map_err(network_err(id)))
+            .and_then(|claimed| {
+                // Closing the pipe (here, or by dropping it on failure) is the signal.
+                init::go(go, &claimed.net().resolv_conf())
+                    .map_err(io_err(format!("start the init step of {id}")))?;
+                Ok(claimed)
+            });
+        let started = match prepared {
+            Ok(claimed) => {
+                let (net, envd) = tokio::join!(
+                    self.network.connect(claimed, &id_text),
+                    self.wait_for_envd(id, &child, &dir)
+                );
+                net.map_err(network_err(id))
+                    .and_then(|net| envd.map(|version| (net, version)))
+            }
+            Err(e) => Err(e),
+        };
+        let (net, version) = match started {
+            Ok(started) => started,
             Err(e) => {
-                self.teardown(id, None).await;
+                self.teardown(id, Some(&child)).await;
                 return Err(e);
             }
         };
-        let spawned = self
-            .spawn(config, &lowers, &cgroup, &netns, &dir, net.resolv_conf())
-            .await;
-        let spawned = spawned.map(|spawned| (net, spawned));
-        match spawned {
-            Ok((net, (child, version))) => {
-                tracing::debug!("envd answered");
-                let child = tokio::sync::Mutex::new(child);
-                let pid1 = match self.find_pid1(&cgroup) {
-                    Ok(pid1) => pid1,
-                    Err(e) => {
-                        self.teardown(id, Some(&child)).await;
-                        return Err(e);
-                    }
-                };
-                let usage = cgroup.cpu_usage_ns().unwrap_or(0);
-                let live = Arc::new(Live {
-                    config: config.clone(),
-                    lowers,
-                    cgroup: cgroup.clone(),
-                    net: net.clone(),
-                    disk,
-                    child: Some(child),
-                    pid1,
-                    cpu: Mutex::new((usage, Instant::now())),
-                });
-                self.record_live(&live, &version);
-                self.lock_live().insert(id, live);
-                let mut metadata = BTreeMap::new();
-                metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
-                metadata.insert("envd_version".to_owned(), version);
-                metadata.insert("cgroup".to_owned(), self.cgroups.version().to_owned());
-                metadata.insert("netns".to_owned(), net.netns.clone());
-                metadata.insert("veth".to_owned(), net.veth.clone());
-                metadata.insert(
-                    "disk_device".to_owned(),
-                    format!("{}:{}", disk.major, disk.minor),
-                );
-                Ok(Instance {
-                    id,
-                    envd: EnvdEndpoint::Unix(self.envd_socket(id)),
-                    host_ip: net.sandbox_addr.to_string(),
-                    metadata,
-                })
+        let pid1 = match self.find_pid1(&cgroup) {
+            Ok(pid1) => pid1,
+            Err(e) => {
+                self.teardown(id, Some(&child)).await;
+                return Err(e);
             }
-            Err((child, e)) => {
-                let child = child.map(tokio::sync::Mutex::new);
-                self.teardown(id, child.as_ref()).await;
-                Err(e)
-            }
-        }
+        };
+        let usage = cgroup.cpu_usage_ns().unwrap_or(0);
+        let live = Arc::new(Live {
+            config: config.clone(),
+            lowers,
+            cgroup: cgroup.clone(),
+            net: net.clone(),
+            disk,
+            child: Some(child),
+            pid1,
+            cpu: Mutex::new((usage, Instant::now())),
+        });
+        self.record_live(&live, &version);
+        self.lock_live().insert(id, live);
+        let mut metadata = BTreeMap::new();
+        metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
+        metadata.insert("envd_version".to_owned(), version);
+        metadata.insert("cgroup".to_owned(), self.cgroups.version().to_owned());
+        metadata.insert("netns".to_owned(), net.netns.clone());
+        metadata.insert("veth".to_owned(), net.veth.clone());
+        metadata.insert(
+            "disk_device".to_owned(),
+            format!("{}:{}", disk.major, disk.minor),
+        );
+        Ok(Instance {
+            id,
+            envd: EnvdEndpoint::Unix(self.envd_socket(id)),
+            host_ip: net.sandbox_addr.to_string(),
+            metadata,
+        })
     }
 
-    /// Spawns the init step and waits until envd answers; returns the child and envd's
-    /// version.
-    async fn spawn(
+    /// The command that starts the init program of sandbox `id`, and the write end of
+    /// its go-ahead pipe ([`init::go`]).
+    fn init_command(
         &self,
         config: &SandboxConfig,
         lowers: &Lowers,
         cgroup: &SandboxCgroup,
         netns: &str,
         dir: &Path,
-        resolv_conf: String,
-    ) -> Result<(Child, String), (Option<Child>, RuntimeError)> {
+    ) -> Result<(Command, std::fs::File), RuntimeError> {
         let id = config.id;
         let id_map = self
             .ids
             .allocate(id)
-            .map_err(|e| (None, RuntimeError::Other(format!("sandbox {id}: {e}"))))?;
+            .map_err(|e| RuntimeError::Other(format!("sandbox {id}: {e}")))?;
         idrange::write_record(dir, id_map)
-            .map_err(|e| (None, io_err(format!("record the id range of {id}"))(e)))?;
+            .map_err(io_err(format!("record the id range of {id}")))?;
         let (lower_base, lower_list) = lowers.overlay();
         let mut envd_args = Vec::new();
         if !config.default_user.is_empty() {
@@ -837,61 +865,61 @@ impl ProcessRuntime {
                 ),
             ],
             shm_size,
-            resolv_conf: Some(resolv_conf),
         };
         let log_path = dir.join("envd.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| (None, io_err(format!("open {}", log_path.display()))(e)))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| (None, io_err("duplicate log fd")(e)))?;
+            .map_err(io_err(format!("open {}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(io_err("duplicate log fd"))?;
+        let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_err("make the go-ahead pipe")(e.into()))?;
         let mut command = init_command(&self.init_program, &spec)
-            .map_err(|e| (None, RuntimeError::Other(format!("encode init spec: {e}"))))?;
+            .map_err(|e| RuntimeError::Other(format!("encode init spec: {e}")))?;
         command
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(go_read))
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .kill_on_drop(false);
-        let mut child = command
-            .spawn()
-            .map_err(|e| (None, io_err("start the sandbox's init program")(e)))?;
+        Ok((command, std::fs::File::from(go_write)))
+    }
 
+    /// Waits until envd of sandbox `id` answers; returns its version.
+    async fn wait_for_envd(
+        &self,
+        id: SandboxId,
+        child: &tokio::sync::Mutex<Child>,
+        dir: &Path,
+    ) -> Result<String, RuntimeError> {
+        let log_path = dir.join("envd.log");
         let socket = self.envd_socket(id);
         let deadline = Instant::now() + self.options.envd_timeout;
         let mut last = String::from("its socket never appeared");
         let mut pause = Duration::from_millis(1);
         loop {
-            match child.try_wait() {
+            match child.lock().await.try_wait() {
                 Ok(Some(status)) => {
                     let tail = tail(&log_path, LOG_TAIL_BYTES);
-                    return Err((
-                        Some(child),
-                        RuntimeError::Other(format!(
-                            "sandbox {id} exited during start ({status}); envd log: {tail}"
-                        )),
-                    ));
+                    return Err(RuntimeError::Other(format!(
+                        "sandbox {id} exited during start ({status}); envd log: {tail}"
+                    )));
                 }
                 Ok(None) => {}
-                Err(e) => return Err((Some(child), io_err("wait for the sandbox process")(e))),
+                Err(e) => return Err(io_err("wait for the sandbox process")(e)),
             }
             if socket.exists() {
                 match health(&socket).await {
-                    Ok(version) => return Ok((child, version)),
+                    Ok(version) => return Ok(version),
                     Err(e) => last = e,
                 }
             }
             if Instant::now() >= deadline {
                 let tail = tail(&log_path, LOG_TAIL_BYTES);
-                return Err((
-                    Some(child),
-                    RuntimeError::Other(format!(
-                        "envd of {id} did not answer within {:?} ({last}); envd log: {tail}",
-                        self.options.envd_timeout
-                    )),
-                ));
+                return Err(RuntimeError::Other(format!(
+                    "envd of {id} did not answer within {:?} ({last}); envd log: {tail}",
+                    self.options.envd_timeout
+                )));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(2));
@@ -1124,7 +1152,10 @@ impl Runtime for ProcessRuntime {
         self.make_dirs(config.id)?;
         let started_sandbox = match self.new_disk(config.id, config.disk_size_mb).await {
             Ok(disk) => {
-                tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "disk ready");
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "disk ready"
+                );
                 self.start(config, lowers, disk).await
             }
             Err(e) => Err(e),
