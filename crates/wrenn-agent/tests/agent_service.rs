@@ -749,7 +749,8 @@ async fn files_stream_20_mib_and_fs_operations() {
             pb::WriteFileStreamRequest {
                 msg: Some(pb::write_file_stream_request::Msg::Chunk(vec![
                     0;
-                    64 * 1024 + 1
+                    wrenn_proto::FILE_CHUNK_SIZE
+                        + 1
                 ])),
             },
         ]))

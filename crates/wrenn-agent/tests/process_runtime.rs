@@ -1492,9 +1492,41 @@ async fn disk_timings_attach_mount_and_format() {
         percentile(&unmount, 0.99)
     ));
 
+    // A disk copied from a blank: a sparse file of the full size holding only the
+    // blank's few MiB of metadata, a filesystem that mounts and has its full size.
+    let blanks =
+        std::sync::Arc::new(disk::blank::Blanks::new(&dir.path().join("blank"), &mkfs).unwrap());
+    let copy = dir.path().join("copied.ext4");
+    let started = Instant::now();
+    blanks.make(&copy, 20 * 1024).await.unwrap();
+    let first = started.elapsed();
+    std::fs::remove_file(&copy).unwrap();
+    let started = Instant::now();
+    blanks.make(&copy, 20 * 1024).await.unwrap();
+    let copied = started.elapsed();
+    report.push(format!(
+        "blank 20 GiB disk: first (mkfs) {first:?}, then copied in {copied:?}"
+    ));
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(meta.len(), disk::size_bytes(20 * 1024));
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 64 * MIB,
+        "the copy is sparse"
+    );
+    let target = dir.path().join("copied");
+    std::fs::create_dir(&target).unwrap();
+    disk::MountedDisk::open(&copy)
+        .unwrap()
+        .place(&target)
+        .unwrap();
+    let usage = disk::ext4::usage(&target).unwrap();
+    assert!(usage.total_bytes > 19 * 1024 * MIB, "{usage:?}");
+    assert!(target.join(disk::UPPER_DIR).is_dir());
+    disk::unmount(&target).unwrap();
+
     // A pooled disk: what create pays (rename + move_mount).
     let pool_dir = dir.path().join("pool");
-    let pool = disk::pool::DiskPool::start(&pool_dir, &mkfs, 20 * 1024, 4).unwrap();
+    let pool = disk::pool::DiskPool::start(&pool_dir, blanks, 20 * 1024, 4).unwrap();
     assert!(wait_until(|| pool.ready() == 4), "the pool never filled");
     let mut handout = Vec::new();
     for i in 0..4 {

@@ -148,10 +148,6 @@ pub struct NetworkOptions {
     pub dns: DnsOptions,
     /// How often the firewall table is re-asserted (default 30 s).
     pub reassert_interval: Duration,
-    /// Empty network namespaces kept ready (default 4; 0 = none): creating one costs
-    /// 1–6 ms (the kernel serialises it with the teardown of old ones), naming a
-    /// ready one a bind mount.
-    pub spare_namespaces: usize,
 }
 
 impl Default for NetworkOptions {
@@ -166,7 +162,6 @@ impl Default for NetworkOptions {
             egress: EgressConfig::default(),
             dns: DnsOptions::default(),
             reassert_interval: Duration::from_secs(30),
-            spare_namespaces: 4,
         }
     }
 }
@@ -303,52 +298,11 @@ pub struct Network {
     listeners: Mutex<HashMap<String, dns::Listeners>>,
     next_slot: AtomicU32,
     reassert: tokio::task::JoinHandle<()>,
-    spares: Arc<Spares>,
-    refill: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
         self.reassert.abort();
-        self.refill.abort();
-    }
-}
-
-/// Unnamed namespaces made ahead of time, refilled in the background.
-#[derive(Debug, Default)]
-struct Spares {
-    ready: Mutex<std::collections::VecDeque<netns::Unnamed>>,
-    wake: tokio::sync::Notify,
-}
-
-impl Spares {
-    fn take(&self) -> Option<netns::Unnamed> {
-        let spare = self
-            .ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        self.wake.notify_one();
-        spare
-    }
-
-    async fn refill(self: Arc<Self>, depth: usize) {
-        loop {
-            while self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < depth {
-                match netns::create_unnamed().await {
-                    Ok(ns) => self
-                        .ready
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(ns),
-                    Err(e) => {
-                        tracing::warn!("preparing a spare network namespace: {e}");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                }
-            }
-            self.wake.notified().await;
-        }
     }
 }
 
@@ -404,8 +358,6 @@ impl Network {
                 }
             }
         });
-        let spares = Arc::new(Spares::default());
-        let refill = tokio::spawn(spares.clone().refill(options.spare_namespaces));
         Ok(Self {
             forwarder: Arc::new(dns::Forwarder::new(options.dns.clone(), capsules)),
             options,
@@ -413,8 +365,6 @@ impl Network {
             listeners: Mutex::new(HashMap::new()),
             next_slot: AtomicU32::new(u32::MAX),
             reassert,
-            spares,
-            refill,
         })
     }
 
@@ -430,14 +380,11 @@ impl Network {
     }
 
     /// Creates the empty named namespace `name` (the capsule's processes may join it
-    /// at once) — a spare one named now when there is one; [`attach`](Self::attach)
-    /// connects it.
+    /// at once); [`attach`](Self::attach) connects it.
     pub async fn create_netns(&self, name: &str) -> Result<PendingNet, NetworkError> {
-        let created = match self.spares.take() {
-            Some(spare) => netns::name(spare, name),
-            None => netns::create(name).await,
-        }
-        .map_err(NetworkError::capsule(name, "create the namespace"))?;
+        let created = netns::create(name)
+            .await
+            .map_err(NetworkError::capsule(name, "create the namespace"))?;
         Ok(PendingNet {
             name: name.to_owned(),
             created,
@@ -457,8 +404,10 @@ impl Network {
 
     /// Claims a free slot for a namespace from [`create_netns`](Self::create_netns):
     /// binds the DNS forwarder's sockets on its gateway (which no other agent can then
-    /// bind) where no interface of the slot's name exists. Cheap: the capsule's
-    /// addresses (and so its `resolv.conf`) are known before its link exists.
+    /// bind) and creates the veth pair of the slot's name (which no other network
+    /// sharing the prefix can then take). The capsule's addresses (and so its
+    /// `resolv.conf`) are known before its link is configured. Dropping the claim
+    /// leaves the pair to the namespace's removal.
     pub async fn claim(&self, pending: PendingNet) -> Result<ClaimedNet, NetworkError> {
         let range = self.options.range;
         let prefix = self.options.interface_prefix.clone();
@@ -466,8 +415,8 @@ impl Network {
         run_blocking(move || claim(pending, range, &prefix, start)).await
     }
 
-    /// Connects a claimed slot: veth pair, addresses, routes, DNS forwarder (processes
-    /// may already run in the namespace). On failure nothing of the slot is left; the
+    /// Connects a claimed slot: addresses, routes, DNS forwarder (processes may
+    /// already run in the namespace). On failure nothing of the slot is left; the
     /// namespace itself stays for [`remove`](Self::remove).
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
     pub async fn connect(
@@ -698,15 +647,15 @@ fn claim(
             Err(e) => return Err(NetworkError::capsule(&name, "bind the DNS forwarder")(e)),
         };
         let veth = format!("{prefix}{slot}");
-        // Left by a capsule that outlived its agent and is not adopted yet.
-        match host.index(&veth) {
-            Ok(_) => continue,
-            // No such device: the name is free.
-            Err(e)
-                if e.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error())
-                    || e.kind() == io::ErrorKind::NotFound => {}
+        // The name is taken atomically: by another network sharing the prefix, or by a
+        // capsule that outlived its agent and is not adopted yet.
+        match host.add_veth(&veth, CAPSULE_INTERFACE, pending.created.fd.as_fd()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(NetworkError::capsule(&name, format!("look up {veth}"))(e));
+                return Err(NetworkError::capsule(&name, format!("create veth {veth}"))(
+                    e,
+                ));
             }
         }
         let net = SandboxNet {
@@ -731,15 +680,10 @@ fn connect(claimed: ClaimedNet) -> Result<(SandboxNet, dns::Bound), NetworkError
         net,
         bound,
     } = claimed;
-    let netns::Created {
-        fd,
-        links: mut inside,
-    } = pending.created;
+    let mut inside = pending.created.links;
     let name = &net.netns;
     let veth = &net.veth;
     let mut host = Links::open().map_err(NetworkError::capsule(name, "open rtnetlink"))?;
-    host.add_veth(veth, CAPSULE_INTERFACE, fd.as_fd())
-        .map_err(NetworkError::capsule(name, format!("create veth {veth}")))?;
     if let Err(e) = configure(&mut host, &mut inside, &net) {
         // Deleting the host end takes the peer with it.
         if let Err(del) = host.delete(veth) {

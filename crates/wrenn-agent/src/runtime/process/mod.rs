@@ -750,9 +750,12 @@ impl ProcessRuntime {
             .and_then(|()| claimed.map_err(network_err(id)))
             .and_then(|claimed| {
                 // Closing the pipe (here, or by dropping it on failure) is the signal.
-                init::go(go, &claimed.net().resolv_conf())
-                    .map_err(io_err(format!("start the init step of {id}")))?;
-                Ok(claimed)
+                match init::go(go, &claimed.net().resolv_conf()) {
+                    // The init step is gone: waiting for envd reports its exit and log.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(claimed),
+                    Err(e) => Err(io_err(format!("start the init step of {id}"))(e)),
+                    Ok(()) => Ok(claimed),
+                }
             });
         let started = match prepared {
             Ok(claimed) => {
