@@ -727,6 +727,56 @@ async fn isolation_the_envd_socket_lives_where_the_capsule_cannot_reach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_capsule_root_can_neither_trace_envd_nor_open_its_descriptors() {
+    let host = Host::new().await;
+    let sb = host.sandbox().await;
+    // envd (PID 1) holds host descriptors (its log file, its listening socket) and has
+    // capsule root's uid: attaching to it, reading its memory or environment, or
+    // opening its descriptors would reach the host.
+    let out = sb
+        .ok(r#"python3 - <<'EOF'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print("attach", libc.ptrace(16, 1, 0, 0), ctypes.get_errno())
+for path in ("/proc/1/mem", "/proc/1/environ", "/proc/1/fd/2"):
+    try:
+        open(path, "rb").close()
+        print(path, "opened")
+    except PermissionError:
+        print(path, "denied")
+try:
+    print("fd", os.readlink("/proc/1/fd/1"))
+except PermissionError:
+    print("fd denied")
+EOF"#)
+        .await;
+    assert!(
+        out.contains("attach -1 1\n"),
+        "PTRACE_ATTACH to envd: {out}"
+    );
+    for denied in [
+        "/proc/1/mem denied",
+        "/proc/1/environ denied",
+        "/proc/1/fd/2 denied",
+        "fd denied",
+    ] {
+        assert!(out.contains(denied), "{denied}: {out}");
+    }
+    assert!(
+        !out.contains(&host.layout().root().display().to_string()),
+        "a host path showed: {out}"
+    );
+    // A process envd starts is dumpable as usual (debuggers work on it).
+    assert_eq!(
+        sb.ok("python3 -c 'import ctypes; print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))'")
+            .await
+            .trim(),
+        "1"
+    );
+    assert_eq!(sb.ok("echo still serving").await, "still serving\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_sudo_python_and_git_work_for_a_user_in_a_debian_capsule() {
     let host = Host::new().await;
     let Some((team, template)) = host.debian_template() else {

@@ -41,6 +41,16 @@ pub fn main() -> ExitCode {
     if let Err(err) = rustix::thread::set_name(c"wrenn-envd") {
         eprintln!("wrenn-envd: cannot set the process name: {err}");
     }
+    // Not dumpable: without CAP_SYS_PTRACE nobody — capsule root included, though it
+    // has envd's uid — may attach to envd, read its memory or environment, or open
+    // its descriptors (its log and listening socket are host files). The processes
+    // it starts are dumpable again after their `exec`.
+    if let Err(err) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("wrenn-envd: cannot make the process non-dumpable: {err}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
