@@ -774,6 +774,25 @@ EOF"#)
         "1"
     );
     assert_eq!(sb.ok("echo still serving").await, "still serving\n");
+
+    // Processes envd starts inherit nothing of it but their stdio: not its listening
+    // socket (they could accept the agent's connections), not its log, not whatever
+    // the agent's own parent leaked.
+    let leaked = sb
+        .ok(r#"python3 -c "
+import os
+for fd in sorted(os.listdir('/proc/self/fd'), key=int):
+    if int(fd) > 2:
+        try:
+            print(fd, os.readlink('/proc/self/fd/' + fd))
+        except FileNotFoundError:
+            pass
+""#)
+        .await;
+    assert!(
+        leaked.lines().all(|l| l.ends_with("/fd")),
+        "inherited descriptors: {leaked}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

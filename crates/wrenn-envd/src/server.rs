@@ -355,5 +355,9 @@ fn adopt_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the descriptor is open (fstat succeeded), it is a socket inherited for
     // envd to serve on, and nothing else in envd owns it: the command line hands its
     // ownership to us, and this is called once per `Listen::Fd`.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // Inherited without close-on-exec: the processes envd starts must not get it
+    // (they could accept the agent's connections).
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
 }

@@ -284,11 +284,39 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
     // Credential changes cleared it; envd must still die with the outer process.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .context(|| "set the parent-death signal".into())?;
+    close_others_on_exec(listener.as_raw_fd())?;
     let err = execveat(envd.as_fd(), &argv, &envp);
     Err(InitError::new(
         format!("exec envd ({})", spec.envd.display()),
         err,
     ))
+}
+
+/// Marks every descriptor but stdio and `keep` close-on-exec, so that envd inherits
+/// nothing else — not even what the agent's own parent leaked to it.
+#[allow(unsafe_code)]
+fn close_others_on_exec(keep: i32) -> Result<(), InitError> {
+    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+        .context(|| "list /proc/self/fd".into())?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && *fd != keep)
+        .collect();
+    for fd in fds {
+        // SAFETY: borrowed for this one `fcntl`; the listing's own descriptor, closed
+        // by now, fails with EBADF, which is fine.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC) {
+            Ok(()) | Err(rustix::io::Errno::BADF) => {}
+            Err(e) => {
+                return Err(InitError::new(
+                    format!("mark descriptor {fd} close-on-exec"),
+                    e.into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn c_strings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, InitError> {
