@@ -651,6 +651,7 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
         "/proc/self/mountinfo",
         "/proc/self/mounts",
         "/proc/1/mountinfo",
+        "/proc/self/cgroup",
     ] {
         let text = sb.ok(&format!("cat {table}")).await;
         for host_path in [
@@ -667,10 +668,17 @@ async fn isolation_no_host_path_shows_in_the_capsules_mount_table() {
                 "{table} shows {host_path}:\n{text}"
             );
         }
-        assert!(
-            text.contains("lowerdir="),
-            "the root overlay is listed: {text}"
-        );
+        if table.ends_with("cgroup") {
+            assert!(
+                text.lines().all(|l| l.ends_with(":/")),
+                "the capsule's cgroups are its cgroup namespace's root: {text}"
+            );
+        } else {
+            assert!(
+                text.contains("lowerdir="),
+                "the root overlay is listed: {text}"
+            );
+        }
     }
     // The agent's directory is invisible, not just empty.
     let (_, code) = sb

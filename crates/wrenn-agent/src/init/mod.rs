@@ -14,7 +14,8 @@
 //!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
 //!    outer process, waits for it and exits with its status (`unshare --fork
 //!    --kill-child`: PID 1 gets `SIGKILL` if the outer process dies);
-//! 2. as host root in PID 1: joins the capsule's cgroups; makes all mounts private;
+//! 2. as host root in PID 1: joins the capsule's cgroups and unshares a cgroup
+//!    namespace rooted there (no host cgroup path shows); makes all mounts private;
 //!    sets `net.ipv4.ping_group_range` of the capsule's network namespace to the
 //!    capsule's gids (unprivileged `ping`);
 //! 3. creates the capsule's user namespace ([`userns`]): capsule ids `0..65536` are the
@@ -241,6 +242,7 @@ fn run(spec: &InitSpec) -> Result<Never, InitError> {
     for procs in &spec.cgroup_procs {
         fs::write(procs, b"0").context(|| format!("join cgroup {}", procs.display()))?;
     }
+    spawn::enter_cgroup_namespace()?;
     mounts::make_private()?;
     let first_gid = spec.id_map.host_base;
     let last_gid = first_gid + (spec.id_map.size - 1);

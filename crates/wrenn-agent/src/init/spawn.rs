@@ -56,6 +56,17 @@ pub(super) fn enter_namespaces(netns: &Path) -> Result<(), InitError> {
         .context(|| "unshare the mount, UTS, IPC and pid namespaces".into())
 }
 
+/// Unshares the cgroup namespace of PID 1, once it has joined the capsule's cgroups:
+/// they become its root, and `/proc/*/cgroup` shows `/` instead of the host's
+/// hierarchy. Owned by the host's initial user namespace, like the others. The
+/// caller must be single-threaded.
+#[allow(unsafe_code)]
+pub(super) fn enter_cgroup_namespace() -> Result<(), InitError> {
+    // SAFETY: as in `enter_namespaces`: single-threaded, no `CLONE_FILES`.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWCGROUP) }
+        .context(|| "unshare the cgroup namespace".into())
+}
+
 /// The outer process of the init program: forks the capsule's PID 1 (which returns
 /// `Ok(())` from here and goes on with the set-up) and, in the parent, waits for it and
 /// exits with its status (`128 + signal` if it was killed). PID 1 gets `SIGKILL` if
