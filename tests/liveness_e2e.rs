@@ -206,6 +206,39 @@ async fn liveness_admission_and_adoption_through_wrenn_dev() {
         assert_eq!(list, json!([]), "nothing was created");
     }
 
+    // A capsule holding every vCPU the host admits (CPUs × the default overcommit of
+    // 4): the next one is refused at once with 429, not accepted and failed later.
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let vcpu_limit = cpus * 4;
+    if vcpu_limit <= wrenn_core::validate::MAX_VCPUS as u64 {
+        let (s, v) = dev
+            .call(
+                Method::POST,
+                "/v1/capsules",
+                Some(json!({"vcpus": vcpu_limit, "memory_mb": 256})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let hog = v["id"].as_str().unwrap().to_owned();
+        dev.wait_for(&hog, "running", Duration::from_secs(30)).await;
+        let (s, v) = dev
+            .call(Method::POST, "/v1/capsules", Some(json!({})))
+            .await;
+        assert_eq!(s, 429, "{v}");
+        assert_eq!(v["error"]["code"], "insufficient_capacity", "{v}");
+        let (_, list) = dev.call(Method::GET, "/v1/capsules", None).await;
+        assert_eq!(
+            list.as_array().map(Vec::len),
+            Some(1),
+            "nothing was created: {list}"
+        );
+        let (s, v) = dev
+            .call(Method::DELETE, &format!("/v1/capsules/{hog}"), None)
+            .await;
+        assert!(s.is_success(), "{v}");
+        dev.wait_for(&hog, "stopped", Duration::from_secs(30)).await;
+    }
+
     // kill -9 of a capsule's PID 1: error with the reason within moments, 409s, no
     // leftovers.
     let victim = dev.create().await;

@@ -313,6 +313,8 @@ pub struct HostLoad {
     pub running_disk_mb: i64,
     /// Memory of paused sandboxes (MiB).
     pub paused_memory_mb: i64,
+    /// vCPUs of paused sandboxes.
+    pub paused_vcpus: i64,
     /// Disk of paused and hibernated sandboxes (MiB).
     pub paused_disk_mb: i64,
 }

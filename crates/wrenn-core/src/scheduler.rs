@@ -45,6 +45,18 @@ pub enum SchedulerError {
         /// Disk requested.
         disk_mb: i32,
     },
+    /// Every eligible host is full under its overcommit (what its agent admits).
+    #[error(
+        "every host is full: the capsule needs {vcpus} vCPUs and {memory_mb} MiB, more \
+         than any host has left (host CPUs × overcommit, host memory × overcommit − \
+         reserve, minus what its capsules hold)"
+    )]
+    HostsFull {
+        /// vCPUs requested.
+        vcpus: i32,
+        /// Memory requested (MiB).
+        memory_mb: i32,
+    },
     /// The capsule is larger than any eligible host could ever hold, even empty.
     #[error(
         "the capsule is larger than any host can hold: {requested} {resource} requested, \
@@ -124,6 +136,45 @@ pub fn check_fits_some_host(
         limit: eligible.iter().map(|l| vcpus(l)).max().unwrap_or(0),
         reserve: "",
     })
+}
+
+/// Whether `load`'s host has room for `placement` under `overcommit`, counted as its
+/// agent admits: the capsules that are starting, running, paused or in a transient
+/// status hold their vCPUs and memory.
+pub fn has_room(load: &HostLoad, placement: &Placement, overcommit: &Overcommit) -> bool {
+    let held_mb = load.running_memory_mb + load.paused_memory_mb;
+    let held_vcpus = load.running_vcpus + load.paused_vcpus;
+    let memory_limit = overcommit.memory_limit_mb(u64::try_from(load.host.memory_mb).unwrap_or(0));
+    let vcpu_limit = overcommit.vcpu_limit(u64::try_from(load.host.cpu_cores).unwrap_or(0));
+    let fits = |held: i64, want: i32, limit: u64| {
+        u64::try_from(held.max(0) + i64::from(want.max(0))).is_ok_and(|need| need <= limit)
+    };
+    fits(held_mb, placement.memory_mb, memory_limit)
+        && fits(held_vcpus, placement.vcpus, vcpu_limit)
+}
+
+/// The eligible hosts of `hosts` with room for `placement` ([`has_room`]); refuses
+/// with [`SchedulerError::HostsFull`] when some are eligible but none has room, so
+/// the caller hears it now rather than from the agent later. Empty when none is
+/// eligible (the caller reports that).
+pub fn with_room<'a>(
+    hosts: &'a [HostLoad],
+    placement: &Placement,
+    overcommit: &Overcommit,
+) -> Result<Vec<&'a HostLoad>, SchedulerError> {
+    let eligible: Vec<&HostLoad> = hosts.iter().filter(|l| is_eligible(l, placement)).collect();
+    let roomy: Vec<&HostLoad> = eligible
+        .iter()
+        .copied()
+        .filter(|l| has_room(l, placement, overcommit))
+        .collect();
+    if roomy.is_empty() && !eligible.is_empty() {
+        return Err(SchedulerError::HostsFull {
+            vcpus: placement.vcpus,
+            memory_mb: placement.memory_mb,
+        });
+    }
+    Ok(roomy)
 }
 
 fn no_hosts(placement: &Placement) -> SchedulerError {
@@ -273,11 +324,18 @@ impl Scheduler for LeastLoaded {
     async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
         let hosts = self.hosts.list_hosts_with_load().await?;
         check_fits_some_host(&hosts, placement, &self.overcommit)?;
-        pick_least_loaded(&hosts, placement, &self.reserve).map(|l| l.host.id)
+        let roomy: Vec<HostLoad> = with_room(&hosts, placement, &self.overcommit)?
+            .into_iter()
+            .cloned()
+            .collect();
+        if roomy.is_empty() {
+            return Err(no_hosts(placement));
+        }
+        pick_least_loaded(&roomy, placement, &self.reserve).map(|l| l.host.id)
     }
 }
 
-/// Cycles through eligible hosts, with no admission control.
+/// Cycles through eligible hosts with room ([`has_room`]).
 pub struct RoundRobin {
     hosts: Arc<dyn HostRepo>,
     next: AtomicUsize,
@@ -307,7 +365,7 @@ impl Scheduler for RoundRobin {
     async fn select_host(&self, placement: &Placement) -> Result<HostId, SchedulerError> {
         let hosts = self.hosts.list_hosts_with_load().await?;
         check_fits_some_host(&hosts, placement, &self.overcommit)?;
-        let eligible: Vec<_> = hosts.iter().filter(|l| is_eligible(l, placement)).collect();
+        let eligible = with_room(&hosts, placement, &self.overcommit)?;
         if eligible.is_empty() {
             return Err(no_hosts(placement));
         }
@@ -318,7 +376,7 @@ impl Scheduler for RoundRobin {
 
 /// One host for everything: either a configured host (the embedded platform's
 /// in-process agent) or, with [`SingleHost::only_online`], the oldest eligible
-/// online host. No admission control: a single host takes what it is given.
+/// online host, while it has room ([`has_room`]).
 pub struct SingleHost {
     hosts: Arc<dyn HostRepo>,
     host: Option<HostId>,
@@ -361,9 +419,8 @@ impl Scheduler for SingleHost {
             .filter(|l| self.host.is_none_or(|h| l.host.id == h))
             .collect();
         check_fits_some_host(&candidates, placement, &self.overcommit)?;
-        candidates
-            .iter()
-            .find(|l| is_eligible(l, placement))
+        with_room(&candidates, placement, &self.overcommit)?
+            .first()
             .map(|l| l.host.id)
             .ok_or_else(|| no_hosts(placement))
     }
@@ -408,6 +465,7 @@ mod tests {
             running_vcpus: 0,
             running_disk_mb: 0,
             paused_memory_mb: 0,
+            paused_vcpus: 0,
             paused_disk_mb: 0,
         }
     }
@@ -420,6 +478,68 @@ mod tests {
             memory_mb: 512,
             disk_size_mb: 20480,
         }
+    }
+
+    #[test]
+    fn a_host_has_room_as_its_agent_admits_paused_capsules_included() {
+        // 2 cores × 4 = 8 vCPUs; 24 GiB × 1.0 − 1 GiB = 23 552 MiB.
+        let overcommit = Overcommit::default();
+        let mut h = host(HostKind::Regular, None, 24, 2, 500);
+        let p = placement(TeamId::new(), false);
+        assert!(has_room(&h, &p, &overcommit));
+        h.running_vcpus = 6;
+        h.paused_vcpus = 1;
+        assert!(has_room(&h, &p, &overcommit), "7 of 8 vCPUs held");
+        h.paused_vcpus = 2;
+        assert!(!has_room(&h, &p, &overcommit), "8 of 8 vCPUs held");
+        h.running_vcpus = 0;
+        h.paused_vcpus = 0;
+        h.running_memory_mb = 23_000;
+        assert!(has_room(
+            &h,
+            &Placement {
+                memory_mb: 552,
+                ..p
+            },
+            &overcommit
+        ));
+        h.paused_memory_mb = 1;
+        assert!(!has_room(
+            &h,
+            &Placement {
+                memory_mb: 552,
+                ..p
+            },
+            &overcommit
+        ));
+    }
+
+    #[test]
+    fn full_hosts_are_refused_now_and_other_teams_hosts_do_not_count() {
+        let overcommit = Overcommit::default();
+        let p = placement(TeamId::new(), false);
+        let mut full = host(HostKind::Regular, None, 24, 2, 500);
+        full.running_vcpus = 8;
+        let err = with_room(std::slice::from_ref(&full), &p, &overcommit).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SchedulerError::HostsFull {
+                    vcpus: 1,
+                    memory_mb: 512
+                }
+            ),
+            "{err}"
+        );
+        let roomy = host(HostKind::Regular, None, 24, 2, 500);
+        let hosts = [full.clone(), roomy.clone()];
+        let got = with_room(&hosts, &p, &overcommit).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].host.id, roomy.host.id);
+        // A full BYOC host of another team is not eligible: nothing to refuse.
+        let mut byoc = host(HostKind::Byoc, Some(TeamId::new()), 24, 2, 500);
+        byoc.running_vcpus = 8;
+        assert!(with_room(&[byoc], &p, &overcommit).unwrap().is_empty());
     }
 
     #[test]

@@ -199,7 +199,8 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
         },
     );
     assert_eq!(ll.select_host(&placement(team, false)).await.unwrap(), idle);
-    // A sandbox bigger than what either host has left is refused with the sizes.
+    // A sandbox bigger than what either host has left under its overcommit (what its
+    // agent would admit) is refused now, with the sizes.
     let big = Placement {
         memory_mb: 8000,
         ..placement(team, false)
@@ -217,7 +218,7 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
     assert!(
         matches!(
             err,
-            SchedulerError::InsufficientResources {
+            SchedulerError::HostsFull {
                 memory_mb: 8000,
                 ..
             }

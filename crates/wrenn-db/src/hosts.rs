@@ -15,7 +15,7 @@ use crate::timestamp::Ts;
 
 /// Per-host reservation for the scheduler. "Running" covers every status whose
 /// sandbox holds (or is about to hold) its full memory: running, starting, pending and
-/// the transient ones. Paused memory counts paused only; paused disk also counts
+/// the transient ones. Paused memory and vCPUs count paused only; paused disk also counts
 /// hibernated.
 const HOSTS_WITH_LOAD: &str = "\
     SELECT h.*, \
@@ -30,6 +30,8 @@ const HOSTS_WITH_LOAD: &str = "\
                         THEN s.disk_size_mb ELSE 0 END), 0) AS running_disk_mb, \
       COALESCE(SUM(CASE WHEN s.status = 'paused' THEN s.memory_mb ELSE 0 END), 0) \
         AS paused_memory_mb, \
+      COALESCE(SUM(CASE WHEN s.status = 'paused' THEN s.vcpus ELSE 0 END), 0) \
+        AS paused_vcpus, \
       COALESCE(SUM(CASE WHEN s.status IN ('paused', 'hibernated') \
                         THEN s.disk_size_mb ELSE 0 END), 0) AS paused_disk_mb \
     FROM hosts h \

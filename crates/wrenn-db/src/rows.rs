@@ -296,6 +296,7 @@ pub(crate) struct HostLoadRow {
     running_vcpus: i64,
     running_disk_mb: i64,
     paused_memory_mb: i64,
+    paused_vcpus: i64,
     paused_disk_mb: i64,
 }
 
@@ -308,6 +309,7 @@ impl TryFrom<HostLoadRow> for HostLoad {
             running_vcpus: r.running_vcpus,
             running_disk_mb: r.running_disk_mb,
             paused_memory_mb: r.paused_memory_mb,
+            paused_vcpus: r.paused_vcpus,
             paused_disk_mb: r.paused_disk_mb,
         })
     }

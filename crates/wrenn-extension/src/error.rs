@@ -200,7 +200,8 @@ impl From<SchedulerError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "capsule_too_large", e.to_string())
             }
             // Hosts exist but are full now: the caller may retry later.
-            e @ SchedulerError::InsufficientResources { .. } => Self::new(
+            e @ (SchedulerError::InsufficientResources { .. }
+            | SchedulerError::HostsFull { .. }) => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "insufficient_capacity",
                 e.to_string(),
