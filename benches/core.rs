@@ -112,6 +112,7 @@ fn host(i: usize) -> HostLoad {
         running_vcpus: ((i * 31) % 40) as i64,
         running_disk_mb: ((i * 104_729) % 1_000_000) as i64,
         paused_memory_mb: ((i * 13) % 20_000) as i64,
+        paused_vcpus: 0,
         paused_disk_mb: ((i * 17) % 200_000) as i64,
     }
 }
