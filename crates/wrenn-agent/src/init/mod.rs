@@ -6,7 +6,7 @@
 //! agent calls first thing in `main`) recognises the hidden argument and, instead of
 //! returning:
 //!
-//! 0. waits for the agent's go-ahead on stdin ([`go`], which carries the capsule's
+//! 0. waits for the agent's go-ahead on stdin (which carries the capsule's
 //!    `resolv.conf`): the agent spawns it first and makes the network namespace and
 //!    cgroups while it starts; a closed pipe without it means "give up";
 //! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
