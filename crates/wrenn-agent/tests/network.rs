@@ -560,6 +560,16 @@ async fn network_capsules_reach_neither_each_other_nor_the_host_even_past_compet
             .is_ok(),
         "the host servers work"
     );
+    // `connect` returns once the kernel has the connection; the server's task counts
+    // it when it accepts it, maybe later: the baseline includes it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while any.accepted() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the host's connection was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let any_accepted = any.accepted();
 
     let r = a.tcp(b.addr(), 7000).await;

@@ -1572,3 +1572,38 @@ async fn disk_a_restored_sandbox_snapshots_into_a_template_new_capsules_see() {
     let child = host_env.sandbox_from(team, template).await;
     assert_eq!(child.ok("cat /root/note").await, "restored\n");
 }
+
+#[test]
+fn disk_many_loop_devices_bound_at_once_each_get_their_own() {
+    // Concurrent binds race for the device `LOOP_CTL_GET_FREE` offers; each must end
+    // up with a device of its own (the loser retries), none may fail.
+    let dir = tempfile::Builder::new()
+        .prefix("wr-loops")
+        .tempdir()
+        .unwrap();
+    let binds: Vec<_> = (0..12)
+        .map(|i| {
+            let file = dir.path().join(format!("{i}.img"));
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&file)
+                    .unwrap();
+                f.set_len(64 * MIB).unwrap();
+                disk::loopdev::attach(&f, disk::loopdev::AttachOptions::default())
+            })
+        })
+        .collect();
+    let devices: Vec<_> = binds
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("every bind succeeds"))
+        .collect();
+    let mut numbers: Vec<u32> = devices.iter().map(|d| d.number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), devices.len(), "a device was bound twice");
+    drop(devices);
+    assert!(wait_until(|| loops_under(dir.path()).is_empty()));
+}

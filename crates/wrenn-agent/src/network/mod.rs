@@ -148,6 +148,10 @@ pub struct NetworkOptions {
     pub dns: DnsOptions,
     /// How often the firewall table is re-asserted (default 30 s).
     pub reassert_interval: Duration,
+    /// Empty network namespaces kept ready (default 4; 0 = none): creating one costs
+    /// 1–6 ms here (the kernel serialises it with the teardown of old ones), naming a
+    /// ready one a bind mount.
+    pub spare_namespaces: usize,
 }
 
 impl Default for NetworkOptions {
@@ -162,6 +166,7 @@ impl Default for NetworkOptions {
             egress: EgressConfig::default(),
             dns: DnsOptions::default(),
             reassert_interval: Duration::from_secs(30),
+            spare_namespaces: 4,
         }
     }
 }
@@ -298,11 +303,52 @@ pub struct Network {
     listeners: Mutex<HashMap<String, dns::Listeners>>,
     next_slot: AtomicU32,
     reassert: tokio::task::JoinHandle<()>,
+    spares: Arc<Spares>,
+    refill: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
         self.reassert.abort();
+        self.refill.abort();
+    }
+}
+
+/// Empty namespaces made ahead of time ([`NetworkOptions::spare_namespaces`]),
+/// refilled in the background. They exist only as descriptors: an agent that stops
+/// leaves none behind.
+#[derive(Debug, Default)]
+struct Spares {
+    ready: Mutex<std::collections::VecDeque<netns::Unnamed>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Spares {
+    fn ready(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<netns::Unnamed>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A spare namespace, if one is ready; wakes the refill.
+    fn take(&self) -> Option<netns::Unnamed> {
+        let spare = self.ready().pop_front();
+        self.wake.notify_one();
+        spare
+    }
+
+    /// Keeps `depth` namespaces ready.
+    async fn refill(self: Arc<Self>, depth: usize) {
+        loop {
+            while self.ready().len() < depth {
+                match netns::create_unnamed().await {
+                    Ok(ns) => self.ready().push_back(ns),
+                    Err(e) => {
+                        tracing::warn!("preparing a spare network namespace: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            self.wake.notified().await;
+        }
     }
 }
 
@@ -358,7 +404,11 @@ impl Network {
                 }
             }
         });
+        let spares = Arc::new(Spares::default());
+        let refill = tokio::spawn(spares.clone().refill(options.spare_namespaces));
         Ok(Self {
+            spares,
+            refill,
             forwarder: Arc::new(dns::Forwarder::new(options.dns.clone(), capsules)),
             options,
             capsules,
@@ -380,11 +430,14 @@ impl Network {
     }
 
     /// Creates the empty named namespace `name` (the capsule's processes may join it
-    /// at once); [`attach`](Self::attach) connects it.
+    /// at once) — a spare one named now when one is ready; [`attach`](Self::attach)
+    /// connects it.
     pub async fn create_netns(&self, name: &str) -> Result<PendingNet, NetworkError> {
-        let created = netns::create(name)
-            .await
-            .map_err(NetworkError::capsule(name, "create the namespace"))?;
+        let created = match self.spares.take() {
+            Some(spare) => netns::name(spare, name),
+            None => netns::create(name).await,
+        }
+        .map_err(NetworkError::capsule(name, "create the namespace"))?;
         Ok(PendingNet {
             name: name.to_owned(),
             created,

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -54,6 +54,55 @@ pub(crate) fn prepare_dir() -> io::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A namespace made ahead of time, without a name yet: the descriptor alone keeps it
+/// (dropping it frees the namespace).
+#[derive(Debug)]
+pub(crate) struct Unnamed(Created);
+
+/// Creates a namespace without a name on a dedicated thread (for a pool; see
+/// [`name`]).
+pub(crate) async fn create_unnamed() -> io::Result<Unnamed> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("wrenn-netns".into())
+        .spawn(move || {
+            let result = (|| {
+                unshare_network()?;
+                let fd = rustix::fs::open(
+                    "/proc/thread-self/ns/net",
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let links = Links::open()?;
+                Ok(Unnamed(Created { fd, links }))
+            })();
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other("the namespace thread ended without an answer"))?
+}
+
+/// Names a namespace made by [`create_unnamed`] `name` (binds it at
+/// `/run/netns/{name}`). Fails with `AlreadyExists` if the name is taken; the
+/// namespace is dropped then.
+pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
+    let Unnamed(created) = unnamed;
+    let target = path(name);
+    let file: File = rustix::fs::open(
+        &target,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?
+    .into();
+    drop(file);
+    let source = format!("/proc/self/fd/{}", created.fd.as_raw_fd());
+    if let Err(e) = rustix::mount::mount_bind(source.as_str(), &target) {
+        let _ = std::fs::remove_file(&target);
+        return Err(e.into());
+    }
+    Ok(created)
 }
 
 /// Creates the named namespace `name` on a dedicated thread. Fails with
