@@ -1,10 +1,12 @@
 //! Named network namespaces, as `ip netns` keeps them: an nsfs bind mount at
 //! `/run/netns/<name>`, which keeps the namespace alive without any process in it.
 //!
-//! Creating one is what `ip netns add` does, without a process: a dedicated thread
+//! Creating one is what `ip netns add` does, without a process, in two steps that
+//! may be far apart (the network keeps a few spare namespaces): a dedicated thread
 //! `unshare(CLONE_NEWNET)`s (only that thread changes namespace; the async runtime's
-//! threads never do), bind-mounts its `/proc/thread-self/ns/net` on the file, opens an
-//! rtnetlink socket there (a socket stays in the namespace it was created in) and ends.
+//! threads never do), opens its `/proc/thread-self/ns/net` and an rtnetlink socket
+//! there (a socket stays in the namespace it was created in) and ends
+//! (`create_unnamed`); `name` then bind-mounts the namespace on its file.
 //!
 //! Removing one is unmounting and unlinking the file: once no process, socket or file
 //! descriptor refers to it, the kernel dismantles the namespace — and the veth pair
@@ -61,8 +63,8 @@ pub(crate) fn prepare_dir() -> io::Result<()> {
 #[derive(Debug)]
 pub(crate) struct Unnamed(Created);
 
-/// Creates a namespace without a name on a dedicated thread (for a pool; see
-/// [`name`]).
+/// Creates a namespace without a name on a dedicated thread (only that thread
+/// changes namespace; the async runtime's threads never do); see [`name`].
 pub(crate) async fn create_unnamed() -> io::Result<Unnamed> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -105,44 +107,10 @@ pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
     Ok(created)
 }
 
-/// Creates the named namespace `name` on a dedicated thread. Fails with
-/// `AlreadyExists` if the name is taken; leaves nothing behind on failure.
+/// Creates the named namespace `name` ([`create_unnamed`], then [`name`]). Fails
+/// with `AlreadyExists` if the name is taken; leaves nothing behind on failure.
 pub(crate) async fn create(name: &str) -> io::Result<Created> {
-    let target = path(name);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("wrenn-netns".into())
-        .spawn(move || {
-            let result = create_on_this_thread(&target);
-            if result.is_err() {
-                let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
-                let _ = std::fs::remove_file(&target);
-            }
-            let _ = tx.send(result);
-        })?;
-    rx.await
-        .map_err(|_| io::Error::other("the namespace thread ended without an answer"))?
-}
-
-/// The body of the dedicated thread: this thread ends in the new namespace.
-fn create_on_this_thread(target: &Path) -> io::Result<Created> {
-    // The file is the name's lock: O_EXCL fails if another namespace has it.
-    let file: File = rustix::fs::open(
-        target,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?
-    .into();
-    drop(file);
-    unshare_network()?;
-    rustix::mount::mount_bind("/proc/thread-self/ns/net", target)?;
-    let fd = rustix::fs::open(
-        "/proc/thread-self/ns/net",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let links = Links::open()?;
-    Ok(Created { fd, links })
+    self::name(create_unnamed().await?, name)
 }
 
 /// `unshare(CLONE_NEWNET)` for the calling thread.
