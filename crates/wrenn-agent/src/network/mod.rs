@@ -478,18 +478,7 @@ impl Network {
         sandbox_id: &str,
     ) -> Result<SandboxNet, NetworkError> {
         let (net, bound) = run_blocking(move || connect(claimed)).await?;
-        let listeners = self
-            .forwarder
-            .serve(bound, sandbox_id)
-            .map_err(NetworkError::capsule(&net.netns, "serve DNS"))?;
-        let old = self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(net.netns.clone(), listeners);
-        if let Some(old) = old {
-            old.stop().await;
-        }
+        self.serve_dns(bound, &net.netns, sandbox_id).await?;
         Ok(net)
     }
 
@@ -525,15 +514,26 @@ impl Network {
             })
         })
         .await?;
+        self.serve_dns(bound, &net.netns, sandbox_id).await
+    }
+
+    /// Serves DNS for namespace `netns` on `bound`, replacing (and stopping) any
+    /// listeners it had.
+    async fn serve_dns(
+        &self,
+        bound: dns::Bound,
+        netns: &str,
+        sandbox_id: &str,
+    ) -> Result<(), NetworkError> {
         let listeners = self
             .forwarder
             .serve(bound, sandbox_id)
-            .map_err(NetworkError::capsule(&net.netns, "serve DNS"))?;
+            .map_err(NetworkError::capsule(netns, "serve DNS"))?;
         let old = self
             .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(net.netns.clone(), listeners);
+            .insert(netns.to_owned(), listeners);
         if let Some(old) = old {
             old.stop().await;
         }
