@@ -339,6 +339,9 @@ def main():
             key = line.strip().split("=", 1)[1]
             break
     api = Api(port, key)
+    # The agent keeps disks, networks and init programs ready; let it make them, as on
+    # a host that has been up a while.
+    time.sleep(3)
     try:
         created = []
         ms = []

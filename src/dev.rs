@@ -281,10 +281,21 @@ fn host_memory_mb() -> i32 {
         .map_or(8192, |kib| i32::try_from(kib / 1024).unwrap_or(i32::MAX))
 }
 
-/// The process runtime for the in-process agent, with this binary as envd, on the
+/// The envd binary capsules run: `WRENN_ENVD_BIN` (e.g. `target/release/wrenn-envd`
+/// from `cargo build --release -p wrenn-envd`: a small binary, whose start in each
+/// capsule is about 1 ms shorter), else this binary (which is envd when started under
+/// that name, so it can never be out of step with the agent).
+fn envd_binary() -> Result<PathBuf, String> {
+    match std::env::var_os("WRENN_ENVD_BIN").filter(|p| !p.is_empty()) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}")),
+    }
+}
+
+/// The process runtime for the in-process agent ([`envd_binary`] as envd), on the
 /// default image (built here on the first start).
 async fn process_runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))?;
+    let exe = envd_binary()?;
     if crate::image::needs_build(layout.root()) {
         eprintln!(
             "wrenn dev: building the default capsule image (Debian; takes about 2 minutes, once)…"

@@ -10,7 +10,7 @@
 //! | 2xx | failures reset |
 //! | 401, 403 | refresh the credentials ([`ControlPlane::refresh`]), store them, beat again at once; if the control plane **refuses** the refresh token, pause every running sandbox and stop heartbeating (the agent can no longer prove who it is; an operator re-registers it) |
 //! | 404 | the host was deleted: remove the credentials file and shut the agent down |
-//! | transport error, other status | counted; at [`FAILURES_BEFORE_PAUSE`] in a row every running sandbox is paused (once, until a beat succeeds again), since the control plane will soon consider them missing |
+//! | transport error, other status | retried sooner ([`RETRY_FIRST`], doubling up to the interval); once no beat has been answered for [`INTERVALS_BEFORE_PAUSE`] intervals every running sandbox is paused (once, until a beat succeeds again), since the control plane will soon consider them missing |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,12 @@ use crate::registration::{ControlPlane, Credentials, HostCredentials};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one heartbeat request may take.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Consecutive failed heartbeats after which running sandboxes are paused.
-pub const FAILURES_BEFORE_PAUSE: u32 = 3;
+/// Heartbeat intervals without an answer after which running sandboxes are paused
+/// (the control plane marks the host unreachable after three).
+pub const INTERVALS_BEFORE_PAUSE: u32 = 2;
+/// The first retry after a failed beat; each further failure doubles it, up to the
+/// interval.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
 
 /// Why the heartbeat stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +71,13 @@ impl Heartbeat {
     pub async fn run(self, stop: CancellationToken) -> HeartbeatEnd {
         let host_id = self.credentials.host_id();
         let mut failures = 0u32;
+        let mut last_answer = tokio::time::Instant::now();
         let mut paused = false;
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return HeartbeatEnd::Stopped,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             let mut beat = self.beat().await;
             if matches!(beat, Beat::Refused) {
@@ -106,6 +110,7 @@ impl Heartbeat {
                         tracing::info!(host_id = %host_id, failures, "heartbeat answered again");
                     }
                     failures = 0;
+                    last_answer = tokio::time::Instant::now();
                     paused = false;
                 }
                 Beat::Gone => {
@@ -130,14 +135,18 @@ impl Heartbeat {
                     tracing::warn!(host_id = %host_id, failures, "heartbeat failed: {why}");
                 }
             }
-            if failures >= FAILURES_BEFORE_PAUSE && !paused {
-                tracing::warn!(
-                    host_id = %host_id,
-                    failures,
-                    "control plane unreachable; pausing every running sandbox"
-                );
-                self.pause_all().await;
-                paused = true;
+            wait = self.interval;
+            if failures > 0 {
+                wait = retry_delay(failures).min(self.interval);
+                if last_answer.elapsed() >= self.interval * INTERVALS_BEFORE_PAUSE && !paused {
+                    tracing::warn!(
+                        host_id = %host_id,
+                        failures,
+                        "control plane unreachable; pausing every running sandbox"
+                    );
+                    self.pause_all().await;
+                    paused = true;
+                }
             }
         }
     }
@@ -171,5 +180,23 @@ impl Heartbeat {
             failed = out.failed.len(),
             "sandboxes paused (control plane lost)"
         );
+    }
+}
+
+/// How long to wait after the `failures`-th failed beat in a row.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_beats_are_retried_sooner_and_back_off() {
+        assert_eq!(retry_delay(1), RETRY_FIRST);
+        assert_eq!(retry_delay(2), RETRY_FIRST * 2);
+        assert_eq!(retry_delay(4), RETRY_FIRST * 8);
+        assert!(retry_delay(u32::MAX) > HEARTBEAT_INTERVAL);
     }
 }

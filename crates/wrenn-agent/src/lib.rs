@@ -28,6 +28,7 @@ pub mod envd;
 pub mod error;
 pub mod events;
 pub mod heartbeat;
+mod idle;
 pub mod image;
 pub mod init;
 pub mod manager;

@@ -921,12 +921,78 @@ async fn resolves(server: Ipv4Addr, name: &str) -> bool {
     }
 }
 
+/// Host interfaces whose name starts with `prefix`.
+fn host_interfaces(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_spare_networks_are_ready_configured_and_vanish_with_the_agent() {
+    let prefix = "wrspare-v";
+    let network = Network::new(NetworkOptions {
+        range: Ipv4Range::new(Ipv4Addr::new(10, 205, 0, 0), 16).unwrap(),
+        table: format!("wrenn_nettest_spare_{}", std::process::id()),
+        interface_prefix: prefix.into(),
+        spare_networks: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while network.spares_ready() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "spare networks never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each spare holds a slot: its host end exists, addressed and up.
+    assert_eq!(host_interfaces(prefix).len(), 2);
+
+    // A prepared capsule network is a spare, named: already addressed inside.
+    let name = format!("wrenn-netspare-{}", std::process::id());
+    let net = network.attach(&name, &name).await.unwrap();
+    assert!(net.veth.starts_with(prefix));
+    let inside = Command::new("ip")
+        .args(["-n", &name, "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let inside = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        inside.contains(&format!("{}/30", net.sandbox_addr)),
+        "{inside}"
+    );
+    assert!(
+        resolves(net.host_addr, "deb.debian.org").await,
+        "the forwarder answers"
+    );
+    network.remove(&name).await.unwrap();
+
+    // The agent goes away: its spares (unnamed namespaces) take their veths along.
+    drop(network);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host_interfaces(prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            host_interfaces(prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    network::delete_firewall(&format!("wrenn_nettest_spare_{}", std::process::id()))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_a_restarted_agent_adopts_a_capsule_network_and_serves_its_dns() {
     let name = format!("wrenn-netadopt-{}", std::process::id());
     let first = Network::new(NetworkOptions::default()).await.unwrap();
-    let pending = first.create_netns(&name).await.unwrap();
-    let net = first.attach(pending, &name).await.unwrap();
+    let net = first.attach(&name, &name).await.unwrap();
     assert!(
         resolves(net.host_addr, "deb.debian.org").await,
         "the forwarder answers"
@@ -968,10 +1034,10 @@ async fn network_setup_and_teardown_timings() {
     for i in 0..30 {
         let name = format!("wrenn-nettime-{}-{i}", std::process::id());
         let t = Instant::now();
-        let pending = network.create_netns(&name).await.unwrap();
+        let claimed = network.prepare(&name).await.unwrap();
         create.push(t.elapsed());
         let t = Instant::now();
-        let net = network.attach(pending, &name).await.unwrap();
+        let net = network.serve(claimed, &name).await.unwrap();
         attach.push(t.elapsed());
         assert!(Path::new("/sys/class/net").join(&net.veth).exists());
         let t = Instant::now();
@@ -1006,7 +1072,7 @@ async fn network_setup_and_teardown_timings() {
         p(&mut capsule_destroy, 0.9)
     );
     eprintln!(
-        "netns create p50 {:?} p90 {:?}; attach (veth, addresses, routes, DNS) p50 {:?} p90 {:?}; \
+        "prepare (a spare named, else netns + veth + addresses) p50 {:?} p90 {:?}; serve DNS p50 {:?} p90 {:?}; \
          remove p50 {:?} p90 {:?}",
         p(&mut create, 0.5),
         p(&mut create, 0.9),

@@ -830,6 +830,89 @@ async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
     );
 }
 
+/// Processes whose command line starts with `argv0`.
+fn processes_started_as(argv0: &Path) -> Vec<i32> {
+    let mut prefix = argv0.as_os_str().as_encoded_bytes().to_vec();
+    prefix.push(0);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(&prefix))
+        })
+        .filter(|pid| !exited(*pid))
+        .collect()
+}
+
+/// The scheduling policy of a process (`policy` in `/proc/{pid}/sched`: 0 normal,
+/// 5 idle).
+fn scheduling_policy(pid: i32) -> String {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap_or_default();
+    sched
+        .lines()
+        .find_map(|l| l.strip_prefix("policy"))
+        .map(|v| v.trim_start_matches([' ', ':']).trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_init_programs_wait_at_idle_priority_and_leave_with_the_runtime() {
+    // A name of their own, to tell this runtime's init programs from other tests'.
+    let names = tempfile::tempdir().unwrap();
+    let program = names.path().join("spare-init-under-test");
+    std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &program).unwrap();
+    let host_env = Host::with(ProcessRuntimeOptions {
+        spare_inits: 2,
+        init_program: Some(program.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        wait_until(|| host_env.runtime.spare_inits() == 2),
+        "the spares never started"
+    );
+    let spares = processes_started_as(&program);
+    assert_eq!(spares.len(), 2, "{spares:?}");
+    for pid in &spares {
+        assert_eq!(
+            scheduling_policy(*pid),
+            "5",
+            "spare {pid} is not SCHED_IDLE"
+        );
+    }
+
+    // A capsule starts from a spare, which goes back to normal priority.
+    let sb = host_env.sandbox().await;
+    assert_eq!(
+        sb.ok("grep ^policy /proc/self/sched")
+            .await
+            .split_whitespace()
+            .last(),
+        Some("0")
+    );
+    assert!(
+        spares.iter().any(|pid| scheduling_policy(*pid) == "0"),
+        "no spare was used"
+    );
+    assert!(
+        wait_until(|| host_env.runtime.spare_inits() == 2),
+        "the spares were not replaced"
+    );
+    drop(sb);
+
+    // Spares belong to no capsule: they exit with the runtime.
+    let waiting: Vec<i32> = processes_started_as(&program)
+        .into_iter()
+        .filter(|pid| scheduling_policy(*pid) == "5")
+        .collect();
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    drop(host_env);
+    assert!(
+        wait_until(|| waiting.iter().all(|pid| exited(*pid))),
+        "spare init programs outlived their runtime"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_image_capsule_is_debian_as_wrenn_user_without_the_hosts_files() {
     let host_env = Host::new().await;

@@ -276,13 +276,13 @@ async fn a_deleted_host_removes_its_credentials_and_shuts_the_agent_down() {
 }
 
 #[tokio::test]
-async fn an_unreachable_control_plane_pauses_sandboxes_after_repeated_failures() {
+async fn an_unreachable_control_plane_pauses_sandboxes_after_two_silent_intervals() {
     // A port nobody listens on.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let creds = Credentials::in_memory(HostCredentials::with_jwt(HostId::new(), "jwt"));
-    // Slow enough that the sandbox runs before the third failure.
+    // Slow enough that the sandbox runs before two intervals pass unanswered.
     let agent = TestAgent::start_with(Setup {
         registered: Some((url, creds, Duration::from_secs(1))),
         ..Setup::default()
@@ -294,6 +294,43 @@ async fn an_unreachable_control_plane_pauses_sandboxes_after_repeated_failures()
     })
     .await;
     assert!(!agent.handle.is_terminating());
+    agent.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_heartbeat_is_retried_long_before_the_next_interval() {
+    // A control plane that answers the first heartbeat 500 and every later one 204.
+    let beats = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = beats.clone();
+    let app = axum::Router::new().route(
+        "/v1/hosts/{id}/heartbeat",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => axum::http::StatusCode::NO_CONTENT,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let creds = Credentials::in_memory(HostCredentials::with_jwt(HostId::new(), "jwt"));
+    // An interval far longer than the test's patience: only a retry can beat twice.
+    let agent = TestAgent::start_with(Setup {
+        registered: Some((url, creds, Duration::from_secs(3600))),
+        ..Setup::default()
+    })
+    .await;
+    eventually("the failed first beat is retried", || async {
+        beats.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Answered again: back to the interval, so no third beat soon after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(beats.load(std::sync::atomic::Ordering::SeqCst), 2);
     agent.handle.shutdown().await;
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use rustix::fs::SeekFrom;
 
 use super::{DiskError, ext4, size_bytes};
+use crate::idle::Priority;
 
 /// Formatted images of each size, copied into new disks. See the [module docs](self).
 #[derive(Debug)]
@@ -47,9 +48,19 @@ impl Blanks {
     /// Creates `path` (which must not exist) as a sparse file holding an empty ext4
     /// filesystem of `size_mb`. On failure the file is removed.
     pub async fn make(&self, path: &Path, size_mb: u32) -> Result<(), DiskError> {
+        self.make_at(path, size_mb, Priority::Normal).await
+    }
+
+    /// [`make`](Self::make), copying at `priority`.
+    pub(crate) async fn make_at(
+        &self,
+        path: &Path,
+        size_mb: u32,
+        priority: Priority,
+    ) -> Result<(), DiskError> {
         let image = self.image(size_mb).await?;
         let dest = path.to_path_buf();
-        let copied = tokio::task::spawn_blocking(move || copy_sparse(&image, &dest))
+        let copied = crate::idle::blocking(priority, move || copy_sparse(&image, &dest))
             .await
             .map_err(|e| DiskError::io("copy a blank disk")(io::Error::other(e)))?;
         copied.map_err(|e| {

@@ -5,7 +5,8 @@
 //! ([`Blanks`]), bound to a loop device and mounted as a detached mount
 //! ([`MountedDisk`]) with its upper and work directories made. [`DiskPool::take`]
 //! hands one out (the caller renames the file and places the mount); a background
-//! task formats replacements until the pool holds `depth` disks again.
+//! task makes replacements until the pool holds `depth` disks again, paced and at
+//! idle priority so that it never competes with creates.
 //!
 //! Pooled disks live only as long as the agent: the mounts are file descriptors, so
 //! an agent that exits or crashes leaves no mount, and the loop devices unbind
@@ -16,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::blank::Blanks;
 use super::{DiskError, MountedDisk, loopdev, mount};
+use crate::idle::{Pacer, Priority};
 
 /// Pause after a failed refill before trying again.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ struct Inner {
     size_mb: u32,
     depth: usize,
     ready: Mutex<VecDeque<PooledDisk>>,
-    wake: Notify,
+    pacer: Pacer,
     refills: Mutex<Vec<Duration>>,
 }
 
@@ -54,9 +55,11 @@ impl Inner {
         let file = self
             .dir
             .join(format!("{:016x}.ext4", rand::random::<u64>()));
-        self.blanks.make(&file, self.size_mb).await?;
+        self.blanks
+            .make_at(&file, self.size_mb, Priority::Idle)
+            .await?;
         let path = file.clone();
-        let opened = tokio::task::spawn_blocking(move || MountedDisk::open(&path))
+        let opened = crate::idle::run(move || MountedDisk::open(&path))
             .await
             .map_err(|e| DiskError::io("open a pooled disk")(std::io::Error::other(e)))
             .and_then(|r| r);
@@ -72,6 +75,10 @@ impl Inner {
     async fn refill(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             while self.ready().len() < self.depth {
+                tokio::select! {
+                    () = self.pacer.turn(|| self.ready().len(), self.depth) => {}
+                    () = cancel.cancelled() => return,
+                }
                 let started = Instant::now();
                 // Not cancelled midway: a half-made disk would leave a file behind.
                 let made = self.make_one().await;
@@ -102,7 +109,7 @@ impl Inner {
                 }
             }
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.pacer.next_take() => {}
                 () = cancel.cancelled() => return,
             }
         }
@@ -143,7 +150,7 @@ impl DiskPool {
             size_mb,
             depth,
             ready: Mutex::new(VecDeque::new()),
-            wake: Notify::new(),
+            pacer: Pacer::default(),
             refills: Mutex::new(Vec::new()),
         });
         let cancel = CancellationToken::new();
@@ -180,7 +187,7 @@ impl DiskPool {
     /// A ready disk, if there is one; wakes the refill task.
     pub fn take(&self) -> Option<PooledDisk> {
         let disk = self.inner.ready().pop_front();
-        self.inner.wake.notify_one();
+        self.inner.pacer.taken();
         disk
     }
 }

@@ -1,14 +1,15 @@
 //! The sandbox init step of the process runtime: what makes a capsule a boundary.
 //!
-//! [`ProcessRuntime`](crate::runtime::process::ProcessRuntime) starts every capsule by
-//! spawning the init program (the agent binary) as `<program> __wrenn-sandbox-init
-//! '<InitSpec as JSON>'` ([`spawn`]). [`main_if_init`] (which every binary embedding the
-//! agent calls first thing in `main`) recognises the hidden argument and, instead of
-//! returning:
+//! [`ProcessRuntime`](crate::runtime::process::ProcessRuntime) starts every capsule with
+//! an init program (the agent binary) spawned as `<program> __wrenn-sandbox-init`
+//! ([`spawn`]) ahead of time, at idle priority: a few wait, ready, for capsules to come.
+//! [`main_if_init`] (which every binary embedding the agent calls first thing in
+//! `main`) recognises the hidden argument and, instead of returning:
 //!
-//! 0. waits for the agent's go-ahead on stdin (which carries the capsule's
-//!    `resolv.conf`): the agent spawns it first and makes the network namespace and
-//!    cgroups while it starts; a closed pipe without it means "give up";
+//! 0. waits for the go-ahead on stdin: the capsule's specification and its
+//!    `resolv.conf`, sent once the capsule's network namespace and cgroups exist; then
+//!    returns to normal priority and sends its output to the capsule's `envd.log`. A
+//!    closed pipe without it means "give up" (the agent stopped);
 //! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
 //!    namespaces — all owned by the host's initial user namespace, so nothing inside the
 //!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
@@ -101,7 +102,7 @@ impl<T, E: Into<std::io::Error>> Context<T> for Result<T, E> {
     }
 }
 
-/// Everything the init step needs, passed as JSON in the argument after [`INIT_ARG`].
+/// Everything the init step needs, passed as JSON in the go-ahead ([`go`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct InitSpec {
     /// The hostname (the sandbox id).
@@ -133,41 +134,66 @@ pub(crate) struct InitSpec {
     pub env: Vec<(String, String)>,
     /// Size in bytes of the `/dev/shm` tmpfs.
     pub shm_size: u64,
+    /// Host file the init step's (and then envd's) output is appended to.
+    pub log: PathBuf,
+}
+
+/// The go-ahead's content (after the [`GO`] byte).
+#[derive(Debug, Serialize, Deserialize)]
+struct GoAhead {
+    spec: InitSpec,
+    resolv_conf: String,
 }
 
 /// The byte that opens the go-ahead message on the init step's stdin.
 const GO: u8 = b'G';
 
 /// Gives the init step waiting on the other end of `pipe` (its stdin) the go-ahead:
-/// its network namespace and cgroups exist. `resolv_conf` is the capsule's
+/// the capsule it sets up is `spec`, whose network namespace and cgroups exist.
+/// `resolv_conf` is the capsule's
 /// `/etc/resolv.conf` (its DNS forwarder), written into its root filesystem at every
 /// start (a file, not a bind mount: no host path shows in `/proc/self/mountinfo`, and
 /// a capsule-made symlink there is replaced, never followed); empty leaves the
 /// image's. Closing the pipe without this is the signal to give up.
-pub(crate) fn go(mut pipe: std::fs::File, resolv_conf: &str) -> std::io::Result<()> {
+pub(crate) fn go(
+    mut pipe: std::fs::File,
+    spec: &InitSpec,
+    resolv_conf: &str,
+) -> std::io::Result<()> {
     use std::io::Write;
-    // Far below the pipe's capacity: never blocks.
-    let mut message = Vec::with_capacity(1 + resolv_conf.len());
-    message.push(GO);
-    message.extend_from_slice(resolv_conf.as_bytes());
+    let mut message = vec![GO];
+    serde_json::to_writer(
+        &mut message,
+        &GoAhead {
+            spec: spec.clone(),
+            resolv_conf: resolv_conf.to_owned(),
+        },
+    )?;
+    // A few KiB, far below the pipe's capacity: never blocks.
     pipe.write_all(&message)
 }
 
 /// Waits for [`go`] on stdin (to its end), then points stdin at `/dev/null`; returns
-/// the `resolv.conf` it carried (`None` when empty).
-fn wait_for_go() -> Result<Option<String>, InitError> {
+/// the spec and the `resolv.conf` it carried (`None` when empty).
+fn wait_for_go() -> Result<(InitSpec, Option<String>), InitError> {
     use std::io::Read;
     let mut message = Vec::new();
     std::io::stdin()
         .lock()
         .read_to_end(&mut message)
         .context(|| "read the go-ahead".into())?;
-    let Some((&GO, resolv_conf)) = message.split_first() else {
+    let Some((&GO, go_ahead)) = message.split_first() else {
         return Err(InitError::new(
             "the agent called the start off",
             std::io::ErrorKind::ConnectionAborted.into(),
         ));
     };
+    let GoAhead { spec, resolv_conf } = serde_json::from_slice(go_ahead).map_err(|e| {
+        InitError::new(
+            "invalid init specification",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    })?;
     let null = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -175,9 +201,20 @@ fn wait_for_go() -> Result<Option<String>, InitError> {
     )
     .context(|| "open /dev/null".into())?;
     rustix::stdio::dup2_stdin(&null).context(|| "point stdin at /dev/null".into())?;
-    let resolv_conf = String::from_utf8(resolv_conf.to_vec())
-        .map_err(|_| InitError::invalid("the resolv.conf of the go-ahead is not UTF-8"))?;
-    Ok(Some(resolv_conf).filter(|r| !r.is_empty()))
+    Ok((spec, Some(resolv_conf).filter(|r| !r.is_empty())))
+}
+
+/// Appends stdout and stderr to `log` from now on.
+fn redirect_output(log: &std::path::Path) -> Result<(), InitError> {
+    use rustix::fs::{Mode, OFlags};
+    let file = rustix::fs::open(
+        log,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )
+    .context(|| format!("open {}", log.display()))?;
+    rustix::stdio::dup2_stdout(&file).context(|| "send stdout to the log".into())?;
+    rustix::stdio::dup2_stderr(&file).context(|| "send stderr to the log".into())
 }
 
 /// Call this first thing in `main` of every binary that embeds the agent.
@@ -190,20 +227,12 @@ pub fn main_if_init() {
     if args.get(1).map(|a| a.as_slice()) != Some(INIT_ARG.as_bytes()) {
         return;
     }
-    let result = args
-        .get(2)
-        .ok_or_else(|| InitError::invalid("missing the init specification argument"))
-        .and_then(|raw| {
-            serde_json::from_slice::<InitSpec>(raw).map_err(|e| {
-                InitError::new(
-                    "invalid init specification",
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-                )
-            })
-        })
-        .and_then(|spec| run(&spec));
-    match result {
+    match run() {
         Ok(never) => match never {},
+        // A spare the agent no longer needs (it stopped): nothing to report.
+        Err(e) if e.source.kind() == std::io::ErrorKind::ConnectionAborted => {
+            std::process::exit(1);
+        }
         Err(e) => {
             eprintln!("wrenn-sandbox-init: {e}: {}", e.source);
             std::process::exit(1);
@@ -227,15 +256,19 @@ fn process_args() -> Vec<Vec<u8>> {
 /// What [`run`] returns on success: nothing, because it `exec`s.
 enum Never {}
 
-/// Performs the set-up and execs envd. Only returns on failure.
-fn run(spec: &InitSpec) -> Result<Never, InitError> {
+/// Waits for the go-ahead, performs the set-up and execs envd. Only returns on
+/// failure.
+fn run() -> Result<Never, InitError> {
+    let filter = seccomp::program()?;
+    let (spec, resolv_conf) = wait_for_go()?;
+    let spec = &spec;
+    crate::idle::restore_this_thread();
+    redirect_output(&spec.log)?;
     if !spec.id_map.is_valid() {
         return Err(InitError::invalid(
             "the id range is empty or includes host root",
         ));
     }
-    let filter = seccomp::program()?;
-    let resolv_conf = wait_for_go()?;
     spawn::enter_namespaces(&spec.netns)?;
     spawn::fork_pid1()?;
     // PID 1 of the capsule, still host root.

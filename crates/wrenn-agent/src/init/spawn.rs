@@ -2,13 +2,12 @@
 //! init program's outer process, which enters the capsule's namespaces, forks the
 //! capsule's PID 1 and mirrors its exit, like `unshare --fork --kill-child`.
 
-use std::ffi::OsStr;
 use std::path::Path;
 
 use rustix::thread::UnshareFlags;
 
 use super::userns;
-use super::{Context, INIT_ARG, InitError, InitSpec};
+use super::{Context, INIT_ARG, InitError};
 
 /// The namespaces the outer process unshares (after joining the capsule's network
 /// namespace). Its next child is PID 1 of the new pid namespace.
@@ -17,24 +16,17 @@ const NEW_NAMESPACES: UnshareFlags = UnshareFlags::NEWNS
     .union(UnshareFlags::NEWIPC)
     .union(UnshareFlags::NEWPID);
 
-/// The command that starts a capsule: `program INIT_ARG '<spec as JSON>'` with a clean
-/// environment. Nothing runs between `fork` and `exec`, so the standard library spawns
-/// it with `posix_spawn` (no copy of the agent's page tables).
-pub(crate) fn init_command(
-    program: &Path,
-    spec: &InitSpec,
-) -> Result<tokio::process::Command, serde_json::Error> {
-    let spec_json = serde_json::to_string(spec)?;
+/// The command that starts an init program, which waits for its capsule on stdin
+/// ([`go`](super::go)): `program INIT_ARG` with a clean environment. Nothing runs
+/// between `fork` and `exec`, so the standard library spawns it with `posix_spawn` (no
+/// copy of the agent's page tables).
+pub(crate) fn init_command(program: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
+    command.arg(INIT_ARG).env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     command
-        .arg(INIT_ARG)
-        .arg(OsStr::new(&spec_json))
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-    Ok(command)
 }
 
 /// Joins the network namespace at `netns` (`/run/netns/…`) and unshares the mount, UTS,

@@ -17,13 +17,15 @@
 //!
 //! # A capsule's network
 //!
-//! 1. [`Network::create_netns`]: the named namespace `/run/netns/<name>` (see
-//!    [`netns`]), which the capsule's processes join;
-//! 2. [`Network::attach`] (may run while the capsule starts): the veth pair with its
-//!    peer as `eth0` in the namespace, addresses, `lo` and both ends up, the default
-//!    route via the gateway, no IPv6 on either end, and the DNS forwarder's listeners
-//!    on the gateway ([`dns`]). A VM runtime adds its TAP device inside the namespace
-//!    (the namespace handle [`PendingNet`] holds is where to create it);
+//! 1. [`Network::prepare`]: the named namespace `/run/netns/<name>` (see [`netns`]),
+//!    which the capsule's processes join, with a slot: the veth pair with its peer as
+//!    `eth0` in the namespace, addresses, `lo` and both ends up, the default route via
+//!    the gateway, no IPv6 on either end, and the DNS forwarder's sockets bound on the
+//!    gateway. Networks are prepared ahead of time ([`NetworkOptions::spare_networks`],
+//!    as unnamed namespaces, at idle priority), so this is usually only a bind mount.
+//!    A VM runtime adds its TAP device inside the named namespace;
+//! 2. [`Network::serve`] (may run while the capsule starts): the DNS forwarder's
+//!    listeners on the gateway ([`dns`]);
 //! 3. [`Network::remove`]: stops the listeners and unmounts the namespace; the kernel
 //!    then deletes the veth pair with the namespace.
 //!
@@ -148,10 +150,11 @@ pub struct NetworkOptions {
     pub dns: DnsOptions,
     /// How often the firewall table is re-asserted (default 30 s).
     pub reassert_interval: Duration,
-    /// Empty network namespaces kept ready (default 4; 0 = none): creating one costs
-    /// 1–6 ms here (the kernel serialises it with the teardown of old ones), naming a
-    /// ready one a bind mount.
-    pub spare_namespaces: usize,
+    /// Capsule networks kept ready (default 4; 0 = none): a namespace with a claimed
+    /// and configured slot costs 2–7 ms of kernel work here (the kernel serialises
+    /// namespace creation with the teardown of old ones), naming a ready one a bind
+    /// mount. Each holds a slot while it waits.
+    pub spare_networks: usize,
 }
 
 impl Default for NetworkOptions {
@@ -166,7 +169,7 @@ impl Default for NetworkOptions {
             egress: EgressConfig::default(),
             dns: DnsOptions::default(),
             reassert_interval: Duration::from_secs(30),
-            spare_namespaces: 4,
+            spare_networks: 4,
         }
     }
 }
@@ -265,32 +268,18 @@ impl SandboxNet {
     }
 }
 
-/// A namespace with a slot from [`Network::claim`], not yet connected.
+/// A named namespace with a configured slot from [`Network::prepare`], whose DNS is
+/// not served yet.
 #[derive(Debug)]
 pub struct ClaimedNet {
-    pending: PendingNet,
     net: SandboxNet,
     bound: dns::Bound,
 }
 
 impl ClaimedNet {
-    /// The network the capsule will have once [`Network::connect`]ed.
+    /// The network the capsule has; its DNS answers once [`Network::serve`]d.
     pub fn net(&self) -> &SandboxNet {
         &self.net
-    }
-}
-
-/// A namespace made by [`Network::create_netns`], not yet attached.
-#[derive(Debug)]
-pub struct PendingNet {
-    name: String,
-    created: netns::Created,
-}
-
-impl PendingNet {
-    /// The namespace name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
@@ -301,7 +290,7 @@ pub struct Network {
     capsules: Cidr,
     forwarder: Arc<dns::Forwarder>,
     listeners: Mutex<HashMap<String, dns::Listeners>>,
-    next_slot: AtomicU32,
+    slots: Arc<Slots>,
     reassert: tokio::task::JoinHandle<()>,
     spares: Arc<Spares>,
     refill: tokio::task::JoinHandle<()>,
@@ -314,41 +303,106 @@ impl Drop for Network {
     }
 }
 
-/// Empty namespaces made ahead of time ([`NetworkOptions::spare_namespaces`]),
-/// refilled in the background. They exist only as descriptors: an agent that stops
-/// leaves none behind.
+/// Capsule networks made ahead of time ([`NetworkOptions::spare_networks`]),
+/// refilled in the background, paced and at idle priority ([`crate::idle`]). They exist only as descriptors (the
+/// namespace, the DNS sockets): an agent that stops leaves none behind, since the
+/// kernel deletes a veth pair with its namespace.
 #[derive(Debug, Default)]
 struct Spares {
-    ready: Mutex<std::collections::VecDeque<netns::Unnamed>>,
-    wake: tokio::sync::Notify,
+    ready: Mutex<std::collections::VecDeque<Spare>>,
+    pacer: crate::idle::Pacer,
+}
+
+/// One ready network: an unnamed namespace with its slot claimed and configured.
+#[derive(Debug)]
+struct Spare {
+    ns: netns::Unnamed,
+    net: SandboxNet,
+    bound: dns::Bound,
 }
 
 impl Spares {
-    fn ready(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<netns::Unnamed>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Spare>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A spare namespace, if one is ready; wakes the refill.
-    fn take(&self) -> Option<netns::Unnamed> {
+    /// A ready network, if there is one; wakes the refill.
+    fn take(&self) -> Option<Spare> {
         let spare = self.ready().pop_front();
-        self.wake.notify_one();
+        self.pacer.taken();
         spare
     }
 
-    /// Keeps `depth` namespaces ready.
-    async fn refill(self: Arc<Self>, depth: usize) {
+    /// Keeps `depth` networks ready.
+    async fn refill(self: Arc<Self>, depth: usize, slots: Arc<Slots>) {
         loop {
             while self.ready().len() < depth {
-                match netns::create_unnamed().await {
-                    Ok(ns) => self.ready().push_back(ns),
+                self.pacer.turn(|| self.ready().len(), depth).await;
+                match Self::make(&slots).await {
+                    Ok(spare) => self.ready().push_back(spare),
                     Err(e) => {
-                        tracing::warn!("preparing a spare network namespace: {e}");
+                        tracing::warn!("preparing a spare capsule network: {e}");
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }
             }
-            self.wake.notified().await;
+            self.pacer.next_take().await;
         }
+    }
+
+    async fn make(slots: &Arc<Slots>) -> Result<Spare, NetworkError> {
+        let ns = netns::create_unnamed(netns::Priority::Idle)
+            .await
+            .map_err(|source| NetworkError::Host {
+                what: "create a spare network namespace".into(),
+                source,
+            })?;
+        let slots = slots.clone();
+        crate::idle::run(move || {
+            let mut ns = ns;
+            let (net, bound) = slots.claim(&mut ns.0, String::new())?;
+            Ok(Spare { ns, net, bound })
+        })
+        .await
+        .map_err(|e| NetworkError::Host {
+            what: "prepare a spare network".into(),
+            source: io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+/// The slots of a range: which to try next, and how one is claimed.
+#[derive(Debug)]
+struct Slots {
+    range: Ipv4Range,
+    prefix: String,
+    next: AtomicU32,
+}
+
+impl Slots {
+    /// Where the next search starts: round-robin from a random first slot.
+    fn hint(&self) -> u32 {
+        let slots = self.range.slots();
+        let _ = self.next.compare_exchange(
+            u32::MAX,
+            rand::random::<u32>() % slots,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.next.fetch_add(1, Ordering::Relaxed) % slots
+    }
+
+    /// Claims a free slot for the namespace `created` (named `name`, or not yet) and
+    /// configures both ends of its veth (blocking). On failure nothing of the slot is
+    /// left.
+    fn claim(
+        &self,
+        created: &mut netns::Created,
+        name: String,
+    ) -> Result<(SandboxNet, dns::Bound), NetworkError> {
+        let (net, bound) = claim(created, self.range, &self.prefix, self.hint(), name)?;
+        connect(created, &net)?;
+        Ok((net, bound))
     }
 }
 
@@ -404,16 +458,21 @@ impl Network {
                 }
             }
         });
+        let slots = Arc::new(Slots {
+            range: options.range,
+            prefix: options.interface_prefix.clone(),
+            next: AtomicU32::new(u32::MAX),
+        });
         let spares = Arc::new(Spares::default());
-        let refill = tokio::spawn(spares.clone().refill(options.spare_namespaces));
+        let refill = tokio::spawn(spares.clone().refill(options.spare_networks, slots.clone()));
         Ok(Self {
             spares,
             refill,
+            slots,
             forwarder: Arc::new(dns::Forwarder::new(options.dns.clone(), capsules)),
             options,
             capsules,
             listeners: Mutex::new(HashMap::new()),
-            next_slot: AtomicU32::new(u32::MAX),
             reassert,
         })
     }
@@ -429,57 +488,50 @@ impl Network {
         run_blocking(move || apply_firewall(&o)).await.map(drop)
     }
 
-    /// Creates the empty named namespace `name` (the capsule's processes may join it
-    /// at once) — a spare one named now when one is ready; [`attach`](Self::attach)
-    /// connects it.
-    pub async fn create_netns(&self, name: &str) -> Result<PendingNet, NetworkError> {
-        let created = match self.spares.take() {
-            Some(spare) => netns::name(spare, name),
-            None => netns::create(name).await,
+    /// Prepares the network of a capsule in the named namespace `name` (the
+    /// capsule's processes may join it at once): a ready one named now when there is
+    /// one, else made on the spot. Its DNS answers once [`serve`](Self::serve)d. On
+    /// failure a namespace of that name may be left for [`remove`](Self::remove).
+    pub async fn prepare(&self, name: &str) -> Result<ClaimedNet, NetworkError> {
+        if let Some(Spare { ns, mut net, bound }) = self.spares.take() {
+            netns::name(ns, name).map_err(NetworkError::capsule(name, "name the namespace"))?;
+            net.netns = name.to_owned();
+            return Ok(ClaimedNet { net, bound });
         }
-        .map_err(NetworkError::capsule(name, "create the namespace"))?;
-        Ok(PendingNet {
-            name: name.to_owned(),
-            created,
+        let created = netns::create(name)
+            .await
+            .map_err(NetworkError::capsule(name, "create the namespace"))?;
+        let slots = self.slots.clone();
+        let name = name.to_owned();
+        run_blocking(move || {
+            let mut created = created;
+            let (net, bound) = slots.claim(&mut created, name)?;
+            Ok(ClaimedNet { net, bound })
         })
+        .await
     }
 
-    /// Connects a namespace from [`create_netns`](Self::create_netns) in a free slot:
-    /// [`claim`](Self::claim) then [`connect`](Self::connect).
-    pub async fn attach(
-        &self,
-        pending: PendingNet,
-        sandbox_id: &str,
-    ) -> Result<SandboxNet, NetworkError> {
-        let claimed = self.claim(pending).await?;
-        self.connect(claimed, sandbox_id).await
-    }
-
-    /// Claims a free slot for a namespace from [`create_netns`](Self::create_netns):
-    /// binds the DNS forwarder's sockets on its gateway (which no other agent can then
-    /// bind) and creates the veth pair of the slot's name (which no other network
-    /// sharing the prefix can then take). The capsule's addresses (and so its
-    /// `resolv.conf`) are known before its link is configured. Dropping the claim
-    /// leaves the pair to the namespace's removal.
-    pub async fn claim(&self, pending: PendingNet) -> Result<ClaimedNet, NetworkError> {
-        let range = self.options.range;
-        let prefix = self.options.interface_prefix.clone();
-        let start = self.next_slot_hint();
-        run_blocking(move || claim(pending, range, &prefix, start)).await
-    }
-
-    /// Connects a claimed slot: addresses, routes, DNS forwarder (processes may
-    /// already run in the namespace). On failure nothing of the slot is left; the
-    /// namespace itself stays for [`remove`](Self::remove).
+    /// Serves DNS for a prepared network; returns it.
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
-    pub async fn connect(
+    pub async fn serve(
         &self,
         claimed: ClaimedNet,
         sandbox_id: &str,
     ) -> Result<SandboxNet, NetworkError> {
-        let (net, bound) = run_blocking(move || connect(claimed)).await?;
+        let ClaimedNet { net, bound } = claimed;
         self.serve_dns(bound, &net.netns, sandbox_id).await?;
         Ok(net)
+    }
+
+    /// How many prepared networks are ready to be named.
+    pub fn spares_ready(&self) -> usize {
+        self.spares.ready().len()
+    }
+
+    /// [`prepare`](Self::prepare), then [`serve`](Self::serve).
+    pub async fn attach(&self, name: &str, sandbox_id: &str) -> Result<SandboxNet, NetworkError> {
+        let claimed = self.prepare(name).await?;
+        self.serve(claimed, sandbox_id).await
     }
 
     /// Takes over a capsule network that outlived the agent that made it (after a
@@ -566,17 +618,6 @@ impl Network {
     /// The capsule range as a [`Cidr`].
     pub fn capsules(&self) -> Cidr {
         self.capsules
-    }
-
-    fn next_slot_hint(&self) -> u32 {
-        let slots = self.options.range.slots();
-        let _ = self.next_slot.compare_exchange(
-            u32::MAX,
-            rand::random::<u32>() % slots,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        self.next_slot.fetch_add(1, Ordering::Relaxed) % slots
     }
 }
 
@@ -678,15 +719,23 @@ fn validate(options: &NetworkOptions) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Finds a free slot from `start` and connects `pending` there (blocking).
+/// Finds a free slot from `start` for the namespace `created` (named `name`): binds
+/// the DNS forwarder's sockets on its gateway (which no other agent can then bind)
+/// and creates the veth pair of the slot's name (which no other network sharing the
+/// prefix can then take), its peer as `eth0` inside (blocking).
 fn claim(
-    pending: PendingNet,
+    created: &netns::Created,
     range: Ipv4Range,
     prefix: &str,
     start: u32,
-) -> Result<ClaimedNet, NetworkError> {
-    let name = pending.name.clone();
-    let mut host = Links::open().map_err(NetworkError::capsule(&name, "open rtnetlink"))?;
+    name: String,
+) -> Result<(SandboxNet, dns::Bound), NetworkError> {
+    let what = if name.is_empty() {
+        "a spare network"
+    } else {
+        name.as_str()
+    };
+    let mut host = Links::open().map_err(NetworkError::capsule(what, "open rtnetlink"))?;
     let slots = range.slots();
     for offset in 0..slots {
         let slot = (start + offset) % slots;
@@ -697,16 +746,16 @@ fn claim(
         let bound = match dns::bind(gateway) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => return Err(NetworkError::capsule(&name, "bind the DNS forwarder")(e)),
+            Err(e) => return Err(NetworkError::capsule(what, "bind the DNS forwarder")(e)),
         };
         let veth = format!("{prefix}{slot}");
         // The name is taken atomically: by another network sharing the prefix, or by a
         // capsule that outlived its agent and is not adopted yet.
-        match host.add_veth(&veth, CAPSULE_INTERFACE, pending.created.fd.as_fd()) {
+        match host.add_veth(&veth, CAPSULE_INTERFACE, created.fd.as_fd()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(NetworkError::capsule(&name, format!("create veth {veth}"))(
+                return Err(NetworkError::capsule(what, format!("create veth {veth}"))(
                     e,
                 ));
             }
@@ -718,39 +767,40 @@ fn claim(
             host_addr: gateway,
             sandbox_addr: range.sandbox_addr(slot),
         };
-        return Ok(ClaimedNet {
-            pending,
-            net,
-            bound,
-        });
+        return Ok((net, bound));
     }
     Err(NetworkError::Exhausted(range))
 }
 
-fn connect(claimed: ClaimedNet) -> Result<(SandboxNet, dns::Bound), NetworkError> {
-    let ClaimedNet {
-        pending,
-        net,
-        bound,
-    } = claimed;
-    let mut inside = pending.created.links;
-    let name = &net.netns;
+/// Configures the claimed slot `net` of namespace `created`; on failure deletes its
+/// veth pair.
+fn connect(created: &mut netns::Created, net: &SandboxNet) -> Result<(), NetworkError> {
+    let what = if net.netns.is_empty() {
+        "a spare network"
+    } else {
+        net.netns.as_str()
+    };
     let veth = &net.veth;
-    let mut host = Links::open().map_err(NetworkError::capsule(name, "open rtnetlink"))?;
-    if let Err(e) = configure(&mut host, &mut inside, &net) {
+    let mut host = Links::open().map_err(NetworkError::capsule(what, "open rtnetlink"))?;
+    if let Err(e) = configure(&mut host, &mut created.links, net) {
         // Deleting the host end takes the peer with it.
         if let Err(del) = host.delete(veth) {
             tracing::warn!("removing veth {veth} after a failed setup: {del}");
         }
         return Err(e);
     }
-    Ok((net, bound))
+    Ok(())
 }
 
 /// Addresses both ends of `net`'s veth, brings them up and routes the capsule's
 /// traffic through the gateway.
 fn configure(host: &mut Links, inside: &mut Links, net: &SandboxNet) -> Result<(), NetworkError> {
-    let ctx = |what: &str| NetworkError::capsule(&net.netns, format!("{what} ({})", net.veth));
+    let name = if net.netns.is_empty() {
+        "a spare network"
+    } else {
+        net.netns.as_str()
+    };
+    let ctx = |what: &str| NetworkError::capsule(name, format!("{what} ({})", net.veth));
     let host_index = host.index(&net.veth).map_err(ctx("find the host end"))?;
     host.configure(host_index, net.host_addr, 30, None, false)
         .map_err(ctx("configure the host end"))?;

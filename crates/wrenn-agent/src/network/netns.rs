@@ -61,16 +61,21 @@ pub(crate) fn prepare_dir() -> io::Result<()> {
 /// A namespace made ahead of time, without a name yet: the descriptor alone keeps it
 /// (dropping it frees the namespace).
 #[derive(Debug)]
-pub(crate) struct Unnamed(Created);
+pub(crate) struct Unnamed(pub(crate) Created);
+
+pub(crate) use crate::idle::Priority;
 
 /// Creates a namespace without a name on a dedicated thread (only that thread
 /// changes namespace; the async runtime's threads never do); see [`name`].
-pub(crate) async fn create_unnamed() -> io::Result<Unnamed> {
+pub(crate) async fn create_unnamed(priority: Priority) -> io::Result<Unnamed> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("wrenn-netns".into())
         .spawn(move || {
             let result = (|| {
+                if priority == Priority::Idle {
+                    crate::idle::lower_this_thread();
+                }
                 unshare_network()?;
                 let fd = rustix::fs::open(
                     "/proc/thread-self/ns/net",
@@ -110,7 +115,7 @@ pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
 /// Creates the named namespace `name` ([`create_unnamed`], then [`name`]). Fails
 /// with `AlreadyExists` if the name is taken; leaves nothing behind on failure.
 pub(crate) async fn create(name: &str) -> io::Result<Created> {
-    self::name(create_unnamed().await?, name)
+    self::name(create_unnamed(Priority::Normal).await?, name)
 }
 
 /// `unshare(CLONE_NEWNET)` for the calling thread.

@@ -4,8 +4,9 @@
 //! # A sandbox
 //!
 //! ```text
-//! agent ─ posix_spawn <agent binary> __wrenn-sandbox-init '{spec}'
-//!   outer: setns(net = /run/netns/wrenn-{id}), unshare(mount, uts, ipc, pid); waits, mirrors
+//! agent ─ posix_spawn <agent binary> __wrenn-sandbox-init   (ahead of time, at idle)
+//!   outer: reads its go-ahead ({spec}) on stdin
+//!          setns(net = /run/netns/wrenn-{id}), unshare(mount, uts, ipc, pid); waits, mirrors
 //!        └─ fork → PID 1: cgroups, user namespace, idmapped overlay, /proc…, pivot_root,
 //!                  setns(user), caps, seccomp
 //!             └─ execveat wrenn-envd --listen-fd N                  (PID 1)
@@ -77,6 +78,7 @@
 pub mod cgroup;
 pub mod dynmods;
 pub mod idrange;
+mod inits;
 pub mod removal;
 pub mod state;
 pub mod template;
@@ -98,6 +100,7 @@ use wrenn_proto::envd::v1::system_client::SystemClient;
 
 use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
 use self::idrange::IdRanges;
+use self::inits::{SpareInits, Waiting};
 use self::removal::Removals;
 use self::template::{HibernationRecord, Lowers};
 use super::{
@@ -107,7 +110,6 @@ use crate::disk::blank::Blanks;
 use crate::disk::pool::DiskPool;
 use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
 use crate::image::ImageRef;
-use crate::init::spawn::init_command;
 use crate::init::{self, ENVD_SOCKET_NAME, InitSpec};
 use crate::network::{self, Network, NetworkOptions, SandboxNet};
 use wrenn_core::id::{TeamId, TemplateId};
@@ -172,6 +174,9 @@ pub struct ProcessRuntimeOptions {
     /// How many pooled disks are kept ready (default 8; 0 = no pool). The pool is off
     /// when [`disk_space_check`](Self::disk_space_check) refuses its size.
     pub disk_pool_depth: usize,
+    /// How many init programs are kept started and waiting for a capsule (default 4;
+    /// 0 = each create starts its own). They are spawned at idle priority.
+    pub spare_inits: usize,
     /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
     pub io: IoLimits,
     /// `pids.max` of the parent cgroup: tasks all sandboxes may run together
@@ -202,6 +207,7 @@ impl Default for ProcessRuntimeOptions {
             disk_pool_size_mb: u32::try_from(wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB)
                 .unwrap_or(20_480),
             disk_pool_depth: 8,
+            spare_inits: 4,
             io: IoLimits::default(),
             sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
             sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
@@ -236,13 +242,21 @@ pub struct ProcessRuntime {
     options: ProcessRuntimeOptions,
     cgroups: CgroupDriver,
     network: Network,
-    init_program: PathBuf,
     image: ImageRef,
     ids: IdRanges,
     blanks: Arc<Blanks>,
     pool: DiskPool,
     removals: Removals,
+    inits: Arc<SpareInits>,
+    inits_refill: tokio::task::JoinHandle<()>,
     live: Mutex<HashMap<SandboxId, Arc<Live>>>,
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        // The spares' stdin closes with them: they exit.
+        self.inits_refill.abort();
+    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -426,13 +440,15 @@ impl ProcessRuntime {
                 0
             },
         )?;
+        let (inits, inits_refill) = SpareInits::start(&init_program, options.spare_inits);
         Ok(Self {
+            inits,
+            inits_refill,
             layout,
             envd,
             options,
             cgroups,
             network,
-            init_program,
             image,
             ids,
             blanks,
@@ -471,6 +487,11 @@ impl ProcessRuntime {
     /// The capsule networking of this runtime (firewall, DNS forwarder).
     pub fn networking(&self) -> &Network {
         &self.network
+    }
+
+    /// How many spare init programs wait for a capsule now.
+    pub fn spare_inits(&self) -> usize {
+        self.inits.waiting()
     }
 
     /// The pool of ready disks (of depth 0 when disabled, or when its size does not
@@ -691,11 +712,10 @@ impl ProcessRuntime {
     /// Starts a sandbox whose directory and disk are ready; on failure everything but
     /// the directory and disk is torn down.
     ///
-    /// The init program is spawned first and waits for a go-ahead on its stdin
-    /// ([`crate::init`]) while its network namespace and cgroups are made and a
-    /// network slot is claimed, so its `exec` overlaps with them; the go-ahead carries
-    /// the capsule's `resolv.conf`. The veth pair is made while the init step and envd
-    /// start (neither needs it).
+    /// A waiting init program (a spare, [`inits`]) and a ready network (a spare,
+    /// named) are taken and the cgroups made; then the init program gets its go-ahead
+    /// ([`crate::init`]: the spec and the capsule's `resolv.conf`). DNS is served
+    /// while the init step and envd start (neither needs it).
     async fn start(
         &self,
         config: &SandboxConfig,
@@ -711,7 +731,7 @@ impl ProcessRuntime {
             pids_max: self.options.pids_max,
         };
         let netns = Self::netns_name(id);
-        let (command, go) = match self.init_command(config, &lowers, &cgroup, &netns, &dir) {
+        let spec = match self.init_spec(config, &lowers, &cgroup, &netns, &dir) {
             Ok(prepared) => prepared,
             Err(e) => {
                 self.teardown(id, None).await;
@@ -721,47 +741,62 @@ impl ProcessRuntime {
         let cg = cgroup.clone();
         let io = self.options.io;
         let id_text = id.to_string();
-        // `spawn` blocks its thread until the child has `exec`ed.
-        let (spawned, cgroups, claimed) = tokio::join!(
+        let t0 = Instant::now();
+        let us = move || t0.elapsed().as_micros() as u64;
+        let (waiting, cgroups, claimed) = tokio::join!(
+            async {
+                let waiting = self.inits.take(&spec.log).await;
+                tracing::debug!(elapsed_us = us(), "init program ready");
+                waiting
+            },
             blocking(move || {
-                let mut command = command;
-                command.spawn()
-            }),
-            blocking(move || {
+                tracing::debug!(elapsed_us = us(), "cgroups started");
                 cg.create(limits)?;
-                cg.set_io_limits(disk.major, disk.minor, &io)
+                tracing::debug!(elapsed_us = us(), "cgroups created");
+                let limited = cg.set_io_limits(disk.major, disk.minor, &io);
+                tracing::debug!(elapsed_us = us(), "cgroups made");
+                limited
             }),
             async {
-                let pending = self.network.create_netns(&netns).await?;
-                self.network.claim(pending).await
+                let prepared = self.network.prepare(&netns).await;
+                tracing::debug!(elapsed_us = us(), "network prepared");
+                prepared
             }
         );
-        let child =
-            match spawned.and_then(|r| r.map_err(io_err("start the sandbox's init program"))) {
-                Ok(child) => tokio::sync::Mutex::new(child),
-                Err(e) => {
-                    drop(claimed);
-                    self.teardown(id, None).await;
-                    return Err(e);
-                }
-            };
+        let (child, go) = match waiting.map_err(io_err("start the sandbox's init program")) {
+            Ok(Waiting { child, go }) => (tokio::sync::Mutex::new(child), go),
+            Err(e) => {
+                drop(claimed);
+                self.teardown(id, None).await;
+                return Err(e);
+            }
+        };
         let prepared = cgroups
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| claimed.map_err(network_err(id)))
             .and_then(|claimed| {
                 // Closing the pipe (here, or by dropping it on failure) is the signal.
-                match init::go(go, &claimed.net().resolv_conf()) {
+                match init::go(go, &spec, &claimed.net().resolv_conf()) {
                     // The init step is gone: waiting for envd reports its exit and log.
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(claimed),
                     Err(e) => Err(io_err(format!("start the init step of {id}"))(e)),
                     Ok(()) => Ok(claimed),
                 }
             });
+        tracing::debug!(elapsed_us = us(), "init program told to go on");
         let started = match prepared {
             Ok(claimed) => {
                 let (net, envd) = tokio::join!(
-                    self.network.connect(claimed, &id_text),
-                    self.wait_for_envd(id, &child, &dir)
+                    async {
+                        let net = self.network.serve(claimed, &id_text).await;
+                        tracing::debug!(elapsed_us = us(), "network served");
+                        net
+                    },
+                    async {
+                        let envd = self.wait_for_envd(id, &child, &dir).await;
+                        tracing::debug!(elapsed_us = us(), "envd answered");
+                        envd
+                    }
                 );
                 net.map_err(network_err(id))
                     .and_then(|net| envd.map(|version| (net, version)))
@@ -813,16 +848,15 @@ impl ProcessRuntime {
         })
     }
 
-    /// The command that starts the init program of sandbox `id`, and the write end of
-    /// its go-ahead pipe ([`init::go`]).
-    fn init_command(
+    /// What the init program of sandbox `config.id` sets up ([`init::go`]).
+    fn init_spec(
         &self,
         config: &SandboxConfig,
         lowers: &Lowers,
         cgroup: &SandboxCgroup,
         netns: &str,
         dir: &Path,
-    ) -> Result<(Command, std::fs::File), RuntimeError> {
+    ) -> Result<InitSpec, RuntimeError> {
         let id = config.id;
         let id_map = self
             .ids
@@ -868,24 +902,9 @@ impl ProcessRuntime {
                 ),
             ],
             shm_size,
+            log: dir.join("envd.log"),
         };
-        let log_path = dir.join("envd.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err(format!("open {}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(io_err("duplicate log fd"))?;
-        let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| io_err("make the go-ahead pipe")(e.into()))?;
-        let mut command = init_command(&self.init_program, &spec)
-            .map_err(|e| RuntimeError::Other(format!("encode init spec: {e}")))?;
-        command
-            .stdin(Stdio::from(go_read))
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .kill_on_drop(false);
-        Ok((command, std::fs::File::from(go_write)))
+        Ok(spec)
     }
 
     /// Waits until envd of sandbox `id` answers; returns its version.
