@@ -361,7 +361,11 @@ impl Lifecycle {
         let name = req.template.as_deref().unwrap_or(BUILTIN_TEMPLATE_NAME);
         validate::safe_name("template", name)?;
         validate::capsule_metadata(&req.metadata)?;
-        let template = store.get_template_for_team(team, name).await?;
+        // Independent lookups: one round of waiting, not two.
+        let (template, team_row) = futures::try_join!(
+            store.get_template_for_team(team, name),
+            store.get_team(team)
+        )?;
         let (vcpus, memory_mb) = if template.kind == TemplateKind::Snapshot {
             (template.vcpus, template.memory_mb)
         } else {
@@ -386,7 +390,6 @@ impl Lifecycle {
             .map(validate::timeout_sec)
             .transpose()?
             .unwrap_or(0);
-        let team_row = store.get_team(team).await?;
         if team_row.deleted_at.is_some() {
             return Err(LifecycleError::NotFound("team"));
         }
