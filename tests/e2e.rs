@@ -128,8 +128,9 @@ impl Dev {
 
     async fn create(&self, body: Value) -> String {
         let (s, v) = self.call(Method::POST, "/v1/capsules", Some(body)).await;
-        assert_eq!(s, 202, "{v}");
-        assert_eq!(v["status"], "starting");
+        // The answer waits for the start (WRENN_CREATE_WAIT_MS): ready to use.
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["status"], "running", "{v}");
         let id = v["id"].as_str().expect("id").to_owned();
         self.wait_for(&id, "running", Duration::from_secs(30)).await;
         id

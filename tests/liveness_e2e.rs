@@ -121,7 +121,7 @@ impl Dev {
         let (s, v) = self
             .call(Method::POST, "/v1/capsules", Some(json!({})))
             .await;
-        assert_eq!(s, 202, "{v}");
+        assert_eq!(s, 201, "{v}");
         let id = v["id"].as_str().expect("id").to_owned();
         self.wait_for(&id, "running", Duration::from_secs(30)).await;
         id
@@ -218,7 +218,7 @@ async fn liveness_admission_and_adoption_through_wrenn_dev() {
                 Some(json!({"vcpus": vcpu_limit, "memory_mb": 256})),
             )
             .await;
-        assert_eq!(s, 202, "{v}");
+        assert_eq!(s, 201, "{v}");
         let hog = v["id"].as_str().unwrap().to_owned();
         dev.wait_for(&hog, "running", Duration::from_secs(30)).await;
         let (s, v) = dev

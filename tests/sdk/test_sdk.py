@@ -39,6 +39,17 @@ def test_list_is_a_list():
     assert isinstance(Capsule.list(), list)
 
 
+def test_a_new_capsule_takes_commands_at_once_without_waiting():
+    # `Capsule()` returns when the create call answers; the create call answers once
+    # the capsule runs, so the first command needs no wait (and no retry).
+    c = Capsule()
+    try:
+        assert str(c.info.status).endswith("running")
+        assert c.commands.run("echo ready").stdout == "ready\n"
+    finally:
+        c.destroy()
+
+
 def test_create_waits_until_running(capsule):
     info = capsule.get_info()
     assert str(info.status).endswith("running")

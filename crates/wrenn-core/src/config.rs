@@ -88,6 +88,8 @@ pub mod vars {
     pub const WRENN_HEALTH_TIMEOUT_SECS: &str = "WRENN_HEALTH_TIMEOUT_SECS";
     /// Most live capsules a team may have at once.
     pub const WRENN_TEAM_MAX_CAPSULES: &str = "WRENN_TEAM_MAX_CAPSULES";
+    /// Milliseconds `POST /v1/capsules` waits for the capsule to start.
+    pub const WRENN_CREATE_WAIT_MS: &str = "WRENN_CREATE_WAIT_MS";
     /// Networks capsules may reach although the default egress policy blocks them.
     pub const WRENN_EGRESS_ALLOW: &str = "WRENN_EGRESS_ALLOW";
     /// Networks capsules may not reach, besides the default egress policy's.
@@ -134,6 +136,11 @@ pub const DEFAULT_SANDBOXES_PIDS_MAX: u64 = 32768;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default [`AgentConfig::health_timeout`].
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`Config::create_wait`].
+pub const DEFAULT_CREATE_WAIT: Duration = Duration::from_secs(5);
+/// Longest [`Config::create_wait`].
+pub const MAX_CREATE_WAIT: Duration = Duration::from_secs(60);
+
 /// Default [`Config::team_max_capsules`].
 pub const DEFAULT_TEAM_MAX_CAPSULES: u32 = 100;
 /// Largest accepted overcommit ratio.
@@ -398,6 +405,10 @@ pub struct Config {
     /// have in `starting`, `running`, `pausing`, `paused`, `resuming` or
     /// `snapshotting` at once (hibernated, stopped and errored ones do not count).
     pub team_max_capsules: u32,
+    /// `WRENN_CREATE_WAIT_MS`, default 5000 (0 to 60000): how long `POST /v1/capsules`
+    /// waits for the capsule's start before answering — `201` with it `running`, else
+    /// `202` with it as it is then (`starting`, or `error`). 0 answers at once.
+    pub create_wait: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -420,6 +431,7 @@ impl fmt::Debug for Config {
             database_max_connections,
             overcommit,
             team_max_capsules,
+            create_wait,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -438,6 +450,7 @@ impl fmt::Debug for Config {
             .field("database_max_connections", database_max_connections)
             .field("overcommit", overcommit)
             .field("team_max_capsules", team_max_capsules)
+            .field("create_wait", create_wait)
             .finish()
     }
 }
@@ -583,6 +596,17 @@ impl Config {
                 |s| match s.parse::<u32>() {
                     Ok(n) if n > 0 => Ok(n),
                     _ => Err("expected a whole number of capsules greater than 0".to_owned()),
+                },
+            )?,
+            create_wait: v.parse_with(
+                vars::WRENN_CREATE_WAIT_MS,
+                DEFAULT_CREATE_WAIT,
+                |s| match s.parse::<u64>().map(Duration::from_millis) {
+                    Ok(d) if d <= MAX_CREATE_WAIT => Ok(d),
+                    _ => Err(format!(
+                        "expected a whole number of milliseconds from 0 to {}",
+                        MAX_CREATE_WAIT.as_millis()
+                    )),
                 },
             )?,
         })
@@ -1454,6 +1478,14 @@ mod tests {
         assert_eq!(a.health_interval, Duration::from_secs(10));
         assert_eq!(a.health_timeout, Duration::from_secs(5));
         assert_eq!(cfg(&[]).unwrap().team_max_capsules, 100);
+        assert_eq!(cfg(&[]).unwrap().create_wait, DEFAULT_CREATE_WAIT);
+        assert_eq!(
+            cfg(&[("WRENN_CREATE_WAIT_MS", "0")]).unwrap().create_wait,
+            Duration::ZERO
+        );
+        for bad in ["-1", "60001", "soon"] {
+            assert!(cfg(&[("WRENN_CREATE_WAIT_MS", bad)]).is_err(), "{bad}");
+        }
         let a = agent(&[
             ("WRENN_MEMORY_OVERCOMMIT", "1.5"),
             ("WRENN_CPU_OVERCOMMIT", "8"),

@@ -112,6 +112,48 @@ impl World {
     }
 }
 
+async fn create_waiting_answers_with_the_outcome_or_with_starting_after_the_wait(
+    store: Arc<dyn Store>,
+) {
+    let w = world(store).await;
+    let wait = Duration::from_secs(5);
+    // A start that finishes in time: the answer is the running row.
+    let sb = w
+        .lifecycle
+        .create_waiting(w.team, &w.actor, CreateSandbox::default(), wait)
+        .await
+        .unwrap();
+    assert_eq!(sb.status, Running);
+    assert_eq!(sb.host_ip, "10.11.0.2");
+    // One that fails: the failed row, with the reason.
+    w.agents.fail_next(
+        Op::Create,
+        AgentError::Internal("no room on the disk".into()),
+    );
+    let sb = w
+        .lifecycle
+        .create_waiting(w.team, &w.actor, CreateSandbox::default(), wait)
+        .await
+        .unwrap();
+    assert_eq!(sb.status, Error);
+    // One still going when the wait is over: `starting`, and it ends running anyway.
+    w.agents.hold(Op::Create);
+    let sb = w
+        .lifecycle
+        .create_waiting(
+            w.team,
+            &w.actor,
+            CreateSandbox::default(),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sb.status, Starting);
+    w.agents.release(Op::Create);
+    w.lifecycle.wait_idle().await;
+    assert_eq!(w.status(sb.id).await, Running);
+}
+
 async fn create_returns_starting_and_ends_running(store: Arc<dyn Store>) {
     let w = world(store).await;
     let sb = w
@@ -608,6 +650,7 @@ macro_rules! on_every_store {
 
 on_every_store!(
     create_returns_starting_and_ends_running,
+    create_waiting_answers_with_the_outcome_or_with_starting_after_the_wait,
     a_failed_create_ends_in_error,
     a_create_that_times_out_ends_in_error_and_is_cleaned_up,
     bad_input_is_refused_and_changes_nothing,

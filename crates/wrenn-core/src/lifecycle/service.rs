@@ -357,6 +357,45 @@ impl Lifecycle {
         actor: &Actor,
         req: CreateSandbox,
     ) -> Result<Sandbox, LifecycleError> {
+        self.start_create(team, actor, req, None).await
+    }
+
+    /// [`create`](Self::create), then waits up to `wait` for the start to finish:
+    /// returns the row as it is then (`running` or `error` when the start finished in
+    /// time, else `starting`). The start goes on in the background either way; a
+    /// caller that stops waiting changes nothing.
+    pub async fn create_waiting(
+        &self,
+        team: TeamId,
+        actor: &Actor,
+        req: CreateSandbox,
+        wait: Duration,
+    ) -> Result<Sandbox, LifecycleError> {
+        if wait.is_zero() {
+            return self.create(team, actor, req).await;
+        }
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let sandbox = self.start_create(team, actor, req, Some(done)).await?;
+        match tokio::time::timeout(wait, finished).await {
+            Ok(Ok(row)) => Ok(row),
+            // Not finished in time, or finished without a row to show (it was moved
+            // on meanwhile): as the store has it now.
+            _ => Ok(self
+                .inner
+                .store
+                .get_sandbox(sandbox.id)
+                .await
+                .unwrap_or(sandbox)),
+        }
+    }
+
+    async fn start_create(
+        &self,
+        team: TeamId,
+        actor: &Actor,
+        req: CreateSandbox,
+        done: Option<tokio::sync::oneshot::Sender<Sandbox>>,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let name = req.template.as_deref().unwrap_or(BUILTIN_TEMPLATE_NAME);
         validate::safe_name("template", name)?;
@@ -445,14 +484,18 @@ impl Lifecycle {
                     this.inner.agents.create_sandbox(sb.host_id, &spec),
                 )
                 .await;
-                this.finish_start(&sb, Starting, Error, res, &actor).await;
+                let outcome = this.finish_start(&sb, Starting, Error, res, &actor).await;
+                if let (Some(done), Some(row)) = (done, outcome) {
+                    let _ = done.send(row);
+                }
             }
             .instrument(span),
         );
         Ok(sandbox)
     }
 
-    /// Records the outcome of an agent create or resume that started from `expected`.
+    /// Records the outcome of an agent create or resume that started from `expected`;
+    /// returns the row as recorded (none if the row had moved on meanwhile).
     async fn finish_start(
         &self,
         sb: &Sandbox,
@@ -460,13 +503,14 @@ impl Lifecycle {
         on_failure: SandboxStatus,
         res: Result<StartedSandbox, AgentError>,
         actor: &Actor,
-    ) {
+    ) -> Option<Sandbox> {
         let store = &self.inner.store;
         let (ok_kind, fail_kind) = if expected == Starting {
             (SandboxEventKind::Started, SandboxEventKind::Failed)
         } else {
             (SandboxEventKind::Resumed, SandboxEventKind::ResumeFailed)
         };
+        let mut recorded = None;
         match res {
             Ok(started) => match store
                 .running_if(sb.id, expected, &started.host_ip, &started.metadata)
@@ -479,6 +523,7 @@ impl Lifecycle {
                     self.publish_sandbox(ev).await;
                     self.publish_platform(PlatformEventKind::CapsuleRunning, &row, actor)
                         .await;
+                    recorded = Some(row);
                 }
                 Ok(None) => {
                     // Someone moved the row on (a destroy, most likely). If it is on
@@ -523,6 +568,7 @@ impl Lifecycle {
                             self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor)
                                 .await;
                         }
+                        recorded = Some(row);
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "could not record failed start"),
@@ -535,6 +581,7 @@ impl Lifecycle {
                 }
             }
         }
+        recorded
     }
 
     async fn destroy_on_agent(&self, sb: &Sandbox) {

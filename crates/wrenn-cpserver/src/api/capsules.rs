@@ -3,7 +3,11 @@
 //! Lifecycle calls answer `202 Accepted` with the capsule in its transient status
 //! (`starting`, `pausing`, …) as soon as the first conditional write is done; the
 //! host agent is driven in the background and the final status is visible through
-//! `GET /v1/capsules/{id}` and the event stream.
+//! `GET /v1/capsules/{id}` and the event stream. Create is the exception: it waits for
+//! the start, up to `WRENN_CREATE_WAIT_MS`, and answers `201` with the capsule
+//! `running` when it got there — a start takes milliseconds, and clients (the SDK
+//! polls every 0.5 s; a first command sent at once would find it `starting`) get a
+//! capsule they can use at once.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wrenn_core::audit::{AuditEntry, AuditStatus};
 use wrenn_core::id::SandboxId;
-use wrenn_core::lifecycle::CreateSandbox;
+use wrenn_core::lifecycle::{CreateSandbox, SandboxStatus};
 use wrenn_core::model::Sandbox;
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
@@ -141,10 +145,12 @@ fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
     )
 }
 
-/// Creates a capsule; it starts in the background.
+/// Creates a capsule. It starts in the background; the answer waits for the start up
+/// to `WRENN_CREATE_WAIT_MS` (default 5 s): `201` with the capsule `running`, else
+/// `202` with it as it is then (`starting`, or `error` with the reason).
 #[utoipa::path(post, path = "/v1/capsules", tag = tags::CAPSULES, request_body = CreateCapsule,
     security(("api_key" = []), ("bearer" = [])),
-    responses((status = 202, body = Capsule), (status = 400, description = "bad input, or capsule_too_large: no host could ever hold it"), (status = 401), (status = 404),
+    responses((status = 201, body = Capsule, description = "running"), (status = 202, body = Capsule, description = "still starting (or failed: status error)"), (status = 400, description = "bad input, or capsule_too_large: no host could ever hold it"), (status = 401), (status = 404),
         (status = 429, description = "quota_exceeded (the team's live-capsule quota) or insufficient_capacity (every host is full)"), (status = 503)))]
 async fn create(
     State(ctx): State<ServerContext>,
@@ -165,11 +171,16 @@ async fn create(
         .unwrap_or_else(|| wrenn_core::id::BUILTIN_TEMPLATE_NAME.into());
     let sb = ctx
         .lifecycle
-        .create(auth.team_id, &auth.actor(), req)
+        .create_waiting(auth.team_id, &auth.actor(), req, ctx.config.create_wait)
         .await?;
     ctx.audit(audit(&auth, sb.id, "create").metadata(serde_json::json!({ "template": template })))
         .await;
-    Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
+    let status = if sb.status == SandboxStatus::Running {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(Capsule::from(sb))))
 }
 
 /// The team's capsules, newest first (stopped and errored ones are hidden).

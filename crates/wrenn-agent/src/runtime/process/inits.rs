@@ -29,6 +29,35 @@ pub(super) struct Waiting {
     pub child: Child,
     /// The write end of its stdin: where the go-ahead goes.
     pub go: std::fs::File,
+    /// For a spare: the read end of the pipe its output goes to until the go-ahead
+    /// names the capsule's log (what a program that failed before then said; see
+    /// [`save_early_output`]).
+    pub early_output: Option<std::fs::File>,
+}
+
+/// Appends what an init program said before it had the capsule's log (`early`, the
+/// read end of [`Waiting::early_output`]) to `log`; call it once the program has
+/// exited (the pipe is then at its end).
+pub(super) fn save_early_output(early: Option<std::fs::File>, log: &Path) {
+    use std::io::Read;
+    let Some(mut pipe) = early else {
+        return;
+    };
+    let mut said = Vec::new();
+    // Non-blocking: a descendant still holding the pipe must not hang us.
+    let _ = rustix::io::ioctl_fionbio(&pipe, true);
+    let _ = pipe.read_to_end(&mut said);
+    if said.is_empty() {
+        return;
+    }
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &said));
+    if let Err(e) = appended {
+        tracing::warn!("saving an init program's output to {}: {e}", log.display());
+    }
 }
 
 /// Spare init programs, refilled in the background. See the [module docs](self).
@@ -108,19 +137,27 @@ impl SpareInits {
 }
 
 /// Starts an init program of `program` whose stdin is a pipe (blocking until it has
-/// `exec`ed). Its output goes to `log`, or else to the agent's stderr until the
-/// go-ahead names the capsule's log.
+/// `exec`ed). Its output goes to `log`, or else to a pipe ([`save_early_output`])
+/// until the go-ahead names the capsule's log.
 fn spawn(program: &Path, log: Option<&Path>) -> std::io::Result<Waiting> {
     let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let (stdout, stderr) = match log {
+    let (stdout, stderr, early_output) = match log {
         Some(log) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(log)?;
-            (Stdio::from(file.try_clone()?), Stdio::from(file))
+            (Stdio::from(file.try_clone()?), Stdio::from(file), None)
         }
-        None => (Stdio::null(), Stdio::inherit()),
+        None => {
+            let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let write = std::fs::File::from(write);
+            (
+                Stdio::from(write.try_clone()?),
+                Stdio::from(write),
+                Some(std::fs::File::from(read)),
+            )
+        }
     };
     let mut command = init_command(program);
     command
@@ -132,5 +169,6 @@ fn spawn(program: &Path, log: Option<&Path>) -> std::io::Result<Waiting> {
     Ok(Waiting {
         child,
         go: std::fs::File::from(go_write),
+        early_output,
     })
 }

@@ -763,8 +763,13 @@ impl ProcessRuntime {
                 prepared
             }
         );
-        let (child, go) = match waiting.map_err(io_err("start the sandbox's init program")) {
-            Ok(Waiting { child, go }) => (tokio::sync::Mutex::new(child), go),
+        let waiting = waiting.map_err(io_err("start the sandbox's init program"));
+        let (child, go, early_output) = match waiting {
+            Ok(Waiting {
+                child,
+                go,
+                early_output,
+            }) => (tokio::sync::Mutex::new(child), go, early_output),
             Err(e) => {
                 drop(claimed);
                 self.teardown(id, None).await;
@@ -793,7 +798,7 @@ impl ProcessRuntime {
                         net
                     },
                     async {
-                        let envd = self.wait_for_envd(id, &child, &dir).await;
+                        let envd = self.wait_for_envd(id, &child, &dir, early_output).await;
                         tracing::debug!(elapsed_us = us(), "envd answered");
                         envd
                     }
@@ -913,6 +918,7 @@ impl ProcessRuntime {
         id: SandboxId,
         child: &tokio::sync::Mutex<Child>,
         dir: &Path,
+        early_output: Option<std::fs::File>,
     ) -> Result<String, RuntimeError> {
         let log_path = dir.join("envd.log");
         let socket = self.envd_socket(id);
@@ -922,6 +928,7 @@ impl ProcessRuntime {
         loop {
             match child.lock().await.try_wait() {
                 Ok(Some(status)) => {
+                    inits::save_early_output(early_output, &log_path);
                     let tail = tail(&log_path, LOG_TAIL_BYTES);
                     return Err(RuntimeError::Other(format!(
                         "sandbox {id} exited during start ({status}); envd log: {tail}"
