@@ -358,16 +358,12 @@ impl Spares {
                 source,
             })?;
         let slots = slots.clone();
-        crate::idle::run(move || {
+        run_blocking_at(crate::idle::Priority::Idle, move || {
             let mut ns = ns;
             let (net, bound) = slots.claim(&mut ns.0, String::new())?;
             Ok(Spare { ns, net, bound })
         })
         .await
-        .map_err(|e| NetworkError::Host {
-            what: "prepare a spare network".into(),
-            source: io::Error::other(e.to_string()),
-        })?
     }
 }
 
@@ -815,7 +811,14 @@ fn configure(host: &mut Links, inside: &mut Links, net: &SandboxNet) -> Result<(
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
 ) -> Result<T, NetworkError> {
-    tokio::task::spawn_blocking(f)
+    run_blocking_at(crate::idle::Priority::Normal, f).await
+}
+
+async fn run_blocking_at<T: Send + 'static>(
+    priority: crate::idle::Priority,
+    f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
+    crate::idle::blocking(priority, f)
         .await
         .map_err(|e| NetworkError::Host {
             what: "run a network task".into(),
