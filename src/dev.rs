@@ -313,6 +313,7 @@ async fn process_runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn 
         base_image: Some(image.reference()),
         sandboxes_pids_max: agent.sandboxes_pids_max,
         sandboxes_memory_reserve_mb: agent.overcommit.memory_reserve_mb,
+        warm_capsules: agent.warm_capsules,
         ..ProcessRuntimeOptions::default()
     };
     options.network.egress = agent.egress.clone();

@@ -98,6 +98,15 @@ pub(crate) fn restore_this_thread() {
     set_this_thread(libc::SCHED_OTHER);
 }
 
+/// Moves thread `tid` (of any process) back to normal priority; `false` if that
+/// failed (e.g. it has exited).
+#[allow(unsafe_code)]
+pub(crate) fn restore_thread(tid: i32) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_setscheduler` only reads `param`, which outlives the call.
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
+}
+
 /// The calling thread at idle priority until dropped.
 struct Lowered;
 

@@ -635,6 +635,7 @@ impl SandboxManager {
         }
         let keep: Vec<SandboxId> = self.all().iter().map(|s| s.id).collect();
         let swept = self.runtime.sweep(&keep).await?;
+        Arc::clone(&self.runtime).start_background();
         if !recovered.is_empty() || !swept.is_empty() {
             tracing::info!(
                 recovered = recovered.len(),

@@ -14,6 +14,7 @@ use sha2::Digest;
 use wrenn_agent::image::manifest::sha256_file;
 use wrenn_agent::image::store::{BUILDS_DIR, STAGING_PREFIX};
 use wrenn_agent::image::{self, BuildOptions, LogProgress, Recipe, Store};
+use wrenn_agent::runtime::vm::initramfs;
 
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
@@ -164,6 +165,123 @@ fn image_default_kernel_is_an_elf_vmlinux_with_modules() {
         head.windows(needle.len()).any(|w| w == needle.as_bytes()),
         "no {needle:?} in vmlinux"
     );
+}
+
+/// A program on `PATH`.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The image's kernel boots under QEMU (TCG: this host cannot run guests under KVM)
+/// with the initramfs made from the build's modules and busybox: the virtio modules
+/// load, the root disk (a qcow2 overlay of `rootfs.ext4`) mounts and `switch_root`
+/// runs the program named by `wrenn.init=`.
+#[test]
+fn image_default_kernel_boots_its_initramfs_under_qemu_and_mounts_the_root_disk() {
+    init_logging();
+    let Some(qemu) = on_path("qemu-system-x86_64") else {
+        assert!(
+            std::env::var_os("WRENN_TEST_REQUIRE_SERVICES").is_none(),
+            "qemu-system-x86_64 is missing (Debian: apt-get install qemu-system-x86)"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let image = image::ensure_shared_for_tests().expect("default image");
+    let busybox = image.busybox().expect("the build has a static busybox");
+    assert_eq!(
+        sha256_file(&busybox).unwrap(),
+        image
+            .manifest
+            .kernel
+            .as_ref()
+            .unwrap()
+            .busybox
+            .as_ref()
+            .unwrap()
+            .sha256
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    initramfs::build(&image.modules().unwrap(), &busybox, &initrd).unwrap();
+    let disk = dir.path().join("root.qcow2");
+    output(Command::new("qemu-img").args([
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "raw".as_ref(),
+        "-b".as_ref(),
+        image.ext4().as_os_str(),
+        disk.as_os_str(),
+    ]));
+    let serial = dir.path().join("serial.log");
+    let started = Instant::now();
+    let mut child = Command::new(qemu)
+        .args([
+            "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(image.vmlinuz().unwrap())
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 wrenn.root=/dev/vda wrenn.init=/bin/true",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=qcow2,if=none",
+            disk.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    // `/bin/true` as PID 1 exits at once: the kernel panics and QEMU (`-no-reboot`)
+    // quits.
+    let deadline = started + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    eprintln!("booted in {:?} ({status:?})", started.elapsed());
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(log.contains("wrenn-init: modules loaded"), "{tail}");
+    assert!(log.contains("wrenn-init: root mounted"), "{tail}");
+    assert!(
+        log.contains("Attempted to kill init"),
+        "switch_root did not run wrenn.init: {tail}"
+    );
+    assert!(status.is_some(), "QEMU did not stop: {tail}");
 }
 
 /// A small recipe (no extra packages, no kernel) to exercise the store.

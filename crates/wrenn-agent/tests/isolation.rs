@@ -314,9 +314,11 @@ async fn isolation_each_capsule_maps_root_to_its_own_unprivileged_id_range() {
     let host_uid = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
     assert_eq!(u64::from(host_uid), fa[1]);
 
-    // The range is freed with the capsule and reused.
+    // The range is freed once the capsule's processes are gone (right after destroy
+    // answers) and reused.
     let freed = recorded.host_base;
     drop(a);
+    host.runtime.removals_settled().await;
     let c = host.sandbox().await;
     assert_eq!(host.runtime.id_map(c.id()).unwrap().host_base, freed);
 }

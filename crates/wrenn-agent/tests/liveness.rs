@@ -508,6 +508,7 @@ async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
         spawned.1
     );
     runtime.destroy(instance.id).await.unwrap();
+    runtime.removals_settled().await;
     for d in driver.sandbox(&parent, "x").dirs() {
         if let Some(p) = d.parent() {
             let _ = std::fs::remove_dir(p);

@@ -819,6 +819,8 @@ async fn network_teardown_leaves_no_namespace_veth_listener_or_rule() {
     host.runtime.destroy(id).await.unwrap();
     eprintln!("destroy took {:?}", started.elapsed());
     std::mem::forget(capsule); // destroyed already
+    // The network goes right after destroy answers (its processes are killed first).
+    host.runtime.removals_settled().await;
 
     assert!(
         !network::netns_path(&net.netns).exists(),

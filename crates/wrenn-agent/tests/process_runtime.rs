@@ -690,7 +690,14 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
     runtime.pause(&sb.instance).await.unwrap();
 
     runtime.destroy(id).await.unwrap();
-    assert!(pids.iter().all(|p| exited(*p)), "processes survived");
+    // Every process got SIGKILL before destroy answered (a frozen one included): none
+    // runs again. Waiting for them and removing the rest happens after answering.
+    assert!(
+        wait_until(|| pids.iter().all(|p| exited(*p))),
+        "processes survived"
+    );
+    assert!(!host_env.layout().sandbox_dir(id).exists());
+    runtime.removals_settled().await;
     assert!(!cgroup.exists());
     assert!(!Path::new("/run/netns").join(&net.netns).exists());
     // The kernel deletes the veth pair with the namespace, after destroy answered.
@@ -699,8 +706,6 @@ async fn destroy_removes_processes_mounts_network_cgroups_and_directories() {
         assert!(Instant::now() < deadline, "veth {} left", net.veth);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(!host_env.layout().sandbox_dir(id).exists());
-    runtime.removals_settled().await;
     assert_nothing_left_in_removing(runtime.layout());
     assert!(!host_mounts().contains(&id.to_string()));
     assert!(matches!(
@@ -730,6 +735,7 @@ async fn sweep_after_an_agent_crash_removes_leftovers_but_keeps_hibernated_sandb
     let restarted = host_env.restarted().await;
     let swept = restarted.sweep(&[kept.id()]).await.unwrap();
     assert_eq!(swept, vec![leftover.id()]);
+    restarted.removals_settled().await;
     assert!(
         leftover_pids.iter().all(|p| exited(*p)),
         "processes survived the sweep"
@@ -911,6 +917,139 @@ async fn spare_init_programs_wait_at_idle_priority_and_leave_with_the_runtime() 
         wait_until(|| waiting.iter().all(|pid| exited(*pid))),
         "spare init programs outlived their runtime"
     );
+}
+
+/// The sandbox ids with a directory under `sandboxes/`.
+fn sandbox_dirs(layout: &Layout) -> Vec<SandboxId> {
+    std::fs::read_dir(layout.sandboxes_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_capsules_wait_at_idle_priority_and_a_create_gives_one_its_identity() {
+    const DISK_MB: u32 = 1024;
+    let host_env = Host::with(ProcessRuntimeOptions {
+        warm_capsules: 1,
+        disk_pool_size_mb: DISK_MB,
+        disk_pool_depth: 2,
+        ..Default::default()
+    })
+    .await;
+    let runtime = host_env.runtime.clone();
+    let layout = host_env.layout().clone();
+    // Only once the agent has swept leftovers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runtime.warm_capsules(), 0);
+    Arc::clone(&runtime).start_background();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.warm_capsules() < 1 {
+        assert!(Instant::now() < deadline, "no capsule became warm");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let warm_ids = sandbox_dirs(&layout);
+    assert_eq!(warm_ids.len(), 1, "{warm_ids:?}");
+    let provisional = warm_ids[0];
+    let warm_cgroup = runtime.sandbox_cgroup(provisional);
+    let warm_pids = warm_cgroup.pids();
+    assert!(!warm_pids.is_empty());
+    for tid in warm_cgroup.threads() {
+        assert_eq!(
+            scheduling_policy(tid),
+            "5",
+            "warm thread {tid} is not SCHED_IDLE"
+        );
+    }
+
+    // A create that fits (built-in template, pooled disk size) takes it.
+    let mut wanted = sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), DISK_MB);
+    wanted.vcpus = 2;
+    wanted.memory_mb = 384;
+    let sb = host_env.sandbox_with(wanted).await;
+    let id = sb.id();
+    let cgroup = runtime.sandbox_cgroup(id);
+    assert_eq!(
+        cgroup.pids(),
+        warm_pids,
+        "the warm capsule's processes run it"
+    );
+    assert!(!warm_cgroup.exists());
+    assert!(!layout.sandbox_dir(provisional).exists());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(provisional))
+            .exists()
+    );
+    assert!(
+        Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(id))
+            .exists()
+    );
+    assert!(runtime.id_map(id).is_some());
+    assert!(runtime.id_map(provisional).is_none());
+    // Its identity, limits and priority are the create's.
+    assert_eq!(sb.ok("hostname").await.trim(), id.to_string());
+    assert_eq!(
+        cgroup.memory_limit().unwrap(),
+        384 * 1024 * 1024,
+        "memory limit"
+    );
+    for tid in cgroup.threads() {
+        assert_eq!(scheduling_policy(tid), "0", "claimed thread {tid} is idle");
+    }
+    assert_eq!(
+        sb.ok("echo hello > /root/f && cat /root/f").await,
+        "hello\n"
+    );
+    // It is recorded like any capsule: an agent that restarts adopts it.
+    assert!(
+        layout
+            .sandbox_dir(id)
+            .join(process::state::STATE_FILE)
+            .is_file()
+    );
+
+    // Another is booted in its place; a create that does not fit boots its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.warm_capsules() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the warm capsule was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = host_env
+        .sandbox_with(sized(config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID), 2048))
+        .await;
+    assert_eq!(runtime.warm_capsules(), 1);
+    assert_ne!(runtime.sandbox_cgroup(other.id()).pids(), warm_pids);
+    drop(other);
+    drop(sb);
+
+    // Warm capsules belong to no one: they go with the runtime.
+    let warm = sandbox_dirs(&layout);
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    let warm_cgroup = runtime.sandbox_cgroup(warm[0]);
+    let warm_pids = warm_cgroup.pids();
+    runtime.removals_settled().await;
+    drop(runtime);
+    drop(host_env);
+    assert!(
+        wait_until(|| warm_pids.iter().all(|pid| exited(*pid))),
+        "a warm capsule outlived its runtime"
+    );
+    assert!(!warm_cgroup.exists());
+    assert!(
+        !Path::new("/run/netns")
+            .join(ProcessRuntime::netns_name(warm[0]))
+            .exists()
+    );
+    assert!(!host_mounts().contains(&warm[0].to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

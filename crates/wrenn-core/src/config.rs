@@ -82,6 +82,8 @@ pub mod vars {
     pub const WRENN_MEMORY_RESERVE_MB: &str = "WRENN_MEMORY_RESERVE_MB";
     /// Most tasks all sandboxes of a host may run together.
     pub const WRENN_SANDBOXES_PIDS_MAX: &str = "WRENN_SANDBOXES_PIDS_MAX";
+    /// Capsules the process runtime keeps booted ahead of creates.
+    pub const WRENN_WARM_CAPSULES: &str = "WRENN_WARM_CAPSULES";
     /// Seconds between envd health checks of every running sandbox.
     pub const WRENN_HEALTH_INTERVAL_SECS: &str = "WRENN_HEALTH_INTERVAL_SECS";
     /// Seconds one envd health check may take.
@@ -130,6 +132,10 @@ pub const DEFAULT_MEMORY_OVERCOMMIT: f64 = 1.0;
 pub const DEFAULT_CPU_OVERCOMMIT: f64 = 4.0;
 /// Default [`Overcommit::memory_reserve_mb`].
 pub const DEFAULT_MEMORY_RESERVE_MB: u64 = 1024;
+/// Default [`AgentConfig::warm_capsules`].
+pub const DEFAULT_WARM_CAPSULES: usize = 4;
+/// Most [`AgentConfig::warm_capsules`].
+pub const MAX_WARM_CAPSULES: usize = 64;
 /// Default [`AgentConfig::sandboxes_pids_max`].
 pub const DEFAULT_SANDBOXES_PIDS_MAX: u64 = 32768;
 /// Default [`AgentConfig::health_interval`].
@@ -651,6 +657,9 @@ pub struct AgentConfig {
     /// `WRENN_SANDBOXES_PIDS_MAX`, default 32768 (at least 1): `pids.max` of the cgroup
     /// holding every sandbox.
     pub sandboxes_pids_max: u64,
+    /// `WRENN_WARM_CAPSULES`, default 4 (0–64): capsules of the built-in template the
+    /// process runtime keeps booted, so that a create only gives one its identity.
+    pub warm_capsules: usize,
     /// `WRENN_HEALTH_INTERVAL_SECS`, default 10 (at least 1).
     pub health_interval: Duration,
     /// `WRENN_HEALTH_TIMEOUT_SECS`, default 5 (at least 1).
@@ -705,6 +714,12 @@ impl AgentConfig {
                 DEFAULT_SANDBOXES_PIDS_MAX,
                 "a whole number of tasks",
             )?,
+            warm_capsules: v.parse_with(vars::WRENN_WARM_CAPSULES, DEFAULT_WARM_CAPSULES, |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MAX_WARM_CAPSULES)
+                    .ok_or_else(|| format!("expected a whole number from 0 to {MAX_WARM_CAPSULES}"))
+            })?,
             health_interval: Duration::from_secs(v.positive(
                 vars::WRENN_HEALTH_INTERVAL_SECS,
                 DEFAULT_HEALTH_INTERVAL.as_secs(),

@@ -186,6 +186,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         base_image: Some(image.reference()),
         sandboxes_pids_max: config.sandboxes_pids_max,
         sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
+        warm_capsules: config.warm_capsules,
         ..ProcessRuntimeOptions::default()
     };
     options.network.egress = config.egress.clone();

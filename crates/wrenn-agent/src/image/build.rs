@@ -174,6 +174,13 @@ pub(crate) fn build(
         }
         None => None,
     };
+    let init_debs = match (&recipe.kernel_package, &recipe.vm_init_package) {
+        (Some(_), Some(package)) => {
+            clock.phase(&format!("kernel: download {package}"));
+            Some(kernel::download_init(&rootfs, package, staging)?)
+        }
+        _ => None,
+    };
 
     chroot(&rootfs, &["apt-get", "clean"], &apt_env)?;
     finish_tree(&rootfs)?;
@@ -205,7 +212,11 @@ pub(crate) fn build(
     let kernel = match kernel_debs {
         Some(debs) => {
             clock.phase("kernel: extract vmlinuz, modules and vmlinux");
-            Some(kernel::extract(&debs, staging, KERNEL_DIR)?)
+            let mut info = kernel::extract(&debs, staging, KERNEL_DIR)?;
+            if let Some(init) = &init_debs {
+                info.busybox = Some(kernel::extract_init(init, staging, KERNEL_DIR)?);
+            }
+            Some(info)
         }
         None => None,
     };

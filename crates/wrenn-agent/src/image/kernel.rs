@@ -14,12 +14,15 @@ use std::process::{Command, Stdio};
 
 use super::ImageError;
 use super::build::{chroot, find_program};
-use super::manifest::{self, KernelInfo};
+use super::manifest::{self, FileInfo, KernelInfo};
 
-/// Scratch directory inside the build root while the package is downloaded.
-const SCRATCH_IN_ROOT: &str = "var/tmp/wrenn-kernel";
-/// Scratch directory in the staging directory afterwards.
+/// Scratch directory of the kernel package in the staging directory (and, as
+/// `var/tmp/wrenn-kernel-work`, in the build root while it is downloaded).
 const SCRATCH: &str = "kernel-work";
+/// The same for the initramfs's busybox package.
+const INIT_SCRATCH: &str = "busybox-work";
+/// File name of the static busybox in the kernel directory.
+pub const BUSYBOX: &str = "busybox";
 
 /// A downloaded and unpacked kernel package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +69,34 @@ pub fn download(rootfs: &Path, meta: &str, staging: &Path) -> Result<KernelPacka
         .find(|p| p.starts_with("linux-image-"))
         .ok_or_else(|| ImageError::Kernel(format!("{meta} depends on no linux-image package")))?
         .to_owned();
-    let scratch = rootfs.join(SCRATCH_IN_ROOT);
+    fetch(rootfs, &package, staging, SCRATCH)
+}
+
+/// Downloads `package` (a static `busybox` for the VM's initramfs: Debian's
+/// `busybox-static`) with the apt of `rootfs` and unpacks it in `staging/busybox-work/`.
+pub fn download_init(
+    rootfs: &Path,
+    package: &str,
+    staging: &Path,
+) -> Result<KernelPackage, ImageError> {
+    fetch(rootfs, package, staging, INIT_SCRATCH)
+}
+
+/// `apt-get download` of `package` inside `rootfs`, unpacked with `dpkg-deb -x` and
+/// moved to `staging/<scratch>/tree`.
+fn fetch(
+    rootfs: &Path,
+    package: &str,
+    staging: &Path,
+    scratch_name: &str,
+) -> Result<KernelPackage, ImageError> {
+    let env = env();
+    let in_root = format!("var/tmp/wrenn-{scratch_name}");
+    let scratch = rootfs.join(&in_root);
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)
         .map_err(ImageError::io(format!("create {}", scratch.display())))?;
-    let inside = format!("/{SCRATCH_IN_ROOT}");
+    let inside = format!("/{in_root}");
     chroot(
         rootfs,
         &[
@@ -79,7 +105,7 @@ pub fn download(rootfs: &Path, meta: &str, staging: &Path) -> Result<KernelPacka
             "cd \"$1\" && exec apt-get -q download \"$2\"",
             "sh",
             &inside,
-            &package,
+            package,
         ],
         &env,
     )?;
@@ -98,7 +124,7 @@ pub fn download(rootfs: &Path, meta: &str, staging: &Path) -> Result<KernelPacka
         &["dpkg-deb", "-x", &deb_inside, &format!("{inside}/tree")],
         &env,
     )?;
-    let work = staging.join(SCRATCH);
+    let work = staging.join(scratch_name);
     fs::rename(&scratch, &work).map_err(ImageError::io(format!(
         "move {} to {}",
         scratch.display(),
@@ -106,9 +132,32 @@ pub fn download(rootfs: &Path, meta: &str, staging: &Path) -> Result<KernelPacka
     )))?;
     Ok(KernelPackage {
         tree: work.join("tree"),
-        package,
+        package: package.to_owned(),
         version,
     })
+}
+
+/// Moves the static `bin/busybox` of `pkg` to `staging/<dir>/busybox` and removes the
+/// scratch directory.
+pub fn extract_init(
+    pkg: &KernelPackage,
+    staging: &Path,
+    dir: &str,
+) -> Result<FileInfo, ImageError> {
+    let src = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| pkg.tree.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ImageError::Kernel(format!("{} has no bin/busybox", pkg.package)))?;
+    let rel = format!("{dir}/{BUSYBOX}");
+    fs::create_dir_all(staging.join(dir)).map_err(ImageError::io(format!(
+        "create {}",
+        staging.join(dir).display()
+    )))?;
+    fs::rename(&src, staging.join(&rel))
+        .map_err(ImageError::io(format!("move {}", src.display())))?;
+    let _ = fs::remove_dir_all(pkg.tree.parent().unwrap_or(&pkg.tree));
+    manifest::file_info(staging, &rel).map_err(ImageError::io(format!("hash {rel}")))
 }
 
 /// Moves `vmlinuz` and the modules of `pkg` to `staging/<dir>/`, writes
@@ -171,6 +220,7 @@ pub fn extract(pkg: &KernelPackage, staging: &Path, dir: &str) -> Result<KernelI
         vmlinuz: info(format!("{dir}/vmlinuz"))?,
         vmlinux: info(format!("{dir}/vmlinux"))?,
         modules: modules_rel,
+        busybox: None,
     })
 }
 

@@ -77,6 +77,10 @@ pub struct KernelInfo {
     pub vmlinux: FileInfo,
     /// `kernel/modules/<release>/` relative to the build directory.
     pub modules: String,
+    /// `kernel/busybox`: the static busybox of the VM initramfs, when the recipe names
+    /// a package for it.
+    #[serde(default)]
+    pub busybox: Option<FileInfo>,
 }
 
 /// Hex SHA-256 of a file's contents.

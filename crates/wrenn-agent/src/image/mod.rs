@@ -23,7 +23,7 @@
 //!     rootfs/                    the tree (the process runtime's lowest layer; never
 //!                                written after the build)
 //!     rootfs.ext4                the same tree as a sparse ext4 image
-//!     kernel/vmlinuz vmlinux modules/<release>/
+//!     kernel/vmlinuz vmlinux modules/<release>/ busybox (static, for the VM initramfs)
 //!   builds/.staging-<hash16>-…   a build in progress (or interrupted: removed by the
 //!                                next builder of that recipe)
 //! ```

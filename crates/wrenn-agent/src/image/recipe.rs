@@ -46,6 +46,11 @@ pub struct Recipe {
     /// The kernel package whose `vmlinuz` and modules are extracted next to the image
     /// for the VM runtimes (not installed into the image); `None` = no kernel.
     pub kernel_package: Option<String>,
+    /// The package whose static `busybox` runs the VM's initramfs (Debian's
+    /// `busybox-static`; downloaded with the kernel, not installed into the image);
+    /// `None` = none (VM runtimes cannot boot the build then).
+    #[serde(default)]
+    pub vm_init_package: Option<String>,
 }
 
 /// The image's default user.
@@ -111,6 +116,7 @@ impl Recipe {
             hostname: "wrenn".to_owned(),
             lang: "C.UTF-8".to_owned(),
             kernel_package: Some(format!("linux-image-cloud-{arch}")),
+            vm_init_package: Some("busybox-static".to_owned()),
         }
     }
 
@@ -158,7 +164,7 @@ impl Recipe {
         if let Some(p) = self.packages.iter().find(|p| !plain(p)) {
             return Err(format!("recipe package {p:?} is not a plain package name"));
         }
-        if let Some(k) = &self.kernel_package {
+        for k in self.kernel_package.iter().chain(&self.vm_init_package) {
             if !plain(k) {
                 return Err(format!("recipe kernel package {k:?} is not a plain name"));
             }

@@ -87,6 +87,23 @@ impl BuiltImage {
             .map(|k| self.dir.join(&k.vmlinuz.path))
     }
 
+    /// `kernel/modules/<release>/`, when the build has a kernel.
+    pub fn modules(&self) -> Option<PathBuf> {
+        self.manifest
+            .kernel
+            .as_ref()
+            .map(|k| self.dir.join(&k.modules))
+    }
+
+    /// `kernel/busybox` (static, for the VM initramfs), when the build has one.
+    pub fn busybox(&self) -> Option<PathBuf> {
+        self.manifest
+            .kernel
+            .as_ref()
+            .and_then(|k| k.busybox.as_ref())
+            .map(|b| self.dir.join(&b.path))
+    }
+
     /// What a template or the process runtime records of this build.
     pub fn reference(&self) -> ImageRef {
         ImageRef {

@@ -136,6 +136,11 @@ pub(crate) struct InitSpec {
     pub shm_size: u64,
     /// Host file the init step's (and then envd's) output is appended to.
     pub log: PathBuf,
+    /// Booted ahead of time (a warm capsule): the init step and envd stay at the idle
+    /// priority of a spare; the agent gives the capsule's threads normal priority when
+    /// a create claims it.
+    #[serde(default)]
+    pub ahead_of_time: bool,
 }
 
 /// The go-ahead's content (after the [`GO`] byte).
@@ -262,7 +267,9 @@ fn run() -> Result<Never, InitError> {
     let filter = seccomp::program()?;
     let (spec, resolv_conf) = wait_for_go()?;
     let spec = &spec;
-    crate::idle::restore_this_thread();
+    if !spec.ahead_of_time {
+        crate::idle::restore_this_thread();
+    }
     redirect_output(&spec.log)?;
     if !spec.id_map.is_valid() {
         return Err(InitError::invalid(

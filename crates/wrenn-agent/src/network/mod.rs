@@ -507,6 +507,15 @@ impl Network {
         .await
     }
 
+    /// Gives a prepared (not yet served) network the namespace name `name` (a capsule
+    /// started ahead of time under a provisional name, then given its own).
+    pub fn rename(&self, claimed: &mut ClaimedNet, name: &str) -> Result<(), NetworkError> {
+        netns::rename(&claimed.net.netns, name)
+            .map_err(NetworkError::capsule(name, "rename the namespace"))?;
+        claimed.net.netns = name.to_owned();
+        Ok(())
+    }
+
     /// Serves DNS for a prepared network; returns it.
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
     pub async fn serve(

@@ -112,6 +112,25 @@ pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
     Ok(created)
 }
 
+/// Renames namespace `from` to `to`: binds it at `/run/netns/{to}` (failing with
+/// `AlreadyExists` if that is taken), then unmounts `from`. Processes in it stay.
+pub(crate) fn rename(from: &str, to: &str) -> io::Result<()> {
+    let source = path(from);
+    let target = path(to);
+    let file: File = rustix::fs::open(
+        &target,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?
+    .into();
+    drop(file);
+    if let Err(e) = rustix::mount::mount_bind(&source, &target) {
+        let _ = std::fs::remove_file(&target);
+        return Err(e.into());
+    }
+    remove(from)
+}
+
 /// Creates the named namespace `name` ([`create_unnamed`], then [`name`]). Fails
 /// with `AlreadyExists` if the name is taken; leaves nothing behind on failure.
 pub(crate) async fn create(name: &str) -> io::Result<Created> {

@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 
 pub mod process;
+pub mod vm;
 
 /// What a runtime can do beyond the basics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,6 +157,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     /// Creates and starts a sandbox; returns once its envd answers.
     async fn create(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError>;
+    /// Starts the runtime's background work that keeps things ready ahead of creates
+    /// (the process runtime's warm capsules). The agent calls it once, after the
+    /// start-up [`sweep`](Self::sweep); the work holds the runtime weakly and ends when
+    /// it is dropped. The default does nothing.
+    fn start_background(self: Arc<Self>) {}
     /// Freezes a running sandbox, keeping its memory.
     async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError>;
     /// Thaws a paused sandbox.

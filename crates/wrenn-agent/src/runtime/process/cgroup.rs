@@ -413,7 +413,6 @@ impl SandboxCgroup {
 
     /// Creates the cgroup (and its parent) and applies `limits`.
     pub fn create(&self, limits: Limits) -> io::Result<()> {
-        let quota = u64::from(limits.vcpus.max(1)) * CPU_PERIOD_US;
         match self {
             Self::V2 { dir } => {
                 let parent = dir.parent().unwrap_or(dir);
@@ -439,6 +438,24 @@ impl SandboxCgroup {
                     }
                 }
                 mkdir(dir)?;
+            }
+            Self::V1 { .. } => {
+                for d in self.dirs() {
+                    if let Some(parent) = d.parent() {
+                        mkdir(parent)?;
+                    }
+                    mkdir(d)?;
+                }
+            }
+        }
+        self.set_limits(limits)
+    }
+
+    /// Applies `limits` (CPU quota, memory, tasks) to the existing cgroup.
+    pub fn set_limits(&self, limits: Limits) -> io::Result<()> {
+        let quota = u64::from(limits.vcpus.max(1)) * CPU_PERIOD_US;
+        match self {
+            Self::V2 { dir } => {
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
                 let swap = dir.join("memory.swap.max");
@@ -450,12 +467,6 @@ impl SandboxCgroup {
             Self::V1 {
                 cpu, memory, pids, ..
             } => {
-                for d in self.dirs() {
-                    if let Some(parent) = d.parent() {
-                        mkdir(parent)?;
-                    }
-                    mkdir(d)?;
-                }
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 write(
@@ -467,6 +478,22 @@ impl SandboxCgroup {
                     write(&memsw, &limits.memory_bytes.to_string())?;
                 }
                 write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames this cgroup to `to` (same hierarchies and parent) with its processes
+    /// and limits. Cgroup v1 allows it; the unified hierarchy (v2) refuses renames
+    /// (`EPERM`). On failure every directory already renamed is renamed back.
+    pub fn rename_to(&self, to: &SandboxCgroup) -> io::Result<()> {
+        let pairs: Vec<(&Path, &Path)> = self.dirs().into_iter().zip(to.dirs()).collect();
+        for (done, (from, into)) in pairs.iter().enumerate() {
+            if let Err(e) = fs::rename(from, into) {
+                for (from, into) in &pairs[..done] {
+                    let _ = fs::rename(into, from);
+                }
+                return Err(e);
             }
         }
         Ok(())
@@ -626,20 +653,9 @@ impl SandboxCgroup {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let pids = self.pids();
-            if pids.is_empty() {
+            if !self.kill_now() {
                 return Ok(());
             }
-            if let Self::V2 { dir } = self {
-                let kill = dir.join("cgroup.kill");
-                if kill.exists() {
-                    let _ = write(&kill, "1");
-                }
-            }
-            for pid in pids {
-                kill_pid(pid);
-            }
-            let _ = self.set_frozen_nowait(false);
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -651,6 +667,39 @@ impl SandboxCgroup {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Ids of every thread in the cgroup.
+    pub fn threads(&self) -> Vec<i32> {
+        let file = match self {
+            Self::V2 { dir } => dir.join("cgroup.threads"),
+            Self::V1 { cpu, .. } => cpu.join("tasks"),
+        };
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Sends `SIGKILL` to every process in the cgroup once (and thaws it, so frozen
+    /// ones die), without waiting for them to exit. Returns whether there was any.
+    pub fn kill_now(&self) -> bool {
+        let pids = self.pids();
+        if pids.is_empty() {
+            return false;
+        }
+        if let Self::V2 { dir } = self {
+            let kill = dir.join("cgroup.kill");
+            if kill.exists() {
+                let _ = write(&kill, "1");
+            }
+        }
+        for pid in pids {
+            kill_pid(pid);
+        }
+        let _ = self.set_frozen_nowait(false);
+        true
     }
 
     fn set_frozen_nowait(&self, frozen: bool) -> io::Result<()> {

@@ -128,6 +128,23 @@ impl IdRanges {
         }
     }
 
+    /// Gives the range of `from` to `to` (a capsule started ahead of time under a
+    /// provisional id, then given its real one). Returns `false` if `from` has none or
+    /// `to` has one already.
+    pub fn rekey(&self, from: SandboxId, to: SandboxId) -> bool {
+        let mut inner = self.lock();
+        if inner.by_sandbox.contains_key(&to) {
+            return false;
+        }
+        match inner.by_sandbox.remove(&from) {
+            Some(slot) => {
+                inner.by_sandbox.insert(to, slot);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// How many ranges are in use.
     pub fn in_use(&self) -> usize {
         self.lock().used.len()

@@ -44,6 +44,34 @@ impl Removals {
     /// mounts) out of the way and deletes it in the background. A missing `path` is
     /// fine.
     pub fn remove(&self, path: &Path) -> Result<(), RuntimeError> {
+        if let Some(moved) = self.move_aside(path)? {
+            self.delete_later(moved);
+        }
+        Ok(())
+    }
+
+    /// Moves `path` out of the way like [`remove`](Self::remove), but deletes it only
+    /// once `before` (what must be gone first, e.g. the processes using its mounts) has
+    /// finished. `before` runs even if the move fails.
+    pub fn remove_after(
+        &self,
+        path: &Path,
+        before: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let moved = self.move_aside(path);
+        let later = self.clone_handle();
+        let to_delete = moved.as_ref().ok().cloned().flatten();
+        self.tasks.spawn(async move {
+            before.await;
+            if let Some(moved) = to_delete {
+                later.delete_later(moved);
+            }
+        });
+        moved.map(drop)
+    }
+
+    /// Renames `path` into the removal directory; `None` if it is missing.
+    fn move_aside(&self, path: &Path) -> Result<Option<PathBuf>, RuntimeError> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -52,22 +80,30 @@ impl Removals {
             .dir
             .join(format!("{name}.{:08x}", rand::random::<u32>()));
         match std::fs::rename(path, &moved) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(io_err(format!(
-                    "move {} to {}",
-                    path.display(),
-                    moved.display()
-                ))(e));
-            }
+            Ok(()) => Ok(Some(moved)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!(
+                "move {} to {}",
+                path.display(),
+                moved.display()
+            ))(e)),
         }
+    }
+
+    /// Unmounts and deletes `moved` on a blocking thread, tracked.
+    fn delete_later(&self, moved: PathBuf) {
         self.tasks.spawn_blocking(move || {
             if let Err(e) = remove_now(&moved) {
                 tracing::warn!("removing {} in the background: {e}", moved.display());
             }
         });
-        Ok(())
+    }
+
+    fn clone_handle(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            tasks: self.tasks.clone(),
+        }
     }
 
     /// Waits until every removal started so far has finished.
