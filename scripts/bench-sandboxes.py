@@ -82,7 +82,7 @@ class Docker:
         if stream:
             return r
         out = r.read()
-        return r.status, (json.loads(out) if out[:1] in b"[{" else out)
+        return r.status, (json.loads(out) if out[:1] and out[:1] in b"[{" else out)
 
     def available(self, image):
         try:
