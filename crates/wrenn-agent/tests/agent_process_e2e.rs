@@ -58,7 +58,9 @@ async fn write(
     msgs.extend(
         data.chunks(wrenn_proto::FILE_CHUNK_SIZE)
             .map(|ch| pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(ch.to_vec())),
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(
+                    ch.to_vec().into(),
+                )),
             }),
     );
     c.clone()

@@ -608,7 +608,7 @@ async fn files_stream_20_mib_and_fs_operations() {
         content
             .chunks(wrenn_proto::FILE_CHUNK_SIZE)
             .map(|c| pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(c.to_vec())),
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(c.to_vec().into())),
             }),
     );
     let resp = c
@@ -729,7 +729,9 @@ async fn files_stream_20_mib_and_fs_operations() {
     // Malformed write streams.
     let err = c
         .write_file_stream(futures::stream::iter(vec![pb::WriteFileStreamRequest {
-            msg: Some(pb::write_file_stream_request::Msg::Chunk(b"x".to_vec())),
+            msg: Some(pb::write_file_stream_request::Msg::Chunk(
+                b"x".to_vec().into(),
+            )),
         }]))
         .await
         .unwrap_err();
@@ -747,11 +749,9 @@ async fn files_stream_20_mib_and_fs_operations() {
         .write_file_stream(futures::stream::iter(vec![
             meta.clone(),
             pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(vec![
-                    0;
-                    wrenn_proto::FILE_CHUNK_SIZE
-                        + 1
-                ])),
+                msg: Some(pb::write_file_stream_request::Msg::Chunk(
+                    vec![0; wrenn_proto::FILE_CHUNK_SIZE + 1].into(),
+                )),
             },
         ]))
         .await

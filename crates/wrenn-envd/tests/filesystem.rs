@@ -28,7 +28,7 @@ fn header(path: &str) -> WriteFileRequest {
 
 fn data(bytes: &[u8]) -> WriteFileRequest {
     WriteFileRequest {
-        msg: Some(write_file_request::Msg::Data(bytes.to_vec())),
+        msg: Some(write_file_request::Msg::Data(bytes.to_vec().into())),
     }
 }
 

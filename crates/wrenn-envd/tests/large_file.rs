@@ -48,7 +48,7 @@ async fn a_200_mib_file_is_written_and_read_back_with_bounded_envd_memory() {
             })),
         },
         WriteFileRequest {
-            msg: Some(write_file_request::Msg::Data(chunk(0))),
+            msg: Some(write_file_request::Msg::Data(chunk(0).into())),
         },
     ];
     envd.fs
@@ -67,7 +67,7 @@ async fn a_200_mib_file_is_written_and_read_back_with_bounded_envd_memory() {
     };
     let messages = futures::stream::once(async move { header }).chain(futures::stream::iter(
         (0..CHUNKS).map(|i| WriteFileRequest {
-            msg: Some(write_file_request::Msg::Data(chunk(i))),
+            msg: Some(write_file_request::Msg::Data(chunk(i).into())),
         }),
     ));
     let entry = envd

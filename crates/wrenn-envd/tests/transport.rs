@@ -69,7 +69,7 @@ async fn exercise(envd: &mut Envd) {
             })),
         },
         WriteFileRequest {
-            msg: Some(write_file_request::Msg::Data(b"payload".to_vec())),
+            msg: Some(write_file_request::Msg::Data(b"payload".to_vec().into())),
         },
     ];
     envd.fs
@@ -82,7 +82,7 @@ async fn exercise(envd: &mut Envd) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.next().await.unwrap().unwrap().data, b"payload");
+    assert_eq!(stream.next().await.unwrap().unwrap().data, &b"payload"[..]);
 }
 
 #[tokio::test]

@@ -149,7 +149,7 @@ impl Filesystem for TestFilesystem {
                     return;
                 }
                 let msg = envd::ReadFileResponse {
-                    data: buf[..n].to_vec(),
+                    data: buf[..n].to_vec().into(),
                     total_size: first.then_some(total),
                 };
                 first = false;
@@ -248,7 +248,7 @@ fn header(path: &str) -> envd::WriteFileRequest {
 
 fn data(bytes: &[u8]) -> envd::WriteFileRequest {
     envd::WriteFileRequest {
-        msg: Some(envd::write_file_request::Msg::Data(bytes.to_vec())),
+        msg: Some(envd::write_file_request::Msg::Data(bytes.to_vec().into())),
     }
 }
 

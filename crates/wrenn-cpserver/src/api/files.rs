@@ -227,9 +227,10 @@ async fn upload(
             if limit.is_some_and(|l| total > l) {
                 break 'read UploadEnd::Abort(too_large(limit.unwrap_or_default()));
             }
-            for piece in chunk.chunks(FILE_CHUNK_SIZE) {
+            for start in (0..chunk.len()).step_by(FILE_CHUNK_SIZE) {
+                let end = (start + FILE_CHUNK_SIZE).min(chunk.len());
                 let msg = pb::WriteFileStreamRequest {
-                    msg: Some(Msg::Chunk(piece.to_vec())),
+                    msg: Some(Msg::Chunk(chunk.slice(start..end))),
                 };
                 if tx.send(msg).await.is_err() {
                     break 'read UploadEnd::AgentGone;
@@ -373,14 +374,14 @@ async fn read_response(
         .map_err(|s| conn.error(ctx, "read file", &s))?;
     data_plane::touch(ctx, &conn.sandbox).await;
     let total = first.as_ref().and_then(|m| m.total_size);
-    let head = futures::stream::iter(first.map(|m| Ok::<_, std::io::Error>(Bytes::from(m.chunk))));
+    let head = futures::stream::iter(first.map(|m| Ok::<_, std::io::Error>(m.chunk)));
     let (ctx2, conn2) = (ctx.clone(), conn.clone());
     let rest = futures::stream::unfold(Some(chunks), move |state| {
         let (ctx, conn) = (ctx2.clone(), conn2.clone());
         async move {
             let mut chunks = state?;
             match chunks.message().await {
-                Ok(Some(m)) => Some((Ok(Bytes::from(m.chunk)), Some(chunks))),
+                Ok(Some(m)) => Some((Ok(m.chunk), Some(chunks))),
                 Ok(None) => None,
                 Err(s) => {
                     let e = conn.error(&ctx, "read file", &s);

@@ -1156,7 +1156,7 @@ impl HostAgentService for AgentService {
                 first = false;
                 if tx
                     .send(Ok(pb::ReadFileStreamResponse {
-                        chunk: buf,
+                        chunk: buf.into(),
                         total_size,
                     }))
                     .await

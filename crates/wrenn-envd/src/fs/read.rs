@@ -49,9 +49,10 @@ pub(crate) fn open(path: &Path) -> Result<(File, u64)> {
 pub(crate) fn stream(mut file: File, size: u64) -> ReadStream {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; FILE_CHUNK_SIZE];
         let mut first = true;
         loop {
+            // A buffer of its own per chunk, handed to the message without a copy.
+            let mut buf = vec![0u8; FILE_CHUNK_SIZE];
             let n = match read_full(&mut file, &mut buf) {
                 Ok(n) => n,
                 Err(err) => {
@@ -62,12 +63,14 @@ pub(crate) fn stream(mut file: File, size: u64) -> ReadStream {
             if n == 0 && !first {
                 return;
             }
+            let full = n == buf.len();
+            buf.truncate(n);
             let message = ReadFileResponse {
-                data: buf[..n].to_vec(),
+                data: buf.into(),
                 total_size: first.then_some(size),
             };
             first = false;
-            if tx.blocking_send(Ok(message)).is_err() || n < buf.len() {
+            if tx.blocking_send(Ok(message)).is_err() || !full {
                 return; // The client went away, or this was the last chunk.
             }
         }

@@ -28,7 +28,7 @@ use crate::state::Shared;
 const CHANNEL_CHUNKS: usize = 8;
 
 enum Piece {
-    Data(Vec<u8>),
+    Data(tokio_util::bytes::Bytes),
     Commit,
 }
 
