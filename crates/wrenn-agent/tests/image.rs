@@ -14,7 +14,10 @@ use sha2::Digest;
 use wrenn_agent::image::manifest::sha256_file;
 use wrenn_agent::image::store::{BUILDS_DIR, STAGING_PREFIX};
 use wrenn_agent::image::{self, BuildOptions, LogProgress, Recipe, Store};
-use wrenn_agent::runtime::vm::initramfs;
+use wrenn_agent::runtime::vm::{self, initramfs};
+
+/// The test VMs' disk size: larger than the image, so the guest grows its file system.
+const GUEST_DISK_MB: u64 = 2048;
 
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
@@ -174,54 +177,84 @@ fn on_path(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The image's kernel boots under QEMU (TCG: this host cannot run guests under KVM)
-/// with the initramfs made from the build's modules and busybox: the virtio modules
-/// load, the root disk (a qcow2 overlay of `rootfs.ext4`) mounts and `switch_root`
-/// runs the program named by `wrenn.init=`.
-#[test]
-fn image_default_kernel_boots_its_initramfs_under_qemu_and_mounts_the_root_disk() {
-    init_logging();
-    let Some(qemu) = on_path("qemu-system-x86_64") else {
-        assert!(
-            std::env::var_os("WRENN_TEST_REQUIRE_SERVICES").is_none(),
-            "qemu-system-x86_64 is missing (Debian: apt-get install qemu-system-x86)"
+/// A VM of the default image under QEMU (TCG: this host cannot run guests under KVM):
+/// the image's kernel, the initramfs made from the build's modules and busybox, a
+/// qcow2 overlay of `rootfs.ext4` as the root disk, the serial console in a file and
+/// QMP on a socket. `None` when QEMU is not installed (a failure where the tests must
+/// not skip: `WRENN_TEST_REQUIRE_SERVICES`).
+struct TestVm {
+    qemu: std::path::PathBuf,
+    image: image::BuiltImage,
+    dir: tempfile::TempDir,
+    initrd: std::path::PathBuf,
+    disk: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl TestVm {
+    fn new() -> Option<Self> {
+        let Some(qemu) = on_path("qemu-system-x86_64") else {
+            assert!(
+                std::env::var_os("WRENN_TEST_REQUIRE_SERVICES").is_none(),
+                "qemu-system-x86_64 is missing (Debian: apt-get install qemu-system-x86)"
+            );
+            eprintln!("SKIPPED: qemu-system-x86_64 is not installed");
+            return None;
+        };
+        let image = image::ensure_shared_for_tests().expect("default image");
+        let busybox = image.busybox().expect("the build has a static busybox");
+        assert_eq!(
+            sha256_file(&busybox).unwrap(),
+            image
+                .manifest
+                .kernel
+                .as_ref()
+                .unwrap()
+                .busybox
+                .as_ref()
+                .unwrap()
+                .sha256
         );
-        eprintln!("SKIPPED: qemu-system-x86_64 is not installed");
-        return;
-    };
-    let image = image::ensure_shared_for_tests().expect("default image");
-    let busybox = image.busybox().expect("the build has a static busybox");
-    assert_eq!(
-        sha256_file(&busybox).unwrap(),
-        image
-            .manifest
-            .kernel
-            .as_ref()
-            .unwrap()
-            .busybox
-            .as_ref()
-            .unwrap()
-            .sha256
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = dir.path().join("initramfs.cpio");
-    initramfs::build(&image.modules().unwrap(), &busybox, &initrd).unwrap();
-    let disk = dir.path().join("root.qcow2");
-    output(Command::new("qemu-img").args([
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-F".as_ref(),
-        "raw".as_ref(),
-        "-b".as_ref(),
-        image.ext4().as_os_str(),
-        disk.as_os_str(),
-    ]));
-    let serial = dir.path().join("serial.log");
-    let started = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
+        let dir = tempfile::tempdir().unwrap();
+        let initrd = dir.path().join("initramfs.cpio");
+        initramfs::build(&image.modules().unwrap(), &busybox, &initrd).unwrap();
+        let disk = dir.path().join("root.qcow2");
+        let qemu_img = on_path("qemu-img").expect("qemu-img (Debian: qemu-utils)");
+        vm::disk::create_overlay(&qemu_img, &image.ext4(), "raw", &disk, GUEST_DISK_MB).unwrap();
+        let made = vm::disk::info(&qemu_img, &disk).unwrap();
+        assert_eq!(
+            (made.format.as_str(), made.virtual_size),
+            ("qcow2", GUEST_DISK_MB << 20)
+        );
+        assert!(matches!(
+            vm::disk::create_overlay(
+                &qemu_img,
+                &image.ext4(),
+                "raw",
+                &dir.path().join("small"),
+                16
+            ),
+            Err(vm::disk::DiskError::TooSmall { .. })
+        ));
+        Some(Self {
+            qemu,
+            image,
+            dir,
+            initrd,
+            disk,
+            child: None,
+        })
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts QEMU with `wrenn.init=init`, the console in `serial`; `incoming` starts
+    /// it waiting for its state (`-incoming defer`).
+    fn start(&mut self, init: &str, serial: &str, incoming: bool) {
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args([
             "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
         ])
         .args([
@@ -232,56 +265,225 @@ fn image_default_kernel_boots_its_initramfs_under_qemu_and_mounts_the_root_disk(
             "-no-reboot",
         ])
         .arg("-kernel")
-        .arg(image.vmlinuz().unwrap())
+        .arg(self.image.vmlinuz().unwrap())
         .arg("-initrd")
-        .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 wrenn.root=/dev/vda wrenn.init=/bin/true",
-        ])
+        .arg(&self.initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 wrenn.root=/dev/vda wrenn.grow=1 wrenn.init={init}"
+        ))
         .arg("-drive")
         .arg(format!(
             "id=root,file={},format=qcow2,if=none",
-            disk.display()
+            self.disk.display()
         ))
         .args(["-device", "virtio-blk-device,drive=root"])
         .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    // `/bin/true` as PID 1 exits at once: the kernel panics and QEMU (`-no-reboot`)
-    // quits.
-    let deadline = started + std::time::Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+        .arg(format!("file:{}", self.path(serial).display()))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            self.path("qmp.sock").display()
+        ))
+        .stdin(std::process::Stdio::null());
+        if incoming {
+            cmd.args(["-incoming", "defer"]);
         }
-        if Instant::now() >= deadline {
+        let _ = std::fs::remove_file(self.path("qmp.sock"));
+        self.child = Some(cmd.spawn().expect("start qemu"));
+        assert!(
+            wait_for(|| self.path("qmp.sock").exists(), 30),
+            "no QMP socket"
+        );
+    }
+
+    fn serial(&self, name: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.path(name)).unwrap_or_default()).into_owned()
+    }
+
+    /// The last 40 lines of a serial log.
+    fn tail(&self, name: &str) -> String {
+        let log = self.serial(name);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits up to `secs` for QEMU to exit.
+    fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn wait_for(check: impl Fn() -> bool, secs: u64) -> bool {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
+/// The image's kernel boots with the initramfs: the virtio modules load, the root disk
+/// (a 2 GiB qcow2 overlay of `rootfs.ext4`) mounts, its file system grows to the disk
+/// and `switch_root` runs the program named by `wrenn.init=`.
+#[test]
+fn image_default_kernel_boots_its_initramfs_under_qemu_and_mounts_the_root_disk() {
+    init_logging();
+    let Some(mut vm) = TestVm::new() else {
+        return;
     };
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let started = Instant::now();
+    // `stat -f /` as PID 1 shows the root file system's size, grown to the disk, and
+    // exits: the kernel panics and QEMU (`-no-reboot`) quits.
+    vm.start("/usr/bin/stat,-f,-c,blocks=%b*%S,/", "serial.log", false);
+    let status = vm.wait_exit(180);
     eprintln!("booted in {:?} ({status:?})", started.elapsed());
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (log, tail) = (vm.serial("serial.log"), vm.tail("serial.log"));
     assert!(log.contains("wrenn-init: modules loaded"), "{tail}");
     assert!(log.contains("wrenn-init: root mounted"), "{tail}");
+    assert!(log.contains("wrenn-init: root grown"), "{tail}");
+    let size_mb: u64 = log
+        .lines()
+        .find_map(|l| {
+            let (blocks, size) = l.trim().strip_prefix("blocks=")?.split_once('*')?;
+            Some((blocks.parse::<u64>().ok()? * size.parse::<u64>().ok()?) >> 20)
+        })
+        .unwrap_or_else(|| panic!("no size of the root file system: {tail}"));
+    assert!(
+        size_mb > GUEST_DISK_MB * 9 / 10,
+        "the root file system is {size_mb} MiB on a {GUEST_DISK_MB} MiB disk"
+    );
     assert!(
         log.contains("Attempted to kill init"),
         "switch_root did not run wrenn.init: {tail}"
     );
     assert!(status.is_some(), "QEMU did not stop: {tail}");
+}
+
+/// The numbers `seq` printed on a serial log.
+fn numbers(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// QMP pauses the VM and writes its memory and devices to a file; a new QEMU loads
+/// that file and continues: the guest's program (`seq`, counting on the console)
+/// carries on from where it was instead of starting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_vm_memory_snapshot_over_qmp_restores_into_a_new_qemu_that_continues() {
+    use wrenn_agent::runtime::vm::qmp::{
+        Cont, Migrate, MigrateIncoming, Qmp, QmpError, QueryMigrate, QueryStatus, Quit, Stop,
+    };
+    init_logging();
+    let Some(mut vm) = tokio::task::spawn_blocking(TestVm::new).await.unwrap() else {
+        return;
+    };
+    vm.start("/usr/bin/seq,1000000000", "before.log", false);
+    let counting = wait_for(|| numbers(&vm.serial("before.log")).len() > 50, 180);
+    assert!(
+        counting,
+        "the guest does not count: {}",
+        vm.tail("before.log")
+    );
+    let mut qmp = Qmp::connect(&vm.path("qmp.sock")).await.unwrap();
+    assert_eq!(qmp.execute(&QueryStatus).await.unwrap().status, "running");
+    qmp.execute(&Stop).await.unwrap();
+    assert_eq!(qmp.execute(&QueryStatus).await.unwrap().status, "paused");
+    // The last line may be cut (the rest still in the UART): the largest is whole.
+    let last_before = numbers(&vm.serial("before.log")).into_iter().max().unwrap();
+    let memory = vm.path("memory");
+    let started = Instant::now();
+    qmp.execute(&Migrate {
+        uri: format!("exec:cat > {}", memory.display()),
+    })
+    .await
+    .unwrap();
+    loop {
+        let info = qmp.execute(&QueryMigrate).await.unwrap();
+        match info.status.as_deref() {
+            Some("completed") => break,
+            Some("failed" | "cancelled") => panic!("snapshot failed: {info:?}"),
+            _ => {
+                assert!(started.elapsed().as_secs() < 120, "snapshot never finished");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let size = std::fs::metadata(&memory).unwrap().len();
+    eprintln!(
+        "memory snapshot: {} MiB in {:?}",
+        size >> 20,
+        started.elapsed()
+    );
+    assert!(size > 1 << 20, "a {size}-byte snapshot");
+    // A command that does not fit the VM's state is refused with QEMU's reason.
+    let refused = qmp
+        .execute(&MigrateIncoming {
+            uri: "exec:true".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, QmpError::Refused { .. }), "{refused:?}");
+    let _ = qmp.execute(&Quit).await;
+    assert!(vm.wait_exit(30).is_some(), "QEMU did not quit");
+
+    // A new QEMU with the same devices loads the state and goes on.
+    let started = Instant::now();
+    vm.start("/usr/bin/seq,1000000000", "after.log", true);
+    let mut qmp = Qmp::connect(&vm.path("qmp.sock")).await.unwrap();
+    qmp.execute(&MigrateIncoming {
+        uri: format!("exec:cat {}", memory.display()),
+    })
+    .await
+    .unwrap();
+    loop {
+        let status = qmp.execute(&QueryStatus).await.unwrap().status;
+        if status != "inmigrate" {
+            assert_eq!(status, "paused", "after loading the snapshot");
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "restore never finished");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    qmp.execute(&Cont).await.unwrap();
+    eprintln!("restored and running in {:?}", started.elapsed());
+    let continued = wait_for(|| numbers(&vm.serial("after.log")).len() > 10, 60);
+    assert!(
+        continued,
+        "the restored guest is silent: {}",
+        vm.tail("after.log")
+    );
+    // The first line may be the rest of the one cut before the snapshot.
+    let first_after = numbers(&vm.serial("after.log"))[1];
+    assert!(
+        first_after > last_before && first_after < last_before + 100_000,
+        "counting went on from {last_before}? it printed {first_after} first"
+    );
+    assert!(
+        !vm.serial("after.log").contains("wrenn-init"),
+        "it booted again"
+    );
 }
 
 /// A small recipe (no extra packages, no kernel) to exercise the store.

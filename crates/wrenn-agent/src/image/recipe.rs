@@ -288,7 +288,7 @@ mod tests {
         if debian_arch() == "amd64" {
             assert_eq!(
                 a.hash(),
-                "febc5d2b022d504642a333bbdc41aa08093cfea216aa8771003968464ad4dfde",
+                "128a023997af7232ba124a74dac4dc664393b35f52872b816663cde9833db43b",
                 "the default recipe's hash changed"
             );
         }
@@ -310,6 +310,9 @@ mod tests {
         let mut r = base.clone();
         r.kernel_package = None;
         changed.push(r);
+        let mut r = base.clone();
+        r.vm_init_package = None;
+        changed.push(r);
         for r in changed {
             assert_ne!(r.hash(), base.hash(), "{r:?}");
         }
@@ -322,6 +325,9 @@ mod tests {
         let mut r = ok.clone();
         r.packages.push("git; rm -rf /".into());
         assert!(r.validate().unwrap_err().contains("package"));
+        let mut r = ok.clone();
+        r.vm_init_package = Some("busybox static".into());
+        assert!(r.validate().unwrap_err().contains("busybox static"));
         let mut r = ok.clone();
         r.mirror = "file:///etc".into();
         assert!(r.validate().is_err());

@@ -96,6 +96,21 @@ pub(crate) async fn create_unnamed(priority: Priority) -> io::Result<Unnamed> {
 /// namespace is dropped then.
 pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
     let Unnamed(created) = unnamed;
+    let source = format!("/proc/self/fd/{}", created.fd.as_raw_fd());
+    bind_as(Path::new(&source), name)?;
+    Ok(created)
+}
+
+/// Renames namespace `from` to `to`: binds it at `/run/netns/{to}` (failing with
+/// `AlreadyExists` if that is taken), then unmounts `from`. Processes in it stay.
+pub(crate) fn rename(from: &str, to: &str) -> io::Result<()> {
+    bind_as(&path(from), to)?;
+    remove(from)
+}
+
+/// Binds the namespace file `source` at `/run/netns/{name}`, which must not exist
+/// (`AlreadyExists`); leaves nothing there on failure.
+fn bind_as(source: &Path, name: &str) -> io::Result<()> {
     let target = path(name);
     let file: File = rustix::fs::open(
         &target,
@@ -104,31 +119,11 @@ pub(crate) fn name(unnamed: Unnamed, name: &str) -> io::Result<Created> {
     )?
     .into();
     drop(file);
-    let source = format!("/proc/self/fd/{}", created.fd.as_raw_fd());
-    if let Err(e) = rustix::mount::mount_bind(source.as_str(), &target) {
+    if let Err(e) = rustix::mount::mount_bind(source, &target) {
         let _ = std::fs::remove_file(&target);
         return Err(e.into());
     }
-    Ok(created)
-}
-
-/// Renames namespace `from` to `to`: binds it at `/run/netns/{to}` (failing with
-/// `AlreadyExists` if that is taken), then unmounts `from`. Processes in it stay.
-pub(crate) fn rename(from: &str, to: &str) -> io::Result<()> {
-    let source = path(from);
-    let target = path(to);
-    let file: File = rustix::fs::open(
-        &target,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?
-    .into();
-    drop(file);
-    if let Err(e) = rustix::mount::mount_bind(&source, &target) {
-        let _ = std::fs::remove_file(&target);
-        return Err(e.into());
-    }
-    remove(from)
+    Ok(())
 }
 
 /// Creates the named namespace `name` ([`create_unnamed`], then [`name`]). Fails

@@ -18,8 +18,9 @@ use super::cpio;
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net"];
 
 /// `/init`: mounts the kernel file systems, loads the modules, waits for the root disk
-/// and mounts it, then `switch_root`s into the program named by `wrenn.init=` on the
-/// kernel command line (envd). Each step says so on the console, which the host keeps
+/// and mounts it (growing its file system to the disk with the image's `resize2fs`
+/// when `wrenn.grow=1`), then `switch_root`s into the program named by `wrenn.init=` on the
+/// kernel command line (envd; arguments follow the program, separated by commas). Each step says so on the console, which the host keeps
 /// as the capsule's serial log; a failure powers the VM off, so the host sees it exit.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /newroot
@@ -32,10 +33,12 @@ mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
 root=/dev/vda
 next=
+grow=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     wrenn.root=*) root="${arg#wrenn.root=}" ;;
-    wrenn.init=*) next="${arg#wrenn.init=}" ;;
+    wrenn.grow=*) grow="${arg#wrenn.grow=}" ;;
+    wrenn.init=*) next="$(echo "${arg#wrenn.init=}" | tr , ' ')" ;;
   esac
 done
 while read -r m; do
@@ -50,6 +53,13 @@ while [ ! -b "$root" ]; do
 done
 mount -t ext4 -o rw,noatime "$root" /newroot || fail "mount $root"
 say "root mounted"
+if [ "$grow" = 1 ]; then
+  mount -t proc proc /newroot/proc || fail "mount /proc for resize2fs"
+  mount --bind /dev /newroot/dev || fail "bind /dev for resize2fs"
+  chroot /newroot /sbin/resize2fs "$root" || fail "resize2fs $root"
+  umount /newroot/proc /newroot/dev
+  say "root grown"
+fi
 [ -n "$next" ] || fail "no wrenn.init= on the kernel command line"
 umount /proc /sys
 mount --move /dev /newroot/dev || fail "move /dev"
