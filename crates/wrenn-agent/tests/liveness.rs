@@ -167,8 +167,10 @@ fn signal(pid: i32, sig: rustix::process::Signal) {
         .expect("signal");
 }
 
-/// Everything the process runtime leaves on the host for sandbox `id` is gone.
-fn assert_no_leftovers(node: &Node, dir: &Path, id: SandboxId) {
+/// Everything the process runtime leaves on the host for sandbox `id` is gone, once
+/// the teardown that follows a destroy's answer has finished.
+async fn assert_no_leftovers(node: &Node, dir: &Path, id: SandboxId) {
+    node.runtime.removals_settled().await;
     assert!(!node.runtime.sandbox_cgroup(id).exists(), "cgroup left");
     assert!(
         !Path::new("/run/netns")
@@ -214,7 +216,7 @@ async fn liveness_kill_9_of_pid_1_is_reported_torn_down_and_reaped() {
     assert_eq!(exec.code(), Code::FailedPrecondition, "{exec:?}");
     eventually("the init's parent is reaped", || async { gone(parent) }).await;
     assert!(gone(pid1));
-    assert_no_leftovers(&node, dir.path(), id);
+    assert_no_leftovers(&node, dir.path(), id).await;
 
     // Destroying the failed capsule is clean and final.
     node.destroy(id).await;
@@ -246,7 +248,7 @@ async fn liveness_a_stopped_envd_fails_its_health_checks_but_a_paused_capsule_do
     assert!(error.contains("health checks"), "{error}");
     assert_eq!(node.status(hung).await, Some(pb::SandboxStatus::Error));
     eventually("the stopped envd is killed", || async { gone(pid1) }).await;
-    assert_no_leftovers(&node, dir.path(), hung);
+    assert_no_leftovers(&node, dir.path(), hung).await;
 
     // Many health intervals later the frozen capsule is still paused, and resumes.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -343,7 +345,7 @@ async fn adopt_after_an_agent_crash_keeps_live_capsules_and_reports_dead_ones() 
     let error = event.body["error"].as_str().unwrap_or_default();
     assert!(error.contains("while the host agent was down"), "{error}");
     assert_eq!(node.status(dead).await, Some(pb::SandboxStatus::Error));
-    assert_no_leftovers(&node, dir.path(), dead);
+    assert_no_leftovers(&node, dir.path(), dead).await;
 
     // The adopted capsule is watched like any other (it is not this agent's child).
     signal(alive_pid1, rustix::process::Signal::KILL);
@@ -360,7 +362,7 @@ async fn adopt_after_an_agent_crash_keeps_live_capsules_and_reports_dead_ones() 
         "{:?}",
         event.body
     );
-    assert_no_leftovers(&node, dir.path(), alive);
+    assert_no_leftovers(&node, dir.path(), alive).await;
     node.destroy(alive).await;
     node.destroy(dead).await;
     node.agent.shutdown().await;
