@@ -1,6 +1,7 @@
 //! A host agent killed in the middle of a create leaves the capsule in `error`, never
 //! stuck in `starting`: the real `wrenn-agent` binary (process runtime) is frozen
-//! with SIGSTOP while the control plane's create call is in flight, then killed.
+//! with SIGSTOP while the control plane's create call is in flight, then killed. The
+//! capsules it had booted ahead of time (warm, unclaimed) die with it.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -49,6 +50,41 @@ fn signal(pid: u32, sig: &str) {
         .expect("kill")
         .success();
     assert!(ok, "kill {sig} {pid}");
+}
+
+/// Live (not zombie) processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 async fn team(store: &Arc<dyn Store>) -> TeamId {
@@ -159,6 +195,33 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
     let ctx = server.context().clone();
     let team = team(&store).await;
 
+    // The agent keeps capsules booted ahead of time: init programs (its children)
+    // whose PID 1 (envd) runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let warm = loop {
+        let warm: Vec<(u32, Vec<u32>)> = children(agent.id())
+            .into_iter()
+            .map(|outer| (outer, children(outer)))
+            .filter(|(_, pid1)| !pid1.is_empty())
+            .collect();
+        if !warm.is_empty() {
+            break warm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent booted no warm capsule"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let sandboxes = dir.path().join("agent/sandboxes");
+    let warm_ids: Vec<String> = std::fs::read_dir(&sandboxes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!warm_ids.is_empty(), "warm capsules have directories");
+
     // Freeze the agent, start a create (its RPC hangs), then kill the agent.
     signal(agent.id(), "-STOP");
     let sb = ctx
@@ -190,5 +253,59 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
         SandboxStatus::Error,
         "a create whose agent died ends in error"
     );
+    // Nobody claimed the warm capsules: their processes died with the agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let processes: Vec<u32> = warm
+        .iter()
+        .flat_map(|(outer, pid1)| std::iter::once(*outer).chain(pid1.iter().copied()))
+        .collect();
+    while processes.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "warm capsules outlived their agent: {:?} still run",
+            processes.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An agent started again on the same directory sweeps what they left: their
+    // directories, network namespaces and cgroups.
+    let mut again = Command::new(&agent_bin)
+        .env("WRENN_DIR", dir.path().join("agent"))
+        .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("WRENN_ENVD_BIN", &envd_bin)
+        .env("WRENN_WARM_CAPSULES", "0")
+        .env(
+            wrenn_agent::image::CACHE_ENV,
+            wrenn_agent::image::test_store_dir(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wrenn-agent again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = || {
+        warm_ids
+            .iter()
+            .filter(|id| {
+                sandboxes.join(id).exists()
+                    || std::path::Path::new("/run/netns")
+                        .join(wrenn_agent::network::netns_name(id))
+                        .exists()
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    while !left().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent did not sweep the warm capsules {:?}",
+            left()
+        );
+        assert!(again.try_wait().unwrap().is_none(), "the agent exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(again.id(), "-TERM");
+    assert!(again.wait().unwrap().success(), "the agent stops cleanly");
     ctx.lifecycle.wait_idle().await;
 }

@@ -1045,6 +1045,35 @@ impl SandboxManager {
         ok
     }
 
+    /// Gives a sandbox's envd its access token again after a template was taken of it;
+    /// if that fails the sandbox is paused (never left running without its token).
+    async fn restore_envd_token(&self, sb: &Arc<Sandbox>) {
+        let token = sb.with(|s| {
+            s.envd = None;
+            s.access_token.clone()
+        });
+        let set = async {
+            let envd = sb.envd_client()?;
+            envd.wait_ready(self.settings.envd_ready_timeout).await?;
+            set_envd_token(&envd, &token).await
+        }
+        .await;
+        if let Err(e) = set {
+            tracing::warn!(sandbox_id = %sb.id, "giving envd its token back: {e}; pausing the sandbox");
+            if let Ok(instance) = sb.instance()
+                && self.runtime.pause(&instance).await.is_ok()
+            {
+                sb.with(|s| {
+                    s.status = SandboxStatus::Paused;
+                    s.paused_at = Some(Instant::now());
+                    s.envd = None;
+                });
+            } else {
+                sb.with(|s| s.status = SandboxStatus::Error);
+            }
+        }
+    }
+
     /// Asks envd to prepare for a freeze (best effort, bounded).
     async fn prepare_snapshot(&self, sb: &Arc<Sandbox>) {
         if let Ok(envd) = sb.envd_client() {
@@ -1110,10 +1139,12 @@ impl SandboxManager {
                 Err(e) => Err(e.into()),
                 Ok(()) => {
                     sb.with(|s| s.envd = None);
+                    let keeps_memory = self.runtime.capabilities().templates_keep_processes;
                     let ready = async {
                         let envd = sb.envd_client()?;
                         let health = envd.wait_ready(self.settings.envd_ready_timeout).await?;
-                        if !default_user.is_empty() || !default_env.is_empty() {
+                        // A VM's envd also learns the time again (its clock stood still).
+                        if keeps_memory || !default_user.is_empty() || !default_env.is_empty() {
                             init_envd(&envd, &default_user, &default_env, &token).await?;
                         }
                         Ok::<_, AgentError>(health.version)
@@ -1346,16 +1377,62 @@ impl SandboxManager {
             ));
         }
         let team_of_sandbox = sb.team_id();
+        // A template of this runtime is the sandbox's memory: envd's access token must
+        // not be in it (each sandbox made from it gets its own through Init).
+        let keeps_memory = self.runtime.capabilities().templates_keep_processes;
+        if keeps_memory && prev == SandboxStatus::Hibernated {
+            return Err(AgentError::FailedPrecondition(format!(
+                "the {} runtime snapshots running or paused sandboxes: resume it first",
+                self.runtime.name()
+            )));
+        }
         let instance = sb
             .with(|s| s.instance.clone())
             .unwrap_or_else(|| offline_instance(id));
         sb.with(|s| s.status = SandboxStatus::Snapshotting);
+        if keeps_memory && prev == SandboxStatus::Paused {
+            // Thawed for a moment to take the token out of its memory.
+            let cleared = async {
+                self.runtime.resume(&instance).await?;
+                sb.with(|s| s.envd = None);
+                let envd = sb.envd_client()?;
+                envd.wait_ready(self.settings.envd_ready_timeout).await?;
+                set_envd_token(&envd, "").await?;
+                self.prepare_snapshot(&sb).await;
+                self.runtime.pause(&instance).await?;
+                sb.with(|s| s.envd = None);
+                Ok::<_, AgentError>(())
+            }
+            .await;
+            if let Err(e) = cleared {
+                tracing::warn!(sandbox_id = %id, "preparing a paused sandbox's memory for a template: {e}");
+                if let Err(pe) = self.runtime.pause(&instance).await {
+                    tracing::warn!(sandbox_id = %id, "pausing again: {pe}");
+                }
+                sb.with(|s| s.status = prev);
+                return Err(e);
+            }
+        }
         if prev == SandboxStatus::Running {
             sb.conns.drain(self.settings.drain_grace).await;
             self.prepare_snapshot(&sb).await;
+            if keeps_memory {
+                let cleared = match sb.envd_client() {
+                    Ok(envd) => set_envd_token(&envd, "").await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = cleared {
+                    sb.conns.reset();
+                    sb.with(|s| s.status = SandboxStatus::Running);
+                    return Err(e);
+                }
+            }
             if let Err(e) = self.runtime.pause(&instance).await {
                 sb.conns.reset();
                 self.recover_running(&sb, &instance).await;
+                if keeps_memory {
+                    self.restore_envd_token(&sb).await;
+                }
                 return Err(e.into());
             }
             sb.with(|s| s.envd = None);
@@ -1385,6 +1462,9 @@ impl SandboxManager {
                 });
                 if resumed {
                     sb.conns.reset();
+                    if keeps_memory {
+                        self.restore_envd_token(&sb).await;
+                    }
                 }
                 self.events.emit(
                     SandboxEventKind::Snapshotted,
@@ -1408,8 +1488,14 @@ impl SandboxManager {
                 if prev == SandboxStatus::Running {
                     match self.runtime.resume(&instance).await {
                         Ok(()) => {
-                            sb.with(|s| s.status = SandboxStatus::Running);
+                            sb.with(|s| {
+                                s.status = SandboxStatus::Running;
+                                s.envd = None;
+                            });
                             sb.conns.reset();
+                            if keeps_memory {
+                                self.restore_envd_token(&sb).await;
+                            }
                         }
                         Err(re) => {
                             tracing::warn!(sandbox_id = %id, "resume after a failed snapshot: {re}");
@@ -1828,6 +1914,11 @@ async fn fail_dead(
         m.flush();
     }
     events.emit(SandboxEventKind::Failed, id, Some(team), Some(reason));
+}
+
+/// Sets only envd's access token (empty: none) through Init.
+async fn set_envd_token(envd: &EnvdClient, token: &str) -> AgentResult<()> {
+    init_envd(envd, "", &BTreeMap::new(), token).await
 }
 
 /// Applies defaults and the access token through envd's Init.

@@ -29,6 +29,9 @@ struct Args {
     /// Reap every orphaned child, not only envd's own (automatic when envd is PID 1).
     #[arg(long)]
     reap_orphans: bool,
+    /// Set the system clock from Init's timestamp (inside a VM).
+    #[arg(long)]
+    set_clock: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -84,6 +87,7 @@ async fn run(args: Args) -> ExitCode {
     let mut config = ServerConfig::new(listen);
     config.default_user = args.default_user;
     config.reap_orphans |= args.reap_orphans;
+    config.set_clock = args.set_clock;
 
     let server = match crate::start(config).await {
         Ok(server) => server,

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// Also reap orphaned processes (`waitpid(-1)`). Defaults to true exactly when
     /// envd is PID 1; see [`crate::reaper`].
     pub reap_orphans: bool,
+    /// Set the system clock from Init's timestamp when it is more than a second off
+    /// (inside a VM, whose clock stands still while it is paused or snapshotted).
+    /// Default false.
+    pub set_clock: bool,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             keepalive_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(5),
             reap_orphans: std::process::id() == 1,
+            set_clock: false,
         }
     }
 }
@@ -190,7 +195,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
         Listener::Unix(_, path) => BoundAddr::Unix(path.clone()),
     };
 
-    let shared = Arc::new(Shared::new(config.default_user.clone()));
+    let shared = Arc::new(Shared::new(config.default_user.clone(), config.set_clock));
     let registry = Arc::new(Registry::new(config.exited_retention));
     let cpu = Arc::new(CpuSampler::default());
     let process = ProcessService::new(

@@ -32,11 +32,13 @@ pub(crate) struct Shared {
     token: RwLock<Option<String>>,
     last_init: RwLock<Option<SystemTime>>,
     needs_restore: AtomicBool,
+    set_clock: bool,
 }
 
 impl Shared {
-    /// Fresh state with `default_user` as the default user.
-    pub fn new(default_user: String) -> Self {
+    /// Fresh state with `default_user` as the default user; `set_clock` lets Init set
+    /// the system clock ([`ServerConfig::set_clock`](crate::ServerConfig::set_clock)).
+    pub fn new(default_user: String, set_clock: bool) -> Self {
         Self {
             started_at: SystemTime::now(),
             defaults: RwLock::new(Defaults {
@@ -47,6 +49,7 @@ impl Shared {
             token: RwLock::new(None),
             last_init: RwLock::new(None),
             needs_restore: AtomicBool::new(false),
+            set_clock,
         }
     }
 
@@ -131,6 +134,9 @@ impl Shared {
         if init.timestamp.is_some() {
             *last_init = init.timestamp;
         }
+        if let Some(at) = init.timestamp.filter(|_| self.set_clock) {
+            set_clock_near(at);
+        }
         Ok(true)
     }
 
@@ -144,6 +150,30 @@ impl Shared {
     /// whether there was anything to recover.
     pub fn recover_after_restore(&self) -> bool {
         self.needs_restore.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Sets the system clock to `at` if it is more than a second off (a VM restored from
+/// a memory snapshot wakes up at the time the snapshot was taken).
+fn set_clock_near(at: SystemTime) {
+    let now = SystemTime::now();
+    let off = now
+        .duration_since(at)
+        .or_else(|_| at.duration_since(now))
+        .unwrap_or_default();
+    if off < std::time::Duration::from_secs(1) {
+        return;
+    }
+    let Ok(since_epoch) = at.duration_since(SystemTime::UNIX_EPOCH) else {
+        return;
+    };
+    let time = rustix::time::Timespec {
+        tv_sec: since_epoch.as_secs() as i64,
+        tv_nsec: since_epoch.subsec_nanos() as _,
+    };
+    match rustix::time::clock_settime(rustix::time::ClockId::Realtime, time) {
+        Ok(()) => tracing::info!(off_ms = off.as_millis() as u64, "set the clock from Init"),
+        Err(err) => tracing::warn!("cannot set the clock: {err}"),
     }
 }
 
@@ -207,7 +237,7 @@ mod tests {
 
     #[test]
     fn stale_init_is_ignored_and_token_can_be_cleared() {
-        let shared = Shared::new("root".into());
+        let shared = Shared::new("root".into(), false);
         let now = SystemTime::now();
         let first = InitChange {
             env_vars: [("A".into(), "new".into())].into(),

@@ -9,7 +9,10 @@
 //! 0. waits for the go-ahead on stdin: the capsule's specification and its
 //!    `resolv.conf`, sent once the capsule's network namespace and cgroups exist; then
 //!    returns to normal priority and sends its output to the capsule's `envd.log`. A
-//!    closed pipe without it means "give up" (the agent stopped);
+//!    closed pipe without it means "give up" (the agent stopped). A capsule booted
+//!    ahead of time (a warm capsule) keeps the pipe as its *lease*: until the agent
+//!    claims it ([`claim`]), the outer process exits — and so the whole capsule dies —
+//!    when the pipe closes, so warm capsules never outlive their agent;
 //! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
 //!    namespaces — all owned by the host's initial user namespace, so nothing inside the
 //!    capsule can ever reconfigure them; forks PID 1 of the new pid namespace and, in the
@@ -150,8 +153,14 @@ struct GoAhead {
     resolv_conf: String,
 }
 
-/// The byte that opens the go-ahead message on the init step's stdin.
+/// The byte that opens the go-ahead message on the init step's stdin; a little-endian
+/// `u32` length and that many bytes of JSON follow.
 const GO: u8 = b'G';
+/// The byte that tells a capsule booted ahead of time that it is claimed: it then lives
+/// on even if the pipe closes ([`claim`]).
+const CLAIMED: u8 = b'C';
+/// Largest go-ahead accepted (the JSON is a few KiB).
+const MAX_GO_AHEAD: usize = 1 << 20;
 
 /// Gives the init step waiting on the other end of `pipe` (its stdin) the go-ahead:
 /// the capsule it sets up is `spec`, whose network namespace and cgroups exist.
@@ -159,46 +168,81 @@ const GO: u8 = b'G';
 /// `/etc/resolv.conf` (its DNS forwarder), written into its root filesystem at every
 /// start (a file, not a bind mount: no host path shows in `/proc/self/mountinfo`, and
 /// a capsule-made symlink there is replaced, never followed); empty leaves the
-/// image's. Closing the pipe without this is the signal to give up.
+/// image's. Closing the pipe without this is the signal to give up. For a capsule
+/// booted [`ahead_of_time`](InitSpec::ahead_of_time) the caller keeps the pipe open
+/// as its lease until [`claim`]; otherwise it closes it.
 pub(crate) fn go(
-    mut pipe: std::fs::File,
+    pipe: &mut std::fs::File,
     spec: &InitSpec,
     resolv_conf: &str,
 ) -> std::io::Result<()> {
     use std::io::Write;
-    let mut message = vec![GO];
-    serde_json::to_writer(
-        &mut message,
-        &GoAhead {
-            spec: spec.clone(),
-            resolv_conf: resolv_conf.to_owned(),
-        },
-    )?;
+    let json = serde_json::to_vec(&GoAhead {
+        spec: spec.clone(),
+        resolv_conf: resolv_conf.to_owned(),
+    })?;
+    let length = u32::try_from(json.len())
+        .ok()
+        .filter(|l| *l as usize <= MAX_GO_AHEAD)
+        .ok_or_else(|| std::io::Error::other("the init specification is too large"))?;
+    let mut message = Vec::with_capacity(json.len() + 5);
+    message.push(GO);
+    message.extend_from_slice(&length.to_le_bytes());
+    message.extend_from_slice(&json);
     // A few KiB, far below the pipe's capacity: never blocks.
     pipe.write_all(&message)
 }
 
-/// Waits for [`go`] on stdin (to its end), then points stdin at `/dev/null`; returns
-/// the spec and the `resolv.conf` it carried (`None` when empty).
-fn wait_for_go() -> Result<(InitSpec, Option<String>), InitError> {
+/// Tells a capsule booted ahead of time, through its lease (the pipe [`go`] wrote to),
+/// that it is claimed: from now on it lives on when the pipe closes (dropped here).
+pub(crate) fn claim(mut lease: std::fs::File) -> std::io::Result<()> {
+    std::io::Write::write_all(&mut lease, &[CLAIMED])
+}
+
+/// Waits for [`go`] on stdin, then points stdin at `/dev/null`; returns the spec, the
+/// `resolv.conf` it carried (`None` when empty) and, for a capsule booted ahead of
+/// time, the pipe as its lease.
+fn wait_for_go() -> Result<(InitSpec, Option<String>, Option<OwnedFd>), InitError> {
     use std::io::Read;
-    let mut message = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut message)
-        .context(|| "read the go-ahead".into())?;
-    let Some((&GO, go_ahead)) = message.split_first() else {
-        return Err(InitError::new(
+    let called_off = || {
+        InitError::new(
             "the agent called the start off",
             std::io::ErrorKind::ConnectionAborted.into(),
-        ));
+        )
     };
-    let GoAhead { spec, resolv_conf } = serde_json::from_slice(go_ahead).map_err(|e| {
+    let mut stdin = std::io::stdin().lock();
+    let mut header = [0u8; 5];
+    match stdin.read_exact(&mut header) {
+        Ok(()) if header[0] == GO => {}
+        Ok(()) => return Err(InitError::invalid("the go-ahead is malformed")),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(called_off()),
+        Err(e) => return Err(InitError::new("read the go-ahead", e)),
+    }
+    let length = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if length > MAX_GO_AHEAD {
+        return Err(InitError::invalid("the go-ahead is too large"));
+    }
+    let mut go_ahead = vec![0u8; length];
+    match stdin.read_exact(&mut go_ahead) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(called_off()),
+        Err(e) => return Err(InitError::new("read the go-ahead", e)),
+    }
+    drop(stdin);
+    let GoAhead { spec, resolv_conf } = serde_json::from_slice(&go_ahead).map_err(|e| {
         InitError::new(
             "invalid init specification",
             std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         )
     })?;
+    let lease = if spec.ahead_of_time {
+        Some(
+            rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)
+                .context(|| "keep the lease".into())?,
+        )
+    } else {
+        None
+    };
     let null = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -206,7 +250,7 @@ fn wait_for_go() -> Result<(InitSpec, Option<String>), InitError> {
     )
     .context(|| "open /dev/null".into())?;
     rustix::stdio::dup2_stdin(&null).context(|| "point stdin at /dev/null".into())?;
-    Ok((spec, Some(resolv_conf).filter(|r| !r.is_empty())))
+    Ok((spec, Some(resolv_conf).filter(|r| !r.is_empty()), lease))
 }
 
 /// Appends stdout and stderr to `log` from now on.
@@ -265,7 +309,7 @@ enum Never {}
 /// failure.
 fn run() -> Result<Never, InitError> {
     let filter = seccomp::program()?;
-    let (spec, resolv_conf) = wait_for_go()?;
+    let (spec, resolv_conf, lease) = wait_for_go()?;
     let spec = &spec;
     if !spec.ahead_of_time {
         crate::idle::restore_this_thread();
@@ -277,7 +321,7 @@ fn run() -> Result<Never, InitError> {
         ));
     }
     spawn::enter_namespaces(&spec.netns)?;
-    spawn::fork_pid1()?;
+    spawn::fork_pid1(lease)?;
     // PID 1 of the capsule, still host root.
     for procs in &spec.cgroup_procs {
         fs::write(procs, b"0").context(|| format!("join cgroup {}", procs.display()))?;

@@ -2,6 +2,7 @@
 //! init program's outer process, which enters the capsule's namespaces, forks the
 //! capsule's PID 1 and mirrors its exit, like `unshare --fork --kill-child`.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::thread::UnshareFlags;
@@ -62,13 +63,19 @@ pub(super) fn enter_cgroup_namespace() -> Result<(), InitError> {
 /// The outer process of the init program: forks the capsule's PID 1 (which returns
 /// `Ok(())` from here and goes on with the set-up) and, in the parent, waits for it and
 /// exits with its status (`128 + signal` if it was killed). PID 1 gets `SIGKILL` if
-/// this process dies.
-pub(super) fn fork_pid1() -> Result<(), InitError> {
+/// this process dies — which it does, with status 1, if `lease` (a warm capsule's)
+/// closes before the agent claims the capsule ([`claim`](super::claim)).
+pub(super) fn fork_pid1(lease: Option<OwnedFd>) -> Result<(), InitError> {
     let pid = userns::fork().map_err(|e| InitError::new("fork PID 1", e))?;
     if pid == 0 {
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
             .context(|| "set the parent-death signal".into())?;
+        drop(lease);
         return Ok(());
+    }
+    if let Some(lease) = lease {
+        // The parent is past every single-threaded step: a thread may watch the lease.
+        std::thread::spawn(move || watch_lease(lease));
     }
     let code = match userns::reap(pid) {
         Some(status) => {
@@ -83,4 +90,18 @@ pub(super) fn fork_pid1() -> Result<(), InitError> {
         None => 1,
     };
     userns::exit_now(code)
+}
+
+/// Waits on a warm capsule's lease: the claim byte ends the watch; the pipe closing
+/// first (the agent is gone) ends the outer process, and `SIGKILL` reaches PID 1.
+fn watch_lease(lease: OwnedFd) {
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(&lease, &mut byte) {
+            Ok(1) if byte[0] == super::CLAIMED => return,
+            Err(rustix::io::Errno::INTR) => continue,
+            // End of file, an unexpected byte or an error: nobody holds this capsule.
+            _ => userns::exit_now(1),
+        }
+    }
 }

@@ -308,7 +308,7 @@ pub(crate) fn delete(name: &str) -> Result<(), NftError> {
     nft::commit(nft::delete_batch(Family::Inet, name))
 }
 
-fn rule(chain: &'static str, exprs: Vec<Expr>, comment: &str) -> Rule {
+pub(super) fn rule(chain: &'static str, exprs: Vec<Expr>, comment: &str) -> Rule {
     Rule {
         chain,
         exprs,
@@ -316,14 +316,14 @@ fn rule(chain: &'static str, exprs: Vec<Expr>, comment: &str) -> Rule {
     }
 }
 
-fn nfproto(proto: u8) -> Vec<Expr> {
+pub(super) fn nfproto(proto: u8) -> Vec<Expr> {
     vec![
         Expr::Meta(MetaKey::NfProto),
         Expr::Cmp(CmpOp::Eq, vec![proto]),
     ]
 }
 
-fn l4proto(proto: u8) -> Vec<Expr> {
+pub(super) fn l4proto(proto: u8) -> Vec<Expr> {
     vec![
         Expr::Meta(MetaKey::L4Proto),
         Expr::Cmp(CmpOp::Eq, vec![proto]),
@@ -331,7 +331,7 @@ fn l4proto(proto: u8) -> Vec<Expr> {
 }
 
 /// `iifname "<prefix>*"`: comparing only the prefix's bytes of the name.
-fn iface(key: MetaKey, prefix: &[u8]) -> Vec<Expr> {
+pub(super) fn iface(key: MetaKey, prefix: &[u8]) -> Vec<Expr> {
     vec![Expr::Meta(key), Expr::Cmp(CmpOp::Eq, prefix.to_vec())]
 }
 

@@ -23,7 +23,8 @@
 //!    the gateway, no IPv6 on either end, and the DNS forwarder's sockets bound on the
 //!    gateway. Networks are prepared ahead of time ([`NetworkOptions::spare_networks`],
 //!    as unnamed namespaces, at idle priority), so this is usually only a bind mount.
-//!    A VM runtime adds its TAP device inside the named namespace;
+//!    A VM runtime adds its TAP device and the guest's NAT inside the named namespace
+//!    ([`tap`]);
 //! 2. [`Network::serve`] (may run while the capsule starts): the DNS forwarder's
 //!    listeners on the gateway ([`dns`]);
 //! 3. [`Network::remove`]: stops the listeners and unmounts the namespace; the kernel
@@ -44,6 +45,7 @@ mod netlink;
 pub mod netns;
 mod nft;
 pub mod policy;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::io;

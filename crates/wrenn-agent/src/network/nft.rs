@@ -168,6 +168,10 @@ pub(crate) enum Expr {
     RejectAdminProhibited,
     /// Source NAT to the output interface's address.
     Masquerade,
+    /// Load an IPv4 address into register 1 (`immediate`).
+    LoadIpv4(std::net::Ipv4Addr),
+    /// Destination NAT (IPv4) to the address in register 1.
+    Dnat4,
     /// Set the verdict.
     Verdict(Verdict),
 }
@@ -401,6 +405,21 @@ impl Expr {
                 ],
             ),
             Expr::Masquerade => expr("masq", Vec::new()),
+            Expr::LoadIpv4(address) => expr(
+                "immediate",
+                vec![
+                    Attr::u32(1, REG_1),              // DREG
+                    data_value(2, &address.octets()), // DATA
+                ],
+            ),
+            Expr::Dnat4 => expr(
+                "nat",
+                vec![
+                    Attr::u32(1, 1),     // TYPE = NFT_NAT_DNAT
+                    Attr::u32(2, 2),     // FAMILY = NFPROTO_IPV4
+                    Attr::u32(3, REG_1), // REG_ADDR_MIN
+                ],
+            ),
             Expr::Verdict(v) => {
                 let verdict = match v {
                     Verdict::Accept => vec![Attr::i32(VERDICT_CODE, 1)], // NF_ACCEPT

@@ -1,7 +1,8 @@
 //! The [`Runtime`] seam: how a sandbox is actually run on this host.
 //!
 //! Implementations: [`process`] (Linux namespaces + overlayfs + cgroups; the
-//! embedded default) and `firecracker` (microVMs). The [`crate::manager`] owns the
+//! embedded default), [`qemu`] (capsules as QEMU microVMs on the shared [`vm`] layer)
+//! and `firecracker` (microVMs, on the same layer). The [`crate::manager`] owns the
 //! per-sandbox locks and state machine; a runtime only performs the operations.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 
 pub mod process;
+pub mod qemu;
 pub mod vm;
 
 /// What a runtime can do beyond the basics.
@@ -22,6 +24,10 @@ pub struct Capabilities {
     pub memory_snapshots: bool,
     /// Hibernate persists a sandbox to disk and frees its memory.
     pub hibernate: bool,
+    /// A template holds the sandbox's memory (VM runtimes): sandboxes made from it
+    /// resume its processes. Its envd must then not keep an access token in that
+    /// memory; the manager clears it before the snapshot and sets it again after.
+    pub templates_keep_processes: bool,
 }
 
 /// Everything a runtime needs to start a sandbox.
@@ -205,4 +211,31 @@ pub trait Runtime: Send + Sync + 'static {
     /// network namespaces after an agent crash), never hibernated state; returns the
     /// ids cleaned up.
     async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError>;
+}
+
+/// Maps an I/O error to [`RuntimeError::Io`] with `context`.
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Io { context, source }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Runs blocking work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Other(format!("blocking task failed: {e}")))
 }

@@ -246,6 +246,7 @@ impl Runtime for EnvdRuntime {
         Capabilities {
             memory_snapshots: true,
             hibernate: true,
+            templates_keep_processes: false,
         }
     }
 

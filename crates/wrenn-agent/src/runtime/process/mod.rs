@@ -116,6 +116,7 @@ use self::template::{HibernationRecord, Lowers};
 use self::warm::WarmCapsules;
 use super::{
     Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
+    blocking, error_chain, io_err,
 };
 use crate::disk::blank::Blanks;
 use crate::disk::pool::DiskPool;
@@ -262,6 +263,9 @@ struct Booted {
     version: String,
     /// Host pid and start time of its PID 1.
     pid1: (i32, u64),
+    /// A capsule booted ahead of time: the pipe whose closing kills it until it is
+    /// claimed ([`init::claim`]).
+    lease: Option<std::fs::File>,
 }
 
 /// What tears a sandbox down, owning what it needs so that it can run after a destroy
@@ -355,11 +359,6 @@ impl Drop for ProcessRuntime {
             self.discard(warm);
         }
     }
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let context = context.into();
-    move |source| RuntimeError::Io { context, source }
 }
 
 impl From<DiskError> for RuntimeError {
@@ -872,7 +871,7 @@ impl ProcessRuntime {
             }
         );
         let waiting = waiting.map_err(io_err("start the sandbox's init program"));
-        let (child, go, early_output) = match waiting {
+        let (child, mut go, early_output) = match waiting {
             Ok(Waiting {
                 child,
                 go,
@@ -888,14 +887,16 @@ impl ProcessRuntime {
             .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
             .and_then(|()| claimed.map_err(network_err(id)))
             .and_then(|claimed| {
-                // Closing the pipe (here, or by dropping it on failure) is the signal.
-                match init::go(go, &spec, &claimed.net().resolv_conf()) {
+                // Closing the pipe without a go-ahead (dropping it on failure) is the
+                // signal to give up; a warm capsule keeps it as its lease.
+                match init::go(&mut go, &spec, &claimed.net().resolv_conf()) {
                     // The init step is gone: waiting for envd reports its exit and log.
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(claimed),
                     Err(e) => Err(io_err(format!("start the init step of {id}"))(e)),
                     Ok(()) => Ok(claimed),
                 }
             });
+        let lease = ahead_of_time.then_some(go);
         tracing::debug!(elapsed_us = us(), "init program told to go on");
         let booted = match prepared {
             Ok(claimed) => self
@@ -911,6 +912,7 @@ impl ProcessRuntime {
                 claimed,
                 version,
                 pid1,
+                lease,
             }),
             Err(e) => {
                 self.teardown(id, Some(&child)).await;
@@ -944,7 +946,14 @@ impl ProcessRuntime {
             claimed,
             version,
             pid1,
+            lease,
         } = booted;
+        if let Some(lease) = lease
+            && let Err(e) = init::claim(lease)
+        {
+            self.teardown(id, Some(&child)).await;
+            return Err(io_err(format!("claim the warm capsule {id}"))(e));
+        }
         let net = match self.network.serve(claimed, &id.to_string()).await {
             Ok(net) => net,
             Err(e) => {
@@ -1143,27 +1152,6 @@ fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeEr
     move |e| RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
 }
 
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// Runs blocking work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, RuntimeError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RuntimeError::Other(format!("blocking task failed: {e}")))
-}
-
 async fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
     let d = dir.to_path_buf();
     blocking(move || match std::fs::remove_dir_all(&d) {
@@ -1280,6 +1268,7 @@ impl Runtime for ProcessRuntime {
         Capabilities {
             memory_snapshots: true,
             hibernate: true,
+            templates_keep_processes: false,
         }
     }
 

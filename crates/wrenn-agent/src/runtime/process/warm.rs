@@ -16,8 +16,11 @@
 //! Warm capsules are refilled in the background ([`ProcessRuntime::start_warm_refill`],
 //! started by [`Runtime::start_background`](crate::runtime::Runtime::start_background)
 //! after the start-up sweep): one is booted as soon as one is taken, at normal priority.
-//! They are never recorded, so an agent that restarts sweeps what a crash left; a
-//! runtime that is dropped discards them.
+//! They are never recorded. Until claimed, a warm capsule holds a *lease* on its agent
+//! (the init step's stdin, [`crate::init::claim`]): when the agent process ends, even
+//! by `SIGKILL`, the pipe closes and the capsule's processes die with it; an agent that
+//! restarts sweeps the namespace, cgroups and directory left. A runtime that is dropped
+//! discards them entirely.
 //!
 //! [`ProcessRuntimeOptions::warm_capsules`]: super::ProcessRuntimeOptions::warm_capsules
 

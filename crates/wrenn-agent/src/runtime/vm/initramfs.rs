@@ -18,10 +18,16 @@ use super::cpio;
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net"];
 
 /// `/init`: mounts the kernel file systems, loads the modules, waits for the root disk
-/// and mounts it (growing its file system to the disk with the image's `resize2fs`
-/// when `wrenn.grow=1`), then `switch_root`s into the program named by `wrenn.init=` on the
-/// kernel command line (envd; arguments follow the program, separated by commas). Each step says so on the console, which the host keeps
-/// as the capsule's serial log; a failure powers the VM off, so the host sees it exit.
+/// (the virtio disk whose serial is `wrenn-root`, else `wrenn.root=`, default
+/// `/dev/vda`) and mounts it, growing its file system to the disk with the image's
+/// `resize2fs` when `wrenn.grow=1`; with `wrenn.net=ADDR/PREFIX,GATEWAY` configures
+/// `eth0`, the default route and `/etc/resolv.conf` (the gateway serves DNS); mounts
+/// the guest's `/proc`, `/sys`, `/dev` (with `pts` and `shm`) and a `/run` tmpfs, and
+/// the disk whose serial is `wrenn-envd` (envd, read-only) at `/run/wrenn`; then
+/// `switch_root`s into the program named by `wrenn.init=` on the kernel command line
+/// (envd; arguments follow the program, separated by commas). Each step says so on the
+/// console, which the host keeps as the capsule's serial log; a failure powers the VM
+/// off, so the host sees it exit.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /newroot
 /bin/busybox --install -s /bin
@@ -34,10 +40,12 @@ mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
 root=/dev/vda
 next=
 grow=
+net=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     wrenn.root=*) root="${arg#wrenn.root=}" ;;
     wrenn.grow=*) grow="${arg#wrenn.grow=}" ;;
+    wrenn.net=*) net="${arg#wrenn.net=}" ;;
     wrenn.init=*) next="$(echo "${arg#wrenn.init=}" | tr , ' ')" ;;
   esac
 done
@@ -51,6 +59,15 @@ while [ ! -b "$root" ]; do
   [ "$i" -gt 500 ] && fail "no root disk $root"
   usleep 10000
 done
+# Disks are found by their serial (the order of virtio-mmio devices is QEMU's).
+envd_disk=
+for dev in /sys/block/vd*; do
+  [ -e "$dev/serial" ] || continue
+  case "$(cat "$dev/serial")" in
+    wrenn-root) root="/dev/${dev##*/}" ;;
+    wrenn-envd) envd_disk="/dev/${dev##*/}" ;;
+  esac
+done
 mount -t ext4 -o rw,noatime "$root" /newroot || fail "mount $root"
 say "root mounted"
 if [ "$grow" = 1 ]; then
@@ -60,9 +77,37 @@ if [ "$grow" = 1 ]; then
   umount /newroot/proc /newroot/dev
   say "root grown"
 fi
+ip link set lo up
+if [ -n "$net" ]; then
+  address="${net%,*}"
+  gateway="${net#*,}"
+  i=0
+  while [ ! -e /sys/class/net/eth0 ]; do
+    i=$((i + 1))
+    [ "$i" -gt 500 ] && fail "no eth0"
+    usleep 10000
+  done
+  ip addr add "$address" dev eth0 || fail "address eth0"
+  ip link set eth0 up || fail "bring eth0 up"
+  ip route add default via "$gateway" || fail "route via $gateway"
+  rm -f /newroot/etc/resolv.conf
+  echo "nameserver $gateway" > /newroot/etc/resolv.conf || fail "write resolv.conf"
+  say "network up"
+fi
 [ -n "$next" ] || fail "no wrenn.init= on the kernel command line"
+mount -t tmpfs -o mode=0755,nosuid,nodev run /newroot/run || fail "mount /run"
+if [ -n "$envd_disk" ]; then
+  mkdir -p /newroot/run/wrenn
+  mount -t ext4 -o ro,noload "$envd_disk" /newroot/run/wrenn || fail "mount envd's disk"
+fi
 umount /proc /sys
 mount --move /dev /newroot/dev || fail "move /dev"
+mount -t proc proc /newroot/proc || fail "mount the guest's /proc"
+mount -t sysfs sysfs /newroot/sys || fail "mount the guest's /sys"
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts /newroot/dev/pts || fail "mount /dev/pts"
+mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm || fail "mount /dev/shm"
+say "starting $next"
 exec switch_root /newroot $next
 "#;
 

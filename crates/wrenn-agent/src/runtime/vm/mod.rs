@@ -15,6 +15,7 @@
 //! guest the same address (so memory snapshots move between capsules), envd as the
 //! guest's PID 1 reached over that network, and the QEMU runtime itself.
 
+pub mod accel;
 pub mod cpio;
 pub mod disk;
 pub mod initramfs;

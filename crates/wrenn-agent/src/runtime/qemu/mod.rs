@@ -1,0 +1,1299 @@
+//! The QEMU runtime: every capsule is a virtual machine (`microvm`, KVM where it
+//! boots guests, else TCG), built on the shared [VM layer](super::vm).
+//!
+//! # A capsule
+//!
+//! - **Kernel and initramfs**: the default image build's `vmlinuz` and modules; the
+//!   initramfs ([`initramfs`](super::vm::initramfs)) carries busybox, the virtio
+//!   modules and this agent's envd, made once per start in `vm/`.
+//! - **Root disk**: `sandboxes/{id}/disk.qcow2`, a qcow2 overlay as large as
+//!   `disk_size_mb` over the image's `rootfs.ext4` (or over a template's disk); the
+//!   guest grows its file system to it at boot.
+//! - **Network**: the same capsule network as the process runtime (namespace
+//!   `wrenn-{id}`, veth, firewall, DNS forwarder) plus the TAP device and NAT of
+//!   [`tap`](crate::network::tap): every guest is `169.254.0.21` behind its capsule's
+//!   address, so a memory snapshot restores into any capsule. QEMU runs inside the
+//!   namespace.
+//! - **envd** is the guest's PID 1 (`--listen 0.0.0.0:49983 --set-clock`), reached at
+//!   `{capsule address}:49983` ([`EnvdEndpoint::Tcp`]) with the capsule's token.
+//! - **Console**: `sandboxes/{id}/serial.log`; its tail is the reason given when a
+//!   guest fails to start.
+//!
+//! # Memory snapshots
+//!
+//! - **pause** writes memory and device state to `sandboxes/{id}/memory`
+//!   ([`Machine::save`]) and QEMU exits: a paused capsule holds no memory. **resume**
+//!   starts a new QEMU that loads it: processes, tmpfs and open sockets inside go on.
+//!   A save that fails leaves the capsule running.
+//! - **hibernate** is a pause whose files move to `snapshots/{id}/` with a record; the
+//!   network goes. Hibernated capsules survive agent restarts; **restore** brings them
+//!   back in a new network namespace (the guest's address does not change).
+//! - **snapshot** (templates) copies the paused capsule's memory and disk into the
+//!   template's directory: a capsule created from it *resumes* the template's
+//!   processes (a server started before the snapshot answers at once).
+//! - **create** of the built-in template restores a *warm* snapshot — a guest booted
+//!   once per image, envd, accelerator and shape (vCPUs, memory, disk), kept in
+//!   `vm/warm/` — instead of booting; the first create of a shape makes it.
+//!
+//! Running VMs do not outlive the agent (QEMU gets `SIGKILL` when it exits); the
+//! start-up [`sweep`](Runtime::sweep) removes what a crash left.
+//!
+//! On a KVM host the same design restores in tens of milliseconds if the memory file
+//! is mapped instead of copied (QEMU's `-object memory-backend-file,share=off` over
+//! the snapshot, or Firecracker's UFFD handler of the next runtime); here, under TCG,
+//! the copy is what QEMU's migration does.
+
+pub mod machine;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::Endpoint;
+use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
+use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1::HealthRequest;
+use wrenn_proto::envd::v1::system_client::SystemClient;
+
+use self::machine::{Machine, MachineError, MachineSpec};
+use super::process::template::{ConfigRecord, HibernationRecord, read_record, write_record};
+use super::vm::accel::{self, Accel};
+use super::vm::{disk as vmdisk, initramfs};
+use super::{
+    Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats, blocking,
+    error_chain, io_err,
+};
+use crate::image::BuiltImage;
+use crate::network::{self, Network, NetworkOptions, SandboxNet, tap};
+
+/// The value of [`Runtime::name`] and of the `runtime` metadata key.
+pub const RUNTIME_NAME: &str = "qemu";
+/// The root disk in a capsule's, snapshot's or template's directory.
+pub const DISK_FILE: &str = "disk.qcow2";
+/// The memory snapshot next to it.
+pub const MEMORY_FILE: &str = "memory";
+/// The serial console log.
+pub const SERIAL_LOG: &str = "serial.log";
+/// A template's description.
+pub const TEMPLATE_FILE: &str = "template.json";
+/// `format` of [`TEMPLATE_FILE`].
+pub const TEMPLATE_FORMAT: &str = "wrenn-qemu-template/1";
+/// The [`GuestFiles`] of a hibernated capsule.
+const GUEST_FILE: &str = "guest.json";
+const QMP_SOCKET: &str = "qmp.sock";
+const PID_FILE: &str = "qemu.pid";
+/// Lines of the console reported when a guest fails.
+const CONSOLE_TAIL_LINES: usize = 15;
+
+/// Options of the QEMU runtime.
+#[derive(Debug, Clone)]
+pub struct QemuRuntimeOptions {
+    /// Capsule networking (as the process runtime's).
+    pub network: NetworkOptions,
+    /// The default image build: kernel, modules, busybox and root file system.
+    /// Required.
+    pub image: Option<BuiltImage>,
+    /// `qemu-system-x86_64` (default: found on `PATH`).
+    pub qemu: Option<PathBuf>,
+    /// `qemu-img` (default: found on `PATH`).
+    pub qemu_img: Option<PathBuf>,
+    /// The accelerator; `None` (default) probes once whether KVM boots a guest
+    /// ([`accel::kvm_boots`]) and falls back to TCG, saying so.
+    pub accel: Option<Accel>,
+    /// How long a booting guest's envd may take to answer (default 120 s: TCG on a
+    /// busy host).
+    pub boot_timeout: Duration,
+    /// How long a restored guest's envd may take to answer (default 30 s).
+    pub resume_timeout: Duration,
+    /// Keep warm snapshots for creates of the built-in template (default true).
+    pub warm_snapshots: bool,
+    /// The shape whose warm snapshot [`Runtime::start_background`] makes ahead of the
+    /// first create: `(vcpus, memory_mb, disk_size_mb)`, default the control plane's
+    /// defaults (1, 512, 20480).
+    pub warm_shape: (u32, u32, u32),
+}
+
+impl Default for QemuRuntimeOptions {
+    fn default() -> Self {
+        use wrenn_core::lifecycle::{DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
+        Self {
+            network: NetworkOptions::default(),
+            image: None,
+            qemu: None,
+            qemu_img: None,
+            accel: None,
+            boot_timeout: Duration::from_secs(120),
+            resume_timeout: Duration::from_secs(30),
+            warm_snapshots: true,
+            warm_shape: (
+                DEFAULT_VCPUS as u32,
+                DEFAULT_MEMORY_MB as u32,
+                DEFAULT_DISK_SIZE_MB as u32,
+            ),
+        }
+    }
+}
+
+/// What a template made by this runtime holds besides its disk and memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateManifest {
+    /// [`TEMPLATE_FORMAT`].
+    pub format: String,
+    /// The machine its memory belongs to: vCPUs.
+    pub vcpus: u32,
+    /// Memory (MiB).
+    pub memory_mb: u32,
+    /// Disk (MiB).
+    pub disk_size_mb: u32,
+    /// The guest files its memory was running.
+    pub guest: GuestFiles,
+    /// The capsule it was taken from.
+    pub source: SandboxId,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// The guest software files a VM runs with besides the image's kernel: what its
+/// memory snapshots depend on, so templates and hibernated capsules record them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFiles {
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// envd's read-only disk.
+    pub envd_disk: PathBuf,
+}
+
+impl GuestFiles {
+    /// Whether both files are (still) on this host.
+    fn present(&self) -> bool {
+        self.initrd.is_file() && self.envd_disk.is_file()
+    }
+}
+
+/// A capsule's VM as the runtime tracks it.
+#[derive(Debug)]
+struct Vm {
+    config: SandboxConfig,
+    guest: GuestFiles,
+    net: SandboxNet,
+    /// `None` while paused (its memory is in `sandboxes/{id}/memory`).
+    machine: tokio::sync::Mutex<Option<Machine>>,
+    /// CPU time and when it was read, for [`Stats::cpu_pct`].
+    cpu: Mutex<(u64, Instant)>,
+}
+
+/// Where a new VM's state comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Boot the kernel; the disk is a new overlay of `backing` (format
+    /// `backing_format`) grown to the capsule's size.
+    Boot {
+        backing: PathBuf,
+        backing_format: &'static str,
+    },
+    /// Restore `memory` (made running `guest`); the disk is a new overlay of `disk`
+    /// (a template's or warm snapshot's), or the capsule's own when `disk` is `None`.
+    Restore {
+        disk: Option<PathBuf>,
+        memory: PathBuf,
+        guest: GuestFiles,
+    },
+}
+
+/// The QEMU runtime. See the [module docs](self).
+#[derive(Debug)]
+pub struct QemuRuntime {
+    layout: Layout,
+    options: QemuRuntimeOptions,
+    network: Arc<Network>,
+    image: BuiltImage,
+    kernel: PathBuf,
+    /// The initramfs and envd disk new guests boot with.
+    guest: GuestFiles,
+    /// Identifies the guest software (image, initramfs with envd, accelerator) in warm
+    /// snapshot keys.
+    guest_key: String,
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    accel: Accel,
+    clock_args: String,
+    live: Mutex<HashMap<SandboxId, Arc<Vm>>>,
+    /// Serialises making warm snapshots.
+    warming: tokio::sync::Mutex<()>,
+}
+
+impl QemuRuntime {
+    /// Prepares the runtime: finds QEMU, builds the initramfs with `envd` (the guest
+    /// agent binary) in `vm/`, decides the accelerator and sets up the host's capsule
+    /// network. Fails with [`RuntimeError::Unsupported`] when something is missing.
+    pub async fn new(
+        layout: Layout,
+        envd: PathBuf,
+        options: QemuRuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
+        let image = options.image.clone().ok_or_else(|| {
+            RuntimeError::Unsupported("the QEMU runtime needs the default image".into())
+        })?;
+        let kernel = image.vmlinuz().ok_or_else(|| {
+            RuntimeError::Unsupported("the image build has no kernel (vmlinuz)".into())
+        })?;
+        let modules = image
+            .modules()
+            .ok_or_else(|| RuntimeError::Unsupported("the image build has no modules".into()))?;
+        let busybox = image.busybox().ok_or_else(|| {
+            RuntimeError::Unsupported("the image build has no static busybox".into())
+        })?;
+        let qemu = find_tool(
+            options.qemu.clone(),
+            "qemu-system-x86_64",
+            "qemu-system-x86",
+        )?;
+        let qemu_img = find_tool(options.qemu_img.clone(), "qemu-img", "qemu-utils")?;
+        for dir in [
+            layout.sandboxes_dir(),
+            layout.snapshots_dir(),
+            vm_dir(&layout),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        let vm = vm_dir(&layout);
+        let (kernel_probe, qemu_probe, chosen) = (kernel.clone(), qemu.clone(), options.accel);
+        let vm_scratch = vm.clone();
+        let envd_bin = envd.clone();
+        let image_hash = image.manifest.hash.clone();
+        let (guest, guest_key, accel) = blocking(move || {
+            let envd_sha = crate::image::manifest::sha256_file(&envd_bin)
+                .map_err(io_err(format!("read envd ({})", envd_bin.display())))?;
+            let busybox_sha = crate::image::manifest::sha256_file(&busybox)
+                .map_err(io_err("read busybox"))?;
+            let short = |s: &str| s.chars().take(16).collect::<String>();
+            let initrd = vm_scratch.join(format!(
+                "initramfs-{}-{}.cpio",
+                short(&image_hash),
+                short(&busybox_sha),
+            ));
+            if !initrd.is_file() {
+                initramfs::build(&modules, &busybox, &initrd)
+                    .map_err(io_err("build the initramfs"))?;
+            }
+            let envd_disk = vm_scratch.join(format!("envd-{}.ext4", short(&envd_sha)));
+            if !envd_disk.is_file() {
+                make_envd_disk(&envd_bin, &envd_disk)?;
+            }
+            let accel = match chosen {
+                Some(accel) => accel,
+                None if accel::kvm_boots(&qemu_probe, &kernel_probe, &vm_scratch) => Accel::Kvm,
+                None => {
+                    tracing::warn!(
+                        "KVM cannot boot guests on this host: capsules run under TCG (emulated, much slower)"
+                    );
+                    Accel::Tcg
+                }
+            };
+            let key = format!(
+                "{}-{}-{}-{accel}",
+                short(&image_hash),
+                short(&busybox_sha),
+                short(&envd_sha)
+            );
+            Ok::<_, RuntimeError>((GuestFiles { initrd, envd_disk }, key, accel))
+        })
+        .await??;
+        let clock_args = accel::guest_clock_args(accel);
+        let network = Network::new(options.network.clone())
+            .await
+            .map_err(|e| RuntimeError::Unsupported(error_chain(&e)))?;
+        tracing::info!(%accel, qemu = %qemu.display(), "QEMU runtime ready");
+        Ok(Self {
+            layout,
+            options,
+            network: Arc::new(network),
+            image,
+            kernel,
+            guest,
+            guest_key,
+            qemu,
+            qemu_img,
+            accel,
+            clock_args,
+            live: Mutex::new(HashMap::new()),
+            warming: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The accelerator guests run under.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// The capsule networking of this runtime.
+    pub fn networking(&self) -> &Network {
+        &self.network
+    }
+
+    /// The network namespace name of a capsule.
+    pub fn netns_name(id: SandboxId) -> String {
+        network::netns_name(&id.to_string())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Arc<Vm>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: SandboxId) -> Result<Arc<Vm>, RuntimeError> {
+        self.live()
+            .get(&id)
+            .cloned()
+            .ok_or(RuntimeError::NotFound(id))
+    }
+
+    /// The kernel command line of every guest.
+    fn cmdline(&self) -> String {
+        format!(
+            "console=ttyS0 panic=-1 pci=off quiet loglevel=4 {clock} wrenn.root=/dev/vda wrenn.grow=1 \
+             wrenn.net={guest}/{prefix},{gateway} \
+             wrenn.init=/run/wrenn/wrenn-envd,--listen,0.0.0.0:{port},--set-clock",
+            clock = self.clock_args,
+            guest = tap::GUEST_ADDR,
+            prefix = tap::TAP_PREFIX,
+            gateway = tap::TAP_ADDR,
+            port = wrenn_proto::ENVD_PORT,
+        )
+    }
+
+    /// The machine of a VM whose files are in `dir`, running `guest`.
+    fn machine_spec(
+        &self,
+        dir: &Path,
+        guest: &GuestFiles,
+        shape: Shape,
+        netns: Option<&str>,
+    ) -> MachineSpec {
+        MachineSpec {
+            qemu: self.qemu.clone(),
+            accel: self.accel,
+            kernel: self.kernel.clone(),
+            initrd: guest.initrd.clone(),
+            cmdline: self.cmdline(),
+            disk: dir.join(DISK_FILE),
+            envd_disk: Some(guest.envd_disk.clone()),
+            vcpus: shape.vcpus,
+            memory_mb: shape.memory_mb,
+            netns: netns.map(network::netns_path),
+            serial_log: dir.join(SERIAL_LOG),
+            qmp_socket: dir.join(QMP_SOCKET),
+            pid_file: dir.join(PID_FILE),
+        }
+    }
+
+    fn validate(config: &SandboxConfig) -> Result<(), RuntimeError> {
+        if config.vcpus == 0 || config.vcpus > 64 {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "vcpus must be 1 to 64 (got {})",
+                config.vcpus
+            )));
+        }
+        if config.memory_mb < 128 {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "a VM needs at least 128 MiB of memory (got {})",
+                config.memory_mb
+            )));
+        }
+        Ok(())
+    }
+
+    fn ensure_free(&self, id: SandboxId, allow_hibernated: bool) -> Result<(), RuntimeError> {
+        if self.live().contains_key(&id) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} is already running"
+            )));
+        }
+        if self.layout.sandbox_dir(id).exists()
+            || network::netns_path(&Self::netns_name(id)).exists()
+        {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} has leftovers on this host"
+            )));
+        }
+        if !allow_hibernated && self.layout.snapshot_dir(id).exists() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} is hibernated on this host"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where a create of `config` starts from, and the machine's shape (a template's
+    /// memory fixes it).
+    async fn source_for(&self, config: &SandboxConfig) -> Result<(Source, Shape), RuntimeError> {
+        let asked = Shape::of(config);
+        if config.template_id != BUILTIN_TEMPLATE_ID {
+            let dir = self
+                .layout
+                .template_dir(config.template_team_id, config.template_id);
+            let manifest =
+                read_template(&dir)?.ok_or(RuntimeError::TemplateNotFound(config.template_id))?;
+            let shape = Shape {
+                vcpus: manifest.vcpus,
+                memory_mb: manifest.memory_mb,
+                disk_size_mb: manifest.disk_size_mb,
+            };
+            if !manifest.guest.present() {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "template {} was made with guest files this host no longer has",
+                    config.template_id
+                )));
+            }
+            return Ok((
+                Source::Restore {
+                    disk: Some(dir.join(DISK_FILE)),
+                    memory: dir.join(MEMORY_FILE),
+                    guest: manifest.guest,
+                },
+                shape,
+            ));
+        }
+        if self.options.warm_snapshots {
+            match self.warm_snapshot(asked).await {
+                Ok(warm) => {
+                    return Ok((
+                        Source::Restore {
+                            disk: Some(warm.join(DISK_FILE)),
+                            memory: warm.join(MEMORY_FILE),
+                            guest: self.guest.clone(),
+                        },
+                        asked,
+                    ));
+                }
+                Err(e) => tracing::warn!("no warm snapshot, booting: {e}"),
+            }
+        }
+        Ok((self.boot_source(), asked))
+    }
+
+    fn boot_source(&self) -> Source {
+        Source::Boot {
+            backing: self.image.ext4(),
+            backing_format: "raw",
+        }
+    }
+
+    /// The warm snapshot of `shape`, made now if there is none (see the
+    /// [module docs](self)).
+    async fn warm_snapshot(&self, shape: Shape) -> Result<PathBuf, RuntimeError> {
+        let dir = vm_dir(&self.layout).join("warm").join(format!(
+            "{}-{}c-{}m-{}d",
+            self.guest_key, shape.vcpus, shape.memory_mb, shape.disk_size_mb
+        ));
+        if dir.join(MEMORY_FILE).is_file() {
+            return Ok(dir);
+        }
+        let _one = self.warming.lock().await;
+        if dir.join(MEMORY_FILE).is_file() {
+            return Ok(dir);
+        }
+        let started = Instant::now();
+        let id = SandboxId::new();
+        let config = SandboxConfig {
+            id,
+            team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+            template_team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+            template_id: BUILTIN_TEMPLATE_ID,
+            vcpus: shape.vcpus,
+            memory_mb: shape.memory_mb,
+            disk_size_mb: shape.disk_size_mb,
+            default_user: String::new(),
+            default_env: BTreeMap::new(),
+        };
+        let sandbox_dir = self.make_dir(id)?;
+        let made = async {
+            let (vm, _) = self.start_vm(&config, self.boot_source(), shape).await?;
+            let saved = self.save_and_quit(&vm, &sandbox_dir).await;
+            self.live().remove(&id);
+            self.remove_network(&Self::netns_name(id)).await;
+            saved?;
+            let partial = dir.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&partial);
+            std::fs::create_dir_all(&partial).map_err(io_err("create the warm snapshot"))?;
+            for file in [DISK_FILE, MEMORY_FILE] {
+                std::fs::rename(sandbox_dir.join(file), partial.join(file))
+                    .map_err(io_err(format!("keep the warm snapshot's {file}")))?;
+            }
+            std::fs::rename(&partial, &dir).map_err(io_err("keep the warm snapshot"))
+        }
+        .await;
+        let _ = remove_tree(&sandbox_dir).await;
+        made?;
+        tracing::info!(
+            vcpus = shape.vcpus,
+            memory_mb = shape.memory_mb,
+            disk_size_mb = shape.disk_size_mb,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "made a warm snapshot"
+        );
+        Ok(dir)
+    }
+
+    fn make_dir(&self, id: SandboxId) -> Result<PathBuf, RuntimeError> {
+        let dir = self.layout.sandbox_dir(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// Starts capsule `config.id`'s VM from `source` in a new network (its directory
+    /// exists) and waits for envd; tracks it. On failure nothing of it runs and its
+    /// network is gone (the directory stays for the caller).
+    async fn start_vm(
+        &self,
+        config: &SandboxConfig,
+        source: Source,
+        shape: Shape,
+    ) -> Result<(Arc<Vm>, String), RuntimeError> {
+        let id = config.id;
+        let dir = self.layout.sandbox_dir(id);
+        let disk = dir.join(DISK_FILE);
+        let qemu_img = self.qemu_img.clone();
+        let (memory, overlay, guest) = match source {
+            Source::Boot {
+                backing,
+                backing_format,
+            } => (None, Some((backing, backing_format)), self.guest.clone()),
+            Source::Restore {
+                disk,
+                memory,
+                guest,
+            } => (Some(memory), disk.map(|d| (d, "qcow2")), guest),
+        };
+        if let Some((backing, format)) = overlay {
+            let size = shape.disk_size_mb;
+            let d = disk.clone();
+            blocking(move || {
+                vmdisk::create_overlay(&qemu_img, &backing, format, &d, u64::from(size))
+            })
+            .await?
+            .map_err(|e| match e {
+                vmdisk::DiskError::TooSmall { .. } => {
+                    RuntimeError::FailedPrecondition(error_chain(&e))
+                }
+                e => RuntimeError::Other(format!("the disk of {id}: {}", error_chain(&e))),
+            })?;
+        }
+        let netns = Self::netns_name(id);
+        let net = self.add_network(id, &netns).await?;
+        let spec = self.machine_spec(&dir, &guest, shape, Some(&netns));
+        let envd_addr = SocketAddr::from((net.sandbox_addr, wrenn_proto::ENVD_PORT));
+        let started = Instant::now();
+        let running = async {
+            let mut machine = Machine::start(&spec, memory.is_some())
+                .await
+                .map_err(|e| self.machine_err(id, &dir, e))?;
+            let timeout = match &memory {
+                Some(memory) => {
+                    let loaded = async {
+                        machine.load(memory).await?;
+                        machine.cont().await
+                    }
+                    .await;
+                    if let Err(e) = loaded {
+                        machine.kill().await;
+                        return Err(self.machine_err(id, &dir, e));
+                    }
+                    self.options.resume_timeout
+                }
+                None => self.options.boot_timeout,
+            };
+            match wait_for_envd(&mut machine, envd_addr, timeout).await {
+                Ok(version) => Ok((machine, version)),
+                Err(why) => {
+                    machine.kill().await;
+                    Err(RuntimeError::Other(format!(
+                        "the VM of {id} did not start: {why}; console: {}",
+                        console_tail(&dir)
+                    )))
+                }
+            }
+        }
+        .await;
+        let (machine, version) = match running {
+            Ok(running) => running,
+            Err(e) => {
+                self.remove_network(&netns).await;
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            sandbox_id = %id,
+            restored = memory.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "VM started"
+        );
+        let vm = Arc::new(Vm {
+            config: config.clone(),
+            guest,
+            net,
+            machine: tokio::sync::Mutex::new(Some(machine)),
+            cpu: Mutex::new((0, Instant::now())),
+        });
+        self.live().insert(id, vm.clone());
+        Ok((vm, version))
+    }
+
+    /// The capsule network of `id` with the guest's TAP device and NAT, its DNS served.
+    async fn add_network(&self, id: SandboxId, netns: &str) -> Result<SandboxNet, RuntimeError> {
+        let network_err = |e: network::NetworkError| {
+            RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
+        };
+        let claimed = self.network.prepare(netns).await.map_err(network_err)?;
+        let (name, addr, gateway) = (
+            netns.to_owned(),
+            claimed.net().sandbox_addr,
+            claimed.net().host_addr,
+        );
+        let tapped = blocking(move || tap::add(&name, addr, gateway))
+            .await
+            .and_then(|r| r.map_err(io_err(format!("the TAP device of {id}"))));
+        if let Err(e) = tapped {
+            drop(claimed);
+            self.remove_network(netns).await;
+            return Err(e);
+        }
+        match self.network.serve(claimed, &id.to_string()).await {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                self.remove_network(netns).await;
+                Err(network_err(e))
+            }
+        }
+    }
+
+    async fn remove_network(&self, netns: &str) {
+        if let Err(e) = self.network.remove(netns).await {
+            tracing::warn!(netns, "removing a capsule network: {}", error_chain(&e));
+        }
+    }
+
+    fn machine_err(&self, id: SandboxId, dir: &Path, e: MachineError) -> RuntimeError {
+        RuntimeError::Other(format!(
+            "the VM of {id}: {}; console: {}",
+            error_chain(&e),
+            console_tail(dir)
+        ))
+    }
+
+    fn instance(&self, vm: &Vm, version: Option<String>) -> Instance {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
+        metadata.insert("accel".to_owned(), self.accel.to_string());
+        metadata.insert("netns".to_owned(), vm.net.netns.clone());
+        if let Some(version) = version {
+            metadata.insert("envd_version".to_owned(), version);
+        }
+        Instance {
+            id: vm.config.id,
+            envd: EnvdEndpoint::Tcp(SocketAddr::from((
+                vm.net.sandbox_addr,
+                wrenn_proto::ENVD_PORT,
+            ))),
+            host_ip: vm.net.sandbox_addr.to_string(),
+            metadata,
+        }
+    }
+
+    /// Saves a running VM's memory into `dir` and stops its QEMU; a VM already paused
+    /// is left as it is. On failure the VM runs on.
+    async fn save_and_quit(&self, vm: &Vm, dir: &Path) -> Result<(), RuntimeError> {
+        let mut slot = vm.machine.lock().await;
+        let Some(mut machine) = slot.take() else {
+            return Ok(());
+        };
+        let id = vm.config.id;
+        let started = Instant::now();
+        match machine.save(&dir.join(MEMORY_FILE)).await {
+            Ok(()) => {
+                machine.quit().await;
+                tracing::debug!(
+                    sandbox_id = %id,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "memory saved"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let err = self.machine_err(id, dir, e);
+                if machine.exited().is_none() {
+                    if let Err(ce) = machine.cont().await {
+                        tracing::warn!(sandbox_id = %id, "continuing after a failed save: {}", error_chain(&ce));
+                    }
+                    *slot = Some(machine);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Stops everything of `id` that runs or is mounted: its QEMU (also one found only
+    /// by its pid file) and its network.
+    async fn stop_everything(&self, id: SandboxId) {
+        let vm = self.live().remove(&id);
+        if let Some(vm) = vm
+            && let Some(machine) = vm.machine.lock().await.take()
+        {
+            machine.kill().await;
+        }
+        let pid_file = self.layout.sandbox_dir(id).join(PID_FILE);
+        let dir = self.layout.sandbox_dir(id);
+        let _ = blocking(move || kill_recorded_qemu(&pid_file, &dir)).await;
+        let netns = Self::netns_name(id);
+        if network::netns_path(&netns).exists() || self.network.serves_dns(&netns) {
+            self.remove_network(&netns).await;
+        }
+    }
+}
+
+/// A machine's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    vcpus: u32,
+    memory_mb: u32,
+    disk_size_mb: u32,
+}
+
+impl Shape {
+    fn of(config: &SandboxConfig) -> Self {
+        Self {
+            vcpus: config.vcpus,
+            memory_mb: config.memory_mb,
+            disk_size_mb: config.disk_size_mb,
+        }
+    }
+}
+
+fn vm_dir(layout: &Layout) -> PathBuf {
+    layout.root().join("vm")
+}
+
+/// `explicit`, else `name` on `PATH`; `package` names the Debian package in the error.
+fn find_tool(
+    explicit: Option<PathBuf>,
+    name: &str,
+    package: &str,
+) -> Result<PathBuf, RuntimeError> {
+    if let Some(path) = explicit {
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            RuntimeError::Unsupported(format!(
+                "{name} is not installed (Debian: apt-get install {package})"
+            ))
+        })
+}
+
+/// The last lines of a VM's console, for error messages.
+fn console_tail(dir: &Path) -> String {
+    let raw = std::fs::read(dir.join(SERIAL_LOG)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..];
+    if tail.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// Waits until envd at `addr` answers `Health`, or the machine exits, or `timeout`.
+async fn wait_for_envd(
+    machine: &mut Machine,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(exit) = machine.exited() {
+            return Err(format!("QEMU exited ({exit})"));
+        }
+        let last = match health(addr).await {
+            Ok(version) => return Ok(version),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("envd did not answer within {timeout:?} ({last})"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn health(addr: SocketAddr) -> Result<String, String> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {}", error_chain(&e)))?;
+    SystemClient::new(channel)
+        .health(HealthRequest {})
+        .await
+        .map(|r| r.into_inner().version)
+        .map_err(|e| format!("health: {e}"))
+}
+
+/// Kills the QEMU whose pid `pid_file` records if it still runs with a command line
+/// naming `dir` (a pid reused by another process is left alone).
+fn kill_recorded_qemu(pid_file: &Path, dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = dir.display().to_string();
+    if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+        return;
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+async fn remove_tree(dir: &Path) -> Result<(), RuntimeError> {
+    let d = dir.to_owned();
+    blocking(move || match std::fs::remove_dir_all(&d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    })
+    .await?
+    .map_err(io_err(format!("remove {}", dir.display())))
+}
+
+/// Reads a template's manifest; `Ok(None)` when the directory holds none.
+fn read_template(dir: &Path) -> Result<Option<TemplateManifest>, RuntimeError> {
+    let path = dir.join(TEMPLATE_FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
+    };
+    let manifest: TemplateManifest = serde_json::from_slice(&raw)
+        .map_err(|e| RuntimeError::Other(format!("invalid template manifest: {e}")))?;
+    if manifest.format != TEMPLATE_FORMAT {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "the template was made by another runtime ({}), not by this QEMU runtime",
+            manifest.format
+        )));
+    }
+    Ok(Some(manifest))
+}
+
+/// Makes envd's read-only disk: an ext4 image holding `envd` as `wrenn-envd`.
+fn make_envd_disk(envd: &Path, disk: &Path) -> Result<(), RuntimeError> {
+    let staging = disk.with_extension("d");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io_err("stage envd's disk"))?;
+    std::fs::copy(envd, staging.join("wrenn-envd")).map_err(io_err("stage envd"))?;
+    let partial = disk.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let made = crate::image::ext4::make(&staging, &partial)
+        .map_err(|e| RuntimeError::Unsupported(format!("envd's disk: {}", error_chain(&e))));
+    let _ = std::fs::remove_dir_all(&staging);
+    made?;
+    std::fs::rename(&partial, disk).map_err(io_err("keep envd's disk"))
+}
+
+/// Bytes a file takes on disk.
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) and resident memory (bytes) of process `pid`.
+fn process_usage(pid: u32) -> std::io::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| std::io::Error::other("unreadable stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the state (index 0): utime and stime are fields 14 and 15 of stat.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: `sysconf` has no preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu_ns = ticks * 1_000_000_000 / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((cpu_ns, rss_kib * 1024))
+}
+
+#[async_trait::async_trait]
+impl Runtime for QemuRuntime {
+    fn name(&self) -> &'static str {
+        RUNTIME_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            memory_snapshots: true,
+            hibernate: true,
+            templates_keep_processes: true,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %config.id))]
+    async fn create(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError> {
+        Self::validate(config)?;
+        self.ensure_free(config.id, false)?;
+        let (source, shape) = self.source_for(config).await?;
+        let dir = self.make_dir(config.id)?;
+        match self.start_vm(config, source, shape).await {
+            Ok((vm, version)) => Ok(self.instance(&vm, Some(version))),
+            Err(e) => {
+                let _ = remove_tree(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn start_background(self: Arc<Self>) {
+        if !self.options.warm_snapshots {
+            return;
+        }
+        let (vcpus, memory_mb, disk_size_mb) = self.options.warm_shape;
+        let runtime = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            let Some(rt) = runtime.upgrade() else {
+                return;
+            };
+            let shape = Shape {
+                vcpus,
+                memory_mb,
+                disk_size_mb,
+            };
+            if let Err(e) = rt.warm_snapshot(shape).await {
+                tracing::warn!("making the warm snapshot: {e}");
+            }
+        });
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let vm = self.get(instance.id)?;
+        self.save_and_quit(&vm, &self.layout.sandbox_dir(instance.id))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn resume(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let id = instance.id;
+        let vm = self.get(id)?;
+        let mut slot = vm.machine.lock().await;
+        if slot.is_some() {
+            return Ok(());
+        }
+        let dir = self.layout.sandbox_dir(id);
+        let memory = dir.join(MEMORY_FILE);
+        let spec = self.machine_spec(&dir, &vm.guest, Shape::of(&vm.config), Some(&vm.net.netns));
+        let mut machine = Machine::start(&spec, true)
+            .await
+            .map_err(|e| self.machine_err(id, &dir, e))?;
+        let loaded = async {
+            machine.load(&memory).await?;
+            machine.cont().await
+        }
+        .await;
+        if let Err(e) = loaded {
+            machine.kill().await;
+            return Err(self.machine_err(id, &dir, e));
+        }
+        *slot = Some(machine);
+        let _ = std::fs::remove_file(&memory);
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn hibernate(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let id = instance.id;
+        let vm = self.get(id)?;
+        let dir = self.layout.sandbox_dir(id);
+        self.save_and_quit(&vm, &dir).await?;
+        self.live().remove(&id);
+        self.remove_network(&vm.net.netns).await;
+        let snapshot = self.layout.snapshot_dir(id);
+        let record = HibernationRecord {
+            config: ConfigRecord::from(&vm.config),
+            hibernated_at: chrono::Utc::now().to_rfc3339(),
+            image: Some(self.image.reference()),
+        };
+        let (from, to) = (dir.clone(), snapshot.clone());
+        let guest = serde_json::to_vec_pretty(&vm.guest).map_err(std::io::Error::other);
+        blocking(move || {
+            std::fs::create_dir_all(&to)?;
+            for file in [DISK_FILE, MEMORY_FILE, SERIAL_LOG] {
+                match std::fs::rename(from.join(file), to.join(file)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::write(to.join(GUEST_FILE), guest?)?;
+            write_record(&to, &record)
+        })
+        .await?
+        .map_err(io_err(format!("persist {id}")))?;
+        remove_tree(&dir).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %config.id))]
+    async fn restore(&self, config: &SandboxConfig) -> Result<Instance, RuntimeError> {
+        let id = config.id;
+        let snapshot = self.layout.snapshot_dir(id);
+        let record = read_record(&snapshot)?.ok_or(RuntimeError::NotFound(id))?;
+        self.ensure_free(id, true)?;
+        let saved: SandboxConfig = record.config.into();
+        let guest: GuestFiles = std::fs::read(snapshot.join(GUEST_FILE))
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .filter(GuestFiles::present)
+            .ok_or_else(|| {
+                RuntimeError::Other(format!(
+                    "hibernated sandbox {id} names guest files this host no longer has"
+                ))
+            })?;
+        let mut config = config.clone();
+        // The machine is the one whose memory was saved.
+        config.vcpus = saved.vcpus;
+        config.memory_mb = saved.memory_mb;
+        config.disk_size_mb = saved.disk_size_mb;
+        config.template_team_id = saved.template_team_id;
+        config.template_id = saved.template_id;
+        let dir = self.make_dir(id)?;
+        let moved: Vec<&str> = [DISK_FILE, MEMORY_FILE, SERIAL_LOG]
+            .into_iter()
+            .filter(|f| std::fs::rename(snapshot.join(f), dir.join(f)).is_ok())
+            .collect();
+        let source = Source::Restore {
+            disk: None,
+            memory: dir.join(MEMORY_FILE),
+            guest,
+        };
+        match self.start_vm(&config, source, Shape::of(&config)).await {
+            Ok((vm, version)) => {
+                let _ = std::fs::remove_file(dir.join(MEMORY_FILE));
+                remove_tree(&snapshot).await?;
+                Ok(self.instance(&vm, Some(version)))
+            }
+            Err(e) => {
+                // The files go back for inspection (and another try).
+                for file in moved {
+                    if let Err(back) = std::fs::rename(dir.join(file), snapshot.join(file)) {
+                        tracing::error!(sandbox_id = %id, "cannot move {file} back: {back}");
+                    }
+                }
+                let _ = remove_tree(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
+    async fn destroy(&self, id: SandboxId) -> Result<(), RuntimeError> {
+        self.stop_everything(id).await;
+        remove_tree(&self.layout.sandbox_dir(id)).await?;
+        remove_tree(&self.layout.snapshot_dir(id)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %instance.id))]
+    async fn snapshot(
+        &self,
+        instance: &Instance,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, RuntimeError> {
+        let id = instance.id;
+        if template == BUILTIN_TEMPLATE_ID {
+            return Err(RuntimeError::FailedPrecondition(
+                "the built-in template cannot be overwritten".into(),
+            ));
+        }
+        let vm = self.get(id)?;
+        if vm.machine.lock().await.is_some() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "sandbox {id} must be paused for a snapshot"
+            )));
+        }
+        let (config, source_dir) = (vm.config.clone(), self.layout.sandbox_dir(id));
+        let dest = self.layout.template_dir(team, template);
+        if dest.exists() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "template {template} already exists on this host"
+            )));
+        }
+        let manifest = TemplateManifest {
+            format: TEMPLATE_FORMAT.to_owned(),
+            vcpus: config.vcpus,
+            memory_mb: config.memory_mb,
+            disk_size_mb: config.disk_size_mb,
+            guest: vm.guest.clone(),
+            source: id,
+            created_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let partial = dest.with_extension("partial");
+        let (from, to, finished) = (source_dir, partial.clone(), dest.clone());
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(&to);
+            std::fs::create_dir_all(&to)?;
+            let mut size = 0;
+            for file in [DISK_FILE, MEMORY_FILE] {
+                size += std::fs::copy(from.join(file), to.join(file))?;
+            }
+            let json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+            std::fs::write(to.join(TEMPLATE_FILE), json)?;
+            std::fs::rename(&to, &finished)?;
+            Ok::<_, std::io::Error>(size)
+        })
+        .await?
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&partial);
+            io_err(format!("write template {template}"))(e)
+        })
+    }
+
+    async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError> {
+        let vm = self.get(instance.id)?;
+        let pid = vm.machine.lock().await.as_ref().map(Machine::pid);
+        let disk_bytes = allocated(&self.layout.sandbox_dir(instance.id).join(DISK_FILE));
+        let Some(pid) = pid else {
+            return Ok(Stats {
+                cpu_pct: 0.0,
+                mem_bytes: 0,
+                disk_bytes,
+            });
+        };
+        let (cpu_ns, mem_bytes) =
+            process_usage(pid).map_err(io_err(format!("read the usage of {}", instance.id)))?;
+        let now = Instant::now();
+        let cpu_pct = {
+            let mut last = vm.cpu.lock().unwrap_or_else(|p| p.into_inner());
+            let elapsed = now.duration_since(last.1).as_nanos() as f64;
+            let used = cpu_ns.saturating_sub(last.0) as f64;
+            *last = (cpu_ns, now);
+            if elapsed > 0.0 {
+                used / elapsed * 100.0
+            } else {
+                0.0
+            }
+        };
+        Ok(Stats {
+            cpu_pct,
+            mem_bytes,
+            disk_bytes,
+        })
+    }
+
+    async fn wait_exit(&self, instance: &Instance) -> Result<String, RuntimeError> {
+        let id = instance.id;
+        loop {
+            let vm = self.get(id)?;
+            {
+                let mut slot = vm.machine.lock().await;
+                if let Some(machine) = slot.as_mut()
+                    && let Some(exit) = machine.exited()
+                {
+                    slot.take();
+                    return Ok(format!(
+                        "QEMU exited ({exit}); console: {}",
+                        console_tail(&self.layout.sandbox_dir(id))
+                    ));
+                }
+            }
+            drop(vm);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
+        let dir = self.layout.snapshots_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            match read_record(&entry.path()) {
+                Ok(Some(record)) => out.push(record.config.into()),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError> {
+        let dir = self.layout.sandboxes_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+        };
+        let ids: Vec<SandboxId> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in &ids {
+            self.stop_everything(*id).await;
+            remove_tree(&self.layout.sandbox_dir(*id)).await?;
+        }
+        // Half-written warm snapshots of a crash.
+        let warm = vm_dir(&self.layout).join("warm");
+        if let Ok(entries) = std::fs::read_dir(&warm) {
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "partial") {
+                    let _ = remove_tree(&entry.path()).await;
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+impl Drop for QemuRuntime {
+    fn drop(&mut self) {
+        // QEMU processes are children with `kill_on_drop`; dropping the machines
+        // kills them. Networks stay for the next start's sweep.
+        self.live().clear();
+    }
+}
