@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Sandbox benchmarks through the public API of `wrenn dev` (process runtime).
+"""Sandbox benchmarks through the public API of `wrenn dev`.
 
     cargo build --release -p wrenn --bin wrenn
     scripts/bench-sandboxes.py [--rounds 30] [--concurrent 50] [--file-mib 256]
                                [--docker auto|off|on] [--docker-image debian:bookworm]
+                               [--runtime process|qemu]
+
+`--runtime qemu` runs `wrenn dev` with WRENN_RUNTIME=qemu (capsules are VMs; TCG on
+hosts where KVM cannot boot guests): the first create, which makes the warm snapshot,
+is reported on its own, and RSS per capsule is that of its QEMU process.
 
 Starts `target/release/wrenn dev` in a temporary directory on a free loopback port
 and measures, reporting p50/p99:
@@ -307,6 +312,23 @@ def compare_with_docker(args):
         print(f"{name:34s} {mine:10.2f} {other:10.2f} {ratio:15.2f}x  ({unit})")
 
 
+def qemu_rss_kib(under):
+    """RSS (KiB) of every QEMU process whose command line names `under`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            if "qemu-system" not in cmdline or under not in cmdline:
+                continue
+            found.append(rss_kib(int(pid)))
+        except OSError:
+            continue
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
@@ -318,6 +340,7 @@ def main():
                     help="where the file benchmark writes inside the capsule")
     ap.add_argument("--docker", choices=["auto", "off", "on"], default="auto")
     ap.add_argument("--docker-image", default="debian:bookworm")
+    ap.add_argument("--runtime", choices=["process", "qemu"], default="process")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="wrenn-bench-")
@@ -331,6 +354,7 @@ def main():
                             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")
                                  if args.log else "error",
                                  # One default image per machine, not one per run.
+                                 "WRENN_RUNTIME": args.runtime,
                                  "WRENN_IMAGE_CACHE": os.environ.get(
                                      "WRENN_IMAGE_CACHE", "/var/cache/wrenn/test-images")})
     key = None
@@ -343,6 +367,13 @@ def main():
     # a host that has been up a while.
     time.sleep(3)
     try:
+        if args.runtime == "qemu":
+            t = time.perf_counter()
+            first = api.create()
+            api.wait(first, "running", timeout=300)
+            print(f"{'first create (makes the warm snapshot)':34s} {(time.perf_counter() - t) * 1000:8.0f} ms")
+            api.call("DELETE", f"/v1/capsules/{first}")
+            api.wait(first, "stopped")
         created = []
         ms = []
         for _ in range(args.rounds):
@@ -422,6 +453,11 @@ def main():
         print(f"{'concurrent sandboxes':34s} {len(ids)}/{args.concurrent} running in {took:.1f} s, "
               f"{len(errors)} errors; wrenn RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB "
               f"({(after - before) / max(1, len(ids)):.0f} KiB per sandbox)")
+        if args.runtime == "qemu":
+            vms = qemu_rss_kib(tmp)
+            if vms:
+                print(f"{'RSS per VM (QEMU process)':34s} p50={pct(vms, 50) / 1024:8.1f} MiB  "
+                      f"max={max(vms) / 1024:8.1f} MiB ({len(vms)} VMs)")
         for c in ids:
             api.call("DELETE", f"/v1/capsules/{c}")
         for c in ids:

@@ -3,7 +3,8 @@
 //! The control plane runs on SQLite in `--dir` with the in-process event bus, and a
 //! host agent runs in the same process with the `process` runtime (sandboxes are
 //! Linux namespaces + overlayfs + cgroups; envd is this very binary, started as
-//! `wrenn-envd`), reached over a loopback gRPC channel like any other host. The
+//! `wrenn-envd`) — or, with `WRENN_RUNTIME=qemu`, the QEMU runtime (sandboxes are
+//! virtual machines) — reached over a loopback gRPC channel like any other host. The
 //! first start creates an admin user, a team, an API key and the host, and keeps
 //! them in `DIR/dev-credentials.json` (mode 0600); every start prints the same
 //! ready-to-paste `export` lines, so the SDK works against it at once.
@@ -21,9 +22,10 @@ use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
 use wrenn_agent::registration::{Credentials, HostCredentials};
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::server::{Agent, AgentOptions};
 use wrenn_core::auth::HostClaims;
-use wrenn_core::config::AgentConfig;
+use wrenn_core::config::{AgentConfig, RuntimeKind};
 use wrenn_core::layout::Layout;
 use wrenn_core::model::{self, HostKind, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
@@ -292,9 +294,10 @@ fn envd_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// The process runtime for the in-process agent ([`envd_binary`] as envd), on the
-/// default image (built here on the first start).
-async fn process_runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>, String> {
+/// The runtime of the in-process agent (`WRENN_RUNTIME`: `process` by default, or
+/// `qemu`) with [`envd_binary`] as envd, on the default image (built here on the
+/// first start).
+async fn runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>, String> {
     let exe = envd_binary()?;
     if crate::image::needs_build(layout.root()) {
         eprintln!(
@@ -308,6 +311,26 @@ async fn process_runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn 
             took.as_secs_f64(),
             image.dir.display()
         );
+    }
+    match agent.runtime {
+        RuntimeKind::Process => {}
+        RuntimeKind::Qemu => {
+            let runtime =
+                QemuRuntime::new(layout, exe, QemuRuntimeOptions::from_config(agent, image))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            eprintln!(
+                "wrenn dev: capsules are QEMU virtual machines ({})",
+                runtime.accel()
+            );
+            return Ok(Arc::new(runtime));
+        }
+        RuntimeKind::Firecracker => {
+            return Err(
+                "the firecracker runtime is not available in this build (WRENN_RUNTIME=process or qemu)"
+                    .into(),
+            );
+        }
     }
     let mut options = ProcessRuntimeOptions {
         base_image: Some(image.reference()),
@@ -348,7 +371,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
     let mut agent_parts = None;
     // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS, WRENN_EGRESS_*).
     let agent_config = AgentConfig::from_env().map_err(|e| DevError::Server(e.into()))?;
-    match process_runtime(config.layout(), &agent_config).await {
+    match runtime(config.layout(), &agent_config).await {
         Ok(runtime) => {
             let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

@@ -1939,6 +1939,7 @@ async fn init_envd(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         access_token: Some(token.to_owned()),
+        hostname: None,
         timestamp: Some(prost_types::Timestamp {
             seconds: now.as_secs() as i64,
             nanos: now.subsec_nanos() as i32,

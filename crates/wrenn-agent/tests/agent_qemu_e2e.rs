@@ -167,6 +167,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         sh(&c, id, "cat /proc/1/comm").await.unwrap().0,
         "wrenn-envd\n"
     );
+    assert_eq!(
+        sh(&c, id, "hostname").await.unwrap().0.trim(),
+        id.to_string()
+    );
     let root_size = sh(&c, id, "df -m / | tail -1 | awk '{print $2}'")
         .await
         .unwrap()
@@ -202,6 +206,11 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .unwrap();
     eprintln!("create from the warm snapshot: {:?}", t.elapsed());
     assert_eq!(sh(&c, second, "echo two").await.unwrap().0, "two\n");
+    assert_eq!(
+        sh(&c, second, "hostname").await.unwrap().0.trim(),
+        second.to_string(),
+        "each capsule restored from the warm snapshot has its own name"
+    );
 
     // The guest reaches DNS through its capsule's forwarder, and leaves only as its
     // capsule: the host's agent port and the other capsule are out of reach.
@@ -462,4 +471,159 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .unwrap();
     assert_eq!(kept, vec![last]);
     assert!(layout.snapshot_dir(last).join("memory").is_file());
+}
+
+/// envd of `instance` answers `Health`.
+async fn envd_answers(instance: &wrenn_agent::runtime::Instance) -> bool {
+    let wrenn_agent::runtime::EnvdEndpoint::Tcp(addr) = &instance.envd else {
+        return false;
+    };
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    wrenn_proto::envd::v1::system_client::SystemClient::new(channel)
+        .health(wrenn_proto::envd::v1::HealthRequest {})
+        .await
+        .is_ok()
+}
+
+fn config(id: SandboxId) -> wrenn_agent::runtime::SandboxConfig {
+    wrenn_agent::runtime::SandboxConfig {
+        id,
+        team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+        template_team_id: wrenn_core::id::PLATFORM_TEAM_ID,
+        template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
+        vcpus: 1,
+        memory_mb: MEMORY_MB,
+        disk_size_mb: DISK_MB,
+        default_user: String::new(),
+        default_env: Default::default(),
+    }
+}
+
+fn nothing_left_of(layout: &Layout, id: SandboxId) {
+    assert!(
+        qemu_processes_under(&layout.sandbox_dir(id)).is_empty(),
+        "QEMU left"
+    );
+    assert!(!layout.sandbox_dir(id).exists(), "directory left");
+    assert!(
+        !Path::new("/run/netns")
+            .join(wrenn_agent::network::netns_name(&id.to_string()))
+            .exists(),
+        "network namespace left"
+    );
+}
+
+/// Faults end in clear errors and leave nothing running: a guest that does not
+/// answer in time, a disk smaller than the image, a memory snapshot that cannot be
+/// written (the capsule runs on), a corrupt one on resume (the files stay for
+/// inspection), and QEMU killed underneath (reported, then cleaned up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_faults_end_in_clear_errors_and_leave_nothing_running() {
+    if !rustix::process::geteuid().is_root() || !qemu_installed() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("wf").tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let envd = tokio::task::spawn_blocking(common::envd_binary)
+        .await
+        .unwrap();
+
+    // A guest whose envd does not answer within the deadline: `error` with the
+    // console's last lines, and nothing of it is left.
+    let impatient = QemuRuntime::new(
+        layout.clone(),
+        envd.clone(),
+        QemuRuntimeOptions {
+            boot_timeout: Duration::from_millis(300),
+            warm_snapshots: false,
+            ..options().await
+        },
+    )
+    .await
+    .unwrap();
+    let id = SandboxId::new();
+    let err = impatient.create(&config(id)).await.unwrap_err().to_string();
+    assert!(err.contains("did not answer within"), "{err}");
+    assert!(err.contains("console:"), "{err}");
+    nothing_left_of(&layout, id);
+    drop(impatient);
+
+    let rt = QemuRuntime::new(layout.clone(), envd, options().await)
+        .await
+        .unwrap();
+    // Bad input: a disk smaller than the image.
+    let small = SandboxId::new();
+    let err = rt
+        .create(&wrenn_agent::runtime::SandboxConfig {
+            disk_size_mb: 16,
+            ..config(small)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            wrenn_agent::runtime::RuntimeError::FailedPrecondition(_)
+        ),
+        "{err:?}"
+    );
+    nothing_left_of(&layout, small);
+
+    let id = SandboxId::new();
+    let instance = rt.create(&config(id)).await.expect("create");
+    assert!(envd_answers(&instance).await);
+
+    // A memory snapshot that cannot be written: the pause fails and the capsule runs on.
+    let blocked = layout.sandbox_dir(id).join("memory.partial");
+    std::fs::create_dir(&blocked).unwrap();
+    let err = rt.pause(&instance).await.unwrap_err().to_string();
+    assert!(err.contains("memory snapshot"), "{err}");
+    assert!(envd_answers(&instance).await, "the capsule still runs");
+    std::fs::remove_dir(&blocked).unwrap();
+
+    // A corrupt snapshot on resume: an error, and the files are kept.
+    rt.pause(&instance).await.expect("pause");
+    let memory = layout.sandbox_dir(id).join("memory");
+    let size = std::fs::metadata(&memory).unwrap().len();
+    std::fs::write(&memory, vec![0x5a; 4096]).unwrap();
+    let err = rt.resume(&instance).await.unwrap_err().to_string();
+    assert!(
+        err.contains("QEMU exited") || err.contains("memory snapshot"),
+        "{err}"
+    );
+    assert!(
+        size > 4096 && memory.is_file(),
+        "the snapshot is kept for inspection"
+    );
+    assert!(qemu_processes_under(&layout.sandbox_dir(id)).is_empty());
+    rt.destroy(id).await.unwrap();
+    nothing_left_of(&layout, id);
+
+    // QEMU killed underneath: `wait_exit` reports it; destroy cleans up.
+    let id = SandboxId::new();
+    let instance = rt.create(&config(id)).await.expect("create");
+    let qemu = qemu_processes_under(&layout.sandbox_dir(id));
+    assert_eq!(qemu.len(), 1);
+    let watch = rt.wait_exit(&instance);
+    std::process::Command::new("kill")
+        .args(["-KILL", &qemu[0].to_string()])
+        .status()
+        .unwrap();
+    let how = tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("the exit is reported")
+        .unwrap();
+    assert!(
+        how.contains("QEMU exited") && how.contains("signal"),
+        "{how}"
+    );
+    rt.destroy(id).await.unwrap();
+    nothing_left_of(&layout, id);
 }

@@ -70,6 +70,10 @@ pub mod vars {
     pub const WRENN_HIBERNATE_AFTER_SECS: &str = "WRENN_HIBERNATE_AFTER_SECS";
     /// Path of the firecracker binary.
     pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
+    /// Path of `qemu-system-x86_64` (the `qemu` runtime).
+    pub const WRENN_QEMU_BIN: &str = "WRENN_QEMU_BIN";
+    /// Accelerator of the VM runtimes (`auto`, `kvm`, `tcg`).
+    pub const WRENN_VM_ACCEL: &str = "WRENN_VM_ACCEL";
     /// One-time host registration token (from `POST /v1/hosts`).
     pub const WRENN_REGISTRATION_TOKEN: &str = "WRENN_REGISTRATION_TOKEN";
     /// The `host:port` at which the control plane reaches this agent.
@@ -319,6 +323,8 @@ pub enum RuntimeKind {
     /// `process`: Linux namespaces + overlayfs + cgroups.
     #[default]
     Process,
+    /// `qemu`: QEMU microVMs (KVM, or TCG where KVM cannot boot guests).
+    Qemu,
     /// `firecracker`: Firecracker microVMs.
     Firecracker,
 }
@@ -328,7 +334,34 @@ impl RuntimeKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Process => "process",
+            RuntimeKind::Qemu => "qemu",
             RuntimeKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// The accelerator of the VM runtimes (`WRENN_VM_ACCEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAccel {
+    /// KVM when it boots a guest on this host (probed once), else TCG.
+    #[default]
+    Auto,
+    /// KVM only.
+    Kvm,
+    /// QEMU's emulator only.
+    Tcg,
+}
+
+impl FromStr for VmAccel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            _ => Err("expected one of auto, kvm, tcg".to_owned()),
         }
     }
 }
@@ -345,8 +378,9 @@ impl FromStr for RuntimeKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "process" => Ok(Self::Process),
+            "qemu" => Ok(Self::Qemu),
             "firecracker" => Ok(Self::Firecracker),
-            _ => Err("expected one of process, firecracker".to_owned()),
+            _ => Err("expected one of process, qemu, firecracker".to_owned()),
         }
     }
 }
@@ -634,7 +668,7 @@ pub struct AgentConfig {
     pub cp_url: Option<String>,
     /// `WRENN_DIR`, default `/var/lib/wrenn`.
     pub wrenn_dir: PathBuf,
-    /// `WRENN_RUNTIME` (`process` | `firecracker`), default `process`.
+    /// `WRENN_RUNTIME` (`process` | `qemu` | `firecracker`), default `process`.
     pub runtime: RuntimeKind,
     /// `WRENN_DEFAULT_ROOTFS_SIZE` in MiB, default 5120. Written like `5G`, `2Gi`,
     /// `1000M` (G/Gi = ×1024, T/Ti = ×1024², M/Mi or no suffix = MiB).
@@ -643,6 +677,11 @@ pub struct AgentConfig {
     pub hibernate_after: Duration,
     /// `WRENN_FIRECRACKER_BIN`, default `/usr/local/bin/firecracker`.
     pub firecracker_bin: PathBuf,
+    /// `WRENN_QEMU_BIN`: `qemu-system-x86_64` of the `qemu` runtime (default: found
+    /// on `PATH`).
+    pub qemu_bin: Option<PathBuf>,
+    /// `WRENN_VM_ACCEL` (`auto` | `kvm` | `tcg`), default `auto`.
+    pub vm_accel: VmAccel,
     /// `WRENN_REGISTRATION_TOKEN`: a one-time token from `POST /v1/hosts`. When set
     /// (with `cp_url`), the agent registers at startup and stores its credentials;
     /// otherwise it uses the credentials stored by an earlier registration.
@@ -703,6 +742,8 @@ impl AgentConfig {
                 "a whole number of seconds",
             )?),
             firecracker_bin: v.path(vars::WRENN_FIRECRACKER_BIN, DEFAULT_FIRECRACKER_BIN),
+            qemu_bin: v.get(vars::WRENN_QEMU_BIN).map(PathBuf::from),
+            vm_accel: v.parse_with(vars::WRENN_VM_ACCEL, VmAccel::default(), |s| s.parse())?,
             registration_token: v.get(vars::WRENN_REGISTRATION_TOKEN).map(Secret::new),
             advertise_address: v
                 .get(vars::WRENN_HOST_ADDRESS)
@@ -1457,6 +1498,16 @@ mod tests {
         assert_eq!(a.default_rootfs_size_mb, 2048);
         assert_eq!(a.hibernate_after, Duration::from_secs(30));
         assert_eq!(a.firecracker_bin, Path::new("/opt/fc"));
+        let q = agent(&[
+            ("WRENN_RUNTIME", "qemu"),
+            ("WRENN_VM_ACCEL", "tcg"),
+            ("WRENN_QEMU_BIN", "/opt/qemu"),
+        ])
+        .unwrap();
+        assert_eq!(q.runtime, RuntimeKind::Qemu);
+        assert_eq!(q.vm_accel, VmAccel::Tcg);
+        assert_eq!(q.qemu_bin.as_deref(), Some(Path::new("/opt/qemu")));
+        assert_eq!(agent(&[]).unwrap().vm_accel, VmAccel::Auto);
     }
 
     #[test]
@@ -1465,6 +1516,7 @@ mod tests {
             ("WRENN_HOST_LISTEN_ADDR", "50051"),
             ("WRENN_CP_URL", "ftp://cp"),
             ("WRENN_RUNTIME", "docker"),
+            ("WRENN_VM_ACCEL", "hvf"),
             ("WRENN_DEFAULT_ROOTFS_SIZE", "5X"),
             ("WRENN_DEFAULT_ROOTFS_SIZE", "0"),
             ("WRENN_HIBERNATE_AFTER_SECS", "0"),
@@ -1481,7 +1533,7 @@ mod tests {
         let err = agent(&[("WRENN_RUNTIME", "docker")]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid WRENN_RUNTIME=\"docker\": expected one of process, firecracker"
+            "invalid WRENN_RUNTIME=\"docker\": expected one of process, qemu, firecracker"
         );
     }
 

@@ -119,6 +119,12 @@ impl Shared {
             None => current.workdir.clone(),
         };
         validate_env(&init.env_vars)?;
+        if let Some(name) = &init.hostname {
+            validate_hostname(name)?;
+            rustix::system::sethostname(name.as_bytes()).map_err(|err| {
+                EnvdError::FailedPrecondition(format!("cannot set the hostname: {err}"))
+            })?;
+        }
 
         let mut defaults = self
             .defaults
@@ -153,6 +159,21 @@ impl Shared {
     }
 }
 
+/// A hostname must be 1 to 64 letters, digits, `-` and `.`, not starting with `-`.
+fn validate_hostname(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(EnvdError::invalid(format!("invalid hostname {name:?}")))
+    }
+}
+
 /// Sets the system clock to `at` if it is more than a second off (a VM restored from
 /// a memory snapshot wakes up at the time the snapshot was taken).
 fn set_clock_near(at: SystemTime) {
@@ -184,6 +205,7 @@ pub(crate) struct InitChange {
     pub default_workdir: Option<String>,
     pub env_vars: HashMap<String, String>,
     pub access_token: Option<String>,
+    pub hostname: Option<String>,
     pub timestamp: Option<SystemTime>,
 }
 

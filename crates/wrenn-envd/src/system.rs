@@ -63,6 +63,7 @@ impl system_server::System for SystemService {
             default_workdir: request.default_workdir,
             env_vars: request.env_vars,
             access_token: request.access_token,
+            hostname: request.hostname,
             timestamp,
         })?;
         if !applied {

@@ -78,6 +78,34 @@ async fn init_sets_the_default_user_workdir_and_env() {
 }
 
 #[tokio::test]
+async fn an_init_with_an_invalid_hostname_is_refused_and_changes_nothing() {
+    let mut envd = Envd::unix().await;
+    for name in ["", "-lead", "has space", "semi;colon", &"x".repeat(65)] {
+        let err = envd
+            .system
+            .init(InitRequest {
+                env_vars: HashMap::from([("V".into(), "set".into())]),
+                hostname: Some(name.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}: {err}");
+    }
+    let envs = envd
+        .system
+        .get_envs(GetEnvsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .envs;
+    assert!(
+        !envs.contains_key("V"),
+        "a refused Init changed the defaults"
+    );
+}
+
+#[tokio::test]
 async fn a_stale_init_changes_nothing() {
     let mut envd = Envd::unix().await;
     let now = SystemTime::now();

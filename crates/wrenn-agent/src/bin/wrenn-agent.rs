@@ -1,8 +1,8 @@
 //! `wrenn-agent`: the Wrenn host agent binary.
 //!
 //! Reads [`AgentConfig::from_env`] (`WRENN_DIR`, `WRENN_HOST_LISTEN_ADDR`,
-//! `WRENN_CP_URL`, `WRENN_RUNTIME`, `WRENN_HIBERNATE_AFTER_SECS`, …), starts the process
-//! runtime and serves `hostagent.v1` plus the port proxy until SIGTERM or SIGINT (or the
+//! `WRENN_CP_URL`, `WRENN_RUNTIME`, `WRENN_HIBERNATE_AFTER_SECS`, …), starts the
+//! `process` runtime (or, with `WRENN_RUNTIME=qemu`, the QEMU runtime) and serves `hostagent.v1` plus the port proxy until SIGTERM or SIGINT (or the
 //! Terminate RPC), then shuts down gracefully: every sandbox is hibernated, not
 //! destroyed.
 //!
@@ -32,7 +32,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use wrenn_agent::image::{self, BuildOptions, BuiltImage, LogProgress};
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
+use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::config::{AgentConfig, RuntimeKind, Secret};
 
@@ -174,29 +176,44 @@ async fn default_image(config: &AgentConfig) -> Result<BuiltImage, String> {
 }
 
 async fn run(config: AgentConfig) -> Result<(), String> {
-    if config.runtime != RuntimeKind::Process {
-        return Err(format!(
-            "the {} runtime is not available in this build; use WRENN_RUNTIME=process",
-            config.runtime
-        ));
-    }
     let envd = envd_binary()?;
     let image = default_image(&config).await?;
-    let mut options = ProcessRuntimeOptions {
-        base_image: Some(image.reference()),
-        sandboxes_pids_max: config.sandboxes_pids_max,
-        sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
-        warm_capsules: config.warm_capsules,
-        ..ProcessRuntimeOptions::default()
+    let runtime: Arc<dyn Runtime> = match config.runtime {
+        RuntimeKind::Process => {
+            let mut options = ProcessRuntimeOptions {
+                base_image: Some(image.reference()),
+                sandboxes_pids_max: config.sandboxes_pids_max,
+                sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
+                warm_capsules: config.warm_capsules,
+                ..ProcessRuntimeOptions::default()
+            };
+            options.network.egress = config.egress.clone();
+            Arc::new(
+                ProcessRuntime::new(config.layout(), envd, options)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        RuntimeKind::Qemu => Arc::new(
+            QemuRuntime::new(
+                config.layout(),
+                envd,
+                QemuRuntimeOptions::from_config(&config, image),
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        ),
+        RuntimeKind::Firecracker => {
+            return Err(
+                "the firecracker runtime is not available in this build; use WRENN_RUNTIME=process or qemu"
+                    .into(),
+            );
+        }
     };
-    options.network.egress = config.egress.clone();
-    let runtime = ProcessRuntime::new(config.layout(), envd, options)
-        .await
-        .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
-    let mut options = AgentOptions::from_config(Arc::new(runtime), &config, listener);
+    let mut options = AgentOptions::from_config(runtime, &config, listener);
     if let Some(credentials) = credentials(&config).await? {
         tracing::info!(host_id = %credentials.host_id(), "registered with the control plane");
         let tls = credentials.has_certificate();

@@ -74,8 +74,8 @@ pub(super) fn fork_pid1(lease: Option<OwnedFd>) -> Result<(), InitError> {
         return Ok(());
     }
     if let Some(lease) = lease {
-        // The parent is past every single-threaded step: a thread may watch the lease.
-        std::thread::spawn(move || watch_lease(lease));
+        // No thread: after `unshare(CLONE_NEWPID)` this process cannot start one.
+        watch_lease(&lease, pid);
     }
     let code = match userns::reap(pid) {
         Some(status) => {
@@ -92,16 +92,51 @@ pub(super) fn fork_pid1(lease: Option<OwnedFd>) -> Result<(), InitError> {
     userns::exit_now(code)
 }
 
-/// Waits on a warm capsule's lease: the claim byte ends the watch; the pipe closing
-/// first (the agent is gone) ends the outer process, and `SIGKILL` reaches PID 1.
-fn watch_lease(lease: OwnedFd) {
-    let mut byte = [0u8; 1];
+/// Waits on a warm capsule's lease while PID 1 (`pid`) runs: the claim byte, or PID 1
+/// exiting, ends the watch; the pipe closing first (the agent is gone) ends this
+/// process, and `SIGKILL` reaches PID 1.
+#[allow(unsafe_code)]
+fn watch_lease(lease: &OwnedFd, pid: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    let mut fds = [
+        libc::pollfd {
+            fd: lease.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let count = if pidfd >= 0 { 2 } else { 1 };
     loop {
-        match rustix::io::read(&lease, &mut byte) {
-            Ok(1) if byte[0] == super::CLAIMED => return,
-            Err(rustix::io::Errno::INTR) => continue,
-            // End of file, an unexpected byte or an error: nobody holds this capsule.
-            _ => userns::exit_now(1),
+        // SAFETY: `fds` holds `count` valid entries for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, -1) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
         }
+        if count == 2 && fds[1].revents != 0 {
+            break; // PID 1 exited: the caller reaps it.
+        }
+        if fds[0].revents != 0 {
+            let mut byte = [0u8; 1];
+            match rustix::io::read(lease, &mut byte) {
+                Ok(1) if byte[0] == super::CLAIMED => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                // End of file, an unexpected byte or an error: nobody holds this capsule.
+                _ => userns::exit_now(1),
+            }
+        }
+    }
+    if pidfd >= 0 {
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(pidfd) };
     }
 }

@@ -56,8 +56,8 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Endpoint;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
-use wrenn_proto::envd::v1::HealthRequest;
 use wrenn_proto::envd::v1::system_client::SystemClient;
+use wrenn_proto::envd::v1::{HealthRequest, InitRequest};
 
 use self::machine::{Machine, MachineError, MachineSpec};
 use super::process::template::{ConfigRecord, HibernationRecord, read_record, write_record};
@@ -135,6 +135,25 @@ impl Default for QemuRuntimeOptions {
                 DEFAULT_DISK_SIZE_MB as u32,
             ),
         }
+    }
+}
+
+impl QemuRuntimeOptions {
+    /// The options an agent configured by `config` runs with on `image`.
+    pub fn from_config(config: &wrenn_core::config::AgentConfig, image: BuiltImage) -> Self {
+        use wrenn_core::config::VmAccel;
+        let mut options = Self {
+            image: Some(image),
+            qemu: config.qemu_bin.clone(),
+            accel: match config.vm_accel {
+                VmAccel::Auto => None,
+                VmAccel::Kvm => Some(Accel::Kvm),
+                VmAccel::Tcg => Some(Accel::Tcg),
+            },
+            ..Self::default()
+        };
+        options.network.egress = config.egress.clone();
+        options
     }
 }
 
@@ -268,8 +287,8 @@ impl QemuRuntime {
         let (guest, guest_key, accel) = blocking(move || {
             let envd_sha = crate::image::manifest::sha256_file(&envd_bin)
                 .map_err(io_err(format!("read envd ({})", envd_bin.display())))?;
-            let busybox_sha = crate::image::manifest::sha256_file(&busybox)
-                .map_err(io_err("read busybox"))?;
+            let busybox_sha =
+                crate::image::manifest::sha256_file(&busybox).map_err(io_err("read busybox"))?;
             let short = |s: &str| s.chars().take(16).collect::<String>();
             let initrd = vm_scratch.join(format!(
                 "initramfs-{}-{}.cpio",
@@ -286,13 +305,7 @@ impl QemuRuntime {
             }
             let accel = match chosen {
                 Some(accel) => accel,
-                None if accel::kvm_boots(&qemu_probe, &kernel_probe, &vm_scratch) => Accel::Kvm,
-                None => {
-                    tracing::warn!(
-                        "KVM cannot boot guests on this host: capsules run under TCG (emulated, much slower)"
-                    );
-                    Accel::Tcg
-                }
+                None => probed_accel(&qemu_probe, &kernel_probe, &image_hash, &vm_scratch),
             };
             let key = format!(
                 "{}-{}-{}-{accel}",
@@ -839,6 +852,30 @@ async fn wait_for_envd(
     }
 }
 
+/// Sets the guest's hostname to the capsule's id through envd's Init.
+async fn name_guest(instance: &Instance) -> Result<(), RuntimeError> {
+    let EnvdEndpoint::Tcp(addr) = &instance.envd else {
+        return Err(RuntimeError::Other("a VM's envd answers over TCP".into()));
+    };
+    let failed =
+        |e: String| RuntimeError::Other(format!("naming the guest of {}: {e}", instance.id));
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| failed(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| failed(error_chain(&e)))?;
+    SystemClient::new(channel)
+        .init(InitRequest {
+            hostname: Some(instance.id.to_string()),
+            ..InitRequest::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| failed(e.message().to_owned()))
+}
+
 async fn health(addr: SocketAddr) -> Result<String, String> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
@@ -907,6 +944,36 @@ fn read_template(dir: &Path) -> Result<Option<TemplateManifest>, RuntimeError> {
         )));
     }
     Ok(Some(manifest))
+}
+
+/// KVM if it boots the image's kernel on this host, else TCG (saying so). The answer
+/// is kept in `vm/accel-{image}` so that the probe runs once per host and image.
+fn probed_accel(qemu: &Path, kernel: &Path, image_hash: &str, vm: &Path) -> Accel {
+    let short: String = image_hash.chars().take(16).collect();
+    let cache = vm.join(format!("accel-{short}"));
+    let known = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Accel>(s.trim()).ok());
+    let accel = match known {
+        Some(accel) => accel,
+        None => {
+            let accel = if accel::kvm_boots(qemu, kernel, vm) {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+            if let Ok(json) = serde_json::to_string(&accel) {
+                let _ = std::fs::write(&cache, json);
+            }
+            accel
+        }
+    };
+    if accel == Accel::Tcg {
+        tracing::warn!(
+            "KVM cannot boot guests on this host: capsules run under TCG (emulated, much slower)"
+        );
+    }
+    accel
 }
 
 /// Makes envd's read-only disk: an ext4 image holding `envd` as `wrenn-envd`.
@@ -978,13 +1045,24 @@ impl Runtime for QemuRuntime {
         self.ensure_free(config.id, false)?;
         let (source, shape) = self.source_for(config).await?;
         let dir = self.make_dir(config.id)?;
-        match self.start_vm(config, source, shape).await {
-            Ok((vm, version)) => Ok(self.instance(&vm, Some(version))),
-            Err(e) => {
-                let _ = remove_tree(&dir).await;
-                Err(e)
+        let started = match self.start_vm(config, source, shape).await {
+            Ok((vm, version)) => {
+                let instance = self.instance(&vm, Some(version));
+                // A new capsule's envd holds no token yet: name the guest after it.
+                match name_guest(&instance).await {
+                    Ok(()) => Ok(instance),
+                    Err(e) => {
+                        self.stop_everything(config.id).await;
+                        Err(e)
+                    }
+                }
             }
+            Err(e) => Err(e),
+        };
+        if started.is_err() {
+            let _ = remove_tree(&dir).await;
         }
+        started
     }
 
     fn start_background(self: Arc<Self>) {
