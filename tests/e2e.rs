@@ -1,5 +1,6 @@
 //! End to end: the real `wrenn` binary (`wrenn dev`: control plane + in-process host
-//! agent + process runtime + envd) on loopback, driven over its public HTTP API.
+//! agent + process runtime + envd) on loopback, driven over its public HTTP API. With
+//! `WRENN_RUNTIME=qemu` the same scenario runs with every capsule a VM.
 //!
 //! One `wrenn dev` serves the whole scenario (a second agent on the same directory
 //! would sweep the first one's sandboxes), so this is one test walking through the
@@ -261,7 +262,9 @@ async fn the_platform_end_to_end() {
         .call(Method::GET, &format!("/v1/capsules/{a}"), None)
         .await;
     assert_eq!(info["metadata"]["purpose"], "e2e");
-    assert_eq!(info["metadata"]["runtime"], "process");
+    // `WRENN_RUNTIME` (inherited by `wrenn dev`) picks the runtime; CI runs both.
+    let runtime = std::env::var("WRENN_RUNTIME").unwrap_or_else(|_| "process".into());
+    assert_eq!(info["metadata"]["runtime"], runtime.as_str());
 
     // Exec: output, exit codes, envs and cwd.
     let (s, v) = dev

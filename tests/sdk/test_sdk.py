@@ -85,7 +85,8 @@ def test_git_and_python_work_in_the_home(capsule):
         " && echo x > f && git add f && git commit -qm one && git log --format=%s"
         " && python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'print(6*7)'"
     )
-    r = capsule.commands.run(script)
+    # `python3 -m venv` installs pip (seconds natively, ~a minute in a VM under TCG).
+    r = capsule.commands.run(script, timeout=180)
     assert (r.exit_code, r.stdout) == (0, "one\n42\n"), r.stderr
 
 
