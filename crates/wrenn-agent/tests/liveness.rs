@@ -87,6 +87,18 @@ async fn start_node(dir: &Path, cp: &FakeControlPlane, settings: ManagerSettings
 }
 
 impl Node {
+    /// Stops the agent and removes whatever capsules it left on the host (hibernated at
+    /// shutdown, or being torn down), so the test leaves nothing behind.
+    async fn finish(self) {
+        self.agent.shutdown().await;
+        use wrenn_agent::runtime::Runtime as _;
+        let _ = self.runtime.sweep(&[]).await;
+        for config in self.runtime.hibernated().await.unwrap_or_default() {
+            let _ = self.runtime.destroy(config.id).await;
+        }
+        self.runtime.removals_settled().await;
+    }
+
     async fn create(&self) -> SandboxId {
         let id = SandboxId::new();
         let mut req = create_request(id, 0);
@@ -221,7 +233,7 @@ async fn liveness_kill_9_of_pid_1_is_reported_torn_down_and_reaped() {
     // Destroying the failed capsule is clean and final.
     node.destroy(id).await;
     assert_eq!(node.status(id).await, None);
-    node.agent.shutdown().await;
+    node.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +285,7 @@ async fn liveness_a_stopped_envd_fails_its_health_checks_but_a_paused_capsule_do
     );
     node.destroy(hung).await;
     node.destroy(paused).await;
-    node.agent.shutdown().await;
+    node.finish().await;
 }
 
 /// Starts an agent on its own Tokio runtime (a thread), creates capsules, then kills
@@ -365,7 +377,7 @@ async fn adopt_after_an_agent_crash_keeps_live_capsules_and_reports_dead_ones() 
     assert_no_leftovers(&node, dir.path(), alive).await;
     node.destroy(alive).await;
     node.destroy(dead).await;
-    node.agent.shutdown().await;
+    node.finish().await;
 }
 
 /// The process is gone or a zombie.
@@ -429,7 +441,7 @@ async fn admission_refuses_a_capsule_beyond_the_hosts_memory_or_vcpus() {
     for id in [first, third] {
         node.destroy(id).await;
     }
-    node.agent.shutdown().await;
+    node.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,5 +574,5 @@ async fn liveness_bookkeeping_adds_little_to_a_create() {
     for id in ids {
         node.destroy(id).await;
     }
-    node.agent.shutdown().await;
+    node.finish().await;
 }

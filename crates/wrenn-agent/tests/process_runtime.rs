@@ -203,9 +203,10 @@ impl Drop for Sandbox {
         let runtime = self.runtime.clone();
         let id = self.instance.id;
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(runtime.destroy(id))
-                .expect("destroy");
+            let handle = tokio::runtime::Handle::current();
+            handle.block_on(runtime.destroy(id)).expect("destroy");
+            // The teardown after the answer finishes before the test goes on (or ends).
+            handle.block_on(runtime.removals_settled());
         });
     }
 }

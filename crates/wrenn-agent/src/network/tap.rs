@@ -16,7 +16,10 @@
 //!   capsule's DNS forwarder on its gateway.
 //!
 //! Nothing here is reachable from outside the namespace except through those rules;
-//! the guest never sees the host's addresses other than its gateway.
+//! the guest never sees the host's addresses other than its gateway. The guest may
+//! send only from its own address (the host's firewall also drops any source not
+//! routed back through the capsule's interface), no IPv6, and nothing in the
+//! namespace itself answers it.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -41,6 +44,7 @@ pub const GUEST_MAC: &str = "02:77:72:6e:00:15";
 const NAT_TABLE: &str = "wrenn-vm";
 
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
@@ -144,6 +148,43 @@ fn nat_table(sandbox_addr: Ipv4Addr, gateway: Ipv4Addr) -> Table {
         ));
     }
     rules.push(rule(
+        "forward",
+        [
+            ipv4(),
+            iface(nft::MetaKey::IifName, &name(TAP_NAME)),
+            vec![
+                Expr::Payload {
+                    base: PayloadBase::Network,
+                    offset: 12,
+                    len: 4,
+                },
+                Expr::Cmp(CmpOp::Neq, GUEST_ADDR.octets().to_vec()),
+                Expr::Verdict(nft::Verdict::Drop),
+            ],
+        ]
+        .concat(),
+        "the guest sends only from its own address",
+    ));
+    rules.push(rule(
+        "forward",
+        [
+            nfproto(NFPROTO_IPV6),
+            iface(nft::MetaKey::IifName, &name(TAP_NAME)),
+            vec![Expr::Verdict(nft::Verdict::Drop)],
+        ]
+        .concat(),
+        "no IPv6 from the guest",
+    ));
+    rules.push(rule(
+        "input",
+        [
+            iface(nft::MetaKey::IifName, &name(TAP_NAME)),
+            vec![Expr::Verdict(nft::Verdict::Drop)],
+        ]
+        .concat(),
+        "nothing of the namespace itself answers the guest",
+    ));
+    rules.push(rule(
         "postrouting",
         [
             ipv4(),
@@ -164,6 +205,22 @@ fn nat_table(sandbox_addr: Ipv4Addr, gateway: Ipv4Addr) -> Table {
                     hook: Hook::Prerouting,
                     kind: "nat",
                     priority: -100,
+                }),
+            },
+            Chain {
+                name: "forward",
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    kind: "filter",
+                    priority: 0,
+                }),
+            },
+            Chain {
+                name: "input",
+                base: Some(BaseChain {
+                    hook: Hook::Input,
+                    kind: "filter",
+                    priority: 0,
                 }),
             },
             Chain {
@@ -234,6 +291,9 @@ mod tests {
                 "what the host sends the capsule goes to the guest",
                 "the guest's DNS goes to the capsule's forwarder",
                 "the guest's DNS goes to the capsule's forwarder",
+                "the guest sends only from its own address",
+                "no IPv6 from the guest",
+                "nothing of the namespace itself answers the guest",
                 "the guest leaves as the capsule",
             ]
         );
