@@ -11,7 +11,7 @@
 //!    returns to normal priority and sends its output to the capsule's `envd.log`. A
 //!    closed pipe without it means "give up" (the agent stopped). A capsule booted
 //!    ahead of time (a warm capsule) keeps the pipe as its *lease*: until the agent
-//!    claims it ([`claim`]), the outer process exits — and so the whole capsule dies —
+//!    claims it (`claim`), the outer process exits — and so the whole capsule dies —
 //!    when the pipe closes, so warm capsules never outlive their agent;
 //! 1. joins the capsule's network namespace and unshares the mount, UTS, IPC and pid
 //!    namespaces — all owned by the host's initial user namespace, so nothing inside the

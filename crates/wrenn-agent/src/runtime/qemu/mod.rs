@@ -4,14 +4,14 @@
 //! # A capsule
 //!
 //! - **Kernel and initramfs**: the default image build's `vmlinuz` and modules; the
-//!   initramfs ([`initramfs`](super::vm::initramfs)) carries busybox, the virtio
+//!   initramfs ([`super::vm::initramfs`]) carries busybox, the virtio
 //!   modules and this agent's envd, made once per start in `vm/`.
 //! - **Root disk**: `sandboxes/{id}/disk.qcow2`, a qcow2 overlay as large as
 //!   `disk_size_mb` over the image's `rootfs.ext4` (or over a template's disk); the
 //!   guest grows its file system to it at boot.
 //! - **Network**: the same capsule network as the process runtime (namespace
 //!   `wrenn-{id}`, veth, firewall, DNS forwarder) plus the TAP device and NAT of
-//!   [`tap`](crate::network::tap): every guest is `169.254.0.21` behind its capsule's
+//!   [`crate::network::tap`]: every guest is `169.254.0.21` behind its capsule's
 //!   address, so a memory snapshot restores into any capsule. QEMU runs inside the
 //!   namespace.
 //! - **envd** is the guest's PID 1 (`--listen 0.0.0.0:49983 --set-clock`), reached at
