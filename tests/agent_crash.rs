@@ -43,6 +43,29 @@ fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
     )
 }
 
+/// Starts the agent binary on `wrenn_dir`, listening on `port`, with `extra` variables.
+fn start_agent(
+    agent_bin: &std::path::Path,
+    envd_bin: &std::path::Path,
+    wrenn_dir: &std::path::Path,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
+    Command::new(agent_bin)
+        .env("WRENN_DIR", wrenn_dir)
+        .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("WRENN_ENVD_BIN", envd_bin)
+        .env(
+            wrenn_agent::image::CACHE_ENV,
+            wrenn_agent::image::test_store_dir(),
+        )
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wrenn-agent")
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -133,18 +156,7 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
         .local_addr()
         .unwrap()
         .port();
-    let mut agent = Command::new(&agent_bin)
-        .env("WRENN_DIR", dir.path().join("agent"))
-        .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("WRENN_ENVD_BIN", &envd_bin)
-        .env(
-            wrenn_agent::image::CACHE_ENV,
-            wrenn_agent::image::test_store_dir(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start wrenn-agent");
+    let mut agent = start_agent(&agent_bin, &envd_bin, &dir.path().join("agent"), port, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -270,19 +282,13 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
 
     // An agent started again on the same directory sweeps what they left: their
     // directories, network namespaces and cgroups.
-    let mut again = Command::new(&agent_bin)
-        .env("WRENN_DIR", dir.path().join("agent"))
-        .env("WRENN_HOST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("WRENN_ENVD_BIN", &envd_bin)
-        .env("WRENN_WARM_CAPSULES", "0")
-        .env(
-            wrenn_agent::image::CACHE_ENV,
-            wrenn_agent::image::test_store_dir(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start wrenn-agent again");
+    let mut again = start_agent(
+        &agent_bin,
+        &envd_bin,
+        &dir.path().join("agent"),
+        port,
+        &[("WRENN_WARM_CAPSULES", "0")],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let left = || {
         warm_ids

@@ -218,9 +218,10 @@ impl Drop for Capsule {
         let runtime = self.runtime.clone();
         let id = self.instance.id;
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(runtime.destroy(id))
-                .expect("destroy");
+            let handle = tokio::runtime::Handle::current();
+            handle.block_on(runtime.destroy(id)).expect("destroy");
+            // The teardown after the answer finishes before the test goes on (or ends).
+            handle.block_on(runtime.removals_settled());
         });
     }
 }
@@ -1062,6 +1063,7 @@ async fn network_setup_and_teardown_timings() {
         capsule_destroy.push(t.elapsed());
         std::mem::forget(capsule);
     }
+    host.runtime.removals_settled().await;
     let p = |v: &mut Vec<Duration>, q: f64| {
         v.sort();
         v[((v.len() - 1) as f64 * q) as usize]

@@ -256,14 +256,7 @@ pub(crate) fn table(spec: &FirewallSpec) -> Table {
                 name: "egress",
                 base: None,
             },
-            Chain {
-                name: "postrouting",
-                base: Some(BaseChain {
-                    hook: Hook::Postrouting,
-                    kind: "nat",
-                    priority: 100,
-                }),
-            },
+            Chain::base("postrouting", Hook::Postrouting, "nat", 100),
         ],
         rules,
         userdata: format!("wrenn capsules {}", spec.capsules).into_bytes(),

@@ -97,6 +97,20 @@ pub(crate) struct Chain {
     pub base: Option<BaseChain>,
 }
 
+impl Chain {
+    /// A base chain `name` of type `kind` (`filter`, `nat`) on `hook` at `priority`.
+    pub(crate) fn base(name: &'static str, hook: Hook, kind: &'static str, priority: i32) -> Self {
+        Self {
+            name,
+            base: Some(BaseChain {
+                hook,
+                kind,
+                priority,
+            }),
+        }
+    }
+}
+
 /// Comparison operators (`enum nft_cmp_ops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CmpOp {

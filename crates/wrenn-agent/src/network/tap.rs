@@ -27,7 +27,7 @@ use std::os::fd::AsFd;
 
 use super::firewall::{iface, l4proto, nfproto, rule};
 use super::link::Links;
-use super::nft::{self, BaseChain, Chain, CmpOp, Expr, Family, Hook, PayloadBase, Table};
+use super::nft::{self, Chain, CmpOp, Expr, Family, Hook, PayloadBase, Table};
 use super::{CAPSULE_INTERFACE, netns};
 
 /// The guest's address, the same in every capsule.
@@ -199,38 +199,10 @@ fn nat_table(sandbox_addr: Ipv4Addr, gateway: Ipv4Addr) -> Table {
         family: Family::Inet,
         name: NAT_TABLE.to_owned(),
         chains: vec![
-            Chain {
-                name: "prerouting",
-                base: Some(BaseChain {
-                    hook: Hook::Prerouting,
-                    kind: "nat",
-                    priority: -100,
-                }),
-            },
-            Chain {
-                name: "forward",
-                base: Some(BaseChain {
-                    hook: Hook::Forward,
-                    kind: "filter",
-                    priority: 0,
-                }),
-            },
-            Chain {
-                name: "input",
-                base: Some(BaseChain {
-                    hook: Hook::Input,
-                    kind: "filter",
-                    priority: 0,
-                }),
-            },
-            Chain {
-                name: "postrouting",
-                base: Some(BaseChain {
-                    hook: Hook::Postrouting,
-                    kind: "nat",
-                    priority: 100,
-                }),
-            },
+            Chain::base("prerouting", Hook::Prerouting, "nat", -100),
+            Chain::base("forward", Hook::Forward, "filter", 0),
+            Chain::base("input", Hook::Input, "filter", 0),
+            Chain::base("postrouting", Hook::Postrouting, "nat", 100),
         ],
         rules,
         userdata: b"wrenn: the VM of this capsule".to_vec(),

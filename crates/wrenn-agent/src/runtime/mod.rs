@@ -239,3 +239,72 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| RuntimeError::Other(format!("blocking task failed: {e}")))
 }
+
+/// Refuses sandbox `id` when it is `running`, has leftovers on this host (its directory
+/// or network namespace) or — unless `allow_hibernated` — is hibernated here. Shared by
+/// the runtimes, whose layouts and namespaces are named alike.
+pub(crate) fn ensure_free(
+    layout: &wrenn_core::layout::Layout,
+    id: SandboxId,
+    running: bool,
+    allow_hibernated: bool,
+) -> Result<(), RuntimeError> {
+    if running {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "sandbox {id} is already running"
+        )));
+    }
+    if layout.sandbox_dir(id).exists()
+        || crate::network::netns_path(&crate::network::netns_name(&id.to_string())).exists()
+    {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "sandbox {id} has leftovers on this host (destroy or sweep it first)"
+        )));
+    }
+    if !allow_hibernated && layout.snapshot_dir(id).exists() {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "sandbox {id} is hibernated"
+        )));
+    }
+    Ok(())
+}
+
+/// The configurations of the sandboxes hibernated under `layout` (`snapshots/*/`
+/// with a record); unreadable records are skipped with a warning.
+pub(crate) fn hibernated_configs(
+    layout: &wrenn_core::layout::Layout,
+) -> Result<Vec<SandboxConfig>, RuntimeError> {
+    let dir = layout.snapshots_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        match process::template::read_record(&entry.path()) {
+            Ok(Some(record)) => out.push(record.config.into()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
+        }
+    }
+    Ok(out)
+}
+
+/// The sandboxes with a directory under `layout`'s `sandboxes/`, but those in `keep`.
+pub(crate) fn sandboxes_on_disk(
+    layout: &wrenn_core::layout::Layout,
+    keep: &[SandboxId],
+) -> Result<Vec<SandboxId>, RuntimeError> {
+    let dir = layout.sandboxes_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|id| !keep.contains(id))
+        .collect())
+}

@@ -666,24 +666,8 @@ impl ProcessRuntime {
 
     /// Refuses an id that is running, hibernated or has leftovers.
     fn ensure_free(&self, id: SandboxId, allow_hibernated: bool) -> Result<(), RuntimeError> {
-        if self.lock_live().contains_key(&id) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} is already running"
-            )));
-        }
-        if self.layout.sandbox_dir(id).exists()
-            || network::netns_path(&Self::netns_name(id)).exists()
-        {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} has leftovers on this host (destroy or sweep it first)"
-            )));
-        }
-        if !allow_hibernated && self.layout.snapshot_dir(id).exists() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} is hibernated"
-            )));
-        }
-        Ok(())
+        let running = self.lock_live().contains_key(&id);
+        super::ensure_free(&self.layout, id, running, allow_hibernated)
     }
 
     /// Creates `sandboxes/{id}/` with `rootfs`, `run` and the disk's mount point.
@@ -1522,35 +1506,11 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
-        let dir = self.layout.snapshots_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            match template::read_record(&entry.path()) {
-                Ok(Some(record)) => out.push(record.config.into()),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
-            }
-        }
-        Ok(out)
+        super::hibernated_configs(&self.layout)
     }
 
     async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError> {
-        let dir = self.layout.sandboxes_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
-        };
-        let ids: Vec<SandboxId> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .filter(|id| !keep.contains(id))
-            .collect();
+        let ids = super::sandboxes_on_disk(&self.layout, keep)?;
         let mut cleaned = Vec::new();
         for id in ids {
             self.remove_sandbox(id).await?;

@@ -420,24 +420,8 @@ impl QemuRuntime {
     }
 
     fn ensure_free(&self, id: SandboxId, allow_hibernated: bool) -> Result<(), RuntimeError> {
-        if self.live().contains_key(&id) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} is already running"
-            )));
-        }
-        if self.layout.sandbox_dir(id).exists()
-            || network::netns_path(&Self::netns_name(id)).exists()
-        {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} has leftovers on this host"
-            )));
-        }
-        if !allow_hibernated && self.layout.snapshot_dir(id).exists() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "sandbox {id} is hibernated on this host"
-            )));
-        }
-        Ok(())
+        let running = self.live().contains_key(&id);
+        super::ensure_free(&self.layout, id, running, allow_hibernated)
     }
 
     /// Where a create of `config` starts from, and the machine's shape (a template's
@@ -1322,35 +1306,11 @@ impl Runtime for QemuRuntime {
     }
 
     async fn hibernated(&self) -> Result<Vec<SandboxConfig>, RuntimeError> {
-        let dir = self.layout.snapshots_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            match read_record(&entry.path()) {
-                Ok(Some(record)) => out.push(record.config.into()),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
-            }
-        }
-        Ok(out)
+        super::hibernated_configs(&self.layout)
     }
 
     async fn sweep(&self, keep: &[SandboxId]) -> Result<Vec<SandboxId>, RuntimeError> {
-        let dir = self.layout.sandboxes_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
-        };
-        let ids: Vec<SandboxId> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .filter(|id| !keep.contains(id))
-            .collect();
+        let ids = super::sandboxes_on_disk(&self.layout, keep)?;
         for id in &ids {
             self.stop_everything(*id).await;
             remove_tree(&self.layout.sandbox_dir(*id)).await?;
