@@ -55,6 +55,9 @@ fn start_dev() -> Dev {
         .arg(dir.path().join("state"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WRENN_HIBERNATE_AFTER_SECS", "2")
+        // A VM's first create waits for the warm snapshot the agent makes at start (a
+        // guest boot: seconds under TCG); the API then still answers `201 running`.
+        .env("WRENN_CREATE_WAIT_MS", "60000")
         .env(
             wrenn_agent::image::CACHE_ENV,
             wrenn_agent::image::test_store_dir(),

@@ -2,7 +2,8 @@
 //! disk and network, its console appended to a host file, and a QMP session.
 //!
 //! QEMU runs inside the capsule's network namespace (it joins it between `fork` and
-//! `exec`), so its TAP backend opens the namespace's `tap0`; it dies with the agent
+//! `exec`), so its TAP backend opens the namespace's `tap0`, under its own seccomp
+//! filter (`-sandbox`); it dies with the agent
 //! (parent-death signal), so no VM runs unwatched — an agent that restarts finds only
 //! hibernated capsules on disk ([`super::QemuRuntime`]).
 //!
@@ -24,6 +25,8 @@ use crate::runtime::vm::qmp::{
     Cont, Migrate, MigrateIncoming, Qmp, QmpError, QueryMigrate, QueryStatus, Quit, Stop,
 };
 
+/// QEMU's `-sandbox` (seccomp) setting for every capsule VM.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
 /// How long QEMU may take to open its QMP socket.
 const QMP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a save or load may take.
@@ -110,6 +113,11 @@ impl MachineSpec {
                 "-display",
                 "none",
                 "-no-reboot",
+                // QEMU's seccomp filter: no obsolete system calls, no privilege changes,
+                // no scheduler or affinity changes. Spawning stays allowed: memory
+                // snapshots are written through `exec:`.
+                "-sandbox",
+                SANDBOX,
             ]
             .map(str::to_owned),
         );
@@ -434,6 +442,7 @@ mod tests {
         );
         assert!(line.contains("ifname=tap0"), "{line}");
         assert!(line.contains(&format!("mac={GUEST_MAC}")), "{line}");
+        assert!(line.contains("-sandbox on,"), "{line}");
     }
 
     #[test]
