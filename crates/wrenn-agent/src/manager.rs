@@ -303,6 +303,19 @@ struct State {
     failure: Option<String>,
 }
 
+impl State {
+    /// Takes back what an earlier agent recorded of this sandbox ([`ManagedRecord`]).
+    fn apply_record(&mut self, r: ManagedRecord) {
+        self.access_token = r.access_token;
+        self.template_name = r.template_name;
+        self.created_at_unix = r.created_at_unix;
+        self.timeout_sec = r.timeout_sec;
+        self.user_metadata = r.user_metadata;
+        self.config.default_user = r.default_user;
+        self.config.default_env = r.default_env;
+    }
+}
+
 /// One sandbox: its lock, state, activity clock, proxy connections and metrics.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -610,9 +623,11 @@ impl SandboxManager {
     /// the runtime to sweep leftovers of every other sandbox (after an agent crash).
     /// Returns (recovered, swept).
     ///
-    /// What the runtime does not persist starts afresh for recovered sandboxes: their
-    /// inactivity timeout is 0 (ResumeSandbox sets it again), `created_at` is the
-    /// agent's start, and caller metadata is empty.
+    /// Live sandboxes get back what the manager recorded in `sandboxes/{id}/agent.json`,
+    /// hibernated ones what it recorded in `snapshots/{id}/agent.json` when it
+    /// hibernated them (access token, template name, timeout, metadata, defaults); a
+    /// sandbox without a record starts those afresh (timeout 0, `created_at` the
+    /// agent's start, no caller metadata).
     pub async fn recover(&self) -> AgentResult<(Vec<SandboxId>, Vec<SandboxId>)> {
         let adoption = self.runtime.adopt().await?;
         let mut recovered = self.adopt(adoption);
@@ -624,10 +639,14 @@ impl SandboxManager {
                 .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
             for config in hibernated {
                 let id = config.id;
+                let record = read_managed(&self.layout.snapshot_dir(id));
                 let sb = Sandbox::new(config, SandboxStatus::Hibernated);
                 sb.with(|s| {
                     s.agent_metadata
                         .insert("runtime".into(), self.runtime.name().into());
+                    if let Some(r) = record {
+                        s.apply_record(r);
+                    }
                 });
                 map.entry(id).or_insert_with(|| Arc::new(sb));
                 recovered.push(id);
@@ -676,13 +695,7 @@ impl SandboxManager {
                     s.paused_at = Some(Instant::now());
                 }
                 if let Some(r) = record {
-                    s.access_token = r.access_token;
-                    s.template_name = r.template_name;
-                    s.created_at_unix = r.created_at_unix;
-                    s.timeout_sec = r.timeout_sec;
-                    s.user_metadata = r.user_metadata;
-                    s.config.default_user = r.default_user;
-                    s.config.default_env = r.default_env;
+                    s.apply_record(r);
                 }
             });
             entries.push((sb, a.instance));
@@ -1285,6 +1298,7 @@ impl SandboxManager {
                     s.paused_at = None;
                     stop_watch(s);
                 });
+                self.persist_in(sb, &self.layout.snapshot_dir(id));
                 if let Ok(mut m) = sb.metrics.lock() {
                     m.flush();
                 }
@@ -1630,6 +1644,14 @@ impl SandboxManager {
     /// Writes what the manager needs to adopt `sb` after an agent restart
     /// (`sandboxes/{id}/agent.json`; a failure is logged).
     fn persist(&self, sb: &Sandbox) {
+        self.persist_in(sb, &self.layout.sandbox_dir(sb.id));
+    }
+
+    /// Writes `sb`'s record into `dir` (`agent.json`; a failure is logged): its
+    /// sandbox directory while it lives, its snapshot directory once hibernated (so
+    /// that its token, metadata and template name outlive an agent restart — a VM's
+    /// memory keeps envd's token).
+    fn persist_in(&self, sb: &Sandbox, dir: &Path) {
         let record = sb.with(|s| ManagedRecord {
             access_token: s.access_token.clone(),
             template_name: s.template_name.clone(),
@@ -1639,7 +1661,6 @@ impl SandboxManager {
             default_env: s.config.default_env.clone(),
             user_metadata: s.user_metadata.clone(),
         });
-        let dir = self.layout.sandbox_dir(sb.id);
         let written = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)
             .and_then(|raw| {

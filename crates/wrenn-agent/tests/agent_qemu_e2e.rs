@@ -127,7 +127,7 @@ async fn agent_over_the_qemu_runtime() {
 
 async fn scenario(layout: Layout, envd: PathBuf) {
     let started = Instant::now();
-    let runtime = QemuRuntime::new(layout.clone(), envd, options().await)
+    let runtime = QemuRuntime::new(layout.clone(), envd.clone(), options().await)
         .await
         .expect("the QEMU runtime starts (root, QEMU, nf_tables)");
     eprintln!(
@@ -460,17 +460,62 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .deleted;
     assert!(deleted);
 
-    // Graceful shutdown with a running capsule hibernates it.
+    // Graceful shutdown with a running capsule hibernates it, memory and all; an agent
+    // started again on the same directory resumes it with its processes.
     let last = SandboxId::new();
     c.clone()
         .create_sandbox(create_request(last))
         .await
         .unwrap();
+    let sleeper = c
+        .clone()
+        .start_background(pb::StartBackgroundRequest {
+            sandbox_id: last.to_string(),
+            cmd: "/bin/sleep".into(),
+            args: vec!["1000".into()],
+            tag: "sleeper".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let kept = tokio::time::timeout(PATIENCE * 4, agent.shutdown())
         .await
         .unwrap();
     assert_eq!(kept, vec![last]);
     assert!(layout.snapshot_dir(last).join("memory").is_file());
+
+    let runtime = QemuRuntime::new(layout.clone(), envd, options().await)
+        .await
+        .expect("the runtime starts again");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = Agent::start(AgentOptions::new(
+        Arc::new(runtime),
+        layout.clone(),
+        listener,
+    ))
+    .await
+    .unwrap();
+    let c = connect(agent.local_addr()).await;
+    c.clone()
+        .resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: last.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume after the agent restarted");
+    let alive = sh(&c, last, &format!("kill -0 {} && echo alive", sleeper.pid))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(alive, "alive\n", "the process survived the agent restart");
+    c.clone()
+        .destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: last.to_string(),
+        })
+        .await
+        .unwrap();
+    agent.shutdown().await;
 }
 
 /// envd of `instance` answers `Health`.
