@@ -90,6 +90,7 @@ async fn agent_over_the_process_runtime() {
     for config in rt.hibernated().await.unwrap_or_default() {
         let _ = rt.destroy(config.id).await;
     }
+    rt.removals_settled().await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }

@@ -177,9 +177,10 @@ impl Drop for Sandbox {
         let runtime = self.runtime.clone();
         let id = self.instance.id;
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(runtime.destroy(id))
-                .expect("destroy");
+            let handle = tokio::runtime::Handle::current();
+            handle.block_on(runtime.destroy(id)).expect("destroy");
+            // The teardown after the answer finishes before the test goes on (or ends).
+            handle.block_on(runtime.removals_settled());
         });
     }
 }
@@ -376,6 +377,7 @@ async fn isolation_layers_work_in_later_capsules_whatever_their_range() {
     let child = host.sandbox_from(team, template).await;
     assert_eq!(child.ok("stat -c %u:%g /srv/u/f").await, "1000:1000\n");
     host.runtime.destroy(sb.id()).await.unwrap();
+    host.runtime.removals_settled().await;
 }
 
 /// Python that calls system calls through `ctypes` and prints `name result` lines
