@@ -1,0 +1,49 @@
+//! Typed configuration from environment variables, plus a best-effort `.env` file.
+//!
+//! [`Config::from_env`] / [`AgentConfig::from_env`] read the process environment, with
+//! values from `./.env` filling in what the real environment does not set (the real
+//! environment wins). All parsing happens in the `from_lookup` functions, which take
+//! a lookup closure, so tests never touch the process environment.
+//!
+//! Values are trimmed; a variable set to an empty (or all-whitespace) string counts as
+//! unset. Secrets ([`Secret`], the encryption key, passwords inside URLs) are never
+//! printed by `Debug` nor echoed in errors.
+
+mod agent;
+mod control_plane;
+mod egress;
+mod error;
+mod overcommit;
+mod scheduler;
+mod secret;
+mod smtp;
+mod source;
+#[cfg(test)]
+mod test_support;
+pub mod vars;
+
+pub use agent::{
+    AgentConfig, DEFAULT_FIRECRACKER_BIN, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_HIBERNATE_AFTER, DEFAULT_HOST_LISTEN_ADDR, DEFAULT_ROOTFS_SIZE_MB,
+    DEFAULT_SANDBOXES_PIDS_MAX, DEFAULT_WARM_CAPSULES, MAX_WARM_CAPSULES, RuntimeKind, VmAccel,
+    parse_size_mb,
+};
+pub use control_plane::{
+    Config, DEFAULT_CP_LISTEN_ADDR, DEFAULT_CREATE_WAIT, DEFAULT_DB_MAX_CONNECTIONS,
+    DEFAULT_HOST_MONITOR_INTERVAL, DEFAULT_LIFECYCLE_WAIT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TEAM_MAX_CAPSULES, MAX_CREATE_WAIT, MAX_DB_MAX_CONNECTIONS, MAX_LIFECYCLE_WAIT,
+    MIN_JWT_SECRET_LEN,
+};
+pub use egress::{Cidr, EgressConfig};
+pub use error::ConfigError;
+pub use overcommit::{
+    DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_MEMORY_RESERVE_MB, MAX_OVERCOMMIT,
+    Overcommit,
+};
+pub use scheduler::SchedulerKind;
+pub use secret::Secret;
+pub use smtp::{DEFAULT_SMTP_FROM_EMAIL, DEFAULT_SMTP_PORT, SmtpConfig};
+pub use source::EnvSource;
+
+/// Default `WRENN_DIR`.
+pub const DEFAULT_WRENN_DIR: &str = "/var/lib/wrenn";

@@ -1,0 +1,82 @@
+//! Names of every environment variable read by this module.
+
+/// Data directory of the control plane and the agent.
+pub const WRENN_DIR: &str = "WRENN_DIR";
+/// Control-plane database URL.
+pub const DATABASE_URL: &str = "DATABASE_URL";
+/// Redis URL for the event stream.
+pub const REDIS_URL: &str = "REDIS_URL";
+/// Control-plane listen address.
+pub const WRENN_CP_LISTEN_ADDR: &str = "WRENN_CP_LISTEN_ADDR";
+/// Public base URL of the control plane.
+pub const CP_PUBLIC_URL: &str = "CP_PUBLIC_URL";
+/// JWT signing secret.
+pub const JWT_SECRET: &str = "JWT_SECRET";
+/// mTLS CA certificate path.
+pub const WRENN_CA_CERT: &str = "WRENN_CA_CERT";
+/// mTLS CA private key path.
+pub const WRENN_CA_KEY: &str = "WRENN_CA_KEY";
+/// Key for encrypting channel configs (64 hex characters).
+pub const WRENN_ENCRYPTION_KEY: &str = "WRENN_ENCRYPTION_KEY";
+/// SMTP server host.
+pub const SMTP_HOST: &str = "SMTP_HOST";
+/// SMTP server port.
+pub const SMTP_PORT: &str = "SMTP_PORT";
+/// SMTP user name.
+pub const SMTP_USERNAME: &str = "SMTP_USERNAME";
+/// SMTP password.
+pub const SMTP_PASSWORD: &str = "SMTP_PASSWORD";
+/// Sender address of outgoing email.
+pub const SMTP_FROM_EMAIL: &str = "SMTP_FROM_EMAIL";
+/// Host monitor period in seconds.
+pub const WRENN_HOST_MONITOR_INTERVAL_SECS: &str = "WRENN_HOST_MONITOR_INTERVAL_SECS";
+/// Scheduler strategy.
+pub const WRENN_SCHEDULER: &str = "WRENN_SCHEDULER";
+/// Maximum request body size in bytes.
+pub const WRENN_MAX_BODY_BYTES: &str = "WRENN_MAX_BODY_BYTES";
+/// Most connections the control plane opens to Postgres.
+pub const WRENN_DB_MAX_CONNECTIONS: &str = "WRENN_DB_MAX_CONNECTIONS";
+/// Host agent listen address.
+pub const WRENN_HOST_LISTEN_ADDR: &str = "WRENN_HOST_LISTEN_ADDR";
+/// Control-plane URL the agent registers with.
+pub const WRENN_CP_URL: &str = "WRENN_CP_URL";
+/// Sandbox runtime of the agent.
+pub const WRENN_RUNTIME: &str = "WRENN_RUNTIME";
+/// Default rootfs size (`5G`, `2Gi`, `1000M`, plain = MiB).
+pub const WRENN_DEFAULT_ROOTFS_SIZE: &str = "WRENN_DEFAULT_ROOTFS_SIZE";
+/// Idle time in seconds before a paused sandbox is hibernated.
+pub const WRENN_HIBERNATE_AFTER_SECS: &str = "WRENN_HIBERNATE_AFTER_SECS";
+/// Path of the firecracker binary.
+pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
+/// Path of `qemu-system-x86_64` (the `qemu` runtime).
+pub const WRENN_QEMU_BIN: &str = "WRENN_QEMU_BIN";
+/// Accelerator of the VM runtimes (`auto`, `kvm`, `tcg`).
+pub const WRENN_VM_ACCEL: &str = "WRENN_VM_ACCEL";
+/// One-time host registration token (from `POST /v1/hosts`).
+pub const WRENN_REGISTRATION_TOKEN: &str = "WRENN_REGISTRATION_TOKEN";
+/// The `host:port` at which the control plane reaches this agent.
+pub const WRENN_HOST_ADDRESS: &str = "WRENN_HOST_ADDRESS";
+/// Memory overcommit ratio of a host (sandboxes may hold RAM × ratio − reserve).
+pub const WRENN_MEMORY_OVERCOMMIT: &str = "WRENN_MEMORY_OVERCOMMIT";
+/// vCPU overcommit ratio of a host (sandboxes may hold CPUs × ratio vCPUs).
+pub const WRENN_CPU_OVERCOMMIT: &str = "WRENN_CPU_OVERCOMMIT";
+/// Memory (MiB) kept for the host itself, outside every sandbox.
+pub const WRENN_MEMORY_RESERVE_MB: &str = "WRENN_MEMORY_RESERVE_MB";
+/// Most tasks all sandboxes of a host may run together.
+pub const WRENN_SANDBOXES_PIDS_MAX: &str = "WRENN_SANDBOXES_PIDS_MAX";
+/// Capsules the process runtime keeps booted ahead of creates.
+pub const WRENN_WARM_CAPSULES: &str = "WRENN_WARM_CAPSULES";
+/// Seconds between envd health checks of every running sandbox.
+pub const WRENN_HEALTH_INTERVAL_SECS: &str = "WRENN_HEALTH_INTERVAL_SECS";
+/// Seconds one envd health check may take.
+pub const WRENN_HEALTH_TIMEOUT_SECS: &str = "WRENN_HEALTH_TIMEOUT_SECS";
+/// Most live capsules a team may have at once.
+pub const WRENN_TEAM_MAX_CAPSULES: &str = "WRENN_TEAM_MAX_CAPSULES";
+/// Milliseconds `POST /v1/capsules` waits for the capsule to start.
+pub const WRENN_CREATE_WAIT_MS: &str = "WRENN_CREATE_WAIT_MS";
+/// Milliseconds pause, resume and destroy wait for their outcome before answering.
+pub const WRENN_LIFECYCLE_WAIT_MS: &str = "WRENN_LIFECYCLE_WAIT_MS";
+/// Networks capsules may reach although the default egress policy blocks them.
+pub const WRENN_EGRESS_ALLOW: &str = "WRENN_EGRESS_ALLOW";
+/// Networks capsules may not reach, besides the default egress policy's.
+pub const WRENN_EGRESS_DENY: &str = "WRENN_EGRESS_DENY";
