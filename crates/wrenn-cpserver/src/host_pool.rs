@@ -95,12 +95,15 @@ impl GrpcHostAgents {
                     self.hosts.evict_if(host, &address);
                 }
                 tracing::debug!(host_id = %host, op, code = ?status.code(), message = status.message(), "agent call failed");
-                Err(map_status(op, host, &status))
+                Err(map_status(op, &status))
             }
-            Err(_) => Err(AgentError::Timeout(format!(
-                "{op} on host {host} did not finish within {}s",
-                timeout.as_secs()
-            ))),
+            Err(_) => {
+                tracing::debug!(host_id = %host, op, "agent call timed out");
+                Err(AgentError::Timeout(format!(
+                    "{op} did not finish within {}s",
+                    timeout.as_secs()
+                )))
+            }
         }
     }
 }

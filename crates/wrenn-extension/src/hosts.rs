@@ -250,9 +250,10 @@ fn tune(endpoint: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
-/// Maps a gRPC status onto an [`AgentError`], keeping the agent's message.
-pub fn map_status(op: &str, host: HostId, status: &Status) -> AgentError {
-    let message = format!("{op} on host {host}: {}", status.message());
+/// Maps a gRPC status onto an [`AgentError`], keeping the agent's message. The message
+/// reaches tenants, so it does not name the host (callers log the host id).
+pub fn map_status(op: &str, status: &Status) -> AgentError {
+    let message = format!("{op}: {}", status.message());
     match status.code() {
         Code::NotFound => AgentError::NotFound(message),
         Code::FailedPrecondition | Code::AlreadyExists => AgentError::FailedPrecondition(message),

@@ -28,6 +28,9 @@ use crate::repo::{NewTemplate, Quota, RepoError, Store};
 use crate::scheduler::{Placement, Scheduler, SchedulerError};
 use crate::validate::{self, ValidationError};
 
+/// Closes when a background lifecycle operation has ended (see `settle`).
+type Finished = tokio::sync::oneshot::Receiver<()>;
+
 /// Why a lifecycle operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -357,7 +360,7 @@ impl Lifecycle {
         actor: &Actor,
         req: CreateSandbox,
     ) -> Result<Sandbox, LifecycleError> {
-        self.start_create(team, actor, req, None).await
+        self.create_waiting(team, actor, req, Duration::ZERO).await
     }
 
     /// [`create`](Self::create), then waits up to `wait` for the start to finish:
@@ -371,22 +374,19 @@ impl Lifecycle {
         req: CreateSandbox,
         wait: Duration,
     ) -> Result<Sandbox, LifecycleError> {
+        let (sandbox, finished) = self.start_create(team, actor, req).await?;
+        Ok(self.settle(sandbox, finished, wait).await)
+    }
+
+    /// Waits up to `wait` for a background operation to finish (`finished` closes when
+    /// its task ends, however it ended), then returns the row as the store has it; with
+    /// no wait, `row` as it is.
+    async fn settle(&self, row: Sandbox, finished: Finished, wait: Duration) -> Sandbox {
         if wait.is_zero() {
-            return self.create(team, actor, req).await;
+            return row;
         }
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let sandbox = self.start_create(team, actor, req, Some(done)).await?;
-        match tokio::time::timeout(wait, finished).await {
-            Ok(Ok(row)) => Ok(row),
-            // Not finished in time, or finished without a row to show (it was moved
-            // on meanwhile): as the store has it now.
-            _ => Ok(self
-                .inner
-                .store
-                .get_sandbox(sandbox.id)
-                .await
-                .unwrap_or(sandbox)),
-        }
+        let _ = tokio::time::timeout(wait, finished).await;
+        self.inner.store.get_sandbox(row.id).await.unwrap_or(row)
     }
 
     async fn start_create(
@@ -394,8 +394,7 @@ impl Lifecycle {
         team: TeamId,
         actor: &Actor,
         req: CreateSandbox,
-        done: Option<tokio::sync::oneshot::Sender<Sandbox>>,
-    ) -> Result<Sandbox, LifecycleError> {
+    ) -> Result<(Sandbox, Finished), LifecycleError> {
         let store = &self.inner.store;
         let name = req.template.as_deref().unwrap_or(BUILTIN_TEMPLATE_NAME);
         validate::safe_name("template", name)?;
@@ -476,26 +475,38 @@ impl Lifecycle {
             self.spec(&sandbox, Some(&template)),
             actor.clone(),
         );
+        let finished = self.spawn(span, async move {
+            let res = with_timeout(
+                this.inner.timeouts.create,
+                "create",
+                this.inner.agents.create_sandbox(sb.host_id, &spec),
+            )
+            .await;
+            this.finish_start(&sb, Starting, Error, res, &actor).await;
+        });
+        Ok((sandbox, finished))
+    }
+
+    /// Runs one background operation in `span`; what it returns closes when the
+    /// operation ends.
+    fn spawn(
+        &self,
+        span: tracing::Span,
+        op: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Finished {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
         self.inner.tasks.spawn(
             async move {
-                let res = with_timeout(
-                    this.inner.timeouts.create,
-                    "create",
-                    this.inner.agents.create_sandbox(sb.host_id, &spec),
-                )
-                .await;
-                let outcome = this.finish_start(&sb, Starting, Error, res, &actor).await;
-                if let (Some(done), Some(row)) = (done, outcome) {
-                    let _ = done.send(row);
-                }
+                op.await;
+                drop(done);
             }
             .instrument(span),
         );
-        Ok(sandbox)
+        finished
     }
 
-    /// Records the outcome of an agent create or resume that started from `expected`;
-    /// returns the row as recorded (none if the row had moved on meanwhile).
+    /// Records the outcome of an agent create or resume that started from `expected`
+    /// (nothing if the row had moved on meanwhile).
     async fn finish_start(
         &self,
         sb: &Sandbox,
@@ -503,14 +514,13 @@ impl Lifecycle {
         on_failure: SandboxStatus,
         res: Result<StartedSandbox, AgentError>,
         actor: &Actor,
-    ) -> Option<Sandbox> {
+    ) {
         let store = &self.inner.store;
         let (ok_kind, fail_kind) = if expected == Starting {
             (SandboxEventKind::Started, SandboxEventKind::Failed)
         } else {
             (SandboxEventKind::Resumed, SandboxEventKind::ResumeFailed)
         };
-        let mut recorded = None;
         match res {
             Ok(started) => match store
                 .running_if(sb.id, expected, &started.host_ip, &started.metadata)
@@ -523,7 +533,6 @@ impl Lifecycle {
                     self.publish_sandbox(ev).await;
                     self.publish_platform(PlatformEventKind::CapsuleRunning, &row, actor)
                         .await;
-                    recorded = Some(row);
                 }
                 Ok(None) => {
                     // Someone moved the row on (a destroy, most likely). If it is on
@@ -568,7 +577,6 @@ impl Lifecycle {
                             self.publish_platform(PlatformEventKind::CapsuleFailed, &row, actor)
                                 .await;
                         }
-                        recorded = Some(row);
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "could not record failed start"),
@@ -581,7 +589,6 @@ impl Lifecycle {
                 }
             }
         }
-        recorded
     }
 
     async fn destroy_on_agent(&self, sb: &Sandbox) {
@@ -605,6 +612,19 @@ impl Lifecycle {
         id: SandboxId,
         actor: &Actor,
     ) -> Result<Sandbox, LifecycleError> {
+        self.pause_waiting(team, id, actor, Duration::ZERO).await
+    }
+
+    /// [`pause`](Self::pause), then waits up to `wait` for the outcome: returns the
+    /// row as it is then (`paused`, `running` or `error` when the agent answered in
+    /// time, else `pausing`).
+    pub async fn pause_waiting(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+        wait: Duration,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         store.get_team_sandbox(team, id).await?;
         let Some(sb) = store.status_if(id, Running, Pausing).await? else {
@@ -613,19 +633,16 @@ impl Lifecycle {
         let span =
             info_span!("sandbox.pause", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
-        self.inner.tasks.spawn(
-            async move {
-                let res = with_timeout(
-                    this.inner.timeouts.pause,
-                    "pause",
-                    this.inner.agents.pause_sandbox(row.host_id, row.id),
-                )
-                .await;
-                this.finish_pause(&row, res, &actor).await;
-            }
-            .instrument(span),
-        );
-        Ok(sb)
+        let finished = self.spawn(span, async move {
+            let res = with_timeout(
+                this.inner.timeouts.pause,
+                "pause",
+                this.inner.agents.pause_sandbox(row.host_id, row.id),
+            )
+            .await;
+            this.finish_pause(&row, res, &actor).await;
+        });
+        Ok(self.settle(sb, finished, wait).await)
     }
 
     async fn finish_pause(&self, sb: &Sandbox, res: Result<(), AgentError>, actor: &Actor) {
@@ -681,6 +698,19 @@ impl Lifecycle {
         id: SandboxId,
         actor: &Actor,
     ) -> Result<Sandbox, LifecycleError> {
+        self.resume_waiting(team, id, actor, Duration::ZERO).await
+    }
+
+    /// [`resume`](Self::resume), then waits up to `wait` for the outcome: returns the
+    /// row as it is then (`running`, back where it was, or `error` when the agent
+    /// answered in time, else `resuming`).
+    pub async fn resume_waiting(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+        wait: Duration,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let current = store.get_team_sandbox(team, id).await?;
         let Some((from, sb)) = self.begin_resume(current).await? else {
@@ -691,19 +721,16 @@ impl Lifecycle {
         let span =
             info_span!("sandbox.resume", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());
-        self.inner.tasks.spawn(
-            async move {
-                let res = with_timeout(
-                    this.inner.timeouts.resume,
-                    "resume",
-                    this.inner.agents.resume_sandbox(row.host_id, &spec),
-                )
-                .await;
-                this.finish_start(&row, Resuming, from, res, &actor).await;
-            }
-            .instrument(span),
-        );
-        Ok(sb)
+        let finished = self.spawn(span, async move {
+            let res = with_timeout(
+                this.inner.timeouts.resume,
+                "resume",
+                this.inner.agents.resume_sandbox(row.host_id, &spec),
+            )
+            .await;
+            this.finish_start(&row, Resuming, from, res, &actor).await;
+        });
+        Ok(self.settle(sb, finished, wait).await)
     }
 
     /// `paused → resuming`, or `hibernated → resuming` within the team's quota (a
@@ -747,6 +774,19 @@ impl Lifecycle {
         id: SandboxId,
         actor: &Actor,
     ) -> Result<Sandbox, LifecycleError> {
+        self.destroy_waiting(team, id, actor, Duration::ZERO).await
+    }
+
+    /// [`destroy`](Self::destroy), then waits up to `wait` for the host: returns the
+    /// row as it is then (`stopped` when the agent answered in time, else
+    /// `stopping`).
+    pub async fn destroy_waiting(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        actor: &Actor,
+        wait: Duration,
+    ) -> Result<Sandbox, LifecycleError> {
         let store = &self.inner.store;
         let current = store.get_team_sandbox(team, id).await?;
         if current.status.is_terminal() || current.status == Stopping {
@@ -760,53 +800,50 @@ impl Lifecycle {
             // Lost to a concurrent destroy (or it ended meanwhile): report where it is.
             return Ok(store.get_team_sandbox(team, id).await?);
         };
-        self.spawn_destroy(sb.clone(), actor.clone());
-        Ok(sb)
+        let finished = self.spawn_destroy(sb.clone(), actor.clone());
+        Ok(self.settle(sb, finished, wait).await)
     }
 
-    fn spawn_destroy(&self, sb: Sandbox, actor: Actor) {
+    fn spawn_destroy(&self, sb: Sandbox, actor: Actor) -> Finished {
         let span = info_span!("sandbox.destroy", sandbox_id = %sb.id, team_id = %sb.team_id, host_id = %sb.host_id);
         let this = self.clone();
-        self.inner.tasks.spawn(
-            async move {
-                let mut last_err = None;
-                for attempt in 0..3u32 {
-                    if attempt > 0 {
-                        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-                    }
-                    match with_timeout(
-                        this.inner.timeouts.destroy,
-                        "destroy",
-                        this.inner.agents.destroy_sandbox(sb.host_id, sb.id),
-                    )
-                    .await
-                    {
-                        Ok(()) | Err(AgentError::NotFound(_)) => {
-                            last_err = None;
-                            break;
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
+        self.spawn(span, async move {
+            let mut last_err = None;
+            for attempt in 0..3u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
                 }
-                if let Some(e) = last_err {
-                    // Leave it `stopping`: the host monitor finishes the job when the
-                    // host answers again, or resolves it after the grace period.
-                    warn!(error = %e, "could not destroy sandbox; left stopping");
-                    return;
-                }
-                match this.inner.store.status_if(sb.id, Stopping, Stopped).await {
-                    Ok(Some(row)) => {
-                        this.publish_sandbox(this.outcome(SandboxEventKind::Stopped, &row))
-                            .await;
-                        this.publish_platform(PlatformEventKind::CapsuleDestroyed, &row, &actor)
-                            .await;
+                match with_timeout(
+                    this.inner.timeouts.destroy,
+                    "destroy",
+                    this.inner.agents.destroy_sandbox(sb.host_id, sb.id),
+                )
+                .await
+                {
+                    Ok(()) | Err(AgentError::NotFound(_)) => {
+                        last_err = None;
+                        break;
                     }
-                    Ok(None) => {}
-                    Err(e) => warn!(error = %e, "could not record stopped sandbox"),
+                    Err(e) => last_err = Some(e),
                 }
             }
-            .instrument(span),
-        );
+            if let Some(e) = last_err {
+                // Leave it `stopping`: the host monitor finishes the job when the
+                // host answers again, or resolves it after the grace period.
+                warn!(error = %e, "could not destroy sandbox; left stopping");
+                return;
+            }
+            match this.inner.store.status_if(sb.id, Stopping, Stopped).await {
+                Ok(Some(row)) => {
+                    this.publish_sandbox(this.outcome(SandboxEventKind::Stopped, &row))
+                        .await;
+                    this.publish_platform(PlatformEventKind::CapsuleDestroyed, &row, &actor)
+                        .await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not record stopped sandbox"),
+            }
+        })
     }
 
     /// Checks that a running sandbox answers and marks it active.

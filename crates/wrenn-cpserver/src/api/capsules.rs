@@ -1,13 +1,14 @@
 //! Capsule lifecycle: create, list, get, destroy, pause, resume, ping.
 //!
-//! Lifecycle calls answer `202 Accepted` with the capsule in its transient status
-//! (`starting`, `pausing`, …) as soon as the first conditional write is done; the
-//! host agent is driven in the background and the final status is visible through
-//! `GET /v1/capsules/{id}` and the event stream. Create is the exception: it waits for
-//! the start, up to `WRENN_CREATE_WAIT_MS`, and answers `201` with the capsule
-//! `running` when it got there — a start takes milliseconds, and clients (the SDK
-//! polls every 0.5 s; a first command sent at once would find it `starting`) get a
-//! capsule they can use at once.
+//! The host agent is driven in the background after the first conditional write
+//! (`→ starting`, `pausing`, …); the final status is visible through
+//! `GET /v1/capsules/{id}` and the event stream. The answer waits a short grace for
+//! that outcome, so that clients see fast operations settled without polling (the SDK
+//! polls every 0.5 s, every 2 s for a pause, and skips it when the answer already
+//! carries the status it waits for): create waits up to `WRENN_CREATE_WAIT_MS` and
+//! answers `201` with the capsule `running` when it got there; pause, resume and
+//! destroy wait up to `WRENN_LIFECYCLE_WAIT_MS` and answer `202` with the capsule as it
+//! is then — settled when the agent was done in time, else in its transient status.
 
 use std::collections::BTreeMap;
 
@@ -223,7 +224,7 @@ async fn destroy(
 ) -> ApiResult<impl IntoResponse> {
     let sb = ctx
         .lifecycle
-        .destroy(auth.team_id, id, &auth.actor())
+        .destroy_waiting(auth.team_id, id, &auth.actor(), ctx.config.lifecycle_wait)
         .await?;
     ctx.audit(audit(&auth, id, "destroy").status(AuditStatus::Warning))
         .await;
@@ -239,7 +240,10 @@ async fn pause(
     auth: AuthContext,
     Path(id): Path<SandboxId>,
 ) -> ApiResult<impl IntoResponse> {
-    let sb = ctx.lifecycle.pause(auth.team_id, id, &auth.actor()).await?;
+    let sb = ctx
+        .lifecycle
+        .pause_waiting(auth.team_id, id, &auth.actor(), ctx.config.lifecycle_wait)
+        .await?;
     ctx.audit(audit(&auth, id, "pause")).await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))
 }
@@ -256,7 +260,7 @@ async fn resume(
 ) -> ApiResult<impl IntoResponse> {
     let sb = ctx
         .lifecycle
-        .resume(auth.team_id, id, &auth.actor())
+        .resume_waiting(auth.team_id, id, &auth.actor(), ctx.config.lifecycle_wait)
         .await?;
     ctx.audit(audit(&auth, id, "resume")).await;
     Ok((StatusCode::ACCEPTED, Json(Capsule::from(sb))))

@@ -122,7 +122,7 @@ impl AgentConn {
             message = status.message(),
             "agent call failed"
         );
-        ApiError::from(map_status(op, self.sandbox.host_id, status))
+        ApiError::from(map_status(op, status))
     }
 }
 

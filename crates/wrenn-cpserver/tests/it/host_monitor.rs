@@ -1,0 +1,162 @@
+//! The host monitor reconciles rows with what hosts report.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use wrenn_core::audit::Actor;
+use wrenn_core::id::HostId;
+use wrenn_core::lifecycle::{CreateSandbox, HostStatus, SandboxStatus::*};
+use wrenn_core::model::HostKind;
+use wrenn_core::repo::{HostSpec, NewHost};
+use wrenn_cpserver::workers::host_monitor::{MonitorSettings, pass};
+
+async fn online_host(s: &TestServer) -> HostId {
+    let store = s.store();
+    let id = HostId::new();
+    store
+        .create_host(NewHost {
+            id,
+            kind: HostKind::Regular,
+            team_id: None,
+            provider: "t".into(),
+            availability_zone: "a".into(),
+            created_by: None,
+        })
+        .await
+        .unwrap();
+    let spec = HostSpec {
+        address: "127.0.0.1:9".into(),
+        arch: "x86_64".into(),
+        cpu_cores: 64,
+        memory_mb: 262_144,
+        disk_gb: 4000,
+    };
+    assert!(store.register_host(id, &spec).await.unwrap());
+    id
+}
+
+async fn running(s: &TestServer, team: wrenn_core::id::TeamId) -> wrenn_core::id::SandboxId {
+    let sb = s
+        .ctx
+        .lifecycle
+        .create(team, &Actor::system(), CreateSandbox::default())
+        .await
+        .unwrap();
+    s.ctx.lifecycle.wait_idle().await;
+    assert_eq!(s.store().get_sandbox(sb.id).await.unwrap().status, Running);
+    sb.id
+}
+
+fn settings() -> MonitorSettings {
+    MonitorSettings::default()
+}
+
+#[tokio::test]
+async fn a_silent_host_goes_unreachable_and_its_sandboxes_missing_then_come_back() {
+    let s = TestServer::start().await;
+    let host = online_host(&s).await;
+    let u = s.user("mon@example.com").await;
+    let id = running(&s, u.team).await;
+    let stale = MonitorSettings {
+        unreachable_after: Duration::ZERO,
+        ..settings()
+    };
+    let report = pass(&s.ctx, &stale).await.unwrap();
+    assert_eq!(report.hosts_down, 1);
+    assert_eq!(
+        s.store().get_host(host).await.unwrap().status,
+        HostStatus::Unreachable
+    );
+    assert_eq!(s.store().get_sandbox(id).await.unwrap().status, Missing);
+    // The host heartbeats again; the sandbox is still alive on it.
+    let spec = HostSpec {
+        address: "127.0.0.1:9".into(),
+        arch: "x86_64".into(),
+        cpu_cores: 64,
+        memory_mb: 262_144,
+        disk_gb: 4000,
+    };
+    assert_eq!(
+        s.store().heartbeat(host, &spec).await.unwrap(),
+        HostStatus::Unreachable
+    );
+    pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(s.store().get_sandbox(id).await.unwrap().status, Running);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sandboxes_gone_from_their_host_are_stopped_or_paused() {
+    let s = TestServer::start().await;
+    online_host(&s).await;
+    let u = s.user("mon2@example.com").await;
+    let gone = running(&s, u.team).await;
+    let paused_on_host = running(&s, u.team).await;
+    s.agents.lose(gone);
+    s.agents
+        .sandboxes
+        .lock()
+        .unwrap()
+        .insert(paused_on_host, Paused);
+    let report = pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(report.sandboxes_changed, 2);
+    assert_eq!(s.store().get_sandbox(gone).await.unwrap().status, Stopped);
+    assert_eq!(
+        s.store().get_sandbox(paused_on_host).await.unwrap().status,
+        Paused
+    );
+    // A second pass changes nothing.
+    assert_eq!(
+        pass(&s.ctx, &settings()).await.unwrap().sandboxes_changed,
+        0
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_whose_agent_died_ends_in_error_not_starting() {
+    let s = TestServer::start().await;
+    online_host(&s).await;
+    let u = s.user("mon3@example.com").await;
+    // The agent never answers this create (it died mid-way).
+    s.agents.hold(wrenn_core::testing::Op::Create);
+    let sb = s
+        .ctx
+        .lifecycle
+        .create(u.team, &Actor::system(), CreateSandbox::default())
+        .await
+        .unwrap();
+    // Within the grace period nothing happens…
+    pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(s.store().get_sandbox(sb.id).await.unwrap().status, Starting);
+    // …after it, a starting row the host does not have is an error.
+    let no_grace = MonitorSettings {
+        transient_grace: Duration::ZERO,
+        ..settings()
+    };
+    pass(&s.ctx, &no_grace).await.unwrap();
+    assert_eq!(s.store().get_sandbox(sb.id).await.unwrap().status, Error);
+    s.agents.release(wrenn_core::testing::Op::Create);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn orphans_on_a_host_are_destroyed() {
+    let s = TestServer::start().await;
+    online_host(&s).await;
+    let u = s.user("mon4@example.com").await;
+    let id = running(&s, u.team).await;
+    let orphan = wrenn_core::id::SandboxId::new();
+    s.agents.sandboxes.lock().unwrap().insert(orphan, Running);
+    let report = pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(report.orphans_destroyed, 1);
+    assert_eq!(s.agents.status_on_host(orphan), None);
+    assert_eq!(
+        s.agents.status_on_host(id),
+        Some(Running),
+        "wanted sandboxes are left alone"
+    );
+    s.stop().await;
+}

@@ -1,0 +1,532 @@
+//! End to end: the real `wrenn` binary (`wrenn dev`: control plane + in-process host
+//! agent + process runtime + envd) on loopback, driven over its public HTTP API. With
+//! `WRENN_RUNTIME=qemu` the same scenario runs with every capsule a VM.
+//!
+//! One `wrenn dev` serves the whole scenario (a second agent on the same directory
+//! would sweep the first one's sandboxes), so this is one test walking through the
+//! lifecycle; each step says what it proves.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+struct Dev {
+    child: Child,
+    base: String,
+    key: String,
+    http: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SIGTERM: the agent hibernates what is left and the server shuts down.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev() -> Dev {
+    // The default image, built once per machine and shared through WRENN_IMAGE_CACHE.
+    wrenn_agent::image::ensure_shared_for_tests().expect("the default image");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        .args(["dev", "--dir"])
+        .arg(dir.path().join("state"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("WRENN_HIBERNATE_AFTER_SECS", "2")
+        // A VM's first create waits for the warm snapshot the agent makes at start (a
+        // guest boot: seconds under TCG); the API then still answers `201 running`.
+        .env("WRENN_CREATE_WAIT_MS", "60000")
+        // Pause, resume and destroy answer settled when the agent is done within the
+        // grace: generous here, so that a loaded CI machine still shows the outcome.
+        .env("WRENN_LIFECYCLE_WAIT_MS", "30000")
+        .env(
+            wrenn_agent::image::CACHE_ENV,
+            wrenn_agent::image::test_store_dir(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start wrenn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut key = None;
+    for line in lines.by_ref() {
+        let line = line.expect("read stdout");
+        if let Some(k) = line.strip_prefix("export WRENN_API_KEY=") {
+            key = Some(k.to_owned());
+            break;
+        }
+    }
+    // Keep reading what else it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+    Dev {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        key: key.expect("wrenn dev printed an API key"),
+        http: Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Dev {
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn status(&self, id: &str) -> String {
+        let (s, v) = self
+            .call(Method::GET, &format!("/v1/capsules/{id}"), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn wait_for(&self, id: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.status(id).await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("capsule {id} is {last}, expected {want} within {within:?}");
+    }
+
+    async fn create(&self, body: Value) -> String {
+        let (s, v) = self.call(Method::POST, "/v1/capsules", Some(body)).await;
+        // The answer waits for the start (WRENN_CREATE_WAIT_MS): ready to use.
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["status"], "running", "{v}");
+        let id = v["id"].as_str().expect("id").to_owned();
+        self.wait_for(&id, "running", Duration::from_secs(30)).await;
+        id
+    }
+
+    async fn exec(&self, id: &str, cmd: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/capsules/{id}/exec"),
+            Some(json!({"cmd": "/bin/sh", "args": ["-c", cmd]})),
+        )
+        .await
+    }
+
+    async fn sh(&self, id: &str, cmd: &str) -> String {
+        let (s, v) = self.exec(id, cmd).await;
+        assert_eq!(s, 200, "{cmd}: {v}");
+        assert_eq!(v["exit_code"], 0, "{cmd}: {v}");
+        v["stdout"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Opens a WebSocket on `path` (API-key header), sends `start` (text) and `input`
+/// (binary), and collects text and binary payloads until `until` shows up (10 s).
+async fn ws_session(
+    dev: &Dev,
+    path: &str,
+    start: Option<Value>,
+    input: Option<&[u8]>,
+    until: &str,
+) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}{path}", dev.base.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-api-key", dev.key.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket");
+    if let Some(start) = start {
+        ws.send(Message::text(start.to_string())).await.unwrap();
+    }
+    if let Some(input) = input {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ws.send(Message::binary(input.to_vec())).await.unwrap();
+    }
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(until) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(t.as_str()),
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let _ = ws.close(None).await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_end_to_end() {
+    let dev = start_dev();
+
+    // Bad input on the capsule routes is a 4xx and changes nothing.
+    let bad: [(Method, &str, Option<Value>, u16); 7] = [
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"template": "../etc"})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"metadata": {"kernel_version": "x"}})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"template": "no-such-template"})),
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules",
+            Some(json!({"vcpus": "two"})),
+            400,
+        ),
+        (Method::GET, "/v1/capsules/not-an-id", None, 400),
+        (
+            Method::GET,
+            "/v1/capsules/cl-0000000000000000000000000",
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/capsules/cl-0000000000000000000000000/pause",
+            None,
+            404,
+        ),
+    ];
+    for (method, path, body, want) in bad {
+        let (s, v) = dev.call(method.clone(), path, body.clone()).await;
+        assert_eq!(s.as_u16(), want, "{method} {path} {body:?}: {v}");
+        assert!(v["error"]["code"].is_string(), "{v}");
+    }
+    let unauthenticated = dev
+        .http
+        .get(format!("{}/v1/capsules", dev.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let (_, list) = dev.call(Method::GET, "/v1/capsules", None).await;
+    assert_eq!(list, json!([]), "bad requests created nothing");
+
+    // Create → running; a TTL capsule to check auto-pause at the end.
+    let started = Instant::now();
+    let ttl = dev.create(json!({"timeout_sec": 60})).await;
+    let a = dev.create(json!({"metadata": {"purpose": "e2e"}})).await;
+    let (_, info) = dev
+        .call(Method::GET, &format!("/v1/capsules/{a}"), None)
+        .await;
+    assert_eq!(info["metadata"]["purpose"], "e2e");
+    // `WRENN_RUNTIME` (inherited by `wrenn dev`) picks the runtime; CI runs both.
+    let runtime = std::env::var("WRENN_RUNTIME").unwrap_or_else(|_| "process".into());
+    assert_eq!(info["metadata"]["runtime"], runtime.as_str());
+
+    // Exec: output, exit codes, envs and cwd.
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/exec"), Some(json!({"cmd": "/bin/sh", "args": ["-c", "echo $X; pwd; echo err >&2; exit 7"], "envs": {"X": "hello"}, "cwd": "/tmp"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stdout"], "hello\n/tmp\n");
+    assert_eq!(v["stderr"], "err\n");
+    assert_eq!(v["exit_code"], 7);
+    // The sandbox is isolated: its own PID 1, hostname and writable layer.
+    assert_eq!(dev.sh(&a, "cat /proc/1/comm").await.trim(), "wrenn-envd");
+    assert_eq!(dev.sh(&a, "hostname").await.trim(), a);
+    dev.sh(&a, "sudo -n sh -c 'echo inside > /etc/wrenn-e2e-marker'")
+        .await;
+    assert!(
+        !std::path::Path::new("/etc/wrenn-e2e-marker").exists(),
+        "sandbox writes never reach the host"
+    );
+    // The default capsule is the Debian image as `wrenn-user` (home and default cwd
+    // /home/wrenn-user, passwordless sudo), and the host's files are not in it.
+    let host_marker = format!("/etc/wrenn-e2e-host-marker-{a}");
+    std::fs::write(&host_marker, "host only").unwrap();
+    let seen = dev.exec(&a, &format!("cat {host_marker}")).await;
+    let (read_status, _) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/read"),
+            Some(json!({"path": host_marker})),
+        )
+        .await;
+    std::fs::remove_file(&host_marker).unwrap();
+    assert_ne!(seen.1["exit_code"], 0, "{}", seen.1);
+    assert_eq!(read_status, 404);
+    assert_eq!(
+        dev.sh(
+            &a,
+            "id -un; pwd; sudo -n id -u; . /etc/os-release; echo $ID"
+        )
+        .await,
+        "wrenn-user\n/home/wrenn-user\n0\ndebian\n"
+    );
+
+    // Files: a 200 MiB file streamed in and out, byte for byte.
+    let size = 200 * 1024 * 1024;
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut want = Sha256::new();
+    for _ in 0..200 {
+        want.update(&chunk);
+    }
+    let want = hex::encode(want.finalize());
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        (0..200).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    ));
+    let form = reqwest::multipart::Form::new()
+        .text("path", "/home/wrenn-user/big.bin")
+        .part(
+            "file",
+            reqwest::multipart::Part::stream_with_length(body, size).file_name("big.bin"),
+        );
+    let resp = dev
+        .req(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/stream/write"),
+        )
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        204,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let mut resp = dev
+        .req(Method::POST, &format!("/v1/capsules/{a}/files/stream/read"))
+        .json(&json!({"path": "/home/wrenn-user/big.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (mut got, mut n) = (Sha256::new(), 0usize);
+    while let Some(bytes) = resp.chunk().await.unwrap() {
+        n += bytes.len();
+        got.update(&bytes);
+    }
+    assert_eq!(n as u64, size);
+    assert_eq!(hex::encode(got.finalize()), want);
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/mkdir"),
+            Some(json!({"path": "/home/wrenn-user/dir"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/mkdir"),
+            Some(json!({"path": "/home/wrenn-user/dir"})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{a}/files/read"),
+            Some(json!({"path": "/home/wrenn-user/missing"})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    // A background process keeps a value in memory across pause and resume.
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/exec"), Some(json!({"cmd": "/bin/sh", "args": ["-c", "v=$$-$(date +%s%N); while :; do echo $v > /tmp/mem; sleep 0.1; done"], "background": true, "tag": "mem"})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = dev.sh(&a, "cat /tmp/mem").await;
+    let (s, v) = dev
+        .call(Method::GET, &format!("/v1/capsules/{a}/processes"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["tag"] == "mem"),
+        "{v}"
+    );
+    // The answer carries the outcome: clients need not poll for it.
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
+        .await;
+    assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("paused")));
+    let (s, v) = dev.exec(&a, "true").await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (409, Some("invalid_state")),
+        "exec refused while paused"
+    );
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/resume"), None)
+        .await;
+    assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("running")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        dev.sh(&a, "cat /tmp/mem").await,
+        before,
+        "the same process, with its memory, carried on"
+    );
+
+    // Hibernate (the agent hibernates a paused capsule after 2 s here) → resume keeps files.
+    dev.sh(&a, "echo survives > /home/wrenn-user/keep.txt")
+        .await;
+    dev.call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
+        .await;
+    dev.wait_for(&a, "hibernated", Duration::from_secs(20))
+        .await;
+    let (s, _) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/resume"), None)
+        .await;
+    assert_eq!(s, 202);
+    dev.wait_for(&a, "running", Duration::from_secs(30)).await;
+    assert_eq!(dev.sh(&a, "cat ~/keep.txt").await, "survives\n");
+
+    // Snapshot → a new capsule from the template sees the files.
+    let (s, t) = dev
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"sandbox_id": a, "name": "e2e-snap"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["name"], "e2e-snap");
+    let b = dev.create(json!({"template": "e2e-snap"})).await;
+    assert_eq!(dev.sh(&b, "cat ~/keep.txt").await, "survives\n");
+
+    // PTY over WebSocket: an interactive shell answers.
+    let out = ws_session(
+        &dev,
+        &format!("/v1/capsules/{a}/pty"),
+        Some(json!({"type": "start", "cmd": "/bin/sh", "cols": 80, "rows": 24})),
+        Some(b"echo pty-$((6*7))\n"),
+        "pty-42",
+    )
+    .await;
+    assert!(out.contains("pty-42"), "{out}");
+
+    // A background process's output is replayed to a client that reattaches later.
+    let (s, v) = dev
+        .call(Method::POST, &format!("/v1/capsules/{a}/exec"), Some(json!({"cmd": "/bin/sh", "args": ["-c", "echo hello-reattach; sleep 30"], "background": true, "tag": "late"})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = ws_session(
+        &dev,
+        &format!("/v1/capsules/{a}/processes/late/stream"),
+        None,
+        None,
+        "hello-reattach",
+    )
+    .await;
+    assert!(out.contains("hello-reattach"), "{out}");
+
+    // Destroy → GET still answers, with `stopped`.
+    let (s, v) = dev
+        .call(Method::DELETE, &format!("/v1/capsules/{b}"), None)
+        .await;
+    assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("stopped")));
+    let (s, v) = dev
+        .call(Method::GET, &format!("/v1/capsules/{b}"), None)
+        .await;
+    assert_eq!((s.as_u16(), v["status"].as_str()), (200, Some("stopped")));
+
+    // Concurrent pause, destroy and resume never contradict the host: it ends stopped
+    // and its network namespace is gone.
+    let c = dev.create(json!({})).await;
+    let p = format!("/v1/capsules/{c}/pause");
+    let r = format!("/v1/capsules/{c}/resume");
+    let d = format!("/v1/capsules/{c}");
+    let (x, y, z) = tokio::join!(
+        dev.call(Method::POST, &p, None),
+        dev.call(Method::DELETE, &d, None),
+        dev.call(Method::POST, &r, None),
+    );
+    for (s, v) in [x, y, z] {
+        assert!(s == 202 || s == 409, "{s}: {v}");
+    }
+    dev.wait_for(&c, "stopped", Duration::from_secs(30)).await;
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&c),
+        "no network namespace left behind"
+    );
+
+    // TTL: the idle capsule was auto-paused by the agent (timeout 60 s) and the
+    // control plane learned it from the agent's event.
+    // (Hibernation follows 2 s later here, so either status proves it.)
+    let deadline = started + Duration::from_secs(100);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = dev.status(&ttl).await;
+        if last == "paused" || last == "hibernated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        last == "paused" || last == "hibernated",
+        "TTL capsule is {last}"
+    );
+}
