@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 
+pub mod firecracker;
 pub mod process;
 pub mod qemu;
 pub mod vm;

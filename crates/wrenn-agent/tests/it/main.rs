@@ -21,6 +21,7 @@ mod common;
 mod agent_process_e2e;
 mod agent_qemu_e2e;
 mod agent_service;
+mod firecracker;
 mod image;
 mod isolation;
 mod liveness;
