@@ -507,11 +507,17 @@ async fn the_platform_end_to_end() {
         assert!(s == 202 || s == 409, "{s}: {v}");
     }
     dev.wait_for(&c, "stopped", Duration::from_secs(30)).await;
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&netns.stdout).contains(&c),
-        "no network namespace left behind"
-    );
+    // The agent answers once the capsule's processes are killed; its network goes
+    // right after, in the background.
+    let netns_listed = || {
+        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&netns.stdout).contains(&c)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while netns_listed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!netns_listed(), "no network namespace left behind");
 
     // TTL: the idle capsule was auto-paused by the agent (timeout 60 s) and the
     // control plane learned it from the agent's event.
