@@ -4,8 +4,8 @@
 //! # A capsule
 //!
 //! - **Kernel and initramfs**: the default image build's `vmlinuz` and modules; the
-//!   initramfs ([`super::vm::initramfs`]) carries busybox, the virtio
-//!   modules and this agent's envd, made once per start in `vm/`.
+//!   initramfs ([`super::vm::guest`]) carries busybox and the virtio modules, envd
+//!   its own read-only disk; both are made once per content in `vm/`.
 //! - **Root disk**: `sandboxes/{id}/disk.qcow2`, a qcow2 overlay as large as
 //!   `disk_size_mb` over the image's `rootfs.ext4` (or over a template's disk); the
 //!   guest grows its file system to it at boot.
@@ -47,22 +47,21 @@ pub mod machine;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
-use wrenn_proto::envd::v1::system_client::SystemClient;
-use wrenn_proto::envd::v1::{HealthRequest, InitRequest};
 
 use self::machine::{Machine, MachineError, MachineSpec};
 use super::process::template::{ConfigRecord, HibernationRecord, read_record, write_record};
 use super::vm::accel::{self, Accel};
-use super::vm::{disk as vmdisk, initramfs};
+pub use super::vm::guest::GuestFiles;
+use super::vm::guest::{allocated, health, name_guest, process_usage, remove_tree, vm_dir};
+use super::vm::{disk as vmdisk, guest};
 use super::{
     Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats, blocking,
     error_chain, io_err,
@@ -176,23 +175,6 @@ pub struct TemplateManifest {
     pub created_at: String,
 }
 
-/// The guest software files a VM runs with besides the image's kernel: what its
-/// memory snapshots depend on, so templates and hibernated capsules record them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestFiles {
-    /// The initramfs.
-    pub initrd: PathBuf,
-    /// envd's read-only disk.
-    pub envd_disk: PathBuf,
-}
-
-impl GuestFiles {
-    /// Whether both files are (still) on this host.
-    fn present(&self) -> bool {
-        self.initrd.is_file() && self.envd_disk.is_file()
-    }
-}
-
 /// A capsule's VM as the runtime tracks it.
 #[derive(Debug)]
 struct Vm {
@@ -260,12 +242,6 @@ impl QemuRuntime {
         let kernel = image.vmlinuz().ok_or_else(|| {
             RuntimeError::Unsupported("the image build has no kernel (vmlinuz)".into())
         })?;
-        let modules = image
-            .modules()
-            .ok_or_else(|| RuntimeError::Unsupported("the image build has no modules".into()))?;
-        let busybox = image.busybox().ok_or_else(|| {
-            RuntimeError::Unsupported("the image build has no static busybox".into())
-        })?;
         let qemu = find_tool(
             options.qemu.clone(),
             "qemu-system-x86_64",
@@ -281,39 +257,14 @@ impl QemuRuntime {
         }
         let vm = vm_dir(&layout);
         let (kernel_probe, qemu_probe, chosen) = (kernel.clone(), qemu.clone(), options.accel);
-        let vm_scratch = vm.clone();
-        let envd_bin = envd.clone();
-        let image_hash = image.manifest.hash.clone();
+        let (envd_bin, built) = (envd.clone(), image.clone());
         let (guest, guest_key, accel) = blocking(move || {
-            let envd_sha = crate::image::manifest::sha256_file(&envd_bin)
-                .map_err(io_err(format!("read envd ({})", envd_bin.display())))?;
-            let busybox_sha =
-                crate::image::manifest::sha256_file(&busybox).map_err(io_err("read busybox"))?;
-            let short = |s: &str| s.chars().take(16).collect::<String>();
-            let initrd = vm_scratch.join(format!(
-                "initramfs-{}-{}.cpio",
-                short(&image_hash),
-                short(&busybox_sha),
-            ));
-            if !initrd.is_file() {
-                initramfs::build(&modules, &busybox, &initrd)
-                    .map_err(io_err("build the initramfs"))?;
-            }
-            let envd_disk = vm_scratch.join(format!("envd-{}.ext4", short(&envd_sha)));
-            if !envd_disk.is_file() {
-                make_envd_disk(&envd_bin, &envd_disk)?;
-            }
+            let (guest, key) = guest::prepare(&vm, &envd_bin, &built)?;
             let accel = match chosen {
                 Some(accel) => accel,
-                None => probed_accel(&qemu_probe, &kernel_probe, &image_hash, &vm_scratch),
+                None => probed_accel(&qemu_probe, &kernel_probe, &built.manifest.hash, &vm),
             };
-            let key = format!(
-                "{}-{}-{}-{accel}",
-                short(&image_hash),
-                short(&busybox_sha),
-                short(&envd_sha)
-            );
-            Ok::<_, RuntimeError>((GuestFiles { initrd, envd_disk }, key, accel))
+            Ok::<_, RuntimeError>((guest, format!("{key}-{accel}"), accel))
         })
         .await??;
         let clock_args = accel::guest_clock_args(accel);
@@ -642,38 +593,12 @@ impl QemuRuntime {
         Ok((vm, version))
     }
 
-    /// The capsule network of `id` with the guest's TAP device and NAT, its DNS served.
     async fn add_network(&self, id: SandboxId, netns: &str) -> Result<SandboxNet, RuntimeError> {
-        let network_err = |e: network::NetworkError| {
-            RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
-        };
-        let claimed = self.network.prepare(netns).await.map_err(network_err)?;
-        let (name, addr, gateway) = (
-            netns.to_owned(),
-            claimed.net().sandbox_addr,
-            claimed.net().host_addr,
-        );
-        let tapped = blocking(move || tap::add(&name, addr, gateway))
-            .await
-            .and_then(|r| r.map_err(io_err(format!("the TAP device of {id}"))));
-        if let Err(e) = tapped {
-            drop(claimed);
-            self.remove_network(netns).await;
-            return Err(e);
-        }
-        match self.network.serve(claimed, &id.to_string()).await {
-            Ok(net) => Ok(net),
-            Err(e) => {
-                self.remove_network(netns).await;
-                Err(network_err(e))
-            }
-        }
+        guest::add_network(&self.network, id, netns).await
     }
 
     async fn remove_network(&self, netns: &str) {
-        if let Err(e) = self.network.remove(netns).await {
-            tracing::warn!(netns, "removing a capsule network: {}", error_chain(&e));
-        }
+        guest::remove_network(&self.network, netns).await;
     }
 
     fn machine_err(&self, id: SandboxId, dir: &Path, e: MachineError) -> RuntimeError {
@@ -772,10 +697,6 @@ impl Shape {
     }
 }
 
-fn vm_dir(layout: &Layout) -> PathBuf {
-    layout.root().join("vm")
-}
-
 /// `explicit`, else `name` on `PATH`; `package` names the Debian package in the error.
 fn find_tool(
     explicit: Option<PathBuf>,
@@ -836,45 +757,6 @@ async fn wait_for_envd(
     }
 }
 
-/// Sets the guest's hostname to the capsule's id through envd's Init.
-async fn name_guest(instance: &Instance) -> Result<(), RuntimeError> {
-    let EnvdEndpoint::Tcp(addr) = &instance.envd else {
-        return Err(RuntimeError::Other("a VM's envd answers over TCP".into()));
-    };
-    let failed =
-        |e: String| RuntimeError::Other(format!("naming the guest of {}: {e}", instance.id));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| failed(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| failed(error_chain(&e)))?;
-    SystemClient::new(channel)
-        .init(InitRequest {
-            hostname: Some(instance.id.to_string()),
-            ..InitRequest::default()
-        })
-        .await
-        .map(drop)
-        .map_err(|e| failed(e.message().to_owned()))
-}
-
-async fn health(addr: SocketAddr) -> Result<String, String> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {}", error_chain(&e)))?;
-    SystemClient::new(channel)
-        .health(HealthRequest {})
-        .await
-        .map(|r| r.into_inner().version)
-        .map_err(|e| format!("health: {e}"))
-}
-
 /// Kills the QEMU whose pid `pid_file` records if it still runs with a command line
 /// naming `dir` (a pid reused by another process is left alone).
 fn kill_recorded_qemu(pid_file: &Path, dir: &Path) {
@@ -898,17 +780,6 @@ fn kill_recorded_qemu(pid_file: &Path, dir: &Path) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-async fn remove_tree(dir: &Path) -> Result<(), RuntimeError> {
-    let d = dir.to_owned();
-    blocking(move || match std::fs::remove_dir_all(&d) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    })
-    .await?
-    .map_err(io_err(format!("remove {}", dir.display())))
 }
 
 /// Reads a template's manifest; `Ok(None)` when the directory holds none.
@@ -958,55 +829,6 @@ fn probed_accel(qemu: &Path, kernel: &Path, image_hash: &str, vm: &Path) -> Acce
         );
     }
     accel
-}
-
-/// Makes envd's read-only disk: an ext4 image holding `envd` as `wrenn-envd`.
-fn make_envd_disk(envd: &Path, disk: &Path) -> Result<(), RuntimeError> {
-    let staging = disk.with_extension("d");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(io_err("stage envd's disk"))?;
-    std::fs::copy(envd, staging.join("wrenn-envd")).map_err(io_err("stage envd"))?;
-    let partial = disk.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
-    let made = crate::image::ext4::make(&staging, &partial)
-        .map_err(|e| RuntimeError::Unsupported(format!("envd's disk: {}", error_chain(&e))));
-    let _ = std::fs::remove_dir_all(&staging);
-    made?;
-    std::fs::rename(&partial, disk).map_err(io_err("keep envd's disk"))
-}
-
-/// Bytes a file takes on disk.
-fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
-}
-
-/// CPU time (ns) and resident memory (bytes) of process `pid`.
-fn process_usage(pid: u32) -> std::io::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| std::io::Error::other("unreadable stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the state (index 0): utime and stime are fields 14 and 15 of stat.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    // SAFETY: `sysconf` has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let cpu_ns = ticks * 1_000_000_000 / hz;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok((cpu_ns, rss_kib * 1024))
 }
 
 #[async_trait::async_trait]

@@ -23,9 +23,11 @@ pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net"];
 /// `resize2fs` when `wrenn.grow=1`; with `wrenn.net=ADDR/PREFIX,GATEWAY` configures
 /// `eth0`, the default route and `/etc/resolv.conf` (the gateway serves DNS); mounts
 /// the guest's `/proc`, `/sys`, `/dev` (with `pts` and `shm`) and a `/run` tmpfs, and
-/// the disk whose serial is `wrenn-envd` (envd, read-only) at `/run/wrenn`; then
+/// the disk whose serial is `wrenn-envd` (else `wrenn.envd=`; envd, read-only) at
+/// `/run/wrenn`; then
 /// `switch_root`s into the program named by `wrenn.init=` on the kernel command line
-/// (envd; arguments follow the program, separated by commas). Each step says so on the
+/// (envd; arguments follow the program, separated by commas). Modules get their
+/// parameters from the command line (`virtio_mmio.device=…`). Each step says so on the
 /// console, which the host keeps as the capsule's serial log; a failure powers the VM
 /// off, so the host sees it exit.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
@@ -38,6 +40,7 @@ mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
 root=/dev/vda
+envd_disk=
 next=
 grow=
 net=
@@ -46,11 +49,20 @@ for arg in $(cat /proc/cmdline); do
     wrenn.root=*) root="${arg#wrenn.root=}" ;;
     wrenn.grow=*) grow="${arg#wrenn.grow=}" ;;
     wrenn.net=*) net="${arg#wrenn.net=}" ;;
+    wrenn.envd=*) envd_disk="${arg#wrenn.envd=}" ;;
     wrenn.init=*) next="$(echo "${arg#wrenn.init=}" | tr , ' ')" ;;
   esac
 done
+# A module's parameters on the kernel command line (`virtio_mmio.device=…`, which
+# Firecracker uses to describe its devices) go to insmod: only modprobe reads them.
 while read -r m; do
-  insmod "/lib/modules/$m" || fail "load $m"
+  name="${m##*/}"
+  name="${name%.ko}"
+  params=
+  for arg in $(cat /proc/cmdline); do
+    case "$arg" in "$name".*) params="$params ${arg#"$name".}" ;; esac
+  done
+  insmod "/lib/modules/$m" $params || fail "load $m"
 done < /etc/wrenn-modules
 say "modules loaded"
 i=0
@@ -59,8 +71,8 @@ while [ ! -b "$root" ]; do
   [ "$i" -gt 500 ] && fail "no root disk $root"
   usleep 10000
 done
-# Disks are found by their serial (the order of virtio-mmio devices is QEMU's).
-envd_disk=
+# Disks are found by their serial where the VMM gives one (QEMU: the order of its
+# virtio-mmio devices is its own); else `wrenn.root=` and `wrenn.envd=` name them.
 for dev in /sys/block/vd*; do
   [ -e "$dev/serial" ] || continue
   case "$(cat "$dev/serial")" in
@@ -110,6 +122,20 @@ mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm || fail "mount /de
 say "starting $next"
 exec switch_root /newroot $next
 "#;
+
+/// Identifies what [`build`] puts in an initramfs besides the image's files (the init
+/// script and the module list), for names of built initramfs files: a changed script
+/// makes a new file instead of reusing an old one.
+pub fn fingerprint() -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(INIT_SCRIPT.as_bytes());
+    for module in GUEST_MODULES {
+        hash.update(module.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
 
 /// Module name as the kernel knows it (`-` and `_` are the same).
 fn canonical(name: &str) -> String {

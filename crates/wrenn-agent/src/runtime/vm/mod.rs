@@ -7,16 +7,19 @@
 //!   the kernel command line (`wrenn.init=`).
 //! - [`disk`]: the capsule's root disk, a qcow2 overlay of the template's image as
 //!   large as the capsule asks, grown by the guest at boot.
+//! - [`guest`]: what every guest runs besides the kernel (the initramfs and envd's
+//!   read-only disk, made once per agent) and the guest chores both runtimes share.
 //! - [`qmp`]: a typed client of QEMU's machine protocol (pause, resume, memory
 //!   snapshots through migration, quit).
+//! - [`accel`]: whether KVM boots guests on this host.
 //!
-//! Still to come on this layer (issue 10): the TAP
-//! device in the capsule's network namespace with the in-namespace NAT that gives every
-//! guest the same address (so memory snapshots move between capsules), envd as the
-//! guest's PID 1 reached over that network, and the QEMU runtime itself.
+//! The TAP device and the in-namespace NAT that give every guest the same address
+//! (so memory snapshots move between capsules) are the network's
+//! ([`crate::network::tap`]).
 
 pub mod accel;
 pub mod cpio;
 pub mod disk;
+pub mod guest;
 pub mod initramfs;
 pub mod qmp;
