@@ -21,6 +21,7 @@ use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
 
 use wrenn_agent::registration::{Credentials, HostCredentials};
 use wrenn_agent::runtime::Runtime;
+use wrenn_agent::runtime::firecracker::{FirecrackerRuntime, FirecrackerRuntimeOptions};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::server::{Agent, AgentOptions};
@@ -326,10 +327,20 @@ async fn runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>
             return Ok(Arc::new(runtime));
         }
         RuntimeKind::Firecracker => {
-            return Err(
-                "the firecracker runtime is not available in this build (WRENN_RUNTIME=process or qemu)"
-                    .into(),
-            );
+            let options =
+                FirecrackerRuntimeOptions::from_config(agent, image).map_err(|e| e.to_string())?;
+            let runtime = FirecrackerRuntime::new(layout, exe, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            match runtime.kvm() {
+                Ok(()) => eprintln!("wrenn dev: capsules are Firecracker microVMs"),
+                Err(why) => eprintln!(
+                    "wrenn dev: capsules would be Firecracker microVMs, but KVM does not boot \
+                     guests on this host ({why}): every create will fail; use \
+                     WRENN_RUNTIME=qemu or process"
+                ),
+            }
+            return Ok(Arc::new(runtime));
         }
     }
     let mut options = ProcessRuntimeOptions {

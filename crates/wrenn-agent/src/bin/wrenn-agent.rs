@@ -33,6 +33,7 @@ use tracing_subscriber::EnvFilter;
 use wrenn_agent::image::{self, BuildOptions, BuiltImage, LogProgress};
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
 use wrenn_agent::runtime::Runtime;
+use wrenn_agent::runtime::firecracker::{FirecrackerRuntime, FirecrackerRuntimeOptions};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
@@ -203,12 +204,16 @@ async fn run(config: AgentConfig) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?,
         ),
-        RuntimeKind::Firecracker => {
-            return Err(
-                "the firecracker runtime is not available in this build; use WRENN_RUNTIME=process or qemu"
-                    .into(),
-            );
-        }
+        RuntimeKind::Firecracker => Arc::new(
+            FirecrackerRuntime::new(
+                config.layout(),
+                envd,
+                FirecrackerRuntimeOptions::from_config(&config, image)
+                    .map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        ),
     };
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

@@ -101,6 +101,11 @@ fn binaries() -> &'static Binaries {
     })
 }
 
+/// The real `firecracker` binary (from the environment or the machine's cache).
+pub(crate) fn firecracker_bin() -> PathBuf {
+    binaries().firecracker.clone()
+}
+
 /// `/var/cache/wrenn/firecracker-v1.12.1/`, filled once per machine under a file lock
 /// through a temporary directory renamed into place.
 fn fill_cache() -> PathBuf {
@@ -175,7 +180,7 @@ fn fill_cache() -> PathBuf {
     dir
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
@@ -220,11 +225,11 @@ fn run(program: &str, args: &[&str]) {
 /// snapshot of a guest this small).
 const GUEST_LOAD: u64 = 0x100_0000;
 /// The guest's flag byte: it writes `B` once this is not zero.
-const GUEST_FLAG: u64 = GUEST_LOAD + 31;
+pub(crate) const GUEST_FLAG: u64 = GUEST_LOAD + 31;
 
 /// A minimal x86_64 ELF "kernel": writes `A\n` to COM1, spins until the byte at
 /// [`GUEST_FLAG`] is not zero, writes `B\n` and halts forever.
-fn guest_kernel(path: &Path) {
+pub(crate) fn guest_kernel(path: &Path) {
     let flag = u32::try_from(GUEST_FLAG).unwrap().to_le_bytes();
     let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
     code.extend([0xb0, b'A', 0xee, 0xb0, b'\n', 0xee]); // out 'A', '\n'
@@ -271,14 +276,14 @@ fn direct(firecracker_netns: Option<PathBuf>) -> Launcher {
     }
 }
 
-async fn start_direct(dir: &Path, netns: Option<PathBuf>) -> Vmm {
+pub(crate) async fn start_direct(dir: &Path, netns: Option<PathBuf>) -> Vmm {
     let options = VmmOptions::new(unique("fct"), dir.join("api.sock"));
     Vmm::start(&direct(netns), &options)
         .await
         .unwrap_or_else(|e| panic!("start Firecracker: {}", chain(&e)))
 }
 
-fn machine(track_dirty_pages: bool) -> MachineConfiguration {
+pub(crate) fn machine(track_dirty_pages: bool) -> MachineConfiguration {
     MachineConfiguration {
         vcpu_count: 1,
         mem_size_mib: 128,
@@ -288,7 +293,7 @@ fn machine(track_dirty_pages: bool) -> MachineConfiguration {
     }
 }
 
-fn boot(kernel: &Path) -> BootSource {
+pub(crate) fn boot(kernel: &Path) -> BootSource {
     BootSource {
         kernel_image_path: kernel.to_owned(),
         boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
@@ -309,7 +314,7 @@ fn drive(id: &str, path: &Path, root: bool, read_only: bool) -> Drive {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -334,7 +339,7 @@ fn rejected<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (StatusCode, 
 
 /// Turns the VMM's log off, so its standard output carries only the guest's serial
 /// console (a log line could split the guest's).
-async fn quiet(api: &Client) {
+pub(crate) async fn quiet(api: &Client) {
     api.put_logger(&Logger {
         level: Some(LogLevel::Off),
         ..Logger::default()
@@ -343,7 +348,7 @@ async fn quiet(api: &Client) {
     .expect("logger");
 }
 
-async fn wait_for_line(vmm: &Vmm, line: &str) {
+pub(crate) async fn wait_for_line(vmm: &Vmm, line: &str) {
     let deadline = Instant::now() + PATIENCE;
     while !vmm.output_tail().iter().any(|l| l == line) {
         assert!(
@@ -356,7 +361,7 @@ async fn wait_for_line(vmm: &Vmm, line: &str) {
 }
 
 /// Stops `vmm` and checks that its process and socket are gone.
-async fn stop_and_check(vmm: Vmm) {
+pub(crate) async fn stop_and_check(vmm: Vmm) {
     let (pid, socket) = (vmm.pid(), vmm.api_socket().to_owned());
     vmm.stop().await.expect("stop");
     assert!(

@@ -22,6 +22,8 @@ mod agent_process_e2e;
 mod agent_qemu_e2e;
 mod agent_service;
 mod firecracker;
+mod firecracker_runtime;
+mod firecracker_uffd;
 mod image;
 mod isolation;
 mod liveness;

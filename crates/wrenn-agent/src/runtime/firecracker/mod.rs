@@ -5,9 +5,15 @@
 //!   (compatible with Firecracker v1.12 to v1.16).
 //! - [`client`]: a typed client of that API over the VMM's unix socket; a refusal
 //!   keeps Firecracker's status and `fault_message`.
+//! - [`runtime`]: [`FirecrackerRuntime`], the [`Runtime`](super::Runtime) on them.
+//! - [`machine`]: one capsule's VM on a VMM: boot with the capsule's files, save a
+//!   memory snapshot, load one (in any directory holding the same files), stop.
 //! - [`vmm`]: one VMM process, started directly (inside the capsule's network
 //!   namespace) or through the [`jailer`], its output forwarded into `tracing`, and
 //!   stopped without leftovers.
+//! - [`uffd`]: the userfaultfd page-fault handler a restoring VM's memory is served
+//!   from (`snapshot/load` with the `Uffd` backend): pages copied from the memory file,
+//!   holes as zero pages, nothing prefetched, stopped and cleaned up with the VM.
 //!
 //! Firecracker is not shipped with Wrenn: the runtime runs the binaries named by
 //! `WRENN_FIRECRACKER_BIN` and `WRENN_JAILER_BIN`, else those on `PATH`.
@@ -20,4 +26,9 @@
 pub mod api;
 pub mod client;
 pub mod jailer;
+pub mod machine;
+pub mod runtime;
+pub mod uffd;
 pub mod vmm;
+
+pub use runtime::{FirecrackerRuntime, FirecrackerRuntimeOptions, KvmCheck};

@@ -226,6 +226,10 @@ pub struct VmmOptions {
     pub metrics_path: Option<PathBuf>,
     /// How long the API may take to answer.
     pub start_timeout: Duration,
+    /// The VMM's working directory (direct launch only): relative paths given to its
+    /// API (drives) resolve there, so a snapshot naming `disk.ext4` restores in any
+    /// directory holding one.
+    pub cwd: Option<PathBuf>,
 }
 
 impl VmmOptions {
@@ -238,6 +242,7 @@ impl VmmOptions {
             log_level: None,
             metrics_path: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            cwd: None,
         }
     }
 
@@ -303,6 +308,9 @@ impl Vmm {
             Launcher::Direct { firecracker, netns } => {
                 let mut command = Command::new(firecracker);
                 command.args(options.firecracker_args(true));
+                if let Some(cwd) = &options.cwd {
+                    command.current_dir(cwd);
+                }
                 let netns = match netns {
                     Some(path) => {
                         Some(std::fs::File::open(path).map_err(VmmError::io("open", path))?)

@@ -1,0 +1,343 @@
+//! The Firecracker runtime and its machines against the real Firecracker v1.12.1 and
+//! the default image's kernel.
+//!
+//! This host is itself a VM without usable nested virtualisation: KVM runs guest code
+//! about a thousand times slower than native, so a Linux guest never gets through its
+//! boot here. What runs here: the KVM probe (which must say so), a create failing with
+//! that reason and leaving nothing, a boot timeout's cleanup, bad input, and a real
+//! Linux guest snapshotted mid-boot and restored in another directory (the relative
+//! drive paths that make snapshots relocatable). The full lifecycle test runs only
+//! where the probe finds that KVM boots guests; here it says why it stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wrenn_agent::runtime::firecracker::machine::{
+    self, LoadBackend, Machine, MachineSpec, Snapshot,
+};
+use wrenn_agent::runtime::firecracker::runtime::kvm_boots;
+use wrenn_agent::runtime::firecracker::vmm::Launcher;
+use wrenn_agent::runtime::firecracker::{FirecrackerRuntime, FirecrackerRuntimeOptions, KvmCheck};
+use wrenn_agent::runtime::vm::guest;
+use wrenn_agent::runtime::{Runtime, RuntimeError, SandboxConfig};
+use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId};
+use wrenn_core::layout::Layout;
+
+use crate::common::{envd_binary, test_image};
+use crate::firecracker::{chain, firecracker_bin};
+
+/// A Firecracker runtime over a fresh `$WRENN_DIR`.
+struct Host {
+    runtime: Arc<FirecrackerRuntime>,
+    layout: Layout,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    async fn with(options: FirecrackerRuntimeOptions) -> Self {
+        let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
+            .await
+            .unwrap();
+        let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let runtime = FirecrackerRuntime::new(
+            layout.clone(),
+            envd,
+            FirecrackerRuntimeOptions {
+                image: Some(image),
+                firecracker: Some(firecracker_bin()),
+                ..options
+            },
+        )
+        .await
+        .expect("the Firecracker runtime starts (it needs root and the capsule network)");
+        Self {
+            runtime: Arc::new(runtime),
+            layout,
+            _dir: dir,
+        }
+    }
+
+    /// Nothing of capsule `id` is left: no VMM, no network namespace, no directory.
+    fn assert_nothing_left_of(&self, id: SandboxId) {
+        assert!(
+            vmms_of(&id.to_string()).is_empty(),
+            "a Firecracker of {id} still runs"
+        );
+        assert!(
+            !Path::new("/run/netns")
+                .join(FirecrackerRuntime::netns_name(id))
+                .exists(),
+            "the network namespace of {id} is left"
+        );
+        assert!(
+            !self.layout.sandbox_dir(id).exists(),
+            "the directory of {id} is left"
+        );
+    }
+}
+
+fn config(vcpus: u32, memory_mb: u32) -> SandboxConfig {
+    SandboxConfig {
+        id: SandboxId::new(),
+        team_id: PLATFORM_TEAM_ID,
+        template_team_id: PLATFORM_TEAM_ID,
+        template_id: BUILTIN_TEMPLATE_ID,
+        vcpus,
+        memory_mb,
+        disk_size_mb: 2048,
+        default_user: String::new(),
+        default_env: Default::default(),
+    }
+}
+
+/// Pids of Firecracker processes started with `--id {id}`.
+fn vmms_of(id: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let named = args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+        if named && args.first().is_some_and(|a| a.ends_with(b"firecracker")) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_runtime_probes_kvm_and_a_create_it_cannot_serve_fails_with_the_reason() {
+    let host = Host::with(FirecrackerRuntimeOptions::default()).await;
+    let sandbox = config(1, 256);
+    match host.runtime.kvm() {
+        Err(why) => {
+            eprintln!("KVM does not boot guests on this host: {why}");
+            assert!(why.contains("printed nothing"), "{why}");
+            let err = host.runtime.create(&sandbox).await.unwrap_err();
+            assert!(matches!(err, RuntimeError::Unsupported(_)), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains("KVM does not boot guests here") && message.contains(why),
+                "{message}"
+            );
+            host.assert_nothing_left_of(sandbox.id);
+            // The answer is kept: a second runtime on this directory does not probe.
+            let cached = std::fs::read_dir(guest::vm_dir(&host.layout))
+                .unwrap()
+                .flatten()
+                .any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("firecracker-kvm-")
+                });
+            assert!(cached, "the probe's answer is not kept");
+        }
+        Ok(()) => full_lifecycle(&host, sandbox).await,
+    }
+}
+
+/// Where KVM boots guests: create, pause, resume, hibernate, restore, destroy.
+async fn full_lifecycle(host: &Host, sandbox: SandboxConfig) {
+    let runtime = &host.runtime;
+    let instance = runtime.create(&sandbox).await.expect("create");
+    assert_eq!(instance.metadata["runtime"], "firecracker");
+    runtime.pause(&instance).await.expect("pause");
+    runtime.resume(&instance).await.expect("resume");
+    runtime.hibernate(&instance).await.expect("hibernate");
+    let restored = runtime.restore(&sandbox).await.expect("restore");
+    runtime.destroy(restored.id).await.expect("destroy");
+    host.assert_nothing_left_of(sandbox.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_runtime_boot_timeout_ends_in_an_error_with_the_console_and_no_leftovers() {
+    // Taken as booting (`WRENN_VM_ACCEL=kvm`), with no time to boot: the guest is
+    // started for real and given up on.
+    let host = Host::with(FirecrackerRuntimeOptions {
+        kvm: KvmCheck::Assume,
+        boot_timeout: Duration::from_millis(300),
+        ..FirecrackerRuntimeOptions::default()
+    })
+    .await;
+    let sandbox = config(1, 256);
+    let err = host.runtime.create(&sandbox).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("did not start") && message.contains("envd did not answer"),
+        "{message}"
+    );
+    assert!(message.contains("console:"), "{message}");
+    assert!(
+        !message.contains(&host.layout.root().display().to_string()),
+        "host paths in {message}"
+    );
+    host.assert_nothing_left_of(sandbox.id);
+    // The id is free again.
+    let again = host.runtime.create(&sandbox).await.unwrap_err();
+    assert!(again.to_string().contains("did not start"), "{again}");
+    host.assert_nothing_left_of(sandbox.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_runtime_refuses_bad_input_and_a_missing_binary() {
+    let host = Host::with(FirecrackerRuntimeOptions {
+        kvm: KvmCheck::Assume,
+        ..FirecrackerRuntimeOptions::default()
+    })
+    .await;
+    for (vcpus, memory_mb, says) in [
+        (0, 256, "vcpus must be 1 to 32"),
+        (33, 256, "vcpus must be 1 to 32"),
+        (1, 64, "at least 128 MiB"),
+    ] {
+        let sandbox = config(vcpus, memory_mb);
+        let err = host.runtime.create(&sandbox).await.unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::FailedPrecondition(m) if m.contains(says)),
+            "{err:?}"
+        );
+        host.assert_nothing_left_of(sandbox.id);
+    }
+    let mut unknown_template = config(1, 256);
+    unknown_template.template_id = wrenn_core::id::TemplateId::new();
+    let err = host.runtime.create(&unknown_template).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::TemplateNotFound(_)), "{err:?}");
+    host.assert_nothing_left_of(unknown_template.id);
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = FirecrackerRuntime::new(
+        Layout::new(dir.path()),
+        envd_binary(),
+        FirecrackerRuntimeOptions {
+            image: Some(test_image()),
+            firecracker: Some(PathBuf::from("/nonexistent/firecracker")),
+            ..FirecrackerRuntimeOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&missing, RuntimeError::Unsupported(m) if m.contains("/nonexistent/firecracker")),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_machine_snapshot_of_a_booting_linux_guest_restores_in_another_directory() {
+    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
+        .await
+        .unwrap();
+    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let vm = scratch.path().join("vm");
+    let (files, _) = guest::prepare(&vm, &envd, &image).unwrap();
+    let spec_in = |dir: &Path, id: &str| MachineSpec {
+        id: id.to_owned(),
+        launcher: Launcher::Direct {
+            firecracker: firecracker_bin(),
+            netns: None,
+        },
+        dir: dir.to_owned(),
+        kernel: image.vmlinux().expect("the image's vmlinux"),
+        initrd: files.initrd.clone(),
+        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        envd_disk: files.envd_disk.clone(),
+        vcpus: 1,
+        memory_mb: 128,
+        network: false,
+        metadata: None,
+    };
+    let first = scratch.path().join("first");
+    std::fs::create_dir(&first).unwrap();
+    wrenn_agent::runtime::vm::disk::create_raw_copy(
+        &image.ext4(),
+        &first.join(machine::DISK_FILE),
+        2048,
+    )
+    .unwrap();
+    let id = crate::firecracker::unique("fc-machine");
+    let booted = Machine::boot(&spec_in(&first, &id)).await.expect("boot");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let saved_to = Snapshot::in_dir(&first);
+    booted
+        .save(&saved_to)
+        .await
+        .map_err(|(_, e)| e)
+        .expect("save");
+    assert!(saved_to.exists(), "the snapshot files are written");
+    assert!(vmms_of(&id).is_empty(), "the saved VM's VMM is gone");
+
+    // Another directory holding the same file names: the snapshot names its drives
+    // relatively, so it restores there (the first directory is gone) — with the
+    // memory file mapped by Firecracker, then served page by page by the agent.
+    let mut previous = first;
+    for (step, backend) in [("second", LoadBackend::File), ("third", LoadBackend::Uffd)] {
+        let dir = scratch.path().join(step);
+        std::fs::rename(&previous, &dir).unwrap();
+        let mut restored = Machine::load(&spec_in(&dir, &id), &Snapshot::in_dir(&dir), backend)
+            .await
+            .unwrap_or_else(|e| panic!("load in {step} with {backend:?}: {}", chain(&e)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            restored.exited(),
+            None,
+            "the VM restored with {backend:?} runs"
+        );
+        assert_eq!(vmms_of(&id), vec![restored.pid()]);
+        match backend {
+            LoadBackend::File => assert!(restored.uffd_stats().is_none()),
+            LoadBackend::Uffd => {
+                let served = restored.uffd_stats().expect("a page-fault handler");
+                assert!(
+                    served.faults > 0,
+                    "the guest's pages are served: {served:?}"
+                );
+                assert!(
+                    !dir.join(machine::UFFD_SOCKET).exists(),
+                    "the handler's socket goes once Firecracker is connected"
+                );
+            }
+        }
+        restored.stop().await.expect("stop");
+        assert!(vmms_of(&id).is_empty());
+        assert!(
+            !dir.join(machine::API_SOCKET).exists(),
+            "the API socket is removed"
+        );
+        previous = dir;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_kvm_probe_reports_what_a_guest_did() {
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let kernel = image.vmlinux().expect("the image's vmlinux");
+    // A file that is no kernel: Firecracker refuses to start it, and the probe says so.
+    let bogus = scratch.path().join("not-a-kernel");
+    std::fs::write(&bogus, b"not an ELF file").unwrap();
+    let why = kvm_boots(&firecracker_bin(), &bogus, scratch.path())
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("starting a guest") && why.contains("elf"),
+        "{why}"
+    );
+    // The real kernel: here it prints nothing in time; where KVM works, its banner.
+    match kvm_boots(&firecracker_bin(), &kernel, scratch.path()).await {
+        Ok(()) => eprintln!("KVM boots guests on this host"),
+        Err(why) => assert!(why.contains("printed nothing"), "{why}"),
+    }
+    assert!(
+        std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".sock")),
+        "the probe's API socket is left"
+    );
+}
