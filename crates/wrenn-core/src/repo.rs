@@ -153,6 +153,26 @@ pub trait UserRepo: Send + Sync {
     async fn update_user_name(&self, id: UserId, name: &str) -> RepoResult<User>;
     /// Replaces the password hash.
     async fn update_password(&self, id: UserId, password_hash: &str) -> RepoResult<()>;
+    /// Replaces the password hash if it still is `expected` (false otherwise): a token
+    /// bound to the old password is spent once, whichever control plane replicas see
+    /// it.
+    async fn update_password_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        password_hash: &str,
+    ) -> RepoResult<bool>;
+    /// `inactive → active` if the password hash still is `password_hash` (`None`
+    /// otherwise: an activation token is bound to the password it was issued for),
+    /// and platform admin in the same write when no other live user is active or
+    /// admin: the first account to become active administers the platform.
+    /// Activations are serialised across connections (and control plane replicas), so
+    /// two first activations at once make exactly one admin.
+    async fn activate_user(
+        &self,
+        id: UserId,
+        password_hash: Option<&str>,
+    ) -> RepoResult<Option<User>>;
     /// Sets the account status (not `deleted`; use [`UserRepo::soft_delete_user`]).
     async fn set_user_status(&self, id: UserId, status: UserStatus) -> RepoResult<User>;
     /// Grants or revokes platform admin. Revoking the last admin is a conflict.

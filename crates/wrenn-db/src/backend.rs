@@ -20,6 +20,10 @@ pub(crate) trait Dialect {
     /// Suffix locking the rows a `SELECT` reads inside a write transaction (`FOR UPDATE`
     /// on Postgres; nothing on SQLite, whose write transactions are already exclusive).
     const LOCK_ROWS: &'static str;
+    /// Statement serialising identity writes (activations) inside a write
+    /// transaction, across connections and processes: an advisory lock on Postgres;
+    /// none on SQLite, whose write transactions are already exclusive.
+    const LOCK_IDENTITY: Option<&'static str>;
 
     /// `col` (a JSON object) with the keys of the JSON object `param` set over it.
     fn json_merge(col: &str, param: &str) -> String;

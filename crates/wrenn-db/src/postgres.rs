@@ -107,6 +107,9 @@ impl Dialect for PgStore {
     const NAME: &'static str = "postgres";
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_ROWS: &'static str = " FOR UPDATE";
+    // A transaction-scoped advisory lock (the key is arbitrary, Wrenn's own).
+    const LOCK_IDENTITY: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(2004779587470436)");
 
     fn json_merge(col: &str, param: &str) -> String {
         format!("{col} || {param}")

@@ -139,6 +139,7 @@ impl Dialect for SqliteStore {
     const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const LOCK_ROWS: &'static str = "";
+    const LOCK_IDENTITY: Option<&'static str> = None;
 
     fn json_merge(col: &str, param: &str) -> String {
         format!("json_patch({col}, {param})")

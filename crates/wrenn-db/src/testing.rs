@@ -77,6 +77,33 @@ impl TestStore {
         Arc::clone(&self.store)
     }
 
+    /// Another store on the same database (its own connection pool), as a second
+    /// control-plane replica would open it: for tests of what holds across replicas.
+    ///
+    /// # Panics
+    /// If the database cannot be opened again (a broken test machine).
+    pub async fn replica(&self) -> Arc<dyn Store> {
+        match (&self.concrete, &self.cleanup) {
+            (Concrete::Sqlite(_), Cleanup::Dir(dir)) => Arc::new(
+                SqliteStore::open(dir.path().join("wrenn.db"))
+                    .await
+                    .expect("open the SQLite store again"),
+            ),
+            (Concrete::Postgres(_), Cleanup::Schema { url, schema }) => {
+                let options = PgConnectOptions::from_str(url)
+                    .expect("the Postgres URL")
+                    .options([("search_path", schema.as_str())]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await
+                    .expect("connect to the test schema again");
+                Arc::new(PgStore::from_pool(pool))
+            }
+            _ => unreachable!("a SQLite store lives in a directory, a Postgres one in a schema"),
+        }
+    }
+
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         self.store.backend()

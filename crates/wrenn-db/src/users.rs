@@ -108,6 +108,70 @@ macro_rules! impl_user_repo {
                 Ok(())
             }
 
+            #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
+            async fn update_password_if(
+                &self,
+                id: UserId,
+                expected: &str,
+                password_hash: &str,
+            ) -> RepoResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE users SET password_hash = $3, updated_at = $4 \
+                     WHERE id = $1 AND password_hash = $2 AND deleted_at IS NULL",
+                )
+                .bind(id.uuid())
+                .bind(expected)
+                .bind(password_hash)
+                .bind(Ts::now())
+                .execute(&self.pool)
+                .await
+                .map_err(db("user"))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
+            async fn activate_user(
+                &self,
+                id: UserId,
+                password_hash: Option<&str>,
+            ) -> RepoResult<Option<User>> {
+                let mut tx = begin_write!(self, "user")?;
+                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
+                    sqlx::query(lock)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("user"))?;
+                }
+                let now = Ts::now();
+                let activated: Option<UserRow> = sqlx::query_as(
+                    "UPDATE users SET status = 'active', updated_at = $2 \
+                     WHERE id = $1 AND status = 'inactive' AND deleted_at IS NULL \
+                       AND COALESCE(password_hash, '') = $3 RETURNING *",
+                )
+                .bind(id.uuid())
+                .bind(now)
+                .bind(password_hash.unwrap_or_default())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("user"))?;
+                let Some(row) = activated else {
+                    return Ok(None);
+                };
+                let first: Option<UserRow> = sqlx::query_as(
+                    "UPDATE users SET is_admin = TRUE, updated_at = $2 WHERE id = $1 \
+                       AND NOT EXISTS (SELECT 1 FROM users o WHERE o.id <> $1 \
+                         AND o.deleted_at IS NULL AND (o.is_admin OR o.status = 'active')) \
+                     RETURNING *",
+                )
+                .bind(id.uuid())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("user"))?;
+                tx.commit().await.map_err(db("user"))?;
+                first.unwrap_or(row).try_into().map(Some)
+            }
+
             #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id, %status))]
             async fn set_user_status(&self, id: UserId, status: UserStatus) -> RepoResult<User> {
                 if status == UserStatus::Deleted {

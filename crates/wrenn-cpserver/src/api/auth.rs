@@ -29,14 +29,6 @@ use super::tags;
 /// Maximum length of a user's display name on the API, in characters.
 pub(super) const MAX_NAME_LEN: usize = 100;
 
-/// Serialises the read-check-write sequences that the repository cannot make
-/// conditional (activation, first-admin promotion, password reset) within this
-/// process, so one token cannot be spent twice by concurrent requests here.
-pub(super) static IDENTITY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// How many users are read per page when looking for another active user.
-const USER_SCAN_PAGE: u32 = 200;
-
 // ---------------------------------------------------------------------------
 // Wire types
 // ---------------------------------------------------------------------------
@@ -242,37 +234,28 @@ pub(super) async fn ensure_default_team(
     }
 }
 
-/// Makes `user` a platform admin when no other user is active or an admin: the
-/// first account to become active on a platform administers it. Call with
-/// [`IDENTITY_LOCK`] held.
-async fn promote_if_first(ctx: &ServerContext, user: User) -> ApiResult<User> {
-    let mut offset = 0u32;
-    loop {
-        let page = ctx.store.list_users(USER_SCAN_PAGE, offset).await?;
-        let others_exist = page.iter().any(|u| {
-            u.id != user.id
-                && u.status != UserStatus::Deleted
-                && (u.is_admin || u.status == UserStatus::Active)
-        });
-        if others_exist {
-            return Ok(user);
-        }
-        if page.len() < USER_SCAN_PAGE as usize {
-            break;
-        }
-        offset = offset.saturating_add(USER_SCAN_PAGE);
+/// Activates `user` (`inactive → active`, and platform admin if they are the first
+/// account to become active: one serialised write, see
+/// [`UserRepo::activate_user`](wrenn_core::repo::UserRepo::activate_user)) and gives
+/// them a default team. `None` when the account is no longer inactive with the
+/// password `user` has (activated or signed up again meanwhile, by another request
+/// or replica).
+async fn activate_account(
+    ctx: &ServerContext,
+    user: &User,
+) -> ApiResult<Option<(User, TeamId, Role)>> {
+    let Some(user) = ctx
+        .store
+        .activate_user(user.id, user.password_hash.as_deref())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if user.is_admin {
+        tracing::info!(user_id = %user.id, "first active user made platform admin");
     }
-    let user = ctx.store.set_user_admin(user.id, true).await?;
-    tracing::info!(user_id = %user.id, "first active user made platform admin");
-    Ok(user)
-}
-
-/// The user has just become active: default team, first-admin promotion. Call with
-/// [`IDENTITY_LOCK`] held.
-async fn finish_activation(ctx: &ServerContext, user: User) -> ApiResult<(User, TeamId, Role)> {
     let (team, role) = ensure_default_team(ctx, &user).await?;
-    let user = promote_if_first(ctx, user).await?;
-    Ok((user, team, role))
+    Ok(Some((user, team, role)))
 }
 
 /// Emails an activation token to an inactive user.
@@ -369,30 +352,41 @@ async fn signup(
 
     let user = match existing {
         // Never activated: whoever proves the mailbox (by activating) gets the account
-        // with the password of the latest sign-up; older tokens stop matching.
+        // with the password of the latest sign-up; older tokens stop matching. The
+        // password is replaced only if no other sign-up or activation changed the
+        // account meanwhile (on this or another replica).
         Some(old) => {
-            let _guard = IDENTITY_LOCK.lock().await;
-            ctx.store.update_password(old.id, &password_hash).await?;
+            let replaced = match &old.password_hash {
+                Some(expected) => {
+                    ctx.store
+                        .update_password_if(old.id, expected, &password_hash)
+                        .await?
+                }
+                None => {
+                    ctx.store.update_password(old.id, &password_hash).await?;
+                    true
+                }
+            };
+            if !replaced {
+                return Err(email_taken());
+            }
             ctx.store.update_user_name(old.id, &name).await?;
             tracing::info!(user_id = %old.id, "inactive user signed up again");
             ctx.store.get_user(old.id).await?
         }
         None => {
+            // Inactive until activated: by its token, or below when no email is sent.
             let new = NewUser {
                 id: UserId::new(),
                 email: email.clone(),
                 password_hash: Some(password_hash),
                 name,
-                status: if has_mailer {
-                    UserStatus::Inactive
-                } else {
-                    UserStatus::Active
-                },
+                status: UserStatus::Inactive,
                 is_admin: false,
             };
             match ctx.store.create_user(new).await {
                 Ok(u) => {
-                    tracing::info!(user_id = %u.id, status = %u.status, "user signed up");
+                    tracing::info!(user_id = %u.id, "user signed up");
                     u
                 }
                 Err(RepoError::Conflict(_)) => return Err(email_taken()),
@@ -408,15 +402,8 @@ async fn signup(
             TokenPurpose::Activation.lifetime().as_secs() / 60
         )
     } else {
-        let _guard = IDENTITY_LOCK.lock().await;
-        let user = if user.status == UserStatus::Active {
-            user
-        } else {
-            ctx.store
-                .set_user_status(user.id, UserStatus::Active)
-                .await?
-        };
-        finish_activation(&ctx, user).await?;
+        // `None`: a concurrent sign-up of the same address activated it already.
+        activate_account(&ctx, &user).await?;
         "account created and active: this server sends no email, so no activation is needed; \
          log in with your email and password"
             .to_owned()
@@ -448,7 +435,6 @@ async fn activate(
         .jwt()
         .verify_purpose(req.token.trim(), TokenPurpose::Activation)
         .map_err(|_| invalid_token("activation"))?;
-    let _guard = IDENTITY_LOCK.lock().await;
     let user = match ctx.store.get_user(user_id).await {
         Ok(u) => u,
         Err(RepoError::NotFound { .. }) => return Err(invalid_token("activation")),
@@ -467,11 +453,18 @@ async fn activate(
     if !constant_time_eq(binding.as_bytes(), activation_binding(&user).as_bytes()) {
         return Err(invalid_token("activation"));
     }
-    let user = ctx
-        .store
-        .set_user_status(user.id, UserStatus::Active)
-        .await?;
-    let (user, team, role) = finish_activation(&ctx, user).await?;
+    // The token is spent by the one activation that finds the account still inactive
+    // with the password it was bound to; a concurrent one learns what happened.
+    let Some((user, team, role)) = activate_account(&ctx, &user).await? else {
+        return match ctx.store.get_user(user_id).await {
+            Ok(u) if u.status == UserStatus::Active => Err(ApiError::conflict(
+                "already_activated",
+                "this account is already activated; log in instead",
+            )),
+            Ok(_) | Err(RepoError::NotFound { .. }) => Err(invalid_token("activation")),
+            Err(e) => Err(e.into()),
+        };
+    };
     tracing::info!(user_id = %user.id, team_id = %team, "user activated");
     issue_token(
         &ctx,

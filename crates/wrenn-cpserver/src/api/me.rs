@@ -17,8 +17,8 @@ use wrenn_extension::extract::Json;
 use wrenn_extension::{ApiError, ApiResult, Email, ServerContext, UserAuth};
 
 use super::auth::{
-    AuthResponse, IDENTITY_LOCK, check_name, hash_password_blocking, invalid_token, issue_token,
-    password_error, reset_binding, verify_password_blocking,
+    AuthResponse, check_name, hash_password_blocking, invalid_token, issue_token, password_error,
+    reset_binding, verify_password_blocking,
 };
 use super::tags;
 
@@ -194,10 +194,7 @@ async fn change_password(
         }
     }
     let hash = hash_password_blocking("new_password", req.new_password).await?;
-    {
-        let _guard = IDENTITY_LOCK.lock().await;
-        ctx.store.update_password(user.id, &hash).await?;
-    }
+    ctx.store.update_password(user.id, &hash).await?;
     ctx.audit(password_change_entry(auth.team_id, &user, "change"))
         .await;
     tracing::info!(user_id = %user.id, team_id = %auth.team_id, "password changed");
@@ -300,21 +297,25 @@ async fn confirm_reset(
         .jwt()
         .verify_purpose(req.token.trim(), TokenPurpose::PasswordReset)
         .map_err(|_| invalid_token("reset"))?;
-    // Hash before taking the lock: argon2 is slow and the lock is process-wide.
     let hash = hash_password_blocking("new_password", req.new_password).await?;
-    let user = {
-        let _guard = IDENTITY_LOCK.lock().await;
-        let user = match ctx.store.get_user(user_id).await {
-            Ok(u) if u.status == UserStatus::Active => u,
-            Ok(_) | Err(RepoError::NotFound { .. }) => return Err(invalid_token("reset")),
-            Err(e) => return Err(e.into()),
-        };
-        if !constant_time_eq(binding.as_bytes(), reset_binding(&user).as_bytes()) {
-            return Err(invalid_token("reset"));
-        }
-        ctx.store.update_password(user.id, &hash).await?;
-        user
+    let user = match ctx.store.get_user(user_id).await {
+        Ok(u) if u.status == UserStatus::Active => u,
+        Ok(_) | Err(RepoError::NotFound { .. }) => return Err(invalid_token("reset")),
+        Err(e) => return Err(e.into()),
     };
+    if !constant_time_eq(binding.as_bytes(), reset_binding(&user).as_bytes()) {
+        return Err(invalid_token("reset"));
+    }
+    // The token is bound to the password it was issued for: it is spent by the one
+    // request (on any replica) that replaces that password.
+    let expected = user.password_hash.as_deref().unwrap_or_default();
+    if !ctx
+        .store
+        .update_password_if(user.id, expected, &hash)
+        .await?
+    {
+        return Err(invalid_token("reset"));
+    }
     match ctx.store.default_team_for_user(user.id).await {
         Ok(Some(team)) => {
             ctx.audit(password_change_entry(team.team.id, &user, "reset"))

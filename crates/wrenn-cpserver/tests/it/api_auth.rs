@@ -59,12 +59,6 @@ fn emailed_token(s: &TestServer, to: &str) -> String {
         .to_owned()
 }
 
-fn emails_to(s: &TestServer, to: &str) -> usize {
-    s.mailer.as_ref().map_or(0, |m| {
-        m.sent.lock().unwrap().iter().filter(|e| e.to == to).count()
-    })
-}
-
 fn claims(s: &TestServer, token: &str) -> UserClaims {
     s.ctx
         .auth
@@ -368,7 +362,7 @@ async fn signing_up_with_a_taken_email_is_a_conflict_and_changes_nothing() {
         let got = signup(&s, email, "another password", "Impostor").await;
         assert_error(&got, 409, "email_taken");
     }
-    assert_eq!(emails_to(&s, "taken@example.com"), 0);
+    assert_eq!(s.emails_to("taken@example.com"), 0);
     let user = s.store().get_user(existing.id).await.unwrap();
     assert_eq!(user.name, "taken");
     assert_eq!(
@@ -408,7 +402,7 @@ async fn signing_up_again_before_activating_sends_a_fresh_token_and_only_the_lat
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let got = signup(&s, "again@example.com", "second password", "Second").await;
     assert_eq!(got.0, 201, "{}", got.1);
-    assert_eq!(emails_to(&s, "again@example.com"), 2);
+    assert_eq!(s.emails_to("again@example.com"), 2);
     let second = emailed_token(&s, "again@example.com");
     assert_ne!(first, second);
     assert_eq!(s.store().count_users().await.unwrap(), 1);

@@ -47,31 +47,6 @@ async fn login(s: &TestServer, email: &str, password: &str) -> u16 {
     .0
 }
 
-async fn mails_to(s: &TestServer, to: &str) -> usize {
-    s.mailer.as_ref().map_or(0, |m| {
-        m.sent.lock().unwrap().iter().filter(|e| e.to == to).count()
-    })
-}
-
-/// Waits (the reset email is sent in the background) for the `n`th email to `to`
-/// and returns the token in it.
-async fn wait_for_token(s: &TestServer, to: &str, n: usize) -> String {
-    for _ in 0..100 {
-        if mails_to(s, to).await >= n {
-            let mail = s.mailer.as_ref().unwrap().last_to(to).unwrap();
-            return mail
-                .body
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("Token: "))
-                .unwrap_or_else(|| panic!("no token in {:?}", mail.body))
-                .trim()
-                .to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no email #{n} to {to}");
-}
-
 async fn audit(s: &TestServer, team: TeamId, action: &str) -> Vec<AuditRecord> {
     s.store()
         .list_audit_logs(&AuditQuery {
@@ -461,7 +436,7 @@ async fn reset_flow(s: &TestServer) {
     )
     .await;
     assert_eq!(got.0, 204, "{}", got.1);
-    let token = wait_for_token(s, "reset@example.com", 1).await;
+    let token = s.wait_for_token("reset@example.com", 1).await;
 
     let confirm = |token: &str, pw: &str| json!({ "token": token, "new_password": pw });
     let got = send(
@@ -547,9 +522,9 @@ async fn a_reset_request_for_an_unknown_or_inactive_account_answers_the_same_and
         Some(json!({ "email": "real@example.com" })),
     )
     .await;
-    wait_for_token(&s, "real@example.com", 1).await;
-    assert_eq!(mails_to(&s, "nobody@example.com").await, 0);
-    assert_eq!(mails_to(&s, "disabled@example.com").await, 0);
+    s.wait_for_token("real@example.com", 1).await;
+    assert_eq!(s.emails_to("nobody@example.com"), 0);
+    assert_eq!(s.emails_to("disabled@example.com"), 0);
     s.stop().await;
 }
 
@@ -589,7 +564,7 @@ async fn bad_reset_input_is_rejected() {
         Some(json!({ "email": u.email })),
     )
     .await;
-    let token = wait_for_token(&s, &u.email, 1).await;
+    let token = &s.wait_for_token(&u.email, 1).await;
 
     // A bad new password is refused before the token is looked at, and does not spend it.
     for body in [
@@ -632,7 +607,7 @@ async fn a_reset_token_dies_when_the_password_changes_another_way() {
         Some(json!({ "email": u.email })),
     )
     .await;
-    let token = wait_for_token(&s, &u.email, 1).await;
+    let token = &s.wait_for_token(&u.email, 1).await;
     let got = send(
         &s,
         Some(&u.token),

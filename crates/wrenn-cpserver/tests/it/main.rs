@@ -21,4 +21,5 @@ mod host_monitor;
 mod host_pool;
 mod liveness_admission;
 mod redis_bus;
+mod replicas;
 mod system;

@@ -77,6 +77,104 @@ async fn names_passwords_and_statuses_update(db: Db) {
     assert_invalid(db.set_user_status(user.id, UserStatus::Deleted).await);
 }
 
+async fn a_password_is_replaced_only_while_it_is_the_expected_one(db: Db) {
+    let user = user(&db).await;
+    let old = user.password_hash.clone().unwrap();
+    assert!(
+        db.update_password_if(user.id, &old, "second")
+            .await
+            .unwrap()
+    );
+    // A second request holding the same old hash (a reset token spent twice) loses.
+    assert!(!db.update_password_if(user.id, &old, "third").await.unwrap());
+    assert_eq!(
+        db.get_user(user.id).await.unwrap().password_hash.as_deref(),
+        Some("second")
+    );
+    assert!(
+        !db.update_password_if(UserId::new(), &old, "x")
+            .await
+            .unwrap()
+    );
+}
+
+fn inactive(address: &str) -> wrenn_core::repo::NewUser {
+    let mut new = new_user(address);
+    new.status = UserStatus::Inactive;
+    new
+}
+
+async fn activation_is_spent_once_bound_to_the_password_and_makes_the_first_admin(db: Db) {
+    let first = db.create_user(inactive(&email())).await.unwrap();
+    let hash = first.password_hash.clone();
+    // Bound to the password the token was issued for.
+    assert!(
+        db.activate_user(first.id, Some("another"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let active = db
+        .activate_user(first.id, hash.as_deref())
+        .await
+        .unwrap()
+        .expect("activated");
+    assert_eq!(active.status, UserStatus::Active);
+    assert!(
+        active.is_admin,
+        "the first account to become active administers"
+    );
+    assert!(
+        db.activate_user(first.id, hash.as_deref())
+            .await
+            .unwrap()
+            .is_none(),
+        "spent"
+    );
+    let second = db.create_user(inactive(&email())).await.unwrap();
+    let second = db
+        .activate_user(second.id, second.password_hash.as_deref())
+        .await
+        .unwrap()
+        .expect("activated");
+    assert!(!second.is_admin, "only the first");
+    // Not inactive: an active or disabled account is not activated again.
+    let disabled = user(&db).await;
+    db.set_user_status(disabled.id, UserStatus::Disabled)
+        .await
+        .unwrap();
+    assert!(
+        db.activate_user(disabled.id, disabled.password_hash.as_deref())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db.activate_user(UserId::new(), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn simultaneous_first_activations_make_exactly_one_admin(db: Db) {
+    let mut users = Vec::new();
+    for _ in 0..8 {
+        users.push(db.create_user(inactive(&email())).await.unwrap());
+    }
+    let activations = users.into_iter().map(|u| {
+        let db = db.clone();
+        tokio::spawn(async move { db.activate_user(u.id, u.password_hash.as_deref()).await })
+    });
+    let activated: Vec<_> = futures::future::join_all(activations)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().expect("activated"))
+        .collect();
+    assert!(activated.iter().all(|u| u.status == UserStatus::Active));
+    assert_eq!(activated.iter().filter(|u| u.is_admin).count(), 1);
+}
+
 async fn unknown_users_are_not_found(db: Db) {
     let nobody = UserId::new();
     assert_not_found(db.get_user(nobody).await);
@@ -403,6 +501,9 @@ conformance_tests!(
     names_passwords_and_statuses_update,
     unknown_users_are_not_found,
     revoking_the_last_admin_is_a_conflict,
+    a_password_is_replaced_only_while_it_is_the_expected_one,
+    activation_is_spent_once_bound_to_the_password_and_makes_the_first_admin,
+    simultaneous_first_activations_make_exactly_one_admin,
     soft_deleting_a_user_hides_them_and_removes_their_api_keys,
     email_prefix_search_ignores_case_and_treats_wildcards_literally,
     list_users_pages_newest_first,

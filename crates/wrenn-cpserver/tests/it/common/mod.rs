@@ -63,8 +63,17 @@ pub struct TestServer {
     pub agents: Arc<FakeAgents>,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), wrenn_cpserver::ServerError>>,
-    _db: TestStore,
-    _dir: tempfile::TempDir,
+    replica: Replica,
+}
+
+/// What a control plane owns besides its server: the first one of a test owns the
+/// database and directory its replicas share.
+enum Replica {
+    First {
+        db: TestStore,
+        dir: tempfile::TempDir,
+    },
+    Second,
 }
 
 /// A user with a token for their default team.
@@ -93,7 +102,27 @@ impl TestServer {
             TestStores::sqlite().await
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let wrenn_dir = dir.path().to_string_lossy().into_owned();
+        let (store, path) = (db.store(), dir.path().to_owned());
+        Some(Self::serve(store, &path, opts.mailer, Replica::First { db, dir }).await)
+    }
+
+    /// A second control plane on this one's database (its own connection pool) and
+    /// secrets: what two replicas behind a load balancer share.
+    pub async fn replica(&self) -> Self {
+        let Replica::First { db, dir } = &self.replica else {
+            panic!("make replicas of the first control plane");
+        };
+        let store = db.replica().await;
+        Self::serve(store, dir.path(), self.mailer.is_some(), Replica::Second).await
+    }
+
+    async fn serve(
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+        mailer: bool,
+        replica: Replica,
+    ) -> Self {
+        let wrenn_dir = dir.to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
             "WRENN_DIR" => Some(wrenn_dir.clone()),
             _ => None,
@@ -101,9 +130,9 @@ impl TestServer {
         .expect("config");
         let agents = FakeAgents::new();
         let mut builder = Builder::new(config)
-            .with_store(db.store())
+            .with_store(store)
             .with_host_agents(agents.clone());
-        let mailer = opts.mailer.then(|| Arc::new(RecordingMailer::default()));
+        let mailer = mailer.then(|| Arc::new(RecordingMailer::default()));
         if let Some(m) = &mailer {
             builder = builder.with_mailer(m.clone());
         }
@@ -114,7 +143,7 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let handle = tokio::spawn(server.serve(listener, async move { stop.cancelled().await }));
-        Some(Self {
+        Self {
             base,
             ctx,
             http: Client::new(),
@@ -122,9 +151,8 @@ impl TestServer {
             agents,
             shutdown,
             handle,
-            _db: db,
-            _dir: dir,
-        })
+            replica,
+        }
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -205,6 +233,33 @@ impl TestServer {
     }
 
     /// Stops the server and waits for it.
+    /// How many emails were sent to `to`.
+    pub fn emails_to(&self, to: &str) -> usize {
+        self.mailer.as_ref().map_or(0, |m| {
+            m.sent.lock().unwrap().iter().filter(|e| e.to == to).count()
+        })
+    }
+
+    /// Waits (emails are sent in the background) for the `n`th email to `to` and
+    /// returns the token in it.
+    pub async fn wait_for_token(&self, to: &str, n: usize) -> String {
+        let mailer = self.mailer.as_ref().expect("a control plane with a mailer");
+        for _ in 0..100 {
+            if self.emails_to(to) >= n {
+                let mail = mailer.last_to(to).expect("an email");
+                return mail
+                    .body
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Token: "))
+                    .unwrap_or_else(|| panic!("no token in {:?}", mail.body))
+                    .trim()
+                    .to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no email #{n} to {to}");
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.expect("join").expect("clean shutdown");

@@ -1,0 +1,131 @@
+//! Two control planes on one database, each with its own connection pool (replicas
+//! behind a load balancer), racing the identity writes that no process-local lock can
+//! serialise: the same sign-up on both at once (and with it the first account, which
+//! administers the platform), and one password-reset token spent on both at once.
+//! On SQLite (two stores on one file) and on Postgres.
+
+use reqwest::Method;
+use serde_json::json;
+use wrenn_core::model::UserStatus;
+
+use crate::common::{Options, TestServer, send};
+
+async fn same_sign_ups_on_two_replicas(postgres: bool) {
+    let Some(a) = TestServer::start_with(Options {
+        mailer: false,
+        postgres,
+    })
+    .await
+    else {
+        return;
+    };
+    let b = a.replica().await;
+    let signup = |s: &TestServer, email: &str| {
+        s.req(Method::POST, "/v1/auth/signup").json(&json!({
+            "email": email,
+            "name": "Racer",
+            "password": "a long enough password",
+        }))
+    };
+    for n in 0..6 {
+        let email = format!("racer-{n}@example.com");
+        let (x, y) = tokio::join!(send(signup(&a, &email)), send(signup(&b, &email)));
+        for (status, body) in [&x, &y] {
+            assert!(matches!(status, 201 | 409), "{status}: {body}");
+        }
+        assert!(
+            x.0 == 201 || y.0 == 201,
+            "one of them signs up: {x:?} {y:?}"
+        );
+        let user = a
+            .store()
+            .get_user_by_email(&email)
+            .await
+            .expect("one account");
+        assert_eq!(user.status, UserStatus::Active, "{email}");
+        // Whichever replica answered, the account logs in on both.
+        for s in [&a, &b] {
+            let (status, body) = send(s.req(Method::POST, "/v1/auth/login").json(&json!({
+                "email": email,
+                "password": "a long enough password",
+            })))
+            .await;
+            assert_eq!(status, 200, "{email}: {body}");
+        }
+    }
+    let users = a.store().list_users(100, 0).await.unwrap();
+    assert_eq!(users.len(), 6);
+    assert_eq!(
+        users.iter().filter(|u| u.is_admin).count(),
+        1,
+        "the first account to become active administers the platform, only it"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+async fn one_reset_token_on_two_replicas(postgres: bool) {
+    let Some(a) = TestServer::start_with(Options {
+        mailer: true,
+        postgres,
+    })
+    .await
+    else {
+        return;
+    };
+    let b = a.replica().await;
+    let user = a.user("twice@example.com").await;
+    let (status, body) = send(
+        a.req(Method::POST, "/v1/me/password/reset")
+            .json(&json!({ "email": user.email })),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let token = a.wait_for_token(&user.email, 1).await;
+    for round in 0..3 {
+        let confirm = |s: &TestServer, password: &str| {
+            s.req(Method::POST, "/v1/me/password/reset/confirm")
+                .json(&json!({ "token": token, "new_password": password }))
+        };
+        let (x, y) = tokio::join!(
+            send(confirm(&a, "first new password")),
+            send(confirm(&b, "second new password"))
+        );
+        let spent = [&x, &y].iter().filter(|(status, _)| *status == 204).count();
+        if round == 0 {
+            assert_eq!(spent, 1, "the token is spent exactly once: {x:?} {y:?}");
+        } else {
+            assert_eq!(spent, 0, "and never again: {x:?} {y:?}");
+        }
+        for (status, body) in [&x, &y] {
+            if *status != 204 {
+                assert_eq!(
+                    (*status, body["error"]["code"].as_str()),
+                    (400, Some("invalid_token"))
+                );
+            }
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_sqlite_race_the_same_sign_up_and_make_one_admin() {
+    same_sign_ups_on_two_replicas(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_race_the_same_sign_up_and_make_one_admin() {
+    same_sign_ups_on_two_replicas(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_sqlite_spend_a_reset_token_once() {
+    one_reset_token_on_two_replicas(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_spend_a_reset_token_once() {
+    one_reset_token_on_two_replicas(true).await;
+}
