@@ -117,7 +117,9 @@ pub trait TeamRepo: Send + Sync {
     async fn default_team_for_user(&self, user: UserId) -> RepoResult<Option<TeamWithRole>>;
     /// The membership of `user` in live `team`, if any (authorization re-reads this).
     async fn get_membership(&self, team: TeamId, user: UserId) -> RepoResult<Option<Membership>>;
-    /// Adds a member. Conflict if already a member.
+    /// Adds a member. Conflict if already a member; not found if the team is deleted
+    /// or its owner deleted their account (serialised with
+    /// [`UserRepo::soft_delete_user`] across connections and replicas).
     async fn add_member(&self, team: TeamId, user: UserId, role: Role) -> RepoResult<Membership>;
     /// Removes a member; `false` if not a member.
     async fn remove_member(&self, team: TeamId, user: UserId) -> RepoResult<bool>;
@@ -178,7 +180,8 @@ pub trait UserRepo: Send + Sync {
     /// Grants or revokes platform admin. Revoking the last admin is a conflict.
     async fn set_user_admin(&self, id: UserId, is_admin: bool) -> RepoResult<User>;
     /// Marks the user deleted (status `deleted`, `deleted_at`) and removes the API
-    /// keys they created, atomically.
+    /// keys they created, atomically. Conflict if they own a live team with other
+    /// members: a team never keeps members without its owner.
     async fn soft_delete_user(&self, id: UserId) -> RepoResult<()>;
     /// Live users whose email starts with `prefix` (case-insensitive), for member search.
     async fn search_users_by_email_prefix(&self, prefix: &str, limit: u32)

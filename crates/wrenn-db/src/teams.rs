@@ -6,7 +6,7 @@ use wrenn_core::id::{TeamId, UserId};
 use wrenn_core::model::{Member, Membership, Team, TeamWithRole};
 use wrenn_core::repo::{NewTeam, RepoError, RepoResult, TeamRepo};
 
-use crate::backend::{begin_write, for_each_backend, row_exists};
+use crate::backend::{Dialect, begin_write, for_each_backend, row_exists};
 use crate::error::db;
 use crate::rows::{MemberRow, MembershipRow, TeamRow, TeamWithRoleRow, convert_all};
 use crate::timestamp::Ts;
@@ -213,20 +213,35 @@ macro_rules! impl_team_repo {
                             .into(),
                     ));
                 }
-                // Inserting through a SELECT on live teams: a deleted or unknown team
-                // inserts nothing.
+                let mut tx = begin_write!(self, "membership")?;
+                // Serialised with account deletions: no member joins a team whose
+                // owner is being deleted.
+                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
+                    sqlx::query(lock)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("membership"))?;
+                }
+                // Inserting through a SELECT on live teams with a live owner: a deleted
+                // or unknown team (or one whose owner deleted their account) inserts
+                // nothing.
                 let row: Option<MembershipRow> = sqlx::query_as(
                     "INSERT INTO users_teams (user_id, team_id, role, is_default, created_at) \
                      SELECT $1, t.id, $3, FALSE, $4 FROM teams t \
-                     WHERE t.id = $2 AND t.deleted_at IS NULL RETURNING *",
+                     WHERE t.id = $2 AND t.deleted_at IS NULL \
+                       AND NOT EXISTS (SELECT 1 FROM users_teams ow JOIN users u \
+                                       ON u.id = ow.user_id WHERE ow.team_id = t.id \
+                                       AND ow.role = 'owner' AND u.deleted_at IS NOT NULL) \
+                     RETURNING *",
                 )
                 .bind(user.uuid())
                 .bind(team.uuid())
                 .bind(role.as_str())
                 .bind(Ts::now())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("membership"))?;
+                tx.commit().await.map_err(db("membership"))?;
                 row.ok_or(RepoError::not_found("team"))?.try_into()
             }
 

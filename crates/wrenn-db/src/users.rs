@@ -229,6 +229,29 @@ macro_rules! impl_user_repo {
             #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
             async fn soft_delete_user(&self, id: UserId) -> RepoResult<()> {
                 let mut tx = begin_write!(self, "user")?;
+                // Serialised with member additions: a team never keeps members
+                // without its owner.
+                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
+                    sqlx::query(lock)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("user"))?;
+                }
+                let owns_members: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM teams t JOIN users_teams ut ON ut.team_id = t.id \
+                     WHERE ut.user_id = $1 AND ut.role = 'owner' AND t.deleted_at IS NULL \
+                       AND EXISTS (SELECT 1 FROM users_teams o \
+                                   WHERE o.team_id = t.id AND o.user_id <> $1)",
+                )
+                .bind(id.uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("team"))?;
+                if owns_members > 0 {
+                    return Err(RepoError::Conflict(
+                        "the user owns a team with other members".into(),
+                    ));
+                }
                 let done = sqlx::query(
                     "UPDATE users SET status = 'deleted', deleted_at = $2, updated_at = $2 \
                      WHERE id = $1 AND deleted_at IS NULL",

@@ -14,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wrenn_core::audit::{AuditEntry, AuditScope, AuditStatus};
 use wrenn_core::id::PLATFORM_TEAM_ID;
+use wrenn_core::repo::RepoError;
 use wrenn_extension::extract::Json;
 use wrenn_extension::{ApiError, ApiResult, Email, ServerContext, UserAuth};
 
@@ -45,10 +46,7 @@ async fn delete_me(
         ));
     }
     if ctx.store.count_owned_teams_with_other_members(user).await? > 0 {
-        return Err(ApiError::conflict(
-            "owns_team_with_members",
-            "you own a team with other members: remove them or delete the team first",
-        ));
+        return Err(owns_team_with_members());
     }
     let actor = auth.actor();
     for team in ctx.store.list_sole_owned_teams(user).await? {
@@ -70,7 +68,13 @@ async fn delete_me(
                 .map(|k| k.key.id),
         );
     }
-    ctx.store.soft_delete_user(user).await?;
+    // Conditional in the store: a member added meanwhile (on any replica) keeps the
+    // account, as the check above would have.
+    match ctx.store.soft_delete_user(user).await {
+        Ok(()) => {}
+        Err(RepoError::Conflict(_)) => return Err(owns_team_with_members()),
+        Err(e) => return Err(e.into()),
+    }
     for key in keys {
         ctx.auth.evict_api_key(key);
     }
@@ -106,4 +110,11 @@ async fn delete_me(
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
     OpenApiRouter::new().routes(routes!(delete_me))
+}
+
+fn owns_team_with_members() -> ApiError {
+    ApiError::conflict(
+        "owns_team_with_members",
+        "you own a team with other members: remove them or delete the team first",
+    )
 }

@@ -1,8 +1,10 @@
 //! Two control planes on one database, each with its own connection pool (replicas
 //! behind a load balancer), racing the identity writes that no process-local lock can
 //! serialise: the same sign-up on both at once (and with it the first account, which
-//! administers the platform), and one password-reset token spent on both at once.
-//! On SQLite (two stores on one file) and on Postgres.
+//! administers the platform), one password-reset token spent on both at once, and an
+//! owner deleting their account on one while adding a member on the other (a team
+//! never keeps members without its owner). On SQLite (two stores on one file) and on
+//! Postgres.
 
 use reqwest::Method;
 use serde_json::json;
@@ -108,6 +110,71 @@ async fn one_reset_token_on_two_replicas(postgres: bool) {
     }
     b.stop().await;
     a.stop().await;
+}
+
+async fn account_deletion_and_a_new_member_on_two_replicas(postgres: bool) {
+    let Some(a) = TestServer::start_with(Options {
+        mailer: false,
+        postgres,
+    })
+    .await
+    else {
+        return;
+    };
+    let b = a.replica().await;
+    for n in 0..6 {
+        let owner = a.user(&format!("owner-{n}@example.com")).await;
+        let joiner = a.user(&format!("joiner-{n}@example.com")).await;
+        let (deleted, added) = tokio::join!(
+            send(
+                a.as_user(&owner, Method::DELETE, "/v1/me")
+                    .json(&json!({ "confirmation": owner.email }))
+            ),
+            send(
+                b.as_user(
+                    &owner,
+                    Method::POST,
+                    &format!("/v1/teams/{}/members", owner.team)
+                )
+                .json(&json!({ "email": joiner.email }))
+            )
+        );
+        assert!(matches!(deleted.0, 204 | 409), "{deleted:?}");
+        assert!(matches!(added.0, 201 | 401 | 403 | 404), "{added:?}");
+        let store = a.store();
+        let owner_gone = store.get_user(owner.id).await.is_err();
+        let team_live = store
+            .get_team(owner.team)
+            .await
+            .is_ok_and(|t| t.deleted_at.is_none());
+        let joined = store
+            .get_membership(owner.team, joiner.id)
+            .await
+            .unwrap()
+            .is_some();
+        assert!(
+            !(owner_gone && team_live && joined),
+            "round {n}: a live team kept a member without its owner ({deleted:?}, {added:?})"
+        );
+        if deleted.0 == 409 {
+            assert!(
+                joined && !owner_gone,
+                "refused because the member joined first"
+            );
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_sqlite_never_leave_a_team_without_its_owner() {
+    account_deletion_and_a_new_member_on_two_replicas(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_never_leave_a_team_without_its_owner() {
+    account_deletion_and_a_new_member_on_two_replicas(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

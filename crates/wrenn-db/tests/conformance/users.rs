@@ -175,6 +175,48 @@ async fn simultaneous_first_activations_make_exactly_one_admin(db: Db) {
     assert_eq!(activated.iter().filter(|u| u.is_admin).count(), 1);
 }
 
+async fn an_owner_with_members_is_not_deleted_and_no_one_joins_a_deleted_owners_team(db: Db) {
+    let (owner, team) = owned_team(&db).await;
+    let member = user(&db).await;
+    db.add_member(team.id, member.id, Role::Member)
+        .await
+        .unwrap();
+    assert_conflict(db.soft_delete_user(owner.id).await);
+    assert!(db.get_user(owner.id).await.is_ok(), "still there");
+    let (alone, own) = owned_team(&db).await;
+    db.soft_delete_user(alone.id).await.unwrap();
+    let late = user(&db).await;
+    assert_not_found(db.add_member(own.id, late.id, Role::Member).await);
+}
+
+async fn an_account_deletion_racing_a_new_member_never_leaves_a_team_without_its_owner(db: Db) {
+    for _ in 0..12 {
+        let (owner, team) = owned_team(&db).await;
+        let member = user(&db).await;
+        let (deleted, added) = tokio::join!(
+            {
+                let db = db.clone();
+                tokio::spawn(async move { db.soft_delete_user(owner.id).await })
+            },
+            {
+                let db = db.clone();
+                tokio::spawn(async move { db.add_member(team.id, member.id, Role::Member).await })
+            }
+        );
+        let (deleted, added) = (deleted.unwrap(), added.unwrap());
+        assert!(
+            deleted.is_ok() != added.is_ok(),
+            "exactly one wins: {deleted:?} {added:?}"
+        );
+        let owner_gone = db.get_user(owner.id).await.is_err();
+        let members = db.list_members(team.id).await.unwrap();
+        assert!(
+            !(owner_gone && members.iter().any(|m| m.user_id == member.id)),
+            "a member joined a team whose owner is deleted"
+        );
+    }
+}
+
 async fn unknown_users_are_not_found(db: Db) {
     let nobody = UserId::new();
     assert_not_found(db.get_user(nobody).await);
@@ -504,6 +546,8 @@ conformance_tests!(
     a_password_is_replaced_only_while_it_is_the_expected_one,
     activation_is_spent_once_bound_to_the_password_and_makes_the_first_admin,
     simultaneous_first_activations_make_exactly_one_admin,
+    an_owner_with_members_is_not_deleted_and_no_one_joins_a_deleted_owners_team,
+    an_account_deletion_racing_a_new_member_never_leaves_a_team_without_its_owner,
     soft_deleting_a_user_hides_them_and_removes_their_api_keys,
     email_prefix_search_ignores_case_and_treats_wildcards_literally,
     list_users_pages_newest_first,
