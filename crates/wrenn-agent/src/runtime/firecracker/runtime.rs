@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
 
@@ -43,12 +42,11 @@ use super::machine::{self, DISK_FILE, LoadBackend, Machine, MachineError, Machin
 use super::vmm::{Binary, Launcher, Vmm, VmmOptions};
 use crate::image::BuiltImage;
 use crate::network::{self, Network, NetworkOptions, SandboxNet, tap};
-use crate::runtime::process::template::{
-    ConfigRecord, HibernationRecord, read_record, write_record,
+use crate::runtime::process::template::{ConfigRecord, HibernationRecord, read_record};
+use crate::runtime::vm::capsule::{
+    TemplateManifest, hibernated_guest, persist_hibernated, read_template, usage, write_template,
 };
-use crate::runtime::vm::guest::{
-    self, GuestFiles, allocated, health, name_guest, process_usage, remove_tree, vm_dir,
-};
+use crate::runtime::vm::guest::{self, GuestFiles, health, name_guest, remove_tree, vm_dir};
 use crate::runtime::vm::{accel, disk as vmdisk};
 use crate::runtime::{
     Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats, blocking,
@@ -57,14 +55,10 @@ use crate::runtime::{
 
 /// The value of [`Runtime::name`] and of the `runtime` metadata key.
 pub const RUNTIME_NAME: &str = "firecracker";
-/// A template's description.
-pub const TEMPLATE_FILE: &str = "template.json";
 /// `format` of [`TEMPLATE_FILE`].
 pub const TEMPLATE_FORMAT: &str = "wrenn-firecracker-template/1";
 /// How long the KVM probe waits for the kernel's banner.
 pub const PROBE_TIMEOUT: Duration = accel::PROBE_TIMEOUT;
-/// The [`GuestFiles`] of a hibernated capsule.
-const GUEST_FILE: &str = "guest.json";
 /// Most vCPUs Firecracker gives a VM.
 const MAX_VCPUS: u32 = 32;
 /// Lines of the console reported when a guest fails.
@@ -144,25 +138,6 @@ impl FirecrackerRuntimeOptions {
         options.network.egress = config.egress.clone();
         Ok(options)
     }
-}
-
-/// What a template made by this runtime holds besides its disk, memory and state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TemplateManifest {
-    /// [`TEMPLATE_FORMAT`].
-    pub format: String,
-    /// The machine its memory belongs to: vCPUs.
-    pub vcpus: u32,
-    /// Memory (MiB).
-    pub memory_mb: u32,
-    /// Disk (MiB).
-    pub disk_size_mb: u32,
-    /// The guest files its memory was running.
-    pub guest: GuestFiles,
-    /// The capsule it was taken from.
-    pub source: SandboxId,
-    /// When (RFC 3339).
-    pub created_at: String,
 }
 
 /// A capsule's VM as the runtime tracks it.
@@ -595,27 +570,10 @@ pub async fn kvm_boots(firecracker: &Path, kernel: &Path, scratch: &Path) -> Res
     answer
 }
 
-/// Reads a template's manifest; `Ok(None)` when the directory holds none.
-fn read_template(dir: &Path) -> Result<Option<TemplateManifest>, RuntimeError> {
-    let path = dir.join(TEMPLATE_FILE);
-    let raw = match std::fs::read(&path) {
-        Ok(raw) => raw,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
-    };
-    let manifest: TemplateManifest = serde_json::from_slice(&raw)
-        .map_err(|e| RuntimeError::Other(format!("invalid template manifest: {e}")))?;
-    if manifest.format != TEMPLATE_FORMAT {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "the template was made by another runtime ({}), not by this Firecracker runtime",
-            manifest.format
-        )));
-    }
-    Ok(Some(manifest))
-}
-
 /// The snapshot files besides the disk.
 const SNAPSHOT_FILES: [&str; 2] = [machine::STATE_FILE, machine::MEMORY_FILE];
+/// A saved capsule's files: its disk and snapshot.
+const SAVED_FILES: &[&str] = &[DISK_FILE, machine::STATE_FILE, machine::MEMORY_FILE];
 
 #[async_trait::async_trait]
 impl Runtime for FirecrackerRuntime {
@@ -648,8 +606,8 @@ impl Runtime for FirecrackerRuntime {
             let dir = self
                 .layout
                 .template_dir(config.template_team_id, config.template_id);
-            let manifest =
-                read_template(&dir)?.ok_or(RuntimeError::TemplateNotFound(config.template_id))?;
+            let manifest = read_template(&dir, TEMPLATE_FORMAT)?
+                .ok_or(RuntimeError::TemplateNotFound(config.template_id))?;
             if !manifest.guest.present() {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "template {} was made with guest files this host no longer has",
@@ -747,18 +705,14 @@ impl Runtime for FirecrackerRuntime {
             hibernated_at: chrono::Utc::now().to_rfc3339(),
             image: Some(self.image.reference()),
         };
-        let (from, to) = (dir.clone(), snapshot.clone());
-        let guest = serde_json::to_vec_pretty(&vm.guest).map_err(std::io::Error::other);
-        blocking(move || {
-            std::fs::create_dir_all(&to)?;
-            for file in [DISK_FILE, machine::STATE_FILE, machine::MEMORY_FILE] {
-                std::fs::rename(from.join(file), to.join(file))?;
-            }
-            std::fs::write(to.join(GUEST_FILE), guest?)?;
-            write_record(&to, &record)
-        })
-        .await?
-        .map_err(io_err(format!("persist {id}")))?;
+        persist_hibernated(
+            id,
+            (dir.clone(), snapshot),
+            (SAVED_FILES, SAVED_FILES),
+            &vm.guest,
+            record,
+        )
+        .await?;
         remove_tree(&dir).await
     }
 
@@ -770,15 +724,7 @@ impl Runtime for FirecrackerRuntime {
         self.validate(config)?;
         super::super::ensure_free(&self.layout, id, self.live().contains_key(&id), true)?;
         let saved: SandboxConfig = record.config.into();
-        let guest: GuestFiles = std::fs::read(snapshot.join(GUEST_FILE))
-            .ok()
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
-            .filter(GuestFiles::present)
-            .ok_or_else(|| {
-                RuntimeError::Other(format!(
-                    "hibernated sandbox {id} names guest files this host no longer has"
-                ))
-            })?;
+        let guest = hibernated_guest(id, &snapshot)?;
         let mut config = config.clone();
         // The machine is the one whose memory was saved.
         config.vcpus = saved.vcpus;
@@ -787,9 +733,9 @@ impl Runtime for FirecrackerRuntime {
         config.template_team_id = saved.template_team_id;
         config.template_id = saved.template_id;
         let dir = self.make_dir(id)?;
-        let files = [DISK_FILE, machine::STATE_FILE, machine::MEMORY_FILE];
-        let moved: Vec<&str> = files
-            .into_iter()
+        let moved: Vec<&str> = SAVED_FILES
+            .iter()
+            .copied()
             .filter(|f| std::fs::rename(snapshot.join(f), dir.join(f)).is_ok())
             .collect();
         match self
@@ -842,72 +788,22 @@ impl Runtime for FirecrackerRuntime {
                 "sandbox {id} must be paused for a snapshot"
             )));
         }
-        let dest = self.layout.template_dir(team, template);
-        if dest.exists() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "template {template} already exists on this host"
-            )));
-        }
-        let manifest = TemplateManifest {
-            format: TEMPLATE_FORMAT.to_owned(),
-            vcpus: vm.config.vcpus,
-            memory_mb: vm.config.memory_mb,
-            disk_size_mb: vm.config.disk_size_mb,
-            guest: vm.guest.clone(),
-            source: id,
-            created_at: chrono::Utc::now().to_rfc3339(),
-        };
-        let partial = dest.with_extension("partial");
-        let (from, to, finished) = (self.layout.sandbox_dir(id), partial.clone(), dest);
-        blocking(move || {
-            let _ = std::fs::remove_dir_all(&to);
-            std::fs::create_dir_all(&to)?;
-            let mut size = 0;
-            for file in [DISK_FILE, machine::STATE_FILE, machine::MEMORY_FILE] {
-                size += std::fs::copy(from.join(file), to.join(file))?;
-            }
-            let json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
-            std::fs::write(to.join(TEMPLATE_FILE), json)?;
-            std::fs::rename(&to, &finished)?;
-            Ok::<_, std::io::Error>(size)
-        })
-        .await?
-        .map_err(|e| {
-            let _ = std::fs::remove_dir_all(&partial);
-            io_err(format!("write template {template}"))(e)
-        })
+        let manifest = TemplateManifest::of(TEMPLATE_FORMAT, &vm.config, &vm.guest);
+        write_template(
+            self.layout.sandbox_dir(id),
+            SAVED_FILES,
+            manifest,
+            self.layout.template_dir(team, template),
+            template,
+        )
+        .await
     }
 
     async fn stats(&self, instance: &Instance) -> Result<Stats, RuntimeError> {
         let vm = self.get(instance.id)?;
         let pid = vm.machine.lock().await.as_ref().map(Machine::pid);
-        let disk_bytes = allocated(&self.layout.sandbox_dir(instance.id).join(DISK_FILE));
-        let Some(pid) = pid else {
-            return Ok(Stats {
-                cpu_pct: 0.0,
-                mem_bytes: 0,
-                disk_bytes,
-            });
-        };
-        let (cpu_ns, mem_bytes) =
-            process_usage(pid).map_err(io_err(format!("read the usage of {}", instance.id)))?;
-        let now = Instant::now();
-        let cpu_pct = {
-            let mut last = vm.cpu.lock().unwrap_or_else(|p| p.into_inner());
-            let elapsed = now.duration_since(last.1).as_nanos() as f64;
-            let used = cpu_ns.saturating_sub(last.0) as f64;
-            *last = (cpu_ns, now);
-            if elapsed > 0.0 {
-                used / elapsed * 100.0
-            } else {
-                0.0
-            }
-        };
-        Ok(Stats {
-            cpu_pct,
-            mem_bytes,
-            disk_bytes,
-        })
+        let disk = self.layout.sandbox_dir(instance.id).join(DISK_FILE);
+        usage(instance.id, pid, &disk, &vm.cpu)
     }
 
     async fn wait_exit(&self, instance: &Instance) -> Result<String, RuntimeError> {

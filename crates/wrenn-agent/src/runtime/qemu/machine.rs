@@ -272,6 +272,16 @@ impl Machine {
         }
     }
 
+    /// What a failed QMP exchange means: a QEMU that gives up on a snapshot may close
+    /// QMP mid-command (a broken pipe, not a clean close), and then its exit is the
+    /// reason; else the QMP error.
+    async fn exit_or(&mut self, e: QmpError) -> MachineError {
+        match tokio::time::timeout(Duration::from_secs(2), self.wait()).await {
+            Ok(exit) => MachineError::Exited(exit),
+            Err(_) => e.into(),
+        }
+    }
+
     /// Resolves when QEMU has exited, with how it ended.
     pub async fn wait(&mut self) -> String {
         match self.child.wait().await {
@@ -317,11 +327,15 @@ impl Machine {
                 memory.display()
             )));
         }
-        self.qmp
+        let incoming = self
+            .qmp
             .execute(&MigrateIncoming {
                 uri: format!("exec:cat {}", shell_quote(memory)),
             })
-            .await?;
+            .await;
+        if let Err(e) = incoming {
+            return Err(self.exit_or(e).await);
+        }
         let deadline = Instant::now() + MIGRATION_TIMEOUT;
         loop {
             // A snapshot QEMU cannot load makes it exit with the reason on stderr.
@@ -341,7 +355,7 @@ impl Machine {
                     let exit = self.wait().await;
                     return Err(MachineError::Exited(exit));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.exit_or(e).await),
             }
             if Instant::now() >= deadline {
                 return Err(MachineError::Migration(format!(

@@ -7,6 +7,8 @@
 //!   the kernel command line (`wrenn.init=`).
 //! - [`disk`]: the capsule's root disk, a qcow2 overlay of the template's image as
 //!   large as the capsule asks, grown by the guest at boot.
+//! - [`capsule`]: what the VM runtimes do alike with a capsule's files (templates,
+//!   hibernation, usage).
 //! - [`guest`]: what every guest runs besides the kernel (the initramfs and envd's
 //!   read-only disk, made once per agent) and the guest chores both runtimes share.
 //! - [`qmp`]: a typed client of QEMU's machine protocol (pause, resume, memory
@@ -18,6 +20,7 @@
 //! ([`crate::network::tap`]).
 
 pub mod accel;
+pub mod capsule;
 pub mod cpio;
 pub mod disk;
 pub mod guest;
