@@ -55,7 +55,7 @@ use crate::runtime::{
 
 /// The value of [`Runtime::name`] and of the `runtime` metadata key.
 pub const RUNTIME_NAME: &str = "firecracker";
-/// `format` of [`TEMPLATE_FILE`].
+/// `format` of a template's manifest ([`TEMPLATE_FILE`](crate::runtime::vm::capsule::TEMPLATE_FILE)).
 pub const TEMPLATE_FORMAT: &str = "wrenn-firecracker-template/1";
 /// How long the KVM probe waits for the kernel's banner.
 pub const PROBE_TIMEOUT: Duration = accel::PROBE_TIMEOUT;
