@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::api::{
-    BootSource, Drive, IoEngine, MachineConfiguration, MemoryBackend, MemoryBackendType,
+    BootSource, Drive, IoEngine, LogLevel, MachineConfiguration, MemoryBackend, MemoryBackendType,
     MmdsConfig, MmdsVersion, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType,
 };
@@ -97,6 +97,9 @@ impl MachineSpec {
     fn vmm_options(&self) -> VmmOptions {
         let mut options = VmmOptions::new(self.id.clone(), self.dir.join(API_SOCKET));
         options.cwd = Some(self.dir.clone());
+        // Warnings and errors only: at `Info` Firecracker echoes every API request, host
+        // paths included, into the output that becomes a failed capsule's reason.
+        options.log_level = Some(LogLevel::Warning);
         options
     }
 

@@ -304,10 +304,10 @@ impl FirecrackerRuntime {
             )));
         }
         if let Err(why) = &self.kvm {
-            return Err(RuntimeError::Unsupported(format!(
+            return Err(RuntimeError::Unsupported(self.redact(format!(
                 "Firecracker cannot run capsules on this host: KVM does not boot guests \
                  here ({why})"
-            )));
+            ))));
         }
         Ok(())
     }
@@ -344,16 +344,16 @@ impl FirecrackerRuntime {
                 ),
                 None => (Machine::boot(&spec).await, self.options.boot_timeout),
             };
-            let mut machine = machine.map_err(|e| machine_err(id, &e, &[]))?;
+            let mut machine = machine.map_err(|e| self.machine_err(id, &e, &[]))?;
             match wait_for_envd(&mut machine, envd_addr, timeout).await {
                 Ok(version) => Ok((machine, version)),
                 Err(why) => {
                     let console = machine.console_tail();
                     let _ = machine.stop().await;
-                    Err(RuntimeError::Other(format!(
+                    Err(RuntimeError::Other(self.redact(format!(
                         "the VM of {id} did not start: {why}; console: {}",
                         tail(&console)
-                    )))
+                    ))))
                 }
             }
         }
@@ -420,11 +420,36 @@ impl FirecrackerRuntime {
                 Ok(())
             }
             Err((machine, e)) => {
-                let err = machine_err(id, &e, &machine.console_tail());
+                let err = self.machine_err(id, &e, &machine.console_tail());
                 *slot = Some(machine);
                 Err(err)
             }
         }
+    }
+
+    /// `text` with the host's paths (the data directory, the image store) replaced:
+    /// it becomes a tenant-visible reason.
+    fn redact(&self, text: String) -> String {
+        let mut text = text;
+        for (path, name) in [
+            (self.layout.root(), "$WRENN_DIR"),
+            (self.image.dir.as_path(), "$WRENN_IMAGES"),
+        ] {
+            let path = path.to_string_lossy();
+            if !path.is_empty() && path != "/" {
+                text = text.replace(path.as_ref(), name);
+            }
+        }
+        text
+    }
+
+    /// Runtime error of a machine operation on `id`, with the console's last lines.
+    fn machine_err(&self, id: SandboxId, e: &MachineError, console: &[String]) -> RuntimeError {
+        RuntimeError::Other(self.redact(format!(
+            "the VM of {id}: {}; console: {}",
+            error_chain(e),
+            tail(console)
+        )))
     }
 
     /// Stops everything of `id` that runs: its VMM and its network.
@@ -441,15 +466,6 @@ impl FirecrackerRuntime {
             guest::remove_network(&self.network, &netns).await;
         }
     }
-}
-
-/// Runtime error of a machine operation on `id`, with the console's last lines.
-fn machine_err(id: SandboxId, e: &MachineError, console: &[String]) -> RuntimeError {
-    RuntimeError::Other(format!(
-        "the VM of {id}: {}; console: {}",
-        error_chain(e),
-        tail(console)
-    ))
 }
 
 /// The last non-empty console lines, `|`-separated.
@@ -682,7 +698,7 @@ impl Runtime for FirecrackerRuntime {
         let spec = self.machine_spec(&vm.config, &vm.guest);
         let machine = Machine::load(&spec, &Snapshot::in_dir(&dir), self.options.load_backend)
             .await
-            .map_err(|e| machine_err(id, &e, &[]))?;
+            .map_err(|e| self.machine_err(id, &e, &[]))?;
         *slot = Some(machine);
         // The VMM maps the memory file privately: the next pause writes a new one.
         for file in SNAPSHOT_FILES {
@@ -817,10 +833,10 @@ impl Runtime for FirecrackerRuntime {
                 {
                     let console = machine.console_tail();
                     slot.take();
-                    return Ok(format!(
+                    return Ok(self.redact(format!(
                         "Firecracker exited ({exit}); console: {}",
                         tail(&console)
-                    ));
+                    )));
                 }
             }
             drop(vm);
