@@ -17,6 +17,12 @@ if [ -z "${WRENN_BIN:-}" ]; then cargo build -q -p wrenn --bin wrenn; fi
 wrenn="${WRENN_BIN:-${CARGO_TARGET_DIR:-target}/debug/wrenn}"
 # The default image, built once per machine and shared (see README: WRENN_IMAGE_CACHE).
 export WRENN_IMAGE_CACHE="${WRENN_IMAGE_CACHE:-/var/cache/wrenn/test-images}"
+# With VMs (WRENN_RUNTIME=qemu) the first create after start waits for the warm
+# snapshot the agent boots at start (seconds under TCG, more on a loaded machine):
+# let create answer when the capsule runs, as the SDK tests expect, however long that is.
+if [ "${WRENN_RUNTIME:-process}" != process ]; then
+  export WRENN_CREATE_WAIT_MS="${WRENN_CREATE_WAIT_MS:-60000}"
+fi
 dir=$(mktemp -d)
 "$wrenn" image build --dir "$dir/state"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
