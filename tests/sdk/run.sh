@@ -37,5 +37,10 @@ fi
 eval "$(grep '^export' "$dir/out.log")"
 status=0
 "$venv/bin/pytest" -q tests/sdk/test_sdk.py tests/sdk/test_environment.py "$@" || status=$?
-if [ "$status" != 0 ]; then echo "--- wrenn dev log (tail)"; tail -50 "$dir/err.log"; fi
+if [ "$status" != 0 ]; then
+  echo "--- wrenn dev warnings and errors (last 40)"
+  grep -E ' (WARN|ERROR) ' "$dir/err.log" | tail -40 || true
+  echo "--- wrenn dev log (tail)"
+  tail -50 "$dir/err.log"
+fi
 exit "$status"
