@@ -3,15 +3,15 @@
 //! # Design
 //!
 //! One process-wide reaper owns **every** `waitpid` call envd makes; nothing else in
-//! envd waits for a child (envd spawns with `std::process::Command` and never calls
-//! `Child::wait`, and it does not use `tokio::process`). That single owner is what makes
+//! envd waits for a child (envd starts children itself, see `process::spawn`, and does
+//! not use `tokio::process`). That single owner is what makes
 //! it impossible for the reaper to "steal" an exit status envd itself needs:
 //!
 //! - `spawn` starts a child and registers its pid together with a oneshot sender
 //!   while holding the *spawn gate* (a read lock). A reaping pass holds the gate's write
-//!   lock, so it never runs between `fork` and the registration: when it sees a pid, the
+//!   lock, so it never runs between the clone and the registration: when it sees a pid, the
 //!   pid is either registered or truly not ours. (The gate also keeps the reaper away
-//!   from the child that `Command::spawn` itself waits for when `exec` fails.)
+//!   from a child that failed to `exec`, which the spawner reaps itself.)
 //! - A dedicated thread runs the passes: on every `SIGCHLD` and, as a safety net,
 //!   once a second.
 //! - In **orphan mode** (automatically when envd is PID 1, for example of a sandbox's
@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
@@ -91,21 +90,23 @@ pub fn reaps_orphans() -> bool {
     reaper().reap_orphans.load(Ordering::SeqCst)
 }
 
-/// Spawns `command` and registers the child with the reaper. The receiver yields the
-/// child's exit once it has been reaped. Blocking (fork and exec): call it from a
-/// blocking context.
-pub(crate) fn spawn(command: &mut Command) -> io::Result<(Child, oneshot::Receiver<ExitInfo>)> {
+/// Starts a child with `start` (which returns its pid) and registers it with the
+/// reaper. The receiver yields the child's exit once it has been reaped. Blocking:
+/// call it from a blocking context. `start` runs under the spawn gate, so it may also
+/// reap a child that failed to start itself.
+pub(crate) fn spawn(
+    start: impl FnOnce() -> io::Result<Pid>,
+) -> io::Result<(Pid, oneshot::Receiver<ExitInfo>)> {
     let reaper = reaper();
     let _gate = reaper.gate.read().unwrap_or_else(PoisonError::into_inner);
-    let child = command.spawn()?;
+    let pid = start()?;
     let (tx, rx) = oneshot::channel();
-    let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     reaper
         .waiters
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(pid, tx);
-    Ok((child, rx))
+        .insert(pid.as_raw_nonzero().get(), tx);
+    Ok((pid, rx))
 }
 
 fn run() {

@@ -52,6 +52,8 @@ pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
 pub const WRENN_QEMU_BIN: &str = "WRENN_QEMU_BIN";
 /// Accelerator of the VM runtimes (`auto`, `kvm`, `tcg`).
 pub const WRENN_VM_ACCEL: &str = "WRENN_VM_ACCEL";
+/// Address-space randomisation inside QEMU guests (`auto`, `on`, `off`).
+pub const WRENN_VM_GUEST_ASLR: &str = "WRENN_VM_GUEST_ASLR";
 /// One-time host registration token (from `POST /v1/hosts`).
 pub const WRENN_REGISTRATION_TOKEN: &str = "WRENN_REGISTRATION_TOKEN";
 /// The `host:port` at which the control plane reaches this agent.

@@ -544,6 +544,26 @@ async fn exited_processes_are_forgotten_after_the_retention_time() {
 }
 
 #[tokio::test]
+async fn a_process_starts_with_no_signal_blocked_ignored_or_caught() {
+    // envd (a Rust program) ignores SIGPIPE and handles SIGCHLD; its children must not
+    // inherit either, or `yes | head` would never end and handlers would be lost.
+    let mut envd = Envd::unix().await;
+    let run = collect(
+        envd.start(sh(
+            "cat /proc/self/status | grep -E '^Sig(Blk|Ign|Cgt)'; yes | head -c 4",
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        run.stdout(),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\ny\ny\n"
+    );
+    assert_eq!(run.end.unwrap().exit_code, 0);
+}
+
+#[tokio::test]
 async fn a_missing_program_fails_fast_with_not_found() {
     let mut envd = Envd::unix().await;
     let started = Instant::now();

@@ -61,6 +61,8 @@ pub struct MachineSpec {
     pub qemu: PathBuf,
     /// Accelerator.
     pub accel: Accel,
+    /// The virtual CPU model (`-cpu`).
+    pub cpu: String,
     /// The kernel (bzImage).
     pub kernel: PathBuf,
     /// The initramfs.
@@ -96,7 +98,7 @@ impl MachineSpec {
             "-accel",
             self.accel.as_str(),
             "-cpu",
-            self.accel.cpu(),
+            &self.cpu,
         ]
         .map(str::to_owned)
         .to_vec();
@@ -428,6 +430,7 @@ mod tests {
         MachineSpec {
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             accel: Accel::Tcg,
+            cpu: Accel::Tcg.cpu().into(),
             kernel: "/k/vmlinuz".into(),
             initrd: "/k/initramfs.cpio".into(),
             cmdline: "console=ttyS0".into(),
@@ -449,7 +452,12 @@ mod tests {
         assert_eq!(restore[..boot.len()], boot[..]);
         assert_eq!(restore[boot.len()..], ["-incoming", "defer"]);
         let line = boot.join(" ");
-        assert!(line.contains("-accel tcg -cpu max -m 512 -smp 2"), "{line}");
+        assert!(
+            line.contains(
+                "-accel tcg -cpu qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16 -m 512 -smp 2"
+            ),
+            "{line}"
+        );
         assert!(
             line.contains("file=/s/a,,b/disk.qcow2,format=qcow2"),
             "{line}"

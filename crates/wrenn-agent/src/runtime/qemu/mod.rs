@@ -38,10 +38,25 @@
 //! Running VMs do not outlive the agent (QEMU gets `SIGKILL` when it exits); the
 //! start-up [`sweep`](Runtime::sweep) removes what a crash left.
 //!
-//! On a KVM host the same design restores in tens of milliseconds if the memory file
-//! is mapped instead of copied (QEMU's `-object memory-backend-file,share=off` over
-//! the snapshot, or Firecracker's UFFD handler of the next runtime); here, under TCG,
-//! the copy is what QEMU's migration does.
+//! # Toward KVM hosts: create ≤ 150 ms, resume ≤ 50 ms
+//!
+//! Under TCG on the machines this is developed on, a resume takes about 0.4 s and a
+//! create from the warm snapshot about 0.9 s. The time goes to starting QEMU, reading
+//! the whole migration stream into fresh guest memory, and the guest's first
+//! instructions. On a KVM host the last is fast; the first two have known cuts:
+//!
+//! - **Map the memory instead of copying it.** Keep the guest's RAM in a
+//!   `memory-backend-file` over the snapshot's memory file, mapped copy-on-write
+//!   (`share=off`), or save with QEMU's `mapped-ram` migration capability (QEMU 9.0
+//!   and later). Pages then come in as the guest touches them, so a restore no longer
+//!   grows with the memory size. The Firecracker runtime in this crate already does
+//!   this with its UFFD page-fault handler.
+//! - **Start QEMU ahead of time.** Keep a few QEMU processes per shape waiting with
+//!   `-incoming defer`, as the process runtime keeps warm capsules. That takes QEMU's
+//!   own start off the create and resume paths.
+//!
+//! What is left on KVM is loading the device state and the first page faults: tens of
+//! milliseconds.
 
 pub mod machine;
 mod source;
@@ -108,6 +123,9 @@ pub struct QemuRuntimeOptions {
     /// The accelerator; `None` (default) probes once whether KVM boots a guest
     /// ([`accel::kvm_boots`]) and falls back to TCG, saying so.
     pub accel: Option<Accel>,
+    /// Address-space randomisation in the guests; `None` (default): on under KVM,
+    /// off under TCG (see [`VmGuestAslr`](wrenn_core::config::VmGuestAslr)).
+    pub guest_aslr: Option<bool>,
     /// How long a booting guest's envd may take to answer (default 120 s: TCG on a
     /// busy host).
     pub boot_timeout: Duration,
@@ -130,6 +148,7 @@ impl Default for QemuRuntimeOptions {
             qemu: None,
             qemu_img: None,
             accel: None,
+            guest_aslr: None,
             boot_timeout: Duration::from_secs(120),
             resume_timeout: Duration::from_secs(30),
             warm_snapshots: true,
@@ -145,7 +164,7 @@ impl Default for QemuRuntimeOptions {
 impl QemuRuntimeOptions {
     /// The options an agent configured by `config` runs with on `image`.
     pub fn from_config(config: &wrenn_core::config::AgentConfig, image: BuiltImage) -> Self {
-        use wrenn_core::config::VmAccel;
+        use wrenn_core::config::{VmAccel, VmGuestAslr};
         let mut options = Self {
             image: Some(image),
             qemu: config.qemu_bin.clone(),
@@ -153,6 +172,11 @@ impl QemuRuntimeOptions {
                 VmAccel::Auto => None,
                 VmAccel::Kvm => Some(Accel::Kvm),
                 VmAccel::Tcg => Some(Accel::Tcg),
+            },
+            guest_aslr: match config.vm_guest_aslr {
+                VmGuestAslr::Auto => None,
+                VmGuestAslr::On => Some(true),
+                VmGuestAslr::Off => Some(false),
             },
             ..Self::default()
         };
@@ -183,13 +207,16 @@ pub struct QemuRuntime {
     kernel: PathBuf,
     /// The initramfs and envd disk new guests boot with.
     guest: GuestFiles,
-    /// Identifies the guest software (image, initramfs with envd, accelerator) in warm
+    /// Identifies the guest (image, initramfs with envd, accelerator, CPU model,
+    /// address-space randomisation) in warm
     /// snapshot keys.
     guest_key: String,
     qemu: PathBuf,
     qemu_img: PathBuf,
     accel: Accel,
-    clock_args: String,
+    /// Kernel arguments this host decides: the guest clock's under TCG, and
+    /// `norandmaps` when guests run without address-space randomisation.
+    host_args: String,
     live: Mutex<HashMap<SandboxId, Arc<Vm>>>,
     /// Serialises making warm snapshots.
     warming: tokio::sync::Mutex<()>,
@@ -232,10 +259,30 @@ impl QemuRuntime {
                 Some(accel) => accel,
                 None => probed_accel(&qemu_probe, &kernel_probe, &built.manifest.hash, &vm),
             };
-            Ok::<_, RuntimeError>((guest, format!("{key}-{accel}"), accel))
+            let guest = GuestFiles {
+                cpu: Some(accel.cpu().to_owned()),
+                ..guest
+            };
+            Ok::<_, RuntimeError>((guest, format!("{key}-{accel}-{}", accel.cpu_name()), accel))
         })
         .await??;
-        let clock_args = accel::guest_clock_args(accel);
+        let aslr = options.guest_aslr.unwrap_or(accel == Accel::Kvm);
+        if !aslr {
+            tracing::info!(
+                %accel,
+                "guests run without address-space randomisation (WRENN_VM_GUEST_ASLR=on turns it \
+                 on; under TCG each exec then translates its libraries again, about 5x slower)"
+            );
+        }
+        let guest_key = if aslr {
+            guest_key
+        } else {
+            format!("{guest_key}-norandmaps")
+        };
+        let mut host_args = accel::guest_clock_args(accel);
+        if !aslr {
+            host_args.push_str(" norandmaps");
+        }
         let network = Network::new(options.network.clone())
             .await
             .map_err(|e| RuntimeError::Unsupported(error_chain(&e)))?;
@@ -251,7 +298,7 @@ impl QemuRuntime {
             qemu,
             qemu_img,
             accel,
-            clock_args,
+            host_args,
             live: Mutex::new(HashMap::new()),
             warming: tokio::sync::Mutex::new(()),
         })
@@ -286,10 +333,10 @@ impl QemuRuntime {
     /// The kernel command line of every guest.
     fn cmdline(&self) -> String {
         format!(
-            "console=ttyS0 panic=-1 pci=off quiet loglevel=4 {clock} wrenn.root=/dev/vda wrenn.grow=1 \
+            "console=ttyS0 panic=-1 pci=off quiet loglevel=4 {host} wrenn.root=/dev/vda wrenn.grow=1 \
              wrenn.net={guest}/{prefix},{gateway} \
              wrenn.init=/run/wrenn/wrenn-envd,--listen,0.0.0.0:{port},--set-clock",
-            clock = self.clock_args,
+            host = self.host_args,
             guest = tap::GUEST_ADDR,
             prefix = tap::TAP_PREFIX,
             gateway = tap::TAP_ADDR,
@@ -308,6 +355,10 @@ impl QemuRuntime {
         MachineSpec {
             qemu: self.qemu.clone(),
             accel: self.accel,
+            cpu: guest
+                .cpu
+                .clone()
+                .unwrap_or_else(|| self.accel.former_cpu().to_owned()),
             kernel: self.kernel.clone(),
             initrd: guest.initrd.clone(),
             cmdline: self.cmdline(),

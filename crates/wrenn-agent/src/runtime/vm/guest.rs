@@ -72,7 +72,14 @@ pub fn prepare(
         short(&initramfs_key),
         short(&envd_sha)
     );
-    Ok((GuestFiles { initrd, envd_disk }, key))
+    Ok((
+        GuestFiles {
+            initrd,
+            envd_disk,
+            cpu: None,
+        },
+        key,
+    ))
 }
 
 /// The guest software files a VM runs with besides the image's kernel: what its
@@ -83,6 +90,12 @@ pub struct GuestFiles {
     pub initrd: PathBuf,
     /// envd's read-only disk.
     pub envd_disk: PathBuf,
+    /// The virtual CPU model (QEMU's `-cpu`) the memory runs on: a snapshot restores
+    /// only onto the same. `None`: recorded before Wrenn kept it (the accelerator's
+    /// former model, [`Accel::former_cpu`](super::accel::Accel::former_cpu)), or a
+    /// runtime whose CPU model is not chosen (Firecracker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
 }
 
 impl GuestFiles {
