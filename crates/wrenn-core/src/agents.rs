@@ -12,7 +12,7 @@ use crate::model::Metadata;
 
 /// Failure of an agent call, classified like the gRPC status it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AgentError {
+pub enum HostCallError {
     /// The agent does not know the sandbox (or template).
     #[error("not found on host: {0}")]
     NotFound(String),
@@ -100,19 +100,19 @@ pub trait HostAgents: Send + Sync + 'static {
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError>;
+    ) -> Result<StartedSandbox, HostCallError>;
     /// Pauses a running sandbox (memory kept).
-    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError>;
+    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError>;
     /// Resumes a paused or hibernated sandbox.
     async fn resume_sandbox(
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError>;
+    ) -> Result<StartedSandbox, HostCallError>;
     /// Destroys a sandbox and its disk state. NotFound means it was already gone.
-    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError>;
+    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError>;
     /// Checks the sandbox answers and marks it active.
-    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError>;
+    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError>;
     /// Captures a running or paused sandbox into a template; returns its size in bytes.
     async fn create_snapshot(
         &self,
@@ -120,14 +120,14 @@ pub trait HostAgents: Send + Sync + 'static {
         id: SandboxId,
         team: TeamId,
         template: TemplateId,
-    ) -> Result<u64, AgentError>;
+    ) -> Result<u64, HostCallError>;
     /// Deletes a template's files from the host (idempotent).
     async fn delete_snapshot(
         &self,
         host: HostId,
         team: TeamId,
         template: TemplateId,
-    ) -> Result<(), AgentError>;
+    ) -> Result<(), HostCallError>;
     /// What the host currently holds.
-    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, AgentError>;
+    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError>;
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::agents::{
-    AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
+    AgentInventory, AgentSandbox, HostAgents, HostCallError, SandboxSpec, StartedSandbox,
 };
 use crate::id::{HostId, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus;
@@ -40,7 +40,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Default, Debug)]
 struct Script {
-    fail: HashMap<Op, AgentError>,
+    fail: HashMap<Op, HostCallError>,
     delay: HashMap<Op, Duration>,
     gate: HashMap<Op, Arc<Semaphore>>,
 }
@@ -62,7 +62,7 @@ impl FakeAgents {
     }
 
     /// The next call of `op` fails with `err`.
-    pub fn fail_next(&self, op: Op, err: AgentError) {
+    pub fn fail_next(&self, op: Op, err: HostCallError) {
         lock(&self.script).fail.insert(op, err);
     }
 
@@ -100,7 +100,7 @@ impl FakeAgents {
         lock(&self.calls).iter().filter(|(o, _)| *o == op).count()
     }
 
-    async fn enter(&self, op: Op, id: SandboxId) -> Result<(), AgentError> {
+    async fn enter(&self, op: Op, id: SandboxId) -> Result<(), HostCallError> {
         lock(&self.calls).push((op, id));
         let (gate, delay) = {
             let s = lock(&self.script);
@@ -123,15 +123,15 @@ impl FakeAgents {
         id: SandboxId,
         from: &[SandboxStatus],
         to: SandboxStatus,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), HostCallError> {
         let mut map = lock(&self.sandboxes);
         match map.get_mut(&id) {
-            None => Err(AgentError::NotFound(id.to_string())),
+            None => Err(HostCallError::NotFound(id.to_string())),
             Some(s) if from.contains(s) => {
                 *s = to;
                 Ok(())
             }
-            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
+            Some(s) => Err(HostCallError::FailedPrecondition(format!("{id} is {s}"))),
         }
     }
 }
@@ -142,7 +142,7 @@ impl HostAgents for FakeAgents {
         &self,
         _host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         self.enter(Op::Create, spec.sandbox_id).await?;
         lock(&self.sandboxes).insert(spec.sandbox_id, SandboxStatus::Running);
         Ok(StartedSandbox {
@@ -151,7 +151,7 @@ impl HostAgents for FakeAgents {
         })
     }
 
-    async fn pause_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn pause_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.enter(Op::Pause, id).await?;
         self.set(id, &[SandboxStatus::Running], SandboxStatus::Paused)
     }
@@ -160,7 +160,7 @@ impl HostAgents for FakeAgents {
         &self,
         _host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         self.enter(Op::Resume, spec.sandbox_id).await?;
         self.set(
             spec.sandbox_id,
@@ -173,20 +173,20 @@ impl HostAgents for FakeAgents {
         })
     }
 
-    async fn destroy_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn destroy_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.enter(Op::Destroy, id).await?;
         match lock(&self.sandboxes).remove(&id) {
             Some(_) => Ok(()),
-            None => Err(AgentError::NotFound(id.to_string())),
+            None => Err(HostCallError::NotFound(id.to_string())),
         }
     }
 
-    async fn ping_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn ping_sandbox(&self, _host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.enter(Op::Ping, id).await?;
         match self.status_on_host(id) {
             Some(SandboxStatus::Running) => Ok(()),
-            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
-            None => Err(AgentError::NotFound(id.to_string())),
+            Some(s) => Err(HostCallError::FailedPrecondition(format!("{id} is {s}"))),
+            None => Err(HostCallError::NotFound(id.to_string())),
         }
     }
 
@@ -196,12 +196,12 @@ impl HostAgents for FakeAgents {
         id: SandboxId,
         _team: TeamId,
         _t: TemplateId,
-    ) -> Result<u64, AgentError> {
+    ) -> Result<u64, HostCallError> {
         self.enter(Op::Snapshot, id).await?;
         match self.status_on_host(id) {
             Some(SandboxStatus::Running | SandboxStatus::Paused) => Ok(4096),
-            Some(s) => Err(AgentError::FailedPrecondition(format!("{id} is {s}"))),
-            None => Err(AgentError::NotFound(id.to_string())),
+            Some(s) => Err(HostCallError::FailedPrecondition(format!("{id} is {s}"))),
+            None => Err(HostCallError::NotFound(id.to_string())),
         }
     }
 
@@ -210,11 +210,11 @@ impl HostAgents for FakeAgents {
         _host: HostId,
         _team: TeamId,
         _t: TemplateId,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), HostCallError> {
         Ok(())
     }
 
-    async fn list_sandboxes(&self, _host: HostId) -> Result<AgentInventory, AgentError> {
+    async fn list_sandboxes(&self, _host: HostId) -> Result<AgentInventory, HostCallError> {
         Ok(AgentInventory {
             sandboxes: lock(&self.sandboxes)
                 .iter()

@@ -3,7 +3,7 @@
 //! Every call resolves the host through the store (`Store::get_host`): only hosts that
 //! are `online` or `draining` (a draining host takes no new sandboxes, but the ones it
 //! runs must still be paused, resumed and destroyed) and that have an address are
-//! called; anything else fails with [`AgentError::Unavailable`] naming the reason. The
+//! called; anything else fails with [`HostCallError::Unavailable`] naming the reason. The
 //! pool keeps one lazily connected [`Channel`] per host (HTTP/2 multiplexes every call
 //! over it) and drops it when the host's address changes, when a call fails with
 //! `UNAVAILABLE`, or on [`HostChannels::evict`].
@@ -14,12 +14,12 @@
 //! certificate (`wrenn dev`'s in-process host) over cleartext HTTP/2. See
 //! [`HostChannels`].
 //!
-//! gRPC status codes map onto [`AgentError`]: `NOT_FOUND` → `NotFound`,
+//! gRPC status codes map onto [`HostCallError`]: `NOT_FOUND` → `NotFound`,
 //! `FAILED_PRECONDITION` and `ALREADY_EXISTS` → `FailedPrecondition`,
 //! `INVALID_ARGUMENT` → `InvalidArgument`, `UNAVAILABLE` → `Unavailable`,
 //! `DEADLINE_EXCEEDED` → `Timeout`, anything else → `Internal`. Each call also has a
 //! client-side deadline (sent as `grpc-timeout` and enforced locally, so a silent host
-//! cannot hang a caller); its expiry is [`AgentError::Timeout`].
+//! cannot hang a caller); its expiry is [`HostCallError::Timeout`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -29,7 +29,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use wrenn_core::agents::{
-    AgentError, AgentInventory, AgentSandbox, HostAgents, SandboxSpec, StartedSandbox,
+    AgentInventory, AgentSandbox, HostAgents, HostCallError, SandboxSpec, StartedSandbox,
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
@@ -81,7 +81,7 @@ impl GrpcHostAgents {
         op: &'static str,
         timeout: Duration,
         rpc: F,
-    ) -> Result<T, AgentError>
+    ) -> Result<T, HostCallError>
     where
         F: FnOnce(HostAgentServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -99,7 +99,7 @@ impl GrpcHostAgents {
             }
             Err(_) => {
                 tracing::debug!(host_id = %host, op, "agent call timed out");
-                Err(AgentError::Timeout(format!(
+                Err(HostCallError::Timeout(format!(
                     "{op} did not finish within {}s",
                     timeout.as_secs()
                 )))
@@ -116,9 +116,9 @@ fn request<T>(message: T, timeout: Duration) -> Request<T> {
 }
 
 /// Converts a non-negative resource value for the wire.
-fn unsigned(field: &str, value: i32) -> Result<u32, AgentError> {
+fn unsigned(field: &str, value: i32) -> Result<u32, HostCallError> {
     u32::try_from(value).map_err(|_| {
-        AgentError::InvalidArgument(format!("{field} must not be negative (got {value})"))
+        HostCallError::InvalidArgument(format!("{field} must not be negative (got {value})"))
     })
 }
 
@@ -140,7 +140,7 @@ fn started(host_ip: String, metadata: HashMap<String, String>) -> StartedSandbox
 /// The `CreateSandbox` request for `spec`: `team_id` is the sandbox's owner,
 /// `template_team_id` the team owning the template (the agent finds the template
 /// under `images/teams/{template_team_id}/{template_id}`).
-pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, AgentError> {
+pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, HostCallError> {
     Ok(pb::CreateSandboxRequest {
         sandbox_id: spec.sandbox_id.to_string(),
         template: spec.template.clone(),
@@ -158,7 +158,7 @@ pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, Ag
 }
 
 /// The `ResumeSandbox` request for `spec` (timeout and process defaults are replaced).
-pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, AgentError> {
+pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, HostCallError> {
     Ok(pb::ResumeSandboxRequest {
         sandbox_id: spec.sandbox_id.to_string(),
         timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
@@ -238,7 +238,7 @@ impl HostAgents for GrpcHostAgents {
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         let req = create_request(spec)?;
         let t = LIFECYCLE_CALL_TIMEOUT;
         let resp = self
@@ -250,7 +250,7 @@ impl HostAgents for GrpcHostAgents {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %id))]
-    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         let req = pb::PauseSandboxRequest {
             sandbox_id: id.to_string(),
         };
@@ -267,7 +267,7 @@ impl HostAgents for GrpcHostAgents {
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         let req = resume_request(spec)?;
         let t = LIFECYCLE_CALL_TIMEOUT;
         let resp = self
@@ -279,7 +279,7 @@ impl HostAgents for GrpcHostAgents {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %id))]
-    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         let req = pb::DestroySandboxRequest {
             sandbox_id: id.to_string(),
         };
@@ -292,7 +292,7 @@ impl HostAgents for GrpcHostAgents {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %id))]
-    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         let req = pb::PingSandboxRequest {
             sandbox_id: id.to_string(),
         };
@@ -311,7 +311,7 @@ impl HostAgents for GrpcHostAgents {
         id: SandboxId,
         team: TeamId,
         template: TemplateId,
-    ) -> Result<u64, AgentError> {
+    ) -> Result<u64, HostCallError> {
         let req = pb::CreateSnapshotRequest {
             sandbox_id: id.to_string(),
             team_id: hyphenated(team.uuid()),
@@ -332,7 +332,7 @@ impl HostAgents for GrpcHostAgents {
         host: HostId,
         team: TeamId,
         template: TemplateId,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), HostCallError> {
         let req = pb::DeleteSnapshotRequest {
             team_id: hyphenated(team.uuid()),
             template_id: hyphenated(template.uuid()),
@@ -346,7 +346,7 @@ impl HostAgents for GrpcHostAgents {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host))]
-    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, AgentError> {
+    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError> {
         let t = QUICK_CALL_TIMEOUT;
         let resp = self
             .call(host, "ListSandboxes", t, |mut c| async move {

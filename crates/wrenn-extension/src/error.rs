@@ -9,7 +9,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use wrenn_core::agents::AgentError;
+use wrenn_core::agents::HostCallError;
 use wrenn_core::auth::{AuthError, JwtError, RoleError};
 use wrenn_core::id::IdError;
 use wrenn_core::lifecycle::LifecycleError;
@@ -172,22 +172,22 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
+impl From<HostCallError> for ApiError {
+    fn from(e: HostCallError) -> Self {
         match e {
-            AgentError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
-            AgentError::InvalidArgument(m) => Self::bad_request(m),
-            AgentError::FailedPrecondition(m) => Self::conflict("conflict", m),
-            AgentError::Unavailable(m) => {
+            HostCallError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+            HostCallError::InvalidArgument(m) => Self::bad_request(m),
+            HostCallError::FailedPrecondition(m) => Self::conflict("conflict", m),
+            HostCallError::Unavailable(m) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_unavailable", m)
             }
-            AgentError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "agent_error", m),
-            e @ AgentError::ResourceExhausted(_) => Self::new(
+            HostCallError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "agent_error", m),
+            e @ HostCallError::ResourceExhausted(_) => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "host_capacity_exhausted",
                 e.to_string(),
             ),
-            AgentError::Internal(m) => Self::new(StatusCode::BAD_GATEWAY, "agent_error", m),
+            HostCallError::Internal(m) => Self::new(StatusCode::BAD_GATEWAY, "agent_error", m),
         }
     }
 }
@@ -282,7 +282,7 @@ mod tests {
             (e.status, &*e.code),
             (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
         );
-        let e: ApiError = AgentError::ResourceExhausted("host memory exhausted".into()).into();
+        let e: ApiError = HostCallError::ResourceExhausted("host memory exhausted".into()).into();
         assert_eq!(
             (e.status, &*e.code),
             (StatusCode::TOO_MANY_REQUESTS, "host_capacity_exhausted")

@@ -5,7 +5,7 @@
 //!
 //! Only hosts that are `online` or `draining` (a draining host takes no new
 //! sandboxes, but the ones it runs must still be reached) and that have an address
-//! are connected; anything else fails with [`AgentError::Unavailable`] naming the
+//! are connected; anything else fails with [`HostCallError::Unavailable`] naming the
 //! reason. A channel is dropped when the host's address changes, when a call fails
 //! with `UNAVAILABLE` ([`HostChannels::evict_if`]), or on [`HostChannels::evict`].
 //!
@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
-use wrenn_core::agents::AgentError;
+use wrenn_core::agents::HostCallError;
 use wrenn_core::id::HostId;
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::repo::{RepoError, Store};
@@ -84,7 +84,7 @@ impl HostChannels {
     pub async fn client(
         &self,
         host: HostId,
-    ) -> Result<HostAgentServiceClient<Channel>, AgentError> {
+    ) -> Result<HostAgentServiceClient<Channel>, HostCallError> {
         let (_, channel) = self.channel(host).await?;
         Ok(HostAgentServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
@@ -120,16 +120,16 @@ impl HostChannels {
     }
 
     /// The channel for `host`, resolving its address through the store.
-    pub async fn channel(&self, host: HostId) -> Result<(String, Channel), AgentError> {
+    pub async fn channel(&self, host: HostId) -> Result<(String, Channel), HostCallError> {
         let row = self.store.get_host(host).await.map_err(|e| match e {
             RepoError::NotFound { .. } => {
-                AgentError::Unavailable(format!("host {host} does not exist"))
+                HostCallError::Unavailable(format!("host {host} does not exist"))
             }
-            other => AgentError::Unavailable(format!("cannot look up host {host}: {other}")),
+            other => HostCallError::Unavailable(format!("cannot look up host {host}: {other}")),
         })?;
         if !matches!(row.status, HostStatus::Online | HostStatus::Draining) {
             self.evict(host);
-            return Err(AgentError::Unavailable(format!(
+            return Err(HostCallError::Unavailable(format!(
                 "host {host} is {}; only online and draining hosts are called",
                 row.status.as_str()
             )));
@@ -137,7 +137,7 @@ impl HostChannels {
         let address = row.address.trim();
         if address.is_empty() {
             self.evict(host);
-            return Err(AgentError::Unavailable(format!(
+            return Err(HostCallError::Unavailable(format!(
                 "host {host} has no address (its agent has not registered)"
             )));
         }
@@ -160,7 +160,7 @@ impl HostChannels {
         };
         let channel = endpoint
             .map_err(|e| {
-                AgentError::Unavailable(format!(
+                HostCallError::Unavailable(format!(
                     "host {host} has an invalid address {address:?}: {e}"
                 ))
             })?
@@ -182,7 +182,7 @@ impl HostChannels {
 impl HostChannels {
     /// The client certificate, issued on first use and renewed once older than
     /// [`CLIENT_CERT_RENEW_AFTER`] (every TLS channel is then rebuilt with the new one).
-    fn client_identity(&self) -> Result<Identity, AgentError> {
+    fn client_identity(&self) -> Result<Identity, HostCallError> {
         let now = Utc::now();
         let mut current = self.client_cert.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = current.as_ref()
@@ -191,7 +191,7 @@ impl HostChannels {
             return Ok(c.identity.clone());
         }
         let issued = self.ca.issue_client_cert(now).map_err(|e| {
-            AgentError::Unavailable(format!(
+            HostCallError::Unavailable(format!(
                 "cannot issue the control plane's client certificate: {e}"
             ))
         })?;
@@ -250,17 +250,19 @@ fn tune(endpoint: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
-/// Maps a gRPC status onto an [`AgentError`], keeping the agent's message. The message
+/// Maps a gRPC status onto an [`HostCallError`], keeping the agent's message. The message
 /// reaches tenants, so it does not name the host (callers log the host id).
-pub fn map_status(op: &str, status: &Status) -> AgentError {
+pub fn map_status(op: &str, status: &Status) -> HostCallError {
     let message = format!("{op}: {}", status.message());
     match status.code() {
-        Code::NotFound => AgentError::NotFound(message),
-        Code::FailedPrecondition | Code::AlreadyExists => AgentError::FailedPrecondition(message),
-        Code::InvalidArgument => AgentError::InvalidArgument(message),
-        Code::Unavailable => AgentError::Unavailable(message),
-        Code::DeadlineExceeded => AgentError::Timeout(message),
-        Code::ResourceExhausted => AgentError::ResourceExhausted(message),
-        code => AgentError::Internal(format!("{message} ({code:?})")),
+        Code::NotFound => HostCallError::NotFound(message),
+        Code::FailedPrecondition | Code::AlreadyExists => {
+            HostCallError::FailedPrecondition(message)
+        }
+        Code::InvalidArgument => HostCallError::InvalidArgument(message),
+        Code::Unavailable => HostCallError::Unavailable(message),
+        Code::DeadlineExceeded => HostCallError::Timeout(message),
+        Code::ResourceExhausted => HostCallError::ResourceExhausted(message),
+        code => HostCallError::Internal(format!("{message} ({code:?})")),
     }
 }

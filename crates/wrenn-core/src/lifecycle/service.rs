@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::agents::{AgentError, HostAgents, SandboxSpec, StartedSandbox};
+use crate::agents::{HostAgents, HostCallError, SandboxSpec, StartedSandbox};
 use crate::audit::Actor;
 use crate::config::DEFAULT_TEAM_MAX_CAPSULES;
 use crate::events::{
@@ -72,7 +72,7 @@ pub enum LifecycleError {
     },
     /// The host agent failed.
     #[error(transparent)]
-    Agent(#[from] AgentError),
+    Agent(#[from] HostCallError),
     /// Storage failed.
     #[error(transparent)]
     Store(RepoError),
@@ -190,10 +190,10 @@ impl std::fmt::Debug for Lifecycle {
 async fn with_timeout<T>(
     limit: Duration,
     what: &str,
-    fut: impl Future<Output = Result<T, AgentError>>,
-) -> Result<T, AgentError> {
+    fut: impl Future<Output = Result<T, HostCallError>>,
+) -> Result<T, HostCallError> {
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(AgentError::Timeout(format!(
+        Err(HostCallError::Timeout(format!(
             "{what} took longer than {limit:?}"
         )))
     })
@@ -512,7 +512,7 @@ impl Lifecycle {
         sb: &Sandbox,
         expected: SandboxStatus,
         on_failure: SandboxStatus,
-        res: Result<StartedSandbox, AgentError>,
+        res: Result<StartedSandbox, HostCallError>,
         actor: &Actor,
     ) {
         let store = &self.inner.store;
@@ -553,7 +553,7 @@ impl Lifecycle {
             Err(err) => {
                 warn!(error = %err, "agent failed to start sandbox");
                 // A resume of a sandbox the agent no longer has cannot be retried.
-                let target = if matches!(err, AgentError::NotFound(_)) {
+                let target = if matches!(err, HostCallError::NotFound(_)) {
                     Error
                 } else {
                     on_failure
@@ -583,7 +583,10 @@ impl Lifecycle {
                 }
                 // A timed-out create may still complete on the host: clean it up.
                 if expected == Starting
-                    && matches!(err, AgentError::Timeout(_) | AgentError::Unavailable(_))
+                    && matches!(
+                        err,
+                        HostCallError::Timeout(_) | HostCallError::Unavailable(_)
+                    )
                 {
                     self.destroy_on_agent(sb).await;
                 }
@@ -599,7 +602,7 @@ impl Lifecycle {
         )
         .await;
         match res {
-            Ok(()) | Err(AgentError::NotFound(_)) => {}
+            Ok(()) | Err(HostCallError::NotFound(_)) => {}
             Err(e) => warn!(error = %e, "could not destroy sandbox on its host"),
         }
     }
@@ -645,7 +648,7 @@ impl Lifecycle {
         Ok(self.settle(sb, finished, wait).await)
     }
 
-    async fn finish_pause(&self, sb: &Sandbox, res: Result<(), AgentError>, actor: &Actor) {
+    async fn finish_pause(&self, sb: &Sandbox, res: Result<(), HostCallError>, actor: &Actor) {
         let store = &self.inner.store;
         match res {
             Ok(()) => match store.status_if(sb.id, Pausing, Paused).await {
@@ -820,7 +823,7 @@ impl Lifecycle {
                 )
                 .await
                 {
-                    Ok(()) | Err(AgentError::NotFound(_)) => {
+                    Ok(()) | Err(HostCallError::NotFound(_)) => {
                         last_err = None;
                         break;
                     }
@@ -907,7 +910,7 @@ impl Lifecycle {
                 .instrument(span),
         );
         task.await.unwrap_or_else(|e| {
-            Err(LifecycleError::Agent(AgentError::Internal(format!(
+            Err(LifecycleError::Agent(HostCallError::Internal(format!(
                 "snapshot task failed: {e}"
             ))))
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{FakeAgents, Op, online_host, team};
-use wrenn_core::agents::AgentError;
+use wrenn_core::agents::HostCallError;
 use wrenn_core::audit::Actor;
 use wrenn_core::events::{
     Event, EventBus, InProcessBus, PLATFORM_STREAM, SANDBOX_STREAM, SandboxEvent, SandboxEventKind,
@@ -128,7 +128,7 @@ async fn create_waiting_answers_with_the_outcome_or_with_starting_after_the_wait
     // One that fails: the failed row, with the reason.
     w.agents.fail_next(
         Op::Create,
-        AgentError::Internal("no room on the disk".into()),
+        HostCallError::Internal("no room on the disk".into()),
     );
     let sb = w
         .lifecycle
@@ -175,7 +175,7 @@ async fn pause_resume_and_destroy_waiting_answer_with_the_outcome_or_the_transie
     assert_eq!(sb.status, Running);
     // A pause the agent refuses while the capsule still answers: back to running.
     w.agents
-        .fail_next(Op::Pause, AgentError::Internal("snapshot failed".into()));
+        .fail_next(Op::Pause, HostCallError::Internal("snapshot failed".into()));
     let sb = w
         .lifecycle
         .pause_waiting(w.team, id, &w.actor, wait)
@@ -262,7 +262,7 @@ async fn create_returns_starting_and_ends_running(store: Arc<dyn Store>) {
 async fn a_failed_create_ends_in_error(store: Arc<dyn Store>) {
     let w = world(store).await;
     w.agents
-        .fail_next(Op::Create, AgentError::Internal("no space left".into()));
+        .fail_next(Op::Create, HostCallError::Internal("no space left".into()));
     let id = w.create().await;
     assert_eq!(w.status(id).await, Error);
     assert_eq!(w.agents.status_on_host(id), None);
@@ -379,7 +379,7 @@ async fn a_failed_pause_returns_to_running_when_the_sandbox_answers(store: Arc<d
     let w = world(store).await;
     let id = w.create().await;
     w.agents
-        .fail_next(Op::Pause, AgentError::Internal("snapshot failed".into()));
+        .fail_next(Op::Pause, HostCallError::Internal("snapshot failed".into()));
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Running);
@@ -394,7 +394,7 @@ async fn a_failed_pause_ends_in_error_when_the_sandbox_is_gone(store: Arc<dyn St
     let w = world(store).await;
     let id = w.create().await;
     w.agents
-        .fail_next(Op::Pause, AgentError::Internal("vmm crashed".into()));
+        .fail_next(Op::Pause, HostCallError::Internal("vmm crashed".into()));
     w.agents.lose(id);
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
@@ -451,7 +451,7 @@ async fn a_failed_resume_returns_to_paused(store: Arc<dyn Store>) {
     w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     w.agents
-        .fail_next(Op::Resume, AgentError::Internal("restore failed".into()));
+        .fail_next(Op::Resume, HostCallError::Internal("restore failed".into()));
     w.lifecycle.resume(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Paused);
@@ -481,7 +481,7 @@ async fn a_hibernated_sandbox_resumes(store: Arc<dyn Store>) {
         .unwrap()
         .expect("hibernate row");
     w.agents
-        .fail_next(Op::Resume, AgentError::Internal("disk busy".into()));
+        .fail_next(Op::Resume, HostCallError::Internal("disk busy".into()));
     w.lifecycle.resume(w.team, id, &w.actor).await.unwrap();
     w.lifecycle.wait_idle().await;
     assert_eq!(w.status(id).await, Hibernated);
@@ -636,7 +636,7 @@ async fn a_failed_snapshot_puts_the_sandbox_back(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
     w.agents
-        .fail_next(Op::Snapshot, AgentError::Internal("disk full".into()));
+        .fail_next(Op::Snapshot, HostCallError::Internal("disk full".into()));
     let err = w
         .lifecycle
         .snapshot(w.team, id, Some("x".into()), false, &w.actor)

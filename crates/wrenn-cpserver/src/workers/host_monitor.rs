@@ -294,7 +294,7 @@ async fn reconcile(
 
 async fn destroy_on_host(ctx: &ServerContext, host: &Host, id: SandboxId, report: &mut PassReport) {
     match ctx.agents.destroy_sandbox(host.id, id).await {
-        Ok(()) | Err(wrenn_core::agents::AgentError::NotFound(_)) => {
+        Ok(()) | Err(wrenn_core::agents::HostCallError::NotFound(_)) => {
             info!(host_id = %host.id, sandbox_id = %id, "destroyed an orphaned sandbox on its host");
             report.orphans_destroyed += 1;
         }

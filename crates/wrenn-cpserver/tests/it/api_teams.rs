@@ -9,7 +9,7 @@ use chrono::Utc;
 use common::{Options, TestServer, TestUser, assert_error, member_of, online_host, send};
 use reqwest::Method;
 use serde_json::json;
-use wrenn_core::agents::{AgentError, AgentInventory, HostAgents, SandboxSpec, StartedSandbox};
+use wrenn_core::agents::{AgentInventory, HostAgents, HostCallError, SandboxSpec, StartedSandbox};
 use wrenn_core::audit::{Actor, AuditQuery, AuditRecord, AuditScope};
 use wrenn_core::auth::{ApiKey, Role};
 use wrenn_core::config::Config;
@@ -1085,9 +1085,9 @@ async fn a_host_failing_to_destroy_does_not_block_team_deletion() {
         .unwrap();
     s.ctx.lifecycle.wait_idle().await;
     s.agents
-        .fail_next(Op::Destroy, AgentError::Unavailable("host down".into()));
+        .fail_next(Op::Destroy, HostCallError::Unavailable("host down".into()));
     s.agents
-        .fail_next(Op::Destroy, AgentError::Unavailable("host down".into()));
+        .fail_next(Op::Destroy, HostCallError::Unavailable("host down".into()));
     delete_team_core(&s.ctx, owner.team, &actor(&owner))
         .await
         .expect("marking succeeded");
@@ -1125,23 +1125,23 @@ impl HostAgents for RecordingAgents {
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         self.inner.create_sandbox(host, spec).await
     }
-    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn pause_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.inner.pause_sandbox(host, id).await
     }
     async fn resume_sandbox(
         &self,
         host: HostId,
         spec: &SandboxSpec,
-    ) -> Result<StartedSandbox, AgentError> {
+    ) -> Result<StartedSandbox, HostCallError> {
         self.inner.resume_sandbox(host, spec).await
     }
-    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn destroy_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.inner.destroy_sandbox(host, id).await
     }
-    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), AgentError> {
+    async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.inner.ping_sandbox(host, id).await
     }
     async fn create_snapshot(
@@ -1150,7 +1150,7 @@ impl HostAgents for RecordingAgents {
         id: SandboxId,
         team: TeamId,
         t: TemplateId,
-    ) -> Result<u64, AgentError> {
+    ) -> Result<u64, HostCallError> {
         self.inner.create_snapshot(host, id, team, t).await
     }
     async fn delete_snapshot(
@@ -1158,11 +1158,11 @@ impl HostAgents for RecordingAgents {
         host: HostId,
         team: TeamId,
         t: TemplateId,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), HostCallError> {
         self.removed.lock().unwrap().push((host, team, t));
-        Err(AgentError::Internal("disk busy".into())) // best effort: must not stop the deletion
+        Err(HostCallError::Internal("disk busy".into())) // best effort: must not stop the deletion
     }
-    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, AgentError> {
+    async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError> {
         self.inner.list_sandboxes(host).await
     }
 }

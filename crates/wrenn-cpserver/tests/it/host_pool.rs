@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
-use wrenn_core::agents::{AgentError, HostAgents, SandboxSpec};
+use wrenn_core::agents::{HostAgents, HostCallError, SandboxSpec};
 use wrenn_core::id::{
     BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId,
 };
@@ -443,9 +443,9 @@ fn sandbox_spec() -> SandboxSpec {
     }
 }
 
-fn assert_unavailable<T: std::fmt::Debug>(got: Result<T, AgentError>, mentions: &str) {
+fn assert_unavailable<T: std::fmt::Debug>(got: Result<T, HostCallError>, mentions: &str) {
     match got {
-        Err(AgentError::Unavailable(msg)) => assert!(
+        Err(HostCallError::Unavailable(msg)) => assert!(
             msg.contains(mentions),
             "{msg:?} should mention {mentions:?}"
         ),
@@ -625,16 +625,16 @@ async fn agent_status_codes_map_onto_agent_errors() {
 
     let got = f.pool.pause_sandbox(host, SandboxId::new()).await;
     assert!(
-        matches!(got, Err(AgentError::NotFound(ref m)) if m.contains("not found")),
+        matches!(got, Err(HostCallError::NotFound(ref m)) if m.contains("not found")),
         "{got:?}"
     );
     let got = f.pool.destroy_sandbox(host, SandboxId::new()).await;
-    assert!(matches!(got, Err(AgentError::NotFound(_))), "{got:?}");
+    assert!(matches!(got, Err(HostCallError::NotFound(_))), "{got:?}");
 
     f.pool.create_sandbox(host, &spec).await.expect("create");
     let got = f.pool.create_sandbox(host, &spec).await;
     assert!(
-        matches!(got, Err(AgentError::FailedPrecondition(ref m)) if m.contains("already exists")),
+        matches!(got, Err(HostCallError::FailedPrecondition(ref m)) if m.contains("already exists")),
         "ALREADY_EXISTS is a failed precondition: {got:?}"
     );
     f.pool
@@ -643,12 +643,12 @@ async fn agent_status_codes_map_onto_agent_errors() {
         .expect("pause");
     let got = f.pool.ping_sandbox(host, spec.sandbox_id).await;
     assert!(
-        matches!(got, Err(AgentError::FailedPrecondition(ref m)) if m.contains("PAUSED")),
+        matches!(got, Err(HostCallError::FailedPrecondition(ref m)) if m.contains("PAUSED")),
         "{got:?}"
     );
     let got = f.pool.pause_sandbox(host, spec.sandbox_id).await;
     assert!(
-        matches!(got, Err(AgentError::FailedPrecondition(_))),
+        matches!(got, Err(HostCallError::FailedPrecondition(_))),
         "{got:?}"
     );
 
@@ -669,13 +669,13 @@ async fn agent_status_codes_map_onto_agent_errors() {
             .await
             .expect_err("injected failure");
         let kind = match &err {
-            AgentError::InvalidArgument(_) => "invalid_argument",
-            AgentError::Timeout(_) => "timeout",
-            AgentError::Internal(_) => "internal",
-            AgentError::Unavailable(_) => "unavailable",
-            AgentError::NotFound(_) => "not_found",
-            AgentError::FailedPrecondition(_) => "failed_precondition",
-            AgentError::ResourceExhausted(_) => "resource_exhausted",
+            HostCallError::InvalidArgument(_) => "invalid_argument",
+            HostCallError::Timeout(_) => "timeout",
+            HostCallError::Internal(_) => "internal",
+            HostCallError::Unavailable(_) => "unavailable",
+            HostCallError::NotFound(_) => "not_found",
+            HostCallError::FailedPrecondition(_) => "failed_precondition",
+            HostCallError::ResourceExhausted(_) => "resource_exhausted",
         };
         assert_eq!(kind, want, "{err:?}");
         assert!(
@@ -818,7 +818,7 @@ async fn a_dead_address_is_unavailable_quickly() {
     let host = f.host_at("127.0.0.1:1").await;
     let started = Instant::now();
     let got = f.pool.ping_sandbox(host, SandboxId::new()).await;
-    assert!(matches!(got, Err(AgentError::Unavailable(_))), "{got:?}");
+    assert!(matches!(got, Err(HostCallError::Unavailable(_))), "{got:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -873,7 +873,7 @@ async fn an_agent_that_goes_away_is_evicted_and_reconnected_when_back() {
 
     agent.stop().await;
     let got = f.pool.list_sandboxes(host).await;
-    assert!(matches!(got, Err(AgentError::Unavailable(_))), "{got:?}");
+    assert!(matches!(got, Err(HostCallError::Unavailable(_))), "{got:?}");
     assert_eq!(
         f.pool.channels().cached_address(host),
         None,
@@ -919,14 +919,14 @@ async fn negative_resources_are_rejected_before_calling_the_agent() {
     spec.memory_mb = -1;
     let got = f.pool.create_sandbox(host, &spec).await;
     assert!(
-        matches!(got, Err(AgentError::InvalidArgument(ref m)) if m.contains("memory_mb")),
+        matches!(got, Err(HostCallError::InvalidArgument(ref m)) if m.contains("memory_mb")),
         "{got:?}"
     );
     let mut spec = sandbox_spec();
     spec.timeout_sec = -5;
     let got = f.pool.resume_sandbox(host, &spec).await;
     assert!(
-        matches!(got, Err(AgentError::InvalidArgument(ref m)) if m.contains("timeout_sec")),
+        matches!(got, Err(HostCallError::InvalidArgument(ref m)) if m.contains("timeout_sec")),
         "{got:?}"
     );
     assert!(agent.agent.calls().is_empty());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use data_plane::{Env, Opts, assert_error, eventually, json};
 use reqwest::Method;
 use serde_json::json;
-use wrenn_core::agents::AgentError;
+use wrenn_core::agents::HostCallError;
 use wrenn_core::auth::HostClaims;
 use wrenn_core::events::{Event, EventId, PLATFORM_STREAM, PlatformEventKind};
 use wrenn_core::id::SandboxId;
@@ -162,7 +162,7 @@ async fn admission_a_create_the_host_refuses_for_capacity_is_error_with_the_reas
     let u = env.user("a@x.io").await;
     env.agents.fail_next(
         Op::Create,
-        AgentError::ResourceExhausted(
+        HostCallError::ResourceExhausted(
             "host memory exhausted: the capsule needs 512 MiB but 100 of the host's 15360 \
              MiB for capsules are free"
                 .into(),
