@@ -305,12 +305,15 @@ impl SandboxManager {
     // Shutdown
     // -----------------------------------------------------------------------------
 
-    /// Graceful agent shutdown: refuses new creates and resumes, then hibernates every
+    /// Graceful agent shutdown: refuses new creates and resumes, stops the runtime's
+    /// background work ([`Runtime::stop_background`]), then hibernates every
     /// running or paused sandbox concurrently (a runtime that cannot hibernate destroys
     /// them instead, reported as `stopped`), bounded by `shutdown_timeout`. Returns the
     /// ids hibernated (or stopped).
     pub async fn shutdown(self: &Arc<Self>) -> Vec<SandboxId> {
         self.closing.store(true, Ordering::SeqCst);
+        // Nothing is kept ready for creates any more, and nothing is left half made.
+        self.runtime.stop_background().await;
         let can_hibernate = self.runtime.capabilities().hibernate;
         let targets: Vec<SandboxId> = self
             .all()

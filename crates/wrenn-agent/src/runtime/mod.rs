@@ -169,6 +169,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// start-up [`sweep`](Self::sweep); the work holds the runtime weakly and ends when
     /// it is dropped. The default does nothing.
     fn start_background(self: Arc<Self>) {}
+    /// Stops what [`start_background`](Self::start_background) started and waits for
+    /// it: work in flight finishes (a capsule half made is never left behind) and what
+    /// it kept ready is removed. The agent calls it when it shuts down. The default
+    /// does nothing.
+    async fn stop_background(&self) {}
     /// Freezes a running sandbox, keeping its memory.
     async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError>;
     /// Thaws a paused sandbox.

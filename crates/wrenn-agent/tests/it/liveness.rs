@@ -318,7 +318,11 @@ fn crashed_agent(dir: &Path, count: usize) -> Vec<(SandboxId, i32)> {
             std::mem::forget(node);
             out
         });
-        rt.shutdown_background();
+        // Dropping the runtime drops every task without running it further, as a crash
+        // would; but unlike a crash it cannot stop the blocking threads, so wait for
+        // them: a boot step left running would make its namespace, cgroup or mount
+        // after the next agent's sweep, and leak it.
+        rt.shutdown_timeout(Duration::from_secs(30));
         out
     })
     .join()

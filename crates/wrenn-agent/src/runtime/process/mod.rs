@@ -1302,6 +1302,10 @@ impl Runtime for ProcessRuntime {
         self.start_warm_refill();
     }
 
+    async fn stop_background(&self) {
+        self.stop_warm_refill().await;
+    }
+
     async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError> {
         let live = self.get(instance.id)?;
         let cg = live.cgroup.clone();

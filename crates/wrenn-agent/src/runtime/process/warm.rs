@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId};
 
 use super::cgroup::SandboxCgroup;
@@ -62,6 +63,8 @@ pub(super) struct WarmCapsules {
     refill: Mutex<Option<JoinHandle<()>>>,
     /// Set when a claim found that this host cannot rename cgroups.
     off: AtomicBool,
+    /// Cancelled when the refill is to end after the boot in flight.
+    stop: CancellationToken,
 }
 
 impl WarmCapsules {
@@ -103,6 +106,26 @@ impl ProcessRuntime {
         let warm = Arc::clone(&self.warm);
         let runtime = Arc::downgrade(self);
         *refill = Some(tokio::spawn(refill_warm(runtime, warm, depth)));
+    }
+
+    /// Ends the refill after the boot in flight (whose capsule then joins the ready
+    /// ones), waits for it, and discards every warm capsule. A refill dropped in the
+    /// middle of a boot would leave that capsule's namespace, cgroups and mounts.
+    pub(super) async fn stop_warm_refill(&self) {
+        self.warm.stop.cancel();
+        let refill = self
+            .warm
+            .refill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(refill) = refill {
+            let _ = refill.await;
+        }
+        // Synchronous, as when the runtime is dropped: this runs once, at shutdown.
+        for warm in self.warm.drain() {
+            self.discard(warm);
+        }
     }
 
     /// How many warm capsules are ready.
@@ -307,6 +330,9 @@ impl ProcessRuntime {
 async fn refill_warm(runtime: Weak<ProcessRuntime>, warm: Arc<WarmCapsules>, depth: usize) {
     loop {
         while warm.len() < depth && !warm.off.load(Ordering::Relaxed) {
+            if warm.stop.is_cancelled() {
+                return;
+            }
             let Some(rt) = runtime.upgrade() else {
                 return;
             };
@@ -323,7 +349,10 @@ async fn refill_warm(runtime: Weak<ProcessRuntime>, warm: Arc<WarmCapsules>, dep
                 }
             }
         }
-        warm.taken.notified().await;
+        tokio::select! {
+            () = warm.taken.notified() => {}
+            () = warm.stop.cancelled() => return,
+        }
     }
 }
 
