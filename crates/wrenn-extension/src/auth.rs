@@ -50,8 +50,9 @@ pub struct UserPrincipal {
     pub is_admin: bool,
 }
 
-/// Who is calling.
+/// Who is calling. New kinds of callers may be added: match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Principal {
     /// A user with a JWT.
     User(UserPrincipal),

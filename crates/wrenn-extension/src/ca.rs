@@ -42,6 +42,7 @@ pub const CA_LIFETIME: Duration = Duration::days(3650);
 
 /// Why the CA could not be loaded or could not sign.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CaError {
     /// The CA certificate is not a PEM X.509 certificate.
     #[error("CA certificate is not a valid PEM certificate: {0}")]
