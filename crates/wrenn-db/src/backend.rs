@@ -88,3 +88,21 @@ macro_rules! begin_write {
 }
 
 pub(crate) use begin_write;
+
+/// Takes the identity lock ([`Dialect::LOCK_IDENTITY`]) in the write transaction
+/// `$tx`, where the backend has one (SQLite's write transaction already excludes
+/// every other writer). Used inside a store's impl.
+macro_rules! lock_identity {
+    ($tx:expr, $entity:literal) => {
+        match <Self as crate::backend::Dialect>::LOCK_IDENTITY {
+            Some(lock) => sqlx::query(lock)
+                .execute(&mut *$tx)
+                .await
+                .map(drop)
+                .map_err(crate::error::db($entity)),
+            None => Ok(()),
+        }
+    };
+}
+
+pub(crate) use lock_identity;

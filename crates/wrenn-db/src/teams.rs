@@ -6,7 +6,7 @@ use wrenn_core::id::{TeamId, UserId};
 use wrenn_core::model::{Member, Membership, Team, TeamWithRole};
 use wrenn_core::repo::{NewTeam, RepoError, RepoResult, TeamRepo};
 
-use crate::backend::{Dialect, begin_write, for_each_backend, row_exists};
+use crate::backend::{begin_write, for_each_backend, lock_identity, row_exists};
 use crate::error::db;
 use crate::rows::{MemberRow, MembershipRow, TeamRow, TeamWithRoleRow, convert_all};
 use crate::timestamp::Ts;
@@ -216,12 +216,7 @@ macro_rules! impl_team_repo {
                 let mut tx = begin_write!(self, "membership")?;
                 // Serialised with account deletions: no member joins a team whose
                 // owner is being deleted.
-                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
-                    sqlx::query(lock)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("membership"))?;
-                }
+                lock_identity!(tx, "membership")?;
                 // Inserting through a SELECT on live teams with a live owner: a deleted
                 // or unknown team (or one whose owner deleted their account) inserts
                 // nothing.

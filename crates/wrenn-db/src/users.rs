@@ -7,7 +7,7 @@ use wrenn_core::id::{PermissionId, UserId};
 use wrenn_core::model::{OAuthLink, User, UserStatus};
 use wrenn_core::repo::{NewUser, RepoError, RepoResult, UserRepo};
 
-use crate::backend::{Dialect, begin_write, for_each_backend, row_exists};
+use crate::backend::{Dialect, begin_write, for_each_backend, lock_identity, row_exists};
 use crate::error::db;
 use crate::rows::{OAuthRow, UserRow, convert_all};
 use crate::timestamp::Ts;
@@ -136,12 +136,7 @@ macro_rules! impl_user_repo {
                 password_hash: Option<&str>,
             ) -> RepoResult<Option<User>> {
                 let mut tx = begin_write!(self, "user")?;
-                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
-                    sqlx::query(lock)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("user"))?;
-                }
+                lock_identity!(tx, "user")?;
                 let now = Ts::now();
                 let activated: Option<UserRow> = sqlx::query_as(
                     "UPDATE users SET status = 'active', updated_at = $2 \
@@ -231,12 +226,7 @@ macro_rules! impl_user_repo {
                 let mut tx = begin_write!(self, "user")?;
                 // Serialised with member additions: a team never keeps members
                 // without its owner.
-                if let Some(lock) = <$store as Dialect>::LOCK_IDENTITY {
-                    sqlx::query(lock)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("user"))?;
-                }
+                lock_identity!(tx, "user")?;
                 let owns_members: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM teams t JOIN users_teams ut ON ut.team_id = t.id \
                      WHERE ut.user_id = $1 AND ut.role = 'owner' AND t.deleted_at IS NULL \

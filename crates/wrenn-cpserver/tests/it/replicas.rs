@@ -12,16 +12,18 @@ use wrenn_core::model::UserStatus;
 
 use crate::common::{Options, TestServer, send};
 
+/// Two control planes on one database (PostgreSQL if `postgres`, else one SQLite
+/// file); `None` when the test database is not configured.
+async fn two_replicas(mailer: bool, postgres: bool) -> Option<(TestServer, TestServer)> {
+    let a = TestServer::start_with(Options { mailer, postgres }).await?;
+    let b = a.replica().await;
+    Some((a, b))
+}
+
 async fn same_sign_ups_on_two_replicas(postgres: bool) {
-    let Some(a) = TestServer::start_with(Options {
-        mailer: false,
-        postgres,
-    })
-    .await
-    else {
+    let Some((a, b)) = two_replicas(false, postgres).await else {
         return;
     };
-    let b = a.replica().await;
     let signup = |s: &TestServer, email: &str| {
         s.req(Method::POST, "/v1/auth/signup").json(&json!({
             "email": email,
@@ -67,15 +69,9 @@ async fn same_sign_ups_on_two_replicas(postgres: bool) {
 }
 
 async fn one_reset_token_on_two_replicas(postgres: bool) {
-    let Some(a) = TestServer::start_with(Options {
-        mailer: true,
-        postgres,
-    })
-    .await
-    else {
+    let Some((a, b)) = two_replicas(true, postgres).await else {
         return;
     };
-    let b = a.replica().await;
     let user = a.user("twice@example.com").await;
     let (status, body) = send(
         a.req(Method::POST, "/v1/me/password/reset")
@@ -113,15 +109,9 @@ async fn one_reset_token_on_two_replicas(postgres: bool) {
 }
 
 async fn account_deletion_and_a_new_member_on_two_replicas(postgres: bool) {
-    let Some(a) = TestServer::start_with(Options {
-        mailer: false,
-        postgres,
-    })
-    .await
-    else {
+    let Some((a, b)) = two_replicas(false, postgres).await else {
         return;
     };
-    let b = a.replica().await;
     for n in 0..6 {
         let owner = a.user(&format!("owner-{n}@example.com")).await;
         let joiner = a.user(&format!("joiner-{n}@example.com")).await;
