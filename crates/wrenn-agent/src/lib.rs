@@ -38,6 +38,7 @@ pub mod proxy;
 pub mod reaper;
 pub mod registration;
 pub mod runtime;
+mod serve;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -16,7 +16,7 @@
 //!
 //! # Serving
 //!
-//! One axum server (HTTP/1.1 and HTTP/2 on the same port) carries the tonic
+//! One server ([`crate::serve`]: HTTP/1.1 and HTTP/2 on the same port) carries the tonic
 //! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. A registered agent
 //! ([`AgentOptions::tls`]) serves them over mutual TLS with the certificate the control
 //! plane issued it ([`crate::tls`]); otherwise (embedded in `wrenn dev`, tests) over
@@ -42,7 +42,6 @@
 //! sweeps every other leftover. Then the reaper, the envd health checks and the
 //! metrics sampler start.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,7 +240,7 @@ struct Inner {
     events: Arc<EventSender>,
     workers: CancellationToken,
     serve_stop: CancellationToken,
-    server: std::sync::Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
     started: AtomicBool,
     done: watch::Sender<bool>,
     serve_grace: Duration,
@@ -398,21 +397,13 @@ impl Agent {
             Some(config) => {
                 let listener = TlsListener::new(listener, config)
                     .map_err(|e| AgentError::internal(format!("TLS listener: {e}")))?;
-                tokio::spawn(
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
-                        .into_future(),
-                )
+                tokio::spawn(crate::serve::serve(listener, router, serve_stop.clone()))
             }
             None => {
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                tokio::spawn(
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(serve_stop.clone().cancelled_owned())
-                        .into_future(),
-                )
+                tokio::spawn(crate::serve::serve(listener, router, serve_stop.clone()))
             }
         };
         let inner = Arc::new(Inner {
