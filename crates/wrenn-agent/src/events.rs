@@ -27,14 +27,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wrenn_core::events::{SandboxEvent, SandboxEventKind};
+use wrenn_core::host_api::{HOST_TOKEN_HEADER, SANDBOX_EVENTS_PATH};
 use wrenn_core::id::{HostId, SandboxId, TeamId};
 
 use crate::registration::Credentials;
-
-/// Path of the callback endpoint on the control plane.
-pub const SANDBOX_EVENTS_PATH: &str = "/v1/hosts/sandbox-events";
-/// Header carrying the host JWT.
-pub const HOST_TOKEN_HEADER: &str = "X-Host-Token";
 
 /// Where and how events are delivered.
 #[derive(Debug, Clone)]

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::events::HOST_TOKEN_HEADER;
 use crate::manager::SandboxManager;
 use crate::registration::{ControlPlane, Credentials, HostCredentials};
+use wrenn_core::host_api::{HOST_TOKEN_HEADER, heartbeat_path};
 
 /// Time between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -153,9 +153,7 @@ impl Heartbeat {
 
     async fn beat(&self) -> Beat {
         let creds = self.credentials.get();
-        let url = self
-            .control_plane
-            .url(&format!("/v1/hosts/{}/heartbeat", creds.host_id));
+        let url = self.control_plane.url(&heartbeat_path(creds.host_id));
         let sent = self
             .control_plane
             .http()

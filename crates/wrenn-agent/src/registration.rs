@@ -15,7 +15,8 @@
 //!   token is stored before it is used.
 //!
 //! [`Credentials`] is the shared, swappable copy the event client and the
-//! [heartbeat](crate::heartbeat) read.
+//! [heartbeat](crate::heartbeat) read. The JSON of these routes is declared once, in
+//! [`wrenn_core::host_api`], for both sides.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,14 +24,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wrenn_core::host_api::{
+    IssuedCredentials, MachineReport, REFRESH_PATH, REGISTER_PATH, RefreshHost, RegisterHost,
+};
 use wrenn_core::id::HostId;
 
 use crate::metrics::HostSampler;
 
-/// `POST` path of registration.
-pub const REGISTER_PATH: &str = "/v1/hosts/register";
-/// `POST` path of the refresh-token exchange.
-pub const REFRESH_PATH: &str = "/v1/hosts/auth/refresh";
 /// How long a registration request may take.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refresh request may take.
@@ -178,33 +178,16 @@ impl HostCredentials {
     }
 }
 
-/// What the agent reports about its machine at registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostReport {
-    /// `host:port` at which the control plane reaches this agent.
-    pub address: String,
-    /// CPU architecture (`x86_64`, `aarch64`).
-    pub arch: String,
-    /// Logical CPUs.
-    pub cpu_cores: i32,
-    /// Memory, MiB.
-    pub memory_mb: i32,
-    /// Size of the file system holding `$WRENN_DIR`, GiB.
-    pub disk_gb: i32,
-}
-
-impl HostReport {
-    /// This machine, reachable at `address`, with its data under `data_dir`.
-    pub fn this_machine(address: impl Into<String>, data_dir: &Path) -> Self {
-        let usage = HostSampler::new().usage(data_dir);
-        let clamp = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
-        Self {
-            address: address.into(),
-            arch: std::env::consts::ARCH.to_owned(),
-            cpu_cores: clamp(u64::from(usage.cpu_count)),
-            memory_mb: clamp(usage.memory_total_bytes / (1024 * 1024)),
-            disk_gb: clamp(usage.disk_total_bytes / (1024 * 1024 * 1024)),
-        }
+/// What this machine reports at registration: its architecture, logical CPUs, memory
+/// and the size of the file system holding `data_dir`.
+pub fn machine_report(data_dir: &Path) -> MachineReport {
+    let usage = HostSampler::new().usage(data_dir);
+    let clamp = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
+    MachineReport {
+        arch: Some(std::env::consts::ARCH.to_owned()),
+        cpu_cores: Some(clamp(u64::from(usage.cpu_count))),
+        memory_mb: Some(clamp(usage.memory_total_bytes / (1024 * 1024))),
+        disk_gb: Some(clamp(usage.disk_total_bytes / (1024 * 1024 * 1024))),
     }
 }
 
@@ -297,18 +280,13 @@ impl Credentials {
     }
 }
 
-/// The registration answer (`POST /v1/hosts/register`, `/v1/hosts/auth/refresh`).
+/// The registration and refresh answer, as far as the agent reads it: the host's id
+/// and what was issued.
 #[derive(Deserialize)]
 struct Answer {
     host: AnswerHost,
-    token: String,
-    refresh_token: String,
-    #[serde(default)]
-    cert_pem: Option<String>,
-    #[serde(default)]
-    key_pem: Option<String>,
-    #[serde(default)]
-    ca_cert_pem: Option<String>,
+    #[serde(flatten)]
+    issued: IssuedCredentials,
 }
 
 #[derive(Deserialize)]
@@ -345,15 +323,19 @@ impl ControlPlane {
         &self.http
     }
 
-    /// Trades a one-time registration token for credentials.
+    /// Trades a one-time registration token for credentials, reporting that the agent
+    /// is reached at `address` (`host:port`) and what its machine has.
     pub async fn register(
         &self,
         token: &str,
-        report: &HostReport,
+        address: &str,
+        machine: MachineReport,
     ) -> Result<HostCredentials, RegistrationError> {
-        let mut body =
-            serde_json::to_value(report).map_err(|e| RegistrationError::Answer(e.to_string()))?;
-        body["token"] = token.into();
+        let body = RegisterHost {
+            token: token.to_owned(),
+            address: address.to_owned(),
+            machine,
+        };
         let resp = self
             .http
             .post(self.url(REGISTER_PATH))
@@ -374,7 +356,9 @@ impl ControlPlane {
             .http
             .post(self.url(REFRESH_PATH))
             .timeout(REFRESH_TIMEOUT)
-            .json(&serde_json::json!({ "refresh_token": current.refresh_token }))
+            .json(&RefreshHost {
+                refresh_token: current.refresh_token.clone(),
+            })
             .send()
             .await?;
         let new = Self::credentials(resp, 200, Some(current)).await?;
@@ -402,20 +386,24 @@ impl ControlPlane {
         }
         let a: Answer =
             serde_json::from_slice(&bytes).map_err(|e| RegistrationError::Answer(e.to_string()))?;
-        let cert = a.cert_pem.filter(|c| !c.is_empty());
-        let (cert_pem, key_pem, ca_cert_pem) = match (cert, current) {
-            (Some(cert), _) => (
-                cert,
-                a.key_pem.unwrap_or_default(),
-                a.ca_cert_pem.unwrap_or_default(),
-            ),
-            (None, Some(c)) => (c.cert_pem.clone(), c.key_pem.clone(), c.ca_cert_pem.clone()),
-            (None, None) => Default::default(),
+        let IssuedCredentials {
+            token,
+            refresh_token,
+            cert_pem,
+            key_pem,
+            ca_cert_pem,
+        } = a.issued;
+        // An answer without certificate material keeps the current one.
+        let (cert_pem, key_pem, ca_cert_pem) = match current {
+            Some(c) if cert_pem.is_empty() => {
+                (c.cert_pem.clone(), c.key_pem.clone(), c.ca_cert_pem.clone())
+            }
+            _ => (cert_pem, key_pem, ca_cert_pem),
         };
         Ok(HostCredentials {
             host_id: a.host.id,
-            jwt: a.token,
-            refresh_token: a.refresh_token,
+            jwt: token,
+            refresh_token,
             cert_pem,
             key_pem,
             ca_cert_pem,
@@ -513,11 +501,10 @@ mod tests {
     #[test]
     fn this_machine_reports_its_resources() {
         let dir = tempfile::tempdir().unwrap();
-        let r = HostReport::this_machine("10.0.0.5:50051", dir.path());
-        assert_eq!(r.address, "10.0.0.5:50051");
-        assert_eq!(r.arch, std::env::consts::ARCH);
+        let r = machine_report(dir.path());
+        assert_eq!(r.arch.as_deref(), Some(std::env::consts::ARCH));
         assert!(
-            r.cpu_cores >= 1 && r.memory_mb > 0 && r.disk_gb >= 0,
+            r.cpu_cores >= Some(1) && r.memory_mb > Some(0) && r.disk_gb >= Some(0),
             "{r:?}"
         );
     }

@@ -16,7 +16,8 @@
 //!
 //! # Serving
 //!
-//! One server ([`crate::serve`]: HTTP/1.1 and HTTP/2 on the same port) carries the tonic
+//! One server (HTTP/1.1 and HTTP/2 on the same port, with the HTTP/2 settings of
+//! [`wrenn_proto::transport`]) carries the tonic
 //! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. A registered agent
 //! ([`AgentOptions::tls`]) serves them over mutual TLS with the certificate the control
 //! plane issued it ([`crate::tls`]); otherwise (embedded in `wrenn dev`, tests) over

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod host_api;
 pub mod id;
 pub mod layout;
 pub mod lifecycle;

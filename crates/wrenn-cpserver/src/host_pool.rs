@@ -34,6 +34,7 @@ use wrenn_core::agents::{
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 pub use wrenn_extension::hosts::{CONNECT_TIMEOUT, HostChannels, map_status};
+use wrenn_proto::domain::status_from_proto;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
@@ -165,25 +166,6 @@ pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, Ho
         default_user: spec.default_user.clone(),
         default_env: map_of(&spec.default_env),
     })
-}
-
-/// The core status of a sandbox as the agent reports it. `UNSPECIFIED` (never sent by
-/// a correct agent) and unknown values are reported as `error`.
-pub fn status_from_proto(status: i32) -> SandboxStatus {
-    use pb::SandboxStatus as P;
-    match P::try_from(status) {
-        Ok(P::Starting) => SandboxStatus::Starting,
-        Ok(P::Running) => SandboxStatus::Running,
-        Ok(P::Pausing) => SandboxStatus::Pausing,
-        Ok(P::Paused) => SandboxStatus::Paused,
-        Ok(P::Hibernated) => SandboxStatus::Hibernated,
-        Ok(P::Resuming) => SandboxStatus::Resuming,
-        Ok(P::Stopping) => SandboxStatus::Stopping,
-        Ok(P::Stopped) => SandboxStatus::Stopped,
-        Ok(P::Error) => SandboxStatus::Error,
-        Ok(P::Snapshotting) => SandboxStatus::Snapshotting,
-        Ok(P::Unspecified) | Err(_) => SandboxStatus::Error,
-    }
 }
 
 /// The inventory in a `ListSandboxes` response. Entries with an unparseable id are

@@ -30,6 +30,9 @@
 //! assert!(matches!(by_tag.selector, Some(Selector::Tag(ref t)) if t == "web"));
 //! ```
 
+#[cfg(feature = "domain")]
+pub mod domain;
+
 /// The host agent protocol (control plane to host agent).
 pub mod hostagent {
     /// Version 1 of the host agent protocol: package `hostagent.v1`, service

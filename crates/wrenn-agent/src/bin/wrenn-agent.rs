@@ -31,7 +31,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use wrenn_agent::image::{self, BuildOptions, BuiltImage, LogProgress};
-use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
+use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, machine_report};
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::firecracker::{FirecrackerRuntime, FirecrackerRuntimeOptions};
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
@@ -123,10 +123,10 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
                 config.listen_addr
             )
         })?;
-        let report = HostReport::this_machine(address, &config.wrenn_dir);
+        let machine = machine_report(&config.wrenn_dir);
         let cp = ControlPlane::new(cp_url).map_err(|e| e.to_string())?;
         let creds = cp
-            .register(token.expose_secret(), &report)
+            .register(token.expose_secret(), &address, machine)
             .await
             .map_err(|e| format!("registration failed: {e}"))?;
         creds.save(&file).map_err(|e| e.to_string())?;

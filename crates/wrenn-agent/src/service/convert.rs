@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
-use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_proto::domain::status_to_proto;
 use wrenn_proto::envd::v1 as envd;
 use wrenn_proto::hostagent::v1 as pb;
 
@@ -170,7 +170,7 @@ pub(super) fn process_config(
 pub(super) fn sandbox_info(id: SandboxId, v: crate::manager::SandboxView) -> pb::SandboxInfo {
     pb::SandboxInfo {
         sandbox_id: id.to_string(),
-        status: proto_status(v.status) as i32,
+        status: status_to_proto(v.status) as i32,
         team_id: v.config.team_id.uuid().hyphenated().to_string(),
         template_id: v.config.template_id.uuid().hyphenated().to_string(),
         template: v.template_name,
@@ -182,22 +182,6 @@ pub(super) fn sandbox_info(id: SandboxId, v: crate::manager::SandboxView) -> pb:
         last_active_at_unix: v.last_active_unix,
         timeout_sec: v.timeout_sec,
         metadata: v.metadata.into_iter().collect(),
-    }
-}
-
-/// The wire value of a status.
-pub fn proto_status(s: SandboxStatus) -> pb::SandboxStatus {
-    match s {
-        SandboxStatus::Pending | SandboxStatus::Starting => pb::SandboxStatus::Starting,
-        SandboxStatus::Running => pb::SandboxStatus::Running,
-        SandboxStatus::Pausing => pb::SandboxStatus::Pausing,
-        SandboxStatus::Paused => pb::SandboxStatus::Paused,
-        SandboxStatus::Hibernated => pb::SandboxStatus::Hibernated,
-        SandboxStatus::Resuming => pb::SandboxStatus::Resuming,
-        SandboxStatus::Stopping => pb::SandboxStatus::Stopping,
-        SandboxStatus::Stopped => pb::SandboxStatus::Stopped,
-        SandboxStatus::Error | SandboxStatus::Missing => pb::SandboxStatus::Error,
-        SandboxStatus::Snapshotting => pb::SandboxStatus::Snapshotting,
     }
 }
 

@@ -58,7 +58,7 @@ mod process;
 mod pty;
 mod relay;
 
-pub use convert::{parse_sandbox_id, proto_status};
+pub use convert::parse_sandbox_id;
 
 /// Output kept per stream by unary Exec.
 pub const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
@@ -71,12 +71,13 @@ const STDIN_CHUNK: usize = wrenn_proto::FILE_CHUNK_SIZE;
 /// Events buffered between envd and a streaming caller.
 const STREAM_BUFFER: usize = 64;
 
-/// Default vCPUs, memory (MiB) and disk (MiB) of CreateSandbox.
-pub const DEFAULT_VCPUS: u32 = 1;
-/// Default memory, MiB.
-pub const DEFAULT_MEMORY_MB: u32 = 512;
-/// Default writable disk, MiB.
-pub const DEFAULT_DISK_MB: u32 = 20480;
+/// Default vCPUs of CreateSandbox: the control plane's
+/// ([`wrenn_core::lifecycle::DEFAULT_VCPUS`]), as the wire's unsigned type.
+pub const DEFAULT_VCPUS: u32 = wrenn_core::lifecycle::DEFAULT_VCPUS.unsigned_abs();
+/// Default memory, MiB ([`wrenn_core::lifecycle::DEFAULT_MEMORY_MB`]).
+pub const DEFAULT_MEMORY_MB: u32 = wrenn_core::lifecycle::DEFAULT_MEMORY_MB.unsigned_abs();
+/// Default writable disk, MiB ([`wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB`]).
+pub const DEFAULT_DISK_MB: u32 = wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB.unsigned_abs();
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u32 = 128;
 /// Accepted memory range, MiB.

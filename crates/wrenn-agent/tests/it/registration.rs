@@ -13,7 +13,7 @@ use common::{Setup, TestAgent, eventually};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio_util::sync::CancellationToken;
-use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, HostReport};
+use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, machine_report};
 use wrenn_core::auth::OpaqueToken;
 use wrenn_core::config::Config;
 use wrenn_core::id::{HostId, HostTokenId};
@@ -107,10 +107,10 @@ impl ControlPlaneUnderTest {
     async fn register_at(&self, file: &std::path::Path, address: &str) -> Credentials {
         let (id, token) = self.pending_host().await;
         let scratch = tempfile::tempdir().unwrap();
-        let report = HostReport::this_machine(address, scratch.path());
+        let machine = machine_report(scratch.path());
         let creds = ControlPlane::new(&self.url)
             .unwrap()
-            .register(&token, &report)
+            .register(&token, address, machine)
             .await
             .expect("registration succeeds");
         assert_eq!(creds.host_id, id);
@@ -183,9 +183,15 @@ async fn registration_stores_credentials_and_the_host_comes_online() {
     // The token was single use.
     let again = ControlPlane::new(&cp.url).unwrap();
     let (_, token) = cp.pending_host().await;
-    let report = HostReport::this_machine("127.0.0.1:1", dir.path());
-    again.register(&token, &report).await.unwrap();
-    let err = again.register(&token, &report).await.unwrap_err();
+    let machine = machine_report(dir.path());
+    again
+        .register(&token, "127.0.0.1:1", machine.clone())
+        .await
+        .unwrap();
+    let err = again
+        .register(&token, "127.0.0.1:1", machine)
+        .await
+        .unwrap_err();
     assert!(err.is_refused(), "{err}");
 }
 

@@ -41,6 +41,7 @@ use wrenn_core::auth::{
     HOST_REFRESH_TOKEN_LIFETIME, HostClaims, OpaqueToken, REGISTRATION_TOKEN_LIFETIME, Role,
 };
 use wrenn_core::events::{Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
+use wrenn_core::host_api::{HostHeartbeat, IssuedCredentials, RefreshHost, RegisterHost};
 use wrenn_core::id::{
     HostId, HostRefreshTokenId, HostTokenId, PLATFORM_TEAM_ID, SandboxId, TeamId, UserId,
 };
@@ -224,62 +225,16 @@ pub struct AddTag {
     pub tag: String,
 }
 
-/// `POST /v1/hosts/register` body (sent by the agent).
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RegisterHost {
-    /// The one-time registration token.
-    pub token: String,
-    /// `host:port` (or `http://host:port`) of the agent's gRPC endpoint.
-    pub address: String,
-    /// CPU architecture.
-    pub arch: Option<String>,
-    /// Logical CPUs.
-    pub cpu_cores: Option<i32>,
-    /// Memory in MiB.
-    pub memory_mb: Option<i32>,
-    /// Disk in GiB.
-    pub disk_gb: Option<i32>,
-}
-
-/// `POST /v1/hosts/auth/refresh` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RefreshBody {
-    /// The host's current refresh token.
-    pub refresh_token: String,
-}
-
-/// Credentials handed to an agent at registration and on refresh.
+/// Credentials handed to an agent at registration and on refresh: the host, and
+/// what was issued to it ([`IssuedCredentials`], the agent↔control-plane contract in
+/// [`wrenn_core::host_api`]).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HostCredentials {
     /// The host.
     pub host: HostBody,
-    /// Host JWT for `X-Host-Token` (7 days).
-    pub token: String,
-    /// Refresh token (64 hex, 60 days, single use: each refresh rotates it).
-    pub refresh_token: String,
-    /// The agent's TLS server certificate (PEM; CN = host id, SAN = its address,
-    /// 7 days), signed by the host CA.
-    pub cert_pem: String,
-    /// The certificate's private key (PEM, PKCS#8). Shown only in this answer.
-    pub key_pem: String,
-    /// The certificate of the host CA that signed `cert_pem` (PEM).
-    pub ca_cert_pem: String,
-}
-
-/// `POST /v1/hosts/{id}/heartbeat` body; every field is optional and the body may
-/// be empty. Omitted fields keep their stored values.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct Heartbeat {
-    /// New `host:port` of the agent.
-    pub address: Option<String>,
-    /// CPU architecture.
-    pub arch: Option<String>,
-    /// Logical CPUs.
-    pub cpu_cores: Option<i32>,
-    /// Memory in MiB.
-    pub memory_mb: Option<i32>,
-    /// Disk in GiB.
-    pub disk_gb: Option<i32>,
+    /// The JWT, refresh token and TLS material.
+    #[serde(flatten)]
+    pub credentials: IssuedCredentials,
 }
 
 // ---------------------------------------------------------------------------
@@ -508,11 +463,13 @@ async fn issue_credentials(
         .await?;
     let creds = HostCredentials {
         host: host.into(),
-        token: jwt,
-        refresh_token: refresh.expose_secret().to_owned(),
-        cert_pem: cert.cert_pem,
-        key_pem: cert.key_pem,
-        ca_cert_pem: ctx.ca.cert_pem().to_owned(),
+        credentials: IssuedCredentials {
+            token: jwt,
+            refresh_token: refresh.expose_secret().to_owned(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_cert_pem: ctx.ca.cert_pem().to_owned(),
+        },
     };
     Ok((creds, stored.id))
 }
@@ -872,13 +829,14 @@ async fn register(
     Json(body): Json<RegisterHost>,
 ) -> ApiResult<(StatusCode, Json<HostCredentials>)> {
     let address = validate_address(&body.address)?;
-    let arch = label("arch", body.arch, MAX_ARCH_LEN)?;
+    let machine = body.machine;
+    let arch = label("arch", machine.arch, MAX_ARCH_LEN)?;
     let spec = HostSpec {
         address,
         arch,
-        cpu_cores: resource("cpu_cores", body.cpu_cores)?.unwrap_or(0),
-        memory_mb: resource("memory_mb", body.memory_mb)?.unwrap_or(0),
-        disk_gb: resource("disk_gb", body.disk_gb)?.unwrap_or(0),
+        cpu_cores: resource("cpu_cores", machine.cpu_cores)?.unwrap_or(0),
+        memory_mb: resource("memory_mb", machine.memory_mb)?.unwrap_or(0),
+        disk_gb: resource("disk_gb", machine.disk_gb)?.unwrap_or(0),
     };
     let token = OpaqueToken::parse(body.token.trim())
         .map_err(|_| ApiError::unauthorized(INVALID_REGISTRATION_TOKEN))?;
@@ -921,11 +879,11 @@ async fn register(
 /// only one succeeds. Any failure of the token (unknown, revoked, expired,
 /// malformed) is 401; a missing field is 400. The answer carries a new certificate
 /// (the previous one stays valid until it expires).
-#[utoipa::path(post, path = "/v1/hosts/auth/refresh", tag = tags::HOSTS, request_body = RefreshBody,
+#[utoipa::path(post, path = "/v1/hosts/auth/refresh", tag = tags::HOSTS, request_body = RefreshHost,
     responses((status = 200, body = HostCredentials), (status = 400), (status = 401)))]
 async fn refresh(
     State(ctx): State<ServerContext>,
-    Json(body): Json<RefreshBody>,
+    Json(body): Json<RefreshHost>,
 ) -> ApiResult<Json<HostCredentials>> {
     let presented = OpaqueToken::parse(body.refresh_token.trim())
         .map_err(|_| ApiError::unauthorized(INVALID_REFRESH_TOKEN))?;
@@ -959,7 +917,7 @@ async fn refresh(
 /// (audited as `host/marked_up`, published as `host.up`).
 #[utoipa::path(post, path = "/v1/hosts/{id}/heartbeat", tag = tags::HOSTS, security(("host_token" = [])),
     params(("id" = String, Path, description = "Host id (`host-…`)")),
-    request_body(content = Heartbeat, description = "optional; may be empty"),
+    request_body(content = HostHeartbeat, description = "optional; may be empty"),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
 async fn heartbeat(
     State(ctx): State<ServerContext>,
@@ -970,8 +928,8 @@ async fn heartbeat(
     if id != token_host {
         return Err(ApiError::forbidden("host ID mismatch"));
     }
-    let report: Heartbeat = if body.iter().all(u8::is_ascii_whitespace) {
-        Heartbeat::default()
+    let report: HostHeartbeat = if body.iter().all(u8::is_ascii_whitespace) {
+        HostHeartbeat::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid heartbeat: {e}")))?
@@ -981,13 +939,14 @@ async fn heartbeat(
         .as_deref()
         .map(validate_address)
         .transpose()?;
-    let arch = match report.arch {
+    let machine = report.machine;
+    let arch = match machine.arch {
         Some(a) => Some(label("arch", Some(a), MAX_ARCH_LEN)?),
         None => None,
     };
-    let cpu_cores = resource("cpu_cores", report.cpu_cores)?;
-    let memory_mb = resource("memory_mb", report.memory_mb)?;
-    let disk_gb = resource("disk_gb", report.disk_gb)?;
+    let cpu_cores = resource("cpu_cores", machine.cpu_cores)?;
+    let memory_mb = resource("memory_mb", machine.memory_mb)?;
+    let disk_gb = resource("disk_gb", machine.disk_gb)?;
     let current = match ctx.store.get_host(id).await {
         Ok(h) => h,
         Err(RepoError::NotFound { .. }) => return Err(ApiError::not_found("host")),

@@ -220,8 +220,7 @@ impl Default for ProcessRuntimeOptions {
             id_ranges: 16384,
             shm_size_mb: None,
             favor_dynamic_cgroups: true,
-            disk_pool_size_mb: u32::try_from(wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB)
-                .unwrap_or(20_480),
+            disk_pool_size_mb: crate::service::DEFAULT_DISK_MB,
             disk_pool_depth: 8,
             spare_inits: 4,
             warm_capsules: wrenn_core::config::DEFAULT_WARM_CAPSULES,

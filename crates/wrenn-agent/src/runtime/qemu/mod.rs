@@ -141,7 +141,7 @@ pub struct QemuRuntimeOptions {
 
 impl Default for QemuRuntimeOptions {
     fn default() -> Self {
-        use wrenn_core::lifecycle::{DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
+        use crate::service::{DEFAULT_DISK_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
         Self {
             network: NetworkOptions::default(),
             image: None,
@@ -152,11 +152,7 @@ impl Default for QemuRuntimeOptions {
             boot_timeout: Duration::from_secs(120),
             resume_timeout: Duration::from_secs(30),
             warm_snapshots: true,
-            warm_shape: (
-                DEFAULT_VCPUS as u32,
-                DEFAULT_MEMORY_MB as u32,
-                DEFAULT_DISK_SIZE_MB as u32,
-            ),
+            warm_shape: (DEFAULT_VCPUS, DEFAULT_MEMORY_MB, DEFAULT_DISK_MB),
         }
     }
 }
