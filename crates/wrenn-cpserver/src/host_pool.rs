@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::host_channels::{CONNECT_TIMEOUT, HostChannels};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use wrenn_core::agents::{
@@ -33,7 +34,8 @@ use wrenn_core::agents::{
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
-pub use wrenn_extension::hosts::{CONNECT_TIMEOUT, HostChannels, map_status};
+use wrenn_extension::HostConnections;
+pub use wrenn_extension::hosts::map_status;
 use wrenn_proto::domain::status_from_proto;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;

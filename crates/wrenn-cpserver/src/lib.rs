@@ -14,8 +14,10 @@
 
 mod api;
 mod builder;
+pub mod ca;
 mod error;
 pub mod events;
+pub mod host_channels;
 pub mod host_pool;
 pub mod logging;
 pub mod mailer;

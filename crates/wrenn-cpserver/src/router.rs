@@ -13,6 +13,7 @@ use tower_http::trace::TraceLayer;
 use wrenn_extension::{ApiError, Extension, ServerContext};
 
 use crate::api;
+use crate::ca::CertificateAuthority;
 use crate::error::ServerError;
 
 fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
@@ -39,6 +40,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// The full router for `ctx`, with `extensions` merged in.
 pub fn build(
     ctx: &ServerContext,
+    ca: Arc<CertificateAuthority>,
     extensions: &[Arc<dyn Extension>],
     version: &str,
 ) -> Result<Router, ServerError> {
@@ -63,6 +65,8 @@ pub fn build(
     }
     let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
     Ok(router
+        // The host routes sign certificates with it (`api::hosts`).
+        .layer(axum::Extension(ca))
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http()))

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::ca::CertificateAuthority;
 use wrenn_core::auth::generate_jwt_secret;
 use wrenn_core::config::Config;
-use wrenn_extension::CertificateAuthority;
 
 use crate::error::ServerError;
 

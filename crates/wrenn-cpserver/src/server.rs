@@ -115,7 +115,6 @@ impl Builder {
         lifecycle.set_team_max_capsules(config.team_max_capsules);
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
-            ca: secrets.ca.clone(),
             store,
             lifecycle,
             scheduler,
@@ -127,7 +126,7 @@ impl Builder {
             mailer,
             shutdown: CancellationToken::new(),
         };
-        let router = router::build(&ctx, &self.extensions, &self.version)?;
+        let router = router::build(&ctx, secrets.ca.clone(), &self.extensions, &self.version)?;
         Ok(Server {
             ctx,
             router,

@@ -12,8 +12,7 @@ use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
 
 use crate::auth::Authenticator;
-use crate::ca::CertificateAuthority;
-use crate::hosts::HostChannels;
+use crate::hosts::HostConnections;
 use crate::mailer::Mailer;
 
 /// The control plane's shared state. Cheap to clone (a bundle of `Arc`s); it is the
@@ -29,11 +28,9 @@ pub struct ServerContext {
     /// Lifecycle calls on host agents.
     pub agents: Arc<dyn HostAgents>,
     /// gRPC channels to host agents, for data-plane calls (exec, files, PTY).
-    pub hosts: Arc<HostChannels>,
+    pub hosts: Arc<dyn HostConnections>,
     /// Credential checks (JWT keys, API-key cache).
     pub auth: Arc<Authenticator>,
-    /// The host CA: signs host agents' certificates.
-    pub ca: Arc<CertificateAuthority>,
     /// Where audit entries go.
     pub audit: Arc<dyn AuditSink>,
     /// The event bus.

@@ -6,14 +6,13 @@
 //! wrenn_cpserver::run(Builder::from_env()?.with_extensions([Arc::new(Billing::new())])).await
 //! ```
 //!
-//! It receives a [`ServerContext`] (store, lifecycle, scheduler, host agents, auth,
-//! host CA, audit, event bus, config, shutdown token), may add routes (authenticated with the
+//! It receives a [`ServerContext`] (store, lifecycle, scheduler, host agents and
+//! connections to them, auth, audit, event bus, config, shutdown token), may add routes (authenticated with the
 //! extractors of [`auth`]), wrap the router in middleware, run supervised
 //! [`Worker`]s, and react to sandbox events. Errors use the one envelope of
 //! [`ApiError`].
 
 pub mod auth;
-pub mod ca;
 mod context;
 mod error;
 mod extension;
@@ -25,9 +24,9 @@ mod worker;
 pub use auth::{
     AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal,
 };
-pub use ca::{CaError, CertificateAuthority, IssuedCertificate};
 pub use context::ServerContext;
 pub use error::{ApiError, ApiResult};
 pub use extension::Extension;
+pub use hosts::HostConnections;
 pub use mailer::{Email, MailError, Mailer};
 pub use worker::{Supervisor, Worker, WorkerError};

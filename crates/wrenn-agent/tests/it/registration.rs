@@ -20,7 +20,8 @@ use wrenn_core::id::{HostId, HostTokenId};
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::model::{HostKind, HostToken};
 use wrenn_core::repo::{NewHost, Store};
-use wrenn_cpserver::extension::{CertificateAuthority, ServerContext};
+use wrenn_cpserver::ca::CertificateAuthority;
+use wrenn_cpserver::extension::ServerContext;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
@@ -31,6 +32,7 @@ const BEAT: Duration = Duration::from_millis(100);
 struct ControlPlaneUnderTest {
     url: String,
     ctx: ServerContext,
+    ca: Arc<CertificateAuthority>,
     store: Arc<dyn Store>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
@@ -51,6 +53,7 @@ impl ControlPlaneUnderTest {
                 .unwrap();
         let server = wrenn_cpserver::Builder::new(config).build().await.unwrap();
         let ctx = server.context().clone();
+        let ca = server.secrets().ca.clone();
         let store = ctx.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -59,6 +62,7 @@ impl ControlPlaneUnderTest {
         Self {
             url,
             ctx,
+            ca,
             store,
             stop,
             _dir: dir,
@@ -419,8 +423,8 @@ async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
         Err(_) => {}
         Ok(mut c) => assert!(c.list_sandboxes(pb::ListSandboxesRequest {}).await.is_err()),
     }
-    let ca = cp.ctx.ca.cert_pem().to_owned();
-    let client_cert = cp.ctx.ca.issue_client_cert(Utc::now()).unwrap();
+    let ca = cp.ca.cert_pem().to_owned();
+    let client_cert = cp.ca.issue_client_cert(Utc::now()).unwrap();
     let identity = Some((client_cert.cert_pem.as_str(), client_cert.key_pem.as_str()));
     // The agent's certificate is the one it was issued.
     let served = handshake(addr, &ca, identity).await.expect("handshake");
@@ -437,7 +441,6 @@ async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
             .is_err()
     );
     let host_cert = cp
-        .ctx
         .ca
         .issue_host_cert(HostId::new(), "127.0.0.1:1", Utc::now())
         .unwrap();

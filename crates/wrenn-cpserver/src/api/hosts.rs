@@ -25,8 +25,10 @@
 //! refresh.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -52,6 +54,7 @@ use wrenn_extension::extract::{Json, Path, Query};
 use wrenn_extension::{ApiError, ApiResult, HostAuth, ServerContext, UserAuth};
 
 use super::tags;
+use crate::ca::CertificateAuthority;
 
 /// Sandbox statuses that keep a host from being deleted without `force`.
 pub const ACTIVE_SANDBOX_STATUSES: [SandboxStatus; 9] = [
@@ -434,11 +437,11 @@ async fn issue_registration_token(
 /// fresh refresh token; returns the credentials and the new refresh token's id.
 async fn issue_credentials(
     ctx: &ServerContext,
+    ca: &CertificateAuthority,
     host: Host,
 ) -> ApiResult<(HostCredentials, HostRefreshTokenId)> {
     let now = Utc::now();
-    let cert = ctx
-        .ca
+    let cert = ca
         .issue_host_cert(host.id, &host.address, now)
         .map_err(ApiError::internal)?;
     ctx.store
@@ -468,7 +471,7 @@ async fn issue_credentials(
             refresh_token: refresh.expose_secret().to_owned(),
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
-            ca_cert_pem: ctx.ca.cert_pem().to_owned(),
+            ca_cert_pem: ca.cert_pem().to_owned(),
         },
     };
     Ok((creds, stored.id))
@@ -826,6 +829,7 @@ async fn remove_tag(
     responses((status = 201, body = HostCredentials), (status = 400), (status = 401)))]
 async fn register(
     State(ctx): State<ServerContext>,
+    Extension(ca): Extension<Arc<CertificateAuthority>>,
     Json(body): Json<RegisterHost>,
 ) -> ApiResult<(StatusCode, Json<HostCredentials>)> {
     let address = validate_address(&body.address)?;
@@ -856,7 +860,7 @@ async fn register(
     }
     ctx.hosts.evict(host_id);
     let host = ctx.store.get_host(host_id).await?;
-    let (creds, _) = issue_credentials(&ctx, host.clone()).await?;
+    let (creds, _) = issue_credentials(&ctx, &ca, host.clone()).await?;
     tracing::info!(host_id = %host_id, address = %spec.address, "host registered");
     ctx.audit(
         AuditEntry::new(
@@ -883,6 +887,7 @@ async fn register(
     responses((status = 200, body = HostCredentials), (status = 400), (status = 401)))]
 async fn refresh(
     State(ctx): State<ServerContext>,
+    Extension(ca): Extension<Arc<CertificateAuthority>>,
     Json(body): Json<RefreshHost>,
 ) -> ApiResult<Json<HostCredentials>> {
     let presented = OpaqueToken::parse(body.refresh_token.trim())
@@ -900,7 +905,7 @@ async fn refresh(
         Err(e) => return Err(e.into()),
     };
     // Issue first, revoke second.
-    let (creds, new_id) = issue_credentials(&ctx, host).await?;
+    let (creds, new_id) = issue_credentials(&ctx, &ca, host).await?;
     if !ctx.store.revoke_refresh_token(old.id).await? {
         // A concurrent refresh spent the same token first: withdraw ours.
         if let Err(e) = ctx.store.revoke_refresh_token(new_id).await {

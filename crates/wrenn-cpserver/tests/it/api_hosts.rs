@@ -58,7 +58,7 @@ async fn issued_cert(s: &TestServer, answer: &Value, host: HostId, ip: [u8; 4]) 
     use x509_parser::pem::parse_x509_pem;
 
     let ca_pem = answer["ca_cert_pem"].as_str().expect("ca_cert_pem");
-    assert_eq!(ca_pem, s.ctx.ca.cert_pem());
+    assert_eq!(ca_pem, s.ca.cert_pem());
     let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).expect("CA PEM");
     let ca = ca_block.parse_x509().expect("CA certificate");
     let cert_pem = answer["cert_pem"].as_str().expect("cert_pem");

@@ -18,7 +18,8 @@ use wrenn_core::id::{
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::HostKind;
 use wrenn_core::repo::{HostSpec, NewHost, Store};
-use wrenn_cpserver::extension::CertificateAuthority;
+use wrenn_cpserver::ca::CertificateAuthority;
+use wrenn_cpserver::extension::HostConnections;
 use wrenn_cpserver::host_pool::{GrpcHostAgents, HostChannels};
 use wrenn_db::testing::TestStores;
 use wrenn_proto::hostagent::v1 as pb;

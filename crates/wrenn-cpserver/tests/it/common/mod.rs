@@ -58,6 +58,8 @@ pub struct Options {
 pub struct TestServer {
     pub base: String,
     pub ctx: ServerContext,
+    /// The host CA the server signs agents' certificates with.
+    pub ca: Arc<wrenn_cpserver::ca::CertificateAuthority>,
     pub http: Client,
     pub mailer: Option<Arc<RecordingMailer>>,
     pub agents: Arc<FakeAgents>,
@@ -138,6 +140,7 @@ impl TestServer {
         }
         let server = builder.build().await.expect("build server");
         let ctx = server.context().clone();
+        let ca = server.secrets().ca.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
@@ -146,6 +149,7 @@ impl TestServer {
         Self {
             base,
             ctx,
+            ca,
             http: Client::new(),
             mailer,
             agents,
