@@ -13,6 +13,7 @@
 //! [`serve`] serves on a given listener until a given future resolves.
 
 mod api;
+pub mod authenticator;
 mod builder;
 pub mod ca;
 mod error;

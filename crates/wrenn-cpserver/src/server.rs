@@ -17,8 +17,9 @@ use wrenn_core::events::{EventBus, InProcessBus};
 use wrenn_core::lifecycle::Lifecycle;
 use wrenn_core::repo::Store;
 use wrenn_core::scheduler::{LeastLoaded, RoundRobin, Scheduler, SingleHost};
-use wrenn_extension::{Authenticator, Extension, Mailer, ServerContext, Supervisor};
+use wrenn_extension::{Extension, Mailer, ServerContext, Supervisor};
 
+use crate::authenticator::Authenticator;
 use crate::builder::Builder;
 use crate::error::ServerError;
 use crate::events::RedisBus;

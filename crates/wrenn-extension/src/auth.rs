@@ -4,23 +4,17 @@
 //! [`UserAuth`] (user JWT only), [`AdminAuth`] (platform admin), [`HostAuth`] (host
 //! JWT) — and get either the caller or a 401/403 in the standard envelope. The role
 //! in a JWT is only a hint: the membership is re-read from the database on every
-//! request. API keys are looked up by hash behind a short-TTL cache, and their
-//! `last_used` is recorded in batches instead of a write per request.
+//! request. The extractors check credentials through the [`Authenticate`] of
+//! [`ServerContext::auth`] (`wrenn-cpserver`'s `Authenticator` in a stock build).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
+use async_trait::async_trait;
 use axum::extract::{FromRef, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use chrono::{DateTime, Utc};
-use std::sync::Arc;
 use wrenn_core::audit::Actor;
-use wrenn_core::auth::{JwtError, JwtKeys, Role, hash_api_key, looks_like_api_key};
+use wrenn_core::auth::{JwtKeys, Role};
 use wrenn_core::id::{ApiKeyId, HostId, TeamId, UserId};
-use wrenn_core::model::UserStatus;
-use wrenn_core::repo::{ApiKeyAuth, RepoError, Store};
+use wrenn_core::repo::RepoError;
 
 use crate::context::ServerContext;
 use crate::error::ApiError;
@@ -29,11 +23,6 @@ use crate::error::ApiError;
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Header carrying a host JWT.
 pub const HOST_TOKEN_HEADER: &str = "x-host-token";
-/// How long an API-key lookup is trusted.
-pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
-/// How long an unknown API key is remembered as unknown.
-pub const API_KEY_NEGATIVE_TTL: Duration = Duration::from_secs(2);
-const API_KEY_CACHE_MAX: usize = 10_000;
 
 /// A logged-in user, with their role in the team re-read from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,150 +117,30 @@ pub struct AdminAuth(pub UserAuth);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostAuth(pub HostId);
 
-struct CachedKey {
-    key: Option<ApiKeyAuth>,
-    at: Instant,
-}
-
-/// Checks credentials against the JWT keys and the store.
-pub struct Authenticator {
-    jwt: JwtKeys,
-    store: Arc<dyn Store>,
-    cache: Mutex<HashMap<String, CachedKey>>,
-    usage: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
-}
-
-impl std::fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Authenticator {
-    /// Over the given signing keys and store.
-    pub fn new(jwt: JwtKeys, store: Arc<dyn Store>) -> Self {
-        Self {
-            jwt,
-            store,
-            cache: Mutex::new(HashMap::new()),
-            usage: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The JWT keys (to sign tokens at login).
-    pub fn jwt(&self) -> &JwtKeys {
-        &self.jwt
-    }
+/// How the control plane checks credentials: what the extractors of this module call
+/// through [`ServerContext::auth`]. `wrenn-cpserver` implements it over the JWT keys
+/// and the store, with the API-key cache and batched `last_used` writes.
+#[async_trait]
+pub trait Authenticate: Send + Sync + std::fmt::Debug {
+    /// The JWT keys (to sign tokens at login, and to verify them).
+    fn jwt(&self) -> &JwtKeys;
 
     /// Authenticates a presented API key.
-    pub async fn api_key(&self, presented: &str) -> Result<AuthContext, ApiError> {
-        if !looks_like_api_key(presented) {
-            return Err(ApiError::unauthorized("invalid API key"));
-        }
-        let hash = hash_api_key(presented);
-        let cached = lock(&self.cache).get(&hash).and_then(|c| {
-            let ttl = if c.key.is_some() {
-                API_KEY_CACHE_TTL
-            } else {
-                API_KEY_NEGATIVE_TTL
-            };
-            (c.at.elapsed() < ttl).then(|| c.key.clone())
-        });
-        let key = match cached {
-            Some(k) => k,
-            None => {
-                let k = self.store.get_api_key_by_hash(&hash).await?;
-                let mut cache = lock(&self.cache);
-                if cache.len() >= API_KEY_CACHE_MAX {
-                    cache.retain(|_, c| c.at.elapsed() < API_KEY_CACHE_TTL);
-                    if cache.len() >= API_KEY_CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(
-                    hash,
-                    CachedKey {
-                        key: k.clone(),
-                        at: Instant::now(),
-                    },
-                );
-                k
-            }
-        };
-        let key = key
-            .ok_or_else(|| ApiError::unauthorized("invalid API key"))?
-            .key;
-        lock(&self.usage).insert(key.id, Utc::now());
-        Ok(AuthContext {
-            team_id: key.team_id,
-            principal: Principal::ApiKey {
-                id: key.id,
-                name: key.name,
-            },
-        })
-    }
+    async fn api_key(&self, presented: &str) -> Result<AuthContext, ApiError>;
 
     /// Authenticates a user JWT, re-reading the user and their membership.
-    pub async fn user_token(&self, token: &str) -> Result<UserAuth, ApiError> {
-        let claims = self.jwt.verify_user(token).map_err(|e| match e {
-            JwtError::Expired => ApiError::unauthorized("token has expired"),
-            other => ApiError::unauthorized(format!("invalid token: {other}")),
-        })?;
-        let user = match self.store.get_user(claims.sub).await {
-            Ok(u) => u,
-            Err(RepoError::NotFound { .. }) => {
-                return Err(ApiError::unauthorized("user no longer exists"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match user.status {
-            UserStatus::Active => {}
-            UserStatus::Inactive => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "account_not_activated",
-                    "account is not activated",
-                ));
-            }
-            UserStatus::Disabled | UserStatus::Deleted => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "account_deactivated",
-                    "account is deactivated",
-                ));
-            }
-        }
-        let membership = self
-            .store
-            .get_membership(claims.team_id, user.id)
-            .await?
-            .ok_or_else(|| ApiError::forbidden("you are not a member of this team"))?;
-        Ok(UserAuth {
-            team_id: claims.team_id,
-            user: UserPrincipal {
-                id: user.id,
-                email: user.email,
-                name: user.name,
-                role: membership.role,
-                is_admin: user.is_admin,
-            },
-        })
-    }
+    async fn user_token(&self, token: &str) -> Result<UserAuth, ApiError>;
 
     /// Authenticates a host JWT.
-    pub fn host_token(&self, token: &str) -> Result<HostId, ApiError> {
-        self.jwt
+    fn host_token(&self, token: &str) -> Result<HostId, ApiError> {
+        self.jwt()
             .verify_host(token)
             .map(|c| c.sub)
             .map_err(|e| ApiError::unauthorized(format!("invalid host token: {e}")))
     }
 
     /// API key (`X-API-Key`) if present, else user JWT (`Authorization: Bearer`).
-    pub async fn from_headers(&self, headers: &HeaderMap) -> Result<AuthContext, ApiError> {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<AuthContext, ApiError> {
         if let Some(key) = headers.get(API_KEY_HEADER) {
             let key = key
                 .to_str()
@@ -290,36 +159,18 @@ impl Authenticator {
         ))
     }
 
-    /// Forgets a cached key at once (after it is deleted).
-    pub fn evict_api_key(&self, id: ApiKeyId) {
-        lock(&self.cache).retain(|_, c| c.key.as_ref().is_none_or(|k| k.key.id != id));
-        lock(&self.usage).remove(&id);
-    }
+    /// Forgets a cached API key at once (after it is deleted).
+    fn evict_api_key(&self, id: ApiKeyId);
 
-    /// Forgets every cached key of a team (team deleted, keys purged).
-    pub fn evict_team(&self, team: TeamId) {
-        lock(&self.cache).retain(|_, c| c.key.as_ref().is_none_or(|k| k.key.team_id != team));
-    }
+    /// Forgets every cached API key of a team (team deleted, keys purged).
+    fn evict_team(&self, team: TeamId);
 
-    /// Writes the batched `last_used` times; returns how many keys were updated.
-    pub async fn flush_usage(&self) -> Result<usize, RepoError> {
-        let batch: Vec<_> = lock(&self.usage).drain().collect();
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = self.store.touch_api_keys(&batch).await {
-            // Put them back (newer uses win) so the next flush retries.
-            let mut usage = lock(&self.usage);
-            for (id, at) in batch {
-                usage.entry(id).or_insert(at);
-            }
-            return Err(e);
-        }
-        Ok(batch.len())
-    }
+    /// Writes the batched `last_used` times of API keys; returns how many were updated.
+    async fn flush_usage(&self) -> Result<usize, RepoError>;
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -350,7 +201,7 @@ where
             return Ok(ctx.clone());
         }
         let ctx = ServerContext::from_ref(state);
-        let auth = ctx.auth.from_headers(&parts.headers).await?;
+        let auth = ctx.auth.authenticate(&parts.headers).await?;
         parts.extensions.insert(auth.clone());
         Ok(auth)
     }

@@ -11,7 +11,7 @@ use wrenn_core::lifecycle::Lifecycle;
 use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
 
-use crate::auth::Authenticator;
+use crate::auth::Authenticate;
 use crate::hosts::HostConnections;
 use crate::mailer::Mailer;
 
@@ -30,7 +30,7 @@ pub struct ServerContext {
     /// gRPC channels to host agents, for data-plane calls (exec, files, PTY).
     pub hosts: Arc<dyn HostConnections>,
     /// Credential checks (JWT keys, API-key cache).
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<dyn Authenticate>,
     /// Where audit entries go.
     pub audit: Arc<dyn AuditSink>,
     /// The event bus.

@@ -22,7 +22,7 @@ mod mailer;
 mod worker;
 
 pub use auth::{
-    AdminAuth, AuthContext, Authenticator, HostAuth, Principal, UserAuth, UserPrincipal,
+    AdminAuth, AuthContext, Authenticate, HostAuth, Principal, UserAuth, UserPrincipal,
 };
 pub use context::ServerContext;
 pub use error::{ApiError, ApiResult};

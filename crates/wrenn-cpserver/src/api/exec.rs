@@ -290,7 +290,7 @@ async fn exec_stream(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}")))?;
-    let header_auth = ctx.auth.from_headers(&headers).await;
+    let header_auth = ctx.auth.authenticate(&headers).await;
     Ok(ws.on_upgrade(move |socket| exec_session(ctx, socket, header_auth, id)))
 }
 

@@ -161,7 +161,7 @@ async fn stream(
 ) -> ApiResult<Response> {
     let process = selector(&raw)?;
     let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}")))?;
-    let header_auth = ctx.auth.from_headers(&headers).await;
+    let header_auth = ctx.auth.authenticate(&headers).await;
     Ok(ws.on_upgrade(move |socket| session(ctx, socket, header_auth, id, process)))
 }
 
