@@ -23,6 +23,9 @@
 //! CA (`ca_cert_pem`); its SHA-256 fingerprint and expiry are recorded on the host.
 //! An agent whose address changes gets a certificate for the new one at its next
 //! refresh.
+//!
+//! The handlers check input and access; tokens, credentials and heartbeats are
+//! [`crate::host_identity`]'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,23 +41,19 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
-use wrenn_core::auth::{
-    HOST_REFRESH_TOKEN_LIFETIME, HostClaims, OpaqueToken, REGISTRATION_TOKEN_LIFETIME, Role,
-};
-use wrenn_core::events::{Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
+use wrenn_core::audit::{AuditEntry, AuditScope, AuditStatus};
+use wrenn_core::auth::Role;
 use wrenn_core::host_api::{HostHeartbeat, IssuedCredentials, RefreshHost, RegisterHost};
-use wrenn_core::id::{
-    HostId, HostRefreshTokenId, HostTokenId, PLATFORM_TEAM_ID, SandboxId, TeamId, UserId,
-};
+use wrenn_core::id::{HostId, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
-use wrenn_core::model::{Host, HostKind, HostRefreshToken, HostToken};
+use wrenn_core::model::{Host, HostKind};
 use wrenn_core::repo::{HostSpec, NewHost, RepoError};
 use wrenn_extension::extract::{Json, Path, Query};
 use wrenn_extension::{ApiError, ApiResult, HostAuth, ServerContext, UserAuth};
 
 use super::tags;
 use crate::ca::CertificateAuthority;
+use crate::host_identity::{self, HeartbeatReport, host_team, issue_registration_token};
 
 /// Sandbox statuses that keep a host from being deleted without `force`.
 pub const ACTIVE_SANDBOX_STATUSES: [SandboxStatus; 9] = [
@@ -80,9 +79,6 @@ pub const MAX_ARCH_LEN: usize = 32;
 /// How long a forced delete waits for its sandboxes' destroys before it marks the
 /// stragglers `stopped` itself.
 pub const FORCE_DELETE_WAIT: Duration = Duration::from_secs(10);
-
-const INVALID_REGISTRATION_TOKEN: &str = "invalid or expired registration token";
-const INVALID_REFRESH_TOKEN: &str = "invalid or expired refresh token";
 
 // ---------------------------------------------------------------------------
 // Wire types
@@ -370,11 +366,6 @@ async fn managed_host(
     Ok(host)
 }
 
-/// The team an audit entry or event about the host belongs to.
-fn host_team(host: &Host) -> TeamId {
-    host.team_id.unwrap_or(PLATFORM_TEAM_ID)
-}
-
 fn host_audit(auth: &UserAuth, host: &Host, action: &str) -> AuditEntry {
     AuditEntry::new(
         host_team(host),
@@ -409,72 +400,6 @@ async fn with_team_names(ctx: &ServerContext, hosts: Vec<Host>) -> ApiResult<Vec
         out.push(HostBody::new(h, name));
     }
     Ok(out)
-}
-
-/// Stores a fresh registration token for the host; returns the plaintext.
-async fn issue_registration_token(
-    ctx: &ServerContext,
-    host: HostId,
-    by: UserId,
-) -> ApiResult<OpaqueToken> {
-    let token = OpaqueToken::generate();
-    let now = Utc::now();
-    ctx.store
-        .create_host_token(HostToken {
-            id: HostTokenId::new(),
-            host_id: host,
-            token_hash: token.hash(),
-            created_by: Some(by),
-            created_at: now,
-            expires_at: now + REGISTRATION_TOKEN_LIFETIME,
-            used_at: None,
-        })
-        .await?;
-    Ok(token)
-}
-
-/// Signs a host JWT and a host certificate (recording its fingerprint) and stores a
-/// fresh refresh token; returns the credentials and the new refresh token's id.
-async fn issue_credentials(
-    ctx: &ServerContext,
-    ca: &CertificateAuthority,
-    host: Host,
-) -> ApiResult<(HostCredentials, HostRefreshTokenId)> {
-    let now = Utc::now();
-    let cert = ca
-        .issue_host_cert(host.id, &host.address, now)
-        .map_err(ApiError::internal)?;
-    ctx.store
-        .update_host_cert(host.id, &cert.fingerprint, cert.expires_at)
-        .await?;
-    let jwt = ctx
-        .auth
-        .jwt()
-        .sign_host(&HostClaims::new(host.id))
-        .map_err(ApiError::internal)?;
-    let refresh = OpaqueToken::generate();
-    let stored = ctx
-        .store
-        .create_refresh_token(HostRefreshToken {
-            id: HostRefreshTokenId::new(),
-            host_id: host.id,
-            token_hash: refresh.hash(),
-            expires_at: now + HOST_REFRESH_TOKEN_LIFETIME,
-            created_at: now,
-            revoked_at: None,
-        })
-        .await?;
-    let creds = HostCredentials {
-        host: host.into(),
-        credentials: IssuedCredentials {
-            token: jwt,
-            refresh_token: refresh.expose_secret().to_owned(),
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_cert_pem: ca.cert_pem().to_owned(),
-        },
-    };
-    Ok((creds, stored.id))
 }
 
 // ---------------------------------------------------------------------------
@@ -547,7 +472,7 @@ async fn create(
             created_by: Some(auth.user.id),
         })
         .await?;
-    let token = issue_registration_token(&ctx, host.id, auth.user.id).await?;
+    let token = issue_registration_token(ctx.store.as_ref(), host.id, auth.user.id).await?;
     tracing::info!(host_id = %host.id, kind = host.kind.as_str(), "host created");
     ctx.audit(host_audit(&auth, &host, "create").metadata(json!({
         "type": host.kind.as_str(),
@@ -745,7 +670,7 @@ async fn regenerate_token(
             ),
         ));
     }
-    let token = issue_registration_token(&ctx, host.id, auth.user.id).await?;
+    let token = issue_registration_token(ctx.store.as_ref(), host.id, auth.user.id).await?;
     ctx.audit(host_audit(&auth, &host, "regenerate_token").status(AuditStatus::Info))
         .await;
     Ok((
@@ -834,47 +759,21 @@ async fn register(
 ) -> ApiResult<(StatusCode, Json<HostCredentials>)> {
     let address = validate_address(&body.address)?;
     let machine = body.machine;
-    let arch = label("arch", machine.arch, MAX_ARCH_LEN)?;
     let spec = HostSpec {
         address,
-        arch,
+        arch: label("arch", machine.arch, MAX_ARCH_LEN)?,
         cpu_cores: resource("cpu_cores", machine.cpu_cores)?.unwrap_or(0),
         memory_mb: resource("memory_mb", machine.memory_mb)?.unwrap_or(0),
         disk_gb: resource("disk_gb", machine.disk_gb)?.unwrap_or(0),
     };
-    let token = OpaqueToken::parse(body.token.trim())
-        .map_err(|_| ApiError::unauthorized(INVALID_REGISTRATION_TOKEN))?;
-    let record = ctx
-        .store
-        .consume_host_token(&token.hash(), Utc::now())
-        .await?
-        .ok_or_else(|| ApiError::unauthorized(INVALID_REGISTRATION_TOKEN))?;
-    let host_id = record.host_id;
-    match ctx.store.register_host(host_id, &spec).await {
-        Ok(true) => {}
-        // Already registered (an older token of a re-issued pair) or deleted meanwhile.
-        Ok(false) | Err(RepoError::NotFound { .. }) => {
-            return Err(ApiError::unauthorized(INVALID_REGISTRATION_TOKEN));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    ctx.hosts.evict(host_id);
-    let host = ctx.store.get_host(host_id).await?;
-    let (creds, _) = issue_credentials(&ctx, &ca, host.clone()).await?;
-    tracing::info!(host_id = %host_id, address = %spec.address, "host registered");
-    ctx.audit(
-        AuditEntry::new(
-            host_team(&host),
-            Actor::system(),
-            "host",
-            Some(host_id.to_string()),
-            "register",
-        )
-        .scope(AuditScope::Admin)
-        .metadata(json!({ "address": spec.address, "arch": spec.arch })),
-    )
-    .await;
-    Ok((StatusCode::CREATED, Json(creds)))
+    let (host, credentials) = host_identity::register(&ctx, &ca, &body.token, &spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(HostCredentials {
+            host: host.into(),
+            credentials,
+        }),
+    ))
 }
 
 /// An agent trades its refresh token for a new host JWT and a new refresh token.
@@ -890,31 +789,11 @@ async fn refresh(
     Extension(ca): Extension<Arc<CertificateAuthority>>,
     Json(body): Json<RefreshHost>,
 ) -> ApiResult<Json<HostCredentials>> {
-    let presented = OpaqueToken::parse(body.refresh_token.trim())
-        .map_err(|_| ApiError::unauthorized(INVALID_REFRESH_TOKEN))?;
-    let old = ctx
-        .store
-        .get_valid_refresh_token(&presented.hash(), Utc::now())
-        .await?
-        .ok_or_else(|| ApiError::unauthorized(INVALID_REFRESH_TOKEN))?;
-    let host = match ctx.store.get_host(old.host_id).await {
-        Ok(h) => h,
-        Err(RepoError::NotFound { .. }) => {
-            return Err(ApiError::unauthorized(INVALID_REFRESH_TOKEN));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Issue first, revoke second.
-    let (creds, new_id) = issue_credentials(&ctx, &ca, host).await?;
-    if !ctx.store.revoke_refresh_token(old.id).await? {
-        // A concurrent refresh spent the same token first: withdraw ours.
-        if let Err(e) = ctx.store.revoke_refresh_token(new_id).await {
-            tracing::warn!(host_id = %old.host_id, error = %e, "could not withdraw a losing refresh token");
-        }
-        return Err(ApiError::unauthorized(INVALID_REFRESH_TOKEN));
-    }
-    tracing::info!(host_id = %old.host_id, "host credentials refreshed");
-    Ok(Json(creds))
+    let (host, credentials) = host_identity::refresh(&ctx, &ca, &body.refresh_token).await?;
+    Ok(Json(HostCredentials {
+        host: host.into(),
+        credentials,
+    }))
 }
 
 /// The agent's heartbeat (host token). The body may be empty; reported fields
@@ -939,72 +818,22 @@ async fn heartbeat(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid heartbeat: {e}")))?
     };
-    let address = report
-        .address
-        .as_deref()
-        .map(validate_address)
-        .transpose()?;
     let machine = report.machine;
-    let arch = match machine.arch {
-        Some(a) => Some(label("arch", Some(a), MAX_ARCH_LEN)?),
-        None => None,
+    let report = HeartbeatReport {
+        address: report
+            .address
+            .as_deref()
+            .map(validate_address)
+            .transpose()?,
+        arch: match machine.arch {
+            Some(a) => Some(label("arch", Some(a), MAX_ARCH_LEN)?),
+            None => None,
+        },
+        cpu_cores: resource("cpu_cores", machine.cpu_cores)?,
+        memory_mb: resource("memory_mb", machine.memory_mb)?,
+        disk_gb: resource("disk_gb", machine.disk_gb)?,
     };
-    let cpu_cores = resource("cpu_cores", machine.cpu_cores)?;
-    let memory_mb = resource("memory_mb", machine.memory_mb)?;
-    let disk_gb = resource("disk_gb", machine.disk_gb)?;
-    let current = match ctx.store.get_host(id).await {
-        Ok(h) => h,
-        Err(RepoError::NotFound { .. }) => return Err(ApiError::not_found("host")),
-        Err(e) => return Err(e.into()),
-    };
-    let spec = HostSpec {
-        address: address.unwrap_or(current.address.clone()),
-        arch: arch.unwrap_or(current.arch.clone()),
-        cpu_cores: cpu_cores.unwrap_or(current.cpu_cores),
-        memory_mb: memory_mb.unwrap_or(current.memory_mb),
-        disk_gb: disk_gb.unwrap_or(current.disk_gb),
-    };
-    let before = match ctx.store.heartbeat(id, &spec).await {
-        Ok(s) => s,
-        Err(RepoError::NotFound { .. }) => return Err(ApiError::not_found("host")),
-        Err(e) => return Err(e.into()),
-    };
-    if spec.address != current.address {
-        ctx.hosts.evict(id);
-    }
-    if before == HostStatus::Unreachable {
-        let team = host_team(&current);
-        tracing::info!(host_id = %id, "host heartbeating again; marked online");
-        ctx.audit(
-            AuditEntry::new(
-                team,
-                Actor::system(),
-                "host",
-                Some(id.to_string()),
-                "marked_up",
-            )
-            .scope(AuditScope::Team)
-            .status(AuditStatus::Success),
-        )
-        .await;
-        let ev = PlatformEvent {
-            event: PlatformEventKind::HostUp,
-            timestamp: Utc::now(),
-            team_id: team,
-            actor: Actor::system(),
-            resource: EventResource {
-                id: id.to_string(),
-                kind: "host".into(),
-            },
-        };
-        if let Err(e) = ctx
-            .events
-            .publish(PLATFORM_STREAM, &Event::Platform(ev))
-            .await
-        {
-            tracing::warn!(host_id = %id, error = %e, "could not publish host.up");
-        }
-    }
+    host_identity::heartbeat(&ctx, id, report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
