@@ -35,7 +35,7 @@
 //!   with `ENOSPC`. Disks of [`ProcessRuntimeOptions::disk_pool_size_mb`] come ready
 //!   from a pool (a rename and a `move_mount`); other sizes are formatted on demand.
 //! - **envd**: serves on a socket the init step binds, as host root, at the host's
-//!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`]) and passes to envd as a
+//!   `sandboxes/{id}/run/envd.sock` ([`EnvdEndpoint::Unix`](crate::runtime::EnvdEndpoint::Unix)) and passes to envd as a
 //!   descriptor: the directory is never visible in the capsule, so the agent never
 //!   follows a path the capsule controls.
 //! - **Limits**: cgroups ([`cgroup`]): CPU quota = vcpus × period, memory limit, pids
@@ -84,46 +84,49 @@
 //! aside before answering; waiting for the processes, removing the network, cgroups
 //! and directory follow in the background ([`removal`]).
 
+mod boot;
 pub mod cgroup;
+mod disks;
 pub mod dynmods;
 pub mod idrange;
 mod inits;
+mod options;
 pub mod removal;
 pub mod state;
+mod teardown;
 pub mod template;
 mod warm;
 
-use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use self::boot::{health, tail};
+pub use self::options::ProcessRuntimeOptions;
+use self::teardown::kill_netns_processes;
+
+use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use tokio::process::{Child, Command};
-use tonic::transport::{Endpoint, Uri};
+use tokio::process::Child;
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
-use wrenn_proto::envd::v1::HealthRequest;
-use wrenn_proto::envd::v1::system_client::SystemClient;
 
-use self::cgroup::{CgroupDriver, IoLimits, Limits, SandboxCgroup};
+use self::cgroup::{CgroupDriver, SandboxCgroup};
 use self::idrange::IdRanges;
-use self::inits::{SpareInits, Waiting};
+use self::inits::SpareInits;
 use self::removal::Removals;
 use self::template::{HibernationRecord, Lowers};
 use self::warm::WarmCapsules;
 use super::{
-    Adoption, Capabilities, EnvdEndpoint, Instance, Runtime, RuntimeError, SandboxConfig, Stats,
-    blocking, error_chain, io_err,
+    Adoption, Capabilities, Instance, Runtime, RuntimeError, SandboxConfig, Stats, blocking,
+    error_chain, io_err,
 };
 use crate::disk::blank::Blanks;
 use crate::disk::pool::DiskPool;
-use crate::disk::{self, DeviceId, DiskError, MountedDisk, SpaceCheck};
+use crate::disk::{self, DeviceId, DiskError};
 use crate::image::ImageRef;
-use crate::init::{self, ENVD_SOCKET_NAME, InitSpec};
-use crate::network::{self, ClaimedNet, Network, NetworkOptions, SandboxNet};
+use crate::init::ENVD_SOCKET_NAME;
+use crate::network::{self, ClaimedNet, Network, SandboxNet};
 use wrenn_core::id::{TeamId, TemplateId};
 
 /// The value of [`Runtime::name`] and of the `runtime` metadata key.
@@ -139,98 +142,6 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long hibernation waits for a disk's filesystem to be shut down everywhere.
 const DISK_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Options of the process runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRuntimeOptions {
-    /// Capsule networking: address range (default `10.200.0.0/16`), firewall table,
-    /// egress policy, DNS forwarder.
-    pub network: NetworkOptions,
-    /// Cgroup directory (under each hierarchy's root) holding the sandboxes' cgroups
-    /// (default `wrenn-sandboxes`).
-    pub cgroup_parent: String,
-    /// Task limit per sandbox (`pids.max`, default 4096).
-    pub pids_max: u32,
-    /// How long `create`/`restore` wait for envd to answer (default 10 s).
-    pub envd_timeout: Duration,
-    /// The program run as the sandbox init step with
-    /// [`INIT_ARG`](crate::init::INIT_ARG): a binary that calls
-    /// [`crate::init::main_if_init`] first thing in `main`. `None` (default) = the
-    /// running binary (`/proc/{agent pid}/exe`, which stays valid even if the file is
-    /// replaced on disk).
-    pub init_program: Option<PathBuf>,
-    /// The image build the built-in template is (and new templates sit on):
-    /// [`BuiltImage::reference`](crate::image::BuiltImage::reference) of
-    /// [`crate::image::ensure_default`]. Required: [`ProcessRuntime::new`] refuses to
-    /// start without one.
-    pub base_image: Option<ImageRef>,
-    /// First host uid/gid of the capsules' id ranges (default 2³¹: far above host users
-    /// and the 100000+ ranges of `/etc/subuid`). Capsule `k` gets
-    /// `id_base + k·65536 ..+65536`.
-    pub id_base: u32,
-    /// How many id ranges (live capsules) there are (default 16384, up to 2³¹+2³⁰).
-    pub id_ranges: u32,
-    /// Size of `/dev/shm` in MiB; `None` (default) = half the capsule's memory, at most
-    /// 1 GiB (tmpfs pages are charged to the capsule's memory limit anyway).
-    pub shm_size_mb: Option<u32>,
-    /// Turn on the cgroup2 `favordynmods` flag host-wide ([`dynmods`]; default `true`):
-    /// moving a capsule's init into its cgroups then takes ~0.1 ms instead of an RCU
-    /// grace period (~10 ms) on the create path.
-    pub favor_dynamic_cgroups: bool,
-    /// Size of the disks kept formatted and mounted ahead of time (MiB; default
-    /// [`DEFAULT_DISK_SIZE_MB`](wrenn_core::lifecycle::DEFAULT_DISK_SIZE_MB), the
-    /// control plane's default). Sandboxes asking for another size get a disk
-    /// copied on demand from a blank of that size ([`disk::blank`]; the first disk
-    /// of a size costs a `mkfs.ext4`).
-    pub disk_pool_size_mb: u32,
-    /// How many pooled disks are kept ready (default 8; 0 = no pool). The pool is off
-    /// when [`disk_space_check`](Self::disk_space_check) refuses its size.
-    pub disk_pool_depth: usize,
-    /// How many init programs are kept started and waiting for a capsule (default 4;
-    /// 0 = each create starts its own). They are spawned at idle priority.
-    pub spare_inits: usize,
-    /// How many capsules of the built-in template with the pooled disk size are kept
-    /// booted and waiting for a create (warm capsules; default 4, `WRENN_WARM_CAPSULES`;
-    /// 0 = none). Kept only once [`Runtime::start_background`] was called.
-    pub warm_capsules: usize,
-    /// I/O limits of each sandbox on its disk (see [`IoLimits`] for the defaults).
-    pub io: IoLimits,
-    /// `pids.max` of the parent cgroup: tasks all sandboxes may run together
-    /// (`WRENN_SANDBOXES_PIDS_MAX`, default 32768).
-    pub sandboxes_pids_max: u64,
-    /// Memory kept for the host outside every sandbox: the parent cgroup's memory
-    /// limit is the host's memory minus this (`WRENN_MEMORY_RESERVE_MB`, default
-    /// 1024 MiB).
-    pub sandboxes_memory_reserve_mb: u64,
-    /// Which disk sizes are refused besides those below
-    /// [`MIN_SIZE_MB`](disk::MIN_SIZE_MB) (default [`SpaceCheck::Capacity`]).
-    pub disk_space_check: SpaceCheck,
-}
-
-impl Default for ProcessRuntimeOptions {
-    fn default() -> Self {
-        Self {
-            network: NetworkOptions::default(),
-            cgroup_parent: "wrenn-sandboxes".to_owned(),
-            pids_max: 4096,
-            envd_timeout: Duration::from_secs(10),
-            init_program: None,
-            base_image: None,
-            id_base: 1 << 31,
-            id_ranges: 16384,
-            shm_size_mb: None,
-            favor_dynamic_cgroups: true,
-            disk_pool_size_mb: crate::service::DEFAULT_DISK_MB,
-            disk_pool_depth: 8,
-            spare_inits: 4,
-            warm_capsules: wrenn_core::config::DEFAULT_WARM_CAPSULES,
-            io: IoLimits::default(),
-            sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
-            sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
-            disk_space_check: SpaceCheck::default(),
-        }
-    }
-}
 
 /// A running sandbox.
 #[derive(Debug)]
@@ -265,70 +176,6 @@ struct Booted {
     /// A capsule booted ahead of time: the pipe whose closing kills it until it is
     /// claimed ([`init::claim`]).
     lease: Option<std::fs::File>,
-}
-
-/// What tears a sandbox down, owning what it needs so that it can run after a destroy
-/// has answered ([`ProcessRuntime::remove_sandbox`]).
-#[derive(Debug)]
-struct Teardown {
-    id: SandboxId,
-    cgroup: SandboxCgroup,
-    netns: String,
-    network: Arc<Network>,
-    ids: Arc<IdRanges>,
-}
-
-impl Teardown {
-    /// Kills every process of the sandbox (reaping `child`, the init program's outer
-    /// process) and removes its network namespace and cgroups (not its directories).
-    /// Best effort; problems are logged.
-    async fn run(self, child: Option<&tokio::sync::Mutex<Child>>) {
-        let Self {
-            id,
-            cgroup,
-            netns,
-            network,
-            ids,
-        } = self;
-        // Killing the sandbox's processes (PID 1 included) ends its pid namespace; the
-        // `unshare` parent then reaps PID 1 and exits by itself, and we reap it.
-        let cg = cgroup.clone();
-        let killed = blocking(move || cg.kill_all(TEARDOWN_TIMEOUT)).await;
-        if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
-            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
-        }
-        if let Some(child) = child {
-            let mut child = child.lock().await;
-            if tokio::time::timeout(Duration::from_secs(2), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.start_kill();
-                if tokio::time::timeout(TEARDOWN_TIMEOUT, child.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(sandbox_id = %id, "sandbox process did not exit");
-                }
-            }
-        }
-        // Anything still in the namespace but outside the cgroups (the `unshare` parent
-        // after an agent crash, an init step that never joined).
-        let ns = netns.clone();
-        let killed = blocking(move || kill_netns_processes(&ns, TEARDOWN_TIMEOUT)).await;
-        if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
-            tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {e}");
-        }
-        if let Err(e) = network.remove(&netns).await {
-            tracing::warn!(sandbox_id = %id, "removing the network: {}", error_chain(&e));
-        }
-        let removed = blocking(move || cgroup.remove(TEARDOWN_TIMEOUT)).await;
-        if let Err(e) = removed.and_then(|r| r.map_err(io_err("remove cgroups"))) {
-            tracing::warn!(sandbox_id = %id, "{e}");
-        }
-        // Its processes are gone: the id range can go to another capsule.
-        ids.release(id);
-    }
 }
 
 /// The process runtime. See the [module docs](self).
@@ -693,435 +540,6 @@ impl ProcessRuntime {
         }
         Ok(())
     }
-
-    /// Gives sandbox `id` (whose directory exists) a fresh, empty disk of `size_mb`
-    /// mounted at `sandboxes/{id}/disk`: a pooled one when the size matches the pool's,
-    /// else one formatted now. On failure nothing of the disk is left.
-    async fn new_disk(&self, id: SandboxId, size_mb: u32) -> Result<DeviceId, RuntimeError> {
-        let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
-        let target = self.disk_mount_point(id);
-        let pool = Some(&self.pool).filter(|p| p.size_mb() == size_mb && p.depth() > 0);
-        let mut pooled = None;
-        while let Some(candidate) = pool.and_then(DiskPool::take) {
-            match std::fs::rename(&candidate.file, &file) {
-                Ok(()) => {
-                    pooled = Some(candidate.disk);
-                    break;
-                }
-                // Dropped (unmounted); its file was removed under us, e.g. by another
-                // agent starting on the same directory.
-                Err(e) => tracing::warn!(
-                    sandbox_id = %id,
-                    "skipping pooled disk {}: {e}",
-                    candidate.file.display()
-                ),
-            }
-        }
-        let mounted = match pooled {
-            Some(disk) => disk,
-            None => {
-                tracing::debug!(sandbox_id = %id, size_mb, "making a disk on demand");
-                self.blanks.make(&file, size_mb).await?;
-                let f = file.clone();
-                match blocking(move || MountedDisk::open(&f)).await? {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&file);
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
-        // Dropping `mounted` on failure unmounts it; the device unbinds itself.
-        mounted.place(&target).map_err(|e| {
-            let _ = std::fs::remove_file(&file);
-            e.into()
-        })
-    }
-
-    /// Gives sandbox `id` a new disk holding a copy of `upper` (the upper directory of
-    /// a sandbox hibernated before sandboxes had disks).
-    async fn convert_legacy_upper(
-        &self,
-        id: SandboxId,
-        size_mb: u32,
-        upper: &Path,
-    ) -> Result<DeviceId, RuntimeError> {
-        tracing::info!(sandbox_id = %id, "copying a pre-disk hibernated upper layer into a disk");
-        let disk = self.new_disk(id, size_mb).await?;
-        let dest = self.disk_mount_point(id).join(disk::UPPER_DIR);
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg(upper.join("."))
-            .arg(&dest)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_err("run cp"))?;
-        if !out.status.success() {
-            return Err(RuntimeError::Other(format!(
-                "copying the hibernated upper layer of {id} into its {size_mb} MiB disk failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(disk)
-    }
-
-    /// Mounts the existing disk file of sandbox `id` at `sandboxes/{id}/disk`.
-    async fn open_disk(&self, id: SandboxId) -> Result<DeviceId, RuntimeError> {
-        let file = self.layout.sandbox_dir(id).join(disk::DISK_FILE);
-        let target = self.disk_mount_point(id);
-        Ok(blocking(move || MountedDisk::open(&file).and_then(|m| m.place(&target))).await??)
-    }
-
-    /// Throws the disk away (shut down, so dirty data is never written out), unmounts
-    /// everything under `sandboxes/{id}/` and removes the directory (with the disk
-    /// file).
-    async fn remove_sandbox_dir(&self, id: SandboxId) -> Result<(), RuntimeError> {
-        let dir = self.layout.sandbox_dir(id);
-        let d = dir.clone();
-        let mount_point = self.disk_mount_point(id);
-        blocking(move || {
-            disk::discard(&mount_point)?;
-            unmount_all_under(&d)
-        })
-        .await??;
-        remove_dir(&dir).await
-    }
-
-    /// Starts a sandbox whose directory and disk are ready ([`boot`](Self::boot), then
-    /// [`register`](Self::register)); on failure everything but the directory and disk
-    /// is torn down.
-    async fn start(
-        &self,
-        config: &SandboxConfig,
-        lowers: Lowers,
-        disk: DeviceId,
-    ) -> Result<Instance, RuntimeError> {
-        let booted = self.boot(config, &lowers, disk, false).await?;
-        self.register(config, lowers, disk, booted).await
-    }
-
-    /// Boots sandbox `config.id`, whose directory and disk are ready, until its envd
-    /// answers; on failure everything but the directory and disk is torn down.
-    ///
-    /// A waiting init program (a spare, [`inits`]) and a ready network (a spare,
-    /// named) are taken and the cgroups made; then the init program gets its go-ahead
-    /// ([`crate::init`]: the spec and the capsule's `resolv.conf`). The network's DNS
-    /// is not served yet ([`register`](Self::register) does it). A capsule booted
-    /// `ahead_of_time` ([`warm`]) stays at idle priority.
-    async fn boot(
-        &self,
-        config: &SandboxConfig,
-        lowers: &Lowers,
-        disk: DeviceId,
-        ahead_of_time: bool,
-    ) -> Result<Booted, RuntimeError> {
-        let id = config.id;
-        let dir = self.layout.sandbox_dir(id);
-        let cgroup = self.sandbox_cgroup(id);
-        let limits = self.limits(config);
-        let netns = Self::netns_name(id);
-        let spec = match self.init_spec(config, lowers, &cgroup, &netns, &dir) {
-            Ok(spec) => InitSpec {
-                ahead_of_time,
-                ..spec
-            },
-            Err(e) => {
-                self.teardown(id, None).await;
-                return Err(e);
-            }
-        };
-        let cg = cgroup.clone();
-        let io = self.options.io;
-        let t0 = Instant::now();
-        let us = move || t0.elapsed().as_micros() as u64;
-        let (waiting, cgroups, claimed) = tokio::join!(
-            async {
-                let waiting = self.inits.take(&spec.log).await;
-                tracing::debug!(elapsed_us = us(), "init program ready");
-                waiting
-            },
-            blocking(move || {
-                cg.create(limits)?;
-                cg.set_io_limits(disk.major, disk.minor, &io)
-            }),
-            async {
-                let prepared = self.network.prepare(&netns).await;
-                tracing::debug!(elapsed_us = us(), "network prepared");
-                prepared
-            }
-        );
-        let waiting = waiting.map_err(io_err("start the sandbox's init program"));
-        let (child, mut go, early_output) = match waiting {
-            Ok(Waiting {
-                child,
-                go,
-                early_output,
-            }) => (tokio::sync::Mutex::new(child), go, early_output),
-            Err(e) => {
-                drop(claimed);
-                self.teardown(id, None).await;
-                return Err(e);
-            }
-        };
-        let prepared = cgroups
-            .and_then(|r| r.map_err(io_err(format!("set up the cgroups of {id}"))))
-            .and_then(|()| claimed.map_err(network_err(id)))
-            .and_then(|claimed| {
-                // Closing the pipe without a go-ahead (dropping it on failure) is the
-                // signal to give up; a warm capsule keeps it as its lease.
-                match init::go(&mut go, &spec, &claimed.net().resolv_conf()) {
-                    // The init step is gone: waiting for envd reports its exit and log.
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(claimed),
-                    Err(e) => Err(io_err(format!("start the init step of {id}"))(e)),
-                    Ok(()) => Ok(claimed),
-                }
-            });
-        let lease = ahead_of_time.then_some(go);
-        tracing::debug!(elapsed_us = us(), "init program told to go on");
-        let booted = match prepared {
-            Ok(claimed) => self
-                .wait_for_envd(id, &child, &dir, early_output)
-                .await
-                .and_then(|version| Ok((claimed, version, self.find_pid1(&cgroup)?))),
-            Err(e) => Err(e),
-        };
-        tracing::debug!(elapsed_us = us(), "envd answered");
-        match booted {
-            Ok((claimed, version, pid1)) => Ok(Booted {
-                child,
-                claimed,
-                version,
-                pid1,
-                lease,
-            }),
-            Err(e) => {
-                self.teardown(id, Some(&child)).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The cgroup limits of a sandbox.
-    fn limits(&self, config: &SandboxConfig) -> Limits {
-        Limits {
-            vcpus: config.vcpus,
-            memory_bytes: u64::from(config.memory_mb) * 1024 * 1024,
-            pids_max: self.options.pids_max,
-        }
-    }
-
-    /// Makes a booted sandbox live: serves its DNS, tracks it and records it
-    /// ([`state`]) for an agent that restarts. On failure it is torn down (not its
-    /// directory and disk).
-    async fn register(
-        &self,
-        config: &SandboxConfig,
-        lowers: Lowers,
-        disk: DeviceId,
-        booted: Booted,
-    ) -> Result<Instance, RuntimeError> {
-        let id = config.id;
-        let Booted {
-            child,
-            claimed,
-            version,
-            pid1,
-            lease,
-        } = booted;
-        if let Some(lease) = lease
-            && let Err(e) = init::claim(lease)
-        {
-            self.teardown(id, Some(&child)).await;
-            return Err(io_err(format!("claim the warm capsule {id}"))(e));
-        }
-        let net = match self.network.serve(claimed, &id.to_string()).await {
-            Ok(net) => net,
-            Err(e) => {
-                self.teardown(id, Some(&child)).await;
-                return Err(network_err(id)(e));
-            }
-        };
-        let cgroup = self.sandbox_cgroup(id);
-        let usage = cgroup.cpu_usage_ns().unwrap_or(0);
-        let live = Arc::new(Live {
-            config: config.clone(),
-            lowers,
-            cgroup,
-            net: net.clone(),
-            disk,
-            child: Some(child),
-            pid1,
-            cpu: Mutex::new((usage, Instant::now())),
-        });
-        self.record_live(&live, &version);
-        self.lock_live().insert(id, live);
-        let mut metadata = BTreeMap::new();
-        metadata.insert("runtime".to_owned(), RUNTIME_NAME.to_owned());
-        metadata.insert("envd_version".to_owned(), version);
-        metadata.insert("cgroup".to_owned(), self.cgroups.version().to_owned());
-        metadata.insert("netns".to_owned(), net.netns.clone());
-        metadata.insert("veth".to_owned(), net.veth.clone());
-        metadata.insert(
-            "disk_device".to_owned(),
-            format!("{}:{}", disk.major, disk.minor),
-        );
-        Ok(Instance {
-            id,
-            envd: EnvdEndpoint::Unix(self.envd_socket(id)),
-            host_ip: net.sandbox_addr.to_string(),
-            metadata,
-        })
-    }
-
-    /// What the init program of sandbox `config.id` sets up ([`init::go`]).
-    fn init_spec(
-        &self,
-        config: &SandboxConfig,
-        lowers: &Lowers,
-        cgroup: &SandboxCgroup,
-        netns: &str,
-        dir: &Path,
-    ) -> Result<InitSpec, RuntimeError> {
-        let id = config.id;
-        let id_map = self
-            .ids
-            .allocate(id)
-            .map_err(|e| RuntimeError::Other(format!("sandbox {id}: {e}")))?;
-        idrange::write_record(dir, id_map)
-            .map_err(io_err(format!("record the id range of {id}")))?;
-        let (lower_base, lower_list) = lowers.overlay();
-        let mut envd_args = Vec::new();
-        if !config.default_user.is_empty() {
-            envd_args.push("--default-user".to_owned());
-            envd_args.push(config.default_user.clone());
-        }
-        let memory_bytes = u64::from(config.memory_mb) * 1024 * 1024;
-        let shm_size = match self.options.shm_size_mb {
-            Some(mb) => u64::from(mb) * 1024 * 1024,
-            None => (memory_bytes / 2).min(1 << 30),
-        };
-        let spec = InitSpec {
-            hostname: id.to_string(),
-            netns: network::netns_path(netns),
-            cgroup_procs: cgroup.procs_files(),
-            id_map,
-            lower_base,
-            lowers: lower_list,
-            upper: dir.join(disk::MOUNT_DIR).join(disk::UPPER_DIR),
-            work: dir.join(disk::MOUNT_DIR).join(disk::WORK_DIR),
-            root: dir.join("rootfs"),
-            socket: self.envd_socket(id),
-            envd: self.envd.clone(),
-            envd_args,
-            env: vec![
-                (
-                    "PATH".to_owned(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-                ),
-                ("HOME".to_owned(), "/root".to_owned()),
-                ("LANG".to_owned(), "C.UTF-8".to_owned()),
-            ],
-            shm_size,
-            log: dir.join("envd.log"),
-            ahead_of_time: false,
-        };
-        Ok(spec)
-    }
-
-    /// Waits until envd of sandbox `id` answers; returns its version.
-    async fn wait_for_envd(
-        &self,
-        id: SandboxId,
-        child: &tokio::sync::Mutex<Child>,
-        dir: &Path,
-        early_output: Option<std::fs::File>,
-    ) -> Result<String, RuntimeError> {
-        let log_path = dir.join("envd.log");
-        let socket = self.envd_socket(id);
-        let deadline = Instant::now() + self.options.envd_timeout;
-        let mut last = String::from("its socket never appeared");
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match child.lock().await.try_wait() {
-                Ok(Some(status)) => {
-                    inits::save_early_output(early_output, &log_path);
-                    let tail = tail(&log_path, LOG_TAIL_BYTES);
-                    return Err(RuntimeError::Other(format!(
-                        "sandbox {id} exited during start ({status}); envd log: {tail}"
-                    )));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(io_err("wait for the sandbox process")(e)),
-            }
-            if socket.exists() {
-                match health(&socket).await {
-                    Ok(version) => return Ok(version),
-                    Err(e) => last = e,
-                }
-            }
-            if Instant::now() >= deadline {
-                let tail = tail(&log_path, LOG_TAIL_BYTES);
-                return Err(RuntimeError::Other(format!(
-                    "envd of {id} did not answer within {:?} ({last}); envd log: {tail}",
-                    self.options.envd_timeout
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(2));
-        }
-    }
-
-    /// Kills every process of sandbox `id` and removes its network namespace and
-    /// cgroups (not its directories). Best effort; problems are logged.
-    async fn teardown(&self, id: SandboxId, child: Option<&tokio::sync::Mutex<Child>>) {
-        self.teardown_of(id).run(child).await;
-    }
-
-    /// What tears sandbox `id` down ([`Teardown`]).
-    fn teardown_of(&self, id: SandboxId) -> Teardown {
-        Teardown {
-            id,
-            cgroup: self.sandbox_cgroup(id),
-            netns: Self::netns_name(id),
-            network: Arc::clone(&self.network),
-            ids: Arc::clone(&self.ids),
-        }
-    }
-
-    /// Stops sandbox `id` and removes it with `sandboxes/{id}/` (disk included).
-    ///
-    /// Every process of the sandbox gets `SIGKILL` before this returns (a process
-    /// cannot run again once it is sent, and PID 1 dying ends the pid namespace), so
-    /// nothing of the sandbox runs afterwards; the directory is moved out of the way
-    /// at once ([`Removals`]). Waiting for the processes to be gone, removing the
-    /// network, the cgroups and the directory happen after answering (measured here:
-    /// 4.5–7.5 ms that a delete no longer waits for); [`removals_settled`] waits for
-    /// them.
-    ///
-    /// [`removals_settled`]: Self::removals_settled
-    async fn remove_sandbox(&self, id: SandboxId) -> Result<(), RuntimeError> {
-        let live = self.lock_live().remove(&id);
-        let cgroup = self.sandbox_cgroup(id);
-        if let Err(e) = blocking(move || cgroup.kill_now()).await {
-            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
-        }
-        let teardown = self.teardown_of(id);
-        self.removals
-            .remove_after(&self.layout.sandbox_dir(id), async move {
-                teardown
-                    .run(live.as_ref().and_then(|l| l.child.as_ref()))
-                    .await;
-            })
-    }
-
-    /// Waits until the directories of destroyed sandboxes are gone (they are removed
-    /// in the background after [`destroy`](Runtime::destroy) answers).
-    pub async fn removals_settled(&self) {
-        self.removals.settled().await;
-    }
 }
 
 /// `$WRENN_DIR/disks/pool/`: the disk pool's files (on the filesystem of
@@ -1131,7 +549,7 @@ pub fn disk_pool_dir(layout: &Layout) -> PathBuf {
 }
 
 /// A network error of sandbox `id` as a runtime error.
-fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeError {
+pub(super) fn network_err(id: SandboxId) -> impl FnOnce(network::NetworkError) -> RuntimeError {
     move |e| RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
 }
 
@@ -1147,7 +565,7 @@ async fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Unmounts every mount at or under `dir` (deepest first). Blocking.
-fn unmount_all_under(dir: &Path) -> Result<(), DiskError> {
+pub(super) fn unmount_all_under(dir: &Path) -> Result<(), DiskError> {
     // Mountinfo names mount points by their canonical path.
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let mounts =
@@ -1170,75 +588,6 @@ fn sandbox_of(path: &Path, parents: &[PathBuf]) -> Option<SandboxId> {
             .parse()
             .ok()
     })
-}
-
-/// The last `max` bytes of a log file.
-fn tail(path: &Path, max: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let start = bytes.len().saturating_sub(max);
-            String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
-}
-
-/// Asks envd for its health over the unix socket; returns its version.
-async fn health(socket: &Path) -> Result<String, String> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://envd.local")
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    SystemClient::new(channel)
-        .health(HealthRequest {})
-        .await
-        .map(|r| r.into_inner().version)
-        .map_err(|e| format!("health: {e}"))
-}
-
-/// SIGKILLs every process whose network namespace is `/run/netns/{netns}` until none
-/// is left (catches processes outside the cgroups, such as the `unshare` parent).
-fn kill_netns_processes(netns: &str, timeout: Duration) -> std::io::Result<()> {
-    let Ok(target) = std::fs::metadata(network::netns_path(netns)) else {
-        return Ok(());
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut found = false;
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
-                continue;
-            };
-            if ns.dev() == target.dev() && ns.ino() == target.ino() {
-                // Zombies keep their entry until reaped but no namespace link.
-                found = true;
-                cgroup::kill_pid(pid);
-            }
-        }
-        if !found {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("processes in network namespace {netns} did not exit within {timeout:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[async_trait::async_trait]
