@@ -1,11 +1,14 @@
 //! The sandbox lifecycle: statuses, the transition table, and the [`Lifecycle`]
 //! service that drives create / pause / resume / destroy / snapshot.
 
+mod fallback;
 mod service;
+mod snapshot;
 mod status;
 
+pub use fallback::Applied;
 pub use service::{
-    Applied, CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, Lifecycle,
+    CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, Lifecycle,
     LifecycleError, Timeouts,
 };
 pub use status::{HostStatus, SandboxStatus, UnknownStatus};

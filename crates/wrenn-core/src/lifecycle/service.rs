@@ -21,10 +21,10 @@ use crate::events::{
     Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,
 };
-use crate::id::{BUILTIN_TEMPLATE_NAME, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
+use crate::id::{BUILTIN_TEMPLATE_NAME, SandboxId, TeamId};
 use crate::lifecycle::SandboxStatus::{self, *};
 use crate::model::{Metadata, NewSandbox, Sandbox, Template, TemplateKind};
-use crate::repo::{NewTemplate, Quota, RepoError, Store};
+use crate::repo::{Quota, RepoError, Store};
 use crate::scheduler::{Placement, Scheduler, SchedulerError};
 use crate::validate::{self, ValidationError};
 
@@ -151,23 +151,13 @@ pub const DEFAULT_MEMORY_MB: i32 = 512;
 /// Default disk (MiB).
 pub const DEFAULT_DISK_SIZE_MB: i32 = 20480;
 
-/// What happened when an event was applied by the fallback writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// The event moved the sandbox to a new status.
-    Changed(Box<Sandbox>),
-    /// The row was already past the event (someone else wrote first), or the event
-    /// carries no status change.
-    Unchanged,
-}
-
-struct Inner {
-    store: Arc<dyn Store>,
-    agents: Arc<dyn HostAgents>,
-    bus: Arc<dyn EventBus>,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) agents: Arc<dyn HostAgents>,
+    pub(super) bus: Arc<dyn EventBus>,
     scheduler: Arc<dyn Scheduler>,
-    tasks: TaskTracker,
-    timeouts: Timeouts,
+    pub(super) tasks: TaskTracker,
+    pub(super) timeouts: Timeouts,
     /// Most live capsules per team (see [`crate::repo::QUOTA_STATUSES`]).
     team_max_capsules: AtomicU32,
 }
@@ -175,7 +165,7 @@ struct Inner {
 /// The sandbox lifecycle service. Cheap to clone.
 #[derive(Clone)]
 pub struct Lifecycle {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -187,7 +177,7 @@ impl std::fmt::Debug for Lifecycle {
     }
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     limit: Duration,
     what: &str,
     fut: impl Future<Output = Result<T, HostCallError>>,
@@ -266,7 +256,7 @@ impl Lifecycle {
         self.inner.tasks.len()
     }
 
-    async fn publish_sandbox(&self, event: SandboxEvent) {
+    pub(super) async fn publish_sandbox(&self, event: SandboxEvent) {
         if let Err(e) = self
             .inner
             .bus
@@ -277,7 +267,12 @@ impl Lifecycle {
         }
     }
 
-    async fn publish_platform(&self, kind: PlatformEventKind, sandbox: &Sandbox, actor: &Actor) {
+    pub(super) async fn publish_platform(
+        &self,
+        kind: PlatformEventKind,
+        sandbox: &Sandbox,
+        actor: &Actor,
+    ) {
         let ev = PlatformEvent::capsule(kind, sandbox.team_id, actor.clone(), sandbox.id);
         if let Err(e) = self
             .inner
@@ -289,13 +284,13 @@ impl Lifecycle {
         }
     }
 
-    fn outcome(&self, kind: SandboxEventKind, sandbox: &Sandbox) -> SandboxEvent {
+    pub(super) fn outcome(&self, kind: SandboxEventKind, sandbox: &Sandbox) -> SandboxEvent {
         let mut ev = SandboxEvent::new(kind, sandbox.id, sandbox.host_id);
         ev.team_id = Some(sandbox.team_id);
         ev
     }
 
-    async fn invalid_state(
+    pub(super) async fn invalid_state(
         &self,
         team: TeamId,
         id: SandboxId,
@@ -313,7 +308,7 @@ impl Lifecycle {
 
     /// Moves the sandbox from whichever of `from` it is in to `to`, conditionally.
     /// Returns the status it left, or `None` if it is in none of them.
-    async fn transition_from_any(
+    pub(super) async fn transition_from_any(
         &self,
         sandbox: &Sandbox,
         from: &[SandboxStatus],
@@ -868,202 +863,5 @@ impl Lifecycle {
         .await?;
         store.touch_sandbox(id, chrono::Utc::now()).await?;
         Ok(())
-    }
-
-    /// Captures a running or paused sandbox into a team template named `name`
-    /// (default `template-xxxxxxxx`), replacing a same-named team template only when
-    /// `overwrite`. The sandbox is `snapshotting` meanwhile and returns to where it
-    /// was. Completes before returning; the work runs in a task of its own, so a
-    /// caller that goes away does not leave the sandbox half-way.
-    pub async fn snapshot(
-        &self,
-        team: TeamId,
-        id: SandboxId,
-        name: Option<String>,
-        overwrite: bool,
-        actor: &Actor,
-    ) -> Result<Template, LifecycleError> {
-        let store = &self.inner.store;
-        let name = name.unwrap_or_else(crate::id::new_snapshot_name);
-        validate::safe_name("name", &name)?;
-        let current = store.get_team_sandbox(team, id).await?;
-        let template_id = match store.get_template_for_team(team, &name).await {
-            Ok(t) if t.team_id == PLATFORM_TEAM_ID && team != PLATFORM_TEAM_ID => {
-                return Err(LifecycleError::NameReserved(name));
-            }
-            Ok(_) if !overwrite => return Err(LifecycleError::NameTaken(name)),
-            Ok(t) => t.id,
-            Err(RepoError::NotFound { .. }) => TemplateId::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let Some((from, sb)) = self
-            .transition_from_any(&current, &[Running, Paused], Snapshotting)
-            .await?
-        else {
-            return Err(self.invalid_state(team, id, "snapshot").await);
-        };
-        let span = info_span!("sandbox.snapshot", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
-        let this = self.clone();
-        let actor = actor.clone();
-        let task = self.inner.tasks.spawn(
-            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }
-                .instrument(span),
-        );
-        task.await.unwrap_or_else(|e| {
-            Err(LifecycleError::Agent(HostCallError::Internal(format!(
-                "snapshot task failed: {e}"
-            ))))
-        })
-    }
-
-    async fn run_snapshot(
-        &self,
-        sb: Sandbox,
-        from: SandboxStatus,
-        template_id: TemplateId,
-        name: String,
-        actor: &Actor,
-    ) -> Result<Template, LifecycleError> {
-        let store = &self.inner.store;
-        let res = with_timeout(
-            self.inner.timeouts.snapshot,
-            "snapshot",
-            self.inner
-                .agents
-                .create_snapshot(sb.host_id, sb.id, sb.team_id, template_id),
-        )
-        .await;
-        let size = match res {
-            Ok(size) => size,
-            Err(err) => {
-                let alive = with_timeout(
-                    self.inner.timeouts.ping,
-                    "ping",
-                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
-                )
-                .await
-                .is_ok();
-                let back = if alive || from == Paused { from } else { Error };
-                let _ = store.status_if(sb.id, Snapshotting, back).await;
-                return Err(err.into());
-            }
-        };
-        let source = store.get_template(sb.template_id).await.ok();
-        let upserted = store
-            .upsert_template(NewTemplate {
-                id: template_id,
-                team_id: sb.team_id,
-                name,
-                kind: TemplateKind::Snapshot,
-                vcpus: sb.vcpus,
-                memory_mb: sb.memory_mb,
-                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-                default_user: source
-                    .as_ref()
-                    .map(|t| t.default_user.clone())
-                    .unwrap_or_else(|| "root".into()),
-                default_env: source.map(|t| t.default_env).unwrap_or_default(),
-                metadata: Metadata::new(),
-            })
-            .await;
-        if let Ok(Some(row)) = store.status_if(sb.id, Snapshotting, from).await {
-            self.publish_sandbox(self.outcome(SandboxEventKind::Snapshotted, &row))
-                .await;
-        }
-        let template = upserted?;
-        let ev = PlatformEvent {
-            event: PlatformEventKind::SnapshotCreated,
-            timestamp: chrono::Utc::now(),
-            team_id: sb.team_id,
-            actor: actor.clone(),
-            resource: crate::events::EventResource {
-                id: template.name.clone(),
-                kind: "template".into(),
-            },
-        };
-        if let Err(e) = self
-            .inner
-            .bus
-            .publish(PLATFORM_STREAM, &Event::Platform(ev))
-            .await
-        {
-            warn!(error = %e, "could not publish platform event");
-        }
-        Ok(template)
-    }
-
-    /// Applies a sandbox event as the fallback writer (the event consumer calls this
-    /// for every entry of the sandbox stream, agent callbacks included). Only events
-    /// from the sandbox's own host are considered. Every write is conditional, so an
-    /// event the background task already recorded changes nothing.
-    pub async fn apply_event(&self, ev: &SandboxEvent) -> Result<Applied, LifecycleError> {
-        let store = &self.inner.store;
-        let sb = match store.get_sandbox(ev.sandbox_id).await {
-            Ok(sb) => sb,
-            Err(RepoError::NotFound { .. }) => return Ok(Applied::Unchanged),
-            Err(e) => return Err(e.into()),
-        };
-        if sb.host_id != ev.host_id {
-            warn!(sandbox_id = %sb.id, host_id = %ev.host_id, "ignoring event from a host that does not own the sandbox");
-            return Ok(Applied::Unchanged);
-        }
-        use SandboxEventKind as K;
-        let candidates: &[(SandboxStatus, SandboxStatus)] = match ev.event {
-            K::Started => &[(Starting, Running)],
-            K::Resumed => &[(Resuming, Running)],
-            K::Paused => &[(Pausing, Paused)],
-            K::AutoPaused => &[(Running, Paused), (Pausing, Paused)],
-            K::Hibernated => &[
-                (Paused, Hibernated),
-                (Running, Hibernated),
-                (Pausing, Hibernated),
-            ],
-            K::Stopped => &[
-                (Stopping, Stopped),
-                (Running, Stopped),
-                (Paused, Stopped),
-                (Hibernated, Stopped),
-            ],
-            K::Failed => &[
-                (Running, Error),
-                (Paused, Error),
-                (Starting, Error),
-                (Pausing, Error),
-                (Resuming, Error),
-                (Snapshotting, Error),
-                (Missing, Error),
-            ],
-            K::Snapshotted | K::PauseFailed | K::ResumeFailed => &[],
-        };
-        let Some(&(from, to)) = candidates.iter().find(|(from, _)| *from == sb.status) else {
-            return Ok(Applied::Unchanged);
-        };
-        let changed = if to == Running {
-            let meta = ev.metadata.clone().unwrap_or_default();
-            store
-                .running_if(
-                    sb.id,
-                    from,
-                    ev.host_ip.as_deref().unwrap_or(&sb.host_ip),
-                    &meta,
-                )
-                .await?
-        } else if let (Error, Some(reason)) = (to, ev.error.as_deref()) {
-            store.fail_if(sb.id, from, reason).await?
-        } else {
-            store.status_if(sb.id, from, to).await?
-        };
-        let Some(row) = changed else {
-            return Ok(Applied::Unchanged);
-        };
-        let kind = match to {
-            Running => PlatformEventKind::CapsuleRunning,
-            Paused => PlatformEventKind::CapsulePaused,
-            Hibernated => PlatformEventKind::CapsuleHibernated,
-            Stopped => PlatformEventKind::CapsuleDestroyed,
-            _ => PlatformEventKind::CapsuleFailed,
-        };
-        self.publish_platform(kind, &row, &Actor::system()).await;
-        Ok(Applied::Changed(Box::new(row)))
     }
 }

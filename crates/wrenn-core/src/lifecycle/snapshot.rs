@@ -1,0 +1,138 @@
+//! [`Lifecycle::snapshot`]: a running or paused sandbox captured into a team template.
+
+use tracing::{Instrument, info_span, warn};
+
+use crate::agents::HostCallError;
+use crate::audit::Actor;
+use crate::events::{Event, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SandboxEventKind};
+use crate::id::{PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
+use crate::lifecycle::SandboxStatus::{self, *};
+use crate::model::{Metadata, Sandbox, Template, TemplateKind};
+use crate::repo::{NewTemplate, RepoError};
+use crate::validate;
+
+use super::service::{Lifecycle, LifecycleError, with_timeout};
+
+impl Lifecycle {
+    /// Captures a running or paused sandbox into a team template named `name`
+    /// (default `template-xxxxxxxx`), replacing a same-named team template only when
+    /// `overwrite`. The sandbox is `snapshotting` meanwhile and returns to where it
+    /// was. Completes before returning; the work runs in a task of its own, so a
+    /// caller that goes away does not leave the sandbox half-way.
+    pub async fn snapshot(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        name: Option<String>,
+        overwrite: bool,
+        actor: &Actor,
+    ) -> Result<Template, LifecycleError> {
+        let store = &self.inner.store;
+        let name = name.unwrap_or_else(crate::id::new_snapshot_name);
+        validate::safe_name("name", &name)?;
+        let current = store.get_team_sandbox(team, id).await?;
+        let template_id = match store.get_template_for_team(team, &name).await {
+            Ok(t) if t.team_id == PLATFORM_TEAM_ID && team != PLATFORM_TEAM_ID => {
+                return Err(LifecycleError::NameReserved(name));
+            }
+            Ok(_) if !overwrite => return Err(LifecycleError::NameTaken(name)),
+            Ok(t) => t.id,
+            Err(RepoError::NotFound { .. }) => TemplateId::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let Some((from, sb)) = self
+            .transition_from_any(&current, &[Running, Paused], Snapshotting)
+            .await?
+        else {
+            return Err(self.invalid_state(team, id, "snapshot").await);
+        };
+        let span = info_span!("sandbox.snapshot", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
+        let this = self.clone();
+        let actor = actor.clone();
+        let task = self.inner.tasks.spawn(
+            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }
+                .instrument(span),
+        );
+        task.await.unwrap_or_else(|e| {
+            Err(LifecycleError::Agent(HostCallError::Internal(format!(
+                "snapshot task failed: {e}"
+            ))))
+        })
+    }
+
+    async fn run_snapshot(
+        &self,
+        sb: Sandbox,
+        from: SandboxStatus,
+        template_id: TemplateId,
+        name: String,
+        actor: &Actor,
+    ) -> Result<Template, LifecycleError> {
+        let store = &self.inner.store;
+        let res = with_timeout(
+            self.inner.timeouts.snapshot,
+            "snapshot",
+            self.inner
+                .agents
+                .create_snapshot(sb.host_id, sb.id, sb.team_id, template_id),
+        )
+        .await;
+        let size = match res {
+            Ok(size) => size,
+            Err(err) => {
+                let alive = with_timeout(
+                    self.inner.timeouts.ping,
+                    "ping",
+                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
+                )
+                .await
+                .is_ok();
+                let back = if alive || from == Paused { from } else { Error };
+                let _ = store.status_if(sb.id, Snapshotting, back).await;
+                return Err(err.into());
+            }
+        };
+        let source = store.get_template(sb.template_id).await.ok();
+        let upserted = store
+            .upsert_template(NewTemplate {
+                id: template_id,
+                team_id: sb.team_id,
+                name,
+                kind: TemplateKind::Snapshot,
+                vcpus: sb.vcpus,
+                memory_mb: sb.memory_mb,
+                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+                default_user: source
+                    .as_ref()
+                    .map(|t| t.default_user.clone())
+                    .unwrap_or_else(|| "root".into()),
+                default_env: source.map(|t| t.default_env).unwrap_or_default(),
+                metadata: Metadata::new(),
+            })
+            .await;
+        if let Ok(Some(row)) = store.status_if(sb.id, Snapshotting, from).await {
+            self.publish_sandbox(self.outcome(SandboxEventKind::Snapshotted, &row))
+                .await;
+        }
+        let template = upserted?;
+        let ev = PlatformEvent {
+            event: PlatformEventKind::SnapshotCreated,
+            timestamp: chrono::Utc::now(),
+            team_id: sb.team_id,
+            actor: actor.clone(),
+            resource: crate::events::EventResource {
+                id: template.name.clone(),
+                kind: "template".into(),
+            },
+        };
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(PLATFORM_STREAM, &Event::Platform(ev))
+            .await
+        {
+            warn!(error = %e, "could not publish platform event");
+        }
+        Ok(template)
+    }
+}
