@@ -277,10 +277,16 @@ async fn marked_up(ctx: &ServerContext, host: &Host) {
         .status(AuditStatus::Success),
     )
     .await;
+    publish_host_event(ctx, host, PlatformEventKind::HostUp).await;
+}
+
+/// Publishes a platform event about `host` (`host.up`, `host.down`) to its team's
+/// stream; a failure is logged.
+pub async fn publish_host_event(ctx: &ServerContext, host: &Host, kind: PlatformEventKind) {
     let ev = PlatformEvent {
-        event: PlatformEventKind::HostUp,
+        event: kind,
         timestamp: Utc::now(),
-        team_id: team,
+        team_id: host_team(host),
         actor: Actor::system(),
         resource: EventResource {
             id: host.id.to_string(),
@@ -292,6 +298,6 @@ async fn marked_up(ctx: &ServerContext, host: &Host) {
         .publish(PLATFORM_STREAM, &Event::Platform(ev))
         .await
     {
-        tracing::warn!(host_id = %host.id, error = %e, "could not publish host.up");
+        tracing::warn!(host_id = %host.id, error = %e, "could not publish a host event");
     }
 }

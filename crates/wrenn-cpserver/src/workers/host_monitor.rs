@@ -26,11 +26,13 @@ use chrono::Utc;
 use tracing::{info, warn};
 use wrenn_core::agents::AgentInventory;
 use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
-use wrenn_core::events::{Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
-use wrenn_core::id::{PLATFORM_TEAM_ID, SandboxId};
+use wrenn_core::events::PlatformEventKind;
+use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::{Host, Sandbox};
 use wrenn_extension::{ServerContext, Worker, WorkerError};
+
+use crate::host_identity::{host_team, publish_host_event};
 
 use SandboxStatus::*;
 
@@ -135,7 +137,7 @@ async fn mark_down(ctx: &ServerContext, host: &Host) -> Result<bool, WorkerError
     }
     let missing = ctx.store.mark_host_sandboxes_missing(host.id).await?;
     warn!(host_id = %host.id, missing, "host stopped heartbeating; marked unreachable");
-    let team = host.team_id.unwrap_or(PLATFORM_TEAM_ID);
+    let team = host_team(host);
     ctx.audit(
         AuditEntry::new(
             team,
@@ -149,33 +151,8 @@ async fn mark_down(ctx: &ServerContext, host: &Host) -> Result<bool, WorkerError
         .metadata(serde_json::json!({ "missing_sandboxes": missing })),
     )
     .await;
-    publish_host(ctx, host, team, PlatformEventKind::HostDown).await;
+    publish_host_event(ctx, host, PlatformEventKind::HostDown).await;
     Ok(true)
-}
-
-async fn publish_host(
-    ctx: &ServerContext,
-    host: &Host,
-    team: wrenn_core::id::TeamId,
-    kind: PlatformEventKind,
-) {
-    let ev = PlatformEvent {
-        event: kind,
-        timestamp: Utc::now(),
-        team_id: team,
-        actor: Actor::system(),
-        resource: EventResource {
-            id: host.id.to_string(),
-            kind: "host".into(),
-        },
-    };
-    if let Err(e) = ctx
-        .events
-        .publish(PLATFORM_STREAM, &Event::Platform(ev))
-        .await
-    {
-        warn!(error = %e, "could not publish host event");
-    }
 }
 
 /// Moves `sb` from its current status to `to`, conditionally; counts a win.
