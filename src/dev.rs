@@ -56,7 +56,7 @@ pub enum DevError {
         message: String,
     },
     /// The store refused the development account.
-    #[error("could not create the development account: {0}")]
+    #[error("could not create the development account")]
     Store(#[from] wrenn_core::repo::RepoError),
 }
 

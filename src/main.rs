@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev { listen, dir } => wrenn::dev::run(dir, listen)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| wrenn_core::report::error_chain(&e)),
             Command::Image(ImageCommand::Build { dir, force }) => {
                 wrenn::image::build(&dir, force).await
             }

@@ -48,7 +48,7 @@ pub enum RegistrationError {
         message: String,
     },
     /// The control plane could not be reached or its answer not read.
-    #[error("cannot reach the control plane: {0}")]
+    #[error("cannot reach the control plane")]
     Transport(#[from] reqwest::Error),
     /// The answer was not the documented credentials.
     #[error("unexpected answer from the control plane: {0}")]

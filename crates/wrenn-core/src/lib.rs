@@ -14,6 +14,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod model;
 pub mod repo;
+pub mod report;
 pub mod scheduler;
 #[cfg(feature = "testing")]
 pub mod testing;

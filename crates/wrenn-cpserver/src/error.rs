@@ -9,10 +9,10 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] wrenn_core::config::ConfigError),
     /// The database could not be opened or migrated.
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] wrenn_db::DbError),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum ServerError {
     #[error("secrets: {0}")]
     Secrets(String),
     /// The event bus could not be reached.
-    #[error("event bus: {0}")]
+    #[error("event bus")]
     EventBus(#[from] wrenn_core::events::EventBusError),
     /// An extension is misconfigured (e.g. a route clashes with a core route).
     #[error("extension {extension:?}: {message}")]

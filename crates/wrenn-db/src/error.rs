@@ -17,7 +17,7 @@ pub enum DbError {
         scheme: String,
     },
     /// The URL or options could not be parsed, or the server refused the connection.
-    #[error("cannot connect to {backend}: {source}")]
+    #[error("cannot connect to {backend}")]
     Connect {
         /// `postgres` or `sqlite`.
         backend: &'static str,
@@ -26,7 +26,7 @@ pub enum DbError {
         source: sqlx::Error,
     },
     /// Applying the embedded migrations failed.
-    #[error("migrating the {backend} schema failed: {source}")]
+    #[error("migrating the {backend} schema failed")]
     Migrate {
         /// `postgres` or `sqlite`.
         backend: &'static str,
@@ -35,16 +35,16 @@ pub enum DbError {
         source: sqlx::migrate::MigrateError,
     },
     /// Any other database failure during setup.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Sqlx(#[from] sqlx::Error),
     /// A filesystem failure during setup (e.g. creating the SQLite file's directory).
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] std::io::Error),
 }
 
 impl From<DbError> for RepoError {
     fn from(err: DbError) -> Self {
-        RepoError::Backend(err.to_string())
+        RepoError::Backend(wrenn_core::report::error_chain(&err))
     }
 }
 

@@ -92,7 +92,7 @@ async fn run(args: Args) -> ExitCode {
     let server = match crate::start(config).await {
         Ok(server) => server,
         Err(err) => {
-            eprintln!("wrenn-envd: {err}");
+            eprintln!("wrenn-envd: {}", error_chain(&err));
             return ExitCode::FAILURE;
         }
     };
@@ -114,8 +114,21 @@ async fn run(args: Args) -> ExitCode {
     match server.wait().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("wrenn-envd: {err}");
+            eprintln!("wrenn-envd: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes joined by `: ` (envd depends on no other Wrenn crate, so this is
+/// its own copy of `wrenn_core::report::error_chain`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

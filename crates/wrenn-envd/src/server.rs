@@ -100,7 +100,7 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The listening socket could not be set up.
-    #[error("cannot listen on {what}: {source}")]
+    #[error("cannot listen on {what}")]
     Listen {
         /// What was being bound.
         what: String,
@@ -109,7 +109,7 @@ pub enum ServeError {
         source: io::Error,
     },
     /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]

@@ -38,6 +38,7 @@ use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::config::{AgentConfig, RuntimeKind, Secret};
+use wrenn_core::report::error_chain;
 
 fn main() -> ExitCode {
     // First thing: when started as a process-runtime sandbox's init step, this sets the
@@ -128,7 +129,7 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
         let creds = cp
             .register(token.expose_secret(), &address, machine)
             .await
-            .map_err(|e| format!("registration failed: {e}"))?;
+            .map_err(|e| format!("registration failed: {}", error_chain(&e)))?;
         creds.save(&file).map_err(|e| e.to_string())?;
         return Ok(Some(Credentials::stored(creds, file)));
     }

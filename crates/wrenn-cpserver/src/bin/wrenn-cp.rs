@@ -1,5 +1,6 @@
 //! `wrenn-cp`: the control plane on its configured backends (see `wrenn_core::config`).
 
+use wrenn_core::report::error_chain;
 use wrenn_cpserver::{Builder, run};
 
 #[tokio::main]
@@ -14,13 +15,14 @@ async fn main() -> std::process::ExitCode {
         {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
+                let e = error_chain(&e);
                 tracing::error!(error = %e, "control plane failed");
                 eprintln!("wrenn-cp: {e}");
                 std::process::ExitCode::FAILURE
             }
         },
         Err(e) => {
-            eprintln!("wrenn-cp: {e}");
+            eprintln!("wrenn-cp: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
