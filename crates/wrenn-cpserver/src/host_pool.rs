@@ -35,8 +35,7 @@ use wrenn_core::agents::{
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_extension::HostConnections;
-pub use wrenn_extension::hosts::map_status;
-use wrenn_proto::domain::status_from_proto;
+use wrenn_proto::domain::{host_call_error, status_from_proto};
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
@@ -98,7 +97,7 @@ impl GrpcHostAgents {
                     self.hosts.evict_if(host, &address);
                 }
                 tracing::debug!(host_id = %host, op, code = ?status.code(), message = status.message(), "agent call failed");
-                Err(map_status(op, &status))
+                Err(host_call_error(op, &status))
             }
             Err(_) => {
                 tracing::debug!(host_id = %host, op, "agent call timed out");

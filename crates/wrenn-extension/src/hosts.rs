@@ -7,7 +7,6 @@
 
 use async_trait::async_trait;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 use wrenn_core::agents::HostCallError;
 use wrenn_core::id::HostId;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
@@ -40,22 +39,5 @@ pub trait HostConnections: Send + Sync + std::fmt::Debug {
         Ok(HostAgentServiceClient::new(channel)
             .max_decoding_message_size(MAX_AGENT_MESSAGE)
             .max_encoding_message_size(MAX_AGENT_MESSAGE))
-    }
-}
-
-/// Maps a gRPC status onto an [`HostCallError`], keeping the agent's message. The message
-/// reaches tenants, so it does not name the host (callers log the host id).
-pub fn map_status(op: &str, status: &Status) -> HostCallError {
-    let message = format!("{op}: {}", status.message());
-    match status.code() {
-        Code::NotFound => HostCallError::NotFound(message),
-        Code::FailedPrecondition | Code::AlreadyExists => {
-            HostCallError::FailedPrecondition(message)
-        }
-        Code::InvalidArgument => HostCallError::InvalidArgument(message),
-        Code::Unavailable => HostCallError::Unavailable(message),
-        Code::DeadlineExceeded => HostCallError::Timeout(message),
-        Code::ResourceExhausted => HostCallError::ResourceExhausted(message),
-        code => HostCallError::Internal(format!("{message} ({code:?})")),
     }
 }

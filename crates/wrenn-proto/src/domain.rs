@@ -2,6 +2,8 @@
 //! value becomes a [`wrenn_core`] value and back, used by the agent that answers and
 //! the control plane that asks.
 
+use tonic::{Code, Status};
+use wrenn_core::agents::HostCallError;
 use wrenn_core::lifecycle::SandboxStatus;
 
 use crate::hostagent::v1 as pb;
@@ -43,9 +45,54 @@ pub fn status_from_proto(status: i32) -> SandboxStatus {
     }
 }
 
+/// The failure of a `hostagent.v1` call named `op`, classified by its gRPC code and
+/// keeping the agent's message. The message reaches tenants, so it does not name the
+/// host (callers log the host id).
+pub fn host_call_error(op: &str, status: &Status) -> HostCallError {
+    let message = format!("{op}: {}", status.message());
+    match status.code() {
+        Code::NotFound => HostCallError::NotFound(message),
+        Code::FailedPrecondition | Code::AlreadyExists => {
+            HostCallError::FailedPrecondition(message)
+        }
+        Code::InvalidArgument => HostCallError::InvalidArgument(message),
+        Code::Unavailable => HostCallError::Unavailable(message),
+        Code::DeadlineExceeded => HostCallError::Timeout(message),
+        Code::ResourceExhausted => HostCallError::ResourceExhausted(message),
+        code => HostCallError::Internal(format!("{message} ({code:?})")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_codes_become_host_call_errors_that_keep_the_message() {
+        let cases = [
+            (Code::NotFound, "not found on host: exec: gone"),
+            (Code::AlreadyExists, "failed precondition: exec: gone"),
+            (Code::FailedPrecondition, "failed precondition: exec: gone"),
+            (Code::InvalidArgument, "invalid argument: exec: gone"),
+            (Code::Unavailable, "host unavailable: exec: gone"),
+            (
+                Code::ResourceExhausted,
+                "host capacity exhausted: exec: gone",
+            ),
+        ];
+        for (code, shown) in cases {
+            let e = host_call_error("exec", &Status::new(code, "gone"));
+            assert_eq!(e.to_string(), shown, "{code:?}");
+        }
+        assert!(matches!(
+            host_call_error("exec", &Status::deadline_exceeded("slow")),
+            HostCallError::Timeout(m) if m == "exec: slow"
+        ));
+        assert!(matches!(
+            host_call_error("exec", &Status::permission_denied("no")),
+            HostCallError::Internal(m) if m == "exec: no (PermissionDenied)"
+        ));
+    }
 
     const ALL: [SandboxStatus; 12] = [
         SandboxStatus::Pending,

@@ -27,8 +27,8 @@ use wrenn_core::id::{SandboxId, TeamId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::Sandbox;
 use wrenn_core::repo::RepoError;
-use wrenn_extension::hosts::map_status;
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
+use wrenn_proto::domain::host_call_error;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
 /// How long a WebSocket client that did not authenticate with headers has to send its
@@ -122,7 +122,7 @@ impl AgentConn {
             message = status.message(),
             "agent call failed"
         );
-        ApiError::from(map_status(op, status))
+        ApiError::from(host_call_error(op, status))
     }
 }
 
