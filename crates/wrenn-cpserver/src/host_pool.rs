@@ -21,7 +21,7 @@
 //! client-side deadline (sent as `grpc-timeout` and enforced locally, so a silent host
 //! cannot hang a caller); its expiry is [`HostCallError::Timeout`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ use wrenn_core::agents::{
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_extension::HostConnections;
-use wrenn_proto::domain::{host_call_error, status_from_proto};
+use wrenn_proto::domain::{create_request, host_call_error, resume_request, status_from_proto};
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
@@ -117,19 +117,8 @@ fn request<T>(message: T, timeout: Duration) -> Request<T> {
     req
 }
 
-/// Converts a non-negative resource value for the wire.
-fn unsigned(field: &str, value: i32) -> Result<u32, HostCallError> {
-    u32::try_from(value).map_err(|_| {
-        HostCallError::InvalidArgument(format!("{field} must not be negative (got {value})"))
-    })
-}
-
 fn hyphenated(uuid: uuid::Uuid) -> String {
     uuid.hyphenated().to_string()
-}
-
-fn map_of(m: &BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn started(host_ip: String, metadata: HashMap<String, String>) -> StartedSandbox {
@@ -137,36 +126,6 @@ fn started(host_ip: String, metadata: HashMap<String, String>) -> StartedSandbox
         host_ip,
         metadata: metadata.into_iter().collect(),
     }
-}
-
-/// The `CreateSandbox` request for `spec`: `team_id` is the sandbox's owner,
-/// `template_team_id` the team owning the template (the agent finds the template
-/// under `images/teams/{template_team_id}/{template_id}`).
-pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, HostCallError> {
-    Ok(pb::CreateSandboxRequest {
-        sandbox_id: spec.sandbox_id.to_string(),
-        template: spec.template.clone(),
-        team_id: hyphenated(spec.team_id.uuid()),
-        template_id: hyphenated(spec.template_id.uuid()),
-        template_team_id: hyphenated(spec.template_team_id.uuid()),
-        vcpus: unsigned("vcpus", spec.vcpus)?,
-        memory_mb: unsigned("memory_mb", spec.memory_mb)?,
-        disk_size_mb: unsigned("disk_size_mb", spec.disk_size_mb)?,
-        timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
-        default_user: spec.default_user.clone(),
-        default_env: map_of(&spec.default_env),
-        metadata: map_of(&spec.metadata),
-    })
-}
-
-/// The `ResumeSandbox` request for `spec` (timeout and process defaults are replaced).
-pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, HostCallError> {
-    Ok(pb::ResumeSandboxRequest {
-        sandbox_id: spec.sandbox_id.to_string(),
-        timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
-        default_user: spec.default_user.clone(),
-        default_env: map_of(&spec.default_env),
-    })
 }
 
 /// The inventory in a `ListSandboxes` response. Entries with an unparseable id are

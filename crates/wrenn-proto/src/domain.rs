@@ -2,8 +2,10 @@
 //! value becomes a [`wrenn_core`] value and back, used by the agent that answers and
 //! the control plane that asks.
 
+use std::collections::{BTreeMap, HashMap};
+
 use tonic::{Code, Status};
-use wrenn_core::agents::HostCallError;
+use wrenn_core::agents::{HostCallError, SandboxSpec};
 use wrenn_core::lifecycle::SandboxStatus;
 
 use crate::hostagent::v1 as pb;
@@ -63,9 +65,113 @@ pub fn host_call_error(op: &str, status: &Status) -> HostCallError {
     }
 }
 
+/// The `CreateSandbox` request for `spec`: `team_id` is the sandbox's owner,
+/// `template_team_id` the team owning the template (the agent finds the template
+/// under `images/teams/{template_team_id}/{template_id}`).
+pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, HostCallError> {
+    Ok(pb::CreateSandboxRequest {
+        sandbox_id: spec.sandbox_id.to_string(),
+        template: spec.template.clone(),
+        team_id: spec.team_id.uuid().hyphenated().to_string(),
+        template_id: spec.template_id.uuid().hyphenated().to_string(),
+        template_team_id: spec.template_team_id.uuid().hyphenated().to_string(),
+        vcpus: unsigned("vcpus", spec.vcpus)?,
+        memory_mb: unsigned("memory_mb", spec.memory_mb)?,
+        disk_size_mb: unsigned("disk_size_mb", spec.disk_size_mb)?,
+        timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
+        default_user: spec.default_user.clone(),
+        default_env: map_of(&spec.default_env),
+        metadata: map_of(&spec.metadata),
+    })
+}
+
+/// The `ResumeSandbox` request for `spec` (timeout and process defaults are replaced).
+pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, HostCallError> {
+    Ok(pb::ResumeSandboxRequest {
+        sandbox_id: spec.sandbox_id.to_string(),
+        timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
+        default_user: spec.default_user.clone(),
+        default_env: map_of(&spec.default_env),
+    })
+}
+
+/// Converts a non-negative resource value for the wire.
+fn unsigned(field: &str, value: i32) -> Result<u32, HostCallError> {
+    u32::try_from(value).map_err(|_| {
+        HostCallError::InvalidArgument(format!("{field} must not be negative (got {value})"))
+    })
+}
+
+fn map_of(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec() -> SandboxSpec {
+        use wrenn_core::id::{SandboxId, TeamId, TemplateId};
+        SandboxSpec {
+            sandbox_id: SandboxId::new(),
+            team_id: TeamId::new(),
+            template: "minimal".into(),
+            template_id: TemplateId::new(),
+            template_team_id: TeamId::new(),
+            vcpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 4096,
+            timeout_sec: 300,
+            default_user: "wrenn-user".into(),
+            default_env: BTreeMap::from([("A".into(), "1".into())]),
+            metadata: [("k".to_owned(), "v".to_owned())].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_spec_becomes_the_create_and_resume_requests_field_for_field() {
+        let spec = spec();
+        let create = create_request(&spec).unwrap();
+        assert_eq!(create.sandbox_id, spec.sandbox_id.to_string());
+        assert_eq!(create.team_id, spec.team_id.uuid().hyphenated().to_string());
+        assert_eq!(
+            create.template_id,
+            spec.template_id.uuid().hyphenated().to_string()
+        );
+        assert_eq!(
+            create.template_team_id,
+            spec.template_team_id.uuid().hyphenated().to_string()
+        );
+        assert_eq!(create.template, "minimal");
+        assert_eq!(
+            (
+                create.vcpus,
+                create.memory_mb,
+                create.disk_size_mb,
+                create.timeout_sec
+            ),
+            (2, 1024, 4096, 300)
+        );
+        assert_eq!(create.default_user, "wrenn-user");
+        assert_eq!(create.default_env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(create.metadata.get("k").map(String::as_str), Some("v"));
+        let resume = resume_request(&spec).unwrap();
+        assert_eq!(resume.sandbox_id, create.sandbox_id);
+        assert_eq!(resume.timeout_sec, 300);
+        assert_eq!(resume.default_env, create.default_env);
+    }
+
+    #[test]
+    fn a_negative_size_is_refused_before_the_wire() {
+        let spec = SandboxSpec {
+            memory_mb: -1,
+            ..spec()
+        };
+        assert!(matches!(
+            create_request(&spec),
+            Err(HostCallError::InvalidArgument(m)) if m.contains("memory_mb")
+        ));
+    }
 
     #[test]
     fn agent_codes_become_host_call_errors_that_keep_the_message() {
