@@ -31,6 +31,9 @@ use wrenn_agent::runtime::firecracker::client::{Client, ClientError};
 use wrenn_agent::runtime::firecracker::jailer::{CgroupSetting, CgroupVersion, JailerConfig};
 use wrenn_agent::runtime::firecracker::vmm::{Binary, Launcher, Vmm, VmmError, VmmOptions};
 
+/// An error and its causes (the failure messages of these tests).
+pub(crate) use wrenn_core::report::error_chain as chain;
+
 const VERSION: &str = "1.12.1";
 const CACHE_PARENT: &str = "/var/cache/wrenn";
 const CACHE_NAME: &str = "firecracker-v1.12.1";
@@ -312,17 +315,6 @@ fn drive(id: &str, path: &Path, root: bool, read_only: bool) -> Drive {
         partuuid: None,
         rate_limiter: None,
     }
-}
-
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The refusal's status and message, or a panic.
