@@ -24,6 +24,7 @@ use wrenn_core::id::{HostId, HostRefreshTokenId, HostTokenId, PLATFORM_TEAM_ID, 
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::model::{Host, HostRefreshToken, HostToken};
 use wrenn_core::repo::{HostSpec, RepoError, Store};
+use wrenn_core::report::error_chain;
 use wrenn_extension::{ApiError, ServerContext};
 
 use crate::ca::{CaError, CertificateAuthority};
@@ -60,13 +61,10 @@ impl From<IdentityError> for ApiError {
             }
             IdentityError::HostNotFound => ApiError::not_found("host"),
             IdentityError::Store(e) => e.into(),
-            IdentityError::Certificate(_) | IdentityError::Token(_) => ApiError::internal(
-                // The cause chain goes to the log, not to the agent.
-                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(": "),
-            ),
+            // The cause chain goes to the log, not to the agent.
+            IdentityError::Certificate(_) | IdentityError::Token(_) => {
+                ApiError::internal(error_chain(&e))
+            }
         }
     }
 }
@@ -263,21 +261,23 @@ pub async fn heartbeat(
 
 /// Audits and publishes a host that heartbeats again after being `unreachable`.
 async fn marked_up(ctx: &ServerContext, host: &Host) {
-    let team = host_team(host);
     tracing::info!(host_id = %host.id, "host heartbeating again; marked online");
-    ctx.audit(
-        AuditEntry::new(
-            team,
-            Actor::system(),
-            "host",
-            Some(host.id.to_string()),
-            "marked_up",
-        )
-        .scope(AuditScope::Team)
-        .status(AuditStatus::Success),
-    )
-    .await;
+    ctx.audit(host_health_audit(host, "marked_up").status(AuditStatus::Success))
+        .await;
     publish_host_event(ctx, host, PlatformEventKind::HostUp).await;
+}
+
+/// An audit entry the platform writes about `host`'s health (`marked_up`,
+/// `marked_down`), in the host's team's trail.
+pub fn host_health_audit(host: &Host, action: &str) -> AuditEntry {
+    AuditEntry::new(
+        host_team(host),
+        Actor::system(),
+        "host",
+        Some(host.id.to_string()),
+        action,
+    )
+    .scope(AuditScope::Team)
 }
 
 /// Publishes a platform event about `host` (`host.up`, `host.down`) to its team's

@@ -25,14 +25,14 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{info, warn};
 use wrenn_core::agents::AgentInventory;
-use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
+use wrenn_core::audit::AuditStatus;
 use wrenn_core::events::PlatformEventKind;
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::{Host, Sandbox};
 use wrenn_extension::{ServerContext, Worker, WorkerError};
 
-use crate::host_identity::{host_team, publish_host_event};
+use crate::host_identity::{host_health_audit, publish_host_event};
 
 use SandboxStatus::*;
 
@@ -137,18 +137,10 @@ async fn mark_down(ctx: &ServerContext, host: &Host) -> Result<bool, WorkerError
     }
     let missing = ctx.store.mark_host_sandboxes_missing(host.id).await?;
     warn!(host_id = %host.id, missing, "host stopped heartbeating; marked unreachable");
-    let team = host_team(host);
     ctx.audit(
-        AuditEntry::new(
-            team,
-            Actor::system(),
-            "host",
-            Some(host.id.to_string()),
-            "marked_down",
-        )
-        .status(AuditStatus::Error)
-        .scope(AuditScope::Team)
-        .metadata(serde_json::json!({ "missing_sandboxes": missing })),
+        host_health_audit(host, "marked_down")
+            .status(AuditStatus::Error)
+            .metadata(serde_json::json!({ "missing_sandboxes": missing })),
     )
     .await;
     publish_host_event(ctx, host, PlatformEventKind::HostDown).await;
