@@ -35,6 +35,12 @@ if ! grep -q '^export WRENN_API_KEY' "$dir/out.log"; then
   echo "wrenn dev did not start:"; cat "$dir/err.log"; exit 1
 fi
 eval "$(grep '^export' "$dir/out.log")"
+# Firecracker needs KVM that boots guests; where it does not, `wrenn dev` says so and
+# every create would fail: the suite stops here with that reason.
+if [ "${WRENN_RUNTIME:-process}" = firecracker ] && grep -q 'KVM does not boot guests' "$dir/err.log"; then
+  echo "SKIPPED the SDK suite on WRENN_RUNTIME=firecracker: $(grep -o 'KVM does not boot guests on this host ([^)]*)' "$dir/err.log" | head -n1)"
+  exit 0
+fi
 status=0
 "$venv/bin/pytest" -q tests/sdk/test_sdk.py tests/sdk/test_environment.py "$@" || status=$?
 if [ "$status" != 0 ]; then

@@ -51,10 +51,16 @@ const DNS_PORT: u16 = 53;
 
 /// Adds the TAP device and the NAT to the namespace `netns` (blocking) of a capsule
 /// whose address is `sandbox_addr` and whose gateway (DNS forwarder) is `gateway`.
-pub fn add(netns: &str, sandbox_addr: Ipv4Addr, gateway: Ipv4Addr) -> io::Result<()> {
+/// An `owner` (uid, gid) may attach to the device without privileges (a jailed VMM).
+pub fn add(
+    netns: &str,
+    sandbox_addr: Ipv4Addr,
+    gateway: Ipv4Addr,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let ns = std::fs::File::open(netns::path(netns))?;
     in_namespace(&ns, move || {
-        create_persistent_tap(TAP_NAME)?;
+        create_persistent_tap(TAP_NAME, owner)?;
         let mut links = Links::open()?;
         let index = links.index(TAP_NAME)?;
         links.configure(index, TAP_ADDR, TAP_PREFIX, None, false)?;
@@ -209,17 +215,20 @@ fn nat_table(sandbox_addr: Ipv4Addr, gateway: Ipv4Addr) -> Table {
     }
 }
 
-/// `TUNSETIFF` / `TUNSETPERSIST` (`linux/if_tun.h`).
+/// `TUNSETIFF` / `TUNSETPERSIST` / `TUNSETOWNER` / `TUNSETGROUP` (`linux/if_tun.h`).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// Creates the persistent TAP device `name` in the calling thread's namespace (what
-/// `ip tuntap add mode tap` does); QEMU then attaches to it by name.
+/// `ip tuntap add mode tap [user U group G]` does); the VMM then attaches to it by
+/// name.
 #[allow(unsafe_code)]
-fn create_persistent_tap(name: &str) -> io::Result<()> {
+fn create_persistent_tap(name: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let tun = std::fs::OpenOptions::new()
         .read(true)
@@ -245,6 +254,14 @@ fn create_persistent_tap(name: &str) -> io::Result<()> {
     // SAFETY: as above; the argument is an integer.
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if let Some((uid, gid)) = owner {
+        for (request, id) in [(TUNSETOWNER, uid), (TUNSETGROUP, gid)] {
+            // SAFETY: as above; the argument is an integer.
+            if unsafe { libc::ioctl(tun.as_raw_fd(), request, libc::c_ulong::from(id)) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }

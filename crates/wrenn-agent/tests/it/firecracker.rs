@@ -109,6 +109,11 @@ pub(crate) fn firecracker_bin() -> PathBuf {
     binaries().firecracker.clone()
 }
 
+/// The real `jailer` binary (from the environment or the machine's cache).
+pub(crate) fn jailer_bin() -> PathBuf {
+    binaries().jailer.clone()
+}
+
 /// `/var/cache/wrenn/firecracker-v1.12.1/`, filled once per machine under a file lock
 /// through a temporary directory renamed into place.
 fn fill_cache() -> PathBuf {
@@ -944,4 +949,50 @@ async fn firecracker_jailer_confines_the_vmm() {
     assert!(!cgroup_dirs[0].exists(), "the cgroup is left");
     assert!(root.is_file(), "the staged source stays");
     std::fs::remove_dir(cgroup_dirs[0].parent().unwrap()).expect("remove the test's parent cgroup");
+}
+
+#[tokio::test]
+async fn firecracker_metrics_reach_the_agent_through_a_named_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = VmmOptions::new(unique("fct"), dir.path().join("api.sock"));
+    options.metrics_path = Some(dir.path().join("metrics.fifo"));
+    options.forward_metrics = true;
+    let vmm = Vmm::start(&direct(None), &options)
+        .await
+        .unwrap_or_else(|e| panic!("start Firecracker: {}", chain(&e)));
+    let pipe = std::fs::metadata(dir.path().join("metrics.fifo")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()),
+        "the metrics go to a named pipe"
+    );
+    assert_eq!(vmm.metrics(), None);
+    let kernel = dir.path().join("vmlinux");
+    guest_kernel(&kernel);
+    let api = vmm.client();
+    quiet(api).await;
+    api.put_machine_config(&machine(false)).await.unwrap();
+    api.put_boot_source(&boot(&kernel)).await.unwrap();
+    api.start_instance().await.expect("InstanceStart");
+    wait_for_line(&vmm, "A").await;
+    api.action(ActionType::FlushMetrics)
+        .await
+        .unwrap_or_else(|e| panic!("FlushMetrics: {}", chain(&e)));
+    let deadline = Instant::now() + PATIENCE;
+    let metrics = loop {
+        if let Some(metrics) = vmm.metrics() {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no metrics were forwarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        metrics.get("utc_timestamp_ms").is_some() && metrics.get("api_server").is_some(),
+        "{metrics}"
+    );
+    // The flush request itself was counted by the API server.
+    assert!(
+        metrics["put_api_requests"]["actions_count"].as_u64() >= Some(1),
+        "{metrics}"
+    );
+    stop_and_check(vmm).await;
 }

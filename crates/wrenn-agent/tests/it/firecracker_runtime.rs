@@ -9,15 +9,19 @@
 //! drive paths that make snapshots relocatable). The full lifecycle test runs only
 //! where the probe finds that KVM boots guests; here it says why it stops.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use wrenn_agent::runtime::firecracker::api::{ActionType, SnapshotCreateParams, SnapshotType};
+use wrenn_agent::runtime::firecracker::diff;
+use wrenn_agent::runtime::firecracker::jailer::{CgroupSetting, CgroupVersion, JailerConfig};
 use wrenn_agent::runtime::firecracker::machine::{
-    self, LoadBackend, Machine, MachineSpec, Snapshot,
+    self, LoadBackend, Machine, MachineSpec, Saved, Snapshot,
 };
-use wrenn_agent::runtime::firecracker::runtime::kvm_boots;
-use wrenn_agent::runtime::firecracker::vmm::Launcher;
+use wrenn_agent::runtime::firecracker::runtime::{JAIL_CGROUP, JAIL_DIR, JailOptions, kvm_boots};
+use wrenn_agent::runtime::firecracker::vmm::{Launcher, VmmOptions};
 use wrenn_agent::runtime::firecracker::{FirecrackerRuntime, FirecrackerRuntimeOptions, KvmCheck};
 use wrenn_agent::runtime::vm::guest;
 use wrenn_agent::runtime::{Runtime, RuntimeError, SandboxConfig};
@@ -25,7 +29,7 @@ use wrenn_core::id::{BUILTIN_TEMPLATE_ID, PLATFORM_TEAM_ID, SandboxId};
 use wrenn_core::layout::Layout;
 
 use crate::common::{envd_binary, test_image};
-use crate::firecracker::{chain, firecracker_bin};
+use crate::firecracker::{chain, firecracker_bin, jailer_bin};
 
 /// A Firecracker runtime over a fresh `$WRENN_DIR`.
 struct Host {
@@ -264,11 +268,12 @@ async fn firecracker_machine_snapshot_of_a_booting_linux_guest_restores_in_anoth
     let booted = Machine::boot(&spec_in(&first, &id)).await.expect("boot");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let saved_to = Snapshot::in_dir(&first);
-    booted
+    let saved = booted
         .save(&saved_to)
         .await
         .map_err(|(_, e)| e)
         .expect("save");
+    assert_eq!(saved, Saved::Full);
     assert!(saved_to.exists(), "the snapshot files are written");
     assert!(vmms_of(&id).is_empty(), "the saved VM's VMM is gone");
 
@@ -311,6 +316,364 @@ async fn firecracker_machine_snapshot_of_a_booting_linux_guest_restores_in_anoth
         );
         previous = dir;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_machine_diff_snapshots_merged_onto_their_base_equal_a_full_snapshot() {
+    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
+        .await
+        .unwrap();
+    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let (files, _) = guest::prepare(&scratch.path().join("vm"), &envd, &image).unwrap();
+    let dir = scratch.path().join("capsule");
+    std::fs::create_dir(&dir).unwrap();
+    wrenn_agent::runtime::vm::disk::create_raw_copy(
+        &image.ext4(),
+        &dir.join(machine::DISK_FILE),
+        2048,
+    )
+    .unwrap();
+    let id = crate::firecracker::unique("fc-diff");
+    let spec = MachineSpec {
+        id: id.clone(),
+        launcher: Launcher::Direct {
+            firecracker: firecracker_bin(),
+            netns: None,
+        },
+        dir: dir.clone(),
+        kernel: image.vmlinux().expect("the image's vmlinux"),
+        initrd: files.initrd.clone(),
+        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        envd_disk: files.envd_disk.clone(),
+        vcpus: 1,
+        memory_mb: 128,
+        network: false,
+        metadata: None,
+    };
+    let snapshot = Snapshot::in_dir(&dir);
+    let booted = Machine::boot(&spec).await.expect("boot");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let saved = booted
+        .save(&snapshot)
+        .await
+        .map_err(|(_, e)| e)
+        .expect("save");
+    assert_eq!(saved, Saved::Full, "a booted VM's first save is full");
+
+    for backend in [LoadBackend::Uffd, LoadBackend::File] {
+        let restored = Machine::load(&spec, &snapshot, backend)
+            .await
+            .unwrap_or_else(|e| panic!("load with {backend:?}: {}", chain(&e)));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Paused: a diff, then Firecracker's own full snapshot of the same memory.
+        let client = restored.client().clone();
+        client.pause().await.expect("pause");
+        let (diff, full) = (scratch.path().join("t.diff"), scratch.path().join("t.full"));
+        for (kind, memory) in [(SnapshotType::Diff, &diff), (SnapshotType::Full, &full)] {
+            client
+                .create_snapshot(&SnapshotCreateParams {
+                    snapshot_type: kind,
+                    snapshot_path: scratch.path().join("t.state"),
+                    mem_file_path: memory.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{kind:?} snapshot with {backend:?}: {}", chain(&e)));
+        }
+        let allocated = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&p.metadata().unwrap());
+        assert!(
+            allocated(&diff) < allocated(&full) / 4,
+            "a diff holds only written pages ({} of {} blocks)",
+            allocated(&diff),
+            allocated(&full)
+        );
+        let merged = diff::merge(&diff, &snapshot.memory).expect("merge");
+        assert!(merged.bytes > 0, "the guest wrote pages: {merged:?}");
+        assert!(
+            std::fs::read(&snapshot.memory).unwrap() == std::fs::read(&full).unwrap(),
+            "base + diff is the VM's memory ({backend:?})"
+        );
+        for file in [&diff, &full] {
+            std::fs::remove_file(file).unwrap();
+        }
+        client.resume().await.expect("resume");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // The runtime's path: a save into the snapshot it was loaded from is a diff.
+        let saved = restored
+            .save(&snapshot)
+            .await
+            .map_err(|(_, e)| e)
+            .expect("save");
+        assert!(
+            matches!(saved, Saved::Diff { bytes } if bytes > 0),
+            "{saved:?} ({backend:?})"
+        );
+        assert!(!dir.join(machine::NEW_MEMORY_FILE).exists());
+        assert!(vmms_of(&id).is_empty(), "the saved VM's VMM is gone");
+    }
+    // The merged memory restores.
+    let mut again = Machine::load(&spec, &snapshot, LoadBackend::File)
+        .await
+        .unwrap_or_else(|e| panic!("load the merged memory: {}", chain(&e)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(again.exited(), None, "the merged snapshot runs");
+    again.stop().await.expect("stop");
+}
+
+/// Uid and gid of process `pid`, and what its `/` holds.
+fn confinement(pid: u32) -> (String, Vec<String>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = status
+        .lines()
+        .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (ids, names_in(Path::new(&format!("/proc/{pid}/root"))))
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_machine_in_a_jail_boots_saves_a_full_then_a_diff_snapshot_and_restores() {
+    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
+        .await
+        .unwrap();
+    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let (files, _) = guest::prepare(&scratch.path().join("vm"), &envd, &image).unwrap();
+    let dir = scratch.path().join("capsule");
+    std::fs::create_dir(&dir).unwrap();
+    wrenn_agent::runtime::vm::disk::create_raw_copy(
+        &image.ext4(),
+        &dir.join(machine::DISK_FILE),
+        2048,
+    )
+    .unwrap();
+    let id = crate::firecracker::unique("fc-jailed");
+    let parent_cgroup = crate::firecracker::unique("fct-test");
+    let mut jail = JailerConfig::new(
+        jailer_bin(),
+        firecracker_bin(),
+        65534,
+        65534,
+        scratch.path().join("jail"),
+    );
+    jail.cgroup_version = CgroupVersion::of_host();
+    jail.parent_cgroup = Some(parent_cgroup.clone());
+    jail.cgroups = vec![match jail.cgroup_version {
+        CgroupVersion::V1 => CgroupSetting::new("cpu.cfs_quota_us", "200000"),
+        CgroupVersion::V2 => CgroupSetting::new("cpu.max", "200000 100000"),
+    }];
+    let spec = MachineSpec {
+        id: id.clone(),
+        launcher: Launcher::Jailed(jail.clone()),
+        dir: dir.clone(),
+        kernel: image.vmlinux().expect("the image's vmlinux"),
+        initrd: files.initrd.clone(),
+        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        envd_disk: files.envd_disk.clone(),
+        vcpus: 1,
+        memory_mb: 128,
+        network: false,
+        metadata: None,
+    };
+    let root = jail.root_dir(&id);
+    let assert_jailed = |pid: u32, what: &str| {
+        let (ids, proc_root) = confinement(pid);
+        assert_eq!(
+            ids, "Uid:\t65534\t65534\t65534\t65534 Gid:\t65534\t65534\t65534\t65534",
+            "{what}"
+        );
+        // Pivoted into its jail (in a mount namespace of its own): its `/` is the
+        // jail's root, where nothing of the host is.
+        assert_eq!(proc_root, names_in(&root), "{what} runs in its jail");
+        assert!(
+            !proc_root.iter().any(|n| n == "etc" || n == "usr"),
+            "{proc_root:?}"
+        );
+        let mnt = |p: String| std::fs::read_link(p).unwrap();
+        assert_ne!(
+            mnt(format!("/proc/{pid}/ns/mnt")),
+            mnt("/proc/self/ns/mnt".into()),
+            "{what} has a mount namespace of its own"
+        );
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroups.contains(&format!("/{parent_cgroup}/{id}")),
+            "{what}: {cgroups}"
+        );
+    };
+    let assert_no_jail = |what: &str| {
+        assert!(
+            !jail.chroot_dir(&id).exists(),
+            "the jail is left after {what}"
+        );
+        for cgroup in jail.cgroup_dirs(&id) {
+            assert!(
+                !cgroup.exists(),
+                "{} is left after {what}",
+                cgroup.display()
+            );
+        }
+        assert!(vmms_of(&id).is_empty(), "a VMM runs after {what}");
+    };
+    let snapshot = Snapshot::in_dir(&dir);
+
+    let booted = Machine::boot(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("boot in the jail: {}", chain(&e)));
+    assert_jailed(booted.pid(), "the booted VMM");
+    // The capsule's disk is the same file, given to the jail's user; the kernel is
+    // staged read-only.
+    let disk = std::fs::metadata(dir.join(machine::DISK_FILE)).unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join(machine::DISK_FILE))
+            .unwrap()
+            .ino(),
+        disk.ino()
+    );
+    assert_eq!((disk.uid(), disk.gid()), (65534, 65534));
+    assert!(root.join(machine::KERNEL_FILE).is_file());
+    // Metrics come through the pipe in the jail.
+    booted
+        .client()
+        .action(ActionType::FlushMetrics)
+        .await
+        .unwrap_or_else(|e| panic!("FlushMetrics: {}", chain(&e)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while booted.metrics().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics from the jail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let saved = booted
+        .save(&snapshot)
+        .await
+        .map_err(|(_, e)| e)
+        .expect("save");
+    assert_eq!(saved, Saved::Full);
+    assert!(snapshot.exists(), "the snapshot moved out of the jail");
+    assert_no_jail("a save");
+
+    let restored = Machine::load(&spec, &snapshot, LoadBackend::Uffd)
+        .await
+        .unwrap_or_else(|e| panic!("load in a jail with Uffd: {}", chain(&e)));
+    assert_jailed(restored.pid(), "the restored VMM");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(restored.uffd_stats().expect("a handler").faults > 0);
+    let saved = restored
+        .save(&snapshot)
+        .await
+        .map_err(|(_, e)| e)
+        .expect("save");
+    assert!(
+        matches!(saved, Saved::Diff { bytes } if bytes > 0),
+        "{saved:?}"
+    );
+    assert_no_jail("a diff save");
+
+    let mut again = Machine::load(&spec, &snapshot, LoadBackend::File)
+        .await
+        .unwrap_or_else(|e| panic!("load in a jail with File: {}", chain(&e)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(again.exited(), None, "the merged snapshot runs in a jail");
+    again.stop().await.expect("stop");
+    assert_no_jail("a stop");
+    for cgroup in jail.cgroup_dirs(&id) {
+        std::fs::remove_dir(cgroup.parent().unwrap()).expect("remove the test's parent cgroup");
+    }
+}
+
+fn jailed_options() -> FirecrackerRuntimeOptions {
+    FirecrackerRuntimeOptions {
+        kvm: KvmCheck::Assume,
+        boot_timeout: Duration::from_millis(300),
+        jail: Some(JailOptions {
+            jailer: Some(jailer_bin()),
+            uid: 65534,
+            gid: 65534,
+        }),
+        ..FirecrackerRuntimeOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_runtime_jailed_boot_timeout_leaves_no_jail_cgroup_or_process() {
+    let host = Host::with(jailed_options()).await;
+    let sandbox = config(1, 256);
+    let err = host.runtime.create(&sandbox).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("did not start"), "{message}");
+    assert!(
+        !message.contains(&host.layout.root().display().to_string()),
+        "host paths in {message}"
+    );
+    host.assert_nothing_left_of(sandbox.id);
+    let id = sandbox.id.to_string();
+    assert!(
+        !host
+            .layout
+            .root()
+            .join(JAIL_DIR)
+            .join("firecracker")
+            .join(&id)
+            .exists(),
+        "the jail of {id} is left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for line in mounts.lines().filter(|l| l.contains(" cgroup")) {
+        let mount = line.split_whitespace().nth(1).unwrap();
+        let cgroup = Path::new(mount).join(JAIL_CGROUP).join(&id);
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_runtime_sweep_kills_a_jailed_vmm_that_outlived_its_agent() {
+    let host = Host::with(jailed_options()).await;
+    // A VMM an earlier agent jailed: not this runtime's child, still running.
+    let orphan = SandboxId::new().to_string();
+    let base = host.layout.root().join(JAIL_DIR);
+    let jail = JailerConfig::new(jailer_bin(), firecracker_bin(), 65534, 65534, &base);
+    let mut jailer = std::process::Command::new(jailer_bin())
+        .args(jail.args(
+            &orphan,
+            &VmmOptions::jailed(&orphan).firecracker_args(false),
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the jailer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = jail.running_pid(&orphan) {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jailed VMM did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pid, jailer.id() as i32, "the jailer became Firecracker");
+
+    host.runtime.sweep(&[]).await.expect("sweep");
+    let status = jailer.wait().expect("reap");
+    assert!(!status.success(), "the orphan was killed: {status}");
+    assert!(
+        !jail.chroot_dir(&orphan).exists(),
+        "the orphan's jail is left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

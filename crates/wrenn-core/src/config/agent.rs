@@ -56,6 +56,23 @@ impl RuntimeKind {
     }
 }
 
+/// The uid and gid jailed Firecracker VMMs run as by default (`nobody`): set a
+/// dedicated, otherwise unused pair in production.
+pub const DEFAULT_JAILER_ID: u32 = 65534;
+
+/// How the `firecracker` runtime confines its VMMs when `WRENN_FIRECRACKER_JAIL=on`:
+/// each runs under Firecracker's jailer, as an unprivileged user in a chroot of its
+/// own, inside the capsule's network namespace and a cgroup of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirecrackerJail {
+    /// `WRENN_JAILER_BIN` (default: `jailer` on `PATH`).
+    pub jailer_bin: Option<PathBuf>,
+    /// `WRENN_JAILER_UID`, default 65534.
+    pub uid: u32,
+    /// `WRENN_JAILER_GID`, default 65534.
+    pub gid: u32,
+}
+
 /// The accelerator of the VM runtimes (`WRENN_VM_ACCEL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +131,30 @@ impl FromStr for VmGuestAslr {
     }
 }
 
+impl FirecrackerJail {
+    fn from_vars(v: &Vars<'_>) -> Result<Option<Self>, ConfigError> {
+        let on = v.parse_with(vars::WRENN_FIRECRACKER_JAIL, false, |s| match s {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err("expected on or off".to_owned()),
+        })?;
+        let id = |var| {
+            v.parse_with(var, DEFAULT_JAILER_ID, |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|id| *id != 0)
+                    .ok_or_else(|| "expected a non-zero numeric id (not root)".to_owned())
+            })
+        };
+        let jail = Self {
+            jailer_bin: v.get(vars::WRENN_JAILER_BIN).map(PathBuf::from),
+            uid: id(vars::WRENN_JAILER_UID)?,
+            gid: id(vars::WRENN_JAILER_GID)?,
+        };
+        Ok(on.then_some(jail))
+    }
+}
+
 impl fmt::Display for RuntimeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -152,6 +193,10 @@ pub struct AgentConfig {
     pub hibernate_after: Duration,
     /// `WRENN_FIRECRACKER_BIN`, default `/usr/local/bin/firecracker`.
     pub firecracker_bin: PathBuf,
+    /// `WRENN_FIRECRACKER_JAIL` (`on` | `off`, default `off`): `Some` when Firecracker
+    /// VMMs run under the jailer (with `WRENN_JAILER_BIN`, `WRENN_JAILER_UID`,
+    /// `WRENN_JAILER_GID`); `off` runs them as the agent's children, for development.
+    pub firecracker_jail: Option<FirecrackerJail>,
     /// `WRENN_QEMU_BIN`: `qemu-system-x86_64` of the `qemu` runtime (default: found
     /// on `PATH`).
     pub qemu_bin: Option<PathBuf>,
@@ -219,6 +264,7 @@ impl AgentConfig {
                 "a whole number of seconds",
             )?),
             firecracker_bin: v.path(vars::WRENN_FIRECRACKER_BIN, DEFAULT_FIRECRACKER_BIN),
+            firecracker_jail: FirecrackerJail::from_vars(&v)?,
             qemu_bin: v.get(vars::WRENN_QEMU_BIN).map(PathBuf::from),
             vm_accel: v.parse_with(vars::WRENN_VM_ACCEL, VmAccel::default(), |s| s.parse())?,
             vm_guest_aslr: v.parse_with(
@@ -361,6 +407,21 @@ mod tests {
         assert_eq!(q.qemu_bin.as_deref(), Some(Path::new("/opt/qemu")));
         assert_eq!(q.vm_guest_aslr, VmGuestAslr::On);
         assert_eq!(agent(&[]).unwrap().vm_accel, VmAccel::Auto);
+        assert_eq!(agent(&[]).unwrap().firecracker_jail, None);
+        let jailed = agent(&[
+            ("WRENN_FIRECRACKER_JAIL", "on"),
+            ("WRENN_JAILER_BIN", "/opt/jailer"),
+            ("WRENN_JAILER_UID", "990"),
+        ])
+        .unwrap();
+        assert_eq!(
+            jailed.firecracker_jail,
+            Some(FirecrackerJail {
+                jailer_bin: Some("/opt/jailer".into()),
+                uid: 990,
+                gid: DEFAULT_JAILER_ID,
+            })
+        );
         assert_eq!(agent(&[]).unwrap().vm_guest_aslr, VmGuestAslr::Auto);
     }
 
@@ -380,6 +441,9 @@ mod tests {
             ("WRENN_HOST_ADDRESS", "10.0.0.5:0"),
             ("WRENN_HOST_ADDRESS", "bad host:1"),
             ("WRENN_HOST_ADDRESS", ":50051"),
+            ("WRENN_FIRECRACKER_JAIL", "yes"),
+            ("WRENN_JAILER_UID", "0"),
+            ("WRENN_JAILER_GID", "nobody"),
         ] {
             let err = agent(&[(var, value)]).unwrap_err();
             assert_eq!(err_var(&err), var, "{var}={value}: {err}");

@@ -48,6 +48,14 @@ pub const WRENN_DEFAULT_ROOTFS_SIZE: &str = "WRENN_DEFAULT_ROOTFS_SIZE";
 pub const WRENN_HIBERNATE_AFTER_SECS: &str = "WRENN_HIBERNATE_AFTER_SECS";
 /// Path of the firecracker binary.
 pub const WRENN_FIRECRACKER_BIN: &str = "WRENN_FIRECRACKER_BIN";
+/// Whether Firecracker VMMs run under the jailer (`on`, `off`).
+pub const WRENN_FIRECRACKER_JAIL: &str = "WRENN_FIRECRACKER_JAIL";
+/// Path of Firecracker's jailer.
+pub const WRENN_JAILER_BIN: &str = "WRENN_JAILER_BIN";
+/// The uid jailed Firecracker VMMs run as.
+pub const WRENN_JAILER_UID: &str = "WRENN_JAILER_UID";
+/// The gid jailed Firecracker VMMs run as.
+pub const WRENN_JAILER_GID: &str = "WRENN_JAILER_GID";
 /// Path of `qemu-system-x86_64` (the `qemu` runtime).
 pub const WRENN_QEMU_BIN: &str = "WRENN_QEMU_BIN";
 /// Accelerator of the VM runtimes (`auto`, `kvm`, `tcg`).

@@ -30,6 +30,16 @@ pub enum CgroupVersion {
 }
 
 impl CgroupVersion {
+    /// The hierarchy this host uses: v2 where the unified hierarchy is mounted at
+    /// `/sys/fs/cgroup`, else v1.
+    pub fn of_host() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        match cgroup_mount(&mounts, "cgroup2", None) {
+            Some(mount) if mount == Path::new("/sys/fs/cgroup") => CgroupVersion::V2,
+            _ => CgroupVersion::V1,
+        }
+    }
+
     /// The value of `--cgroup-version`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -179,11 +189,65 @@ impl JailerConfig {
         self.root_dir(id).join(relative)
     }
 
+    /// Where the jailer records the pid of the VMM of `id` (inside its root).
+    pub fn pid_file(&self, id: &str) -> PathBuf {
+        let exec_name = self.exec_file.file_name().unwrap_or_default();
+        let mut name = exec_name.to_owned();
+        name.push(".pid");
+        self.root_dir(id).join(name)
+    }
+
+    /// The ids of the jails under the chroot base (running or left behind).
+    pub fn jails(&self) -> Vec<String> {
+        let exec_name = self.exec_file.file_name().unwrap_or_default();
+        std::fs::read_dir(self.chroot_base.join(exec_name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// The pid of the VMM of `id` while it runs, from its pid file (checked against
+    /// the process's own `--id`, so a recycled pid is never taken for it).
+    pub fn running_pid(&self, id: &str) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file(id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+            .then_some(pid)
+    }
+
+    /// Kills a VMM of `id` that outlived its agent (a jailed VMM is not the agent's
+    /// child once the jailer dropped privileges, so it does not die with the agent),
+    /// waits for it to go, and removes its jail and cgroups.
+    pub async fn kill_and_cleanup(&self, id: &str) -> Result<(), VmmError> {
+        if let Some(pid) = self.running_pid(id) {
+            // SAFETY: a plain syscall on a pid just checked to be this VMM's.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let deadline = Instant::now() + CGROUP_RMDIR_PATIENCE;
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        self.cleanup(id).await
+    }
+
     /// Hard-links `source` into the root of the jail of `id` as `name` (before the
     /// VMM starts) and returns its path as the VMM sees it (`/<name>`). A `writable`
     /// file is given to the jail's uid and gid — the same inode as `source`, so
-    /// `source` changes owner too; others must be readable by the jail's user.
-    /// Hard links need `source` on the chroot's file system.
+    /// `source` changes owner too. A read-only file the jail's user could not read, or
+    /// one on another file system, is copied instead; a writable one must be on the
+    /// chroot's file system.
     pub fn stage(
         &self,
         id: &str,
@@ -201,8 +265,23 @@ impl JailerConfig {
         let root = self.root_dir(id);
         std::fs::create_dir_all(&root).map_err(VmmError::io("create", &root))?;
         let target = root.join(name);
-        std::fs::hard_link(source, &target).map_err(VmmError::io("hard-link", source))?;
         if writable {
+            std::fs::hard_link(source, &target).map_err(VmmError::io("hard-link", source))?;
+            std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))
+                .map_err(VmmError::io("chown", &target))?;
+            return Ok(Path::new("/").join(name));
+        }
+        let meta = std::fs::metadata(source).map_err(VmmError::io("read", source))?;
+        let readable = {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let mode = meta.permissions().mode();
+            mode & 0o004 != 0
+                || (meta.uid() == self.uid && mode & 0o400 != 0)
+                || (meta.gid() == self.gid && mode & 0o040 != 0)
+        };
+        let linked = readable && std::fs::hard_link(source, &target).is_ok();
+        if !linked {
+            std::fs::copy(source, &target).map_err(VmmError::io("copy", source))?;
             std::os::unix::fs::chown(&target, Some(self.uid), Some(self.gid))
                 .map_err(VmmError::io("chown", &target))?;
         }

@@ -12,6 +12,15 @@
 //! guest's pages from it as the guest touches them ([`LoadBackend::Uffd`], the
 //! [`uffd`](super::uffd) handler): nothing is read up front, and many capsules
 //! restored from one template share its file's pages in the host's cache.
+//!
+//! A restored VM tracks dirty pages. Saved again into the snapshot it was loaded
+//! from, it writes a [`Diff`](SnapshotType::Diff) — only the pages written since the
+//! load — [merged](super::diff) onto that memory file while the VM is paused; any
+//! other save (the first after a boot, a capsule made from a template's memory) is
+//! [`Full`](SnapshotType::Full), written beside the memory file and renamed over it
+//! when complete. A failed save resumes the VM, whose memory is intact: a merge only
+//! writes pages the VM already holds its own copies of, never one it may still read
+//! from the file. Its next save is Full (the failed diff cleared its dirty pages).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +30,9 @@ use super::api::{
     MmdsConfig, MmdsVersion, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType,
 };
-use super::client::ClientError;
+use super::client::{Client, ClientError};
+use super::diff;
+use super::jailer::JailerConfig;
 use super::uffd::{UffdError, UffdHandle, UffdHandler, UffdStats};
 use super::vmm::{Launcher, Vmm, VmmError, VmmOptions};
 use crate::network::tap::{GUEST_MAC, TAP_NAME};
@@ -36,10 +47,18 @@ pub const API_SOCKET: &str = "firecracker.sock";
 pub const STATE_FILE: &str = "vm.state";
 /// A snapshot's guest memory.
 pub const MEMORY_FILE: &str = "memory";
+/// Guest memory of a snapshot being written (a full one, or a diff to merge).
+pub const NEW_MEMORY_FILE: &str = "memory.new";
 /// The guest's network interface.
 const IFACE: &str = "eth0";
 /// The page-fault handler's socket in a VM's directory (while it restores).
 pub const UFFD_SOCKET: &str = "uffd.sock";
+/// The named pipe a VMM writes its metrics to (read by the agent).
+pub const METRICS_PIPE: &str = "metrics.fifo";
+/// The kernel's name in a jail.
+pub const KERNEL_FILE: &str = "vmlinux";
+/// The initramfs's name in a jail.
+pub const INITRD_FILE: &str = "initrd";
 /// How long a snapshot may take to write or load.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -94,13 +113,76 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
+    /// The jail the VMM runs in, if any.
+    fn jail(&self) -> Option<&JailerConfig> {
+        match &self.launcher {
+            Launcher::Jailed(jail) => Some(jail),
+            Launcher::Direct { .. } => None,
+        }
+    }
+
     fn vmm_options(&self) -> VmmOptions {
-        let mut options = VmmOptions::new(self.id.clone(), self.dir.join(API_SOCKET));
-        options.cwd = Some(self.dir.clone());
+        let mut options = match self.jail() {
+            // Jailed, the VMM's working directory is its chroot's root.
+            Some(_) => VmmOptions::jailed(self.id.clone()),
+            None => {
+                let mut options = VmmOptions::new(self.id.clone(), self.dir.join(API_SOCKET));
+                options.cwd = Some(self.dir.clone());
+                options
+            }
+        };
         // Warnings and errors only: at `Info` Firecracker echoes every API request, host
         // paths included, into the output that becomes a failed capsule's reason.
         options.log_level = Some(LogLevel::Warning);
+        options.metrics_path = Some(self.made(METRICS_PIPE).0);
+        options.forward_metrics = true;
         options
+    }
+
+    /// Puts the drives where the VMM finds them under the names a snapshot records:
+    /// envd's disk linked into the directory, or both disks hard-linked into the jail
+    /// (the root disk given to the jail's user).
+    fn stage_drives(&self) -> Result<(), MachineError> {
+        let Some(jail) = self.jail() else {
+            return self.link_envd_disk();
+        };
+        jail.stage(&self.id, &self.dir.join(DISK_FILE), DISK_FILE, true)?;
+        jail.stage(&self.id, &self.envd_disk, ENVD_DISK_FILE, false)?;
+        Ok(())
+    }
+
+    /// The host file `path` as the VMM sees it: itself, or staged into the jail as
+    /// `name` (read-only).
+    fn visible(&self, path: &Path, name: &str) -> Result<PathBuf, MachineError> {
+        match self.jail() {
+            None => Ok(path.to_owned()),
+            Some(jail) => Ok(jail.stage(&self.id, path, name, false)?),
+        }
+    }
+
+    /// A file `name` the VMM makes (a snapshot, the page-fault handler's socket): its
+    /// path as the VMM sees it, and on the host.
+    fn made(&self, name: &str) -> (PathBuf, PathBuf) {
+        match self.jail() {
+            None => (self.dir.join(name), self.dir.join(name)),
+            Some(jail) => (
+                Path::new("/").join(name),
+                jail.root_dir(&self.id).join(name),
+            ),
+        }
+    }
+
+    /// Removes what staging put into a jail, after a failure before the VMM started.
+    async fn discard_jail(&self) {
+        if let Some(jail) = self.jail()
+            && let Err(e) = jail.cleanup(&self.id).await
+        {
+            tracing::warn!(
+                capsule_id = %self.id,
+                "removing a jail: {}",
+                crate::runtime::error_chain(&e)
+            );
+        }
     }
 
     /// Links envd's disk into the directory (the snapshot names it relatively).
@@ -145,6 +227,24 @@ impl Snapshot {
     pub fn exists(&self) -> bool {
         self.state.is_file() && self.memory.is_file()
     }
+
+    /// Where a save writes memory before it replaces (or is merged onto) `memory`.
+    fn new_memory(&self) -> PathBuf {
+        self.memory.with_file_name(NEW_MEMORY_FILE)
+    }
+}
+
+/// How a save wrote the VM's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// All of it.
+    Full,
+    /// The pages written since the load, merged onto the memory file it was loaded
+    /// from.
+    Diff {
+        /// Bytes merged.
+        bytes: u64,
+    },
 }
 
 /// How a restored VM gets its memory from the snapshot's memory file.
@@ -162,16 +262,35 @@ pub struct Machine {
     vmm: Vmm,
     /// The page-fault handler of a VM restored with [`LoadBackend::Uffd`].
     uffd: Option<UffdHandle>,
+    /// The memory file a restored VM was loaded from, while the pages it wrote since
+    /// are tracked: a save into the same snapshot writes only those.
+    diff_base: Option<PathBuf>,
 }
 
 impl Machine {
     /// Starts a VMM, configures the machine (vCPUs and memory, kernel, drives,
     /// network, metadata) and boots it. On failure nothing runs.
     pub async fn boot(spec: &MachineSpec) -> Result<Self, MachineError> {
-        spec.link_envd_disk()?;
+        let staged = spec.stage_drives().and_then(|()| {
+            Ok((
+                spec.visible(&spec.kernel, KERNEL_FILE)?,
+                spec.visible(&spec.initrd, INITRD_FILE)?,
+            ))
+        });
+        let (kernel, initrd) = match staged {
+            Ok(paths) => paths,
+            Err(e) => {
+                spec.discard_jail().await;
+                return Err(e);
+            }
+        };
         let vmm = Vmm::start(&spec.launcher, &spec.vmm_options()).await?;
-        match configure_and_start(&vmm, spec).await {
-            Ok(()) => Ok(Self { vmm, uffd: None }),
+        match configure_and_start(&vmm, spec, kernel, initrd).await {
+            Ok(()) => Ok(Self {
+                vmm,
+                uffd: None,
+                diff_base: None,
+            }),
             Err(e) => {
                 let _ = vmm.stop().await;
                 Err(e)
@@ -187,47 +306,101 @@ impl Machine {
         snapshot: &Snapshot,
         backend: LoadBackend,
     ) -> Result<Self, MachineError> {
-        spec.link_envd_disk()?;
-        let (uffd, mem_backend) = match backend {
-            LoadBackend::File => (
+        let staged = async {
+            spec.stage_drives()?;
+            let state = spec.visible(&snapshot.state, STATE_FILE)?;
+            let memory = match backend {
+                LoadBackend::File => Loaded::File(spec.visible(&snapshot.memory, MEMORY_FILE)?),
+                LoadBackend::Uffd => {
+                    let (seen, socket) = spec.made(UFFD_SOCKET);
+                    if let Some(parent) = socket.parent() {
+                        std::fs::create_dir_all(parent).map_err(|source| MachineError::Io {
+                            context: "make the page-fault handler's directory".into(),
+                            source,
+                        })?;
+                    }
+                    let handler = UffdHandler::new(spec.id.clone(), &socket, &snapshot.memory)
+                        .connect_timeout(SNAPSHOT_TIMEOUT);
+                    let handle = tokio::task::spawn_blocking(move || handler.start())
+                        .await
+                        .map_err(|e| MachineError::Io {
+                            context: "start the page-fault handler".into(),
+                            source: std::io::Error::other(e),
+                        })??;
+                    if let Some(jail) = spec.jail() {
+                        // The jailed VMM connects as the jail's user.
+                        let owned =
+                            std::os::unix::fs::chown(&socket, Some(jail.uid), Some(jail.gid));
+                        if let Err(source) = owned {
+                            let _ = handle.stop();
+                            return Err(MachineError::Io {
+                                context: "give the page-fault handler's socket to the jail".into(),
+                                source,
+                            });
+                        }
+                    }
+                    Loaded::Uffd(seen, handle)
+                }
+            };
+            Ok::<_, MachineError>((state, memory))
+        }
+        .await;
+        let (state, memory) = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                spec.discard_jail().await;
+                return Err(e);
+            }
+        };
+        let (uffd, mem_backend) = match memory {
+            Loaded::File(path) => (
                 None,
                 MemoryBackend {
                     backend_type: MemoryBackendType::File,
-                    backend_path: snapshot.memory.clone(),
+                    backend_path: path,
                 },
             ),
-            LoadBackend::Uffd => {
-                let socket = spec.dir.join(UFFD_SOCKET);
-                let handler = UffdHandler::new(spec.id.clone(), &socket, &snapshot.memory)
-                    .connect_timeout(SNAPSHOT_TIMEOUT);
-                let handle = tokio::task::spawn_blocking(move || handler.start())
-                    .await
-                    .map_err(|e| MachineError::Io {
-                        context: "start the page-fault handler".into(),
-                        source: std::io::Error::other(e),
-                    })??;
-                (
-                    Some(handle),
-                    MemoryBackend {
-                        backend_type: MemoryBackendType::Uffd,
-                        backend_path: socket,
-                    },
-                )
+            Loaded::Uffd(socket, handle) => (
+                Some(handle),
+                MemoryBackend {
+                    backend_type: MemoryBackendType::Uffd,
+                    backend_path: socket,
+                },
+            ),
+        };
+        let vmm = match Vmm::start(&spec.launcher, &spec.vmm_options()).await {
+            Ok(vmm) => vmm,
+            Err(e) => {
+                if let Some(handle) = uffd {
+                    let _ = tokio::task::spawn_blocking(move || handle.stop()).await;
+                }
+                return Err(e.into());
             }
         };
-        let vmm = Vmm::start(&spec.launcher, &spec.vmm_options()).await?;
         let client = vmm.client().clone().with_snapshot_timeout(SNAPSHOT_TIMEOUT);
         let loaded = client
             .load_snapshot(&SnapshotLoadParams {
-                snapshot_path: snapshot.state.clone(),
+                snapshot_path: state,
                 mem_backend,
-                enable_diff_snapshots: false,
+                // Dirty pages are tracked for the next save's diff.
+                enable_diff_snapshots: true,
                 resume_vm: true,
                 network_overrides: Vec::new(),
             })
             .await;
         match loaded {
-            Ok(()) => Ok(Self { vmm, uffd }),
+            Ok(()) => {
+                if let Some(root) = vmm.jail_root() {
+                    // Read: a later save writes its own (a link would change the
+                    // snapshot's file too).
+                    let _ = std::fs::remove_file(root.join(STATE_FILE));
+                }
+                Ok(Self {
+                    vmm,
+                    uffd,
+                    diff_base: Some(snapshot.memory.clone()),
+                })
+            }
             Err(e) => {
                 let _ = vmm.stop().await;
                 if let Some(handle) = uffd {
@@ -238,35 +411,107 @@ impl Machine {
         }
     }
 
-    /// Pauses the VM, writes a full snapshot of it to `to` and stops the VMM: the VM
-    /// then holds no memory. On failure the VM is resumed and given back.
-    pub async fn save(self, to: &Snapshot) -> Result<(), (Self, MachineError)> {
+    /// Pauses the VM, writes a snapshot of it to `to` (a diff merged onto `to.memory`
+    /// when the VM was loaded from it, else full) and stops the VMM: the VM then holds
+    /// no memory. On failure the VM is resumed and given back.
+    pub async fn save(mut self, to: &Snapshot) -> Result<Saved, (Self, MachineError)> {
         let client = self
-            .vmm
             .client()
             .clone()
             .with_snapshot_timeout(SNAPSHOT_TIMEOUT);
         if let Err(e) = client.pause().await {
             return Err((self, e.into()));
         }
-        let created = client
-            .create_snapshot(&SnapshotCreateParams {
-                snapshot_type: SnapshotType::Full,
-                snapshot_path: to.state.clone(),
-                mem_file_path: to.memory.clone(),
+        let diff = self.diff_base.as_deref() == Some(to.memory.as_path()) && to.memory.is_file();
+        let new_memory = to.new_memory();
+        // A jailed VMM writes into its root; the files then move to `to`.
+        let jail_root = self.vmm.jail_root();
+        let made = |name: &str, host: &Path| match &jail_root {
+            Some(root) => (
+                Path::new("/").join(name),
+                Some((root.join(name), host.to_owned())),
+            ),
+            None => (host.to_owned(), None),
+        };
+        let (state_seen, state_moved) = made(STATE_FILE, &to.state);
+        let (memory_seen, memory_moved) = made(NEW_MEMORY_FILE, &new_memory);
+        let written = async {
+            client
+                .create_snapshot(&SnapshotCreateParams {
+                    snapshot_type: if diff {
+                        SnapshotType::Diff
+                    } else {
+                        SnapshotType::Full
+                    },
+                    snapshot_path: state_seen,
+                    mem_file_path: memory_seen,
+                })
+                .await?;
+            for (from, to) in [state_moved, memory_moved].into_iter().flatten() {
+                move_file(&from, &to).map_err(|source| MachineError::Io {
+                    context: "move the snapshot out of the jail".into(),
+                    source,
+                })?;
+            }
+            // The VM is paused: no page it wrote can change or fault in meanwhile.
+            let (from, onto) = (new_memory.clone(), to.memory.clone());
+            let settled = tokio::task::spawn_blocking(move || {
+                if diff {
+                    let merged = diff::merge(&from, &onto)?;
+                    std::fs::remove_file(&from)?;
+                    Ok(Saved::Diff {
+                        bytes: merged.bytes,
+                    })
+                } else {
+                    std::fs::rename(&from, &onto).map(|()| Saved::Full)
+                }
             })
-            .await;
-        if let Err(e) = created {
-            let _ = std::fs::remove_file(&to.state);
-            let _ = std::fs::remove_file(&to.memory);
-            let _ = client.resume().await;
-            return Err((self, e.into()));
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            settled.map_err(|source| MachineError::Io {
+                context: if diff {
+                    "merge the diff snapshot onto its memory file".into()
+                } else {
+                    "move the snapshot's memory into place".into()
+                },
+                source,
+            })
         }
-        if let Err(e) = self.stop().await {
-            // The snapshot is complete; a socket left behind is removed with the VM.
-            tracing::warn!("stopping a saved VM: {}", crate::runtime::error_chain(&e));
+        .await;
+        match written {
+            Ok(saved) => {
+                if let Err(e) = self.stop().await {
+                    // The snapshot is complete; a socket left behind is removed with
+                    // the VM.
+                    tracing::warn!("stopping a saved VM: {}", crate::runtime::error_chain(&e));
+                }
+                Ok(saved)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&to.state);
+                let _ = std::fs::remove_file(&new_memory);
+                if let Some(root) = &jail_root {
+                    let _ = std::fs::remove_file(root.join(STATE_FILE));
+                    let _ = std::fs::remove_file(root.join(NEW_MEMORY_FILE));
+                }
+                // A diff, even a failed one, cleared the dirty pages: the next save
+                // must be full.
+                self.diff_base = None;
+                let _ = client.resume().await;
+                Err((self, e))
+            }
         }
-        Ok(())
+    }
+
+    /// A client of the VMM's API.
+    pub fn client(&self) -> &Client {
+        self.vmm.client()
+    }
+
+    /// The last metrics the VMM reported (Firecracker writes them every minute
+    /// once the guest runs; `FlushMetrics` asks for them at once).
+    pub fn metrics(&self) -> Option<serde_json::Value> {
+        self.vmm.metrics()
     }
 
     /// The VMM's pid.
@@ -329,7 +574,12 @@ impl Machine {
 }
 
 /// The configuration sequence of a booting VM, then `InstanceStart`.
-async fn configure_and_start(vmm: &Vmm, spec: &MachineSpec) -> Result<(), MachineError> {
+async fn configure_and_start(
+    vmm: &Vmm,
+    spec: &MachineSpec,
+    kernel: PathBuf,
+    initrd: PathBuf,
+) -> Result<(), MachineError> {
     let client = vmm.client();
     let vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
     client
@@ -343,9 +593,9 @@ async fn configure_and_start(vmm: &Vmm, spec: &MachineSpec) -> Result<(), Machin
         .await?;
     client
         .put_boot_source(&BootSource {
-            kernel_image_path: spec.kernel.clone(),
+            kernel_image_path: kernel,
             boot_args: Some(spec.cmdline.clone()),
-            initrd_path: Some(spec.initrd.clone()),
+            initrd_path: Some(initrd),
         })
         .await?;
     for (drive_id, file, root, read_only) in [
@@ -388,4 +638,23 @@ async fn configure_and_start(vmm: &Vmm, spec: &MachineSpec) -> Result<(), Machin
     }
     client.start_instance().await?;
     Ok(())
+}
+
+/// Where a loading VM's memory comes from, as its VMM sees it.
+enum Loaded {
+    /// The memory file.
+    File(PathBuf),
+    /// The page-fault handler's socket, and the handler.
+    Uffd(PathBuf, UffdHandle),
+}
+
+/// Renames `from` to `to`, copying across file systems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to)?;
+            std::fs::remove_file(from)
+        }
+        moved => moved,
+    }
 }

@@ -7,7 +7,9 @@
 //!   keeps Firecracker's status and `fault_message`.
 //! - [`runtime`]: [`FirecrackerRuntime`], the [`Runtime`](super::Runtime) on them.
 //! - [`machine`]: one capsule's VM on a VMM: boot with the capsule's files, save a
-//!   memory snapshot, load one (in any directory holding the same files), stop.
+//!   memory snapshot (full, or a diff of what a restored VM wrote), load one (in any
+//!   directory holding the same files), stop.
+//! - [`diff`]: merging a diff snapshot's memory onto its base.
 //! - [`vmm`]: one VMM process, started directly (inside the capsule's network
 //!   namespace) or through the [`jailer`], its output forwarded into `tracing`, and
 //!   stopped without leftovers.
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod client;
+pub mod diff;
 pub mod jailer;
 pub mod machine;
 pub mod runtime;

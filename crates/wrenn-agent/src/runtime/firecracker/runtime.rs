@@ -7,8 +7,10 @@
 //!   image's `rootfs.ext4` as large as `disk_size_mb`, grown by the guest at boot.
 //! - **Metadata** (MMDS v2): the capsule's and team's ids. envd's token is not there
 //!   (any guest process may read MMDS): it travels in envd's `Init`, as with QEMU.
-//! - **pause** writes a full memory snapshot (`vm.state`, `memory`) into the capsule's
-//!   directory and the VMM exits; **resume** starts a VMM that loads it, the agent
+//! - **pause** writes a memory snapshot (`vm.state`, `memory`) into the capsule's
+//!   directory and the VMM exits — full the first time, then only the pages the
+//!   guest wrote since its resume, merged onto `memory` ([`super::diff`]);
+//!   **resume** starts a VMM that loads it, the agent
 //!   serving its memory page by page ([`super::uffd`]) unless configured to let
 //!   Firecracker map the file. The drives are
 //!   named relatively ([`super::machine`]), so the same snapshot restores in another
@@ -25,7 +27,15 @@
 //!
 //! VMMs run as the agent's children inside the capsule's network namespace and die
 //! with it (parent-death signal): after a crash, the start-up sweep finds only
-//! directories and networks to remove.
+//! directories and networks to remove. With a [jail](JailOptions)
+//! (`WRENN_FIRECRACKER_JAIL=on`) each VMM runs under Firecracker's jailer instead:
+//! as an unprivileged user, chrooted into `jail/firecracker/{id}/root/` (the capsule's
+//! disk and snapshot hard-linked in, snapshots moved out), in the capsule's network
+//! namespace (whose TAP device that user owns) and in a cgroup of its own under
+//! [`JAIL_CGROUP`] that caps its CPU at its vCPUs plus one. A jailed VMM survives
+//! the agent (the jailer's privilege drop clears the parent-death signal): the
+//! sweep kills those of capsules it does not run, by the jail's pid file, and
+//! removes their jails and cgroups.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -38,6 +48,7 @@ use wrenn_core::id::{BUILTIN_TEMPLATE_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
 
 use super::api::{BootSource, MachineConfiguration};
+use super::jailer::{CgroupSetting, CgroupVersion, JailerConfig};
 use super::machine::{self, DISK_FILE, LoadBackend, Machine, MachineError, MachineSpec, Snapshot};
 use super::vmm::{Binary, Launcher, Vmm, VmmOptions};
 use crate::image::BuiltImage;
@@ -63,6 +74,24 @@ pub const PROBE_TIMEOUT: Duration = accel::PROBE_TIMEOUT;
 const MAX_VCPUS: u32 = 32;
 /// Lines of the console reported when a guest fails.
 const CONSOLE_TAIL_LINES: usize = 15;
+/// The parent cgroup of jailed VMMs' cgroups.
+pub const JAIL_CGROUP: &str = "wrenn-firecracker";
+/// The directory under `$WRENN_DIR` where jails are made (on the same file system as
+/// the capsules' files, which are hard-linked into them).
+pub const JAIL_DIR: &str = "jail";
+/// The CPU accounting period of a jailed VMM's cgroup (µs).
+const CPU_PERIOD_US: u32 = 100_000;
+
+/// How VMMs are jailed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailOptions {
+    /// The jailer (default: `WRENN_JAILER_BIN`, else `PATH`).
+    pub jailer: Option<PathBuf>,
+    /// The user VMMs run as (not root).
+    pub uid: u32,
+    /// Their group.
+    pub gid: u32,
+}
 
 /// Whether KVM boots guests, as far as the runtime knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +121,8 @@ pub struct FirecrackerRuntimeOptions {
     /// How restored guests get their memory (default: served page by page by the
     /// agent's userfaultfd handler).
     pub load_backend: LoadBackend,
+    /// Runs each VMM under the jailer (default: as the agent's child).
+    pub jail: Option<JailOptions>,
 }
 
 impl Default for FirecrackerRuntimeOptions {
@@ -104,6 +135,7 @@ impl Default for FirecrackerRuntimeOptions {
             boot_timeout: Duration::from_secs(30),
             resume_timeout: Duration::from_secs(10),
             load_backend: LoadBackend::Uffd,
+            jail: None,
         }
     }
 }
@@ -133,6 +165,11 @@ impl FirecrackerRuntimeOptions {
             // else the binary is looked up as the VMM layer does.
             firecracker: Some(config.firecracker_bin.clone()).filter(|p| p.is_file()),
             kvm,
+            jail: config.firecracker_jail.as_ref().map(|jail| JailOptions {
+                jailer: jail.jailer_bin.clone(),
+                uid: jail.uid,
+                gid: jail.gid,
+            }),
             ..Self::default()
         };
         options.network.egress = config.egress.clone();
@@ -162,6 +199,8 @@ pub struct FirecrackerRuntime {
     kernel: PathBuf,
     guest: GuestFiles,
     firecracker: PathBuf,
+    /// The jail of every VMM (its per-capsule parts unset), when jailed.
+    jail: Option<JailerConfig>,
     /// `Err(why)` when KVM does not boot guests here: creates fail with it.
     kvm: Result<(), String>,
     live: Mutex<HashMap<SandboxId, Arc<Vm>>>,
@@ -197,6 +236,10 @@ impl FirecrackerRuntime {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
+        let jail = match &options.jail {
+            None => None,
+            Some(jail) => Some(Self::jail_config(&layout, &firecracker, jail)?),
+        };
         let (vm, built, envd_bin) = (vm_dir(&layout), image.clone(), envd.clone());
         let (guest, _key) = blocking(move || guest::prepare(&vm, &envd_bin, &built)).await??;
         let kvm = match options.kvm {
@@ -221,9 +264,51 @@ impl FirecrackerRuntime {
             kernel,
             guest,
             firecracker,
+            jail,
             kvm,
             live: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The jail every VMM gets (its network namespace and cgroup values are the
+    /// capsule's): the jailer found, the chroot base made.
+    fn jail_config(
+        layout: &Layout,
+        firecracker: &Path,
+        options: &JailOptions,
+    ) -> Result<JailerConfig, RuntimeError> {
+        if options.uid == 0 || options.gid == 0 {
+            return Err(RuntimeError::Unsupported(
+                "jailed Firecracker VMMs must not run as root (uid or gid 0)".into(),
+            ));
+        }
+        let jailer = match &options.jailer {
+            Some(path) => Binary::Jailer.find_in(Some(path.as_os_str()), None),
+            None => Binary::Jailer.find(),
+        }
+        .map_err(|e| RuntimeError::Unsupported(error_chain(&e)))?;
+        let base = layout.root().join(JAIL_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&base)
+            .map_err(io_err(format!("create {}", base.display())))?;
+        let mut config = JailerConfig::new(jailer, firecracker, options.uid, options.gid, base);
+        config.cgroup_version = CgroupVersion::of_host();
+        config.parent_cgroup = Some(JAIL_CGROUP.to_owned());
+        Ok(config)
+    }
+
+    /// The jailer configuration of capsule `config`'s VMM, when jailed.
+    fn jail_of(&self, config: &SandboxConfig) -> Option<JailerConfig> {
+        let mut jail = self.jail.clone()?;
+        jail.netns = Some(network::netns_path(&Self::netns_name(config.id)));
+        let quota = (u64::from(config.vcpus) + 1) * u64::from(CPU_PERIOD_US);
+        jail.cgroups = vec![match jail.cgroup_version {
+            CgroupVersion::V1 => CgroupSetting::new("cpu.cfs_quota_us", quota.to_string()),
+            CgroupVersion::V2 => CgroupSetting::new("cpu.max", format!("{quota} {CPU_PERIOD_US}")),
+        }];
+        Some(jail)
     }
 
     /// Whether KVM boots guests here (`Err` says why not).
@@ -267,12 +352,16 @@ impl FirecrackerRuntime {
 
     fn machine_spec(&self, config: &SandboxConfig, guest: &GuestFiles) -> MachineSpec {
         let id = config.id;
-        MachineSpec {
-            id: id.to_string(),
-            launcher: Launcher::Direct {
+        let launcher = match self.jail_of(config) {
+            Some(jail) => Launcher::Jailed(jail),
+            None => Launcher::Direct {
                 firecracker: self.firecracker.clone(),
                 netns: Some(network::netns_path(&Self::netns_name(id))),
             },
+        };
+        MachineSpec {
+            id: id.to_string(),
+            launcher,
             dir: self.layout.sandbox_dir(id),
             kernel: self.kernel.clone(),
             initrd: guest.initrd.clone(),
@@ -332,7 +421,8 @@ impl FirecrackerRuntime {
     ) -> Result<(Arc<Vm>, String), RuntimeError> {
         let id = config.id;
         let netns = Self::netns_name(id);
-        let net = guest::add_network(&self.network, id, &netns).await?;
+        let tap_owner = self.jail.as_ref().map(|jail| (jail.uid, jail.gid));
+        let net = guest::add_network(&self.network, id, &netns, tap_owner).await?;
         let spec = self.machine_spec(config, &guest);
         let envd_addr = SocketAddr::from((net.sandbox_addr, wrenn_proto::ENVD_PORT));
         let started = Instant::now();
@@ -411,9 +501,10 @@ impl FirecrackerRuntime {
         let id = vm.config.id;
         let started = Instant::now();
         match machine.save(&Snapshot::in_dir(dir)).await {
-            Ok(()) => {
+            Ok(saved) => {
                 tracing::debug!(
                     sandbox_id = %id,
+                    ?saved,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "memory saved"
                 );
@@ -586,8 +677,6 @@ pub async fn kvm_boots(firecracker: &Path, kernel: &Path, scratch: &Path) -> Res
     answer
 }
 
-/// The snapshot files besides the disk.
-const SNAPSHOT_FILES: [&str; 2] = [machine::STATE_FILE, machine::MEMORY_FILE];
 /// A saved capsule's files: its disk and snapshot.
 const SAVED_FILES: &[&str] = &[DISK_FILE, machine::STATE_FILE, machine::MEMORY_FILE];
 
@@ -700,10 +789,8 @@ impl Runtime for FirecrackerRuntime {
             .await
             .map_err(|e| self.machine_err(id, &e, &[]))?;
         *slot = Some(machine);
-        // The VMM maps the memory file privately: the next pause writes a new one.
-        for file in SNAPSHOT_FILES {
-            let _ = std::fs::remove_file(dir.join(file));
-        }
+        // The memory file stays: the next pause merges what the guest wrote onto it.
+        let _ = std::fs::remove_file(dir.join(machine::STATE_FILE));
         Ok(())
     }
 
@@ -759,9 +846,7 @@ impl Runtime for FirecrackerRuntime {
             .await
         {
             Ok((vm, version)) => {
-                for file in SNAPSHOT_FILES {
-                    let _ = std::fs::remove_file(dir.join(file));
-                }
+                let _ = std::fs::remove_file(dir.join(machine::STATE_FILE));
                 remove_tree(&snapshot).await?;
                 Ok(self.instance(&vm, Some(version)))
             }
@@ -853,6 +938,20 @@ impl Runtime for FirecrackerRuntime {
         for id in &ids {
             self.stop_everything(*id).await;
             remove_tree(&self.layout.sandbox_dir(*id)).await?;
+        }
+        if let Some(jail) = &self.jail {
+            // Jailed VMMs outlive an agent: those of capsules this one does not run go.
+            for name in jail.jails() {
+                let running = name
+                    .parse::<SandboxId>()
+                    .is_ok_and(|id| self.live().contains_key(&id));
+                if !running {
+                    tracing::info!(jail = %name, "removing an orphaned Firecracker jail");
+                    jail.kill_and_cleanup(&name)
+                        .await
+                        .map_err(|e| RuntimeError::Other(error_chain(&e)))?;
+                }
+            }
         }
         Ok(ids)
     }

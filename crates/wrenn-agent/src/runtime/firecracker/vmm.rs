@@ -1,6 +1,13 @@
 //! One Firecracker VMM process: started directly (optionally inside a network
 //! namespace) or through the [jailer](super::jailer), watched until its API socket
-//! answers, its output forwarded into `tracing`, and stopped without leftovers.
+//! answers, its output (log and guest console) and its metrics forwarded into
+//! `tracing`, and stopped without leftovers.
+//!
+//! Metrics go through a named pipe the agent makes and reads before the VMM starts
+//! ([`VmmOptions::forward_metrics`]): Firecracker writes one JSON document per flush
+//! (every minute once the guest runs, and on `FlushMetrics`), each logged at `debug`
+//! with target `wrenn_agent::firecracker::metrics` and the latest kept
+//! ([`Vmm::metrics`]).
 //!
 //! A direct VMM gets `SIGKILL` when the agent dies (parent-death signal). A jailed
 //! one does not: the kernel clears that signal when the jailer drops its credentials,
@@ -16,7 +23,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -38,6 +45,10 @@ pub const JAILED_API_SOCKET: &str = "/run/firecracker.socket";
 const OUTPUT_TAIL_LINES: usize = 40;
 /// How long the output forwarders may take to drain once the VMM exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The target of forwarded metrics.
+pub const METRICS_TARGET: &str = "wrenn_agent::firecracker::metrics";
+/// Longest metrics document read (Firecracker's are a few KiB).
+const METRICS_MAX_LINE: usize = 1 << 20;
 
 /// Why a VMM could not be found, started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +235,9 @@ pub struct VmmOptions {
     pub log_level: Option<LogLevel>,
     /// A metrics file or named pipe.
     pub metrics_path: Option<PathBuf>,
+    /// Makes `metrics_path` a named pipe (host side, owned by the jail's user when
+    /// jailed) and forwards what Firecracker writes there into `tracing`.
+    pub forward_metrics: bool,
     /// How long the API may take to answer.
     pub start_timeout: Duration,
     /// The VMM's working directory (direct launch only): relative paths given to its
@@ -241,6 +255,7 @@ impl VmmOptions {
             log_path: None,
             log_level: None,
             metrics_path: None,
+            forward_metrics: false,
             start_timeout: DEFAULT_START_TIMEOUT,
             cwd: None,
         }
@@ -284,6 +299,8 @@ fn check_id(id: &str) -> Result<(), VmmError> {
 
 /// The last lines a VMM wrote.
 type Tail = Arc<Mutex<VecDeque<String>>>;
+/// The last metrics document a VMM wrote.
+type Metrics = Arc<Mutex<Option<serde_json::Value>>>;
 
 /// A running VMM whose API answers. [`stop`](Self::stop) ends it cleanly; dropped
 /// instead, the process is killed but its socket and jail stay.
@@ -296,6 +313,9 @@ pub struct Vmm {
     jail: Option<JailerConfig>,
     tail: Tail,
     forwarders: Vec<JoinHandle<()>>,
+    /// The metrics forwarder (it never sees the pipe's end: it holds a writer too).
+    metrics_forwarder: Option<JoinHandle<()>>,
+    metrics: Metrics,
     span: tracing::Span,
 }
 
@@ -333,6 +353,31 @@ impl Vmm {
         {
             return Err(VmmError::io("remove the stale socket", &socket)(e));
         }
+        let span = tracing::info_span!(
+            "firecracker",
+            capsule_id = %options.id,
+            pid = tracing::field::Empty
+        );
+        let metrics = Metrics::default();
+        let metrics_forwarder = match (&options.metrics_path, options.forward_metrics) {
+            (Some(path), true) => {
+                let host = match &jail {
+                    Some(jail) => jail.host_path(&options.id, path),
+                    None => options.cwd.as_deref().unwrap_or(Path::new("")).join(path),
+                };
+                let owner = jail.as_ref().map(|j| (j.uid, j.gid));
+                match metrics_pipe(&host, owner) {
+                    Ok(pipe) => Some(forward_metrics(pipe, metrics.clone(), span.clone())),
+                    Err(e) => {
+                        if let Some(jail) = &jail {
+                            let _ = jail.cleanup(&options.id).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -343,6 +388,9 @@ impl Vmm {
         let mut child = match spawned {
             Ok(child) => child,
             Err(source) => {
+                if let Some(forwarder) = metrics_forwarder {
+                    forwarder.abort();
+                }
                 if let Some(jail) = &jail {
                     let _ = jail.cleanup(&options.id).await;
                 }
@@ -350,7 +398,7 @@ impl Vmm {
             }
         };
         let pid = child.id().unwrap_or(0);
-        let span = tracing::info_span!("firecracker", capsule_id = %options.id, pid);
+        span.record("pid", pid);
         let tail: Tail = Arc::default();
         let mut forwarders = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -367,6 +415,8 @@ impl Vmm {
             jail,
             tail,
             forwarders,
+            metrics_forwarder,
+            metrics,
             span,
         };
         match vmm.wait_api(options.start_timeout).await {
@@ -438,6 +488,12 @@ impl Vmm {
         self.jail.as_ref().map(|j| j.root_dir(&self.id))
     }
 
+    /// The last metrics document the VMM wrote (with
+    /// [`forward_metrics`](VmmOptions::forward_metrics)).
+    pub fn metrics(&self) -> Option<serde_json::Value> {
+        self.metrics.lock().ok().and_then(|m| m.clone())
+    }
+
     /// The last lines the VMM wrote (its log, and the guest's serial console).
     pub fn output_tail(&self) -> Vec<String> {
         self.tail
@@ -489,6 +545,11 @@ impl Vmm {
         for forwarder in self.forwarders.drain(..) {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, forwarder).await;
         }
+        if let Some(forwarder) = self.metrics_forwarder.take() {
+            // Whatever the VMM wrote before it exited is in the pipe: read it first.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            forwarder.abort();
+        }
     }
 }
 
@@ -511,6 +572,76 @@ fn pre_exec(command: &mut Command, netns: Option<std::fs::File>) {
             Ok(())
         });
     }
+}
+
+/// Makes the named pipe `path` (replacing a stale one; given to `owner` when set) and
+/// opens its reading end, before the VMM opens it to write (without blocking, which
+/// fails on a pipe nobody reads).
+fn metrics_pipe(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<tokio::net::unix::pipe::Receiver, VmmError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(VmmError::io("create", parent))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(VmmError::io("remove the stale metrics pipe", path)(e));
+        }
+        _ => {}
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| VmmError::io("make the metrics pipe", path)(e.into()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(VmmError::io("chown", path))?;
+    }
+    // Opened for writing too, the pipe never reports an end between two VMM writes.
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(VmmError::io("open the metrics pipe", path))
+}
+
+/// Logs each metrics document (one JSON object per line) and keeps the last.
+fn forward_metrics(
+    pipe: tokio::net::unix::pipe::Receiver,
+    latest: Metrics,
+    span: tracing::Span,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match (&mut reader)
+                    .take(METRICS_MAX_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                match serde_json::from_slice::<serde_json::Value>(&line) {
+                    Ok(document) => {
+                        tracing::debug!(target: METRICS_TARGET, metrics = %document, "metrics");
+                        if let Ok(mut latest) = latest.lock() {
+                            *latest = Some(document);
+                        }
+                    }
+                    Err(e) => tracing::debug!(target: METRICS_TARGET, "unreadable metrics: {e}"),
+                }
+            }
+        }
+        .instrument(span),
+    )
 }
 
 /// Forwards each line of `stream` into `tracing` (in `span`) and keeps the last ones.

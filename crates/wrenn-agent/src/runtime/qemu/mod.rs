@@ -498,7 +498,7 @@ impl QemuRuntime {
     }
 
     async fn add_network(&self, id: SandboxId, netns: &str) -> Result<SandboxNet, RuntimeError> {
-        guest::add_network(&self.network, id, netns).await
+        guest::add_network(&self.network, id, netns, None).await
     }
 
     async fn remove_network(&self, netns: &str) {

@@ -206,12 +206,14 @@ pub(crate) async fn health(addr: SocketAddr) -> Result<String, String> {
         .map_err(|e| format!("health: {e}"))
 }
 
-/// Capsule `id`'s network in namespace `netns` with the guest's TAP device and NAT
-/// ([`tap`]), its DNS served. On failure nothing of it is left.
+/// Capsule `id`'s network in namespace `netns` with the guest's TAP device (owned by
+/// `tap_owner`, if given) and NAT ([`tap`]), its DNS served. On failure nothing of it
+/// is left.
 pub(crate) async fn add_network(
     network: &Network,
     id: SandboxId,
     netns: &str,
+    tap_owner: Option<(u32, u32)>,
 ) -> Result<SandboxNet, RuntimeError> {
     let network_err = |e: network::NetworkError| {
         RuntimeError::Other(format!("network of {id}: {}", error_chain(&e)))
@@ -222,7 +224,7 @@ pub(crate) async fn add_network(
         claimed.net().sandbox_addr,
         claimed.net().host_addr,
     );
-    let tapped = blocking(move || tap::add(&name, addr, gateway))
+    let tapped = blocking(move || tap::add(&name, addr, gateway, tap_owner))
         .await
         .and_then(|r| r.map_err(io_err(format!("the TAP device of {id}"))));
     if let Err(e) = tapped {
