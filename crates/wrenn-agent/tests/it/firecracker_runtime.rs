@@ -397,6 +397,11 @@ async fn firecracker_machine_diff_snapshots_merged_onto_their_base_equal_a_full_
         }
         client.resume().await.expect("resume");
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let restored = if backend == LoadBackend::Uffd {
+            a_failed_save_keeps_the_vm_and_the_snapshot(restored, &spec, &snapshot).await
+        } else {
+            restored
+        };
 
         // The runtime's path: a save into the snapshot it was loaded from is a diff.
         let saved = restored
@@ -418,6 +423,43 @@ async fn firecracker_machine_diff_snapshots_merged_onto_their_base_equal_a_full_
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(again.exited(), None, "the merged snapshot runs");
     again.stop().await.expect("stop");
+}
+
+/// A save Firecracker cannot write (its memory file's name is taken by a directory)
+/// leaves the VM running and the snapshot on disk as it was; the failed diff cleared
+/// the dirty pages, so the next save is full. Gives back the VM loaded again from it.
+async fn a_failed_save_keeps_the_vm_and_the_snapshot(
+    restored: Machine,
+    spec: &MachineSpec,
+    snapshot: &Snapshot,
+) -> Machine {
+    let blocker = spec.dir.join(machine::NEW_MEMORY_FILE);
+    std::fs::create_dir(&blocker).unwrap();
+    let (memory_before, state_before) = (
+        std::fs::read(&snapshot.memory).unwrap(),
+        std::fs::read(&snapshot.state).unwrap(),
+    );
+    let (mut restored, e) = restored.save(snapshot).await.expect_err("a failed save");
+    assert!(chain(&e).contains("Firecracker API"), "{}", chain(&e));
+    assert_eq!(
+        restored.exited(),
+        None,
+        "the VM runs on after a failed save"
+    );
+    assert!(std::fs::read(&snapshot.memory).unwrap() == memory_before);
+    assert!(std::fs::read(&snapshot.state).unwrap() == state_before);
+    std::fs::remove_dir(&blocker).unwrap();
+    let saved = restored
+        .save(snapshot)
+        .await
+        .map_err(|(_, e)| e)
+        .expect("save");
+    assert_eq!(saved, Saved::Full, "the save after a failed diff");
+    let again = Machine::load(spec, snapshot, LoadBackend::Uffd)
+        .await
+        .unwrap_or_else(|e| panic!("load after a full save: {}", chain(&e)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    again
 }
 
 /// Uid and gid of process `pid`, and what its `/` holds.

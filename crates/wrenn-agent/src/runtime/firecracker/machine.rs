@@ -18,9 +18,10 @@
 //! load — [merged](super::diff) onto that memory file while the VM is paused; any
 //! other save (the first after a boot, a capsule made from a template's memory) is
 //! [`Full`](SnapshotType::Full), written beside the memory file and renamed over it
-//! when complete. A failed save resumes the VM, whose memory is intact: a merge only
+//! when complete. A failed save resumes the VM, whose memory is intact (a merge only
 //! writes pages the VM already holds its own copies of, never one it may still read
-//! from the file. Its next save is Full (the failed diff cleared its dirty pages).
+//! from the file), and leaves the snapshot before it in place unless a merge had
+//! begun. The VM's next save is then Full (the failed diff cleared its dirty pages).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub const STATE_FILE: &str = "vm.state";
 pub const MEMORY_FILE: &str = "memory";
 /// Guest memory of a snapshot being written (a full one, or a diff to merge).
 pub const NEW_MEMORY_FILE: &str = "memory.new";
+/// Device and vCPU state of a snapshot being written.
+pub const NEW_STATE_FILE: &str = "vm.state.new";
 /// The guest's network interface.
 const IFACE: &str = "eth0";
 /// The page-fault handler's socket in a VM's directory (while it restores).
@@ -231,6 +234,11 @@ impl Snapshot {
     /// Where a save writes memory before it replaces (or is merged onto) `memory`.
     fn new_memory(&self) -> PathBuf {
         self.memory.with_file_name(NEW_MEMORY_FILE)
+    }
+
+    /// Where a save writes the state before it replaces `state`.
+    fn new_state(&self) -> PathBuf {
+        self.state.with_file_name(NEW_STATE_FILE)
     }
 }
 
@@ -423,7 +431,9 @@ impl Machine {
             return Err((self, e.into()));
         }
         let diff = self.diff_base.as_deref() == Some(to.memory.as_path()) && to.memory.is_file();
-        let new_memory = to.new_memory();
+        // Written beside the snapshot and put in place once complete: a save that
+        // fails leaves the one before it as it was.
+        let (new_state, new_memory) = (to.new_state(), to.new_memory());
         // A jailed VMM writes into its root; the files then move to `to`.
         let jail_root = self.vmm.jail_root();
         let made = |name: &str, host: &Path| match &jail_root {
@@ -433,7 +443,7 @@ impl Machine {
             ),
             None => (host.to_owned(), None),
         };
-        let (state_seen, state_moved) = made(STATE_FILE, &to.state);
+        let (state_seen, state_moved) = made(NEW_STATE_FILE, &new_state);
         let (memory_seen, memory_moved) = made(NEW_MEMORY_FILE, &new_memory);
         let written = async {
             client
@@ -455,16 +465,22 @@ impl Machine {
             }
             // The VM is paused: no page it wrote can change or fault in meanwhile.
             let (from, onto) = (new_memory.clone(), to.memory.clone());
+            let (state_from, state_onto) = (new_state.clone(), to.state.clone());
             let settled = tokio::task::spawn_blocking(move || {
-                if diff {
+                let saved = if diff {
+                    // From here the memory file is no longer the old snapshot's.
+                    let _ = std::fs::remove_file(&state_onto);
                     let merged = diff::merge(&from, &onto)?;
                     std::fs::remove_file(&from)?;
-                    Ok(Saved::Diff {
+                    Saved::Diff {
                         bytes: merged.bytes,
-                    })
+                    }
                 } else {
-                    std::fs::rename(&from, &onto).map(|()| Saved::Full)
-                }
+                    std::fs::rename(&from, &onto)?;
+                    Saved::Full
+                };
+                std::fs::rename(&state_from, &state_onto)?;
+                Ok(saved)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -488,10 +504,10 @@ impl Machine {
                 Ok(saved)
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&to.state);
+                let _ = std::fs::remove_file(&new_state);
                 let _ = std::fs::remove_file(&new_memory);
                 if let Some(root) = &jail_root {
-                    let _ = std::fs::remove_file(root.join(STATE_FILE));
+                    let _ = std::fs::remove_file(root.join(NEW_STATE_FILE));
                     let _ = std::fs::remove_file(root.join(NEW_MEMORY_FILE));
                 }
                 // A diff, even a failed one, cleared the dirty pages: the next save
