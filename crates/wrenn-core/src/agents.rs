@@ -1,8 +1,8 @@
 //! The control plane's view of host agents: the lifecycle calls it makes on a host.
 //!
 //! The production implementation (`wrenn-cpserver`) is a pool of tonic clients keyed
-//! by host id; tests use controllable doubles. Data-plane calls (exec, files, PTY) do
-//! not go through this trait: they stream, and are served by the pool directly.
+//! by host id; tests use controllable doubles. Calls inside a running capsule (exec,
+//! files, PTY) are the [data plane](crate::data_plane).
 
 use std::collections::BTreeMap;
 

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod data_plane;
 pub mod events;
 pub mod host_api;
 pub mod id;

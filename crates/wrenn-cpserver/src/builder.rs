@@ -8,6 +8,7 @@ use std::time::Duration;
 use wrenn_core::agents::HostAgents;
 use wrenn_core::audit::AuditSink;
 use wrenn_core::config::Config;
+use wrenn_core::data_plane::DataPlane;
 use wrenn_core::events::EventBus;
 use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
@@ -24,6 +25,7 @@ pub struct Builder {
     pub(crate) events: Option<Arc<dyn EventBus>>,
     pub(crate) scheduler: Option<Arc<dyn Scheduler>>,
     pub(crate) agents: Option<Arc<dyn HostAgents>>,
+    pub(crate) data_plane: Option<Arc<dyn DataPlane>>,
     pub(crate) audit: Option<Arc<dyn AuditSink>>,
     pub(crate) mailer: Option<Arc<dyn Mailer>>,
     pub(crate) extensions: Vec<Arc<dyn Extension>>,
@@ -63,6 +65,7 @@ impl Builder {
             events: None,
             scheduler: None,
             agents: None,
+            data_plane: None,
             audit: None,
             mailer: None,
             extensions: Vec::new(),
@@ -115,6 +118,13 @@ impl Builder {
     /// Uses these host agents instead of the gRPC host pool.
     pub fn with_host_agents(mut self, agents: Arc<dyn HostAgents>) -> Self {
         self.agents = Some(agents);
+        self
+    }
+
+    /// Serves exec, processes, files, terminals and capsule metrics with this data
+    /// plane instead of the gRPC one over the host pool's channels.
+    pub fn with_data_plane(mut self, data_plane: Arc<dyn DataPlane>) -> Self {
+        self.data_plane = Some(data_plane);
         self
     }
 

@@ -19,6 +19,7 @@ pub mod ca;
 mod error;
 pub mod events;
 pub mod host_channels;
+pub mod host_data_plane;
 pub mod host_identity;
 pub mod host_pool;
 pub mod logging;

@@ -23,6 +23,7 @@ use crate::authenticator::Authenticator;
 use crate::builder::Builder;
 use crate::error::ServerError;
 use crate::events::RedisBus;
+use crate::host_data_plane::GrpcDataPlane;
 use crate::host_pool::{GrpcHostAgents, HostChannels};
 use crate::mailer::SmtpMailer;
 use crate::secrets::Secrets;
@@ -78,6 +79,7 @@ impl Builder {
             .map_err(|e| ServerError::Secrets(e.to_string()))?;
 
         let hosts = Arc::new(HostChannels::new(store.clone(), secrets.ca.clone()));
+        let data_plane = self.data_plane;
         let agents = match self.agents {
             Some(a) => a,
             None => Arc::new(GrpcHostAgents::new(hosts.clone())),
@@ -120,6 +122,7 @@ impl Builder {
             lifecycle,
             scheduler,
             agents,
+            data_plane: data_plane.unwrap_or_else(|| Arc::new(GrpcDataPlane::new(hosts.clone()))),
             hosts,
             audit,
             events,

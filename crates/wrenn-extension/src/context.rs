@@ -14,6 +14,7 @@ use wrenn_core::scheduler::Scheduler;
 use crate::auth::Authenticate;
 use crate::hosts::HostConnections;
 use crate::mailer::Mailer;
+use wrenn_core::data_plane::DataPlane;
 
 /// The control plane's shared state. Cheap to clone (a bundle of `Arc`s); it is the
 /// axum state of every route, core and extension alike.
@@ -27,8 +28,11 @@ pub struct ServerContext {
     pub scheduler: Arc<dyn Scheduler>,
     /// Lifecycle calls on host agents.
     pub agents: Arc<dyn HostAgents>,
-    /// gRPC channels to host agents, for data-plane calls (exec, files, PTY).
+    /// gRPC channels to host agents (the data plane's transport; host admin evicts
+    /// channels of hosts it deletes or re-registers).
     pub hosts: Arc<dyn HostConnections>,
+    /// Calls inside running capsules (exec, processes, files, PTY, metrics).
+    pub data_plane: Arc<dyn DataPlane>,
     /// Credential checks (JWT keys, API-key cache).
     pub auth: Arc<dyn Authenticate>,
     /// Where audit entries go.

@@ -7,8 +7,6 @@
 //! from the 10-second team snapshots; past days of usage from the daily roll-up and
 //! today's live from today's snapshots.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,9 +18,8 @@ use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{MetricTier, MetricsSnapshot};
 use wrenn_extension::extract::{Json, Path, Query};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::hostagent::v1 as pb;
 
-use super::data_plane::{self, AgentConn};
+use super::data_plane;
 use super::tags;
 
 /// Seconds between two team snapshots (the sampler's cadence).
@@ -33,8 +30,6 @@ const MAX_USAGE_DAYS: i64 = 92;
 const DEFAULT_USAGE_DAYS: i64 = 30;
 /// How far back the stats peaks look.
 const PEAK_WINDOW: ChronoDuration = ChronoDuration::days(30);
-/// Deadline of the agent metrics call.
-const METRICS_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Query of `GET /v1/capsules/{id}/metrics` and `GET /v1/capsules/stats`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -192,18 +187,10 @@ async fn metrics(
         ApiError::bad_request("range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h")
     })?;
     let points = if sandbox.status == SandboxStatus::Running {
-        let conn = AgentConn::open(&ctx, sandbox).await?;
-        let mut req = tonic::Request::new(pb::GetSandboxMetricsRequest {
-            sandbox_id: conn.sandbox_id(),
-            range: range.clone(),
-        });
-        req.set_timeout(METRICS_CALL_TIMEOUT);
-        conn.client()
-            .get_sandbox_metrics(req)
-            .await
-            .map_err(|s| conn.error(&ctx, "get metrics", &s))?
-            .into_inner()
-            .points
+        data_plane::connect(&ctx, &sandbox).await?;
+        ctx.data_plane
+            .metrics(&sandbox, &range)
+            .await?
             .into_iter()
             .map(|p| MetricPointBody {
                 timestamp_unix: p.timestamp_unix,

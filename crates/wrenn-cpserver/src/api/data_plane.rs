@@ -1,7 +1,7 @@
 //! Plumbing shared by the capsule data-plane routes (exec, processes, files, PTY,
-//! metrics): finding the running capsule, reaching its host agent, mapping agent
-//! failures, parsing bodies in the contract's check order, and the WebSocket
-//! authentication handshake.
+//! metrics), which call into capsules through [`ServerContext::data_plane`]: finding
+//! the running capsule, parsing bodies in the contract's check order, and the
+//! WebSocket authentication handshake.
 //!
 //! **Check order.** Every data-plane route answers, in this order: 401 (credentials),
 //! 400 (malformed capsule id), 404 (no such capsule in the caller's team), 409
@@ -21,15 +21,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
 use wrenn_core::id::{SandboxId, TeamId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::Sandbox;
 use wrenn_core::repo::RepoError;
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::domain::host_call_error;
-use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
 /// How long a WebSocket client that did not authenticate with headers has to send its
 /// `auth` message.
@@ -37,9 +33,6 @@ pub const WS_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a WebSocket client has to send its first protocol message (`start`,
 /// `connect`) after authenticating.
 pub const WS_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest gRPC message accepted from an agent (an `ExecResponse` carries up to
-/// 16 MiB of stdout plus 16 MiB of stderr).
-const MAX_AGENT_MESSAGE: usize = 40 * 1024 * 1024;
 
 /// The capsule `id` of `team`, which must be `running`: 404 if the team has no such
 /// capsule, 409 `invalid_state` otherwise.
@@ -72,58 +65,13 @@ pub fn not_running(status: SandboxStatus) -> ApiError {
     )
 }
 
-/// A connection to the host agent of one capsule.
-#[derive(Clone)]
-pub struct AgentConn {
-    /// The capsule.
-    pub sandbox: Sandbox,
-    address: String,
-    channel: Channel,
-}
-
-impl AgentConn {
-    /// Resolves the capsule's host (503 `host_unavailable` if it cannot be called).
-    pub async fn open(ctx: &ServerContext, sandbox: Sandbox) -> ApiResult<Self> {
-        let (address, channel) = ctx
-            .hosts
-            .channel(sandbox.host_id)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Self {
-            sandbox,
-            address,
-            channel,
-        })
-    }
-
-    /// A `hostagent.v1` client over the cached channel.
-    pub fn client(&self) -> HostAgentServiceClient<Channel> {
-        HostAgentServiceClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_AGENT_MESSAGE)
-            .max_encoding_message_size(MAX_AGENT_MESSAGE)
-    }
-
-    /// The capsule's wire id, as the agent wants it.
-    pub fn sandbox_id(&self) -> String {
-        self.sandbox.id.to_string()
-    }
-
-    /// Maps a failed agent call onto the API envelope; an `UNAVAILABLE` host's
-    /// channel is dropped so the next call reconnects.
-    pub fn error(&self, ctx: &ServerContext, op: &str, status: &Status) -> ApiError {
-        if status.code() == Code::Unavailable {
-            ctx.hosts.evict_if(self.sandbox.host_id, &self.address);
-        }
-        tracing::debug!(
-            sandbox_id = %self.sandbox.id,
-            host_id = %self.sandbox.host_id,
-            op,
-            code = ?status.code(),
-            message = status.message(),
-            "agent call failed"
-        );
-        ApiError::from(host_call_error(op, status))
-    }
+/// Checks that the capsule's host can be called (503 `host_unavailable` if not),
+/// before a route reads its body.
+pub async fn connect(ctx: &ServerContext, sandbox: &Sandbox) -> ApiResult<()> {
+    ctx.data_plane
+        .connect(sandbox)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Activity is recorded at most this often per capsule (the agent keeps its own

@@ -12,7 +12,7 @@
 //! `{"type":"exit","exit_code"}` (always present, also 0) or `{"type":"error","data"}`,
 //! then closes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -23,26 +23,21 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tonic::Streaming;
 use tracing::Instrument;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use wrenn_core::data_plane::{Command, HostStream, ProcessEvent};
 use wrenn_core::id::SandboxId;
+use wrenn_core::model::Sandbox;
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::exec_data::Output;
-use wrenn_proto::hostagent::v1::exec_event::Event as ExecEventKind;
 
-use super::data_plane::{self, AgentConn, Utf8Carry};
+use super::data_plane::{self, Utf8Carry};
 use super::tags;
 
 /// Default foreground timeout (the agent's own default for 0).
 pub const DEFAULT_EXEC_TIMEOUT_SEC: u32 = 30;
-/// How much longer than the command's own timeout the control plane waits for the
-/// agent before giving up on it.
-const AGENT_GRACE: Duration = Duration::from_secs(10);
 
 /// `POST /v1/capsules/{id}/exec` body (SDK `ExecRequest`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -116,10 +111,6 @@ pub fn valid_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn hash_map(m: Option<BTreeMap<String, String>>) -> HashMap<String, String> {
-    m.unwrap_or_default().into_iter().collect()
-}
-
 /// `stdout`/`stderr` as UTF-8 text, or both as base64 when either is not UTF-8.
 fn encode_output(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static str) {
     match (String::from_utf8(stdout), String::from_utf8(stderr)) {
@@ -189,24 +180,20 @@ async fn run_exec(
             ));
         }
     };
-    let conn = AgentConn::open(&ctx, sandbox).await?;
-    tracing::debug!(host_id = %conn.sandbox.host_id, background = req.background, "exec");
+    data_plane::connect(&ctx, &sandbox).await?;
+    tracing::debug!(host_id = %sandbox.host_id, background = req.background, "exec");
+    let command = Command {
+        cmd: cmd.clone(),
+        args: req.args,
+        envs: req.envs.unwrap_or_default(),
+        cwd: req.cwd,
+    };
     if let Some(tag) = tag {
-        let started = conn
-            .client()
-            .start_background(pb::StartBackgroundRequest {
-                sandbox_id: conn.sandbox_id(),
-                cmd: cmd.clone(),
-                args: req.args,
-                envs: hash_map(req.envs),
-                cwd: req.cwd,
-                user: None,
-                tag,
-            })
-            .await
-            .map_err(|s| conn.error(&ctx, "start background process", &s))?
-            .into_inner();
-        data_plane::touch(&ctx, &conn.sandbox).await;
+        let started = ctx
+            .data_plane
+            .start_background(&sandbox, command, tag)
+            .await?;
+        data_plane::touch(&ctx, &sandbox).await;
         let body = BackgroundExecResponse {
             sandbox_id: id.to_string(),
             cmd,
@@ -215,27 +202,18 @@ async fn run_exec(
         };
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    let mut rpc = tonic::Request::new(pb::ExecRequest {
-        sandbox_id: conn.sandbox_id(),
-        cmd: cmd.clone(),
-        args: req.args,
-        envs: hash_map(req.envs),
-        cwd: req.cwd,
-        user: None,
-        timeout_sec,
-        stdin: None,
-    });
-    rpc.set_timeout(Duration::from_secs(u64::from(timeout_sec)) + AGENT_GRACE);
     let started = Instant::now();
-    let out = conn
-        .client()
-        .exec(rpc)
-        .await
-        .map_err(|s| conn.error(&ctx, "exec", &s))?
-        .into_inner();
+    let out = ctx
+        .data_plane
+        .exec(
+            &sandbox,
+            command,
+            Duration::from_secs(u64::from(timeout_sec)),
+        )
+        .await?;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    data_plane::touch(&ctx, &conn.sandbox).await;
-    let (stdout, stderr, encoding) = encode_output(out.stdout, out.stderr);
+    data_plane::touch(&ctx, &sandbox).await;
+    let (stdout, stderr, encoding) = encode_output(out.stdout.to_vec(), out.stderr.to_vec());
     Ok(Json(ExecResponse {
         sandbox_id: id.to_string(),
         cmd,
@@ -304,7 +282,7 @@ async fn exec_session(
         Ok(a) => a,
         Err(msg) => return fail(&mut socket, &msg).await,
     };
-    let conn = match open(&ctx, &auth, id).await {
+    let sandbox = match open(&ctx, &auth, id).await {
         Ok(c) => c,
         Err(e) => return fail(&mut socket, &e.message).await,
     };
@@ -341,33 +319,34 @@ async fn exec_session(
     ) {
         return fail(&mut socket, &e.to_string()).await;
     }
-    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %conn.sandbox.host_id, "exec stream started");
-    let req = pb::ExecStreamRequest {
-        sandbox_id: conn.sandbox_id(),
+    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %sandbox.host_id, "exec stream started");
+    let command = Command {
         cmd: start.cmd,
         args: start.args,
-        envs: hash_map(start.envs),
+        envs: start.envs.unwrap_or_default(),
         cwd: start.cwd,
-        user: None,
-        timeout_sec: start.timeout_sec.unwrap_or(0),
-        stdin: None,
     };
-    let events = match conn.client().exec_stream(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return fail(&mut socket, &conn.error(&ctx, "exec stream", &s).message).await,
+    let timeout = start
+        .timeout_sec
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(u64::from(t)));
+    let events = match ctx.data_plane.exec_stream(&sandbox, command, timeout).await {
+        Ok(events) => events,
+        Err(e) => return fail(&mut socket, &ApiError::from(e).message).await,
     };
-    data_plane::touch(&ctx, &conn.sandbox).await;
-    forward_exec_events(&ctx, &conn, socket, events, true).await;
+    data_plane::touch(&ctx, &sandbox).await;
+    forward_exec_events(&ctx, socket, events, true).await;
 }
 
-/// The running capsule of the caller's team and a connection to its agent.
+/// The running capsule of the caller's team, its host reachable.
 pub(super) async fn open(
     ctx: &ServerContext,
     auth: &AuthContext,
     id: SandboxId,
-) -> ApiResult<AgentConn> {
+) -> ApiResult<Sandbox> {
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
-    AgentConn::open(ctx, sandbox).await
+    data_plane::connect(ctx, &sandbox).await?;
+    Ok(sandbox)
 }
 
 /// Relays an agent process stream (ExecStream, ConnectProcess) to the client as SDK
@@ -376,9 +355,8 @@ pub(super) async fn open(
 /// it only detaches) or `{"type":"stop"}` arrives (when `stoppable`).
 pub(super) async fn forward_exec_events(
     ctx: &ServerContext,
-    conn: &AgentConn,
     socket: WebSocket,
-    mut events: Streaming<pb::ExecEvent>,
+    mut events: HostStream<ProcessEvent>,
     stoppable: bool,
 ) {
     let (mut tx, mut rx) = socket.split();
@@ -387,35 +365,31 @@ pub(super) async fn forward_exec_events(
     use futures::SinkExt;
     loop {
         tokio::select! {
-            ev = events.message() => {
+            ev = events.next() => {
                 let frame = match ev {
-                    Ok(Some(pb::ExecEvent { event: Some(ExecEventKind::Start(s)) })) => json!({ "type": "start", "pid": s.pid }),
-                    Ok(Some(pb::ExecEvent { event: Some(ExecEventKind::Data(d)) })) => match d.output {
-                        Some(Output::Stdout(b)) => json!({ "type": "stdout", "data": out.push(&b) }),
-                        Some(Output::Stderr(b)) => json!({ "type": "stderr", "data": err.push(&b) }),
-                        None => continue,
-                    },
-                    Ok(Some(pb::ExecEvent { event: Some(ExecEventKind::End(end)) })) => {
+                    Some(Ok(ProcessEvent::Started { pid, .. })) => json!({ "type": "start", "pid": pid }),
+                    Some(Ok(ProcessEvent::Stdout(b))) => json!({ "type": "stdout", "data": out.push(&b) }),
+                    Some(Ok(ProcessEvent::Stderr(b))) => json!({ "type": "stderr", "data": err.push(&b) }),
+                    Some(Ok(ProcessEvent::Ended { exit_code, error })) => {
                         for (kind, carry) in [("stdout", &mut out), ("stderr", &mut err)] {
                             let rest = carry.finish();
                             if !rest.is_empty() && tx.send(send(json!({ "type": kind, "data": rest }))).await.is_err() {
                                 return;
                             }
                         }
-                        let mut frame = json!({ "type": "exit", "exit_code": end.exit_code });
-                        if let Some(e) = end.error.filter(|e| !e.is_empty()) {
+                        let mut frame = json!({ "type": "exit", "exit_code": exit_code });
+                        if let Some(e) = error {
                             frame["error"] = json!(e);
                         }
                         let _ = tx.send(send(frame)).await;
                         break;
                     }
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {
+                    None => {
                         let _ = tx.send(send(error_frame("the process stream ended without an exit status"))).await;
                         break;
                     }
-                    Err(status) => {
-                        let _ = tx.send(send(error_frame(&conn.error(ctx, "process stream", &status).message))).await;
+                    Some(Err(e)) => {
+                        let _ = tx.send(send(error_frame(&ApiError::from(e).message))).await;
                         break;
                     }
                 };

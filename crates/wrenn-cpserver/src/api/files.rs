@@ -22,14 +22,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use wrenn_core::agents::HostCallError;
+use wrenn_core::data_plane::{self as plane, FileKind};
 use wrenn_core::id::SandboxId;
+use wrenn_core::model::Sandbox;
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::FILE_CHUNK_SIZE;
-use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::write_file_stream_request::Msg;
 
-use super::data_plane::{self, AgentConn};
+use super::data_plane;
 use super::tags;
 
 /// Room for the multipart framing (boundaries, headers, the `path` field) on top of
@@ -63,13 +63,13 @@ pub struct FileEntry {
     pub symlink_target: Option<String>,
 }
 
-impl From<pb::FileEntry> for FileEntry {
-    fn from(e: pb::FileEntry) -> Self {
-        let kind = match pb::FileType::try_from(e.r#type) {
-            Ok(pb::FileType::Directory) => "directory",
-            Ok(pb::FileType::Symlink) => "symlink",
+impl From<plane::FileEntry> for FileEntry {
+    fn from(e: plane::FileEntry) -> Self {
+        let kind = match e.kind {
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symlink",
             // The SDK accepts only file/directory/symlink; anything else is shown as a file.
-            _ => "file",
+            FileKind::File | FileKind::Other => "file",
         };
         Self {
             name: e.name,
@@ -80,7 +80,7 @@ impl From<pb::FileEntry> for FileEntry {
             permissions: e.permissions,
             owner: e.owner,
             group: e.group,
-            modified_at: e.modified_at_unix,
+            modified_at: e.modified_at,
             symlink_target: e.symlink_target,
         }
     }
@@ -145,7 +145,7 @@ async fn multipart(req: Request) -> ApiResult<Multipart> {
 /// Reads the `path` field, then relays the `file` part that follows it to the agent.
 async fn upload_form(
     ctx: &ServerContext,
-    conn: &AgentConn,
+    sandbox: &Sandbox,
     form: &mut Multipart,
     limit: Option<u64>,
 ) -> ApiResult<u64> {
@@ -173,7 +173,7 @@ async fn upload_form(
                         "the path field must come before the file field",
                     ));
                 };
-                return upload(ctx, conn, path, field, limit).await;
+                return upload(ctx, sandbox, path, field, limit).await;
             }
             // Unknown fields are skipped (their content is drained by next_field).
             _ => {}
@@ -194,48 +194,30 @@ enum UploadEnd {
 /// Relays one uploaded file to the agent chunk by chunk. `limit` caps the file size.
 async fn upload(
     ctx: &ServerContext,
-    conn: &AgentConn,
+    sandbox: &Sandbox,
     path: String,
     mut file: Field<'_>,
     limit: Option<u64>,
 ) -> ApiResult<u64> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WriteFileStreamRequest>(16);
-    let requests =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut client = conn.client();
-    let mut call = tokio::spawn(async move { client.write_file_stream(requests).await });
-    let meta = pb::WriteFileStreamRequest {
-        msg: Some(Msg::Meta(pb::WriteFileMeta {
-            sandbox_id: conn.sandbox_id(),
-            path: path.clone(),
-            mode: None,
-            user: None,
-        })),
-    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+            .boxed();
+    let (plane, capsule, target) = (ctx.data_plane.clone(), sandbox.clone(), path.clone());
+    let mut call = tokio::spawn(async move { plane.write_file(&capsule, target, chunks).await });
     let mut total: u64 = 0;
-    let end = 'read: {
-        if tx.send(meta).await.is_err() {
-            break 'read UploadEnd::AgentGone;
+    let end = loop {
+        let chunk = match file.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break UploadEnd::Done,
+            Err(e) => break UploadEnd::Abort(multipart_error(&e)),
+        };
+        total += chunk.len() as u64;
+        if limit.is_some_and(|l| total > l) {
+            break UploadEnd::Abort(too_large(limit.unwrap_or_default()));
         }
-        loop {
-            let chunk = match file.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break 'read UploadEnd::Done,
-                Err(e) => break 'read UploadEnd::Abort(multipart_error(&e)),
-            };
-            total += chunk.len() as u64;
-            if limit.is_some_and(|l| total > l) {
-                break 'read UploadEnd::Abort(too_large(limit.unwrap_or_default()));
-            }
-            for start in (0..chunk.len()).step_by(FILE_CHUNK_SIZE) {
-                let end = (start + FILE_CHUNK_SIZE).min(chunk.len());
-                let msg = pb::WriteFileStreamRequest {
-                    msg: Some(Msg::Chunk(chunk.slice(start..end))),
-                };
-                if tx.send(msg).await.is_err() {
-                    break 'read UploadEnd::AgentGone;
-                }
-            }
+        if tx.send(chunk).await.is_err() {
+            break UploadEnd::AgentGone;
         }
     };
     drop(tx);
@@ -245,31 +227,20 @@ async fn upload(
             call.abort();
             let _ = (&mut call).await;
             if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-                let removed = conn
-                    .client()
-                    .remove_path(pb::RemovePathRequest {
-                        sandbox_id: conn.sandbox_id(),
-                        path: path.clone(),
-                    })
-                    .await;
-                if let Some(s) = removed
-                    .as_ref()
-                    .err()
-                    .filter(|s| s.code() != tonic::Code::NotFound)
+                let removed = ctx.data_plane.remove_path(sandbox, path.clone()).await;
+                if let Err(e) = removed.as_ref()
+                    && !matches!(e, HostCallError::NotFound(_))
                 {
-                    tracing::warn!(sandbox_id = %conn.sandbox.id, path, error = %s, "could not remove an oversized partial upload");
+                    tracing::warn!(sandbox_id = %sandbox.id, path, error = %e, "could not remove an oversized partial upload");
                 }
             }
             Err(err)
         }
         UploadEnd::Done | UploadEnd::AgentGone => {
-            let resp = call
+            let written = call
                 .await
                 .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))?;
-            let written = resp
-                .map_err(|s| conn.error(ctx, "write file", &s))?
-                .into_inner();
-            Ok(written.size)
+            Ok(written?)
         }
     }
 }
@@ -293,11 +264,11 @@ async fn write(
     req: Request,
 ) -> ApiResult<StatusCode> {
     let limit = ctx.config.max_body_bytes;
-    let conn = open_checked(&ctx, &auth, id, declared_length(&req), Some(limit)).await?;
+    let sandbox = open_checked(&ctx, &auth, id, declared_length(&req), Some(limit)).await?;
     let mut form = multipart(req).await?;
-    let size = upload_form(&ctx, &conn, &mut form, Some(limit)).await?;
+    let size = upload_form(&ctx, &sandbox, &mut form, Some(limit)).await?;
     tracing::debug!(sandbox_id = %id, team_id = %auth.team_id, size, "file written");
-    data_plane::touch(&ctx, &conn.sandbox).await;
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -313,11 +284,11 @@ async fn stream_write(
     Path(id): Path<SandboxId>,
     req: Request,
 ) -> ApiResult<StatusCode> {
-    let conn = open_checked(&ctx, &auth, id, None, None).await?;
+    let sandbox = open_checked(&ctx, &auth, id, None, None).await?;
     let mut form = multipart(req).await?;
-    let size = upload_form(&ctx, &conn, &mut form, None).await?;
+    let size = upload_form(&ctx, &sandbox, &mut form, None).await?;
     tracing::debug!(sandbox_id = %id, team_id = %auth.team_id, size, "file streamed in");
-    data_plane::touch(&ctx, &conn.sandbox).await;
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -336,14 +307,15 @@ async fn open_checked(
     id: SandboxId,
     declared: Option<u64>,
     limit: Option<u64>,
-) -> ApiResult<AgentConn> {
+) -> ApiResult<Sandbox> {
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     if let Some(limit) = limit {
         if declared.is_some_and(|len| len > limit.saturating_add(MULTIPART_OVERHEAD)) {
             return Err(too_large(limit));
         }
     }
-    AgentConn::open(ctx, sandbox).await
+    data_plane::connect(ctx, &sandbox).await?;
+    Ok(sandbox)
 }
 
 /// Opens a file for reading and answers with its bytes, relayed as they come.
@@ -358,38 +330,13 @@ async fn read_response(
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(body)?;
     let path = data_plane::required_path(req.path)?;
-    let conn = AgentConn::open(ctx, sandbox).await?;
-    let mut chunks = conn
-        .client()
-        .read_file_stream(pb::ReadFileStreamRequest {
-            sandbox_id: conn.sandbox_id(),
-            path,
-        })
-        .await
-        .map_err(|s| conn.error(ctx, "read file", &s))?
-        .into_inner();
-    let first = chunks
-        .message()
-        .await
-        .map_err(|s| conn.error(ctx, "read file", &s))?;
-    data_plane::touch(ctx, &conn.sandbox).await;
-    let total = first.as_ref().and_then(|m| m.total_size);
-    let head = futures::stream::iter(first.map(|m| Ok::<_, std::io::Error>(m.chunk)));
-    let (ctx2, conn2) = (ctx.clone(), conn.clone());
-    let rest = futures::stream::unfold(Some(chunks), move |state| {
-        let (ctx, conn) = (ctx2.clone(), conn2.clone());
-        async move {
-            let mut chunks = state?;
-            match chunks.message().await {
-                Ok(Some(m)) => Some((Ok(m.chunk), Some(chunks))),
-                Ok(None) => None,
-                Err(s) => {
-                    let e = conn.error(&ctx, "read file", &s);
-                    Some((Err(std::io::Error::other(e.message)), None))
-                }
-            }
-        }
-    });
+    data_plane::connect(ctx, &sandbox).await?;
+    let read = ctx.data_plane.read_file(&sandbox, path).await?;
+    data_plane::touch(ctx, &sandbox).await;
+    let total = read.total_size;
+    let chunks = read
+        .chunks
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(ApiError::from(e).message)));
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream");
@@ -397,9 +344,7 @@ async fn read_response(
         builder = builder.header("x-file-size", total);
     }
     builder
-        .body(Body::from_stream(head.chain(rest).filter(|c| {
-            futures::future::ready(!matches!(c, Ok(b) if b.is_empty()))
-        })))
+        .body(Body::from_stream(chunks))
         .map_err(ApiError::internal)
 }
 
@@ -450,20 +395,11 @@ async fn list(
         Some(d) => u32::try_from(d)
             .map_err(|_| ApiError::bad_request("depth must be a non-negative integer"))?,
     };
-    let conn = AgentConn::open(&ctx, sandbox).await?;
-    let resp = conn
-        .client()
-        .list_dir(pb::ListDirRequest {
-            sandbox_id: conn.sandbox_id(),
-            path,
-            depth,
-        })
-        .await
-        .map_err(|s| conn.error(&ctx, "list directory", &s))?
-        .into_inner();
-    data_plane::touch(&ctx, &conn.sandbox).await;
+    data_plane::connect(&ctx, &sandbox).await?;
+    let entries = ctx.data_plane.list_dir(&sandbox, path, depth).await?;
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(Json(ListResponse {
-        entries: resp.entries.into_iter().map(FileEntry::from).collect(),
+        entries: entries.into_iter().map(FileEntry::from).collect(),
     }))
 }
 
@@ -481,24 +417,9 @@ async fn mkdir(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
-    let conn = AgentConn::open(&ctx, sandbox).await?;
-    let resp = conn
-        .client()
-        .make_dir(pb::MakeDirRequest {
-            sandbox_id: conn.sandbox_id(),
-            path,
-        })
-        .await
-        .map_err(|s| conn.error(&ctx, "make directory", &s))?
-        .into_inner();
-    data_plane::touch(&ctx, &conn.sandbox).await;
-    let entry = resp.entry.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "agent_error",
-            "the agent returned no directory entry",
-        )
-    })?;
+    data_plane::connect(&ctx, &sandbox).await?;
+    let entry = ctx.data_plane.make_dir(&sandbox, path).await?;
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(Json(MakeDirResponse {
         entry: entry.into(),
     }))
@@ -518,15 +439,9 @@ async fn remove(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
-    let conn = AgentConn::open(&ctx, sandbox).await?;
-    conn.client()
-        .remove_path(pb::RemovePathRequest {
-            sandbox_id: conn.sandbox_id(),
-            path,
-        })
-        .await
-        .map_err(|s| conn.error(&ctx, "remove path", &s))?;
-    data_plane::touch(&ctx, &conn.sandbox).await;
+    data_plane::connect(&ctx, &sandbox).await?;
+    ctx.data_plane.remove_path(&sandbox, path).await?;
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

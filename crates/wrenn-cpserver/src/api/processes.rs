@@ -15,13 +15,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use wrenn_core::data_plane::{ProcessRef, Signal};
 use wrenn_core::id::SandboxId;
 use wrenn_extension::extract::{Json, Path, Query};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::process_selector::Selector;
 
-use super::data_plane::{self, AgentConn};
+use super::data_plane;
 use super::exec::{self, valid_tag};
 use super::tags;
 
@@ -55,30 +54,27 @@ pub struct KillQuery {
 }
 
 /// Parses a path selector: digits → pid (> 0), anything else → tag.
-fn selector(raw: &str) -> ApiResult<pb::ProcessSelector> {
-    let selector = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+fn selector(raw: &str) -> ApiResult<ProcessRef> {
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
         match raw.parse::<u32>() {
-            Ok(pid) if pid > 0 => Selector::Pid(pid),
-            _ => return Err(ApiError::bad_request(format!("invalid pid {raw:?}"))),
+            Ok(pid) if pid > 0 => Ok(ProcessRef::Pid(pid)),
+            _ => Err(ApiError::bad_request(format!("invalid pid {raw:?}"))),
         }
     } else if valid_tag(raw) {
-        Selector::Tag(raw.to_owned())
+        Ok(ProcessRef::Tag(raw.to_owned()))
     } else {
-        return Err(ApiError::bad_request(
+        Err(ApiError::bad_request(
             "the selector must be a pid or a tag (1-64 characters of A-Za-z0-9._-)",
-        ));
-    };
-    Ok(pb::ProcessSelector {
-        selector: Some(selector),
-    })
+        ))
+    }
 }
 
-fn signal(name: Option<&str>) -> ApiResult<pb::Signal> {
+fn signal(name: Option<&str>) -> ApiResult<Signal> {
     match name.map(|s| s.trim().to_ascii_uppercase()).as_deref() {
-        None | Some("") | Some("SIGKILL") | Some("KILL") | Some("9") => Ok(pb::Signal::Sigkill),
-        Some("SIGTERM") | Some("TERM") | Some("15") => Ok(pb::Signal::Sigterm),
-        Some("SIGINT") | Some("INT") | Some("2") => Ok(pb::Signal::Sigint),
-        Some("SIGHUP") | Some("HUP") | Some("1") => Ok(pb::Signal::Sighup),
+        None | Some("") | Some("SIGKILL") | Some("KILL") | Some("9") => Ok(Signal::Kill),
+        Some("SIGTERM") | Some("TERM") | Some("15") => Ok(Signal::Terminate),
+        Some("SIGINT") | Some("INT") | Some("2") => Ok(Signal::Interrupt),
+        Some("SIGHUP") | Some("HUP") | Some("1") => Ok(Signal::Hangup),
         Some(other) => Err(ApiError::bad_request(format!(
             "unknown signal {other:?}; expected SIGKILL, SIGTERM, SIGINT or SIGHUP"
         ))),
@@ -95,17 +91,9 @@ async fn list(
     auth: AuthContext,
     Path(id): Path<SandboxId>,
 ) -> ApiResult<Json<ProcessList>> {
-    let conn = exec::open(&ctx, &auth, id).await?;
-    let resp = conn
-        .client()
-        .list_processes(pb::ListProcessesRequest {
-            sandbox_id: conn.sandbox_id(),
-        })
-        .await
-        .map_err(|s| conn.error(&ctx, "list processes", &s))?
-        .into_inner();
-    let mut processes: Vec<ProcessEntry> = resp
-        .processes
+    let sandbox = exec::open(&ctx, &auth, id).await?;
+    let listed = ctx.data_plane.list_processes(&sandbox).await?;
+    let mut processes: Vec<ProcessEntry> = listed
         .into_iter()
         .map(|p| ProcessEntry {
             pid: p.pid,
@@ -133,17 +121,12 @@ async fn kill(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let process = selector(&raw)?;
     let signal = signal(q.signal.as_deref())?;
-    let conn = AgentConn::open(&ctx, sandbox).await?;
-    conn.client()
-        .kill_process(pb::KillProcessRequest {
-            sandbox_id: conn.sandbox_id(),
-            process: Some(process),
-            signal: signal.into(),
-        })
-        .await
-        .map_err(|s| conn.error(&ctx, "kill process", &s))?;
-    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, selector = %raw, signal = signal.as_str_name(), "process signalled");
-    data_plane::touch(&ctx, &conn.sandbox).await;
+    data_plane::connect(&ctx, &sandbox).await?;
+    ctx.data_plane
+        .kill_process(&sandbox, process, signal)
+        .await?;
+    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, selector = %raw, ?signal, "process signalled");
+    data_plane::touch(&ctx, &sandbox).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -170,34 +153,23 @@ async fn session(
     mut socket: WebSocket,
     header_auth: ApiResult<AuthContext>,
     id: SandboxId,
-    process: pb::ProcessSelector,
+    process: ProcessRef,
 ) {
     let auth = match data_plane::ws_authenticate(&ctx, &mut socket, header_auth).await {
         Ok(a) => a,
         Err(msg) => return exec::fail(&mut socket, &msg).await,
     };
-    let conn = match exec::open(&ctx, &auth, id).await {
+    let sandbox = match exec::open(&ctx, &auth, id).await {
         Ok(c) => c,
         Err(e) => return exec::fail(&mut socket, &e.message).await,
     };
-    let req = pb::ConnectProcessRequest {
-        sandbox_id: conn.sandbox_id(),
-        process: Some(process),
-        replay: true,
-    };
-    let events = match conn.client().connect_process(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => {
-            return exec::fail(
-                &mut socket,
-                &conn.error(&ctx, "connect process", &s).message,
-            )
-            .await;
-        }
+    let events = match ctx.data_plane.connect_process(&sandbox, process).await {
+        Ok(events) => events,
+        Err(e) => return exec::fail(&mut socket, &ApiError::from(e).message).await,
     };
     tracing::info!(sandbox_id = %id, team_id = %auth.team_id, "process stream attached");
-    data_plane::touch(&ctx, &conn.sandbox).await;
-    exec::forward_exec_events(&ctx, &conn, socket, events, false).await;
+    data_plane::touch(&ctx, &sandbox).await;
+    exec::forward_exec_events(&ctx, socket, events, false).await;
 }
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
@@ -213,11 +185,8 @@ mod tests {
 
     #[test]
     fn selectors_are_pids_or_tags() {
-        assert_eq!(selector("42").unwrap().selector, Some(Selector::Pid(42)));
-        assert_eq!(
-            selector("web-1").unwrap().selector,
-            Some(Selector::Tag("web-1".into()))
-        );
+        assert_eq!(selector("42").unwrap(), ProcessRef::Pid(42));
+        assert_eq!(selector("web-1").unwrap(), ProcessRef::Tag("web-1".into()));
         assert!(selector("0").is_err());
         assert!(selector("99999999999").is_err());
         assert!(selector("a b").is_err());
@@ -225,8 +194,8 @@ mod tests {
 
     #[test]
     fn signals() {
-        assert_eq!(signal(None).unwrap(), pb::Signal::Sigkill);
-        assert_eq!(signal(Some("SIGTERM")).unwrap(), pb::Signal::Sigterm);
+        assert_eq!(signal(None).unwrap(), Signal::Kill);
+        assert_eq!(signal(Some("SIGTERM")).unwrap(), Signal::Terminate);
         assert!(signal(Some("SIGSEGV")).is_err());
     }
 }

@@ -25,13 +25,13 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use wrenn_core::data_plane::{Command, HostStream, PtyEvent, PtySpec};
 use wrenn_core::id::SandboxId;
+use wrenn_core::model::Sandbox;
 use wrenn_extension::extract::Path;
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
-use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::pty_event::Event as PtyEventKind;
 
-use super::data_plane::{self, AgentConn};
+use super::data_plane;
 use super::{exec, tags};
 
 /// How often the server pings an idle terminal client.
@@ -99,8 +99,8 @@ async fn pty(
     Ok(ws.on_upgrade(move |socket| session(ctx, socket, header_auth, id)))
 }
 
-/// Builds the attach request from the first client message.
-fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttachRequest, String> {
+/// The terminal the first client message asks for.
+fn attach_request(first: ClientMessage) -> Result<PtySpec, String> {
     match first.kind.as_str() {
         "start" => {
             let cmd = first
@@ -110,15 +110,16 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
             let envs = first.envs.unwrap_or_default();
             wrenn_core::validate::command(&cmd, &first.args, &envs, first.cwd.as_deref())
                 .map_err(|e| e.to_string())?;
-            Ok(pb::PtyAttachRequest {
-                sandbox_id: conn.sandbox_id(),
+            Ok(PtySpec {
                 tag: new_pty_tag(),
-                cmd,
-                args: first.args,
+                command: Command {
+                    cmd,
+                    args: first.args,
+                    envs,
+                    cwd: first.cwd.filter(|c| !c.is_empty()),
+                },
                 cols: first.cols.filter(|c| *c > 0).unwrap_or(80),
                 rows: first.rows.filter(|r| *r > 0).unwrap_or(24),
-                envs: envs.into_iter().collect(),
-                cwd: first.cwd.filter(|c| !c.is_empty()),
                 user: first.user.filter(|u| !u.is_empty()),
             })
         }
@@ -127,15 +128,11 @@ fn attach_request(conn: &AgentConn, first: ClientMessage) -> Result<pb::PtyAttac
                 .tag
                 .filter(|t| exec::valid_tag(t))
                 .ok_or("connect needs the tag of a terminal")?;
-            Ok(pb::PtyAttachRequest {
-                sandbox_id: conn.sandbox_id(),
+            Ok(PtySpec {
                 tag,
-                cmd: String::new(),
-                args: Vec::new(),
+                command: Command::default(),
                 cols: first.cols.unwrap_or(0),
                 rows: first.rows.unwrap_or(0),
-                envs: Default::default(),
-                cwd: None,
                 user: None,
             })
         }
@@ -155,7 +152,7 @@ async fn session(
         Ok(a) => a,
         Err(msg) => return fail(&mut socket, &msg).await,
     };
-    let conn = match exec::open(&ctx, &auth, id).await {
+    let sandbox = match exec::open(&ctx, &auth, id).await {
         Ok(c) => c,
         Err(e) => return fail(&mut socket, &e.message).await,
     };
@@ -171,33 +168,27 @@ async fn session(
     };
     let req = match serde_json::from_str::<ClientMessage>(&first)
         .map_err(|e| format!("invalid message: {e}"))
-        .and_then(|m| attach_request(&conn, m))
+        .and_then(attach_request)
     {
         Ok(r) => r,
         Err(msg) => return fail(&mut socket, &msg).await,
     };
     let tag = req.tag.clone();
-    let events = match conn.client().pty_attach(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => {
-            return fail(
-                &mut socket,
-                &conn.error(&ctx, "attach terminal", &s).message,
-            )
-            .await;
-        }
+    let events = match ctx.data_plane.pty_attach(&sandbox, req).await {
+        Ok(events) => events,
+        Err(e) => return fail(&mut socket, &ApiError::from(e).message).await,
     };
-    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %conn.sandbox.host_id, tag, "terminal attached");
-    data_plane::touch(&ctx, &conn.sandbox).await;
-    relay(&ctx, &conn, socket, events, tag).await;
+    tracing::info!(sandbox_id = %id, team_id = %auth.team_id, host_id = %sandbox.host_id, tag, "terminal attached");
+    data_plane::touch(&ctx, &sandbox).await;
+    relay(&ctx, &sandbox, socket, events, tag).await;
 }
 
 /// Relays terminal output to the client and client input to the terminal.
 async fn relay(
     ctx: &ServerContext,
-    conn: &AgentConn,
+    sandbox: &Sandbox,
     socket: WebSocket,
-    mut events: tonic::Streaming<pb::PtyEvent>,
+    mut events: HostStream<PtyEvent>,
     mut tag: String,
 ) {
     let (mut tx, mut rx) = socket.split();
@@ -208,45 +199,44 @@ async fn relay(
     let mut started = false;
     loop {
         tokio::select! {
-            ev = events.message() => match ev {
-                Ok(Some(pb::PtyEvent { event: Some(PtyEventKind::Started(s)) })) => {
-                    if !s.tag.is_empty() {
-                        tag = s.tag;
+            ev = events.next() => match ev {
+                Some(Ok(PtyEvent::Started { pid, tag: started_tag })) => {
+                    if !started_tag.is_empty() {
+                        tag = started_tag;
                     }
                     started = true;
-                    let frame = json!({ "type": "started", "tag": tag, "pid": s.pid });
+                    let frame = json!({ "type": "started", "tag": tag, "pid": pid });
                     if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
                         return;
                     }
                 }
-                Ok(Some(pb::PtyEvent { event: Some(PtyEventKind::Output(o)) })) => {
-                    if !o.data.is_empty() && tx.send(Message::Binary(o.data.into())).await.is_err() {
+                Some(Ok(PtyEvent::Output(data))) => {
+                    if !data.is_empty() && tx.send(Message::Binary(data)).await.is_err() {
                         return;
                     }
                 }
-                Ok(Some(pb::PtyEvent { event: Some(PtyEventKind::Exited(e)) })) => {
-                    let mut frame = json!({ "type": "exit", "exit_code": e.exit_code });
-                    if let Some(err) = e.error.filter(|m| !m.is_empty()) {
+                Some(Ok(PtyEvent::Exited { exit_code, error })) => {
+                    let mut frame = json!({ "type": "exit", "exit_code": exit_code });
+                    if let Some(err) = error {
                         frame["error"] = json!(err);
                     }
                     let _ = tx.send(Message::Text(frame.to_string().into())).await;
                     break;
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => {
+                None => {
                     let _ = tx.send(error_frame("the terminal stream ended without an exit status", true)).await;
                     break;
                 }
-                Err(s) => {
-                    let _ = tx.send(error_frame(&conn.error(ctx, "terminal stream", &s).message, true)).await;
+                Some(Err(e)) => {
+                    let _ = tx.send(error_frame(&ApiError::from(e).message, true)).await;
                     break;
                 }
             },
             // Input is only forwarded once the terminal exists.
             msg = rx.next(), if started => {
                 let reply = match msg {
-                    Some(Ok(Message::Binary(b))) => send_input(ctx, conn, &tag, b.to_vec()).await,
-                    Some(Ok(Message::Text(t))) => control(ctx, conn, &tag, t.as_str()).await,
+                    Some(Ok(Message::Binary(b))) => send_input(ctx, sandbox, &tag, b).await,
+                    Some(Ok(Message::Text(t))) => control(ctx, sandbox, &tag, t.as_str()).await,
                     Some(Ok(Message::Close(_))) => {
                     // Lets the automatic close reply go out.
                     let _ = tx.flush().await;
@@ -275,37 +265,33 @@ async fn relay(
     data_plane::close_split(&mut tx, &mut rx).await;
 }
 
+/// The error text of a failed terminal call, if it failed.
+fn failure(result: Result<(), wrenn_core::agents::HostCallError>) -> Option<String> {
+    result.err().map(|e| ApiError::from(e).message)
+}
+
 /// Writes keystrokes; the error text of a failure, if any.
 async fn send_input(
     ctx: &ServerContext,
-    conn: &AgentConn,
+    sandbox: &Sandbox,
     tag: &str,
-    data: Vec<u8>,
+    data: bytes::Bytes,
 ) -> Option<String> {
     if data.is_empty() {
         return None;
     }
-    let req = pb::PtySendInputRequest {
-        sandbox_id: conn.sandbox_id(),
-        tag: tag.to_owned(),
-        data,
-    };
-    conn.client()
-        .pty_send_input(req)
-        .await
-        .err()
-        .map(|s| conn.error(ctx, "terminal input", &s).message)
+    failure(ctx.data_plane.pty_input(sandbox, tag, data).await)
 }
 
 /// Handles a JSON control message; the error text of a failure, if any.
-async fn control(ctx: &ServerContext, conn: &AgentConn, tag: &str, text: &str) -> Option<String> {
+async fn control(ctx: &ServerContext, sandbox: &Sandbox, tag: &str, text: &str) -> Option<String> {
     let msg: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => return Some(format!("invalid message: {e}")),
     };
     match msg.kind.as_str() {
         "input" => match msg.data.as_deref().map(data_plane::base64_decode) {
-            Some(Some(data)) => send_input(ctx, conn, tag, data).await,
+            Some(Some(data)) => send_input(ctx, sandbox, tag, data.into()).await,
             _ => Some("input data must be base64".into()),
         },
         "resize" => {
@@ -313,29 +299,9 @@ async fn control(ctx: &ServerContext, conn: &AgentConn, tag: &str, text: &str) -
             if cols == 0 || rows == 0 {
                 return None;
             }
-            let req = pb::PtyResizeRequest {
-                sandbox_id: conn.sandbox_id(),
-                tag: tag.to_owned(),
-                cols,
-                rows,
-            };
-            conn.client()
-                .pty_resize(req)
-                .await
-                .err()
-                .map(|s| conn.error(ctx, "terminal resize", &s).message)
+            failure(ctx.data_plane.pty_resize(sandbox, tag, cols, rows).await)
         }
-        "kill" => {
-            let req = pb::PtyKillRequest {
-                sandbox_id: conn.sandbox_id(),
-                tag: tag.to_owned(),
-            };
-            conn.client()
-                .pty_kill(req)
-                .await
-                .err()
-                .map(|s| conn.error(ctx, "terminal kill", &s).message)
-        }
+        "kill" => failure(ctx.data_plane.pty_kill(sandbox, tag).await),
         "pong" | "ping" => None,
         other => Some(format!("unknown message type {other:?}")),
     }

@@ -1,6 +1,7 @@
 //! `hostagent.v1` ↔ Wrenn's domain types (feature `domain`): the one place a wire
 //! value becomes a [`wrenn_core`] value and back, used by the agent that answers and
-//! the control plane that asks.
+//! the control plane that asks. [`data_plane`] converts the calls inside a running
+//! capsule ([`wrenn_core::data_plane`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,6 +10,8 @@ use wrenn_core::agents::{HostCallError, SandboxSpec};
 use wrenn_core::lifecycle::SandboxStatus;
 
 use crate::hostagent::v1 as pb;
+
+pub mod data_plane;
 
 /// The wire value of a sandbox status. The wire has no `pending` (the agent reports a
 /// sandbox it is making as `starting`) and no `missing` (an agent that lost a sandbox
