@@ -27,6 +27,7 @@ use wrenn_core::agents::HostCallError;
 use wrenn_core::id::HostId;
 use wrenn_core::lifecycle::HostStatus;
 use wrenn_core::repo::{RepoError, Store};
+use wrenn_core::report::error_chain;
 use wrenn_extension::hosts::HostConnections;
 
 use crate::ca::{CLIENT_CERT_RENEW_AFTER, CertificateAuthority, address_host};
@@ -94,25 +95,32 @@ impl HostChannels {
 impl HostConnections for HostChannels {
     /// The channel for `host`, resolving its address through the store.
     async fn channel(&self, host: HostId) -> Result<(String, Channel), HostCallError> {
-        let row = self.store.get_host(host).await.map_err(|e| match e {
-            RepoError::NotFound { .. } => {
-                HostCallError::Unavailable(format!("host {host} does not exist"))
+        // The messages reach tenants (a capsule's host is unavailable): they do not
+        // name the host; the log does.
+        let row = self.store.get_host(host).await.map_err(|e| {
+            tracing::debug!(host_id = %host, "host lookup failed: {}", error_chain(&e));
+            match e {
+                RepoError::NotFound { .. } => {
+                    HostCallError::Unavailable("the host does not exist".into())
+                }
+                _ => HostCallError::Unavailable("the host cannot be looked up".into()),
             }
-            other => HostCallError::Unavailable(format!("cannot look up host {host}: {other}")),
         })?;
         if !matches!(row.status, HostStatus::Online | HostStatus::Draining) {
             self.evict(host);
+            tracing::debug!(host_id = %host, status = row.status.as_str(), "host not called");
             return Err(HostCallError::Unavailable(format!(
-                "host {host} is {}; only online and draining hosts are called",
+                "the host is {}; only online and draining hosts are called",
                 row.status.as_str()
             )));
         }
         let address = row.address.trim();
         if address.is_empty() {
             self.evict(host);
-            return Err(HostCallError::Unavailable(format!(
-                "host {host} has no address (its agent has not registered)"
-            )));
+            tracing::debug!(host_id = %host, "host has no address");
+            return Err(HostCallError::Unavailable(
+                "the host has no address (its agent has not registered)".into(),
+            ));
         }
         let tls = !row.cert_fingerprint.is_empty();
         let identity = if tls {

@@ -187,7 +187,6 @@ async fn metrics(
         ApiError::bad_request("range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h")
     })?;
     let points = if sandbox.status == SandboxStatus::Running {
-        data_plane::connect(&ctx, &sandbox).await?;
         ctx.data_plane
             .metrics(&sandbox, &range)
             .await?

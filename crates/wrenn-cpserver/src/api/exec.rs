@@ -180,7 +180,6 @@ async fn run_exec(
             ));
         }
     };
-    data_plane::connect(&ctx, &sandbox).await?;
     tracing::debug!(host_id = %sandbox.host_id, background = req.background, "exec");
     let command = Command {
         cmd: cmd.clone(),

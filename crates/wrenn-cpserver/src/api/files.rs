@@ -330,7 +330,6 @@ async fn read_response(
     let sandbox = data_plane::running_capsule(ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(body)?;
     let path = data_plane::required_path(req.path)?;
-    data_plane::connect(ctx, &sandbox).await?;
     let read = ctx.data_plane.read_file(&sandbox, path).await?;
     data_plane::touch(ctx, &sandbox).await;
     let total = read.total_size;
@@ -395,7 +394,6 @@ async fn list(
         Some(d) => u32::try_from(d)
             .map_err(|_| ApiError::bad_request("depth must be a non-negative integer"))?,
     };
-    data_plane::connect(&ctx, &sandbox).await?;
     let entries = ctx.data_plane.list_dir(&sandbox, path, depth).await?;
     data_plane::touch(&ctx, &sandbox).await;
     Ok(Json(ListResponse {
@@ -417,7 +415,6 @@ async fn mkdir(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
-    data_plane::connect(&ctx, &sandbox).await?;
     let entry = ctx.data_plane.make_dir(&sandbox, path).await?;
     data_plane::touch(&ctx, &sandbox).await;
     Ok(Json(MakeDirResponse {
@@ -439,7 +436,6 @@ async fn remove(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let req: PathRequest = data_plane::parse_json(&body)?;
     let path = data_plane::required_path(req.path)?;
-    data_plane::connect(&ctx, &sandbox).await?;
     ctx.data_plane.remove_path(&sandbox, path).await?;
     data_plane::touch(&ctx, &sandbox).await;
     Ok(StatusCode::NO_CONTENT)

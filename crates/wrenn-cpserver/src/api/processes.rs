@@ -121,7 +121,6 @@ async fn kill(
     let sandbox = data_plane::running_capsule(&ctx, auth.team_id, id).await?;
     let process = selector(&raw)?;
     let signal = signal(q.signal.as_deref())?;
-    data_plane::connect(&ctx, &sandbox).await?;
     ctx.data_plane
         .kill_process(&sandbox, process, signal)
         .await?;
