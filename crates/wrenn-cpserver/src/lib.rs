@@ -12,12 +12,14 @@
 //! and add [`wrenn_extension::Extension`]s. [`run`] serves until SIGTERM/SIGINT;
 //! [`serve`] serves on a given listener until a given future resolves.
 
+pub mod accounts;
 mod api;
 pub mod authenticator;
 mod builder;
 pub mod ca;
 mod error;
 pub mod events;
+pub mod host_admin;
 pub mod host_channels;
 pub mod host_data_plane;
 pub mod host_identity;
@@ -28,6 +30,7 @@ mod router;
 pub mod secrets;
 mod server;
 pub mod teams;
+mod testing;
 pub mod workers;
 
 pub use builder::Builder;

@@ -7,11 +7,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::audit::{AuditEntry, AuditScope, AuditStatus};
+use wrenn_core::audit::AuditScope;
 use wrenn_core::auth::Role;
 use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId, UserId};
 use wrenn_core::model::{Team, Template, User, UserStatus};
@@ -20,6 +19,7 @@ use wrenn_extension::{AdminAuth, ApiError, ApiResult, ServerContext};
 
 use super::audit::{self, AuditPage, AuditParams};
 use super::tags;
+use crate::{accounts, teams};
 
 /// Page size of the admin lists.
 pub const ADMIN_PAGE_SIZE: u32 = 100;
@@ -44,18 +44,6 @@ fn page_bounds(q: &PageQuery) -> Result<(u32, usize), ApiError> {
 
 fn total_pages(total: usize) -> u64 {
     total.div_ceil(ADMIN_PAGE_SIZE as usize) as u64
-}
-
-fn admin_audit(
-    auth: &AdminAuth,
-    resource: &str,
-    id: String,
-    action: &str,
-    status: AuditStatus,
-) -> AuditEntry {
-    AuditEntry::new(PLATFORM_TEAM_ID, auth.0.actor(), resource, Some(id), action)
-        .scope(AuditScope::Admin)
-        .status(status)
 }
 
 /// A user as admins see it.
@@ -255,69 +243,13 @@ async fn list_users(
 #[utoipa::path(put, path = "/v1/admin/users/{id}/active", tag = tags::ADMIN, security(("bearer" = [])), request_body = SetActive,
     params(("id" = String, Path, description = "User id (`usr-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
-#[tracing::instrument(skip_all, fields(admin_id = %auth.0.user.id, user_id = %id))]
 async fn set_user_active(
     State(ctx): State<ServerContext>,
     auth: AdminAuth,
     Path(id): Path<UserId>,
     Json(body): Json<SetActive>,
 ) -> ApiResult<StatusCode> {
-    if id == auth.0.user.id && !body.active {
-        return Err(ApiError::bad_request(
-            "you cannot deactivate your own account",
-        ));
-    }
-    let user = ctx.store.get_user(id).await?;
-    if body.active {
-        ctx.store.set_user_status(id, UserStatus::Active).await?;
-        // An account an admin activates before it ever activated itself has no
-        // team yet: it gets its default team, as self-activation gives it.
-        super::auth::ensure_default_team(&ctx, &user).await?;
-        ctx.audit(
-            admin_audit(
-                &auth,
-                "user",
-                id.to_string(),
-                "activate",
-                AuditStatus::Success,
-            )
-            .metadata(json!({ "email": user.email })),
-        )
-        .await;
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    // Status first: from here on the user's token is refused.
-    ctx.store.set_user_status(id, UserStatus::Disabled).await?;
-    let teams = ctx.store.list_teams_for_user(id).await?;
-    let mut keys = Vec::new();
-    for t in &teams {
-        let team_keys = ctx.store.list_api_keys(t.team.id).await?;
-        keys.extend(
-            team_keys
-                .into_iter()
-                .filter(|k| k.key.created_by == Some(id))
-                .map(|k| k.key.id),
-        );
-    }
-    ctx.store.delete_api_keys_by_creator(id).await?;
-    for key in keys {
-        ctx.auth.evict_api_key(key);
-    }
-    let actor = auth.0.actor();
-    for t in teams.iter().filter(|t| t.role == Role::Owner) {
-        crate::teams::destroy_team_sandboxes(&ctx, t.team.id, &actor).await?;
-    }
-    ctx.audit(
-        admin_audit(
-            &auth,
-            "user",
-            id.to_string(),
-            "deactivate",
-            AuditStatus::Warning,
-        )
-        .metadata(json!({ "email": user.email })),
-    )
-    .await;
+    accounts::set_active(&ctx, &auth.0, id, body.active).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -350,29 +282,13 @@ async fn list_teams(
 #[utoipa::path(put, path = "/v1/admin/teams/{id}/byoc", tag = tags::ADMIN, security(("bearer" = [])), request_body = SetByoc,
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
-#[tracing::instrument(skip_all, fields(admin_id = %auth.0.user.id, team_id = %id))]
 async fn set_byoc(
     State(ctx): State<ServerContext>,
     auth: AdminAuth,
     Path(id): Path<TeamId>,
     Json(body): Json<SetByoc>,
 ) -> ApiResult<StatusCode> {
-    if !body.enabled {
-        return Err(ApiError::bad_request(
-            "BYOC cannot be disabled once enabled",
-        ));
-    }
-    if id == PLATFORM_TEAM_ID {
-        return Err(ApiError::bad_request(
-            "the platform team runs on platform hosts and cannot be BYOC",
-        ));
-    }
-    ctx.store.set_team_byoc(id, true).await?;
-    ctx.audit(
-        admin_audit(&auth, "team", id.to_string(), "set_byoc", AuditStatus::Info)
-            .metadata(json!({ "enabled": true })),
-    )
-    .await;
+    teams::set_byoc(&ctx, &auth.0.actor(), id, body.enabled).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -380,13 +296,12 @@ async fn set_byoc(
 #[utoipa::path(delete, path = "/v1/admin/teams/{id}", tag = tags::ADMIN, security(("bearer" = [])),
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
-#[tracing::instrument(skip_all, fields(admin_id = %auth.0.user.id, team_id = %id))]
 async fn delete_team(
     State(ctx): State<ServerContext>,
     auth: AdminAuth,
     Path(id): Path<TeamId>,
 ) -> ApiResult<StatusCode> {
-    crate::teams::delete_team_core(&ctx, id, &auth.0.actor()).await?;
+    teams::delete_team_core(&ctx, id, &auth.0.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,6 +1,7 @@
 //! `/v1/me`: the logged-in user's profile and password, and the password-reset flow.
 //!
-//! `DELETE /v1/me` (account deletion) lives in its own module.
+//! `DELETE /v1/me` (account deletion) lives in its own module; the rules are
+//! [`crate::accounts`]'s.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,19 +9,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::audit::{Actor, AuditEntry, AuditStatus};
-use wrenn_core::auth::{TokenPurpose, check_password_policy, constant_time_eq};
-use wrenn_core::model::{User, UserStatus};
-use wrenn_core::repo::RepoError;
 use wrenn_core::validate;
 use wrenn_extension::extract::Json;
-use wrenn_extension::{ApiError, ApiResult, Email, ServerContext, UserAuth};
+use wrenn_extension::{ApiResult, ServerContext, UserAuth};
 
-use super::auth::{
-    AuthResponse, check_name, hash_password_blocking, invalid_token, issue_token, password_error,
-    reset_binding, verify_password_blocking,
-};
+use super::auth::AuthResponse;
 use super::tags;
+use crate::accounts::{self, PasswordChange};
 
 /// The logged-in user's profile.
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,18 +66,6 @@ pub(super) struct ResetConfirmRequest {
     new_password: String,
 }
 
-fn password_change_entry(team: wrenn_core::id::TeamId, user: &User, method: &str) -> AuditEntry {
-    AuditEntry::new(
-        team,
-        Actor::user(user.id, user.email.clone()),
-        "user",
-        Some(user.id.to_string()),
-        "password_change",
-    )
-    .status(AuditStatus::Info)
-    .metadata(serde_json::json!({ "method": method }))
-}
-
 /// The caller's profile.
 #[utoipa::path(
     get,
@@ -124,30 +107,7 @@ async fn update_me(
     auth: UserAuth,
     Json(req): Json<UpdateMeRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
-    let name = check_name(&req.name)?;
-    let user = ctx.store.update_user_name(auth.user.id, &name).await?;
-    ctx.audit(
-        AuditEntry::new(
-            auth.team_id,
-            auth.actor(),
-            "user",
-            Some(user.id.to_string()),
-            "update",
-        )
-        .status(AuditStatus::Info)
-        .metadata(serde_json::json!({ "fields": ["name"] })),
-    )
-    .await;
-    tracing::info!(user_id = %user.id, team_id = %auth.team_id, "user renamed");
-    issue_token(
-        &ctx,
-        user.id,
-        &user.email,
-        &user.name,
-        user.is_admin,
-        auth.team_id,
-        auth.user.role,
-    )
+    Ok(Json(accounts::rename(&ctx, &auth, &req.name).await?.into()))
 }
 
 /// Changes the caller's password. An account without a password (OAuth only) may
@@ -169,35 +129,12 @@ async fn change_password(
     auth: UserAuth,
     Json(req): Json<ChangePasswordRequest>,
 ) -> ApiResult<StatusCode> {
-    if req
-        .confirm_password
-        .as_ref()
-        .is_some_and(|c| *c != req.new_password)
-    {
-        return Err(ApiError::bad_request(
-            "confirm_password does not match new_password",
-        ));
-    }
-    check_password_policy(&req.new_password).map_err(|e| password_error("new_password", e))?;
-    let user = ctx.store.get_user(auth.user.id).await?;
-    if let Some(phc) = user.password_hash.clone() {
-        let current = req
-            .current_password
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| ApiError::bad_request("current_password is required"))?;
-        if !verify_password_blocking(current, Some(phc)).await? {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong_password",
-                "the current password is incorrect",
-            ));
-        }
-    }
-    let hash = hash_password_blocking("new_password", req.new_password).await?;
-    ctx.store.update_password(user.id, &hash).await?;
-    ctx.audit(password_change_entry(auth.team_id, &user, "change"))
-        .await;
-    tracing::info!(user_id = %user.id, team_id = %auth.team_id, "password changed");
+    let change = PasswordChange {
+        current: req.current_password,
+        new: req.new_password,
+        confirm: req.confirm_password,
+    };
+    accounts::change_password(&ctx, &auth, change).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,59 +157,9 @@ async fn request_reset(
 ) -> ApiResult<StatusCode> {
     let email = validate::email(&req.email)?;
     if ctx.mailer.is_some() {
-        tokio::spawn(send_reset(ctx, email));
+        tokio::spawn(accounts::send_reset(ctx, email));
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn send_reset(ctx: ServerContext, email: String) {
-    let Some(mailer) = ctx.mailer.clone() else {
-        return;
-    };
-    let user = match ctx.store.get_user_by_email(&email).await {
-        Ok(u) if u.status == UserStatus::Active => u,
-        Ok(_) | Err(RepoError::NotFound { .. }) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "password reset: could not look the user up");
-            return;
-        }
-    };
-    let purpose = TokenPurpose::PasswordReset;
-    let token = match ctx.auth.jwt().sign_purpose(
-        purpose,
-        user.id,
-        &reset_binding(&user),
-        purpose.lifetime(),
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(user_id = %user.id, error = %e, "password reset: could not sign");
-            return;
-        }
-    };
-    let body = format!(
-        "Hello {name},\n\n\
-         Someone asked to reset the password of your Wrenn account. Use this token \
-         (valid for {minutes} minutes, once):\n\n\
-         Token: {token}\n\n\
-         Send it with your new password as {{\"token\": \"…\", \"new_password\": \"…\"}} to \
-         POST {base}/v1/me/password/reset/confirm, or paste it into the dashboard.\n\n\
-         If you did not ask for this, ignore this email: your password is unchanged.\n",
-        name = user.name,
-        minutes = purpose.lifetime().as_secs() / 60,
-        base = ctx.config.public_url.as_deref().unwrap_or(""),
-    );
-    let sent = mailer
-        .send(Email {
-            to: user.email.clone(),
-            subject: "Reset your Wrenn password".to_owned(),
-            body,
-        })
-        .await;
-    match sent {
-        Ok(()) => tracing::info!(user_id = %user.id, "password reset email sent"),
-        Err(e) => tracing::warn!(user_id = %user.id, error = %e, "could not send reset email"),
-    }
 }
 
 /// Sets a new password with a reset token. The token works once: it is bound to the
@@ -291,40 +178,7 @@ async fn confirm_reset(
     State(ctx): State<ServerContext>,
     Json(req): Json<ResetConfirmRequest>,
 ) -> ApiResult<StatusCode> {
-    check_password_policy(&req.new_password).map_err(|e| password_error("new_password", e))?;
-    let (user_id, binding) = ctx
-        .auth
-        .jwt()
-        .verify_purpose(req.token.trim(), TokenPurpose::PasswordReset)
-        .map_err(|_| invalid_token("reset"))?;
-    let hash = hash_password_blocking("new_password", req.new_password).await?;
-    let user = match ctx.store.get_user(user_id).await {
-        Ok(u) if u.status == UserStatus::Active => u,
-        Ok(_) | Err(RepoError::NotFound { .. }) => return Err(invalid_token("reset")),
-        Err(e) => return Err(e.into()),
-    };
-    if !constant_time_eq(binding.as_bytes(), reset_binding(&user).as_bytes()) {
-        return Err(invalid_token("reset"));
-    }
-    // The token is bound to the password it was issued for: it is spent by the one
-    // request (on any replica) that replaces that password.
-    let expected = user.password_hash.as_deref().unwrap_or_default();
-    if !ctx
-        .store
-        .update_password_if(user.id, expected, &hash)
-        .await?
-    {
-        return Err(invalid_token("reset"));
-    }
-    match ctx.store.default_team_for_user(user.id).await {
-        Ok(Some(team)) => {
-            ctx.audit(password_change_entry(team.team.id, &user, "reset"))
-                .await;
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password reset: no audit team"),
-    }
-    tracing::info!(user_id = %user.id, "password reset");
+    accounts::confirm_reset(&ctx, &req.token, req.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

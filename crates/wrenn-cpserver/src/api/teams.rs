@@ -1,29 +1,24 @@
 //! Teams and their members (user JWT only).
 //!
 //! Routes under `/v1/teams/{id}` act on the team the caller's token is issued for:
-//! any other `{id}` is refused with 403 ("use switch-team first"). The caller's role
-//! is the one re-read from the database by [`UserAuth`], never the token's. The
-//! owner invariants (never removed, demoted or leaving) are the rules of
-//! [`wrenn_core::auth`]; role changes are conditional writes.
+//! any other `{id}` is refused with 403 ("use switch-team first"). The rules (roles,
+//! owner invariants, conditional writes) are [`crate::teams`]'s.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::audit::{AuditEntry, AuditScope, AuditStatus};
-use wrenn_core::auth::{Role, check_leave, check_remove_member, check_role_change};
-use wrenn_core::id::{TeamId, UserId, new_team_slug};
-use wrenn_core::model::{Member, Team, TeamWithRole, UserStatus};
-use wrenn_core::repo::{NewTeam, RepoError};
-use wrenn_core::validate;
+use wrenn_core::auth::Role;
+use wrenn_core::id::{TeamId, UserId};
+use wrenn_core::model::{Member, Team, TeamWithRole};
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiError, ApiResult, ServerContext, UserAuth};
 
 use super::tags;
+use crate::teams;
 
 /// A team.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -148,28 +143,6 @@ fn same_team(auth: &UserAuth, id: TeamId) -> Result<(), ApiError> {
     }
 }
 
-fn member_audit(auth: &UserAuth, user: UserId, action: &str, status: AuditStatus) -> AuditEntry {
-    AuditEntry::new(
-        auth.team_id,
-        auth.actor(),
-        "member",
-        Some(user.to_string()),
-        action,
-    )
-    .scope(AuditScope::Admin)
-    .status(status)
-}
-
-/// The member `user` of `team`, or 404.
-async fn find_member(ctx: &ServerContext, team: TeamId, user: UserId) -> Result<Member, ApiError> {
-    ctx.store
-        .list_members(team)
-        .await?
-        .into_iter()
-        .find(|m| m.user_id == user)
-        .ok_or_else(|| ApiError::not_found("member"))
-}
-
 /// The caller's teams, with their role in each.
 #[utoipa::path(get, path = "/v1/teams", tag = tags::TEAMS, security(("bearer" = [])),
     responses((status = 200, body = [TeamWithRoleBody]), (status = 401)))]
@@ -184,48 +157,13 @@ async fn list(
 /// Creates a team owned by the caller (not their default team).
 #[utoipa::path(post, path = "/v1/teams", tag = tags::TEAMS, security(("bearer" = [])), request_body = TeamName,
     responses((status = 201, body = TeamWithRoleBody), (status = 400), (status = 401)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
 async fn create(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
     Json(body): Json<TeamName>,
 ) -> ApiResult<(StatusCode, Json<TeamWithRoleBody>)> {
-    if body.slug.is_some() {
-        return Err(ApiError::bad_request(
-            "a team's slug is generated and cannot be chosen",
-        ));
-    }
-    let name = validate::team_name(&body.name)?;
-    // Slugs are random; a collision with an existing (or deleted) team is retried.
-    let mut attempt = 0;
-    let team = loop {
-        let new = NewTeam {
-            id: TeamId::new(),
-            name: name.clone(),
-            slug: new_team_slug(),
-            is_byoc: false,
-        };
-        match ctx.store.create_team(new, auth.user.id, false).await {
-            Err(RepoError::Conflict(_)) if attempt < 3 => attempt += 1,
-            other => break other?,
-        }
-    };
-    ctx.audit(
-        AuditEntry::new(
-            team.id,
-            auth.actor(),
-            "team",
-            Some(team.id.to_string()),
-            "create",
-        )
-        .metadata(json!({ "name": team.name })),
-    )
-    .await;
-    let body = TeamWithRoleBody {
-        team: team.into(),
-        role: Role::Owner,
-    };
-    Ok((StatusCode::CREATED, Json(body)))
+    let team = teams::create(&ctx, &auth, &body.name, body.slug.is_some()).await?;
+    Ok((StatusCode::CREATED, Json(team.into())))
 }
 
 /// The caller's current team and its members.
@@ -250,7 +188,6 @@ async fn get_one(
 #[utoipa::path(patch, path = "/v1/teams/{id}", tag = tags::TEAMS, security(("bearer" = [])), request_body = TeamName,
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 204), (status = 400), (status = 401), (status = 403)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn rename(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
@@ -258,21 +195,7 @@ async fn rename(
     Json(body): Json<TeamName>,
 ) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
-    auth.require(Role::can_rename_team, "rename the team")?;
-    if body.slug.is_some() {
-        return Err(ApiError::bad_request(
-            "a team's slug is immutable; only the name can change",
-        ));
-    }
-    let name = validate::team_name(&body.name)?;
-    let old = ctx.store.get_team(id).await?;
-    ctx.store.rename_team(id, &name).await?;
-    ctx.audit(
-        AuditEntry::new(id, auth.actor(), "team", Some(id.to_string()), "rename")
-            .status(AuditStatus::Info)
-            .metadata(json!({ "old_name": old.name, "new_name": name })),
-    )
-    .await;
+    teams::rename(&ctx, &auth, &body.name, body.slug.is_some()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -281,18 +204,13 @@ async fn rename(
 #[utoipa::path(delete, path = "/v1/teams/{id}", tag = tags::TEAMS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 204), (status = 400), (status = 401), (status = 403)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn delete(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
     Path(id): Path<TeamId>,
 ) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
-    auth.require(
-        Role::can_delete_team,
-        "delete the team (only its owner can)",
-    )?;
-    crate::teams::delete_team_core(&ctx, id, &auth.actor()).await?;
+    teams::delete_own(&ctx, &auth).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -315,7 +233,6 @@ async fn list_members(
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 201, body = MemberBody), (status = 400, description = "Malformed email, or already a member"),
         (status = 401), (status = 403), (status = 404, description = "No account with that email")))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn add_member(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
@@ -323,43 +240,8 @@ async fn add_member(
     Json(body): Json<AddMember>,
 ) -> ApiResult<(StatusCode, Json<MemberBody>)> {
     same_team(&auth, id)?;
-    auth.require(Role::can_manage_members, "add members")?;
-    let email = validate::email(&body.email)?;
-    let user = match ctx.store.get_user_by_email(&email).await {
-        Ok(u) if u.status != UserStatus::Deleted => u,
-        Ok(_) | Err(RepoError::NotFound { .. }) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no account with that email",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let membership = match ctx.store.add_member(id, user.id, Role::Member).await {
-        Ok(m) => m,
-        Err(RepoError::Conflict(_)) => {
-            return Err(ApiError::bad_request(
-                "that user is already a member of the team",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    ctx.audit(
-        member_audit(&auth, user.id, "add", AuditStatus::Success).metadata(json!({
-            "email": user.email,
-            "role": membership.role,
-        })),
-    )
-    .await;
-    let member = MemberBody {
-        user_id: user.id,
-        name: user.name,
-        email: user.email,
-        role: membership.role,
-        joined_at: membership.created_at,
-    };
-    Ok((StatusCode::CREATED, Json(member)))
+    let member = teams::add_member(&ctx, &auth, &body.email).await?;
+    Ok((StatusCode::CREATED, Json(member.into())))
 }
 
 /// Changes a member's role to `admin` or `member` (owner or admin; only the owner
@@ -368,7 +250,6 @@ async fn add_member(
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team"),
         ("uid" = String, Path, description = "User id (`usr-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn update_member(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
@@ -384,23 +265,7 @@ async fn update_member(
         }
         Ok(role) => role,
     };
-    auth.require(Role::can_manage_members, "change members' roles")?;
-    let target = find_member(&ctx, id, uid).await?;
-    check_role_change(auth.user.role, target.role, new_role)?;
-    if target.role != new_role {
-        // Conditional: a concurrent change (or removal) makes this one lose cleanly.
-        ctx.store
-            .update_member_role_if(id, uid, target.role, new_role)
-            .await?
-            .ok_or_else(|| ApiError::conflict("conflict", "the member changed meanwhile; retry"))?;
-    }
-    ctx.audit(
-        member_audit(&auth, uid, "role_update", AuditStatus::Info).metadata(json!({
-            "email": target.email,
-            "new_role": new_role,
-        })),
-    )
-    .await;
+    teams::change_role(&ctx, &auth, uid, new_role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -410,24 +275,13 @@ async fn update_member(
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team"),
         ("uid" = String, Path, description = "User id (`usr-…`)")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn remove_member(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
     Path((id, uid)): Path<(TeamId, UserId)>,
 ) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
-    auth.require(Role::can_manage_members, "remove members")?;
-    let target = find_member(&ctx, id, uid).await?;
-    check_remove_member(auth.user.role, target.role)?;
-    if !ctx.store.remove_member(id, uid).await? {
-        return Err(ApiError::not_found("member"));
-    }
-    ctx.audit(
-        member_audit(&auth, uid, "remove", AuditStatus::Warning)
-            .metadata(json!({ "email": target.email })),
-    )
-    .await;
+    teams::remove_member(&ctx, &auth, uid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -435,22 +289,13 @@ async fn remove_member(
 #[utoipa::path(post, path = "/v1/teams/{id}/leave", tag = tags::TEAMS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Team id (`team-…`); must be the token's team")),
     responses((status = 204), (status = 400), (status = 401), (status = 403)))]
-#[tracing::instrument(skip_all, fields(user_id = %auth.user.id, team_id = %auth.team_id))]
 async fn leave(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
     Path(id): Path<TeamId>,
 ) -> ApiResult<StatusCode> {
     same_team(&auth, id)?;
-    check_leave(auth.user.role)?;
-    if !ctx.store.remove_member(id, auth.user.id).await? {
-        return Err(ApiError::not_found("member"));
-    }
-    ctx.audit(
-        member_audit(&auth, auth.user.id, "leave", AuditStatus::Info)
-            .metadata(json!({ "email": auth.user.email })),
-    )
-    .await;
+    teams::leave(&ctx, &auth).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

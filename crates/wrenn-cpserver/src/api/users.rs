@@ -5,18 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::model::UserStatus;
 use wrenn_extension::extract::{Json, Query};
-use wrenn_extension::{ApiError, ApiResult, ServerContext, UserAuth};
+use wrenn_extension::{ApiResult, ServerContext, UserAuth};
 
 use super::tags;
-
-/// Shortest prefix accepted, in characters.
-const MIN_PREFIX_LEN: usize = 3;
-/// Most matches returned.
-const MAX_RESULTS: usize = 10;
-/// Rows read from the store before inactive accounts are filtered out.
-const FETCH_LIMIT: u32 = 50;
+use crate::accounts::search;
 
 /// Search parameters.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -55,34 +48,15 @@ async fn search_users(
     auth: UserAuth,
     Query(q): Query<SearchQuery>,
 ) -> ApiResult<Json<Vec<UserMatch>>> {
-    let prefix = q.email.unwrap_or_default().trim().to_lowercase();
-    if prefix.chars().count() < MIN_PREFIX_LEN {
-        return Err(ApiError::bad_request(format!(
-            "email must be a prefix of at least {MIN_PREFIX_LEN} characters"
-        )));
-    }
-    if !prefix.contains('@') {
-        return Err(ApiError::bad_request(
-            "email must be a prefix that includes the '@'",
-        ));
-    }
-    if prefix.chars().count() > wrenn_core::validate::MAX_EMAIL_LEN {
-        return Err(ApiError::bad_request("email prefix is too long"));
-    }
-    let users = ctx
-        .store
-        .search_users_by_email_prefix(&prefix, FETCH_LIMIT)
-        .await?;
-    let matches: Vec<UserMatch> = users
+    let users = search::by_email_prefix(&ctx, q.email.as_deref().unwrap_or_default()).await?;
+    tracing::debug!(user_id = %auth.user.id, team_id = %auth.team_id, found = users.len(), "user search");
+    let matches = users
         .into_iter()
-        .filter(|u| u.status == UserStatus::Active)
-        .take(MAX_RESULTS)
         .map(|u| UserMatch {
             user_id: u.id.to_string(),
             email: u.email,
         })
         .collect();
-    tracing::debug!(user_id = %auth.user.id, team_id = %auth.team_id, found = matches.len(), "user search");
     Ok(Json(matches))
 }
 
