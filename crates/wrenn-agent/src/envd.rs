@@ -14,6 +14,7 @@
 //! (another sandbox on a shared network, Obs-N1/E1 of the original) can drive it.
 
 use std::time::Duration;
+use wrenn_core::report::error_chain;
 
 use hyper_util::rt::TokioIo;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -92,7 +93,9 @@ impl EnvdClient {
                     }))
             }
             EnvdEndpoint::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| AgentError::internal(format!("envd endpoint {addr}: {e}")))?
+                .map_err(|e| {
+                    AgentError::internal(format!("envd endpoint {addr}: {}", error_chain(&e)))
+                })?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .initial_stream_window_size(wrenn_proto::transport::STREAM_WINDOW)

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use wrenn_core::report::error_chain;
 
 use super::ImageError;
 use super::manifest::{self, MANIFEST_FILE, Manifest};
@@ -261,7 +262,7 @@ pub fn cleanup(staging: &Path) {
     inside.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for mount in inside {
         if let Err(e) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH) {
-            tracing::warn!(mount = %mount.display(), error = %e, "cannot unmount a leftover of an image build");
+            tracing::warn!(mount = %mount.display(), error = %error_chain(&e), "cannot unmount a leftover of an image build");
         }
     }
 }

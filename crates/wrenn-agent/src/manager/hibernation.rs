@@ -2,6 +2,7 @@
 //! (and memory) are released; the reaper hibernates long-paused sandboxes.
 
 use std::sync::Arc;
+use wrenn_core::report::error_chain;
 
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::SandboxId;
@@ -75,7 +76,7 @@ impl SandboxManager {
                 Ok(size)
             }
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "hibernate failed: {e}");
+                tracing::warn!(sandbox_id = %id, "hibernate failed: {}", error_chain(&e));
                 sb.with(|s| s.status = prev);
                 if prev == SandboxStatus::Running {
                     sb.conns.reset();

@@ -3,6 +3,7 @@
 
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_core::report::error_chain;
 use wrenn_proto::hostagent::v1::MetricPoint;
 
 use super::{SandboxManager, now_ms};
@@ -39,7 +40,7 @@ impl SandboxManager {
                         m.push(point);
                     }
                 }
-                Err(e) => tracing::debug!(sandbox_id = %sb.id, "stats: {e}"),
+                Err(e) => tracing::debug!(sandbox_id = %sb.id, "stats: {}", error_chain(&e)),
             }
         });
         futures::future::join_all(jobs).await;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use wrenn_core::report::error_chain;
 
 use wrenn_core::config::Overcommit;
 use wrenn_core::id::SandboxId;
@@ -117,7 +118,10 @@ impl ManagerSettings {
         self.health_timeout = config.health_timeout;
         match HostCapacity::of_this_host(config.overcommit) {
             Ok(c) => self.capacity = Some(c),
-            Err(e) => tracing::warn!("admission is off: cannot read the host's memory: {e}"),
+            Err(e) => tracing::warn!(
+                "admission is off: cannot read the host's memory: {}",
+                error_chain(&e)
+            ),
         }
     }
 }

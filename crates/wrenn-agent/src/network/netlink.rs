@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
+use wrenn_core::report::error_chain;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
@@ -185,10 +186,10 @@ impl Connection {
         let mut rest = &self.buf[..n];
         while !rest.is_empty() {
             let length = NetlinkBuffer::new_checked(rest)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, error_chain(&e)))?
                 .length() as usize;
             let message = NetlinkMessage::<I>::deserialize(&rest[..length])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, error_chain(&e)))?;
             messages.push(message);
             let aligned = length.next_multiple_of(4).min(rest.len());
             rest = &rest[aligned..];

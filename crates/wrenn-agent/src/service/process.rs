@@ -2,6 +2,7 @@
 //! ConnectProcess, SendProcessInput and CloseProcessStdin.
 
 use std::time::Duration;
+use wrenn_core::report::error_chain;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ async fn feed_stdin(mut process: ProcessClient<EnvdChannel>, pid: u32, data: Vec
             }),
         };
         if let Err(e) = process.send_input(req).await {
-            tracing::debug!(pid, "stdin: {e}");
+            tracing::debug!(pid, "stdin: {}", error_chain(&e));
             break;
         }
     }

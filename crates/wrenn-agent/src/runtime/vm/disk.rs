@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use wrenn_core::report::error_chain;
 
 /// Why a disk could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +95,7 @@ pub fn info(qemu_img: &Path, image: &Path) -> Result<ImageInfo, DiskError> {
     )?;
     serde_json::from_str(&json).map_err(|e| DiskError::Failed {
         action: "info",
-        stderr: format!("unreadable answer: {e}"),
+        stderr: format!("unreadable answer: {}", error_chain(&e)),
     })
 }
 

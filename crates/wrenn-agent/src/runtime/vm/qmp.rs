@@ -8,6 +8,7 @@
 //! names them all); see the implementors of [`Command`].
 
 use std::path::Path;
+use wrenn_core::report::error_chain;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -228,7 +229,7 @@ impl Qmp {
             arguments,
             id,
         })
-        .map_err(|e| QmpError::Protocol(e.to_string()))?;
+        .map_err(|e| QmpError::Protocol(error_chain(&e)))?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
         loop {
@@ -255,8 +256,9 @@ impl Qmp {
                 .get("return")
                 .cloned()
                 .ok_or_else(|| QmpError::Protocol(message.to_string()))?;
-            return serde_json::from_value(value.clone())
-                .map_err(|e| QmpError::Protocol(format!("{name} returned {value}: {e}")));
+            return serde_json::from_value(value.clone()).map_err(|e| {
+                QmpError::Protocol(format!("{name} returned {value}: {}", error_chain(&e)))
+            });
         }
     }
 
