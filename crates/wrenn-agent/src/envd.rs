@@ -13,8 +13,8 @@
 //! sandbox with `System.Init` right after boot, so nothing else that can reach envd
 //! (another sandbox on a shared network, Obs-N1/E1 of the original) can drive it.
 
+use crate::runtime::error_chain;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use hyper_util::rt::TokioIo;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};

@@ -21,9 +21,9 @@
 //! registered) events are only logged. The JWT is read from the shared
 //! [`Credentials`] at each attempt, so a refresh by the heartbeat takes effect at once.
 
+use crate::runtime::error_chain;
 use std::sync::Mutex;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -12,9 +12,9 @@
 //! | 404 | the host was deleted: remove the credentials file and shut the agent down |
 //! | transport error, other status | retried sooner ([`RETRY_FIRST`], doubling up to the interval); once no beat has been answered for [`INTERVALS_BEFORE_PAUSE`] intervals every running sandbox is paused (once, until a beat succeeds again), since the control plane will soon consider them missing |
 
+use crate::runtime::error_chain;
 use std::sync::Arc;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use tokio_util::sync::CancellationToken;
 

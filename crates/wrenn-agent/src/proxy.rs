@@ -19,11 +19,11 @@
 //!   `Authorization` passes through untouched); the header is removed before
 //!   forwarding.
 
+use crate::runtime::error_chain;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use axum::Router;
 use axum::body::Body;

@@ -25,10 +25,10 @@
 //! **Sampler.** Every 500 ms it records [`Runtime::stats`](crate::runtime::Runtime::stats)
 //! of each running sandbox into its metric rings.
 
+use crate::runtime::error_chain;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use tokio_util::sync::CancellationToken;
 use wrenn_core::id::SandboxId;

@@ -18,11 +18,11 @@
 //! [heartbeat](crate::heartbeat) read. The JSON of these routes is declared once, in
 //! [`wrenn_core::host_api`], for both sides.
 
+use crate::runtime::error_chain;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use serde::{Deserialize, Serialize};
 use wrenn_core::host_api::{

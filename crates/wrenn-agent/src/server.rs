@@ -43,11 +43,11 @@
 //! sweeps every other leftover. Then the reaper, the envd health checks and the
 //! metrics sampler start.
 
+use crate::runtime::error_chain;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;

@@ -13,10 +13,10 @@
 //! each bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up
 //! the accept loop.
 
+use crate::runtime::error_chain;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

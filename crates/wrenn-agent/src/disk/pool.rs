@@ -12,11 +12,11 @@
 //! an agent that exits or crashes leaves no mount, and the loop devices unbind
 //! themselves. [`DiskPool::start`] deletes the files a previous agent left in `dir`.
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wrenn_core::report::error_chain;
 
 use tokio_util::sync::CancellationToken;
 

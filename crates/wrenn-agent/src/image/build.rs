@@ -2,6 +2,7 @@
 //! Everything happens inside the staging directory; the [store](super::store)
 //! publishes it.
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -9,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use wrenn_core::report::error_chain;
 
 use super::ImageError;
 use super::manifest::{self, MANIFEST_FILE, Manifest};

@@ -1,11 +1,11 @@
 //! The build cache: lookup, the per-recipe lock, staging and publication (layout in
 //! the [module docs](super)).
 
+use crate::runtime::error_chain;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use wrenn_core::report::error_chain;
 
 use rustix::fs::FlockOperation;
 

@@ -1,8 +1,8 @@
 //! Hibernation: a running or paused sandbox's state goes to disk and its processes
 //! (and memory) are released; the reaper hibernates long-paused sandboxes.
 
+use crate::runtime::error_chain;
 use std::sync::Arc;
-use wrenn_core::report::error_chain;
 
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::SandboxId;

@@ -1,11 +1,11 @@
 //! Lifecycle operations of [`SandboxManager`]: create, destroy, pause, resume, ping
 //! and pause-all, plus envd's Init (defaults and access token).
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use wrenn_core::report::error_chain;
 
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::SandboxId;

@@ -1,9 +1,9 @@
 //! Sandbox metrics: sampling every running sandbox into its rings, reading and
 //! flushing them, and the host's allocations.
 
+use crate::runtime::error_chain;
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::report::error_chain;
 use wrenn_proto::hostagent::v1::MetricPoint;
 
 use super::{SandboxManager, now_ms};

@@ -1,11 +1,11 @@
 //! Startup: adoption of what still runs after an agent restart, loading of hibernated
 //! sandboxes, and the per-sandbox record (`agent.json`) that makes both possible.
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use wrenn_core::report::error_chain;
 
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::SandboxId;

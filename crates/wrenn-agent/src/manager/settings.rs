@@ -1,10 +1,10 @@
 //! [`ManagerSettings`] (the timings of the state machine) and [`HostCapacity`] (what
 //! creates and restores are admitted against).
 
+use crate::runtime::error_chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use wrenn_core::config::Overcommit;
 use wrenn_core::id::SandboxId;

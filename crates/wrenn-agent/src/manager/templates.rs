@@ -1,7 +1,7 @@
 //! Templates: turning a sandbox into a template (CreateSnapshot) and deleting one.
 
+use crate::runtime::error_chain;
 use std::time::Instant;
-use wrenn_core::report::error_chain;
 
 use wrenn_core::events::SandboxEventKind;
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};

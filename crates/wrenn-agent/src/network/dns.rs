@@ -13,13 +13,13 @@
 //! they can be set up while the veth is; a bind that fails with `EADDRINUSE` means the
 //! slot is taken.
 
+use crate::runtime::error_chain;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use wrenn_core::report::error_chain;
 
 use rustix::net::{AddressFamily, SocketType, ipproto, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

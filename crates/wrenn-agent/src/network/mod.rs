@@ -47,6 +47,7 @@ mod nft;
 pub mod policy;
 pub mod tap;
 
+use crate::runtime::error_chain;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,7 +56,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use wrenn_core::config::{Cidr, EgressConfig};
 

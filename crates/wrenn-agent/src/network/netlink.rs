@@ -6,10 +6,10 @@
 //! plain blocking socket (with a receive timeout) run off the async threads is simpler
 //! and faster than an async connection.
 
+use crate::runtime::error_chain;
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,

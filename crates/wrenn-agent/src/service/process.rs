@@ -1,8 +1,8 @@
 //! Process RPCs: Exec, ExecStream, StartBackground, ListProcesses, KillProcess,
 //! ConnectProcess, SendProcessInput and CloseProcessStdin.
 
+use crate::runtime::error_chain;
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;

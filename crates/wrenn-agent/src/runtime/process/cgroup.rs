@@ -26,11 +26,11 @@
 //! (`wrenn-sandboxes`), directly under each hierarchy's root, so it is stable across
 //! agent restarts and leftovers can be found by sandbox id.
 
+use crate::runtime::error_chain;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wrenn_core::report::error_chain;
 
 /// CFS period used for CPU quotas (µs).
 const CPU_PERIOD_US: u64 = 100_000;

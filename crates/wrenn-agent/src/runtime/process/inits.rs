@@ -11,12 +11,12 @@
 //! [`ProcessRuntimeOptions::spare_inits`]: super::ProcessRuntimeOptions::spare_inits
 //! [`init::go`]: crate::init::go
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wrenn_core::report::error_chain;
 
 use crate::idle::Pacer;
 use tokio::process::Child;

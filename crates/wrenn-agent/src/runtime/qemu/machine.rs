@@ -12,11 +12,11 @@
 //! [`load`](Machine::load)s it and continues. The command line of both must describe
 //! the same machine, which [`MachineSpec`] guarantees by being the one source of it.
 
+use crate::runtime::error_chain;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use wrenn_core::report::error_chain;
 
 use tokio::process::{Child, Command};
 

@@ -9,9 +9,9 @@
 //!   base's blocks where the file system can (a reflink, `FICLONE`) and otherwise
 //!   copies only the base's data, leaving its holes as holes.
 
+use crate::runtime::error_chain;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use wrenn_core::report::error_chain;
 
 /// Why a disk could not be made or read.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 //! Only the commands the VM runtimes use are typed (`qapi/*.json` in QEMU's tree
 //! names them all); see the implementors of [`Command`].
 
+use crate::runtime::error_chain;
 use std::path::Path;
-use wrenn_core::report::error_chain;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
