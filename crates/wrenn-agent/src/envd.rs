@@ -13,6 +13,7 @@
 //! sandbox with `System.Init` right after boot, so nothing else that can reach envd
 //! (another sandbox on a shared network, Obs-N1/E1 of the original) can drive it.
 
+use crate::runtime::error_chain;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -92,7 +93,9 @@ impl EnvdClient {
                     }))
             }
             EnvdEndpoint::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| AgentError::internal(format!("envd endpoint {addr}: {e}")))?
+                .map_err(|e| {
+                    AgentError::internal(format!("envd endpoint {addr}: {}", error_chain(&e)))
+                })?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .initial_stream_window_size(wrenn_proto::transport::STREAM_WINDOW)

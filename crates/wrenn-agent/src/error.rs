@@ -5,11 +5,18 @@
 //! of failure it is; [`From<AgentError> for tonic::Status`](AgentError) turns the kind
 //! into the code documented in `hostagent.proto`. No code is ever inferred from an
 //! error message's text.
+//!
+//! A status's message is [`AgentError::wire_message`]: the whole cause chain
+//! ([`error_chain`]), with host paths left out of runtime and internal failures (the
+//! full chain, paths included, goes to the agent's log instead).
 
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
 
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, error_chain};
+
+/// What stands in for a host path in a message sent to the control plane.
+pub const HOST_PATH: &str = "<host path>";
 
 /// A failure of an agent operation.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +86,20 @@ impl AgentError {
         Self::InvalidArgument(e.to_string())
     }
 
+    /// The message for the control plane and, through it, the tenant: the error and
+    /// its causes ([`error_chain`]). Runtime and internal failures are the agent's own
+    /// and may name host paths (`$WRENN_DIR`, the image store, cgroups): their
+    /// absolute paths are replaced by [`HOST_PATH`]. Messages that describe the
+    /// request or the sandbox's contents (not found, invalid argument, the guest
+    /// agent's answers) are kept whole, since their paths are the tenant's.
+    pub fn wire_message(&self) -> String {
+        match self {
+            Self::Runtime(e) => e.wire_message(),
+            Self::Internal(_) => without_host_paths(&error_chain(self)),
+            _ => error_chain(self),
+        }
+    }
+
     /// The gRPC code this error maps to.
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
@@ -137,9 +158,43 @@ pub fn envd_code(code: tonic::Code) -> tonic::Code {
     }
 }
 
+/// `text` with each absolute path replaced by [`HOST_PATH`]: a `/` that starts a word
+/// (at the start, or after a space, a quote or an opening bracket or `=`) and what
+/// follows it up to a space, a quote, a closing bracket, `,`, `;` or `:`.
+/// Relative paths, `I/O` and URLs (`://`) are kept.
+pub fn without_host_paths(text: &str) -> String {
+    let ends = |c: char| c.is_whitespace() || "\"'`),;:]}>".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut prev: Option<char> = None;
+    while let Some(c) = chars.next() {
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "\"'`([{<=".contains(p));
+        if c == '/' && starts_word && chars.peek().is_some_and(|&n| !ends(n) && n != '/') {
+            while chars.peek().is_some_and(|&n| !ends(n)) {
+                chars.next();
+            }
+            out.push_str(HOST_PATH);
+            prev = Some('>');
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+    }
+    out
+}
+
 impl From<AgentError> for tonic::Status {
+    /// A status with [`AgentError::code`] and [`AgentError::wire_message`]; when the
+    /// message leaves something out, the whole chain is logged.
     fn from(e: AgentError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let message = e.wire_message();
+        if matches!(e, AgentError::Runtime(_) | AgentError::Internal(_)) {
+            let chain = error_chain(&e);
+            if chain != message {
+                tracing::warn!(error = %chain, "host paths left out of a status sent as: {message}");
+            }
+        }
+        tonic::Status::new(e.code(), message)
     }
 }
 
@@ -203,6 +258,69 @@ mod tests {
             let status = tonic::Status::from(err);
             assert_eq!(status.code(), code, "{status:?}");
         }
+    }
+
+    #[test]
+    fn io_errors_keep_their_cause_and_leave_host_paths_out_of_the_status() {
+        let e = AgentError::Runtime(RuntimeError::Io {
+            context: "create /var/lib/wrenn/sandboxes/sb-1/rootfs".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        });
+        let chain = error_chain(&e);
+        assert!(
+            chain.starts_with("create /var/lib/wrenn/sandboxes/sb-1/rootfs: "),
+            "{chain}"
+        );
+        assert!(chain.contains("Permission denied"), "{chain}");
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            !status.message().contains("/var/lib/wrenn"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("sb-1"), "{}", status.message());
+        assert!(
+            status.message().starts_with("create <host path>: "),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("Permission denied"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn host_paths_are_left_out() {
+        for (text, want) in [
+            (
+                "write \"1\" to /sys/fs/cgroup/x/pids.max: busy",
+                "write \"1\" to <host path>: busy",
+            ),
+            ("open \"/var/lib/wrenn/ab\"", "open \"<host path>\""),
+            ("(cannot read /x/y)", "(cannot read <host path>)"),
+            ("/etc/passwd", "<host path>"),
+            (
+                "I/O error on a/b, see http://h/p",
+                "I/O error on a/b, see http://h/p",
+            ),
+            (
+                "sandbox sb-1: template t is gone",
+                "sandbox sb-1: template t is gone",
+            ),
+            ("a / b", "a / b"),
+        ] {
+            assert_eq!(without_host_paths(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn tenant_paths_in_other_errors_are_kept() {
+        let e = AgentError::NotFound("/home/user/x not found".into());
+        assert_eq!(e.wire_message(), "/home/user/x not found");
+        assert_eq!(tonic::Status::from(e).message(), "/home/user/x not found");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! registered) events are only logged. The JWT is read from the shared
 //! [`Credentials`] at each attempt, so a refresh by the heartbeat takes effect at once.
 
+use crate::runtime::error_chain;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ impl EventSender {
         let tx = self.tx.lock().ok().and_then(|tx| tx.clone());
         if let Some(tx) = tx {
             if let Err(e) = tx.try_send(event) {
-                tracing::warn!(sandbox_id = %sandbox_id, event = kind.as_str(), "sandbox event dropped: {e}");
+                tracing::warn!(sandbox_id = %sandbox_id, event = kind.as_str(), "sandbox event dropped: {}", error_chain(&e));
             }
         }
     }
@@ -179,7 +180,10 @@ async fn deliver(config: EventsConfig, mut rx: mpsc::Receiver<SandboxEvent>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("cannot build the event client, events are dropped: {e}");
+            tracing::error!(
+                "cannot build the event client, events are dropped: {}",
+                error_chain(&e)
+            );
             return;
         }
     };
@@ -210,7 +214,8 @@ async fn deliver(config: EventsConfig, mut rx: mpsc::Receiver<SandboxEvent>) {
                         sandbox_id = %event.sandbox_id,
                         event = event.event.as_str(),
                         attempt,
-                        "sandbox event not delivered: {e}"
+                        "sandbox event not delivered: {}",
+                        error_chain(&e)
                     );
                     true
                 }

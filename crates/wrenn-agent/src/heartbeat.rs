@@ -12,6 +12,7 @@
 //! | 404 | the host was deleted: remove the credentials file and shut the agent down |
 //! | transport error, other status | retried sooner ([`RETRY_FIRST`], doubling up to the interval); once no beat has been answered for [`INTERVALS_BEFORE_PAUSE`] intervals every running sandbox is paused (once, until a beat succeeds again), since the control plane will soon consider them missing |
 
+use crate::runtime::error_chain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,22 +87,23 @@ impl Heartbeat {
                     Ok(new) => {
                         tracing::info!(host_id = %host_id, "host credentials refreshed");
                         if let Err(e) = self.credentials.replace(new).await {
-                            tracing::error!(host_id = %host_id, "refreshed credentials not stored: {e}");
+                            tracing::error!(host_id = %host_id, "refreshed credentials not stored: {}", error_chain(&e));
                         }
                         beat = self.beat().await;
                     }
                     Err(e) if e.is_refused() => {
                         tracing::error!(
                             host_id = %host_id,
-                            "the control plane refused this host's refresh token ({e}); \
-                             pausing every sandbox and stopping the heartbeat: re-register the agent"
+                            "the control plane refused this host's refresh token ({}); \
+                             pausing every sandbox and stopping the heartbeat: re-register the agent",
+                            error_chain(&e)
                         );
                         if !paused {
                             self.pause_all().await;
                         }
                         return HeartbeatEnd::CredentialsRefused;
                     }
-                    Err(e) => beat = Beat::Failed(format!("refresh failed: {e}")),
+                    Err(e) => beat = Beat::Failed(format!("refresh failed: {}", error_chain(&e))),
                 }
             }
             match beat {
@@ -120,7 +122,7 @@ impl Heartbeat {
                     );
                     if let Some(file) = self.credentials.file() {
                         if let Err(e) = HostCredentials::remove(file) {
-                            tracing::error!("{e}");
+                            tracing::error!("{}", error_chain(&e));
                         }
                     }
                     return HeartbeatEnd::HostDeleted;
@@ -167,7 +169,7 @@ impl Heartbeat {
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Beat::Refused,
             Ok(r) if r.status().as_u16() == 404 => Beat::Gone,
             Ok(r) => Beat::Failed(format!("answered {}", r.status())),
-            Err(e) => Beat::Failed(e.to_string()),
+            Err(e) => Beat::Failed(error_chain(&e)),
         }
     }
 

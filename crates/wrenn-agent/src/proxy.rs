@@ -19,6 +19,7 @@
 //!   `Authorization` passes through untouched); the header is removed before
 //!   forwarding.
 
+use crate::runtime::error_chain;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -165,7 +166,7 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     };
     let id: SandboxId = match id.parse() {
         Ok(id) => id,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, error_chain(&e)),
     };
     let port: u16 = match port.parse() {
         Ok(p) if p > 0 => p,
@@ -215,7 +216,12 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     };
     let uri: Uri = match format!("http://{authority}{pq}").parse() {
         Ok(u) => u,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("invalid path: {e}")),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("invalid path: {}", error_chain(&e)),
+            );
+        }
     };
 
     let upgrade = is_upgrade(req.headers());
@@ -232,7 +238,10 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     let mut resp = match st.client.request(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
-            return plain(StatusCode::BAD_GATEWAY, format!("proxy error: {e}"));
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!("proxy error: {}", error_chain(&e)),
+            );
         }
     };
     let prefix = format!("/proxy/{id}/{port}");
@@ -250,7 +259,9 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
                         let mut up = TokioIo::new(up);
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                     }
-                    Err(e) => tracing::debug!(sandbox_id = %sb2.id(), "proxy upgrade failed: {e}"),
+                    Err(e) => {
+                        tracing::debug!(sandbox_id = %sb2.id(), "proxy upgrade failed: {}", error_chain(&e))
+                    }
                 }
                 sb2.touch();
             });

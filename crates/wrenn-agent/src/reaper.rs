@@ -25,6 +25,7 @@
 //! **Sampler.** Every 500 ms it records [`Runtime::stats`](crate::runtime::Runtime::stats)
 //! of each running sandbox into its metric rings.
 
+use crate::runtime::error_chain;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,14 +75,18 @@ fn reap_once(manager: &Arc<SandboxManager>, busy: &Arc<Mutex<HashSet<SandboxId>>
             if pause {
                 match mgr.auto_pause(id).await {
                     Ok(()) => tracing::info!(sandbox_id = %id, "paused after inactivity"),
-                    Err(e) => tracing::debug!(sandbox_id = %id, "auto-pause skipped: {e}"),
+                    Err(e) => {
+                        tracing::debug!(sandbox_id = %id, "auto-pause skipped: {}", error_chain(&e))
+                    }
                 }
             } else {
                 match mgr.auto_hibernate(id).await {
                     Ok(bytes) => {
                         tracing::info!(sandbox_id = %id, bytes, "hibernated after a long pause")
                     }
-                    Err(e) => tracing::debug!(sandbox_id = %id, "auto-hibernate skipped: {e}"),
+                    Err(e) => {
+                        tracing::debug!(sandbox_id = %id, "auto-hibernate skipped: {}", error_chain(&e))
+                    }
                 }
             }
             if let Ok(mut b) = busy.lock() {

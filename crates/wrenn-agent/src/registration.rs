@@ -18,6 +18,7 @@
 //! [heartbeat](crate::heartbeat) read. The JSON of these routes is declared once, in
 //! [`wrenn_core::host_api`], for both sides.
 
+use crate::runtime::error_chain;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -54,11 +55,12 @@ pub enum RegistrationError {
     #[error("unexpected answer from the control plane: {0}")]
     Answer(String),
     /// Reading or writing the credentials file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("credentials file {}", path.display())]
     File {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -139,7 +141,7 @@ impl HostCredentials {
         serde_json::from_str(&text).map(Some).map_err(|e| {
             RegistrationError::file(path)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("not a credentials file: {e}"),
+                format!("not a credentials file: {}", error_chain(&e)),
             ))
         })
     }
@@ -151,7 +153,7 @@ impl HostCredentials {
         std::fs::create_dir_all(dir).map_err(RegistrationError::file(dir))?;
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self)
-            .map_err(|e| RegistrationError::Answer(e.to_string()))?;
+            .map_err(|e| RegistrationError::Answer(error_chain(&e)))?;
         let write = || -> std::io::Result<()> {
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create(true).truncate(true);
@@ -268,7 +270,9 @@ impl Credentials {
                 let creds = new.clone();
                 tokio::task::spawn_blocking(move || creds.save(&path))
                     .await
-                    .map_err(|e| RegistrationError::Answer(format!("save task failed: {e}")))?
+                    .map_err(|e| {
+                        RegistrationError::Answer(format!("save task failed: {}", error_chain(&e)))
+                    })?
             }
             None => Ok(()),
         };
@@ -384,8 +388,8 @@ impl ControlPlane {
                 message: error_message(&bytes),
             });
         }
-        let a: Answer =
-            serde_json::from_slice(&bytes).map_err(|e| RegistrationError::Answer(e.to_string()))?;
+        let a: Answer = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistrationError::Answer(error_chain(&e)))?;
         let IssuedCredentials {
             token,
             refresh_token,
@@ -468,7 +472,9 @@ mod tests {
         let path = dir.path().join("host-credentials.json");
         std::fs::write(&path, "{\"host_id\":").unwrap();
         let err = HostCredentials::load(&path).unwrap_err();
-        assert!(err.to_string().contains("host-credentials.json"), "{err}");
+        let chain = error_chain(&err);
+        assert!(chain.contains("host-credentials.json"), "{chain}");
+        assert!(chain.contains("not a credentials file"), "{chain}");
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //! sweeps every other leftover. Then the reaper, the envd health checks and the
 //! metrics sampler start.
 
+use crate::runtime::error_chain;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,27 +313,31 @@ impl Agent {
         } = options;
         let local_addr = listener
             .local_addr()
-            .map_err(|e| AgentError::internal(format!("listener address: {e}")))?;
+            .map_err(|e| AgentError::internal(format!("listener address: {}", error_chain(&e))))?;
         {
             let dirs = layout.clone();
             tokio::task::spawn_blocking(move || dirs.ensure_dirs())
                 .await
-                .map_err(AgentError::internal)?
+                .map_err(|e| AgentError::internal(error_chain(&e)))?
                 .map_err(|e| {
-                    AgentError::internal(format!("cannot prepare {}: {e}", layout.root().display()))
+                    AgentError::internal(format!(
+                        "cannot prepare {}: {}",
+                        layout.root().display(),
+                        error_chain(&e)
+                    ))
                 })?;
         }
         let tls_config = if tls {
             let creds = events.credentials.as_ref().ok_or_else(|| {
                 AgentError::internal("TLS needs the host credentials (register the agent)")
             })?;
-            Some(tls::server_config(creds).map_err(AgentError::internal)?)
+            Some(tls::server_config(creds).map_err(|e| AgentError::internal(error_chain(&e)))?)
         } else {
             None
         };
         let heartbeat_link = match (&events.cp_url, &events.credentials, heartbeat_interval) {
             (Some(url), Some(creds), Some(interval)) => Some((
-                ControlPlane::new(url).map_err(AgentError::internal)?,
+                ControlPlane::new(url).map_err(|e| AgentError::internal(error_chain(&e)))?,
                 creds.clone(),
                 interval,
             )),
@@ -396,8 +401,9 @@ impl Agent {
         let serve_stop = CancellationToken::new();
         let server = match tls_config {
             Some(config) => {
-                let listener = TlsListener::new(listener, config)
-                    .map_err(|e| AgentError::internal(format!("TLS listener: {e}")))?;
+                let listener = TlsListener::new(listener, config).map_err(|e| {
+                    AgentError::internal(format!("TLS listener: {}", error_chain(&e)))
+                })?;
                 tokio::spawn(crate::serve::serve(listener, router, serve_stop.clone()))
             }
             None => {

@@ -13,6 +13,7 @@
 //! each bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up
 //! the accept loop.
 
+use crate::runtime::error_chain;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,16 +72,16 @@ fn certified_key(
 ) -> Result<CertifiedKey, TlsError> {
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err("certificate")(e.to_string()))?;
+        .map_err(|e| pem_err("certificate")(error_chain(&e)))?;
     if certs.is_empty() {
         return Err(pem_err("certificate")("no CERTIFICATE block".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| pem_err("private key")(e.to_string()))?;
+        .map_err(|e| pem_err("private key")(error_chain(&e)))?;
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| pem_err("private key")(e.to_string()))?;
+        .map_err(|e| pem_err("private key")(error_chain(&e)))?;
     Ok(CertifiedKey::new(certs, signing))
 }
 
@@ -116,7 +117,7 @@ impl ResolvesServerCert for CredentialsCert {
                 *current = (cert_pem, Arc::new(key));
             }
             // Keep serving the previous certificate rather than none.
-            Err(e) => tracing::error!("renewed host certificate unusable: {e}"),
+            Err(e) => tracing::error!("renewed host certificate unusable: {}", error_chain(&e)),
         }
         Some(Arc::clone(&current.1))
     }
@@ -131,15 +132,15 @@ pub fn server_config(credentials: &Credentials) -> Result<Arc<ServerConfig>, Tls
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(creds.ca_cert_pem.as_bytes()) {
-        let ca = ca.map_err(|e| pem_err("CA certificate")(e.to_string()))?;
+        let ca = ca.map_err(|e| pem_err("CA certificate")(error_chain(&e)))?;
         roots
             .add(ca)
-            .map_err(|e| pem_err("CA certificate")(e.to_string()))?;
+            .map_err(|e| pem_err("CA certificate")(error_chain(&e)))?;
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(|e| TlsError::Config(error_chain(&e)))?;
     let key = certified_key(&provider, &creds.cert_pem, &creds.key_pem)?;
     let resolver = CredentialsCert {
         credentials: credentials.clone(),
@@ -148,7 +149,7 @@ pub fn server_config(credentials: &Credentials) -> Result<Arc<ServerConfig>, Tls
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(|e| TlsError::Config(error_chain(&e)))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -185,7 +186,7 @@ impl TlsListener {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
+                        tracing::warn!("accept failed: {}", error_chain(&e));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -198,7 +199,9 @@ impl TlsListener {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake refused: {e}"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake refused: {}", error_chain(&e))
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     let config = match AgentConfig::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wrenn-agent: {e}");
+            eprintln!("wrenn-agent: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -64,7 +64,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("wrenn-agent: cannot start the async runtime: {e}");
+            eprintln!(
+                "wrenn-agent: cannot start the async runtime: {}",
+                error_chain(&e)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -125,15 +128,15 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
             )
         })?;
         let machine = machine_report(&config.wrenn_dir);
-        let cp = ControlPlane::new(cp_url).map_err(|e| e.to_string())?;
+        let cp = ControlPlane::new(cp_url).map_err(|e| error_chain(&e))?;
         let creds = cp
             .register(token.expose_secret(), &address, machine)
             .await
             .map_err(|e| format!("registration failed: {}", error_chain(&e)))?;
-        creds.save(&file).map_err(|e| e.to_string())?;
+        creds.save(&file).map_err(|e| error_chain(&e))?;
         return Ok(Some(Credentials::stored(creds, file)));
     }
-    match HostCredentials::load(&file).map_err(|e| e.to_string())? {
+    match HostCredentials::load(&file).map_err(|e| error_chain(&e))? {
         Some(creds) => Ok(Some(Credentials::stored(creds, file))),
         None => {
             tracing::warn!(
@@ -151,19 +154,17 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
 async fn default_image(config: &AgentConfig) -> Result<BuiltImage, String> {
     let store = image::store_dir(&config.layout());
     tokio::task::spawn_blocking(move || {
-        if let Some(found) = image::find_default(&store).map_err(|e| e.to_string())? {
+        if let Some(found) = image::find_default(&store).map_err(|e| error_chain(&e))? {
             return Ok(found);
         }
         tracing::info!(store = %store.display(), "building the default image (once)");
         let started = std::time::Instant::now();
         let built = image::ensure_default(&store, &BuildOptions::from_env(), &LogProgress)
             .map_err(|e| {
-                let cause = std::error::Error::source(&e)
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default();
                 format!(
-                    "cannot build the default image in {}: {e}{cause}",
-                    store.display()
+                    "cannot build the default image in {}: {}",
+                    store.display(),
+                    error_chain(&e)
                 )
             })?;
         tracing::info!(
@@ -174,7 +175,7 @@ async fn default_image(config: &AgentConfig) -> Result<BuiltImage, String> {
         Ok(built)
     })
     .await
-    .map_err(|e| format!("image build task: {e}"))?
+    .map_err(|e| format!("image build task: {}", error_chain(&e)))?
 }
 
 async fn run(config: AgentConfig) -> Result<(), String> {
@@ -193,7 +194,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
             Arc::new(
                 ProcessRuntime::new(config.layout(), envd, options)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| error_chain(&e))?,
             )
         }
         RuntimeKind::Qemu => Arc::new(
@@ -203,22 +204,28 @@ async fn run(config: AgentConfig) -> Result<(), String> {
                 QemuRuntimeOptions::from_config(&config, image),
             )
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| error_chain(&e))?,
         ),
         RuntimeKind::Firecracker => Arc::new(
             FirecrackerRuntime::new(
                 config.layout(),
                 envd,
                 FirecrackerRuntimeOptions::from_config(&config, image)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| error_chain(&e))?,
             )
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| error_chain(&e))?,
         ),
     };
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {}",
+                config.listen_addr,
+                error_chain(&e)
+            )
+        })?;
     let mut options = AgentOptions::from_config(runtime, &config, listener);
     if let Some(credentials) = credentials(&config).await? {
         tracing::info!(host_id = %credentials.host_id(), "registered with the control plane");
@@ -233,10 +240,12 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     if let Some(token) = interim_var("WRENN_AGENT_TOKEN") {
         options = options.with_auth_token(Secret::new(token));
     }
-    let agent = Agent::start(options).await.map_err(|e| e.to_string())?;
+    let agent = Agent::start(options).await.map_err(|e| error_chain(&e))?;
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {}", error_chain(&e)))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| format!("SIGINT handler: {}", error_chain(&e)))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

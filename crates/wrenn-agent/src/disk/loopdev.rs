@@ -3,6 +3,7 @@
 //! Linux ≥ 5.8). The ioctls have no safe wrapper in rustix, so the few calls below are
 //! the only `unsafe` of this module.
 
+use crate::runtime::error_chain;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -199,7 +200,11 @@ pub fn attach(file: &File, options: AttachOptions) -> io::Result<LoopDevice> {
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("open {}: {e}", device_path(number).display()),
+                    format!(
+                        "open {}: {}",
+                        device_path(number).display(),
+                        error_chain(&e)
+                    ),
                 ));
             }
         };

@@ -25,6 +25,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod pool;
 
+use crate::runtime::error_chain;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -258,7 +259,11 @@ pub fn shut_down(mount_point: &Path) -> Result<bool, DiskError> {
             // something else): ENOTTY/EINVAL/EPERM, and the plain unmount below copes.
             if is_mount_root(&dir, mount_point) {
                 if let Err(e) = ext4::shutdown(&dir) {
-                    tracing::debug!("shutting down {} failed: {e}", mount_point.display());
+                    tracing::debug!(
+                        "shutting down {} failed: {}",
+                        mount_point.display(),
+                        error_chain(&e)
+                    );
                 }
             }
         }
@@ -306,7 +311,7 @@ mod tests {
     fn sizes_below_the_minimum_are_refused() {
         let err = check_size(MIN_SIZE_MB - 1, Path::new("/"), SpaceCheck::Capacity).unwrap_err();
         assert!(matches!(err, DiskError::TooSmall { size_mb } if size_mb == MIN_SIZE_MB - 1));
-        assert!(err.to_string().contains("minimum of 64 MiB"), "{err}");
+        assert!(error_chain(&err).contains("minimum of 64 MiB"), "{err}");
     }
 
     #[test]

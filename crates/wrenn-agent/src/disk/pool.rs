@@ -12,6 +12,7 @@
 //! an agent that exits or crashes leaves no mount, and the loop devices unbind
 //! themselves. [`DiskPool::start`] deletes the files a previous agent left in `dir`.
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -100,7 +101,7 @@ impl Inner {
                         self.ready().push_back(disk);
                     }
                     Err(e) => {
-                        tracing::warn!("preparing a pooled disk failed: {e}");
+                        tracing::warn!("preparing a pooled disk failed: {}", error_chain(&e));
                         tokio::select! {
                             () = tokio::time::sleep(RETRY_PAUSE) => {}
                             () = cancel.cancelled() => return,
@@ -121,7 +122,11 @@ fn remove(disk: PooledDisk) {
     let PooledDisk { file, disk } = disk;
     drop(disk);
     if let Err(e) = std::fs::remove_file(&file) {
-        tracing::warn!("removing pooled disk {}: {e}", file.display());
+        tracing::warn!(
+            "removing pooled disk {}: {}",
+            file.display(),
+            error_chain(&e)
+        );
     }
 }
 

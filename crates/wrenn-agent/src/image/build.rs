@@ -2,6 +2,7 @@
 //! Everything happens inside the staging directory; the [store](super::store)
 //! publishes it.
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -261,7 +262,7 @@ pub fn cleanup(staging: &Path) {
     inside.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for mount in inside {
         if let Err(e) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH) {
-            tracing::warn!(mount = %mount.display(), error = %e, "cannot unmount a leftover of an image build");
+            tracing::warn!(mount = %mount.display(), error = %error_chain(&e), "cannot unmount a leftover of an image build");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The build cache: lookup, the per-recipe lock, staging and publication (layout in
 //! the [module docs](super)).
 
+use crate::runtime::error_chain;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
@@ -154,7 +155,7 @@ impl Store {
                 Ok(None)
             }
             Err(e) => {
-                tracing::warn!(link = %link.display(), error = %e, "image build unusable: rebuilding");
+                tracing::warn!(link = %link.display(), error = %error_chain(&e), "image build unusable: rebuilding");
                 Ok(None)
             }
         }
@@ -222,7 +223,7 @@ impl Store {
                 tracing::warn!(dir = %entry.path().display(), "removing an interrupted image build");
                 build::cleanup(&entry.path());
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove it");
+                    tracing::warn!(dir = %entry.path().display(), error = %error_chain(&e), "cannot remove it");
                 }
             }
         }

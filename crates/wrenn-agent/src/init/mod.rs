@@ -48,6 +48,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod userns;
 
+use crate::runtime::error_chain;
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -283,7 +284,7 @@ pub fn main_if_init() {
             std::process::exit(1);
         }
         Err(e) => {
-            eprintln!("wrenn-sandbox-init: {e}: {}", e.source);
+            eprintln!("wrenn-sandbox-init: {}", error_chain(&e));
             std::process::exit(1);
         }
     }

@@ -1,6 +1,7 @@
 //! Hibernation: a running or paused sandbox's state goes to disk and its processes
 //! (and memory) are released; the reaper hibernates long-paused sandboxes.
 
+use crate::runtime::error_chain;
 use std::sync::Arc;
 
 use wrenn_core::events::SandboxEventKind;
@@ -75,7 +76,7 @@ impl SandboxManager {
                 Ok(size)
             }
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "hibernate failed: {e}");
+                tracing::warn!(sandbox_id = %id, "hibernate failed: {}", error_chain(&e));
                 sb.with(|s| s.status = prev);
                 if prev == SandboxStatus::Running {
                     sb.conns.reset();

@@ -1,6 +1,7 @@
 //! Lifecycle operations of [`SandboxManager`]: create, destroy, pause, resume, ping
 //! and pause-all, plus envd's Init (defaults and access token).
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -108,9 +109,9 @@ impl SandboxManager {
                 Ok(started)
             }
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "create failed: {e}");
+                tracing::warn!(sandbox_id = %id, "create failed: {}", error_chain(&e));
                 if let Err(d) = self.runtime.destroy(id).await {
-                    tracing::error!(sandbox_id = %id, "cleanup after a failed create: {d}");
+                    tracing::error!(sandbox_id = %id, "cleanup after a failed create: {}", error_chain(&d));
                 }
                 sb.with(|s| {
                     s.status = SandboxStatus::Stopped;
@@ -122,7 +123,7 @@ impl SandboxManager {
                     SandboxEventKind::Failed,
                     id,
                     Some(team),
-                    Some(e.to_string()),
+                    Some(e.wire_message()),
                 );
                 Err(e)
             }
@@ -181,7 +182,7 @@ impl SandboxManager {
                     SandboxEventKind::Failed,
                     id,
                     Some(team),
-                    Some(e.to_string()),
+                    Some(e.wire_message()),
                 );
                 Err(e.into())
             }
@@ -294,7 +295,7 @@ impl SandboxManager {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "pause failed: {e}");
+                tracing::warn!(sandbox_id = %id, "pause failed: {}", error_chain(&e));
                 sb.conns.reset();
                 let back = self.recover_running(sb, &instance).await;
                 if back {
@@ -302,14 +303,14 @@ impl SandboxManager {
                         SandboxEventKind::PauseFailed,
                         id,
                         Some(team),
-                        Some(e.to_string()),
+                        Some(e.wire_message()),
                     );
                 } else {
                     self.events.emit(
                         SandboxEventKind::Failed,
                         id,
                         Some(team),
-                        Some(e.to_string()),
+                        Some(e.wire_message()),
                     );
                 }
                 Err(e.into())
@@ -330,7 +331,7 @@ impl SandboxManager {
         let mut ok = answers(Duration::from_secs(2)).await;
         if !ok {
             if let Err(e) = self.runtime.resume(instance).await {
-                tracing::debug!(sandbox_id = %sb.id, "thaw after a failed pause: {e}");
+                tracing::debug!(sandbox_id = %sb.id, "thaw after a failed pause: {}", error_chain(&e));
             }
             ok = answers(Duration::from_secs(5)).await;
         }
@@ -358,7 +359,7 @@ impl SandboxManager {
         }
         .await;
         if let Err(e) = set {
-            tracing::warn!(sandbox_id = %sb.id, "giving envd its token back: {e}; pausing the sandbox");
+            tracing::warn!(sandbox_id = %sb.id, "giving envd its token back: {}; pausing the sandbox", error_chain(&e));
             if let Ok(instance) = sb.instance()
                 && self.runtime.pause(&instance).await.is_ok()
             {
@@ -384,7 +385,9 @@ impl SandboxManager {
             .await
             {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(sandbox_id = %sb.id, "PrepareSnapshot: {e}"),
+                Ok(Err(e)) => {
+                    tracing::debug!(sandbox_id = %sb.id, "PrepareSnapshot: {}", error_chain(&e))
+                }
                 Err(_) => tracing::debug!(sandbox_id = %sb.id, "PrepareSnapshot timed out"),
             }
         }
@@ -454,7 +457,7 @@ impl SandboxManager {
                         Err(e) => {
                             // Back to paused, as it was.
                             if let Err(pe) = self.runtime.pause(&instance).await {
-                                tracing::warn!(sandbox_id = %id, "re-pause after a failed resume: {pe}");
+                                tracing::warn!(sandbox_id = %id, "re-pause after a failed resume: {}", error_chain(&pe));
                                 sb.with(|s| s.status = SandboxStatus::Error);
                                 return Err(e);
                             }
@@ -482,7 +485,7 @@ impl SandboxManager {
                         Ok(v) => Ok((instance, v)),
                         Err(e) => {
                             if let Err(he) = self.runtime.hibernate(&instance).await {
-                                tracing::warn!(sandbox_id = %id, "re-hibernate after a failed restore: {he}");
+                                tracing::warn!(sandbox_id = %id, "re-hibernate after a failed restore: {}", error_chain(&he));
                                 sb.with(|s| {
                                     s.status = SandboxStatus::Error;
                                     s.envd = None;
@@ -535,7 +538,7 @@ impl SandboxManager {
                     SandboxEventKind::ResumeFailed,
                     id,
                     Some(team),
-                    Some(e.to_string()),
+                    Some(e.wire_message()),
                 );
                 Err(e)
             }
@@ -569,8 +572,8 @@ impl SandboxManager {
                 tokio::spawn(async move { mgr.pause_with(id, PauseCause::PauseAll).await });
             async move {
                 let r = match tokio::time::timeout(budget, handle).await {
-                    Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-                    Ok(Err(e)) => Err(format!("pause task failed: {e}")),
+                    Ok(Ok(r)) => r.map_err(|e| error_chain(&e)),
+                    Ok(Err(e)) => Err(format!("pause task failed: {}", error_chain(&e))),
                     Err(_) => Err(format!("pause still running after {budget:?}")),
                 };
                 (id, r)

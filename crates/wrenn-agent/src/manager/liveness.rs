@@ -1,6 +1,7 @@
 //! Liveness: a watcher per live instance, the envd health checks, and the teardown of
 //! a sandbox found dead (kept as `error` with the reason, reported `failed`).
 
+use crate::runtime::error_chain;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -43,7 +44,7 @@ impl SandboxManager {
                         Ok(reason) => reason,
                         Err(RuntimeError::NotFound(_)) => return,
                         Err(e) => {
-                            tracing::warn!("cannot watch the sandbox: {e}");
+                            tracing::warn!("cannot watch the sandbox: {}", error_chain(&e));
                             return;
                         }
                     },
@@ -81,7 +82,7 @@ impl SandboxManager {
                         Err(_) => Err(format!("it did not answer within {budget:?}")),
                     }
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(error_chain(&e)),
             };
             match outcome {
                 Ok(()) => sb.health_failures.store(0, Ordering::Relaxed),
@@ -141,7 +142,7 @@ async fn fail_dead(
         s.config.team_id
     });
     if let Err(e) = runtime.destroy(id).await {
-        tracing::error!(sandbox_id = %id, "tearing down a dead sandbox: {e}");
+        tracing::error!(sandbox_id = %id, "tearing down a dead sandbox: {}", error_chain(&e));
     }
     sb.with(|s| {
         s.status = SandboxStatus::Error;

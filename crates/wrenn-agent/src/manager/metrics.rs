@@ -1,6 +1,7 @@
 //! Sandbox metrics: sampling every running sandbox into its rings, reading and
 //! flushing them, and the host's allocations.
 
+use crate::runtime::error_chain;
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_proto::hostagent::v1::MetricPoint;
@@ -39,7 +40,7 @@ impl SandboxManager {
                         m.push(point);
                     }
                 }
-                Err(e) => tracing::debug!(sandbox_id = %sb.id, "stats: {e}"),
+                Err(e) => tracing::debug!(sandbox_id = %sb.id, "stats: {}", error_chain(&e)),
             }
         });
         futures::future::join_all(jobs).await;

@@ -56,6 +56,7 @@
 //!
 //! [`ConnTracker`]: crate::conntrack::ConnTracker
 
+use crate::runtime::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -269,9 +270,9 @@ impl SandboxManager {
         Fut: Future<Output = AgentResult<T>> + Send + 'static,
     {
         let fut = op(Arc::clone(self));
-        tokio::spawn(fut)
-            .await
-            .map_err(|e| AgentError::internal(format!("operation task failed: {e}")))?
+        tokio::spawn(fut).await.map_err(|e| {
+            AgentError::internal(format!("operation task failed: {}", error_chain(&e)))
+        })?
     }
 
     /// The sandbox's envd client for a data-plane call: the sandbox must be running.
@@ -342,7 +343,7 @@ impl SandboxManager {
                     mgr.destroy(id).await
                 };
                 if let Err(e) = &r {
-                    tracing::warn!(sandbox_id = %id, "shutdown: {e}");
+                    tracing::warn!(sandbox_id = %id, "shutdown: {}", error_chain(&e));
                 }
                 r.ok().map(|_| id)
             })

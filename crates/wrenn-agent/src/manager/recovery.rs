@@ -1,6 +1,7 @@
 //! Startup: adoption of what still runs after an agent restart, loading of hibernated
 //! sandboxes, and the per-sandbox record (`agent.json`) that makes both possible.
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -117,7 +118,9 @@ impl SandboxManager {
                 config.team_id = team;
             }
             let sb = Arc::new(Sandbox::new(config, SandboxStatus::Error));
-            sb.with(|s| s.failure = Some(lost.reason.clone()));
+            // The runtime logged the reason whole; the control plane gets it path-free.
+            let reason = crate::error::without_host_paths(&lost.reason);
+            sb.with(|s| s.failure = Some(reason.clone()));
             if let Ok(mut map) = self.sandboxes.write() {
                 map.entry(lost.id).or_insert(sb);
             }
@@ -125,7 +128,7 @@ impl SandboxManager {
                 SandboxEventKind::Failed,
                 lost.id,
                 lost.team_id,
-                Some(lost.reason),
+                Some(reason),
             );
         }
         for (sb, instance) in entries {
@@ -165,7 +168,7 @@ impl SandboxManager {
                 std::fs::rename(&tmp, dir.join(MANAGED_RECORD))
             });
         if let Err(e) = written {
-            tracing::warn!(sandbox_id = %sb.id, "cannot persist the sandbox record: {e}");
+            tracing::warn!(sandbox_id = %sb.id, "cannot persist the sandbox record: {}", error_chain(&e));
         }
     }
 }
@@ -197,7 +200,11 @@ fn read_managed(dir: &Path) -> Option<ManagedRecord> {
     match serde_json::from_slice(&raw) {
         Ok(r) => Some(r),
         Err(e) => {
-            tracing::warn!("unreadable {MANAGED_RECORD} in {}: {e}", dir.display());
+            tracing::warn!(
+                "unreadable {MANAGED_RECORD} in {}: {}",
+                dir.display(),
+                error_chain(&e)
+            );
             None
         }
     }

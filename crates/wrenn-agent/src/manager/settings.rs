@@ -1,6 +1,7 @@
 //! [`ManagerSettings`] (the timings of the state machine) and [`HostCapacity`] (what
 //! creates and restores are admitted against).
 
+use crate::runtime::error_chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +118,10 @@ impl ManagerSettings {
         self.health_timeout = config.health_timeout;
         match HostCapacity::of_this_host(config.overcommit) {
             Ok(c) => self.capacity = Some(c),
-            Err(e) => tracing::warn!("admission is off: cannot read the host's memory: {e}"),
+            Err(e) => tracing::warn!(
+                "admission is off: cannot read the host's memory: {}",
+                error_chain(&e)
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Templates: turning a sandbox into a template (CreateSnapshot) and deleting one.
 
+use crate::runtime::error_chain;
 use std::time::Instant;
 
 use wrenn_core::events::SandboxEventKind;
@@ -70,9 +71,9 @@ impl SandboxManager {
             }
             .await;
             if let Err(e) = cleared {
-                tracing::warn!(sandbox_id = %id, "preparing a paused sandbox's memory for a template: {e}");
+                tracing::warn!(sandbox_id = %id, "preparing a paused sandbox's memory for a template: {}", error_chain(&e));
                 if let Err(pe) = self.runtime.pause(&instance).await {
-                    tracing::warn!(sandbox_id = %id, "pausing again: {pe}");
+                    tracing::warn!(sandbox_id = %id, "pausing again: {}", error_chain(&pe));
                 }
                 sb.with(|s| s.status = prev);
                 return Err(e);
@@ -110,7 +111,7 @@ impl SandboxManager {
                     && match self.runtime.resume(&instance).await {
                         Ok(()) => true,
                         Err(re) => {
-                            tracing::warn!(sandbox_id = %id, "resume after a snapshot: {re}");
+                            tracing::warn!(sandbox_id = %id, "resume after a snapshot: {}", error_chain(&re));
                             false
                         }
                     };
@@ -163,7 +164,7 @@ impl SandboxManager {
                             }
                         }
                         Err(re) => {
-                            tracing::warn!(sandbox_id = %id, "resume after a failed snapshot: {re}");
+                            tracing::warn!(sandbox_id = %id, "resume after a failed snapshot: {}", error_chain(&re));
                             sb.with(|s| {
                                 s.status = SandboxStatus::Paused;
                                 s.paused_at = Some(Instant::now());
@@ -193,9 +194,9 @@ impl SandboxManager {
         if !path_exists(dir.clone()).await {
             return Ok(false);
         }
-        remove_dir_all_async(dir)
-            .await
-            .map_err(|e| AgentError::internal(format!("delete template {template}: {e}")))?;
+        remove_dir_all_async(dir).await.map_err(|e| {
+            AgentError::internal(format!("delete template {template}: {}", error_chain(&e)))
+        })?;
         Ok(true)
     }
 }

@@ -13,6 +13,7 @@
 //! they can be set up while the veth is; a bind that fails with `EADDRINUSE` means the
 //! slot is taken.
 
+use crate::runtime::error_chain;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -196,13 +197,13 @@ impl Forwarder {
                 received = socket.recv_from(&mut buf) => match received {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::debug!("dns udp receive: {e}");
+                        tracing::debug!("dns udp receive: {}", error_chain(&e));
                         continue;
                     }
                 },
                 Some((answer, client)) = answers.recv() => {
                     if let Err(e) = socket.send_to(&answer, client).await {
-                        tracing::debug!("dns udp answer: {e}");
+                        tracing::debug!("dns udp answer: {}", error_chain(&e));
                     }
                     continue;
                 }
@@ -245,7 +246,7 @@ impl Forwarder {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::debug!("dns tcp accept: {e}");
+                        tracing::debug!("dns tcp accept: {}", error_chain(&e));
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -259,7 +260,7 @@ impl Forwarder {
             let per_capsule = per_capsule.clone();
             connections.spawn(async move {
                 if let Err(e) = this.relay_tcp(stream, per_capsule).await {
-                    tracing::debug!("dns tcp client: {e}");
+                    tracing::debug!("dns tcp client: {}", error_chain(&e));
                 }
                 drop(slot);
             });
@@ -309,7 +310,7 @@ impl Forwarder {
             };
             match tokio::time::timeout(self.options.upstream_timeout, exchange).await {
                 Ok(Ok(answer)) => return Some(answer),
-                Ok(Err(e)) => tracing::debug!(%server, "dns upstream: {e}"),
+                Ok(Err(e)) => tracing::debug!(%server, "dns upstream: {}", error_chain(&e)),
                 Err(_) => tracing::debug!(%server, "dns upstream timed out"),
             }
         }
@@ -371,7 +372,7 @@ impl Forwarder {
                     return Some(answer);
                 }
                 Ok(Ok(_)) => tracing::debug!(%server, "dns upstream: mismatched answer"),
-                Ok(Err(e)) => tracing::debug!(%server, "dns upstream (tcp): {e}"),
+                Ok(Err(e)) => tracing::debug!(%server, "dns upstream (tcp): {}", error_chain(&e)),
                 Err(_) => tracing::debug!(%server, "dns upstream (tcp) timed out"),
             }
         }

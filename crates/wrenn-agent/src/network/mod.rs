@@ -47,6 +47,7 @@ mod nft;
 pub mod policy;
 pub mod tap;
 
+use crate::runtime::error_chain;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -343,7 +344,7 @@ impl Spares {
                 match Self::make(&slots).await {
                     Ok(spare) => self.ready().push_back(spare),
                     Err(e) => {
-                        tracing::warn!("preparing a spare capsule network: {e}");
+                        tracing::warn!("preparing a spare capsule network: {}", error_chain(&e));
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }
@@ -450,9 +451,9 @@ impl Network {
                         }
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(table = %opts.table, "re-asserting the firewall: {e}")
+                        tracing::warn!(table = %opts.table, "re-asserting the firewall: {}", error_chain(&e))
                     }
-                    Err(e) => tracing::warn!("re-asserting the firewall: {e}"),
+                    Err(e) => tracing::warn!("re-asserting the firewall: {}", error_chain(&e)),
                 }
             }
         });
@@ -792,7 +793,10 @@ fn connect(created: &mut netns::Created, net: &SandboxNet) -> Result<(), Network
     if let Err(e) = configure(&mut host, &mut created.links, net) {
         // Deleting the host end takes the peer with it.
         if let Err(del) = host.delete(veth) {
-            tracing::warn!("removing veth {veth} after a failed setup: {del}");
+            tracing::warn!(
+                "removing veth {veth} after a failed setup: {}",
+                error_chain(&del)
+            );
         }
         return Err(e);
     }
@@ -833,7 +837,7 @@ async fn run_blocking_at<T: Send + 'static>(
         .await
         .map_err(|e| NetworkError::Host {
             what: "run a network task".into(),
-            source: io::Error::other(e.to_string()),
+            source: io::Error::other(error_chain(&e)),
         })?
 }
 

@@ -6,6 +6,7 @@
 //! plain blocking socket (with a receive timeout) run off the async threads is simpler
 //! and faster than an async connection.
 
+use crate::runtime::error_chain;
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -185,10 +186,10 @@ impl Connection {
         let mut rest = &self.buf[..n];
         while !rest.is_empty() {
             let length = NetlinkBuffer::new_checked(rest)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, error_chain(&e)))?
                 .length() as usize;
             let message = NetlinkMessage::<I>::deserialize(&rest[..length])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, error_chain(&e)))?;
             messages.push(message);
             let aligned = length.next_multiple_of(4).min(rest.len());
             rest = &rest[aligned..];

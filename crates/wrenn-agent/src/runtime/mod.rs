@@ -142,16 +142,25 @@ pub enum RuntimeError {
     #[error("{0}")]
     ResourceExhausted(String),
     /// An operating-system call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
-        /// What was being done.
+        /// What was being done (may name host paths: see [`Self::wire_message`]).
         context: String,
         /// The error.
+        #[source]
         source: std::io::Error,
     },
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+impl RuntimeError {
+    /// The message for the control plane: the error and its causes, host paths left
+    /// out (see [`AgentError::wire_message`](crate::error::AgentError::wire_message)).
+    pub fn wire_message(&self) -> String {
+        crate::error::without_host_paths(&error_chain(self))
+    }
 }
 
 /// Runs sandboxes. All methods are called with the sandbox's lock held by the
@@ -234,7 +243,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RuntimeError::Other(format!("blocking task failed: {e}")))
+        .map_err(|e| RuntimeError::Other(format!("blocking task failed: {}", error_chain(&e))))
 }
 
 /// Refuses sandbox `id` when it is `running`, has leftovers on this host (its directory
@@ -282,7 +291,7 @@ pub(crate) fn hibernated_configs(
         match process::template::read_record(&entry.path()) {
             Ok(Some(record)) => out.push(record.config.into()),
             Ok(None) => {}
-            Err(e) => tracing::warn!("skipping {}: {e}", entry.path().display()),
+            Err(e) => tracing::warn!("skipping {}: {}", entry.path().display(), error_chain(&e)),
         }
     }
     Ok(out)

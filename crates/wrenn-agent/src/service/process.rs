@@ -1,6 +1,7 @@
 //! Process RPCs: Exec, ExecStream, StartBackground, ListProcesses, KillProcess,
 //! ConnectProcess, SendProcessInput and CloseProcessStdin.
 
+use crate::runtime::error_chain;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -33,7 +34,7 @@ async fn feed_stdin(mut process: ProcessClient<EnvdChannel>, pid: u32, data: Vec
             }),
         };
         if let Err(e) = process.send_input(req).await {
-            tracing::debug!(pid, "stdin: {e}");
+            tracing::debug!(pid, "stdin: {}", error_chain(&e));
             break;
         }
     }

@@ -594,7 +594,7 @@ async fn qemu_faults_end_in_clear_errors_and_leave_nothing_running() {
     .await
     .unwrap();
     let id = SandboxId::new();
-    let err = impatient.create(&config(id)).await.unwrap_err().to_string();
+    let err = wrenn_core::report::error_chain(&impatient.create(&config(id)).await.unwrap_err());
     assert!(err.contains("did not answer within"), "{err}");
     assert!(err.contains("console:"), "{err}");
     nothing_left_of(&layout, id);
@@ -628,7 +628,7 @@ async fn qemu_faults_end_in_clear_errors_and_leave_nothing_running() {
     // A memory snapshot that cannot be written: the pause fails and the capsule runs on.
     let blocked = layout.sandbox_dir(id).join("memory.partial");
     std::fs::create_dir(&blocked).unwrap();
-    let err = rt.pause(&instance).await.unwrap_err().to_string();
+    let err = wrenn_core::report::error_chain(&rt.pause(&instance).await.unwrap_err());
     assert!(err.contains("memory snapshot"), "{err}");
     assert!(envd_answers(&instance).await, "the capsule still runs");
     std::fs::remove_dir(&blocked).unwrap();
@@ -638,7 +638,7 @@ async fn qemu_faults_end_in_clear_errors_and_leave_nothing_running() {
     let memory = layout.sandbox_dir(id).join("memory");
     let size = std::fs::metadata(&memory).unwrap().len();
     std::fs::write(&memory, vec![0x5a; 4096]).unwrap();
-    let err = rt.resume(&instance).await.unwrap_err().to_string();
+    let err = wrenn_core::report::error_chain(&rt.resume(&instance).await.unwrap_err());
     assert!(
         err.contains("QEMU exited") || err.contains("memory snapshot"),
         "{err}"

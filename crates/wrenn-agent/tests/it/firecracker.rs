@@ -466,7 +466,7 @@ async fn firecracker_accepts_the_capsule_configuration_sequence() {
     );
     let runtime = RuntimeError::from(error);
     assert!(matches!(runtime, RuntimeError::Other(_)));
-    assert!(runtime.to_string().contains(&fault), "{runtime}");
+    assert!(chain(&runtime).contains(&fault), "{runtime}");
     // The VMM survives a failed start, not started.
     assert_eq!(
         api.describe_instance().await.unwrap().state,

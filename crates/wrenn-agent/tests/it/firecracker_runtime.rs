@@ -184,7 +184,7 @@ async fn firecracker_runtime_boot_timeout_ends_in_an_error_with_the_console_and_
     host.assert_nothing_left_of(sandbox.id);
     // The id is free again.
     let again = host.runtime.create(&sandbox).await.unwrap_err();
-    assert!(again.to_string().contains("did not start"), "{again}");
+    assert!(chain(&again).contains("did not start"), "{again}");
     host.assert_nothing_left_of(sandbox.id);
 }
 

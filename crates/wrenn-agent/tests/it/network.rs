@@ -990,7 +990,8 @@ async fn network_a_restarted_agent_adopts_a_capsule_network_and_serves_its_dns()
     second.remove(&name).await.unwrap();
     assert!(!network::netns_path(&name).exists());
     let missing = second.adopt(&net, &name).await.unwrap_err();
-    assert!(missing.to_string().contains(&name), "{missing}");
+    let missing = wrenn_core::report::error_chain(&missing);
+    assert!(missing.contains(&name), "{missing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

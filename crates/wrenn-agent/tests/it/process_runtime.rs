@@ -765,7 +765,7 @@ async fn a_sandbox_that_fails_to_start_reports_why_and_leaves_nothing_behind() {
         .unwrap();
     let config = config(PLATFORM_TEAM_ID, BUILTIN_TEMPLATE_ID);
 
-    let err = runtime.create(&config).await.unwrap_err().to_string();
+    let err = wrenn_core::report::error_chain(&runtime.create(&config).await.unwrap_err());
     assert!(err.contains("exited during start"), "{err}");
     assert!(
         err.contains("__wrenn-sandbox-init"),

@@ -284,7 +284,7 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
             method: Method::GET,
             path: path.to_owned(),
-            detail: format!("{e}: {}", String::from_utf8_lossy(&body)),
+            detail: format!("{}: {}", error_chain(&e), String::from_utf8_lossy(&body)),
         })
     }
 
@@ -351,7 +351,7 @@ impl Client {
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| protocol(format!("build the request: {e}")))?;
+            .map_err(|e| protocol(format!("build the request: {}", error_chain(&e))))?;
         let answer = async {
             let response = sender.send_request(request).await.map_err(http_err)?;
             let status = response.status();
@@ -393,7 +393,7 @@ fn encode(method: &Method, path: &str, body: &impl Serialize) -> Result<Vec<u8>,
     serde_json::to_vec(body).map_err(|e| ClientError::Protocol {
         method: method.clone(),
         path: path.to_owned(),
-        detail: format!("encode the request: {e}"),
+        detail: format!("encode the request: {}", error_chain(&e)),
     })
 }
 

@@ -854,7 +854,7 @@ impl Runtime for FirecrackerRuntime {
                 // The files go back for inspection (and another try).
                 for file in moved {
                     if let Err(back) = std::fs::rename(dir.join(file), snapshot.join(file)) {
-                        tracing::error!(sandbox_id = %id, "cannot move {file} back: {back}");
+                        tracing::error!(sandbox_id = %id, "cannot move {file} back: {}", error_chain(&back));
                     }
                 }
                 let _ = remove_tree(&dir).await;

@@ -128,7 +128,7 @@ impl From<VmmError> for RuntimeError {
     fn from(e: VmmError) -> Self {
         match e {
             VmmError::BinaryNotFound { .. } | VmmError::NotExecutable { .. } => {
-                RuntimeError::Unsupported(e.to_string())
+                RuntimeError::Unsupported(error_chain(&e))
             }
             VmmError::Spawn { binary, source } => RuntimeError::Io {
                 context: format!("start {}", binary.display()),
@@ -507,7 +507,7 @@ impl Vmm {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
             Ok(None) => None,
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(error_chain(&e)),
         }
     }
 
@@ -515,7 +515,7 @@ impl Vmm {
     pub async fn wait(&mut self) -> String {
         match self.child.wait().await {
             Ok(status) => status.to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => error_chain(&e),
         }
     }
 
@@ -636,7 +636,7 @@ fn forward_metrics(
                             *latest = Some(document);
                         }
                     }
-                    Err(e) => tracing::debug!(target: METRICS_TARGET, "unreadable metrics: {e}"),
+                    Err(e) => tracing::debug!(target: METRICS_TARGET, "unreadable metrics: {}", error_chain(&e)),
                 }
             }
         }

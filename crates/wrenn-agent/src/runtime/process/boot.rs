@@ -2,6 +2,7 @@
 //! ready network, envd answers on its socket, and the capsule is registered live
 //! ([`ProcessRuntime::start`] = boot + register).
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -226,7 +227,7 @@ impl ProcessRuntime {
         let id_map = self
             .ids
             .allocate(id)
-            .map_err(|e| RuntimeError::Other(format!("sandbox {id}: {e}")))?;
+            .map_err(|e| RuntimeError::Other(format!("sandbox {id}: {}", error_chain(&e))))?;
         idrange::write_record(dir, id_map)
             .map_err(io_err(format!("record the id range of {id}")))?;
         let (lower_base, lower_list) = lowers.overlay();
@@ -326,12 +327,12 @@ pub(super) async fn health(socket: &Path) -> Result<String, String> {
             }
         }))
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {}", error_chain(&e)))?;
     SystemClient::new(channel)
         .health(HealthRequest {})
         .await
         .map(|r| r.into_inner().version)
-        .map_err(|e| format!("health: {e}"))
+        .map_err(|e| format!("health: {}", error_chain(&e)))
 }
 
 /// The last `max` bytes of a log file.
@@ -341,6 +342,6 @@ pub(super) fn tail(path: &Path, max: usize) -> String {
             let start = bytes.len().saturating_sub(max);
             String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
         }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
+        Err(e) => format!("(cannot read {}: {})", path.display(), error_chain(&e)),
     }
 }

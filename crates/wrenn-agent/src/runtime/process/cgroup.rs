@@ -26,6 +26,7 @@
 //! (`wrenn-sandboxes`), directly under each hierarchy's root, so it is stable across
 //! agent restarts and leftovers can be found by sandbox id.
 
+use crate::runtime::error_chain;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -63,7 +64,7 @@ impl CgroupDriver {
     /// Finds a usable cgroup setup, or says what is missing.
     pub fn detect() -> Result<Self, String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {}", error_chain(&e)))?;
         let mut v1: Vec<(Vec<String>, PathBuf)> = Vec::new();
         let mut v2_missing = String::from("no cgroup2 filesystem is mounted");
         for line in mountinfo.lines() {
@@ -344,7 +345,7 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     fs::write(path, value).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("write {value:?} to {}: {e}", path.display()),
+            format!("write {value:?} to {}: {}", path.display(), error_chain(&e)),
         )
     })
 }
@@ -376,7 +377,7 @@ fn mkdir(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io::Error::new(
             e.kind(),
-            format!("create cgroup {}: {e}", path.display()),
+            format!("create cgroup {}: {}", path.display(), error_chain(&e)),
         )),
     }
 }
@@ -728,7 +729,7 @@ impl SandboxCgroup {
                     Err(e) => {
                         return Err(io::Error::new(
                             e.kind(),
-                            format!("remove cgroup {}: {e}", dir.display()),
+                            format!("remove cgroup {}: {}", dir.display(), error_chain(&e)),
                         ));
                     }
                 }

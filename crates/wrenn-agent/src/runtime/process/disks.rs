@@ -1,6 +1,7 @@
 //! A capsule's disk as the runtime handles it: a new one from the pool or a blank, a
 //! hibernated one reopened, a pre-disk hibernation converted.
 
+use crate::runtime::error_chain;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -36,8 +37,9 @@ impl ProcessRuntime {
                 // agent starting on the same directory.
                 Err(e) => tracing::warn!(
                     sandbox_id = %id,
-                    "skipping pooled disk {}: {e}",
-                    candidate.file.display()
+                    "skipping pooled disk {}: {}",
+                    candidate.file.display(),
+                    error_chain(&e)
                 ),
             }
         }

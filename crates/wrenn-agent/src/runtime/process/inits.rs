@@ -11,6 +11,7 @@
 //! [`ProcessRuntimeOptions::spare_inits`]: super::ProcessRuntimeOptions::spare_inits
 //! [`init::go`]: crate::init::go
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -56,7 +57,11 @@ pub(super) fn save_early_output(early: Option<std::fs::File>, log: &Path) {
         .open(log)
         .and_then(|mut f| std::io::Write::write_all(&mut f, &said));
     if let Err(e) = appended {
-        tracing::warn!("saving an init program's output to {}: {e}", log.display());
+        tracing::warn!(
+            "saving an init program's output to {}: {}",
+            log.display(),
+            error_chain(&e)
+        );
     }
 }
 
@@ -125,10 +130,10 @@ impl SpareInits {
                 match crate::idle::run(move || spawn(&program, None)).await {
                     Ok(Ok(waiting)) => self.ready().push_back(waiting),
                     Ok(Err(e)) => {
-                        tracing::warn!("starting a spare init program: {e}");
+                        tracing::warn!("starting a spare init program: {}", error_chain(&e));
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
-                    Err(e) => tracing::warn!("starting a spare init program: {e}"),
+                    Err(e) => tracing::warn!("starting a spare init program: {}", error_chain(&e)),
                 }
             }
             self.pacer.next_take().await;

@@ -211,10 +211,10 @@ impl From<DiskError> for RuntimeError {
     fn from(e: DiskError) -> Self {
         match e {
             DiskError::TooSmall { .. } | DiskError::NoSpace { .. } | DiskError::TooLarge { .. } => {
-                Self::FailedPrecondition(e.to_string())
+                Self::FailedPrecondition(error_chain(&e))
             }
             DiskError::Io { context, source } => Self::Io { context, source },
-            DiskError::Mkfs { .. } => Self::Other(e.to_string()),
+            DiskError::Mkfs { .. } => Self::Other(error_chain(&e)),
         }
     }
 }
@@ -294,18 +294,21 @@ impl ProcessRuntime {
         }
         if let Err(e) = rustix::mount::fsopen("ext4", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC) {
             return unsupported(format!(
-                "cannot open an ext4 filesystem context ({e}): the kernel needs ext4 and \
-                 the new mount API (Linux 5.8 or later)"
+                "cannot open an ext4 filesystem context ({}): the kernel needs ext4 and \
+                 the new mount API (Linux 5.8 or later)",
+                error_chain(&e)
             ));
         }
         let cgroups = CgroupDriver::detect().map_err(unsupported_err)?;
         let ids = IdRanges::new(options.id_base, options.id_ranges)
-            .map_err(|e| unsupported_err(e.to_string()))?;
+            .map_err(|e| unsupported_err(error_chain(&e)))?;
         if options.favor_dynamic_cgroups {
             match dynmods::enable(&layout.root().join(".cgroup2")) {
                 Ok(true) => {}
                 Ok(false) => tracing::info!("turned on cgroup2 favordynmods (fast cgroup moves)"),
-                Err(e) => tracing::warn!("cannot turn on cgroup2 favordynmods: {e}"),
+                Err(e) => {
+                    tracing::warn!("cannot turn on cgroup2 favordynmods: {}", error_chain(&e))
+                }
             }
         }
         if options.cgroup_parent.is_empty()
@@ -365,7 +368,7 @@ impl ProcessRuntime {
             &layout.sandboxes_dir(),
             options.disk_space_check,
         )
-        .inspect_err(|e| tracing::warn!("no disk pool: {e}"))
+        .inspect_err(|e| tracing::warn!("no disk pool: {}", error_chain(&e)))
         .is_ok();
         let removals = Removals::new(&layout.root().join("removing"))?;
         let blanks = Arc::new(Blanks::new(

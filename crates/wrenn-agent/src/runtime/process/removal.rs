@@ -10,6 +10,7 @@
 //! An agent that stops before a removal finishes leaves the directory in `removing/`;
 //! [`Removals::new`] finishes it at the next start.
 
+use crate::runtime::error_chain;
 use std::path::{Path, PathBuf};
 
 use tokio_util::task::TaskTracker;
@@ -94,7 +95,11 @@ impl Removals {
     fn delete_later(&self, moved: PathBuf) {
         self.tasks.spawn_blocking(move || {
             if let Err(e) = remove_now(&moved) {
-                tracing::warn!("removing {} in the background: {e}", moved.display());
+                tracing::warn!(
+                    "removing {} in the background: {}",
+                    moved.display(),
+                    error_chain(&e)
+                );
             }
         });
     }

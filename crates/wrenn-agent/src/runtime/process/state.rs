@@ -20,6 +20,7 @@
 //! pidfd (`pidfd_open` works for processes that are not our children, so it keeps
 //! working after an agent restart) registered with Tokio's reactor.
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -122,9 +123,9 @@ pub fn read(dir: &Path) -> Result<Option<LiveRecord>, String> {
     match std::fs::read(&path) {
         Ok(raw) => serde_json::from_slice(&raw)
             .map(Some)
-            .map_err(|e| format!("unreadable {STATE_FILE}: {e}")),
+            .map_err(|e| format!("unreadable {STATE_FILE}: {}", error_chain(&e))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {STATE_FILE}: {e}")),
+        Err(e) => Err(format!("cannot read {STATE_FILE}: {}", error_chain(&e))),
     }
 }
 
@@ -217,7 +218,7 @@ pub fn describe_signal(signal: i32) -> String {
 pub fn open_pidfd(pid: i32, start: u64) -> Result<OwnedFd, String> {
     let raw = rustix::process::Pid::from_raw(pid).ok_or_else(|| format!("invalid pid {pid}"))?;
     let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-        .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        .map_err(|e| format!("pidfd_open({pid}): {}", error_chain(&e)))?;
     if start_time(pid) != Some(start) {
         return Err(format!("process {pid} is gone (its pid was reused)"));
     }
@@ -339,7 +340,10 @@ pub(super) fn limit_parent_cgroup(cgroups: &CgroupDriver, options: &ProcessRunti
             * 1024,
     };
     if let Err(e) = cgroups.limit_parent(&options.cgroup_parent, limits) {
-        tracing::warn!("cannot limit the sandboxes' parent cgroup: {e}");
+        tracing::warn!(
+            "cannot limit the sandboxes' parent cgroup: {}",
+            error_chain(&e)
+        );
     }
 }
 
@@ -375,7 +379,7 @@ impl ProcessRuntime {
             image: Some(self.image.clone()),
         };
         if let Err(e) = write(&self.layout.sandbox_dir(id), &record) {
-            tracing::warn!(sandbox_id = %id, "cannot persist the sandbox state: {e}");
+            tracing::warn!(sandbox_id = %id, "cannot persist the sandbox state: {}", error_chain(&e));
         }
     }
 
@@ -445,7 +449,9 @@ impl ProcessRuntime {
                         });
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(sandbox_id = %id, "reaping the sandbox process: {e}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox_id = %id, "reaping the sandbox process: {}", error_chain(&e))
+                }
                 Err(_) => {
                     tracing::warn!(sandbox_id = %id, "the sandbox process outlived its PID 1")
                 }
@@ -492,7 +498,7 @@ impl ProcessRuntime {
         let reason = self.report(id, &why);
         tracing::warn!(sandbox_id = %id, "not adopted: {reason}");
         if let Err(e) = self.remove_sandbox(id).await {
-            tracing::warn!(sandbox_id = %id, "cleaning up a sandbox that was not adopted: {e}");
+            tracing::warn!(sandbox_id = %id, "cleaning up a sandbox that was not adopted: {}", error_chain(&e));
         }
         out.lost.push(Lost {
             id,
@@ -516,7 +522,7 @@ impl ProcessRuntime {
             let cg = cgroup.clone();
             super::blocking(move || cg.is_frozen())
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| error_chain(&e))?
                 .unwrap_or(false)
         };
         let config: SandboxConfig = record.config.clone().into();
@@ -545,7 +551,7 @@ impl ProcessRuntime {
             config.template_team_id,
             config.template_id,
         )
-        .map_err(|e| format!("its template is gone: {e}"))?;
+        .map_err(|e| format!("its template is gone: {}", error_chain(&e)))?;
         let disk = record
             .disk
             .ok_or_else(|| "its state record names no disk".to_owned())?;
@@ -554,7 +560,7 @@ impl ProcessRuntime {
         self.network
             .adopt(&net, &id.to_string())
             .await
-            .map_err(|e| format!("its network cannot be taken over: {e}"))?;
+            .map_err(|e| format!("its network cannot be taken over: {}", error_chain(&e)))?;
         let usage = cgroup.cpu_usage_ns().unwrap_or(0);
         let live = Arc::new(Live {
             config: config.clone(),

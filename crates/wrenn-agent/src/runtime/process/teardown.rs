@@ -43,7 +43,7 @@ impl Teardown {
         let cg = cgroup.clone();
         let killed = blocking(move || cg.kill_all(TEARDOWN_TIMEOUT)).await;
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
-            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
+            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {}", error_chain(&e));
         }
         if let Some(child) = child {
             let mut child = child.lock().await;
@@ -65,14 +65,14 @@ impl Teardown {
         let ns = netns.clone();
         let killed = blocking(move || kill_netns_processes(&ns, TEARDOWN_TIMEOUT)).await;
         if let Err(e) = killed.and_then(|r| r.map_err(io_err("kill"))) {
-            tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {e}");
+            tracing::warn!(sandbox_id = %id, "killing processes in {netns}: {}", error_chain(&e));
         }
         if let Err(e) = network.remove(&netns).await {
             tracing::warn!(sandbox_id = %id, "removing the network: {}", error_chain(&e));
         }
         let removed = blocking(move || cgroup.remove(TEARDOWN_TIMEOUT)).await;
         if let Err(e) = removed.and_then(|r| r.map_err(io_err("remove cgroups"))) {
-            tracing::warn!(sandbox_id = %id, "{e}");
+            tracing::warn!(sandbox_id = %id, "{}", error_chain(&e));
         }
         // Its processes are gone: the id range can go to another capsule.
         ids.release(id);
@@ -112,7 +112,7 @@ impl ProcessRuntime {
         let live = self.lock_live().remove(&id);
         let cgroup = self.sandbox_cgroup(id);
         if let Err(e) = blocking(move || cgroup.kill_now()).await {
-            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {e}");
+            tracing::warn!(sandbox_id = %id, "killing the sandbox's processes: {}", error_chain(&e));
         }
         let teardown = self.teardown_of(id);
         self.removals

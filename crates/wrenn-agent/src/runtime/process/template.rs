@@ -34,6 +34,7 @@
 //! written last, so a half-written directory is never listed), which also records the
 //! image build the sandbox stood on.
 
+use crate::runtime::error_chain;
 use std::collections::HashSet;
 use std::fs;
 use std::io;
@@ -169,8 +170,9 @@ pub fn resolve(
         Ok(raw) => {
             let value: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
                 RuntimeError::Other(format!(
-                    "template {template}: invalid {}: {e}",
-                    manifest_path.display()
+                    "template {template}: invalid {}: {}",
+                    manifest_path.display(),
+                    error_chain(&e)
                 ))
             })?;
             if value.get("base").and_then(|b| b.as_str()) == Some("host") {
@@ -182,8 +184,9 @@ pub fn resolve(
             }
             let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
                 RuntimeError::Other(format!(
-                    "template {template}: invalid {}: {e}",
-                    manifest_path.display()
+                    "template {template}: invalid {}: {}",
+                    manifest_path.display(),
+                    error_chain(&e)
                 ))
             })?;
             if manifest.format != MANIFEST_FORMAT {
@@ -243,7 +246,7 @@ async fn cp(args: &[&std::ffi::OsStr]) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run cp: {e}"))?;
+        .map_err(|e| format!("cannot run cp: {}", error_chain(&e)))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -297,7 +300,7 @@ pub async fn write_template(
     let result = async {
         let layers_dir = tmp.join(LAYERS_DIR);
         fs::create_dir_all(&layers_dir)
-            .map_err(|e| format!("create {}: {e}", layers_dir.display()))?;
+            .map_err(|e| format!("create {}: {}", layers_dir.display(), error_chain(&e)))?;
         let mut names = Vec::new();
         let top = layers_dir.join("0");
         cp(&[
@@ -334,10 +337,11 @@ pub async fn write_template(
             created_from: Some(source.to_string()),
             created_at: Some(chrono::Utc::now().to_rfc3339()),
         };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-        fs::write(tmp.join(MANIFEST_FILE), json).map_err(|e| format!("write manifest: {e}"))?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| error_chain(&e))?;
+        fs::write(tmp.join(MANIFEST_FILE), json)
+            .map_err(|e| format!("write manifest: {}", error_chain(&e)))?;
         fs::rename(&tmp, dest)
-            .map_err(|e| format!("move template into {}: {e}", dest.display()))?;
+            .map_err(|e| format!("move template into {}: {}", dest.display(), error_chain(&e)))?;
         Ok::<_, String>(())
     }
     .await;
@@ -348,7 +352,7 @@ pub async fn write_template(
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || dir_size(&dest))
         .await
-        .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))
+        .map_err(|e| RuntimeError::Other(format!("size task failed: {}", error_chain(&e))))
 }
 
 /// Bytes allocated to the files under `path` (hard-linked files counted once); 0 when
@@ -448,8 +452,9 @@ pub fn read_record(dir: &Path) -> Result<Option<HibernationRecord>, RuntimeError
     match fs::read(&path) {
         Ok(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| {
             RuntimeError::Other(format!(
-                "invalid hibernation record {}: {e}",
-                path.display()
+                "invalid hibernation record {}: {}",
+                path.display(),
+                error_chain(&e)
             ))
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -24,6 +24,7 @@
 //!
 //! [`ProcessRuntimeOptions::warm_capsules`]: super::ProcessRuntimeOptions::warm_capsules
 
+use crate::runtime::error_chain;
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,7 +210,7 @@ impl ProcessRuntime {
                 self.warm.off.store(true, Ordering::Relaxed);
                 self.warm.drain().into_iter().for_each(|w| self.discard(w));
             } else {
-                tracing::warn!(sandbox_id = %id, "claiming a warm capsule: {e}; booting one");
+                tracing::warn!(sandbox_id = %id, "claiming a warm capsule: {}; booting one", error_chain(&e));
             }
             self.discard(warm);
             return None;
@@ -247,9 +248,9 @@ impl ProcessRuntime {
                 Some(instance)
             }
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "claiming a warm capsule: {e}; booting one");
+                tracing::warn!(sandbox_id = %id, "claiming a warm capsule: {}; booting one", error_chain(&e));
                 if let Err(e) = self.remove_sandbox_dir(id).await {
-                    tracing::warn!(sandbox_id = %id, "removing a failed warm capsule: {e}");
+                    tracing::warn!(sandbox_id = %id, "removing a failed warm capsule: {}", error_chain(&e));
                 }
                 None
             }
@@ -267,7 +268,10 @@ impl ProcessRuntime {
             .map_err(std::io::Error::other)?;
         let undo_netns = |warm: &mut WarmCapsule| {
             if let Err(e) = self.network.rename(&mut warm.booted.claimed, &old_netns) {
-                tracing::warn!("renaming a warm capsule's namespace back: {e}");
+                tracing::warn!(
+                    "renaming a warm capsule's namespace back: {}",
+                    error_chain(&e)
+                );
             }
         };
         let (old_dir, new_dir) = (self.layout.sandbox_dir(from), self.layout.sandbox_dir(id));
@@ -298,7 +302,7 @@ impl ProcessRuntime {
         let WarmCapsule { id, booted, .. } = warm;
         let cgroup = self.sandbox_cgroup(id);
         if let Err(e) = cgroup.kill_all(TEARDOWN_TIMEOUT) {
-            tracing::warn!(sandbox_id = %id, "killing a warm capsule: {e}");
+            tracing::warn!(sandbox_id = %id, "killing a warm capsule: {}", error_chain(&e));
         }
         let mut child = booted.child.into_inner();
         let _ = child.start_kill();
@@ -306,17 +310,17 @@ impl ProcessRuntime {
         drop(booted.claimed);
         let _ = kill_netns_processes(&netns, TEARDOWN_TIMEOUT);
         if let Err(e) = network::netns::remove(&netns) {
-            tracing::warn!(sandbox_id = %id, "removing a warm capsule's namespace: {e}");
+            tracing::warn!(sandbox_id = %id, "removing a warm capsule's namespace: {}", error_chain(&e));
         }
         if let Err(e) = cgroup.remove(TEARDOWN_TIMEOUT) {
-            tracing::warn!(sandbox_id = %id, "removing a warm capsule's cgroups: {e}");
+            tracing::warn!(sandbox_id = %id, "removing a warm capsule's cgroups: {}", error_chain(&e));
         }
         self.ids.release(id);
         let dir = self.layout.sandbox_dir(id);
         let removed = disk::discard(&self.disk_mount_point(id))
             .and_then(|()| unmount_all_under(&dir))
-            .map_err(|e| e.to_string())
-            .and_then(|()| std::fs::remove_dir_all(&dir).map_err(|e| e.to_string()));
+            .map_err(|e| error_chain(&e))
+            .and_then(|()| std::fs::remove_dir_all(&dir).map_err(|e| error_chain(&e)));
         if let Err(e) = removed {
             tracing::warn!(sandbox_id = %id, "removing a warm capsule's directory: {e}");
         }
@@ -344,7 +348,7 @@ async fn refill_warm(runtime: Weak<ProcessRuntime>, warm: Arc<WarmCapsules>, dep
                 }
                 Err(e) => {
                     drop(rt);
-                    tracing::warn!("booting a warm capsule: {e}");
+                    tracing::warn!("booting a warm capsule: {}", error_chain(&e));
                     tokio::time::sleep(FAILURE_RETRY).await;
                 }
             }

@@ -12,6 +12,7 @@
 //! [`load`](Machine::load)s it and continues. The command line of both must describe
 //! the same machine, which [`MachineSpec`] guarantees by being the one source of it.
 
+use crate::runtime::error_chain;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -270,7 +271,7 @@ impl Machine {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
             Ok(None) => None,
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(error_chain(&e)),
         }
     }
 
@@ -288,7 +289,7 @@ impl Machine {
     pub async fn wait(&mut self) -> String {
         match self.child.wait().await {
             Ok(status) => status.to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => error_chain(&e),
         }
     }
 
@@ -317,7 +318,7 @@ impl Machine {
             .await?;
         self.wait_migration("postmigrate").await?;
         std::fs::rename(&partial, memory)
-            .map_err(|e| MachineError::Migration(format!("keep the snapshot: {e}")))
+            .map_err(|e| MachineError::Migration(format!("keep the snapshot: {}", error_chain(&e))))
     }
 
     /// Loads memory and device state from `memory` into a machine started

@@ -754,7 +754,7 @@ impl Runtime for QemuRuntime {
                 disk_size_mb,
             };
             if let Err(e) = rt.warm_snapshot(shape).await {
-                tracing::warn!("making the warm snapshot: {e}");
+                tracing::warn!("making the warm snapshot: {}", error_chain(&e));
             }
         });
     }

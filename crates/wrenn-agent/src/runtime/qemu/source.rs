@@ -2,6 +2,7 @@
 //! memory, or the warm snapshot of its shape (made once per guest software and shape,
 //! see the [runtime's docs](super)).
 
+use crate::runtime::error_chain;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -95,7 +96,7 @@ impl QemuRuntime {
                         asked,
                     ));
                 }
-                Err(e) => tracing::warn!("no warm snapshot, booting: {e}"),
+                Err(e) => tracing::warn!("no warm snapshot, booting: {}", error_chain(&e)),
             }
         }
         Ok((self.boot_source(), asked))

@@ -2,6 +2,7 @@
 //! memory, state and disk with a manifest), hibernation (the files moved to
 //! `snapshots/{id}/` with a record) and usage (the VMM process's CPU and memory).
 
+use crate::runtime::error_chain;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -61,8 +62,9 @@ pub fn read_template(dir: &Path, format: &str) -> Result<Option<TemplateManifest
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
     };
-    let manifest: TemplateManifest = serde_json::from_slice(&raw)
-        .map_err(|e| RuntimeError::Other(format!("invalid template manifest: {e}")))?;
+    let manifest: TemplateManifest = serde_json::from_slice(&raw).map_err(|e| {
+        RuntimeError::Other(format!("invalid template manifest: {}", error_chain(&e)))
+    })?;
     if manifest.format != format {
         return Err(RuntimeError::FailedPrecondition(format!(
             "the template was made by another runtime ({}), not by this one ({format})",

@@ -9,6 +9,7 @@
 //!   base's blocks where the file system can (a reflink, `FICLONE`) and otherwise
 //!   copies only the base's data, leaving its holes as holes.
 
+use crate::runtime::error_chain;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -94,7 +95,7 @@ pub fn info(qemu_img: &Path, image: &Path) -> Result<ImageInfo, DiskError> {
     )?;
     serde_json::from_str(&json).map_err(|e| DiskError::Failed {
         action: "info",
-        stderr: format!("unreadable answer: {e}"),
+        stderr: format!("unreadable answer: {}", error_chain(&e)),
     })
 }
 

@@ -174,7 +174,7 @@ pub(crate) async fn name_guest(instance: &Instance) -> Result<(), RuntimeError> 
     let failed =
         |e: String| RuntimeError::Other(format!("naming the guest of {}: {e}", instance.id));
     let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(error_chain(&e)))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()
@@ -193,7 +193,7 @@ pub(crate) async fn name_guest(instance: &Instance) -> Result<(), RuntimeError> 
 /// envd's version if it answers `Health` at `addr`, else why not.
 pub(crate) async fn health(addr: SocketAddr) -> Result<String, String> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| error_chain(&e))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
         .connect()
@@ -203,7 +203,7 @@ pub(crate) async fn health(addr: SocketAddr) -> Result<String, String> {
         .health(HealthRequest {})
         .await
         .map(|r| r.into_inner().version)
-        .map_err(|e| format!("health: {e}"))
+        .map_err(|e| format!("health: {}", error_chain(&e)))
 }
 
 /// Capsule `id`'s network in namespace `netns` with the guest's TAP device (owned by

@@ -335,6 +335,6 @@ mod tests {
             ]
         );
         let err = load_order(d, &["vsock"]).unwrap_err();
-        assert!(err.to_string().contains("vsock"), "{err}");
+        assert!(crate::runtime::error_chain(&err).contains("vsock"), "{err}");
     }
 }

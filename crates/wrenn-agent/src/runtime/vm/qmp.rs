@@ -7,6 +7,7 @@
 //! Only the commands the VM runtimes use are typed (`qapi/*.json` in QEMU's tree
 //! names them all); see the implementors of [`Command`].
 
+use crate::runtime::error_chain;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -228,7 +229,7 @@ impl Qmp {
             arguments,
             id,
         })
-        .map_err(|e| QmpError::Protocol(e.to_string()))?;
+        .map_err(|e| QmpError::Protocol(error_chain(&e)))?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
         loop {
@@ -255,8 +256,9 @@ impl Qmp {
                 .get("return")
                 .cloned()
                 .ok_or_else(|| QmpError::Protocol(message.to_string()))?;
-            return serde_json::from_value(value.clone())
-                .map_err(|e| QmpError::Protocol(format!("{name} returned {value}: {e}")));
+            return serde_json::from_value(value.clone()).map_err(|e| {
+                QmpError::Protocol(format!("{name} returned {value}: {}", error_chain(&e)))
+            });
         }
     }
 

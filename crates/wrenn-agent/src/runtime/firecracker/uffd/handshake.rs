@@ -47,7 +47,7 @@ impl SocketFile {
             && let Err(e) = std::fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove the uffd socket");
+            tracing::warn!(path = %path.display(), error = %error_chain(&e), "cannot remove the uffd socket");
         }
     }
 }
