@@ -320,36 +320,12 @@ async fn firecracker_machine_snapshot_of_a_booting_linux_guest_restores_in_anoth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecracker_machine_diff_snapshots_merged_onto_their_base_equal_a_full_snapshot() {
-    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
-        .await
-        .unwrap();
-    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-    let (files, _) = guest::prepare(&scratch.path().join("vm"), &envd, &image).unwrap();
-    let dir = scratch.path().join("capsule");
-    std::fs::create_dir(&dir).unwrap();
-    wrenn_agent::runtime::vm::disk::create_raw_copy(
-        &image.ext4(),
-        &dir.join(machine::DISK_FILE),
-        2048,
-    )
-    .unwrap();
-    let id = crate::firecracker::unique("fc-diff");
-    let spec = MachineSpec {
-        id: id.clone(),
-        launcher: Launcher::Direct {
-            firecracker: firecracker_bin(),
-            netns: None,
-        },
-        dir: dir.clone(),
-        kernel: image.vmlinux().expect("the image's vmlinux"),
-        initrd: files.initrd.clone(),
-        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
-        envd_disk: files.envd_disk.clone(),
-        vcpus: 1,
-        memory_mb: 128,
-        network: false,
-        metadata: None,
-    };
+    let (scratch, spec) = capsule_machine("fc-diff", |_| Launcher::Direct {
+        firecracker: firecracker_bin(),
+        netns: None,
+    })
+    .await;
+    let (id, dir) = (spec.id.clone(), spec.dir.clone());
     let snapshot = Snapshot::in_dir(&dir);
     let booted = Machine::boot(&spec).await.expect("boot");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -425,6 +401,42 @@ async fn firecracker_machine_diff_snapshots_merged_onto_their_base_equal_a_full_
     again.stop().await.expect("stop");
 }
 
+/// A scratch directory with the guest files and a capsule directory (`capsule/`, with a
+/// copy of the image's disk), and the spec of a 1-vCPU, 128 MiB machine there that
+/// `launcher` (given the scratch directory) starts.
+async fn capsule_machine(
+    prefix: &str,
+    launcher: impl FnOnce(&Path) -> Launcher,
+) -> (tempfile::TempDir, MachineSpec) {
+    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
+        .await
+        .unwrap();
+    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
+    let (files, _) = guest::prepare(&scratch.path().join("vm"), &envd, &image).unwrap();
+    let dir = scratch.path().join("capsule");
+    std::fs::create_dir(&dir).unwrap();
+    wrenn_agent::runtime::vm::disk::create_raw_copy(
+        &image.ext4(),
+        &dir.join(machine::DISK_FILE),
+        2048,
+    )
+    .unwrap();
+    let spec = MachineSpec {
+        id: crate::firecracker::unique(prefix),
+        launcher: launcher(scratch.path()),
+        dir,
+        kernel: image.vmlinux().expect("the image's vmlinux"),
+        initrd: files.initrd.clone(),
+        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        envd_disk: files.envd_disk.clone(),
+        vcpus: 1,
+        memory_mb: 128,
+        network: false,
+        metadata: None,
+    };
+    (scratch, spec)
+}
+
 /// A save Firecracker cannot write (its memory file's name is taken by a directory)
 /// leaves the VM running and the snapshot on disk as it was; the failed diff cleared
 /// the dirty pages, so the next save is full. Gives back the VM loaded again from it.
@@ -485,47 +497,28 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecracker_machine_in_a_jail_boots_saves_a_full_then_a_diff_snapshot_and_restores() {
-    let (envd, image) = tokio::task::spawn_blocking(|| (envd_binary(), test_image()))
-        .await
-        .unwrap();
-    let scratch = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-    let (files, _) = guest::prepare(&scratch.path().join("vm"), &envd, &image).unwrap();
-    let dir = scratch.path().join("capsule");
-    std::fs::create_dir(&dir).unwrap();
-    wrenn_agent::runtime::vm::disk::create_raw_copy(
-        &image.ext4(),
-        &dir.join(machine::DISK_FILE),
-        2048,
-    )
-    .unwrap();
-    let id = crate::firecracker::unique("fc-jailed");
     let parent_cgroup = crate::firecracker::unique("fct-test");
-    let mut jail = JailerConfig::new(
-        jailer_bin(),
-        firecracker_bin(),
-        65534,
-        65534,
-        scratch.path().join("jail"),
-    );
-    jail.cgroup_version = CgroupVersion::of_host();
-    jail.parent_cgroup = Some(parent_cgroup.clone());
-    jail.cgroups = vec![match jail.cgroup_version {
-        CgroupVersion::V1 => CgroupSetting::new("cpu.cfs_quota_us", "200000"),
-        CgroupVersion::V2 => CgroupSetting::new("cpu.max", "200000 100000"),
-    }];
-    let spec = MachineSpec {
-        id: id.clone(),
-        launcher: Launcher::Jailed(jail.clone()),
-        dir: dir.clone(),
-        kernel: image.vmlinux().expect("the image's vmlinux"),
-        initrd: files.initrd.clone(),
-        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
-        envd_disk: files.envd_disk.clone(),
-        vcpus: 1,
-        memory_mb: 128,
-        network: false,
-        metadata: None,
+    let (_scratch, spec) = capsule_machine("fc-jailed", |scratch| {
+        let mut jail = JailerConfig::new(
+            jailer_bin(),
+            firecracker_bin(),
+            65534,
+            65534,
+            scratch.join("jail"),
+        );
+        jail.cgroup_version = CgroupVersion::of_host();
+        jail.parent_cgroup = Some(parent_cgroup.clone());
+        jail.cgroups = vec![match jail.cgroup_version {
+            CgroupVersion::V1 => CgroupSetting::new("cpu.cfs_quota_us", "200000"),
+            CgroupVersion::V2 => CgroupSetting::new("cpu.max", "200000 100000"),
+        }];
+        Launcher::Jailed(jail)
+    })
+    .await;
+    let Launcher::Jailed(jail) = spec.launcher.clone() else {
+        unreachable!("a jailed launcher")
     };
+    let (id, dir) = (spec.id.clone(), spec.dir.clone());
     let root = jail.root_dir(&id);
     let assert_jailed = |pid: u32, what: &str| {
         let (ids, proc_root) = confinement(pid);
