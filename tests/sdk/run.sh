@@ -46,6 +46,8 @@ status=0
 if [ "$status" != 0 ]; then
   echo "--- wrenn dev warnings and errors (last 40)"
   grep -E ' (WARN|ERROR) ' "$dir/err.log" | tail -40 || true
+  echo "--- panics"
+  grep -A4 'panicked at' "$dir/err.log" | head -40 || true
   echo "--- wrenn dev log (tail)"
   tail -50 "$dir/err.log"
 fi
