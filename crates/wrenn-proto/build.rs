@@ -31,19 +31,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     // itself; with `compile_fds` the set has to be written here.
     fs::write(out_dir.join("wrenn_descriptor.bin"), fds.encode_to_vec())?;
 
-    // hostagent.v1: clients get tonic's usual `connect(endpoint)` constructor. File
-    // contents are `Bytes`: relayed between the control plane, the agent and envd
-    // without a copy per hop.
+    // hostagent.v1: clients get tonic's usual `connect(endpoint)` constructor.
     tonic_prost_build::configure()
-        .bytes(".hostagent.v1.WriteFileStreamRequest.chunk")
-        .bytes(".hostagent.v1.ReadFileStreamResponse.chunk")
         .build_client(true)
         .build_server(true)
         .compile_fds(only_package(&fds, "hostagent.v1"))?;
 
     // envd.v1: `Process.Connect` is an RPC, whose generated client method `connect`
     // would collide with the transport constructor of the same name, so envd clients
-    // are built from a `Channel` with `new` instead.
+    // are built from a `Channel` with `new` instead. File contents are `Bytes`: relayed
+    // between the control plane, the host agent and envd without a copy per hop.
     tonic_prost_build::configure()
         .bytes(".envd.v1.WriteFileRequest.data")
         .bytes(".envd.v1.ReadFileResponse.data")

@@ -1,9 +1,12 @@
-//! The Wrenn host agent: runs the sandboxes of one host and serves `hostagent.v1`.
+//! The Wrenn host agent: runs the sandboxes of one host and serves `hostagent.v1` (plus
+//! envd's `Process` and `Filesystem`, forwarded to the sandboxes).
 //!
 //! - [`server`]: [`Agent::start`](server::Agent::start) assembles everything and serves
 //!   gRPC plus the port proxy on one listener; [`AgentHandle`]
 //!   shuts it down gracefully (hibernating every sandbox).
-//! - [`service`]: the tonic `HostAgentService` (all 34 RPCs).
+//! - [`service`]: the tonic `HostAgentService` (lifecycle, snapshots, metrics) and the
+//!   [`Forwarder`](service::Forwarder) that serves `envd.v1.Process` and
+//!   `envd.v1.Filesystem` by forwarding each call to the sandbox it names.
 //! - [`manager`]: [`SandboxManager`](manager::SandboxManager), the map of sandboxes with
 //!   per-sandbox locks and the lifecycle state machine.
 //! - [`reaper`]: inactivity auto-pause, hibernation of long-paused sandboxes, metrics

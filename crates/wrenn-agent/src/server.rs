@@ -1,6 +1,6 @@
 //! [`Agent::start`]: assembles the host agent — runtime, [`SandboxManager`], reaper,
-//! metrics sampler, event client — and serves `hostagent.v1` over gRPC plus the port
-//! proxy on one TCP listener.
+//! metrics sampler, event client — and serves `hostagent.v1` and the forwarded
+//! `envd.v1` services over gRPC plus the port proxy on one TCP listener.
 //!
 //! ```no_run
 //! # async fn demo(runtime: std::sync::Arc<dyn wrenn_agent::runtime::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
@@ -17,11 +17,12 @@
 //! # Serving
 //!
 //! One server (HTTP/1.1 and HTTP/2 on the same port, with the HTTP/2 settings of
-//! [`wrenn_proto::transport`]) carries the tonic
-//! `HostAgentService` routes and the `/proxy/{id}/{port}/…` routes. A registered agent
-//! ([`AgentOptions::tls`]) serves them over mutual TLS with the certificate the control
-//! plane issued it ([`crate::tls`]); otherwise (embedded in `wrenn dev`, tests) over
-//! cleartext, for loopback or a trusted network.
+//! [`wrenn_proto::transport`]) carries the tonic `HostAgentService` routes, the
+//! forwarded `envd.v1.Process` and `envd.v1.Filesystem` routes ([`Forwarder`]) and the
+//! `/proxy/{id}/{port}/…` routes. A registered agent ([`AgentOptions::tls`]) serves them
+//! over mutual TLS with the certificate the control plane issued it ([`crate::tls`]);
+//! otherwise (embedded in `wrenn dev`, tests) over cleartext, for loopback or a trusted
+//! network.
 //!
 //! **Authentication.** With [`AgentOptions::auth_token`] set, every gRPC call must carry
 //! `authorization: Bearer <token>` metadata (else UNAUTHENTICATED) and every proxy
@@ -59,6 +60,8 @@ use tonic::service::interceptor::InterceptedService;
 use wrenn_core::config::{AgentConfig, Secret};
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1::filesystem_server::FilesystemServer;
+use wrenn_proto::envd::v1::process_server::ProcessServer;
 use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentServiceServer;
 
 use crate::error::{AgentError, AgentResult};
@@ -70,11 +73,12 @@ use crate::proxy::{self, token_eq};
 use crate::reaper::{self, DEFAULT_REAPER_TICK, DEFAULT_SAMPLE_INTERVAL};
 use crate::registration::{ControlPlane, Credentials};
 use crate::runtime::Runtime;
-use crate::service::AgentService;
+use crate::service::{AgentService, Forwarder};
 use crate::tls::{self, TlsListener};
 
-/// Largest gRPC message the agent accepts or sends (Exec returns up to 2 × 16 MiB of
-/// output; the control plane's client must allow at least this much).
+/// Largest gRPC message the agent accepts or sends, on `HostAgentService` and on the
+/// forwarded `envd.v1` services alike (the control plane's client must allow at least
+/// this much).
 pub const MAX_GRPC_MESSAGE: usize = 40 * 1024 * 1024;
 
 /// Everything [`Agent::start`] needs.
@@ -388,12 +392,21 @@ impl Agent {
 
         let terminate = CancellationToken::new();
         let service = AgentService::new(Arc::clone(&manager), host, terminate.clone());
+        let forwarder = Forwarder::new(Arc::clone(&manager));
         let token = auth_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let auth = BearerAuth::new(token.as_deref());
         let grpc = HostAgentServiceServer::new(service)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        let grpc = InterceptedService::new(grpc, BearerAuth::new(token.as_deref()));
-        let router = tonic::service::Routes::new(grpc)
+        let process = ProcessServer::new(forwarder.clone())
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let filesystem = FilesystemServer::new(forwarder)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let router = tonic::service::Routes::new(InterceptedService::new(grpc, auth.clone()))
+            .add_service(InterceptedService::new(process, auth.clone()))
+            .add_service(InterceptedService::new(filesystem, auth))
             .prepare()
             .into_axum_router()
             .merge(proxy::router(Arc::clone(&manager), token));

@@ -40,9 +40,9 @@ pub struct Command {
 /// The outcome of a foreground command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
-    /// Standard output (capped by the agent).
+    /// Standard output (capped by the data plane).
     pub stdout: Bytes,
-    /// Standard error (capped by the agent).
+    /// Standard error (capped by the data plane).
     pub stderr: Bytes,
     /// Exit status; -1 when a signal ended the process.
     pub exit_code: i32,

@@ -16,8 +16,10 @@ use crate::api;
 use crate::ca::CertificateAuthority;
 use crate::error::ServerError;
 
-fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
-    tracing::error!("handler panicked");
+fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
+    // The payload says what went wrong; the request's trace span says where.
+    let message = panic_payload(payload.as_ref()).unwrap_or("a non-string payload");
+    tracing::error!(panic = message, "handler panicked");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
@@ -30,11 +32,17 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a panic, when it panicked with one.
+fn panic_payload(p: &(dyn std::any::Any + Send)) -> Option<&str> {
     p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown route conflict".into())
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    panic_payload(p)
+        .unwrap_or("unknown route conflict")
+        .to_owned()
 }
 
 /// The full router for `ctx`, with `extensions` merged in.

@@ -6,14 +6,16 @@
 //! - [`hostagent::v1`] (package `hostagent.v1`, service `HostAgentService`): the control
 //!   plane drives a host agent. One agent runs per host and owns the sandboxes on it:
 //!   lifecycle (create, destroy, pause, resume, hibernate, ping, list, pause-all,
-//!   terminate), command execution (unary and streamed, background processes, stdin,
-//!   signals, PTYs), streamed file transfer and file-system operations, snapshot and
-//!   template creation, and per-sandbox and per-host metrics. It runs over gRPC with
-//!   mTLS in production and over a loopback channel in the embedded mode.
+//!   terminate), snapshot and template creation, and per-sandbox and per-host metrics.
+//!   It runs over gRPC with mTLS in production and over a loopback channel in the
+//!   embedded mode.
 //! - [`envd::v1`] (package `envd.v1`, services `Process`, `Filesystem`, `System`): the
-//!   host agent drives the guest agent `envd` that runs inside every sandbox and listens
-//!   on TCP port [`ENVD_PORT`]. It spawns and controls processes (pipes or PTY, output
-//!   streams with replay), streams files in chunks and reports health and metrics.
+//!   guest agent `envd` that runs inside every sandbox and listens on TCP port
+//!   [`ENVD_PORT`]. It spawns and controls processes (pipes or PTY, output streams with
+//!   replay), streams files in chunks and reports health and metrics. The host agent
+//!   serves `Process` and `Filesystem` too, forwarding each call to the sandbox its
+//!   metadata names ([`routing`]): that is how the control plane runs commands and moves
+//!   files, with no second declaration of envd's messages.
 //!
 //! Every message, field and RPC is documented in the `.proto` files under `proto/`,
 //! including the gRPC status codes each RPC returns; those comments are the doc comments
@@ -32,6 +34,7 @@
 
 #[cfg(feature = "domain")]
 pub mod domain;
+pub mod routing;
 
 /// The host agent protocol (control plane to host agent).
 pub mod hostagent {
@@ -63,8 +66,8 @@ pub mod envd {
 }
 
 /// Maximum size in bytes of one chunk of file content on any file stream of either
-/// protocol (`WriteFileStream`/`ReadFileStream` in `hostagent.v1`, `WriteFile`/`ReadFile`
-/// in `envd.v1`): 256 KiB. Senders never exceed it; receivers reject larger chunks with
+/// protocol (`WriteFile`/`ReadFile` of `envd.v1`, also when forwarded by the host agent):
+/// 256 KiB. Senders never exceed it; receivers reject larger chunks with
 /// `INVALID_ARGUMENT`.
 pub const FILE_CHUNK_SIZE: usize = 256 * 1024;
 

@@ -504,25 +504,6 @@ fn descriptor_set_contains_both_packages_and_every_service() {
             "ListSandboxes",
             "PauseAll",
             "Terminate",
-            "Exec",
-            "ExecStream",
-            "StartBackground",
-            "ListProcesses",
-            "KillProcess",
-            "ConnectProcess",
-            "SendProcessInput",
-            "CloseProcessStdin",
-            "PtyAttach",
-            "PtySendInput",
-            "PtyResize",
-            "PtyKill",
-            "WriteFileStream",
-            "ReadFileStream",
-            "Stat",
-            "ListDir",
-            "MakeDir",
-            "Move",
-            "RemovePath",
             "CreateSnapshot",
             "DeleteSnapshot",
             "FlattenRootfs",
@@ -578,31 +559,6 @@ fn descriptor_set_contains_both_packages_and_every_service() {
     };
     let streaming =
         |m: prost_types::MethodDescriptorProto| (m.client_streaming(), m.server_streaming());
-    let ha = "HostAgentService";
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "Exec")),
-        (false, false)
-    );
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "ExecStream")),
-        (false, true)
-    );
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "ConnectProcess")),
-        (false, true)
-    );
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "PtyAttach")),
-        (false, true)
-    );
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "WriteFileStream")),
-        (true, false)
-    );
-    assert_eq!(
-        streaming(method("hostagent.v1", ha, "ReadFileStream")),
-        (false, true)
-    );
     assert_eq!(
         streaming(method("envd.v1", "Process", "Start")),
         (false, true)
@@ -652,15 +608,10 @@ fn descriptor_set_contains_both_packages_and_every_service() {
 
 #[test]
 fn signal_enums_use_linux_numbers() {
-    use wrenn_proto::hostagent::v1 as ha;
     assert_eq!(envd::Signal::Sigterm as i32, 15);
     assert_eq!(envd::Signal::Sigkill as i32, 9);
     assert_eq!(envd::Signal::Sigint as i32, 2);
     assert_eq!(envd::Signal::Sighup as i32, 1);
     assert_eq!(envd::Signal::Unspecified as i32, 0);
-    assert_eq!(ha::Signal::Sigterm as i32, 15);
-    assert_eq!(ha::Signal::Sigkill as i32, 9);
-    assert_eq!(ha::Signal::Sigint as i32, 2);
-    assert_eq!(ha::Signal::Sighup as i32, 1);
-    assert_eq!(ha::Signal::try_from(3), Err(prost::UnknownEnumValue(3)));
+    assert_eq!(envd::Signal::try_from(3), Err(prost::UnknownEnumValue(3)));
 }

@@ -1,12 +1,9 @@
-//! Validation of request fields and the conversions between `hostagent.v1`, envd's
-//! protocol and the agent's domain types.
-
-use std::collections::HashMap;
+//! Validation of request fields and the conversions between `hostagent.v1` and the
+//! agent's domain types.
 
 use uuid::Uuid;
 use wrenn_core::id::{SandboxId, TeamId, TemplateId};
 use wrenn_proto::domain::status_to_proto;
-use wrenn_proto::envd::v1 as envd;
 use wrenn_proto::hostagent::v1 as pb;
 
 use crate::error::{AgentError, AgentResult};
@@ -55,118 +52,6 @@ pub(super) fn parse_template_target(
     Ok((team, TemplateId(template)))
 }
 
-pub(super) fn require_path(field: &str, path: &str) -> AgentResult<()> {
-    if path.is_empty() {
-        return Err(AgentError::InvalidArgument(format!("{field} is required")));
-    }
-    Ok(())
-}
-
-pub(super) fn require_cmd(cmd: &str) -> AgentResult<()> {
-    if cmd.is_empty() {
-        return Err(AgentError::invalid("cmd is required"));
-    }
-    Ok(())
-}
-
-/// Checks a process tag: 1 to 64 characters of `A-Za-z0-9._-`.
-pub(super) fn check_tag(tag: &str) -> AgentResult<()> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 64
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::InvalidArgument(format!(
-            "invalid tag {:?}: expected 1 to 64 characters of A-Za-z0-9._-",
-            tag.chars().take(80).collect::<String>()
-        )))
-    }
-}
-
-pub(super) fn generated_tag(prefix: &str) -> String {
-    let b: [u8; 4] = rand::random();
-    format!("{prefix}-{}", hex::encode(b))
-}
-
-pub(super) fn selector(sel: Option<pb::ProcessSelector>) -> AgentResult<envd::ProcessSelector> {
-    use envd::process_selector::Selector as E;
-    use pb::process_selector::Selector as P;
-    match sel.and_then(|s| s.selector) {
-        Some(P::Pid(pid)) => Ok(envd::ProcessSelector {
-            selector: Some(E::Pid(pid)),
-        }),
-        Some(P::Tag(tag)) if !tag.is_empty() => Ok(envd::ProcessSelector {
-            selector: Some(E::Tag(tag)),
-        }),
-        _ => Err(AgentError::invalid(
-            "process selector (pid or tag) is required",
-        )),
-    }
-}
-
-pub(super) fn by_tag(tag: &str) -> envd::ProcessSelector {
-    envd::ProcessSelector {
-        selector: Some(envd::process_selector::Selector::Tag(tag.to_owned())),
-    }
-}
-
-pub(super) fn by_pid(pid: u32) -> envd::ProcessSelector {
-    envd::ProcessSelector {
-        selector: Some(envd::process_selector::Selector::Pid(pid)),
-    }
-}
-
-pub(super) fn envd_signal(signal: i32) -> AgentResult<i32> {
-    let sig = pb::Signal::try_from(signal)
-        .map_err(|_| AgentError::InvalidArgument(format!("unknown signal {signal}")))?;
-    let sig = match sig {
-        pb::Signal::Unspecified | pb::Signal::Sigkill => envd::Signal::Sigkill,
-        pb::Signal::Sighup => envd::Signal::Sighup,
-        pb::Signal::Sigint => envd::Signal::Sigint,
-        pb::Signal::Sigterm => envd::Signal::Sigterm,
-    };
-    Ok(sig as i32)
-}
-
-pub(super) fn file_entry(e: envd::EntryInfo) -> pb::FileEntry {
-    pb::FileEntry {
-        name: e.name,
-        path: e.path,
-        r#type: e.r#type,
-        size: e.size,
-        mode: e.mode,
-        permissions: e.permissions,
-        owner: e.owner,
-        group: e.group,
-        modified_at_unix: e.modified_time.map_or(0, |t| t.seconds),
-        symlink_target: e.symlink_target,
-    }
-}
-
-pub(super) fn entry_or_internal(e: Option<envd::EntryInfo>) -> AgentResult<pb::FileEntry> {
-    e.map(file_entry)
-        .ok_or_else(|| AgentError::internal("guest agent returned no entry"))
-}
-
-pub(super) fn process_config(
-    cmd: String,
-    args: Vec<String>,
-    envs: HashMap<String, String>,
-    cwd: Option<String>,
-    user: Option<String>,
-) -> envd::ProcessConfig {
-    envd::ProcessConfig {
-        cmd,
-        args,
-        envs,
-        cwd,
-        user,
-    }
-}
-
 pub(super) fn sandbox_info(id: SandboxId, v: crate::manager::SandboxView) -> pb::SandboxInfo {
     pb::SandboxInfo {
         sandbox_id: id.to_string(),
@@ -203,7 +88,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_and_tags() {
+    fn ids() {
         assert!(parse_sandbox_id("").is_err());
         assert!(parse_sandbox_id("cl-abc").is_err());
         assert!(parse_sandbox_id(&SandboxId::new().to_string()).is_ok());
@@ -217,37 +102,6 @@ mod tests {
                 "00000000-0000-0000-0000-000000000000"
             )
             .is_err()
-        );
-        check_tag("web-1.x_y").unwrap();
-        assert!(check_tag("bad tag").is_err());
-        assert!(check_tag(&"a".repeat(65)).is_err());
-        let t = generated_tag("proc");
-        assert!(t.starts_with("proc-") && t.len() == 13, "{t}");
-        check_tag(&t).unwrap();
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!(envd_signal(0).unwrap(), envd::Signal::Sigkill as i32);
-        assert_eq!(envd_signal(15).unwrap(), envd::Signal::Sigterm as i32);
-        assert!(envd_signal(3).is_err());
-    }
-
-    #[test]
-    fn selectors() {
-        assert!(selector(None).is_err());
-        assert!(selector(Some(pb::ProcessSelector { selector: None })).is_err());
-        assert!(
-            selector(Some(pb::ProcessSelector {
-                selector: Some(pb::process_selector::Selector::Tag(String::new()))
-            }))
-            .is_err()
-        );
-        assert!(
-            selector(Some(pb::ProcessSelector {
-                selector: Some(pb::process_selector::Selector::Pid(7))
-            }))
-            .is_ok()
         );
     }
 }

@@ -1,75 +1,51 @@
-//! The tonic implementation of `hostagent.v1.HostAgentService` (all 34 RPCs).
+//! The host agent's two gRPC faces, served side by side on one endpoint.
 //!
-//! Lifecycle RPCs go to the [`SandboxManager`] (each on its own task, so a cancelled
-//! call never leaves a sandbox half-way); process, PTY and file RPCs are forwarded to
-//! the sandbox's guest agent (envd) after the manager has checked that the sandbox is
-//! RUNNING. Every failure is an [`AgentError`] and is mapped to the status code that
-//! `hostagent.proto` documents in one place (`error.rs`).
+//! - [`AgentService`] implements `hostagent.v1.HostAgentService` (15 RPCs): sandbox
+//!   lifecycle, snapshots and templates, and metrics. Lifecycle RPCs go to the
+//!   [`SandboxManager`] (each on its own task, so a cancelled call never leaves a
+//!   sandbox half-way). Every failure is an [`AgentError`] and is mapped to the status
+//!   code that `hostagent.proto` documents in one place (`error.rs`).
+//! - [`Forwarder`] implements envd's own `envd.v1.Process` and `envd.v1.Filesystem`
+//!   services and forwards each call, message for message, to the guest agent of the
+//!   sandbox named by the call's `wrenn-capsule-id` metadata entry
+//!   ([`wrenn_proto::routing`]). It adds only routing, activity and kill-on-disconnect;
+//!   see [`forward`].
 //!
-//! Behaviour worth knowing beyond the proto comments:
+//! Behaviour of `HostAgentService` worth knowing beyond the proto comments:
 //!
 //! - **Ids** are validated first: `sandbox_id` must be `cl-` + 25 base36 characters,
 //!   team and template ids hyphenated UUIDs (empty = all-zero only where the proto says
 //!   so). A malformed id is INVALID_ARGUMENT and touches nothing.
-//! - **Exec** collects at most 16 MiB per stream (`truncated` is set beyond) and kills
-//!   the process (SIGKILL to its process group, through envd) when `timeout_sec`
-//!   (default 30 s) passes — the call then fails with DEADLINE_EXCEEDED — or when the
-//!   call is cancelled. **ExecStream** kills on cancellation and on its timeout (ending
-//!   with an `end` event whose `error` says so). Stdin bytes are fed concurrently with
-//!   reading the output, then stdin is closed.
-//! - **StartBackground** processes get a stdin pipe (SendProcessInput works on them);
-//!   an empty tag becomes `proc-` + 8 hex characters.
-//! - **PtyAttach** reattach (`cmd` empty) replays envd's buffer of recent terminal
-//!   output after `started`, so a reconnecting terminal can redraw.
-//! - **Files** stream in 64 KiB chunks in both directions and are never buffered whole.
 //! - **FlattenRootfs** answers UNIMPLEMENTED: no runtime of this agent can flatten a
 //!   disk yet (the process runtime has no block device; its CreateSnapshot already
 //!   produces a disk-only template). Ids and the sandbox state are validated first.
 //! - **Activity**: every sandbox-scoped RPC except ListSandboxes and the metrics RPCs
-//!   bumps `last_active`, and so does every streamed output event.
+//!   bumps `last_active`, and so does every forwarded envd call and streamed message.
 //! - **Terminate** returns at once and triggers the agent's graceful shutdown.
 //!
 //! The RPCs are implemented by group, one module each: `lifecycle` (create, pause,
-//! resume, hibernate, destroy, list, pause-all, terminate, templates), `process`
-//! (exec and background processes), `pty` (terminals), `files` (filesystem calls and
-//! file streams) and `metrics` (sandbox and host metrics). `convert` holds the
-//! validation and the proto ↔ domain conversions, `relay` the envd process-stream
-//! plumbing shared by the process and PTY calls. The [`HostAgentService`] impl below
-//! only delegates.
+//! resume, hibernate, destroy, list, pause-all, terminate, templates) and `metrics`
+//! (sandbox and host metrics); `convert` holds the validation and the proto ↔ domain
+//! conversions. The [`HostAgentService`] impl below only delegates.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentService;
 
-use crate::error::{AgentError, AgentResult};
-use crate::manager::{Sandbox, SandboxManager};
+use crate::error::AgentError;
+use crate::manager::SandboxManager;
 use crate::metrics::HostSampler;
 
 mod convert;
-mod files;
+pub mod forward;
 mod lifecycle;
 mod metrics;
-mod process;
-mod pty;
-mod relay;
 
 pub use convert::parse_sandbox_id;
-
-/// Output kept per stream by unary Exec.
-pub const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
-/// Exec timeout when the request says 0.
-pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long StartBackground and PtyAttach wait for the `start` event.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Stdin is fed to envd in pieces of at most this size.
-const STDIN_CHUNK: usize = wrenn_proto::FILE_CHUNK_SIZE;
-/// Events buffered between envd and a streaming caller.
-const STREAM_BUFFER: usize = 64;
+pub use forward::Forwarder;
 
 /// Default vCPUs of CreateSandbox: the control plane's
 /// ([`wrenn_core::lifecycle::DEFAULT_VCPUS`]), as the wire's unsigned type.
@@ -106,16 +82,6 @@ impl AgentService {
             host,
             terminate,
         }
-    }
-
-    /// The sandbox id of a request plus a running sandbox's envd client.
-    fn running(
-        &self,
-        sandbox_id: &str,
-        what: &str,
-    ) -> AgentResult<(Arc<Sandbox>, crate::envd::EnvdClient)> {
-        let id = parse_sandbox_id(sandbox_id)?;
-        self.manager.envd_for(id, what)
     }
 }
 
@@ -182,123 +148,6 @@ impl HostAgentService for AgentService {
 
     async fn terminate(&self, req: Request<pb::TerminateRequest>) -> Rpc<pb::TerminateResponse> {
         lifecycle::terminate(self, req).await
-    }
-
-    async fn exec(&self, req: Request<pb::ExecRequest>) -> Rpc<pb::ExecResponse> {
-        process::exec(self, req).await
-    }
-
-    type ExecStreamStream = ReceiverStream<Result<pb::ExecEvent, Status>>;
-
-    async fn exec_stream(
-        &self,
-        req: Request<pb::ExecStreamRequest>,
-    ) -> Rpc<Self::ExecStreamStream> {
-        process::exec_stream(self, req).await
-    }
-
-    async fn start_background(
-        &self,
-        req: Request<pb::StartBackgroundRequest>,
-    ) -> Rpc<pb::StartBackgroundResponse> {
-        process::start_background(self, req).await
-    }
-
-    async fn list_processes(
-        &self,
-        req: Request<pb::ListProcessesRequest>,
-    ) -> Rpc<pb::ListProcessesResponse> {
-        process::list_processes(self, req).await
-    }
-
-    async fn kill_process(
-        &self,
-        req: Request<pb::KillProcessRequest>,
-    ) -> Rpc<pb::KillProcessResponse> {
-        process::kill_process(self, req).await
-    }
-
-    type ConnectProcessStream = ReceiverStream<Result<pb::ExecEvent, Status>>;
-
-    async fn connect_process(
-        &self,
-        req: Request<pb::ConnectProcessRequest>,
-    ) -> Rpc<Self::ConnectProcessStream> {
-        process::connect_process(self, req).await
-    }
-
-    async fn send_process_input(
-        &self,
-        req: Request<pb::SendProcessInputRequest>,
-    ) -> Rpc<pb::SendProcessInputResponse> {
-        process::send_process_input(self, req).await
-    }
-
-    async fn close_process_stdin(
-        &self,
-        req: Request<pb::CloseProcessStdinRequest>,
-    ) -> Rpc<pb::CloseProcessStdinResponse> {
-        process::close_process_stdin(self, req).await
-    }
-
-    type PtyAttachStream = ReceiverStream<Result<pb::PtyEvent, Status>>;
-
-    async fn pty_attach(&self, req: Request<pb::PtyAttachRequest>) -> Rpc<Self::PtyAttachStream> {
-        pty::pty_attach(self, req).await
-    }
-
-    async fn pty_send_input(
-        &self,
-        req: Request<pb::PtySendInputRequest>,
-    ) -> Rpc<pb::PtySendInputResponse> {
-        pty::pty_send_input(self, req).await
-    }
-
-    async fn pty_resize(&self, req: Request<pb::PtyResizeRequest>) -> Rpc<pb::PtyResizeResponse> {
-        pty::pty_resize(self, req).await
-    }
-
-    async fn pty_kill(&self, req: Request<pb::PtyKillRequest>) -> Rpc<pb::PtyKillResponse> {
-        pty::pty_kill(self, req).await
-    }
-
-    async fn write_file_stream(
-        &self,
-        req: Request<Streaming<pb::WriteFileStreamRequest>>,
-    ) -> Rpc<pb::WriteFileStreamResponse> {
-        files::write_file_stream(self, req).await
-    }
-
-    type ReadFileStreamStream = ReceiverStream<Result<pb::ReadFileStreamResponse, Status>>;
-
-    async fn read_file_stream(
-        &self,
-        req: Request<pb::ReadFileStreamRequest>,
-    ) -> Rpc<Self::ReadFileStreamStream> {
-        files::read_file_stream(self, req).await
-    }
-
-    async fn stat(&self, req: Request<pb::StatRequest>) -> Rpc<pb::StatResponse> {
-        files::stat(self, req).await
-    }
-
-    async fn list_dir(&self, req: Request<pb::ListDirRequest>) -> Rpc<pb::ListDirResponse> {
-        files::list_dir(self, req).await
-    }
-
-    async fn make_dir(&self, req: Request<pb::MakeDirRequest>) -> Rpc<pb::MakeDirResponse> {
-        files::make_dir(self, req).await
-    }
-
-    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Rpc<pb::MoveResponse> {
-        files::r#move(self, req).await
-    }
-
-    async fn remove_path(
-        &self,
-        req: Request<pb::RemovePathRequest>,
-    ) -> Rpc<pb::RemovePathResponse> {
-        files::remove_path(self, req).await
     }
 
     async fn create_snapshot(

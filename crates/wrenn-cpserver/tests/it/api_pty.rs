@@ -164,7 +164,7 @@ async fn terminal_failures_are_fatal_error_frames() {
             id,
             vec![("Authorization", auth.clone())],
             json!({"type": "connect", "tag": "pty-00000000"}),
-            "no such process",
+            "no process with tag",
         ),
         (
             id,

@@ -1,6 +1,7 @@
 //! The gRPC host pool against a real tonic server on loopback: an in-memory test agent
 //! implementing `HostAgentService` (lifecycle RPCs behave; every other RPC is
-//! `UNIMPLEMENTED`), with hosts registered in a real store.
+//! `UNIMPLEMENTED`; it serves no `envd.v1` data plane), with hosts registered in a real
+//! store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -113,8 +114,6 @@ macro_rules! agent_impl {
         }
     };
 }
-
-type Empty<T> = tokio_stream::Empty<Result<T, Status>>;
 
 agent_impl!({
     async fn create_sandbox(
@@ -254,53 +253,10 @@ agent_impl!({
         st.last_delete_snapshot = Some(r);
         Ok(Response::new(pb::DeleteSnapshotResponse { deleted }))
     }
-
-    type ExecStreamStream = Empty<pb::ExecEvent>;
-    async fn exec_stream(&self, _: Request<pb::ExecStreamRequest>) -> Result<Response<Self::ExecStreamStream>, Status> {
-        Err(Status::unimplemented("exec_stream"))
-    }
-    type ConnectProcessStream = Empty<pb::ExecEvent>;
-    async fn connect_process(
-        &self,
-        _: Request<pb::ConnectProcessRequest>,
-    ) -> Result<Response<Self::ConnectProcessStream>, Status> {
-        Err(Status::unimplemented("connect_process"))
-    }
-    type PtyAttachStream = Empty<pb::PtyEvent>;
-    async fn pty_attach(&self, _: Request<pb::PtyAttachRequest>) -> Result<Response<Self::PtyAttachStream>, Status> {
-        Err(Status::unimplemented("pty_attach"))
-    }
-    type ReadFileStreamStream = Empty<pb::ReadFileStreamResponse>;
-    async fn read_file_stream(
-        &self,
-        _: Request<pb::ReadFileStreamRequest>,
-    ) -> Result<Response<Self::ReadFileStreamStream>, Status> {
-        Err(Status::unimplemented("read_file_stream"))
-    }
-    async fn write_file_stream(
-        &self,
-        _: Request<tonic::Streaming<pb::WriteFileStreamRequest>>,
-    ) -> Result<Response<pb::WriteFileStreamResponse>, Status> {
-        Err(Status::unimplemented("write_file_stream"))
-    }
 }
     hibernate_sandbox(pb::HibernateSandboxRequest) -> pb::HibernateSandboxResponse;
     pause_all(pb::PauseAllRequest) -> pb::PauseAllResponse;
     terminate(pb::TerminateRequest) -> pb::TerminateResponse;
-    exec(pb::ExecRequest) -> pb::ExecResponse;
-    start_background(pb::StartBackgroundRequest) -> pb::StartBackgroundResponse;
-    list_processes(pb::ListProcessesRequest) -> pb::ListProcessesResponse;
-    kill_process(pb::KillProcessRequest) -> pb::KillProcessResponse;
-    send_process_input(pb::SendProcessInputRequest) -> pb::SendProcessInputResponse;
-    close_process_stdin(pb::CloseProcessStdinRequest) -> pb::CloseProcessStdinResponse;
-    pty_send_input(pb::PtySendInputRequest) -> pb::PtySendInputResponse;
-    pty_resize(pb::PtyResizeRequest) -> pb::PtyResizeResponse;
-    pty_kill(pb::PtyKillRequest) -> pb::PtyKillResponse;
-    stat(pb::StatRequest) -> pb::StatResponse;
-    list_dir(pb::ListDirRequest) -> pb::ListDirResponse;
-    make_dir(pb::MakeDirRequest) -> pb::MakeDirResponse;
-    r#move(pb::MoveRequest) -> pb::MoveResponse;
-    remove_path(pb::RemovePathRequest) -> pb::RemovePathResponse;
     flatten_rootfs(pb::FlattenRootfsRequest) -> pb::FlattenRootfsResponse;
     get_sandbox_metrics(pb::GetSandboxMetricsRequest) -> pb::GetSandboxMetricsResponse;
     flush_sandbox_metrics(pb::FlushSandboxMetricsRequest) -> pb::FlushSandboxMetricsResponse;

@@ -1,125 +1,126 @@
-//! `hostagent.v1` ↔ [`wrenn_core::data_plane`]: the requests the control plane sends
-//! into a running capsule and the answers and events it gets back.
+//! `envd.v1` ↔ [`wrenn_core::data_plane`]: the requests the control plane sends into a
+//! running capsule (through its host agent, which forwards them to the capsule's guest
+//! agent — see [`crate::routing`]) and the answers and events it gets back.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use wrenn_core::data_plane::{
-    Command, ExecOutput, FileEntry, FileKind, MetricSample, ProcessEvent, ProcessInfo, ProcessRef,
-    PtyEvent, PtySpec, Signal, StartedProcess,
+    Command, FileEntry, FileKind, MetricSample, ProcessEvent, ProcessInfo, ProcessRef, PtyEvent,
+    PtySpec, Signal,
 };
 
+use crate::envd::v1 as envd;
+use crate::envd::v1::data_event::Output;
+use crate::envd::v1::process_event::Event;
+use crate::envd::v1::process_selector::Selector;
 use crate::hostagent::v1 as pb;
-use crate::hostagent::v1::exec_data::Output;
-use crate::hostagent::v1::exec_event::Event as ExecEventKind;
-use crate::hostagent::v1::process_selector::Selector;
-use crate::hostagent::v1::pty_event::Event as PtyEventKind;
 
-fn envs(command: &Command) -> HashMap<String, String> {
-    command.envs.clone().into_iter().collect()
-}
+/// The terminal type a new terminal gets unless its command sets `TERM`.
+pub const DEFAULT_TERM: &str = "xterm-256color";
 
-/// `Exec` of `command` in `sandbox_id`, at most `timeout_sec` seconds.
-pub fn exec_request(sandbox_id: String, command: Command, timeout_sec: u32) -> pb::ExecRequest {
-    pb::ExecRequest {
-        sandbox_id,
-        envs: envs(&command),
+fn config(command: Command, user: Option<String>) -> envd::ProcessConfig {
+    envd::ProcessConfig {
+        envs: command.envs.into_iter().collect::<HashMap<_, _>>(),
         cmd: command.cmd,
         args: command.args,
         cwd: command.cwd,
-        user: None,
-        timeout_sec,
-        stdin: None,
+        user,
     }
 }
 
-/// `ExecStream` of `command` in `sandbox_id` (0: no timeout).
-pub fn exec_stream_request(
-    sandbox_id: String,
-    command: Command,
-    timeout_sec: u32,
-) -> pb::ExecStreamRequest {
-    pb::ExecStreamRequest {
-        sandbox_id,
-        envs: envs(&command),
-        cmd: command.cmd,
-        args: command.args,
-        cwd: command.cwd,
-        user: None,
-        timeout_sec,
-        stdin: None,
+/// `Process.Start` of a command without a terminal: `tag` empty lets envd generate
+/// one; with `stdin` the process reads a pipe fed by `SendInput`.
+pub fn start_request(command: Command, tag: String, stdin: bool) -> envd::StartRequest {
+    envd::StartRequest {
+        process: Some(config(command, None)),
+        pty: None,
+        tag: (!tag.is_empty()).then_some(tag),
+        stdin,
     }
 }
 
-/// `StartBackground` of `command` in `sandbox_id` under `tag`.
-pub fn start_background_request(
-    sandbox_id: String,
-    command: Command,
-    tag: String,
-) -> pb::StartBackgroundRequest {
-    pb::StartBackgroundRequest {
-        sandbox_id,
-        envs: envs(&command),
-        cmd: command.cmd,
-        args: command.args,
-        cwd: command.cwd,
-        user: None,
-        tag,
+/// `Process.Start` of a new terminal (`TERM` defaults to [`DEFAULT_TERM`]).
+pub fn pty_start_request(spec: PtySpec) -> envd::StartRequest {
+    let mut command = spec.command;
+    command
+        .envs
+        .entry("TERM".into())
+        .or_insert_with(|| DEFAULT_TERM.into());
+    envd::StartRequest {
+        process: Some(config(command, spec.user)),
+        pty: Some(pty_size(spec.cols, spec.rows)),
+        tag: (!spec.tag.is_empty()).then_some(spec.tag),
+        stdin: true,
     }
 }
 
-/// A foreground command's outcome.
-pub fn exec_output(response: pb::ExecResponse) -> ExecOutput {
-    ExecOutput {
-        stdout: Bytes::from(response.stdout),
-        stderr: Bytes::from(response.stderr),
-        exit_code: response.exit_code,
-        truncated: response.truncated,
-    }
+/// A terminal size.
+pub fn pty_size(cols: u32, rows: u32) -> envd::Pty {
+    envd::Pty { cols, rows }
 }
 
-/// A started background process.
-pub fn started_process(response: pb::StartBackgroundResponse) -> StartedProcess {
-    StartedProcess {
-        pid: response.pid,
-        tag: response.tag,
-    }
-}
-
-/// A process stream's event (`None` for an empty message, which carries nothing).
-pub fn process_event(event: pb::ExecEvent) -> Option<ProcessEvent> {
+/// What one event of a process stream says: `None` for keepalives and empty
+/// messages, which carry nothing. Terminal output is standard output.
+pub fn process_event(event: envd::ProcessEvent) -> Option<ProcessEvent> {
     Some(match event.event? {
-        ExecEventKind::Start(s) => ProcessEvent::Started {
+        Event::Start(s) => ProcessEvent::Started {
             pid: s.pid,
             tag: s.tag,
         },
-        ExecEventKind::Data(d) => match d.output? {
-            Output::Stdout(b) => ProcessEvent::Stdout(Bytes::from(b)),
+        Event::Data(d) => match d.output? {
+            Output::Stdout(b) | Output::Pty(b) => ProcessEvent::Stdout(Bytes::from(b)),
             Output::Stderr(b) => ProcessEvent::Stderr(Bytes::from(b)),
         },
-        ExecEventKind::End(end) => ProcessEvent::Ended {
+        Event::End(end) => ProcessEvent::Ended {
             exit_code: end.exit_code,
-            error: end.error.filter(|e| !e.is_empty()),
+            error: end_error(&end),
         },
+        Event::Keepalive(_) => return None,
     })
 }
 
-/// A tracked process.
-pub fn process_info(info: pb::ProcessInfo) -> ProcessInfo {
+/// What one event of a terminal's stream says (`None` for keepalives and empty
+/// messages). Any output is terminal output.
+pub fn pty_event(event: envd::ProcessEvent) -> Option<PtyEvent> {
+    Some(match process_event(event)? {
+        ProcessEvent::Started { pid, tag } => PtyEvent::Started { pid, tag },
+        ProcessEvent::Stdout(b) | ProcessEvent::Stderr(b) => PtyEvent::Output(b),
+        ProcessEvent::Ended { exit_code, error } => PtyEvent::Exited { exit_code, error },
+    })
+}
+
+/// Why a process ended abnormally: envd's own error, else the status of a process a
+/// signal ended ("signal: killed"); `None` for a normal exit.
+pub fn end_error(end: &envd::EndEvent) -> Option<String> {
+    end.error.clone().filter(|e| !e.is_empty()).or_else(|| {
+        (!end.exited).then(|| {
+            if end.status.is_empty() {
+                "killed by a signal".to_owned()
+            } else {
+                end.status.clone()
+            }
+        })
+    })
+}
+
+/// A live process.
+pub fn process_info(info: envd::ProcessInfo) -> ProcessInfo {
+    let config = info.config.unwrap_or_default();
     ProcessInfo {
         pid: info.pid,
-        tag: info.tag,
-        cmd: info.cmd,
-        args: info.args,
-        envs: info.envs.into_iter().collect(),
-        cwd: info.cwd,
+        tag: info.tag.unwrap_or_default(),
+        cmd: config.cmd,
+        args: config.args,
+        envs: config.envs.into_iter().collect(),
+        cwd: config.cwd.unwrap_or_default(),
         pty: info.pty,
     }
 }
 
 /// The wire selector of a process.
-pub fn process_selector(process: ProcessRef) -> pb::ProcessSelector {
-    pb::ProcessSelector {
+pub fn process_selector(process: ProcessRef) -> envd::ProcessSelector {
+    envd::ProcessSelector {
         selector: Some(match process {
             ProcessRef::Pid(pid) => Selector::Pid(pid),
             ProcessRef::Tag(tag) => Selector::Tag(tag),
@@ -127,23 +128,62 @@ pub fn process_selector(process: ProcessRef) -> pb::ProcessSelector {
     }
 }
 
+/// `Process.SendSignal` of `signal` to `process`.
+pub fn signal_request(process: ProcessRef, signal: Signal) -> envd::SendSignalRequest {
+    envd::SendSignalRequest {
+        process: Some(process_selector(process)),
+        signal: wire_signal(signal).into(),
+    }
+}
+
 /// The wire value of a signal.
-pub fn signal(signal: Signal) -> pb::Signal {
+pub fn wire_signal(signal: Signal) -> envd::Signal {
     match signal {
-        Signal::Hangup => pb::Signal::Sighup,
-        Signal::Interrupt => pb::Signal::Sigint,
-        Signal::Kill => pb::Signal::Sigkill,
-        Signal::Terminate => pb::Signal::Sigterm,
+        Signal::Hangup => envd::Signal::Sighup,
+        Signal::Interrupt => envd::Signal::Sigint,
+        Signal::Kill => envd::Signal::Sigkill,
+        Signal::Terminate => envd::Signal::Sigterm,
+    }
+}
+
+/// `Process.SendInput` of keystrokes to the terminal `tag`.
+pub fn pty_input_request(tag: &str, data: Bytes) -> envd::SendInputRequest {
+    envd::SendInputRequest {
+        process: Some(process_selector(ProcessRef::Tag(tag.to_owned()))),
+        input: Some(envd::ProcessInput {
+            input: Some(envd::process_input::Input::Pty(data.to_vec())),
+        }),
+    }
+}
+
+/// `Filesystem.WriteFile`'s first message: create or truncate `path`.
+pub fn write_header(path: String) -> envd::WriteFileRequest {
+    envd::WriteFileRequest {
+        msg: Some(envd::write_file_request::Msg::Header(
+            envd::WriteFileHeader {
+                path,
+                mode: None,
+                user: None,
+                append: false,
+            },
+        )),
+    }
+}
+
+/// A `Filesystem.WriteFile` content message.
+pub fn write_data(chunk: Bytes) -> envd::WriteFileRequest {
+    envd::WriteFileRequest {
+        msg: Some(envd::write_file_request::Msg::Data(chunk)),
     }
 }
 
 /// A file-system entry; unknown kinds are [`FileKind::Other`].
-pub fn file_entry(entry: pb::FileEntry) -> FileEntry {
-    let kind = match pb::FileType::try_from(entry.r#type) {
-        Ok(pb::FileType::File) => FileKind::File,
-        Ok(pb::FileType::Directory) => FileKind::Directory,
-        Ok(pb::FileType::Symlink) => FileKind::Symlink,
-        Ok(pb::FileType::Other | pb::FileType::Unspecified) | Err(_) => FileKind::Other,
+pub fn file_entry(entry: envd::EntryInfo) -> FileEntry {
+    let kind = match envd::FileType::try_from(entry.r#type) {
+        Ok(envd::FileType::File) => FileKind::File,
+        Ok(envd::FileType::Directory) => FileKind::Directory,
+        Ok(envd::FileType::Symlink) => FileKind::Symlink,
+        Ok(envd::FileType::Other | envd::FileType::Unspecified) | Err(_) => FileKind::Other,
     };
     FileEntry {
         name: entry.name,
@@ -154,39 +194,9 @@ pub fn file_entry(entry: pb::FileEntry) -> FileEntry {
         permissions: entry.permissions,
         owner: entry.owner,
         group: entry.group,
-        modified_at: entry.modified_at_unix,
+        modified_at: entry.modified_time.map_or(0, |t| t.seconds),
         symlink_target: entry.symlink_target,
     }
-}
-
-/// `PtyAttach` of `spec` in `sandbox_id`.
-pub fn pty_attach_request(sandbox_id: String, spec: PtySpec) -> pb::PtyAttachRequest {
-    pb::PtyAttachRequest {
-        sandbox_id,
-        tag: spec.tag,
-        envs: envs(&spec.command),
-        cmd: spec.command.cmd,
-        args: spec.command.args,
-        cwd: spec.command.cwd,
-        user: spec.user,
-        cols: spec.cols,
-        rows: spec.rows,
-    }
-}
-
-/// A terminal's event (`None` for an empty message).
-pub fn pty_event(event: pb::PtyEvent) -> Option<PtyEvent> {
-    Some(match event.event? {
-        PtyEventKind::Started(s) => PtyEvent::Started {
-            pid: s.pid,
-            tag: s.tag,
-        },
-        PtyEventKind::Output(o) => PtyEvent::Output(Bytes::from(o.data)),
-        PtyEventKind::Exited(e) => PtyEvent::Exited {
-            exit_code: e.exit_code,
-            error: e.error.filter(|e| !e.is_empty()),
-        },
-    })
 }
 
 /// A resource sample.
@@ -216,95 +226,136 @@ mod tests {
 
     #[test]
     fn commands_cross_field_for_field() {
-        let exec = exec_request("cl-1".into(), command(), 30);
+        let start = start_request(command(), String::new(), false);
+        let config = start.process.clone().unwrap();
         assert_eq!(
             (
-                exec.sandbox_id.as_str(),
-                exec.cmd.as_str(),
-                exec.args.len(),
-                exec.timeout_sec
+                config.cmd.as_str(),
+                config.args.len(),
+                config.cwd.as_deref()
             ),
-            ("cl-1", "/bin/sh", 2, 30)
+            ("/bin/sh", 2, Some("/tmp"))
         );
-        assert_eq!(exec.envs.get("X").map(String::as_str), Some("1"));
-        assert_eq!(exec.cwd.as_deref(), Some("/tmp"));
-        let stream = exec_stream_request("cl-1".into(), command(), 0);
+        assert_eq!(config.envs.get("X").map(String::as_str), Some("1"));
+        assert_eq!((start.tag, start.stdin, start.pty), (None, false, None));
+        let background = start_request(command(), "proc-1".into(), true);
         assert_eq!(
-            (stream.cmd, stream.args, stream.cwd),
-            (exec.cmd, exec.args, exec.cwd)
+            (background.tag.as_deref(), background.stdin),
+            (Some("proc-1"), true)
         );
-        let background = start_background_request("cl-1".into(), command(), "proc-1".into());
+        let pty = pty_start_request(PtySpec {
+            tag: "t".into(),
+            command: command(),
+            cols: 80,
+            rows: 24,
+            user: Some("root".into()),
+        });
+        let config = pty.process.unwrap();
+        assert_eq!(pty.tag.as_deref(), Some("t"));
+        assert_eq!(pty.pty, Some(envd::Pty { cols: 80, rows: 24 }));
+        assert_eq!(config.user.as_deref(), Some("root"));
         assert_eq!(
-            (background.tag.as_str(), background.envs.len()),
-            ("proc-1", 1)
+            config.envs.get("TERM").map(String::as_str),
+            Some(DEFAULT_TERM)
         );
-        let pty = pty_attach_request(
-            "cl-1".into(),
-            PtySpec {
-                tag: "t".into(),
-                command: command(),
-                cols: 80,
-                rows: 24,
-                user: Some("root".into()),
-            },
+        let mut own_term = command();
+        own_term.envs.insert("TERM".into(), "dumb".into());
+        let pty = pty_start_request(PtySpec {
+            tag: String::new(),
+            command: own_term,
+            cols: 1,
+            rows: 1,
+            user: None,
+        });
+        assert_eq!(pty.tag, None);
+        assert_eq!(
+            pty.process.unwrap().envs.get("TERM").map(String::as_str),
+            Some("dumb")
         );
-        assert_eq!((pty.tag.as_str(), pty.cols, pty.rows), ("t", 80, 24));
-        assert_eq!(pty.user.as_deref(), Some("root"));
-        assert_eq!(pty.cmd, "/bin/sh");
     }
 
     #[test]
     fn process_events_keep_their_bytes_and_drop_empty_messages() {
-        let data = |output| pb::ExecEvent {
-            event: Some(ExecEventKind::Data(pb::ExecData { output })),
+        let data = |output| envd::ProcessEvent {
+            event: Some(Event::Data(envd::DataEvent { output })),
         };
         assert_eq!(
             process_event(data(Some(Output::Stdout(vec![0xff, b'a'])))),
             Some(ProcessEvent::Stdout(Bytes::from_static(&[0xff, b'a'])))
         );
         assert_eq!(
+            process_event(data(Some(Output::Pty(b"p".to_vec())))),
+            Some(ProcessEvent::Stdout(Bytes::from_static(b"p")))
+        );
+        assert_eq!(
             process_event(data(Some(Output::Stderr(b"e".to_vec())))),
             Some(ProcessEvent::Stderr(Bytes::from_static(b"e")))
         );
         assert_eq!(process_event(data(None)), None);
-        assert_eq!(process_event(pb::ExecEvent { event: None }), None);
-        let end = |error: Option<&str>| pb::ExecEvent {
-            event: Some(ExecEventKind::End(pb::ExecEnd {
-                exit_code: 7,
+        assert_eq!(process_event(envd::ProcessEvent { event: None }), None);
+        assert_eq!(
+            process_event(envd::ProcessEvent {
+                event: Some(Event::Keepalive(envd::KeepAlive {}))
+            }),
+            None
+        );
+        let end = |exited: bool, status: &str, error: Option<&str>| envd::ProcessEvent {
+            event: Some(Event::End(envd::EndEvent {
+                exit_code: if exited { 7 } else { -1 },
+                exited,
+                status: status.into(),
                 error: error.map(str::to_owned),
             })),
         };
         assert_eq!(
-            process_event(end(Some(""))),
+            process_event(end(true, "exit status 7", Some(""))),
             Some(ProcessEvent::Ended {
                 exit_code: 7,
                 error: None
             })
         );
         assert_eq!(
-            process_event(end(Some("killed"))),
+            process_event(end(false, "signal: killed", None)),
             Some(ProcessEvent::Ended {
-                exit_code: 7,
-                error: Some("killed".into())
+                exit_code: -1,
+                error: Some("signal: killed".into())
             })
         );
-        let pty = pty_event(pb::PtyEvent {
-            event: Some(PtyEventKind::Started(pb::PtyStarted {
+        assert_eq!(
+            process_event(end(false, "", None)),
+            Some(ProcessEvent::Ended {
+                exit_code: -1,
+                error: Some("killed by a signal".into())
+            })
+        );
+        assert_eq!(
+            process_event(end(true, "exit status 7", Some("wait failed"))),
+            Some(ProcessEvent::Ended {
+                exit_code: 7,
+                error: Some("wait failed".into())
+            })
+        );
+        let started = envd::ProcessEvent {
+            event: Some(Event::Start(envd::StartEvent {
                 pid: 4,
                 tag: "t".into(),
             })),
-        });
+        };
         assert_eq!(
-            pty,
+            pty_event(started),
             Some(PtyEvent::Started {
                 pid: 4,
                 tag: "t".into()
             })
         );
+        assert_eq!(
+            pty_event(data(Some(Output::Stderr(b"x".to_vec())))),
+            Some(PtyEvent::Output(Bytes::from_static(b"x")))
+        );
     }
 
     #[test]
-    fn selectors_signals_and_entries_map_every_value() {
+    fn selectors_signals_processes_and_entries_map_every_value() {
         assert_eq!(
             process_selector(ProcessRef::Pid(3)).selector,
             Some(Selector::Pid(3))
@@ -314,21 +365,53 @@ mod tests {
             Some(Selector::Tag("a".into()))
         );
         for (domain, wire) in [
-            (Signal::Hangup, pb::Signal::Sighup),
-            (Signal::Interrupt, pb::Signal::Sigint),
-            (Signal::Kill, pb::Signal::Sigkill),
-            (Signal::Terminate, pb::Signal::Sigterm),
+            (Signal::Hangup, envd::Signal::Sighup),
+            (Signal::Interrupt, envd::Signal::Sigint),
+            (Signal::Kill, envd::Signal::Sigkill),
+            (Signal::Terminate, envd::Signal::Sigterm),
         ] {
-            assert_eq!(signal(domain), wire);
+            assert_eq!(wire_signal(domain), wire);
+            assert_eq!(
+                signal_request(ProcessRef::Pid(1), domain).signal,
+                wire as i32
+            );
         }
+        let input = pty_input_request("t", Bytes::from_static(b"ls\n"));
+        assert_eq!(
+            input.input.and_then(|i| i.input),
+            Some(envd::process_input::Input::Pty(b"ls\n".to_vec()))
+        );
+        let info = process_info(envd::ProcessInfo {
+            config: Some(envd::ProcessConfig {
+                cmd: "sleep".into(),
+                args: vec!["9".into()],
+                envs: HashMap::from([("A".into(), "b".into())]),
+                cwd: None,
+                user: None,
+            }),
+            pid: 12,
+            tag: Some("proc-1".into()),
+            pty: true,
+        });
+        assert_eq!(
+            (
+                info.pid,
+                info.tag.as_str(),
+                info.cmd.as_str(),
+                info.cwd.as_str()
+            ),
+            (12, "proc-1", "sleep", "")
+        );
+        assert!(info.pty);
+        assert_eq!(info.envs.get("A").map(String::as_str), Some("b"));
         for (wire, kind) in [
-            (pb::FileType::File as i32, FileKind::File),
-            (pb::FileType::Directory as i32, FileKind::Directory),
-            (pb::FileType::Symlink as i32, FileKind::Symlink),
-            (pb::FileType::Other as i32, FileKind::Other),
+            (envd::FileType::File as i32, FileKind::File),
+            (envd::FileType::Directory as i32, FileKind::Directory),
+            (envd::FileType::Symlink as i32, FileKind::Symlink),
+            (envd::FileType::Other as i32, FileKind::Other),
             (99, FileKind::Other),
         ] {
-            let entry = file_entry(pb::FileEntry {
+            let entry = file_entry(envd::EntryInfo {
                 name: "n".into(),
                 path: "/n".into(),
                 r#type: wire,
@@ -337,11 +420,20 @@ mod tests {
                 permissions: "-rw-r--r--".into(),
                 owner: "u".into(),
                 group: "g".into(),
-                modified_at_unix: 9,
+                modified_time: Some(prost_types::Timestamp {
+                    seconds: 9,
+                    nanos: 0,
+                }),
                 symlink_target: None,
             });
             assert_eq!(entry.kind, kind);
             assert_eq!((entry.size, entry.mode, entry.modified_at), (5, 0o644, 9));
+        }
+        match write_header("/a".into()).msg {
+            Some(envd::write_file_request::Msg::Header(h)) => {
+                assert_eq!((h.path.as_str(), h.append), ("/a", false))
+            }
+            other => panic!("{other:?}"),
         }
         let sample = metric_sample(pb::MetricPoint {
             timestamp_unix: 1,

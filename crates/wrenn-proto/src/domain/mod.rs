@@ -1,7 +1,8 @@
-//! `hostagent.v1` ↔ Wrenn's domain types (feature `domain`): the one place a wire
-//! value becomes a [`wrenn_core`] value and back, used by the agent that answers and
-//! the control plane that asks. [`data_plane`] converts the calls inside a running
-//! capsule ([`wrenn_core::data_plane`]).
+//! The wire ↔ Wrenn's domain types (feature `domain`): the one place a wire value
+//! becomes a [`wrenn_core`] value and back, used by the agent that answers and the
+//! control plane that asks. This module converts `hostagent.v1` (lifecycle, snapshots,
+//! metrics); [`data_plane`] converts the `envd.v1` calls the control plane sends into a
+//! running capsule ([`wrenn_core::data_plane`]).
 
 use std::collections::{BTreeMap, HashMap};
 
