@@ -11,62 +11,31 @@ use crate::common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{PATIENCE, connect, eventually};
+use common::{Envd, PATIENCE, command, eventually, shell};
 use tonic::Code;
+use tonic::transport::Channel;
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
 use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
-async fn sh(
-    c: &HostAgentServiceClient<tonic::transport::Channel>,
-    id: SandboxId,
-    line: &str,
-) -> Result<(String, i32), tonic::Status> {
-    let r = c
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), line.into()],
-            timeout_sec: 30,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok((String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code))
+/// Runs `sh -c line` in sandbox `id` through the agent: (stdout, exit code).
+async fn sh(channel: &Channel, id: SandboxId, line: &str) -> Result<(String, i32), tonic::Status> {
+    let ran = Envd::of(channel, id).sh(line).await?;
+    Ok((ran.stdout, ran.exit_code))
 }
 
-async fn write(
-    c: &HostAgentServiceClient<tonic::transport::Channel>,
+/// Starts `start` in sandbox `id` as a background process tagged `tag`.
+async fn spawn(
+    channel: &Channel,
     id: SandboxId,
-    path: &str,
-    data: &[u8],
-) {
-    let mut msgs = vec![pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(
-            pb::WriteFileMeta {
-                sandbox_id: id.to_string(),
-                path: path.into(),
-                ..Default::default()
-            },
-        )),
-    }];
-    msgs.extend(
-        data.chunks(wrenn_proto::FILE_CHUNK_SIZE)
-            .map(|ch| pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(
-                    ch.to_vec().into(),
-                )),
-            }),
-    );
-    c.clone()
-        .write_file_stream(futures::stream::iter(msgs))
-        .await
-        .expect("write file");
+    mut start: wrenn_proto::envd::v1::StartRequest,
+    tag: &str,
+) -> wrenn_proto::envd::v1::StartEvent {
+    start.tag = Some(tag.into());
+    Envd::of(channel, id).spawn(start).await.expect("start")
 }
 
 #[tokio::test]
@@ -112,7 +81,8 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     ))
     .await
     .unwrap();
-    let c = connect(agent.local_addr()).await;
+    let channel = common::connect_channel(agent.local_addr()).await;
+    let c = common::agent_client(&channel);
 
     // Create and exec.
     let id = SandboxId::new();
@@ -124,7 +94,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .into_inner();
     assert_eq!(created.metadata["runtime"], "process");
     assert!(!created.host_ip.is_empty());
-    let r = sh(&c, id, "echo hi").await;
+    let r = sh(&channel, id, "echo hi").await;
     if r.is_err() {
         let log =
             std::fs::read_to_string(layout.sandbox_dir(id).join("envd.log")).unwrap_or_default();
@@ -135,15 +105,18 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     }
     assert_eq!(r.unwrap(), ("hi\n".into(), 0));
     assert_eq!(
-        sh(&c, id, "hostname").await.unwrap().0.trim(),
+        sh(&channel, id, "hostname").await.unwrap().0.trim(),
         id.to_string()
     );
 
     // Files land in the sandbox, not on the host.
     let note = format!("/root/wrenn-e2e-{id}.txt");
-    write(&c, id, &note, b"inside").await;
+    Envd::of(&channel, id)
+        .write_file(&note, b"inside")
+        .await
+        .expect("write file");
     assert_eq!(
-        sh(&c, id, &format!("cat {note}")).await.unwrap().0,
+        sh(&channel, id, &format!("cat {note}")).await.unwrap().0,
         "inside"
     );
     assert!(
@@ -152,28 +125,20 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     );
 
     // Pause keeps memory: a background process survives with its pid.
-    let bg = c
-        .clone()
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "n=0; while true; do n=$((n+1)); echo $n > /tmp/count; sleep 0.1; done".into(),
-            ],
-            tag: "counter".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let bg = spawn(
+        &channel,
+        id,
+        shell("n=0; while true; do n=$((n+1)); echo $n > /tmp/count; sleep 0.1; done"),
+        "counter",
+    )
+    .await;
     c.clone()
         .pause_sandbox(pb::PauseSandboxRequest {
             sandbox_id: id.to_string(),
         })
         .await
         .unwrap();
-    let err = sh(&c, id, "true").await.unwrap_err();
+    let err = sh(&channel, id, "true").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     c.clone()
         .resume_sandbox(pb::ResumeSandboxRequest {
@@ -182,39 +147,25 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         })
         .await
         .unwrap();
-    let procs = c
-        .clone()
-        .list_processes(pb::ListProcessesRequest {
-            sandbox_id: id.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let procs = Envd::of(&channel, id).list().await.unwrap();
     assert!(
         procs
-            .processes
             .iter()
-            .any(|p| p.tag == "counter" && p.pid == bg.pid)
+            .any(|p| p.tag.as_deref() == Some("counter") && p.pid == bg.pid)
     );
 
     // The proxy reaches a server inside the sandbox's network namespace.
     {
-        c.clone()
-            .start_background(pb::StartBackgroundRequest {
-                sandbox_id: id.to_string(),
-                cmd: "/usr/bin/python3".into(),
-                args: vec![
-                    "-m".into(),
-                    "http.server".into(),
-                    "8123".into(),
-                    "--directory".into(),
-                    "/root".into(),
-                ],
-                tag: "web".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        spawn(
+            &channel,
+            id,
+            command(
+                "/usr/bin/python3",
+                &["-m", "http.server", "8123", "--directory", "/root"],
+            ),
+            "web",
+        )
+        .await;
         let url = format!(
             "http://{}/proxy/{id}/8123/wrenn-e2e-{id}.txt",
             agent.local_addr()
@@ -254,7 +205,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .await
         .unwrap();
     assert_eq!(
-        sh(&c, id, &format!("cat {note}")).await.unwrap().0,
+        sh(&channel, id, &format!("cat {note}")).await.unwrap().0,
         "inside"
     );
 
@@ -275,7 +226,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     req.template_id = tmpl.clone();
     c.clone().create_sandbox(req).await.unwrap();
     assert_eq!(
-        sh(&c, child, &format!("cat {note}")).await.unwrap().0,
+        sh(&channel, child, &format!("cat {note}")).await.unwrap().0,
         "inside"
     );
 
@@ -287,7 +238,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
             })
             .await
             .unwrap();
-        assert_eq!(sh(&c, sb, "true").await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            sh(&channel, sb, "true").await.unwrap_err().code(),
+            Code::NotFound
+        );
     }
     let deleted = c
         .clone()

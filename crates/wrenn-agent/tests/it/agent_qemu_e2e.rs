@@ -11,36 +11,37 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, connect, eventually};
+use common::{Envd, PATIENCE, command, eventually, shell};
 use tonic::Code;
+use tonic::transport::Channel;
 use wrenn_agent::manager::ManagerSettings;
 use wrenn_agent::runtime::Runtime;
 use wrenn_agent::runtime::qemu::{QemuRuntime, QemuRuntimeOptions};
 use wrenn_agent::{Agent, AgentOptions};
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1 as ev;
 use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
-
-type Client = HostAgentServiceClient<tonic::transport::Channel>;
 
 /// Small machines: TCG runs every guest instruction in software.
 const MEMORY_MB: u32 = 256;
 const DISK_MB: u32 = 2048;
 
-async fn sh(c: &Client, id: SandboxId, line: &str) -> Result<(String, i32), tonic::Status> {
-    let r = c
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), line.into()],
-            timeout_sec: 60,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok((String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code))
+/// Runs `sh -c line` in capsule `id` through the agent: (stdout, exit code).
+async fn sh(channel: &Channel, id: SandboxId, line: &str) -> Result<(String, i32), tonic::Status> {
+    let ran = Envd::of(channel, id).sh(line).await?;
+    Ok((ran.stdout, ran.exit_code))
+}
+
+/// Starts `start` in capsule `id` as a background process tagged `tag`.
+async fn spawn(
+    channel: &Channel,
+    id: SandboxId,
+    mut start: ev::StartRequest,
+    tag: &str,
+) -> ev::StartEvent {
+    start.tag = Some(tag.into());
+    Envd::of(channel, id).spawn(start).await.expect("start")
 }
 
 fn create_request(id: SandboxId) -> pb::CreateSandboxRequest {
@@ -143,7 +144,8 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         ..ManagerSettings::default()
     };
     let agent = Agent::start(agent_options).await.unwrap();
-    let c = connect(agent.local_addr()).await;
+    let channel = common::connect_channel(agent.local_addr()).await;
+    let c = common::agent_client(&channel);
 
     // Create (the first one waits for the warm snapshot the agent makes at start) and
     // exec: the guest runs its own kernel, envd is its PID 1.
@@ -160,18 +162,21 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         t.elapsed()
     );
     assert_eq!(created.metadata["runtime"], "qemu");
-    assert_eq!(sh(&c, id, "echo hi").await.unwrap(), ("hi\n".into(), 0));
-    let kernel = sh(&c, id, "uname -r").await.unwrap().0;
+    assert_eq!(
+        sh(&channel, id, "echo hi").await.unwrap(),
+        ("hi\n".into(), 0)
+    );
+    let kernel = sh(&channel, id, "uname -r").await.unwrap().0;
     assert!(kernel.contains("cloud-amd64"), "guest kernel {kernel}");
     assert_eq!(
-        sh(&c, id, "cat /proc/1/comm").await.unwrap().0,
+        sh(&channel, id, "cat /proc/1/comm").await.unwrap().0,
         "wrenn-envd\n"
     );
     assert_eq!(
-        sh(&c, id, "hostname").await.unwrap().0.trim(),
+        sh(&channel, id, "hostname").await.unwrap().0.trim(),
         id.to_string()
     );
-    let root_size = sh(&c, id, "df -m / | tail -1 | awk '{print $2}'")
+    let root_size = sh(&channel, id, "df -m / | tail -1 | awk '{print $2}'")
         .await
         .unwrap()
         .0;
@@ -181,7 +186,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         "the root file system was grown to the disk: {root_mb} MiB"
     );
     // The guest's clock was set from the host's (it was restored from a snapshot).
-    let guest_now: i64 = sh(&c, id, "date +%s")
+    let guest_now: i64 = sh(&channel, id, "date +%s")
         .await
         .unwrap()
         .0
@@ -205,18 +210,20 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .await
         .unwrap();
     eprintln!("create from the warm snapshot: {:?}", t.elapsed());
-    assert_eq!(sh(&c, second, "echo two").await.unwrap().0, "two\n");
+    assert_eq!(sh(&channel, second, "echo two").await.unwrap().0, "two\n");
     assert_eq!(
-        sh(&c, second, "hostname").await.unwrap().0.trim(),
+        sh(&channel, second, "hostname").await.unwrap().0.trim(),
         second.to_string(),
         "each capsule restored from the warm snapshot has its own name"
     );
 
     // The guest reaches DNS through its capsule's forwarder, and leaves only as its
     // capsule: the host's agent port and the other capsule are out of reach.
-    let (out, code) = sh(&c, id, "getent hosts deb.debian.org").await.unwrap();
+    let (out, code) = sh(&channel, id, "getent hosts deb.debian.org")
+        .await
+        .unwrap();
     assert_eq!(code, 0, "DNS from the guest: {out}");
-    let gateway = sh(&c, id, "ip route | awk '/default/ {print $3}'")
+    let gateway = sh(&channel, id, "ip route | awk '/default/ {print $3}'")
         .await
         .unwrap()
         .0;
@@ -235,7 +242,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         let last: u8 = created.host_ip.rsplit('.').next().unwrap().parse().unwrap();
         format!("{host_side}{}", last - 1)
     };
-    let reach_agent = sh(&c, id, &probe(gateway_addr, agent_port))
+    let reach_agent = sh(&channel, id, &probe(gateway_addr, agent_port))
         .await
         .unwrap()
         .0;
@@ -255,7 +262,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .find(|s| s.sandbox_id == second.to_string())
         .unwrap();
     let reach_other = sh(
-        &c,
+        &channel,
         id,
         &probe(other.host_ip.clone(), wrenn_proto::ENVD_PORT),
     )
@@ -269,24 +276,16 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     );
 
     // Pause keeps memory — a tmpfs file and a background process — while QEMU is gone.
-    sh(&c, id, "echo kept-in-ram > /dev/shm/note")
+    sh(&channel, id, "echo kept-in-ram > /dev/shm/note")
         .await
         .unwrap();
-    let bg = c
-        .clone()
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "n=0; while true; do n=$((n+1)); echo $n > /dev/shm/count; sleep 0.2; done".into(),
-            ],
-            tag: "counter".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let bg = spawn(
+        &channel,
+        id,
+        shell("n=0; while true; do n=$((n+1)); echo $n > /dev/shm/count; sleep 0.2; done"),
+        "counter",
+    )
+    .await;
     let dir = layout.sandbox_dir(id);
     assert_eq!(qemu_processes_under(&dir).len(), 1, "one QEMU per capsule");
     let t = Instant::now();
@@ -302,7 +301,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         "a paused VM holds no QEMU"
     );
     assert_eq!(
-        sh(&c, id, "true").await.unwrap_err().code(),
+        sh(&channel, id, "true").await.unwrap_err().code(),
         Code::FailedPrecondition
     );
     let t = Instant::now();
@@ -315,10 +314,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .unwrap();
     eprintln!("resume (memory loaded): {:?}", t.elapsed());
     assert_eq!(
-        sh(&c, id, "cat /dev/shm/note").await.unwrap().0,
+        sh(&channel, id, "cat /dev/shm/note").await.unwrap().0,
         "kept-in-ram\n"
     );
-    let alive = sh(&c, id, &format!("kill -0 {} && echo alive", bg.pid))
+    let alive = sh(&channel, id, &format!("kill -0 {} && echo alive", bg.pid))
         .await
         .unwrap()
         .0;
@@ -326,7 +325,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         alive, "alive\n",
         "the background process survived the pause"
     );
-    let before: u64 = sh(&c, id, "cat /dev/shm/count")
+    let before: u64 = sh(&channel, id, "cat /dev/shm/count")
         .await
         .unwrap()
         .0
@@ -334,9 +333,9 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .parse()
         .unwrap();
     eventually("the counter goes on", || {
-        let c = c.clone();
+        let channel = channel.clone();
         async move {
-            sh(&c, id, "cat /dev/shm/count")
+            sh(&channel, id, "cat /dev/shm/count")
                 .await
                 .ok()
                 .and_then(|(o, _)| o.trim().parse::<u64>().ok())
@@ -346,22 +345,16 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     .await;
 
     // A server in the capsule answers through the agent's proxy.
-    c.clone()
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/usr/bin/python3".into(),
-            args: vec![
-                "-m".into(),
-                "http.server".into(),
-                "8123".into(),
-                "--directory".into(),
-                "/dev/shm".into(),
-            ],
-            tag: "web".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    spawn(
+        &channel,
+        id,
+        command(
+            "/usr/bin/python3",
+            &["-m", "http.server", "8123", "--directory", "/dev/shm"],
+        ),
+        "web",
+    )
+    .await;
     let http = reqwest::Client::new();
     let proxied = |sb: SandboxId| format!("http://{}/proxy/{sb}/8123/note", agent.local_addr());
     let answers = |url: String| {
@@ -389,7 +382,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .await
         .unwrap();
     eprintln!("snapshot into a template: {:?}", t.elapsed());
-    assert_eq!(sh(&c, id, "echo still").await.unwrap().0, "still\n");
+    assert_eq!(sh(&channel, id, "echo still").await.unwrap().0, "still\n");
     let child = SandboxId::new();
     let mut req = create_request(child);
     req.template_team_id = team.into();
@@ -402,7 +395,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     })
     .await;
     assert_eq!(
-        sh(&c, child, "cat /dev/shm/note").await.unwrap().0,
+        sh(&channel, child, "cat /dev/shm/note").await.unwrap().0,
         "kept-in-ram\n"
     );
 
@@ -422,7 +415,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         })
         .await
         .unwrap();
-    let alive = sh(&c, id, &format!("kill -0 {} && echo alive", bg.pid))
+    let alive = sh(&channel, id, &format!("kill -0 {} && echo alive", bg.pid))
         .await
         .unwrap()
         .0;
@@ -439,7 +432,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
             })
             .await
             .unwrap();
-        assert_eq!(sh(&c, sb, "true").await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            sh(&channel, sb, "true").await.unwrap_err().code(),
+            Code::NotFound
+        );
         assert!(qemu_processes_under(&layout.sandbox_dir(sb)).is_empty());
         assert!(!layout.sandbox_dir(sb).exists());
         assert!(
@@ -467,18 +463,7 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .create_sandbox(create_request(last))
         .await
         .unwrap();
-    let sleeper = c
-        .clone()
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: last.to_string(),
-            cmd: "/bin/sleep".into(),
-            args: vec!["1000".into()],
-            tag: "sleeper".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let sleeper = spawn(&channel, last, command("/bin/sleep", &["1000"]), "sleeper").await;
     let kept = tokio::time::timeout(PATIENCE * 4, agent.shutdown())
         .await
         .unwrap();
@@ -496,7 +481,8 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     ))
     .await
     .unwrap();
-    let c = connect(agent.local_addr()).await;
+    let channel = common::connect_channel(agent.local_addr()).await;
+    let c = common::agent_client(&channel);
     c.clone()
         .resume_sandbox(pb::ResumeSandboxRequest {
             sandbox_id: last.to_string(),
@@ -504,10 +490,14 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         })
         .await
         .expect("resume after the agent restarted");
-    let alive = sh(&c, last, &format!("kill -0 {} && echo alive", sleeper.pid))
-        .await
-        .unwrap()
-        .0;
+    let alive = sh(
+        &channel,
+        last,
+        &format!("kill -0 {} && echo alive", sleeper.pid),
+    )
+    .await
+    .unwrap()
+    .0;
     assert_eq!(alive, "alive\n", "the process survived the agent restart");
     c.clone()
         .destroy_sandbox(pb::DestroySandboxRequest {

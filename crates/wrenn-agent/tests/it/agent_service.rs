@@ -1,55 +1,39 @@
-//! The agent's gRPC service end to end: a real agent on 127.0.0.1:0, a tonic client,
-//! and real `wrenn-envd` processes behind a test runtime (see `common`).
+//! The agent's gRPC service end to end: a real agent on 127.0.0.1:0, tonic clients of
+//! its `HostAgentService` and of the envd services it forwards, and real `wrenn-envd`
+//! processes behind a test runtime (see `common`).
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::{FakeControlPlane, PATIENCE, Setup, TestAgent, create_request, eventually};
+use common::{
+    FakeControlPlane, PATIENCE, Setup, TestAgent, by_pid, by_tag, collect, command, create_request,
+    eventually, file_data, file_header, first_start, next_event, read_pty_until, shell,
+};
 use tonic::Code;
+use tonic::metadata::MetadataMap;
 use wrenn_core::id::{HostId, SandboxId};
+use wrenn_proto::envd::v1 as ev;
+use wrenn_proto::envd::v1::filesystem_client::FilesystemClient;
+use wrenn_proto::envd::v1::process_client::ProcessClient;
+use wrenn_proto::envd::v1::process_input::Input;
 use wrenn_proto::hostagent::v1 as pb;
 
-fn sel_tag(tag: &str) -> Option<pb::ProcessSelector> {
-    Some(pb::ProcessSelector {
-        selector: Some(pb::process_selector::Selector::Tag(tag.into())),
-    })
+/// `start` with the tag `tag`.
+fn tagged(mut start: ev::StartRequest, tag: &str) -> ev::StartRequest {
+    start.tag = Some(tag.into());
+    start
 }
 
-fn sel_pid(pid: u32) -> Option<pb::ProcessSelector> {
-    Some(pb::ProcessSelector {
-        selector: Some(pb::process_selector::Selector::Pid(pid)),
-    })
-}
-
-/// Collects an ExecEvent stream: (pid, stdout, stderr, end).
-async fn collect_exec(
-    mut s: tonic::Streaming<pb::ExecEvent>,
-) -> (u32, String, String, Option<pb::ExecEnd>) {
-    let (mut pid, mut out, mut err, mut end) = (0, Vec::new(), Vec::new(), None);
-    while let Some(ev) = tokio::time::timeout(PATIENCE, s.message())
-        .await
-        .expect("stream event in time")
-        .expect("stream ok")
-    {
-        match ev.event.unwrap() {
-            pb::exec_event::Event::Start(st) => pid = st.pid,
-            pb::exec_event::Event::Data(d) => match d.output.unwrap() {
-                pb::exec_data::Output::Stdout(b) => out.extend(b),
-                pb::exec_data::Output::Stderr(b) => err.extend(b),
-            },
-            pb::exec_event::Event::End(e) => {
-                end = Some(e);
-                break;
-            }
-        }
+/// True once `pid` is gone from this host's process table or is a zombie (the test
+/// runtime runs envd and its processes on the host).
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
-    (
-        pid,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-        end,
-    )
 }
 
 #[tokio::test]
@@ -75,21 +59,11 @@ async fn create_exec_echo_and_metadata() {
     assert!(created.metadata.contains_key("envd_version"));
     assert!(created.metadata.contains_key("agent_version"));
 
-    let resp = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "echo".into(),
-            args: vec!["hi".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.stdout, b"hi\n");
-    assert_eq!(resp.exit_code, 0);
-    assert!(!resp.truncated);
+    // envd's Process.Start, forwarded by the agent to the sandbox the metadata names.
+    let envd = agent.envd(id);
+    let ran = envd.run(command("echo", &["hi"])).await.unwrap();
+    assert_eq!((ran.stdout.as_str(), ran.exit_code), ("hi\n", 0));
+    assert!(ran.pid > 0 && ran.end.exited, "{ran:?}");
 
     // Exit codes, stderr, default env from Init, request env and cwd, stdin.
     let (out, err, code) = agent
@@ -97,50 +71,30 @@ async fn create_exec_echo_and_metadata() {
         .await
         .unwrap();
     assert_eq!((out.as_str(), err.as_str(), code), ("hello\n", "oops\n", 3));
-    let mut envs = std::collections::HashMap::new();
-    envs.insert("X".to_owned(), "42".to_owned());
-    let resp = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo $X; pwd; cat".into()],
-            envs,
-            cwd: Some(agent.scratch.display().to_string()),
-            stdin: Some(b"from stdin".to_vec()),
-            ..Default::default()
-        })
+    let mut start = shell("echo $X; pwd; cat");
+    let config = start.process.as_mut().unwrap();
+    config.envs.insert("X".into(), "42".into());
+    config.cwd = Some(agent.scratch.display().to_string());
+    start.stdin = true;
+    let mut events = envd.start_killed_on_disconnect(start).await.unwrap();
+    let started = first_start(&mut events).await;
+    envd.send_input(by_pid(started.pid), Input::Stdin(b"from stdin".to_vec()))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    envd.close_stdin(by_pid(started.pid)).await.unwrap();
+    let ran = collect(events).await;
     assert_eq!(
-        String::from_utf8_lossy(&resp.stdout),
+        ran.stdout,
         format!("42\n{}\nfrom stdin", agent.scratch.display())
     );
+    assert_eq!(ran.exit_code, 0);
 
-    // Bad input to Exec.
-    let err = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "true".into(),
-            cwd: Some("/nonexistent/dir".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    // Bad input to Start: envd's status, as the call's status.
+    let err = envd.start(command("", &[])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut start = command("true", &[]);
+    start.process.as_mut().unwrap().cwd = Some("/nonexistent/dir".into());
+    let err = envd.start(start).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // A duplicate id is refused and the running sandbox is untouched.
@@ -155,432 +109,265 @@ async fn create_exec_echo_and_metadata() {
 }
 
 #[tokio::test]
-async fn exec_timeout_kills_the_process_and_output_is_capped() {
+async fn start_streams_events_and_relays_all_output() {
     let agent = TestAgent::start().await;
     let id = agent.create(0).await;
-    let marker = agent.path("slept");
-    let started = std::time::Instant::now();
-    let err = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), format!("sleep 3; touch {marker}")],
-            timeout_sec: 1,
-            ..Default::default()
-        })
+    let envd = agent.envd(id);
+    let ran = envd
+        .run(shell("echo one; echo two >&2; exit 4"))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        !std::path::Path::new(&marker).exists(),
-        "the process was killed"
+        .unwrap();
+    assert!(ran.pid > 0);
+    assert_eq!(
+        (ran.stdout.as_str(), ran.stderr.as_str()),
+        ("one\n", "two\n")
     );
+    assert_eq!(ran.exit_code, 4);
+    assert!(ran.end.exited);
+    assert_eq!(ran.end.error, None);
 
-    // 17 MiB of output: 16 MiB kept, truncated set.
-    let resp = agent
-        .client
-        .clone()
-        .exec(pb::ExecRequest {
-            sandbox_id: id.to_string(),
-            cmd: "head".into(),
-            args: vec![
-                "-c".into(),
-                (17 * 1024 * 1024).to_string(),
-                "/dev/zero".into(),
-            ],
-            ..Default::default()
-        })
+    // The agent relays every byte: output limits are the control plane's, not its own.
+    let ran = envd
+        .run(command(
+            "head",
+            &["-c", &(17 * 1024 * 1024).to_string(), "/dev/zero"],
+        ))
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.stdout.len(), 16 * 1024 * 1024);
-    assert!(resp.truncated);
-}
-
-#[tokio::test]
-async fn exec_stream_events_and_cancel_kills() {
-    let agent = TestAgent::start().await;
-    let id = agent.create(0).await;
-    let s = agent
-        .client
-        .clone()
-        .exec_stream(pb::ExecStreamRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo one; echo two >&2; exit 4".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let (pid, out, err, end) = collect_exec(s).await;
-    assert!(pid > 0);
-    assert_eq!((out.as_str(), err.as_str()), ("one\n", "two\n"));
-    let end = end.unwrap();
-    assert_eq!(end.exit_code, 4);
-    assert_eq!(end.error, None);
-
-    // Timeout: the stream ends with an error and the process is gone.
-    let s = agent
-        .client
-        .clone()
-        .exec_stream(pb::ExecStreamRequest {
-            sandbox_id: id.to_string(),
-            cmd: "sleep".into(),
-            args: vec!["30".into()],
-            timeout_sec: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let (_, _, _, end) = collect_exec(s).await;
-    let end = end.unwrap();
-    assert_eq!(end.exit_code, -1);
-    assert!(end.error.unwrap().contains("timed out"));
-
-    // Cancelling the stream kills the process.
-    let mut s = agent
-        .client
-        .clone()
-        .exec_stream(pb::ExecStreamRequest {
-            sandbox_id: id.to_string(),
-            cmd: "sleep".into(),
-            args: vec!["31".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = s.message().await.unwrap().unwrap();
-    let Some(pb::exec_event::Event::Start(st)) = first.event else {
-        panic!("first event is start")
-    };
-    drop(s);
-    let client = agent.client.clone();
-    eventually("the cancelled process to be killed", || {
-        let mut c = client.clone();
-        async move {
-            let list = c
-                .list_processes(pb::ListProcessesRequest {
-                    sandbox_id: id.to_string(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            !list.processes.iter().any(|p| p.pid == st.pid)
-        }
-    })
-    .await;
+        .unwrap();
+    assert_eq!(ran.stdout.len(), 17 * 1024 * 1024);
+    assert!(ran.stdout.bytes().all(|b| b == 0));
+    assert_eq!(ran.exit_code, 0);
 
     // Errors before the first event are the call's status.
-    let err = agent
-        .client
-        .clone()
-        .exec_stream(pb::ExecStreamRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/definitely/not/here".into(),
-            ..Default::default()
-        })
+    let err = envd
+        .start(command("/definitely/not/here", &[]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
 
 #[tokio::test]
+async fn killed_on_disconnect_kills_the_process_group_when_the_caller_goes_away() {
+    let agent = TestAgent::start().await;
+    let id = agent.create(0).await;
+    let envd = agent.envd(id);
+    let child_file = agent.path("child.pid");
+    let mut events = envd
+        .start_killed_on_disconnect(shell(&format!("sleep 300 & echo $! > {child_file}; wait")))
+        .await
+        .unwrap();
+    let started = first_start(&mut events).await;
+    let child = {
+        let file = child_file.clone();
+        let mut child = None;
+        eventually("the child's pid", || {
+            child = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            std::future::ready(child.is_some())
+        })
+        .await;
+        child.unwrap()
+    };
+    assert!(envd.lists(started.pid).await);
+    assert!(!dead(child));
+
+    // The caller goes away before `end`: the agent kills the process.
+    drop(events);
+    eventually("the abandoned process to be killed", || {
+        let envd = envd.clone();
+        async move { !envd.lists(started.pid).await }
+    })
+    .await;
+    // Killed by a signal (envd keeps an exited process's `end` for a minute), and its
+    // whole process group with it.
+    let end = collect(envd.connect(by_pid(started.pid), false).await.unwrap()).await;
+    assert!(!end.end.exited, "{:?}", end.end);
+    assert_eq!(end.exit_code, -1);
+    eventually("its child in the same process group to die", || {
+        std::future::ready(dead(child))
+    })
+    .await;
+
+    // A stream read to its end is not "abandoned": the next command runs as usual.
+    assert_eq!(agent.sh(id, "echo fine").await.unwrap().0, "fine\n");
+}
+
+#[tokio::test]
+async fn without_kill_on_disconnect_a_dropped_start_runs_on_until_signalled() {
+    let agent = TestAgent::start().await;
+    let id = agent.create(0).await;
+    let envd = agent.envd(id);
+    let mut events = envd.start(command("sleep", &["300"])).await.unwrap();
+    let started = first_start(&mut events).await;
+    drop(events);
+    // Far longer than a kill on disconnect takes (see the test above).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        envd.lists(started.pid).await,
+        "the process runs on after its caller left"
+    );
+    assert!(!dead(started.pid));
+
+    // Reattached, then killed with SendSignal: the `end` event says how.
+    let events = envd.connect(by_pid(started.pid), false).await.unwrap();
+    envd.signal(by_pid(started.pid), ev::Signal::Sigkill)
+        .await
+        .unwrap();
+    let ran = collect(events).await;
+    assert!(!ran.end.exited);
+    assert_eq!(ran.exit_code, -1);
+    eventually("the killed process to leave the list", || {
+        let envd = envd.clone();
+        async move { !envd.lists(started.pid).await }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn background_process_connect_replay_input_and_kill() {
     let agent = TestAgent::start().await;
     let id = agent.create(0).await;
-    let mut c = agent.client.clone();
-    let bg = c
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "echo ready; while read line; do echo got:$line; done; echo bye".into(),
-            ],
-            tag: "worker".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let envd = agent.envd(id);
+    let mut start = tagged(
+        shell("echo ready; while read line; do echo got:$line; done; echo bye"),
+        "worker",
+    );
+    start.stdin = true;
+    let bg = envd.spawn(start).await.unwrap();
     assert_eq!(bg.tag, "worker");
     assert!(bg.pid > 0);
 
     // A second live process with the same tag is refused; a bad tag is invalid.
-    let err = c
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "sleep".into(),
-            args: vec!["5".into()],
-            tag: "worker".into(),
-            ..Default::default()
-        })
+    let err = envd
+        .start(tagged(command("sleep", &["5"]), "worker"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let err = c
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "sleep".into(),
-            tag: "bad tag!".into(),
-            ..Default::default()
-        })
+    let err = envd
+        .start(tagged(command("sleep", &["5"]), "bad\ttag"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // A generated tag.
-    let gen_tag = c
-        .start_background(pb::StartBackgroundRequest {
-            sandbox_id: id.to_string(),
-            cmd: "sleep".into(),
-            args: vec!["30".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let gen_tag = envd.spawn(command("sleep", &["30"])).await.unwrap();
     assert!(
         gen_tag.tag.starts_with("proc-") && gen_tag.tag.len() == 13,
         "{}",
         gen_tag.tag
     );
 
-    let list = c
-        .list_processes(pb::ListProcessesRequest {
-            sandbox_id: id.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let worker = list.processes.iter().find(|p| p.tag == "worker").unwrap();
+    let list = envd.list().await.unwrap();
+    let worker = list
+        .iter()
+        .find(|p| p.tag.as_deref() == Some("worker"))
+        .unwrap();
     assert_eq!(worker.pid, bg.pid);
-    assert_eq!(worker.cmd, "/bin/sh");
+    assert_eq!(worker.config.as_ref().unwrap().cmd, "/bin/sh");
+    assert!(!worker.pty);
 
     // Reattach with replay: the earlier "ready" comes first.
-    let mut s = c
-        .connect_process(pb::ConnectProcessRequest {
-            sandbox_id: id.to_string(),
-            process: sel_tag("worker"),
-            replay: true,
-        })
+    let mut s = envd.connect(by_tag("worker"), true).await.unwrap();
+    assert_eq!(first_start(&mut s).await.pid, bg.pid);
+    envd.send_input(by_pid(bg.pid), Input::Stdin(b"abc\n".to_vec()))
         .await
-        .unwrap()
-        .into_inner();
-    let first = s.message().await.unwrap().unwrap();
-    assert!(matches!(first.event, Some(pb::exec_event::Event::Start(ref st)) if st.pid == bg.pid));
-    c.send_process_input(pb::SendProcessInputRequest {
-        sandbox_id: id.to_string(),
-        process: sel_pid(bg.pid),
-        stdin: b"abc\n".to_vec(),
-    })
-    .await
-    .unwrap();
-    c.close_process_stdin(pb::CloseProcessStdinRequest {
-        sandbox_id: id.to_string(),
-        process: sel_tag("worker"),
-    })
-    .await
-    .unwrap();
-    let (_, out, _, end) = collect_exec(s).await;
-    assert_eq!(out, "ready\ngot:abc\nbye\n");
-    assert_eq!(end.unwrap().exit_code, 0);
+        .unwrap();
+    envd.close_stdin(by_tag("worker")).await.unwrap();
+    let ran = collect(s).await;
+    assert_eq!(ran.stdout, "ready\ngot:abc\nbye\n");
+    assert_eq!(ran.exit_code, 0);
 
-    // KillProcess by tag; no selector is invalid; an unknown process is NotFound.
-    c.kill_process(pb::KillProcessRequest {
-        sandbox_id: id.to_string(),
-        process: sel_tag(&gen_tag.tag),
-        signal: pb::Signal::Sigterm as i32,
-    })
-    .await
-    .unwrap();
-    let err = c
-        .kill_process(pb::KillProcessRequest {
-            sandbox_id: id.to_string(),
-            process: None,
-            signal: 0,
-        })
+    // SendSignal by tag; no selector is invalid; an unknown process is NotFound.
+    envd.signal(by_tag(&gen_tag.tag), ev::Signal::Sigterm)
         .await
-        .unwrap_err();
+        .unwrap();
+    let err = envd.signal(None, ev::Signal::Sigterm).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
-        .kill_process(pb::KillProcessRequest {
-            sandbox_id: id.to_string(),
-            process: sel_tag("nobody"),
-            signal: 0,
-        })
+    let err = envd
+        .signal(by_tag("nobody"), ev::Signal::Sigterm)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .connect_process(pb::ConnectProcessRequest {
-            sandbox_id: id.to_string(),
-            process: sel_pid(999_999),
-            replay: false,
-        })
-        .await
-        .unwrap_err();
+    let err = envd.connect(by_pid(999_999), false).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
 #[tokio::test]
-async fn pty_attach_input_resize_reattach_kill() {
+async fn pty_start_input_resize_reattach_kill() {
     let agent = TestAgent::start().await;
     let id = agent.create(0).await;
-    let mut c = agent.client.clone();
-    let mut s = c
-        .pty_attach(pb::PtyAttachRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            cols: 80,
-            rows: 24,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let started = match s.message().await.unwrap().unwrap().event.unwrap() {
-        pb::pty_event::Event::Started(st) => st,
-        other => panic!("first event {other:?}"),
-    };
+    let envd = agent.envd(id);
+    let mut start = command("/bin/sh", &[]);
+    start.pty = Some(ev::Pty { cols: 80, rows: 24 });
+    let mut s = envd.start(start).await.unwrap();
+    let started = first_start(&mut s).await;
     assert!(started.tag.starts_with("pty-"), "{}", started.tag);
     let tag = started.tag.clone();
 
-    c.pty_send_input(pb::PtySendInputRequest {
-        sandbox_id: id.to_string(),
-        tag: tag.clone(),
-        data: b"stty size; echo TERM=$TERM\n".to_vec(),
-    })
+    envd.send_input(
+        by_tag(&tag),
+        Input::Pty(b"stty size; echo TERM=$TERM\n".to_vec()),
+    )
     .await
     .unwrap();
-    let mut seen = String::new();
-    while !(seen.contains("24 80") && seen.contains("TERM=xterm-256color")) {
-        let ev = tokio::time::timeout(PATIENCE, s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(pb::pty_event::Event::Output(o)) = ev.event {
-            seen.push_str(&String::from_utf8_lossy(&o.data));
-        }
-    }
+    read_pty_until(&mut s, &["24 80", "TERM=xterm-256color"]).await;
 
-    c.pty_resize(pb::PtyResizeRequest {
-        sandbox_id: id.to_string(),
-        tag: tag.clone(),
-        cols: 100,
-        rows: 40,
-    })
-    .await
-    .unwrap();
-    let err = c
-        .pty_resize(pb::PtyResizeRequest {
-            sandbox_id: id.to_string(),
-            tag: tag.clone(),
-            cols: 0,
-            rows: 40,
-        })
-        .await
-        .unwrap_err();
+    envd.resize(by_tag(&tag), 100, 40).await.unwrap();
+    let err = envd.resize(by_tag(&tag), 0, 40).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    // Detach, then reattach by tag: `started` again, then live output.
+    // Detach, then reattach by tag: `start` again, then the replay and live output.
     drop(s);
-    let mut s = c
-        .pty_attach(pb::PtyAttachRequest {
-            sandbox_id: id.to_string(),
-            tag: tag.clone(),
-            ..Default::default()
-        })
+    let mut s = envd.connect(by_tag(&tag), true).await.unwrap();
+    assert_eq!(first_start(&mut s).await.pid, started.pid);
+    envd.send_input(by_pid(started.pid), Input::Pty(b"stty size\n".to_vec()))
         .await
-        .unwrap()
-        .into_inner();
-    match s.message().await.unwrap().unwrap().event.unwrap() {
-        pb::pty_event::Event::Started(st) => assert_eq!(st.pid, started.pid),
-        other => panic!("first event on reattach {other:?}"),
-    }
-    c.pty_send_input(pb::PtySendInputRequest {
-        sandbox_id: id.to_string(),
-        tag: tag.clone(),
-        data: b"stty size\n".to_vec(),
-    })
-    .await
-    .unwrap();
-    let mut seen = String::new();
-    while !seen.contains("40 100") {
-        let ev = tokio::time::timeout(PATIENCE, s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(pb::pty_event::Event::Output(o)) = ev.event {
-            seen.push_str(&String::from_utf8_lossy(&o.data));
-        }
-    }
+        .unwrap();
+    read_pty_until(&mut s, &["40 100"]).await;
 
-    c.pty_kill(pb::PtyKillRequest {
-        sandbox_id: id.to_string(),
-        tag: tag.clone(),
-    })
-    .await
-    .unwrap();
+    envd.signal(by_tag(&tag), ev::Signal::Sigkill)
+        .await
+        .unwrap();
     loop {
-        let ev = tokio::time::timeout(PATIENCE, s.message())
-            .await
-            .unwrap()
-            .unwrap();
-        match ev.and_then(|e| e.event) {
-            Some(pb::pty_event::Event::Exited(x)) => {
-                assert_eq!(x.exit_code, -1);
+        match next_event(&mut s).await.unwrap() {
+            Some(ev::process_event::Event::End(end)) => {
+                assert_eq!(end.exit_code, -1);
+                assert!(!end.exited);
                 break;
             }
             Some(_) => {}
-            None => panic!("stream ended without exited"),
+            None => panic!("stream ended without end"),
         }
     }
 
-    // Reattach to an unknown tag, a new PTY without a size, PtyKill on a pipe process.
-    let err = c
-        .pty_attach(pb::PtyAttachRequest {
-            sandbox_id: id.to_string(),
-            tag: "nope".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    // Reattach to an unknown tag, a PTY of zero size, and input or stdin calls of the
+    // wrong kind.
+    let err = envd.connect(by_tag("nope"), false).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .pty_attach(pb::PtyAttachRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let mut start = command("/bin/sh", &[]);
+    start.pty = Some(ev::Pty { cols: 0, rows: 0 });
+    let err = envd.start(start).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    c.start_background(pb::StartBackgroundRequest {
-        sandbox_id: id.to_string(),
-        cmd: "sleep".into(),
-        args: vec!["30".into()],
-        tag: "pipe".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let err = c
-        .pty_kill(pb::PtyKillRequest {
-            sandbox_id: id.to_string(),
-            tag: "pipe".into(),
-        })
+    let mut start = tagged(command("/bin/sh", &[]), "term");
+    start.pty = Some(ev::Pty { cols: 80, rows: 24 });
+    envd.spawn(start).await.unwrap();
+    let err = envd
+        .send_input(by_tag("term"), Input::Stdin(b"x".to_vec()))
         .await
         .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = envd.close_stdin(by_tag("term")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    envd.spawn(tagged(command("sleep", &["30"]), "pipe"))
+        .await
+        .unwrap();
+    let err = envd
+        .send_input(by_tag("pipe"), Input::Pty(b"x".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = envd.resize(by_tag("pipe"), 80, 24).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -588,113 +375,77 @@ async fn pty_attach_input_resize_reattach_kill() {
 async fn files_stream_20_mib_and_fs_operations() {
     let agent = TestAgent::start().await;
     let id = agent.create(0).await;
-    let mut c = agent.client.clone();
+    let envd = agent.envd(id);
+    let mut fs = envd.fs.clone();
     let path = agent.path("sub/dir/big.bin");
 
-    // 20 MiB of non-trivial content, streamed in 64 KiB chunks.
+    // 20 MiB of non-trivial content, streamed in FILE_CHUNK_SIZE chunks.
     const SIZE: usize = 20 * 1024 * 1024;
     let content: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
-    let mut msgs = vec![pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(
-            pb::WriteFileMeta {
-                sandbox_id: id.to_string(),
+    let written = envd
+        .write_file_with(
+            ev::WriteFileHeader {
                 path: path.clone(),
                 mode: Some(0o600),
-                user: None,
+                ..Default::default()
             },
-        )),
-    }];
-    msgs.extend(
-        content
-            .chunks(wrenn_proto::FILE_CHUNK_SIZE)
-            .map(|c| pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(c.to_vec().into())),
-            }),
-    );
-    let resp = c
-        .write_file_stream(futures::stream::iter(msgs))
+            &content,
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.size, SIZE as u64);
-    assert_eq!(resp.path, path);
+        .unwrap();
+    assert_eq!(written.size, SIZE as u64);
+    assert_eq!(written.path, path);
     assert_eq!(std::fs::read(&path).unwrap(), content, "on disk");
 
-    let mut s = c
-        .read_file_stream(pb::ReadFileStreamRequest {
-            sandbox_id: id.to_string(),
-            path: path.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut back = Vec::with_capacity(SIZE);
-    let mut first = true;
-    while let Some(m) = s.message().await.unwrap() {
-        assert!(m.chunk.len() <= wrenn_proto::FILE_CHUNK_SIZE);
-        if first {
-            assert_eq!(m.total_size, Some(SIZE as u64));
-            first = false;
-        } else {
-            assert_eq!(m.total_size, None);
-        }
-        back.extend(m.chunk);
-    }
+    let messages = envd.read_file_messages(&path).await.unwrap();
+    assert!(messages.len() >= SIZE / wrenn_proto::FILE_CHUNK_SIZE);
+    assert_eq!(messages[0].total_size, Some(SIZE as u64));
+    assert!(messages[1..].iter().all(|m| m.total_size.is_none()));
+    let back: Vec<u8> = messages.into_iter().flat_map(|m| m.data).collect();
     assert!(back == content, "read back what was written");
 
-    // Stat, ListDir, MakeDir (AlreadyExists passed through), Move, RemovePath.
-    let st = c
-        .stat(pb::StatRequest {
-            sandbox_id: id.to_string(),
-            path: path.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap();
-    assert_eq!(st.r#type(), pb::FileType::File);
+    // Stat, ListDir, MakeDir (AlreadyExists passed through), Move, Remove.
+    let st = envd.stat(&path).await.unwrap();
+    assert_eq!(st.r#type(), ev::FileType::File);
     assert_eq!(st.size, SIZE as u64);
     assert_eq!(st.mode, 0o600);
-    assert!(st.modified_at_unix > 0);
+    assert!(st.modified_time.is_some_and(|t| t.seconds > 0));
     let dir = agent.path("made");
-    let made = c
-        .make_dir(pb::MakeDirRequest {
-            sandbox_id: id.to_string(),
+    let made = fs
+        .make_dir(envd.request(ev::MakeDirRequest {
             path: dir.clone(),
-        })
+            user: None,
+        }))
         .await
         .unwrap()
         .into_inner()
         .entry
         .unwrap();
-    assert_eq!(made.r#type(), pb::FileType::Directory);
-    let err = c
-        .make_dir(pb::MakeDirRequest {
-            sandbox_id: id.to_string(),
+    assert_eq!(made.r#type(), ev::FileType::Directory);
+    let err = fs
+        .make_dir(envd.request(ev::MakeDirRequest {
             path: dir.clone(),
-        })
+            user: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let moved = c
-        .r#move(pb::MoveRequest {
-            sandbox_id: id.to_string(),
+    let moved = fs
+        .r#move(envd.request(ev::MoveRequest {
             source: path.clone(),
             destination: format!("{dir}/big.bin"),
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
         .entry
         .unwrap();
     assert_eq!(moved.name, "big.bin");
-    let list = c
-        .list_dir(pb::ListDirRequest {
-            sandbox_id: id.to_string(),
+    let list = fs
+        .list_dir(envd.request(ev::ListDirRequest {
             path: agent.scratch.display().to_string(),
             depth: 3,
-        })
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -703,73 +454,333 @@ async fn files_stream_20_mib_and_fs_operations() {
         names.contains(&"made") && names.contains(&"big.bin") && names.contains(&"sub"),
         "{names:?}"
     );
-    c.remove_path(pb::RemovePathRequest {
-        sandbox_id: id.to_string(),
-        path: dir.clone(),
-    })
-    .await
-    .unwrap();
-    let err = c
-        .stat(pb::StatRequest {
-            sandbox_id: id.to_string(),
-            path: dir.clone(),
-        })
+    fs.remove(envd.request(ev::RemoveRequest { path: dir.clone() }))
         .await
-        .unwrap_err();
+        .unwrap();
+    assert!(!std::path::Path::new(&dir).exists());
+    let err = envd.stat(&dir).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .read_file_stream(pb::ReadFileStreamRequest {
-            sandbox_id: id.to_string(),
-            path: agent.path("missing"),
-        })
-        .await
-        .unwrap_err();
+    let err = envd.read_file(&agent.path("missing")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Malformed write streams.
-    let err = c
-        .write_file_stream(futures::stream::iter(vec![pb::WriteFileStreamRequest {
-            msg: Some(pb::write_file_stream_request::Msg::Chunk(
-                b"x".to_vec().into(),
-            )),
-        }]))
+    let err = envd
+        .write_messages(vec![file_data(b"x".to_vec())])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let meta = pb::WriteFileStreamRequest {
-        msg: Some(pb::write_file_stream_request::Msg::Meta(
-            pb::WriteFileMeta {
-                sandbox_id: id.to_string(),
-                path: agent.path("too-big"),
-                ..Default::default()
-            },
-        )),
+    let header = file_header(ev::WriteFileHeader {
+        path: agent.path("too-big"),
+        ..Default::default()
+    });
+    let err = envd
+        .write_messages(vec![
+            header.clone(),
+            file_data(vec![0; wrenn_proto::FILE_CHUNK_SIZE + 1]),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = envd
+        .write_messages(vec![header.clone(), header])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = envd.stat("").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+/// Every forwarded `Process` and `Filesystem` method, called once with `route` applied
+/// to its metadata: the method's name and its outcome. File calls point under the
+/// agent's scratch directory (`routing/`), so a call wrongly let through shows there.
+async fn every_forwarded_call(
+    agent: &TestAgent,
+    route: &dyn Fn(&mut MetadataMap),
+) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    fn req<T>(route: &dyn Fn(&mut MetadataMap), message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        route(request.metadata_mut());
+        request
+    }
+    fn outcome<T>(r: Result<T, tonic::Status>) -> Result<(), tonic::Status> {
+        r.map(drop)
+    }
+    let channel = common::connect_channel(agent.handle.local_addr()).await;
+    let mut p = ProcessClient::new(channel.clone());
+    let mut f = FilesystemClient::new(channel);
+    let path = agent.path("routing/file");
+    let sel = by_tag("routing");
+    vec![
+        (
+            "Process.List",
+            outcome(p.list(req(route, ev::ListRequest {})).await),
+        ),
+        (
+            "Process.Start",
+            outcome(p.start(req(route, command("true", &[]))).await),
+        ),
+        (
+            "Process.Connect",
+            outcome(
+                p.connect(req(
+                    route,
+                    ev::ConnectRequest {
+                        process: sel.clone(),
+                        replay: false,
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Process.Update",
+            outcome(
+                p.update(req(
+                    route,
+                    ev::UpdateRequest {
+                        process: sel.clone(),
+                        pty: Some(ev::Pty { cols: 1, rows: 1 }),
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Process.StreamInput",
+            outcome(
+                p.stream_input(req(
+                    route,
+                    futures::stream::iter(vec![ev::StreamInputRequest {
+                        event: Some(ev::stream_input_request::Event::Start(
+                            ev::StreamInputStart {
+                                process: sel.clone(),
+                            },
+                        )),
+                    }]),
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Process.SendInput",
+            outcome(
+                p.send_input(req(
+                    route,
+                    ev::SendInputRequest {
+                        process: sel.clone(),
+                        input: Some(ev::ProcessInput {
+                            input: Some(Input::Stdin(b"x".to_vec())),
+                        }),
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Process.SendSignal",
+            outcome(
+                p.send_signal(req(
+                    route,
+                    ev::SendSignalRequest {
+                        process: sel.clone(),
+                        signal: ev::Signal::Sigterm as i32,
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Process.CloseStdin",
+            outcome(
+                p.close_stdin(req(route, ev::CloseStdinRequest { process: sel }))
+                    .await,
+            ),
+        ),
+        (
+            "Filesystem.Stat",
+            outcome(
+                f.stat(req(route, ev::StatRequest { path: path.clone() }))
+                    .await,
+            ),
+        ),
+        (
+            "Filesystem.ListDir",
+            outcome(
+                f.list_dir(req(
+                    route,
+                    ev::ListDirRequest {
+                        path: agent.scratch.display().to_string(),
+                        depth: 1,
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Filesystem.MakeDir",
+            outcome(
+                f.make_dir(req(
+                    route,
+                    ev::MakeDirRequest {
+                        path: agent.path("routing/dir"),
+                        user: None,
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Filesystem.Move",
+            outcome(
+                f.r#move(req(
+                    route,
+                    ev::MoveRequest {
+                        source: path.clone(),
+                        destination: agent.path("routing/moved"),
+                    },
+                ))
+                .await,
+            ),
+        ),
+        (
+            "Filesystem.Remove",
+            outcome(
+                f.remove(req(route, ev::RemoveRequest { path: path.clone() }))
+                    .await,
+            ),
+        ),
+        (
+            "Filesystem.ReadFile",
+            outcome(
+                f.read_file(req(route, ev::ReadFileRequest { path: path.clone() }))
+                    .await,
+            ),
+        ),
+        (
+            "Filesystem.WriteFile",
+            outcome(
+                f.write_file(req(
+                    route,
+                    futures::stream::iter(vec![
+                        file_header(ev::WriteFileHeader {
+                            path,
+                            ..Default::default()
+                        }),
+                        file_data(b"x".to_vec()),
+                    ]),
+                ))
+                .await,
+            ),
+        ),
+    ]
+}
+
+/// Asserts every outcome is an error with `code` whose message contains `names`.
+fn assert_all_refused(
+    outcomes: Vec<(&'static str, Result<(), tonic::Status>)>,
+    code: Code,
+    names: &str,
+    why: &str,
+) {
+    assert_eq!(outcomes.len(), 15, "every forwarded method");
+    for (call, outcome) in outcomes {
+        let err = outcome.expect_err(&format!("{call} {why} was accepted"));
+        assert_eq!(err.code(), code, "{call} {why}: {err:?}");
+        assert!(
+            err.message().contains(names),
+            "{call} {why}: {:?} does not name {names:?}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn forwarded_calls_need_a_known_running_capsule() {
+    let agent = TestAgent::start().await;
+    let id = agent.create(0).await;
+
+    // No `wrenn-capsule-id`, or a malformed one.
+    let none = every_forwarded_call(&agent, &|_| {}).await;
+    assert_all_refused(none, Code::InvalidArgument, "", "without a capsule id");
+    for bad in [
+        "",
+        "cl-short",
+        "usr-0000000000000000000000000",
+        "cl-ABCDEFGHIJKLMNOPQRSTUVWXY",
+        "../../etc",
+    ] {
+        let route = |m: &mut MetadataMap| {
+            m.insert(
+                wrenn_proto::routing::CAPSULE_ID_METADATA,
+                bad.parse().unwrap(),
+            );
+        };
+        let outcomes = every_forwarded_call(&agent, &route).await;
+        assert_all_refused(outcomes, Code::InvalidArgument, "", &format!("to {bad:?}"));
+    }
+
+    // A well-formed id this agent does not know: NOT_FOUND naming the sandbox.
+    let unknown = SandboxId::new().to_string();
+    let route = |m: &mut MetadataMap| {
+        m.insert(
+            wrenn_proto::routing::CAPSULE_ID_METADATA,
+            unknown.parse().unwrap(),
+        );
     };
-    let err = c
-        .write_file_stream(futures::stream::iter(vec![
-            meta.clone(),
-            pb::WriteFileStreamRequest {
-                msg: Some(pb::write_file_stream_request::Msg::Chunk(
-                    vec![0; wrenn_proto::FILE_CHUNK_SIZE + 1].into(),
-                )),
-            },
-        ]))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
-        .write_file_stream(futures::stream::iter(vec![meta.clone(), meta]))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
-        .stat(pb::StatRequest {
+    let outcomes = every_forwarded_call(&agent, &route).await;
+    assert_all_refused(outcomes, Code::NotFound, &unknown, "to an unknown sandbox");
+
+    // A paused sandbox: FAILED_PRECONDITION naming its status.
+    agent
+        .client
+        .clone()
+        .pause_sandbox(pb::PauseSandboxRequest {
             sandbox_id: id.to_string(),
-            path: String::new(),
         })
         .await
+        .unwrap();
+    let route = |m: &mut MetadataMap| {
+        m.insert(
+            wrenn_proto::routing::CAPSULE_ID_METADATA,
+            id.to_string().parse().unwrap(),
+        );
+    };
+    let outcomes = every_forwarded_call(&agent, &route).await;
+    assert_all_refused(
+        outcomes,
+        Code::FailedPrecondition,
+        "paused",
+        "to a paused sandbox",
+    );
+    assert!(
+        !std::path::Path::new(&agent.path("routing")).exists(),
+        "no refused call touched anything"
+    );
+
+    // Calls go to the sandbox they name, and only there.
+    agent
+        .client
+        .clone()
+        .resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let other = agent.create(0).await;
+    let here = agent
+        .envd(id)
+        .spawn(tagged(command("sleep", &["30"]), "mine"))
+        .await
+        .unwrap();
+    assert!(agent.envd(id).lists(here.pid).await);
+    assert!(!agent.envd(other).lists(here.pid).await);
+    let err = agent
+        .envd(other)
+        .connect(by_tag("mine"), false)
+        .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.code(), Code::NotFound);
 }
 
 #[tokio::test]
@@ -785,15 +796,10 @@ async fn pause_refuses_exec_then_resume_and_destroy() {
     let mut c = agent.client.clone();
 
     // A background process whose state must survive the pause.
-    c.start_background(pb::StartBackgroundRequest {
-        sandbox_id: id.to_string(),
-        cmd: "sleep".into(),
-        args: vec!["60".into()],
-        tag: "survivor".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let envd = agent.envd(id);
+    envd.spawn(tagged(command("sleep", &["60"]), "survivor"))
+        .await
+        .unwrap();
 
     c.pause_sandbox(pb::PauseSandboxRequest {
         sandbox_id: id.to_string(),
@@ -838,14 +844,8 @@ async fn pause_refuses_exec_then_resume_and_destroy() {
         .into_inner();
     assert_eq!(resumed.status(), pb::SandboxStatus::Running);
     assert_eq!(agent.sh(id, "echo $AFTER").await.unwrap().0, "resume\n");
-    let list = c
-        .list_processes(pb::ListProcessesRequest {
-            sandbox_id: id.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(list.processes.iter().any(|p| p.tag == "survivor"));
+    let list = envd.list().await.unwrap();
+    assert!(list.iter().any(|p| p.tag.as_deref() == Some("survivor")));
     let err = c
         .resume_sandbox(pb::ResumeSandboxRequest {
             sandbox_id: id.to_string(),
@@ -891,14 +891,7 @@ async fn unknown_and_malformed_ids() {
     let agent = TestAgent::start().await;
     let mut c = agent.client.clone();
     let unknown = SandboxId::new().to_string();
-    let err = c
-        .exec(pb::ExecRequest {
-            sandbox_id: unknown.clone(),
-            cmd: "true".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = agent.envd(&unknown).sh("true").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains(&unknown));
     for code in [
@@ -940,13 +933,12 @@ async fn unknown_and_malformed_ids() {
         .await
         .unwrap_err()
         .code(),
-        c.pty_kill(pb::PtyKillRequest {
-            sandbox_id: unknown.clone(),
-            tag: "x".into(),
-        })
-        .await
-        .unwrap_err()
-        .code(),
+        agent
+            .envd(&unknown)
+            .signal(by_tag("x"), ev::Signal::Sigkill)
+            .await
+            .unwrap_err()
+            .code(),
         c.create_snapshot(pb::CreateSnapshotRequest {
             sandbox_id: unknown.clone(),
             team_id: "00000000-0000-0000-0000-000000000001".into(),
@@ -981,13 +973,7 @@ async fn unknown_and_malformed_ids() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
-        let err = c
-            .stat(pb::StatRequest {
-                sandbox_id: bad.into(),
-                path: "/".into(),
-            })
-            .await
-            .unwrap_err();
+        let err = agent.envd(bad).stat("/").await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
     }
     let id = SandboxId::new();
@@ -1159,23 +1145,16 @@ async fn activity_postpones_the_auto_pause() {
         .unwrap();
     }
     assert_eq!(agent.status(id).await, Some(pb::SandboxStatus::Running));
-    // Streamed output counts too: a 3 s stream that prints every 300 ms.
-    let s = c
-        .exec_stream(pb::ExecStreamRequest {
-            sandbox_id: id.to_string(),
-            cmd: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.3; done".into(),
-            ],
-            ..Default::default()
-        })
+    // Output streamed through a forwarded Start counts too: a 3 s stream that prints
+    // every 300 ms (a pause in between would stop envd, and the stream with it).
+    let ran = agent
+        .envd(id)
+        .sh("for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.3; done")
         .await
-        .unwrap()
-        .into_inner();
-    let (_, out, _, end) = collect_exec(s).await;
-    assert!(out.ends_with("10\n"));
-    assert_eq!(end.unwrap().exit_code, 0);
+        .unwrap();
+    assert!(ran.stdout.ends_with("10\n"));
+    assert_eq!(ran.exit_code, 0);
+    assert_eq!(agent.status(id).await, Some(pb::SandboxStatus::Running));
     eventually("the auto-pause once idle", || {
         let a = &agent;
         async move { a.status(id).await == Some(pb::SandboxStatus::Paused) }
@@ -1572,6 +1551,41 @@ async fn auth_token_is_required_when_configured() {
     req.metadata_mut()
         .insert("authorization", "Bearer s3cret".parse().unwrap());
     agent.client.clone().list_sandboxes(req).await.unwrap();
+
+    // The forwarded envd calls are the agent's calls too: refused without the token,
+    // whatever sandbox they name, before anything reaches envd.
+    let id = SandboxId::new();
+    let mut req = tonic::Request::new(create_request(id, 0));
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    agent.client.clone().create_sandbox(req).await.unwrap();
+    let marker = agent.path("unauthenticated");
+    for envd in [agent.envd(id), agent.envd(id).with_bearer("wrong")] {
+        let refused = [
+            envd.list().await.map(drop),
+            envd.start(shell(&format!("touch {marker}")))
+                .await
+                .map(drop),
+            envd.write_file(&marker, b"no").await.map(drop),
+            envd.read_file(&agent.path("none")).await.map(drop),
+            envd.stat("/").await.map(drop),
+        ];
+        for outcome in refused {
+            assert_eq!(outcome.unwrap_err().code(), Code::Unauthenticated);
+        }
+    }
+    let err = agent.envd(SandboxId::new()).stat("/").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "auth comes before routing"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!std::path::Path::new(&marker).exists());
+    let authorized = agent.envd(id).with_bearer("s3cret");
+    assert_eq!(authorized.sh("echo in").await.unwrap().stdout, "in\n");
+    authorized.write_file(&marker, b"yes").await.unwrap();
+    assert_eq!(authorized.read_file(&marker).await.unwrap(), b"yes");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{FakeControlPlane, connect, create_request, eventually};
+use common::{Envd, FakeControlPlane, create_request, eventually};
 use tonic::Code;
 use wrenn_agent::manager::{HostCapacity, ManagerSettings};
 use wrenn_agent::registration::{Credentials, HostCredentials};
@@ -46,6 +46,8 @@ struct Node {
     agent: AgentHandle,
     runtime: Arc<ProcessRuntime>,
     client: pb::host_agent_service_client::HostAgentServiceClient<tonic::transport::Channel>,
+    /// The channel `client` runs on (for [`Envd`]).
+    channel: tonic::transport::Channel,
 }
 
 fn fast_settings() -> ManagerSettings {
@@ -78,11 +80,13 @@ async fn start_node(dir: &Path, cp: &FakeControlPlane, settings: ManagerSettings
     options.manager = settings;
     options.events.initial_backoff = Duration::from_millis(50);
     let agent = Agent::start(options).await.expect("agent starts");
-    let client = connect(agent.local_addr()).await;
+    let channel = common::connect_channel(agent.local_addr()).await;
+    let client = common::agent_client(&channel);
     Node {
         agent,
         runtime,
         client,
+        channel,
     }
 }
 
@@ -112,23 +116,10 @@ impl Node {
         id
     }
 
+    /// Runs `sh -c line` in capsule `id` through the agent: (stdout, exit code).
     async fn sh(&self, id: SandboxId, line: &str) -> Result<(String, i32), tonic::Status> {
-        let resp = self
-            .client
-            .clone()
-            .exec(pb::ExecRequest {
-                sandbox_id: id.to_string(),
-                cmd: "/bin/sh".into(),
-                args: vec!["-c".into(), line.into()],
-                timeout_sec: 20,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok((
-            String::from_utf8_lossy(&resp.stdout).into_owned(),
-            resp.exit_code,
-        ))
+        let ran = Envd::of(&self.channel, id).sh(line).await?;
+        Ok((ran.stdout, ran.exit_code))
     }
 
     async fn status(&self, id: SandboxId) -> Option<pb::SandboxStatus> {
@@ -534,47 +525,31 @@ async fn admission_the_parent_cgroup_bounds_all_capsules_together() {
     }
 }
 
+/// The bookkeeping a create adds (finding PID 1 in the cgroup, writing state.json) is
+/// right for every capsule of a burst; what it costs is measured by the benchmarks, not
+/// asserted here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn liveness_bookkeeping_adds_little_to_a_create() {
+async fn liveness_bookkeeping_is_written_for_every_create() {
     let dir = tempdir();
     let cp = FakeControlPlane::start(0).await;
     let node = start_node(dir.path(), &cp, fast_settings()).await;
-    let mut creates = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let t = Instant::now();
         ids.push(node.create().await);
-        creates.push(t.elapsed());
     }
-    creates.sort();
-    let id = ids[0];
-    let sandbox_dir = Layout::new(dir.path()).sandbox_dir(id);
-    let record = state::read(&sandbox_dir).unwrap().expect("state.json");
-    let cgroup = node.runtime.sandbox_cgroup(id);
-    const N: u32 = 200;
-    let t = Instant::now();
-    for _ in 0..N {
-        assert_eq!(state::find_pid1(&cgroup), Some(record.pid1));
-    }
-    let find = t.elapsed() / N;
-    // As at create: the record does not exist yet.
-    let mut write = Duration::ZERO;
-    for _ in 0..N {
+    for &id in &ids {
+        let sandbox_dir = Layout::new(dir.path()).sandbox_dir(id);
+        let record = state::read(&sandbox_dir).unwrap().expect("state.json");
+        let cgroup = node.runtime.sandbox_cgroup(id);
+        assert_eq!(state::find_pid1(&cgroup), Some(record.pid1), "{id}");
+        // Rewritten as at create (the record does not exist yet), it reads back the same.
         std::fs::remove_file(sandbox_dir.join(state::STATE_FILE)).unwrap();
-        let t = Instant::now();
         state::write(&sandbox_dir, &record).unwrap();
-        write += t.elapsed();
+        assert_eq!(
+            state::read(&sandbox_dir).unwrap().map(|r| r.pid1),
+            Some(record.pid1)
+        );
     }
-    let write = write / N;
-    eprintln!(
-        "create p50 {:?} (gRPC, debug build); per create: find PID 1 {find:?}, write state.json {write:?}",
-        creates[creates.len() / 2]
-    );
-    // Two small file writes (state.json, agent.json) and one PID 1 lookup.
-    assert!(
-        find + 2 * write < Duration::from_millis(1),
-        "{find:?} + 2 × {write:?}"
-    );
     for id in ids {
         node.destroy(id).await;
     }

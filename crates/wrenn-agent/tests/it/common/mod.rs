@@ -1,8 +1,9 @@
 //! Shared test harness: a [`Runtime`] that runs REAL `wrenn-envd` processes on unix
 //! sockets (no namespaces: real processes, real files on this host), an agent started
-//! on 127.0.0.1:0 with short timings, a tonic client, and a stand-in for the control
-//! plane's sandbox-event endpoint (a real axum server on loopback that records what it
-//! receives).
+//! on 127.0.0.1:0 with short timings, a tonic client, [`Envd`] clients of envd's own
+//! `Process` and `Filesystem` services routed through the agent to one sandbox, and a
+//! stand-in for the control plane's sandbox-event endpoint (a real axum server on
+//! loopback that records what it receives).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use tokio::process::{Child, Command};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use wrenn_agent::manager::ManagerSettings;
 use wrenn_agent::registration::{Credentials, HostCredentials};
@@ -27,8 +29,12 @@ use wrenn_agent::{Agent, AgentHandle, AgentOptions};
 use wrenn_core::config::Secret;
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::layout::Layout;
+use wrenn_proto::envd::v1 as ev;
+use wrenn_proto::envd::v1::filesystem_client::FilesystemClient;
+use wrenn_proto::envd::v1::process_client::ProcessClient;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
+use wrenn_proto::routing;
 
 /// Upper bound for anything a test waits for.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -533,6 +539,9 @@ impl Default for Setup {
 pub struct TestAgent {
     pub handle: AgentHandle,
     pub client: HostAgentServiceClient<Channel>,
+    /// The channel `client` runs on, for [`TestAgent::envd`] (`None` when
+    /// [`Setup::client`] supplied a client of its own).
+    channel: Option<Channel>,
     pub runtime: Arc<EnvdRuntime>,
     pub layout: Layout,
     /// Scratch directory for files the sandboxes read and write.
@@ -589,13 +598,17 @@ impl TestAgent {
             options = options.with_auth_token(Secret::new(token.clone()));
         }
         let handle = Agent::start(options).await.expect("agent starts");
-        let client = match setup.client {
-            Some(c) => c,
-            None => connect(handle.local_addr()).await,
+        let (client, channel) = match setup.client {
+            Some(c) => (c, None),
+            None => {
+                let channel = connect_channel(handle.local_addr()).await;
+                (agent_client(&channel), Some(channel))
+            }
         };
         Self {
             handle,
             client,
+            channel,
             runtime,
             layout,
             scratch,
@@ -619,29 +632,25 @@ impl TestAgent {
         id
     }
 
-    /// Runs `sh -c line` and returns (stdout, stderr, exit code).
+    /// envd of sandbox `id`, through this agent (on the channel of [`TestAgent::client`]);
+    /// `id` is sent as given, so malformed ones can be tried too.
+    pub fn envd(&self, id: impl ToString) -> Envd {
+        let channel = self
+            .channel
+            .as_ref()
+            .expect("envd clients need the agent's channel: Setup::client was given");
+        Envd::of(channel, id)
+    }
+
+    /// Runs `sh -c line` in sandbox `id` through the agent and returns (stdout, stderr,
+    /// exit code).
     pub async fn sh(
         &self,
         id: SandboxId,
         line: &str,
     ) -> Result<(String, String, i32), tonic::Status> {
-        let resp = self
-            .client
-            .clone()
-            .exec(pb::ExecRequest {
-                sandbox_id: id.to_string(),
-                cmd: "/bin/sh".into(),
-                args: vec!["-c".into(), line.into()],
-                timeout_sec: 20,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok((
-            String::from_utf8_lossy(&resp.stdout).into_owned(),
-            String::from_utf8_lossy(&resp.stderr).into_owned(),
-            resp.exit_code,
-        ))
+        let ran = self.envd(id).sh(line).await?;
+        Ok((ran.stdout, ran.stderr, ran.exit_code))
     }
 
     /// The status of `id` as ListSandboxes reports it.
@@ -670,12 +679,18 @@ pub fn create_request(id: SandboxId, timeout_sec: u32) -> pb::CreateSandboxReque
     }
 }
 
-/// A client of the agent at `addr`.
-pub async fn connect(addr: SocketAddr) -> HostAgentServiceClient<Channel> {
-    HostAgentServiceClient::connect(format!("http://{addr}"))
+/// A cleartext channel to the agent at `addr`: for [`agent_client`] and [`Envd::of`].
+pub async fn connect_channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("agent endpoint")
+        .connect()
         .await
         .expect("client connects")
-        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+/// A `HostAgentService` client on `channel`.
+pub fn agent_client(channel: &Channel) -> HostAgentServiceClient<Channel> {
+    HostAgentServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
 }
 
 /// Polls `cond` until it holds (or panics after [`PATIENCE`]).
@@ -692,4 +707,430 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// envd through the agent
+// ---------------------------------------------------------------------------------------
+
+/// Longest a command run with [`Envd::run`] may take (the control plane's deadline in
+/// these tests): past it the stream is dropped, which kills the process.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// envd's `Process` and `Filesystem` services of one sandbox, served by the agent: every
+/// request made with [`Envd::request`] is routed to the sandbox by its
+/// `wrenn-capsule-id` metadata (and carries the agent's bearer token if one was given).
+#[derive(Clone)]
+pub struct Envd {
+    /// The sandbox the requests are routed to, as sent.
+    pub id: String,
+    pub process: ProcessClient<Channel>,
+    pub fs: FilesystemClient<Channel>,
+    bearer: Option<AsciiMetadataValue>,
+}
+
+/// A process that ran to its `end` event through [`Envd::run`] or [`collect`].
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// From the `start` event.
+    pub pid: u32,
+    pub stdout: String,
+    pub stderr: String,
+    /// The `end` event's exit code.
+    pub exit_code: i32,
+    pub end: ev::EndEvent,
+}
+
+impl Envd {
+    /// Clients on `channel` (a channel to the agent) whose requests go to sandbox `id`
+    /// (anything printable: malformed ids are for the routing tests).
+    pub fn of(channel: &Channel, id: impl ToString) -> Self {
+        Self {
+            id: id.to_string(),
+            process: ProcessClient::new(channel.clone())
+                .max_decoding_message_size(64 * 1024 * 1024),
+            fs: FilesystemClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            bearer: None,
+        }
+    }
+
+    /// The same, sending `authorization: Bearer {token}` with every request.
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.bearer = Some(format!("Bearer {token}").parse().expect("token"));
+        self
+    }
+
+    /// `message` routed to this sandbox.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = routing::to_capsule(&self.id, message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        request
+    }
+
+    /// `Process.Start`, routed; the process keeps running if the stream is dropped.
+    pub async fn start(
+        &self,
+        start: ev::StartRequest,
+    ) -> Result<tonic::Streaming<ev::ProcessEvent>, tonic::Status> {
+        Ok(self
+            .process
+            .clone()
+            .start(self.request(start))
+            .await?
+            .into_inner())
+    }
+
+    /// `Process.Start`, routed, asking the agent to kill the process if the stream is
+    /// dropped before its `end` event.
+    pub async fn start_killed_on_disconnect(
+        &self,
+        start: ev::StartRequest,
+    ) -> Result<tonic::Streaming<ev::ProcessEvent>, tonic::Status> {
+        Ok(self
+            .process
+            .clone()
+            .start(routing::killed_on_disconnect(self.request(start)))
+            .await?
+            .into_inner())
+    }
+
+    /// Starts a process and detaches: reads its `start` event and drops the stream (the
+    /// process runs on).
+    pub async fn spawn(&self, start: ev::StartRequest) -> Result<ev::StartEvent, tonic::Status> {
+        let mut events = self.start(start).await?;
+        Ok(first_start(&mut events).await)
+    }
+
+    /// Runs a command to its end, as the control plane does: killed on disconnect, and
+    /// the stream dropped (so the process killed) after [`RUN_DEADLINE`], which is then
+    /// DEADLINE_EXCEEDED.
+    pub async fn run(&self, start: ev::StartRequest) -> Result<Ran, tonic::Status> {
+        let events = self.start_killed_on_disconnect(start).await?;
+        match tokio::time::timeout(RUN_DEADLINE, collect_all(events)).await {
+            Ok(ran) => ran,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "the command ran longer than {RUN_DEADLINE:?}"
+            ))),
+        }
+    }
+
+    /// Runs `/bin/sh -c line` to its end (see [`Envd::run`]).
+    pub async fn sh(&self, line: &str) -> Result<Ran, tonic::Status> {
+        self.run(shell(line)).await
+    }
+
+    /// `Process.List`: the live processes.
+    pub async fn list(&self) -> Result<Vec<ev::ProcessInfo>, tonic::Status> {
+        Ok(self
+            .process
+            .clone()
+            .list(self.request(ev::ListRequest {}))
+            .await?
+            .into_inner()
+            .processes)
+    }
+
+    /// True if `Process.List` shows a live process with `pid`.
+    pub async fn lists(&self, pid: u32) -> bool {
+        self.list()
+            .await
+            .expect("list processes")
+            .iter()
+            .any(|p| p.pid == pid)
+    }
+
+    /// `Process.Connect`, routed.
+    pub async fn connect(
+        &self,
+        process: Option<ev::ProcessSelector>,
+        replay: bool,
+    ) -> Result<tonic::Streaming<ev::ProcessEvent>, tonic::Status> {
+        Ok(self
+            .process
+            .clone()
+            .connect(self.request(ev::ConnectRequest { process, replay }))
+            .await?
+            .into_inner())
+    }
+
+    /// `Process.SendSignal`, routed.
+    pub async fn signal(
+        &self,
+        process: Option<ev::ProcessSelector>,
+        signal: ev::Signal,
+    ) -> Result<(), tonic::Status> {
+        self.process
+            .clone()
+            .send_signal(self.request(ev::SendSignalRequest {
+                process,
+                signal: signal as i32,
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// `Process.SendInput`, routed.
+    pub async fn send_input(
+        &self,
+        process: Option<ev::ProcessSelector>,
+        input: ev::process_input::Input,
+    ) -> Result<(), tonic::Status> {
+        self.process
+            .clone()
+            .send_input(self.request(ev::SendInputRequest {
+                process,
+                input: Some(ev::ProcessInput { input: Some(input) }),
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// `Process.CloseStdin`, routed.
+    pub async fn close_stdin(
+        &self,
+        process: Option<ev::ProcessSelector>,
+    ) -> Result<(), tonic::Status> {
+        self.process
+            .clone()
+            .close_stdin(self.request(ev::CloseStdinRequest { process }))
+            .await?;
+        Ok(())
+    }
+
+    /// `Process.Update` with a new terminal size, routed.
+    pub async fn resize(
+        &self,
+        process: Option<ev::ProcessSelector>,
+        cols: u32,
+        rows: u32,
+    ) -> Result<(), tonic::Status> {
+        self.process
+            .clone()
+            .update(self.request(ev::UpdateRequest {
+                process,
+                pty: Some(ev::Pty { cols, rows }),
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// `Filesystem.WriteFile` of `messages` as they are (for malformed streams), routed.
+    pub async fn write_messages(
+        &self,
+        messages: Vec<ev::WriteFileRequest>,
+    ) -> Result<ev::EntryInfo, tonic::Status> {
+        let resp = self
+            .fs
+            .clone()
+            .write_file(self.request(futures::stream::iter(messages)))
+            .await?
+            .into_inner();
+        Ok(resp.entry.expect("WriteFile answers the entry"))
+    }
+
+    /// `Filesystem.WriteFile`: `header`, then `data` in chunks of
+    /// [`wrenn_proto::FILE_CHUNK_SIZE`].
+    pub async fn write_file_with(
+        &self,
+        header: ev::WriteFileHeader,
+        data: &[u8],
+    ) -> Result<ev::EntryInfo, tonic::Status> {
+        let mut messages = vec![file_header(header)];
+        messages.extend(
+            data.chunks(wrenn_proto::FILE_CHUNK_SIZE)
+                .map(|chunk| file_data(chunk.to_vec())),
+        );
+        self.write_messages(messages).await
+    }
+
+    /// `Filesystem.WriteFile` of `data` to `path` with the defaults.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+    ) -> Result<ev::EntryInfo, tonic::Status> {
+        self.write_file_with(
+            ev::WriteFileHeader {
+                path: path.into(),
+                ..Default::default()
+            },
+            data,
+        )
+        .await
+    }
+
+    /// `Filesystem.ReadFile`, routed: the messages as received (every chunk checked to
+    /// be at most [`wrenn_proto::FILE_CHUNK_SIZE`]).
+    pub async fn read_file_messages(
+        &self,
+        path: &str,
+    ) -> Result<Vec<ev::ReadFileResponse>, tonic::Status> {
+        let mut stream = self
+            .fs
+            .clone()
+            .read_file(self.request(ev::ReadFileRequest { path: path.into() }))
+            .await?
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(m) = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("file chunk in time")?
+        {
+            assert!(
+                m.data.len() <= wrenn_proto::FILE_CHUNK_SIZE,
+                "a chunk of {} bytes",
+                m.data.len()
+            );
+            messages.push(m);
+        }
+        Ok(messages)
+    }
+
+    /// `Filesystem.ReadFile`, routed: the whole content.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, tonic::Status> {
+        Ok(self
+            .read_file_messages(path)
+            .await?
+            .into_iter()
+            .flat_map(|m| m.data)
+            .collect())
+    }
+
+    /// `Filesystem.Stat`, routed.
+    pub async fn stat(&self, path: &str) -> Result<ev::EntryInfo, tonic::Status> {
+        Ok(self
+            .fs
+            .clone()
+            .stat(self.request(ev::StatRequest { path: path.into() }))
+            .await?
+            .into_inner()
+            .entry
+            .expect("Stat answers the entry"))
+    }
+}
+
+/// A StartRequest for `cmd args…` (pipes, no stdin, generated tag).
+pub fn command(cmd: &str, args: &[&str]) -> ev::StartRequest {
+    ev::StartRequest {
+        process: Some(ev::ProcessConfig {
+            cmd: cmd.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A StartRequest for `/bin/sh -c line`.
+pub fn shell(line: &str) -> ev::StartRequest {
+    command("/bin/sh", &["-c", line])
+}
+
+/// Selects a process by pid.
+pub fn by_pid(pid: u32) -> Option<ev::ProcessSelector> {
+    Some(ev::ProcessSelector {
+        selector: Some(ev::process_selector::Selector::Pid(pid)),
+    })
+}
+
+/// Selects a process by tag.
+pub fn by_tag(tag: &str) -> Option<ev::ProcessSelector> {
+    Some(ev::ProcessSelector {
+        selector: Some(ev::process_selector::Selector::Tag(tag.into())),
+    })
+}
+
+/// The first message of a WriteFile stream.
+pub fn file_header(header: ev::WriteFileHeader) -> ev::WriteFileRequest {
+    ev::WriteFileRequest {
+        msg: Some(ev::write_file_request::Msg::Header(header)),
+    }
+}
+
+/// A content message of a WriteFile stream.
+pub fn file_data(data: Vec<u8>) -> ev::WriteFileRequest {
+    ev::WriteFileRequest {
+        msg: Some(ev::write_file_request::Msg::Data(data.into())),
+    }
+}
+
+/// The next event of a process stream, other than keepalives (`None` at the end of the
+/// stream); panics if none comes within [`PATIENCE`].
+pub async fn next_event(
+    events: &mut tonic::Streaming<ev::ProcessEvent>,
+) -> Result<Option<ev::process_event::Event>, tonic::Status> {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, events.message())
+            .await
+            .expect("a process event in time")?;
+        match message.and_then(|m| m.event) {
+            Some(ev::process_event::Event::Keepalive(_)) => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Reads the first event of a process stream, which must be `start`.
+pub async fn first_start(events: &mut tonic::Streaming<ev::ProcessEvent>) -> ev::StartEvent {
+    match next_event(events).await.expect("the stream's first event") {
+        Some(ev::process_event::Event::Start(start)) => start,
+        other => panic!("the first event is {other:?}, not start"),
+    }
+}
+
+/// Reads a process stream to its `end` event, panicking if an event takes longer than
+/// [`PATIENCE`] or the stream ends without `end`.
+pub async fn collect(events: tonic::Streaming<ev::ProcessEvent>) -> Ran {
+    collect_all(events).await.expect("process stream")
+}
+
+async fn collect_all(mut events: tonic::Streaming<ev::ProcessEvent>) -> Result<Ran, tonic::Status> {
+    let (mut pid, mut out, mut err) = (0, Vec::new(), Vec::new());
+    loop {
+        match next_event(&mut events).await? {
+            Some(ev::process_event::Event::Start(start)) => pid = start.pid,
+            Some(ev::process_event::Event::Data(data)) => match data.output {
+                Some(ev::data_event::Output::Stdout(b) | ev::data_event::Output::Pty(b)) => {
+                    out.extend(b)
+                }
+                Some(ev::data_event::Output::Stderr(b)) => err.extend(b),
+                None => {}
+            },
+            Some(ev::process_event::Event::End(end)) => {
+                return Ok(Ran {
+                    pid,
+                    stdout: String::from_utf8_lossy(&out).into_owned(),
+                    stderr: String::from_utf8_lossy(&err).into_owned(),
+                    exit_code: end.exit_code,
+                    end,
+                });
+            }
+            Some(ev::process_event::Event::Keepalive(_)) | None => {
+                panic!("the process stream ended without an end event")
+            }
+        }
+    }
+}
+
+/// Reads PTY output of a process stream until it contains every one of `wanted`;
+/// returns what was read.
+pub async fn read_pty_until(
+    events: &mut tonic::Streaming<ev::ProcessEvent>,
+    wanted: &[&str],
+) -> String {
+    let mut seen = String::new();
+    while !wanted.iter().all(|w| seen.contains(w)) {
+        match next_event(events).await.expect("PTY stream") {
+            Some(ev::process_event::Event::Data(ev::DataEvent {
+                output: Some(ev::data_event::Output::Pty(b)),
+            })) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(ev::process_event::Event::Data(_) | ev::process_event::Event::Start(_)) => {}
+            other => panic!("waiting for {wanted:?} in {seen:?}, got {other:?}"),
+        }
+    }
+    seen
 }
