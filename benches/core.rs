@@ -16,7 +16,7 @@ use wrenn_core::auth::{
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::HostStatus;
-use wrenn_core::model::{Host, HostKind, HostLoad};
+use wrenn_core::model::{Host, HostKind, HostLoad, Resources};
 use wrenn_core::scheduler::{Placement, Reserve, pick_least_loaded};
 
 fn ids(c: &mut Criterion) {
@@ -122,9 +122,11 @@ fn scheduling(c: &mut Criterion) {
     let placement = Placement {
         team_id: TeamId::new(),
         team_is_byoc: false,
-        vcpus: 2,
-        memory_mb: 2048,
-        disk_size_mb: 20_480,
+        resources: Resources {
+            vcpus: 2,
+            memory_mb: 2048,
+            disk_size_mb: 20_480,
+        },
     };
     let reserve = Reserve::default();
     c.bench_function("scheduler/least_loaded(1000 hosts)", |b| {

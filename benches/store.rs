@@ -18,7 +18,7 @@ use criterion::{Criterion, Throughput};
 use futures::future::join_all;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId};
 use wrenn_core::lifecycle::SandboxStatus::{Pausing, Running};
-use wrenn_core::model::NewSandbox;
+use wrenn_core::model::{NewSandbox, Resources};
 use wrenn_core::repo::Store;
 use wrenn_db::testing::{TestStore, TestStores, postgres_url};
 
@@ -39,10 +39,12 @@ async fn running_rows(store: &Arc<dyn Store>, n: usize) -> Vec<SandboxId> {
                 template_id: BUILTIN_TEMPLATE_ID,
                 template_team_id: PLATFORM_TEAM_ID,
                 status: Running,
-                vcpus: 1,
-                memory_mb: 512,
+                resources: Resources {
+                    vcpus: 1,
+                    memory_mb: 512,
+                    disk_size_mb: 20_480,
+                },
                 timeout_sec: 300,
-                disk_size_mb: 20_480,
                 metadata: Default::default(),
             })
             .await

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::id::{HostId, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus;
-use crate::model::Metadata;
+use crate::model::{Metadata, Resources, Sandbox, Template};
 
 /// Failure of an agent call, classified like the gRPC status it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,12 +49,8 @@ pub struct SandboxSpec {
     pub template_id: TemplateId,
     /// Team owning the template (locates it on disk).
     pub template_team_id: TeamId,
-    /// vCPUs.
-    pub vcpus: i32,
-    /// Memory (MiB).
-    pub memory_mb: i32,
-    /// Disk (MiB).
-    pub disk_size_mb: i32,
+    /// Machine shape.
+    pub resources: Resources,
     /// Idle timeout before auto-pause (0 = never).
     pub timeout_sec: i32,
     /// Default user for processes.
@@ -63,6 +59,27 @@ pub struct SandboxSpec {
     pub default_env: BTreeMap<String, String>,
     /// User metadata.
     pub metadata: Metadata,
+}
+
+impl SandboxSpec {
+    /// The spec of the stored `sandbox`, with the process defaults of its `template`
+    /// (`root` and no environment when the template is gone).
+    pub fn for_sandbox(sandbox: &Sandbox, template: Option<&Template>) -> Self {
+        Self {
+            sandbox_id: sandbox.id,
+            team_id: sandbox.team_id,
+            template: sandbox.template.clone(),
+            template_id: sandbox.template_id,
+            template_team_id: sandbox.template_team_id,
+            resources: sandbox.resources(),
+            timeout_sec: sandbox.timeout_sec,
+            default_user: template
+                .map(|t| t.default_user.clone())
+                .unwrap_or_else(|| "root".into()),
+            default_env: template.map(|t| t.default_env.clone()).unwrap_or_default(),
+            metadata: sandbox.metadata.clone(),
+        }
+    }
 }
 
 /// What the agent reports about a started or resumed sandbox.

@@ -15,10 +15,35 @@ use crate::id::{
     ApiKeyId, BuildId, ChannelId, HostId, HostRefreshTokenId, HostTokenId, SandboxId, TeamId,
     TemplateId, UserId,
 };
-use crate::lifecycle::{HostStatus, SandboxStatus};
+use crate::lifecycle::{
+    DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, HostStatus, SandboxStatus,
+};
 
 /// String-to-string metadata attached to sandboxes and templates.
 pub type Metadata = BTreeMap<String, String>;
+
+/// The settled machine shape of a sandbox: what it is stored with, placed by and
+/// started with. The one list of a capsule's resources; a request for them is
+/// [`crate::lifecycle::ResourceRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// vCPUs.
+    pub vcpus: i32,
+    /// Memory (MiB).
+    pub memory_mb: i32,
+    /// Root disk size (MiB).
+    pub disk_size_mb: i32,
+}
+
+impl Resources {
+    /// The platform defaults ([`DEFAULT_VCPUS`], [`DEFAULT_MEMORY_MB`],
+    /// [`DEFAULT_DISK_SIZE_MB`]).
+    pub const DEFAULT: Self = Self {
+        vcpus: DEFAULT_VCPUS,
+        memory_mb: DEFAULT_MEMORY_MB,
+        disk_size_mb: DEFAULT_DISK_SIZE_MB,
+    };
+}
 
 /// A value that is not one of an enum's wire strings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -427,6 +452,17 @@ pub struct Sandbox {
     pub metadata: Metadata,
 }
 
+impl Sandbox {
+    /// Its machine shape (the row keeps the fields flat, as the API returns them).
+    pub fn resources(&self) -> Resources {
+        Resources {
+            vcpus: self.vcpus,
+            memory_mb: self.memory_mb,
+            disk_size_mb: self.disk_size_mb,
+        }
+    }
+}
+
 /// Everything needed to insert a sandbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSandbox {
@@ -444,14 +480,10 @@ pub struct NewSandbox {
     pub template_team_id: TeamId,
     /// Initial status (normally `starting`).
     pub status: SandboxStatus,
-    /// vCPUs.
-    pub vcpus: i32,
-    /// Memory (MiB).
-    pub memory_mb: i32,
+    /// Machine shape.
+    pub resources: Resources,
     /// Idle timeout (s).
     pub timeout_sec: i32,
-    /// Disk (MiB).
-    pub disk_size_mb: i32,
     /// Metadata.
     pub metadata: Metadata,
 }

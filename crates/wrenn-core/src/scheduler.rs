@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::Overcommit;
 use crate::id::{HostId, TeamId};
 use crate::lifecycle::HostStatus;
-use crate::model::{HostKind, HostLoad};
+use crate::model::{HostKind, HostLoad, Resources};
 use crate::repo::{HostRepo, RepoError};
 
 /// What a new sandbox needs.
@@ -20,12 +20,8 @@ pub struct Placement {
     pub team_id: TeamId,
     /// Whether that team runs on its own hosts.
     pub team_is_byoc: bool,
-    /// vCPUs requested.
-    pub vcpus: i32,
-    /// Memory requested (MiB).
-    pub memory_mb: i32,
-    /// Disk requested (MiB).
-    pub disk_size_mb: i32,
+    /// The sandbox's machine shape.
+    pub resources: Resources,
 }
 
 /// Why no host was chosen.
@@ -113,8 +109,8 @@ pub fn check_fits_some_host(
     let memory =
         |l: &HostLoad| overcommit.memory_limit_mb(u64::try_from(l.host.memory_mb).unwrap_or(0));
     let vcpus = |l: &HostLoad| overcommit.vcpu_limit(u64::try_from(l.host.cpu_cores).unwrap_or(0));
-    let want_mb = u64::try_from(placement.memory_mb).unwrap_or(0);
-    let want_vcpus = u64::try_from(placement.vcpus).unwrap_or(0);
+    let want_mb = u64::try_from(placement.resources.memory_mb).unwrap_or(0);
+    let want_vcpus = u64::try_from(placement.resources.vcpus).unwrap_or(0);
     if eligible
         .iter()
         .any(|l| memory(l) >= want_mb && vcpus(l) >= want_vcpus)
@@ -125,14 +121,14 @@ pub fn check_fits_some_host(
     if want_mb > max_mb {
         return Err(SchedulerError::ExceedsHostCapacity {
             resource: "MiB of memory",
-            requested: i64::from(placement.memory_mb),
+            requested: i64::from(placement.resources.memory_mb),
             limit: max_mb,
             reserve: " − reserve",
         });
     }
     Err(SchedulerError::ExceedsHostCapacity {
         resource: "vCPUs",
-        requested: i64::from(placement.vcpus),
+        requested: i64::from(placement.resources.vcpus),
         limit: eligible.iter().map(|l| vcpus(l)).max().unwrap_or(0),
         reserve: "",
     })
@@ -149,8 +145,8 @@ pub fn has_room(load: &HostLoad, placement: &Placement, overcommit: &Overcommit)
     let fits = |held: i64, want: i32, limit: u64| {
         u64::try_from(held.max(0) + i64::from(want.max(0))).is_ok_and(|need| need <= limit)
     };
-    fits(held_mb, placement.memory_mb, memory_limit)
-        && fits(held_vcpus, placement.vcpus, vcpu_limit)
+    fits(held_mb, placement.resources.memory_mb, memory_limit)
+        && fits(held_vcpus, placement.resources.vcpus, vcpu_limit)
 }
 
 /// The eligible hosts of `hosts` with room for `placement` ([`has_room`]); refuses
@@ -170,8 +166,8 @@ pub fn with_room<'a>(
         .collect();
     if roomy.is_empty() && !eligible.is_empty() {
         return Err(SchedulerError::HostsFull {
-            vcpus: placement.vcpus,
-            memory_mb: placement.memory_mb,
+            vcpus: placement.resources.vcpus,
+            memory_mb: placement.resources.memory_mb,
         });
     }
     Ok(roomy)
@@ -270,8 +266,8 @@ pub fn pick_least_loaded<'a>(
     for load in hosts.iter().filter(|l| is_eligible(l, placement)) {
         any_eligible = true;
         let room = reserve.headroom(load);
-        if room.memory_mb < f64::from(placement.memory_mb)
-            || room.disk_mb < f64::from(placement.disk_size_mb)
+        if room.memory_mb < f64::from(placement.resources.memory_mb)
+            || room.disk_mb < f64::from(placement.resources.disk_size_mb)
         {
             continue;
         }
@@ -282,8 +278,8 @@ pub fn pick_least_loaded<'a>(
     match best {
         Some((load, _)) => Ok(load),
         None if any_eligible => Err(SchedulerError::InsufficientResources {
-            memory_mb: placement.memory_mb,
-            disk_mb: placement.disk_size_mb,
+            memory_mb: placement.resources.memory_mb,
+            disk_mb: placement.resources.disk_size_mb,
         }),
         None => Err(no_hosts(placement)),
     }
@@ -474,9 +470,11 @@ mod tests {
         Placement {
             team_id: team,
             team_is_byoc: byoc,
-            vcpus: 1,
-            memory_mb: 512,
-            disk_size_mb: 20480,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 512,
+                disk_size_mb: 20480,
+            },
         }
     }
 
@@ -498,7 +496,10 @@ mod tests {
         assert!(has_room(
             &h,
             &Placement {
-                memory_mb: 552,
+                resources: Resources {
+                    memory_mb: 552,
+                    ..p.resources
+                },
                 ..p
             },
             &overcommit
@@ -507,7 +508,10 @@ mod tests {
         assert!(!has_room(
             &h,
             &Placement {
-                memory_mb: 552,
+                resources: Resources {
+                    memory_mb: 552,
+                    ..p.resources
+                },
                 ..p
             },
             &overcommit
@@ -612,8 +616,8 @@ mod tests {
         let o = Overcommit::default(); // memory × 1 − 1 GiB, vCPUs × 4
         let mut p = placement(TeamId::new(), false);
         assert!(check_fits_some_host(std::slice::from_ref(&small), &p, &o).is_ok());
-        p.memory_mb = 32768;
-        p.vcpus = 16;
+        p.resources.memory_mb = 32768;
+        p.resources.vcpus = 16;
         let err = check_fits_some_host(std::slice::from_ref(&small), &p, &o).unwrap_err();
         assert!(
             matches!(
@@ -631,7 +635,7 @@ mod tests {
                 .contains("32768 MiB of memory requested, at most 23552"),
             "{err}"
         );
-        p.memory_mb = 1024;
+        p.resources.memory_mb = 1024;
         let err = check_fits_some_host(std::slice::from_ref(&small), &p, &o).unwrap_err();
         assert!(
             err.to_string().contains("16 vCPUs requested, at most 8"),

@@ -35,6 +35,28 @@ const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, team_id, host_id, templ
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) \
      RETURNING *";
 
+/// [`INSERT_SANDBOX`] with the fields of `$sandbox` (a [`NewSandbox`]) bound, ready
+/// to fetch its row: the one place a new sandbox's fields meet the insert's columns.
+macro_rules! insert_sandbox_query {
+    ($sandbox:expr) => {{
+        let sandbox: &NewSandbox = &$sandbox;
+        sqlx::query_as(INSERT_SANDBOX)
+            .bind(sandbox.id.uuid())
+            .bind(sandbox.team_id.uuid())
+            .bind(sandbox.host_id.uuid())
+            .bind(&sandbox.template)
+            .bind(sandbox.template_id.uuid())
+            .bind(sandbox.template_team_id.uuid())
+            .bind(sandbox.status.as_str())
+            .bind(sandbox.resources.vcpus)
+            .bind(sandbox.resources.memory_mb)
+            .bind(sandbox.timeout_sec)
+            .bind(sandbox.resources.disk_size_mb)
+            .bind(Ts::now())
+            .bind(Json(&sandbox.metadata))
+    }};
+}
+
 /// Per-team reservation: running/starting count fully, paused at half memory
 /// (rounded up, as `CEIL(memory_mb / 2)`).
 const TEAM_USAGE: &str = "\
@@ -97,23 +119,10 @@ macro_rules! impl_sandbox_repo {
         impl SandboxRepo for $store {
             #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %sandbox.id, team_id = %sandbox.team_id, host_id = %sandbox.host_id))]
             async fn insert_sandbox(&self, sandbox: NewSandbox) -> RepoResult<Sandbox> {
-                let row: SandboxRow = sqlx::query_as(INSERT_SANDBOX)
-                .bind(sandbox.id.uuid())
-                .bind(sandbox.team_id.uuid())
-                .bind(sandbox.host_id.uuid())
-                .bind(&sandbox.template)
-                .bind(sandbox.template_id.uuid())
-                .bind(sandbox.template_team_id.uuid())
-                .bind(sandbox.status.as_str())
-                .bind(sandbox.vcpus)
-                .bind(sandbox.memory_mb)
-                .bind(sandbox.timeout_sec)
-                .bind(sandbox.disk_size_mb)
-                .bind(Ts::now())
-                .bind(Json(&sandbox.metadata))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("sandbox"))?;
+                let row: SandboxRow = insert_sandbox_query!(sandbox)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db("sandbox"))?;
                 row.try_into()
             }
 
@@ -308,20 +317,7 @@ macro_rules! impl_sandbox_repo {
                     // Dropping the transaction rolls it back.
                     return Ok(Quota::Exceeded { live });
                 }
-                let row: SandboxRow = sqlx::query_as(INSERT_SANDBOX)
-                    .bind(sandbox.id.uuid())
-                    .bind(sandbox.team_id.uuid())
-                    .bind(sandbox.host_id.uuid())
-                    .bind(&sandbox.template)
-                    .bind(sandbox.template_id.uuid())
-                    .bind(sandbox.template_team_id.uuid())
-                    .bind(sandbox.status.as_str())
-                    .bind(sandbox.vcpus)
-                    .bind(sandbox.memory_mb)
-                    .bind(sandbox.timeout_sec)
-                    .bind(sandbox.disk_size_mb)
-                    .bind(Ts::now())
-                    .bind(Json(&sandbox.metadata))
+                let row: SandboxRow = insert_sandbox_query!(sandbox)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db("sandbox"))?;

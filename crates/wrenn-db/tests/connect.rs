@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wrenn_core::auth::Role;
 use wrenn_core::id::{PLATFORM_TEAM_ID, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::model::{BuildStatus, UserStatus};
+use wrenn_core::model::{BuildStatus, Resources, UserStatus};
 use wrenn_core::repo::{NewTeam, NewUser, Store, UserRepo};
 use wrenn_db::{ConnectOptions, DbError, SqliteStore, connect, connect_with};
 
@@ -152,10 +152,12 @@ async fn the_in_memory_store_runs_every_transaction_on_its_single_connection() {
             template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
             template_team_id: PLATFORM_TEAM_ID,
             status: SandboxStatus::Missing,
-            vcpus: 1,
-            memory_mb: 512,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 512,
+                disk_size_mb: 20_480,
+            },
             timeout_sec: 0,
-            disk_size_mb: 20_480,
             metadata: Default::default(),
         })
         .await

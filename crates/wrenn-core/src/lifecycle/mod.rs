@@ -2,13 +2,14 @@
 //! service that drives create / pause / resume / destroy / snapshot.
 
 mod fallback;
+mod request;
 mod service;
 mod snapshot;
 mod status;
 
 pub use fallback::Applied;
-pub use service::{
-    CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, Lifecycle,
-    LifecycleError, Timeouts,
+pub use request::{
+    CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, ResourceRequest,
 };
+pub use service::{Lifecycle, LifecycleError, Timeouts};
 pub use status::{HostStatus, SandboxStatus, UnknownStatus};

@@ -22,8 +22,9 @@ use crate::events::{
     SandboxEvent, SandboxEventKind,
 };
 use crate::id::{BUILTIN_TEMPLATE_NAME, SandboxId, TeamId};
+use crate::lifecycle::CreateSandbox;
 use crate::lifecycle::SandboxStatus::{self, *};
-use crate::model::{Metadata, NewSandbox, Sandbox, Template, TemplateKind};
+use crate::model::{NewSandbox, Sandbox};
 use crate::repo::{Quota, RepoError, Store};
 use crate::scheduler::{Placement, Scheduler, SchedulerError};
 use crate::validate::{self, ValidationError};
@@ -125,31 +126,6 @@ impl Default for Timeouts {
         }
     }
 }
-
-/// A request to create a sandbox. `None` fields take the template's or the
-/// platform's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CreateSandbox {
-    /// Template name (default `minimal`).
-    pub template: Option<String>,
-    /// vCPUs (default 1, or the snapshot template's).
-    pub vcpus: Option<i64>,
-    /// Memory in MiB (default 512, or the snapshot template's).
-    pub memory_mb: Option<i64>,
-    /// Idle timeout in seconds before auto-pause (default 0 = never).
-    pub timeout_sec: Option<i64>,
-    /// Disk in MiB (default 20480).
-    pub disk_size_mb: Option<i64>,
-    /// User metadata.
-    pub metadata: Metadata,
-}
-
-/// Default vCPUs.
-pub const DEFAULT_VCPUS: i32 = 1;
-/// Default memory (MiB).
-pub const DEFAULT_MEMORY_MB: i32 = 512;
-/// Default disk (MiB).
-pub const DEFAULT_DISK_SIZE_MB: i32 = 20480;
 
 pub(super) struct Inner {
     pub(super) store: Arc<dyn Store>,
@@ -328,25 +304,6 @@ impl Lifecycle {
         Ok(None)
     }
 
-    fn spec(&self, sb: &Sandbox, template: Option<&Template>) -> SandboxSpec {
-        SandboxSpec {
-            sandbox_id: sb.id,
-            team_id: sb.team_id,
-            template: sb.template.clone(),
-            template_id: sb.template_id,
-            template_team_id: sb.template_team_id,
-            vcpus: sb.vcpus,
-            memory_mb: sb.memory_mb,
-            disk_size_mb: sb.disk_size_mb,
-            timeout_sec: sb.timeout_sec,
-            default_user: template
-                .map(|t| t.default_user.clone())
-                .unwrap_or_else(|| "root".into()),
-            default_env: template.map(|t| t.default_env.clone()).unwrap_or_default(),
-            metadata: sb.metadata.clone(),
-        }
-    }
-
     /// Creates a sandbox: validates, picks a host, inserts the row as `starting` and
     /// starts it in the background. Returns the `starting` row.
     pub async fn create(
@@ -399,25 +356,7 @@ impl Lifecycle {
             store.get_template_for_team(team, name),
             store.get_team(team)
         )?;
-        let (vcpus, memory_mb) = if template.kind == TemplateKind::Snapshot {
-            (template.vcpus, template.memory_mb)
-        } else {
-            (
-                req.vcpus
-                    .map(validate::vcpus)
-                    .transpose()?
-                    .unwrap_or(DEFAULT_VCPUS),
-                req.memory_mb
-                    .map(validate::memory_mb)
-                    .transpose()?
-                    .unwrap_or(DEFAULT_MEMORY_MB),
-            )
-        };
-        let disk_size_mb = req
-            .disk_size_mb
-            .map(validate::disk_size_mb)
-            .transpose()?
-            .unwrap_or(DEFAULT_DISK_SIZE_MB);
+        let resources = req.resources.resolve(&template)?;
         let timeout_sec = req
             .timeout_sec
             .map(validate::timeout_sec)
@@ -432,9 +371,7 @@ impl Lifecycle {
             .select_host(&Placement {
                 team_id: team,
                 team_is_byoc: team_row.is_byoc,
-                vcpus,
-                memory_mb,
-                disk_size_mb,
+                resources,
             })
             .await?;
         let limit = self.team_max_capsules();
@@ -448,10 +385,8 @@ impl Lifecycle {
                     template_id: template.id,
                     template_team_id: template.team_id,
                     status: Starting,
-                    vcpus,
-                    memory_mb,
+                    resources,
                     timeout_sec,
-                    disk_size_mb,
                     metadata: req.metadata,
                 },
                 limit,
@@ -467,7 +402,7 @@ impl Lifecycle {
         let (this, sb, spec, actor) = (
             self.clone(),
             sandbox.clone(),
-            self.spec(&sandbox, Some(&template)),
+            SandboxSpec::for_sandbox(&sandbox, Some(&template)),
             actor.clone(),
         );
         let finished = self.spawn(span, async move {
@@ -715,7 +650,7 @@ impl Lifecycle {
             return Err(self.invalid_state(team, id, "resume").await);
         };
         let template = store.get_template(sb.template_id).await.ok();
-        let spec = self.spec(&sb, template.as_ref());
+        let spec = SandboxSpec::for_sandbox(&sb, template.as_ref());
         let span =
             info_span!("sandbox.resume", sandbox_id = %id, team_id = %team, host_id = %sb.host_id);
         let (this, row, actor) = (self.clone(), sb.clone(), actor.clone());

@@ -14,7 +14,7 @@ use wrenn_core::events::{
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId};
 use wrenn_core::lifecycle::{
-    Applied, CreateSandbox, Lifecycle, LifecycleError, SandboxStatus::*, Timeouts,
+    Applied, CreateSandbox, Lifecycle, LifecycleError, ResourceRequest, SandboxStatus::*, Timeouts,
 };
 use wrenn_core::repo::Store;
 use wrenn_core::scheduler::SingleHost;
@@ -286,15 +286,24 @@ async fn bad_input_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
             ..Default::default()
         },
         CreateSandbox {
-            vcpus: Some(1000),
+            resources: ResourceRequest {
+                vcpus: Some(1000),
+                ..Default::default()
+            },
             ..Default::default()
         },
         CreateSandbox {
-            memory_mb: Some(1),
+            resources: ResourceRequest {
+                memory_mb: Some(1),
+                ..Default::default()
+            },
             ..Default::default()
         },
         CreateSandbox {
-            disk_size_mb: Some(-5),
+            resources: ResourceRequest {
+                disk_size_mb: Some(-5),
+                ..Default::default()
+            },
             ..Default::default()
         },
         CreateSandbox {
@@ -614,7 +623,10 @@ async fn snapshots_become_templates(store: Arc<dyn Store>) {
             &w.actor,
             CreateSandbox {
                 template: Some("my-env".into()),
-                vcpus: Some(4),
+                resources: ResourceRequest {
+                    vcpus: Some(4),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         )

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use wrenn_core::id::{HostId, TeamId};
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
-use wrenn_core::model::{HostKind, NewSandbox};
+use wrenn_core::model::{HostKind, NewSandbox, Resources};
 use wrenn_core::repo::{HostSpec, NewHost, Store};
 use wrenn_core::scheduler::{
     LeastLoaded, Placement, Reserve, RoundRobin, Scheduler, SchedulerError, SingleHost,
@@ -48,9 +48,11 @@ fn placement(team: TeamId, byoc: bool) -> Placement {
     Placement {
         team_id: team,
         team_is_byoc: byoc,
-        vcpus: 1,
-        memory_mb: 512,
-        disk_size_mb: 1024,
+        resources: Resources {
+            vcpus: 1,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+        },
     }
 }
 
@@ -182,10 +184,12 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
             template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
             template_team_id: wrenn_core::id::PLATFORM_TEAM_ID,
             status: SandboxStatus::Running,
-            vcpus: 1,
-            memory_mb: 6144,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 6144,
+                disk_size_mb: 1024,
+            },
             timeout_sec: 0,
-            disk_size_mb: 1024,
             metadata: Default::default(),
         })
         .await
@@ -201,15 +205,22 @@ async fn least_loaded_prefers_the_emptier_host_and_admits_on_memory(store: Arc<d
     assert_eq!(ll.select_host(&placement(team, false)).await.unwrap(), idle);
     // A sandbox bigger than what either host has left under its overcommit (what its
     // agent would admit) is refused now, with the sizes.
+    let p = placement(team, false);
     let big = Placement {
-        memory_mb: 8000,
-        ..placement(team, false)
+        resources: Resources {
+            memory_mb: 8000,
+            ..p.resources
+        },
+        ..p
     };
     store
         .insert_sandbox(NewSandbox {
             id: wrenn_core::id::SandboxId::new(),
             host_id: idle,
-            memory_mb: 4096,
+            resources: Resources {
+                memory_mb: 4096,
+                ..sb.resources()
+            },
             ..new_from(&sb)
         })
         .await
@@ -236,10 +247,8 @@ fn new_from(sb: &wrenn_core::model::Sandbox) -> NewSandbox {
         template_id: sb.template_id,
         template_team_id: sb.template_team_id,
         status: sb.status,
-        vcpus: sb.vcpus,
-        memory_mb: sb.memory_mb,
+        resources: sb.resources(),
         timeout_sec: sb.timeout_sec,
-        disk_size_mb: sb.disk_size_mb,
         metadata: sb.metadata.clone(),
     }
 }

@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wrenn_core::audit::{AuditEntry, AuditStatus};
 use wrenn_core::id::SandboxId;
-use wrenn_core::lifecycle::{CreateSandbox, SandboxStatus};
+use wrenn_core::lifecycle::{CreateSandbox, ResourceRequest, SandboxStatus};
 use wrenn_core::model::Sandbox;
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
@@ -94,6 +94,9 @@ impl From<Sandbox> for Capsule {
     }
 }
 
+// The wire keeps the resource fields flat (serde's `flatten` would disable
+// `deny_unknown_fields`); `into_request` is the one conversion into the domain's
+// `CreateSandbox`. (Doc comments here are the OpenAPI schema's description.)
 /// `POST /v1/capsules` body. Every field is optional; `vcpus`/`memory_mb` ≤ 0 take
 /// the defaults.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -114,6 +117,8 @@ pub struct CreateCapsule {
 }
 
 impl CreateCapsule {
+    /// The lifecycle request: empty template and non-positive vCPUs/memory take the
+    /// defaults, a positive timeout below [`MIN_TIMEOUT_SEC`] is raised to it.
     fn into_request(self) -> Result<CreateSandbox, ApiError> {
         let positive = |v: Option<i64>| v.filter(|v| *v > 0);
         let timeout_sec = match self.timeout_sec {
@@ -127,10 +132,12 @@ impl CreateCapsule {
         };
         Ok(CreateSandbox {
             template: self.template.filter(|t| !t.is_empty()),
-            vcpus: positive(self.vcpus),
-            memory_mb: positive(self.memory_mb),
+            resources: ResourceRequest {
+                vcpus: positive(self.vcpus),
+                memory_mb: positive(self.memory_mb),
+                disk_size_mb: self.disk_size_mb,
+            },
             timeout_sec,
-            disk_size_mb: self.disk_size_mb,
             metadata: self.metadata.unwrap_or_default(),
         })
     }

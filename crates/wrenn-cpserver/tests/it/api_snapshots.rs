@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::model::{MetricPoint, MetricTier, MetricsSnapshot, NewSandbox};
+use wrenn_core::model::{MetricPoint, MetricTier, MetricsSnapshot, NewSandbox, Resources};
 
 async fn snapshot(env: &Env, u: &TestUser, query: &str, body: Value) -> (u16, Value) {
     json(
@@ -370,10 +370,12 @@ async fn platform_builtin_foreign_and_used_templates_cannot_be_deleted() {
             template_id: template.id,
             template_team_id: other.team,
             status: SandboxStatus::Starting,
-            vcpus: 1,
-            memory_mb: 512,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 512,
+                disk_size_mb: 20480,
+            },
             timeout_sec: 0,
-            disk_size_mb: 20480,
             metadata: BTreeMap::new(),
         })
         .await

@@ -17,7 +17,7 @@ use wrenn_core::id::{
     BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId,
 };
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
-use wrenn_core::model::HostKind;
+use wrenn_core::model::{HostKind, Resources};
 use wrenn_core::repo::{HostSpec, NewHost, Store};
 use wrenn_cpserver::ca::CertificateAuthority;
 use wrenn_cpserver::extension::HostConnections;
@@ -390,9 +390,11 @@ fn sandbox_spec() -> SandboxSpec {
         template: "minimal".into(),
         template_id: BUILTIN_TEMPLATE_ID,
         template_team_id: PLATFORM_TEAM_ID,
-        vcpus: 2,
-        memory_mb: 1024,
-        disk_size_mb: 4096,
+        resources: Resources {
+            vcpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 4096,
+        },
         timeout_sec: 300,
         default_user: "user".into(),
         default_env: BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]),
@@ -873,7 +875,7 @@ async fn negative_resources_are_rejected_before_calling_the_agent() {
     let agent = RunningAgent::start().await;
     let host = f.host_at(&agent.address()).await;
     let mut spec = sandbox_spec();
-    spec.memory_mb = -1;
+    spec.resources.memory_mb = -1;
     let got = f.pool.create_sandbox(host, &spec).await;
     assert!(
         matches!(got, Err(HostCallError::InvalidArgument(ref m)) if m.contains("memory_mb")),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::model::{Host, HostKind, NewSandbox, Sandbox, Team, User, UserStatus};
+use wrenn_core::model::{Host, HostKind, NewSandbox, Resources, Sandbox, Team, User, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, RepoError, Store};
 
 /// The store under test.
@@ -105,10 +105,12 @@ pub fn new_sandbox(team: TeamId, host: HostId, status: SandboxStatus) -> NewSand
         template_id: BUILTIN_TEMPLATE_ID,
         template_team_id: PLATFORM_TEAM_ID,
         status,
-        vcpus: 2,
-        memory_mb: 1024,
+        resources: Resources {
+            vcpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 20_480,
+        },
         timeout_sec: 300,
-        disk_size_mb: 20_480,
         metadata: Default::default(),
     }
 }

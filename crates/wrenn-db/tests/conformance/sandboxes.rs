@@ -365,7 +365,7 @@ async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
     sandbox(&db, team.id, host.id, Running).await; // 2 vCPU, 1024 MB
     sandbox(&db, team.id, host.id, Starting).await;
     let mut odd = new_sandbox(team.id, host.id, Paused);
-    odd.memory_mb = 513;
+    odd.resources.memory_mb = 513;
     db.insert_sandbox(odd).await.unwrap();
     sandbox(&db, team.id, host.id, Pausing).await;
     sandbox(&db, team.id, host.id, Stopped).await;

@@ -79,9 +79,9 @@ pub fn create_request(spec: &SandboxSpec) -> Result<pb::CreateSandboxRequest, Ho
         team_id: spec.team_id.uuid().hyphenated().to_string(),
         template_id: spec.template_id.uuid().hyphenated().to_string(),
         template_team_id: spec.template_team_id.uuid().hyphenated().to_string(),
-        vcpus: unsigned("vcpus", spec.vcpus)?,
-        memory_mb: unsigned("memory_mb", spec.memory_mb)?,
-        disk_size_mb: unsigned("disk_size_mb", spec.disk_size_mb)?,
+        vcpus: unsigned("vcpus", spec.resources.vcpus)?,
+        memory_mb: unsigned("memory_mb", spec.resources.memory_mb)?,
+        disk_size_mb: unsigned("disk_size_mb", spec.resources.disk_size_mb)?,
         timeout_sec: unsigned("timeout_sec", spec.timeout_sec)?,
         default_user: spec.default_user.clone(),
         default_env: map_of(&spec.default_env),
@@ -116,15 +116,18 @@ mod tests {
 
     fn spec() -> SandboxSpec {
         use wrenn_core::id::{SandboxId, TeamId, TemplateId};
+        use wrenn_core::model::Resources;
         SandboxSpec {
             sandbox_id: SandboxId::new(),
             team_id: TeamId::new(),
             template: "minimal".into(),
             template_id: TemplateId::new(),
             template_team_id: TeamId::new(),
-            vcpus: 2,
-            memory_mb: 1024,
-            disk_size_mb: 4096,
+            resources: Resources {
+                vcpus: 2,
+                memory_mb: 1024,
+                disk_size_mb: 4096,
+            },
             timeout_sec: 300,
             default_user: "wrenn-user".into(),
             default_env: BTreeMap::from([("A".into(), "1".into())]),
@@ -167,9 +170,13 @@ mod tests {
 
     #[test]
     fn a_negative_size_is_refused_before_the_wire() {
+        let spec = spec();
         let spec = SandboxSpec {
-            memory_mb: -1,
-            ..spec()
+            resources: wrenn_core::model::Resources {
+                memory_mb: -1,
+                ..spec.resources
+            },
+            ..spec
         };
         assert!(matches!(
             create_request(&spec),

@@ -23,7 +23,7 @@ use wrenn_core::auth::{Role, UserClaims, hash_password};
 use wrenn_core::config::Config;
 use wrenn_core::id::{BUILTIN_TEMPLATE_ID, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, UserId};
 use wrenn_core::lifecycle::SandboxStatus;
-use wrenn_core::model::{HostKind, NewSandbox, UserStatus};
+use wrenn_core::model::{HostKind, NewSandbox, Resources, UserStatus};
 use wrenn_core::repo::{HostSpec, NewHost, NewTeam, NewUser, Store};
 use wrenn_core::testing::FakeAgents;
 use wrenn_cpserver::Builder;
@@ -216,10 +216,12 @@ impl Env {
                 template_id: BUILTIN_TEMPLATE_ID,
                 template_team_id: PLATFORM_TEAM_ID,
                 status: SandboxStatus::Starting,
-                vcpus: 1,
-                memory_mb: 512,
+                resources: Resources {
+                    vcpus: 1,
+                    memory_mb: 512,
+                    disk_size_mb: 20480,
+                },
                 timeout_sec: 0,
-                disk_size_mb: 20480,
                 metadata: BTreeMap::new(),
             })
             .await
