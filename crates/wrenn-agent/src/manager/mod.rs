@@ -174,6 +174,9 @@ pub struct SandboxManager {
     settings: ManagerSettings,
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     closing: AtomicBool,
+    /// Lifecycle operations in flight ([`spawn_op`](Self::spawn_op)), which shutdown
+    /// waits for.
+    ops: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for SandboxManager {
@@ -202,6 +205,7 @@ impl SandboxManager {
             settings,
             sandboxes: RwLock::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            ops: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -270,7 +274,7 @@ impl SandboxManager {
         Fut: Future<Output = AgentResult<T>> + Send + 'static,
     {
         let fut = op(Arc::clone(self));
-        tokio::spawn(fut).await.map_err(|e| {
+        self.ops.spawn(fut).await.map_err(|e| {
             AgentError::internal(format!("operation task failed: {}", error_chain(&e)))
         })?
     }
@@ -309,8 +313,9 @@ impl SandboxManager {
     /// Graceful agent shutdown: refuses new creates and resumes, stops the runtime's
     /// background work ([`Runtime::stop_background`]), then hibernates every
     /// running or paused sandbox concurrently (a runtime that cannot hibernate destroys
-    /// them instead, reported as `stopped`), bounded by `shutdown_timeout`. Returns the
-    /// ids hibernated (or stopped).
+    /// them instead, reported as `stopped`), then waits for the lifecycle operations in
+    /// flight and the runtime's background removals ([`Runtime::settle`]); all of it
+    /// bounded by `shutdown_timeout`. Returns the ids hibernated (or stopped).
     pub async fn shutdown(self: &Arc<Self>) -> Vec<SandboxId> {
         self.closing.store(true, Ordering::SeqCst);
         // Nothing is kept ready for creates any more, and nothing is left half made.
@@ -349,13 +354,26 @@ impl SandboxManager {
             })
         });
         let all = futures::future::join_all(tasks);
-        match tokio::time::timeout(self.settings.shutdown_timeout, all).await {
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let kept = match tokio::time::timeout_at(deadline, all).await {
             Ok(done) => done.into_iter().filter_map(|r| r.ok().flatten()).collect(),
             Err(_) => {
                 tracing::warn!("shutdown: some sandboxes were not hibernated in time");
                 Vec::new()
             }
+        };
+        // Operations in flight (a destroy the control plane asked for) finish, and the
+        // directories of destroyed sandboxes (with their disks' mounts), removed in the
+        // background, are gone: an agent that stops leaves nothing half removed.
+        self.ops.close();
+        let settled = async {
+            self.ops.wait().await;
+            self.runtime.settle().await;
+        };
+        if tokio::time::timeout_at(deadline, settled).await.is_err() {
+            tracing::warn!("shutdown: operations in flight did not finish in time");
         }
+        kept
     }
 
     /// True once [`shutdown`](Self::shutdown) has started.

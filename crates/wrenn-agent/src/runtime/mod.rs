@@ -183,6 +183,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// it kept ready is removed. The agent calls it when it shuts down. The default
     /// does nothing.
     async fn stop_background(&self) {}
+    /// Waits for what finished operations left to do in the background (the process
+    /// runtime deletes a destroyed sandbox's directory after answering). The agent calls
+    /// it last when it shuts down, so that nothing is left half removed. The default
+    /// does nothing.
+    async fn settle(&self) {}
     /// Freezes a running sandbox, keeping its memory.
     async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError>;
     /// Thaws a paused sandbox.

@@ -1615,3 +1615,47 @@ async fn terminate_hibernates_and_stops_serving() {
     .await;
     assert!(!matches!(res, Ok(Ok(_))), "still accepting connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_right_after_destroys_leaves_nothing_half_removed() {
+    let agent = TestAgent::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(agent.create(0).await);
+    }
+    // Enough files that deleting a sandbox's directory takes a while.
+    for id in &ids {
+        let made = agent
+            .sh(
+                *id,
+                "mkdir -p /tmp/many && cd /tmp/many && seq 1 20000 | xargs touch",
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.2, 0, "{made:?}");
+    }
+    let mut c = agent.client.clone();
+    for id in &ids {
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    // The directories are deleted after the destroys answered; shutdown waits for them.
+    agent.handle.manager().shutdown().await;
+    let root = agent.layout.root().to_path_buf();
+    let removing: Vec<_> = std::fs::read_dir(root.join("removing"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(removing.is_empty(), "left half removed: {removing:?}");
+    for id in ids {
+        assert!(!agent.layout.sandbox_dir(id).exists(), "{id}");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = root.to_string_lossy();
+    assert!(
+        !mounts.lines().any(|l| l.contains(root.as_ref())),
+        "mounts left under {root}"
+    );
+}

@@ -657,6 +657,10 @@ impl Runtime for ProcessRuntime {
         self.stop_warm_refill().await;
     }
 
+    async fn settle(&self) {
+        self.removals_settled().await;
+    }
+
     async fn pause(&self, instance: &Instance) -> Result<(), RuntimeError> {
         let live = self.get(instance.id)?;
         let cg = live.cgroup.clone();
