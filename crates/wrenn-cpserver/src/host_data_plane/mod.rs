@@ -180,19 +180,32 @@ impl GrpcDataPlane {
     }
 }
 
-fn process_ended(event: &ProcessEvent) -> bool {
-    matches!(event, ProcessEvent::Ended { .. })
-}
-
-fn pty_exited(event: &PtyEvent) -> bool {
-    matches!(event, PtyEvent::Exited { .. })
-}
-
-fn closed_process() -> ProcessEvent {
-    ProcessEvent::Ended {
-        exit_code: -1,
-        error: Some("guest agent closed the stream".into()),
-    }
+/// A process's events after its `start` event, as the domain's process stream.
+fn process_stream(
+    call: Call,
+    started: envd::StartEvent,
+    events: tonic::Streaming<envd::ProcessEvent>,
+    deadline: Option<Deadline<ProcessEvent>>,
+) -> HostStream<ProcessEvent> {
+    let first = ProcessEvent::Started {
+        pid: started.pid,
+        tag: started.tag,
+    };
+    process::events(
+        call,
+        events,
+        Relay {
+            op: "process stream",
+            first,
+            convert: convert::process_event,
+            is_last: |event| matches!(event, ProcessEvent::Ended { .. }),
+            closed: ProcessEvent::Ended {
+                exit_code: -1,
+                error: Some("guest agent closed the stream".into()),
+            },
+            deadline,
+        },
+    )
 }
 
 #[async_trait]
@@ -235,22 +248,7 @@ impl DataPlane for GrpcDataPlane {
                 )),
             },
         });
-        let first = ProcessEvent::Started {
-            pid: started.pid,
-            tag: started.tag,
-        };
-        Ok(process::events(
-            call,
-            events,
-            Relay {
-                op: "process stream",
-                first,
-                convert: convert::process_event,
-                is_last: process_ended,
-                closed: closed_process(),
-                deadline,
-            },
-        ))
+        Ok(process_stream(call, started, events, deadline))
     }
 
     async fn start_background(
@@ -325,22 +323,7 @@ impl DataPlane for GrpcDataPlane {
             Instant::now() + START_TIMEOUT,
         )
         .await?;
-        let first = ProcessEvent::Started {
-            pid: started.pid,
-            tag: started.tag,
-        };
-        Ok(process::events(
-            call,
-            events,
-            Relay {
-                op: "process stream",
-                first,
-                convert: convert::process_event,
-                is_last: process_ended,
-                closed: closed_process(),
-                deadline: None,
-            },
-        ))
+        Ok(process_stream(call, started, events, None))
     }
 
     async fn write_file(
@@ -505,7 +488,7 @@ impl DataPlane for GrpcDataPlane {
                 op: "terminal stream",
                 first,
                 convert: convert::pty_event,
-                is_last: pty_exited,
+                is_last: |event| matches!(event, PtyEvent::Exited { .. }),
                 closed,
                 deadline: None,
             },
