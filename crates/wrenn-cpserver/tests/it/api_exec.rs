@@ -100,6 +100,34 @@ async fn foreground_exec_honours_envs_and_cwd() {
 }
 
 #[tokio::test]
+async fn foreground_output_is_capped_at_16_mib_per_stream_and_says_so() {
+    let env = Env::start().await;
+    let u = env.user("a@x.io").await;
+    let id = env.capsule(&u, SandboxStatus::Running).await;
+    let cap = wrenn_cpserver::host_data_plane::EXEC_OUTPUT_CAP;
+    let line = format!(
+        "head -c {} /dev/zero | tr '\\0' a; echo err >&2",
+        cap + 4096
+    );
+    let (status, body) = exec(&env, &u, id, sh(&line)).await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    assert_eq!(body["truncated"], true);
+    let stdout = body["stdout"].as_str().unwrap();
+    assert_eq!(stdout.len(), cap);
+    assert!(stdout.bytes().all(|b| b == b'a'));
+    assert_eq!(
+        body["stderr"], "err\n",
+        "the other stream keeps its own output"
+    );
+    assert_eq!(body["exit_code"], 0);
+
+    let (status, body) = exec(&env, &u, id, sh("echo small")).await;
+    assert_eq!(status, 200);
+    assert_ne!(body["truncated"], true, "{body}");
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn binary_output_is_base64_on_both_streams() {
     let env = Env::start().await;
     let u = env.user("a@x.io").await;
