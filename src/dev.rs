@@ -7,7 +7,9 @@
 //! virtual machines) — reached over a loopback gRPC channel like any other host. The
 //! first start creates an admin user, a team, an API key and the host, and keeps
 //! them in `DIR/dev-credentials.json` (mode 0600); every start prints the same
-//! ready-to-paste `export` lines, so the SDK works against it at once.
+//! ready-to-paste `export` lines, so the SDK works against it at once — capsule URLs
+//! included (`WRENN_PROXY_DOMAIN=localhost:PORT`: `http://8000-cl-….localhost:PORT`
+//! reaches port 8000 of a capsule through the control plane's proxy).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -209,17 +211,53 @@ fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
         .map_err(|e| cred_err(path, e))
 }
 
-/// The lines `wrenn dev` prints for the user to paste.
-pub fn banner(listen: SocketAddr, creds: &DevCredentials) -> String {
+/// The lines `wrenn dev` prints for the user to paste. `proxy_domain` is where capsule
+/// URLs (`http://{port}-{capsule_id}.{proxy_domain}`) point: `WRENN_PROXY_DOMAIN` if
+/// set, else `localhost:{port}`.
+pub fn banner(listen: SocketAddr, creds: &DevCredentials, proxy_domain: &str) -> String {
     format!(
         "Wrenn is running (control plane on http://{listen}, dashboard login {email} / {password}).\n\
          Paste this into your shell to use it from the SDK:\n\n\
          export WRENN_BASE_URL=http://{listen}\n\
-         export WRENN_API_KEY={key}\n",
+         export WRENN_API_KEY={key}\n\
+         export WRENN_PROXY_DOMAIN={proxy_domain}\n",
         email = creds.email,
         password = creds.password,
         key = creds.api_key,
     )
+}
+
+/// The proxy domain `wrenn dev` advertises: `WRENN_PROXY_DOMAIN`, else
+/// `localhost:{port}` (browsers and curl resolve every `*.localhost` name to loopback).
+fn proxy_domain(config: &Config, bound: SocketAddr) -> String {
+    config
+        .proxy
+        .domain
+        .clone()
+        .unwrap_or_else(|| format!("localhost:{}", bound.port()))
+}
+
+/// Whether this machine's resolver (what the SDK and most programs use) resolves
+/// `*.localhost` names; says how to make it if not.
+fn check_localhost_names(domain: &str) {
+    let Some(rest) = domain.split(':').next().filter(|d| *d == "localhost") else {
+        return;
+    };
+    use std::net::ToSocketAddrs as _;
+    if ("wrenn-probe.".to_owned() + rest + ":80")
+        .to_socket_addrs()
+        .is_ok_and(|mut a| a.next().is_some())
+    {
+        return;
+    }
+    eprintln!(
+        "wrenn dev: capsule URLs (http://PORT-CAPSULE_ID.{domain}) work in browsers and curl, which \
+         resolve *.localhost themselves, but this machine's resolver does not resolve them for \
+         other programs (the Python SDK's get_url and code_runner included). Enable it with \
+         nss-myhostname: `apt install libnss-myhostname` and add `myhostname` to the `hosts:` line \
+         of /etc/nsswitch.conf (systemd-resolved does it too), or set WRENN_PROXY_DOMAIN to a \
+         domain whose wildcard resolves to this machine."
+    );
 }
 
 /// Makes sure the development host exists and is online at `address`; returns its id
@@ -443,7 +481,13 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
     };
     // Not `println!`: whoever reads the banner may close the pipe once it has the key,
     // and a closed stdout must not bring the platform down.
-    if let Err(e) = writeln!(std::io::stdout(), "{}", banner(bound, &creds)) {
+    let proxy_domain = proxy_domain(&config, bound);
+    check_localhost_names(&proxy_domain);
+    if let Err(e) = writeln!(
+        std::io::stdout(),
+        "{}",
+        banner(bound, &creds, &proxy_domain)
+    ) {
         tracing::debug!("could not print the banner: {e}");
     }
     // On SIGTERM/SIGINT the agent goes first (it hibernates its sandboxes and reports

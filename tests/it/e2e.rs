@@ -8,40 +8,14 @@
 //! would sweep the first one's sandboxes), so this is one test walking through the
 //! lifecycle; each step says what it proves.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use reqwest::{Client, Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-struct Dev {
-    child: Child,
-    base: String,
-    key: String,
-    http: Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SIGTERM: the agent hibernates what is left and the server shuts down.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::dev::{Dev, start_dev};
 
 /// With `WRENN_RUNTIME=firecracker`, `Err(why)` where KVM does not boot guests (the
 /// runtime's own probe, with the Firecracker binary `WRENN_FIRECRACKER_BIN` names).
@@ -60,125 +34,6 @@ async fn firecracker_cannot_run_here() -> Result<(), String> {
     let scratch = tempfile::tempdir().expect("tempdir");
     wrenn_agent::runtime::firecracker::runtime::kvm_boots(&firecracker, &kernel, scratch.path())
         .await
-}
-
-fn start_dev() -> Dev {
-    // The default image, built once per machine and shared through WRENN_IMAGE_CACHE.
-    wrenn_agent::image::ensure_shared_for_tests().expect("the default image");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-        .args(["dev", "--dir"])
-        .arg(dir.path().join("state"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("WRENN_HIBERNATE_AFTER_SECS", "2")
-        // A VM's first create waits for the warm snapshot the agent makes at start (a
-        // guest boot: seconds under TCG); the API then still answers `201 running`.
-        .env("WRENN_CREATE_WAIT_MS", "60000")
-        // Pause, resume and destroy answer settled when the agent is done within the
-        // grace: generous here, so that a loaded CI machine still shows the outcome.
-        .env("WRENN_LIFECYCLE_WAIT_MS", "30000")
-        .env(
-            wrenn_agent::image::CACHE_ENV,
-            wrenn_agent::image::test_store_dir(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start wrenn dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut key = None;
-    for line in lines.by_ref() {
-        let line = line.expect("read stdout");
-        if let Some(k) = line.strip_prefix("export WRENN_API_KEY=") {
-            key = Some(k.to_owned());
-            break;
-        }
-    }
-    // Keep reading what else it prints, as a terminal would.
-    std::thread::spawn(move || lines.for_each(drop));
-    Dev {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        key: key.expect("wrenn dev printed an API key"),
-        http: Client::new(),
-        _dir: dir,
-    }
-}
-
-impl Dev {
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-API-Key", &self.key)
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.req(method, path);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.expect("request");
-        let status = resp.status();
-        let bytes = resp.bytes().await.expect("body");
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn status(&self, id: &str) -> String {
-        let (s, v) = self
-            .call(Method::GET, &format!("/v1/capsules/{id}"), None)
-            .await;
-        assert_eq!(s, 200, "{v}");
-        v["status"].as_str().unwrap_or_default().to_owned()
-    }
-
-    async fn wait_for(&self, id: &str, want: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            last = self.status(id).await;
-            if last == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("capsule {id} is {last}, expected {want} within {within:?}");
-    }
-
-    async fn create(&self, body: Value) -> String {
-        let (s, v) = self.call(Method::POST, "/v1/capsules", Some(body)).await;
-        // The answer waits for the start (WRENN_CREATE_WAIT_MS): ready to use.
-        assert_eq!(s, 201, "{v}");
-        assert_eq!(v["status"], "running", "{v}");
-        let id = v["id"].as_str().expect("id").to_owned();
-        self.wait_for(&id, "running", Duration::from_secs(30)).await;
-        id
-    }
-
-    async fn exec(&self, id: &str, cmd: &str) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            &format!("/v1/capsules/{id}/exec"),
-            Some(json!({"cmd": "/bin/sh", "args": ["-c", cmd]})),
-        )
-        .await
-    }
-
-    async fn sh(&self, id: &str, cmd: &str) -> String {
-        let (s, v) = self.exec(id, cmd).await;
-        assert_eq!(s, 200, "{cmd}: {v}");
-        assert_eq!(v["exit_code"], 0, "{cmd}: {v}");
-        v["stdout"].as_str().unwrap_or_default().to_owned()
-    }
 }
 
 /// Opens a WebSocket on `path` (API-key header), sends `start` (text) and `input`

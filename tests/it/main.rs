@@ -2,6 +2,8 @@
 //! agent crashes, liveness through `wrenn dev`, and the enterprise extension example.
 
 mod agent_crash;
+mod capsule_proxy;
+mod dev;
 mod e2e;
 mod enterprise_extension;
 mod liveness_e2e;

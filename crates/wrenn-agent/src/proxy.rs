@@ -6,7 +6,8 @@
 //! - Answers: **400** malformed id or port (1–65535), **403** the guest agent's port
 //!   ([`wrenn_proto::ENVD_PORT`], never proxied), **404** unknown sandbox, **409**
 //!   sandbox not running (or draining for a pause), **502** upstream failure, **401**
-//!   missing agent token (when one is configured).
+//!   missing agent token (when one is configured). These answers of its own carry
+//!   [`PROXY_ERROR_HEADER`]; the app's answers never do (the header is removed from them).
 //! - **Upgrades** (WebSocket and any other `Upgrade`) pass through: when the upstream
 //!   answers 101 the two connections are spliced byte for byte.
 //! - Root-relative `Location` headers (and absolute ones pointing at the upstream) are
@@ -39,6 +40,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_proto::routing::PROXY_ERROR_HEADER;
 
 use crate::conntrack::ConnGuard;
 use crate::manager::{Sandbox, SandboxManager};
@@ -77,7 +79,12 @@ pub fn router(manager: Arc<SandboxManager>, token: Option<String>) -> Router {
 }
 
 fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, msg.into()).into_response()
+    (
+        status,
+        [(PROXY_ERROR_HEADER, HeaderValue::from_static("1"))],
+        msg.into(),
+    )
+        .into_response()
 }
 
 /// Constant-time comparison of two tokens.
@@ -271,6 +278,7 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(PROXY_ERROR_HEADER);
     Response::from_parts(
         parts,
         Body::new(Guarded {

@@ -501,6 +501,9 @@ pub struct ProxyTarget {
     pub host_id: HostId,
     /// The host agent's address (empty if unregistered).
     pub host_address: String,
+    /// Whether the host agent is reached over mutual TLS (it holds a certificate from
+    /// the control plane's CA).
+    pub host_tls: bool,
 }
 
 /// Team-level resource sample (every 10 s).

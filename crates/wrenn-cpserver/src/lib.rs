@@ -17,6 +17,7 @@ mod api;
 pub mod authenticator;
 mod builder;
 pub mod ca;
+pub mod capsule_proxy;
 mod error;
 pub mod events;
 pub mod host_admin;

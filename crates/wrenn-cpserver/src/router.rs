@@ -14,6 +14,7 @@ use wrenn_extension::{ApiError, Extension, ServerContext};
 
 use crate::api;
 use crate::ca::CertificateAuthority;
+use crate::capsule_proxy::CapsuleProxy;
 use crate::error::ServerError;
 
 fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
@@ -72,10 +73,15 @@ pub fn build(
         router = ext.middleware(router, ctx);
     }
     let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
-    Ok(router
+    let router = router
         // The host routes sign certificates with it (`api::hosts`).
-        .layer(axum::Extension(ca))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(Arc::clone(&ca)))
+        .layer(DefaultBodyLimit::max(limit));
+    // Capsule URLs (`{port}-{id}.{domain}`) never reach the API's routes, whatever their
+    // path; their bodies are streamed, not limited.
+    let proxy = Arc::new(CapsuleProxy::new(ctx, ca));
+    Ok(proxy
+        .wrap(router)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http()))
 }

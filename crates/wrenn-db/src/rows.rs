@@ -455,6 +455,7 @@ pub(crate) struct ProxyTargetRow {
     status: String,
     host_id: Uuid,
     host_address: String,
+    host_tls: bool,
 }
 
 impl TryFrom<ProxyTargetRow> for ProxyTarget {
@@ -466,6 +467,7 @@ impl TryFrom<ProxyTargetRow> for ProxyTarget {
             status: parse_stored("sandboxes.status", &r.status)?,
             host_id: HostId::from_uuid(r.host_id),
             host_address: r.host_address,
+            host_tls: r.host_tls,
         })
     }
 }

@@ -449,7 +449,8 @@ macro_rules! impl_sandbox_repo {
                 // One query: the proxy runs this on every uncached request.
                 let row: Option<ProxyTargetRow> = sqlx::query_as(
                     "SELECT s.id AS sandbox_id, s.team_id, s.status, s.host_id, \
-                       COALESCE(h.address, '') AS host_address \
+                       COALESCE(h.address, '') AS host_address, \
+                       (COALESCE(h.cert_fingerprint, '') <> '') AS host_tls \
                      FROM sandboxes s LEFT JOIN hosts h ON h.id = s.host_id \
                      WHERE s.id = $1",
                 )

@@ -29,6 +29,11 @@ pub const ON_DISCONNECT_METADATA: &str = "wrenn-on-disconnect";
 /// The [`ON_DISCONNECT_METADATA`] value that kills an abandoned process.
 pub const KILL: &str = "kill";
 
+/// HTTP header the host agent's port proxy (`/proxy/{id}/{port}/…`) sets on answers of
+/// its own — unknown sandbox, not running, nothing listening — and strips from the
+/// sandbox app's, so the control plane's proxy can tell the two apart.
+pub const PROXY_ERROR_HEADER: &str = "x-wrenn-proxy-error";
+
 /// `message` as a call routed to the sandbox `capsule_id`. An id that cannot be a
 /// metadata value (it is never one the agent knows) is sent empty and refused there.
 pub fn to_capsule<T>(capsule_id: &str, message: T) -> tonic::Request<T> {

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use super::secret::{Redacted, redact_url};
 use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
-use super::{ConfigError, DEFAULT_WRENN_DIR, Overcommit, SchedulerKind, Secret, SmtpConfig, vars};
+use super::{
+    ConfigError, DEFAULT_WRENN_DIR, Overcommit, ProxyConfig, SchedulerKind, Secret, SmtpConfig,
+    vars,
+};
 use crate::layout::Layout;
 
 /// Default control-plane listen address.
@@ -95,6 +98,8 @@ pub struct Config {
     /// (`paused`, `running`, `stopped`, …) when it finished in time, else in its
     /// transient status. 0 answers at once.
     pub lifecycle_wait: Duration,
+    /// The capsule proxy (`WRENN_PROXY_*`).
+    pub proxy: ProxyConfig,
 }
 
 impl fmt::Debug for Config {
@@ -119,6 +124,7 @@ impl fmt::Debug for Config {
             team_max_capsules,
             create_wait,
             lifecycle_wait,
+            proxy,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -139,6 +145,7 @@ impl fmt::Debug for Config {
             .field("team_max_capsules", team_max_capsules)
             .field("create_wait", create_wait)
             .field("lifecycle_wait", lifecycle_wait)
+            .field("proxy", proxy)
             .finish()
     }
 }
@@ -272,6 +279,7 @@ impl Config {
                 DEFAULT_LIFECYCLE_WAIT,
                 millis_up_to(MAX_LIFECYCLE_WAIT),
             )?,
+            proxy: ProxyConfig::from_vars(&v)?,
         })
     }
 

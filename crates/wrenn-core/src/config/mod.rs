@@ -14,6 +14,7 @@ mod control_plane;
 mod egress;
 mod error;
 mod overcommit;
+mod proxy;
 mod scheduler;
 mod secret;
 mod smtp;
@@ -40,6 +41,7 @@ pub use overcommit::{
     DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_MEMORY_RESERVE_MB, MAX_OVERCOMMIT,
     Overcommit,
 };
+pub use proxy::{DEFAULT_PROXY_UPSTREAM_TIMEOUT, MAX_PROXY_UPSTREAM_TIMEOUT, ProxyConfig};
 pub use scheduler::SchedulerKind;
 pub use secret::Secret;
 pub use smtp::{DEFAULT_SMTP_FROM_EMAIL, DEFAULT_SMTP_PORT, SmtpConfig};

@@ -90,3 +90,9 @@ pub const WRENN_LIFECYCLE_WAIT_MS: &str = "WRENN_LIFECYCLE_WAIT_MS";
 pub const WRENN_EGRESS_ALLOW: &str = "WRENN_EGRESS_ALLOW";
 /// Networks capsules may not reach, besides the default egress policy's.
 pub const WRENN_EGRESS_DENY: &str = "WRENN_EGRESS_DENY";
+/// Host suffix of capsule URLs (`{port}-{capsule_id}.{domain}`).
+pub const WRENN_PROXY_DOMAIN: &str = "WRENN_PROXY_DOMAIN";
+/// Whether a proxied request resumes a paused capsule.
+pub const WRENN_PROXY_RESUME_PAUSED: &str = "WRENN_PROXY_RESUME_PAUSED";
+/// Seconds the capsule proxy waits for a capsule's server to answer.
+pub const WRENN_PROXY_UPSTREAM_TIMEOUT_SECS: &str = "WRENN_PROXY_UPSTREAM_TIMEOUT_SECS";

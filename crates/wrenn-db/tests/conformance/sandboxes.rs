@@ -334,6 +334,17 @@ async fn the_proxy_target_carries_the_hosts_address(db: Db) {
     assert_eq!(target.status, Running);
     assert_eq!(target.host_id, host.id);
     assert_eq!(target.host_address, "10.0.0.7:50051");
+    assert!(
+        !target.host_tls,
+        "a host without a certificate is called in cleartext"
+    );
+    db.update_host_cert(host.id, "ab12", chrono::Utc::now() + Duration::days(1))
+        .await
+        .unwrap();
+    assert!(
+        db.proxy_target(sb.id).await.unwrap().unwrap().host_tls,
+        "a host with a certificate is called over mutual TLS"
+    );
     assert!(db.proxy_target(SandboxId::new()).await.unwrap().is_none());
 
     let unregistered = self::host(&db, None).await;
