@@ -145,6 +145,15 @@ pub trait HostAgents: Send + Sync + 'static {
         team: TeamId,
         template: TemplateId,
     ) -> Result<(), HostCallError>;
+    /// Copies a template's files from host `from` to host `to` (replacing a copy `to`
+    /// already has); returns their size on `to`.
+    async fn copy_template(
+        &self,
+        from: HostId,
+        to: HostId,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, HostCallError>;
     /// What the host currently holds.
     async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError>;
 }

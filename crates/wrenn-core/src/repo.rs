@@ -388,6 +388,13 @@ pub trait TemplateRepo: Send + Sync {
     async fn delete_template(&self, team: TeamId, id: TemplateId) -> RepoResult<bool>;
     /// Deletes every template a team owns. Returns count.
     async fn delete_team_templates(&self, team: TeamId) -> RepoResult<u64>;
+    /// Records that `host` made the template's files: it becomes the only host known
+    /// to hold them (a snapshot that overwrote the template left stale copies elsewhere).
+    async fn set_template_origin(&self, template: TemplateId, host: HostId) -> RepoResult<()>;
+    /// Records that `host` holds a copy of the template's files (idempotent).
+    async fn add_template_host(&self, template: TemplateId, host: HostId) -> RepoResult<()>;
+    /// The hosts known to hold the template's files, in no particular order.
+    async fn template_hosts(&self, template: TemplateId) -> RepoResult<Vec<HostId>>;
 }
 
 /// Metadata key under which [`SandboxRepo::fail_if`] records why a sandbox failed.

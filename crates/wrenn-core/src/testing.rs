@@ -53,6 +53,8 @@ pub struct FakeAgents {
     script: Mutex<Script>,
     /// Every call, in order.
     pub calls: Mutex<Vec<(Op, SandboxId)>>,
+    /// Every template copy (from, to, template), in order.
+    pub copies: Mutex<Vec<(HostId, HostId, TemplateId)>>,
 }
 
 impl FakeAgents {
@@ -212,6 +214,17 @@ impl HostAgents for FakeAgents {
         _t: TemplateId,
     ) -> Result<(), HostCallError> {
         Ok(())
+    }
+
+    async fn copy_template(
+        &self,
+        from: HostId,
+        to: HostId,
+        _team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, HostCallError> {
+        lock(&self.copies).push((from, to, template));
+        Ok(4096)
     }
 
     async fn list_sandboxes(&self, _host: HostId) -> Result<AgentInventory, HostCallError> {

@@ -287,6 +287,81 @@ impl HostAgents for GrpcHostAgents {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(from = %from, to = %to, template_id = %template))]
+    async fn copy_template(
+        &self,
+        from: HostId,
+        to: HostId,
+        team: TeamId,
+        template: TemplateId,
+    ) -> Result<u64, HostCallError> {
+        let (team_id, template_id) = (hyphenated(team.uuid()), hyphenated(template.uuid()));
+        let (_, source) = self.hosts.channel(from).await?;
+        let (_, target) = self.hosts.channel(to).await?;
+        let t = SNAPSHOT_CALL_TIMEOUT;
+        // The archive is relayed message by message: the source's stream feeds the
+        // target's. If the source fails mid-way the target's call is dropped (reset),
+        // so it never takes a truncated archive for a whole one.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportTemplateRequest>(4);
+        let pump = async move {
+            let mut archive = HostAgentServiceClient::new(source)
+                .export_template(request(
+                    pb::ExportTemplateRequest {
+                        team_id: team_id.clone(),
+                        template_id: template_id.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map_err(|s| host_call_error("ExportTemplate", &s))?
+                .into_inner();
+            let mut head = Some((team_id, template_id));
+            loop {
+                let data = match archive.message().await {
+                    Ok(Some(chunk)) => chunk.data,
+                    Ok(None) => break,
+                    Err(s) => return Err(host_call_error("ExportTemplate", &s)),
+                };
+                let (team_id, template_id) = head.take().unwrap_or_default();
+                let sent = tx.send(pb::ImportTemplateRequest {
+                    team_id,
+                    template_id,
+                    data,
+                });
+                if sent.await.is_err() {
+                    // The import ended early: its own answer says why.
+                    return Ok(());
+                }
+            }
+            if let Some((team_id, template_id)) = head {
+                // An empty archive still names its template.
+                let _ = tx
+                    .send(pb::ImportTemplateRequest {
+                        team_id,
+                        template_id,
+                        data: Vec::new(),
+                    })
+                    .await;
+            }
+            Ok(())
+        };
+        let import = async move {
+            HostAgentServiceClient::new(target)
+                .import_template(request(tokio_stream::wrappers::ReceiverStream::new(rx), t))
+                .await
+                .map(|r| r.into_inner().size_bytes)
+                .map_err(|s| host_call_error("ImportTemplate", &s))
+        };
+        match tokio::time::timeout(t, futures::future::try_join(pump, import)).await {
+            Ok(Ok(((), size))) => Ok(size),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HostCallError::Timeout(format!(
+                "copying the template did not finish within {}s",
+                t.as_secs()
+            ))),
+        }
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host))]
     async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError> {
         let t = QUICK_CALL_TIMEOUT;

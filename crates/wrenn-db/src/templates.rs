@@ -2,11 +2,12 @@
 
 use async_trait::async_trait;
 use sqlx::types::Json;
-use wrenn_core::id::{PLATFORM_TEAM_ID, TeamId, TemplateId};
+use sqlx::types::Uuid;
+use wrenn_core::id::{HostId, PLATFORM_TEAM_ID, TeamId, TemplateId};
 use wrenn_core::model::{Template, TemplateKind};
 use wrenn_core::repo::{NewTemplate, RepoError, RepoResult, TemplateRepo};
 
-use crate::backend::for_each_backend;
+use crate::backend::{begin_write, for_each_backend};
 use crate::error::db;
 use crate::rows::{TemplateRow, convert_all};
 use crate::timestamp::Ts;
@@ -16,6 +17,11 @@ const INSERT_TEMPLATE: &str = "\
     INSERT INTO templates (id, team_id, name, type, vcpus, memory_mb, size_bytes, \
                            default_user, default_env, metadata, protected, created_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, FALSE, $11)";
+
+/// Records a host as holding a template's files (a repeat changes nothing).
+const INSERT_TEMPLATE_HOST: &str = "\
+    INSERT INTO template_hosts (template_id, host_id) VALUES ($1, $2) \
+    ON CONFLICT (template_id, host_id) DO NOTHING";
 
 macro_rules! impl_template_repo {
     ($store:ty) => {
@@ -168,6 +174,49 @@ macro_rules! impl_template_repo {
                         .await
                         .map_err(db("template"))?;
                 Ok(done.rows_affected())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template, host_id = %host))]
+            async fn set_template_origin(
+                &self,
+                template: TemplateId,
+                host: HostId,
+            ) -> RepoResult<()> {
+                let mut tx = begin_write!(self, "template")?;
+                sqlx::query("DELETE FROM template_hosts WHERE template_id = $1")
+                    .bind(template.uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("template"))?;
+                sqlx::query(INSERT_TEMPLATE_HOST)
+                    .bind(template.uuid())
+                    .bind(host.uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("template"))?;
+                tx.commit().await.map_err(db("template"))
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template, host_id = %host))]
+            async fn add_template_host(&self, template: TemplateId, host: HostId) -> RepoResult<()> {
+                sqlx::query(INSERT_TEMPLATE_HOST)
+                    .bind(template.uuid())
+                    .bind(host.uuid())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("template"))?;
+                Ok(())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template))]
+            async fn template_hosts(&self, template: TemplateId) -> RepoResult<Vec<HostId>> {
+                let rows: Vec<(Uuid,)> =
+                    sqlx::query_as("SELECT host_id FROM template_hosts WHERE template_id = $1")
+                        .bind(template.uuid())
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db("template"))?;
+                Ok(rows.into_iter().map(|(h,)| HostId::from_uuid(h)).collect())
             }
         }
     };

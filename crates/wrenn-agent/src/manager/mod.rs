@@ -80,6 +80,7 @@ mod metrics;
 mod recovery;
 mod sandbox;
 mod settings;
+mod template_transfer;
 mod templates;
 
 pub use disk::dir_allocated_bytes;

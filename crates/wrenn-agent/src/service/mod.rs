@@ -1,6 +1,6 @@
 //! The host agent's two gRPC faces, served side by side on one endpoint.
 //!
-//! - [`AgentService`] implements `hostagent.v1.HostAgentService` (15 RPCs): sandbox
+//! - [`AgentService`] implements `hostagent.v1.HostAgentService` (17 RPCs): sandbox
 //!   lifecycle, snapshots and templates, and metrics. Lifecycle RPCs go to the
 //!   [`SandboxManager`] (each on its own task, so a cancelled call never leaves a
 //!   sandbox half-way). Every failure is an [`AgentError`] and is mapped to the status
@@ -24,7 +24,8 @@
 //! - **Terminate** returns at once and triggers the agent's graceful shutdown.
 //!
 //! The RPCs are implemented by group, one module each: `lifecycle` (create, pause,
-//! resume, hibernate, destroy, list, pause-all, terminate, templates) and `metrics`
+//! resume, hibernate, destroy, list, pause-all, terminate, snapshots), `templates`
+//! (moving a template between hosts) and `metrics`
 //! (sandbox and host metrics); `convert` holds the validation and the proto ↔ domain
 //! conversions. The [`HostAgentService`] impl below only delegates.
 
@@ -43,6 +44,7 @@ mod convert;
 pub mod forward;
 mod lifecycle;
 mod metrics;
+mod templates;
 
 pub use convert::parse_sandbox_id;
 pub use forward::Forwarder;
@@ -162,6 +164,22 @@ impl HostAgentService for AgentService {
         req: Request<pb::DeleteSnapshotRequest>,
     ) -> Rpc<pb::DeleteSnapshotResponse> {
         lifecycle::delete_snapshot(self, req).await
+    }
+
+    type ExportTemplateStream = templates::ArchiveStream;
+
+    async fn export_template(
+        &self,
+        req: Request<pb::ExportTemplateRequest>,
+    ) -> Rpc<Self::ExportTemplateStream> {
+        templates::export_template(self, req).await
+    }
+
+    async fn import_template(
+        &self,
+        req: Request<tonic::Streaming<pb::ImportTemplateRequest>>,
+    ) -> Rpc<pb::ImportTemplateResponse> {
+        templates::import_template(self, req).await
     }
 
     async fn flatten_rootfs(

@@ -9,138 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Setup, TestAgent, eventually};
+use common::{AgentProcess, ControlPlaneUnderTest, Setup, TestAgent, eventually};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tokio_util::sync::CancellationToken;
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, machine_report};
 use wrenn_core::auth::OpaqueToken;
-use wrenn_core::config::Config;
-use wrenn_core::id::{HostId, HostTokenId};
+use wrenn_core::id::HostId;
 use wrenn_core::lifecycle::HostStatus;
-use wrenn_core::model::{HostKind, HostToken};
-use wrenn_core::repo::{NewHost, Store};
 use wrenn_cpserver::ca::CertificateAuthority;
-use wrenn_cpserver::extension::ServerContext;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
 /// How often the agents under test heartbeat.
 const BEAT: Duration = Duration::from_millis(100);
-
-/// The control plane, serving on loopback.
-struct ControlPlaneUnderTest {
-    url: String,
-    ctx: ServerContext,
-    ca: Arc<CertificateAuthority>,
-    store: Arc<dyn Store>,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl ControlPlaneUnderTest {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let vars = [
-            ("WRENN_DIR", dir.path().display().to_string()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("wrenn.db").display()),
-            ),
-        ];
-        let config =
-            Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
-                .unwrap();
-        let server = wrenn_cpserver::Builder::new(config).build().await.unwrap();
-        let ctx = server.context().clone();
-        let ca = server.secrets().ca.clone();
-        let store = ctx.store.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
-        Self {
-            url,
-            ctx,
-            ca,
-            store,
-            stop,
-            _dir: dir,
-        }
-    }
-
-    /// A `pending` host and its one-time registration token (what `POST /v1/hosts`
-    /// hands an operator).
-    async fn pending_host(&self) -> (HostId, String) {
-        let id = HostId::new();
-        self.store
-            .create_host(NewHost {
-                id,
-                kind: HostKind::Regular,
-                team_id: None,
-                provider: "test".into(),
-                availability_zone: "local".into(),
-                created_by: None,
-            })
-            .await
-            .unwrap();
-        let token = OpaqueToken::generate();
-        let now = Utc::now();
-        self.store
-            .create_host_token(HostToken {
-                id: HostTokenId::new(),
-                host_id: id,
-                token_hash: token.hash(),
-                created_by: None,
-                created_at: now,
-                expires_at: now + chrono::Duration::hours(1),
-                used_at: None,
-            })
-            .await
-            .unwrap();
-        (id, token.expose_secret().to_owned())
-    }
-
-    /// Registers a new host the way the agent binary does; returns its credentials,
-    /// stored in `file`.
-    async fn register(&self, file: &std::path::Path) -> Credentials {
-        self.register_at(file, "127.0.0.1:50051").await
-    }
-
-    /// [`register`](Self::register), reporting `address`.
-    async fn register_at(&self, file: &std::path::Path, address: &str) -> Credentials {
-        let (id, token) = self.pending_host().await;
-        let scratch = tempfile::tempdir().unwrap();
-        let machine = machine_report(scratch.path());
-        let creds = ControlPlane::new(&self.url)
-            .unwrap()
-            .register(&token, address, machine)
-            .await
-            .expect("registration succeeds");
-        assert_eq!(creds.host_id, id);
-        creds.save(file).unwrap();
-        Credentials::stored(creds, file.to_owned())
-    }
-
-    async fn last_heartbeat(&self, id: HostId) -> Option<chrono::DateTime<Utc>> {
-        self.store.get_host(id).await.unwrap().last_heartbeat_at
-    }
-
-    /// Waits until the host's heartbeat time moves past what it is now.
-    async fn wait_for_heartbeat(&self, id: HostId) {
-        let before = self.last_heartbeat(id).await;
-        eventually("a new heartbeat", || async {
-            self.last_heartbeat(id).await > before
-        })
-        .await;
-    }
-}
-
-impl Drop for ControlPlaneUnderTest {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
 
 /// Makes the control plane refuse the agent's JWT from its next heartbeat on (the
 /// refresh token stays as it is).
@@ -466,60 +347,6 @@ async fn the_control_plane_reaches_a_registered_agent_over_mutual_tls_only() {
         Some(pb::SandboxStatus::Running)
     );
     agent.handle.shutdown().await;
-}
-
-/// Kills the child on drop (SIGTERM: the agent shuts down gracefully).
-struct AgentProcess(std::process::Child);
-
-impl AgentProcess {
-    fn start(
-        cp: &ControlPlaneUnderTest,
-        dir: &std::path::Path,
-        listen: &str,
-        token: Option<&str>,
-    ) -> Self {
-        // The default image, built once per machine and shared through
-        // WRENN_IMAGE_CACHE (the agent builds it on start when missing).
-        common::test_image();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wrenn-agent"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("WRENN_DIR", dir)
-            .env("WRENN_CP_URL", &cp.url)
-            .env("WRENN_HOST_LISTEN_ADDR", listen)
-            .env("WRENN_ENVD_BIN", common::envd_binary())
-            .env(
-                wrenn_agent::image::CACHE_ENV,
-                wrenn_agent::image::test_store_dir(),
-            )
-            .env("RUST_LOG", "warn")
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null());
-        if let Some(token) = token {
-            cmd.env("WRENN_REGISTRATION_TOKEN", token);
-        }
-        Self(cmd.spawn().expect("wrenn-agent starts"))
-    }
-
-    fn stop(mut self) {
-        let pid = rustix::process::Pid::from_child(&self.0);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("wrenn-agent did not stop on SIGTERM");
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

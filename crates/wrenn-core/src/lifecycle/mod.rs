@@ -6,6 +6,7 @@ mod request;
 mod service;
 mod snapshot;
 mod status;
+mod template_copies;
 
 pub use fallback::Applied;
 pub use request::{

@@ -136,6 +136,8 @@ pub(super) struct Inner {
     pub(super) timeouts: Timeouts,
     /// Most live capsules per team (see [`crate::repo::QUOTA_STATUSES`]).
     team_max_capsules: AtomicU32,
+    /// Template copies in progress.
+    pub(super) copies: super::template_copies::CopyLocks,
 }
 
 /// The sandbox lifecycle service. Cheap to clone.
@@ -193,6 +195,7 @@ impl Lifecycle {
                 tasks: TaskTracker::new(),
                 timeouts,
                 team_max_capsules: AtomicU32::new(DEFAULT_TEAM_MAX_CAPSULES),
+                copies: Default::default(),
             }),
         }
     }
@@ -406,12 +409,17 @@ impl Lifecycle {
             actor.clone(),
         );
         let finished = self.spawn(span, async move {
-            let res = with_timeout(
-                this.inner.timeouts.create,
-                "create",
-                this.inner.agents.create_sandbox(sb.host_id, &spec),
-            )
-            .await;
+            let res = match this.place_template(&template, sb.host_id).await {
+                Ok(()) => {
+                    with_timeout(
+                        this.inner.timeouts.create,
+                        "create",
+                        this.inner.agents.create_sandbox(sb.host_id, &spec),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             this.finish_start(&sb, Starting, Error, res, &actor).await;
         });
         Ok((sandbox, finished))

@@ -115,6 +115,11 @@ impl Lifecycle {
                 .await;
         }
         let template = upserted?;
+        // Only this host holds the files now (copies elsewhere are of what was
+        // overwritten); capsules on other hosts get a copy first.
+        if let Err(e) = store.set_template_origin(template.id, sb.host_id).await {
+            warn!(error = %e, template_id = %template.id, "could not record where the template's files are");
+        }
         let ev = PlatformEvent {
             event: PlatformEventKind::SnapshotCreated,
             timestamp: chrono::Utc::now(),

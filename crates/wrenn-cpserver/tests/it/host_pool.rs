@@ -41,6 +41,10 @@ struct Sb {
 struct AgentState {
     sandboxes: BTreeMap<String, Sb>,
     templates: HashSet<(String, String)>,
+    /// Template archives held, by (team, template).
+    archives: HashMap<(String, String), Vec<u8>>,
+    /// ExportTemplate sends its first chunk, then fails.
+    export_breaks: bool,
     auto_paused: Vec<String>,
     hibernated_on_disk: Vec<String>,
     /// Returned (once) by the next RPC instead of its normal answer.
@@ -252,6 +256,49 @@ agent_impl!({
         let deleted = st.templates.remove(&(r.team_id.clone(), r.template_id.clone()));
         st.last_delete_snapshot = Some(r);
         Ok(Response::new(pb::DeleteSnapshotResponse { deleted }))
+    }
+
+    type ExportTemplateStream = futures::stream::BoxStream<'static, Result<pb::TemplateArchiveChunk, Status>>;
+
+    async fn export_template(
+        &self,
+        req: Request<pb::ExportTemplateRequest>,
+    ) -> Result<Response<Self::ExportTemplateStream>, Status> {
+        let st = self.enter("ExportTemplate", &req)?;
+        let r = req.into_inner();
+        let archive = st
+            .archives
+            .get(&(r.team_id, r.template_id))
+            .cloned()
+            .ok_or_else(|| Status::not_found("template not on this host"))?;
+        let mut chunks: Vec<Result<pb::TemplateArchiveChunk, Status>> = archive
+            .chunks(3)
+            .map(|c| Ok(pb::TemplateArchiveChunk { data: c.to_vec() }))
+            .collect();
+        if st.export_breaks {
+            chunks.truncate(1);
+            chunks.push(Err(Status::internal("disk read error")));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn import_template(
+        &self,
+        req: Request<tonic::Streaming<pb::ImportTemplateRequest>>,
+    ) -> Result<Response<pb::ImportTemplateResponse>, Status> {
+        drop(self.enter("ImportTemplate", &req)?);
+        let mut stream = req.into_inner();
+        let mut key = None;
+        let mut archive = Vec::new();
+        // Any broken message fails the import: nothing is kept.
+        while let Some(m) = stream.message().await? {
+            key.get_or_insert((m.team_id, m.template_id));
+            archive.extend_from_slice(&m.data);
+        }
+        let key = key.ok_or_else(|| Status::invalid_argument("no message"))?;
+        let size_bytes = archive.len() as u64;
+        self.state().archives.insert(key, archive);
+        Ok(Response::new(pb::ImportTemplateResponse { size_bytes }))
     }
 }
     hibernate_sandbox(pb::HibernateSandboxRequest) -> pb::HibernateSandboxResponse;
@@ -889,6 +936,52 @@ async fn negative_resources_are_rejected_before_calling_the_agent() {
         "{got:?}"
     );
     assert!(agent.agent.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_relayed_between_two_agents_and_a_broken_export_is_never_imported() {
+    let f = Fixture::sqlite().await;
+    let (a, b) = (RunningAgent::start().await, RunningAgent::start().await);
+    let (host_a, host_b) = (f.host_at(&a.address()).await, f.host_at(&b.address()).await);
+    let (team, template) = (TeamId::new(), TemplateId::new());
+    let key = (
+        team.uuid().hyphenated().to_string(),
+        template.uuid().hyphenated().to_string(),
+    );
+    let archive: Vec<u8> = (0..100u8).collect();
+    a.agent
+        .state()
+        .archives
+        .insert(key.clone(), archive.clone());
+
+    let size = f
+        .pool
+        .copy_template(host_a, host_b, team, template)
+        .await
+        .expect("copy");
+    assert_eq!(size, 100);
+    assert_eq!(b.agent.state().archives.get(&key), Some(&archive));
+
+    // The source fails after its first chunk: the target is left without the template.
+    b.agent.state().archives.clear();
+    a.agent.state().export_breaks = true;
+    let err = f
+        .pool
+        .copy_template(host_a, host_b, team, template)
+        .await
+        .expect_err("a broken export fails the copy");
+    assert!(matches!(err, HostCallError::Internal(_)), "{err:?}");
+    assert!(b.agent.state().archives.is_empty(), "nothing imported");
+
+    // A template the source does not have.
+    let missing = f
+        .pool
+        .copy_template(host_a, host_b, team, TemplateId::new())
+        .await;
+    assert!(
+        matches!(missing, Err(HostCallError::NotFound(_))),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

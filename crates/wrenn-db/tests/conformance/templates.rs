@@ -229,7 +229,41 @@ async fn unknown_templates_and_teams_are_refused(db: Db) {
     );
 }
 
+async fn a_templates_hosts_are_its_origin_and_its_copies(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let t = db
+        .create_template(template(team.id, "snap", TemplateKind::Snapshot))
+        .await
+        .unwrap();
+    let (a, b, c) = (
+        host(&db, None).await,
+        host(&db, None).await,
+        host(&db, None).await,
+    );
+    assert!(db.template_hosts(t.id).await.unwrap().is_empty());
+    db.set_template_origin(t.id, a.id).await.unwrap();
+    db.add_template_host(t.id, b.id).await.unwrap();
+    db.add_template_host(t.id, b.id).await.unwrap();
+    let mut held = db.template_hosts(t.id).await.unwrap();
+    held.sort();
+    let mut want = vec![a.id, b.id];
+    want.sort();
+    assert_eq!(held, want, "a repeated copy is recorded once");
+
+    // Overwritten from a capsule on `c`: the other copies are stale.
+    db.set_template_origin(t.id, c.id).await.unwrap();
+    assert_eq!(db.template_hosts(t.id).await.unwrap(), vec![c.id]);
+
+    // A deleted host or template takes its records along.
+    db.add_template_host(t.id, a.id).await.unwrap();
+    db.delete_host(a.id).await.unwrap();
+    assert_eq!(db.template_hosts(t.id).await.unwrap(), vec![c.id]);
+    assert!(db.delete_template(team.id, t.id).await.unwrap());
+    assert!(db.template_hosts(t.id).await.unwrap().is_empty());
+}
+
 conformance_tests!(
+    a_templates_hosts_are_its_origin_and_its_copies,
     the_builtin_template_is_visible_to_every_team,
     templates_round_trip,
     template_names_are_unique_per_team,

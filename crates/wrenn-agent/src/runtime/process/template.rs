@@ -18,6 +18,8 @@
 //! visible. Each template records the exact image build it sits on (its directory),
 //! not "the current image": builds are immutable and never removed by Wrenn, so a
 //! template keeps working — on the tree it was made on — after the image is rebuilt.
+//! Where that build's directory does not exist (a template imported from another
+//! host), this host's build of the same recipe (same hash) stands in for it.
 //! The parent's layers are hard-linked (they are immutable), not referenced, so
 //! deleting a parent template never breaks a child; only the sandbox's own upper layer
 //! is really copied (`cp -a`, reflinks where the filesystem has them). A snapshot costs
@@ -182,7 +184,7 @@ pub fn resolve(
                      of the built-in template"
                 )));
             }
-            let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
+            let mut manifest: Manifest = serde_json::from_value(value).map_err(|e| {
                 RuntimeError::Other(format!(
                     "template {template}: invalid {}: {}",
                     manifest_path.display(),
@@ -210,6 +212,15 @@ pub fn resolve(
                 return Err(RuntimeError::Other(format!(
                     "template {template} has no layers"
                 )));
+            }
+            // A template made on another host (or before WRENN_DIR moved) names that
+            // host's copy of the image build: this host's build of the same recipe
+            // stands in for it.
+            if let Base::Image(made_on) = &mut manifest.base
+                && !made_on.rootfs.is_dir()
+                && made_on.hash == image.hash
+            {
+                made_on.rootfs = image.rootfs.clone();
             }
             if let Base::Image(image) = &manifest.base {
                 check_image(image).map_err(|e| {

@@ -8,6 +8,7 @@
 mod agent;
 mod artifacts;
 mod control_plane;
+mod deployment;
 mod envd;
 mod messages;
 mod runtime;
@@ -15,6 +16,7 @@ mod runtime;
 pub use agent::{Setup, TestAgent, agent_client, connect_channel, create_request};
 pub use artifacts::{envd_binary, process_options, test_image};
 pub use control_plane::FakeControlPlane;
+pub use deployment::{AgentProcess, ControlPlaneUnderTest};
 pub use envd::Envd;
 pub use messages::{
     by_pid, by_tag, collect, command, file_data, file_header, first_start, next_event,

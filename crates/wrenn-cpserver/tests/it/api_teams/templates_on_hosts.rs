@@ -66,6 +66,15 @@ impl HostAgents for RecordingAgents {
         self.removed.lock().unwrap().push((host, team, t));
         Err(HostCallError::Internal("disk busy".into())) // best effort: must not stop the deletion
     }
+    async fn copy_template(
+        &self,
+        from: HostId,
+        to: HostId,
+        team: TeamId,
+        t: TemplateId,
+    ) -> Result<u64, HostCallError> {
+        self.inner.copy_template(from, to, team, t).await
+    }
     async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError> {
         self.inner.list_sandboxes(host).await
     }

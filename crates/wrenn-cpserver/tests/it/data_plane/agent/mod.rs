@@ -294,6 +294,22 @@ impl HostAgentService for HostService {
         get_host_metrics(GetHostMetricsRequest) -> GetHostMetricsResponse;
     }
 
+    type ExportTemplateStream = futures::stream::Empty<Result<pb::TemplateArchiveChunk, Status>>;
+
+    async fn export_template(
+        &self,
+        _: Request<pb::ExportTemplateRequest>,
+    ) -> Result<Response<Self::ExportTemplateStream>, Status> {
+        Err(Status::unimplemented("export_template"))
+    }
+
+    async fn import_template(
+        &self,
+        _: Request<tonic::Streaming<pb::ImportTemplateRequest>>,
+    ) -> Result<Response<pb::ImportTemplateResponse>, Status> {
+        Err(Status::unimplemented("import_template"))
+    }
+
     async fn get_sandbox_metrics(
         &self,
         r: Request<pb::GetSandboxMetricsRequest>,
