@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "proto/envd/v1/process.proto",
     "proto/envd/v1/filesystem.proto",
     "proto/envd/v1/system.proto",
+    "proto/envd/v1/tunnel.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -39,11 +40,14 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // envd.v1: `Process.Connect` is an RPC, whose generated client method `connect`
     // would collide with the transport constructor of the same name, so envd clients
-    // are built from a `Channel` with `new` instead. File contents are `Bytes`: relayed
-    // between the control plane, the host agent and envd without a copy per hop.
+    // are built from a `Channel` with `new` instead. File contents and tunnel bytes are
+    // `Bytes`: relayed between the control plane, the host agent and envd without a copy
+    // per hop.
     tonic_prost_build::configure()
         .bytes(".envd.v1.WriteFileRequest.data")
         .bytes(".envd.v1.ReadFileResponse.data")
+        .bytes(".envd.v1.TunnelRequest.data")
+        .bytes(".envd.v1.TunnelResponse.data")
         .build_client(true)
         .build_server(true)
         .build_transport(false)

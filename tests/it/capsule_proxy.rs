@@ -18,6 +18,10 @@ const SERVER: &str = include_str!("capsule_proxy/server.py");
 const HTTP: u16 = 8000;
 /// Its `Upgrade` echo port.
 const ECHO: u16 = 8001;
+/// The same app's ports when bound to the capsule's loopback only.
+const LOOPBACK_HTTP: u16 = 8002;
+/// Its echo port there.
+const LOOPBACK_ECHO: u16 = 8003;
 
 /// The capsule URL host of `port` in `id`.
 fn host(dev: &Dev, id: &str, port: u16) -> String {
@@ -58,7 +62,35 @@ async fn serve(dev: &Dev, id: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the app in {id} never answered through the proxy");
+    panic!("the app in {id} on {bind}:{http} never answered through the proxy");
+}
+
+/// Opens an `Upgrade: echo` connection to `port` of `id` through the proxy and checks
+/// bytes come back as sent.
+async fn echo_through(dev: &Dev, id: &str, port: u16) {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", dev.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        host(dev, id, port),
+        dev.key
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        answer.push(b[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    for msg in [&b"ping"[..], b"second message"] {
+        tcp.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tcp.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
 }
 
 /// `GET path` on `port` of `id` with the dev API key: status and body.
@@ -85,7 +117,7 @@ fn code(body: &str) -> String {
 async fn capsule_urls_reach_servers_inside_capsules() {
     let dev = start_dev_with(&[("WRENN_PROXY_UPSTREAM_TIMEOUT_SECS", "3")]);
     let id = dev.create(json!({})).await;
-    serve(&dev, &id).await;
+    serve(&dev, &id, HTTP, ECHO, "0.0.0.0").await;
 
     // A plain request, with its path and query; the capsule sees who asked (forwarded
     // headers) but never the Wrenn API key.
@@ -146,30 +178,14 @@ async fn capsule_urls_reach_servers_inside_capsules() {
     assert_eq!(r.text().await.unwrap(), want);
 
     // Upgrades (WebSockets and any other protocol) are spliced byte for byte.
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", dev.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        host(&dev, &id, ECHO),
-        dev.key
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tcp.read_exact(&mut b).await.unwrap();
-        answer.push(b[0]);
-    }
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
-    for msg in [&b"ping"[..], b"second message"] {
-        tcp.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        tcp.read_exact(&mut back).await.unwrap();
-        assert_eq!(back, msg);
-    }
-    drop(tcp);
+    echo_through(&dev, &id, ECHO).await;
+
+    // Servers bound to the capsule's loopback only are reachable too (as E2B users
+    // expect): HTTP and upgrades.
+    serve(&dev, &id, LOOPBACK_HTTP, LOOPBACK_ECHO, "127.0.0.1").await;
+    let (s, body) = get(&dev, &id, LOOPBACK_HTTP, "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello from the capsule\n"));
+    echo_through(&dev, &id, LOOPBACK_ECHO).await;
 
     // Credentials: none, or a wrong key, is 401; the URL never reveals the capsule.
     let r = client.get(&url).send().await.unwrap();

@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use wrenn_proto::envd::v1::filesystem_client::FilesystemClient;
 use wrenn_proto::envd::v1::process_client::ProcessClient;
 use wrenn_proto::envd::v1::system_client::SystemClient;
+use wrenn_proto::envd::v1::tunnel_client::TunnelClient;
 use wrenn_proto::envd::v1::{HealthRequest, HealthResponse};
 
 use crate::error::{AgentError, AgentResult};
@@ -31,6 +32,10 @@ use crate::runtime::EnvdEndpoint;
 
 /// Largest message accepted from envd (its own messages are at most 64 KiB of data).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest tunnel message accepted from envd: its data is at most
+/// [`wrenn_proto::TUNNEL_CHUNK_SIZE`], so a guest cannot make the agent buffer more per
+/// message than that (plus framing).
+const MAX_TUNNEL_MESSAGE: usize = wrenn_proto::TUNNEL_CHUNK_SIZE + 1024;
 /// Connection establishment budget.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +76,8 @@ pub struct EnvdClient {
     pub fs: FilesystemClient<EnvdChannel>,
     /// `envd.v1.System`.
     pub system: SystemClient<EnvdChannel>,
+    /// `envd.v1.Tunnel` (the port proxy's way to servers on the sandbox's loopback).
+    pub tunnel: TunnelClient<EnvdChannel>,
 }
 
 impl EnvdClient {
@@ -112,7 +119,8 @@ impl EnvdClient {
         Self {
             process: ProcessClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE),
             fs: FilesystemClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE),
-            system: SystemClient::new(ch).max_decoding_message_size(MAX_MESSAGE),
+            system: SystemClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE),
+            tunnel: TunnelClient::new(ch).max_decoding_message_size(MAX_TUNNEL_MESSAGE),
         }
     }
 

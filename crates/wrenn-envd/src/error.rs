@@ -33,6 +33,10 @@ pub enum EnvdError {
     /// The access token is missing or wrong (`UNAUTHENTICATED`).
     #[error("{0}")]
     Unauthenticated(String),
+    /// Something the call needs cannot be reached, such as a tunnel's destination
+    /// (`UNAVAILABLE`).
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else (`INTERNAL`).
     #[error("{0}")]
     Internal(String),
@@ -107,6 +111,7 @@ impl From<EnvdError> for Status {
             EnvdError::PermissionDenied(m) => Status::permission_denied(m),
             EnvdError::ResourceExhausted(m) => Status::resource_exhausted(m),
             EnvdError::Unauthenticated(m) => Status::unauthenticated(m),
+            EnvdError::Unavailable(m) => Status::unavailable(m),
             EnvdError::Internal(m) => Status::internal(m),
         }
     }

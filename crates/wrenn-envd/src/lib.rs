@@ -3,8 +3,9 @@
 //! envd runs inside every sandbox and serves the `envd.v1` gRPC services of
 //! [`wrenn_proto`]: `Process` (start processes on pipes or PTYs, stream their output
 //! with replay, stdin, signals, resize, reattach by pid or tag), `Filesystem` (stat,
-//! list, mkdir, move, remove, and files streamed in 64 KiB chunks) and `System`
-//! (health, Init, snapshot preparation, metrics, default environment).
+//! list, mkdir, move, remove, and files streamed in 64 KiB chunks), `System`
+//! (health, Init, snapshot preparation, metrics, default environment) and `Tunnel`
+//! (TCP connections to the sandbox's own loopback, for the host agent's port proxy).
 //!
 //! Inside a VM it listens on TCP `0.0.0.0:49983`; in the process runtime it is PID 1 of
 //! the sandbox's namespaces and listens on a unix socket, and then also reaps orphans
@@ -36,6 +37,7 @@
 //! - `process`: the Process service (spawn, PTY, output buffers, registry, streams).
 //! - `fs`: the Filesystem service.
 //! - `system` and `metrics`: the System service.
+//! - `tunnel`: the Tunnel service (loopback destinations only, never envd's port).
 //! - [`reaper`]: the single owner of all `waitpid` calls.
 //! - [`server`]: listeners and lifecycle; [`client`]: channels for callers.
 //! - `users`, `paths`, `state`, [`error`]: `/etc/passwd`, path resolution, Init state,
@@ -52,6 +54,7 @@ pub mod reaper;
 pub mod server;
 mod state;
 mod system;
+mod tunnel;
 mod users;
 
 pub use error::EnvdError;

@@ -1,4 +1,4 @@
-//! Serving the three envd services on TCP, a unix socket, or an inherited socket.
+//! Serving the four envd services on TCP, a unix socket, or an inherited socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use tonic::{Request, Status};
 use wrenn_proto::envd::v1::filesystem_server::FilesystemServer;
 use wrenn_proto::envd::v1::process_server::ProcessServer;
 use wrenn_proto::envd::v1::system_server::SystemServer;
+use wrenn_proto::envd::v1::tunnel_server::TunnelServer;
 
 use crate::fs::FilesystemService;
 use crate::metrics::CpuSampler;
@@ -23,6 +24,7 @@ use crate::process::{ProcessLimits, ProcessService};
 use crate::reaper;
 use crate::state::Shared;
 use crate::system::SystemService;
+use crate::tunnel::TunnelService;
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +180,7 @@ enum Listener {
     Unix(tokio::net::UnixListener, Option<PathBuf>),
 }
 
-/// Binds the listener and starts serving `Process`, `Filesystem` and `System`.
+/// Binds the listener and starts serving `Process`, `Filesystem`, `System` and `Tunnel`.
 /// Must be called inside a tokio runtime; returns once the socket is listening.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     if config.reap_orphans {
@@ -208,6 +210,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
     );
     let filesystem = FilesystemService::new(Arc::clone(&shared));
     let system = SystemService::new(Arc::clone(&shared), Arc::clone(&cpu));
+    let tunnel = TunnelService::new(match &addr {
+        BoundAddr::Tcp(addr) => Some(addr.port()),
+        BoundAddr::Unix(_) => None,
+    });
     let auth = {
         let shared = Arc::clone(&shared);
         move |request: Request<()>| -> Result<Request<()>, Status> {
@@ -224,7 +230,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
             process.clone(),
             auth.clone(),
         ))
-        .add_service(FilesystemServer::with_interceptor(filesystem, auth))
+        .add_service(FilesystemServer::with_interceptor(filesystem, auth.clone()))
+        .add_service(TunnelServer::with_interceptor(tunnel, auth))
         .add_service(SystemServer::new(system));
 
     let stop = CancellationToken::new();

@@ -9,10 +9,11 @@
 //!   terminate), snapshot and template creation, and per-sandbox and per-host metrics.
 //!   It runs over gRPC with mTLS in production and over a loopback channel in the
 //!   embedded mode.
-//! - [`envd::v1`] (package `envd.v1`, services `Process`, `Filesystem`, `System`): the
-//!   guest agent `envd` that runs inside every sandbox and listens on TCP port
-//!   [`ENVD_PORT`]. It spawns and controls processes (pipes or PTY, output streams with
-//!   replay), streams files in chunks and reports health and metrics. The host agent
+//! - [`envd::v1`] (package `envd.v1`, services `Process`, `Filesystem`, `System`,
+//!   `Tunnel`): the guest agent `envd` that runs inside every sandbox and listens on TCP
+//!   port [`ENVD_PORT`]. It spawns and controls processes (pipes or PTY, output streams
+//!   with replay), streams files in chunks, reports health and metrics, and tunnels the
+//!   host agent's port proxy to servers on the sandbox's loopback. The host agent
 //!   serves `Process` and `Filesystem` too, forwarding each call to the sandbox its
 //!   metadata names ([`routing`]): that is how the control plane runs commands and moves
 //!   files, with no second declaration of envd's messages.
@@ -52,8 +53,9 @@ pub mod hostagent {
 pub mod envd {
     /// Version 1 of the guest agent protocol: package `envd.v1`, services `Process`
     /// ([`process_server::Process`](v1::process_server::Process)), `Filesystem`
-    /// ([`filesystem_server::Filesystem`](v1::filesystem_server::Filesystem)) and `System`
-    /// ([`system_server::System`](v1::system_server::System)), with matching clients.
+    /// ([`filesystem_server::Filesystem`](v1::filesystem_server::Filesystem)), `System`
+    /// ([`system_server::System`](v1::system_server::System)) and `Tunnel`
+    /// ([`tunnel_server::Tunnel`](v1::tunnel_server::Tunnel)), with matching clients.
     ///
     /// The clients have no `connect(endpoint)` constructor: `Process.Connect` is an RPC,
     /// and its client method `connect` would collide with it. Build them from a channel
@@ -70,6 +72,10 @@ pub mod envd {
 /// 256 KiB. Senders never exceed it; receivers reject larger chunks with
 /// `INVALID_ARGUMENT`.
 pub const FILE_CHUNK_SIZE: usize = 256 * 1024;
+
+/// Largest data of one `envd.v1.Tunnel` message: envd reads a tunnelled connection in
+/// chunks of at most 64 KiB, and the host agent writes at most that much per message.
+pub const TUNNEL_CHUNK_SIZE: usize = 64 * 1024;
 
 /// TCP port the guest agent `envd` serves gRPC on inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;

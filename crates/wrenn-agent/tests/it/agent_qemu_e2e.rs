@@ -1,8 +1,9 @@
 //! The agent end to end over the QEMU runtime: every capsule a virtual machine booted
 //! from the default image's kernel (TCG on hosts where KVM cannot boot guests, as on
 //! the machines CI runs on), envd as the guest's PID 1 reached over the capsule's TAP
-//! network. Memory survives pause and hibernation, a template carries a running server
-//! into new capsules, the guest's traffic leaves only as its capsule, and nothing is
+//! network. Memory survives pause and hibernation, the proxy reaches servers on the
+//! guest's address and on its loopback, a template carries a running server into new
+//! capsules, the guest's traffic leaves only as its capsule, and nothing is
 //! left once capsules are destroyed. Needs root and `qemu-system-x86_64`.
 
 use crate::common;
@@ -367,6 +368,32 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         }
     };
     eventually("the proxied server", || answers(proxied(id))).await;
+    // One bound to the guest's loopback only answers too (through envd's tunnel).
+    spawn(
+        &channel,
+        id,
+        command(
+            "/usr/bin/python3",
+            &[
+                "-m",
+                "http.server",
+                "8124",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                "/dev/shm",
+            ],
+        ),
+        "web-loopback",
+    )
+    .await;
+    eventually("the proxied loopback server", || {
+        answers(format!(
+            "http://{}/proxy/{id}/8124/note",
+            agent.local_addr()
+        ))
+    })
+    .await;
 
     // Snapshot → a capsule from the template resumes the template's processes: the
     // server answers without being started again.

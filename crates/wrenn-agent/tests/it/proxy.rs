@@ -1,5 +1,7 @@
 //! The port proxy (`/proxy/{id}/{port}/…`) against real TCP servers on 127.0.0.1, and
-//! its interplay with pause (connection drain).
+//! its interplay with pause (connection drain); then against servers inside real
+//! process-runtime capsules, bound to the capsule's address or to its loopback only
+//! (reached through envd's tunnel), plain HTTP and upgrades (needs root).
 
 use crate::common;
 
@@ -88,16 +90,30 @@ async fn upgrade_echo() -> SocketAddr {
     addr
 }
 
+/// An agent listening somewhere: the test harness's, or one started here.
+trait Listening {
+    fn addr(&self) -> SocketAddr;
+}
+
+impl Listening for TestAgent {
+    fn addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+}
+
+impl Listening for wrenn_agent::AgentHandle {
+    fn addr(&self) -> SocketAddr {
+        self.local_addr()
+    }
+}
+
 fn url(
-    agent: &TestAgent,
+    agent: &impl Listening,
     id: impl std::fmt::Display,
     port: impl std::fmt::Display,
     rest: &str,
 ) -> String {
-    format!(
-        "http://{}/proxy/{id}/{port}{rest}",
-        agent.handle.local_addr()
-    )
+    format!("http://{}/proxy/{id}/{port}{rest}", agent.addr())
 }
 
 #[tokio::test]
@@ -309,4 +325,280 @@ async fn proxy_requires_the_agent_token_when_configured() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().starts_with("hello x"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers inside real capsules (process runtime)
+// ---------------------------------------------------------------------------------------
+
+/// A server for capsules: `python3 /root/serve.py ADDRESS PORT`. HTTP/1.1 with
+/// keep-alive; a GET answers `ADDRESS peer=IP:PORT host=HOST` (the connection's peer as
+/// the server sees it); a GET with `Upgrade` answers 101 and echoes bytes until EOF.
+const SERVE_PY: &str = r#"
+import http.server, socket, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.headers.get("Upgrade"):
+            self.send_response(101)
+            self.send_header("Connection", "upgrade")
+            self.send_header("Upgrade", self.headers["Upgrade"])
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                data = self.connection.recv(65536)
+                if not data:
+                    break
+                self.connection.sendall(data)
+            self.close_connection = True
+            return
+        peer = "%s:%d" % self.client_address[:2]
+        body = ("%s peer=%s host=%s" % (sys.argv[1], peer, self.headers.get("Host"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+
+Server((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"#;
+
+/// Runs `scenario` against an agent over the real process runtime in a fresh
+/// `$WRENN_DIR`, then removes every capsule (processes, mounts, cgroups, network)
+/// whatever happened.
+async fn with_capsule_agent<F, Fut>(scenario: F)
+where
+    F: FnOnce(wrenn_agent::AgentHandle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use wrenn_agent::runtime::Runtime;
+    use wrenn_agent::runtime::process::{ProcessRuntime, ProcessRuntimeOptions};
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the process runtime needs root");
+        return;
+    }
+    // Short $WRENN_DIR: unix socket paths live under it.
+    let dir = tempfile::Builder::new().prefix("wp").tempdir().unwrap();
+    let layout = wrenn_core::layout::Layout::new(dir.path());
+    let envd = tokio::task::spawn_blocking(common::envd_binary)
+        .await
+        .unwrap();
+    let result = {
+        let (layout, envd) = (layout.clone(), envd.clone());
+        tokio::spawn(async move {
+            let options = ProcessRuntimeOptions {
+                init_program: Some(std::path::PathBuf::from(env!("CARGO_BIN_EXE_wrenn-agent"))),
+                ..common::process_options().await
+            };
+            let runtime = ProcessRuntime::new(layout.clone(), envd, options)
+                .await
+                .expect("the process runtime starts (root, cgroups, overlayfs, nf_tables)");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let agent = wrenn_agent::Agent::start(wrenn_agent::AgentOptions::new(
+                std::sync::Arc::new(runtime),
+                layout,
+                listener,
+            ))
+            .await
+            .unwrap();
+            scenario(agent).await;
+        })
+        .await
+    };
+    let rt = ProcessRuntime::new(layout, envd, common::process_options().await)
+        .await
+        .unwrap();
+    let _ = rt.sweep(&[]).await;
+    rt.removals_settled().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// A capsule with `/root/serve.py` in it: (id, host_ip).
+async fn capsule_with_server(agent: &wrenn_agent::AgentHandle) -> (SandboxId, String) {
+    let channel = common::connect_channel(agent.local_addr()).await;
+    let id = SandboxId::new();
+    let created = common::agent_client(&channel)
+        .create_sandbox(common::create_request(id, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    common::Envd::of(&channel, id)
+        .write_file("/root/serve.py", SERVE_PY.as_bytes())
+        .await
+        .expect("write the server");
+    (id, created.host_ip)
+}
+
+/// Starts `cmd args…` in capsule `id` in the background.
+async fn start_in(agent: &wrenn_agent::AgentHandle, id: SandboxId, cmd: &str, args: &[&str]) {
+    let channel = common::connect_channel(agent.local_addr()).await;
+    common::Envd::of(&channel, id)
+        .spawn(common::command(cmd, args))
+        .await
+        .expect("start the server");
+}
+
+/// Waits until `GET url` answers 200 and returns the body.
+async fn get_when_up(http: &reqwest::Client, url: &str) -> String {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        if let Ok(resp) = http.get(url).send().await {
+            if resp.status() == 200 {
+                return resp.text().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The peer the server saw, from a `serve.py` answer.
+fn peer(body: &str) -> &str {
+    body.split(' ')
+        .find_map(|w| w.strip_prefix("peer="))
+        .unwrap_or_else(|| panic!("no peer in {body:?}"))
+}
+
+#[tokio::test]
+async fn servers_on_the_capsule_loopback_are_reachable_like_those_on_its_address() {
+    with_capsule_agent(|agent| async move {
+        let (id, host_ip) = capsule_with_server(&agent).await;
+        let http = reqwest::Client::new();
+        let py = "/usr/bin/python3";
+
+        // The stock `http.server`, bound to 127.0.0.1 only.
+        common::Envd::of(&common::connect_channel(agent.local_addr()).await, id)
+            .write_file("/root/hello.txt", b"hello from the loopback")
+            .await
+            .unwrap();
+        start_in(
+            &agent,
+            id,
+            py,
+            &[
+                "-m",
+                "http.server",
+                "8001",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                "/root",
+            ],
+        )
+        .await;
+        let body = get_when_up(&http, &url(&agent, id, 8001, "/hello.txt")).await;
+        assert_eq!(body, "hello from the loopback");
+        // It really is out of the direct path's reach.
+        let direct = tokio::net::TcpStream::connect((host_ip.as_str(), 8001)).await;
+        assert_eq!(
+            direct.map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+
+        // Keep-alive servers on 127.0.0.1, ::1 and 0.0.0.0.
+        start_in(&agent, id, py, &["/root/serve.py", "127.0.0.1", "8002"]).await;
+        start_in(&agent, id, py, &["/root/serve.py", "::1", "8003"]).await;
+        start_in(&agent, id, py, &["/root/serve.py", "0.0.0.0", "8004"]).await;
+
+        let v4 = get_when_up(&http, &url(&agent, id, 8002, "/")).await;
+        assert!(v4.starts_with("127.0.0.1 peer=127.0.0.1:"), "{v4}");
+        assert!(v4.ends_with(&format!("host={host_ip}:8002")), "{v4}");
+        // The tunnel is pooled like any connection: the next request reuses it.
+        let again = get_when_up(&http, &url(&agent, id, 8002, "/")).await;
+        assert_eq!(peer(&again), peer(&v4), "one pooled tunnel: {v4} / {again}");
+
+        let v6 = get_when_up(&http, &url(&agent, id, 8003, "/")).await;
+        assert!(v6.starts_with("::1 peer=::1:"), "{v6}");
+
+        // A server on every address is reached directly, from outside the capsule.
+        let all = get_when_up(&http, &url(&agent, id, 8004, "/")).await;
+        assert!(all.starts_with("0.0.0.0 peer="), "{all}");
+        assert!(
+            !peer(&all).starts_with("127.") && !peer(&all).starts_with("::1"),
+            "{all}"
+        );
+
+        // Nothing on the port at all: 502, saying what was tried.
+        let resp = http.get(url(&agent, id, 8009, "/")).send().await.unwrap();
+        assert_eq!(resp.status(), 502);
+        let msg = resp.text().await.unwrap();
+        assert!(
+            msg.contains("nothing accepts connections on port 8009") && msg.contains("guest agent"),
+            "{msg}"
+        );
+        // envd's own port stays closed, whatever the path.
+        let resp = http
+            .get(url(&agent, id, wrenn_proto::ENVD_PORT, "/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upgrades_reach_a_server_on_the_capsule_loopback() {
+    with_capsule_agent(|agent| async move {
+        let (id, _) = capsule_with_server(&agent).await;
+        start_in(
+            &agent,
+            id,
+            "/usr/bin/python3",
+            &["/root/serve.py", "127.0.0.1", "8005"],
+        )
+        .await;
+        get_when_up(&reqwest::Client::new(), &url(&agent, id, 8005, "/")).await;
+
+        let mut s = tokio::net::TcpStream::connect(agent.local_addr())
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /proxy/{id}/8005/ws HTTP/1.1\r\nHost: agent\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+        // Bytes both ways, more than one tunnel message.
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut r, mut w) = s.into_split();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) })
+        };
+        let mut echoed = vec![0u8; sent.len()];
+        tokio::time::timeout(common::PATIENCE, r.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(echoed == sent, "the echo matches");
+
+        // The upgraded connection is counted until it closes.
+        let sb = agent.manager().get(id).unwrap();
+        assert_eq!(sb.conns().active(), 1);
+        drop(writer.await.unwrap().unwrap());
+        drop(r);
+        common::eventually("the upgraded connection to be released", || async {
+            sb.conns().active() == 0
+        })
+        .await;
+    })
+    .await;
 }

@@ -1,5 +1,5 @@
 //! envd's integration tests (one binary, a module per area): processes, terminals,
-//! files and transport against a real envd server.
+//! files, transport and tunnels against a real envd server.
 
 mod common;
 
@@ -9,3 +9,4 @@ mod process;
 mod pty;
 mod system;
 mod transport;
+mod tunnel;

@@ -13,7 +13,7 @@ use wrenn_envd::{Listen, ServerConfig, ServerHandle};
 use wrenn_proto::envd::v1::{
     EndEvent, ProcessConfig, ProcessEvent, ProcessSelector, StartRequest, data_event,
     filesystem_client::FilesystemClient, process_client::ProcessClient, process_event,
-    process_selector::Selector, system_client::SystemClient,
+    process_selector::Selector, system_client::SystemClient, tunnel_client::TunnelClient,
 };
 
 /// Upper bound for anything a test waits for.
@@ -25,6 +25,7 @@ pub struct Envd {
     pub process: ProcessClient<Channel>,
     pub fs: FilesystemClient<Channel>,
     pub system: SystemClient<Channel>,
+    pub tunnel: TunnelClient<Channel>,
     /// Scratch directory of the test (the unix socket lives here too).
     pub dir: TempDir,
 }
@@ -59,7 +60,8 @@ impl Envd {
             server,
             process: ProcessClient::new(channel.clone()),
             fs: FilesystemClient::new(channel.clone()),
-            system: SystemClient::new(channel),
+            system: SystemClient::new(channel.clone()),
+            tunnel: TunnelClient::new(channel),
             dir,
         }
     }

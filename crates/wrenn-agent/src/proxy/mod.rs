@@ -1,17 +1,28 @@
 //! The HTTP port proxy: `/proxy/{sandbox_id}/{port}/{path…}` on the agent's listener
-//! forwards to `http://{host_ip}:{port}/{path…}` of a running sandbox.
+//! forwards to port `{port}` of a running sandbox — a server bound to `0.0.0.0` or the
+//! sandbox's address, or one bound to its loopback only (127.0.0.1, ::1, `localhost`).
 //!
-//! - The query string is kept; `Host` is rewritten to the upstream address; hop-by-hop
-//!   headers are dropped (except `Connection: upgrade` / `Upgrade` on upgrades).
+//! - **Connections** ([`upstream`]): TCP to `{host_ip}:{port}` first; only when that is
+//!   refused, a tunnel through the sandbox's guest agent to `localhost:{port}` inside
+//!   the sandbox ([`tunnel`]; envd dials nothing but the sandbox's loopback, never its
+//!   own port, and only for holders of the sandbox's access token — the agent). Both
+//!   kinds are pooled per sandbox and port.
+//! - The query string is kept; `Host` is rewritten to `{host_ip}:{port}` (whichever way
+//!   the connection goes); hop-by-hop headers are dropped (except
+//!   `Connection: upgrade` / `Upgrade` on upgrades) ([`headers`]).
 //! - Answers: **400** malformed id or port (1–65535), **403** the guest agent's port
 //!   ([`wrenn_proto::ENVD_PORT`], never proxied), **404** unknown sandbox, **409**
-//!   sandbox not running (or draining for a pause), **502** upstream failure, **401**
-//!   missing agent token (when one is configured). These answers of its own carry
-//!   [`PROXY_ERROR_HEADER`]; the app's answers never do (the header is removed from them).
-//! - **Upgrades** (WebSocket and any other `Upgrade`) pass through: when the upstream
-//!   answers 101 the two connections are spliced byte for byte.
-//! - Root-relative `Location` headers (and absolute ones pointing at the upstream) are
-//!   rewritten under `/proxy/{id}/{port}`.
+//!   sandbox not running (or draining for a pause), **502** upstream failure (the
+//!   message says which: nothing accepts connections on the port, neither at the
+//!   sandbox's address nor on its loopback; a connection failure; a bad response),
+//!   **401** missing agent token (when one is configured). These answers of its own
+//!   carry [`PROXY_ERROR_HEADER`]; the app's answers never do (the header is removed
+//!   from them).
+//! - **Upgrades** (WebSocket and any other `Upgrade`) pass through either kind of
+//!   connection: when the upstream answers 101 the two connections are spliced byte for
+//!   byte.
+//! - Root-relative `Location` headers (and absolute ones pointing at
+//!   `http://{host_ip}:{port}`) are rewritten under `/proxy/{id}/{port}`.
 //! - Every request holds a [`ConnGuard`] of the sandbox's
 //!   [`ConnTracker`](crate::conntrack::ConnTracker) until its response body (or the
 //!   upgraded connection) ends, so a pause can drain it; it also counts as activity.
@@ -19,6 +30,10 @@
 //!   it in `X-Wrenn-Agent-Token` (a dedicated header, so the sandbox app's own
 //!   `Authorization` passes through untouched); the header is removed before
 //!   forwarding.
+
+pub mod headers;
+pub mod tunnel;
+pub mod upstream;
 
 use crate::runtime::error_chain;
 use std::pin::Pin;
@@ -32,11 +47,10 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
+use http::StatusCode;
+use http::header::{self, HeaderValue};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::SandboxStatus;
@@ -44,6 +58,8 @@ use wrenn_proto::routing::PROXY_ERROR_HEADER;
 
 use crate::conntrack::ConnGuard;
 use crate::manager::{Sandbox, SandboxManager};
+use headers::{is_upgrade, rewrite_location, strip_hop_by_hop};
+use upstream::{UpstreamConnector, UpstreamError, socket_authority, upstream_uri};
 
 /// Header that carries the agent's auth token on proxy requests.
 pub const AGENT_TOKEN_HEADER: &str = "x-wrenn-agent-token";
@@ -52,20 +68,16 @@ pub const AGENT_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 #[derive(Clone)]
 struct ProxyState {
     manager: Arc<SandboxManager>,
-    client: Client<HttpConnector, Body>,
+    client: Client<UpstreamConnector, Body>,
     token: Option<Arc<str>>,
 }
 
 /// The proxy routes (`/proxy/…`), to be merged into the agent's router.
 pub fn router(manager: Arc<SandboxManager>, token: Option<String>) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(30)));
-    connector.set_keepalive(Some(Duration::from_secs(20)));
-    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(20)
-        .build(connector);
+        .build(UpstreamConnector::new(Arc::clone(&manager)));
     let state = ProxyState {
         manager,
         client,
@@ -104,54 +116,6 @@ fn split_path(path: &str) -> Option<(&str, &str, &str)> {
         None => (rest, ""),
     };
     Some((id, port, tail))
-}
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .filter(|t| t != "upgrade")
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for h in HOP_BY_HOP {
-        headers.remove(h);
-    }
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, u);
-        }
-    }
 }
 
 async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
@@ -211,17 +175,13 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     }
     sb.touch();
 
-    let authority = if host_ip.contains(':') {
-        format!("[{host_ip}]:{port}")
-    } else {
-        format!("{host_ip}:{port}")
-    };
+    let authority = socket_authority(&host_ip, port);
     let tail = if tail.is_empty() { "/" } else { tail };
     let pq = match req.uri().query() {
         Some(q) => format!("{tail}?{q}"),
         None => tail.to_owned(),
     };
-    let uri: Uri = match format!("http://{authority}{pq}").parse() {
+    let uri = match upstream_uri(id, port, &pq) {
         Ok(u) => u,
         Err(e) => {
             return plain(
@@ -244,12 +204,7 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
 
     let mut resp = match st.client.request(upstream_req).await {
         Ok(r) => r,
-        Err(e) => {
-            return plain(
-                StatusCode::BAD_GATEWAY,
-                format!("proxy error: {}", error_chain(&e)),
-            );
-        }
+        Err(e) => return plain(StatusCode::BAD_GATEWAY, upstream_failure(&e)),
     };
     let prefix = format!("/proxy/{id}/{port}");
     rewrite_location(resp.headers_mut(), &prefix, &authority);
@@ -289,25 +244,17 @@ async fn handle(State(st): State<ProxyState>, mut req: Request) -> Response {
     )
 }
 
-/// Rewrites a root-relative or upstream-absolute `Location` under the proxy prefix.
-fn rewrite_location(headers: &mut HeaderMap, prefix: &str, authority: &str) {
-    let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
-        return;
-    };
-    let upstream = format!("http://{authority}");
-    let new = if let Some(rest) = loc.strip_prefix(&upstream) {
-        Some(format!(
-            "{prefix}{}",
-            if rest.is_empty() { "/" } else { rest }
-        ))
-    } else if loc.starts_with('/') && !loc.starts_with("//") {
-        Some(format!("{prefix}{loc}"))
-    } else {
-        None
-    };
-    if let Some(v) = new.and_then(|n| HeaderValue::from_str(&n).ok()) {
-        headers.insert(header::LOCATION, v);
+/// The message of a 502: the connector's own error when it failed (it says what was
+/// tried), else the client's whole error chain.
+fn upstream_failure(err: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(upstream) = e.downcast_ref::<UpstreamError>() {
+            return format!("proxy error: {}", error_chain(upstream));
+        }
+        cause = e.source();
     }
+    format!("proxy error: {}", error_chain(err))
 }
 
 /// A response body that keeps the connection counted (and the sandbox active) until
@@ -364,41 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn locations() {
-        let mut h = HeaderMap::new();
-        h.insert(header::LOCATION, HeaderValue::from_static("/login?x=1"));
-        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
-        assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/login?x=1");
-        h.insert(
-            header::LOCATION,
-            HeaderValue::from_static("http://127.0.0.1:80/x"),
-        );
-        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
-        assert_eq!(h[header::LOCATION], "/proxy/cl-a/80/x");
-        h.insert(
-            header::LOCATION,
-            HeaderValue::from_static("https://example.com/"),
-        );
-        rewrite_location(&mut h, "/proxy/cl-a/80", "127.0.0.1:80");
-        assert_eq!(h[header::LOCATION], "https://example.com/");
-    }
-
-    #[test]
-    fn hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        strip_hop_by_hop(&mut h, false);
-        assert!(h.get("x-secret").is_none() && h.get(header::TRANSFER_ENCODING).is_none());
-        assert!(h.get("x-keep").is_some());
+    fn tokens() {
         assert!(token_eq(b"abc", b"abc") && !token_eq(b"abc", b"abd") && !token_eq(b"a", b"ab"));
     }
 }
