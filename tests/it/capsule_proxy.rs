@@ -41,19 +41,23 @@ fn capsule(dev: &Dev, id: &str, port: u16) -> (Client, String) {
     (client, format!("http://{}", host(dev, id, port)))
 }
 
-/// Starts the app inside `id` and waits until it answers through the proxy.
-async fn serve(dev: &Dev, id: &str) {
-    dev.sh(id, &format!("cat > /tmp/server.py <<'PY'\n{SERVER}\nPY"))
-        .await;
+/// Starts the app inside `id` on `http` and `echo`, bound to `bind`, and waits until it
+/// answers through the proxy.
+async fn serve(dev: &Dev, id: &str, http: u16, echo: u16, bind: &str) {
+    dev.sh(
+        id,
+        &format!("test -e /tmp/server.py || cat > /tmp/server.py <<'PY'\n{SERVER}\nPY"),
+    )
+    .await;
     let (s, v) = dev
         .call(
             Method::POST,
             &format!("/v1/capsules/{id}/exec"),
-            Some(json!({"cmd": "python3", "args": ["/tmp/server.py", HTTP.to_string(), ECHO.to_string(), "0.0.0.0"], "background": true, "tag": "app"})),
+            Some(json!({"cmd": "python3", "args": ["/tmp/server.py", http.to_string(), echo.to_string(), bind], "background": true})),
         )
         .await;
     assert_eq!(s, 202, "{v}");
-    let (client, url) = capsule(dev, id, HTTP);
+    let (client, url) = capsule(dev, id, http);
     for _ in 0..100 {
         if let Ok(r) = client.get(&url).header("X-API-Key", &dev.key).send().await
             && r.status() == 200
@@ -184,7 +188,10 @@ async fn capsule_urls_reach_servers_inside_capsules() {
     // expect): HTTP and upgrades.
     serve(&dev, &id, LOOPBACK_HTTP, LOOPBACK_ECHO, "127.0.0.1").await;
     let (s, body) = get(&dev, &id, LOOPBACK_HTTP, "/").await;
-    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello from the capsule\n"));
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::OK, "hello from the capsule\n")
+    );
     echo_through(&dev, &id, LOOPBACK_ECHO).await;
 
     // Credentials: none, or a wrong key, is 401; the URL never reveals the capsule.
