@@ -205,6 +205,91 @@ async fn capsule_urls_reach_servers_inside_capsules() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
+    // Public URLs: the team gives the capsule an access token; whoever holds it gets
+    // in without a team credential, and the capsule never sees it.
+    let (s, v) = dev
+        .call(
+            Method::POST,
+            &format!("/v1/capsules/{id}/access-token"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(v["header"], "x-wrenn-access-token");
+    let public = |path: &str| client.get(format!("{url}{path}"));
+    let r = public("/headers")
+        .header("X-Wrenn-Access-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(&token), "{body}");
+    // A link carries it in the query; the answer keeps it in a cookie for the next
+    // requests, and the capsule sees neither.
+    let r = public(&format!("/headers?a=1&wrenn_access_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with(&format!("wrenn_access_token={token};")) && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.starts_with("path=/headers?a=1\n") && !body.contains(&token),
+        "{body}"
+    );
+    let r = public("/headers")
+        .header("Cookie", format!("theme=dark; wrenn_access_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("cookie: theme=dark\n") && !body.contains(&token),
+        "{body}"
+    );
+    // A wrong token, or the token on another capsule, gets nothing.
+    let r = public("/")
+        .header("X-Wrenn-Access-Token", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let other = dev.create(json!({})).await;
+    let (other_client, other_url) = capsule(&dev, &other, HTTP);
+    let r = other_client
+        .get(&other_url)
+        .header("X-Wrenn-Access-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token opens its own capsule only");
+    // Revoked: at once.
+    let (s, _) = dev
+        .call(
+            Method::DELETE,
+            &format!("/v1/capsules/{id}/access-token"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let r = public("/")
+        .header("X-Wrenn-Access-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, _) = dev
+        .call(Method::DELETE, &format!("/v1/capsules/{other}"), None)
+        .await;
+    assert!(s.is_success());
+
     // Malformed and unknown addresses, closed and hanging ports.
     let plain = Client::new();
     for bad in [

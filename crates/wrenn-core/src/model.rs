@@ -504,6 +504,8 @@ pub struct ProxyTarget {
     /// Whether the host agent is reached over mutual TLS (it holds a certificate from
     /// the control plane's CA).
     pub host_tls: bool,
+    /// SHA-256 (hex) of the sandbox's access token for public URLs, if it has one.
+    pub access_token_hash: Option<String>,
 }
 
 /// Team-level resource sample (every 10 s).

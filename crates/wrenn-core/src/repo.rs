@@ -513,6 +513,14 @@ pub trait SandboxRepo: Send + Sync {
     async fn touch_sandbox(&self, id: SandboxId, at: DateTime<Utc>) -> RepoResult<()>;
     /// Status, team, host and host address in one query, for the proxy.
     async fn proxy_target(&self, id: SandboxId) -> RepoResult<Option<ProxyTarget>>;
+    /// Sets (a hash) or clears (`None`) the access token of a team's sandbox for
+    /// public capsule URLs. NotFound unless the team has the sandbox.
+    async fn set_sandbox_access_token(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        token_hash: Option<&str>,
+    ) -> RepoResult<()>;
     /// Per-team reservation of running/starting sandboxes (paused at half memory),
     /// for every team with any sandbox row.
     async fn sample_team_usage(&self, at: DateTime<Utc>) -> RepoResult<Vec<MetricsSnapshot>>;

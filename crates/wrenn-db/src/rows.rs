@@ -456,6 +456,7 @@ pub(crate) struct ProxyTargetRow {
     host_id: Uuid,
     host_address: String,
     host_tls: bool,
+    access_token_hash: String,
 }
 
 impl TryFrom<ProxyTargetRow> for ProxyTarget {
@@ -468,6 +469,7 @@ impl TryFrom<ProxyTargetRow> for ProxyTarget {
             host_id: HostId::from_uuid(r.host_id),
             host_address: r.host_address,
             host_tls: r.host_tls,
+            access_token_hash: (!r.access_token_hash.is_empty()).then_some(r.access_token_hash),
         })
     }
 }

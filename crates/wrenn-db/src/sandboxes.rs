@@ -450,7 +450,8 @@ macro_rules! impl_sandbox_repo {
                 let row: Option<ProxyTargetRow> = sqlx::query_as(
                     "SELECT s.id AS sandbox_id, s.team_id, s.status, s.host_id, \
                        COALESCE(h.address, '') AS host_address, \
-                       (COALESCE(h.cert_fingerprint, '') <> '') AS host_tls \
+                       (COALESCE(h.cert_fingerprint, '') <> '') AS host_tls, \
+                       s.access_token_hash \
                      FROM sandboxes s LEFT JOIN hosts h ON h.id = s.host_id \
                      WHERE s.id = $1",
                 )
@@ -459,6 +460,28 @@ macro_rules! impl_sandbox_repo {
                 .await
                 .map_err(db("sandbox"))?;
                 row.map(ProxyTarget::try_from).transpose()
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team, sandbox_id = %id))]
+            async fn set_sandbox_access_token(
+                &self,
+                team: TeamId,
+                id: SandboxId,
+                token_hash: Option<&str>,
+            ) -> RepoResult<()> {
+                let done = sqlx::query(
+                    "UPDATE sandboxes SET access_token_hash = $3 WHERE id = $1 AND team_id = $2",
+                )
+                .bind(id.uuid())
+                .bind(team.uuid())
+                .bind(token_hash.unwrap_or(""))
+                .execute(&self.pool)
+                .await
+                .map_err(db("sandbox"))?;
+                if done.rows_affected() == 0 {
+                    return Err(RepoError::not_found("sandbox"));
+                }
+                Ok(())
             }
 
             #[tracing::instrument(level = "debug", skip(self))]

@@ -18,12 +18,12 @@ use wrenn_core::model::{self, UserStatus};
 use wrenn_core::repo::{NewTeam, NewUser};
 
 /// A team with an API key, made in the store as `wrenn dev` makes its own.
-async fn team_key(cp: &ControlPlaneUnderTest) -> String {
+async fn team_key(cp: &ControlPlaneUnderTest, email: &str) -> String {
     let user = cp
         .store
         .create_user(NewUser {
             id: UserId::new(),
-            email: "multi@example.com".into(),
+            email: email.into(),
             password_hash: None,
             name: "Multi".into(),
             status: UserStatus::Active,
@@ -154,7 +154,7 @@ async fn capsules_and_templates_work_across_two_registered_hosts() {
     let (host_b, agent_b) = agent(&cp, dirs[1].path()).await;
     let api = Api {
         cp: &cp,
-        key: team_key(&cp).await,
+        key: team_key(&cp, "multi@example.com").await,
         http: Client::new(),
     };
 
@@ -181,6 +181,19 @@ async fn capsules_and_templates_work_across_two_registered_hosts() {
         s == 200 && body == "made-on-one-host\n"
     })
     .await;
+
+    // Another team's key finds no such capsule (404, not 401 or 403: nothing leaks).
+    let stranger = Api {
+        cp: &cp,
+        key: team_key(&cp, "stranger@example.com").await,
+        http: Client::new(),
+    };
+    let (s, body) = stranger.proxied(first, 8000, "/marker").await;
+    assert_eq!(s, 404, "{body}");
+    let (s, _) = stranger
+        .call(Method::GET, &format!("/v1/capsules/{first}"), None)
+        .await;
+    assert_eq!(s, 404);
 
     // A snapshot template, made on that host only.
     let (s, v) = api

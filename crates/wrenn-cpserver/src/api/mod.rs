@@ -12,6 +12,7 @@ mod admin;
 mod api_keys;
 mod audit;
 mod auth;
+mod capsule_access;
 mod capsule_metrics;
 mod capsules;
 mod data_plane;
@@ -76,6 +77,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(admin::routes())
         .merge(account::routes())
         .merge(capsules::routes())
+        .merge(capsule_access::routes())
         .merge(exec::routes())
         .merge(processes::routes())
         .merge(files::routes())

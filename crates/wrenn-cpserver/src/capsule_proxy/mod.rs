@@ -5,8 +5,10 @@
 //!
 //! - **Authentication** (unlike the original, which was open to the internet): the
 //!   owning team's API key (`X-API-Key`) or a user's JWT (`Authorization: Bearer`), as
-//!   on the API. The credential is removed before the request is forwarded — the
-//!   capsule never sees it. Another team's capsule is unknown (404), never a leak.
+//!   on the API, or — for a capsule whose team made it public — the capsule's access
+//!   token ([`credentials`]). The credential is removed before the request is
+//!   forwarded — the capsule never sees it. Another team's capsule is unknown (404),
+//!   never a leak.
 //! - **Answers of its own**, as JSON errors like the API's: 400 malformed port or
 //!   capsule id, 401 no or bad credentials, 404 unknown capsule, 409 capsule not running
 //!   (or not resumable), 502 nothing listens on the port or the host is unreachable,
@@ -21,6 +23,7 @@
 //! - `Location` headers lose the agent's `/proxy/{id}/{port}` prefix again, and the
 //!   request gains `X-Forwarded-Host`, `X-Forwarded-Proto` and `X-Forwarded-For`.
 
+mod credentials;
 mod host_name;
 mod targets;
 mod upstream;
@@ -38,21 +41,26 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
+use wrenn_core::audit::Actor;
+use wrenn_core::auth::hash_token;
 use wrenn_core::config::ProxyConfig;
 use wrenn_core::id::SandboxId;
+use wrenn_core::id::TeamId;
 use wrenn_core::lifecycle::{Lifecycle, LifecycleError, SandboxStatus};
 use wrenn_core::model::ProxyTarget;
 use wrenn_core::repo::Store;
 use wrenn_core::report::error_chain;
-use wrenn_extension::auth::{API_KEY_HEADER, AuthContext, Authenticate};
+use wrenn_extension::auth::Authenticate;
 use wrenn_extension::{ApiError, ServerContext};
 use wrenn_proto::routing::PROXY_ERROR_HEADER;
 
+use self::credentials::Presented;
 use self::host_name::{CapsulePort, Routed};
 use self::targets::Targets;
 use self::upstream::{SendError, Upstream};
 use crate::ca::CertificateAuthority;
 
+pub use self::credentials::{ACCESS_TOKEN_HEADER, ACCESS_TOKEN_PARAM};
 pub use self::targets::TARGET_TTL;
 
 /// How long a request waits for a capsule that is starting, resuming or pausing (then
@@ -100,11 +108,39 @@ impl CapsuleProxy {
 
     /// Forwards `req` to `to`.
     async fn forward(&self, to: CapsulePort, mut req: Request) -> Result<Response, ApiError> {
-        let caller = self.auth.authenticate(req.headers()).await?;
-        strip_credentials(req.headers_mut());
-        let target = self.target(to.id, &caller).await?;
-        let path_and_query = req
-            .uri()
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let original_host = request_host(&req).map(str::to_owned);
+        let (mut parts, body) = req.into_parts();
+
+        let (team, actor, token_cookie) = match credentials::presented(&parts) {
+            Presented::Team => {
+                let caller = self.auth.authenticate(&parts.headers).await?;
+                credentials::strip_team_credential(&mut parts.headers);
+                (caller.team_id, caller.actor(), None)
+            }
+            Presented::AccessToken { token, from_query } => {
+                let team = self.check_access_token(to.id, &token).await?;
+                let cookie = from_query
+                    .then(|| credentials::token_cookie(&token))
+                    .flatten();
+                (team, Actor::system(), cookie)
+            }
+            Presented::None => {
+                return Err(ApiError::unauthorized(
+                    "X-API-Key, Authorization: Bearer <token> or the capsule's access token \
+                     (X-Wrenn-Access-Token) required",
+                ));
+            }
+        };
+        credentials::strip_access_token(&mut parts);
+        let target = self.target(to.id, team, &actor).await?;
+        let path_and_query = parts
+            .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
@@ -116,15 +152,6 @@ impl CapsuleProxy {
                 "the capsule's host has no usable address",
             )
         })?;
-
-        let upgrade = is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let original_host = request_host(&req).map(str::to_owned);
-        let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarded(&mut parts.headers, original_host.as_deref(), peer);
         parts.headers.remove(header::HOST);
@@ -165,6 +192,9 @@ impl CapsuleProxy {
             return Err(self.agent_refused(to, resp).await);
         }
         strip_location_prefix(resp.headers_mut(), &format!("/proxy/{}/{}", to.id, to.port));
+        if let Some(cookie) = token_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -192,9 +222,14 @@ impl CapsuleProxy {
 
     /// The running target of `id` for `caller`: from the cache, else looked up —
     /// resuming a paused capsule and waiting for one in transit.
-    async fn target(&self, id: SandboxId, caller: &AuthContext) -> Result<ProxyTarget, ApiError> {
+    async fn target(
+        &self,
+        id: SandboxId,
+        team: TeamId,
+        actor: &Actor,
+    ) -> Result<ProxyTarget, ApiError> {
         if let Some(t) = self.targets.get(id)
-            && t.team_id == caller.team_id
+            && t.team_id == team
         {
             return Ok(t);
         }
@@ -205,7 +240,7 @@ impl CapsuleProxy {
                 .store
                 .proxy_target(id)
                 .await?
-                .filter(|t| t.team_id == caller.team_id)
+                .filter(|t| t.team_id == team)
                 .ok_or_else(|| ApiError::not_found("capsule"))?;
             use SandboxStatus::*;
             let status = target.status;
@@ -227,11 +262,7 @@ impl CapsuleProxy {
                     }
                     resumed = true;
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    match self
-                        .lifecycle
-                        .resume_waiting(caller.team_id, id, &caller.actor(), wait)
-                        .await
-                    {
+                    match self.lifecycle.resume_waiting(team, id, actor, wait).await {
                         // Raced with another resume, pause or destroy: look again.
                         Ok(_) | Err(LifecycleError::InvalidState { .. }) => {}
                         Err(e) => return Err(e.into()),
@@ -251,6 +282,20 @@ impl CapsuleProxy {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The team of capsule `id` when `token` is its access token; 401 otherwise
+    /// (whether the capsule exists or not). Checked against the store on every
+    /// request, so a revoked token stops working at once.
+    async fn check_access_token(&self, id: SandboxId, token: &str) -> Result<TeamId, ApiError> {
+        let refused = || ApiError::unauthorized("invalid access token for this capsule");
+        let target = self.store.proxy_target(id).await?.ok_or_else(refused)?;
+        let stored = target.access_token_hash.as_deref().ok_or_else(refused)?;
+        let presented = hash_token(token);
+        if !constant_time_eq(presented.as_bytes(), stored.as_bytes()) {
+            return Err(refused());
+        }
+        Ok(target.team_id)
     }
 
     /// The answer to an agent's refusal (its own error, not the capsule's): the
@@ -325,14 +370,6 @@ fn request_host(req: &Request) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-/// Removes the Wrenn credential the proxy authenticated with: the API key, or the
-/// bearer token when there was no API key (it was then the credential).
-fn strip_credentials(headers: &mut HeaderMap) {
-    if headers.remove(API_KEY_HEADER).is_none() {
-        headers.remove(header::AUTHORIZATION);
-    }
-}
-
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -395,6 +432,11 @@ fn add_forwarded(headers: &mut HeaderMap, host: Option<&str>, peer: Option<std::
     }
 }
 
+/// Whether two byte strings are equal, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Strips the agent's `/proxy/{id}/{port}` prefix from a `Location`.
 fn strip_location_prefix(headers: &mut HeaderMap, prefix: &str) {
     let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
@@ -414,28 +456,6 @@ fn strip_location_prefix(headers: &mut HeaderMap, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_never_reach_the_capsule() {
-        let mut h = HeaderMap::new();
-        h.insert(API_KEY_HEADER, HeaderValue::from_static("wrn_secret"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer app-token"),
-        );
-        strip_credentials(&mut h);
-        assert!(h.get(API_KEY_HEADER).is_none());
-        assert_eq!(
-            h[header::AUTHORIZATION],
-            "Bearer app-token",
-            "the app's own"
-        );
-        strip_credentials(&mut h);
-        assert!(
-            h.get(header::AUTHORIZATION).is_none(),
-            "the JWT it authenticated with"
-        );
-    }
 
     #[test]
     fn hop_by_hop_headers_go_and_upgrades_stay() {

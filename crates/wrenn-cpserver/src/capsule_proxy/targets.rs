@@ -69,6 +69,7 @@ mod tests {
             host_id: HostId::new(),
             host_address: "127.0.0.1:1".into(),
             host_tls: false,
+            access_token_hash: None,
         }
     }
 

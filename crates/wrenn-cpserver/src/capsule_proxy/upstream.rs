@@ -207,6 +207,7 @@ mod tests {
             host_id: HostId::new(),
             host_address: address.into(),
             host_tls: tls,
+            access_token_hash: None,
         }
     }
 

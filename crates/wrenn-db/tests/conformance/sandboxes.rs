@@ -347,6 +347,40 @@ async fn the_proxy_target_carries_the_hosts_address(db: Db) {
     );
     assert!(db.proxy_target(SandboxId::new()).await.unwrap().is_none());
 
+    // The access token for public URLs: set by the owning team only, then cleared.
+    assert_eq!(target.access_token_hash, None);
+    db.set_sandbox_access_token(team.id, sb.id, Some("abc123"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.proxy_target(sb.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token_hash
+            .as_deref(),
+        Some("abc123")
+    );
+    assert_not_found(
+        db.set_sandbox_access_token(TeamId::new(), sb.id, None)
+            .await,
+    );
+    assert_not_found(
+        db.set_sandbox_access_token(team.id, SandboxId::new(), None)
+            .await,
+    );
+    db.set_sandbox_access_token(team.id, sb.id, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.proxy_target(sb.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token_hash,
+        None
+    );
+
     let unregistered = self::host(&db, None).await;
     let pending = sandbox(&db, team.id, unregistered.id, Starting).await;
     assert_eq!(
