@@ -27,7 +27,9 @@
 //! `hibernating` is reported as `pausing` (the wire has no separate value). A failed
 //! pause returns the sandbox to `running` when its guest agent still answers and to
 //! `error` otherwise; it is never destroyed (Obs-S6). A failed resume or hibernation
-//! leaves the previous state. Destroy works from every state.
+//! leaves the previous state. Destroy works from every state. A create whose task
+//! panics fails like any other (what the runtime made is destroyed, the sandbox is
+//! reported `failed`), and a destroy that panics leaves it in `error`.
 //!
 //! # Liveness, adoption, admission
 //!
