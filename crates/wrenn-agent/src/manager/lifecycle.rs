@@ -17,7 +17,7 @@ use super::sandbox::merged_metadata;
 use super::settings::committed;
 use super::{
     AGENT_VERSION, CreateSpec, PauseAllOutcome, PauseCause, Sandbox, SandboxManager, Started,
-    placeholder_config,
+    caught, placeholder_config,
 };
 use crate::envd::EnvdClient;
 use crate::error::{AgentError, AgentResult};
@@ -25,7 +25,8 @@ use crate::runtime::Instance;
 
 impl SandboxManager {
     /// Creates and boots a sandbox; returns once its envd answers and its defaults are
-    /// applied. On any failure the sandbox is destroyed and removed.
+    /// applied. On any failure, a panic included, what was made of the sandbox is
+    /// destroyed, it is removed and reported `failed`.
     pub async fn create(&self, spec: CreateSpec) -> AgentResult<Started> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::Unavailable("the agent is shutting down".into()));
@@ -38,10 +39,7 @@ impl SandboxManager {
             s.user_metadata = spec.metadata.clone();
         });
         {
-            let mut map = self
-                .sandboxes
-                .write()
-                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            let mut map = self.map_mut();
             match map.entry(id) {
                 std::collections::hash_map::Entry::Occupied(_) => {
                     return Err(AgentError::AlreadyExists(format!(
@@ -61,73 +59,84 @@ impl SandboxManager {
             }
         }
         let _op = sb.op.lock().await;
-        let team = spec.config.team_id;
-        let booted = async {
-            let instance = self.runtime.create(&spec.config).await?;
-            sb.with(|s| s.instance = Some(instance.clone()));
-            let envd = sb.envd_client()?;
-            // `create` returns once envd answers; a runtime that asked it says which
-            // version answered, and asking again would only cost a round trip.
-            let version = match instance.metadata.get("envd_version") {
-                Some(version) => version.clone(),
-                None => {
-                    envd.wait_ready(self.settings.envd_ready_timeout)
-                        .await?
-                        .version
-                }
-            };
-            let token = sb.with(|s| s.access_token.clone());
-            init_envd(
-                &envd,
-                &spec.config.default_user,
-                &spec.config.default_env,
-                &token,
-            )
-            .await?;
-            Ok::<_, AgentError>((instance, version))
-        }
-        .await;
-        match booted {
-            Ok((instance, envd_version)) => {
-                let started = sb.with(|s| {
-                    s.agent_metadata = self.agent_metadata(&instance, &envd_version);
-                    s.status = SandboxStatus::Running;
-                    Started {
-                        host_ip: instance.host_ip.clone(),
-                        metadata: merged_metadata(&s.user_metadata, &s.agent_metadata),
-                    }
-                });
-                sb.touch();
-                self.persist(&sb);
-                self.watch(&sb, instance);
-                let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
-                self.events.emit_with(SandboxEventKind::Started, id, |ev| {
-                    ev.team_id = Some(team);
-                    ev.host_ip = Some(ip);
-                    ev.metadata = Some(md);
-                });
-                Ok(started)
-            }
+        // A panic while starting (a bug: in the runtime, in envd's client, in a
+        // tracing layer) fails this create like any error: what was made is destroyed
+        // and the sandbox is reported failed, never left half made.
+        match caught("create", self.start(&sb, &spec)).await {
+            Ok(started) => Ok(started),
             Err(e) => {
-                tracing::warn!(sandbox_id = %id, "create failed: {}", error_chain(&e));
-                if let Err(d) = self.runtime.destroy(id).await {
-                    tracing::error!(sandbox_id = %id, "cleanup after a failed create: {}", error_chain(&d));
-                }
-                sb.with(|s| {
-                    s.status = SandboxStatus::Stopped;
-                    s.envd = None;
-                    s.instance = None;
-                });
-                self.remove(&sb);
-                self.events.emit(
-                    SandboxEventKind::Failed,
-                    id,
-                    Some(team),
-                    Some(e.wire_message()),
-                );
+                self.abandon(&sb, &e).await;
                 Err(e)
             }
         }
+    }
+
+    /// Boots the instance of a new sandbox (its op lock held), applies its defaults
+    /// and marks it running.
+    async fn start(&self, sb: &Arc<Sandbox>, spec: &CreateSpec) -> AgentResult<Started> {
+        let (id, team) = (sb.id, spec.config.team_id);
+        let instance = self.runtime.create(&spec.config).await?;
+        sb.with(|s| s.instance = Some(instance.clone()));
+        let envd = sb.envd_client()?;
+        // `create` returns once envd answers; a runtime that asked it says which
+        // version answered, and asking again would only cost a round trip.
+        let envd_version = match instance.metadata.get("envd_version") {
+            Some(version) => version.clone(),
+            None => {
+                envd.wait_ready(self.settings.envd_ready_timeout)
+                    .await?
+                    .version
+            }
+        };
+        let token = sb.with(|s| s.access_token.clone());
+        init_envd(
+            &envd,
+            &spec.config.default_user,
+            &spec.config.default_env,
+            &token,
+        )
+        .await?;
+        let started = sb.with(|s| {
+            s.agent_metadata = self.agent_metadata(&instance, &envd_version);
+            s.status = SandboxStatus::Running;
+            Started {
+                host_ip: instance.host_ip.clone(),
+                metadata: merged_metadata(&s.user_metadata, &s.agent_metadata),
+            }
+        });
+        sb.touch();
+        self.persist(sb);
+        self.watch(sb, instance);
+        let (ip, md) = (started.host_ip.clone(), started.metadata.clone());
+        self.events.emit_with(SandboxEventKind::Started, id, |ev| {
+            ev.team_id = Some(team);
+            ev.host_ip = Some(ip);
+            ev.metadata = Some(md);
+        });
+        Ok(started)
+    }
+
+    /// After a failed (or panicked) create, with the op lock held: destroys whatever
+    /// the runtime made, forgets the sandbox and reports it failed with `e`.
+    async fn abandon(&self, sb: &Arc<Sandbox>, e: &AgentError) {
+        let (id, team) = (sb.id, sb.team_id());
+        tracing::warn!(sandbox_id = %id, "create failed: {}", error_chain(e));
+        if let Err(d) = caught("cleanup", async { Ok(self.runtime.destroy(id).await?) }).await {
+            tracing::error!(sandbox_id = %id, "cleanup after a failed create: {}", error_chain(&d));
+        }
+        sb.with(|s| {
+            s.status = SandboxStatus::Stopped;
+            s.envd = None;
+            s.instance = None;
+            stop_watch(s);
+        });
+        self.remove(sb);
+        self.events.emit(
+            SandboxEventKind::Failed,
+            id,
+            Some(team),
+            Some(e.wire_message()),
+        );
     }
 
     pub(super) fn agent_metadata(
@@ -161,7 +170,9 @@ impl SandboxManager {
             s.status = SandboxStatus::Stopping;
             s.envd = None;
         });
-        match self.runtime.destroy(id).await {
+        // A panicking teardown leaves the sandbox in `error` (a later destroy tries
+        // again), not `stopping`.
+        match caught("destroy", async { Ok(self.runtime.destroy(id).await?) }).await {
             Ok(()) => {
                 sb.with(|s| {
                     s.status = SandboxStatus::Stopped;
@@ -184,7 +195,7 @@ impl SandboxManager {
                     Some(team),
                     Some(e.wire_message()),
                 );
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -204,10 +215,7 @@ impl SandboxManager {
             SandboxStatus::Stopping,
         ));
         let tracked = {
-            let mut map = self
-                .sandboxes
-                .write()
-                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            let mut map = self.map_mut();
             match map.entry(id) {
                 std::collections::hash_map::Entry::Occupied(_) => true,
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -423,10 +431,7 @@ impl SandboxManager {
         {
             // A hibernated sandbox takes its memory and vCPUs back: admit it first,
             // atomically with the other creates and restores.
-            let map = self
-                .sandboxes
-                .write()
-                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            let map = self.map_mut();
             if prev == SandboxStatus::Hibernated {
                 if let Some(capacity) = &self.settings.capacity {
                     capacity.admit(committed(&map), config.vcpus, config.memory_mb)?;

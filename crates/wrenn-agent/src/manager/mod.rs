@@ -27,7 +27,9 @@
 //! `hibernating` is reported as `pausing` (the wire has no separate value). A failed
 //! pause returns the sandbox to `running` when its guest agent still answers and to
 //! `error` otherwise; it is never destroyed (Obs-S6). A failed resume or hibernation
-//! leaves the previous state. Destroy works from every state.
+//! leaves the previous state. Destroy works from every state. A create whose task
+//! panics fails like any other (what the runtime made is destroyed, the sandbox is
+//! reported `failed`), and a destroy that panics leaves it in `error`.
 //!
 //! # Liveness, adoption, admission
 //!
@@ -59,10 +61,12 @@
 use crate::runtime::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures::FutureExt;
 use wrenn_core::id::SandboxId;
 use wrenn_core::layout::Layout;
 use wrenn_core::lifecycle::SandboxStatus;
@@ -232,7 +236,7 @@ impl SandboxManager {
 
     /// Number of sandboxes known, in any state.
     pub fn len(&self) -> usize {
-        self.sandboxes.read().map_or(0, |m| m.len())
+        self.map().len()
     }
 
     /// True if no sandbox is known.
@@ -242,14 +246,27 @@ impl SandboxManager {
 
     /// Every sandbox.
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
-        self.sandboxes
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.map().values().cloned().collect()
     }
 
     fn lookup(&self, id: SandboxId) -> Option<Arc<Sandbox>> {
-        self.sandboxes.read().ok().and_then(|m| m.get(&id).cloned())
+        self.map().get(&id).cloned()
+    }
+
+    /// The map, for reading. Every change to it is one insert or remove, so a panic
+    /// while it was held cannot have left it half changed: a poisoned lock is used as
+    /// it is, and one panicking operation does not fail every later one.
+    fn map(&self) -> RwLockReadGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.sandboxes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The map, for changing (see [`map`](Self::map) on poisoning).
+    fn map_mut(&self) -> RwLockWriteGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.sandboxes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The sandbox, or NotFound.
@@ -259,10 +276,9 @@ impl SandboxManager {
 
     /// Removes `sb` from the map if it is still the entry for its id.
     fn remove(&self, sb: &Arc<Sandbox>) {
-        if let Ok(mut m) = self.sandboxes.write() {
-            if m.get(&sb.id).is_some_and(|cur| Arc::ptr_eq(cur, sb)) {
-                m.remove(&sb.id);
-            }
+        let mut m = self.map_mut();
+        if m.get(&sb.id).is_some_and(|cur| Arc::ptr_eq(cur, sb)) {
+            m.remove(&sb.id);
         }
     }
 
@@ -381,6 +397,27 @@ impl SandboxManager {
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
+}
+
+/// Runs `op`, turning a panic inside it into [`AgentError::Internal`] naming `what`,
+/// so that the operation can still undo what it made and report the failure.
+async fn caught<T>(what: &str, op: impl Future<Output = AgentResult<T>>) -> AgentResult<T> {
+    match AssertUnwindSafe(op).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(AgentError::Internal(format!(
+            "{what} panicked: {}",
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The configuration of a placeholder entry (leftover cleanup).

@@ -13,7 +13,7 @@ use wrenn_core::lifecycle::SandboxStatus;
 
 use super::sandbox::State;
 use super::{Sandbox, SandboxManager, placeholder_config};
-use crate::error::{AgentError, AgentResult};
+use crate::error::AgentResult;
 use crate::runtime::Adoption;
 
 impl State {
@@ -44,10 +44,7 @@ impl SandboxManager {
         let mut recovered = self.adopt(adoption);
         let hibernated = self.runtime.hibernated().await?;
         {
-            let mut map = self
-                .sandboxes
-                .write()
-                .map_err(|_| AgentError::internal("sandbox map poisoned"))?;
+            let mut map = self.map_mut();
             for config in hibernated {
                 let id = config.id;
                 let record = read_managed(&self.layout.snapshot_dir(id));
@@ -121,9 +118,7 @@ impl SandboxManager {
             // The runtime logged the reason whole; the control plane gets it path-free.
             let reason = crate::error::without_host_paths(&lost.reason);
             sb.with(|s| s.failure = Some(reason.clone()));
-            if let Ok(mut map) = self.sandboxes.write() {
-                map.entry(lost.id).or_insert(sb);
-            }
+            self.map_mut().entry(lost.id).or_insert(sb);
             self.events.emit(
                 SandboxEventKind::Failed,
                 lost.id,
@@ -132,9 +127,7 @@ impl SandboxManager {
             );
         }
         for (sb, instance) in entries {
-            if let Ok(mut map) = self.sandboxes.write() {
-                map.insert(sb.id, Arc::clone(&sb));
-            }
+            self.map_mut().insert(sb.id, Arc::clone(&sb));
             self.watch(&sb, instance);
         }
         adopted

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use wrenn_core::events::{Delivery, Event, SANDBOX_STREAM};
 use wrenn_extension::{Extension, ServerContext, Worker, WorkerError};
 
@@ -72,21 +72,29 @@ async fn handle(
     let Event::Sandbox(event) = &delivery.event else {
         return true;
     };
+    // Entered only while the handling is polled (`instrument`), never by a guard held
+    // across an `.await`: such a guard leaves the span on the worker thread's span
+    // stack while the task is suspended or after it moved to another thread, where
+    // unrelated tasks (the in-process agent's) then take it as their parent, and
+    // clone it by id while it closes (a registry assertion in debug builds).
     let span = tracing::info_span!("sandbox_event", sandbox_id = %event.sandbox_id, host_id = %event.host_id, event = event.event.as_str());
-    let _enter = span.enter();
-    match ctx.lifecycle.apply_event(event).await {
-        Ok(applied) => debug!(?applied, "applied"),
-        Err(e) => {
-            warn!(error = %e, "could not apply sandbox event; will retry");
-            return false;
+    async {
+        match ctx.lifecycle.apply_event(event).await {
+            Ok(applied) => debug!(?applied, "applied"),
+            Err(e) => {
+                warn!(error = %e, "could not apply sandbox event; will retry");
+                return false;
+            }
         }
-    }
-    let mut ok = true;
-    for ext in extensions {
-        if let Err(e) = ext.on_sandbox_event(ctx, event).await {
-            warn!(extension = ext.name(), error = %e, "extension hook failed; event will be redelivered");
-            ok = false;
+        let mut ok = true;
+        for ext in extensions {
+            if let Err(e) = ext.on_sandbox_event(ctx, event).await {
+                warn!(extension = ext.name(), error = %e, "extension hook failed; event will be redelivered");
+                ok = false;
+            }
         }
+        ok
     }
-    ok
+    .instrument(span)
+    .await
 }

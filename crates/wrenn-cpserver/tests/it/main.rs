@@ -3,6 +3,7 @@
 
 mod common;
 mod data_plane;
+mod event_consumer;
 
 mod account_deletion;
 mod api_admin;

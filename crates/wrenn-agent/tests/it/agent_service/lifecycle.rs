@@ -1,14 +1,14 @@
 //! Pausing and resuming: exec refused while paused, the TTL auto-pause and what
-//! postpones it, and pausing every capsule.
+//! postpones it, and pausing every capsule; a create that panics.
 
 use crate::common;
 
 use std::time::Duration;
 
 use super::tagged;
-use common::{FakeControlPlane, Setup, TestAgent, command, eventually};
+use common::{FakeControlPlane, Setup, TestAgent, command, create_request, eventually};
 use tonic::Code;
-use wrenn_core::id::HostId;
+use wrenn_core::id::{HostId, SandboxId};
 use wrenn_proto::hostagent::v1 as pb;
 
 #[tokio::test]
@@ -295,4 +295,56 @@ async fn pause_all_reports_auto_paused_and_failures() {
     assert_eq!(agent.status(a).await, Some(pb::SandboxStatus::Running));
     assert_eq!(agent.sh(a, "echo alive").await.unwrap().0, "alive\n");
     cp.wait_for("pause_failed", a).await;
+}
+
+#[tokio::test]
+async fn a_create_that_panics_is_undone_reported_failed_and_harms_nothing_else() {
+    let cp = FakeControlPlane::start(0).await;
+    let agent = TestAgent::start_with(Setup {
+        cp: Some((cp.url.clone(), HostId::new(), "host-jwt".into())),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = agent.client.clone();
+    let other = agent.create(0).await;
+
+    // The runtime panics after it made the sandbox's directory and started its envd.
+    agent
+        .runtime
+        .panic_next_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = SandboxId::new();
+    let err = c.create_sandbox(create_request(id, 0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(
+        err.message().contains("injected create panic"),
+        "{}",
+        err.message()
+    );
+
+    // Nothing of it is left, and it is reported failed with the reason.
+    assert!(!agent.layout.sandbox_dir(id).exists());
+    assert_eq!(agent.status(id).await, None);
+    let event = cp.wait_for("failed", id).await;
+    let reason = event.body["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("injected create panic"), "{reason}");
+    let err = c
+        .destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The agent goes on: the other sandbox runs, and the id can be used again.
+    assert_eq!(agent.sh(other, "echo alive").await.unwrap().0, "alive\n");
+    c.create_sandbox(create_request(id, 0)).await.unwrap();
+    assert_eq!(agent.sh(id, "echo again").await.unwrap().0, "again\n");
+    for sb in [id, other] {
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: sb.to_string(),
+        })
+        .await
+        .unwrap();
+    }
 }

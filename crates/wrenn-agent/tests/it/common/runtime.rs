@@ -25,6 +25,8 @@ pub struct EnvdRuntime {
     live: Mutex<HashMap<SandboxId, Child>>,
     /// Make the next pause fail.
     pub fail_next_pause: AtomicBool,
+    /// Make the next create panic once its envd runs and its directory is made.
+    pub panic_next_create: AtomicBool,
     /// Calls of `sweep`.
     pub sweeps: AtomicUsize,
 }
@@ -37,6 +39,7 @@ impl EnvdRuntime {
             envd: envd_binary(),
             live: Mutex::new(HashMap::new()),
             fail_next_pause: AtomicBool::new(false),
+            panic_next_create: AtomicBool::new(false),
             sweeps: AtomicUsize::new(0),
         }
     }
@@ -168,6 +171,9 @@ impl Runtime for EnvdRuntime {
             return Err(RuntimeError::TemplateNotFound(config.template_id));
         }
         let instance = self.spawn(config).await?;
+        if self.panic_next_create.swap(false, Ordering::SeqCst) {
+            panic!("injected create panic");
+        }
         // Kept for hibernate (the instance does not carry the config).
         let _ = std::fs::write(
             self.layout.sandbox_dir(config.id).join("config.json"),
