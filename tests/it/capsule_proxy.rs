@@ -330,8 +330,10 @@ async fn capsule_urls_reach_servers_inside_capsules() {
         .await;
     assert_eq!(s, 200);
 
-    // A paused capsule resumes on a request (its cached target is stale by then), and
-    // its server (a process kept across the pause) answers.
+    // A paused capsule resumes on a request (the target cached by the first request
+    // is stale by then), and its server (a process kept across the pause) answers.
+    let (s, _) = get(&dev, &id, HTTP, "/").await;
+    assert_eq!(s, 200);
     let (s, v) = dev
         .call(Method::POST, &format!("/v1/capsules/{id}/pause"), None)
         .await;

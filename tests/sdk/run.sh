@@ -42,7 +42,7 @@ if [ "${WRENN_RUNTIME:-process}" = firecracker ] && grep -q 'KVM does not boot g
   exit 0
 fi
 status=0
-"$venv/bin/pytest" -q tests/sdk/test_sdk.py tests/sdk/test_environment.py "$@" || status=$?
+"$venv/bin/pytest" -q tests/sdk/test_sdk.py tests/sdk/test_environment.py tests/sdk/test_capsule_urls.py "$@" || status=$?
 if [ "$status" != 0 ]; then
   echo "--- wrenn dev warnings and errors (last 40)"
   grep -E ' (WARN|ERROR) ' "$dir/err.log" | tail -40 || true

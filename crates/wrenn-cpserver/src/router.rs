@@ -81,7 +81,7 @@ pub fn build(
     // path; their bodies are streamed, not limited.
     let proxy = Arc::new(CapsuleProxy::new(ctx, ca));
     Ok(proxy
-        .wrap(router)
+        .wrap(ctx, router)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http()))
 }

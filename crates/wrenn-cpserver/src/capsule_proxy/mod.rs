@@ -19,7 +19,9 @@
 //!   a paused or hibernated capsule resumes it and is forwarded once it runs; one to a
 //!   capsule still starting, resuming or pausing waits for it (up to [`START_WAIT`]).
 //! - **Targets** (host address and status, one query) are cached for 120 s per running
-//!   capsule ([`targets`]).
+//!   capsule ([`targets`]), and forgotten as soon as the capsule stops running. A
+//!   request without a body that meets a stale target (the agent says the capsule is
+//!   not running there) is sent again after a fresh lookup.
 //! - `Location` headers lose the agent's `/proxy/{id}/{port}` prefix again, and the
 //!   request gains `X-Forwarded-Host`, `X-Forwarded-Proto` and `X-Forwarded-For`.
 
@@ -39,6 +41,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
+use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 use wrenn_core::audit::Actor;
@@ -73,7 +76,7 @@ pub struct CapsuleProxy {
     auth: Arc<dyn Authenticate>,
     lifecycle: Lifecycle,
     config: ProxyConfig,
-    targets: Targets,
+    targets: Arc<Targets>,
     upstream: Upstream,
 }
 
@@ -93,14 +96,20 @@ impl CapsuleProxy {
             auth: Arc::clone(&ctx.auth),
             lifecycle: ctx.lifecycle.clone(),
             config: ctx.config.proxy.clone(),
-            targets: Targets::default(),
+            targets: Arc::default(),
             upstream: Upstream::new(ca),
         }
     }
 
     /// `router` behind the proxy: requests for capsule URLs are proxied, the rest
-    /// reach `router`.
-    pub fn wrap(self: Arc<Self>, router: Router) -> Router {
+    /// reach `router`. Starts the task that keeps the target cache in step with the
+    /// platform's events (it ends with `ctx.shutdown`).
+    pub fn wrap(self: Arc<Self>, ctx: &ServerContext, router: Router) -> Router {
+        tokio::spawn(targets::evict_on_events(
+            Arc::clone(&self.targets),
+            Arc::clone(&ctx.events),
+            ctx.shutdown.clone(),
+        ));
         Router::new()
             .fallback_service(router)
             .layer(axum::middleware::from_fn_with_state(self, dispatch))
@@ -138,59 +147,48 @@ impl CapsuleProxy {
             }
         };
         credentials::strip_access_token(&mut parts);
-        let target = self.target(to.id, team, &actor).await?;
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded(&mut parts.headers, original_host.as_deref(), peer);
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_11;
         let path_and_query = parts
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-        let uri = upstream::agent_uri(&target, to.port, &path_and_query).map_err(|e| {
-            tracing::warn!(host_id = %target.host_id, "{}", error_chain(&e));
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "host_unavailable",
-                "the capsule's host has no usable address",
-            )
-        })?;
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarded(&mut parts.headers, original_host.as_deref(), peer);
-        parts.headers.remove(header::HOST);
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let sent = tokio::time::timeout(
-            self.config.upstream_timeout,
-            self.upstream.send(http::Request::from_parts(parts, body)),
-        )
-        .await;
-        let mut resp = match sent {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                self.targets.evict(to.id);
-                tracing::debug!("{}", error_chain(&e));
-                return Err(match e {
-                    SendError::Setup(_) => ApiError::internal(error_chain(&e)),
-                    SendError::Request(_) => ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
-                        "the capsule's host could not be reached",
-                    ),
-                });
+
+        // A cached target can be stale (the capsule was paused or destroyed since, on
+        // this replica or another): the agent then refuses, and a request without a
+        // body is sent again on a fresh lookup — which resumes a paused capsule.
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
+        let mut resp = loop {
+            let (target, cached) = self.target(to.id, team, &actor).await?;
+            let uri = upstream::agent_uri(&target, to.port, &path_and_query).map_err(|e| {
+                tracing::warn!(host_id = %target.host_id, "{}", error_chain(&e));
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "host_unavailable",
+                    "the capsule's host has no usable address",
+                )
+            })?;
+            let mut req = http::Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(Version::HTTP_11)
+                .body(body.take().unwrap_or_else(Body::empty))
+                .map_err(ApiError::internal)?;
+            *req.headers_mut() = parts.headers.clone();
+            let resp = self.send(to, req).await?;
+            if !resp.headers().contains_key(PROXY_ERROR_HEADER) {
+                break resp;
             }
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!(
-                        "port {} of the capsule did not answer within {}s",
-                        to.port,
-                        self.config.upstream_timeout.as_secs()
-                    ),
-                ));
+            let stale = matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::CONFLICT);
+            if !(stale && cached && replayable) {
+                return Err(self.agent_refused(to, resp).await);
             }
+            self.targets.evict(to.id);
         };
-        if resp.headers().contains_key(PROXY_ERROR_HEADER) {
-            return Err(self.agent_refused(to, resp).await);
-        }
         strip_location_prefix(resp.headers_mut(), &format!("/proxy/{}/{}", to.id, to.port));
         if let Some(cookie) = token_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -220,18 +218,53 @@ impl CapsuleProxy {
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
-    /// The running target of `id` for `caller`: from the cache, else looked up —
-    /// resuming a paused capsule and waiting for one in transit.
+    /// Sends `req` to the agent, within the upstream timeout (for the answer's head).
+    async fn send(
+        &self,
+        to: CapsulePort,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+        let sent =
+            tokio::time::timeout(self.config.upstream_timeout, self.upstream.send(req)).await;
+        match sent {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                self.targets.evict(to.id);
+                tracing::debug!("{}", error_chain(&e));
+                Err(match e {
+                    SendError::Setup(_) => ApiError::internal(error_chain(&e)),
+                    SendError::Request(_) => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        "the capsule's host could not be reached",
+                    ),
+                })
+            }
+            Err(_) => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "port {} of the capsule did not answer within {}s",
+                    to.port,
+                    self.config.upstream_timeout.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// The running target of `id` for `team`, and whether it came from the cache: from
+    /// the cache, else looked up — resuming a paused capsule and waiting for one in
+    /// transit.
     async fn target(
         &self,
         id: SandboxId,
         team: TeamId,
         actor: &Actor,
-    ) -> Result<ProxyTarget, ApiError> {
+    ) -> Result<(ProxyTarget, bool), ApiError> {
         if let Some(t) = self.targets.get(id)
             && t.team_id == team
         {
-            return Ok(t);
+            return Ok((t, true));
         }
         let deadline = Instant::now() + START_WAIT;
         let mut resumed = false;
@@ -254,7 +287,7 @@ impl CapsuleProxy {
                 }
                 Running => {
                     self.targets.insert(target.clone());
-                    return Ok(target);
+                    return Ok((target, false));
                 }
                 Paused | Hibernated if self.config.resume_paused => {
                     if resumed {

@@ -1,15 +1,18 @@
 //! [`Targets`]: where a capsule's traffic goes, looked up in one query and remembered
 //! for [`TARGET_TTL`] while the capsule runs.
 //!
-//! Only `running` targets are cached. An entry goes when it expires, when the agent
-//! answers that the capsule is not there or not running (it was paused, destroyed or
-//! failed, on this replica or another), and when the agent cannot be reached (the host
-//! moved or went down): the next request looks the capsule up again.
+//! Only `running` targets are cached. An entry goes when it expires, when the platform
+//! says the capsule was paused, hibernated, destroyed or failed ([`evict_on_events`],
+//! a tail of the event bus, so a change on another replica counts too), when the agent
+//! answers that the capsule is not there or not running, and when the agent cannot be
+//! reached (the host moved or went down): the next request looks the capsule up again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+use wrenn_core::events::{Event, EventBus, PLATFORM_STREAM, PlatformEventKind};
 use wrenn_core::id::SandboxId;
 use wrenn_core::model::ProxyTarget;
 
@@ -51,6 +54,67 @@ impl Targets {
     /// Forgets `id`'s target.
     pub(crate) fn evict(&self, id: SandboxId) {
         self.lock().remove(&id);
+    }
+}
+
+/// How long one read of the event bus waits for new entries.
+const EVENTS_BLOCK: Duration = Duration::from_secs(10);
+
+/// Evicts the targets of capsules that stop running, as the platform's events say,
+/// until `stop`.
+pub(crate) async fn evict_on_events(
+    targets: Arc<Targets>,
+    bus: Arc<dyn EventBus>,
+    stop: CancellationToken,
+) {
+    let mut cursor = None;
+    let mut started = false;
+    while !stop.is_cancelled() {
+        if !started {
+            match bus.last_id(PLATFORM_STREAM).await {
+                Ok(id) => {
+                    cursor = id;
+                    started = true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "capsule proxy: event bus unavailable");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        }
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = bus.read_after(PLATFORM_STREAM, cursor.as_ref(), 100, EVENTS_BLOCK) => read,
+        };
+        match read {
+            Ok(deliveries) => {
+                for d in deliveries {
+                    if let Event::Platform(ev) = &d.event
+                        && matches!(
+                            ev.event,
+                            PlatformEventKind::CapsulePaused
+                                | PlatformEventKind::CapsuleHibernated
+                                | PlatformEventKind::CapsuleDestroyed
+                                | PlatformEventKind::CapsuleFailed
+                        )
+                        && let Ok(id) = ev.resource.id.parse::<SandboxId>()
+                    {
+                        targets.evict(id);
+                    }
+                    cursor = Some(d.id);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "capsule proxy: reading events failed");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
