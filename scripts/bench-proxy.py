@@ -51,6 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 big = b"x" * (int(sys.argv[1]) * 1024)
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # One write per response, no Nagle: the app must not be what is measured.
+    wbufsize = 1 << 20
+    disable_nagle_algorithm = True
     def do_GET(self):
         body = big if self.path == "/big" else b"ok"
         self.send_response(200)

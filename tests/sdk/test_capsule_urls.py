@@ -9,23 +9,9 @@ import socket
 import time
 
 import httpx
-import pytest
 from wrenn import Capsule
-from wrenn.exceptions import WrennNotFoundError
 
 KEY = {"X-API-Key": os.environ.get("WRENN_API_KEY", "")}
-
-
-@pytest.fixture
-def capsule():
-    c = Capsule(wait=True)
-    try:
-        yield c
-    finally:
-        try:
-            c.destroy()
-        except WrennNotFoundError:
-            pass
 
 
 def get_when_up(url, timeout=20.0, **kw):

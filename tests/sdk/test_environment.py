@@ -10,21 +10,6 @@ import os
 import socket
 import uuid
 
-import pytest
-from wrenn import Capsule
-from wrenn.exceptions import WrennNotFoundError
-
-
-@pytest.fixture
-def capsule():
-    c = Capsule(wait=True)
-    try:
-        yield c
-    finally:
-        try:
-            c.destroy()
-        except WrennNotFoundError:
-            pass
 
 
 def test_sudo_needs_no_password(capsule):

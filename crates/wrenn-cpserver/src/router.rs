@@ -53,7 +53,14 @@ pub fn build(
     extensions: &[Arc<dyn Extension>],
     version: &str,
 ) -> Result<Router, ServerError> {
-    let mut router = api::router(ctx, version);
+    let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
+    let core = api::router(ctx, version);
+    // Platform admins drive the platform team's capsules through the same routes.
+    let admin_capsules = api::admin_capsules::routes(
+        ctx.clone(),
+        core.clone().layer(DefaultBodyLimit::max(limit)),
+    );
+    let mut router = core.merge(admin_capsules);
     for ext in extensions {
         let ext_routes = ext.routes(ctx);
         // axum refuses overlapping routes by panicking; turn that into a startup
@@ -72,7 +79,6 @@ pub fn build(
     for ext in extensions {
         router = ext.middleware(router, ctx);
     }
-    let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
     let router = router
         // The host routes sign certificates with it (`api::hosts`).
         .layer(axum::Extension(Arc::clone(&ca)))

@@ -11,12 +11,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wrenn_core::audit::{AuditEntry, AuditStatus};
+use wrenn_core::audit::AuditStatus;
 use wrenn_core::auth::OpaqueToken;
 use wrenn_core::id::SandboxId;
 use wrenn_extension::extract::{Json, Path};
 use wrenn_extension::{ApiResult, AuthContext, ServerContext};
 
+use super::capsules::audit;
 use super::tags;
 use crate::capsule_proxy::{ACCESS_TOKEN_HEADER, ACCESS_TOKEN_PARAM};
 
@@ -29,16 +30,6 @@ pub struct AccessToken {
     pub header: &'static str,
     /// The query parameter that carries it on a link to a capsule URL.
     pub query_param: &'static str,
-}
-
-fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
-    AuditEntry::new(
-        auth.team_id,
-        auth.actor(),
-        "sandbox",
-        Some(id.to_string()),
-        action,
-    )
 }
 
 /// Makes the capsule's URLs public to holders of a new access token (replacing the

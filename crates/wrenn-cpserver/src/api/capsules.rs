@@ -143,7 +143,8 @@ impl CreateCapsule {
     }
 }
 
-fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
+/// The audit entry of `action` on capsule `id` by `auth`.
+pub(super) fn audit(auth: &AuthContext, id: SandboxId, action: &str) -> AuditEntry {
     AuditEntry::new(
         auth.team_id,
         auth.actor(),

@@ -9,6 +9,7 @@ use wrenn_extension::ServerContext;
 
 mod account;
 mod admin;
+pub(crate) mod admin_capsules;
 mod api_keys;
 mod audit;
 mod auth;

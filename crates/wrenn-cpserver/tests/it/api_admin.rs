@@ -657,3 +657,79 @@ async fn the_platform_audit_log_shows_admin_actions() {
     assert_eq!(body["items"], json!([]));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn platform_admins_drive_the_platform_teams_capsules_through_the_team_routes() {
+    let s = TestServer::start().await;
+    let store = s.store();
+    online_host(&store).await;
+    let root = s.user_with("root@x.io", true).await;
+    let plain = s.user("plain@x.io").await;
+
+    // Only platform admins, with their JWT.
+    let got = send(s.req(Method::POST, "/v1/admin/capsules").json(&json!({}))).await;
+    assert_error(&got, 401, "unauthorized");
+    let got = send(
+        s.as_user(&plain, Method::POST, "/v1/admin/capsules")
+            .json(&json!({})),
+    )
+    .await;
+    assert_error(&got, 403, "forbidden");
+    let key = make_key(&store, plain.team, plain.id).await;
+    let got = send(
+        s.req(Method::GET, "/v1/admin/capsules")
+            .header("X-API-Key", key.expose_secret()),
+    )
+    .await;
+    assert_error(&got, 401, "unauthorized");
+
+    // Created for the platform team, seen through the admin routes only.
+    let (status, v) = send(
+        s.as_user(&root, Method::POST, "/v1/admin/capsules")
+            .json(&json!({})),
+    )
+    .await;
+    assert!(status == 201 || status == 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let sb = store.get_sandbox(id.parse().unwrap()).await.unwrap();
+    assert_eq!(sb.team_id, PLATFORM_TEAM_ID);
+    let (status, v) =
+        send(s.as_user(&root, Method::GET, &format!("/v1/admin/capsules/{id}"))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["id"], id.as_str());
+    let (status, v) = send(s.as_user(&root, Method::GET, "/v1/admin/capsules")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v.as_array().unwrap().iter().any(|c| c["id"] == id.as_str()),
+        "{v}"
+    );
+    let got = send(s.as_user(&root, Method::GET, &format!("/v1/capsules/{id}"))).await;
+    assert_error(&got, 404, "not_found");
+    let got = send(s.as_user(&root, Method::GET, "/v1/admin/capsules/cl-nope")).await;
+    assert_eq!(got.0, 400, "{:?}", got.1);
+
+    // A snapshot makes (and then replaces) a platform template of that name.
+    for _ in 0..2 {
+        let (status, v) = send(
+            s.as_user(
+                &root,
+                Method::POST,
+                &format!("/v1/admin/capsules/{id}/snapshot"),
+            )
+            .json(&json!({ "name": "platform-snap" })),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["name"], "platform-snap");
+    }
+    let t = store
+        .get_template_for_team(plain.team, "platform-snap")
+        .await
+        .unwrap();
+    assert_eq!(t.team_id, PLATFORM_TEAM_ID, "every team sees it");
+
+    let (status, v) =
+        send(s.as_user(&root, Method::DELETE, &format!("/v1/admin/capsules/{id}"))).await;
+    assert!(status == 202 || status == 204, "{v}");
+    s.stop().await;
+}
