@@ -626,14 +626,20 @@ pub trait BuildRepo: Send + Sync {
         lines: &[String],
     ) -> RepoResult<()>;
     /// Records the sandbox a build runs in and its host.
-    async fn set_build_sandbox(&self, id: BuildId, sandbox: SandboxId, host: HostId)
-    -> RepoResult<()>;
+    async fn set_build_sandbox(
+        &self,
+        id: BuildId,
+        sandbox: SandboxId,
+        host: HostId,
+    ) -> RepoResult<()>;
     /// Records the template a successful build produced.
     async fn set_build_template(&self, id: BuildId, template: TemplateId) -> RepoResult<()>;
     /// The newest `pending` or `running` build of a template named `name` that `team`
     /// would see: its own or the platform's.
     async fn active_build_for(&self, team: TeamId, name: &str)
     -> RepoResult<Option<TemplateBuild>>;
+    /// The oldest `pending` build, if any (the next one to run).
+    async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>>;
     /// Marks every `pending` or `running` build `failed` with `error` (builds do not
     /// survive the control plane that ran them); returns how many.
     async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64>;

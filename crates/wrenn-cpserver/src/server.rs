@@ -116,13 +116,16 @@ impl Builder {
             scheduler.clone(),
         );
         lifecycle.set_team_max_capsules(config.team_max_capsules);
+        let data_plane = data_plane.unwrap_or_else(|| Arc::new(GrpcDataPlane::new(hosts.clone())));
+        // Templates' start commands run in new capsules through the data plane.
+        lifecycle.set_data_plane(data_plane.clone());
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
             store,
             lifecycle,
             scheduler,
             agents,
-            data_plane: data_plane.unwrap_or_else(|| Arc::new(GrpcDataPlane::new(hosts.clone()))),
+            data_plane,
             hosts,
             audit,
             events,

@@ -198,6 +198,18 @@ macro_rules! impl_build_repo {
             }
 
             #[tracing::instrument(level = "debug", skip(self))]
+            async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>> {
+                let row: Option<BuildRow> = sqlx::query_as(
+                    "SELECT * FROM template_builds WHERE status = 'pending' \
+                     ORDER BY created_at, id LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                row.map(TemplateBuild::try_from).transpose()
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
             async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64> {
                 let done = sqlx::query(
                     "UPDATE template_builds SET status = 'failed', error = $1, \

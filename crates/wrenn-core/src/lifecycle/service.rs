@@ -368,10 +368,10 @@ impl Lifecycle {
         validate::safe_name("template", name)?;
         validate::capsule_metadata(&req.metadata)?;
         // Independent lookups: one round of waiting, not two.
-        let (template, team_row) = futures::try_join!(
-            self.template_for_create(team, name),
-            async { Ok(store.get_team(team).await?) }
-        )?;
+        let (template, team_row) =
+            futures::try_join!(self.template_for_create(team, name), async {
+                Ok(store.get_team(team).await?)
+            })?;
         let resources = req.resources.resolve(&template)?;
         let timeout_sec = req
             .timeout_sec

@@ -83,7 +83,7 @@ impl Lifecycle {
                 this.run_snapshot(sb, from, template_id, name, defaults, &actor)
                     .await
             }
-                .instrument(span),
+            .instrument(span),
         );
         task.await.unwrap_or_else(|e| {
             Err(LifecycleError::Agent(HostCallError::Internal(format!(

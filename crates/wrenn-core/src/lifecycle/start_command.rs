@@ -87,8 +87,12 @@ impl Lifecycle {
             .start_background(&sb, command, START_COMMAND_TAG.into())
             .await
         {
-            Ok(p) => info!(pid = p.pid, template = %template.name, "template start command started"),
-            Err(e) => warn!(error = %e, template = %template.name, "could not start the template's start command"),
+            Ok(p) => {
+                info!(pid = p.pid, template = %template.name, "template start command started")
+            }
+            Err(e) => {
+                warn!(error = %e, template = %template.name, "could not start the template's start command")
+            }
         }
     }
 }

@@ -134,7 +134,11 @@ async fn the_active_build_of_a_name_is_the_teams_or_the_platforms(db: Db) {
     assert_eq!(found(team, "shared").await, Some(platform.id));
     assert_eq!(found(other, "shared").await, Some(platform.id));
     assert_eq!(found(team, "own").await, Some(own.id));
-    assert_eq!(found(other, "own").await, None, "another team's build is not seen");
+    assert_eq!(
+        found(other, "own").await,
+        None,
+        "another team's build is not seen"
+    );
     db.build_status_if(own.id, BuildStatus::Pending, BuildStatus::Running, "")
         .await
         .unwrap()
@@ -159,13 +163,25 @@ async fn unfinished_builds_fail_at_startup(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    assert!(db.fail_unfinished_builds("restarted").await.unwrap() >= 2);
+    assert_eq!(
+        db.oldest_pending_build().await.unwrap().map(|b| b.id),
+        Some(pending.id),
+        "the next build to run is the oldest pending one"
+    );
+    assert!(db.fail_unfinished_builds("restarted").await.unwrap() == 2);
+    assert_eq!(db.oldest_pending_build().await.unwrap(), None);
     for id in [pending.id, running.id] {
         let b = db.get_build(id).await.unwrap();
-        assert_eq!((b.status, b.error.as_str()), (BuildStatus::Failed, "restarted"));
+        assert_eq!(
+            (b.status, b.error.as_str()),
+            (BuildStatus::Failed, "restarted")
+        );
         assert!(b.completed_at.is_some());
     }
-    assert_eq!(db.get_build(done.id).await.unwrap().status, BuildStatus::Cancelled);
+    assert_eq!(
+        db.get_build(done.id).await.unwrap().status,
+        BuildStatus::Cancelled
+    );
 }
 
 conformance_tests!(

@@ -104,11 +104,12 @@ async fn active_sandboxes_include_paused_hibernated_and_missing(db: Db) {
             .unwrap()),
         active
     );
-    assert!(db
-        .list_active_sandboxes_from_template(wrenn_core::id::TemplateId::new())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        db.list_active_sandboxes_from_template(wrenn_core::id::TemplateId::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn sandboxes_are_listed_by_host_and_status(db: Db) {

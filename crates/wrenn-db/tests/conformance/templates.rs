@@ -64,7 +64,11 @@ async fn templates_round_trip(db: Db) {
         (stored.start_command.as_str(), stored.start_cwd.as_str()),
         ("python3 -m http.server 8000", "/srv")
     );
-    assert_eq!(builtin_start(&db).await, "", "the built-in template starts nothing");
+    assert_eq!(
+        builtin_start(&db).await,
+        "",
+        "the built-in template starts nothing"
+    );
     assert_eq!(stored.metadata, new.metadata);
     assert!(!stored.protected);
     assert_eq!(db.get_template(new.id).await.unwrap(), stored);
