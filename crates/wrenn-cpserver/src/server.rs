@@ -67,6 +67,10 @@ impl Builder {
             }
         };
         info!(backend = store.backend(), "store ready");
+        // Template builds do not survive a control plane: fail what one left behind.
+        crate::builds::fail_unfinished(store.as_ref())
+            .await
+            .map_err(|e| ServerError::Other(format!("failing unfinished template builds: {e}")))?;
 
         let events: Arc<dyn EventBus> = match (self.events, &config.redis_url) {
             (Some(bus), _) => bus,

@@ -20,8 +20,8 @@
 //! build to `cancelled`; the worker notices within a second, kills the running step
 //! (by dropping its stream), destroys the capsule and registers nothing.
 //!
-//! Builds do not survive the control plane that runs them: when the build worker
-//! starts, every build still `pending` or `running` is marked `failed` ("the control
+//! Builds do not survive the control plane that runs them: when the control plane
+//! starts ([`fail_unfinished`]), every build still `pending` or `running` is marked `failed` ("the control
 //! plane restarted while the build ran") — with several replicas, run builds on one.
 
 pub mod recipe;
@@ -41,8 +41,10 @@ pub use recipe::{Recipe, RecipeError, Step};
 /// The error stored on builds that a stopped control plane left unfinished.
 pub const RESTARTED_ERROR: &str = "the control plane restarted while the build ran";
 
-/// What a caller asks to build.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a caller asks to build (also the format of recipe files, e.g. the shipped
+/// `templates/code-runner-beta.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildRequest {
     /// Name of the template to produce.
     pub name: String,
@@ -57,6 +59,7 @@ pub struct BuildRequest {
     /// Memory (MiB) of the build capsule and the template (default 512).
     pub memory_mb: Option<i64>,
     /// Accepted and stored; this build system adds no implicit steps.
+    #[serde(default)]
     pub skip_pre_post: bool,
 }
 
@@ -207,6 +210,20 @@ pub async fn submit(
     )
     .await;
     Ok(build)
+}
+
+/// Marks the builds a previous control plane left `pending` or `running` as `failed`
+/// (they do not survive it); called once when the control plane starts, before
+/// anything can queue a build. Returns how many.
+pub async fn fail_unfinished(store: &dyn wrenn_core::repo::Store) -> Result<u64, RepoError> {
+    let failed = store.fail_unfinished_builds(RESTARTED_ERROR).await?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "template builds left unfinished by a previous control plane marked failed"
+        );
+    }
+    Ok(failed)
 }
 
 /// A build of `team` (any build when `team` is `None`: platform admins).

@@ -19,7 +19,6 @@ use wrenn_core::model::{BuildStatus, Sandbox, Template, TemplateBuild};
 use wrenn_core::repo::RepoError;
 use wrenn_extension::{ServerContext, Worker};
 
-use super::RESTARTED_ERROR;
 use super::recipe::{Recipe, Step};
 
 /// Builds run at the same time by one control plane.
@@ -42,20 +41,13 @@ const MAX_LINE: usize = 4096;
 const FLUSH_LINES: usize = 64;
 /// Longest time output stays buffered.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Environment key the build capsule's metadata carries its build id under.
+/// Metadata key under which the build capsule carries its build id.
 const BUILD_METADATA_KEY: &str = "wrenn_build";
 
-/// The worker that runs template builds. When it starts (with the control plane), the
-/// builds that a previous control plane left pending or running are marked failed.
+/// The worker that runs template builds (what a previous control plane left
+/// unfinished was failed when this one started: [`super::fail_unfinished`]).
 pub fn worker() -> Worker {
     Worker::new("template-builds", |ctx: ServerContext, cancel| async move {
-        let failed = ctx.store.fail_unfinished_builds(RESTARTED_ERROR).await?;
-        if failed > 0 {
-            warn!(
-                failed,
-                "template builds left unfinished by a previous control plane marked failed"
-            );
-        }
         run_pool(ctx, cancel).await;
         Ok(())
     })
