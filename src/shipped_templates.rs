@@ -10,6 +10,13 @@
 //!
 //! [`ensure`] queues a platform build of each shipped template that does not exist
 //! yet and reports its progress on standard error.
+//!
+//! Where the machine's egress re-signs TLS with its own certificate authority (a
+//! corporate or sandbox proxy), capsules do not trust it and `pip install` fails.
+//! `WRENN_DEV_TEMPLATE_CA=FILE` (PEM certificates) makes the shipped templates' builds
+//! trust them: two steps are put first, installing the certificates into the capsule's
+//! system store (`update-ca-certificates`) and pointing pip at it
+//! (`ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt`, kept in the template).
 
 use std::time::Duration;
 
@@ -22,6 +29,9 @@ use wrenn_cpserver::extension::ServerContext;
 
 /// The recipe of `code-runner-beta`.
 pub const CODE_RUNNER_RECIPE: &str = include_str!("../templates/code-runner-beta.json");
+
+/// Environment variable naming extra CA certificates the shipped builds trust.
+pub const TEMPLATE_CA_ENV: &str = "WRENN_DEV_TEMPLATE_CA";
 
 /// How often a shipped template's build is looked at for progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -38,6 +48,49 @@ pub enum ShippedTemplateError {
     /// Storage failed.
     #[error("storage failed")]
     Store(#[source] RepoError),
+    /// The extra CA certificates could not be read.
+    #[error("{TEMPLATE_CA_ENV}={path}: cannot read it")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The extra CA certificates are not PEM certificates.
+    #[error("{TEMPLATE_CA_ENV}={0}: not PEM certificates (-----BEGIN CERTIFICATE-----)")]
+    CaNotPem(String),
+}
+
+/// `req` with two first steps that make the capsule trust the PEM certificates `pem`
+/// (system store and pip).
+pub fn trusting(mut req: BuildRequest, pem: &str) -> BuildRequest {
+    let pem = pem.trim();
+    let mut steps = vec![
+        format!(
+            "RUN sudo tee /usr/local/share/ca-certificates/wrenn-dev-extra.crt >/dev/null <<'WRENN_PEM'\n{pem}\nWRENN_PEM\nsudo update-ca-certificates"
+        ),
+        "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt".to_owned(),
+    ];
+    steps.append(&mut req.recipe);
+    req.recipe = steps;
+    req
+}
+
+/// The extra CA certificates of [`TEMPLATE_CA_ENV`], if set.
+fn extra_ca() -> Result<Option<String>, ShippedTemplateError> {
+    let Some(path) = std::env::var_os(TEMPLATE_CA_ENV).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let shown = path.to_string_lossy().into_owned();
+    let pem = std::fs::read_to_string(&path).map_err(|source| ShippedTemplateError::CaFile {
+        path: shown.clone(),
+        source,
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.contains("WRENN_PEM") {
+        return Err(ShippedTemplateError::CaNotPem(shown));
+    }
+    Ok(Some(pem))
 }
 
 /// Every shipped recipe, parsed.
@@ -52,7 +105,12 @@ pub fn recipes() -> Result<Vec<BuildRequest>, ShippedTemplateError> {
 /// NAME: step i/n"). Returns the names queued.
 pub async fn ensure(ctx: &ServerContext) -> Result<Vec<String>, ShippedTemplateError> {
     let mut queued = Vec::new();
+    let ca = extra_ca()?;
     for req in recipes()? {
+        let req = match &ca {
+            Some(pem) => trusting(req, pem),
+            None => req,
+        };
         match ctx
             .store
             .get_template_for_team(PLATFORM_TEAM_ID, &req.name)
@@ -146,5 +204,18 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.contains("8888"))
         );
+    }
+
+    #[test]
+    fn extra_certificates_come_first_and_the_recipe_stays_valid() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let cr = trusting(recipes().unwrap().remove(0), pem);
+        assert!(cr.recipe[0].contains("update-ca-certificates"));
+        assert!(cr.recipe[0].contains("MIIB"));
+        assert_eq!(
+            cr.recipe[1],
+            "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
+        );
+        builds::Recipe::parse(&cr.recipe).unwrap();
     }
 }
