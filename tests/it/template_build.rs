@@ -144,6 +144,8 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
                 "WORKDIR /srv/demo",
                 "RUN echo \"$GREETING\" > index.html && echo wrote index.html",
                 "test \"$(pwd)\" = /srv/demo",
+                "USER root",
+                "RUN test \"$(id -un)\" = root && test \"$GREETING\" = 'hello from the build' && touch /root/built-as-root",
                 "START python3 -m http.server 8000",
             ],
             "healthcheck": "curl -fsS http://127.0.0.1:8000/index.html",
@@ -156,12 +158,12 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
             built["current_step"].as_i64(),
             built["total_steps"].as_i64()
         ),
-        (Some(5), Some(5))
+        (Some(7), Some(7))
     );
     let lines = logs(&built);
     for want in [
-        "step 1/5: ENV GREETING=hello from the build",
-        "step 5/5: START python3 -m http.server 8000",
+        "step 1/7: ENV GREETING=hello from the build",
+        "step 7/7: START python3 -m http.server 8000",
         "wrote index.html",
         "healthcheck passed (attempt",
         "template \"web-demo\" registered",
@@ -176,6 +178,10 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
         "{built}"
     );
     assert_eq!(built["default_env"]["GREETING"], "hello from the build");
+    assert_eq!(
+        built["default_user"], "root",
+        "USER sets the template's user"
+    );
     assert_destroyed(&db, &built).await;
     assert!(template_names(&dev).await.contains(&"web-demo".to_owned()));
 
@@ -189,6 +195,10 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
     assert_eq!(
         dev.sh(&cl, "echo \"$GREETING\"").await,
         "hello from the build\n"
+    );
+    assert_eq!(
+        dev.sh(&cl, "id -un; test -f /root/built-as-root").await,
+        "root\n"
     );
     let name = format!("8000-{cl}.localhost");
     let client = Client::builder()

@@ -21,8 +21,9 @@
 //! (by dropping its stream), destroys the capsule and registers nothing.
 //!
 //! Builds do not survive the control plane that runs them: when the control plane
-//! starts ([`fail_unfinished`]), every build still `pending` or `running` is marked `failed` ("the control
-//! plane restarted while the build ran") — with several replicas, run builds on one.
+//! starts ([`fail_unfinished`]), every build still `pending` or `running` is marked
+//! `failed` ("the control plane restarted while the build ran") and the build worker
+//! destroys their capsules — with several replicas, run builds on one.
 
 pub mod recipe;
 pub mod worker;

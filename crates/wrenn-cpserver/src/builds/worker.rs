@@ -19,6 +19,7 @@ use wrenn_core::model::{BuildStatus, Sandbox, Template, TemplateBuild};
 use wrenn_core::repo::RepoError;
 use wrenn_extension::{ServerContext, Worker};
 
+use super::RESTARTED_ERROR;
 use super::recipe::{Recipe, Step};
 
 /// Builds run at the same time by one control plane.
@@ -48,9 +49,38 @@ const BUILD_METADATA_KEY: &str = "wrenn_build";
 /// unfinished was failed when this one started: [`super::fail_unfinished`]).
 pub fn worker() -> Worker {
     Worker::new("template-builds", |ctx: ServerContext, cancel| async move {
+        destroy_orphaned_capsules(&ctx).await?;
         run_pool(ctx, cancel).await;
         Ok(())
     })
+}
+
+/// Destroys the capsules of builds a previous control plane left unfinished (failed
+/// with [`RESTARTED_ERROR`] when this one started) that still hold resources.
+async fn destroy_orphaned_capsules(ctx: &ServerContext) -> Result<(), RepoError> {
+    let orphans = ctx.store.list_builds(200).await?.into_iter().filter(|b| {
+        b.status == BuildStatus::Failed && b.error == RESTARTED_ERROR && b.sandbox_id.is_some()
+    });
+    for build in orphans {
+        let Some(id) = build.sandbox_id else { continue };
+        let sb = match ctx.store.get_sandbox(id).await {
+            Ok(sb) => sb,
+            Err(RepoError::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if sb.status.is_terminal() || sb.status == SandboxStatus::Stopping {
+            continue;
+        }
+        info!(build_id = %build.id, sandbox_id = %id, "destroying the capsule of a build a previous control plane left unfinished");
+        if let Err(e) = ctx
+            .lifecycle
+            .destroy(sb.team_id, id, &Actor::system())
+            .await
+        {
+            warn!(build_id = %build.id, sandbox_id = %id, error = %e, "could not destroy an orphaned build capsule");
+        }
+    }
+    Ok(())
 }
 
 async fn run_pool(ctx: ServerContext, cancel: CancellationToken) {

@@ -453,3 +453,59 @@ async fn platform_templates_are_deleted_only_when_no_capsule_uses_them() {
     assert_error(&got, 403, "forbidden");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_fails_unfinished_builds_and_destroys_their_capsules() {
+    let s = TestServer::start().await;
+    let root = s.user_with("root@x.io", true).await;
+    let store = s.store();
+    let host = common::online_host(&store).await;
+    // A build that was running in a control plane that died, with its capsule.
+    let capsule = store
+        .insert_sandbox(NewSandbox {
+            id: SandboxId::new(),
+            team_id: PLATFORM_TEAM_ID,
+            host_id: host,
+            template: "minimal".into(),
+            template_id: wrenn_core::id::BUILTIN_TEMPLATE_ID,
+            template_team_id: PLATFORM_TEAM_ID,
+            status: SandboxStatus::Running,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 512,
+                disk_size_mb: 20480,
+            },
+            timeout_sec: 0,
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    let running = stored_build(&s, PLATFORM_TEAM_ID, "interrupted", BuildStatus::Running).await;
+    store
+        .set_build_sandbox(running, capsule.id, host)
+        .await
+        .unwrap();
+
+    // Another control plane starts on the same database.
+    let restarted = s.replica().await;
+    let b = store.get_build(running).await.unwrap();
+    assert_eq!(b.status, BuildStatus::Failed);
+    assert_eq!(b.error, "the control plane restarted while the build ran");
+    let got =
+        send(restarted.as_user(&root, Method::GET, &format!("/v1/admin/builds/{running}"))).await;
+    assert_eq!(got.1["status"], "failed", "{}", got.1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = store.get_sandbox(capsule.id).await.unwrap().status;
+        if matches!(status, SandboxStatus::Stopping | SandboxStatus::Stopped) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build capsule is still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    restarted.stop().await;
+    s.stop().await;
+}
