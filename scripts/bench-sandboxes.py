@@ -353,6 +353,8 @@ def main():
                             stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")
                                  if args.log else "error",
+                                 # No shipped-template build in the background.
+                                 "WRENN_DEV_BUILD_TEMPLATES": "0",
                                  # One default image per machine, not one per run.
                                  "WRENN_RUNTIME": args.runtime,
                                  "WRENN_IMAGE_CACHE": os.environ.get(

@@ -41,6 +41,8 @@ def start_dev(binary, runtime):
         [binary, "dev", "--dir", f"{tmp}/state", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "RUST_LOG": "error", "WRENN_RUNTIME": runtime,
+             # No shipped-template build in the background while measuring.
+             "WRENN_DEV_BUILD_TEMPLATES": "0",
              "WRENN_IMAGE_CACHE": os.environ.get("WRENN_IMAGE_CACHE",
                                                  "/var/cache/wrenn/test-images")})
     for line in proc.stdout:

@@ -395,6 +395,17 @@ async fn runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>
     Ok(Arc::new(runtime))
 }
 
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Runs `wrenn dev` until SIGTERM/SIGINT.
 pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
     std::fs::create_dir_all(&dir).map_err(|e| cred_err(&dir, e))?;
@@ -489,6 +500,16 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
         banner(bound, &creds, &proxy_domain)
     ) {
         tracing::debug!("could not print the banner: {e}");
+    }
+    // Shipped templates (code-runner-beta) are built in the background on first start,
+    // unless WRENN_DEV_BUILD_TEMPLATES=0 or there is no host to build on.
+    if agent.is_some() && std::env::var("WRENN_DEV_BUILD_TEMPLATES").as_deref() != Ok("0") {
+        if let Err(e) = crate::shipped_templates::ensure(server.context()).await {
+            eprintln!(
+                "wrenn dev: could not queue the shipped templates: {}",
+                error_chain(&e)
+            );
+        }
     }
     // On SIGTERM/SIGINT the agent goes first (it hibernates its sandboxes and reports
     // that to the still-running control plane), then the control plane stops.

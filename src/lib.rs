@@ -17,3 +17,4 @@ pub use wrenn_proto as proto;
 
 pub mod dev;
 pub mod image;
+pub mod shipped_templates;

@@ -72,6 +72,8 @@ pub(crate) fn start_dev_with(env: &[(&str, &str)]) -> Dev {
             wrenn_agent::image::test_store_dir(),
         )
         .env("RUST_LOG", "warn")
+        // The shipped templates (a pip install) are built only where a test asks.
+        .env("WRENN_DEV_BUILD_TEMPLATES", "0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -100,6 +102,30 @@ pub(crate) fn start_dev_with(env: &[(&str, &str)]) -> Dev {
 }
 
 impl Dev {
+    /// The state directory of this `wrenn dev`.
+    pub(crate) fn state_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("state")
+    }
+
+    /// A JWT of the development admin (a platform admin), logged in with the
+    /// credentials `wrenn dev` keeps in its directory.
+    pub(crate) async fn admin_token(&self) -> String {
+        let creds: Value = serde_json::from_slice(
+            &std::fs::read(self.state_dir().join("dev-credentials.json")).expect("credentials"),
+        )
+        .expect("credentials JSON");
+        let resp = self
+            .http
+            .post(format!("{}/v1/auth/login", self.base))
+            .json(&json!({"email": creds["email"], "password": creds["password"]}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.expect("login body");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
     pub(crate) fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))

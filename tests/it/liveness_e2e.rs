@@ -45,6 +45,8 @@ fn start_dev(dir: &Path, port: u16) -> Dev {
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WRENN_TEAM_MAX_CAPSULES", "3")
+        // No shipped-template build taking host capacity in the background.
+        .env("WRENN_DEV_BUILD_TEMPLATES", "0")
         .env("WRENN_HEALTH_INTERVAL_SECS", "1")
         .env("WRENN_HEALTH_TIMEOUT_SECS", "1")
         .env(

@@ -7,3 +7,4 @@ mod dev;
 mod e2e;
 mod enterprise_extension;
 mod liveness_e2e;
+mod template_build;

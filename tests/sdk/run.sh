@@ -26,6 +26,12 @@ fi
 dir=$(mktemp -d)
 "$wrenn" image build --dir "$dir/state"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Where this machine's egress re-signs TLS with a local CA, the shipped code-runner
+# template's build (pip install from PyPI inside a capsule) must trust it too.
+if [ -z "${WRENN_DEV_TEMPLATE_CA:-}" ] && compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+  cat /usr/local/share/ca-certificates/*.crt >"$dir/extra-ca.pem"
+  export WRENN_DEV_TEMPLATE_CA="$dir/extra-ca.pem"
+fi
 "$wrenn" dev --dir "$dir/state" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
@@ -35,6 +41,9 @@ if ! grep -q '^export WRENN_API_KEY' "$dir/out.log"; then
   echo "wrenn dev did not start:"; cat "$dir/err.log"; exit 1
 fi
 eval "$(grep '^export' "$dir/out.log")"
+# The development admin's credentials: the code_runner tests follow the build of the
+# shipped code-runner-beta template through the admin builds API.
+export WRENN_DEV_CREDENTIALS="$dir/state/dev-credentials.json"
 # Firecracker needs KVM that boots guests; where it does not, `wrenn dev` says so and
 # every create would fail: the suite stops here with that reason.
 if [ "${WRENN_RUNTIME:-process}" = firecracker ] && grep -q 'KVM does not boot guests' "$dir/err.log"; then

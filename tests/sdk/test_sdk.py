@@ -173,3 +173,98 @@ def test_destroy_leaves_the_capsule_stopped():
     c.destroy()
     wait_status(c.capsule_id, "stopped")
     assert not any(x.id == c.capsule_id for x in Capsule.list())
+
+
+# --- code_runner: the shipped `code-runner-beta` template (Jupyter behind the proxy) ---
+
+# A 1x1 PNG.
+TINY_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def _admin_client():
+    """An HTTP client for the admin API, logged in as the `wrenn dev` admin."""
+    import json
+    import os
+
+    import httpx
+
+    creds = json.load(open(os.environ["WRENN_DEV_CREDENTIALS"]))
+    base = os.environ["WRENN_BASE_URL"]
+    token = httpx.post(
+        f"{base}/v1/auth/login",
+        json={"email": creds["email"], "password": creds["password"]},
+    ).json()["token"]
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture(scope="module")
+def code_runner_template():
+    """Waits (generously: a pip install) for `wrenn dev` to build code-runner-beta."""
+    with _admin_client() as admin:
+        deadline = time.time() + 1500
+        build = None
+        while time.time() < deadline:
+            builds = admin.get("/v1/admin/builds").json()
+            mine = [b for b in builds if b["name"] == "code-runner-beta"]
+            assert mine, "wrenn dev queued no build of code-runner-beta"
+            build = mine[0]
+            if build["status"] == "success":
+                return build
+            assert build["status"] in ("pending", "running"), (
+                f"building code-runner-beta {build['status']}: {build.get('error')}\n"
+                + "\n".join(build["logs"][-40:])
+            )
+            time.sleep(2)
+        raise AssertionError(f"code-runner-beta not built in time: {build}")
+
+
+@pytest.fixture(scope="module")
+def runner(code_runner_template):
+    from wrenn.code_runner import Capsule as CodeRunner
+
+    c = CodeRunner()
+    try:
+        yield c
+    finally:
+        c.destroy()
+
+
+def test_code_runner_template_builds_with_logs_and_steps(code_runner_template):
+    b = code_runner_template
+    assert b["current_step"] == b["total_steps"] > 0
+    assert any("Successfully installed" in line for line in b["logs"]), b["logs"][-20:]
+    assert any("healthcheck passed" in line for line in b["logs"])
+
+
+def test_code_runner_keeps_state_between_calls_and_reports_stdout(runner):
+    assert runner.run_code("x = 41").error is None
+    result = runner.run_code("x + 1")
+    assert result.error is None
+    assert result.text == "42"
+    printed = runner.run_code("print('hello', x)")
+    assert "".join(printed.logs.stdout) == "hello 41\n"
+
+
+def test_code_runner_reports_exceptions(runner):
+    result = runner.run_code("1 / 0")
+    assert result.error is not None
+    assert result.error.name == "ZeroDivisionError"
+    assert "division by zero" in result.error.value
+    # The kernel survives the error.
+    assert runner.run_code("'still here'").text == "'still here'"
+
+
+def test_code_runner_returns_rich_results(runner):
+    result = runner.run_code(
+        "import base64\n"
+        "from IPython.display import Image, display\n"
+        f"display(Image(data=base64.b64decode('{TINY_PNG}')))\n"
+        "{'answer': 42}"
+    )
+    assert result.error is None
+    images = [r for r in result.results if r.png]
+    assert images and images[0].png.strip() == TINY_PNG
+    main = [r for r in result.results if r.is_main_result]
+    assert main and main[0].text == "{'answer': 42}"

@@ -405,6 +405,14 @@ pub struct Template {
     pub default_env: BTreeMap<String, String>,
     /// Free-form metadata.
     pub metadata: Metadata,
+    /// Started in the background in every capsule made from this template (empty:
+    /// nothing), as the default user with the default environment, in
+    /// [`start_cwd`](Self::start_cwd). See [`crate::lifecycle::start_command`].
+    #[serde(default)]
+    pub start_command: String,
+    /// Working directory of the start command (empty: the user's home).
+    #[serde(default)]
+    pub start_cwd: String,
     /// Protected templates cannot be deleted by teams.
     pub protected: bool,
     /// Creation time.
@@ -585,6 +593,15 @@ pub struct TemplateBuild {
     pub recipe: Vec<String>,
     /// Command that must succeed at the end.
     pub healthcheck: String,
+    /// Accepted for compatibility; this build system adds no implicit steps.
+    #[serde(default)]
+    pub skip_pre_post: bool,
+    /// Default user of the resulting template.
+    #[serde(default)]
+    pub default_user: String,
+    /// Default environment of the resulting template.
+    #[serde(default)]
+    pub default_env: BTreeMap<String, String>,
     /// vCPUs.
     pub vcpus: i32,
     /// Memory (MiB).

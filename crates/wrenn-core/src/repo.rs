@@ -359,6 +359,10 @@ pub struct NewTemplate {
     pub default_env: Metadata,
     /// Metadata.
     pub metadata: Metadata,
+    /// Start command ([`Template::start_command`]).
+    pub start_command: String,
+    /// Its working directory ([`Template::start_cwd`]).
+    pub start_cwd: String,
 }
 
 /// Templates.
@@ -441,6 +445,12 @@ pub trait SandboxRepo: Send + Sync {
     /// A team's sandboxes holding host resources: starting, running, pausing,
     /// paused, resuming, snapshotting, hibernated, missing, pending.
     async fn list_active_sandboxes_by_team(&self, team: TeamId) -> RepoResult<Vec<Sandbox>>;
+    /// Sandboxes of any team started from `template` that still hold resources (the
+    /// statuses of [`list_active_sandboxes_by_team`](Self::list_active_sandboxes_by_team)).
+    async fn list_active_sandboxes_from_template(
+        &self,
+        template: TemplateId,
+    ) -> RepoResult<Vec<Sandbox>>;
     /// A host's sandboxes in any of `statuses`.
     async fn list_sandboxes_by_host(
         &self,
@@ -615,6 +625,24 @@ pub trait BuildRepo: Send + Sync {
         current_step: i32,
         lines: &[String],
     ) -> RepoResult<()>;
+    /// Records the sandbox a build runs in and its host.
+    async fn set_build_sandbox(
+        &self,
+        id: BuildId,
+        sandbox: SandboxId,
+        host: HostId,
+    ) -> RepoResult<()>;
+    /// Records the template a successful build produced.
+    async fn set_build_template(&self, id: BuildId, template: TemplateId) -> RepoResult<()>;
+    /// The newest `pending` or `running` build of a template named `name` that `team`
+    /// would see: its own or the platform's.
+    async fn active_build_for(&self, team: TeamId, name: &str)
+    -> RepoResult<Option<TemplateBuild>>;
+    /// The oldest `pending` build, if any (the next one to run).
+    async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>>;
+    /// Marks every `pending` or `running` build `failed` with `error` (builds do not
+    /// survive the control plane that ran them); returns how many.
+    async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64>;
 }
 
 /// Reading the audit trail (writing goes through [`AuditSink`]).

@@ -16,6 +16,7 @@ pub mod accounts;
 mod api;
 pub mod authenticator;
 mod builder;
+pub mod builds;
 pub mod ca;
 pub mod capsule_proxy;
 mod error;
@@ -31,6 +32,7 @@ mod router;
 pub mod secrets;
 mod server;
 pub mod teams;
+pub mod templates;
 mod testing;
 pub mod workers;
 

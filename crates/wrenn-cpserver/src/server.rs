@@ -67,6 +67,10 @@ impl Builder {
             }
         };
         info!(backend = store.backend(), "store ready");
+        // Template builds do not survive a control plane: fail what one left behind.
+        crate::builds::fail_unfinished(store.as_ref())
+            .await
+            .map_err(|e| ServerError::Other(format!("failing unfinished template builds: {e}")))?;
 
         let events: Arc<dyn EventBus> = match (self.events, &config.redis_url) {
             (Some(bus), _) => bus,
@@ -116,13 +120,16 @@ impl Builder {
             scheduler.clone(),
         );
         lifecycle.set_team_max_capsules(config.team_max_capsules);
+        let data_plane = data_plane.unwrap_or_else(|| Arc::new(GrpcDataPlane::new(hosts.clone())));
+        // Templates' start commands run in new capsules through the data plane.
+        lifecycle.set_data_plane(data_plane.clone());
         let ctx = ServerContext {
             auth: Arc::new(Authenticator::new(jwt, store.clone())),
             store,
             lifecycle,
             scheduler,
             agents,
-            data_plane: data_plane.unwrap_or_else(|| Arc::new(GrpcDataPlane::new(hosts.clone()))),
+            data_plane,
             hosts,
             audit,
             events,

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use sqlx::types::Json;
-use wrenn_core::id::BuildId;
+use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::model::{BuildStatus, TemplateBuild};
 use wrenn_core::repo::{BuildRepo, RepoError, RepoResult};
 
@@ -29,9 +29,9 @@ macro_rules! impl_build_repo {
                     "INSERT INTO template_builds (id, team_id, name, base_template, recipe, \
                        healthcheck, vcpus, memory_mb, status, current_step, total_steps, logs, \
                        error, sandbox_id, host_id, template_id, created_at, started_at, \
-                       completed_at) \
+                       completed_at, skip_pre_post, default_user, default_env) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                             $16, $17, $18, $19) \
+                             $16, $17, $18, $19, $20, $21, $22) \
                      RETURNING *",
                 )
                 .bind(build.id.uuid())
@@ -53,6 +53,9 @@ macro_rules! impl_build_repo {
                 .bind(Ts::from(build.created_at))
                 .bind(build.started_at.map(Ts::from))
                 .bind(build.completed_at.map(Ts::from))
+                .bind(build.skip_pre_post)
+                .bind(&build.default_user)
+                .bind(Json(&build.default_env))
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db("build"))?;
@@ -135,6 +138,90 @@ macro_rules! impl_build_repo {
                     return Err(RepoError::not_found("build"));
                 }
                 Ok(())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id, sandbox_id = %sandbox, host_id = %host))]
+            async fn set_build_sandbox(
+                &self,
+                id: BuildId,
+                sandbox: SandboxId,
+                host: HostId,
+            ) -> RepoResult<()> {
+                let done = sqlx::query(
+                    "UPDATE template_builds SET sandbox_id = $2, host_id = $3 WHERE id = $1",
+                )
+                .bind(id.uuid())
+                .bind(sandbox.uuid())
+                .bind(host.uuid())
+                .execute(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                if done.rows_affected() == 0 {
+                    return Err(RepoError::not_found("build"));
+                }
+                Ok(())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id, template_id = %template))]
+            async fn set_build_template(&self, id: BuildId, template: TemplateId) -> RepoResult<()> {
+                let done = sqlx::query("UPDATE template_builds SET template_id = $2 WHERE id = $1")
+                    .bind(id.uuid())
+                    .bind(template.uuid())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("build"))?;
+                if done.rows_affected() == 0 {
+                    return Err(RepoError::not_found("build"));
+                }
+                Ok(())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team, name))]
+            async fn active_build_for(
+                &self,
+                team: TeamId,
+                name: &str,
+            ) -> RepoResult<Option<TemplateBuild>> {
+                let row: Option<BuildRow> = sqlx::query_as(
+                    "SELECT * FROM template_builds \
+                     WHERE name = $2 AND team_id IN ($1, $3) \
+                       AND status IN ('pending', 'running') \
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                )
+                .bind(team.uuid())
+                .bind(name)
+                .bind(PLATFORM_TEAM_ID.uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                row.map(TemplateBuild::try_from).transpose()
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>> {
+                let row: Option<BuildRow> = sqlx::query_as(
+                    "SELECT * FROM template_builds WHERE status = 'pending' \
+                     ORDER BY created_at, id LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                row.map(TemplateBuild::try_from).transpose()
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64> {
+                let done = sqlx::query(
+                    "UPDATE template_builds SET status = 'failed', error = $1, \
+                       completed_at = $2 \
+                     WHERE status IN ('pending', 'running')",
+                )
+                .bind(error)
+                .bind(Ts::now())
+                .execute(&self.pool)
+                .await
+                .map_err(db("build"))?;
+                Ok(done.rows_affected())
             }
         }
     };

@@ -378,6 +378,8 @@ pub(crate) struct TemplateRow {
     metadata: Json<Metadata>,
     protected: bool,
     created_at: Ts,
+    start_command: String,
+    start_cwd: String,
 }
 
 impl TryFrom<TemplateRow> for Template {
@@ -394,6 +396,8 @@ impl TryFrom<TemplateRow> for Template {
             default_user: r.default_user,
             default_env: r.default_env.0,
             metadata: r.metadata.0,
+            start_command: r.start_command,
+            start_cwd: r.start_cwd,
             protected: r.protected,
             created_at: r.created_at.get(),
         })
@@ -589,6 +593,9 @@ pub(crate) struct BuildRow {
     base_template: String,
     recipe: Json<Vec<String>>,
     healthcheck: String,
+    skip_pre_post: bool,
+    default_user: String,
+    default_env: Json<BTreeMap<String, String>>,
     vcpus: i32,
     memory_mb: i32,
     status: String,
@@ -614,6 +621,9 @@ impl TryFrom<BuildRow> for TemplateBuild {
             base_template: r.base_template,
             recipe: r.recipe.0,
             healthcheck: r.healthcheck,
+            skip_pre_post: r.skip_pre_post,
+            default_user: r.default_user,
+            default_env: r.default_env.0,
             vcpus: r.vcpus,
             memory_mb: r.memory_mb,
             status: parse_stored("template_builds.status", &r.status)?,

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
-use wrenn_core::id::{HostId, SandboxId, TeamId};
+use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{Metadata, MetricsSnapshot, NewSandbox, ProxyTarget, Sandbox};
 use wrenn_core::repo::{FAILURE_METADATA_KEY, Quota, RepoError, RepoResult, SandboxRepo};
@@ -171,6 +171,24 @@ macro_rules! impl_sandbox_repo {
                      ORDER BY created_at, id",
                 )
                 .bind(team.uuid())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("sandbox"))?;
+                convert_all(rows)
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template))]
+            async fn list_active_sandboxes_from_template(
+                &self,
+                template: TemplateId,
+            ) -> RepoResult<Vec<Sandbox>> {
+                let rows: Vec<SandboxRow> = sqlx::query_as(
+                    "SELECT * FROM sandboxes \
+                     WHERE template_id = $1 AND status IN ('pending', 'starting', 'running', \
+                       'pausing', 'paused', 'resuming', 'snapshotting', 'hibernated', 'missing') \
+                     ORDER BY created_at, id",
+                )
+                .bind(template.uuid())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("sandbox"))?;

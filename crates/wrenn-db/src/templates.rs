@@ -15,8 +15,9 @@ use crate::timestamp::Ts;
 /// Shared by create and upsert: the insert of a new, unprotected template.
 const INSERT_TEMPLATE: &str = "\
     INSERT INTO templates (id, team_id, name, type, vcpus, memory_mb, size_bytes, \
-                           default_user, default_env, metadata, protected, created_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, FALSE, $11)";
+                           default_user, default_env, metadata, protected, created_at, \
+                           start_command, start_cwd) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, FALSE, $11, $12, $13)";
 
 /// Records a host as holding a template's files (a repeat changes nothing).
 const INSERT_TEMPLATE_HOST: &str = "\
@@ -45,6 +46,8 @@ macro_rules! impl_template_repo {
                     .bind(Json(&template.default_env))
                     .bind(Json(&template.metadata))
                     .bind(Ts::now())
+                    .bind(&template.start_command)
+                    .bind(&template.start_cwd)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db("template"))?;
@@ -72,7 +75,9 @@ macro_rules! impl_template_repo {
                        type = excluded.type, vcpus = excluded.vcpus, \
                        memory_mb = excluded.memory_mb, size_bytes = excluded.size_bytes, \
                        default_user = excluded.default_user, \
-                       default_env = excluded.default_env, metadata = excluded.metadata \
+                       default_env = excluded.default_env, metadata = excluded.metadata, \
+                       start_command = excluded.start_command, \
+                       start_cwd = excluded.start_cwd \
                      WHERE templates.protected = FALSE \
                      RETURNING *",
                 )

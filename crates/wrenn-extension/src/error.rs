@@ -223,6 +223,9 @@ impl From<LifecycleError> for ApiError {
             e @ LifecycleError::InvalidState { .. } => {
                 Self::conflict("invalid_state", e.to_string())
             }
+            e @ LifecycleError::TemplateBuilding { .. } => {
+                Self::conflict("template_building", e.to_string())
+            }
             e @ LifecycleError::NameReserved(_) => Self::conflict("name_reserved", e.to_string()),
             e @ LifecycleError::NameTaken(_) => {
                 Self::conflict("template_name_taken", e.to_string())

@@ -5,6 +5,7 @@ mod fallback;
 mod request;
 mod service;
 mod snapshot;
+pub mod start_command;
 mod status;
 mod template_copies;
 
@@ -13,4 +14,5 @@ pub use request::{
     CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, ResourceRequest,
 };
 pub use service::{Lifecycle, LifecycleError, Timeouts};
+pub use snapshot::TemplateDefaults;
 pub use status::{HostStatus, SandboxStatus, UnknownStatus};

@@ -86,6 +86,8 @@ mod tests {
             default_user: "root".into(),
             default_env: Default::default(),
             metadata: Metadata::new(),
+            start_command: String::new(),
+            start_cwd: String::new(),
             protected: false,
             created_at: chrono::Utc::now(),
         }

@@ -51,6 +51,16 @@ pub enum LifecycleError {
         /// The refused operation.
         action: &'static str,
     },
+    /// The template is not there yet: a build is producing it.
+    #[error("template {name} is still building (step {step}/{total}); try again shortly")]
+    TemplateBuilding {
+        /// The template.
+        name: String,
+        /// The build's current step.
+        step: i32,
+        /// Its step count.
+        total: i32,
+    },
     /// A template name is reserved by a platform template.
     #[error("template name {0:?} is reserved by a platform template")]
     NameReserved(String),
@@ -138,6 +148,8 @@ pub(super) struct Inner {
     team_max_capsules: AtomicU32,
     /// Template copies in progress.
     pub(super) copies: super::template_copies::CopyLocks,
+    /// Runs templates' start commands (see [`super::start_command`]).
+    pub(super) data_plane: std::sync::OnceLock<Arc<dyn crate::data_plane::DataPlane>>,
 }
 
 /// The sandbox lifecycle service. Cheap to clone.
@@ -196,6 +208,7 @@ impl Lifecycle {
                 timeouts,
                 team_max_capsules: AtomicU32::new(DEFAULT_TEAM_MAX_CAPSULES),
                 copies: Default::default(),
+                data_plane: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -355,10 +368,10 @@ impl Lifecycle {
         validate::safe_name("template", name)?;
         validate::capsule_metadata(&req.metadata)?;
         // Independent lookups: one round of waiting, not two.
-        let (template, team_row) = futures::try_join!(
-            store.get_template_for_team(team, name),
-            store.get_team(team)
-        )?;
+        let (template, team_row) =
+            futures::try_join!(self.template_for_create(team, name), async {
+                Ok(store.get_team(team).await?)
+            })?;
         let resources = req.resources.resolve(&template)?;
         let timeout_sec = req
             .timeout_sec
@@ -420,9 +433,34 @@ impl Lifecycle {
                 }
                 Err(e) => Err(e),
             };
+            let started = res.is_ok();
             this.finish_start(&sb, Starting, Error, res, &actor).await;
+            if started {
+                this.run_start_command(sb.id, &template).await;
+            }
         });
         Ok((sandbox, finished))
+    }
+
+    /// The template a create in `team` starts from; a template that a build is still
+    /// producing is [`LifecycleError::TemplateBuilding`], not "not found".
+    async fn template_for_create(
+        &self,
+        team: TeamId,
+        name: &str,
+    ) -> Result<crate::model::Template, LifecycleError> {
+        let store = &self.inner.store;
+        match store.get_template_for_team(team, name).await {
+            Err(RepoError::NotFound { .. }) => match store.active_build_for(team, name).await? {
+                Some(build) => Err(LifecycleError::TemplateBuilding {
+                    name: name.to_owned(),
+                    step: build.current_step,
+                    total: build.total_steps,
+                }),
+                None => Err(LifecycleError::NotFound("template")),
+            },
+            other => Ok(other?),
+        }
     }
 
     /// Runs one background operation in `span`; what it returns closes when the

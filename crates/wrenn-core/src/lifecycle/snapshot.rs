@@ -13,6 +13,20 @@ use crate::validate;
 
 use super::service::{Lifecycle, LifecycleError, with_timeout};
 
+/// What a template made by [`Lifecycle::snapshot_with`] records about the processes
+/// of capsules made from it (by default, those of the captured capsule's template).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    /// User processes run as.
+    pub default_user: String,
+    /// Environment every process gets.
+    pub default_env: std::collections::BTreeMap<String, String>,
+    /// Start command (empty: none); see [`super::start_command`].
+    pub start_command: String,
+    /// Its working directory (empty: the user's home).
+    pub start_cwd: String,
+}
+
 impl Lifecycle {
     /// Captures a running or paused sandbox into a team template named `name`
     /// (default `template-xxxxxxxx`), replacing a same-named team template only when
@@ -25,6 +39,21 @@ impl Lifecycle {
         id: SandboxId,
         name: Option<String>,
         overwrite: bool,
+        actor: &Actor,
+    ) -> Result<Template, LifecycleError> {
+        self.snapshot_with(team, id, name, overwrite, None, actor)
+            .await
+    }
+
+    /// [`snapshot`](Self::snapshot), recording `defaults` in the template instead of
+    /// those of the captured capsule's template.
+    pub async fn snapshot_with(
+        &self,
+        team: TeamId,
+        id: SandboxId,
+        name: Option<String>,
+        overwrite: bool,
+        defaults: Option<TemplateDefaults>,
         actor: &Actor,
     ) -> Result<Template, LifecycleError> {
         let store = &self.inner.store;
@@ -50,8 +79,11 @@ impl Lifecycle {
         let this = self.clone();
         let actor = actor.clone();
         let task = self.inner.tasks.spawn(
-            async move { this.run_snapshot(sb, from, template_id, name, &actor).await }
-                .instrument(span),
+            async move {
+                this.run_snapshot(sb, from, template_id, name, defaults, &actor)
+                    .await
+            }
+            .instrument(span),
         );
         task.await.unwrap_or_else(|e| {
             Err(LifecycleError::Agent(HostCallError::Internal(format!(
@@ -66,6 +98,7 @@ impl Lifecycle {
         from: SandboxStatus,
         template_id: TemplateId,
         name: String,
+        defaults: Option<TemplateDefaults>,
         actor: &Actor,
     ) -> Result<Template, LifecycleError> {
         let store = &self.inner.store;
@@ -92,7 +125,21 @@ impl Lifecycle {
                 return Err(err.into());
             }
         };
-        let source = store.get_template(sb.template_id).await.ok();
+        let defaults = match defaults {
+            Some(d) => d,
+            None => match store.get_template(sb.template_id).await {
+                Ok(t) => TemplateDefaults {
+                    default_user: t.default_user,
+                    default_env: t.default_env,
+                    start_command: t.start_command,
+                    start_cwd: t.start_cwd,
+                },
+                Err(_) => TemplateDefaults {
+                    default_user: "root".into(),
+                    ..TemplateDefaults::default()
+                },
+            },
+        };
         let upserted = store
             .upsert_template(NewTemplate {
                 id: template_id,
@@ -102,12 +149,11 @@ impl Lifecycle {
                 vcpus: sb.vcpus,
                 memory_mb: sb.memory_mb,
                 size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-                default_user: source
-                    .as_ref()
-                    .map(|t| t.default_user.clone())
-                    .unwrap_or_else(|| "root".into()),
-                default_env: source.map(|t| t.default_env).unwrap_or_default(),
+                default_user: defaults.default_user,
+                default_env: defaults.default_env,
                 metadata: Metadata::new(),
+                start_command: defaults.start_command,
+                start_cwd: defaults.start_cwd,
             })
             .await;
         if let Ok(Some(row)) = store.status_if(sb.id, Snapshotting, from).await {

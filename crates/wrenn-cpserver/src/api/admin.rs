@@ -316,6 +316,21 @@ async fn list_templates(
     Ok(Json(templates.into_iter().map(Into::into).collect()))
 }
 
+/// Deletes a platform template: its row, then its files on every online host.
+/// Refused (409) while capsules made from it still exist; the built-in template
+/// cannot be deleted (403).
+#[utoipa::path(delete, path = "/v1/admin/templates/{name}", tag = tags::ADMIN, security(("bearer" = [])),
+    params(("name" = String, Path, description = "Platform template name")),
+    responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 409)))]
+async fn delete_template(
+    State(ctx): State<ServerContext>,
+    auth: AdminAuth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    crate::templates::delete_platform_template(&ctx, &name, &auth.0.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The platform's audit trail (admin actions, team deletions), same shape and
 /// paging as `GET /v1/audit-logs`.
 #[utoipa::path(get, path = "/v1/admin/audit-logs", tag = tags::ADMIN, security(("bearer" = [])), params(AuditParams),
@@ -339,6 +354,7 @@ pub(super) fn routes() -> OpenApiRouter<ServerContext> {
         .routes(routes!(set_byoc))
         .routes(routes!(delete_team))
         .routes(routes!(list_templates))
+        .routes(routes!(delete_template))
         .routes(routes!(audit_logs))
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod admin_capsules;
 mod api_keys;
 mod audit;
 mod auth;
+mod builds;
 mod capsule_access;
 mod capsule_metrics;
 mod capsules;
@@ -45,6 +46,7 @@ pub(crate) mod tags {
     pub const ADMIN: &str = "admin";
     pub const CAPSULES: &str = "capsules";
     pub const HOSTS: &str = "hosts";
+    pub const BUILDS: &str = "builds";
 }
 
 #[derive(OpenApi)]
@@ -61,6 +63,7 @@ pub(crate) mod tags {
         (name = tags::AUDIT, description = "The team audit log"),
         (name = tags::ADMIN, description = "Platform administration"),
         (name = tags::CAPSULES, description = "Sandboxes: create, inspect, pause, resume, destroy"),
+        (name = tags::BUILDS, description = "Team template builds"),
     )
 )]
 struct ApiDoc;
@@ -76,6 +79,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(api_keys::routes())
         .merge(audit::routes())
         .merge(admin::routes())
+        .merge(builds::routes())
         .merge(account::routes())
         .merge(capsules::routes())
         .merge(capsule_access::routes())

@@ -22,5 +22,6 @@ pub fn core_workers(ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> V
         event_consumer::worker(extensions.to_vec()),
         account_cleanup::worker(),
         host_monitor::worker(ctx.config.host_monitor_interval),
+        crate::builds::worker::worker(),
     ]
 }

@@ -581,6 +581,8 @@ async fn templates_of_every_team_are_listed() {
             default_user: "root".into(),
             default_env: Default::default(),
             metadata: Default::default(),
+            start_command: String::new(),
+            start_cwd: String::new(),
         })
         .await
         .unwrap();

@@ -9,6 +9,7 @@ mod account_deletion;
 mod api_admin;
 mod api_audit;
 mod api_auth;
+mod api_builds;
 mod api_events;
 mod api_exec;
 mod api_files;

@@ -2,7 +2,7 @@
 
 use crate::fixtures::*;
 use chrono::Duration;
-use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TemplateId};
+use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::model::{BuildStatus, TemplateBuild};
 
 fn build(name: &str) -> TemplateBuild {
@@ -16,6 +16,9 @@ fn build(name: &str) -> TemplateBuild {
             "RUN apt-get install -y python3".into(),
         ],
         healthcheck: "python3 --version".into(),
+        skip_pre_post: false,
+        default_user: "wrenn-user".into(),
+        default_env: [("LANG".to_owned(), "C.UTF-8".to_owned())].into(),
         vcpus: 2,
         memory_mb: 2048,
         status: BuildStatus::Pending,
@@ -103,7 +106,88 @@ async fn build_logs_append_in_order(db: Db) {
     assert_not_found(db.append_build_logs(BuildId::new(), 1, &[]).await);
 }
 
+async fn a_build_records_its_sandbox_and_template(db: Db) {
+    let b = db.create_build(build("refs")).await.unwrap();
+    let (sb, host, tpl) = (SandboxId::new(), HostId::new(), TemplateId::new());
+    db.set_build_sandbox(b.id, sb, host).await.unwrap();
+    db.set_build_template(b.id, tpl).await.unwrap();
+    let stored = db.get_build(b.id).await.unwrap();
+    assert_eq!(
+        (stored.sandbox_id, stored.host_id, stored.template_id),
+        (Some(sb), Some(host), Some(tpl))
+    );
+    assert_not_found(db.set_build_sandbox(BuildId::new(), sb, host).await);
+    assert_not_found(db.set_build_template(BuildId::new(), tpl).await);
+}
+
+async fn the_active_build_of_a_name_is_the_teams_or_the_platforms(db: Db) {
+    let team = owned_team(&db).await.1.id;
+    let other = owned_team(&db).await.1.id;
+    let platform = db.create_build(build("shared")).await.unwrap();
+    let mut own = build("own");
+    own.team_id = team;
+    let own = db.create_build(own).await.unwrap();
+    let found = |t: TeamId, n: &'static str| {
+        let db = db.clone();
+        async move { db.active_build_for(t, n).await.unwrap().map(|b| b.id) }
+    };
+    assert_eq!(found(team, "shared").await, Some(platform.id));
+    assert_eq!(found(other, "shared").await, Some(platform.id));
+    assert_eq!(found(team, "own").await, Some(own.id));
+    assert_eq!(
+        found(other, "own").await,
+        None,
+        "another team's build is not seen"
+    );
+    db.build_status_if(own.id, BuildStatus::Pending, BuildStatus::Running, "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found(team, "own").await, Some(own.id), "running counts");
+    db.build_status_if(own.id, BuildStatus::Running, BuildStatus::Success, "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found(team, "own").await, None, "finished builds do not");
+}
+
+async fn unfinished_builds_fail_at_startup(db: Db) {
+    let pending = db.create_build(build("pending")).await.unwrap();
+    let running = db.create_build(build("running")).await.unwrap();
+    db.build_status_if(running.id, BuildStatus::Pending, BuildStatus::Running, "")
+        .await
+        .unwrap()
+        .unwrap();
+    let done = db.create_build(build("done")).await.unwrap();
+    db.build_status_if(done.id, BuildStatus::Pending, BuildStatus::Cancelled, "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        db.oldest_pending_build().await.unwrap().map(|b| b.id),
+        Some(pending.id),
+        "the next build to run is the oldest pending one"
+    );
+    assert!(db.fail_unfinished_builds("restarted").await.unwrap() == 2);
+    assert_eq!(db.oldest_pending_build().await.unwrap(), None);
+    for id in [pending.id, running.id] {
+        let b = db.get_build(id).await.unwrap();
+        assert_eq!(
+            (b.status, b.error.as_str()),
+            (BuildStatus::Failed, "restarted")
+        );
+        assert!(b.completed_at.is_some());
+    }
+    assert_eq!(
+        db.get_build(done.id).await.unwrap().status,
+        BuildStatus::Cancelled
+    );
+}
+
 conformance_tests!(
+    a_build_records_its_sandbox_and_template,
+    the_active_build_of_a_name_is_the_teams_or_the_platforms,
+    unfinished_builds_fail_at_startup,
     builds_round_trip_and_list_newest_first,
     build_status_changes_stamp_start_and_completion,
     build_logs_append_in_order,

@@ -93,6 +93,23 @@ async fn active_sandboxes_include_paused_hibernated_and_missing(db: Db) {
         active
     );
     assert_eq!(active.len(), 9);
+    // By template: the same statuses, across teams.
+    let (_, other) = owned_team(&db).await;
+    active.insert(sandbox(&db, other.id, host.id, Paused).await.id);
+    sandbox(&db, other.id, host.id, Stopped).await;
+    assert_eq!(
+        ids(&db
+            .list_active_sandboxes_from_template(BUILTIN_TEMPLATE_ID)
+            .await
+            .unwrap()),
+        active
+    );
+    assert!(
+        db.list_active_sandboxes_from_template(wrenn_core::id::TemplateId::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn sandboxes_are_listed_by_host_and_status(db: Db) {

@@ -20,6 +20,8 @@ fn template(team: TeamId, name: &str, kind: TemplateKind) -> NewTemplate {
         default_user: "user".into(),
         default_env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
         metadata: BTreeMap::from([("kernel_version".into(), "6.1".into())]),
+        start_command: "python3 -m http.server 8000".into(),
+        start_cwd: "/srv".into(),
     }
 }
 
@@ -58,6 +60,15 @@ async fn templates_round_trip(db: Db) {
     );
     assert_eq!(stored.default_user, "user");
     assert_eq!(stored.default_env, new.default_env);
+    assert_eq!(
+        (stored.start_command.as_str(), stored.start_cwd.as_str()),
+        ("python3 -m http.server 8000", "/srv")
+    );
+    assert_eq!(
+        builtin_start(&db).await,
+        "",
+        "the built-in template starts nothing"
+    );
     assert_eq!(stored.metadata, new.metadata);
     assert!(!stored.protected);
     assert_eq!(db.get_template(new.id).await.unwrap(), stored);
@@ -274,3 +285,10 @@ conformance_tests!(
     deleting_templates_is_scoped_to_the_owning_team,
     unknown_templates_and_teams_are_refused,
 );
+
+async fn builtin_start(db: &Db) -> String {
+    db.get_template(BUILTIN_TEMPLATE_ID)
+        .await
+        .unwrap()
+        .start_command
+}

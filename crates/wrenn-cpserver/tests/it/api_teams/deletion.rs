@@ -144,6 +144,8 @@ async fn furnish(s: &TestServer, owner: &TestUser) -> Estate {
             default_user: "root".into(),
             default_env: Default::default(),
             metadata: Default::default(),
+            start_command: String::new(),
+            start_cwd: String::new(),
         })
         .await
         .unwrap()

@@ -144,6 +144,8 @@ async fn team_templates_are_removed_from_every_online_host() {
                 default_user: "root".into(),
                 default_env: Default::default(),
                 metadata: Default::default(),
+                start_command: String::new(),
+                start_cwd: String::new(),
             })
             .await
             .unwrap();

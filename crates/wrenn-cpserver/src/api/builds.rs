@@ -1,0 +1,265 @@
+//! Template builds: platform templates under `/v1/admin/builds` (platform admins),
+//! team templates under `/v1/builds` (team owners and admins, signed in with a user
+//! JWT). Both take the same body and return the same [`BuildBody`]; a team's routes
+//! only see its own builds. The recipe language and what a build does are described
+//! in [`crate::builds`].
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wrenn_core::auth::Role;
+use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId};
+use wrenn_core::model::{BuildStatus, TemplateBuild};
+use wrenn_extension::extract::{Json, Path};
+use wrenn_extension::{AdminAuth, ApiResult, ServerContext, UserAuth};
+
+use super::tags;
+use crate::builds::{self, BuildRequest};
+
+/// A template build (SDK/admin `Build`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildBody {
+    /// `bld-…`.
+    #[schema(value_type = String)]
+    pub id: BuildId,
+    /// Template produced.
+    pub name: String,
+    /// Team the template belongs to (the platform team for platform templates).
+    #[schema(value_type = String)]
+    pub team_id: TeamId,
+    /// Template the build starts from.
+    pub base_template: String,
+    /// The steps.
+    pub recipe: Vec<String>,
+    /// Command retried at the end until it succeeds.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub healthcheck: String,
+    /// vCPUs.
+    pub vcpus: i32,
+    /// Memory (MiB).
+    pub memory_mb: i32,
+    /// `pending`, `running`, `success`, `failed` or `cancelled`.
+    #[schema(value_type = String)]
+    pub status: BuildStatus,
+    /// Step in progress (1-based; 0 before the first).
+    pub current_step: i32,
+    /// Number of steps.
+    pub total_steps: i32,
+    /// Build output so far, line by line.
+    pub logs: Vec<String>,
+    /// Why the build failed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// The build capsule (`cl-…`).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<SandboxId>,
+    /// Its host.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<HostId>,
+    /// Default user of the template.
+    pub default_user: String,
+    /// Default environment of the template.
+    pub default_env: BTreeMap<String, String>,
+    /// Accepted for compatibility (no implicit steps here).
+    pub skip_pre_post: bool,
+    /// Queued at.
+    pub created_at: DateTime<Utc>,
+    /// Started at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<TemplateBuild> for BuildBody {
+    fn from(b: TemplateBuild) -> Self {
+        Self {
+            id: b.id,
+            name: b.name,
+            team_id: b.team_id,
+            base_template: b.base_template,
+            recipe: b.recipe,
+            healthcheck: b.healthcheck,
+            vcpus: b.vcpus,
+            memory_mb: b.memory_mb,
+            status: b.status,
+            current_step: b.current_step,
+            total_steps: b.total_steps,
+            logs: b.logs,
+            error: b.error,
+            sandbox_id: b.sandbox_id,
+            host_id: b.host_id,
+            default_user: b.default_user,
+            default_env: b.default_env,
+            skip_pre_post: b.skip_pre_post,
+            created_at: b.created_at,
+            started_at: b.started_at,
+            completed_at: b.completed_at,
+        }
+    }
+}
+
+/// `POST …/builds` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBuild {
+    /// Name of the template to produce (must not exist yet).
+    pub name: String,
+    /// Template to start from (default `minimal`).
+    pub base_template: Option<String>,
+    /// Steps: `RUN <shell>` (or a bare shell line), `ENV K=V`, `WORKDIR <dir>`,
+    /// `USER <name>`, `START <command>`.
+    pub recipe: Vec<String>,
+    /// Command retried at the end until it succeeds (up to 120 s).
+    pub healthcheck: Option<String>,
+    /// vCPUs (default 1).
+    pub vcpus: Option<i64>,
+    /// Memory in MiB (default 512).
+    pub memory_mb: Option<i64>,
+    /// Accepted for compatibility; no implicit steps are added either way.
+    #[serde(default)]
+    pub skip_pre_post: bool,
+}
+
+impl From<CreateBuild> for BuildRequest {
+    fn from(b: CreateBuild) -> Self {
+        Self {
+            name: b.name,
+            base_template: b.base_template,
+            recipe: b.recipe,
+            healthcheck: b.healthcheck,
+            vcpus: b.vcpus,
+            memory_mb: b.memory_mb,
+            skip_pre_post: b.skip_pre_post,
+        }
+    }
+}
+
+fn team_admin(auth: &UserAuth) -> Result<(), wrenn_extension::ApiError> {
+    auth.require(
+        |r| matches!(r, Role::Owner | Role::Admin),
+        "build templates",
+    )
+}
+
+/// Queues a build of a platform template.
+#[utoipa::path(post, path = "/v1/admin/builds", tag = tags::ADMIN, security(("bearer" = [])), request_body = CreateBuild,
+    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409)))]
+async fn admin_create(
+    State(ctx): State<ServerContext>,
+    auth: AdminAuth,
+    Json(body): Json<CreateBuild>,
+) -> ApiResult<impl IntoResponse> {
+    let build = builds::submit(&ctx, PLATFORM_TEAM_ID, body.into(), &auth.0.actor()).await?;
+    Ok((StatusCode::CREATED, Json(BuildBody::from(build))))
+}
+
+/// Every build (all teams), newest first (at most 200).
+#[utoipa::path(get, path = "/v1/admin/builds", tag = tags::ADMIN, security(("bearer" = [])),
+    responses((status = 200, body = [BuildBody]), (status = 401), (status = 403)))]
+async fn admin_list(
+    State(ctx): State<ServerContext>,
+    _auth: AdminAuth,
+) -> ApiResult<Json<Vec<BuildBody>>> {
+    let list = builds::list(&ctx, None).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// One build, with its logs so far.
+#[utoipa::path(get, path = "/v1/admin/builds/{id}", tag = tags::ADMIN, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Build id (`bld-…`)")),
+    responses((status = 200, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 404)))]
+async fn admin_get(
+    State(ctx): State<ServerContext>,
+    _auth: AdminAuth,
+    Path(id): Path<BuildId>,
+) -> ApiResult<Json<BuildBody>> {
+    Ok(Json(builds::get(&ctx, None, id).await?.into()))
+}
+
+/// Cancels a pending or running build (409 if it already finished).
+#[utoipa::path(post, path = "/v1/admin/builds/{id}/cancel", tag = tags::ADMIN, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Build id (`bld-…`)")),
+    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+async fn admin_cancel(
+    State(ctx): State<ServerContext>,
+    auth: AdminAuth,
+    Path(id): Path<BuildId>,
+) -> ApiResult<StatusCode> {
+    builds::cancel(&ctx, None, id, &auth.0.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queues a build of a template of the caller's team (owners and admins).
+#[utoipa::path(post, path = "/v1/builds", tag = tags::BUILDS, security(("bearer" = [])), request_body = CreateBuild,
+    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409)))]
+async fn team_create(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Json(body): Json<CreateBuild>,
+) -> ApiResult<impl IntoResponse> {
+    team_admin(&auth)?;
+    let build = builds::submit(&ctx, auth.team_id, body.into(), &auth.actor()).await?;
+    Ok((StatusCode::CREATED, Json(BuildBody::from(build))))
+}
+
+/// The team's builds, newest first.
+#[utoipa::path(get, path = "/v1/builds", tag = tags::BUILDS, security(("bearer" = [])),
+    responses((status = 200, body = [BuildBody]), (status = 401), (status = 403)))]
+async fn team_list(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+) -> ApiResult<Json<Vec<BuildBody>>> {
+    team_admin(&auth)?;
+    let list = builds::list(&ctx, Some(auth.team_id)).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// One of the team's builds.
+#[utoipa::path(get, path = "/v1/builds/{id}", tag = tags::BUILDS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Build id (`bld-…`)")),
+    responses((status = 200, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 404)))]
+async fn team_get(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<BuildId>,
+) -> ApiResult<Json<BuildBody>> {
+    team_admin(&auth)?;
+    Ok(Json(
+        builds::get(&ctx, Some(auth.team_id), id).await?.into(),
+    ))
+}
+
+/// Cancels one of the team's pending or running builds.
+#[utoipa::path(post, path = "/v1/builds/{id}/cancel", tag = tags::BUILDS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Build id (`bld-…`)")),
+    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+async fn team_cancel(
+    State(ctx): State<ServerContext>,
+    auth: UserAuth,
+    Path(id): Path<BuildId>,
+) -> ApiResult<StatusCode> {
+    team_admin(&auth)?;
+    builds::cancel(&ctx, Some(auth.team_id), id, &auth.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) fn routes() -> OpenApiRouter<ServerContext> {
+    OpenApiRouter::new()
+        .routes(routes!(admin_create, admin_list))
+        .routes(routes!(admin_get))
+        .routes(routes!(admin_cancel))
+        .routes(routes!(team_create, team_list))
+        .routes(routes!(team_get))
+        .routes(routes!(team_cancel))
+}

@@ -1,0 +1,302 @@
+//! Template builds: a recipe ([`recipe`]) run step by step in a capsule, then
+//! captured into a template.
+//!
+//! [`submit`] checks a request and queues it as a `pending` build; the build worker
+//! ([`worker::worker`], two builds at a time per control plane) claims pending builds
+//! with a conditional update and runs them:
+//! 1. creates a capsule from the base template (through the lifecycle service, on the
+//!    host the scheduler picks) and records it on the build;
+//! 2. runs the steps one after another through the data plane, appending each step's
+//!    output to the build's logs as it comes (`current_step`/`total_steps` show
+//!    progress);
+//! 3. starts the `START` command, if any, and retries the healthcheck, if any, until
+//!    it succeeds or [`worker::HEALTHCHECK_TIMEOUT`] passes;
+//! 4. snapshots the capsule into the template `name` of the build's team (the platform
+//!    team for admin builds), with the recipe's user, environment and start command;
+//! 5. destroys the capsule — always, whatever happened.
+//!
+//! A failing step fails the build (`failed`, with the step's output in the logs and
+//! the reason in `error`) and registers nothing. [`cancel`] moves a pending or running
+//! build to `cancelled`; the worker notices within a second, kills the running step
+//! (by dropping its stream), destroys the capsule and registers nothing.
+//!
+//! Builds do not survive the control plane that runs them: when the control plane
+//! starts ([`fail_unfinished`]), every build still `pending` or `running` is marked
+//! `failed` ("the control plane restarted while the build ran") and the build worker
+//! destroys their capsules — with several replicas, run builds on one.
+
+pub mod recipe;
+pub mod worker;
+
+use axum::http::StatusCode;
+use wrenn_core::audit::{Actor, AuditEntry, AuditScope, AuditStatus};
+use wrenn_core::id::{BuildId, PLATFORM_TEAM_ID, TeamId};
+use wrenn_core::lifecycle::{DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
+use wrenn_core::model::{BuildStatus, TemplateBuild};
+use wrenn_core::repo::RepoError;
+use wrenn_core::validate::{self, ValidationError};
+use wrenn_extension::{ApiError, ServerContext};
+
+pub use recipe::{Recipe, RecipeError, Step};
+
+/// The error stored on builds that a stopped control plane left unfinished.
+pub const RESTARTED_ERROR: &str = "the control plane restarted while the build ran";
+
+/// What a caller asks to build (also the format of recipe files, e.g. the shipped
+/// `templates/code-runner-beta.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// Name of the template to produce.
+    pub name: String,
+    /// Template to start from (default `minimal`).
+    pub base_template: Option<String>,
+    /// The steps.
+    pub recipe: Vec<String>,
+    /// Command retried at the end until it succeeds (empty: none).
+    pub healthcheck: Option<String>,
+    /// vCPUs of the build capsule and the template (default 1).
+    pub vcpus: Option<i64>,
+    /// Memory (MiB) of the build capsule and the template (default 512).
+    pub memory_mb: Option<i64>,
+    /// Accepted and stored; this build system adds no implicit steps.
+    #[serde(default)]
+    pub skip_pre_post: bool,
+}
+
+/// Why a build request or a cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A field is malformed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The recipe is malformed.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The base template does not exist for the team.
+    #[error("base template {0:?} not found")]
+    BaseNotFound(String),
+    /// The template name is taken (by the team, the platform, or a build in progress).
+    #[error("{0}")]
+    NameTaken(String),
+    /// No such build (for this caller).
+    #[error("build not found")]
+    NotFound,
+    /// The build already finished.
+    #[error("build {id} is already {status}; only pending or running builds can be cancelled")]
+    Finished {
+        /// The build.
+        id: BuildId,
+        /// Its final status.
+        status: BuildStatus,
+    },
+    /// Storage failed.
+    #[error("storage failed")]
+    Store(#[source] RepoError),
+}
+
+impl From<RepoError> for BuildError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NotFound { .. } => Self::NotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<BuildError> for ApiError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Invalid(e) => e.into(),
+            e @ (BuildError::Recipe(_) | BuildError::BaseNotFound(_)) => {
+                ApiError::bad_request(e.to_string())
+            }
+            e @ BuildError::NameTaken(_) => {
+                ApiError::conflict("template_name_taken", e.to_string())
+            }
+            BuildError::NotFound => ApiError::not_found("build"),
+            e @ BuildError::Finished { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "build_finished", e.to_string())
+            }
+            BuildError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Checks `req` and queues it as a `pending` build of a template of `team` (the
+/// platform team for platform templates). The template's default user and
+/// environment are the base template's, changed by the recipe's `USER` and `ENV`.
+pub async fn submit(
+    ctx: &ServerContext,
+    team: TeamId,
+    req: BuildRequest,
+    actor: &Actor,
+) -> Result<TemplateBuild, BuildError> {
+    validate::safe_name("name", &req.name)?;
+    let base_name = req
+        .base_template
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| wrenn_core::id::BUILTIN_TEMPLATE_NAME.to_owned());
+    validate::safe_name("base_template", &base_name)?;
+    let recipe = Recipe::parse(&req.recipe)?;
+    let vcpus = req
+        .vcpus
+        .map(validate::vcpus)
+        .transpose()?
+        .unwrap_or(DEFAULT_VCPUS);
+    let memory_mb = req
+        .memory_mb
+        .map(validate::memory_mb)
+        .transpose()?
+        .unwrap_or(DEFAULT_MEMORY_MB);
+    let healthcheck = req.healthcheck.unwrap_or_default().trim().to_owned();
+    let base = match ctx.store.get_template_for_team(team, &base_name).await {
+        Ok(t) => t,
+        Err(RepoError::NotFound { .. }) => return Err(BuildError::BaseNotFound(base_name)),
+        Err(e) => return Err(BuildError::Store(e)),
+    };
+    match ctx.store.get_template_for_team(team, &req.name).await {
+        Ok(t) => {
+            let whose = if t.team_id == PLATFORM_TEAM_ID && team != PLATFORM_TEAM_ID {
+                "a platform template"
+            } else {
+                "a template"
+            };
+            return Err(BuildError::NameTaken(format!(
+                "{whose} named {:?} already exists; delete it first",
+                req.name
+            )));
+        }
+        Err(RepoError::NotFound { .. }) => {}
+        Err(e) => return Err(BuildError::Store(e)),
+    }
+    if let Some(b) = ctx.store.active_build_for(team, &req.name).await? {
+        return Err(BuildError::NameTaken(format!(
+            "build {} is already producing a template named {:?}",
+            b.id, req.name
+        )));
+    }
+    let build = ctx
+        .store
+        .create_build(TemplateBuild {
+            id: BuildId::new(),
+            team_id: team,
+            name: req.name,
+            base_template: base.name.clone(),
+            total_steps: i32::try_from(recipe.steps.len()).unwrap_or(i32::MAX),
+            recipe: req.recipe,
+            healthcheck,
+            skip_pre_post: req.skip_pre_post,
+            default_user: recipe.user(&base.default_user),
+            default_env: recipe.env(&base.default_env),
+            vcpus,
+            memory_mb,
+            status: BuildStatus::Pending,
+            current_step: 0,
+            logs: Vec::new(),
+            error: String::new(),
+            sandbox_id: None,
+            host_id: None,
+            template_id: None,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            completed_at: None,
+        })
+        .await?;
+    tracing::info!(build_id = %build.id, team_id = %team, name = %build.name, steps = build.total_steps, "template build queued");
+    ctx.audit(
+        audit_entry(team, actor, &build, "create").metadata(serde_json::json!({
+            "name": build.name,
+        })),
+    )
+    .await;
+    Ok(build)
+}
+
+/// Marks the builds a previous control plane left `pending` or `running` as `failed`
+/// (they do not survive it); called once when the control plane starts, before
+/// anything can queue a build. Returns how many.
+pub async fn fail_unfinished(store: &dyn wrenn_core::repo::Store) -> Result<u64, RepoError> {
+    let failed = store.fail_unfinished_builds(RESTARTED_ERROR).await?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "template builds left unfinished by a previous control plane marked failed"
+        );
+    }
+    Ok(failed)
+}
+
+/// A build of `team` (any build when `team` is `None`: platform admins).
+pub async fn get(
+    ctx: &ServerContext,
+    team: Option<TeamId>,
+    id: BuildId,
+) -> Result<TemplateBuild, BuildError> {
+    let build = ctx.store.get_build(id).await?;
+    match team {
+        Some(t) if t != build.team_id => Err(BuildError::NotFound),
+        _ => Ok(build),
+    }
+}
+
+/// Builds of `team` (every build when `None`), newest first, at most 200.
+pub async fn list(
+    ctx: &ServerContext,
+    team: Option<TeamId>,
+) -> Result<Vec<TemplateBuild>, BuildError> {
+    let builds = ctx.store.list_builds(200).await?;
+    Ok(builds
+        .into_iter()
+        .filter(|b| team.is_none_or(|t| t == b.team_id))
+        .collect())
+}
+
+/// Cancels a pending or running build of `team` (any build when `None`). The worker
+/// running it kills the step in progress and destroys its capsule.
+pub async fn cancel(
+    ctx: &ServerContext,
+    team: Option<TeamId>,
+    id: BuildId,
+    actor: &Actor,
+) -> Result<(), BuildError> {
+    let build = get(ctx, team, id).await?;
+    const ERROR: &str = "cancelled";
+    for from in [BuildStatus::Pending, BuildStatus::Running] {
+        if ctx
+            .store
+            .build_status_if(id, from, BuildStatus::Cancelled, ERROR)
+            .await?
+            .is_some()
+        {
+            tracing::info!(build_id = %id, from = %from, "template build cancelled");
+            ctx.audit(
+                audit_entry(build.team_id, actor, &build, "cancel").status(AuditStatus::Warning),
+            )
+            .await;
+            return Ok(());
+        }
+    }
+    let now = ctx.store.get_build(id).await?;
+    Err(BuildError::Finished {
+        id,
+        status: now.status,
+    })
+}
+
+/// The audit entry of a build action, in the team's trail (scope `admin` for
+/// platform builds).
+fn audit_entry(team: TeamId, actor: &Actor, build: &TemplateBuild, action: &str) -> AuditEntry {
+    let entry = AuditEntry::new(
+        team,
+        actor.clone(),
+        "build",
+        Some(build.id.to_string()),
+        action,
+    );
+    if team == PLATFORM_TEAM_ID {
+        entry.scope(AuditScope::Admin)
+    } else {
+        entry
+    }
+}
