@@ -9,19 +9,7 @@ import uuid
 
 import pytest
 from wrenn import Capsule
-from wrenn.exceptions import WrennConflictError, WrennNotFoundError
-
-
-@pytest.fixture
-def capsule():
-    c = Capsule(wait=True)
-    try:
-        yield c
-    finally:
-        try:
-            c.destroy()
-        except WrennNotFoundError:
-            pass
+from wrenn.exceptions import WrennConflictError
 
 
 def wait_status(capsule_id, want, timeout=30.0):
