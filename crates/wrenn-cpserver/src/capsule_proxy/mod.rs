@@ -6,7 +6,7 @@
 //! - **Authentication** (unlike the original, which was open to the internet): the
 //!   owning team's API key (`X-API-Key`) or a user's JWT (`Authorization: Bearer`), as
 //!   on the API, or — for a capsule whose team made it public — the capsule's access
-//!   token ([`credentials`]). The credential is removed before the request is
+//!   token (`credentials`). The credential is removed before the request is
 //!   forwarded — the capsule never sees it. Another team's capsule is unknown (404),
 //!   never a leak.
 //! - **Answers of its own**, as JSON errors like the API's: 400 malformed port or
@@ -19,7 +19,7 @@
 //!   a paused or hibernated capsule resumes it and is forwarded once it runs; one to a
 //!   capsule still starting, resuming or pausing waits for it (up to [`START_WAIT`]).
 //! - **Targets** (host address and status, one query) are cached for 120 s per running
-//!   capsule ([`targets`]), and forgotten as soon as the capsule stops running. A
+//!   capsule (`targets`), and forgotten as soon as the capsule stops running. A
 //!   request without a body that meets a stale target (the agent says the capsule is
 //!   not running there) is sent again after a fresh lookup.
 //! - `Location` headers lose the agent's `/proxy/{id}/{port}` prefix again, and the
