@@ -506,6 +506,8 @@ fn descriptor_set_contains_both_packages_and_every_service() {
             "Terminate",
             "CreateSnapshot",
             "DeleteSnapshot",
+            "ExportTemplate",
+            "ImportTemplate",
             "FlattenRootfs",
             "GetSandboxMetrics",
             "FlushSandboxMetrics",
@@ -544,6 +546,7 @@ fn descriptor_set_contains_both_packages_and_every_service() {
         "System",
         &["Health", "Init", "PrepareSnapshot", "Metrics", "GetEnvs"],
     );
+    expect("envd.v1", "Tunnel", &["Connect"]);
 
     // Streaming shapes are part of the contract.
     let method = |package: &str, service: &str, name: &str| {
@@ -577,6 +580,18 @@ fn descriptor_set_contains_both_packages_and_every_service() {
     );
     assert_eq!(
         streaming(method("envd.v1", "Filesystem", "WriteFile")),
+        (true, false)
+    );
+    assert_eq!(
+        streaming(method("envd.v1", "Tunnel", "Connect")),
+        (true, true)
+    );
+    assert_eq!(
+        streaming(method("hostagent.v1", "HostAgentService", "ExportTemplate")),
+        (false, true)
+    );
+    assert_eq!(
+        streaming(method("hostagent.v1", "HostAgentService", "ImportTemplate")),
         (true, false)
     );
 
