@@ -16,7 +16,10 @@
 //! `WRENN_DEV_TEMPLATE_CA=FILE` (PEM certificates) makes the shipped templates' builds
 //! trust them: two steps are put first, installing the certificates into the capsule's
 //! system store (`update-ca-certificates`) and pointing pip at it
-//! (`ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt`, kept in the template).
+//! (`ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt`, kept in the template). Unset,
+//! the certificates the host's administrator added to the host's own store
+//! (`/usr/local/share/ca-certificates/*.crt`) are used, so `wrenn dev` builds on such
+//! a machine as it is.
 
 use std::time::Duration;
 
@@ -77,10 +80,36 @@ pub fn trusting(mut req: BuildRequest, pem: &str) -> BuildRequest {
     req
 }
 
-/// The extra CA certificates of [`TEMPLATE_CA_ENV`], if set.
+/// Where Debian keeps the CA certificates a host's administrator added
+/// (`update-ca-certificates`): trusted by the shipped builds unless
+/// [`TEMPLATE_CA_ENV`] names other certificates.
+pub const HOST_EXTRA_CA_DIR: &str = "/usr/local/share/ca-certificates";
+
+/// The CA certificates this host's administrator added ([`HOST_EXTRA_CA_DIR`]),
+/// concatenated, if there are any.
+fn host_extra_ca(dir: &std::path::Path) -> Option<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .collect();
+    files.sort();
+    let pem: String = files
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----") && !pem.contains("WRENN_PEM"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (!pem.is_empty()).then_some(pem)
+}
+
+/// The extra CA certificates of [`TEMPLATE_CA_ENV`] if set, else those this host's
+/// administrator added (a machine whose egress re-signs TLS trusts its proxy's CA so,
+/// and the shipped builds then install from PyPI through it).
 fn extra_ca() -> Result<Option<String>, ShippedTemplateError> {
     let Some(path) = std::env::var_os(TEMPLATE_CA_ENV).filter(|p| !p.is_empty()) else {
-        return Ok(None);
+        return Ok(host_extra_ca(std::path::Path::new(HOST_EXTRA_CA_DIR)));
     };
     let shown = path.to_string_lossy().into_owned();
     let pem = std::fs::read_to_string(&path).map_err(|source| ShippedTemplateError::CaFile {
@@ -204,6 +233,19 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.contains("8888"))
         );
+    }
+
+    #[test]
+    fn the_hosts_added_certificates_are_found_and_other_files_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(host_extra_ca(dir.path()), None);
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("b.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("a.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("c.crt"), "garbage").unwrap();
+        assert_eq!(host_extra_ca(dir.path()), Some(format!("{cert}\n{cert}")));
+        assert_eq!(host_extra_ca(&dir.path().join("missing")), None);
     }
 
     #[test]
