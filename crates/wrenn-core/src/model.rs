@@ -593,8 +593,8 @@ pub struct TemplateBuild {
     pub recipe: Vec<String>,
     /// Command that must succeed at the end.
     pub healthcheck: String,
-    /// Skips the implicit steps (`apt-get update` before the recipe, package caches
-    /// removed after it).
+    /// Skips the implicit steps (`apt-get update` before the recipe, `apt-get clean`
+    /// after it).
     #[serde(default)]
     pub skip_pre_post: bool,
     /// Default user of the resulting template.

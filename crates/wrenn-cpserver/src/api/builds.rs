@@ -71,7 +71,7 @@ pub struct BuildBody {
     /// Default environment of the template.
     pub default_env: BTreeMap<String, String>,
     /// Whether the build skips the implicit steps (`apt-get update` before the
-    /// recipe, package caches removed after it).
+    /// recipe, `apt-get clean` after it).
     pub skip_pre_post: bool,
     /// Queued at.
     pub created_at: DateTime<Utc>,

@@ -6,14 +6,18 @@
 //! with a conditional update and runs them:
 //! 1. creates a capsule from the base template (through the lifecycle service, on the
 //!    host the scheduler picks) and records it on the build;
-//! 2. runs the steps one after another through the data plane, appending each step's
+//! 2. unpacks the build's archive, if it has one (stored with the build in the
+//!    database, so any replica's worker can read it), into
+//!    [`worker::BUILD_FILES`], and unless `skip_pre_post` runs `apt-get update`;
+//! 3. runs the steps one after another through the data plane, appending each step's
 //!    output to the build's logs as it comes (`current_step`/`total_steps` show
-//!    progress);
-//! 3. starts the `START` command, if any, and retries the healthcheck, if any, until
+//!    progress); then, unless `skip_pre_post`, runs `apt-get clean`, and removes the
+//!    unpacked archive;
+//! 4. starts the `START` command, if any, and retries the healthcheck, if any, until
 //!    it succeeds or [`worker::HEALTHCHECK_TIMEOUT`] passes;
-//! 4. snapshots the capsule into the template `name` of the build's team (the platform
+//! 5. snapshots the capsule into the template `name` of the build's team (the platform
 //!    team for admin builds), with the recipe's user, environment and start command;
-//! 5. destroys the capsule — always, whatever happened.
+//! 6. destroys the capsule — always, whatever happened.
 //!
 //! A failing step fails the build (`failed`, with the step's output in the logs and
 //! the reason in `error`) and registers nothing. [`cancel`] moves a pending or running
@@ -63,8 +67,8 @@ pub struct BuildRequest {
     pub vcpus: Option<i64>,
     /// Memory (MiB) of the build capsule and the template (default 512).
     pub memory_mb: Option<i64>,
-    /// Skips the implicit steps: `apt-get update` before the recipe, and removing the
-    /// package caches and lists after it.
+    /// Skips the implicit steps: `apt-get update` before the recipe and `apt-get
+    /// clean` after it.
     #[serde(default)]
     pub skip_pre_post: bool,
 }

@@ -38,10 +38,11 @@ pub const BUILD_FILES: &str = "/tmp/build-files";
 /// What runs before the recipe unless the build skips it: fresh package lists, so
 /// that `apt-get install` steps work. A failure is logged, not fatal.
 const PRE_BUILD: &str = "if command -v apt-get >/dev/null 2>&1; then apt-get update; fi";
-/// What runs after the recipe unless the build skips it: package caches the
-/// template does not need. A failure is logged, not fatal.
-const POST_BUILD: &str = "if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi; \
-     rm -rf /var/lib/apt/lists/*";
+/// What runs after the recipe unless the build skips it: downloaded packages the
+/// template does not need (the package lists stay, so that capsules install
+/// packages without updating first, as in the default image). A failure is logged,
+/// not fatal.
+const POST_BUILD: &str = "if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi";
 /// Unpacks the archive `$1` (any compression GNU tar recognises) into `$2`.
 const UNPACK: &str = "set -e; mkdir -p \"$2\"; tar -xf \"$1\" -C \"$2\" --no-same-owner; rm -f \"$1\"; \
      echo \"unpacked $(find \"$2\" -mindepth 1 | wc -l) entries into $2\"";
