@@ -169,7 +169,7 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
                 "RUN test \"$(id -un)\" = root && test \"$GREETING\" = 'hello from the build' && touch /root/built-as-root /var/cache/apt/archives/leftover.deb",
                 "START python3 -m http.server 8000",
             ],
-            "healthcheck": "curl -fsS http://127.0.0.1:8000/index.html",
+            "healthcheck": "--timeout=90s curl -fsS http://127.0.0.1:8000/index.html",
         }))
         .await;
     let built = admin.finished(&id).await;

@@ -14,7 +14,8 @@
 //!    progress); then, unless `skip_pre_post`, runs `apt-get clean`, and removes the
 //!    unpacked archive;
 //! 4. starts the `START` command, if any, and retries the healthcheck, if any, until
-//!    it succeeds or [`worker::HEALTHCHECK_TIMEOUT`] passes;
+//!    it succeeds or its `--timeout` (default
+//!    [`recipe::DEFAULT_HEALTHCHECK_TIMEOUT`]) passes;
 //! 5. snapshots the capsule into the template `name` of the build's team (the platform
 //!    team for admin builds), with the recipe's user, environment and start command;
 //! 6. destroys the capsule — always, whatever happened.
@@ -61,7 +62,8 @@ pub struct BuildRequest {
     /// Steps: `RUN [--timeout=5m] <shell>` (or a bare shell line), `COPY <src>... <dest>`
     /// (from the archive), `ENV K=V`, `WORKDIR <dir>`, `USER <name>`, `START <command>`.
     pub recipe: Vec<String>,
-    /// Command retried at the end until it succeeds (up to 120 s; empty: none).
+    /// Command retried at the end until it succeeds: `[--timeout=5m] <command>`
+    /// (default 120 s; empty: none).
     pub healthcheck: Option<String>,
     /// vCPUs of the build capsule and the template (default 1).
     pub vcpus: Option<i64>,
@@ -85,6 +87,9 @@ pub enum BuildError {
     /// The archive is missing, malformed or not wanted.
     #[error("{0}")]
     Archive(String),
+    /// The healthcheck is malformed.
+    #[error("{0}")]
+    Healthcheck(String),
     /// The base template does not exist for the team.
     #[error("base template {0:?} not found")]
     BaseNotFound(String),
@@ -120,9 +125,10 @@ impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> Self {
         match e {
             BuildError::Invalid(e) => e.into(),
-            e @ (BuildError::Recipe(_) | BuildError::BaseNotFound(_) | BuildError::Archive(_)) => {
-                ApiError::bad_request(e.to_string())
-            }
+            e @ (BuildError::Recipe(_)
+            | BuildError::BaseNotFound(_)
+            | BuildError::Archive(_)
+            | BuildError::Healthcheck(_)) => ApiError::bad_request(e.to_string()),
             e @ BuildError::NameTaken(_) => {
                 ApiError::conflict("template_name_taken", e.to_string())
             }
@@ -175,6 +181,9 @@ pub async fn submit(
         .transpose()?
         .unwrap_or(DEFAULT_MEMORY_MB);
     let healthcheck = req.healthcheck.unwrap_or_default().trim().to_owned();
+    if !healthcheck.is_empty() {
+        recipe::parse_healthcheck(&healthcheck).map_err(BuildError::Healthcheck)?;
+    }
     let base = match ctx.store.get_template_for_team(team, &base_name).await {
         Ok(t) => t,
         Err(RepoError::NotFound { .. }) => return Err(BuildError::BaseNotFound(base_name)),

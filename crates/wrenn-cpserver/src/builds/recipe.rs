@@ -253,7 +253,10 @@ fn parse_run(rest: &str) -> Result<Step, String> {
             let (value, script) = flagged
                 .split_once(char::is_whitespace)
                 .unwrap_or((flagged, ""));
-            (parse_timeout(value)?, script.trim())
+            (
+                parse_timeout(value).map_err(|e| format!("RUN {e}"))?,
+                script.trim(),
+            )
         }
         None => (DEFAULT_STEP_TIMEOUT, rest),
     };
@@ -266,11 +269,31 @@ fn parse_run(rest: &str) -> Result<Step, String> {
     })
 }
 
+/// How long a build's healthcheck is retried unless it says otherwise.
+pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A build's healthcheck, `[--timeout=<duration>] <command>`: the command, and how
+/// long it is retried (default [`DEFAULT_HEALTHCHECK_TIMEOUT`]).
+pub fn parse_healthcheck(check: &str) -> Result<(String, Duration), String> {
+    let check = check.trim();
+    let Some(flagged) = check.strip_prefix("--timeout=") else {
+        return Ok((check.to_owned(), DEFAULT_HEALTHCHECK_TIMEOUT));
+    };
+    let (value, command) = flagged
+        .split_once(char::is_whitespace)
+        .unwrap_or((flagged, ""));
+    let timeout = parse_timeout(value).map_err(|e| format!("healthcheck {e}"))?;
+    if command.trim().is_empty() {
+        return Err("healthcheck --timeout=… needs a command after it".into());
+    }
+    Ok((command.trim().to_owned(), timeout))
+}
+
 /// `90s`, `5m`, `2h` (a whole number and a unit), up to [`MAX_STEP_TIMEOUT`].
 fn parse_timeout(value: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
-            "RUN --timeout={value:?} must be a whole number of seconds, minutes or hours \
+            "--timeout={value:?} must be a whole number of seconds, minutes or hours \
              (e.g. 90s, 5m, 2h)"
         )
     };
@@ -287,7 +310,7 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
     let timeout = Duration::from_secs(secs);
     if timeout.is_zero() || timeout > MAX_STEP_TIMEOUT {
         return Err(format!(
-            "RUN --timeout={value} must be between 1s and {}h",
+            "--timeout={value} must be between 1s and {}h",
             MAX_STEP_TIMEOUT.as_secs() / 3600
         ));
     }
@@ -429,6 +452,24 @@ mod tests {
             );
         }
         assert!(err(&["FROM debian"]).contains("unknown step \"FROM\""));
+        assert_eq!(
+            parse_healthcheck(" curl -f x "),
+            Ok(("curl -f x".into(), DEFAULT_HEALTHCHECK_TIMEOUT))
+        );
+        assert_eq!(
+            parse_healthcheck("--timeout=10m curl -f x"),
+            Ok(("curl -f x".into(), Duration::from_secs(600)))
+        );
+        assert!(
+            parse_healthcheck("--timeout=10m")
+                .unwrap_err()
+                .contains("needs a command")
+        );
+        assert!(
+            parse_healthcheck("--timeout=1y x")
+                .unwrap_err()
+                .contains("healthcheck --timeout=")
+        );
         let many: Vec<&str> = vec!["true"; MAX_STEPS + 1];
         assert!(err(&many).contains("at most"));
     }

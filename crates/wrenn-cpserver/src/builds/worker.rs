@@ -26,8 +26,6 @@ use super::recipe::{Recipe, Step};
 pub const CONCURRENCY: usize = 2;
 /// How often the worker looks for pending builds, and a running build for a cancel.
 pub const POLL: Duration = Duration::from_secs(1);
-/// How long the healthcheck is retried.
-pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one healthcheck attempt may take.
 const HEALTHCHECK_ATTEMPT: Duration = Duration::from_secs(30);
 /// How long unpacking the build's archive, or a pre- or post-build step, may take.
@@ -418,8 +416,9 @@ impl Job {
             shell = sh;
         }
         if !self.build.healthcheck.is_empty() {
-            let check = self.build.healthcheck.clone();
-            self.healthcheck(&sb, &shell, &check).await?;
+            let (check, within) =
+                super::recipe::parse_healthcheck(&self.build.healthcheck).map_err(Failure::Step)?;
+            self.healthcheck(&sb, &shell, &check, within).await?;
         }
         self.check_cancelled().await?;
         self.say(format!("snapshotting into template {:?}", self.build.name))
@@ -637,15 +636,16 @@ impl Job {
         }
     }
 
-    /// Retries `check` until it exits 0 or [`HEALTHCHECK_TIMEOUT`] passes.
+    /// Retries `check` until it exits 0 or `within` passes.
     async fn healthcheck(
         &mut self,
         sb: &Sandbox,
         shell: &Shell,
         check: &str,
+        within: Duration,
     ) -> Result<(), Failure> {
         self.say(format!("healthcheck: {check}")).await;
-        let deadline = tokio::time::Instant::now() + HEALTHCHECK_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + within;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -674,7 +674,7 @@ impl Job {
                 self.logs.push_text(&last);
                 return Err(Failure::Step(format!(
                     "healthcheck did not succeed within {}s ({attempts} attempts); last: {}",
-                    HEALTHCHECK_TIMEOUT.as_secs(),
+                    within.as_secs(),
                     truncate(&last, 500)
                 )));
             }

@@ -162,6 +162,11 @@ async fn bad_build_requests_are_refused_and_nothing_is_queued() {
             "--timeout",
         ),
         (
+            json!({ "name": "x", "recipe": ["RUN true"], "healthcheck": "--timeout=9h true" }),
+            400,
+            "healthcheck --timeout",
+        ),
+        (
             json!({ "name": "x", "recipe": ["START a", "START b"] }),
             400,
             "only one START",
