@@ -1,0 +1,207 @@
+//! The web dashboard: a single-page app served at `/` next to the API.
+//!
+//! The app's source is `dashboard/` at the repository root; `npm run build` there writes
+//! the bundle into this crate's `dashboard-dist/`, which is committed and embedded
+//! with `rust-embed` when the `dashboard` feature is on (the default), so building
+//! the control plane needs no Node. [`crate::Builder::without_dashboard`] turns it off
+//! and [`crate::Builder::with_dashboard`] serves another router in its place.
+//!
+//! Whatever serves the dashboard only sees requests no API route took, outside the
+//! API's own prefixes: `/v1/…`, `/docs/…` and `/openapi.json` keep answering the JSON
+//! 404 envelope (see [`is_api_path`]).
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use tower::ServiceExt;
+use wrenn_extension::ApiError;
+
+/// Whether `path` belongs to the API (whose unknown routes answer JSON 404s), not to
+/// the dashboard.
+pub fn is_api_path(path: &str) -> bool {
+    let under = |prefix: &str| {
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    under("/v1") || under("/docs") || path == "/openapi.json"
+}
+
+/// The fallback of the control plane's router: an API path nobody serves is a JSON
+/// 404; anything else goes to `dashboard`, if there is one.
+pub(crate) async fn fallback(dashboard: Option<Router>, req: Request) -> Response {
+    match dashboard {
+        Some(app) if !is_api_path(req.uri().path()) => match app.oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        _ => ApiError::not_found("route").into_response(),
+    }
+}
+
+/// What [`crate::Builder`] serves outside the API.
+#[derive(Clone, Default)]
+pub(crate) enum DashboardChoice {
+    /// The embedded app when the `dashboard` feature is on, else nothing.
+    #[default]
+    Default,
+    /// The embedder's router.
+    Custom(Router),
+    /// Nothing: every path outside the API is a JSON 404.
+    Disabled,
+}
+
+impl DashboardChoice {
+    /// The router to fall back to, if any.
+    pub(crate) fn into_router(self) -> Option<Router> {
+        match self {
+            #[cfg(feature = "dashboard")]
+            Self::Default => Some(embedded::router()),
+            #[cfg(not(feature = "dashboard"))]
+            Self::Default => None,
+            Self::Custom(router) => Some(router),
+            Self::Disabled => None,
+        }
+    }
+}
+
+#[cfg(feature = "dashboard")]
+pub use embedded::router as embedded_router;
+
+#[cfg(feature = "dashboard")]
+mod embedded {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+    use axum::response::{IntoResponse, Response};
+    use rust_embed::{EmbeddedFile, RustEmbed};
+    use wrenn_extension::ApiError;
+
+    /// The built bundle (`npm run build` in `dashboard/`).
+    #[derive(RustEmbed)]
+    #[folder = "dashboard-dist/"]
+    struct Bundle;
+
+    /// The page every app route loads.
+    const INDEX: &str = "index.html";
+
+    /// Where Vite puts content-hashed files; they never change under their name.
+    const HASHED_DIR: &str = "assets/";
+
+    /// What the page may load and talk to: its own origin only (no CDN, no fonts from
+    /// elsewhere); inline styles for the terminal's and the charts' computed sizes.
+    const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+        style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; \
+        connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+        frame-ancestors 'none'";
+
+    /// The embedded dashboard: its files under their paths (hashed assets cached for
+    /// good), and `index.html` for every other path, so that the app's own routes
+    /// (`/capsules/cl-…`) load it too.
+    pub fn router() -> Router {
+        Router::new().fallback(serve)
+    }
+
+    async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+        if method != Method::GET && method != Method::HEAD {
+            return ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the dashboard only answers GET and HEAD",
+            )
+            .into_response();
+        }
+        let path = uri.path().trim_start_matches('/');
+        if !path.is_empty()
+            && path != INDEX
+            && let Some(file) = Bundle::get(path)
+        {
+            return file_response(path, &file, &headers);
+        }
+        if path.starts_with(HASHED_DIR) {
+            // A stale page asking for an asset of an older build: HTML would not do.
+            return (StatusCode::NOT_FOUND, "no such dashboard asset").into_response();
+        }
+        match Bundle::get(INDEX) {
+            Some(file) => file_response(INDEX, &file, &headers),
+            None => (StatusCode::NOT_FOUND, "the dashboard bundle has no index.html")
+                .into_response(),
+        }
+    }
+
+    fn file_response(path: &str, file: &EmbeddedFile, headers: &HeaderMap) -> Response {
+        let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..16]));
+        let cache = if path.starts_with(HASHED_DIR) {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        };
+        let fresh = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        let mut builder = Response::builder()
+            .header(header::ETAG, &etag)
+            .header(header::CACHE_CONTROL, cache)
+            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        if path == INDEX {
+            builder = builder
+                .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+                .header(header::REFERRER_POLICY, "no-referrer")
+                .header(header::X_FRAME_OPTIONS, "DENY");
+        }
+        let built = if fresh {
+            builder.status(StatusCode::NOT_MODIFIED).body(Body::empty())
+        } else {
+            builder
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)))
+                .body(Body::from(file.data.clone()))
+        };
+        built.unwrap_or_else(|e| ApiError::internal(e).into_response())
+    }
+
+    /// The media type of a bundle file, by its extension.
+    pub(super) fn content_type(path: &str) -> &'static str {
+        let ext = path.rsplit_once('.').map_or("", |(_, ext)| ext);
+        match ext {
+            "html" => "text/html; charset=utf-8",
+            "js" | "mjs" => "text/javascript; charset=utf-8",
+            "css" => "text/css; charset=utf-8",
+            "json" | "map" => "application/json",
+            "svg" => "image/svg+xml",
+            "png" => "image/png",
+            "ico" => "image/x-icon",
+            "woff2" => "font/woff2",
+            "txt" => "text/plain; charset=utf-8",
+            _ => "application/octet-stream",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths_stay_with_the_api() {
+        for p in ["/v1", "/v1/", "/v1/nope", "/docs", "/docs/x", "/openapi.json"] {
+            assert!(is_api_path(p), "{p}");
+        }
+        for p in ["/", "/capsules", "/v1x", "/v10/a", "/docsx", "/index.html"] {
+            assert!(!is_api_path(p), "{p}");
+        }
+    }
+
+    #[cfg(feature = "dashboard")]
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            embedded::content_type("assets/index-1.js"),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(embedded::content_type("index.html"), "text/html; charset=utf-8");
+        assert_eq!(embedded::content_type("noext"), "application/octet-stream");
+    }
+}
