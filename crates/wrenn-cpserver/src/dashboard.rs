@@ -182,7 +182,16 @@ mod embedded {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use wrenn_core::config::Config;
+    use wrenn_core::testing::FakeAgents;
+    use wrenn_db::testing::TestStores;
+
     use super::*;
+    use crate::Builder;
 
     #[test]
     fn api_paths_stay_with_the_api() {
@@ -192,6 +201,116 @@ mod tests {
         for p in ["/", "/capsules", "/v1x", "/v10/a", "/docsx", "/index.html"] {
             assert!(!is_api_path(p), "{p}");
         }
+    }
+
+    /// What a test keeps alive while it uses the router: its database and directory.
+    type Keep = (wrenn_db::testing::TestStore, tempfile::TempDir);
+
+    /// The router of a control plane on an empty SQLite store, set up by `setup`.
+    async fn router(setup: impl FnOnce(Builder) -> Builder) -> (Router, Keep) {
+        let db = TestStores::sqlite().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wrenn_dir = dir.path().to_string_lossy().into_owned();
+        let config =
+            Config::from_lookup(|k| (k == "WRENN_DIR").then(|| wrenn_dir.clone())).expect("config");
+        let builder = Builder::new(config)
+            .with_store(db.store())
+            .with_host_agents(FakeAgents::new());
+        let server = setup(builder).build().await.expect("build server");
+        (server.router(), (db, dir))
+    }
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, header::HeaderMap, String) {
+        let res = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    fn content_type(h: &header::HeaderMap) -> &str {
+        h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    #[cfg(feature = "dashboard")]
+    #[tokio::test]
+    async fn the_embedded_dashboard_is_served_next_to_the_api() {
+        let (app, _keep) = router(|b| b).await;
+        let (status, headers, index) = get(&app, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type(&headers), "text/html; charset=utf-8");
+        assert!(index.contains("<div id=\"app\">"), "{index}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+
+        // An app route loads the same page.
+        let (status, headers, page) = get(&app, "/capsules/cl-abc").await;
+        assert_eq!((status, content_type(&headers)), (StatusCode::OK, "text/html; charset=utf-8"));
+        assert_eq!(page, index);
+
+        // Hashed assets, with their type and cached for good.
+        let script = index
+            .split('"')
+            .find(|s| s.starts_with("/assets/") && s.ends_with(".js"))
+            .expect("index.html names its script");
+        let (status, headers, _) = get(&app, script).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type(&headers), "text/javascript; charset=utf-8");
+        assert!(headers[header::CACHE_CONTROL].to_str().unwrap_or_default().contains("immutable"));
+        let (status, _, _) = get(&app, "/assets/gone-123.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // A revalidation of an unchanged file is a 304.
+        let etag = headers[header::ETAG].clone();
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get(script)
+                    .header(header::IF_NONE_MATCH, etag)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+
+        // The API keeps its JSON 404s and its routes.
+        for path in ["/v1/nope", "/v1", "/docs/nope"] {
+            let (status, headers, body) = get(&app, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(content_type(&headers).starts_with("application/json"), "{path}");
+            assert!(body.contains("\"not_found\""), "{path}: {body}");
+        }
+        let (status, _, body) = get(&app, "/health").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    #[tokio::test]
+    async fn without_the_dashboard_every_other_path_is_a_json_404() {
+        let (app, _keep) = router(Builder::without_dashboard).await;
+        for path in ["/", "/capsules", "/v1/nope"] {
+            let (status, headers, body) = get(&app, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(content_type(&headers).starts_with("application/json"), "{path}");
+            assert!(body.contains("\"not_found\""), "{path}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_embedder_can_serve_its_own_dashboard() {
+        let own = Router::new().fallback(|| async { "our console" });
+        let (app, _keep) = router(|b| b.with_dashboard(own)).await;
+        assert_eq!(get(&app, "/anything").await.2, "our console");
+        assert_eq!(get(&app, "/v1/nope").await.0, StatusCode::NOT_FOUND);
     }
 
     #[cfg(feature = "dashboard")]

@@ -38,7 +38,7 @@ export async function request<T>(method: Method, path: string, opts: Options = {
     throw networkError(e);
   }
   if (!res.ok) {
-    const err = errorFromResponse(res.status, await res.text().catch(() => ""));
+    const err = errorFromResponse(res.status, await res.text().catch(() => ""), token !== null);
     if (res.status === 401 && token) session.expire();
     throw err;
   }

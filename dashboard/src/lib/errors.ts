@@ -44,8 +44,10 @@ function capitalise(s: string): string {
   return s.length ? s[0].toUpperCase() + s.slice(1) : s;
 }
 
-/** The error of an HTTP answer with `status` and the raw `body` text. */
-export function errorFromResponse(status: number, body: string): ApiError {
+/** The error of an HTTP answer with `status` and the raw `body` text; `withSession`
+ * says whether the request carried the session's token (a 401 then means it expired;
+ * without one, as when signing in, the server's reason is what matters). */
+export function errorFromResponse(status: number, body: string, withSession = true): ApiError {
   let code = "";
   let message = "";
   try {
@@ -59,7 +61,8 @@ export function errorFromResponse(status: number, body: string): ApiError {
   }
   const generic = BY_STATUS[status] ?? (status >= 500 ? BY_STATUS[500] : `Request failed (HTTP ${status})`);
   let text: string;
-  if (status === 401) text = message && code !== "unauthorized" ? capitalise(message) : BY_STATUS[401];
+  if (status === 401 && !withSession) text = message ? capitalise(message) : "Wrong email or password";
+  else if (status === 401) text = message && code !== "unauthorized" ? capitalise(message) : BY_STATUS[401];
   else if (BY_CODE[code]) text = message ? `${BY_CODE[code]} (${message})` : BY_CODE[code];
   else if (message) text = capitalise(message);
   else text = generic;

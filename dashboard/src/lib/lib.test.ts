@@ -29,6 +29,11 @@ suite("API error mapping", () => {
       "Your session has expired: sign in again",
     );
   });
+  it("keeps the server's reason for a 401 without a session (signing in)", () => {
+    const body = JSON.stringify({ error: { code: "unauthorized", message: "unknown email or wrong password" } });
+    expect(errorFromResponse(401, body, false).message).toBe("Unknown email or wrong password");
+    expect(errorFromResponse(401, "", false).message).toBe("Wrong email or password");
+  });
   it("names unreachable servers", () => {
     const e = networkError(new TypeError("Failed to fetch"));
     expect(e.status).toBe(0);

@@ -1,0 +1,163 @@
+"""The web dashboard as a person uses it, in headless Chromium against `wrenn dev`."""
+
+import re
+import time
+
+from conftest import BASE_URL, sign_in, wait_status
+from playwright.sync_api import expect
+
+
+def test_first_load_is_fast_and_offline(page, capsys):
+    """A cold load of the sign-in page takes under a second and loads nothing from
+    another origin."""
+    foreign = []
+    page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(BASE_URL) else None)
+    started = time.monotonic()
+    page.goto("/")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    elapsed = time.monotonic() - started
+    nav = page.evaluate("() => { const n = performance.getEntriesByType('navigation')[0]; return {load: n.loadEventEnd, bytes: performance.getEntriesByType('resource').reduce((s, r) => s + r.transferSize, n.transferSize)}; }")
+    with capsys.disabled():
+        print(f"\nfirst load: sign-in form after {elapsed * 1000:.0f} ms (load event {nav['load']:.0f} ms, {nav['bytes']} bytes)")
+    assert elapsed < 1.0, f"first load took {elapsed:.2f} s"
+    assert foreign == [], foreign
+
+
+def test_sign_in_errors_and_expired_session(page, creds):
+    page.goto("/capsules")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fcapsules"))
+    page.get_by_label("Email").fill(creds["email"])
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    # The API's 401 as a sentence, not a code.
+    expect(page.get_by_role("alert")).to_contain_text(re.compile(r"password|email", re.I))
+    page.get_by_label("Password").fill(creds["password"])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/capsules$"))
+    expect(page.get_by_role("heading", name="Capsules")).to_be_visible()
+    expect(page.get_by_text("● live")).to_be_visible()
+
+    # A token the server no longer accepts (here: a forged signature) sends the user
+    # back to sign-in with a reason.
+    page.evaluate(
+        """() => {
+            const [h, p] = sessionStorage.getItem('wrenn.session').split('.');
+            sessionStorage.setItem('wrenn.session', `${h}.${p}.forged`);
+        }"""
+    )
+    page.goto("/keys")
+    expect(page).to_have_url(re.compile(r"/login"))
+    expect(page.get_by_role("status")).to_contain_text("session has expired")
+
+
+def test_live_status_changes_without_reload(signed_in, api, capsule):
+    page = signed_in
+    row = page.locator(f".capsule-row[data-id='{capsule['id']}']")
+    expect(row.locator(".status")).to_have_attribute("data-status", "running")
+
+    # A pause by someone else (the SDK, here the API) shows up by itself.
+    res = api.post(f"/v1/capsules/{capsule['id']}/pause")
+    assert res.ok, res.text()
+    expect(row.locator(".status")).to_have_attribute("data-status", "paused", timeout=30_000)
+
+    # A resume from the dashboard shows the transient status, then the settled one.
+    page.evaluate(
+        """(id) => {
+            window.__seen = [];
+            const record = () => {
+                const el = document.querySelector(`.capsule-row[data-id='${id}'] .status`);
+                if (el) window.__seen.push(el.dataset.status + ':' + el.dataset.kind);
+            };
+            new MutationObserver(record).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+        }""",
+        capsule["id"],
+    )
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".status")).to_have_attribute("data-status", "running", timeout=30_000)
+    seen = page.evaluate("() => window.__seen")
+    assert "resuming:transient" in seen, seen
+    wait_status(api, capsule["id"], "running")
+
+
+def test_terminal_runs_a_command(signed_in, capsule):
+    page = signed_in
+    page.locator(f".capsule-row[data-id='{capsule['id']}'] a").click()
+    expect(page).to_have_url(re.compile(rf"/capsules/{capsule['id']}$"))
+    expect(page.get_by_test_id("terminal-status")).to_contain_text("connected", timeout=20_000)
+    page.get_by_test_id("terminal").click()
+    page.keyboard.type("echo hi-$((40+2))")
+    page.keyboard.press("Enter")
+    expect(page.locator(".xterm-rows")).to_contain_text("hi-42", timeout=15_000)
+
+
+def test_file_upload_then_download(signed_in, capsule, tmp_path):
+    page = signed_in
+    page.goto(f"/capsules/{capsule['id']}?tab=files")
+    expect(page.get_by_label("Path")).to_have_value("/home/wrenn-user")
+    content = b"hello from the browser\n\x00\xff binary too\n"
+    page.get_by_test_id("upload").set_input_files(
+        files=[{"name": "greeting.bin", "mimeType": "application/octet-stream", "buffer": content}]
+    )
+    row = page.locator("tr[data-path='/home/wrenn-user/greeting.bin']")
+    expect(row).to_be_visible()
+    with page.expect_download() as info:
+        row.get_by_role("button", name="Download").click()
+    saved = tmp_path / "greeting.bin"
+    info.value.save_as(saved)
+    assert saved.read_bytes() == content
+
+    page.get_by_label("New folder name").fill("made-here")
+    page.get_by_role("button", name="New folder").click()
+    folder = page.locator("tr[data-path='/home/wrenn-user/made-here']")
+    expect(folder).to_be_visible()
+    folder.get_by_role("button", name="Remove").click()
+    folder.get_by_role("button", name="Remove?").click()
+    expect(folder).to_have_count(0)
+
+
+def test_api_key_is_shown_once_and_works(signed_in, pw):
+    page = signed_in
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name").fill("from-the-browser")
+    page.get_by_role("button", name="Create key").click()
+    key = page.get_by_test_id("secret").inner_text().strip()
+    assert key, "no key shown"
+    expect(page.locator("table")).to_contain_text("from-the-browser")
+    client = pw.request.new_context(base_url=BASE_URL, extra_http_headers={"X-API-Key": key})
+    try:
+        assert client.get("/v1/capsules").ok
+    finally:
+        client.dispose()
+    page.reload()
+    expect(page.locator("table")).to_contain_text("from-the-browser")
+    expect(page.get_by_test_id("secret")).to_have_count(0)
+
+
+def test_a_thousand_capsules_stay_responsive(signed_in):
+    """The list renders only what is in view: 1,000 capsules scroll and filter at once."""
+    page = signed_in
+    rows = [
+        {
+            "id": f"cl-{i:022d}",
+            "status": ["running", "paused", "starting"][i % 3],
+            "template": "minimal",
+            "vcpus": 1,
+            "memory_mb": 512,
+            "timeout_sec": 0,
+            "disk_size_mb": 20480,
+            "created_at": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            "last_updated": "2026-01-01T00:00:00Z",
+        }
+        for i in range(1000)
+    ]
+    page.route("**/v1/capsules", lambda route: route.fulfill(json=rows) if route.request.method == "GET" else route.continue_())
+    page.reload()
+    expect(page.get_by_text("1000 capsules")).to_be_visible()
+    rendered = page.locator(".capsule-row").count()
+    assert 0 < rendered < 60, rendered
+    started = time.monotonic()
+    page.locator(".vlist").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    expect(page.locator(".capsule-row[data-id='cl-0000000000000000000000']")).to_be_visible()
+    page.get_by_label("Filter capsules").fill("cl-0000000000000000000999")
+    expect(page.locator(".capsule-row")).to_have_count(1)
+    assert time.monotonic() - started < 2.0
