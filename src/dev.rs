@@ -216,9 +216,17 @@ fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
 /// set, else `localhost:{port}`.
 pub fn banner(listen: SocketAddr, creds: &DevCredentials, proxy_domain: &str) -> String {
     let dashboard = if cfg!(feature = "dashboard") {
-        format!("Dashboard: http://{listen}/ (sign in as {email} / {password}).\n", email = creds.email, password = creds.password)
+        format!(
+            "Dashboard: http://{listen}/ (sign in as {email} / {password}).\n",
+            email = creds.email,
+            password = creds.password
+        )
     } else {
-        format!("Admin login (JWT routes): {email} / {password}.\n", email = creds.email, password = creds.password)
+        format!(
+            "Admin login (JWT routes): {email} / {password}.\n",
+            email = creds.email,
+            password = creds.password
+        )
     };
     format!(
         "Wrenn is running (control plane on http://{listen}).\n\

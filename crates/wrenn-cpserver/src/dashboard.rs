@@ -125,7 +125,10 @@ mod embedded {
         }
         match Bundle::get(INDEX) {
             Some(file) => file_response(INDEX, &file, &headers),
-            None => (StatusCode::NOT_FOUND, "the dashboard bundle has no index.html")
+            None => (
+                StatusCode::NOT_FOUND,
+                "the dashboard bundle has no index.html",
+            )
                 .into_response(),
         }
     }
@@ -156,7 +159,10 @@ mod embedded {
         } else {
             builder
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)))
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(content_type(path)),
+                )
                 .body(Body::from(file.data.clone()))
         };
         built.unwrap_or_else(|e| ApiError::internal(e).into_response())
@@ -195,7 +201,14 @@ mod tests {
 
     #[test]
     fn api_paths_stay_with_the_api() {
-        for p in ["/v1", "/v1/", "/v1/nope", "/docs", "/docs/x", "/openapi.json"] {
+        for p in [
+            "/v1",
+            "/v1/",
+            "/v1/nope",
+            "/docs",
+            "/docs/x",
+            "/openapi.json",
+        ] {
             assert!(is_api_path(p), "{p}");
         }
         for p in ["/", "/capsules", "/v1x", "/v10/a", "/docsx", "/index.html"] {
@@ -254,7 +267,10 @@ mod tests {
 
         // An app route loads the same page.
         let (status, headers, page) = get(&app, "/capsules/cl-abc").await;
-        assert_eq!((status, content_type(&headers)), (StatusCode::OK, "text/html; charset=utf-8"));
+        assert_eq!(
+            (status, content_type(&headers)),
+            (StatusCode::OK, "text/html; charset=utf-8")
+        );
         assert_eq!(page, index);
 
         // Hashed assets, with their type and cached for good.
@@ -265,7 +281,12 @@ mod tests {
         let (status, headers, _) = get(&app, script).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type(&headers), "text/javascript; charset=utf-8");
-        assert!(headers[header::CACHE_CONTROL].to_str().unwrap_or_default().contains("immutable"));
+        assert!(
+            headers[header::CACHE_CONTROL]
+                .to_str()
+                .unwrap_or_default()
+                .contains("immutable")
+        );
         let (status, _, _) = get(&app, "/assets/gone-123.js").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -284,10 +305,13 @@ mod tests {
         assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
 
         // The API keeps its JSON 404s and its routes.
-        for path in ["/v1/nope", "/v1", "/docs/nope"] {
+        for path in ["/v1/nope", "/v1", "/v1/capsules/x/nope"] {
             let (status, headers, body) = get(&app, path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
-            assert!(content_type(&headers).starts_with("application/json"), "{path}");
+            assert!(
+                content_type(&headers).starts_with("application/json"),
+                "{path}"
+            );
             assert!(body.contains("\"not_found\""), "{path}: {body}");
         }
         let (status, _, body) = get(&app, "/health").await;
@@ -300,7 +324,10 @@ mod tests {
         for path in ["/", "/capsules", "/v1/nope"] {
             let (status, headers, body) = get(&app, path).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
-            assert!(content_type(&headers).starts_with("application/json"), "{path}");
+            assert!(
+                content_type(&headers).starts_with("application/json"),
+                "{path}"
+            );
             assert!(body.contains("\"not_found\""), "{path}: {body}");
         }
     }
@@ -320,7 +347,10 @@ mod tests {
             embedded::content_type("assets/index-1.js"),
             "text/javascript; charset=utf-8"
         );
-        assert_eq!(embedded::content_type("index.html"), "text/html; charset=utf-8");
+        assert_eq!(
+            embedded::content_type("index.html"),
+            "text/html; charset=utf-8"
+        );
         assert_eq!(embedded::content_type("noext"), "application/octet-stream");
     }
 }

@@ -74,8 +74,7 @@ pub fn build(
                 ),
             })?;
     }
-    let mut router =
-        router.fallback(move |req: Request| dashboard::fallback(app.clone(), req));
+    let mut router = router.fallback(move |req: Request| dashboard::fallback(app.clone(), req));
     for ext in extensions {
         router = ext.middleware(router, ctx);
     }

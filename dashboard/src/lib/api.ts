@@ -65,7 +65,8 @@ export interface CapsuleMetrics { sandbox_id: string; range: string; points: Met
 export interface Template { name: string; type: string; vcpus?: number; memory_mb?: number; size_bytes: number; created_at: string; platform: boolean; protected: boolean; metadata?: Record<string, string> }
 export interface ApiKey { id: string; team_id: string; name: string; key_prefix: string; created_by?: string | null; creator_email?: string | null; created_at: string; last_used?: string | null; key?: string | null }
 export interface Team { id: string; name: string; slug: string; is_byoc: boolean; created_at: string }
-export interface TeamWithRole { team: Team; role: string }
+/** A team with the caller's role in it (the team's fields flattened). */
+export type TeamWithRole = Team & { role: string };
 export interface Member { user_id: string; name: string; email: string; role: string; joined_at: string }
 export interface AuditItem { id: string; actor_type: string; actor_id?: string | null; actor_name?: string | null; resource_type: string; resource_id?: string | null; action: string; scope: string; status: string; metadata?: unknown; created_at: string }
 export interface AuditPage { items: AuditItem[]; next_before?: string | null; next_before_id?: string | null }
