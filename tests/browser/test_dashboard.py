@@ -161,3 +161,74 @@ def test_a_thousand_capsules_stay_responsive(signed_in):
     page.get_by_label("Filter capsules").fill("cl-0000000000000000000999")
     expect(page.locator(".capsule-row")).to_have_count(1)
     assert time.monotonic() - started < 2.0
+
+
+def test_a_new_user_signs_up_and_drives_a_capsule(page, browser, creds):
+    """Sign up (no SMTP: active at once), create a capsule from the form, snapshot it,
+    find the snapshot among the templates, destroy the capsule; then a second team."""
+    email = f"new-{int(time.time() * 1000)}@example.com"
+    page.goto("/signup")
+    page.get_by_label("Name").fill("New Person")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long enough password")
+    page.get_by_role("button", name="Sign up").click()
+    expect(page).to_have_url(re.compile(r"/capsules$"))
+    expect(page.get_by_text("No capsules yet")).to_be_visible()
+    expect(page.get_by_text("Platform admin")).to_have_count(0)
+
+    page.get_by_role("button", name="New capsule").click()
+    page.get_by_role("button", name="Create", exact=True).click()
+    row = page.locator(".capsule-row").first
+    expect(row.locator(".status")).to_have_attribute("data-status", "running", timeout=30_000)
+    capsule_id = row.get_attribute("data-id")
+
+    snap = f"snap-{int(time.time())}"
+    row.locator("a").click()
+    page.get_by_label("Snapshot name").fill(snap)
+    page.get_by_role("button", name="Snapshot", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text(f'"{snap}" created', timeout=60_000)
+    page.get_by_role("link", name="Templates & snapshots").click()
+    template_row = page.locator("tr", has_text=snap)
+    expect(template_row).to_be_visible()
+    template_row.get_by_role("button", name="Delete").click()
+    template_row.get_by_role("button", name="Delete?").click()
+    expect(template_row).to_have_count(0)
+
+    page.get_by_role("link", name="Capsules", exact=True).click()
+    row = page.locator(f".capsule-row[data-id='{capsule_id}']")
+    row.get_by_role("button", name="Destroy").click()
+    row.get_by_role("button", name="Destroy?").click()
+    expect(row).to_have_count(0, timeout=30_000)
+
+    # A second team: created, switched to, and back through the team selector.
+    page.get_by_role("link", name="Team & members").click()
+    page.get_by_label("New team").fill("Side project")
+    page.get_by_role("button", name="Create and switch").click()
+    expect(page.get_by_role("heading", name="Team: Side project")).to_be_visible()
+    selector = page.get_by_label("Team", exact=True)
+    expect(selector.locator("option")).to_have_count(2)
+    selector.select_option(label="New Person's Team (owner)")
+    expect(page).to_have_url(re.compile(r"/capsules$"))
+    page.get_by_role("link", name="Team & members").click()
+    expect(page.get_by_role("heading", name="Team: New Person's Team")).to_be_visible()
+
+
+def test_admin_builds_show_live_logs_and_hosts_get_a_token(signed_in):
+    page = signed_in
+    page.get_by_role("link", name="Builds", exact=True).click()
+    page.get_by_label("Template name").fill(f"browser-{int(time.time())}")
+    page.get_by_label("Recipe (one step a line)").fill("RUN echo first-$((0+1))\nRUN sleep 4; echo second-$((1+1))")
+    page.get_by_role("button", name="Start build").click()
+    expect(page).to_have_url(re.compile(r"/admin/builds/bld-"))
+    logs = page.get_by_test_id("build-logs")
+    # The first step's output shows while the build still runs.
+    expect(logs).to_contain_text("first-1", timeout=30_000)
+    assert "second-2" not in logs.inner_text()
+    expect(page.locator("[data-status='success']")).to_be_visible(timeout=60_000)
+    expect(logs).to_contain_text("second-2")
+
+    page.get_by_role("link", name="Hosts").click()
+    page.get_by_role("button", name="Add host").click()
+    expect(page.get_by_test_id("secret")).not_to_be_empty()
+    host_id = re.search(r"host-[0-9a-z]+", page.locator(".notice strong").inner_text()).group(0)
+    expect(page.locator("tr", has_text=host_id)).to_contain_text("pending")
