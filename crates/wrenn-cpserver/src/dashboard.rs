@@ -316,6 +316,20 @@ mod tests {
         }
         let (status, _, body) = get(&app, "/health").await;
         assert_eq!(status, StatusCode::OK, "{body}");
+
+        // Capsule URLs stay the capsule proxy's, whatever their path.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get("/")
+                    .header(header::HOST, "8080-cl-0000000000000000000000000.localhost")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_ne!(res.status(), StatusCode::OK);
+        assert!(content_type(res.headers()).starts_with("application/json"));
     }
 
     #[tokio::test]

@@ -97,11 +97,16 @@ export function openTerminal(el: HTMLElement, id: string, token: string, events:
     }
   });
   observer.observe(el);
+  // A terminal outlives its socket on the server: leaving or reloading the page ends
+  // the shell rather than leaving it behind.
+  const onPageHide = () => send({ type: "kill" });
+  window.addEventListener("pagehide", onPageHide);
 
   return {
     close() {
       closedByUs = true;
       observer.disconnect();
+      window.removeEventListener("pagehide", onPageHide);
       input.dispose();
       resize.dispose();
       send({ type: "kill" });
