@@ -91,6 +91,20 @@ def signed_in(page, creds) -> Page:
     return page
 
 
+def destroy_all(page: Page) -> None:
+    """Destroys every capsule of the page's signed-in team (cleanup of a test that made
+    them from the dashboard)."""
+    page.evaluate(
+        """async () => {
+            const token = sessionStorage.getItem('wrenn.session');
+            if (!token) return;
+            const headers = { Authorization: `Bearer ${token}` };
+            const list = await (await fetch('/v1/capsules', { headers })).json();
+            await Promise.all(list.map((c) => fetch(`/v1/capsules/${c.id}`, { method: 'DELETE', headers })));
+        }"""
+    )
+
+
 def wait_status(api, capsule_id: str, want: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     body = {}

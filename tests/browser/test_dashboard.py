@@ -3,7 +3,7 @@
 import re
 import time
 
-from conftest import BASE_URL, sign_in, wait_status
+from conftest import BASE_URL, destroy_all, wait_status
 from playwright.sync_api import expect
 
 
@@ -163,7 +163,7 @@ def test_a_thousand_capsules_stay_responsive(signed_in):
     assert time.monotonic() - started < 2.0
 
 
-def test_a_new_user_signs_up_and_drives_a_capsule(page, browser, creds):
+def test_a_new_user_signs_up_and_drives_a_capsule(page):
     """Sign up (no SMTP: active at once), create a capsule from the form, snapshot it,
     find the snapshot among the templates, destroy the capsule; then a second team."""
     email = f"new-{int(time.time() * 1000)}@example.com"
@@ -176,41 +176,44 @@ def test_a_new_user_signs_up_and_drives_a_capsule(page, browser, creds):
     expect(page.get_by_text("No capsules yet")).to_be_visible()
     expect(page.get_by_text("Platform admin")).to_have_count(0)
 
-    page.get_by_role("button", name="New capsule").click()
-    page.get_by_role("button", name="Create", exact=True).click()
-    row = page.locator(".capsule-row").first
-    expect(row.locator(".status")).to_have_attribute("data-status", "running", timeout=30_000)
-    capsule_id = row.get_attribute("data-id")
+    try:
+        page.get_by_role("button", name="New capsule").click()
+        page.get_by_role("button", name="Create", exact=True).click()
+        row = page.locator(".capsule-row").first
+        expect(row.locator(".status")).to_have_attribute("data-status", "running", timeout=30_000)
+        capsule_id = row.get_attribute("data-id")
 
-    snap = f"snap-{int(time.time())}"
-    row.locator("a").click()
-    page.get_by_label("Snapshot name").fill(snap)
-    page.get_by_role("button", name="Snapshot", exact=True).click()
-    expect(page.get_by_role("status")).to_contain_text(f'"{snap}" created', timeout=60_000)
-    page.get_by_role("link", name="Templates & snapshots").click()
-    template_row = page.locator("tr", has_text=snap)
-    expect(template_row).to_be_visible()
-    template_row.get_by_role("button", name="Delete").click()
-    template_row.get_by_role("button", name="Delete?").click()
-    expect(template_row).to_have_count(0)
+        snap = f"snap-{int(time.time())}"
+        row.locator("a").click()
+        page.get_by_label("Snapshot name").fill(snap)
+        page.get_by_role("button", name="Snapshot", exact=True).click()
+        expect(page.get_by_role("status")).to_contain_text(f'"{snap}" created', timeout=60_000)
+        page.get_by_role("link", name="Templates & snapshots").click()
+        template_row = page.locator("tr", has_text=snap)
+        expect(template_row).to_be_visible()
+        template_row.get_by_role("button", name="Delete").click()
+        template_row.get_by_role("button", name="Delete?").click()
+        expect(template_row).to_have_count(0)
 
-    page.get_by_role("link", name="Capsules", exact=True).click()
-    row = page.locator(f".capsule-row[data-id='{capsule_id}']")
-    row.get_by_role("button", name="Destroy").click()
-    row.get_by_role("button", name="Destroy?").click()
-    expect(row).to_have_count(0, timeout=30_000)
+        page.get_by_role("link", name="Capsules", exact=True).click()
+        row = page.locator(f".capsule-row[data-id='{capsule_id}']")
+        row.get_by_role("button", name="Destroy").click()
+        row.get_by_role("button", name="Destroy?").click()
+        expect(row).to_have_count(0, timeout=30_000)
 
-    # A second team: created, switched to, and back through the team selector.
-    page.get_by_role("link", name="Team & members").click()
-    page.get_by_label("New team").fill("Side project")
-    page.get_by_role("button", name="Create and switch").click()
-    expect(page.get_by_role("heading", name="Team: Side project")).to_be_visible()
-    selector = page.get_by_label("Team", exact=True)
-    expect(selector.locator("option")).to_have_count(2)
-    selector.select_option(label="New Person's Team (owner)")
-    expect(page).to_have_url(re.compile(r"/capsules$"))
-    page.get_by_role("link", name="Team & members").click()
-    expect(page.get_by_role("heading", name="Team: New Person's Team")).to_be_visible()
+        # A second team: created, switched to, and back through the team selector.
+        page.get_by_role("link", name="Team & members").click()
+        page.get_by_label("New team").fill("Side project")
+        page.get_by_role("button", name="Create and switch").click()
+        expect(page.get_by_role("heading", name="Team: Side project")).to_be_visible()
+        selector = page.get_by_label("Team", exact=True)
+        expect(selector.locator("option")).to_have_count(2)
+        selector.select_option(label="New Person's Team (owner)")
+        expect(page).to_have_url(re.compile(r"/capsules$"))
+        page.get_by_role("link", name="Team & members").click()
+        expect(page.get_by_role("heading", name="Team: New Person's Team")).to_be_visible()
+    finally:
+        destroy_all(page)
 
 
 def test_admin_builds_show_live_logs_and_hosts_get_a_token(signed_in):

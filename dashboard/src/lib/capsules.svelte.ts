@@ -3,7 +3,7 @@
 
 import { capsules as api, type Capsule } from "./api";
 import { describe } from "./errors";
-import { applyEvent, followEvents, upsert, type StreamState } from "./events";
+import { applyEvent, followEvents, mergeTouched, upsert, type StreamState } from "./events";
 import { session } from "./session.svelte";
 
 class CapsuleStore {
@@ -14,6 +14,7 @@ class CapsuleStore {
   error = $state("");
   stream = $state<StreamState>("connecting");
   #abort: AbortController | null = null;
+  #trackers = new Set<Set<string>>();
   #team: string | null = null;
 
   /** Starts following the current team (again, after a team switch). */
@@ -37,6 +38,7 @@ class CapsuleStore {
         if (s === "live") void this.reload();
       },
       onEvent: (ev) => {
+        if (ev.resource?.type === "capsule") this.#touch(ev.resource.id);
         this.byId = applyEvent(this.byId, ev);
       },
     });
@@ -49,10 +51,14 @@ class CapsuleStore {
   }
 
   async reload() {
+    // Rows that change while the list is on its way are newer than the list: track them.
+    const touched = new Set<string>();
+    this.#trackers.add(touched);
     try {
       const rows = await api.list();
       let next = new Map<string, Capsule>();
       for (const c of rows) next.set(c.id, c);
+      next = mergeTouched(next, this.byId, touched);
       // Rows the list hides (error) that this page already shows stay until reload.
       for (const [id, c] of this.byId) if (!next.has(id) && c.status === "error") next = upsert(next, c);
       this.byId = next;
@@ -60,8 +66,13 @@ class CapsuleStore {
     } catch (e) {
       this.error = describe(e);
     } finally {
+      this.#trackers.delete(touched);
       this.loaded = true;
     }
+  }
+
+  #touch(id: string) {
+    for (const t of this.#trackers) t.add(id);
   }
 
   /** Shows `id` in a transient `status` while a call for it is under way (the
@@ -69,6 +80,7 @@ class CapsuleStore {
   mark(id: string, status: string) {
     const c = this.byId.get(id);
     if (!c) return;
+    this.#touch(id);
     const next = new Map(this.byId);
     next.set(id, { ...c, status });
     this.byId = next;
@@ -76,6 +88,7 @@ class CapsuleStore {
 
   /** Folds an API answer in (a lifecycle call's capsule). */
   put(c: Capsule) {
+    this.#touch(c.id);
     this.byId = upsert(this.byId, c);
   }
 }

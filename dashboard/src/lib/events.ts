@@ -87,6 +87,22 @@ export function upsert(list: Map<string, Capsule>, c: Capsule): Map<string, Caps
   return next;
 }
 
+/** A freshly read `list` with what changed locally while it was being read: for each
+ * id in `touched`, the row in `current` wins over the list's older one, and a row
+ * that left `current` (stopped) stays out. */
+export function mergeTouched(list: Map<string, Capsule>, current: Map<string, Capsule>, touched: Set<string>): Map<string, Capsule> {
+  let next = list;
+  for (const id of touched) {
+    const mine = current.get(id);
+    if (mine) next = upsert(next, mine);
+    else if (next.has(id)) {
+      next = new Map(next);
+      next.delete(id);
+    }
+  }
+  return next;
+}
+
 /** Folds one stream event into the list; returns the same map when nothing changed. */
 export function applyEvent(list: Map<string, Capsule>, ev: StreamEvent): Map<string, Capsule> {
   if (ev.resource?.type !== "capsule") return list;

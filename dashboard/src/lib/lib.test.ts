@@ -2,7 +2,7 @@ import { describe as suite, expect, it } from "vitest";
 import { errorFromResponse, networkError, describe } from "./errors";
 import { actionsFor, isTransient, statusKind } from "./status";
 import { listWindow } from "./vlist";
-import { SseParser, applyEvent, upsert } from "./events";
+import { SseParser, applyEvent, mergeTouched, upsert } from "./events";
 import { match } from "./router.svelte";
 import { decodeClaims } from "./session.svelte";
 import type { Capsule } from "./api";
@@ -115,6 +115,16 @@ suite("event stream", () => {
     expect(applyEvent(m, { event: "template.snapshot.create", resource: { id: "t", type: "template" } })).toBe(m);
     m = applyEvent(m, { event: "capsule.destroy", resource: { id: "cl-a", type: "capsule" } });
     expect(m.size).toBe(0);
+  });
+  it("a list read while rows changed keeps the changes", () => {
+    const stale = new Map([["cl-a", cap("cl-a", "running", "2026-01-01T00:00:01Z")], ["cl-gone", cap("cl-gone", "running", "2026-01-01T00:00:01Z")]]);
+    const current = new Map([["cl-a", cap("cl-a", "pausing", "2026-01-01T00:00:02Z")], ["cl-new", cap("cl-new", "running", "2026-01-01T00:00:03Z")]]);
+    const merged = mergeTouched(stale, current, new Set(["cl-a", "cl-new", "cl-gone"]));
+    expect(merged.get("cl-a")?.status).toBe("pausing");
+    expect(merged.has("cl-new")).toBe(true);
+    expect(merged.has("cl-gone")).toBe(false);
+    // Rows nobody touched are the list's.
+    expect(mergeTouched(stale, new Map(), new Set()).size).toBe(2);
   });
   it("upsert keeps a newer row over a stale answer", () => {
     const m = new Map([["cl-a", cap("cl-a", "paused", "2026-01-01T00:00:05Z")]]);
