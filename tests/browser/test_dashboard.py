@@ -235,3 +235,62 @@ def test_admin_builds_show_live_logs_and_hosts_get_a_token(signed_in):
     expect(page.get_by_test_id("secret")).not_to_be_empty()
     host_id = re.search(r"host-[0-9a-z]+", page.locator(".notice strong").inner_text()).group(0)
     expect(page.locator("tr", has_text=host_id)).to_contain_text("pending")
+
+
+def test_members_and_roles(signed_in, pw):
+    """The admin adds an existing account to the team, makes it an admin, removes it."""
+    email = f"member-{int(time.time() * 1000)}@example.com"
+    anon = pw.request.new_context(base_url=BASE_URL)
+    try:
+        res = anon.post("/v1/auth/signup", data={"email": email, "password": "a long enough password", "name": "Member"})
+        assert res.status == 201, res.text()
+    finally:
+        anon.dispose()
+    page = signed_in
+    page.get_by_role("link", name="Team & members").click()
+    page.get_by_label("Add a member by email").fill("nobody-" + email)
+    page.get_by_role("button", name="Add", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("Add member:")
+    page.get_by_label("Add a member by email").fill(email)
+    page.get_by_role("button", name="Add", exact=True).click()
+    row = page.locator("tr", has_text=email)
+    expect(row).to_contain_text("member")
+    row.get_by_label(f"Role of {email}").select_option("admin")
+    expect(page.get_by_role("status")).to_contain_text(f"{email} is now admin")
+    page.reload()
+    expect(page.locator("tr", has_text=email).get_by_label(f"Role of {email}")).to_have_value("admin")
+    row = page.locator("tr", has_text=email)
+    row.get_by_role("button", name="Remove").click()
+    row.get_by_role("button", name="Remove?").click()
+    expect(page.locator("tr", has_text=email)).to_have_count(0)
+
+
+def test_every_page_loads_without_errors(signed_in):
+    """Each page reads the real API: none shows an error or throws."""
+    page = signed_in
+    thrown = []
+    page.on("pageerror", lambda e: thrown.append(str(e)))
+    pages = {
+        "/templates": "Templates & snapshots",
+        "/keys": "API keys",
+        "/team": "Team: ",
+        "/builds": "Template builds",
+        "/audit": "Audit log",
+        "/usage": "Usage",
+        "/admin/hosts": "Hosts",
+        "/admin/users": "Users",
+        "/admin/teams": "Teams",
+        "/admin/templates": "Platform templates",
+        "/admin/builds": "Platform template builds",
+        "/admin/audit": "Platform audit log",
+    }
+    for path, heading in pages.items():
+        page.goto(path)
+        expect(page.get_by_role("heading", level=1)).to_contain_text(heading)
+        expect(page.locator("text=Loading…")).to_have_count(0)
+        expect(page.get_by_role("alert")).to_have_count(0)
+    page.goto("/admin/users")
+    expect(page.locator("tr", has_text="admin@wrenn.local")).to_be_visible()
+    page.goto("/nowhere")
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    assert thrown == []
