@@ -71,10 +71,16 @@ pub use embedded::router as embedded_router;
 
 #[cfg(feature = "dashboard")]
 mod embedded {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::LazyLock;
+
     use axum::Router;
-    use axum::body::Body;
+    use axum::body::{Body, Bytes};
     use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
     use axum::response::{IntoResponse, Response};
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
     use rust_embed::{EmbeddedFile, RustEmbed};
     use wrenn_extension::ApiError;
 
@@ -100,6 +106,8 @@ mod embedded {
     /// good), and `index.html` for every other path, so that the app's own routes
     /// (`/capsules/cl-…`) load it too.
     pub fn router() -> Router {
+        // Compress ahead, off the request path: the first visitor should not wait.
+        std::thread::spawn(|| LazyLock::force(&GZIPPED).len());
         Router::new().fallback(serve)
     }
 
@@ -133,8 +141,60 @@ mod embedded {
         }
     }
 
+    /// Whether a file of this media type is worth compressing.
+    fn compressible(content_type: &str) -> bool {
+        content_type.starts_with("text/")
+            || content_type.starts_with("application/json")
+            || content_type.starts_with("image/svg")
+    }
+
+    /// The gzip of every compressible bundle file, made on first use.
+    static GZIPPED: LazyLock<HashMap<String, Bytes>> = LazyLock::new(|| {
+        Bundle::iter()
+            .filter(|path| compressible(content_type(path)))
+            .filter_map(|path| {
+                let file = Bundle::get(&path)?;
+                let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+                gz.write_all(&file.data).ok()?;
+                let packed = gz.finish().ok()?;
+                (packed.len() < file.data.len()).then(|| (path.into_owned(), Bytes::from(packed)))
+            })
+            .collect()
+    });
+
+    /// Whether the client takes gzip (`Accept-Encoding`, not refused with `q=0`).
+    pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|coding| {
+                let mut parts = coding.split(';').map(str::trim);
+                let name = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+            })
+    }
+
     fn file_response(path: &str, file: &EmbeddedFile, headers: &HeaderMap) -> Response {
-        let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..16]));
+        let kind = content_type(path);
+        let gzipped = if accepts_gzip(headers) {
+            GZIPPED.get(path)
+        } else {
+            None
+        };
+        let hash = hex::encode(&file.metadata.sha256_hash()[..16]);
+        // Each encoding is a representation of its own (RFC 9110 §8.8.3).
+        let etag = if gzipped.is_some() {
+            format!("\"{hash}-gzip\"")
+        } else {
+            format!("\"{hash}\"")
+        };
         let cache = if path.starts_with(HASHED_DIR) {
             "public, max-age=31536000, immutable"
         } else {
@@ -148,6 +208,9 @@ mod embedded {
             .header(header::ETAG, &etag)
             .header(header::CACHE_CONTROL, cache)
             .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        if compressible(kind) {
+            builder = builder.header(header::VARY, "accept-encoding");
+        }
         if path == INDEX {
             builder = builder
                 .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
@@ -157,13 +220,15 @@ mod embedded {
         let built = if fresh {
             builder.status(StatusCode::NOT_MODIFIED).body(Body::empty())
         } else {
-            builder
+            builder = builder
                 .status(StatusCode::OK)
-                .header(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(content_type(path)),
-                )
-                .body(Body::from(file.data.clone()))
+                .header(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+            match gzipped {
+                Some(gz) => builder
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .body(Body::from(gz.clone())),
+                None => builder.body(Body::from(file.data.clone())),
+            }
         };
         built.unwrap_or_else(|e| ApiError::internal(e).into_response())
     }
@@ -289,6 +354,33 @@ mod tests {
         );
         let (status, _, _) = get(&app, "/assets/gone-123.js").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Compressed for clients that take gzip, as a representation of its own.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get(script)
+                    .header(header::ACCEPT_ENCODING, "br, gzip;q=0.8")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(res.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(res.headers()[header::VARY], "accept-encoding");
+        assert_ne!(res.headers()[header::ETAG], headers[header::ETAG]);
+        let packed = res.into_body().collect().await.expect("body").to_bytes();
+        let mut unpacked = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&packed[..]),
+            &mut unpacked,
+        )
+        .expect("gzip");
+        assert_eq!(unpacked, get(&app, script).await.2.into_bytes());
+        assert!(!embedded::accepts_gzip(&header::HeaderMap::from_iter([(
+            header::ACCEPT_ENCODING,
+            header::HeaderValue::from_static("gzip;q=0, br")
+        )])));
 
         // A revalidation of an unchanged file is a 304.
         let etag = headers[header::ETAG].clone();
