@@ -3,7 +3,7 @@
 import re
 import time
 
-from conftest import BASE_URL, destroy_all, wait_status
+from conftest import BASE_URL, destroy_all, sign_in, wait_status
 from playwright.sync_api import expect
 
 
@@ -263,7 +263,7 @@ def test_admin_builds_show_live_logs_and_hosts_get_a_token(signed_in):
     expect(page.locator("tr", has_text=host_id)).to_contain_text("pending")
 
 
-def test_members_and_roles(signed_in, pw):
+def test_members_and_roles(signed_in, pw, browser):
     """The admin adds an existing account to the team, makes it an admin, removes it."""
     email = f"member-{int(time.time() * 1000)}@example.com"
     anon = pw.request.new_context(base_url=BASE_URL)
@@ -285,6 +285,36 @@ def test_members_and_roles(signed_in, pw):
     expect(page.get_by_role("status")).to_contain_text(f"{email} is now admin")
     page.reload()
     expect(page.locator("tr", has_text=email).get_by_label(f"Role of {email}")).to_have_value("admin")
+
+    # The member finds the team in the selector, acts in it, and leaves it.
+    other = browser.new_context(base_url=BASE_URL)
+    try:
+        member = other.new_page()
+        sign_in(member, email, "a long enough password")
+        team = member.get_by_label("Team", exact=True)
+        expect(team.locator("option")).to_have_count(2)
+        team.select_option(label="Wrenn Admin's Team (admin)")
+        member.get_by_role("link", name="Team & members").click()
+        expect(member.get_by_role("heading", name="Team: Wrenn Admin's Team")).to_be_visible()
+        expect(member.get_by_text("Your role here: admin")).to_be_visible()
+        member.get_by_role("button", name="Leave this team").click()
+        member.get_by_role("button", name="Really leave?").click()
+        # Its token acted in that team: signing in again lands in the member's own.
+        expect(member.get_by_role("status")).to_contain_text("You left the team")
+        member.get_by_label("Email").fill(email)
+        member.get_by_label("Password").fill("a long enough password")
+        member.get_by_role("button", name="Sign in").click()
+        expect(member).to_have_url(re.compile(r"/team$"))
+        expect(member.get_by_role("heading", name="Team: Member's Team")).to_be_visible()
+        expect(team.locator("option")).to_have_count(1)
+    finally:
+        other.close()
+    page.reload()
+    expect(page.locator("tr", has_text=email)).to_have_count(0)
+
+    # Added again, and removed by the owner.
+    page.get_by_label("Add a member by email").fill(email)
+    page.get_by_role("button", name="Add", exact=True).click()
     row = page.locator("tr", has_text=email)
     row.get_by_role("button", name="Remove").click()
     row.get_by_role("button", name="Remove?").click()
