@@ -159,7 +159,7 @@ pub async fn ensure(ctx: &ServerContext) -> Result<Vec<String>, ShippedTemplateE
             continue;
         }
         let name = req.name.clone();
-        let build = builds::submit(ctx, PLATFORM_TEAM_ID, req, &Actor::system())
+        let build = builds::submit(ctx, PLATFORM_TEAM_ID, req, None, &Actor::system())
             .await
             .map_err(ShippedTemplateError::Build)?;
         eprintln!(

@@ -151,11 +151,7 @@ async fn an_agent_killed_mid_create_leaves_error_not_starting() {
     let db = wrenn_db::testing::TestStores::sqlite().await;
     let store = db.store();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = wrenn_core::testing::unused_listen_port();
     let mut agent = start_agent(&agent_bin, &envd_bin, &dir.path().join("agent"), port, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -51,11 +51,7 @@ pub(crate) fn start_dev_with(env: &[(&str, &str)]) -> Dev {
     // The default image, built once per machine and shared through WRENN_IMAGE_CACHE.
     wrenn_agent::image::ensure_shared_for_tests().expect("the default image");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = wrenn_core::testing::unused_listen_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
         .args(["dev", "--dir"])
         .arg(dir.path().join("state"))

@@ -179,11 +179,7 @@ fn assert_gone(dir: &Path, id: &str) {
 async fn liveness_admission_and_adoption_through_wrenn_dev() {
     let tmp = tempfile::Builder::new().prefix("wrle").tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = wrenn_core::testing::unused_listen_port();
     let dev = start_dev(&dir, port);
 
     // Too big for this host: refused at once, nothing created.

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use wrenn_core::id::SandboxId;
@@ -45,6 +46,26 @@ impl Admin<'_> {
             .call(Method::POST, "/v1/admin/builds", Some(body))
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_str().expect("build id").to_owned()
+    }
+
+    /// Queues `config` with `archive`, as the multipart form.
+    async fn build_with_archive(&self, config: Value, archive: Vec<u8>) -> String {
+        let form = Form::new()
+            .text("config", config.to_string())
+            .part("archive", Part::bytes(archive).file_name("context.tar.gz"));
+        let resp = self
+            .dev
+            .http
+            .post(format!("{}/v1/admin/builds", self.dev.base))
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "{v}");
         v["id"].as_str().expect("build id").to_owned()
     }
 
@@ -145,7 +166,7 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
                 "RUN echo \"$GREETING\" > index.html && echo wrote index.html",
                 "test \"$(pwd)\" = /srv/demo",
                 "USER root",
-                "RUN test \"$(id -un)\" = root && test \"$GREETING\" = 'hello from the build' && touch /root/built-as-root",
+                "RUN test \"$(id -un)\" = root && test \"$GREETING\" = 'hello from the build' && touch /root/built-as-root /var/cache/apt/archives/leftover.deb",
                 "START python3 -m http.server 8000",
             ],
             "healthcheck": "curl -fsS http://127.0.0.1:8000/index.html",
@@ -167,6 +188,8 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
         "wrote index.html",
         "healthcheck passed (attempt",
         "template \"web-demo\" registered",
+        "pre-build (skip_pre_post skips this)",
+        "post-build (skip_pre_post skips this)",
     ] {
         assert!(
             lines.iter().any(|l| l.contains(want)),
@@ -199,6 +222,16 @@ async fn a_recipe_becomes_a_template_whose_capsules_have_its_files_and_start_com
     assert_eq!(
         dev.sh(&cl, "id -un; test -f /root/built-as-root").await,
         "root\n"
+    );
+    assert_eq!(
+        dev.sh(
+            &cl,
+            "test -e /var/cache/apt/archives/leftover.deb || echo cleaned; \
+             ls /var/lib/apt/lists | grep -q Packages && echo lists"
+        )
+        .await,
+        "cleaned\nlists\n",
+        "the post-build step removed downloaded packages and kept the package lists"
     );
     let name = format!("8000-{cl}.localhost");
     let client = Client::builder()
@@ -262,10 +295,11 @@ async fn a_failing_step_or_a_cancel_registers_nothing_and_leaves_no_capsule() {
         .build(json!({
             "name": "broken",
             "recipe": ["RUN echo about to fail", "RUN echo oops >&2; exit 3", "RUN echo never runs"],
+            "skip_pre_post": true,
         }))
         .await;
     let slow = admin
-        .build(json!({"name": "sleepy", "recipe": ["RUN echo sleeping; sleep 600"]}))
+        .build(json!({"name": "sleepy", "recipe": ["RUN echo sleeping; sleep 600"], "skip_pre_post": true}))
         .await;
 
     let failed = admin.finished(&failing).await;
@@ -324,4 +358,139 @@ async fn a_failing_step_or_a_cancel_registers_nothing_and_leaves_no_capsule() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+/// A gzip-compressed tar of `files` (path, content, mode), made by the system's `tar`.
+fn tar_gz(files: &[(&str, &str, u32)]) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for (name, content, mode) in files {
+        let path = src.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    let out = dir.path().join("context.tar.gz");
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar");
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_steps_take_files_from_the_archive_and_skip_pre_post_adds_no_steps() {
+    let dev = start_dev();
+    let admin = Admin {
+        token: dev.admin_token().await,
+        dev: &dev,
+    };
+    let archive = tar_gz(&[
+        ("app/main.py", "print('hello from the archive')\n", 0o644),
+        ("app/lib/util.py", "X = 1\n", 0o644),
+        ("bin/run.sh", "#!/bin/sh\necho running\n", 0o755),
+        ("config.toml", "debug = true\n", 0o600),
+    ]);
+    let id = admin
+        .build_with_archive(
+            json!({
+                "name": "copy-demo",
+                "skip_pre_post": true,
+                "recipe": [
+                    "WORKDIR /opt/app",
+                    // A directory's contents, into the working directory.
+                    "COPY app ./",
+                    // Several sources into a directory that does not exist yet.
+                    "COPY bin/run.sh config.toml /etc/demo/",
+                    // One file to a new name.
+                    "COPY config.toml settings.toml",
+                    "RUN --timeout=30s python3 main.py && /etc/demo/run.sh && ls /tmp/build-files",
+                    "USER root",
+                    "RUN touch /var/cache/apt/archives/kept.deb",
+                ],
+            }),
+            archive,
+        )
+        .await;
+    let built = admin.finished(&id).await;
+    assert_eq!(built["status"], "success", "{built:#}");
+    let lines = logs(&built);
+    for want in [
+        "hello from the archive",
+        "running",
+        "copied app to /opt/app/./",
+        "removing /tmp/build-files",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(want)),
+            "no {want:?} in {lines:#?}"
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("pre-build") || l.contains("post-build")),
+        "skip_pre_post: {lines:#?}"
+    );
+
+    let cl = dev.create(json!({"template": "copy-demo"})).await;
+    // Copied files belong to the user the recipe had when it copied them.
+    let user = dev.sh(&cl, "stat -c %U /opt/app/main.py").await;
+    assert_ne!(user.trim(), "", "owner");
+    assert_eq!(
+        dev.sh(
+            &cl,
+            "cat /opt/app/lib/util.py /opt/app/settings.toml; stat -c '%a %U' /etc/demo/run.sh /etc/demo/config.toml /opt/app/lib/util.py"
+        )
+        .await,
+        format!(
+            "X = 1\ndebug = true\n755 {u}\n600 {u}\n644 {u}\n",
+            u = user.trim()
+        )
+    );
+    assert_eq!(
+        dev.sh(
+            &cl,
+            "test -e /tmp/build-files || echo gone; test -e /var/cache/apt/archives/kept.deb && echo kept"
+        )
+        .await,
+        "gone\nkept\n",
+        "the build files are removed; skip_pre_post leaves the package cache alone"
+    );
+
+    // A COPY of what the archive does not hold fails the build, with the reason.
+    let missing = admin
+        .build_with_archive(
+            json!({"name": "copy-missing", "skip_pre_post": true, "recipe": ["COPY nope /opt/x"]}),
+            tar_gz(&[("here.txt", "x", 0o644)]),
+        )
+        .await;
+    let failed = admin.finished(&missing).await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert!(
+        logs(&failed)
+            .iter()
+            .any(|l| l.contains("COPY: nope is not in the build archive")),
+        "{failed:#}"
+    );
+    // A step that outlives its --timeout is killed and fails the build.
+    let slow = admin
+        .build(json!({"name": "too-slow", "skip_pre_post": true, "recipe": ["RUN --timeout=2s sleep 60"]}))
+        .await;
+    let timed_out = admin.finished(&slow).await;
+    assert_eq!(timed_out["status"], "failed", "{timed_out:#}");
+    assert!(
+        timed_out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out after 2s; the process was killed"),
+        "{timed_out:#}"
+    );
 }

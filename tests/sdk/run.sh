@@ -5,12 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-venv=target/sdk-venv
-if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import wrenn' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q --ignore-requires-python wrenn==0.3.0 pytest
-fi
+source tests/sdk/venv.sh
 
 # WRENN_BIN: a prebuilt `wrenn` to test instead of building one.
 if [ -z "${WRENN_BIN:-}" ]; then cargo build -q -p wrenn --bin wrenn; fi

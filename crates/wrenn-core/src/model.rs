@@ -593,7 +593,8 @@ pub struct TemplateBuild {
     pub recipe: Vec<String>,
     /// Command that must succeed at the end.
     pub healthcheck: String,
-    /// Accepted for compatibility; this build system adds no implicit steps.
+    /// Skips the implicit steps (`apt-get update` before the recipe, `apt-get clean`
+    /// after it).
     #[serde(default)]
     pub skip_pre_post: bool,
     /// Default user of the resulting template.

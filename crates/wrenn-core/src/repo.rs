@@ -603,14 +603,23 @@ pub trait ChannelRepo: Send + Sync {
 /// Template builds.
 #[async_trait::async_trait]
 pub trait BuildRepo: Send + Sync {
-    /// Inserts a build.
-    async fn create_build(&self, build: TemplateBuild) -> RepoResult<TemplateBuild>;
+    /// Inserts a build, with the archive its `COPY` steps read (if any) in the same
+    /// transaction: a worker never sees the build without its archive.
+    async fn create_build(
+        &self,
+        build: TemplateBuild,
+        archive: Option<&[u8]>,
+    ) -> RepoResult<TemplateBuild>;
+    /// The archive uploaded with a build; `None` when it had none or has finished
+    /// (a build's archive is removed when it reaches a final status).
+    async fn build_archive(&self, id: BuildId) -> RepoResult<Option<Vec<u8>>>;
     /// A build.
     async fn get_build(&self, id: BuildId) -> RepoResult<TemplateBuild>;
     /// Builds, newest first.
     async fn list_builds(&self, limit: u32) -> RepoResult<Vec<TemplateBuild>>;
     /// Moves a build to `status` only if it is `expected`; sets `started_at` on the
-    /// first `running` and `completed_at` on a final status.
+    /// first `running` and `completed_at` on a final status (and then removes the
+    /// build's archive).
     async fn build_status_if(
         &self,
         id: BuildId,
@@ -641,7 +650,8 @@ pub trait BuildRepo: Send + Sync {
     /// The oldest `pending` build, if any (the next one to run).
     async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>>;
     /// Marks every `pending` or `running` build `failed` with `error` (builds do not
-    /// survive the control plane that ran them); returns how many.
+    /// survive the control plane that ran them) and removes their archives; returns
+    /// how many.
     async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64>;
 }
 

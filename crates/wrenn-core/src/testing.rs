@@ -269,3 +269,38 @@ pub async fn online_host(hosts: &dyn crate::repo::HostRepo) -> HostId {
     assert!(hosts.register_host(id, &spec).await.expect("register host"));
     id
 }
+
+/// A loopback TCP port that is free now, for a server a test starts (and perhaps
+/// restarts) as a separate process on a port it names.
+///
+/// The port lies below the kernel's ephemeral range: a port `bind(0)` hands out is
+/// free again the moment its listener closes, and any outgoing connection of any
+/// process may then take it as its local end, so a server started on it later can
+/// meet `EADDRINUSE`. Outside that range only another explicit bind can take it.
+///
+/// # Panics
+/// If no port in the range is free (a broken machine).
+pub fn unused_listen_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(11_000, 65_535);
+    let (first, span) = (10_000_u32, low - 10_000);
+    // Different test binaries start at different places; one binary walks on.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..span {
+        let offset = seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed)) % span;
+        let port = u16::try_from(first + offset).expect("below 65536");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {first} and {low}");
+}

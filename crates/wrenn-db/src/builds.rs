@@ -6,7 +6,7 @@ use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, Templ
 use wrenn_core::model::{BuildStatus, TemplateBuild};
 use wrenn_core::repo::{BuildRepo, RepoError, RepoResult};
 
-use crate::backend::{Dialect, for_each_backend, row_exists};
+use crate::backend::{Dialect, begin_write, for_each_backend, row_exists};
 use crate::error::db;
 use crate::rows::{BuildRow, convert_all};
 use crate::timestamp::Ts;
@@ -24,7 +24,12 @@ macro_rules! impl_build_repo {
         #[async_trait]
         impl BuildRepo for $store {
             #[tracing::instrument(level = "debug", skip_all, fields(build_id = %build.id, team_id = %build.team_id))]
-            async fn create_build(&self, build: TemplateBuild) -> RepoResult<TemplateBuild> {
+            async fn create_build(
+                &self,
+                build: TemplateBuild,
+                archive: Option<&[u8]>,
+            ) -> RepoResult<TemplateBuild> {
+                let mut tx = begin_write!(self, "build")?;
                 let row: BuildRow = sqlx::query_as(
                     "INSERT INTO template_builds (id, team_id, name, base_template, recipe, \
                        healthcheck, vcpus, memory_mb, status, current_step, total_steps, logs, \
@@ -56,10 +61,34 @@ macro_rules! impl_build_repo {
                 .bind(build.skip_pre_post)
                 .bind(&build.default_user)
                 .bind(Json(&build.default_env))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(db("build"))?;
+                if let Some(data) = archive {
+                    sqlx::query(
+                        "INSERT INTO build_archives (build_id, data, size_bytes) \
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(build.id.uuid())
+                    .bind(data)
+                    .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("build archive"))?;
+                }
+                tx.commit().await.map_err(db("build"))?;
                 row.try_into()
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id))]
+            async fn build_archive(&self, id: BuildId) -> RepoResult<Option<Vec<u8>>> {
+                let data: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT data FROM build_archives WHERE build_id = $1")
+                        .bind(id.uuid())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db("build archive"))?;
+                Ok(data.map(|(d,)| d))
             }
 
             #[tracing::instrument(level = "debug", skip_all, fields(build_id = %id))]
@@ -109,6 +138,13 @@ macro_rules! impl_build_repo {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db("build"))?;
+                if row.is_some() && is_final(status) {
+                    sqlx::query("DELETE FROM build_archives WHERE build_id = $1")
+                        .bind(id.uuid())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db("build archive"))?;
+                }
                 match row {
                     Some(row) => Ok(Some(row.try_into()?)),
                     None if row_exists!(&self.pool, "template_builds", id.uuid())? => Ok(None),
@@ -211,6 +247,14 @@ macro_rules! impl_build_repo {
 
             #[tracing::instrument(level = "debug", skip(self))]
             async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64> {
+                let mut tx = begin_write!(self, "build")?;
+                sqlx::query(
+                    "DELETE FROM build_archives WHERE build_id IN \
+                       (SELECT id FROM template_builds WHERE status IN ('pending', 'running'))",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(db("build archive"))?;
                 let done = sqlx::query(
                     "UPDATE template_builds SET status = 'failed', error = $1, \
                        completed_at = $2 \
@@ -218,9 +262,10 @@ macro_rules! impl_build_repo {
                 )
                 .bind(error)
                 .bind(Ts::now())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(db("build"))?;
+                tx.commit().await.map_err(db("build"))?;
                 Ok(done.rows_affected())
             }
         }

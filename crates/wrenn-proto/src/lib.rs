@@ -35,6 +35,7 @@
 
 #[cfg(feature = "domain")]
 pub mod domain;
+pub mod http_proxy;
 pub mod routing;
 
 /// The host agent protocol (control plane to host agent).

@@ -58,8 +58,9 @@ use wrenn_proto::routing::PROXY_ERROR_HEADER;
 
 use crate::conntrack::ConnGuard;
 use crate::manager::{Sandbox, SandboxManager};
-use headers::{is_upgrade, rewrite_location, strip_hop_by_hop};
+use headers::rewrite_location;
 use upstream::{UpstreamConnector, UpstreamError, socket_authority, upstream_uri};
+use wrenn_proto::http_proxy::{is_upgrade, strip_hop_by_hop};
 
 /// Header that carries the agent's auth token on proxy requests.
 pub const AGENT_TOKEN_HEADER: &str = "x-wrenn-agent-token";

@@ -129,9 +129,7 @@ impl Api<'_> {
 
 /// Starts an agent binary registering as a new host; waits until it is online.
 async fn agent(cp: &ControlPlaneUnderTest, dir: &std::path::Path) -> (HostId, AgentProcess) {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = free.local_addr().unwrap().to_string();
-    drop(free);
+    let listen = format!("127.0.0.1:{}", wrenn_core::testing::unused_listen_port());
     let (id, token) = cp.pending_host().await;
     let process = AgentProcess::start(cp, dir, &listen, Some(&token));
     eventually("the host registers and comes online", || async {

@@ -354,9 +354,7 @@ async fn the_agent_binary_registers_serves_mutual_tls_and_restarts_from_its_cred
     let cp = ControlPlaneUnderTest::start().await;
     // A short data directory: unix socket paths live under it.
     let dir = tempfile::Builder::new().prefix("wr").tempdir().unwrap();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = free.local_addr().unwrap().to_string();
-    drop(free);
+    let listen = format!("127.0.0.1:{}", wrenn_core::testing::unused_listen_port());
     let (id, token) = cp.pending_host().await;
 
     let agent = AgentProcess::start(&cp, dir.path(), &listen, Some(&token));

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -18,7 +19,7 @@ use wrenn_core::auth::Role;
 use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId};
 use wrenn_core::model::{BuildStatus, TemplateBuild};
 use wrenn_extension::extract::{Json, Path};
-use wrenn_extension::{AdminAuth, ApiResult, ServerContext, UserAuth};
+use wrenn_extension::{AdminAuth, ApiError, ApiResult, ServerContext, UserAuth};
 
 use super::tags;
 use crate::builds::{self, BuildRequest};
@@ -69,7 +70,8 @@ pub struct BuildBody {
     pub default_user: String,
     /// Default environment of the template.
     pub default_env: BTreeMap<String, String>,
-    /// Accepted for compatibility (no implicit steps here).
+    /// Whether the build skips the implicit steps (`apt-get update` before the
+    /// recipe, `apt-get clean` after it).
     pub skip_pre_post: bool,
     /// Queued at.
     pub created_at: DateTime<Utc>,
@@ -109,39 +111,91 @@ impl From<TemplateBuild> for BuildBody {
     }
 }
 
-/// `POST …/builds` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBuild {
-    /// Name of the template to produce (must not exist yet).
-    pub name: String,
-    /// Template to start from (default `minimal`).
-    pub base_template: Option<String>,
-    /// Steps: `RUN <shell>` (or a bare shell line), `ENV K=V`, `WORKDIR <dir>`,
-    /// `USER <name>`, `START <command>`.
-    pub recipe: Vec<String>,
-    /// Command retried at the end until it succeeds (up to 120 s).
-    pub healthcheck: Option<String>,
-    /// vCPUs (default 1).
-    pub vcpus: Option<i64>,
-    /// Memory in MiB (default 512).
-    pub memory_mb: Option<i64>,
-    /// Accepted for compatibility; no implicit steps are added either way.
-    #[serde(default)]
-    pub skip_pre_post: bool,
+/// `POST …/builds` as `multipart/form-data` (documentation only: the body is read
+/// by [`Submission`]).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct BuildForm {
+    /// The build, as the JSON body would be.
+    #[schema(value_type = BuildRequest)]
+    config: String,
+    /// A tar file (plain, or compressed with gzip, bzip2, xz or zstd), at most
+    /// 100 MiB, unpacked in the build capsule for the recipe's `COPY` steps.
+    #[schema(format = Binary, value_type = Option<String>)]
+    archive: Vec<u8>,
 }
 
-impl From<CreateBuild> for BuildRequest {
-    fn from(b: CreateBuild) -> Self {
-        Self {
-            name: b.name,
-            base_template: b.base_template,
-            recipe: b.recipe,
-            healthcheck: b.healthcheck,
-            vcpus: b.vcpus,
-            memory_mb: b.memory_mb,
-            skip_pre_post: b.skip_pre_post,
+/// A build request: a JSON [`BuildRequest`], or a [`BuildForm`].
+struct Submission {
+    request: BuildRequest,
+    archive: Option<Vec<u8>>,
+}
+
+impl FromRequest<ServerContext> for Submission {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ServerContext) -> Result<Self, ApiError> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("multipart/form-data"));
+        if !multipart {
+            let Json(request) = Json::<BuildRequest>::from_request(req, state).await?;
+            return Ok(Self {
+                request,
+                archive: None,
+            });
         }
+        let mut form = Multipart::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::bad_request("expected multipart/form-data with a boundary"))?;
+        let (mut request, mut archive) = (None, None);
+        while let Some(mut field) = form.next_field().await.map_err(|e| form_error(&e))? {
+            match field.name() {
+                Some("config") => {
+                    let text = field.bytes().await.map_err(|e| form_error(&e))?;
+                    let parsed = serde_json::from_slice::<BuildRequest>(&text).map_err(|e| {
+                        ApiError::bad_request(format!("the config field is not a valid build: {e}"))
+                    })?;
+                    request = Some(parsed);
+                }
+                Some("archive") => {
+                    let mut data = Vec::new();
+                    while let Some(chunk) = field.chunk().await.map_err(|e| form_error(&e))? {
+                        if data.len() + chunk.len() > builds::MAX_ARCHIVE_BYTES {
+                            return Err(ApiError::too_large(format!(
+                                "the archive is larger than {} MiB",
+                                builds::MAX_ARCHIVE_BYTES / (1024 * 1024)
+                            )));
+                        }
+                        data.extend_from_slice(&chunk);
+                    }
+                    archive = Some(data);
+                }
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown form field {other:?}; expected config and archive"
+                    )));
+                }
+                None => return Err(ApiError::bad_request("a form field has no name")),
+            }
+        }
+        let request = request.ok_or_else(|| {
+            ApiError::bad_request("the config field (the build as JSON) is required")
+        })?;
+        Ok(Self { request, archive })
+    }
+}
+
+fn form_error(e: &MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!(
+            "the body is larger than the {} MiB an archive may have",
+            builds::MAX_ARCHIVE_BYTES / (1024 * 1024)
+        ))
+    } else {
+        ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
     }
 }
 
@@ -152,15 +206,24 @@ fn team_admin(auth: &UserAuth) -> Result<(), wrenn_extension::ApiError> {
     )
 }
 
-/// Queues a build of a platform template.
-#[utoipa::path(post, path = "/v1/admin/builds", tag = tags::ADMIN, security(("bearer" = [])), request_body = CreateBuild,
-    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409)))]
+/// Queues a build of a platform template: the build as JSON, or as a form with the
+/// archive its `COPY` steps read.
+#[utoipa::path(post, path = "/v1/admin/builds", tag = tags::ADMIN, security(("bearer" = [])),
+    request_body(content((BuildRequest = "application/json"), (BuildForm = "multipart/form-data"))),
+    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409), (status = 413)))]
 async fn admin_create(
     State(ctx): State<ServerContext>,
     auth: AdminAuth,
-    Json(body): Json<CreateBuild>,
+    body: Submission,
 ) -> ApiResult<impl IntoResponse> {
-    let build = builds::submit(&ctx, PLATFORM_TEAM_ID, body.into(), &auth.0.actor()).await?;
+    let build = builds::submit(
+        &ctx,
+        PLATFORM_TEAM_ID,
+        body.request,
+        body.archive,
+        &auth.0.actor(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(BuildBody::from(build))))
 }
 
@@ -200,16 +263,25 @@ async fn admin_cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Queues a build of a template of the caller's team (owners and admins).
-#[utoipa::path(post, path = "/v1/builds", tag = tags::BUILDS, security(("bearer" = [])), request_body = CreateBuild,
-    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409)))]
+/// Queues a build of a template of the caller's team (owners and admins): the build
+/// as JSON, or as a form with the archive its `COPY` steps read.
+#[utoipa::path(post, path = "/v1/builds", tag = tags::BUILDS, security(("bearer" = [])),
+    request_body(content((BuildRequest = "application/json"), (BuildForm = "multipart/form-data"))),
+    responses((status = 201, body = BuildBody), (status = 400), (status = 401), (status = 403), (status = 409), (status = 413)))]
 async fn team_create(
     State(ctx): State<ServerContext>,
     auth: UserAuth,
-    Json(body): Json<CreateBuild>,
+    body: Submission,
 ) -> ApiResult<impl IntoResponse> {
     team_admin(&auth)?;
-    let build = builds::submit(&ctx, auth.team_id, body.into(), &auth.actor()).await?;
+    let build = builds::submit(
+        &ctx,
+        auth.team_id,
+        body.request,
+        body.archive,
+        &auth.actor(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(BuildBody::from(build))))
 }
 
@@ -255,11 +327,17 @@ async fn team_cancel(
 }
 
 pub(super) fn routes() -> OpenApiRouter<ServerContext> {
-    OpenApiRouter::new()
+    // A build may carry an archive: room for it and the form around it.
+    let submissions = OpenApiRouter::new()
         .routes(routes!(admin_create, admin_list))
+        .routes(routes!(team_create, team_list))
+        .layer(DefaultBodyLimit::max(
+            builds::MAX_ARCHIVE_BYTES + 1024 * 1024,
+        ));
+    OpenApiRouter::new()
+        .merge(submissions)
         .routes(routes!(admin_get))
         .routes(routes!(admin_cancel))
-        .routes(routes!(team_create, team_list))
         .routes(routes!(team_get))
         .routes(routes!(team_cancel))
 }

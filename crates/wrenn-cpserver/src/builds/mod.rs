@@ -6,14 +6,18 @@
 //! with a conditional update and runs them:
 //! 1. creates a capsule from the base template (through the lifecycle service, on the
 //!    host the scheduler picks) and records it on the build;
-//! 2. runs the steps one after another through the data plane, appending each step's
+//! 2. unpacks the build's archive, if it has one (stored with the build in the
+//!    database, so any replica's worker can read it), into
+//!    [`worker::BUILD_FILES`], and unless `skip_pre_post` runs `apt-get update`;
+//! 3. runs the steps one after another through the data plane, appending each step's
 //!    output to the build's logs as it comes (`current_step`/`total_steps` show
-//!    progress);
-//! 3. starts the `START` command, if any, and retries the healthcheck, if any, until
+//!    progress); then, unless `skip_pre_post`, runs `apt-get clean`, and removes the
+//!    unpacked archive;
+//! 4. starts the `START` command, if any, and retries the healthcheck, if any, until
 //!    it succeeds or [`worker::HEALTHCHECK_TIMEOUT`] passes;
-//! 4. snapshots the capsule into the template `name` of the build's team (the platform
+//! 5. snapshots the capsule into the template `name` of the build's team (the platform
 //!    team for admin builds), with the recipe's user, environment and start command;
-//! 5. destroys the capsule — always, whatever happened.
+//! 6. destroys the capsule — always, whatever happened.
 //!
 //! A failing step fails the build (`failed`, with the step's output in the logs and
 //! the reason in `error`) and registers nothing. [`cancel`] moves a pending or running
@@ -42,24 +46,29 @@ pub use recipe::{Recipe, RecipeError, Step};
 /// The error stored on builds that a stopped control plane left unfinished.
 pub const RESTARTED_ERROR: &str = "the control plane restarted while the build ran";
 
-/// What a caller asks to build (also the format of recipe files, e.g. the shipped
-/// `templates/code-runner-beta.json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+/// Largest archive a build may carry, in bytes.
+pub const MAX_ARCHIVE_BYTES: usize = 100 * 1024 * 1024;
+
+/// What a caller asks to build (`POST …/builds`, and the format of recipe files such
+/// as the shipped `templates/code-runner-beta.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildRequest {
-    /// Name of the template to produce.
+    /// Name of the template to produce (must not exist yet).
     pub name: String,
     /// Template to start from (default `minimal`).
     pub base_template: Option<String>,
-    /// The steps.
+    /// Steps: `RUN [--timeout=5m] <shell>` (or a bare shell line), `COPY <src>... <dest>`
+    /// (from the archive), `ENV K=V`, `WORKDIR <dir>`, `USER <name>`, `START <command>`.
     pub recipe: Vec<String>,
-    /// Command retried at the end until it succeeds (empty: none).
+    /// Command retried at the end until it succeeds (up to 120 s; empty: none).
     pub healthcheck: Option<String>,
     /// vCPUs of the build capsule and the template (default 1).
     pub vcpus: Option<i64>,
     /// Memory (MiB) of the build capsule and the template (default 512).
     pub memory_mb: Option<i64>,
-    /// Accepted and stored; this build system adds no implicit steps.
+    /// Skips the implicit steps: `apt-get update` before the recipe and `apt-get
+    /// clean` after it.
     #[serde(default)]
     pub skip_pre_post: bool,
 }
@@ -73,6 +82,9 @@ pub enum BuildError {
     /// The recipe is malformed.
     #[error(transparent)]
     Recipe(#[from] RecipeError),
+    /// The archive is missing, malformed or not wanted.
+    #[error("{0}")]
+    Archive(String),
     /// The base template does not exist for the team.
     #[error("base template {0:?} not found")]
     BaseNotFound(String),
@@ -108,7 +120,7 @@ impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> Self {
         match e {
             BuildError::Invalid(e) => e.into(),
-            e @ (BuildError::Recipe(_) | BuildError::BaseNotFound(_)) => {
+            e @ (BuildError::Recipe(_) | BuildError::BaseNotFound(_) | BuildError::Archive(_)) => {
                 ApiError::bad_request(e.to_string())
             }
             e @ BuildError::NameTaken(_) => {
@@ -124,12 +136,14 @@ impl From<BuildError> for ApiError {
 }
 
 /// Checks `req` and queues it as a `pending` build of a template of `team` (the
-/// platform team for platform templates). The template's default user and
-/// environment are the base template's, changed by the recipe's `USER` and `ENV`.
+/// platform team for platform templates), with `archive` (a tar file, compressed
+/// or not) for its `COPY` steps. The template's default user and environment are
+/// the base template's, changed by the recipe's `USER` and `ENV`.
 pub async fn submit(
     ctx: &ServerContext,
     team: TeamId,
     req: BuildRequest,
+    archive: Option<Vec<u8>>,
     actor: &Actor,
 ) -> Result<TemplateBuild, BuildError> {
     validate::safe_name("name", &req.name)?;
@@ -139,6 +153,17 @@ pub async fn submit(
         .unwrap_or_else(|| wrenn_core::id::BUILTIN_TEMPLATE_NAME.to_owned());
     validate::safe_name("base_template", &base_name)?;
     let recipe = Recipe::parse(&req.recipe)?;
+    match &archive {
+        Some(data) => check_archive(data)?,
+        None if recipe.needs_archive() => {
+            return Err(BuildError::Archive(
+                "COPY steps need an archive: send the build as multipart/form-data with a \
+                 `config` field (this JSON) and an `archive` file (tar or tar.gz)"
+                    .into(),
+            ));
+        }
+        None => {}
+    }
     let vcpus = req
         .vcpus
         .map(validate::vcpus)
@@ -176,34 +201,38 @@ pub async fn submit(
             b.id, req.name
         )));
     }
+    let archive_bytes = archive.as_ref().map_or(0, Vec::len);
     let build = ctx
         .store
-        .create_build(TemplateBuild {
-            id: BuildId::new(),
-            team_id: team,
-            name: req.name,
-            base_template: base.name.clone(),
-            total_steps: i32::try_from(recipe.steps.len()).unwrap_or(i32::MAX),
-            recipe: req.recipe,
-            healthcheck,
-            skip_pre_post: req.skip_pre_post,
-            default_user: recipe.user(&base.default_user),
-            default_env: recipe.env(&base.default_env),
-            vcpus,
-            memory_mb,
-            status: BuildStatus::Pending,
-            current_step: 0,
-            logs: Vec::new(),
-            error: String::new(),
-            sandbox_id: None,
-            host_id: None,
-            template_id: None,
-            created_at: chrono::Utc::now(),
-            started_at: None,
-            completed_at: None,
-        })
+        .create_build(
+            TemplateBuild {
+                id: BuildId::new(),
+                team_id: team,
+                name: req.name,
+                base_template: base.name.clone(),
+                total_steps: i32::try_from(recipe.steps.len()).unwrap_or(i32::MAX),
+                recipe: req.recipe,
+                healthcheck,
+                skip_pre_post: req.skip_pre_post,
+                default_user: recipe.user(&base.default_user),
+                default_env: recipe.env(&base.default_env),
+                vcpus,
+                memory_mb,
+                status: BuildStatus::Pending,
+                current_step: 0,
+                logs: Vec::new(),
+                error: String::new(),
+                sandbox_id: None,
+                host_id: None,
+                template_id: None,
+                created_at: chrono::Utc::now(),
+                started_at: None,
+                completed_at: None,
+            },
+            archive.as_deref(),
+        )
         .await?;
-    tracing::info!(build_id = %build.id, team_id = %team, name = %build.name, steps = build.total_steps, "template build queued");
+    tracing::info!(build_id = %build.id, team_id = %team, name = %build.name, steps = build.total_steps, archive_bytes, "template build queued");
     ctx.audit(
         audit_entry(team, actor, &build, "create").metadata(serde_json::json!({
             "name": build.name,
@@ -211,6 +240,39 @@ pub async fn submit(
     )
     .await;
     Ok(build)
+}
+
+/// Refuses what cannot be a tar archive (plain or compressed with gzip, bzip2, xz or
+/// zstd) before it is stored; the build capsule's `tar` unpacks it.
+fn check_archive(data: &[u8]) -> Result<(), BuildError> {
+    if data.len() > MAX_ARCHIVE_BYTES {
+        return Err(BuildError::Archive(format!(
+            "the archive is larger than {} MiB",
+            MAX_ARCHIVE_BYTES / (1024 * 1024)
+        )));
+    }
+    let compressed = [
+        &b"\x1f\x8b"[..],
+        b"BZh",
+        b"\xfd7zXZ\x00",
+        b"\x28\xb5\x2f\xfd",
+    ]
+    .iter()
+    .any(|magic| data.starts_with(magic));
+    let tar = data.get(257..262) == Some(b"ustar");
+    if compressed || tar {
+        return Ok(());
+    }
+    let what = if data.is_empty() {
+        "the archive is empty".to_owned()
+    } else if data.starts_with(b"PK\x03\x04") {
+        "zip archives are not supported".to_owned()
+    } else {
+        "the archive is not a tar file".to_owned()
+    };
+    Err(BuildError::Archive(format!(
+        "{what}: send a tar file, plain or compressed with gzip, bzip2, xz or zstd"
+    )))
 }
 
 /// Marks the builds a previous control plane left `pending` or `running` as `failed`

@@ -3,27 +3,49 @@
 //! | step | meaning |
 //! |---|---|
 //! | `RUN <shell>` | runs `<shell>` with `/bin/sh -c`; a non-zero exit fails the build |
+//! | `RUN --timeout=<n>s\|m\|h <shell>` | the same, killed and failing after that long (default [`DEFAULT_STEP_TIMEOUT`], at most [`MAX_STEP_TIMEOUT`]) |
 //! | `<shell>` | a line without a keyword is a `RUN` |
+//! | `COPY <src>... <dest>` | copies files from the build's archive (`src` relative to its root, `.` for all of it) to `dest` (relative to `WORKDIR`), owned by the current user; needs an archive |
 //! | `ENV <KEY>=<value>` | sets a variable for later steps and in the template's environment |
 //! | `WORKDIR <abs dir>` | makes the directory; later steps (and `START`) run in it |
 //! | `USER <name>` | later steps run as this user, who becomes the template's default user |
 //! | `START <command>` | the template's start command (at most one): started after the last step, before the healthcheck, and in every capsule made from the template |
 //!
 //! Keywords are upper case and followed by a space. Steps run in order in one
-//! capsule; `ENV`, `WORKDIR` and `USER` apply to the steps after them.
+//! capsule; `ENV`, `WORKDIR` and `USER` apply to the steps after them. Like
+//! Dockerfile's `COPY`, a `dest` ending in `/` (or any `dest` of several sources) is
+//! a directory the sources are copied into; otherwise a single source is copied to
+//! `dest` itself (a directory source's contents land in it).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Most steps a recipe may have.
 pub const MAX_STEPS: usize = 200;
 /// Longest step, in bytes.
 pub const MAX_STEP_LEN: usize = 16 * 1024;
+/// How long a `RUN` step may take unless it says otherwise.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest `--timeout` a `RUN` step may ask for.
+pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// One parsed recipe step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// A shell command.
-    Run(String),
+    Run {
+        /// The command.
+        script: String,
+        /// How long it may take.
+        timeout: Duration,
+    },
+    /// Files from the build's archive.
+    Copy {
+        /// Paths relative to the archive's root.
+        sources: Vec<String>,
+        /// Where they go.
+        dest: String,
+    },
     /// An environment variable.
     Env(String, String),
     /// The working directory of later steps.
@@ -38,7 +60,8 @@ impl Step {
     /// The keyword the step was written with.
     pub fn keyword(&self) -> &'static str {
         match self {
-            Self::Run(_) => "RUN",
+            Self::Run { .. } => "RUN",
+            Self::Copy { .. } => "COPY",
             Self::Env(..) => "ENV",
             Self::Workdir(_) => "WORKDIR",
             Self::User(_) => "USER",
@@ -105,6 +128,11 @@ impl Recipe {
             steps.push(step);
         }
         Ok(Self { steps })
+    }
+
+    /// Whether a step reads the build's archive (`COPY`).
+    pub fn needs_archive(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Copy { .. }))
     }
 
     /// The environment after every `ENV`, on top of `base`.
@@ -176,7 +204,8 @@ fn parse_step(line: &str) -> Result<Step, String> {
         }
     };
     match word {
-        "RUN" => needs_arg("a command").map(Step::Run),
+        "RUN" => parse_run(rest),
+        "COPY" => parse_copy(rest),
         "START" => needs_arg("a command").map(Step::Start),
         "ENV" => {
             let (k, v) = rest
@@ -210,8 +239,86 @@ fn parse_step(line: &str) -> Result<Step, String> {
         w if w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase()) => Err(format!(
             "unknown step {w:?}; steps are RUN, ENV, WORKDIR, USER, START or a shell command"
         )),
-        _ => Ok(Step::Run(line.to_owned())),
+        _ => Ok(Step::Run {
+            script: line.to_owned(),
+            timeout: DEFAULT_STEP_TIMEOUT,
+        }),
     }
+}
+
+/// `RUN [--timeout=<duration>] <command>`.
+fn parse_run(rest: &str) -> Result<Step, String> {
+    let (timeout, script) = match rest.strip_prefix("--timeout=") {
+        Some(flagged) => {
+            let (value, script) = flagged
+                .split_once(char::is_whitespace)
+                .unwrap_or((flagged, ""));
+            (parse_timeout(value)?, script.trim())
+        }
+        None => (DEFAULT_STEP_TIMEOUT, rest),
+    };
+    if script.is_empty() {
+        return Err("RUN needs a command".into());
+    }
+    Ok(Step::Run {
+        script: script.to_owned(),
+        timeout,
+    })
+}
+
+/// `90s`, `5m`, `2h` (a whole number and a unit), up to [`MAX_STEP_TIMEOUT`].
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "RUN --timeout={value:?} must be a whole number of seconds, minutes or hours \
+             (e.g. 90s, 5m, 2h)"
+        )
+    };
+    let unit_at = value.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = value.split_at(unit_at);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    let timeout = Duration::from_secs(secs);
+    if timeout.is_zero() || timeout > MAX_STEP_TIMEOUT {
+        return Err(format!(
+            "RUN --timeout={value} must be between 1s and {}h",
+            MAX_STEP_TIMEOUT.as_secs() / 3600
+        ));
+    }
+    Ok(timeout)
+}
+
+/// `COPY <src>... <dest>`.
+fn parse_copy(rest: &str) -> Result<Step, String> {
+    let mut words: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+    if words.len() < 2 {
+        return Err("COPY needs at least one source and a destination".into());
+    }
+    let dest = words.pop().unwrap_or_default();
+    for src in &words {
+        let inside = !src.starts_with('/')
+            && src
+                .split('/')
+                .all(|part| part != ".." && !part.starts_with('-'));
+        if !inside {
+            return Err(format!(
+                "COPY source {src:?} must be a path inside the archive (relative, no '..')"
+            ));
+        }
+    }
+    if dest.starts_with('-') {
+        return Err(format!("COPY destination {dest:?} must not start with '-'"));
+    }
+    Ok(Step::Copy {
+        sources: words,
+        dest,
+    })
 }
 
 fn valid_env_key(k: &str) -> bool {
@@ -242,6 +349,8 @@ mod tests {
             "WORKDIR /srv/app",
             "RUN echo $GREETING > out",
             "echo bare",
+            "RUN --timeout=90s make",
+            "COPY app/ config.toml ./",
             "USER wrenn-user",
             "START python3 -m http.server 8000",
         ])
@@ -251,12 +360,27 @@ mod tests {
             [
                 Step::Env("GREETING".into(), "hello world".into()),
                 Step::Workdir("/srv/app".into()),
-                Step::Run("echo $GREETING > out".into()),
-                Step::Run("echo bare".into()),
+                Step::Run {
+                    script: "echo $GREETING > out".into(),
+                    timeout: DEFAULT_STEP_TIMEOUT
+                },
+                Step::Run {
+                    script: "echo bare".into(),
+                    timeout: DEFAULT_STEP_TIMEOUT
+                },
+                Step::Run {
+                    script: "make".into(),
+                    timeout: Duration::from_secs(90)
+                },
+                Step::Copy {
+                    sources: vec!["app/".into(), "config.toml".into()],
+                    dest: "./".into()
+                },
                 Step::User("wrenn-user".into()),
                 Step::Start("python3 -m http.server 8000".into()),
             ]
         );
+        assert!(r.needs_archive());
         assert_eq!(r.user("root"), "wrenn-user");
         assert_eq!(r.env(&BTreeMap::new())["GREETING"], "hello world");
         assert_eq!(
@@ -268,6 +392,7 @@ mod tests {
     #[test]
     fn without_user_or_start_the_base_defaults_stay() {
         let r = parse(&["RUN true"]).unwrap();
+        assert!(!r.needs_archive());
         assert_eq!(r.user("wrenn-user"), "wrenn-user");
         assert_eq!(r.start(), None);
         let base = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
@@ -289,7 +414,20 @@ mod tests {
         assert!(err(&["USER Root!"]).contains("not a valid user name"));
         assert!(err(&["RUN"]).contains("RUN needs a command"));
         assert!(err(&["START a", "START b"]).contains("recipe step 2"));
-        assert!(err(&["COPY"]).contains("unknown step \"COPY\""));
+        assert!(err(&["COPY"]).contains("COPY needs"));
+        assert!(err(&["COPY only-one"]).contains("COPY needs"));
+        assert!(err(&["COPY ../etc/passwd /x"]).contains("inside the archive"));
+        assert!(err(&["COPY a/../../b /x"]).contains("inside the archive"));
+        assert!(err(&["COPY /etc/passwd /x"]).contains("inside the archive"));
+        assert!(err(&["COPY -r /x"]).contains("inside the archive"));
+        assert!(err(&["COPY a --target"]).contains("must not start with '-'"));
+        assert!(err(&["RUN --timeout=5m"]).contains("RUN needs a command"));
+        for bad in ["5", "5d", "m", "-5m", "0s", "7h", "99999999999999999999h"] {
+            assert!(
+                err(&[&format!("RUN --timeout={bad} true")]).contains("--timeout="),
+                "{bad}"
+            );
+        }
         assert!(err(&["FROM debian"]).contains("unknown step \"FROM\""));
         let many: Vec<&str> = vec!["true"; MAX_STEPS + 1];
         assert!(err(&many).contains("at most"));

@@ -30,8 +30,53 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one healthcheck attempt may take.
 const HEALTHCHECK_ATTEMPT: Duration = Duration::from_secs(30);
-/// How long one step may take.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long unpacking the build's archive, or a pre- or post-build step, may take.
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(600);
+/// Where the build's archive is unpacked in the build capsule (removed before the
+/// snapshot).
+pub const BUILD_FILES: &str = "/tmp/build-files";
+/// What runs before the recipe unless the build skips it: fresh package lists, so
+/// that `apt-get install` steps work. A failure is logged, not fatal.
+const PRE_BUILD: &str = "if command -v apt-get >/dev/null 2>&1; then apt-get update; fi";
+/// What runs after the recipe unless the build skips it: downloaded packages the
+/// template does not need (the package lists stay, so that capsules install
+/// packages without updating first, as in the default image). A failure is logged,
+/// not fatal.
+const POST_BUILD: &str = "if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi";
+/// Unpacks the archive `$1` (any compression GNU tar recognises) into `$2`.
+const UNPACK: &str = "set -e; mkdir -p \"$2\"; tar -xf \"$1\" -C \"$2\" --no-same-owner; rm -f \"$1\"; \
+     echo \"unpacked $(find \"$2\" -mindepth 1 | wc -l) entries into $2\"";
+/// A `COPY` step, run as root: `$1` files root, `$2` owner, `$3` base directory of a
+/// relative destination (empty: the owner's home), `$4` destination, then the
+/// sources. Only what is copied changes owner, never a destination that existed.
+const COPY: &str = r#"set -e
+root=$1; owner=$2; base=$3; dest=$4; shift 4
+group=$(id -gn "$owner")
+[ -n "$base" ] || base=$(getent passwd "$owner" | cut -d: -f6)
+case $dest in /*) ;; *) dest="$base/$dest" ;; esac
+into=0
+case $dest in */) into=1 ;; esac
+[ $# -gt 1 ] && into=1
+[ -d "$dest" ] && into=1
+for src do
+  from="$root/$src"
+  if [ ! -e "$from" ] && [ ! -L "$from" ]; then
+    echo "COPY: $src is not in the build archive" >&2; exit 1
+  fi
+  if [ -d "$from" ] && [ ! -L "$from" ]; then
+    # A directory's contents (like Dockerfile's COPY).
+    [ -d "$dest" ] || { mkdir -p "$dest"; chown "$owner:$group" "$dest"; }
+    tar -C "$from" --owner="$owner" --group="$group" -cf - . | tar -C "$dest" -xpf -
+  elif [ $into = 1 ]; then
+    [ -d "$dest" ] || { mkdir -p "$dest"; chown "$owner:$group" "$dest"; }
+    tar -C "$(dirname "$from")" --owner="$owner" --group="$group" -cf - "$(basename "$from")"       | tar -C "$dest" -xpf -
+  else
+    mkdir -p "$(dirname "$dest")"
+    cp -P "$from" "$dest"
+    chown -h "$owner:$group" "$dest"
+  fi
+  echo "copied $src to $dest"
+done"#;
 /// How long the build capsule may take to start.
 const CREATE_WAIT: Duration = Duration::from_secs(600);
 /// How long destroying the build capsule is waited for.
@@ -213,6 +258,7 @@ struct Job {
 }
 
 /// Where the recipe's steps have got to.
+#[derive(Clone)]
 struct Shell {
     /// The user the capsule runs processes as by default.
     capsule_user: String,
@@ -277,6 +323,15 @@ impl Job {
             env: BTreeMap::new(),
             cwd: None,
         };
+        let root = Shell {
+            user: "root".into(),
+            ..shell.clone()
+        };
+        let archive = self.unpack_archive(&sb, &root).await?;
+        if !self.build.skip_pre_post {
+            self.housekeeping(&sb, &root, "pre-build", PRE_BUILD)
+                .await?;
+        }
         let total = recipe.steps.len();
         for (i, step) in recipe.steps.iter().enumerate() {
             self.step = i32::try_from(i + 1).unwrap_or(i32::MAX);
@@ -285,9 +340,22 @@ impl Job {
                 .await;
             self.flush().await?;
             match step {
-                Step::Run(script) => {
+                Step::Run { script, timeout } => {
                     let cmd = shell.command(script, &[]);
-                    self.run_step(&sb, cmd, i + 1).await?;
+                    self.run_step(&sb, cmd, &format!("step {}", i + 1), *timeout)
+                        .await?;
+                }
+                Step::Copy { sources, dest } => {
+                    let mut args = vec![
+                        BUILD_FILES.to_owned(),
+                        shell.user.clone(),
+                        shell.cwd.clone().unwrap_or_default(),
+                        dest.clone(),
+                    ];
+                    args.extend(sources.iter().cloned());
+                    let cmd = root.command(COPY, &args);
+                    self.run_step(&sb, cmd, &format!("step {}", i + 1), HOUSEKEEPING_TIMEOUT)
+                        .await?;
                 }
                 Step::Env(k, v) => {
                     shell.env.insert(k.clone(), v.clone());
@@ -298,12 +366,14 @@ impl Job {
                         "mkdir -p \"$1\" 2>/dev/null || { sudo -n mkdir -p \"$1\" && sudo -n chown \"$(id -un):$(id -gn)\" \"$1\"; }",
                         std::slice::from_ref(dir),
                     );
-                    self.run_step(&sb, cmd, i + 1).await?;
+                    self.run_step(&sb, cmd, &format!("step {}", i + 1), HOUSEKEEPING_TIMEOUT)
+                        .await?;
                     shell.cwd = Some(dir.clone());
                 }
                 Step::User(user) => {
                     let cmd = shell.command("id \"$1\"", std::slice::from_ref(user));
-                    self.run_step(&sb, cmd, i + 1).await?;
+                    self.run_step(&sb, cmd, &format!("step {}", i + 1), HOUSEKEEPING_TIMEOUT)
+                        .await?;
                     shell.user = user.clone();
                 }
                 Step::Start(_) => {
@@ -313,6 +383,16 @@ impl Job {
             }
         }
         self.flush().await?;
+        if !self.build.skip_pre_post {
+            self.housekeeping(&sb, &root, "post-build", POST_BUILD)
+                .await?;
+        }
+        if archive {
+            let cmd = root.command("rm -rf \"$1\"", &[BUILD_FILES.to_owned()]);
+            self.say(format!("removing {BUILD_FILES}")).await;
+            self.run_step(&sb, cmd, "removing the build files", HOUSEKEEPING_TIMEOUT)
+                .await?;
+        }
         let start = recipe.start();
         if let Some((command, cwd)) = &start {
             // As capsules made from the template will run it: the final user and
@@ -444,13 +524,73 @@ impl Job {
         }
     }
 
-    /// Runs one command step, streaming its output into the logs.
-    async fn run_step(&mut self, sb: &Sandbox, cmd: Command, index: usize) -> Result<(), Failure> {
-        let stream = self
-            .guard(self.ctx.data_plane.exec_stream(sb, cmd, Some(STEP_TIMEOUT)))
+    /// Writes the build's archive (if it has one) into the capsule and unpacks it
+    /// into [`BUILD_FILES`]; whether there was one.
+    async fn unpack_archive(&mut self, sb: &Sandbox, root: &Shell) -> Result<bool, Failure> {
+        let Some(data) = self.ctx.store.build_archive(self.build.id).await? else {
+            return Ok(false);
+        };
+        let size = data.len();
+        self.say(format!("uploading the build archive ({size} bytes)"))
+            .await;
+        let path = format!("{BUILD_FILES}.archive");
+        let chunks = futures::stream::iter(
+            bytes::Bytes::from(data)
+                .chunks(256 * 1024)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect::<Vec<_>>(),
+        )
+        .boxed();
+        self.guard(self.ctx.data_plane.write_file(sb, path.clone(), chunks))
             .await?
             .map_err(|source| Failure::Host {
-                what: format!("step {index}"),
+                what: "uploading the build archive".into(),
+                source,
+            })?;
+        let cmd = root.command(UNPACK, &[path, BUILD_FILES.to_owned()]);
+        self.run_step(sb, cmd, "unpacking the build archive", HOUSEKEEPING_TIMEOUT)
+            .await?;
+        Ok(true)
+    }
+
+    /// A pre- or post-build `script`, run as root; its failure is logged, not fatal
+    /// (the recipe's own steps say what they need).
+    async fn housekeeping(
+        &mut self,
+        sb: &Sandbox,
+        root: &Shell,
+        phase: &str,
+        script: &str,
+    ) -> Result<(), Failure> {
+        self.say(format!("{phase} (skip_pre_post skips this): {script}"))
+            .await;
+        match self
+            .run_step(sb, root.command(script, &[]), phase, HOUSEKEEPING_TIMEOUT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e @ (Failure::Step(_) | Failure::Host { .. })) => {
+                self.say(format!("{e}; going on")).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one command (`what`: "step 3", "pre-build", …), streaming its output into
+    /// the logs; it is killed after `timeout`.
+    async fn run_step(
+        &mut self,
+        sb: &Sandbox,
+        cmd: Command,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let stream = self
+            .guard(self.ctx.data_plane.exec_stream(sb, cmd, Some(timeout)))
+            .await?
+            .map_err(|source| Failure::Host {
+                what: what.to_owned(),
                 source,
             })?;
         let mut stream = std::pin::pin!(stream);
@@ -475,18 +615,18 @@ impl Job {
                         }
                         let why = error.map(|e| format!(": {e}")).unwrap_or_default();
                         return Err(Failure::Step(format!(
-                            "step {index} exited with status {exit_code}{why}"
+                            "{what} exited with status {exit_code}{why}"
                         )));
                     }
                     Some(Err(source)) => {
                         self.logs.end_output();
                         self.flush().await?;
-                        return Err(Failure::Host { what: format!("step {index}"), source });
+                        return Err(Failure::Host { what: what.to_owned(), source });
                     }
                     None => {
                         self.logs.end_output();
                         self.flush().await?;
-                        return Err(Failure::Step(format!("step {index} ended without an exit status")));
+                        return Err(Failure::Step(format!("{what} ended without an exit status")));
                     }
                 },
                 _ = flush.tick() => self.flush().await?,

@@ -39,7 +39,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
@@ -55,6 +55,7 @@ use wrenn_core::repo::Store;
 use wrenn_core::report::error_chain;
 use wrenn_extension::auth::Authenticate;
 use wrenn_extension::{ApiError, ServerContext};
+use wrenn_proto::http_proxy::{is_upgrade, strip_hop_by_hop};
 use wrenn_proto::routing::PROXY_ERROR_HEADER;
 
 use self::credentials::Presented;
@@ -403,48 +404,6 @@ fn request_host(req: &Request) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Whether `headers` ask for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Drops hop-by-hop headers (and those `Connection` names), keeping an upgrade's.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| n != header::UPGRADE)
-        .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    if keep_upgrade && let Some(u) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, u);
-    }
-}
-
 /// Adds `X-Forwarded-Host`, `X-Forwarded-Proto` (kept if a front proxy set it) and
 /// `X-Forwarded-For` (appended to).
 fn add_forwarded(headers: &mut HeaderMap, host: Option<&str>, peer: Option<std::net::IpAddr>) {
@@ -489,25 +448,6 @@ fn strip_location_prefix(headers: &mut HeaderMap, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_and_upgrades_stay() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("Upgrade, x-secret"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h[header::CONNECTION], "upgrade");
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert!(h.get("x-secret").is_none() && h.get("x-keep").is_some());
-        strip_hop_by_hop(&mut h, false);
-        assert!(h.get(header::UPGRADE).is_none() && h.get(header::CONNECTION).is_none());
-    }
 
     #[test]
     fn locations_lose_the_agent_prefix() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{TestServer, TestUser, assert_error, make_key, member_of, send};
 use reqwest::Method;
+use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use wrenn_core::audit::{AuditQuery, AuditScope};
 use wrenn_core::auth::Role;
@@ -33,30 +34,33 @@ fn recipe() -> Value {
 async fn stored_build(s: &TestServer, team: TeamId, name: &str, status: BuildStatus) -> BuildId {
     let b = s
         .store()
-        .create_build(TemplateBuild {
-            id: BuildId::new(),
-            team_id: team,
-            name: name.into(),
-            base_template: "minimal".into(),
-            recipe: vec!["RUN true".into(); 5],
-            healthcheck: String::new(),
-            skip_pre_post: false,
-            default_user: "wrenn-user".into(),
-            default_env: Default::default(),
-            vcpus: 1,
-            memory_mb: 512,
-            status,
-            current_step: 3,
-            total_steps: 5,
-            logs: vec!["step 3/5: RUN true".into()],
-            error: String::new(),
-            sandbox_id: None,
-            host_id: None,
-            template_id: None,
-            created_at: chrono::Utc::now(),
-            started_at: None,
-            completed_at: None,
-        })
+        .create_build(
+            TemplateBuild {
+                id: BuildId::new(),
+                team_id: team,
+                name: name.into(),
+                base_template: "minimal".into(),
+                recipe: vec!["RUN true".into(); 5],
+                healthcheck: String::new(),
+                skip_pre_post: false,
+                default_user: "wrenn-user".into(),
+                default_env: Default::default(),
+                vcpus: 1,
+                memory_mb: 512,
+                status,
+                current_step: 3,
+                total_steps: 5,
+                logs: vec!["step 3/5: RUN true".into()],
+                error: String::new(),
+                sandbox_id: None,
+                host_id: None,
+                template_id: None,
+                created_at: chrono::Utc::now(),
+                started_at: None,
+                completed_at: None,
+            },
+            None,
+        )
         .await
         .unwrap();
     b.id
@@ -145,7 +149,17 @@ async fn bad_build_requests_are_refused_and_nothing_is_queued() {
         (
             json!({ "name": "x", "recipe": ["COPY a b"] }),
             400,
-            "unknown step",
+            "COPY steps need an archive",
+        ),
+        (
+            json!({ "name": "x", "recipe": ["COPY ../../etc/shadow /x"] }),
+            400,
+            "inside the archive",
+        ),
+        (
+            json!({ "name": "x", "recipe": ["RUN --timeout=2d true"] }),
+            400,
+            "--timeout",
         ),
         (
             json!({ "name": "x", "recipe": ["START a", "START b"] }),
@@ -184,6 +198,109 @@ async fn bad_build_requests_are_refused_and_nothing_is_queued() {
         assert!(message.contains(needle), "{body} -> {resp}");
     }
     assert!(s.store().list_builds(10).await.unwrap().is_empty());
+    s.stop().await;
+}
+
+/// A build as a multipart form: `config` (JSON) and, if given, `archive`.
+fn form(config: &Value, archive: Option<Vec<u8>>) -> Form {
+    let form = Form::new().text("config", config.to_string());
+    match archive {
+        Some(data) => form.part("archive", Part::bytes(data).file_name("ctx.tar.gz")),
+        None => form,
+    }
+}
+
+/// A gzip-compressed tar holding `files` (made by the system's `tar`).
+fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        let path = dir.path().join("src").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let out = dir.path().join("ctx.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(dir.path().join("src"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test]
+async fn a_build_form_carries_its_archive_and_bad_forms_are_refused() {
+    let s = TestServer::start().await;
+    let root = s.user_with("root@x.io", true).await;
+    let copy =
+        json!({ "name": "with-files", "recipe": ["COPY app /opt/app"], "skip_pre_post": true });
+    let mut tar = vec![0u8; 1024];
+    tar[257..262].copy_from_slice(b"ustar");
+    let oversized = vec![0x1f_u8; 100 * 1024 * 1024 + 1];
+    let cases: Vec<(Form, u16, &str)> = vec![
+        (Form::new(), 400, "multipart"),
+        (Form::new().text("archive", ""), 400, "config field"),
+        (form(&copy, None), 400, "COPY steps need an archive"),
+        (form(&copy, Some(Vec::new())), 400, "archive is empty"),
+        (
+            form(&copy, Some(b"PK\x03\x04zipped".to_vec())),
+            400,
+            "zip archives are not supported",
+        ),
+        (
+            form(&copy, Some(b"plain text".to_vec())),
+            400,
+            "not a tar file",
+        ),
+        (
+            Form::new().text("config", "{not json"),
+            400,
+            "config field is not a valid build",
+        ),
+        (
+            form(&copy, Some(tar.clone())).text("extra", "x"),
+            400,
+            "unknown form field \"extra\"",
+        ),
+        (form(&copy, Some(oversized)), 413, "larger than 100 MiB"),
+    ];
+    for (body, status, needle) in cases {
+        let (got, resp) = send(
+            s.as_user(&root, Method::POST, "/v1/admin/builds")
+                .multipart(body),
+        )
+        .await;
+        assert_eq!(got, status, "{needle}: {resp}");
+        let message = resp["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{needle}: {resp}");
+    }
+    assert!(s.store().list_builds(10).await.unwrap().is_empty());
+
+    // A good form: the archive is stored with the build, byte for byte, for whichever
+    // control plane runs it; a plain tar is accepted as well as a compressed one.
+    let archive = tar_gz(&[("app/main.py", "print('hi')\n")]);
+    let (status, created) = send(
+        s.as_user(&root, Method::POST, "/v1/admin/builds")
+            .multipart(form(&copy, Some(archive.clone()))),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id: BuildId = created["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(created["skip_pre_post"], true);
+    // No host here: the build fails, and its archive goes with it.
+    wait_for_status(&s, &root, &id.to_string(), "failed").await;
+    assert_eq!(s.store().build_archive(id).await.unwrap(), None);
+
+    let team_copy = json!({ "name": "team-files", "recipe": ["COPY . /srv"] });
+    let (status, created) = send(
+        s.as_user(&root, Method::POST, "/v1/builds")
+            .multipart(form(&team_copy, Some(tar))),
+    )
+    .await;
+    assert_eq!(status, 201, "team builds take forms too: {created}");
     s.stop().await;
 }
 

@@ -41,8 +41,8 @@ async fn builds_round_trip_and_list_newest_first(db: Db) {
     older.sandbox_id = Some(SandboxId::new());
     older.host_id = Some(HostId::new());
     older.template_id = Some(TemplateId::new());
-    let older = db.create_build(older.clone()).await.unwrap();
-    let newer = db.create_build(build("newer")).await.unwrap();
+    let older = db.create_build(older.clone(), None).await.unwrap();
+    let newer = db.create_build(build("newer"), None).await.unwrap();
     assert_eq!(db.get_build(older.id).await.unwrap(), older);
     assert_eq!(db.list_builds(10).await.unwrap(), [newer.clone(), older]);
     assert_eq!(db.list_builds(1).await.unwrap(), [newer]);
@@ -50,7 +50,7 @@ async fn builds_round_trip_and_list_newest_first(db: Db) {
 }
 
 async fn build_status_changes_stamp_start_and_completion(db: Db) {
-    let b = db.create_build(build("py")).await.unwrap();
+    let b = db.create_build(build("py"), None).await.unwrap();
     assert!(
         db.build_status_if(b.id, BuildStatus::Running, BuildStatus::Success, "")
             .await
@@ -92,7 +92,7 @@ async fn build_status_changes_stamp_start_and_completion(db: Db) {
 }
 
 async fn build_logs_append_in_order(db: Db) {
-    let b = db.create_build(build("logs")).await.unwrap();
+    let b = db.create_build(build("logs"), None).await.unwrap();
     db.append_build_logs(b.id, 1, &["one".into(), "two \"quoted\"".into()])
         .await
         .unwrap();
@@ -107,7 +107,7 @@ async fn build_logs_append_in_order(db: Db) {
 }
 
 async fn a_build_records_its_sandbox_and_template(db: Db) {
-    let b = db.create_build(build("refs")).await.unwrap();
+    let b = db.create_build(build("refs"), None).await.unwrap();
     let (sb, host, tpl) = (SandboxId::new(), HostId::new(), TemplateId::new());
     db.set_build_sandbox(b.id, sb, host).await.unwrap();
     db.set_build_template(b.id, tpl).await.unwrap();
@@ -123,10 +123,10 @@ async fn a_build_records_its_sandbox_and_template(db: Db) {
 async fn the_active_build_of_a_name_is_the_teams_or_the_platforms(db: Db) {
     let team = owned_team(&db).await.1.id;
     let other = owned_team(&db).await.1.id;
-    let platform = db.create_build(build("shared")).await.unwrap();
+    let platform = db.create_build(build("shared"), None).await.unwrap();
     let mut own = build("own");
     own.team_id = team;
-    let own = db.create_build(own).await.unwrap();
+    let own = db.create_build(own, None).await.unwrap();
     let found = |t: TeamId, n: &'static str| {
         let db = db.clone();
         async move { db.active_build_for(t, n).await.unwrap().map(|b| b.id) }
@@ -152,13 +152,13 @@ async fn the_active_build_of_a_name_is_the_teams_or_the_platforms(db: Db) {
 }
 
 async fn unfinished_builds_fail_at_startup(db: Db) {
-    let pending = db.create_build(build("pending")).await.unwrap();
-    let running = db.create_build(build("running")).await.unwrap();
+    let pending = db.create_build(build("pending"), None).await.unwrap();
+    let running = db.create_build(build("running"), None).await.unwrap();
     db.build_status_if(running.id, BuildStatus::Pending, BuildStatus::Running, "")
         .await
         .unwrap()
         .unwrap();
-    let done = db.create_build(build("done")).await.unwrap();
+    let done = db.create_build(build("done"), None).await.unwrap();
     db.build_status_if(done.id, BuildStatus::Pending, BuildStatus::Cancelled, "")
         .await
         .unwrap()
@@ -184,7 +184,56 @@ async fn unfinished_builds_fail_at_startup(db: Db) {
     );
 }
 
+async fn a_builds_archive_is_kept_until_it_finishes(db: Db) {
+    // Bytes of every value, and larger than one page of either backend.
+    let archive: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let with = db.create_build(build("ctx"), Some(&archive)).await.unwrap();
+    let without = db.create_build(build("plain"), None).await.unwrap();
+    assert_eq!(
+        db.build_archive(with.id).await.unwrap(),
+        Some(archive.clone())
+    );
+    assert_eq!(db.build_archive(without.id).await.unwrap(), None);
+    assert_eq!(db.build_archive(BuildId::new()).await.unwrap(), None);
+
+    db.build_status_if(with.id, BuildStatus::Pending, BuildStatus::Running, "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        db.build_archive(with.id).await.unwrap().is_some(),
+        "a running build still reads it"
+    );
+    db.build_status_if(with.id, BuildStatus::Running, BuildStatus::Failed, "boom")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        db.build_archive(with.id).await.unwrap(),
+        None,
+        "gone when it ends"
+    );
+
+    let left = db
+        .create_build(build("left"), Some(&archive))
+        .await
+        .unwrap();
+    db.fail_unfinished_builds("restarted").await.unwrap();
+    assert_eq!(
+        db.build_archive(left.id).await.unwrap(),
+        None,
+        "an unfinished build's archive goes with it"
+    );
+
+    // A build that cannot be stored leaves no archive behind.
+    let mut clash = build("clash");
+    clash.id = with.id;
+    assert!(db.create_build(clash, Some(b"x")).await.is_err());
+    assert_eq!(db.build_archive(with.id).await.unwrap(), None);
+}
+
 conformance_tests!(
+    a_builds_archive_is_kept_until_it_finishes,
     a_build_records_its_sandbox_and_template,
     the_active_build_of_a_name_is_the_teams_or_the_platforms,
     unfinished_builds_fail_at_startup,

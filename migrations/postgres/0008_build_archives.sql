@@ -1,0 +1,8 @@
+-- The archive uploaded with a template build (`COPY` steps take files from it). Kept
+-- in the database so that whichever control plane runs the build can read it; removed
+-- when the build finishes.
+CREATE TABLE build_archives (
+    build_id   UUID   PRIMARY KEY REFERENCES template_builds (id) ON DELETE CASCADE,
+    data       BYTEA  NOT NULL,
+    size_bytes BIGINT NOT NULL
+);
