@@ -215,14 +215,26 @@ fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
 /// URLs (`http://{port}-{capsule_id}.{proxy_domain}`) point: `WRENN_PROXY_DOMAIN` if
 /// set, else `localhost:{port}`.
 pub fn banner(listen: SocketAddr, creds: &DevCredentials, proxy_domain: &str) -> String {
+    let dashboard = if cfg!(feature = "dashboard") {
+        format!(
+            "Dashboard: http://{listen}/ (sign in as {email} / {password}).\n",
+            email = creds.email,
+            password = creds.password
+        )
+    } else {
+        format!(
+            "Admin login (JWT routes): {email} / {password}.\n",
+            email = creds.email,
+            password = creds.password
+        )
+    };
     format!(
-        "Wrenn is running (control plane on http://{listen}, dashboard login {email} / {password}).\n\
+        "Wrenn is running (control plane on http://{listen}).\n\
+         {dashboard}\
          Paste this into your shell to use it from the SDK:\n\n\
          export WRENN_BASE_URL=http://{listen}\n\
          export WRENN_API_KEY={key}\n\
          export WRENN_PROXY_DOMAIN={proxy_domain}\n",
-        email = creds.email,
-        password = creds.password,
         key = creds.api_key,
     )
 }

@@ -14,6 +14,7 @@ use wrenn_core::repo::Store;
 use wrenn_core::scheduler::Scheduler;
 use wrenn_extension::{Extension, Mailer};
 
+use crate::dashboard::DashboardChoice;
 use crate::error::ServerError;
 
 /// Configures a control-plane server. Finish with [`crate::run`], [`crate::serve`]
@@ -32,6 +33,7 @@ pub struct Builder {
     pub(crate) version: String,
     pub(crate) commit: String,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) dashboard: DashboardChoice,
 }
 
 impl std::fmt::Debug for Builder {
@@ -72,6 +74,7 @@ impl Builder {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             commit: "unknown".to_owned(),
             shutdown_grace: Duration::from_secs(30),
+            dashboard: DashboardChoice::Default,
         }
     }
 
@@ -150,6 +153,20 @@ impl Builder {
     /// How long shutdown waits for in-flight requests, workers and lifecycle tasks.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Serves nothing outside the API: `/` and every other non-API path answer the
+    /// JSON 404, as without the `dashboard` feature.
+    pub fn without_dashboard(mut self) -> Self {
+        self.dashboard = DashboardChoice::Disabled;
+        self
+    }
+
+    /// Serves `dashboard` instead of the embedded web dashboard, for every request
+    /// outside the API (`/v1/…`, `/docs/…`, `/openapi.json`) that no route took.
+    pub fn with_dashboard(mut self, dashboard: axum::Router) -> Self {
+        self.dashboard = DashboardChoice::Custom(dashboard);
         self
     }
 }

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -15,6 +15,7 @@ use wrenn_extension::{ApiError, Extension, ServerContext};
 use crate::api;
 use crate::ca::CertificateAuthority;
 use crate::capsule_proxy::CapsuleProxy;
+use crate::dashboard;
 use crate::error::ServerError;
 
 fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
@@ -27,10 +28,6 @@ fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
         "internal server error",
     )
     .into_response()
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("route")
 }
 
 /// The message of a panic, when it panicked with one.
@@ -46,12 +43,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .to_owned()
 }
 
-/// The full router for `ctx`, with `extensions` merged in.
+/// The full router for `ctx`, with `extensions` merged in and the dashboard answering
+/// the paths outside the API that no route took (`app`).
 pub fn build(
     ctx: &ServerContext,
     ca: Arc<CertificateAuthority>,
     extensions: &[Arc<dyn Extension>],
     version: &str,
+    app: Option<Router>,
 ) -> Result<Router, ServerError> {
     let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
     let core = api::router(ctx, version);
@@ -75,7 +74,7 @@ pub fn build(
                 ),
             })?;
     }
-    let mut router = router.fallback(not_found);
+    let mut router = router.fallback(move |req: Request| dashboard::fallback(app.clone(), req));
     for ext in extensions {
         router = ext.middleware(router, ctx);
     }

@@ -137,7 +137,13 @@ impl Builder {
             mailer,
             shutdown: CancellationToken::new(),
         };
-        let router = router::build(&ctx, secrets.ca.clone(), &self.extensions, &self.version)?;
+        let router = router::build(
+            &ctx,
+            secrets.ca.clone(),
+            &self.extensions,
+            &self.version,
+            self.dashboard.into_router(),
+        )?;
         Ok(Server {
             ctx,
             router,
