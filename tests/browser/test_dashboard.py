@@ -7,38 +7,21 @@ from conftest import BASE_URL, destroy_all, sign_in, wait_status
 from playwright.sync_api import expect
 
 
-def cold_load(browser) -> tuple[float, int, list]:
-    """One load of the dashboard in a fresh browser context (empty cache): ms from the
-    navigation's start to the sign-in form on screen, bytes transferred, and the URLs
-    requested from other origins."""
+def test_the_first_load_needs_nothing_from_another_origin(browser):
+    """A cold load (fresh context, empty cache) shows the sign-in form and requests
+    nothing outside the control plane: no CDN, no web fonts. (How long it takes is
+    measured by scripts/bench-dashboard.py.)"""
     context = browser.new_context(base_url=BASE_URL)
     try:
         page = context.new_page()
         foreign = []
         page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(BASE_URL) else None)
-        page.goto("/", wait_until="commit")
-        # Polled every frame: the first frame with the form.
-        shown = page.wait_for_function(
-            "() => document.querySelector('form button[type=submit]') ? performance.now() : null", polling="raf"
-        ).json_value()
+        page.goto("/")
+        expect(page.locator("form button[type=submit]")).to_be_visible()
         page.wait_for_load_state("load")
-        size = page.evaluate(
-            "() => performance.getEntriesByType('resource').reduce((s, r) => s + r.transferSize, performance.getEntriesByType('navigation')[0].transferSize)"
-        )
-        return shown, size, foreign
+        assert foreign == [], foreign
     finally:
         context.close()
-
-
-def test_first_load_is_fast_and_offline(browser, capsys):
-    """A cold load shows the sign-in form within a second and loads nothing from another
-    origin. Best of three cold loads, so that a busy machine's hiccup is not counted."""
-    loads = [cold_load(browser) for _ in range(3)]
-    times = sorted(t for t, _, _ in loads)
-    with capsys.disabled():
-        print(f"\nfirst load (cold cache): sign-in form after {', '.join(f'{t:.0f}' for t in times)} ms; {loads[0][1]} bytes transferred")
-    assert times[0] < 1000, f"the sign-in form took {times} ms"
-    assert all(not f for _, _, f in loads), loads
 
 
 def test_sign_in_errors_and_expired_session(page, creds):
@@ -151,8 +134,10 @@ def test_api_key_is_shown_once_and_works(signed_in, pw):
     expect(page.get_by_test_id("secret")).to_have_count(0)
 
 
-def test_a_thousand_capsules_stay_responsive(signed_in):
-    """The list renders only what is in view: 1,000 capsules scroll and filter at once."""
+def test_a_thousand_capsules_render_only_what_is_in_view(signed_in):
+    """The list renders only what is in view: 1,000 capsules scroll and filter. The list
+    answer is made in the browser (`page.route`): the team quota keeps `wrenn dev` far
+    below 1,000 capsules, and what is checked is the page."""
     page = signed_in
     rows = [
         {
@@ -173,18 +158,11 @@ def test_a_thousand_capsules_stay_responsive(signed_in):
     expect(page.get_by_text("1000 capsules")).to_be_visible()
     rendered = page.locator(".capsule-row").count()
     assert 0 < rendered < 60, rendered
-    # A jump to the end is rendered within a couple of frames.
-    took = page.locator(".vlist").evaluate(
-        """async (el) => {
-            const t0 = performance.now();
-            el.scrollTop = el.scrollHeight;
-            await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-            return performance.now() - t0;
-        }"""
-    )
+    # A jump to the end renders the last rows, still only a window of them. (How fast
+    # is measured by scripts/bench-dashboard.py.)
+    page.locator(".vlist").evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
     expect(page.locator(".capsule-row[data-id='cl-0000000000000000000000']")).to_be_visible()
     assert page.locator(".capsule-row").count() < 60
-    assert took < 500, f"scrolling 1,000 capsules took {took:.0f} ms"
     page.get_by_label("Filter capsules").fill("cl-0000000000000000000999")
     expect(page.locator(".capsule-row")).to_have_count(1)
 
