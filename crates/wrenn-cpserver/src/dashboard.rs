@@ -73,10 +73,11 @@ pub use embedded::router as embedded_router;
 mod embedded {
     use std::collections::HashMap;
     use std::io::Write;
-    use std::sync::LazyLock;
+    use std::sync::{Arc, OnceLock};
 
     use axum::Router;
     use axum::body::{Body, Bytes};
+    use axum::extract::State;
     use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
     use axum::response::{IntoResponse, Response};
     use flate2::Compression;
@@ -106,12 +107,22 @@ mod embedded {
     /// good), and `index.html` for every other path, so that the app's own routes
     /// (`/capsules/cl-…`) load it too.
     pub fn router() -> Router {
+        let gzipped = Gzipped::default();
         // Compress ahead, off the request path: the first visitor should not wait.
-        std::thread::spawn(|| LazyLock::force(&GZIPPED).len());
-        Router::new().fallback(serve)
+        let fill = gzipped.clone();
+        std::thread::spawn(move || fill.get_or_init(gzip_bundle).len());
+        Router::new().fallback(serve).with_state(gzipped)
     }
 
-    async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    /// The gzip of every compressible bundle file, made once per router.
+    type Gzipped = Arc<OnceLock<HashMap<String, Bytes>>>;
+
+    async fn serve(
+        State(gzipped): State<Gzipped>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Response {
         if method != Method::GET && method != Method::HEAD {
             return ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -125,14 +136,14 @@ mod embedded {
             && path != INDEX
             && let Some(file) = Bundle::get(path)
         {
-            return file_response(path, &file, &headers);
+            return file_response(path, &file, &headers, &gzipped);
         }
         if path.starts_with(HASHED_DIR) {
             // A stale page asking for an asset of an older build: HTML would not do.
             return (StatusCode::NOT_FOUND, "no such dashboard asset").into_response();
         }
         match Bundle::get(INDEX) {
-            Some(file) => file_response(INDEX, &file, &headers),
+            Some(file) => file_response(INDEX, &file, &headers, &gzipped),
             None => (
                 StatusCode::NOT_FOUND,
                 "the dashboard bundle has no index.html",
@@ -148,8 +159,8 @@ mod embedded {
             || content_type.starts_with("image/svg")
     }
 
-    /// The gzip of every compressible bundle file, made on first use.
-    static GZIPPED: LazyLock<HashMap<String, Bytes>> = LazyLock::new(|| {
+    /// The gzip of every compressible bundle file that gzip makes smaller.
+    fn gzip_bundle() -> HashMap<String, Bytes> {
         Bundle::iter()
             .filter(|path| compressible(content_type(path)))
             .filter_map(|path| {
@@ -160,7 +171,7 @@ mod embedded {
                 (packed.len() < file.data.len()).then(|| (path.into_owned(), Bytes::from(packed)))
             })
             .collect()
-    });
+    }
 
     /// Whether the client takes gzip (`Accept-Encoding`, not refused with `q=0`).
     pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -181,10 +192,15 @@ mod embedded {
             })
     }
 
-    fn file_response(path: &str, file: &EmbeddedFile, headers: &HeaderMap) -> Response {
+    fn file_response(
+        path: &str,
+        file: &EmbeddedFile,
+        headers: &HeaderMap,
+        gzipped: &Gzipped,
+    ) -> Response {
         let kind = content_type(path);
         let gzipped = if accepts_gzip(headers) {
-            GZIPPED.get(path)
+            gzipped.get_or_init(gzip_bundle).get(path)
         } else {
             None
         };
