@@ -52,15 +52,22 @@ async fn spare_init_programs_wait_at_idle_priority_and_leave_with_the_runtime() 
         wait_until(|| host_env.runtime.spare_inits() == 2),
         "the spares never started"
     );
+    // A spare counts once it is forked; it shows its program's name once it has
+    // exec'd it (later, on a busy machine).
+    assert!(
+        wait_until(|| processes_started_as(&program).len() == 2),
+        "the spares never ran their program: {:?}",
+        processes_started_as(&program)
+    );
     let spares = processes_started_as(&program);
-    assert_eq!(spares.len(), 2, "{spares:?}");
-    for pid in &spares {
-        assert_eq!(
-            scheduling_policy(*pid),
-            "5",
-            "spare {pid} is not SCHED_IDLE"
-        );
-    }
+    assert!(
+        wait_until(|| spares.iter().all(|pid| scheduling_policy(*pid) == "5")),
+        "a spare is not SCHED_IDLE: {:?}",
+        spares
+            .iter()
+            .map(|pid| (pid, scheduling_policy(*pid)))
+            .collect::<Vec<_>>()
+    );
 
     // A capsule starts from a spare, which goes back to normal priority.
     let sb = host_env.sandbox().await;
