@@ -229,9 +229,13 @@ mod tests {
         assert_eq!(cwd, "/home/wrenn-user");
         assert!(cr.recipe.iter().any(|s| s.contains("--name wrenn")));
         assert!(
+            start.contains("8888/api/kernels"),
+            "a kernel is started: {start}"
+        );
+        assert!(
             cr.healthcheck
                 .as_deref()
-                .is_some_and(|h| h.contains("8888"))
+                .is_some_and(|h| h.contains("wait_for_ready"))
         );
     }
 
