@@ -145,7 +145,13 @@ impl Extension for UsageMeter {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    wrenn_cpserver::logging::init();
+    let _telemetry = match wrenn_cpserver::logging::init("enterprise-cp") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("enterprise_extension: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let builder = match Builder::from_env() {
         Ok(b) => b,
         Err(e) => {

@@ -64,7 +64,13 @@ fn main() -> ExitCode {
         return wrenn_envd::cli::main();
     }
     let cli = Cli::parse();
-    wrenn_cpserver::logging::init();
+    let _telemetry = match wrenn_cpserver::logging::init("wrenn") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wrenn: {}", wrenn_core::report::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

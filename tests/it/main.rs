@@ -8,3 +8,4 @@ mod e2e;
 mod enterprise_extension;
 mod liveness_e2e;
 mod template_build;
+mod tracing_e2e;

@@ -60,6 +60,8 @@ impl Interceptor for AccessToken {
             req.metadata_mut()
                 .insert(wrenn_proto::ENVD_ACCESS_TOKEN_METADATA, token.clone());
         }
+        // envd logs the caller's trace id.
+        wrenn_proto::telemetry::inject_metadata(req.metadata_mut());
         Ok(req)
     }
 }

@@ -409,7 +409,8 @@ impl Agent {
             .add_service(InterceptedService::new(filesystem, auth))
             .prepare()
             .into_axum_router()
-            .merge(proxy::router(Arc::clone(&manager), token));
+            .merge(proxy::router(Arc::clone(&manager), token))
+            .layer(tower_http::trace::TraceLayer::new_for_grpc().make_span_with(request_span));
 
         let serve_stop = CancellationToken::new();
         let server = match tls_config {
@@ -497,4 +498,16 @@ impl AgentHandle {
     pub fn is_terminating(&self) -> bool {
         self.terminate.is_cancelled() || self.inner.started.load(Ordering::SeqCst)
     }
+}
+
+/// Every call's span: the RPC (or proxied path), continuing the control plane's trace
+/// (`traceparent`), so the agent's log lines carry the request's trace id.
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "agent.request",
+        path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    wrenn_proto::telemetry::continue_trace(&span, req.headers());
+    span
 }

@@ -114,9 +114,11 @@ impl GrpcHostAgents {
 }
 
 /// A request carrying `timeout` as its `grpc-timeout`.
+/// A call's request: its deadline and the caller's trace context.
 fn request<T>(message: T, timeout: Duration) -> Request<T> {
     let mut req = Request::new(message);
     req.set_timeout(timeout);
+    wrenn_proto::telemetry::inject_metadata(req.metadata_mut());
     req
 }
 

@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use wrenn_extension::{ApiError, Extension, ServerContext};
 
@@ -17,6 +18,9 @@ use crate::ca::CertificateAuthority;
 use crate::capsule_proxy::CapsuleProxy;
 use crate::dashboard;
 use crate::error::ServerError;
+
+/// The request id header.
+const REQUEST_ID: &str = "x-request-id";
 
 fn panic_response(payload: Box<dyn std::any::Any + Send>) -> Response {
     // The payload says what went wrong; the request's trace span says where.
@@ -88,5 +92,27 @@ pub fn build(
     Ok(proxy
         .wrap(ctx, router)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http()))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+}
+
+/// Every request's span: its id (`X-Request-Id`: the caller's, else a new UUID, sent
+/// back on the response) and its trace (continuing the caller's `traceparent`; calls
+/// to host agents carry it on), so each log line names both.
+fn request_span(req: &Request) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http.request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    wrenn_proto::telemetry::continue_trace(&span, req.headers());
+    span
 }

@@ -222,6 +222,14 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServeError> {
         }
     };
     let router = Server::builder()
+        // Each call's span names the caller's trace (the agent sends `traceparent`).
+        .trace_fn(|req| {
+            tracing::info_span!(
+                "envd.request",
+                path = %req.uri().path(),
+                trace_id = wrenn_proto::trace::trace_id_of(req.headers()).unwrap_or_default(),
+            )
+        })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(Some(wrenn_proto::transport::STREAM_WINDOW))
         .initial_connection_window_size(Some(wrenn_proto::transport::CONNECTION_WINDOW))

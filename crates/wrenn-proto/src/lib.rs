@@ -37,6 +37,9 @@
 pub mod domain;
 pub mod http_proxy;
 pub mod routing;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
+pub mod trace;
 
 /// The host agent protocol (control plane to host agent).
 pub mod hostagent {

@@ -29,7 +29,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 use wrenn_agent::image::{self, BuildOptions, BuiltImage, LogProgress};
 use wrenn_agent::registration::{ControlPlane, Credentials, HostCredentials, machine_report};
 use wrenn_agent::runtime::Runtime;
@@ -45,11 +44,16 @@ fn main() -> ExitCode {
     // sandbox up and execs envd (it never returns then).
     wrenn_agent::init::main_if_init();
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs (JSON with WRENN_LOG_FORMAT=json) and spans, exported over OTLP when
+    // OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let json = std::env::var("WRENN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let _telemetry = match wrenn_proto::telemetry::init("wrenn-agent", json) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wrenn-agent: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
 
     let config = match AgentConfig::from_env() {
         Ok(c) => c,

@@ -5,7 +5,13 @@ use wrenn_cpserver::{Builder, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    wrenn_cpserver::logging::init();
+    let _telemetry = match wrenn_cpserver::logging::init("wrenn-cp") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wrenn-cp: {}", error_chain(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match Builder::from_env() {
         Ok(builder) => match run(builder.with_version(
             env!("CARGO_PKG_VERSION"),

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use wrenn_core::agents::HostCallError;
@@ -40,6 +41,7 @@ use wrenn_proto::envd::v1::process_client::ProcessClient;
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 use wrenn_proto::routing;
+use wrenn_proto::telemetry::PropagateTrace;
 
 mod process;
 mod upload;
@@ -99,15 +101,18 @@ fn is_guest_failure(status: &Status) -> bool {
     status.message().contains("guest agent")
 }
 
+/// A host channel whose calls carry the caller's trace context.
+type Traced = InterceptedService<Channel, PropagateTrace>;
+
 impl Call {
-    fn process(&self) -> ProcessClient<Channel> {
-        ProcessClient::new(self.channel.clone())
+    fn process(&self) -> ProcessClient<Traced> {
+        ProcessClient::with_interceptor(self.channel.clone(), PropagateTrace)
             .max_decoding_message_size(MAX_AGENT_MESSAGE)
             .max_encoding_message_size(MAX_AGENT_MESSAGE)
     }
 
-    fn files(&self) -> FilesystemClient<Channel> {
-        FilesystemClient::new(self.channel.clone())
+    fn files(&self) -> FilesystemClient<Traced> {
+        FilesystemClient::with_interceptor(self.channel.clone(), PropagateTrace)
             .max_decoding_message_size(MAX_AGENT_MESSAGE)
             .max_encoding_message_size(MAX_AGENT_MESSAGE)
     }
@@ -561,7 +566,7 @@ impl DataPlane for GrpcDataPlane {
             range: range.to_owned(),
         });
         request.set_timeout(METRICS_CALL_TIMEOUT);
-        HostAgentServiceClient::new(call.channel.clone())
+        HostAgentServiceClient::with_interceptor(call.channel.clone(), PropagateTrace)
             .get_sandbox_metrics(request)
             .await
             .map(|r| {
