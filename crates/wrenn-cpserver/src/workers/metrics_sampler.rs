@@ -14,8 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use wrenn_core::repo::RepoResult;
-use wrenn_extension::{ServerContext, Worker};
+use wrenn_core::repo::{RepoResult, Store};
+use wrenn_extension::Worker;
 
 /// How long team snapshots are kept (the stats' longest range is 30 days; usage of
 /// older days is in the daily roll-up).
@@ -33,7 +33,7 @@ pub fn worker(period: Duration) -> Worker {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(until_mid_period(Utc::now(), period)) => {}
                 }
-                if let Err(e) = sample(&ctx, Utc::now(), period).await {
+                if let Err(e) = sample(ctx.store.as_ref(), Utc::now(), period).await {
                     warn!(error = %e, "could not sample team metrics");
                 }
             }
@@ -60,27 +60,20 @@ fn until_mid_period(now: DateTime<Utc>, period: Duration) -> Duration {
     Duration::from_millis(u64::try_from(wait).unwrap_or(0))
 }
 
-/// Takes one snapshot per team for the period `now` falls in and prunes old
+/// One tick: takes one snapshot per team for the period `now` falls in and prunes old
 /// snapshots and points. Returns how many snapshots were taken.
-#[tracing::instrument(skip(ctx))]
-pub async fn sample(
-    ctx: &ServerContext,
-    now: DateTime<Utc>,
-    period: Duration,
-) -> RepoResult<usize> {
+#[tracing::instrument(skip(store))]
+pub async fn sample(store: &dyn Store, now: DateTime<Utc>, period: Duration) -> RepoResult<usize> {
     let secs = i32::try_from(period_secs(period)).unwrap_or(i32::MAX);
-    let mut snapshots = ctx
-        .store
-        .sample_team_usage(period_start(now, period))
-        .await?;
+    let mut snapshots = store.sample_team_usage(period_start(now, period)).await?;
     for s in &mut snapshots {
         s.period_secs = secs;
     }
-    ctx.store.insert_metrics_snapshots(&snapshots).await?;
-    ctx.store
+    store.insert_metrics_snapshots(&snapshots).await?;
+    store
         .prune_metrics_snapshots(now - SNAPSHOT_RETENTION)
         .await?;
-    ctx.store.prune_metric_points(now - POINT_RETENTION).await?;
+    store.prune_metric_points(now - POINT_RETENTION).await?;
     Ok(snapshots.len())
 }
 
