@@ -51,8 +51,7 @@ use crate::runtime::{
 
 /// Latency buckets (seconds): 1 ms to 2 minutes (VM snapshots take seconds).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// The gRPC services whose methods are labelled by name.
@@ -337,7 +336,10 @@ impl StateCollector {
                 "Free space of the file system holding the agent's data.",
             ),
             info: GaugeVec::new(
-                Opts::new("wrenn_agent_info", "1, with the agent's runtime as a label."),
+                Opts::new(
+                    "wrenn_agent_info",
+                    "1, with the agent's runtime as a label.",
+                ),
                 &["runtime"],
             )
             .expect("static metric definition"),
@@ -377,7 +379,8 @@ impl StateCollector {
         self.cpu_cores.set(i64::from(usage.cpu_count));
         self.cpu_used.set(usage.cpu_used_pct / 100.0);
         self.memory_total.set(bytes(usage.memory_total_bytes));
-        self.memory_available.set(bytes(usage.memory_available_bytes));
+        self.memory_available
+            .set(bytes(usage.memory_available_bytes));
         self.disk_total.set(bytes(usage.disk_total_bytes));
         self.disk_available.set(bytes(usage.disk_available_bytes));
         self.info
@@ -482,10 +485,19 @@ mod tests {
             grpc_method("/hostagent.v1.HostAgentService/CreateSandbox", ok),
             "hostagent.v1.HostAgentService/CreateSandbox"
         );
-        assert_eq!(grpc_method("/envd.v1.Process/Start", ok), "envd.v1.Process/Start");
+        assert_eq!(
+            grpc_method("/envd.v1.Process/Start", ok),
+            "envd.v1.Process/Start"
+        );
         assert_eq!(grpc_method("/evil.Service/Anything", ok), "unknown");
-        assert_eq!(grpc_method("/hostagent.v1.HostAgentService/", ok), "unknown");
-        assert_eq!(grpc_method("/hostagent.v1.HostAgentService/a/b", ok), "unknown");
+        assert_eq!(
+            grpc_method("/hostagent.v1.HostAgentService/", ok),
+            "unknown"
+        );
+        assert_eq!(
+            grpc_method("/hostagent.v1.HostAgentService/a/b", ok),
+            "unknown"
+        );
         assert_eq!(
             grpc_method(
                 "/hostagent.v1.HostAgentService/MadeUp",

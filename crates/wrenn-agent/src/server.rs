@@ -66,7 +66,9 @@ use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentServiceServe
 
 use crate::error::{AgentError, AgentResult};
 use crate::events::{EventSender, EventsConfig};
-use crate::exporter::{self, AgentMetrics, MeteredRuntime, StateCollector, register_process_collector};
+use crate::exporter::{
+    self, AgentMetrics, MeteredRuntime, StateCollector, register_process_collector,
+};
 use crate::heartbeat::{HEARTBEAT_INTERVAL, Heartbeat, HeartbeatEnd};
 use crate::manager::{ManagerSettings, SandboxManager};
 use crate::metrics::HostSampler;
@@ -134,7 +136,10 @@ impl std::fmt::Debug for AgentOptions {
             .field("sample_interval", &self.sample_interval)
             .field(
                 "metrics_listener",
-                &self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+                &self
+                    .metrics_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
             )
             .finish_non_exhaustive()
     }

@@ -144,7 +144,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
     let c = common::agent_client(&channel);
 
     let before = scrape(&url).await;
-    assert_eq!(value(&before, "wrenn_agent_info", &[("runtime", "process")]), 1.0);
+    assert_eq!(
+        value(&before, "wrenn_agent_info", &[("runtime", "process")]),
+        1.0
+    );
     assert_eq!(
         find(&before, "wrenn_agent_sandboxes", &[]).len(),
         wrenn_core::lifecycle::SandboxStatus::ALL.len()
@@ -163,7 +166,10 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .await
         .unwrap();
     let running = scrape(&url).await;
-    assert_eq!(value(&running, "wrenn_agent_sandboxes", &[("status", "running")]), 1.0);
+    assert_eq!(
+        value(&running, "wrenn_agent_sandboxes", &[("status", "running")]),
+        1.0
+    );
     assert!(value(&running, "wrenn_agent_allocated_vcpus", &[]) >= 1.0);
     assert!(value(&running, "wrenn_agent_allocated_memory_bytes", &[]) > 0.0);
 
@@ -174,7 +180,11 @@ async fn scenario(layout: Layout, envd: PathBuf) {
         .await
         .unwrap();
     assert_eq!(
-        value(&scrape(&url).await, "wrenn_agent_sandboxes", &[("status", "paused")]),
+        value(
+            &scrape(&url).await,
+            "wrenn_agent_sandboxes",
+            &[("status", "paused")]
+        ),
         1.0
     );
     c.clone()
@@ -215,31 +225,58 @@ async fn scenario(layout: Layout, envd: PathBuf) {
 
     let after = scrape(&url).await;
     let ops = "wrenn_agent_runtime_operation_duration_seconds_count";
-    for op in ["create", "pause", "resume", "hibernate", "restore", "destroy"] {
+    for op in [
+        "create",
+        "pause",
+        "resume",
+        "hibernate",
+        "restore",
+        "destroy",
+    ] {
         assert!(
-            value(&after, ops, &[("runtime", "process"), ("operation", op), ("outcome", "ok")])
-                >= 1.0,
+            value(
+                &after,
+                ops,
+                &[("runtime", "process"), ("operation", op), ("outcome", "ok")]
+            ) >= 1.0,
             "{op}"
         );
     }
     let grpc = "wrenn_agent_grpc_request_duration_seconds_count";
     let call = |m: &str| format!("hostagent.v1.HostAgentService/{m}");
     assert_eq!(
-        value(&after, grpc, &[("method", &call("CreateSandbox")), ("code", "Ok")]),
+        value(
+            &after,
+            grpc,
+            &[("method", &call("CreateSandbox")), ("code", "Ok")]
+        ),
         1.0
     );
     assert_eq!(
-        value(&after, grpc, &[("method", &call("ResumeSandbox")), ("code", "Ok")]),
+        value(
+            &after,
+            grpc,
+            &[("method", &call("ResumeSandbox")), ("code", "Ok")]
+        ),
         2.0
     );
     assert_eq!(
-        value(&after, grpc, &[("method", &call("PauseSandbox")), ("code", "NotFound")]),
+        value(
+            &after,
+            grpc,
+            &[("method", &call("PauseSandbox")), ("code", "NotFound")]
+        ),
         1.0
     );
-    assert_eq!(value(&after, "wrenn_agent_sandboxes", &[("status", "running")]), 0.0);
+    assert_eq!(
+        value(&after, "wrenn_agent_sandboxes", &[("status", "running")]),
+        0.0
+    );
     assert_eq!(value(&after, "wrenn_agent_allocated_vcpus", &[]), 0.0);
     assert!(
-        !after.iter().any(|s| s.labels.values().any(|v| v.contains(&sid))),
+        !after
+            .iter()
+            .any(|s| s.labels.values().any(|v| v.contains(&sid))),
         "no sandbox id in a label"
     );
     agent.shutdown().await;
@@ -356,7 +393,11 @@ async fn the_control_plane_learns_the_runtime_of_a_registered_agent() {
     let ops = "wrenn_lifecycle_operation_duration_seconds_count";
     for op in ["create", "destroy"] {
         assert_eq!(
-            value(&cp_samples, ops, &[("operation", op), ("runtime", "process"), ("outcome", "ok")]),
+            value(
+                &cp_samples,
+                ops,
+                &[("operation", op), ("runtime", "process"), ("outcome", "ok")]
+            ),
             1.0,
             "{op}"
         );
@@ -370,7 +411,13 @@ async fn the_control_plane_learns_the_runtime_of_a_registered_agent() {
         ),
         1.0
     );
-    assert!(value(&cp_samples, "wrenn_host_heartbeat_age_seconds", &[("host_id", &host_s)]) >= 0.0);
+    assert!(
+        value(
+            &cp_samples,
+            "wrenn_host_heartbeat_age_seconds",
+            &[("host_id", &host_s)]
+        ) >= 0.0
+    );
 
     // The agent binary serves its own on WRENN_AGENT_METRICS_ADDR.
     let agent_samples = scrape(&format!("http://{metrics_addr}/metrics")).await;
@@ -378,7 +425,11 @@ async fn the_control_plane_learns_the_runtime_of_a_registered_agent() {
         value(
             &agent_samples,
             "wrenn_agent_runtime_operation_duration_seconds_count",
-            &[("runtime", "process"), ("operation", "create"), ("outcome", "ok")]
+            &[
+                ("runtime", "process"),
+                ("operation", "create"),
+                ("outcome", "ok")
+            ]
         ),
         1.0
     );

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::secret::{Redacted, redact_url};
 use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
 use super::{
-    ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig, SchedulerKind, Secret, SmtpConfig,
-    vars,
+    ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig, SchedulerKind, Secret,
+    SmtpConfig, vars,
 };
 use crate::layout::Layout;
 

@@ -182,10 +182,7 @@ mod tests {
             HostCallError::Timeout(String::new()),
             HostCallError::Internal(String::new()),
         ];
-        let mut seen: Vec<&str> = errors
-            .into_iter()
-            .map(|e| outcome::<()>(&Err(e)))
-            .collect();
+        let mut seen: Vec<&str> = errors.into_iter().map(|e| outcome::<()>(&Err(e))).collect();
         seen.push(outcome(&Ok(())));
         let n = seen.len();
         seen.sort_unstable();

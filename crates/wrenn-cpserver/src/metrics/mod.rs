@@ -252,12 +252,11 @@ fn event_age(
     timestamp: i64,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<f64> {
-    let published_ms = id
-        .0
-        .split_once('-')
-        .and_then(|(ms, _)| ms.parse::<i64>().ok())
-        .filter(|ms| *ms > 0)
-        .unwrap_or(timestamp.saturating_mul(1000));
+    let published_ms =
+        id.0.split_once('-')
+            .and_then(|(ms, _)| ms.parse::<i64>().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(timestamp.saturating_mul(1000));
     let age_ms = now.timestamp_millis().saturating_sub(published_ms);
     (age_ms >= -1000).then(|| age_ms.max(0) as f64 / 1000.0)
 }

@@ -94,7 +94,9 @@ impl StoreSnapshot {
             capsules.with_label_values(&[status.as_str()]).set(0);
         }
         for c in &self.counts {
-            capsules.with_label_values(&[c.status.as_str()]).add(c.count);
+            capsules
+                .with_label_values(&[c.status.as_str()])
+                .add(c.count);
             if !c.status.is_terminal() {
                 host_capsules
                     .with_label_values(&[&c.host_id.to_string(), c.status.as_str()])
@@ -107,7 +109,11 @@ impl StoreSnapshot {
             "1 per host, with its status, architecture, kind and runtime as labels.",
             &["host_id", "status", "arch", "kind", "runtime"],
         )?;
-        let cpu = gauge("wrenn_host_cpu_cores", "Logical CPUs of a host.", &["host_id"])?;
+        let cpu = gauge(
+            "wrenn_host_cpu_cores",
+            "Logical CPUs of a host.",
+            &["host_id"],
+        )?;
         let memory = gauge("wrenn_host_memory_bytes", "Memory of a host.", &["host_id"])?;
         let disk = gauge(
             "wrenn_host_disk_bytes",
@@ -153,7 +159,9 @@ impl StoreSnapshot {
                 .set(f64::from(h.memory_mb) * MIB);
             disk.with_label_values(&[&id])
                 .set(f64::from(h.disk_gb) * MIB * 1024.0);
-            vcpus.with_label_values(&[&id]).set(load.running_vcpus as f64);
+            vcpus
+                .with_label_values(&[&id])
+                .set(load.running_vcpus as f64);
             reserved
                 .with_label_values(&[&id])
                 .set(load.running_memory_mb as f64 * MIB);

@@ -34,7 +34,9 @@ fn parse(text: &str) -> Vec<Sample> {
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series.to_owned(), BTreeMap::new()),
@@ -140,7 +142,10 @@ async fn metrics_are_not_served_by_default_nor_given_to_the_dashboard() {
     let resp = s.req(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let got = json(resp).await;
-    assert_eq!(got.1["error"]["code"], "not_found", "a JSON 404, not the dashboard");
+    assert_eq!(
+        got.1["error"]["code"], "not_found",
+        "a JSON 404, not the dashboard"
+    );
     // A token does not open a closed endpoint.
     let (status, _, _) = scrape(&s, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -208,13 +213,21 @@ async fn the_metrics_listener_serves_metrics_and_nothing_else() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the token applies here too");
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "the token applies here too"
+    );
     let resp = http
         .get(format!("http://{addr}/v1/me"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "no API on the metrics listener");
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "no API on the metrics listener"
+    );
     s.stop().await;
 }
 
@@ -239,9 +252,13 @@ async fn requests_and_capsule_lifecycles_show_in_the_series_with_route_templates
         let (s, ada, id) = (&s, &ada, id.clone());
         async move {
             for _ in 0..200 {
-                let got =
-                    json(s.as_user(ada, Method::GET, &format!("/v1/capsules/{id}")).send().await.unwrap())
-                        .await;
+                let got = json(
+                    s.as_user(ada, Method::GET, &format!("/v1/capsules/{id}"))
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
                 if got.1["status"] == want {
                     return;
                 }
@@ -273,29 +290,45 @@ async fn requests_and_capsule_lifecycles_show_in_the_series_with_route_templates
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = s.req(Method::GET, "/v1/no/such/route").send().await.unwrap();
+    let resp = s
+        .req(Method::GET, "/v1/no/such/route")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 
     let (status, text, samples) = scrape(&s, None).await;
     assert_eq!(status, StatusCode::OK);
     let http = "wrenn_http_request_duration_seconds_count";
-    let creates: f64 = find(&samples, http, &[("method", "POST"), ("route", "/v1/capsules")])
-        .iter()
-        .map(|s| s.value)
-        .sum();
+    let creates: f64 = find(
+        &samples,
+        http,
+        &[("method", "POST"), ("route", "/v1/capsules")],
+    )
+    .iter()
+    .map(|s| s.value)
+    .sum();
     assert_eq!(creates, 1.0);
     assert!(
         value(
             &samples,
             http,
-            &[("method", "GET"), ("route", "/v1/capsules/{id}"), ("status", "200")]
+            &[
+                ("method", "GET"),
+                ("route", "/v1/capsules/{id}"),
+                ("status", "200")
+            ]
         ) >= 3.0
     );
     assert_eq!(
         value(
             &samples,
             http,
-            &[("method", "GET"), ("route", "/v1/capsules/{id}"), ("status", "404")]
+            &[
+                ("method", "GET"),
+                ("route", "/v1/capsules/{id}"),
+                ("status", "404")
+            ]
         ),
         1.0
     );
@@ -335,8 +368,14 @@ async fn requests_and_capsule_lifecycles_show_in_the_series_with_route_templates
     }
     // Store gauges: the stopped capsule, the host's capacity and info.
     assert_eq!(value(&samples, "wrenn_scrape_store_up", &[]), 1.0);
-    assert_eq!(value(&samples, "wrenn_capsules", &[("status", "stopped")]), 1.0);
-    assert_eq!(value(&samples, "wrenn_capsules", &[("status", "running")]), 0.0);
+    assert_eq!(
+        value(&samples, "wrenn_capsules", &[("status", "stopped")]),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "wrenn_capsules", &[("status", "running")]),
+        0.0
+    );
     assert_eq!(
         find(&samples, "wrenn_capsules", &[]).len(),
         wrenn_core::lifecycle::SandboxStatus::ALL.len(),
@@ -358,7 +397,11 @@ async fn requests_and_capsule_lifecycles_show_in_the_series_with_route_templates
         value(
             &samples,
             "wrenn_host_info",
-            &[("host_id", &host_s), ("status", "online"), ("runtime", "unknown")]
+            &[
+                ("host_id", &host_s),
+                ("status", "online"),
+                ("runtime", "unknown")
+            ]
         ),
         1.0
     );
@@ -409,14 +452,16 @@ async fn a_failed_lifecycle_call_is_counted_by_its_outcome() {
     )
     .await;
     assert!(created.0 < 300, "{created:?}");
-    let series = [
-        ("operation", "create"),
-        ("outcome", "resource_exhausted"),
-    ];
+    let series = [("operation", "create"), ("outcome", "resource_exhausted")];
     let mut seen = false;
     for _ in 0..200 {
         let (_, _, samples) = scrape(&s, None).await;
-        if !find(&samples, "wrenn_lifecycle_operation_duration_seconds_count", &series).is_empty()
+        if !find(
+            &samples,
+            "wrenn_lifecycle_operation_duration_seconds_count",
+            &series,
+        )
+        .is_empty()
         {
             seen = true;
             break;
@@ -443,12 +488,19 @@ async fn the_event_consumer_records_the_age_of_what_it_handles() {
                 .unwrap();
         }
         let (_, _, samples) = scrape(&s, None).await;
-        handled = find(&samples, "wrenn_sandbox_events_total", &[("outcome", "acked")])
-            .first()
-            .map_or(0.0, |s| s.value);
+        handled = find(
+            &samples,
+            "wrenn_sandbox_events_total",
+            &[("outcome", "acked")],
+        )
+        .first()
+        .map_or(0.0, |s| s.value);
         if handled >= 1.0 {
             assert!(value(&samples, "wrenn_sandbox_event_age_seconds_count", &[]) >= 1.0);
-            assert_eq!(value(&samples, "wrenn_sandbox_events_redelivered_total", &[]), 0.0);
+            assert_eq!(
+                value(&samples, "wrenn_sandbox_events_redelivered_total", &[]),
+                0.0
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -465,7 +517,10 @@ struct OwnDatabase {
 
 impl OwnDatabase {
     fn url(&self) -> String {
-        let (base, _) = self.admin_url.rsplit_once('/').expect("a database in the URL");
+        let (base, _) = self
+            .admin_url
+            .rsplit_once('/')
+            .expect("a database in the URL");
         format!("{base}/{}", self.name)
     }
 
@@ -541,7 +596,11 @@ async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
     .await;
     online_host(&s.store()).await;
     let ada = s.user("ada@x.io").await;
-    let resp = s.as_user(&ada, Method::GET, "/v1/capsules").send().await.unwrap();
+    let resp = s
+        .as_user(&ada, Method::GET, "/v1/capsules")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (status, _, samples) = scrape(&s, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -561,7 +620,10 @@ async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
         let (status, text, samples) = scrape(&s, None).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         assert_eq!(value(&samples, "wrenn_scrape_store_up", &[]), 0.0);
-        assert!(find(&samples, "wrenn_capsules", &[]).is_empty(), "no stale store gauges");
+        assert!(
+            find(&samples, "wrenn_capsules", &[]).is_empty(),
+            "no stale store gauges"
+        );
         assert!(find(&samples, "wrenn_host_info", &[]).is_empty());
         assert!(
             !find(
@@ -576,7 +638,11 @@ async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
         locker.close().await.unwrap();
     }
     let (_, _, samples) = scrape(&s, None).await;
-    assert_eq!(value(&samples, "wrenn_scrape_store_up", &[]), 1.0, "back once the lock is gone");
+    assert_eq!(
+        value(&samples, "wrenn_scrape_store_up", &[]),
+        1.0,
+        "back once the lock is gone"
+    );
 
     // The database gone: every connection terminated, reconnecting fails.
     db.drop_now().await;
@@ -585,9 +651,7 @@ async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
         assert_eq!(status, StatusCode::OK, "{text}");
         assert_eq!(value(&samples, "wrenn_scrape_store_up", &[]), 0.0);
         assert!(find(&samples, "wrenn_capsules", &[]).is_empty());
-        assert!(
-            !find(&samples, "wrenn_http_request_duration_seconds_count", &[]).is_empty()
-        );
+        assert!(!find(&samples, "wrenn_http_request_duration_seconds_count", &[]).is_empty());
     }
     // Shutting down needs no database either (its errors are logged).
     s.shutdown.cancel();

@@ -147,7 +147,10 @@ impl TestServer {
         let wrenn_dir = dir.to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
             "WRENN_DIR" => Some(wrenn_dir.clone()),
-            _ => env.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone()),
+            _ => env
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone()),
         })
         .expect("config");
         let agents = FakeAgents::new();
