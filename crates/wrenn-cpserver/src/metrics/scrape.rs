@@ -177,11 +177,10 @@ impl StoreSnapshot {
     }
 }
 
-/// Checks the bearer token `expected` (when set) on `headers`; the 401 otherwise.
-fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
+/// Checks the bearer token `expected` (when set) on `headers`: `None` when the request
+/// may go on, else the 401 to answer.
+fn token_denial(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let expected = expected?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -189,7 +188,7 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Respon
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => None,
         _ => {
             let mut response = ApiError::unauthorized(
                 "Authorization: Bearer <metrics token> required (WRENN_METRICS_TOKEN)",
@@ -198,7 +197,7 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Respon
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -214,7 +213,7 @@ async fn answer(
         .token
         .as_ref()
         .map(|t| t.expose_secret().to_owned());
-    if let Err(denied) = check_token(token.as_deref(), headers) {
+    if let Some(denied) = token_denial(token.as_deref(), headers) {
         return denied;
     }
     let body = render(ctx, lifecycle).await;
@@ -253,24 +252,24 @@ mod tests {
     #[test]
     fn the_token_is_checked_only_when_configured() {
         let mut headers = HeaderMap::new();
-        assert!(check_token(None, &headers).is_ok());
-        let denied = check_token(Some("secret-token-123"), &headers).unwrap_err();
+        assert!(token_denial(None, &headers).is_none());
+        let denied = token_denial(Some("secret-token-123"), &headers).unwrap();
         assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(denied.headers()[header::WWW_AUTHENTICATE], "Bearer");
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer wrong-token-1234"),
         );
-        assert!(check_token(Some("secret-token-123"), &headers).is_err());
+        assert!(token_denial(Some("secret-token-123"), &headers).is_some());
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer secret-token-123"),
         );
-        assert!(check_token(Some("secret-token-123"), &headers).is_ok());
+        assert!(token_denial(Some("secret-token-123"), &headers).is_none());
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic secret-token-123"),
         );
-        assert!(check_token(Some("secret-token-123"), &headers).is_err());
+        assert!(token_denial(Some("secret-token-123"), &headers).is_some());
     }
 }
