@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane, served as text at `GET /metrics`.
 //!
-//! Every server owns one [`prometheus::Registry`] ([`ServerContext::metrics`]); nothing
+//! Every server owns one [`prometheus::Registry`] ([`ServerContext::metrics`](wrenn_extension::ServerContext::metrics)); nothing
 //! is registered in the process-wide default registry, so several servers run in one
 //! process (tests) without sharing a series. Extensions register their own
 //! collectors in the same registry.
