@@ -10,6 +10,11 @@
 //! ready-to-paste `export` lines, so the SDK works against it at once — capsule URLs
 //! included (`WRENN_PROXY_DOMAIN=localhost:PORT`: `http://8000-cl-….localhost:PORT`
 //! reaches port 8000 of a capsule through the control plane's proxy).
+//!
+//! Prometheus metrics: `GET /metrics` of the control plane carries its own series and
+//! the in-process agent's (`wrenn_agent_*`, one registry). It is open when `--listen`
+//! is a loopback address (`WRENN_METRICS_OPEN` unless set otherwise), closed (404)
+//! otherwise unless `WRENN_METRICS_TOKEN` is set.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -93,6 +98,11 @@ pub fn config(dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
         "DATABASE_URL" => Some(db.clone()),
         "WRENN_CP_LISTEN_ADDR" => Some(listen_s.clone()),
         "REDIS_URL" => None,
+        // `/metrics` (the control plane's and the in-process agent's series) answers
+        // anyone when only this machine can reach it.
+        "WRENN_METRICS_OPEN" => std::env::var(k)
+            .ok()
+            .or_else(|| listen.ip().is_loopback().then(|| "true".to_owned())),
         other => std::env::var(other).ok(),
     })
     .map_err(|e| DevError::Server(e.into()))
@@ -490,7 +500,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> Result<(), DevError> {
                 .with_credentials(Credentials::in_memory(HostCredentials::with_jwt(
                     host, token,
                 )))
-                .with_control_plane(format!("http://{bound}"));
+                .with_control_plane(format!("http://{bound}"))
+                // One scrape of the control plane's `/metrics` shows the agent's too.
+                .with_metrics_registry(server.context().metrics.clone());
             // Agent tunables from the environment (e.g. WRENN_HIBERNATE_AFTER_SECS,
             // WRENN_MEMORY_OVERCOMMIT, WRENN_HEALTH_INTERVAL_SECS).
             options.manager.apply_config(&agent_config);

@@ -30,6 +30,7 @@ pub mod disk;
 pub mod envd;
 pub mod error;
 pub mod events;
+pub mod exporter;
 pub mod heartbeat;
 mod idle;
 pub mod image;

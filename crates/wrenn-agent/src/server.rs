@@ -66,6 +66,9 @@ use wrenn_proto::hostagent::v1::host_agent_service_server::HostAgentServiceServe
 
 use crate::error::{AgentError, AgentResult};
 use crate::events::{EventSender, EventsConfig};
+use crate::exporter::{
+    self, AgentMetrics, MeteredRuntime, StateCollector, register_process_collector,
+};
 use crate::heartbeat::{HEARTBEAT_INTERVAL, Heartbeat, HeartbeatEnd};
 use crate::manager::{ManagerSettings, SandboxManager};
 use crate::metrics::HostSampler;
@@ -109,6 +112,13 @@ pub struct AgentOptions {
     /// How long to wait for in-flight requests after the sandboxes are hibernated at
     /// shutdown (5 s), before the server is stopped hard.
     pub serve_grace: Duration,
+    /// The registry the agent records its metrics in (see [`crate::exporter`]); a new
+    /// one by default. `wrenn dev` passes the control plane's, so that one scrape
+    /// shows both.
+    pub metrics: prometheus::Registry,
+    /// Where to serve `GET /metrics` (plain HTTP, no authentication;
+    /// `WRENN_AGENT_METRICS_ADDR` in the binary). `None`: not served.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -124,6 +134,13 @@ impl std::fmt::Debug for AgentOptions {
             .field("manager", &self.manager)
             .field("reaper_tick", &self.reaper_tick)
             .field("sample_interval", &self.sample_interval)
+            .field(
+                "metrics_listener",
+                &self
+                    .metrics_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +160,8 @@ impl AgentOptions {
             reaper_tick: DEFAULT_REAPER_TICK,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             serve_grace: Duration::from_secs(5),
+            metrics: prometheus::Registry::new(),
+            metrics_listener: None,
         }
     }
 
@@ -183,6 +202,19 @@ impl AgentOptions {
     /// Sets the control plane's base URL for callbacks.
     pub fn with_control_plane(mut self, cp_url: impl Into<String>) -> Self {
         self.events.cp_url = Some(cp_url.into());
+        self
+    }
+
+    /// Records the agent's metrics in `registry` instead of a registry of its own.
+    pub fn with_metrics_registry(mut self, registry: prometheus::Registry) -> Self {
+        self.metrics = registry;
+        self
+    }
+
+    /// Serves `GET /metrics` on `listener` (plain HTTP, no authentication: bind it to
+    /// a private interface).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
         self
     }
 
@@ -287,6 +319,8 @@ impl Inner {
 pub struct AgentHandle {
     inner: Arc<Inner>,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    metrics: prometheus::Registry,
     terminate: CancellationToken,
 }
 
@@ -294,6 +328,7 @@ impl std::fmt::Debug for AgentHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentHandle")
             .field("local_addr", &self.local_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -314,7 +349,18 @@ impl Agent {
             reaper_tick,
             sample_interval,
             serve_grace,
+            metrics: registry,
+            metrics_listener,
         } = options;
+        let metrics = AgentMetrics::register(&registry)
+            .map_err(|e| AgentError::internal(format!("registering metrics: {e}")))?;
+        register_process_collector(&registry);
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| AgentError::internal(format!("metrics listener address: {e}")))?;
+        let runtime: Arc<dyn Runtime> = Arc::new(MeteredRuntime::new(runtime, &metrics));
         let local_addr = listener
             .local_addr()
             .map_err(|e| AgentError::internal(format!("listener address: {}", error_chain(&e))))?;
@@ -358,6 +404,13 @@ impl Agent {
 
         let workers = CancellationToken::new();
         let host = Arc::new(HostSampler::new());
+        registry
+            .register(Box::new(StateCollector::new(
+                Arc::clone(&manager),
+                Arc::clone(&host),
+                manager.layout().root().to_path_buf(),
+            )))
+            .map_err(|e| AgentError::internal(format!("registering metrics: {e}")))?;
         tokio::spawn(reaper::run_reaper(
             Arc::clone(&manager),
             reaper_tick,
@@ -410,9 +463,20 @@ impl Agent {
             .prepare()
             .into_axum_router()
             .merge(proxy::router(Arc::clone(&manager), token))
+            .layer(axum::middleware::from_fn_with_state(
+                metrics.grpc_requests.clone(),
+                exporter::track_grpc,
+            ))
             .layer(tower_http::trace::TraceLayer::new_for_grpc().make_span_with(request_span));
 
         let serve_stop = CancellationToken::new();
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(crate::serve::serve(
+                listener,
+                exporter::router(registry.clone()),
+                serve_stop.clone(),
+            ));
+        }
         let server = match tls_config {
             Some(config) => {
                 let listener = TlsListener::new(listener, config).map_err(|e| {
@@ -461,10 +525,12 @@ impl Agent {
                 }
             });
         }
-        tracing::info!(%local_addr, tls, "host agent serving");
+        tracing::info!(%local_addr, tls, ?metrics_addr, "host agent serving");
         Ok(AgentHandle {
             inner,
             local_addr,
+            metrics_addr,
+            metrics: registry,
             terminate,
         })
     }
@@ -474,6 +540,16 @@ impl AgentHandle {
     /// The address the agent serves on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `GET /metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The registry holding the agent's metrics.
+    pub fn metrics(&self) -> &prometheus::Registry {
+        &self.metrics
     }
 
     /// The sandbox manager (for embedding and tests).

@@ -534,6 +534,21 @@ pub trait SandboxRepo: Send + Sync {
     /// Per-team reservation of running/starting sandboxes (paused at half memory),
     /// for every team with any sandbox row.
     async fn sample_team_usage(&self, at: DateTime<Utc>) -> RepoResult<Vec<MetricsSnapshot>>;
+    /// How many sandbox rows each host has in each status (one entry per pair with
+    /// at least one row, ordered by host then status), for monitoring.
+    async fn count_sandboxes_by_host_status(&self) -> RepoResult<Vec<SandboxCount>>;
+}
+
+/// A number of sandbox rows of one host in one status
+/// ([`SandboxRepo::count_sandboxes_by_host_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxCount {
+    /// The host.
+    pub host_id: HostId,
+    /// The status.
+    pub status: SandboxStatus,
+    /// Rows.
+    pub count: i64,
 }
 
 /// Team metric snapshots, per-sandbox metric points and daily usage.

@@ -34,6 +34,7 @@ pub struct Builder {
     pub(crate) commit: String,
     pub(crate) shutdown_grace: Duration,
     pub(crate) dashboard: DashboardChoice,
+    pub(crate) metrics: Option<prometheus::Registry>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -75,6 +76,7 @@ impl Builder {
             commit: "unknown".to_owned(),
             shutdown_grace: Duration::from_secs(30),
             dashboard: DashboardChoice::Default,
+            metrics: None,
         }
     }
 
@@ -153,6 +155,16 @@ impl Builder {
     /// How long shutdown waits for in-flight requests, workers and lifecycle tasks.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Registers the server's metrics in `registry` (and serves it at `/metrics`)
+    /// instead of a new registry of its own — for an embedder that exposes one
+    /// registry for several components (`wrenn dev` adds the in-process agent's).
+    /// Never pass the process-wide default registry to two servers: their series
+    /// would clash and the second build fail.
+    pub fn with_metrics_registry(mut self, registry: prometheus::Registry) -> Self {
+        self.metrics = Some(registry);
         self
     }
 

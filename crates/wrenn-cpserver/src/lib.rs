@@ -29,6 +29,7 @@ pub mod host_identity;
 pub mod host_pool;
 pub mod logging;
 pub mod mailer;
+pub mod metrics;
 mod router;
 pub mod secrets;
 mod server;

@@ -18,6 +18,7 @@ use crate::ca::CertificateAuthority;
 use crate::capsule_proxy::CapsuleProxy;
 use crate::dashboard;
 use crate::error::ServerError;
+use crate::metrics::ControlPlaneMetrics;
 
 /// The request id header.
 const REQUEST_ID: &str = "x-request-id";
@@ -55,6 +56,7 @@ pub fn build(
     extensions: &[Arc<dyn Extension>],
     version: &str,
     app: Option<Router>,
+    metrics: &ControlPlaneMetrics,
 ) -> Result<Router, ServerError> {
     let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
     let core = api::router(ctx, version);
@@ -63,7 +65,10 @@ pub fn build(
         ctx.clone(),
         core.clone().layer(DefaultBodyLimit::max(limit)),
     );
-    let mut router = core.merge(admin_capsules);
+    let mut router = core.merge(admin_capsules).route(
+        "/metrics",
+        crate::metrics::api_endpoint(ctx.clone(), metrics.lifecycle.clone()),
+    );
     for ext in extensions {
         let ext_routes = ext.routes(ctx);
         // axum refuses overlapping routes by panicking; turn that into a startup
@@ -82,6 +87,13 @@ pub fn build(
     for ext in extensions {
         router = ext.middleware(router, ctx);
     }
+    // Inside the routing (`Router::layer` wraps each route and the fallback), so the
+    // matched route template is known; outside the extensions' middleware, so what
+    // they answer is timed too.
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        metrics.http_requests.clone(),
+        crate::metrics::track,
+    ));
     let router = router
         // The host routes sign certificates with it (`api::hosts`).
         .layer(axum::Extension(Arc::clone(&ca)))

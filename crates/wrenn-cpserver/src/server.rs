@@ -26,6 +26,7 @@ use crate::events::RedisBus;
 use crate::host_data_plane::GrpcDataPlane;
 use crate::host_pool::{GrpcHostAgents, HostChannels};
 use crate::mailer::SmtpMailer;
+use crate::metrics::{ControlPlaneMetrics, MeteredAgents};
 use crate::secrets::Secrets;
 use crate::{router, workers};
 
@@ -36,6 +37,7 @@ pub struct Server {
     extensions: Vec<Arc<dyn Extension>>,
     secrets: Secrets,
     grace: Duration,
+    metrics: ControlPlaneMetrics,
 }
 
 impl std::fmt::Debug for Server {
@@ -82,12 +84,19 @@ impl Builder {
         let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes())
             .map_err(|e| ServerError::Secrets(e.to_string()))?;
 
+        let registry = self.metrics.unwrap_or_default();
+        let metrics = ControlPlaneMetrics::register(&registry)
+            .map_err(|e| ServerError::Other(format!("registering metrics: {e}")))?;
+
         let hosts = Arc::new(HostChannels::new(store.clone(), secrets.ca.clone()));
         let data_plane = self.data_plane;
-        let agents = match self.agents {
+        let agents: Arc<dyn wrenn_core::agents::HostAgents> = match self.agents {
             Some(a) => a,
             None => Arc::new(GrpcHostAgents::new(hosts.clone())),
         };
+        // Every lifecycle call is timed, whichever agents the server was given.
+        let agents: Arc<dyn wrenn_core::agents::HostAgents> =
+            Arc::new(MeteredAgents::new(agents, metrics.lifecycle.clone()));
         let scheduler: Arc<dyn Scheduler> = match self.scheduler {
             Some(s) => s,
             None => match config.scheduler {
@@ -136,6 +145,7 @@ impl Builder {
             config,
             mailer,
             shutdown: CancellationToken::new(),
+            metrics: registry,
         };
         let router = router::build(
             &ctx,
@@ -143,6 +153,7 @@ impl Builder {
             &self.extensions,
             &self.version,
             self.dashboard.into_router(),
+            &metrics,
         )?;
         Ok(Server {
             ctx,
@@ -150,6 +161,7 @@ impl Builder {
             extensions: self.extensions,
             secrets,
             grace: self.shutdown_grace,
+            metrics,
         })
     }
 }
@@ -170,6 +182,19 @@ impl Server {
         self.router.clone()
     }
 
+    /// The control plane's own metric collectors (registered in
+    /// [`ServerContext::metrics`]).
+    pub fn metrics(&self) -> &ControlPlaneMetrics {
+        &self.metrics
+    }
+
+    /// The router of the metrics listener: `GET /metrics` only, behind the metrics
+    /// token when one is configured. [`Server::serve`] serves it on
+    /// `WRENN_METRICS_ADDR` when that is set; an embedder may serve it anywhere.
+    pub fn metrics_router(&self) -> Router {
+        crate::metrics::listener_router(self.ctx.clone(), self.metrics.lifecycle.clone())
+    }
+
     /// Starts the workers and serves on `listener` until `shutdown` resolves or the
     /// context's token is cancelled; then stops accepting, lets in-flight requests
     /// finish, stops workers and lifecycle tasks, each bounded by the grace period.
@@ -180,13 +205,32 @@ impl Server {
     ) -> Result<(), ServerError> {
         let ctx = self.ctx.clone();
         let token = ctx.shutdown.clone();
-        let mut all_workers = workers::core_workers(&ctx, &self.extensions);
+        let metrics_listener = match ctx.config.metrics.listen_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServerError::Serve)?),
+            None => None,
+        };
+        let mut all_workers =
+            workers::core_workers_metered(&ctx, &self.extensions, self.metrics.events.clone());
         for ext in &self.extensions {
             all_workers.extend(ext.workers(&ctx));
         }
         let supervisor = Supervisor::start(&ctx, all_workers, token.child_token());
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         info!(%addr, "control plane listening");
+
+        if let Some(listener) = metrics_listener {
+            let addr = listener.local_addr().map_err(ServerError::Serve)?;
+            info!(%addr, "metrics listening");
+            let stop = token.clone();
+            let metrics = axum::serve(listener, self.metrics_router())
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .into_future();
+            tokio::spawn(async move {
+                if let Err(error) = metrics.await {
+                    warn!(%error, "metrics listener failed");
+                }
+            });
+        }
 
         let stop = token.clone();
         // No Nagle delay: streamed responses (SSE, WebSocket frames, file chunks)

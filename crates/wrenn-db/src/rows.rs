@@ -524,6 +524,24 @@ impl UsageSampleRow {
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct SandboxCountRow {
+    host_id: Uuid,
+    status: String,
+    count: i64,
+}
+
+impl TryFrom<SandboxCountRow> for wrenn_core::repo::SandboxCount {
+    type Error = RepoError;
+    fn try_from(r: SandboxCountRow) -> RepoResult<Self> {
+        Ok(Self {
+            host_id: HostId::from_uuid(r.host_id),
+            status: parse_stored("sandboxes.status", &r.status)?,
+            count: r.count,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct MetricPointRow {
     ts: i64,
     cpu_pct: f64,

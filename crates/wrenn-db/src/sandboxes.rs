@@ -9,11 +9,13 @@ use uuid::Uuid;
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{Metadata, MetricsSnapshot, NewSandbox, ProxyTarget, Sandbox};
-use wrenn_core::repo::{FAILURE_METADATA_KEY, Quota, RepoError, RepoResult, SandboxRepo};
+use wrenn_core::repo::{
+    FAILURE_METADATA_KEY, Quota, RepoError, RepoResult, SandboxCount, SandboxRepo,
+};
 
 use crate::backend::{Dialect, begin_write, for_each_backend, push_in, row_exists};
 use crate::error::db;
-use crate::rows::{ProxyTargetRow, SandboxRow, UsageSampleRow, convert_all};
+use crate::rows::{ProxyTargetRow, SandboxCountRow, SandboxRow, UsageSampleRow, convert_all};
 use crate::timestamp::Ts;
 
 /// Ids per statement in bulk updates (well under both backends' parameter limits).
@@ -510,6 +512,18 @@ macro_rules! impl_sandbox_repo {
                     .await
                     .map_err(db("sandbox"))?;
                 rows.into_iter().map(|r| r.into_snapshot(at)).collect()
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn count_sandboxes_by_host_status(&self) -> RepoResult<Vec<SandboxCount>> {
+                let rows: Vec<SandboxCountRow> = sqlx::query_as(
+                    "SELECT host_id, status, COUNT(*) AS count FROM sandboxes \
+                     GROUP BY host_id, status ORDER BY host_id, status",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("sandbox"))?;
+                rows.into_iter().map(SandboxCount::try_from).collect()
             }
         }
     };

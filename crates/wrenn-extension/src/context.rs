@@ -45,6 +45,12 @@ pub struct ServerContext {
     pub mailer: Option<Arc<dyn Mailer>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// The server's Prometheus registry, served at `GET /metrics` (owned by this
+    /// server, never the process-wide default registry). An extension registers its
+    /// own collectors here once, typically in [`Extension::routes`](crate::Extension::routes)
+    /// or when it is built, with names prefixed by its own (`billing_…`): registering
+    /// a name twice is an error.
+    pub metrics: prometheus::Registry,
 }
 
 impl std::fmt::Debug for ServerContext {

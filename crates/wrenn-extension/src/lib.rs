@@ -29,4 +29,6 @@ pub use error::{ApiError, ApiResult};
 pub use extension::Extension;
 pub use hosts::HostConnections;
 pub use mailer::{Email, MailError, Mailer};
+/// The Prometheus client the [`ServerContext::metrics`] registry is of.
+pub use prometheus;
 pub use worker::{Supervisor, Worker, WorkerError};

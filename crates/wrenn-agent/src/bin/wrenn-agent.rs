@@ -231,6 +231,15 @@ async fn run(config: AgentConfig) -> Result<(), String> {
             )
         })?;
     let mut options = AgentOptions::from_config(runtime, &config, listener);
+    if let Some(addr) = config.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            format!(
+                "cannot listen on {addr} (WRENN_AGENT_METRICS_ADDR): {}",
+                error_chain(&e)
+            )
+        })?;
+        options = options.with_metrics_listener(metrics);
+    }
     if let Some(credentials) = credentials(&config).await? {
         tracing::info!(host_id = %credentials.host_id(), "registered with the control plane");
         let tls = credentials.has_certificate();

@@ -27,6 +27,7 @@ mod firecracker_uffd;
 mod image;
 mod isolation;
 mod liveness;
+mod metrics;
 mod multi_host;
 mod network;
 mod process_runtime;

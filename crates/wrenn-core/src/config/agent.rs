@@ -228,6 +228,11 @@ pub struct AgentConfig {
     /// `WRENN_EGRESS_ALLOW` and `WRENN_EGRESS_DENY`: the deployment's changes to the
     /// capsules' default egress policy.
     pub egress: EgressConfig,
+    /// `WRENN_AGENT_METRICS_ADDR` (`ip:port`, `:port` means `0.0.0.0:port`): a plain
+    /// HTTP listener serving the agent's Prometheus metrics at `/metrics`, and nothing
+    /// else. Unset: no metrics listener. Bind it to a private interface: it has no
+    /// authentication.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -303,6 +308,10 @@ impl AgentConfig {
                 allow: v.cidrs(vars::WRENN_EGRESS_ALLOW)?,
                 deny: v.cidrs(vars::WRENN_EGRESS_DENY)?,
             },
+            metrics_addr: match v.get(vars::WRENN_AGENT_METRICS_ADDR) {
+                Some(_) => Some(v.socket_addr(vars::WRENN_AGENT_METRICS_ADDR, "")?),
+                None => None,
+            },
         })
     }
 
@@ -364,6 +373,15 @@ mod tests {
         assert_eq!(a.reported_address().as_deref(), Some("127.0.0.1:50051"));
         let wildcard = agent(&[("WRENN_HOST_LISTEN_ADDR", ":50051")]).unwrap();
         assert_eq!(wildcard.reported_address(), None);
+        assert_eq!(a.metrics_addr, None);
+    }
+
+    #[test]
+    fn agent_metrics_address() {
+        let a = agent(&[("WRENN_AGENT_METRICS_ADDR", ":9464")]).unwrap();
+        assert_eq!(a.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        let err = agent(&[("WRENN_AGENT_METRICS_ADDR", "9464")]).unwrap_err();
+        assert_eq!(err_var(&err), "WRENN_AGENT_METRICS_ADDR");
     }
 
     #[test]

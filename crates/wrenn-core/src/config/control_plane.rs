@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::secret::{Redacted, redact_url};
 use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
 use super::{
-    ConfigError, DEFAULT_WRENN_DIR, Overcommit, ProxyConfig, SchedulerKind, Secret, SmtpConfig,
-    vars,
+    ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig, SchedulerKind, Secret,
+    SmtpConfig, vars,
 };
 use crate::layout::Layout;
 
@@ -105,6 +105,8 @@ pub struct Config {
     pub lifecycle_wait: Duration,
     /// The capsule proxy (`WRENN_PROXY_*`).
     pub proxy: ProxyConfig,
+    /// Exposure of `GET /metrics` (`WRENN_METRICS_*`).
+    pub metrics: MetricsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -131,6 +133,7 @@ impl fmt::Debug for Config {
             create_wait,
             lifecycle_wait,
             proxy,
+            metrics,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -153,6 +156,7 @@ impl fmt::Debug for Config {
             .field("create_wait", create_wait)
             .field("lifecycle_wait", lifecycle_wait)
             .field("proxy", proxy)
+            .field("metrics", metrics)
             .finish()
     }
 }
@@ -293,6 +297,7 @@ impl Config {
                 millis_up_to(MAX_LIFECYCLE_WAIT),
             )?,
             proxy: ProxyConfig::from_vars(&v)?,
+            metrics: MetricsConfig::from_vars(&v)?,
         })
     }
 

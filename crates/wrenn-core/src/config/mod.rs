@@ -13,6 +13,7 @@ mod agent;
 mod control_plane;
 mod egress;
 mod error;
+mod metrics;
 mod overcommit;
 mod proxy;
 mod scheduler;
@@ -37,6 +38,7 @@ pub use control_plane::{
 };
 pub use egress::{Cidr, EgressConfig};
 pub use error::ConfigError;
+pub use metrics::{MIN_METRICS_TOKEN_LEN, MetricsConfig};
 pub use overcommit::{
     DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_MEMORY_RESERVE_MB, MAX_OVERCOMMIT,
     Overcommit,

@@ -98,3 +98,11 @@ pub const WRENN_PROXY_DOMAIN: &str = "WRENN_PROXY_DOMAIN";
 pub const WRENN_PROXY_RESUME_PAUSED: &str = "WRENN_PROXY_RESUME_PAUSED";
 /// Seconds the capsule proxy waits for a capsule's server to answer.
 pub const WRENN_PROXY_UPSTREAM_TIMEOUT_SECS: &str = "WRENN_PROXY_UPSTREAM_TIMEOUT_SECS";
+/// Bearer token required on the control plane's `/metrics`.
+pub const WRENN_METRICS_TOKEN: &str = "WRENN_METRICS_TOKEN";
+/// Separate listen address of the control plane's `/metrics`.
+pub const WRENN_METRICS_ADDR: &str = "WRENN_METRICS_ADDR";
+/// Whether the API listener serves `/metrics` to anyone (no token).
+pub const WRENN_METRICS_OPEN: &str = "WRENN_METRICS_OPEN";
+/// Listen address of the host agent's `/metrics` (plain HTTP; unset: not served).
+pub const WRENN_AGENT_METRICS_ADDR: &str = "WRENN_AGENT_METRICS_ADDR";

@@ -17,6 +17,8 @@ use tracing::{Instrument, debug, warn};
 use wrenn_core::events::{Delivery, Event, SANDBOX_STREAM};
 use wrenn_extension::{Extension, ServerContext, Worker, WorkerError};
 
+use crate::metrics::EventMetrics;
+
 /// Consumer group of the sandbox stream.
 pub const GROUP: &str = "wrenn-sandbox-events-v1";
 /// How long an entry may stay pending on a consumer before another claims it.
@@ -25,12 +27,14 @@ pub const CLAIM_AFTER: Duration = Duration::from_secs(60);
 const BLOCK: Duration = Duration::from_secs(5);
 const BATCH: usize = 32;
 
-/// The consumer worker.
-pub fn worker(extensions: Vec<Arc<dyn Extension>>) -> Worker {
+/// The consumer worker; each handled entry is recorded in `metrics` (its age: the
+/// bus's lag; acknowledged or left for a retry; redelivered).
+pub fn worker(extensions: Vec<Arc<dyn Extension>>, metrics: EventMetrics) -> Worker {
     let consumer = format!("cp-{}", uuid::Uuid::new_v4().simple());
     Worker::new("sandbox-event-consumer", move |ctx, cancel| {
-        let (extensions, consumer) = (extensions.clone(), consumer.clone());
-        async move { run(ctx, cancel, &extensions, &consumer).await }
+        let (extensions, consumer, metrics) =
+            (extensions.clone(), consumer.clone(), metrics.clone());
+        async move { run(ctx, cancel, &extensions, &consumer, &metrics).await }
     })
 }
 
@@ -39,6 +43,7 @@ async fn run(
     cancel: CancellationToken,
     extensions: &[Arc<dyn Extension>],
     consumer: &str,
+    metrics: &EventMetrics,
 ) -> Result<(), WorkerError> {
     ctx.events.create_group(SANDBOX_STREAM, GROUP).await?;
     loop {
@@ -54,7 +59,9 @@ async fn run(
             _ = cancel.cancelled() => return Ok(()),
         };
         for delivery in stale.into_iter().chain(fresh) {
-            if handle(&ctx, extensions, &delivery).await {
+            let acked = handle(&ctx, extensions, &delivery).await;
+            metrics.observe(&delivery, acked);
+            if acked {
                 ctx.events
                     .ack(SANDBOX_STREAM, GROUP, std::slice::from_ref(&delivery.id))
                     .await?;

@@ -22,6 +22,7 @@ mod api_teams;
 mod host_monitor;
 mod host_pool;
 mod liveness_admission;
+mod metrics;
 mod redis_bus;
 mod replicas;
 mod system;

@@ -458,6 +458,32 @@ async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
     );
 }
 
+async fn sandboxes_are_counted_by_host_and_status(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (a, b) = (host(&db, None).await, host(&db, None).await);
+    for status in [Running, Running, Paused, Stopped] {
+        sandbox(&db, team.id, a.id, status).await;
+    }
+    sandbox(&db, team.id, b.id, Running).await;
+    let counts: BTreeMap<_, i64> = db
+        .count_sandboxes_by_host_status()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.host_id == a.id || c.host_id == b.id)
+        .map(|c| ((c.host_id == a.id, c.status.as_str()), c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ((true, "paused"), 1),
+            ((true, "running"), 2),
+            ((true, "stopped"), 1),
+            ((false, "running"), 1),
+        ])
+    );
+}
+
 async fn fail_if_records_the_reason_only_from_the_expected_status(db: Db) {
     let (_, team) = owned_team(&db).await;
     let host = host(&db, None).await;
@@ -600,4 +626,5 @@ conformance_tests!(
     touching_a_sandbox_records_its_last_activity,
     the_proxy_target_carries_the_hosts_address,
     team_usage_counts_running_fully_and_paused_at_half_memory,
+    sandboxes_are_counted_by_host_and_status,
 );

@@ -30,14 +30,20 @@ pub struct ControlPlaneUnderTest {
 
 impl ControlPlaneUnderTest {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With the configuration variables `env` besides the directory and database.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let vars = [
-            ("WRENN_DIR", dir.path().display().to_string()),
+        let mut vars = vec![
+            ("WRENN_DIR".to_owned(), dir.path().display().to_string()),
             (
-                "DATABASE_URL",
+                "DATABASE_URL".to_owned(),
                 format!("sqlite://{}", dir.path().join("wrenn.db").display()),
             ),
         ];
+        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let config =
             Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
                 .unwrap();
@@ -142,6 +148,17 @@ impl AgentProcess {
         listen: &str,
         token: Option<&str>,
     ) -> Self {
+        Self::start_with(cp, dir, listen, token, &[])
+    }
+
+    /// [`AgentProcess::start`] with the environment variables `env` too.
+    pub fn start_with(
+        cp: &ControlPlaneUnderTest,
+        dir: &std::path::Path,
+        listen: &str,
+        token: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         // The default image, built once per machine and shared through
         // WRENN_IMAGE_CACHE (the agent builds it on start when missing).
         super::test_image();
@@ -162,6 +179,7 @@ impl AgentProcess {
         if let Some(token) = token {
             cmd.env("WRENN_REGISTRATION_TOKEN", token);
         }
+        cmd.envs(env.iter().copied());
         Self(cmd.spawn().expect("wrenn-agent starts"))
     }
 

@@ -70,7 +70,7 @@ pub struct TestServer {
 
 /// What a control plane owns besides its server: the first one of a test owns the
 /// database and directory its replicas share.
-enum Replica {
+pub enum Replica {
     First {
         db: TestStore,
         dir: tempfile::TempDir,
@@ -108,6 +108,14 @@ impl TestServer {
         Some(Self::serve(store, &path, opts.mailer, Replica::First { db, dir }).await)
     }
 
+    /// SQLite, no mailer, with the configuration variables `env` besides `WRENN_DIR`.
+    pub async fn start_with_env(env: &[(&'static str, String)]) -> Self {
+        let db = TestStores::sqlite().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, path) = (db.store(), dir.path().to_owned());
+        Self::serve_with(store, &path, false, Replica::First { db, dir }, env).await
+    }
+
     /// A second control plane on this one's database (its own connection pool) and
     /// secrets: what two replicas behind a load balancer share.
     pub async fn replica(&self) -> Self {
@@ -124,10 +132,25 @@ impl TestServer {
         mailer: bool,
         replica: Replica,
     ) -> Self {
+        Self::serve_with(store, dir, mailer, replica, &[]).await
+    }
+
+    /// A control plane on `store`, with the configuration variables `env` besides
+    /// `WRENN_DIR`.
+    pub async fn serve_with(
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+        mailer: bool,
+        replica: Replica,
+        env: &[(&'static str, String)],
+    ) -> Self {
         let wrenn_dir = dir.to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
             "WRENN_DIR" => Some(wrenn_dir.clone()),
-            _ => None,
+            _ => env
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone()),
         })
         .expect("config");
         let agents = FakeAgents::new();
