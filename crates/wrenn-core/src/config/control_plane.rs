@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::secret::{Redacted, redact_url};
 use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
 use super::{
-    ConfigError, DEFAULT_WRENN_DIR, Overcommit, ProxyConfig, SchedulerKind, Secret, SmtpConfig,
-    vars,
+    ChannelsConfig, ConfigError, DEFAULT_WRENN_DIR, Overcommit, ProxyConfig, SchedulerKind, Secret,
+    SmtpConfig, vars,
 };
 use crate::layout::Layout;
 
@@ -67,7 +67,10 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// `WRENN_CA_KEY`: mTLS CA private key (PEM path); set together with `ca_cert`.
     pub ca_key: Option<PathBuf>,
-    /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes) for channel secrets; optional.
+    /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes), the AES-256-GCM key of
+    /// channel configs; anything else is a startup error. Unset → the server generates
+    /// one into `WRENN_DIR` once and reads it back on later starts (every replica must
+    /// then share that directory, or set the variable).
     pub encryption_key: Option<[u8; 32]>,
     /// SMTP settings (`SMTP_*`); unset `SMTP_HOST` → no email is sent.
     pub smtp: Option<SmtpConfig>,
@@ -100,6 +103,8 @@ pub struct Config {
     pub lifecycle_wait: Duration,
     /// The capsule proxy (`WRENN_PROXY_*`).
     pub proxy: ProxyConfig,
+    /// Notification-channel delivery (`WRENN_CHANNELS_*`).
+    pub channels: ChannelsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -125,6 +130,7 @@ impl fmt::Debug for Config {
             create_wait,
             lifecycle_wait,
             proxy,
+            channels,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -146,6 +152,7 @@ impl fmt::Debug for Config {
             .field("create_wait", create_wait)
             .field("lifecycle_wait", lifecycle_wait)
             .field("proxy", proxy)
+            .field("channels", channels)
             .finish()
     }
 }
@@ -280,6 +287,7 @@ impl Config {
                 millis_up_to(MAX_LIFECYCLE_WAIT),
             )?,
             proxy: ProxyConfig::from_vars(&v)?,
+            channels: ChannelsConfig::from_vars(&v)?,
         })
     }
 
