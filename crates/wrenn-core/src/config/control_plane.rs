@@ -69,8 +69,8 @@ pub struct Config {
     pub ca_key: Option<PathBuf>,
     /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes), the AES-256-GCM key of
     /// channel configs; anything else is a startup error. Unset → the server generates
-    /// one into `WRENN_DIR` once and reads it back on later starts (every replica must
-    /// then share that directory, or set the variable).
+    /// one into `WRENN_DIR` once, reads it back on later starts and fills it in here
+    /// (every replica must then share that directory, or set the variable).
     pub encryption_key: Option<[u8; 32]>,
     /// SMTP settings (`SMTP_*`); unset `SMTP_HOST` → no email is sent.
     pub smtp: Option<SmtpConfig>,

@@ -23,5 +23,6 @@ pub fn core_workers(ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> V
         account_cleanup::worker(),
         host_monitor::worker(ctx.config.host_monitor_interval),
         crate::builds::worker::worker(),
+        crate::channels::dispatcher::worker(),
     ]
 }
