@@ -495,7 +495,9 @@ async fn test(
     check_config(&service, provider, &body.config, true).await?;
     let mut config = body.config;
     if provider == Provider::Webhook {
-        config.entry("secret".into()).or_insert_with(generate_secret);
+        config
+            .entry("secret".into())
+            .or_insert_with(generate_secret);
     }
     let event = PlatformEvent {
         event: PlatformEventKind::ChannelTest,

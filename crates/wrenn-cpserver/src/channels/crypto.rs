@@ -125,7 +125,10 @@ mod tests {
             "https://hooks.example.com/T0/B0/secret"
         );
         let raw = STANDARD.decode(&a).unwrap();
-        assert_eq!(raw.len(), NONCE_LEN + "https://hooks.example.com/T0/B0/secret".len() + 16);
+        assert_eq!(
+            raw.len(),
+            NONCE_LEN + "https://hooks.example.com/T0/B0/secret".len() + 16
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ impl Deliverer {
                 self.request(Method::POST, target)?
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(DELIVERY_HEADER, delivery_id.to_string())
-                    .header(SIGNATURE_HEADER, signature(secret.as_bytes(), &timestamp, &body))
+                    .header(
+                        SIGNATURE_HEADER,
+                        signature(secret.as_bytes(), &timestamp, &body),
+                    )
                     .header(TIMESTAMP_HEADER, timestamp)
                     .body(body)
             }
@@ -373,11 +376,17 @@ mod tests {
         assert_eq!(v["resource"]["type"], "capsule");
         assert!(v["resource"]["id"].as_str().unwrap().starts_with("cl-"));
         let ts = v["timestamp"].as_str().unwrap();
-        assert!(ts.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+        assert!(
+            ts.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+            "{ts}"
+        );
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 5, "{keys:?}");
         let text = message_text(&ev);
-        assert!(text.starts_with("[Wrenn] capsule.created: capsule cl-"), "{text}");
+        assert!(
+            text.starts_with("[Wrenn] capsule.created: capsule cl-"),
+            "{text}"
+        );
         assert!(text.contains("by ann@example.com"), "{text}");
     }
 

@@ -191,7 +191,8 @@ async fn settle(shared: &Shared, delivery: &Delivery) -> bool {
         // Tests are sent directly by the API, never through the stream.
         return true;
     }
-    let span = tracing::info_span!("channels", team_id = %event.team_id, event = event.event.as_str());
+    let span =
+        tracing::info_span!("channels", team_id = %event.team_id, event = event.event.as_str());
     async {
         let mut tries = 0;
         let channels = loop {
@@ -232,7 +233,12 @@ async fn settle(shared: &Shared, delivery: &Delivery) -> bool {
 
 /// Delivers `event` to `channel` with retries; `true` once delivered or
 /// dead-lettered.
-async fn deliver(shared: &Shared, entry: &EventId, event: &PlatformEvent, channel: &Channel) -> bool {
+async fn deliver(
+    shared: &Shared,
+    entry: &EventId,
+    event: &PlatformEvent,
+    channel: &Channel,
+) -> bool {
     let id = delivery_id(entry, channel.id, event);
     let span = tracing::info_span!(
         "channel_delivery",

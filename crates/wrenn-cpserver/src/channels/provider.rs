@@ -304,12 +304,30 @@ mod tests {
     #[test]
     fn required_fields_per_provider() {
         let ok = [
-            (Provider::Webhook, cfg(&[("url", "https://example.com/hook")])),
-            (Provider::Slack, cfg(&[("webhook_url", "https://hooks.slack.com/services/T/B/x")])),
-            (Provider::Discord, cfg(&[("webhook_url", "https://discord.com/api/webhooks/1/x")])),
-            (Provider::Teams, cfg(&[("webhook_url", "https://x.webhook.office.com/a")])),
-            (Provider::GoogleChat, cfg(&[("webhook_url", "https://chat.googleapis.com/v1/x")])),
-            (Provider::Telegram, cfg(&[("bot_token", "123:AB-c_d"), ("chat_id", "-100")])),
+            (
+                Provider::Webhook,
+                cfg(&[("url", "https://example.com/hook")]),
+            ),
+            (
+                Provider::Slack,
+                cfg(&[("webhook_url", "https://hooks.slack.com/services/T/B/x")]),
+            ),
+            (
+                Provider::Discord,
+                cfg(&[("webhook_url", "https://discord.com/api/webhooks/1/x")]),
+            ),
+            (
+                Provider::Teams,
+                cfg(&[("webhook_url", "https://x.webhook.office.com/a")]),
+            ),
+            (
+                Provider::GoogleChat,
+                cfg(&[("webhook_url", "https://chat.googleapis.com/v1/x")]),
+            ),
+            (
+                Provider::Telegram,
+                cfg(&[("bot_token", "123:AB-c_d"), ("chat_id", "-100")]),
+            ),
             (
                 Provider::Matrix,
                 cfg(&[
@@ -331,7 +349,10 @@ mod tests {
                 );
                 let mut empty = c.clone();
                 empty.insert((*field).to_owned(), " ".into());
-                assert_eq!(validate_config(*p, &empty, false).unwrap_err().field, *field);
+                assert_eq!(
+                    validate_config(*p, &empty, false).unwrap_err().field,
+                    *field
+                );
             }
         }
     }
@@ -339,12 +360,32 @@ mod tests {
     #[test]
     fn bad_configs_name_their_field() {
         let bad = [
-            (Provider::Webhook, cfg(&[("url", "ftp://example.com")]), "url"),
+            (
+                Provider::Webhook,
+                cfg(&[("url", "ftp://example.com")]),
+                "url",
+            ),
             (Provider::Webhook, cfg(&[("url", "not a url")]), "url"),
-            (Provider::Webhook, cfg(&[("url", "https://e.com"), ("extra", "1")]), "extra"),
-            (Provider::Webhook, cfg(&[("url", "https://e.com"), ("secret", "s")]), "secret"),
-            (Provider::Slack, cfg(&[("webhook_url", "file:///etc/passwd")]), "webhook_url"),
-            (Provider::Telegram, cfg(&[("bot_token", "abc"), ("chat_id", "1")]), "bot_token"),
+            (
+                Provider::Webhook,
+                cfg(&[("url", "https://e.com"), ("extra", "1")]),
+                "extra",
+            ),
+            (
+                Provider::Webhook,
+                cfg(&[("url", "https://e.com"), ("secret", "s")]),
+                "secret",
+            ),
+            (
+                Provider::Slack,
+                cfg(&[("webhook_url", "file:///etc/passwd")]),
+                "webhook_url",
+            ),
+            (
+                Provider::Telegram,
+                cfg(&[("bot_token", "abc"), ("chat_id", "1")]),
+                "bot_token",
+            ),
             (
                 Provider::Telegram,
                 cfg(&[("bot_token", "1:a/b"), ("chat_id", "1")]),
@@ -357,7 +398,11 @@ mod tests {
             ),
         ];
         for (p, c, field) in bad {
-            assert_eq!(validate_config(p, &c, false).unwrap_err().field, field, "{c:?}");
+            assert_eq!(
+                validate_config(p, &c, false).unwrap_err().field,
+                field,
+                "{c:?}"
+            );
         }
         let secret = cfg(&[("url", "https://e.com"), ("secret", "s")]);
         assert_eq!(validate_config(Provider::Webhook, &secret, true), Ok(()));
@@ -368,7 +413,10 @@ mod tests {
         let shown = redact(
             Provider::Matrix,
             &cfg(&[
-                ("homeserver_url", "https://user:pw@matrix.example.org:8448/path?token=x"),
+                (
+                    "homeserver_url",
+                    "https://user:pw@matrix.example.org:8448/path?token=x",
+                ),
                 ("access_token", "syt_secret"),
                 ("room_id", "!room:example.org"),
             ]),
@@ -397,7 +445,11 @@ mod tests {
 
     #[test]
     fn events_are_checked_and_deduplicated() {
-        let got = parse_events(&["host.down".into(), "capsule.created".into(), "host.down".into()]);
+        let got = parse_events(&[
+            "host.down".into(),
+            "capsule.created".into(),
+            "host.down".into(),
+        ]);
         assert_eq!(got.unwrap(), ["host.down", "capsule.created"]);
         assert!(parse_events(&["capsule.exploded".into()]).is_err());
         assert!(parse_events(&["channel.test".into()]).is_err());

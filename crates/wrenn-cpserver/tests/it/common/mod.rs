@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use wrenn_core::auth::{Role, UserClaims, hash_password};
 
 use wrenn_core::config::Config;
+use wrenn_core::events::EventBus;
 use wrenn_core::id::{TeamId, UserId};
 use wrenn_core::model::UserStatus;
 use wrenn_core::repo::{NewTeam, NewUser, Store};
@@ -105,7 +106,17 @@ impl TestServer {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, path) = (db.store(), dir.path().to_owned());
-        Some(Self::serve(store, &path, opts.mailer, Replica::First { db, dir }).await)
+        Some(
+            Self::serve(
+                store,
+                &path,
+                opts.mailer,
+                Replica::First { db, dir },
+                &[],
+                None,
+            )
+            .await,
+        )
     }
 
     /// A second control plane on this one's database (its own connection pool) and
@@ -115,7 +126,28 @@ impl TestServer {
             panic!("make replicas of the first control plane");
         };
         let store = db.replica().await;
-        Self::serve(store, dir.path(), self.mailer.is_some(), Replica::Second).await
+        Self::serve(
+            store,
+            dir.path(),
+            self.mailer.is_some(),
+            Replica::Second,
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// A control plane on `store` and `dir` (which the caller keeps), configured with
+    /// `vars` on top of `WRENN_DIR`, on `bus` (else a fresh in-process bus). Starting
+    /// another on the same store, directory and bus after stopping this one is a
+    /// restart.
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+        vars: &[(&str, &str)],
+        bus: Option<Arc<dyn EventBus>>,
+    ) -> Self {
+        Self::serve(store, dir, false, Replica::Second, vars, bus).await
     }
 
     async fn serve(
@@ -123,17 +155,25 @@ impl TestServer {
         dir: &std::path::Path,
         mailer: bool,
         replica: Replica,
+        vars: &[(&str, &str)],
+        bus: Option<Arc<dyn EventBus>>,
     ) -> Self {
         let wrenn_dir = dir.to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
             "WRENN_DIR" => Some(wrenn_dir.clone()),
-            _ => None,
+            other => vars
+                .iter()
+                .find(|(name, _)| *name == other)
+                .map(|(_, v)| (*v).to_owned()),
         })
         .expect("config");
         let agents = FakeAgents::new();
         let mut builder = Builder::new(config)
             .with_store(store)
             .with_host_agents(agents.clone());
+        if let Some(bus) = bus {
+            builder = builder.with_event_bus(bus);
+        }
         let mailer = mailer.then(|| Arc::new(RecordingMailer::default()));
         if let Some(m) = &mailer {
             builder = builder.with_mailer(m.clone());
