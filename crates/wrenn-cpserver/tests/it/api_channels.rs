@@ -1161,3 +1161,34 @@ async fn a_capsule_created_through_the_api_is_announced() {
     assert_eq!(p["actor"]["id"], u.id.to_string());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_channel_routes_are_documented() {
+    let s = TestServer::start().await;
+    let (status, doc) = send(s.req(Method::GET, "/openapi.json")).await;
+    assert_eq!(status, 200);
+    let paths = &doc["paths"];
+    for (path, methods) in [
+        ("/v1/channels", &["get", "post"][..]),
+        ("/v1/channels/test", &["post"]),
+        ("/v1/channels/{id}", &["get", "patch", "delete"]),
+        ("/v1/channels/{id}/config", &["put"]),
+        ("/v1/channels/{id}/dead-letters", &["get"]),
+    ] {
+        for m in methods {
+            let op = &paths[path][m];
+            assert!(op.is_object(), "{m} {path} is documented");
+            assert_eq!(op["tags"][0], "channels", "{m} {path}");
+        }
+    }
+    let test = &paths["/v1/channels/test"]["post"]["responses"];
+    assert!(test["502"].is_object(), "{test}");
+    let body = &doc["components"]["schemas"]["ChannelBody"]["properties"];
+    for field in [
+        "id", "team_id", "name", "provider", "events", "config", "secret",
+    ] {
+        assert!(body[field].is_object(), "ChannelBody.{field}");
+    }
+    assert!(doc["components"]["schemas"]["DeadLetterBody"].is_object());
+    s.stop().await;
+}
