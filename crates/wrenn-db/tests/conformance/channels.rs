@@ -142,7 +142,7 @@ async fn channels_are_renamed_and_resubscribed(db: Db) {
         db.list_channels_for_event(team.id, "host.up")
             .await
             .unwrap(),
-        [renamed.clone()]
+        std::slice::from_ref(&renamed)
     );
     assert_conflict(
         db.update_channel(team.id, ch.id, "taken", &events, later)
