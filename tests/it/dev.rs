@@ -57,6 +57,8 @@ pub(crate) fn start_dev_with(env: &[(&str, &str)]) -> Dev {
         .arg(dir.path().join("state"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("WRENN_HIBERNATE_AFTER_SECS", "2")
+        // Team snapshots every second, so stats and usage fill within a test.
+        .env("WRENN_METRICS_SAMPLE_INTERVAL_SECS", "1")
         // A VM's first create waits for the warm snapshot the agent makes at start (a
         // guest boot: seconds under TCG); the API then still answers `201 running`.
         .env("WRENN_CREATE_WAIT_MS", "60000")

@@ -289,11 +289,32 @@ async fn the_platform_end_to_end() {
             .any(|p| p["tag"] == "mem"),
         "{v}"
     );
+    // Its agent samples it twice a second.
+    let mut sampled = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sampled.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sampled = metric_points(&dev, &a, "5m").await;
+    }
+    assert!(
+        sampled.len() >= 3,
+        "a running capsule is sampled: {sampled:?}"
+    );
+    assert!(
+        sampled.iter().all(|p| p["mem_bytes"].as_i64() > Some(0)),
+        "{sampled:?}"
+    );
     // The answer carries the outcome: clients need not poll for it.
     let (s, v) = dev
         .call(Method::POST, &format!("/v1/capsules/{a}/pause"), None)
         .await;
     assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("paused")));
+    // Its samples were kept when it paused, so a paused capsule still has them.
+    let kept = metric_points(&dev, &a, "5m").await;
+    assert!(
+        sampled.last().is_some_and(|p| kept.contains(p)),
+        "the samples taken while it ran are kept at pause: {kept:?} vs {sampled:?}"
+    );
     let (s, v) = dev.exec(&a, "true").await;
     assert_eq!(
         (s.as_u16(), v["error"]["code"].as_str()),
@@ -304,6 +325,11 @@ async fn the_platform_end_to_end() {
         .call(Method::POST, &format!("/v1/capsules/{a}/resume"), None)
         .await;
     assert_eq!((s.as_u16(), v["status"].as_str()), (202, Some("running")));
+    let resumed = metric_points(&dev, &a, "10m").await;
+    assert!(
+        kept.last().is_some_and(|p| resumed.contains(p)),
+        "after a resume the history before the pause is still shown: {resumed:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         dev.sh(&a, "cat /tmp/mem").await,
@@ -374,6 +400,10 @@ async fn the_platform_end_to_end() {
         .call(Method::GET, &format!("/v1/capsules/{b}"), None)
         .await;
     assert_eq!((s.as_u16(), v["status"].as_str()), (200, Some("stopped")));
+    assert!(
+        !metric_points(&dev, &b, "10m").await.is_empty(),
+        "a destroyed capsule keeps the samples of its life"
+    );
 
     // Concurrent pause, destroy and resume never contradict the host: it ends stopped
     // and its network namespace is gone.
@@ -418,4 +448,51 @@ async fn the_platform_end_to_end() {
         last == "paused" || last == "hibernated",
         "TTL capsule is {last}"
     );
+    // The agent paused it on its own and handed its samples over with the event.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ttl_points = Vec::new();
+    while ttl_points.is_empty() && Instant::now() < deadline {
+        ttl_points = metric_points(&dev, &ttl, "10m").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !ttl_points.is_empty(),
+        "an auto-paused capsule keeps its samples"
+    );
+
+    // The team's stats and usage are made of the sampler's snapshots (every second
+    // here): capsules ran for over a minute, so today has vCPU-minutes.
+    let (s, stats) = dev
+        .call(Method::GET, "/v1/capsules/stats?range=5m", None)
+        .await;
+    assert_eq!(s, 200, "{stats}");
+    let vcpu_series = stats["series"]["vcpus"].as_array().unwrap();
+    assert!(
+        vcpu_series.iter().any(|v| v.as_i64() > Some(0)),
+        "the chart shows reserved vCPUs: {stats}"
+    );
+    assert!(
+        stats["peaks"]["running_count"].as_i64() >= Some(2),
+        "{stats}"
+    );
+    let (s, usage) = dev.call(Method::GET, "/v1/capsules/usage", None).await;
+    assert_eq!(s, 200, "{usage}");
+    let today = usage["points"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        today["cpu_minutes"].as_f64() > Some(0.5) && today["ram_mb_minutes"].as_f64() > Some(100.0),
+        "today's usage is computed live: {today}"
+    );
+}
+
+/// The capsule's metric points over `range` (the API must answer 200).
+async fn metric_points(dev: &Dev, id: &str, range: &str) -> Vec<Value> {
+    let (s, v) = dev
+        .call(
+            Method::GET,
+            &format!("/v1/capsules/{id}/metrics?range={range}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["points"].as_array().cloned().unwrap_or_default()
 }

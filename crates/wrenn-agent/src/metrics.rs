@@ -6,7 +6,7 @@
 //!
 //! | tier | resolution | length | ranges |
 //! |---|---|---|---|
-//! | fine | every sample (500 ms) | 1200 (10 min) | `5m`, `10m` |
+//! | fine | the samples of each second, averaged (sampled every 500 ms) | 600 (10 min) | `5m`, `10m` |
 //! | mid | average of 60 fine samples (30 s) | 240 (2 h) | `1h`, `2h` |
 //! | coarse | average of 10 mid points (5 min) | 288 (24 h) | `6h`, `12h`, `24h` |
 
@@ -15,12 +15,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use wrenn_core::model::MetricHistory;
 use wrenn_proto::hostagent::v1::MetricPoint;
 
 use crate::error::{AgentError, AgentResult};
 
-/// Fine-tier length: 10 minutes of 500 ms samples.
-pub const FINE_LEN: usize = 1200;
+/// Fine-tier length: 10 minutes of one-second points.
+pub const FINE_LEN: usize = 600;
 /// Mid-tier length: 2 hours of 30 s points.
 pub const MID_LEN: usize = 240;
 /// Coarse-tier length: 24 hours of 5 min points.
@@ -33,7 +34,7 @@ pub const MID_PER_COARSE: usize = 10;
 /// Which tier a range reads and how far back it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
-    /// 500 ms samples.
+    /// One-second points.
     Fine,
     /// 30 s points.
     Mid,
@@ -69,6 +70,9 @@ pub struct MetricRings {
     coarse: VecDeque<MetricPoint>,
     pending_fine: Vec<MetricPoint>,
     pending_mid: Vec<MetricPoint>,
+    /// Samples averaged into the newest fine point (timestamps are whole seconds, so
+    /// samples of the same second make one point).
+    newest_fine_samples: u32,
 }
 
 fn average(points: &[MetricPoint]) -> MetricPoint {
@@ -91,7 +95,20 @@ fn push_bounded(ring: &mut VecDeque<MetricPoint>, p: MetricPoint, cap: usize) {
 impl MetricRings {
     /// Adds one sample, rolling averages up into the coarser tiers.
     pub fn push(&mut self, p: MetricPoint) {
-        push_bounded(&mut self.fine, p, FINE_LEN);
+        match self.fine.back_mut() {
+            Some(last) if last.timestamp_unix == p.timestamp_unix => {
+                let n = f64::from(self.newest_fine_samples);
+                let mean = |a: f64, b: f64| (a * n + b) / (n + 1.0);
+                last.cpu_pct = mean(last.cpu_pct, p.cpu_pct);
+                last.mem_bytes = mean(last.mem_bytes as f64, p.mem_bytes as f64) as u64;
+                last.disk_bytes = mean(last.disk_bytes as f64, p.disk_bytes as f64) as u64;
+                self.newest_fine_samples += 1;
+            }
+            _ => {
+                push_bounded(&mut self.fine, p, FINE_LEN);
+                self.newest_fine_samples = 1;
+            }
+        }
         self.pending_fine.push(p);
         if self.pending_fine.len() == FINE_PER_MID {
             let mid = average(&self.pending_fine);
@@ -130,6 +147,14 @@ impl MetricRings {
         self.pending_fine.clear();
         self.pending_mid.clear();
         out
+    }
+
+    /// Empties every tier into the form handed to the control plane; `None` when
+    /// there was nothing.
+    pub fn take_history(&mut self) -> Option<MetricHistory> {
+        let (fine, mid, coarse) = self.flush();
+        let history = wrenn_proto::domain::metric_history(fine, mid, coarse);
+        (!history.is_empty()).then_some(history)
     }
 
     /// Number of points in each tier.
@@ -310,6 +335,19 @@ mod tests {
         let (f, m, c) = r.flush();
         assert_eq!((f.len(), m.len(), c.len()), (600, 10, 1));
         assert_eq!(r.lens(), (0, 0, 0));
+    }
+
+    #[test]
+    fn samples_of_one_second_make_one_fine_point() {
+        let mut r = MetricRings::default();
+        r.push(p(7, 10.0));
+        r.push(p(7, 30.0));
+        r.push(p(7, 50.0));
+        r.push(p(8, 1.0));
+        let fine = r.range(Tier::Fine, Duration::from_secs(600), 8);
+        assert_eq!(fine.len(), 2);
+        assert!((fine[0].cpu_pct - 30.0).abs() < 1e-9);
+        assert_eq!(fine[1].cpu_pct, 1.0);
     }
 
     #[test]

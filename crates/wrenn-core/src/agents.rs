@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::id::{HostId, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus;
-use crate::model::{Metadata, Resources, Sandbox, Template};
+use crate::model::{Metadata, MetricHistory, Resources, Sandbox, Template};
 
 /// Failure of an agent call, classified like the gRPC status it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,4 +156,11 @@ pub trait HostAgents: Send + Sync + 'static {
     ) -> Result<u64, HostCallError>;
     /// What the host currently holds.
     async fn list_sandboxes(&self, host: HostId) -> Result<AgentInventory, HostCallError>;
+    /// Takes (returns and clears) the resource samples the agent holds for a sandbox,
+    /// so they can be kept once it stops being sampled.
+    async fn take_metric_history(
+        &self,
+        host: HostId,
+        id: SandboxId,
+    ) -> Result<MetricHistory, HostCallError>;
 }

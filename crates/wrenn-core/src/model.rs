@@ -516,7 +516,8 @@ pub struct ProxyTarget {
     pub access_token_hash: Option<String>,
 }
 
-/// Team-level resource sample (every 10 s).
+/// A team's reservation at one moment: the sampler writes one per team per tick,
+/// and usage is the sum of `reservation × period_secs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// Team.
@@ -529,6 +530,10 @@ pub struct MetricsSnapshot {
     pub vcpus_reserved: i32,
     /// Memory reserved (MiB), paused sandboxes at half weight.
     pub memory_mb_reserved: i32,
+    /// Seconds of usage this snapshot stands for (the sampler's interval when it was
+    /// taken); 0 for a live reading that is not stored.
+    #[serde(default)]
+    pub period_secs: i32,
 }
 
 /// One per-sandbox metric sample.
@@ -542,6 +547,37 @@ pub struct MetricPoint {
     pub mem_bytes: i64,
     /// Disk in bytes.
     pub disk_bytes: i64,
+}
+
+/// A sandbox's samples in the agent's three tiers, handed over when sampling stops
+/// (pause, hibernation, destruction, death) so the control plane can keep them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricHistory {
+    /// 500 ms samples of the last 10 minutes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ten_minutes: Vec<MetricPoint>,
+    /// 30 s points of the last 2 hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub two_hours: Vec<MetricPoint>,
+    /// 5 min points of the last 24 hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub day: Vec<MetricPoint>,
+}
+
+impl MetricHistory {
+    /// No points in any tier.
+    pub fn is_empty(&self) -> bool {
+        self.ten_minutes.is_empty() && self.two_hours.is_empty() && self.day.is_empty()
+    }
+
+    /// Each tier with its points.
+    pub fn tiers(&self) -> [(MetricTier, &[MetricPoint]); 3] {
+        [
+            (MetricTier::TenMinutes, &self.ten_minutes),
+            (MetricTier::TwoHours, &self.two_hours),
+            (MetricTier::Day, &self.day),
+        ]
+    }
 }
 
 /// Usage of one team on one UTC day.

@@ -21,9 +21,9 @@ use crate::id::{
 use crate::lifecycle::{HostStatus, SandboxStatus};
 use crate::model::{
     ApiKey, ApiKeyWithCreator, BuildStatus, Channel, ChannelDeadLetter, DailyUsage, Host, HostKind,
-    HostLoad, HostRefreshToken, HostToken, Member, Membership, Metadata, MetricPoint, MetricTier,
-    MetricsSnapshot, NewSandbox, OAuthLink, ProxyTarget, Sandbox, Team, TeamWithRole, Template,
-    TemplateBuild, TemplateKind, User, UserStatus,
+    HostLoad, HostRefreshToken, HostToken, Member, Membership, Metadata, MetricHistory,
+    MetricPoint, MetricTier, MetricsSnapshot, NewSandbox, OAuthLink, ProxyTarget, Sandbox, Team,
+    TeamWithRole, Template, TemplateBuild, TemplateKind, User, UserStatus,
 };
 
 /// Storage failure.
@@ -559,6 +559,19 @@ pub trait MetricsRepo: Send + Sync {
         tier: MetricTier,
         points: &[MetricPoint],
     ) -> RepoResult<()>;
+    /// Stores every tier of a sandbox's handed-over samples (duplicates ignored).
+    async fn insert_metric_history(
+        &self,
+        sandbox: SandboxId,
+        history: &MetricHistory,
+    ) -> RepoResult<()> {
+        for (tier, points) in history.tiers() {
+            if !points.is_empty() {
+                self.insert_metric_points(sandbox, tier, points).await?;
+            }
+        }
+        Ok(())
+    }
     /// A sandbox's points of one tier, oldest first.
     async fn list_metric_points(
         &self,
@@ -571,9 +584,25 @@ pub trait MetricsRepo: Send + Sync {
         sandbox: SandboxId,
         tiers: &[MetricTier],
     ) -> RepoResult<u64>;
-    /// Computes a team's usage for a UTC day from its snapshots (10 s cadence) and
-    /// stores it (upsert).
+    /// Deletes per-sandbox points older than `cutoff`. Returns count.
+    async fn prune_metric_points(&self, cutoff: DateTime<Utc>) -> RepoResult<u64>;
+    /// Computes a team's usage for a UTC day from its snapshots (each counts for its
+    /// `period_secs`) and stores it (upsert).
     async fn rollup_daily_usage(&self, team: TeamId, day: NaiveDate) -> RepoResult<DailyUsage>;
+    /// A team's usage over `[from, to)` from its snapshots, not stored: (vCPU-minutes,
+    /// MiB-minutes).
+    async fn usage_between(
+        &self,
+        team: TeamId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> RepoResult<(f64, f64)>;
+    /// Teams with any snapshot in `[from, to)`.
+    async fn teams_with_snapshots(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> RepoResult<Vec<TeamId>>;
     /// A team's usage for days in `[from, to]`.
     async fn list_daily_usage(
         &self,

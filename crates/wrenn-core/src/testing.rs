@@ -15,6 +15,7 @@ use crate::agents::{
 };
 use crate::id::{HostId, SandboxId, TeamId, TemplateId};
 use crate::lifecycle::SandboxStatus;
+use crate::model::MetricHistory;
 use tokio::sync::Semaphore;
 
 /// Agent operations the double can script.
@@ -53,6 +54,9 @@ pub struct FakeAgents {
     script: Mutex<Script>,
     /// Every call, in order.
     pub calls: Mutex<Vec<(Op, SandboxId)>>,
+    /// Samples "the agent holds" per sandbox, handed over (and cleared) by
+    /// `take_metric_history`.
+    pub metric_history: Mutex<HashMap<SandboxId, MetricHistory>>,
     /// Every template copy (from, to, template), in order.
     pub copies: Mutex<Vec<(HostId, HostId, TemplateId)>>,
 }
@@ -238,6 +242,17 @@ impl HostAgents for FakeAgents {
                 .collect(),
             auto_paused: vec![],
         })
+    }
+
+    async fn take_metric_history(
+        &self,
+        _host: HostId,
+        id: SandboxId,
+    ) -> Result<MetricHistory, HostCallError> {
+        if !lock(&self.sandboxes).contains_key(&id) {
+            return Err(HostCallError::NotFound(format!("sandbox {id}")));
+        }
+        Ok(lock(&self.metric_history).remove(&id).unwrap_or_default())
     }
 }
 

@@ -34,8 +34,11 @@ use wrenn_core::agents::{
 };
 use wrenn_core::id::{HostId, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_core::model::MetricHistory;
 use wrenn_extension::HostConnections;
-use wrenn_proto::domain::{create_request, host_call_error, resume_request, status_from_proto};
+use wrenn_proto::domain::{
+    create_request, host_call_error, metric_history, resume_request, status_from_proto,
+};
 use wrenn_proto::hostagent::v1 as pb;
 use wrenn_proto::hostagent::v1::host_agent_service_client::HostAgentServiceClient;
 
@@ -372,5 +375,27 @@ impl HostAgents for GrpcHostAgents {
             })
             .await?;
         Ok(inventory(host, resp))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(host_id = %host, sandbox_id = %id))]
+    async fn take_metric_history(
+        &self,
+        host: HostId,
+        id: SandboxId,
+    ) -> Result<MetricHistory, HostCallError> {
+        let req = pb::FlushSandboxMetricsRequest {
+            sandbox_id: id.to_string(),
+        };
+        let t = QUICK_CALL_TIMEOUT;
+        let resp = self
+            .call(host, "FlushSandboxMetrics", t, |mut c| async move {
+                c.flush_sandbox_metrics(request(req, t)).await
+            })
+            .await?;
+        Ok(metric_history(
+            resp.points_10m,
+            resp.points_2h,
+            resp.points_24h,
+        ))
     }
 }

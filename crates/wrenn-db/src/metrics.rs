@@ -15,9 +15,6 @@ use crate::timestamp::Ts;
 /// Rows per multi-row INSERT (at most 6 parameters each).
 const INSERT_CHUNK: usize = 200;
 
-/// Seconds between two team snapshots: each snapshot stands for this much time.
-const SAMPLE_SECONDS: f64 = 10.0;
-
 /// `[start of day, start of next day)` in UTC.
 fn day_bounds(day: NaiveDate) -> RepoResult<(Ts, Ts)> {
     let next = day
@@ -29,10 +26,17 @@ fn day_bounds(day: NaiveDate) -> RepoResult<(Ts, Ts)> {
     ))
 }
 
-/// Sum of per-sample reservations → reservation-minutes.
-fn to_minutes(sum: i64) -> f64 {
-    sum as f64 * SAMPLE_SECONDS / 60.0
+/// Sum of `reservation × seconds` → reservation-minutes.
+fn to_minutes(reservation_seconds: i64) -> f64 {
+    reservation_seconds as f64 / 60.0
 }
+
+/// A team's reservation-seconds (vCPUs, MiB) over `[$2, $3)`: each snapshot counts for
+/// the period it was taken for, so the formula holds whatever the sampler's cadence.
+const DAY_USAGE: &str = "SELECT CAST(COALESCE(SUM(CAST(vcpus_reserved AS BIGINT) * period_secs), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(CAST(memory_mb_reserved AS BIGINT) * period_secs), 0) AS BIGINT) \
+     FROM sandbox_metrics_snapshots \
+     WHERE team_id = $1 AND sampled_at >= $2 AND sampled_at < $3";
 
 macro_rules! impl_metrics_repo {
     ($store:ty) => {
@@ -47,15 +51,19 @@ macro_rules! impl_metrics_repo {
                 for chunk in snapshots.chunks(INSERT_CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<<$store as Dialect>::Db>::new(
                         "INSERT INTO sandbox_metrics_snapshots \
-                           (team_id, sampled_at, running_count, vcpus_reserved, memory_mb_reserved) ",
+                           (team_id, sampled_at, running_count, vcpus_reserved, \
+                            memory_mb_reserved, period_secs) ",
                     );
                     qb.push_values(chunk, |mut row, s| {
                         row.push_bind(s.team_id.uuid())
                             .push_bind(Ts::from(s.sampled_at))
                             .push_bind(s.running_count)
                             .push_bind(s.vcpus_reserved)
-                            .push_bind(s.memory_mb_reserved);
+                            .push_bind(s.memory_mb_reserved)
+                            .push_bind(s.period_secs);
                     });
+                    // Replicas sampling the same tick write the same (team, time).
+                    qb.push(" ON CONFLICT (team_id, sampled_at) DO NOTHING");
                     qb.build()
                         .execute(&mut *tx)
                         .await
@@ -172,17 +180,13 @@ macro_rules! impl_metrics_repo {
             async fn rollup_daily_usage(&self, team: TeamId, day: NaiveDate) -> RepoResult<DailyUsage> {
                 let (start, end) = day_bounds(day)?;
                 let mut tx = begin_write!(self, "daily usage")?;
-                let (vcpus, memory): (i64, i64) = sqlx::query_as(
-                    "SELECT COALESCE(SUM(vcpus_reserved), 0), COALESCE(SUM(memory_mb_reserved), 0) \
-                     FROM sandbox_metrics_snapshots \
-                     WHERE team_id = $1 AND sampled_at >= $2 AND sampled_at < $3",
-                )
-                .bind(team.uuid())
-                .bind(start)
-                .bind(end)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db("metrics snapshot"))?;
+                let (vcpus, memory): (i64, i64) = sqlx::query_as(DAY_USAGE)
+                    .bind(team.uuid())
+                    .bind(start)
+                    .bind(end)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("metrics snapshot"))?;
                 let row: DailyUsageRow = sqlx::query_as(
                     "INSERT INTO daily_usage (team_id, day, cpu_minutes, ram_mb_minutes) \
                      VALUES ($1, $2, $3, $4) \
@@ -200,6 +204,51 @@ macro_rules! impl_metrics_repo {
                 .map_err(db("daily usage"))?;
                 tx.commit().await.map_err(db("daily usage"))?;
                 Ok(row.into())
+            }
+
+            #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team))]
+            async fn usage_between(
+                &self,
+                team: TeamId,
+                from: DateTime<Utc>,
+                to: DateTime<Utc>,
+            ) -> RepoResult<(f64, f64)> {
+                let (vcpus, memory): (i64, i64) = sqlx::query_as(DAY_USAGE)
+                    .bind(team.uuid())
+                    .bind(Ts::from(from))
+                    .bind(Ts::from(to))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db("metrics snapshot"))?;
+                Ok((to_minutes(vcpus), to_minutes(memory)))
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn teams_with_snapshots(
+                &self,
+                from: DateTime<Utc>,
+                to: DateTime<Utc>,
+            ) -> RepoResult<Vec<TeamId>> {
+                let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                    "SELECT DISTINCT team_id FROM sandbox_metrics_snapshots \
+                     WHERE sampled_at >= $1 AND sampled_at < $2",
+                )
+                .bind(Ts::from(from))
+                .bind(Ts::from(to))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("metrics snapshot"))?;
+                Ok(rows.into_iter().map(|(id,)| TeamId::from_uuid(id)).collect())
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn prune_metric_points(&self, cutoff: DateTime<Utc>) -> RepoResult<u64> {
+                let done = sqlx::query("DELETE FROM sandbox_metric_points WHERE ts < $1")
+                    .bind(cutoff.timestamp())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("metric point"))?;
+                Ok(done.rows_affected())
             }
 
             #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team, %from, %to))]
@@ -242,6 +291,6 @@ mod tests {
 
     #[test]
     fn one_vcpu_for_a_minute_is_one_vcpu_minute() {
-        assert_eq!(to_minutes(6), 1.0);
+        assert_eq!(to_minutes(60), 1.0);
     }
 }

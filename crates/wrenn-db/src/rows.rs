@@ -485,6 +485,7 @@ pub(crate) struct SnapshotRow {
     running_count: i32,
     vcpus_reserved: i32,
     memory_mb_reserved: i32,
+    period_secs: i32,
 }
 
 impl From<SnapshotRow> for MetricsSnapshot {
@@ -495,6 +496,7 @@ impl From<SnapshotRow> for MetricsSnapshot {
             running_count: r.running_count,
             vcpus_reserved: r.vcpus_reserved,
             memory_mb_reserved: r.memory_mb_reserved,
+            period_secs: r.period_secs,
         }
     }
 }
@@ -516,6 +518,7 @@ impl UsageSampleRow {
             running_count: narrow("running_count", self.running_count)?,
             vcpus_reserved: narrow("vcpus_reserved", self.vcpus_reserved)?,
             memory_mb_reserved: narrow("memory_mb_reserved", self.memory_mb_reserved)?,
+            period_secs: 0,
         })
     }
 }

@@ -67,12 +67,13 @@ impl SandboxManager {
                     stop_watch(s);
                 });
                 self.persist_in(sb, &self.layout.snapshot_dir(id));
-                if let Ok(mut m) = sb.metrics.lock() {
-                    m.flush();
-                }
+                let metrics = sb.take_metric_history();
                 let size = dir_allocated_bytes(self.layout.snapshot_dir(id)).await;
                 self.events
-                    .emit(SandboxEventKind::Hibernated, id, Some(team), None);
+                    .emit_with(SandboxEventKind::Hibernated, id, |ev| {
+                        ev.team_id = Some(team);
+                        ev.metrics = metrics;
+                    });
                 Ok(size)
             }
             Err(e) => {

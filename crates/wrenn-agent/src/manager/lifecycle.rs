@@ -179,12 +179,12 @@ impl SandboxManager {
                     s.instance = None;
                     stop_watch(s);
                 });
-                if let Ok(mut m) = sb.metrics.lock() {
-                    m.flush();
-                }
+                let metrics = sb.take_metric_history();
                 self.remove(&sb);
-                self.events
-                    .emit(SandboxEventKind::Stopped, id, Some(team), None);
+                self.events.emit_with(SandboxEventKind::Stopped, id, |ev| {
+                    ev.team_id = Some(team);
+                    ev.metrics = metrics;
+                });
                 Ok(())
             }
             Err(e) => {
@@ -295,11 +295,18 @@ impl SandboxManager {
                     s.auto_paused = cause != PauseCause::Request;
                     s.envd = None;
                 });
-                let kind = match cause {
-                    PauseCause::Request => SandboxEventKind::Paused,
-                    PauseCause::Idle | PauseCause::PauseAll => SandboxEventKind::AutoPaused,
+                // The control plane takes the samples of a pause it asked for before
+                // it records the pause; one the agent decided on hands them over.
+                let (kind, metrics) = match cause {
+                    PauseCause::Request => (SandboxEventKind::Paused, None),
+                    PauseCause::Idle | PauseCause::PauseAll => {
+                        (SandboxEventKind::AutoPaused, sb.take_metric_history())
+                    }
                 };
-                self.events.emit(kind, id, Some(team), None);
+                self.events.emit_with(kind, id, |ev| {
+                    ev.team_id = Some(team);
+                    ev.metrics = metrics;
+                });
                 Ok(())
             }
             Err(e) => {

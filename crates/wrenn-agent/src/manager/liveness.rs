@@ -149,8 +149,10 @@ async fn fail_dead(
         s.instance = None;
         s.failure = Some(reason.clone());
     });
-    if let Ok(mut m) = sb.metrics.lock() {
-        m.flush();
-    }
-    events.emit(SandboxEventKind::Failed, id, Some(team), Some(reason));
+    let metrics = sb.take_metric_history();
+    events.emit_with(SandboxEventKind::Failed, id, |ev| {
+        ev.team_id = Some(team);
+        ev.error = Some(reason);
+        ev.metrics = metrics;
+    });
 }

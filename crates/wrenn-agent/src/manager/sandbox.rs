@@ -118,6 +118,12 @@ impl Sandbox {
         self.with(|s| s.config.team_id)
     }
 
+    /// Empties its sample rings into the form the control plane keeps (`None` when
+    /// there were none): called when sampling stops for good or until a resume.
+    pub fn take_metric_history(&self) -> Option<wrenn_core::model::MetricHistory> {
+        self.metrics.lock().ok().and_then(|mut m| m.take_history())
+    }
+
     /// Its proxy connection tracker.
     pub fn conns(&self) -> &ConnTracker {
         &self.conns

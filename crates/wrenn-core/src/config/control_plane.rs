@@ -18,6 +18,8 @@ use crate::layout::Layout;
 pub const DEFAULT_CP_LISTEN_ADDR: &str = "127.0.0.1:8000";
 /// Default host monitor period.
 pub const DEFAULT_HOST_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// How often team metric snapshots are taken unless configured.
+pub const DEFAULT_METRICS_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default maximum request body size: 100 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
 
@@ -76,6 +78,9 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// `WRENN_HOST_MONITOR_INTERVAL_SECS`, default 60 (at least 1).
     pub host_monitor_interval: Duration,
+    /// `WRENN_METRICS_SAMPLE_INTERVAL_SECS`, default 10 (at least 1): how often each
+    /// team's reservation is snapshotted (the stats charts and usage are made of these).
+    pub metrics_sample_interval: Duration,
     /// `WRENN_SCHEDULER` (`least_loaded` | `round_robin` | `single_host`), default
     /// `least_loaded`.
     pub scheduler: SchedulerKind,
@@ -122,6 +127,7 @@ impl fmt::Debug for Config {
             encryption_key,
             smtp,
             host_monitor_interval,
+            metrics_sample_interval,
             scheduler,
             max_body_bytes,
             database_max_connections,
@@ -144,6 +150,7 @@ impl fmt::Debug for Config {
             .field("encryption_key", &encryption_key.map(|_| Redacted))
             .field("smtp", smtp)
             .field("host_monitor_interval", host_monitor_interval)
+            .field("metrics_sample_interval", metrics_sample_interval)
             .field("scheduler", scheduler)
             .field("max_body_bytes", max_body_bytes)
             .field("database_max_connections", database_max_connections)
@@ -234,6 +241,11 @@ impl Config {
             DEFAULT_HOST_MONITOR_INTERVAL.as_secs(),
             "a whole number of seconds",
         )?);
+        let metrics_sample_interval = Duration::from_secs(v.positive(
+            vars::WRENN_METRICS_SAMPLE_INTERVAL_SECS,
+            DEFAULT_METRICS_SAMPLE_INTERVAL.as_secs(),
+            "a whole number of seconds",
+        )?);
         let scheduler = v.parse_with(vars::WRENN_SCHEDULER, SchedulerKind::default(), |s| {
             s.parse()
         })?;
@@ -264,6 +276,7 @@ impl Config {
             encryption_key,
             smtp,
             host_monitor_interval,
+            metrics_sample_interval,
             scheduler,
             max_body_bytes,
             database_max_connections,
@@ -329,6 +342,7 @@ mod tests {
         assert_eq!(c.encryption_key, None);
         assert_eq!(c.smtp, None);
         assert_eq!(c.host_monitor_interval, Duration::from_secs(60));
+        assert_eq!(c.metrics_sample_interval, Duration::from_secs(10));
         assert_eq!(c.scheduler, SchedulerKind::LeastLoaded);
         assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
         assert_eq!(c.database_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
@@ -428,6 +442,7 @@ mod tests {
             ("WRENN_ENCRYPTION_KEY", "abc"),
             ("WRENN_ENCRYPTION_KEY", &"zz".repeat(32)),
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "0"),
+            ("WRENN_METRICS_SAMPLE_INTERVAL_SECS", "0"),
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "1m"),
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "-5"),
             ("WRENN_SCHEDULER", "random"),

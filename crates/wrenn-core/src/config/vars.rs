@@ -30,6 +30,8 @@ pub const SMTP_PASSWORD: &str = "SMTP_PASSWORD";
 pub const SMTP_FROM_EMAIL: &str = "SMTP_FROM_EMAIL";
 /// Host monitor period in seconds.
 pub const WRENN_HOST_MONITOR_INTERVAL_SECS: &str = "WRENN_HOST_MONITOR_INTERVAL_SECS";
+/// Team metrics sampler period in seconds.
+pub const WRENN_METRICS_SAMPLE_INTERVAL_SECS: &str = "WRENN_METRICS_SAMPLE_INTERVAL_SECS";
 /// Scheduler strategy.
 pub const WRENN_SCHEDULER: &str = "WRENN_SCHEDULER";
 /// Maximum request body size in bytes.

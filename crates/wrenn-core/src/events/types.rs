@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::Actor;
 use crate::id::{HostId, SandboxId, TeamId};
-use crate::model::Metadata;
+use crate::model::{Metadata, MetricHistory};
 
 /// Stream of sandbox lifecycle outcomes (agent callbacks and background tasks).
 /// The control plane's event consumer is the fallback writer for these.
@@ -58,7 +58,7 @@ impl SandboxEventKind {
 }
 
 /// A sandbox lifecycle outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxEvent {
     /// What happened.
     pub event: SandboxEventKind,
@@ -78,6 +78,11 @@ pub struct SandboxEvent {
     /// Failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The samples the agent still held when sampling stopped (auto-pause,
+    /// hibernation, destruction, death). The control plane stores them on receipt and
+    /// never republishes them on the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricHistory>,
     /// Unix seconds.
     pub timestamp: i64,
 }
@@ -93,6 +98,7 @@ impl SandboxEvent {
             host_ip: None,
             metadata: None,
             error: None,
+            metrics: None,
             timestamp: Utc::now().timestamp(),
         }
     }
@@ -212,7 +218,7 @@ impl PlatformEvent {
 }
 
 /// Anything the bus carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
 pub enum Event {
     /// A lifecycle outcome.

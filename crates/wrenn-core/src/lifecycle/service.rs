@@ -627,7 +627,12 @@ impl Lifecycle {
     async fn finish_pause(&self, sb: &Sandbox, res: Result<(), HostCallError>, actor: &Actor) {
         let store = &self.inner.store;
         match res {
-            Ok(()) => match store.status_if(sb.id, Pausing, Paused).await {
+            // The samples are stored before the row says `paused`, so whoever sees
+            // the pause can read them.
+            Ok(()) => match {
+                self.keep_metric_history(sb).await;
+                store.status_if(sb.id, Pausing, Paused).await
+            } {
                 Ok(Some(row)) => {
                     self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row))
                         .await;
@@ -783,10 +788,37 @@ impl Lifecycle {
         Ok(self.settle(sb, finished, wait).await)
     }
 
+    /// Takes the samples the agent holds for `sb` and stores them. Best effort: if
+    /// this fails the agent still holds them and hands them over with its next
+    /// hibernation, destruction or failure event.
+    async fn keep_metric_history(&self, sb: &Sandbox) {
+        let taken = with_timeout(
+            self.inner.timeouts.ping,
+            "take metric history",
+            self.inner.agents.take_metric_history(sb.host_id, sb.id),
+        )
+        .await;
+        match taken {
+            Ok(history) => {
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .insert_metric_history(sb.id, &history)
+                    .await
+                {
+                    warn!(error = %e, "could not store the sandbox's metric history");
+                }
+            }
+            Err(HostCallError::NotFound(_)) => {}
+            Err(e) => debug!(error = %e, "could not take the sandbox's metric history"),
+        }
+    }
+
     fn spawn_destroy(&self, sb: Sandbox, actor: Actor) -> Finished {
         let span = info_span!("sandbox.destroy", sandbox_id = %sb.id, team_id = %sb.team_id, host_id = %sb.host_id);
         let this = self.clone();
         self.spawn(span, async move {
+            this.keep_metric_history(&sb).await;
             let mut last_err = None;
             for attempt in 0..3u32 {
                 if attempt > 0 {

@@ -2,13 +2,15 @@
 //! `GET /v1/capsules/stats` (the team's reservation now, its 30-day peaks and a
 //! chart series) and `GET /v1/capsules/usage` (vCPU- and memory-minutes per day).
 //!
-//! A running capsule's samples come from its host agent; any other capsule's from the
-//! points the control plane stored when it was paused or destroyed. Team figures come
+//! A running capsule's samples come from its host agent, after the points kept at its
+//! earlier pauses; any other capsule's from the points the control plane kept when its
+//! agent stopped sampling it (pause, hibernation, destruction, failure), and the range
+//! then ends at its last sample rather than now. Team figures come
 //! from the 10-second team snapshots; past days of usage from the daily roll-up and
 //! today's live from today's snapshots.
 
 use axum::extract::State;
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -22,8 +24,6 @@ use wrenn_extension::{ApiError, ApiResult, AuthContext, ServerContext};
 use super::data_plane;
 use super::tags;
 
-/// Seconds between two team snapshots (the sampler's cadence).
-const SAMPLE_SECS: f64 = 10.0;
 /// Longest usage window.
 const MAX_USAGE_DAYS: i64 = 92;
 /// Default usage window.
@@ -186,8 +186,17 @@ async fn metrics(
     let (length, tier) = metrics_range(&range).ok_or_else(|| {
         ApiError::bad_request("range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h")
     })?;
-    let points = if sandbox.status == SandboxStatus::Running {
-        ctx.data_plane
+    let stored = ctx.store.list_metric_points(id, tier).await?;
+    let stored = stored.into_iter().map(|p| MetricPointBody {
+        timestamp_unix: p.ts,
+        cpu_pct: p.cpu_pct,
+        mem_bytes: p.mem_bytes,
+        disk_bytes: p.disk_bytes,
+    });
+    let points: Vec<MetricPointBody> = if sandbox.status == SandboxStatus::Running {
+        // What the agent samples now, after what was kept at earlier pauses.
+        let live: Vec<MetricPointBody> = ctx
+            .data_plane
             .metrics(&sandbox, &range)
             .await?
             .into_iter()
@@ -197,20 +206,24 @@ async fn metrics(
                 mem_bytes: i64::try_from(p.mem_bytes).unwrap_or(i64::MAX),
                 disk_bytes: i64::try_from(p.disk_bytes).unwrap_or(i64::MAX),
             })
+            .collect();
+        let since = (Utc::now() - length).timestamp();
+        let first_live = live.first().map_or(i64::MAX, |p| p.timestamp_unix);
+        stored
+            .filter(|p| p.timestamp_unix >= since && p.timestamp_unix < first_live)
+            .chain(live)
             .collect()
     } else {
-        let since = (Utc::now() - length).timestamp();
-        ctx.store
-            .list_metric_points(id, tier)
-            .await?
+        // A capsule that is not sampled any more shows the range up to its last
+        // sample, not up to now.
+        let stored: Vec<MetricPointBody> = stored.collect();
+        let end = stored
+            .last()
+            .map_or_else(|| Utc::now().timestamp(), |p| p.timestamp_unix);
+        let since = end - length.num_seconds();
+        stored
             .into_iter()
-            .filter(|p| p.ts >= since)
-            .map(|p| MetricPointBody {
-                timestamp_unix: p.ts,
-                cpu_pct: p.cpu_pct,
-                mem_bytes: p.mem_bytes,
-                disk_bytes: p.disk_bytes,
-            })
+            .filter(|p| p.timestamp_unix >= since)
             .collect()
     };
     Ok(Json(CapsuleMetrics {
@@ -349,37 +362,36 @@ async fn usage(
         )));
     }
     let stored = ctx.store.list_daily_usage(auth.team_id, from, to).await?;
-    let live_today = if from <= today && today <= to {
-        let midnight = today
-            .and_hms_opt(0, 0, 0)
-            .map(|t| Utc.from_utc_datetime(&t))
-            .unwrap_or(now);
-        let snaps = ctx
-            .store
-            .list_metrics_snapshots(auth.team_id, midnight, now + ChronoDuration::seconds(1))
-            .await?;
-        // `fold` from +0.0: an empty `sum` of floats is -0.0.
-        let minutes = |f: fn(&MetricsSnapshot) -> i32| {
-            snaps.iter().fold(0.0, |acc, s| acc + f64::from(f(s))) * SAMPLE_SECS / 60.0
-        };
-        Some((
-            minutes(|s| s.vcpus_reserved),
-            minutes(|s| s.memory_mb_reserved),
-        ))
-    } else {
-        None
-    };
+    // Today and yesterday are summed from the snapshots now (the hourly roll-up may
+    // not have seen yesterday's end yet); older days come from the roll-up.
+    let mut live = Vec::new();
+    for day in [today.pred_opt(), Some(today)].into_iter().flatten() {
+        if from <= day && day <= to {
+            let start = day.and_time(NaiveTime::MIN).and_utc();
+            let end = day
+                .succ_opt()
+                .map_or(now, |d| d.and_time(NaiveTime::MIN).and_utc());
+            live.push((
+                day,
+                ctx.store.usage_between(auth.team_id, start, end).await?,
+            ));
+        }
+    }
     let last = to.min(today);
     let mut points = Vec::new();
     let mut day = from;
     while day <= last {
-        let (cpu, ram) = match (day == today, live_today) {
-            (true, Some(live)) => live,
-            _ => stored
-                .iter()
-                .find(|u| u.day == day)
-                .map_or((0.0, 0.0), |u| (u.cpu_minutes, u.ram_mb_minutes)),
-        };
+        let (cpu, ram) = live
+            .iter()
+            .find(|(d, _)| *d == day)
+            .map(|(_, usage)| *usage)
+            .or_else(|| {
+                stored
+                    .iter()
+                    .find(|u| u.day == day)
+                    .map(|u| (u.cpu_minutes, u.ram_mb_minutes))
+            })
+            .unwrap_or((0.0, 0.0));
         points.push(UsagePoint {
             date: day,
             cpu_minutes: cpu,
@@ -412,6 +424,7 @@ mod tests {
             running_count: running,
             vcpus_reserved: running,
             memory_mb_reserved: running * 512,
+            period_secs: 10,
         };
         let s = series(
             &[snap(30, 1), snap(25, 3), snap(5, 2)],

@@ -5,9 +5,12 @@
 //! under the metadata key `error`).
 //!
 //! The body is a `SandboxEvent` (`{event, sandbox_id, host_id, timestamp, error?,
-//! host_ip?, metadata?}`); it is checked and republished on the sandbox stream, where
-//! the event consumer applies it with conditional updates. The handler itself changes
-//! no sandbox row, so a late or duplicated report is harmless.
+//! host_ip?, metadata?, metrics?}`); it is checked and republished on the sandbox
+//! stream, where the event consumer applies it with conditional updates. The handler
+//! itself changes no sandbox row, so a late or duplicated report is harmless. The
+//! resource samples an agent hands over when it stops sampling a sandbox (`metrics`:
+//! tiers `ten_minutes`, `two_hours`, `day`) are stored here, duplicates ignored, and
+//! left out of the republished event.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -54,6 +57,15 @@ async fn sandbox_event(
         Ok(sb) => ev.team_id = Some(sb.team_id),
         Err(RepoError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
+    }
+    // Samples the agent handed over are kept here (a failure answers 5xx, so the
+    // agent retries) and never travel on the stream.
+    if let Some(history) = ev.metrics.take()
+        && ev.team_id.is_some()
+    {
+        ctx.store
+            .insert_metric_history(ev.sandbox_id, &history)
+            .await?;
     }
     tracing::info!(host_id = %host, sandbox_id = %ev.sandbox_id, event = ev.event.as_str(), "sandbox event from host");
     ctx.events

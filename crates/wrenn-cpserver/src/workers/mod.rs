@@ -8,6 +8,8 @@ use wrenn_extension::{Extension, ServerContext, Worker};
 pub mod account_cleanup;
 pub mod event_consumer;
 pub mod host_monitor;
+pub mod metrics_sampler;
+pub mod usage_rollup;
 
 /// How often batched API-key `last_used` times are written.
 pub const API_KEY_USAGE_FLUSH: Duration = Duration::from_secs(15);
@@ -22,6 +24,8 @@ pub fn core_workers(ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> V
         event_consumer::worker(extensions.to_vec()),
         account_cleanup::worker(),
         host_monitor::worker(ctx.config.host_monitor_interval),
+        metrics_sampler::worker(ctx.config.metrics_sample_interval),
+        usage_rollup::worker(),
         crate::builds::worker::worker(),
         crate::channels::dispatcher::worker(),
     ]

@@ -596,6 +596,7 @@ async fn stats_report_the_reservation_peaks_and_a_series() {
         running_count: running,
         vcpus_reserved: running,
         memory_mb_reserved: running * 512,
+        period_secs: 10,
     };
     env.store()
         .insert_metrics_snapshots(&[snap(86_400 * 3, 9), snap(120, 1), snap(60, 3)])
@@ -701,6 +702,7 @@ async fn usage_serves_rolled_up_days_and_today_live() {
         running_count: 1,
         vcpus_reserved: vcpus,
         memory_mb_reserved: vcpus * 1024,
+        period_secs: 10,
     };
     let noon = yesterday.and_hms_opt(12, 0, 0).unwrap().and_utc();
     let mut snaps: Vec<MetricsSnapshot> = (0..6)
@@ -708,7 +710,16 @@ async fn usage_serves_rolled_up_days_and_today_live() {
         .collect();
     // Today: six samples of 2 vCPUs = 12 × 10 s / 60 = 2 vCPU-minutes (kept after midnight).
     let start_today = today.and_hms_opt(0, 0, 0).unwrap().and_utc();
-    snaps.extend((0..6).map(|i| at((now - ChronoDuration::seconds(60 + i)).max(start_today), 2)));
+    // Distinct instants (one snapshot per team and instant), all today.
+    let today_at = |i: i64| {
+        let t = now - ChronoDuration::seconds(60 + i);
+        if t < start_today {
+            start_today + ChronoDuration::seconds(i)
+        } else {
+            t
+        }
+    };
+    snaps.extend((0..6).map(|i| at(today_at(i), 2)));
     env.store().insert_metrics_snapshots(&snaps).await.unwrap();
     env.store()
         .rollup_daily_usage(u.team, yesterday)

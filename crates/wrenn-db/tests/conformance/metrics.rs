@@ -3,7 +3,7 @@
 use crate::fixtures::*;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use wrenn_core::id::{SandboxId, TeamId};
-use wrenn_core::model::{MetricPoint, MetricTier, MetricsSnapshot};
+use wrenn_core::model::{MetricHistory, MetricPoint, MetricTier, MetricsSnapshot};
 
 fn snapshot(team: TeamId, at: chrono::DateTime<Utc>, vcpus: i32, memory: i32) -> MetricsSnapshot {
     MetricsSnapshot {
@@ -12,6 +12,7 @@ fn snapshot(team: TeamId, at: chrono::DateTime<Utc>, vcpus: i32, memory: i32) ->
         running_count: vcpus / 2,
         vcpus_reserved: vcpus,
         memory_mb_reserved: memory,
+        period_secs: 10,
     }
 }
 
@@ -187,7 +188,115 @@ async fn daily_usage_rolls_up_one_utc_days_snapshots(db: Db) {
     );
 }
 
+async fn usage_counts_each_snapshot_for_its_own_period_and_one_per_instant(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (_, idle) = owned_team(&db).await;
+    let midnight = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let day = midnight.date_naive();
+    let at = |t, vcpus, period| MetricsSnapshot {
+        period_secs: period,
+        ..snapshot(team.id, t, vcpus, vcpus * 1000)
+    };
+    // The morning sampled every 10 s, the afternoon every 60 s (the cadence changed):
+    // 2 vCPUs for 60 min in the morning and 4 vCPUs for 30 min in the afternoon.
+    let mut snaps: Vec<MetricsSnapshot> = (0..360)
+        .map(|i| {
+            at(
+                midnight + Duration::hours(8) + Duration::seconds(10 * i),
+                2,
+                10,
+            )
+        })
+        .collect();
+    snaps.extend((0..30).map(|i| at(midnight + Duration::hours(14) + Duration::minutes(i), 4, 60)));
+    db.insert_metrics_snapshots(&snaps).await.unwrap();
+    // A second replica writing the same instants changes nothing.
+    db.insert_metrics_snapshots(&snaps[..100]).await.unwrap();
+
+    let usage = db.rollup_daily_usage(team.id, day).await.unwrap();
+    assert!(
+        (usage.cpu_minutes - 240.0).abs() < 1e-9,
+        "{}",
+        usage.cpu_minutes
+    );
+    assert!(
+        (usage.ram_mb_minutes - 240_000.0).abs() < 1e-6,
+        "{}",
+        usage.ram_mb_minutes
+    );
+
+    let (cpu, ram) = db
+        .usage_between(team.id, midnight, midnight + Duration::hours(12))
+        .await
+        .unwrap();
+    assert!(
+        (cpu - 120.0).abs() < 1e-9 && (ram - 120_000.0).abs() < 1e-6,
+        "{cpu} {ram}"
+    );
+    assert_eq!(
+        db.usage_between(idle.id, midnight, midnight + Duration::days(1))
+            .await
+            .unwrap(),
+        (0.0, 0.0)
+    );
+    let teams = db
+        .teams_with_snapshots(midnight, midnight + Duration::days(1))
+        .await
+        .unwrap();
+    assert!(teams.contains(&team.id) && !teams.contains(&idle.id));
+    assert!(
+        !db.teams_with_snapshots(midnight + Duration::days(1), midnight + Duration::days(2))
+            .await
+            .unwrap()
+            .contains(&team.id)
+    );
+}
+
+async fn a_metric_history_is_stored_by_tier_and_old_points_are_pruned(db: Db) {
+    let sandbox = SandboxId::new();
+    let history = MetricHistory {
+        ten_minutes: vec![point(100), point(101)],
+        two_hours: vec![point(90)],
+        day: vec![],
+    };
+    db.insert_metric_history(sandbox, &history).await.unwrap();
+    // Handed over twice (a retried event): stored once.
+    db.insert_metric_history(sandbox, &history).await.unwrap();
+    db.insert_metric_history(sandbox, &MetricHistory::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.list_metric_points(sandbox, MetricTier::TenMinutes)
+            .await
+            .unwrap(),
+        history.ten_minutes
+    );
+    assert_eq!(
+        db.list_metric_points(sandbox, MetricTier::TwoHours)
+            .await
+            .unwrap(),
+        history.two_hours
+    );
+    let cutoff = Utc.timestamp_opt(100, 0).unwrap();
+    assert!(db.prune_metric_points(cutoff).await.unwrap() >= 1);
+    assert_eq!(
+        db.list_metric_points(sandbox, MetricTier::TenMinutes)
+            .await
+            .unwrap(),
+        history.ten_minutes,
+        "points at or after the cutoff stay"
+    );
+    assert!(
+        db.list_metric_points(sandbox, MetricTier::TwoHours)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 conformance_tests!(
+    usage_counts_each_snapshot_for_its_own_period_and_one_per_instant,
+    a_metric_history_is_stored_by_tier_and_old_points_are_pruned,
     metrics_snapshots_are_listed_in_a_half_open_window_and_pruned,
     many_snapshots_insert_in_one_call,
     metric_points_ignore_duplicates_and_are_deleted_by_tier,

@@ -300,6 +300,7 @@ async fn purging_a_team_removes_its_points_snapshots_keys_and_channels(db: Db) {
             running_count: 1,
             vcpus_reserved: 2,
             memory_mb_reserved: 1024,
+            period_secs: 10,
         }])
         .await
         .unwrap();

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use tonic::{Code, Status};
 use wrenn_core::agents::{HostCallError, SandboxSpec};
 use wrenn_core::lifecycle::SandboxStatus;
+use wrenn_core::model::{MetricHistory, MetricPoint};
 
 use crate::hostagent::v1 as pb;
 
@@ -97,6 +98,30 @@ pub fn resume_request(spec: &SandboxSpec) -> Result<pb::ResumeSandboxRequest, Ho
         default_user: spec.default_user.clone(),
         default_env: map_of(&spec.default_env),
     })
+}
+
+/// A sandbox's sample tiers (fine, mid, coarse) as the control plane keeps them.
+pub fn metric_history(
+    ten_minutes: Vec<pb::MetricPoint>,
+    two_hours: Vec<pb::MetricPoint>,
+    day: Vec<pb::MetricPoint>,
+) -> MetricHistory {
+    let stored = |points: Vec<pb::MetricPoint>| {
+        points
+            .into_iter()
+            .map(|p| MetricPoint {
+                ts: p.timestamp_unix,
+                cpu_pct: p.cpu_pct,
+                mem_bytes: i64::try_from(p.mem_bytes).unwrap_or(i64::MAX),
+                disk_bytes: i64::try_from(p.disk_bytes).unwrap_or(i64::MAX),
+            })
+            .collect()
+    };
+    MetricHistory {
+        ten_minutes: stored(ten_minutes),
+        two_hours: stored(two_hours),
+        day: stored(day),
+    }
 }
 
 /// Converts a non-negative resource value for the wire.

@@ -129,6 +129,7 @@ async fn furnish(s: &TestServer, owner: &TestUser) -> Estate {
             running_count: 1,
             vcpus_reserved: 1,
             memory_mb_reserved: 512,
+            period_secs: 10,
         }])
         .await
         .unwrap();

@@ -48,6 +48,13 @@ impl HostAgents for RecordingAgents {
     async fn ping_sandbox(&self, host: HostId, id: SandboxId) -> Result<(), HostCallError> {
         self.inner.ping_sandbox(host, id).await
     }
+    async fn take_metric_history(
+        &self,
+        host: HostId,
+        id: SandboxId,
+    ) -> Result<wrenn_core::model::MetricHistory, HostCallError> {
+        self.inner.take_metric_history(host, id).await
+    }
     async fn create_snapshot(
         &self,
         host: HostId,
