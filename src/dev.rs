@@ -87,8 +87,13 @@ pub struct DevCredentials {
     pub host_id: Option<HostId>,
 }
 
+/// Networks notification channels may reach under `wrenn dev` unless
+/// `WRENN_CHANNELS_ALLOW` says otherwise: loopback, so a receiver on this machine works.
+pub const DEV_CHANNELS_ALLOW: &str = "127.0.0.0/8,::1";
+
 /// Configuration of `wrenn dev`: everything from the environment as usual, except
-/// that the directory, database and listen address come from the command line.
+/// that the directory, database and listen address come from the command line, and
+/// notification channels may reach loopback ([`DEV_CHANNELS_ALLOW`]).
 pub fn config(dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
     let dir_s = dir.to_string_lossy().into_owned();
     let db = format!("sqlite://{}", dir.join("wrenn.db").display());
@@ -103,6 +108,12 @@ pub fn config(dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
         "WRENN_METRICS_OPEN" => std::env::var(k)
             .ok()
             .or_else(|| listen.ip().is_loopback().then(|| "true".to_owned())),
+        "WRENN_CHANNELS_ALLOW" => Some(
+            std::env::var("WRENN_CHANNELS_ALLOW")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| DEV_CHANNELS_ALLOW.to_owned()),
+        ),
         other => std::env::var(other).ok(),
     })
     .map_err(|e| DevError::Server(e.into()))

@@ -9,7 +9,7 @@
 //!   sandboxes/<cl-…>/                          per-sandbox runtime state
 //!   snapshots/<cl-…>/                          paused sandboxes
 //!   logs/
-//!   secrets/ (0700)  jwt_secret, ca.pem, ca-key.pem
+//!   secrets/ (0700)  jwt_secret, encryption_key, ca.pem, ca-key.pem
 //!   run/     (0700)  sockets
 //! ```
 //!
@@ -136,6 +136,12 @@ impl Layout {
     /// `secrets/jwt_secret`: the generated JWT secret when `JWT_SECRET` is unset.
     pub fn jwt_secret_file(&self) -> PathBuf {
         self.secrets_dir().join("jwt_secret")
+    }
+
+    /// `secrets/encryption_key`: the generated channel-config key (64 hex characters)
+    /// when `WRENN_ENCRYPTION_KEY` is unset.
+    pub fn encryption_key_file(&self) -> PathBuf {
+        self.secrets_dir().join("encryption_key")
     }
 
     /// `secrets/ca.pem`: the generated mTLS CA certificate.

@@ -614,6 +614,31 @@ pub struct Channel {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A channel delivery that failed every attempt (a dead letter of the dispatcher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelDeadLetter {
+    /// Id.
+    pub id: uuid::Uuid,
+    /// The channel it was for.
+    pub channel_id: ChannelId,
+    /// The channel's team.
+    pub team_id: TeamId,
+    /// The delivery id every attempt carried (`X-Wrenn-Delivery`); unique per channel.
+    pub delivery_id: uuid::Uuid,
+    /// Event type (`capsule.created`, …).
+    pub event_type: String,
+    /// The event payload as delivered.
+    pub payload: serde_json::Value,
+    /// Attempts made.
+    pub attempts: u32,
+    /// HTTP status of the last attempt, when the target answered.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// When it was dead-lettered.
+    pub created_at: DateTime<Utc>,
+}
+
 /// A template build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateBuild {

@@ -9,6 +9,8 @@
 //! - multi-row operations that must be atomic (sign-up, hard delete…) run in one
 //!   transaction inside the implementation.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::audit::{AuditQuery, AuditRecord, AuditSink};
@@ -18,10 +20,10 @@ use crate::id::{
 };
 use crate::lifecycle::{HostStatus, SandboxStatus};
 use crate::model::{
-    ApiKey, ApiKeyWithCreator, BuildStatus, Channel, DailyUsage, Host, HostKind, HostLoad,
-    HostRefreshToken, HostToken, Member, Membership, Metadata, MetricHistory, MetricPoint,
-    MetricTier, MetricsSnapshot, NewSandbox, OAuthLink, ProxyTarget, Sandbox, Team, TeamWithRole,
-    Template, TemplateBuild, TemplateKind, User, UserStatus,
+    ApiKey, ApiKeyWithCreator, BuildStatus, Channel, ChannelDeadLetter, DailyUsage, Host, HostKind,
+    HostLoad, HostRefreshToken, HostToken, Member, Membership, Metadata, MetricHistory,
+    MetricPoint, MetricTier, MetricsSnapshot, NewSandbox, OAuthLink, ProxyTarget, Sandbox, Team,
+    TeamWithRole, Template, TemplateBuild, TemplateKind, User, UserStatus,
 };
 
 /// Storage failure.
@@ -640,8 +642,37 @@ pub trait ChannelRepo: Send + Sync {
         team: TeamId,
         event_type: &str,
     ) -> RepoResult<Vec<Channel>>;
-    /// Deletes a team's channel; `false` if absent.
+    /// Deletes a team's channel (and its dead letters); `false` if absent.
     async fn delete_channel(&self, team: TeamId, id: ChannelId) -> RepoResult<bool>;
+    /// Renames a team's channel and replaces its event types, stamping `updated_at`.
+    /// Not found if absent (or another team's); conflict on a duplicate name.
+    async fn update_channel(
+        &self,
+        team: TeamId,
+        id: ChannelId,
+        name: &str,
+        event_types: &[String],
+        updated_at: DateTime<Utc>,
+    ) -> RepoResult<Channel>;
+    /// Replaces a team's channel config (values encrypted by the caller), stamping
+    /// `updated_at`. Not found if absent (or another team's).
+    async fn update_channel_config(
+        &self,
+        team: TeamId,
+        id: ChannelId,
+        config: &BTreeMap<String, String>,
+        updated_at: DateTime<Utc>,
+    ) -> RepoResult<Channel>;
+    /// Records a dead letter. Idempotent per `(channel_id, delivery_id)`: recording
+    /// the same delivery again changes nothing. Invalid if the channel is gone.
+    async fn record_channel_dead_letter(&self, dead: ChannelDeadLetter) -> RepoResult<()>;
+    /// A team's channel's dead letters, newest first, at most `limit`.
+    async fn list_channel_dead_letters(
+        &self,
+        team: TeamId,
+        channel: ChannelId,
+        limit: u32,
+    ) -> RepoResult<Vec<ChannelDeadLetter>>;
 }
 
 /// Template builds.

@@ -19,6 +19,7 @@ mod builder;
 pub mod builds;
 pub mod ca;
 pub mod capsule_proxy;
+pub mod channels;
 pub mod dashboard;
 mod error;
 pub mod events;

@@ -59,7 +59,9 @@ pub fn build(
     metrics: &ControlPlaneMetrics,
 ) -> Result<Router, ServerError> {
     let limit = usize::try_from(ctx.config.max_body_bytes).unwrap_or(usize::MAX);
-    let core = api::router(ctx, version);
+    let channels = crate::channels::ChannelService::from_config(&ctx.config)
+        .map_err(|e| ServerError::Other(e.to_string()))?;
+    let core = api::router(ctx, version, Arc::new(channels));
     // Platform admins drive the platform team's capsules through the same routes.
     let admin_capsules = api::admin_capsules::routes(
         ctx.clone(),

@@ -1,4 +1,5 @@
-//! Server secrets: the JWT signing secret and the host CA.
+//! Server secrets: the JWT signing secret, the channel-config encryption key and the
+//! host CA.
 //!
 //! When not configured, each is generated once into `$WRENN_DIR/secrets/` (mode
 //! 0600) and read back on later starts, so tokens and host certificates survive
@@ -19,8 +20,48 @@ use crate::error::ServerError;
 pub struct Secrets {
     /// HS256 secret for user and host JWTs.
     pub jwt_secret: String,
+    /// AES-256-GCM key of channel configs (`WRENN_ENCRYPTION_KEY`, else generated).
+    pub encryption_key: EncryptionKey,
     /// The host CA.
     pub ca: Arc<CertificateAuthority>,
+}
+
+/// A 32-byte key whose `Debug` never shows it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EncryptionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey([redacted])")
+    }
+}
+
+/// The configured encryption key, else the one in `secrets/encryption_key`, else a
+/// new random one written there.
+fn encryption_key(config: &Config) -> Result<EncryptionKey, ServerError> {
+    if let Some(key) = config.encryption_key {
+        return Ok(EncryptionKey(key));
+    }
+    let path = config.layout().encryption_key_file();
+    match read(&path)? {
+        Some(s) => {
+            let mut key = [0u8; 32];
+            let s = s.trim();
+            if s.len() != 64 || hex::decode_to_slice(s, &mut key).is_err() {
+                return Err(ServerError::Secrets(format!(
+                    "{} must hold 64 hex characters (32 bytes); restore it, or set WRENN_ENCRYPTION_KEY",
+                    path.display()
+                )));
+            }
+            Ok(EncryptionKey(key))
+        }
+        None => {
+            let key: [u8; 32] = rand::random();
+            write_private(&path, &hex::encode(key))?;
+            tracing::info!(path = %path.display(), "generated channel encryption key");
+            Ok(EncryptionKey(key))
+        }
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
@@ -105,7 +146,12 @@ impl Secrets {
         let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem)
             .map_err(|e| ServerError::Secrets(e.to_string()))?;
         let ca = Arc::new(ca);
-        Ok(Self { jwt_secret, ca })
+        let encryption_key = encryption_key(config)?;
+        Ok(Self {
+            jwt_secret,
+            encryption_key,
+            ca,
+        })
     }
 }
 
@@ -126,6 +172,7 @@ mod tests {
         let second = Secrets::load_or_generate(&cfg).unwrap();
         assert_eq!(first.jwt_secret, second.jwt_secret);
         assert_eq!(first.ca.cert_pem(), second.ca.cert_pem());
+        assert_eq!(first.encryption_key, second.encryption_key);
         assert!(first.jwt_secret.len() >= 32);
         assert!(
             first
@@ -142,6 +189,32 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_configured_encryption_key_wins_and_a_damaged_file_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_string_lossy().into_owned();
+        let hex_key = "11".repeat(32);
+        let cfg = Config::from_lookup(|k| match k {
+            "WRENN_DIR" => Some(dir.clone()),
+            "WRENN_ENCRYPTION_KEY" => Some(hex_key.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let loaded = Secrets::load_or_generate(&cfg).unwrap();
+        assert_eq!(loaded.encryption_key, EncryptionKey([0x11; 32]));
+        assert!(!cfg.layout().encryption_key_file().exists());
+        assert_eq!(
+            format!("{:?}", loaded.encryption_key),
+            "EncryptionKey([redacted])"
+        );
+
+        let plain = config(tmp.path());
+        std::fs::create_dir_all(plain.layout().secrets_dir()).unwrap();
+        std::fs::write(plain.layout().encryption_key_file(), "not hex").unwrap();
+        let err = Secrets::load_or_generate(&plain).unwrap_err();
+        assert!(err.to_string().contains("64 hex characters"), "{err}");
     }
 
     #[test]

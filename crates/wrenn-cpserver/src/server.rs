@@ -53,11 +53,16 @@ impl Builder {
     /// store and migrations, event bus, secrets, host pool, scheduler, audit,
     /// lifecycle, router. Workers start in [`Server::serve`].
     pub async fn build(self) -> Result<Server, ServerError> {
-        let config = Arc::new(self.config);
+        let mut config = self.config;
         config
             .layout()
             .ensure_dirs()
             .map_err(|e| ServerError::io(&config.wrenn_dir, e))?;
+        let secrets = Secrets::load_or_generate(&config)?;
+        // The channel-config key in use, generated into `WRENN_DIR` when unset: the
+        // channels API and dispatcher read it from here.
+        config.encryption_key = Some(secrets.encryption_key.0);
+        let config = Arc::new(config);
 
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
@@ -80,7 +85,6 @@ impl Builder {
             (None, None) => Arc::new(InProcessBus::new()),
         };
 
-        let secrets = Secrets::load_or_generate(&config)?;
         let jwt = JwtKeys::new(secrets.jwt_secret.as_bytes())
             .map_err(|e| ServerError::Secrets(e.to_string()))?;
 

@@ -15,9 +15,9 @@ use wrenn_core::id::{
     TeamId, TemplateId, UserId,
 };
 use wrenn_core::model::{
-    ApiKey, ApiKeyWithCreator, Channel, DailyUsage, Host, HostLoad, HostRefreshToken, HostToken,
-    Member, Membership, Metadata, MetricPoint, MetricsSnapshot, OAuthLink, ProxyTarget, Sandbox,
-    Team, TeamWithRole, Template, TemplateBuild, User,
+    ApiKey, ApiKeyWithCreator, Channel, ChannelDeadLetter, DailyUsage, Host, HostLoad,
+    HostRefreshToken, HostToken, Member, Membership, Metadata, MetricPoint, MetricsSnapshot,
+    OAuthLink, ProxyTarget, Sandbox, Team, TeamWithRole, Template, TemplateBuild, User,
 };
 use wrenn_core::repo::{ApiKeyAuth, RepoError, RepoResult};
 
@@ -603,6 +603,52 @@ impl From<ChannelRow> for Channel {
             created_at: r.created_at.get(),
             updated_at: r.updated_at.get(),
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ChannelDeadLetterRow {
+    id: Uuid,
+    channel_id: Uuid,
+    team_id: Uuid,
+    delivery_id: Uuid,
+    event_type: String,
+    payload: Json<serde_json::Value>,
+    attempts: i32,
+    last_status: Option<i32>,
+    error: String,
+    created_at: Ts,
+}
+
+impl TryFrom<ChannelDeadLetterRow> for ChannelDeadLetter {
+    type Error = RepoError;
+    fn try_from(r: ChannelDeadLetterRow) -> RepoResult<Self> {
+        Ok(ChannelDeadLetter {
+            id: r.id,
+            channel_id: ChannelId::from_uuid(r.channel_id),
+            team_id: TeamId::from_uuid(r.team_id),
+            delivery_id: r.delivery_id,
+            event_type: r.event_type,
+            payload: r.payload.0,
+            attempts: u32::try_from(r.attempts).map_err(|_| {
+                RepoError::Corrupt(format!(
+                    "channel_dead_letters.attempts: {} is negative",
+                    r.attempts
+                ))
+            })?,
+            last_status: r
+                .last_status
+                .map(|s| {
+                    u16::try_from(s).map_err(|_| {
+                        RepoError::Corrupt(format!(
+                            "channel_dead_letters.last_status: {s} is not an HTTP status"
+                        ))
+                    })
+                })
+                .transpose()?,
+            error: r.error,
+            created_at: r.created_at.get(),
+        })
     }
 }
 

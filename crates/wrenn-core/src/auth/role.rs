@@ -7,7 +7,7 @@
 //! Rules:
 //! - rename the team, add/remove members, change roles: owner or admin;
 //! - delete the team: owner only;
-//! - manage API keys: every member;
+//! - manage API keys and notification channels: every member;
 //! - the owner can never be removed, demoted or leave ("delete the team instead");
 //! - no one can be made owner (there is no ownership transfer);
 //! - removing an admin or changing an admin's role needs the owner: admins can only act
@@ -90,6 +90,12 @@ impl Role {
 
     /// Whether this role may create and revoke the team's API keys (every member).
     pub const fn can_manage_api_keys(self) -> bool {
+        true
+    }
+
+    /// Whether this role may create, change, test and delete the team's notification
+    /// channels (every member, as for API keys).
+    pub const fn can_manage_channels(self) -> bool {
         true
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::secret::{Redacted, redact_url};
 use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
 use super::{
-    ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig, SchedulerKind, Secret,
-    SmtpConfig, vars,
+    ChannelsConfig, ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig,
+    SchedulerKind, Secret, SmtpConfig, vars,
 };
 use crate::layout::Layout;
 
@@ -69,7 +69,10 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// `WRENN_CA_KEY`: mTLS CA private key (PEM path); set together with `ca_cert`.
     pub ca_key: Option<PathBuf>,
-    /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes) for channel secrets; optional.
+    /// `WRENN_ENCRYPTION_KEY`: 64 hex characters (32 bytes), the AES-256-GCM key of
+    /// channel configs; anything else is a startup error. Unset → the server generates
+    /// one into `WRENN_DIR` once, reads it back on later starts and fills it in here
+    /// (every replica must then share that directory, or set the variable).
     pub encryption_key: Option<[u8; 32]>,
     /// SMTP settings (`SMTP_*`); unset `SMTP_HOST` → no email is sent.
     pub smtp: Option<SmtpConfig>,
@@ -107,6 +110,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Exposure of `GET /metrics` (`WRENN_METRICS_*`).
     pub metrics: MetricsConfig,
+    /// Notification-channel delivery (`WRENN_CHANNELS_*`).
+    pub channels: ChannelsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -134,6 +139,7 @@ impl fmt::Debug for Config {
             lifecycle_wait,
             proxy,
             metrics,
+            channels,
         } = self;
         f.debug_struct("Config")
             .field("wrenn_dir", wrenn_dir)
@@ -157,6 +163,7 @@ impl fmt::Debug for Config {
             .field("lifecycle_wait", lifecycle_wait)
             .field("proxy", proxy)
             .field("metrics", metrics)
+            .field("channels", channels)
             .finish()
     }
 }
@@ -298,6 +305,7 @@ impl Config {
             )?,
             proxy: ProxyConfig::from_vars(&v)?,
             metrics: MetricsConfig::from_vars(&v)?,
+            channels: ChannelsConfig::from_vars(&v)?,
         })
     }
 

@@ -10,6 +10,7 @@
 //! printed by `Debug` nor echoed in errors.
 
 mod agent;
+mod channels;
 mod control_plane;
 mod egress;
 mod error;
@@ -29,6 +30,11 @@ pub use agent::{
     DEFAULT_HIBERNATE_AFTER, DEFAULT_HOST_LISTEN_ADDR, DEFAULT_JAILER_ID, DEFAULT_ROOTFS_SIZE_MB,
     DEFAULT_SANDBOXES_PIDS_MAX, DEFAULT_WARM_CAPSULES, FirecrackerJail, MAX_WARM_CAPSULES,
     RuntimeKind, VmAccel, VmGuestAslr, parse_size_mb,
+};
+pub use channels::{
+    ChannelsConfig, DEFAULT_CHANNEL_CLAIM_AFTER, DEFAULT_CHANNEL_CONCURRENCY,
+    DEFAULT_CHANNEL_DELIVERY_TIMEOUT, DEFAULT_CHANNEL_MAX_ATTEMPTS, DEFAULT_CHANNEL_RETRY_BASE,
+    DEFAULT_CHANNEL_RETRY_MAX, MAX_CHANNEL_DURATION, MAX_CHANNEL_MAX_ATTEMPTS,
 };
 pub use control_plane::{
     Config, DEFAULT_CP_LISTEN_ADDR, DEFAULT_CREATE_WAIT, DEFAULT_DB_MAX_CONNECTIONS,

@@ -106,3 +106,19 @@ pub const WRENN_METRICS_ADDR: &str = "WRENN_METRICS_ADDR";
 pub const WRENN_METRICS_OPEN: &str = "WRENN_METRICS_OPEN";
 /// Listen address of the host agent's `/metrics` (plain HTTP; unset: not served).
 pub const WRENN_AGENT_METRICS_ADDR: &str = "WRENN_AGENT_METRICS_ADDR";
+/// Whether channel targets may resolve to non-public addresses.
+pub const WRENN_CHANNELS_ALLOW_PRIVATE: &str = "WRENN_CHANNELS_ALLOW_PRIVATE";
+/// Non-public networks channel targets may resolve to.
+pub const WRENN_CHANNELS_ALLOW: &str = "WRENN_CHANNELS_ALLOW";
+/// Attempts of one channel delivery before it is dead-lettered.
+pub const WRENN_CHANNELS_MAX_ATTEMPTS: &str = "WRENN_CHANNELS_MAX_ATTEMPTS";
+/// Milliseconds before the second attempt of a channel delivery (doubling after).
+pub const WRENN_CHANNELS_RETRY_BASE_MS: &str = "WRENN_CHANNELS_RETRY_BASE_MS";
+/// Longest wait in milliseconds between two attempts of a channel delivery.
+pub const WRENN_CHANNELS_RETRY_MAX_MS: &str = "WRENN_CHANNELS_RETRY_MAX_MS";
+/// Milliseconds one channel delivery attempt may take.
+pub const WRENN_CHANNELS_TIMEOUT_MS: &str = "WRENN_CHANNELS_TIMEOUT_MS";
+/// Milliseconds an unacknowledged event stays with a dispatcher before another takes it.
+pub const WRENN_CHANNELS_CLAIM_AFTER_MS: &str = "WRENN_CHANNELS_CLAIM_AFTER_MS";
+/// Channel delivery attempts in flight at once per control plane.
+pub const WRENN_CHANNELS_CONCURRENCY: &str = "WRENN_CHANNELS_CONCURRENCY";

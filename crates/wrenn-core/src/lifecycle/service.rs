@@ -629,19 +629,19 @@ impl Lifecycle {
         match res {
             // The samples are stored before the row says `paused`, so whoever sees
             // the pause can read them.
-            Ok(()) => match {
+            Ok(()) => {
                 self.keep_metric_history(sb).await;
-                store.status_if(sb.id, Pausing, Paused).await
-            } {
-                Ok(Some(row)) => {
-                    self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row))
-                        .await;
-                    self.publish_platform(PlatformEventKind::CapsulePaused, &row, actor)
-                        .await;
+                match store.status_if(sb.id, Pausing, Paused).await {
+                    Ok(Some(row)) => {
+                        self.publish_sandbox(self.outcome(SandboxEventKind::Paused, &row))
+                            .await;
+                        self.publish_platform(PlatformEventKind::CapsulePaused, &row, actor)
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "could not record paused sandbox"),
                 }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "could not record paused sandbox"),
-            },
+            }
             Err(err) => {
                 warn!(error = %err, "agent failed to pause sandbox");
                 let alive = with_timeout(

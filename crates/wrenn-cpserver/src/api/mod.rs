@@ -17,6 +17,7 @@ mod builds;
 mod capsule_access;
 mod capsule_metrics;
 mod capsules;
+mod channels;
 mod data_plane;
 mod docs;
 mod events_stream;
@@ -47,6 +48,7 @@ pub(crate) mod tags {
     pub const CAPSULES: &str = "capsules";
     pub const HOSTS: &str = "hosts";
     pub const BUILDS: &str = "builds";
+    pub const CHANNELS: &str = "channels";
 }
 
 #[derive(OpenApi)]
@@ -64,12 +66,17 @@ pub(crate) mod tags {
         (name = tags::ADMIN, description = "Platform administration"),
         (name = tags::CAPSULES, description = "Sandboxes: create, inspect, pause, resume, destroy"),
         (name = tags::BUILDS, description = "Team template builds"),
+        (name = tags::CHANNELS, description = "Notification channels: webhooks and chat providers that receive the team's events"),
     )
 )]
 struct ApiDoc;
 
 /// Every core route, with the OpenAPI document and Swagger UI.
-pub fn router(ctx: &ServerContext, version: &str) -> Router {
+pub fn router(
+    ctx: &ServerContext,
+    version: &str,
+    channels: std::sync::Arc<crate::channels::ChannelService>,
+) -> Router {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::routes())
         .merge(auth::routes())
@@ -77,6 +84,7 @@ pub fn router(ctx: &ServerContext, version: &str) -> Router {
         .merge(users::routes())
         .merge(teams::routes())
         .merge(api_keys::routes())
+        .merge(channels::routes(channels))
         .merge(audit::routes())
         .merge(admin::routes())
         .merge(builds::routes())

@@ -40,5 +40,6 @@ pub fn core_workers_metered(
         metrics_sampler::worker(ctx.config.metrics_sample_interval),
         usage_rollup::worker(),
         crate::builds::worker::worker(),
+        crate::channels::dispatcher::worker(),
     ]
 }

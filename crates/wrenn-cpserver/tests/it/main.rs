@@ -10,6 +10,7 @@ mod api_admin;
 mod api_audit;
 mod api_auth;
 mod api_builds;
+mod api_channels;
 mod api_events;
 mod api_exec;
 mod api_files;

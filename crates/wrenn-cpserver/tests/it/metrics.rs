@@ -10,7 +10,7 @@ use serde_json::json;
 use wrenn_core::events::{Event, SANDBOX_STREAM, SandboxEvent, SandboxEventKind};
 use wrenn_core::id::SandboxId;
 
-use crate::common::{Replica, TestServer, json, online_host};
+use crate::common::{TestServer, json, online_host};
 
 const TOKEN: &str = "metrics-token-0123456789";
 
@@ -586,14 +586,7 @@ async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
     }
     let store = wrenn_db::connect(&db.url()).await.expect("migrated store");
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::serve_with(
-        store,
-        dir.path(),
-        false,
-        Replica::Second,
-        &[("WRENN_METRICS_OPEN", "true".to_owned())],
-    )
-    .await;
+    let s = TestServer::start_on(store, dir.path(), &[("WRENN_METRICS_OPEN", "true")], None).await;
     online_host(&s.store()).await;
     let ada = s.user("ada@x.io").await;
     let resp = s

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use wrenn_core::auth::{Role, UserClaims, hash_password};
 
 use wrenn_core::config::Config;
+use wrenn_core::events::EventBus;
 use wrenn_core::id::{TeamId, UserId};
 use wrenn_core::model::UserStatus;
 use wrenn_core::repo::{NewTeam, NewUser, Store};
@@ -70,7 +71,7 @@ pub struct TestServer {
 
 /// What a control plane owns besides its server: the first one of a test owns the
 /// database and directory its replicas share.
-pub enum Replica {
+enum Replica {
     First {
         db: TestStore,
         dir: tempfile::TempDir,
@@ -105,15 +106,17 @@ impl TestServer {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, path) = (db.store(), dir.path().to_owned());
-        Some(Self::serve(store, &path, opts.mailer, Replica::First { db, dir }).await)
-    }
-
-    /// SQLite, no mailer, with the configuration variables `env` besides `WRENN_DIR`.
-    pub async fn start_with_env(env: &[(&'static str, String)]) -> Self {
-        let db = TestStores::sqlite().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, path) = (db.store(), dir.path().to_owned());
-        Self::serve_with(store, &path, false, Replica::First { db, dir }, env).await
+        Some(
+            Self::serve(
+                store,
+                &path,
+                opts.mailer,
+                Replica::First { db, dir },
+                &[],
+                None,
+            )
+            .await,
+        )
     }
 
     /// A second control plane on this one's database (its own connection pool) and
@@ -123,7 +126,37 @@ impl TestServer {
             panic!("make replicas of the first control plane");
         };
         let store = db.replica().await;
-        Self::serve(store, dir.path(), self.mailer.is_some(), Replica::Second).await
+        Self::serve(
+            store,
+            dir.path(),
+            self.mailer.is_some(),
+            Replica::Second,
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// SQLite, no mailer, with the configuration variables `env` besides `WRENN_DIR`.
+    pub async fn start_with_env(env: &[(&'static str, String)]) -> Self {
+        let db = TestStores::sqlite().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, path) = (db.store(), dir.path().to_owned());
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self::serve(store, &path, false, Replica::First { db, dir }, &vars, None).await
+    }
+
+    /// A control plane on `store` and `dir` (which the caller keeps), configured with
+    /// `vars` on top of `WRENN_DIR`, on `bus` (else a fresh in-process bus). Starting
+    /// another on the same store, directory and bus after stopping this one is a
+    /// restart.
+    pub async fn start_on(
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+        vars: &[(&str, &str)],
+        bus: Option<Arc<dyn EventBus>>,
+    ) -> Self {
+        Self::serve(store, dir, false, Replica::Second, vars, bus).await
     }
 
     async fn serve(
@@ -131,32 +164,25 @@ impl TestServer {
         dir: &std::path::Path,
         mailer: bool,
         replica: Replica,
-    ) -> Self {
-        Self::serve_with(store, dir, mailer, replica, &[]).await
-    }
-
-    /// A control plane on `store`, with the configuration variables `env` besides
-    /// `WRENN_DIR`.
-    pub async fn serve_with(
-        store: Arc<dyn Store>,
-        dir: &std::path::Path,
-        mailer: bool,
-        replica: Replica,
-        env: &[(&'static str, String)],
+        vars: &[(&str, &str)],
+        bus: Option<Arc<dyn EventBus>>,
     ) -> Self {
         let wrenn_dir = dir.to_string_lossy().into_owned();
         let config = Config::from_lookup(|k| match k {
             "WRENN_DIR" => Some(wrenn_dir.clone()),
-            _ => env
+            other => vars
                 .iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| v.clone()),
+                .find(|(name, _)| *name == other)
+                .map(|(_, v)| (*v).to_owned()),
         })
         .expect("config");
         let agents = FakeAgents::new();
         let mut builder = Builder::new(config)
             .with_store(store)
             .with_host_agents(agents.clone());
+        if let Some(bus) = bus {
+            builder = builder.with_event_bus(bus);
+        }
         let mailer = mailer.then(|| Arc::new(RecordingMailer::default()));
         if let Some(m) = &mailer {
             builder = builder.with_mailer(m.clone());
