@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate, NaiveTime, Utc};
 use tracing::warn;
-use wrenn_core::repo::RepoResult;
-use wrenn_extension::{ServerContext, Worker};
+use wrenn_core::repo::{RepoResult, Store};
+use wrenn_extension::Worker;
 
 /// How often the roll-up runs.
 pub const EVERY: Duration = Duration::from_secs(60 * 60);
@@ -19,15 +19,15 @@ pub const LOOKBACK_DAYS: u64 = 3;
 /// The worker (runs once at start, then every [`EVERY`]).
 pub fn worker() -> Worker {
     Worker::periodic("usage-rollup", EVERY, |ctx| async move {
-        rollup(&ctx, Utc::now().date_naive()).await?;
+        rollup(ctx.store.as_ref(), Utc::now().date_naive()).await?;
         Ok(())
     })
 }
 
 /// Stores the usage of every team with snapshots on each of the [`LOOKBACK_DAYS`]
 /// days before `today`. Returns how many (team, day) rows were written.
-#[tracing::instrument(skip(ctx))]
-pub async fn rollup(ctx: &ServerContext, today: NaiveDate) -> RepoResult<usize> {
+#[tracing::instrument(skip(store))]
+pub async fn rollup(store: &dyn Store, today: NaiveDate) -> RepoResult<usize> {
     let mut written = 0;
     for back in 1..=LOOKBACK_DAYS {
         let Some(day) = today.checked_sub_days(Days::new(back)) else {
@@ -38,8 +38,8 @@ pub async fn rollup(ctx: &ServerContext, today: NaiveDate) -> RepoResult<usize> 
             day.and_time(NaiveTime::MIN).and_utc(),
             next.and_time(NaiveTime::MIN).and_utc(),
         );
-        for team in ctx.store.teams_with_snapshots(start, end).await? {
-            match ctx.store.rollup_daily_usage(team, day).await {
+        for team in store.teams_with_snapshots(start, end).await? {
+            match store.rollup_daily_usage(team, day).await {
                 Ok(_) => written += 1,
                 Err(e) => warn!(team_id = %team, %day, error = %e, "could not roll up usage"),
             }

@@ -794,3 +794,117 @@ async fn usage_serves_rolled_up_days_and_today_live() {
     assert!(!text.contains(":-0"), "{text}");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn the_hourly_rollup_stores_the_last_completed_days_at_their_own_cadence() {
+    use wrenn_cpserver::workers::usage_rollup;
+    let env = Env::start().await;
+    let u = env.user("a@x.io").await;
+    let today = Utc::now().date_naive();
+    let day = |back: i64| today - ChronoDuration::days(back);
+    let noon = |back: i64| day(back).and_hms_opt(12, 0, 0).unwrap().and_utc();
+    let at = |t: chrono::DateTime<Utc>, vcpus: i32, period: i32| MetricsSnapshot {
+        team_id: u.team,
+        sampled_at: t,
+        running_count: 1,
+        vcpus_reserved: vcpus,
+        memory_mb_reserved: vcpus * 1024,
+        period_secs: period,
+    };
+    // Yesterday: 3 vCPUs for one minute at 10 s. Three days ago: 1 vCPU for two minutes
+    // at 60 s. Five days ago: beyond the roll-up's look-back.
+    let mut snaps: Vec<MetricsSnapshot> = (0..6)
+        .map(|i| at(noon(1) + ChronoDuration::seconds(10 * i), 3, 10))
+        .collect();
+    snaps.extend((0..2).map(|i| at(noon(3) + ChronoDuration::minutes(i), 1, 60)));
+    snaps.push(at(noon(5), 8, 10));
+    env.store().insert_metrics_snapshots(&snaps).await.unwrap();
+
+    let written = usage_rollup::rollup(env.store().as_ref(), today)
+        .await
+        .unwrap();
+    assert_eq!(
+        written, 2,
+        "one row per team and completed day with snapshots"
+    );
+    let stored = env
+        .store()
+        .list_daily_usage(u.team, day(6), today)
+        .await
+        .unwrap();
+    let days: Vec<_> = stored.iter().map(|d| (d.day, d.cpu_minutes)).collect();
+    assert_eq!(days, [(day(3), 2.0), (day(1), 3.0)]);
+    // Running it again (the next hour) changes nothing.
+    usage_rollup::rollup(env.store().as_ref(), today)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.store()
+            .list_daily_usage(u.team, day(6), today)
+            .await
+            .unwrap(),
+        stored
+    );
+
+    let (status, body) = json(
+        env.as_user(&u, Method::GET, "/v1/capsules/usage")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cpu = |d: chrono::NaiveDate| {
+        body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["date"] == d.to_string())
+            .unwrap()["cpu_minutes"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!((cpu(day(3)), cpu(day(1)), cpu(today)), (2.0, 3.0, 0.0));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_sampler_writes_one_snapshot_per_team_and_period_whoever_samples() {
+    use std::time::Duration;
+    use wrenn_cpserver::workers::metrics_sampler;
+    let env = Env::start().await;
+    let u = env.user("a@x.io").await;
+    env.capsule(&u, SandboxStatus::Running).await;
+    env.capsule(&u, SandboxStatus::Paused).await;
+    let period = Duration::from_secs(10);
+    let t = chrono::TimeZone::timestamp_opt(&Utc, 1_800_000_003, 0).unwrap();
+    // Two replicas ticking in the same period, and one in the next.
+    for now in [
+        t,
+        t + ChronoDuration::seconds(4),
+        t + ChronoDuration::seconds(10),
+    ] {
+        metrics_sampler::sample(env.store().as_ref(), now, period)
+            .await
+            .unwrap();
+    }
+    let snaps = env
+        .store()
+        .list_metrics_snapshots(
+            u.team,
+            t - ChronoDuration::minutes(1),
+            t + ChronoDuration::minutes(1),
+        )
+        .await
+        .unwrap();
+    let stamps: Vec<i64> = snaps.iter().map(|s| s.sampled_at.timestamp()).collect();
+    assert_eq!(stamps, [1_800_000_000, 1_800_000_010]);
+    let s = &snaps[0];
+    assert_eq!(
+        (s.running_count, s.period_secs),
+        (1, 10),
+        "one running capsule; the snapshot stands for the sampler's period"
+    );
+    assert!(s.memory_mb_reserved > s.vcpus_reserved, "{s:?}");
+    env.stop().await;
+}

@@ -87,6 +87,18 @@ async fn pause_refuses_exec_then_resume_and_destroy() {
     })
     .await
     .unwrap();
+    eventually("the running sandbox to be sampled", || {
+        let mut c = c.clone();
+        async move {
+            c.get_sandbox_metrics(pb::GetSandboxMetricsRequest {
+                sandbox_id: id.to_string(),
+                range: "5m".into(),
+            })
+            .await
+            .is_ok_and(|r| !r.into_inner().points.is_empty())
+        }
+    })
+    .await;
 
     c.destroy_sandbox(pb::DestroySandboxRequest {
         sandbox_id: id.to_string(),
@@ -112,6 +124,31 @@ async fn pause_refuses_exec_then_resume_and_destroy() {
         assert_eq!(r.body["host_id"], host.to_string());
         assert!(r.body["timestamp"].as_i64().unwrap() > 0);
     }
+    // A pause the control plane asked for leaves the samples to it (it takes them with
+    // FlushSandboxMetrics); the destruction hands over what the agent still held.
+    assert!(
+        cp.wait_for("paused", id)
+            .await
+            .body
+            .get("metrics")
+            .is_none()
+    );
+    let stopped = cp.wait_for("stopped", id).await;
+    let fine = stopped.body["metrics"]["ten_minutes"].as_array().cloned();
+    assert!(
+        fine.as_ref().is_some_and(|p| !p.is_empty()),
+        "the stopped event carries the samples: {}",
+        stopped.body
+    );
+    let times: Vec<i64> = fine
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p["ts"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "one point per second: {times:?}"
+    );
 }
 
 #[tokio::test]
@@ -161,8 +198,22 @@ async fn ttl_auto_pause_is_reported_then_hibernated_then_resumed() {
     assert_eq!(ev.body["host_id"], host.to_string());
     assert!(ev.body.get("team_id").is_some());
 
-    // Paused longer than hibernate_after: hibernated and reported.
-    cp.wait_for("hibernated", idle).await;
+    assert!(
+        ev.body["metrics"]["ten_minutes"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "a pause the agent decided on hands the samples over: {}",
+        ev.body
+    );
+
+    // Paused longer than hibernate_after: hibernated and reported (nothing was sampled
+    // since the pause, so nothing more is handed over).
+    let hibernated = cp.wait_for("hibernated", idle).await;
+    assert!(
+        hibernated.body.get("metrics").is_none(),
+        "{}",
+        hibernated.body
+    );
     let list = c
         .list_sandboxes(pb::ListSandboxesRequest {})
         .await
