@@ -467,7 +467,15 @@ impl Agent {
                 metrics.grpc_requests.clone(),
                 exporter::track_grpc,
             ))
-            .layer(tower_http::trace::TraceLayer::new_for_grpc().make_span_with(request_span));
+            .layer(
+                tower_http::trace::TraceLayer::new_for_grpc()
+                    .make_span_with(request_span)
+                    // NOT_FOUND and the like are answers, not faults: the control
+                    // plane logs what matters, and /metrics counts codes.
+                    .on_failure(
+                        tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                    ),
+            );
 
         let serve_stop = CancellationToken::new();
         if let Some(listener) = metrics_listener {
