@@ -120,7 +120,7 @@ fn sampler_tick(c: &mut Criterion) {
                     let n = metrics_sampler::sample(store.as_ref(), now, period)
                         .await
                         .expect("tick");
-                    assert!(n >= TEAMS, "{n} snapshots");
+                    assert!(n >= TEAMS as u64, "{n} snapshots");
                 }
             })
         });

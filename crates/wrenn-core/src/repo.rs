@@ -558,6 +558,10 @@ pub struct SandboxCount {
 pub trait MetricsRepo: Send + Sync {
     /// Stores team snapshots.
     async fn insert_metrics_snapshots(&self, snapshots: &[MetricsSnapshot]) -> RepoResult<()>;
+    /// Snapshots every team's reservation now (the [`SandboxRepo::sample_team_usage`]
+    /// figures) at `at`, each standing for `period_secs`, in one statement; a team
+    /// that already has a snapshot at `at` keeps it. Returns how many were written.
+    async fn record_team_snapshots(&self, at: DateTime<Utc>, period_secs: i32) -> RepoResult<u64>;
     /// A team's snapshots in `[from, to)`, oldest first.
     async fn list_metrics_snapshots(
         &self,

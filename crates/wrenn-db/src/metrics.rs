@@ -10,6 +10,7 @@ use wrenn_core::repo::{MetricsRepo, RepoError, RepoResult};
 use crate::backend::{Dialect, begin_write, for_each_backend, push_in};
 use crate::error::db;
 use crate::rows::{DailyUsageRow, MetricPointRow, SnapshotRow};
+use crate::sandboxes::TEAM_USAGE;
 use crate::timestamp::Ts;
 
 /// Rows per multi-row INSERT (at most 6 parameters each).
@@ -37,6 +38,19 @@ const DAY_USAGE: &str = "SELECT CAST(COALESCE(SUM(CAST(vcpus_reserved AS BIGINT)
             CAST(COALESCE(SUM(CAST(memory_mb_reserved AS BIGINT) * period_secs), 0) AS BIGINT) \
      FROM sandbox_metrics_snapshots \
      WHERE team_id = $1 AND sampled_at >= $2 AND sampled_at < $3";
+
+/// Every team's reservation (the sampler's figures) stored as snapshots at `$1`, each
+/// for `$2` seconds, without a round trip through the caller. (`WHERE true`: SQLite
+/// would otherwise read the upsert's `ON` as a join constraint.)
+fn record_snapshots_sql() -> String {
+    format!(
+        "INSERT INTO sandbox_metrics_snapshots \
+           (team_id, sampled_at, running_count, vcpus_reserved, memory_mb_reserved, period_secs) \
+         SELECT team_id, $1, running_count, vcpus_reserved, memory_mb_reserved, $2 \
+         FROM ({TEAM_USAGE}) usage WHERE true \
+         ON CONFLICT (team_id, sampled_at) DO NOTHING"
+    )
+}
 
 macro_rules! impl_metrics_repo {
     ($store:ty) => {
@@ -70,6 +84,21 @@ macro_rules! impl_metrics_repo {
                         .map_err(db("metrics snapshot"))?;
                 }
                 tx.commit().await.map_err(db("metrics snapshot"))
+            }
+
+            #[tracing::instrument(level = "debug", skip(self))]
+            async fn record_team_snapshots(
+                &self,
+                at: DateTime<Utc>,
+                period_secs: i32,
+            ) -> RepoResult<u64> {
+                let done = sqlx::query(&record_snapshots_sql())
+                    .bind(Ts::from(at))
+                    .bind(period_secs)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("metrics snapshot"))?;
+                Ok(done.rows_affected())
             }
 
             #[tracing::instrument(level = "debug", skip_all, fields(team_id = %team))]

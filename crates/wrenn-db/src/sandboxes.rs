@@ -61,7 +61,7 @@ macro_rules! insert_sandbox_query {
 
 /// Per-team reservation: running/starting count fully, paused at half memory
 /// (rounded up, as `CEIL(memory_mb / 2)`).
-const TEAM_USAGE: &str = "\
+pub(crate) const TEAM_USAGE: &str = "\
     SELECT team_id, \
       COALESCE(SUM(CASE WHEN status IN ('running', 'starting') THEN 1 ELSE 0 END), 0) \
         AS running_count, \

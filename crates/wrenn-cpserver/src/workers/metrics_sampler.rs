@@ -61,20 +61,19 @@ fn until_mid_period(now: DateTime<Utc>, period: Duration) -> Duration {
 }
 
 /// One tick: takes one snapshot per team for the period `now` falls in and prunes old
-/// snapshots and points. Returns how many snapshots were taken.
+/// snapshots and points. Returns how many snapshots were written (a period another
+/// replica already sampled writes none).
 #[tracing::instrument(skip(store))]
-pub async fn sample(store: &dyn Store, now: DateTime<Utc>, period: Duration) -> RepoResult<usize> {
+pub async fn sample(store: &dyn Store, now: DateTime<Utc>, period: Duration) -> RepoResult<u64> {
     let secs = i32::try_from(period_secs(period)).unwrap_or(i32::MAX);
-    let mut snapshots = store.sample_team_usage(period_start(now, period)).await?;
-    for s in &mut snapshots {
-        s.period_secs = secs;
-    }
-    store.insert_metrics_snapshots(&snapshots).await?;
+    let written = store
+        .record_team_snapshots(period_start(now, period), secs)
+        .await?;
     store
         .prune_metrics_snapshots(now - SNAPSHOT_RETENTION)
         .await?;
     store.prune_metric_points(now - POINT_RETENTION).await?;
-    Ok(snapshots.len())
+    Ok(written)
 }
 
 #[cfg(test)]

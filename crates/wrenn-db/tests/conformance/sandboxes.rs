@@ -456,6 +456,24 @@ async fn team_usage_counts_running_fully_and_paused_at_half_memory(db: Db) {
         ),
         (0, 0, 0)
     );
+
+    // Recorded in one statement: the same figures, each for its period, once per
+    // instant (a second replica sampling the same period writes nothing).
+    let tick = at - chrono::Duration::seconds(5);
+    assert!(db.record_team_snapshots(tick, 10).await.unwrap() >= 2);
+    assert_eq!(db.record_team_snapshots(tick, 10).await.unwrap(), 0);
+    let stored = db.list_metrics_snapshots(team.id, tick, at).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (
+            stored[0].running_count,
+            stored[0].vcpus_reserved,
+            stored[0].memory_mb_reserved,
+            stored[0].period_secs
+        ),
+        (2, 4, 2 * 1024 + 257, 10)
+    );
+    assert_eq!(stored[0].sampled_at, tick);
 }
 
 async fn sandboxes_are_counted_by_host_and_status(db: Db) {
