@@ -306,6 +306,20 @@ async fn liveness_admission_and_adoption_through_wrenn_dev() {
     kill(doomed_pid1, "-KILL");
     std::mem::forget(dev);
 
+    // A process the killed one forked may hold its listening socket until it execs;
+    // an operator restarting it would wait for the port too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let holders = Command::new("ss")
+                .args(["-ltnp", &format!("sport = :{port}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!("port {port} still taken 30 s after the kill: {holders}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dev = start_dev(&dir, port);
     // The survivor was adopted: exec works and its process is still there.
     let (s, v) = dev
