@@ -256,3 +256,43 @@ def test_code_runner_returns_rich_results(runner):
     assert images and images[0].png.strip() == TINY_PNG
     main = [r for r in result.results if r.is_main_result]
     assert main and main[0].text == "{'answer': 42}"
+
+
+def test_metrics_stay_readable_after_pause_and_destroy_and_team_stats_are_real():
+    from wrenn import WrennClient
+
+    with WrennClient() as wrenn:
+        c = Capsule(wait=True)
+        try:
+            c.commands.run("timeout 3 sh -c 'while :; do :; done'; true")
+            deadline = time.time() + 20
+            running = []
+            while len(running) < 3 and time.time() < deadline:
+                running = wrenn.capsules.metrics(c.capsule_id, range="5m").points
+                time.sleep(0.5)
+            assert len(running) >= 3, running
+            assert max(p.cpu_pct for p in running) > 10, running
+            assert all(p.mem_bytes > 0 for p in running)
+            # The team's chart is made of the sampler's snapshots (every 10 s).
+            deadline = time.time() + 30
+            stats = wrenn.capsules.stats(range="5m")
+            while max(stats.series.vcpus) < 1 and time.time() < deadline:
+                time.sleep(1)
+                stats = wrenn.capsules.stats(range="5m")
+            assert max(stats.series.vcpus) >= 1, stats
+            assert stats.current.running_count >= 1 and stats.peaks.vcpus >= 1, stats
+
+            wrenn.capsules.pause(c.capsule_id)
+            wait_status(c.capsule_id, "paused")
+            paused = wrenn.capsules.metrics(c.capsule_id, range="5m").points
+            assert {p.timestamp_unix for p in running} <= {p.timestamp_unix for p in paused}
+        finally:
+            c.destroy()
+        stopped = wrenn.capsules.metrics(c.capsule_id, range="10m").points
+        assert len(stopped) >= len(running), "a destroyed capsule keeps its samples"
+
+        stats = wrenn.capsules.stats(range="5m")
+        assert len(stats.series.labels) == len(stats.series.vcpus) > 0
+        usage = wrenn.capsules.usage()
+        assert usage.points[-1].cpu_minutes >= 0
+        assert sum(p.ram_mb_minutes for p in usage.points) > 0, usage.points[-5:]
