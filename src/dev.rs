@@ -414,14 +414,7 @@ async fn runtime(layout: Layout, agent: &AgentConfig) -> Result<Arc<dyn Runtime>
             return Ok(Arc::new(runtime));
         }
     }
-    let mut options = ProcessRuntimeOptions {
-        base_image: Some(image.reference()),
-        sandboxes_pids_max: agent.sandboxes_pids_max,
-        sandboxes_memory_reserve_mb: agent.overcommit.memory_reserve_mb,
-        warm_capsules: agent.warm_capsules,
-        ..ProcessRuntimeOptions::default()
-    };
-    options.network.egress = agent.egress.clone();
+    let options = ProcessRuntimeOptions::from_config(agent, &image);
     let runtime = ProcessRuntime::new(layout, exe, options)
         .await
         .map_err(|e| e.to_string())?;

@@ -114,8 +114,9 @@ fn envd_binary() -> Result<PathBuf, String> {
         })
 }
 
-/// Registers (with a registration token) or loads the stored credentials; `None`
-/// when the agent runs without a control plane or was never registered.
+/// Loads the stored credentials, or registers with the registration token when there
+/// are none; `None` when the agent runs without a control plane or was never
+/// registered.
 async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String> {
     let file = config.layout().host_credentials_file();
     let Some(cp_url) = &config.cp_url else {
@@ -124,7 +125,20 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
         }
         return Ok(None);
     };
+    let stored = HostCredentials::load(&file).map_err(|e| error_chain(&e))?;
     if let Some(token) = &config.registration_token {
+        // A registration token is single-use: once registered, the agent restarts
+        // from its credentials even when its environment still carries the token (as
+        // a service unit's would), and only registers again once they are gone (a
+        // deleted host removes them).
+        if let Some(creds) = stored {
+            tracing::info!(
+                host_id = %creds.host_id,
+                file = %file.display(),
+                "already registered: using the stored credentials, not WRENN_REGISTRATION_TOKEN"
+            );
+            return Ok(Some(Credentials::stored(creds, file)));
+        }
         let address = config.reported_address().ok_or_else(|| {
             format!(
                 "the agent listens on {}: set WRENN_HOST_ADDRESS to the host:port the control plane reaches it at",
@@ -140,7 +154,7 @@ async fn credentials(config: &AgentConfig) -> Result<Option<Credentials>, String
         creds.save(&file).map_err(|e| error_chain(&e))?;
         return Ok(Some(Credentials::stored(creds, file)));
     }
-    match HostCredentials::load(&file).map_err(|e| error_chain(&e))? {
+    match stored {
         Some(creds) => Ok(Some(Credentials::stored(creds, file))),
         None => {
             tracing::warn!(
@@ -187,14 +201,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     let image = default_image(&config).await?;
     let runtime: Arc<dyn Runtime> = match config.runtime {
         RuntimeKind::Process => {
-            let mut options = ProcessRuntimeOptions {
-                base_image: Some(image.reference()),
-                sandboxes_pids_max: config.sandboxes_pids_max,
-                sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
-                warm_capsules: config.warm_capsules,
-                ..ProcessRuntimeOptions::default()
-            };
-            options.network.egress = config.egress.clone();
+            let options = ProcessRuntimeOptions::from_config(&config, &image);
             Arc::new(
                 ProcessRuntime::new(config.layout(), envd, options)
                     .await

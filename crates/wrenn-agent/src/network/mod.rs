@@ -177,6 +177,31 @@ impl Default for NetworkOptions {
     }
 }
 
+impl NetworkOptions {
+    /// The defaults, on the agent's share of the host (address range, firewall table,
+    /// veth prefix: [`HostShare`](wrenn_core::config::HostShare)) with its egress
+    /// changes.
+    pub fn from_config(config: &wrenn_core::config::AgentConfig) -> Self {
+        let share = &config.host_share;
+        let defaults = Self::default();
+        let range = match share.capsule_network.addr() {
+            IpAddr::V4(base) => Ipv4Range {
+                base,
+                prefix: share.capsule_network.prefix(),
+            },
+            // `HostShare` only holds IPv4 ranges.
+            IpAddr::V6(_) => defaults.range,
+        };
+        Self {
+            range,
+            table: share.firewall_table.clone(),
+            interface_prefix: share.veth_prefix.clone(),
+            egress: config.egress.clone(),
+            ..defaults
+        }
+    }
+}
+
 /// Why the network could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {

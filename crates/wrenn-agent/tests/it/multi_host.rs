@@ -257,3 +257,168 @@ async fn capsules_and_templates_work_across_two_registered_hosts() {
     agent_a.stop();
     agent_b.stop();
 }
+
+/// Agent `n`'s share of the host: its own cgroup parent, address range, firewall
+/// table, veth prefix and uid ranges.
+fn share(n: u32) -> Vec<(&'static str, String)> {
+    let pid = std::process::id();
+    vec![
+        ("WRENN_CGROUP_PARENT", format!("wrenn-share-{pid}-{n}")),
+        ("WRENN_CAPSULE_NETWORK", format!("10.{}.0.0/16", 240 + n)),
+        ("WRENN_FIREWALL_TABLE", format!("wrenn_share_{pid}_{n}")),
+        ("WRENN_VETH_PREFIX", format!("ws{n}v")),
+        (
+            "WRENN_CAPSULE_ID_BASE",
+            format!("{}", (1u64 << 31) + u64::from(n) * 64 * 65536),
+        ),
+        ("WRENN_CAPSULE_ID_RANGES", "64".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_host_each_keep_to_their_own_share_of_it() {
+    let cp = ControlPlaneUnderTest::start().await;
+    let dirs = [
+        tempfile::Builder::new().prefix("sa").tempdir().unwrap(),
+        tempfile::Builder::new().prefix("sb").tempdir().unwrap(),
+    ];
+    let shares = [share(1), share(2)];
+    let mut hosts = Vec::new();
+    let mut agents = Vec::new();
+    for (dir, share) in dirs.iter().zip(&shares) {
+        let listen = format!("127.0.0.1:{}", wrenn_core::testing::unused_listen_port());
+        let (id, token) = cp.pending_host().await;
+        let env: Vec<(&str, &str)> = share.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        agents.push(AgentProcess::start_with(
+            &cp,
+            dir.path(),
+            &listen,
+            Some(&token),
+            &env,
+        ));
+        eventually("the host registers and comes online", || async {
+            cp.store.get_host(id).await.unwrap().status == HostStatus::Online
+        })
+        .await;
+        hosts.push(id);
+    }
+    let api = Api {
+        cp: &cp,
+        key: team_key(&cp, "share@example.com").await,
+        http: Client::new(),
+    };
+    // One capsule on each agent (the other drained while it is placed).
+    let mut capsules = Vec::new();
+    for (i, &host) in hosts.iter().enumerate() {
+        let other = hosts[1 - i];
+        assert!(
+            cp.store
+                .set_host_status_if(other, HostStatus::Online, HostStatus::Draining)
+                .await
+                .unwrap()
+        );
+        let (id, placed) = api.create(json!({})).await;
+        assert_eq!(placed, host);
+        assert!(
+            cp.store
+                .set_host_status_if(other, HostStatus::Draining, HostStatus::Online)
+                .await
+                .unwrap()
+        );
+        capsules.push(id);
+    }
+
+    let mut addresses = Vec::new();
+    for (n, (&id, share)) in capsules.iter().zip(&shares).enumerate() {
+        let get = |k: &str| share.iter().find(|(name, _)| *name == k).unwrap().1.clone();
+        // Its address comes from its agent's range.
+        let ip = cp.store.get_sandbox(id).await.unwrap().host_ip;
+        assert!(
+            ip.starts_with(&format!("10.{}.", 241 + n)),
+            "capsule {n} got {ip}"
+        );
+        addresses.push(ip);
+        // Its cgroups sit under its agent's parent, in every hierarchy.
+        let parent = get("WRENN_CGROUP_PARENT");
+        assert!(
+            std::path::Path::new(&format!("/sys/fs/cgroup/pids/{parent}/{id}")).is_dir()
+                || std::path::Path::new(&format!("/sys/fs/cgroup/{parent}/{id}")).is_dir(),
+            "capsule {n}'s cgroup is under {parent}"
+        );
+        // Its root is a host uid from its agent's ranges.
+        let base: u64 = get("WRENN_CAPSULE_ID_BASE").parse().unwrap();
+        let map = api.sh(id, "cat /proc/self/uid_map").await;
+        let host_uid: u64 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            (base..base + 64 * 65536).contains(&host_uid),
+            "capsule {n}'s uid map {map:?} is outside {base}.."
+        );
+        // Its agent's firewall is a table of its own.
+        let table = get("WRENN_FIREWALL_TABLE");
+        let listed = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "table inet {table} exists");
+    }
+
+    // Neither capsule reaches the other, whichever agent runs it.
+    for (i, &id) in capsules.iter().enumerate() {
+        let (s, v) = api
+            .call(
+                Method::POST,
+                &format!("/v1/capsules/{id}/exec"),
+                Some(json!({"cmd": "python3", "args": ["-m", "http.server", "8000", "--bind", "0.0.0.0"], "background": true})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let own = &addresses[i];
+        eventually("the capsule's own server answers inside it", || async {
+            api.sh(
+                id,
+                &format!(
+                    "timeout 2 bash -c 'echo > /dev/tcp/{own}/8000' && echo open || echo closed"
+                ),
+            )
+            .await
+                == "open\n"
+        })
+        .await;
+    }
+    for (i, &id) in capsules.iter().enumerate() {
+        let peer = &addresses[1 - i];
+        let got = api
+            .sh(
+                id,
+                &format!(
+                    "timeout 3 bash -c 'echo > /dev/tcp/{peer}/8000' && echo open || echo closed"
+                ),
+            )
+            .await;
+        assert_eq!(
+            got, "closed\n",
+            "capsule {i} reached the other agent's capsule at {peer}"
+        );
+    }
+
+    for id in &capsules {
+        let (s, v) = api
+            .call(Method::DELETE, &format!("/v1/capsules/{id}"), None)
+            .await;
+        assert!(s.is_success(), "{v}");
+    }
+    for agent in agents {
+        agent.stop();
+    }
+    for share in &shares {
+        let get = |k: &str| share.iter().find(|(name, _)| *name == k).unwrap().1.clone();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &get("WRENN_FIREWALL_TABLE")])
+            .output();
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(get("WRENN_CGROUP_PARENT")));
+            }
+        }
+    }
+}

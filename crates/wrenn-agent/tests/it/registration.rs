@@ -400,4 +400,20 @@ async fn the_agent_binary_registers_serves_mutual_tls_and_restarts_from_its_cred
     })
     .await;
     agent.stop();
+
+    // Restarted with the (spent) token still in its environment, as a service unit
+    // would: it does not register again but restarts from its credentials.
+    let before = cp.last_heartbeat(id).await;
+    let agent = AgentProcess::start(&cp, dir.path(), &listen, Some(&token));
+    eventually(
+        "a heartbeat from the agent restarted with its spent token",
+        || async { cp.last_heartbeat(id).await > before },
+    )
+    .await;
+    assert_eq!(
+        HostCredentials::load(&file).unwrap().map(|c| c.host_id),
+        Some(id),
+        "still the same host"
+    );
+    agent.stop();
 }

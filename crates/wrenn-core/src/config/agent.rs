@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::source::{EnvSource, Vars, host_port, http_url};
-use super::{ConfigError, DEFAULT_WRENN_DIR, EgressConfig, Overcommit, Secret, vars};
+use super::{ConfigError, DEFAULT_WRENN_DIR, EgressConfig, HostShare, Overcommit, Secret, vars};
 use crate::layout::Layout;
 
 /// Default host agent listen address.
@@ -233,6 +233,9 @@ pub struct AgentConfig {
     /// else. Unset: no metrics listener. Bind it to a private interface: it has no
     /// authentication.
     pub metrics_addr: Option<SocketAddr>,
+    /// What of the host this agent's capsules use (cgroup parent, address range,
+    /// firewall table, veth prefix, uid ranges), so agents can share a host.
+    pub host_share: HostShare,
 }
 
 impl AgentConfig {
@@ -312,6 +315,7 @@ impl AgentConfig {
                 Some(_) => Some(v.socket_addr(vars::WRENN_AGENT_METRICS_ADDR, "")?),
                 None => None,
             },
+            host_share: HostShare::from_vars(&v)?,
         })
     }
 

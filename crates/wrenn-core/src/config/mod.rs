@@ -14,6 +14,7 @@ mod channels;
 mod control_plane;
 mod egress;
 mod error;
+mod host_share;
 mod metrics;
 mod overcommit;
 mod proxy;
@@ -44,6 +45,11 @@ pub use control_plane::{
 };
 pub use egress::{Cidr, EgressConfig};
 pub use error::ConfigError;
+pub use host_share::{
+    CAPSULE_ID_RANGE_SIZE, DEFAULT_CAPSULE_ID_BASE, DEFAULT_CAPSULE_ID_RANGES,
+    DEFAULT_CAPSULE_NETWORK, DEFAULT_CGROUP_PARENT, DEFAULT_FIREWALL_TABLE, DEFAULT_VETH_PREFIX,
+    HostShare, MAX_VETH_PREFIX_LEN,
+};
 pub use metrics::{MIN_METRICS_TOKEN_LEN, MetricsConfig};
 pub use overcommit::{
     DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_MEMORY_RESERVE_MB, MAX_OVERCOMMIT,

@@ -76,6 +76,18 @@ pub const WRENN_CPU_OVERCOMMIT: &str = "WRENN_CPU_OVERCOMMIT";
 pub const WRENN_MEMORY_RESERVE_MB: &str = "WRENN_MEMORY_RESERVE_MB";
 /// Most tasks all sandboxes of a host may run together.
 pub const WRENN_SANDBOXES_PIDS_MAX: &str = "WRENN_SANDBOXES_PIDS_MAX";
+/// Cgroup directory holding the agent's capsule cgroups.
+pub const WRENN_CGROUP_PARENT: &str = "WRENN_CGROUP_PARENT";
+/// IPv4 range capsule addresses come from.
+pub const WRENN_CAPSULE_NETWORK: &str = "WRENN_CAPSULE_NETWORK";
+/// The agent's nftables table.
+pub const WRENN_FIREWALL_TABLE: &str = "WRENN_FIREWALL_TABLE";
+/// Prefix of the host ends of capsule veth pairs.
+pub const WRENN_VETH_PREFIX: &str = "WRENN_VETH_PREFIX";
+/// First host uid/gid of the capsules' id ranges.
+pub const WRENN_CAPSULE_ID_BASE: &str = "WRENN_CAPSULE_ID_BASE";
+/// How many capsule id ranges (of 65536 ids) the agent hands out.
+pub const WRENN_CAPSULE_ID_RANGES: &str = "WRENN_CAPSULE_ID_RANGES";
 /// Capsules the process runtime keeps booted ahead of creates.
 pub const WRENN_WARM_CAPSULES: &str = "WRENN_WARM_CAPSULES";
 /// Seconds between envd health checks of every running sandbox.

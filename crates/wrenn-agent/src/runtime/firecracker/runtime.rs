@@ -159,7 +159,7 @@ impl FirecrackerRuntimeOptions {
                 ));
             }
         };
-        let mut options = Self {
+        let options = Self {
             image: Some(image),
             // The configured default path counts only where something is installed;
             // else the binary is looked up as the VMM layer does.
@@ -170,9 +170,9 @@ impl FirecrackerRuntimeOptions {
                 uid: jail.uid,
                 gid: jail.gid,
             }),
+            network: NetworkOptions::from_config(config),
             ..Self::default()
         };
-        options.network.egress = config.egress.clone();
         Ok(options)
     }
 }

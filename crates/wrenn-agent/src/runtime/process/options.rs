@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::cgroup::IoLimits;
 use crate::disk::SpaceCheck;
-use crate::image::ImageRef;
+use crate::image::{BuiltImage, ImageRef};
 use crate::network::NetworkOptions;
 
 /// Options of the process runtime.
@@ -79,13 +79,13 @@ impl Default for ProcessRuntimeOptions {
     fn default() -> Self {
         Self {
             network: NetworkOptions::default(),
-            cgroup_parent: "wrenn-sandboxes".to_owned(),
+            cgroup_parent: wrenn_core::config::DEFAULT_CGROUP_PARENT.to_owned(),
             pids_max: 4096,
             envd_timeout: Duration::from_secs(10),
             init_program: None,
             base_image: None,
-            id_base: 1 << 31,
-            id_ranges: 16384,
+            id_base: wrenn_core::config::DEFAULT_CAPSULE_ID_BASE,
+            id_ranges: wrenn_core::config::DEFAULT_CAPSULE_ID_RANGES,
             shm_size_mb: None,
             favor_dynamic_cgroups: true,
             disk_pool_size_mb: crate::service::DEFAULT_DISK_MB,
@@ -96,6 +96,25 @@ impl Default for ProcessRuntimeOptions {
             sandboxes_pids_max: wrenn_core::config::DEFAULT_SANDBOXES_PIDS_MAX,
             sandboxes_memory_reserve_mb: wrenn_core::config::DEFAULT_MEMORY_RESERVE_MB,
             disk_space_check: SpaceCheck::default(),
+        }
+    }
+}
+
+impl ProcessRuntimeOptions {
+    /// The options an agent configured by `config` runs with on `image`: its share of
+    /// the host (cgroup parent, uid ranges, network), limits and warm capsules.
+    pub fn from_config(config: &wrenn_core::config::AgentConfig, image: &BuiltImage) -> Self {
+        let share = &config.host_share;
+        Self {
+            network: NetworkOptions::from_config(config),
+            cgroup_parent: share.cgroup_parent.clone(),
+            id_base: share.id_base,
+            id_ranges: share.id_ranges,
+            base_image: Some(image.reference()),
+            sandboxes_pids_max: config.sandboxes_pids_max,
+            sandboxes_memory_reserve_mb: config.overcommit.memory_reserve_mb,
+            warm_capsules: config.warm_capsules,
+            ..Self::default()
         }
     }
 }

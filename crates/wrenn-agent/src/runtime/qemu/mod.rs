@@ -161,7 +161,7 @@ impl QemuRuntimeOptions {
     /// The options an agent configured by `config` runs with on `image`.
     pub fn from_config(config: &wrenn_core::config::AgentConfig, image: BuiltImage) -> Self {
         use wrenn_core::config::{VmAccel, VmGuestAslr};
-        let mut options = Self {
+        Self {
             image: Some(image),
             qemu: config.qemu_bin.clone(),
             accel: match config.vm_accel {
@@ -174,10 +174,9 @@ impl QemuRuntimeOptions {
                 VmGuestAslr::On => Some(true),
                 VmGuestAslr::Off => Some(false),
             },
+            network: NetworkOptions::from_config(config),
             ..Self::default()
-        };
-        options.network.egress = config.egress.clone();
-        options
+        }
     }
 }
 
