@@ -18,6 +18,7 @@ use wrenn_cpserver::Builder;
 use wrenn_cpserver::extension::{ServerContext, Supervisor, Worker};
 use wrenn_db::testing::{TestStore, TestStores};
 
+use crate::common::TestServer;
 
 /// The probe's lease time to live: it renews every 667 ms.
 const TTL: Duration = Duration::from_secs(2);
@@ -286,4 +287,54 @@ async fn a_singleton_failing_on_its_holder_runs_on_another_replica_on_postgres()
         return;
     };
     a_singleton_failing_on_its_holder_runs_on_another_replica(db).await;
+}
+
+#[tokio::test]
+async fn the_core_singletons_hold_leases_and_per_replica_workers_do_not() {
+    let s = TestServer::start().await;
+    let workers = wrenn_cpserver::workers::core_workers(&s.ctx, &[]);
+    let leases: Vec<(&str, Option<&str>)> = workers.iter().map(|w| (w.name(), w.lease())).collect();
+    for name in [
+        "host-monitor",
+        "metrics-sampler",
+        "usage-rollup",
+        "account-cleanup",
+        "template-builds",
+    ] {
+        let lease = format!("worker:{name}");
+        assert!(
+            leases.contains(&(name, Some(lease.as_str()))),
+            "{name} is a singleton: {leases:?}"
+        );
+    }
+    let everywhere: Vec<&str> = leases
+        .iter()
+        .filter(|(_, lease)| lease.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(
+        everywhere,
+        [
+            "api-key-usage",
+            "sandbox-event-consumer",
+            "channel-dispatcher"
+        ],
+        "these run on every replica"
+    );
+    // The server itself holds them (its workers started with it).
+    crate::common::wait_for_lease(
+        &s.store(),
+        "worker:host-monitor",
+        &s.ctx.replica_id,
+        Duration::from_secs(5),
+    )
+    .await;
+    let store = s.store();
+    let mut s = s;
+    s.halt().await;
+    assert_eq!(
+        store.lease_holder("worker:host-monitor").await.unwrap(),
+        None,
+        "released when the server stops"
+    );
 }
