@@ -729,10 +729,11 @@ pub trait BuildRepo: Send + Sync {
     -> RepoResult<Option<TemplateBuild>>;
     /// The oldest `pending` build, if any (the next one to run).
     async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>>;
-    /// Marks every `pending` or `running` build `failed` with `error` (builds do not
-    /// survive the control plane that ran them) and removes their archives; returns
-    /// how many.
-    async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64>;
+    /// Marks every `running` build `failed` with `error` and removes their archives;
+    /// returns how many. The build worker calls it when it takes the builds over: a
+    /// running build does not survive the control plane that ran it, while `pending`
+    /// ones (which no control plane has started) are left to run.
+    async fn fail_running_builds(&self, error: &str) -> RepoResult<u64>;
 }
 
 /// Leases that let one control plane replica at a time do a job (the singleton

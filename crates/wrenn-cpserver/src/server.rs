@@ -74,10 +74,8 @@ impl Builder {
             }
         };
         info!(backend = store.backend(), "store ready");
-        // Template builds do not survive a control plane: fail what one left behind.
-        crate::builds::fail_unfinished(store.as_ref())
-            .await
-            .map_err(|e| ServerError::Other(format!("failing unfinished template builds: {e}")))?;
+        // Builds another control plane left running are failed by the build worker
+        // when it takes the builds over (another replica may be running them now).
         let replica_id = new_replica_id();
         info!(%replica_id, "replica id (the holder of this control plane's worker leases)");
 
