@@ -10,6 +10,7 @@
 //!   transaction inside the implementation.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -728,10 +729,34 @@ pub trait BuildRepo: Send + Sync {
     -> RepoResult<Option<TemplateBuild>>;
     /// The oldest `pending` build, if any (the next one to run).
     async fn oldest_pending_build(&self) -> RepoResult<Option<TemplateBuild>>;
-    /// Marks every `pending` or `running` build `failed` with `error` (builds do not
-    /// survive the control plane that ran them) and removes their archives; returns
-    /// how many.
-    async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64>;
+    /// Marks every `running` build `failed` with `error` and removes their archives;
+    /// returns how many. The build worker calls it when it takes the builds over: a
+    /// running build does not survive the control plane that ran it, while `pending`
+    /// ones (which no control plane has started) are left to run.
+    async fn fail_running_builds(&self, error: &str) -> RepoResult<u64>;
+}
+
+/// Leases that let one control plane replica at a time do a job (the singleton
+/// workers: host monitor, metrics sampler, template builds…).
+///
+/// A lease is a named row held by one holder (a replica's id) until it expires. Its
+/// expiry is set and judged by the **database's clock**, never the callers', so
+/// replicas whose clocks disagree still agree on who holds a lease. A holder that
+/// stops renewing loses the lease when it expires; one that stops cleanly releases
+/// it, and another holder may take it at once.
+#[async_trait::async_trait]
+pub trait WorkerLeaseRepo: Send + Sync {
+    /// Takes lease `name` for `holder` until `ttl` from now when it is free or
+    /// expired, or renews it for `ttl` from now when `holder` already holds it — in
+    /// one atomic statement, so that of several replicas asking at once exactly one
+    /// holds it. `true` if `holder` holds the lease now; `false` (nothing changed)
+    /// while another holder's lease is valid.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> RepoResult<bool>;
+    /// Gives lease `name` up if `holder` holds it (valid or expired), so another
+    /// holder may take it at once; `false` (nothing changed) if `holder` does not.
+    async fn release_lease(&self, name: &str, holder: &str) -> RepoResult<bool>;
+    /// Who holds lease `name` now: `None` when it is free or expired.
+    async fn lease_holder(&self, name: &str) -> RepoResult<Option<String>>;
 }
 
 /// Reading the audit trail (writing goes through [`AuditSink`]).
@@ -753,6 +778,7 @@ pub trait Store:
     + ChannelRepo
     + BuildRepo
     + AuditRepo
+    + WorkerLeaseRepo
     + Send
     + Sync
     + 'static

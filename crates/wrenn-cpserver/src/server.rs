@@ -74,10 +74,10 @@ impl Builder {
             }
         };
         info!(backend = store.backend(), "store ready");
-        // Template builds do not survive a control plane: fail what one left behind.
-        crate::builds::fail_unfinished(store.as_ref())
-            .await
-            .map_err(|e| ServerError::Other(format!("failing unfinished template builds: {e}")))?;
+        // Builds another control plane left running are failed by the build worker
+        // when it takes the builds over (another replica may be running them now).
+        let replica_id = new_replica_id();
+        info!(%replica_id, "replica id (the holder of this control plane's worker leases)");
 
         let events: Arc<dyn EventBus> = match (self.events, &config.redis_url) {
             (Some(bus), _) => bus,
@@ -149,6 +149,7 @@ impl Builder {
             config,
             mailer,
             shutdown: CancellationToken::new(),
+            replica_id,
             metrics: registry,
         };
         let router = router::build(
@@ -295,6 +296,19 @@ impl Server {
             ))),
         }
     }
+}
+
+/// A fresh replica id: the host's name, the process id and a random part (one
+/// process may run several servers, as tests do).
+fn new_replica_id() -> Arc<str> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    Arc::from(format!("{host}/{}/{}", std::process::id(), &random[..12]))
 }
 
 /// Resolves on SIGTERM or SIGINT.

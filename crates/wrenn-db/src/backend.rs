@@ -25,6 +25,14 @@ pub(crate) trait Dialect {
     /// none on SQLite, whose write transactions are already exclusive.
     const LOCK_IDENTITY: Option<&'static str>;
 
+    /// The database's current time, as the backend stores timestamps. Only leases
+    /// use it (their expiry must not depend on the replicas' clocks); every other
+    /// timestamp is bound from Rust.
+    const NOW: &'static str;
+
+    /// The database's current time plus `param` (a float8/REAL number of seconds),
+    /// as the backend stores timestamps.
+    fn now_plus_secs(param: &str) -> String;
     /// `col` (a JSON object) with the keys of the JSON object `param` set over it.
     fn json_merge(col: &str, param: &str) -> String;
     /// `col` (a JSON object) without `key` (a plain identifier-like key).

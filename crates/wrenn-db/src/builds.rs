@@ -246,11 +246,11 @@ macro_rules! impl_build_repo {
             }
 
             #[tracing::instrument(level = "debug", skip(self))]
-            async fn fail_unfinished_builds(&self, error: &str) -> RepoResult<u64> {
+            async fn fail_running_builds(&self, error: &str) -> RepoResult<u64> {
                 let mut tx = begin_write!(self, "build")?;
                 sqlx::query(
                     "DELETE FROM build_archives WHERE build_id IN \
-                       (SELECT id FROM template_builds WHERE status IN ('pending', 'running'))",
+                       (SELECT id FROM template_builds WHERE status = 'running')",
                 )
                 .execute(&mut *tx)
                 .await
@@ -258,7 +258,7 @@ macro_rules! impl_build_repo {
                 let done = sqlx::query(
                     "UPDATE template_builds SET status = 'failed', error = $1, \
                        completed_at = $2 \
-                     WHERE status IN ('pending', 'running')",
+                     WHERE status = 'running'",
                 )
                 .bind(error)
                 .bind(Ts::now())

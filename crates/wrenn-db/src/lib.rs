@@ -17,9 +17,11 @@
 //! expanded for both stores (see `backend.rs`). The SQL is the common subset of the
 //! two dialects (numbered `$n` parameters, `RETURNING`, `ON CONFLICT`, row values);
 //! the few fragments that differ (JSON merge/removal, JSON array tests, row locks,
-//! how a write transaction begins) come from a small `Dialect` trait. Timestamps are
-//! always bound from Rust, never `NOW()`, and SQLite stores them in one fixed text
-//! format so that string order is time order.
+//! how a write transaction begins, the database's clock) come from a small `Dialect`
+//! trait. Timestamps are bound from Rust, never `NOW()` — except the expiry of worker
+//! leases, which must not depend on the replicas' clocks and uses the database's —
+//! and SQLite stores them in one fixed text format so that string order is time
+//! order.
 //!
 //! # Errors
 //!
@@ -46,6 +48,7 @@ mod teams;
 mod templates;
 mod timestamp;
 mod users;
+mod worker_leases;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -111,6 +111,12 @@ impl Dialect for PgStore {
     const LOCK_IDENTITY: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(2004779587470436)");
 
+    // The start of the statement (autocommit): one instant for the whole statement.
+    const NOW: &'static str = "now()";
+
+    fn now_plus_secs(param: &str) -> String {
+        format!("(now() + make_interval(secs => {param}))")
+    }
     fn json_merge(col: &str, param: &str) -> String {
         format!("{col} || {param}")
     }

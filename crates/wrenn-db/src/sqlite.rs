@@ -141,6 +141,13 @@ impl Dialect for SqliteStore {
     const LOCK_ROWS: &'static str = "";
     const LOCK_IDENTITY: Option<&'static str> = None;
 
+    // The one stored text format (`timestamp.rs`): SQLite's clock has milliseconds,
+    // padded to six digits. `'now'` is one instant for the whole statement.
+    const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')";
+
+    fn now_plus_secs(param: &str) -> String {
+        format!("strftime('%Y-%m-%dT%H:%M:%f000Z', 'now', printf('%+.3f seconds', {param}))")
+    }
     fn json_merge(col: &str, param: &str) -> String {
         format!("json_patch({col}, {param})")
     }

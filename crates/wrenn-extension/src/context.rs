@@ -45,6 +45,11 @@ pub struct ServerContext {
     pub mailer: Option<Arc<dyn Mailer>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// This control plane's id, unique among the replicas sharing the database
+    /// (made once per server: host name, process id and a random part). Singleton
+    /// workers ([`Worker::singleton`](crate::Worker::singleton)) hold their leases
+    /// under it.
+    pub replica_id: Arc<str>,
     /// The server's Prometheus registry, served at `GET /metrics` (owned by this
     /// server, never the process-wide default registry). An extension registers its
     /// own collectors here once, typically in [`Extension::routes`](crate::Extension::routes)
@@ -58,6 +63,7 @@ impl std::fmt::Debug for ServerContext {
         f.debug_struct("ServerContext")
             .field("store", &self.store.backend())
             .field("listen_addr", &self.config.listen_addr)
+            .field("replica_id", &self.replica_id)
             .field("shutting_down", &self.shutdown.is_cancelled())
             .finish_non_exhaustive()
     }

@@ -31,4 +31,4 @@ pub use hosts::HostConnections;
 pub use mailer::{Email, MailError, Mailer};
 /// The Prometheus client the [`ServerContext::metrics`] registry is of.
 pub use prometheus;
-pub use worker::{Supervisor, Worker, WorkerError};
+pub use worker::{MIN_SINGLETON_TTL, Supervisor, Worker, WorkerError};

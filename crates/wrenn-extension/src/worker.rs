@@ -1,4 +1,5 @@
-//! Background workers: named, cancellable, restarted with backoff when they fail.
+//! Background workers: named, cancellable, restarted with backoff when they fail;
+//! singletons ([`Worker::singleton`]) run on one control plane replica at a time.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,8 +7,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::context::ServerContext;
 
@@ -28,13 +31,21 @@ type RunFn = dyn Fn(ServerContext, CancellationToken) -> BoxFuture<'static, Resu
 pub struct Worker {
     name: String,
     run: Arc<RunFn>,
+    /// The lease a singleton holds while it runs.
+    lease: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("name", &self.name).finish()
+        f.debug_struct("Worker")
+            .field("name", &self.name)
+            .field("lease", &self.lease)
+            .finish()
     }
 }
+
+/// Shortest lease [`Worker::singleton`] holds (shorter ones are raised to it).
+pub const MIN_SINGLETON_TTL: Duration = Duration::from_millis(30);
 
 impl Worker {
     /// A worker named `name` running `f` (called again on every restart).
@@ -46,6 +57,7 @@ impl Worker {
         Self {
             name: name.into(),
             run: Arc::new(move |ctx, cancel| Box::pin(f(ctx, cancel))),
+            lease: None,
         }
     }
 
@@ -75,9 +87,182 @@ impl Worker {
         })
     }
 
+    /// This worker, run by one control plane replica at a time: for jobs that must
+    /// not run twice at once across replicas sharing a database (a monitor, a
+    /// sampler, a queue with one consumer).
+    ///
+    /// Each replica asks for the lease `worker:<name>`
+    /// ([`WorkerLeaseRepo`](wrenn_core::repo::WorkerLeaseRepo)) under its
+    /// [`ServerContext::replica_id`]:
+    /// - the holder runs the worker (with a child of the shutdown token) and renews
+    ///   the lease every third of `ttl`; if a renewal is refused (another replica took
+    ///   an expired lease), or renewals keep failing until the lease would expire, it
+    ///   cancels the worker, waits for it to end, and goes back to asking;
+    /// - the others ask again every third of `ttl`, so one takes over within `ttl`
+    ///   when the holder dies;
+    /// - when the worker ends (`Ok`, or `Err` before the supervisor's restart), and
+    ///   at shutdown once it has stopped, the holder releases the lease, so another
+    ///   replica takes over at once.
+    ///
+    /// `ttl` shorter than [`MIN_SINGLETON_TTL`] is raised to it. Leadership changes
+    /// are logged at `info`. Calling it on a singleton changes nothing.
+    #[must_use]
+    pub fn singleton(self, ttl: Duration) -> Self {
+        if self.lease.is_some() {
+            return self;
+        }
+        let ttl = ttl.max(MIN_SINGLETON_TTL);
+        let lease: Arc<str> = Arc::from(format!("worker:{}", self.name));
+        let inner = self.run;
+        let held = lease.clone();
+        Self {
+            name: self.name,
+            run: Arc::new(move |ctx, cancel| {
+                Box::pin(hold_and_run(held.clone(), ttl, inner.clone(), ctx, cancel))
+            }),
+            lease: Some(lease),
+        }
+    }
+
     /// The worker's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The lease a [singleton](Self::singleton) holds while it runs
+    /// (`worker:<name>`); `None` for a worker every replica runs.
+    pub fn lease(&self) -> Option<&str> {
+        self.lease.as_deref()
+    }
+}
+
+/// How a holding of a singleton's lease ended.
+enum Holding {
+    /// The worker returned (or panicked).
+    Ended(Result<Result<(), WorkerError>, tokio::task::JoinError>),
+    /// The server is shutting down.
+    Shutdown,
+    /// The lease was lost, for this reason.
+    Lost(&'static str),
+}
+
+/// The body of a [`Worker::singleton`]: waits for the lease, runs `inner` while
+/// holding it, and gives it up.
+async fn hold_and_run(
+    lease: Arc<str>,
+    ttl: Duration,
+    inner: Arc<RunFn>,
+    ctx: ServerContext,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
+    let holder = ctx.replica_id.clone();
+    let every = ttl / 3;
+    loop {
+        // Ask until this replica holds the lease. The local expiry counts from before
+        // the request left, so it never outlasts the database's.
+        let mut expires = loop {
+            let asked = Instant::now();
+            let answer = tokio::select! {
+                answer = ctx.store.acquire_lease(&lease, &holder, ttl) => answer,
+                _ = cancel.cancelled() => {
+                    // The request may have taken it: give it back.
+                    release(&ctx, &lease, &holder, every).await;
+                    return Ok(());
+                }
+            };
+            match answer {
+                Ok(true) => break asked + ttl,
+                Ok(false) => debug!(%lease, "another replica holds the lease"),
+                Err(e) => warn!(%lease, error = %e, "could not ask for the lease"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(every) => {}
+            }
+        };
+        if cancel.is_cancelled() {
+            release(&ctx, &lease, &holder, every).await;
+            return Ok(());
+        }
+        info!(%lease, %holder, "took the lease: this replica runs the worker");
+        let stop = cancel.child_token();
+        let mut task = AbortOnDropHandle::new(tokio::spawn(
+            (inner)(ctx.clone(), stop.clone()).instrument(Span::current()),
+        ));
+        let mut renew_at = Instant::now() + every;
+        let holding = loop {
+            tokio::select! {
+                joined = &mut task => break Holding::Ended(joined),
+                _ = cancel.cancelled() => break Holding::Shutdown,
+                _ = tokio::time::sleep_until(expires) => {
+                    break Holding::Lost("it could not be renewed before it expired");
+                }
+                _ = tokio::time::sleep_until(renew_at) => {}
+            }
+            let asked = Instant::now();
+            let renewal = tokio::select! {
+                _ = cancel.cancelled() => break Holding::Shutdown,
+                r = tokio::time::timeout_at(expires, ctx.store.acquire_lease(&lease, &holder, ttl)) => r,
+            };
+            match renewal {
+                Ok(Ok(true)) => {
+                    expires = asked + ttl;
+                    renew_at = asked + every;
+                }
+                Ok(Ok(false)) => break Holding::Lost("another replica took it over"),
+                Ok(Err(e)) => {
+                    warn!(%lease, error = %e, "could not renew the lease; retrying");
+                    renew_at = Instant::now() + every / 3;
+                }
+                Err(_) => break Holding::Lost("it could not be renewed before it expired"),
+            }
+        };
+        match holding {
+            Holding::Ended(joined) => {
+                release(&ctx, &lease, &holder, every).await;
+                let result =
+                    joined.unwrap_or_else(|e| Err(format!("worker task failed: {e}").into()));
+                match &result {
+                    Ok(()) => info!(%lease, "worker ended; released the lease"),
+                    Err(e) => {
+                        info!(%lease, error = %e, "worker failed; released the lease for another replica");
+                    }
+                }
+                return result;
+            }
+            Holding::Shutdown => {
+                stop.cancel();
+                let _ = (&mut task).await;
+                release(&ctx, &lease, &holder, every).await;
+                info!(%lease, "worker stopped; released the lease");
+                return Ok(());
+            }
+            Holding::Lost(why) => {
+                info!(%lease, why, "lost the lease: stopping the worker on this replica");
+                stop.cancel();
+                if let Ok(Err(e)) = (&mut task).await {
+                    warn!(%lease, error = %e, "worker failed while stopping");
+                }
+                // Frees an expired lease nobody took yet (a no-op when another
+                // replica holds it), then lets the others ask first.
+                release(&ctx, &lease, &holder, every).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Gives the lease up (best effort, for at most `within`).
+async fn release(ctx: &ServerContext, lease: &str, holder: &str, within: Duration) {
+    match tokio::time::timeout(within, ctx.store.release_lease(lease, holder)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(%lease, error = %e, "could not release the lease; it expires on its own")
+        }
+        Err(_) => warn!(%lease, "releasing the lease timed out; it expires on its own"),
     }
 }
 
@@ -164,5 +349,33 @@ async fn supervise(worker: Worker, ctx: ServerContext, cancel: CancellationToken
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(name: &str) -> Worker {
+        Worker::new(name, |_ctx, cancel: CancellationToken| async move {
+            cancel.cancelled().await;
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_singleton_holds_the_lease_named_after_it() {
+        let plain = idle("host-monitor");
+        assert_eq!(plain.lease(), None);
+        let single = plain.singleton(Duration::from_secs(30));
+        assert_eq!(single.name(), "host-monitor");
+        assert_eq!(single.lease(), Some("worker:host-monitor"));
+        let again = single.clone().singleton(Duration::from_secs(5));
+        assert_eq!(again.lease(), Some("worker:host-monitor"));
+        assert!(
+            Arc::ptr_eq(&again.run, &single.run),
+            "a singleton is not wrapped twice"
+        );
+        assert!(format!("{single:?}").contains("worker:host-monitor"));
     }
 }

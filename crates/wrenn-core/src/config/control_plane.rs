@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::secret::{Redacted, redact_url};
-use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to};
+use super::source::{EnvSource, Vars, check_scheme, http_url, millis_up_to, secs_between};
 use super::{
     ChannelsConfig, ConfigError, DEFAULT_WRENN_DIR, MetricsConfig, Overcommit, ProxyConfig,
     SchedulerKind, Secret, SmtpConfig, vars,
@@ -18,6 +18,21 @@ use crate::layout::Layout;
 pub const DEFAULT_CP_LISTEN_ADDR: &str = "127.0.0.1:8000";
 /// Default host monitor period.
 pub const DEFAULT_HOST_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Default [`Config::host_unreachable_after`].
+pub const DEFAULT_HOST_UNREACHABLE_AFTER: Duration = Duration::from_secs(90);
+/// Default [`Config::transient_grace`].
+pub const DEFAULT_TRANSIENT_GRACE: Duration = Duration::from_secs(120);
+/// Default [`Config::snapshot_grace`] (a snapshot copies whole disks).
+pub const DEFAULT_SNAPSHOT_GRACE: Duration = Duration::from_secs(900);
+/// Longest [`Config::host_unreachable_after`], [`Config::transient_grace`] and
+/// [`Config::snapshot_grace`]: a week.
+pub const MAX_MONITOR_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default [`Config::worker_lease`].
+pub const DEFAULT_WORKER_LEASE: Duration = Duration::from_secs(30);
+/// Shortest [`Config::worker_lease`]: a holder renews every third of it.
+pub const MIN_WORKER_LEASE: Duration = Duration::from_secs(3);
+/// Longest [`Config::worker_lease`].
+pub const MAX_WORKER_LEASE: Duration = Duration::from_secs(3600);
 /// How often team metric snapshots are taken unless configured.
 pub const DEFAULT_METRICS_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default maximum request body size: 100 MiB.
@@ -78,6 +93,23 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// `WRENN_HOST_MONITOR_INTERVAL_SECS`, default 60 (at least 1).
     pub host_monitor_interval: Duration,
+    /// `WRENN_HOST_UNREACHABLE_AFTER_SECS`, default 90 (1 to 604800): heartbeat age
+    /// after which the host monitor marks a host `unreachable` and its capsules
+    /// `missing`. Keep it well above the agents' heartbeat period (30 s).
+    pub host_unreachable_after: Duration,
+    /// `WRENN_TRANSIENT_GRACE_SECS`, default 120 (1 to 604800): how long a capsule
+    /// may stay `starting`, `resuming`, `pausing` or `stopping` before the host
+    /// monitor resolves it from what its host reports.
+    pub transient_grace: Duration,
+    /// `WRENN_SNAPSHOT_GRACE_SECS`, default 900 (1 to 604800): the same for
+    /// `snapshotting`, which copies whole disks.
+    pub snapshot_grace: Duration,
+    /// `WRENN_WORKER_LEASE_SECS`, default 30 (3 to 3600): time to live of the leases
+    /// (in the database) that run each singleton worker — host monitor, metrics
+    /// sampler, usage roll-up, account clean-up, template builds — on one replica at
+    /// a time. The holder renews every third of it; when a replica dies, another
+    /// takes its workers over within this time (at once when it stops cleanly).
+    pub worker_lease: Duration,
     /// `WRENN_METRICS_SAMPLE_INTERVAL_SECS`, default 10 (at least 1): how often each
     /// team's reservation is snapshotted (the stats charts and usage are made of these).
     pub metrics_sample_interval: Duration,
@@ -129,6 +161,10 @@ impl fmt::Debug for Config {
             encryption_key,
             smtp,
             host_monitor_interval,
+            host_unreachable_after,
+            transient_grace,
+            snapshot_grace,
+            worker_lease,
             metrics_sample_interval,
             scheduler,
             max_body_bytes,
@@ -153,6 +189,10 @@ impl fmt::Debug for Config {
             .field("encryption_key", &encryption_key.map(|_| Redacted))
             .field("smtp", smtp)
             .field("host_monitor_interval", host_monitor_interval)
+            .field("host_unreachable_after", host_unreachable_after)
+            .field("transient_grace", transient_grace)
+            .field("snapshot_grace", snapshot_grace)
+            .field("worker_lease", worker_lease)
             .field("metrics_sample_interval", metrics_sample_interval)
             .field("scheduler", scheduler)
             .field("max_body_bytes", max_body_bytes)
@@ -245,6 +285,26 @@ impl Config {
             DEFAULT_HOST_MONITOR_INTERVAL.as_secs(),
             "a whole number of seconds",
         )?);
+        let monitor_grace = |var, default: Duration| {
+            v.parse_with(
+                var,
+                default,
+                secs_between(Duration::from_secs(1), MAX_MONITOR_GRACE),
+            )
+        };
+        let host_unreachable_after = monitor_grace(
+            vars::WRENN_HOST_UNREACHABLE_AFTER_SECS,
+            DEFAULT_HOST_UNREACHABLE_AFTER,
+        )?;
+        let transient_grace =
+            monitor_grace(vars::WRENN_TRANSIENT_GRACE_SECS, DEFAULT_TRANSIENT_GRACE)?;
+        let snapshot_grace =
+            monitor_grace(vars::WRENN_SNAPSHOT_GRACE_SECS, DEFAULT_SNAPSHOT_GRACE)?;
+        let worker_lease = v.parse_with(
+            vars::WRENN_WORKER_LEASE_SECS,
+            DEFAULT_WORKER_LEASE,
+            secs_between(MIN_WORKER_LEASE, MAX_WORKER_LEASE),
+        )?;
         let metrics_sample_interval = Duration::from_secs(v.positive(
             vars::WRENN_METRICS_SAMPLE_INTERVAL_SECS,
             DEFAULT_METRICS_SAMPLE_INTERVAL.as_secs(),
@@ -280,6 +340,10 @@ impl Config {
             encryption_key,
             smtp,
             host_monitor_interval,
+            host_unreachable_after,
+            transient_grace,
+            snapshot_grace,
+            worker_lease,
             metrics_sample_interval,
             scheduler,
             max_body_bytes,
@@ -347,6 +411,10 @@ mod tests {
         assert_eq!(c.encryption_key, None);
         assert_eq!(c.smtp, None);
         assert_eq!(c.host_monitor_interval, Duration::from_secs(60));
+        assert_eq!(c.host_unreachable_after, Duration::from_secs(90));
+        assert_eq!(c.transient_grace, Duration::from_secs(120));
+        assert_eq!(c.snapshot_grace, Duration::from_secs(900));
+        assert_eq!(c.worker_lease, Duration::from_secs(30));
         assert_eq!(c.metrics_sample_interval, Duration::from_secs(10));
         assert_eq!(c.scheduler, SchedulerKind::LeastLoaded);
         assert_eq!(c.max_body_bytes, 100 * 1024 * 1024);
@@ -407,6 +475,44 @@ mod tests {
     }
 
     #[test]
+    fn host_monitor_and_worker_lease_values() {
+        let c = cfg(&[
+            ("WRENN_HOST_MONITOR_INTERVAL_SECS", "5"),
+            ("WRENN_HOST_UNREACHABLE_AFTER_SECS", "45"),
+            ("WRENN_TRANSIENT_GRACE_SECS", "20"),
+            ("WRENN_SNAPSHOT_GRACE_SECS", " 300 "),
+            ("WRENN_WORKER_LEASE_SECS", "10"),
+        ])
+        .unwrap();
+        assert_eq!(c.host_monitor_interval, Duration::from_secs(5));
+        assert_eq!(c.host_unreachable_after, Duration::from_secs(45));
+        assert_eq!(c.transient_grace, Duration::from_secs(20));
+        assert_eq!(c.snapshot_grace, Duration::from_secs(300));
+        assert_eq!(c.worker_lease, Duration::from_secs(10));
+        // The bounds themselves are accepted.
+        let c = cfg(&[
+            ("WRENN_WORKER_LEASE_SECS", "3"),
+            ("WRENN_TRANSIENT_GRACE_SECS", "1"),
+            ("WRENN_SNAPSHOT_GRACE_SECS", "604800"),
+        ])
+        .unwrap();
+        assert_eq!(c.worker_lease, MIN_WORKER_LEASE);
+        assert_eq!(c.transient_grace, Duration::from_secs(1));
+        assert_eq!(c.snapshot_grace, MAX_MONITOR_GRACE);
+        assert_eq!(
+            cfg(&[("WRENN_WORKER_LEASE_SECS", "3600")])
+                .unwrap()
+                .worker_lease,
+            MAX_WORKER_LEASE
+        );
+        let err = cfg(&[("WRENN_WORKER_LEASE_SECS", "2")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid WRENN_WORKER_LEASE_SECS=\"2\": expected a whole number of seconds from 3 to 3600"
+        );
+    }
+
+    #[test]
     fn database_url_follows_wrenn_dir_and_smtp_defaults() {
         let c = cfg(&[("WRENN_DIR", "/tmp/w"), ("SMTP_HOST", "mail")]).unwrap();
         assert_eq!(c.database_url, "sqlite:///tmp/w/wrenn.db");
@@ -450,6 +556,16 @@ mod tests {
             ("WRENN_METRICS_SAMPLE_INTERVAL_SECS", "0"),
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "1m"),
             ("WRENN_HOST_MONITOR_INTERVAL_SECS", "-5"),
+            ("WRENN_HOST_UNREACHABLE_AFTER_SECS", "0"),
+            ("WRENN_HOST_UNREACHABLE_AFTER_SECS", "90s"),
+            ("WRENN_TRANSIENT_GRACE_SECS", "0"),
+            ("WRENN_TRANSIENT_GRACE_SECS", "604801"),
+            ("WRENN_SNAPSHOT_GRACE_SECS", "-1"),
+            ("WRENN_SNAPSHOT_GRACE_SECS", "99999999999999999999"),
+            ("WRENN_WORKER_LEASE_SECS", "0"),
+            ("WRENN_WORKER_LEASE_SECS", "2"),
+            ("WRENN_WORKER_LEASE_SECS", "3601"),
+            ("WRENN_WORKER_LEASE_SECS", "1.5"),
             ("WRENN_SCHEDULER", "random"),
             ("WRENN_MAX_BODY_BYTES", "0"),
             ("WRENN_MAX_BODY_BYTES", "100MiB"),

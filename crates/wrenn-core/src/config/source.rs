@@ -130,6 +130,21 @@ impl Vars<'_> {
     }
 }
 
+/// Parses whole seconds from `min` to `max`.
+pub(super) fn secs_between(
+    min: Duration,
+    max: Duration,
+) -> impl FnOnce(&str) -> Result<Duration, String> {
+    move |s| match s.parse::<u64>().map(Duration::from_secs) {
+        Ok(d) if (min..=max).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "expected a whole number of seconds from {} to {}",
+            min.as_secs(),
+            max.as_secs()
+        )),
+    }
+}
+
 /// Parses whole milliseconds from 0 to `max`.
 pub(super) fn millis_up_to(max: Duration) -> impl FnOnce(&str) -> Result<Duration, String> {
     move |s| match s.parse::<u64>().map(Duration::from_millis) {

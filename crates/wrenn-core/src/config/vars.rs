@@ -30,6 +30,14 @@ pub const SMTP_PASSWORD: &str = "SMTP_PASSWORD";
 pub const SMTP_FROM_EMAIL: &str = "SMTP_FROM_EMAIL";
 /// Host monitor period in seconds.
 pub const WRENN_HOST_MONITOR_INTERVAL_SECS: &str = "WRENN_HOST_MONITOR_INTERVAL_SECS";
+/// Heartbeat age in seconds after which the host monitor marks a host unreachable.
+pub const WRENN_HOST_UNREACHABLE_AFTER_SECS: &str = "WRENN_HOST_UNREACHABLE_AFTER_SECS";
+/// Seconds a capsule may stay in a transient status before the host monitor resolves it.
+pub const WRENN_TRANSIENT_GRACE_SECS: &str = "WRENN_TRANSIENT_GRACE_SECS";
+/// Seconds a capsule may stay `snapshotting` before the host monitor resolves it.
+pub const WRENN_SNAPSHOT_GRACE_SECS: &str = "WRENN_SNAPSHOT_GRACE_SECS";
+/// Time to live in seconds of the leases that run singleton workers on one replica.
+pub const WRENN_WORKER_LEASE_SECS: &str = "WRENN_WORKER_LEASE_SECS";
 /// Team metrics sampler period in seconds.
 pub const WRENN_METRICS_SAMPLE_INTERVAL_SECS: &str = "WRENN_METRICS_SAMPLE_INTERVAL_SECS";
 /// Scheduler strategy.

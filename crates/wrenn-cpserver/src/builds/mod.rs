@@ -2,7 +2,7 @@
 //! captured into a template.
 //!
 //! [`submit`] checks a request and queues it as a `pending` build; the build worker
-//! ([`worker::worker`], two builds at a time per control plane) claims pending builds
+//! ([`worker::worker`], two builds at a time, on one replica) claims pending builds
 //! with a conditional update and runs them:
 //! 1. creates a capsule from the base template (through the lifecycle service, on the
 //!    host the scheduler picks) and records it on the build;
@@ -25,10 +25,13 @@
 //! build to `cancelled`; the worker notices within a second, kills the running step
 //! (by dropping its stream), destroys the capsule and registers nothing.
 //!
-//! Builds do not survive the control plane that runs them: when the control plane
-//! starts ([`fail_unfinished`]), every build still `pending` or `running` is marked
-//! `failed` ("the control plane restarted while the build ran") and the build worker
-//! destroys their capsules — with several replicas, run builds on one.
+//! One control plane replica runs builds at a time: the build worker is a
+//! [singleton](wrenn_extension::Worker::singleton), and any replica queues builds
+//! for it. Running builds do not survive the control plane that runs them: when a
+//! build worker starts — on a fresh control plane, or on another replica taking over
+//! from one that stopped or died — every build still `running` is marked `failed`
+//! ("the control plane restarted while the build ran", [`fail_left_running`]) and
+//! their capsules are destroyed; `pending` builds run.
 
 pub mod recipe;
 pub mod worker;
@@ -284,15 +287,16 @@ fn check_archive(data: &[u8]) -> Result<(), BuildError> {
     )))
 }
 
-/// Marks the builds a previous control plane left `pending` or `running` as `failed`
-/// (they do not survive it); called once when the control plane starts, before
-/// anything can queue a build. Returns how many.
-pub async fn fail_unfinished(store: &dyn wrenn_core::repo::Store) -> Result<u64, RepoError> {
-    let failed = store.fail_unfinished_builds(RESTARTED_ERROR).await?;
+/// Marks the builds a previous control plane left `running` as `failed` (they do
+/// not survive it); `pending` builds are left to run. The build worker calls it when
+/// it starts, holding the builds' lease: no other control plane runs builds then.
+/// Returns how many.
+pub async fn fail_left_running(store: &dyn wrenn_core::repo::Store) -> Result<u64, RepoError> {
+    let failed = store.fail_running_builds(RESTARTED_ERROR).await?;
     if failed > 0 {
         tracing::warn!(
             failed,
-            "template builds left unfinished by a previous control plane marked failed"
+            "template builds left running by a previous control plane marked failed"
         );
     }
     Ok(failed)

@@ -88,10 +88,15 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Metadata key under which the build capsule carries its build id.
 const BUILD_METADATA_KEY: &str = "wrenn_build";
 
-/// The worker that runs template builds (what a previous control plane left
-/// unfinished was failed when this one started: [`super::fail_unfinished`]).
+/// The worker that runs template builds. The control plane runs it as a
+/// [singleton](Worker::singleton): one replica runs the builds at a time. When it
+/// starts (on the replica that holds the builds' lease), every build still
+/// `running` was left by a control plane that stopped or died: it fails them
+/// ([`super::fail_left_running`]) and destroys their capsules, then runs pending
+/// builds — including those queued before it took over.
 pub fn worker() -> Worker {
     Worker::new("template-builds", |ctx: ServerContext, cancel| async move {
+        super::fail_left_running(ctx.store.as_ref()).await?;
         destroy_orphaned_capsules(&ctx).await?;
         run_pool(ctx, cancel).await;
         Ok(())
@@ -99,7 +104,7 @@ pub fn worker() -> Worker {
 }
 
 /// Destroys the capsules of builds a previous control plane left unfinished (failed
-/// with [`RESTARTED_ERROR`] when this one started) that still hold resources.
+/// with [`RESTARTED_ERROR`] when a build worker took over) that still hold resources.
 async fn destroy_orphaned_capsules(ctx: &ServerContext) -> Result<(), RepoError> {
     let orphans = ctx.store.list_builds(200).await?.into_iter().filter(|b| {
         b.status == BuildStatus::Failed && b.error == RESTARTED_ERROR && b.sandbox_id.is_some()

@@ -26,6 +26,9 @@ use chrono::Utc;
 use tracing::{info, warn};
 use wrenn_core::agents::AgentInventory;
 use wrenn_core::audit::AuditStatus;
+use wrenn_core::config::{
+    Config, DEFAULT_HOST_UNREACHABLE_AFTER, DEFAULT_SNAPSHOT_GRACE, DEFAULT_TRANSIENT_GRACE,
+};
 use wrenn_core::events::PlatformEventKind;
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
@@ -36,31 +39,47 @@ use crate::host_identity::{host_health_audit, publish_host_event};
 
 use SandboxStatus::*;
 
-/// Tunables of the monitor.
+/// Tunables of the monitor (the control plane's [`Config`]; the default is the
+/// configuration's default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MonitorSettings {
-    /// Heartbeat age after which a host is unreachable.
+    /// Heartbeat age after which a host is unreachable
+    /// (`WRENN_HOST_UNREACHABLE_AFTER_SECS`, default 90 s).
     pub unreachable_after: Duration,
-    /// How long a transient status may last before the monitor resolves it.
+    /// How long a transient status may last before the monitor resolves it
+    /// (`WRENN_TRANSIENT_GRACE_SECS`, default 120 s).
     pub transient_grace: Duration,
-    /// The same for `snapshotting` (copies whole disks).
+    /// The same for `snapshotting`, which copies whole disks
+    /// (`WRENN_SNAPSHOT_GRACE_SECS`, default 900 s).
     pub snapshot_grace: Duration,
+}
+
+impl MonitorSettings {
+    /// The settings `config` gives.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            unreachable_after: config.host_unreachable_after,
+            transient_grace: config.transient_grace,
+            snapshot_grace: config.snapshot_grace,
+        }
+    }
 }
 
 impl Default for MonitorSettings {
     fn default() -> Self {
         Self {
-            unreachable_after: Duration::from_secs(90),
-            transient_grace: Duration::from_secs(120),
-            snapshot_grace: Duration::from_secs(900),
+            unreachable_after: DEFAULT_HOST_UNREACHABLE_AFTER,
+            transient_grace: DEFAULT_TRANSIENT_GRACE,
+            snapshot_grace: DEFAULT_SNAPSHOT_GRACE,
         }
     }
 }
 
-/// The worker, running a pass every `WRENN_HOST_MONITOR_INTERVAL_SECS` (default 60 s).
-/// The first pass comes one interval after start, so hosts get the chance to
-/// heartbeat and report before anything is judged.
-pub fn worker(interval: Duration) -> Worker {
+/// The worker, running a pass with `settings` every
+/// `WRENN_HOST_MONITOR_INTERVAL_SECS` (default 60 s). The first pass comes one
+/// interval after start, so hosts get the chance to heartbeat and report before
+/// anything is judged.
+pub fn worker(interval: Duration, settings: MonitorSettings) -> Worker {
     Worker::new("host-monitor", move |ctx, cancel| async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,7 +88,7 @@ pub fn worker(interval: Duration) -> Worker {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            if let Err(e) = run_pass(&ctx, &MonitorSettings::default()).await {
+            if let Err(e) = run_pass(&ctx, &settings).await {
                 warn!(error = %e, "host monitor pass failed");
             }
         }

@@ -24,22 +24,36 @@ pub fn core_workers(ctx: &ServerContext, extensions: &[Arc<dyn Extension>]) -> V
 }
 
 /// [`core_workers`], with the event consumer recording into `events`.
+///
+/// With several replicas on one database, the host monitor, metrics sampler, usage
+/// roll-up, account clean-up and template builds are [singletons](Worker::singleton):
+/// one replica runs each at a time, holding a lease of `WRENN_WORKER_LEASE_SECS`,
+/// and another takes it over when that replica stops or dies. The others run on
+/// every replica: the API-key usage flush writes the replica's own batch, and the
+/// event consumer and channel dispatcher share their streams' work through consumer
+/// groups.
 pub fn core_workers_metered(
     ctx: &ServerContext,
     extensions: &[Arc<dyn Extension>],
     events: EventMetrics,
 ) -> Vec<Worker> {
+    let config = &ctx.config;
+    let lease = config.worker_lease;
     vec![
         Worker::periodic("api-key-usage", API_KEY_USAGE_FLUSH, |ctx| async move {
             ctx.auth.flush_usage().await?;
             Ok(())
         }),
         event_consumer::worker(extensions.to_vec(), events),
-        account_cleanup::worker(),
-        host_monitor::worker(ctx.config.host_monitor_interval),
-        metrics_sampler::worker(ctx.config.metrics_sample_interval),
-        usage_rollup::worker(),
-        crate::builds::worker::worker(),
+        account_cleanup::worker().singleton(lease),
+        host_monitor::worker(
+            config.host_monitor_interval,
+            host_monitor::MonitorSettings::from_config(config),
+        )
+        .singleton(lease),
+        metrics_sampler::worker(config.metrics_sample_interval).singleton(lease),
+        usage_rollup::worker().singleton(lease),
+        crate::builds::worker::worker().singleton(lease),
         crate::channels::dispatcher::worker(),
     ]
 }

@@ -6,6 +6,7 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestServer, TestUser, assert_error, make_key, member_of, send};
@@ -14,10 +15,11 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use wrenn_core::audit::{AuditQuery, AuditScope};
 use wrenn_core::auth::Role;
-use wrenn_core::id::{BuildId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
+use wrenn_core::id::{BuildId, HostId, PLATFORM_TEAM_ID, SandboxId, TeamId, TemplateId};
 use wrenn_core::lifecycle::SandboxStatus;
 use wrenn_core::model::{BuildStatus, NewSandbox, Resources, TemplateBuild, TemplateKind};
-use wrenn_core::repo::NewTemplate;
+use wrenn_core::repo::{NewTemplate, Store};
+use wrenn_db::testing::TestStores;
 
 fn recipe() -> Value {
     json!({
@@ -576,14 +578,12 @@ async fn platform_templates_are_deleted_only_when_no_capsule_uses_them() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_restart_fails_unfinished_builds_and_destroys_their_capsules() {
-    let s = TestServer::start().await;
-    let root = s.user_with("root@x.io", true).await;
-    let store = s.store();
-    let host = common::online_host(&store).await;
-    // A build that was running in a control plane that died, with its capsule.
-    let capsule = store
+/// The lease of the build worker.
+const BUILDS_LEASE: &str = "worker:template-builds";
+
+/// A capsule on `host` in the platform team, `running` (a build's).
+async fn build_capsule(store: &Arc<dyn Store>, host: HostId) -> SandboxId {
+    store
         .insert_sandbox(NewSandbox {
             id: SandboxId::new(),
             team_id: PLATFORM_TEAM_ID,
@@ -601,33 +601,179 @@ async fn a_restart_fails_unfinished_builds_and_destroys_their_capsules() {
             metadata: Default::default(),
         })
         .await
-        .unwrap();
-    let running = stored_build(&s, PLATFORM_TEAM_ID, "interrupted", BuildStatus::Running).await;
+        .unwrap()
+        .id
+}
+
+/// Waits until the build worker of `s` (or of a replica) has taken the builds over
+/// — failed what was left running, and claims pending builds — by queueing a
+/// build and waiting for it to end (at once: there is no host yet).
+async fn wait_until_builds_run(s: &TestServer) {
+    let canary = stored_build(s, PLATFORM_TEAM_ID, "canary", BuildStatus::Pending).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while matches!(
+        s.store().get_build(canary).await.unwrap().status,
+        BuildStatus::Pending | BuildStatus::Running
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no build worker runs builds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits up to 10 s for `build` to be failed as left running by a stopped control
+/// plane, and its capsule to be destroyed.
+async fn wait_failed_as_left_running(store: &Arc<dyn Store>, build: BuildId, capsule: SandboxId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = store.get_build(build).await.unwrap();
+        let status = store.get_sandbox(capsule).await.unwrap().status;
+        if b.status == BuildStatus::Failed
+            && matches!(status, SandboxStatus::Stopping | SandboxStatus::Stopped)
+        {
+            assert_eq!(b.error, "the control plane restarted while the build ran");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build is {} ({:?}), its capsule {status}",
+            b.status,
+            b.error
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restart_fails_builds_left_running_destroys_their_capsules_and_runs_pending_ones() {
+    let db = TestStores::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = db.store();
+    let mut first = TestServer::start_on(store.clone(), dir.path(), &[], None).await;
+    let root = first.user_with("root@x.io", true).await;
+    wait_until_builds_run(&first).await;
+    let host = common::online_host(&store).await;
+    // A build that was running in a control plane that stopped, with its capsule.
+    let capsule = build_capsule(&store, host).await;
+    let running = stored_build(
+        &first,
+        PLATFORM_TEAM_ID,
+        "interrupted",
+        BuildStatus::Running,
+    )
+    .await;
     store
-        .set_build_sandbox(running, capsule.id, host)
+        .set_build_sandbox(running, capsule, host)
         .await
         .unwrap();
+    first.halt().await;
+    assert_eq!(
+        store.lease_holder(BUILDS_LEASE).await.unwrap(),
+        None,
+        "a control plane that stops releases the builds' lease"
+    );
+    assert_eq!(
+        store.get_build(running).await.unwrap().status,
+        BuildStatus::Running
+    );
+    // A build queued while no control plane ran builds.
+    let queued = stored_build(&first, PLATFORM_TEAM_ID, "queued", BuildStatus::Pending).await;
 
-    // Another control plane starts on the same database.
-    let restarted = s.replica().await;
-    let b = store.get_build(running).await.unwrap();
-    assert_eq!(b.status, BuildStatus::Failed);
-    assert_eq!(b.error, "the control plane restarted while the build ran");
+    // The next control plane on the same database takes the builds over.
+    let restarted = TestServer::start_on(store.clone(), dir.path(), &[], None).await;
+    wait_failed_as_left_running(&store, running, capsule).await;
     let got =
         send(restarted.as_user(&root, Method::GET, &format!("/v1/admin/builds/{running}"))).await;
     assert_eq!(got.1["status"], "failed", "{}", got.1);
+    // The pending build is run, not failed as left behind.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status = store.get_sandbox(capsule.id).await.unwrap().status;
-        if matches!(status, SandboxStatus::Stopping | SandboxStatus::Stopped) {
+        let b = store.get_build(queued).await.unwrap();
+        assert_ne!(b.error, "the control plane restarted while the build ran");
+        if b.status != BuildStatus::Pending {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the build capsule is still {status}"
+            "the queued build never ran"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     restarted.stop().await;
-    s.stop().await;
+}
+
+/// A control plane starting while another runs builds leaves them alone; when the
+/// one running them stops, it takes them over.
+async fn a_replica_starting_while_another_runs_builds_leaves_them_running(postgres: bool) {
+    let Some(mut a) = TestServer::start_with_vars(
+        common::Options {
+            postgres,
+            ..Default::default()
+        },
+        &[("WRENN_WORKER_LEASE_SECS", "3")],
+    )
+    .await
+    else {
+        return;
+    };
+    let store = a.store();
+    common::wait_for_lease(
+        &store,
+        BUILDS_LEASE,
+        &a.ctx.replica_id,
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_until_builds_run(&a).await;
+    // A build `a` runs (as far as the database tells), with its capsule.
+    let host = common::online_host(&store).await;
+    let capsule = build_capsule(&store, host).await;
+    let running = stored_build(&a, PLATFORM_TEAM_ID, "in-flight", BuildStatus::Running).await;
+    store
+        .set_build_sandbox(running, capsule, host)
+        .await
+        .unwrap();
+
+    let b = a.replica().await;
+    // `b`'s build worker asks for the lease every second: give it a few tries.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let build = store.get_build(running).await.unwrap();
+    assert_eq!(
+        (build.status, build.error.as_str()),
+        (BuildStatus::Running, ""),
+        "a starting replica does not fail builds another one runs"
+    );
+    assert_eq!(
+        store.get_sandbox(capsule).await.unwrap().status,
+        SandboxStatus::Running
+    );
+    assert_eq!(
+        store.lease_holder(BUILDS_LEASE).await.unwrap().as_deref(),
+        Some(&*a.ctx.replica_id)
+    );
+
+    // `a` stops: `b` takes the builds over and fails what `a` left running.
+    a.halt().await;
+    common::wait_for_lease(
+        &store,
+        BUILDS_LEASE,
+        &b.ctx.replica_id,
+        Duration::from_secs(3),
+    )
+    .await;
+    wait_failed_as_left_running(&store, running, capsule).await;
+    b.stop().await;
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_starting_while_another_runs_builds_leaves_them_running_on_sqlite() {
+    a_replica_starting_while_another_runs_builds_leaves_them_running(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_starting_while_another_runs_builds_leaves_them_running_on_postgres() {
+    a_replica_starting_while_another_runs_builds_leaves_them_running(true).await;
 }

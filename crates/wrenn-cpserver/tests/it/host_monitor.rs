@@ -160,3 +160,44 @@ async fn orphans_on_a_host_are_destroyed() {
     );
     s.stop().await;
 }
+
+#[test]
+fn the_monitor_settings_come_from_the_configuration() {
+    let config = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        wrenn_core::config::Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        MonitorSettings::from_config(&config(&[])),
+        MonitorSettings::default()
+    );
+    assert_eq!(
+        MonitorSettings::default(),
+        MonitorSettings {
+            unreachable_after: Duration::from_secs(90),
+            transient_grace: Duration::from_secs(120),
+            snapshot_grace: Duration::from_secs(900),
+        }
+    );
+    let soak = config(&[
+        ("WRENN_HOST_UNREACHABLE_AFTER_SECS", "40"),
+        ("WRENN_TRANSIENT_GRACE_SECS", "20"),
+        ("WRENN_SNAPSHOT_GRACE_SECS", "60"),
+    ]);
+    assert_eq!(
+        MonitorSettings::from_config(&soak),
+        MonitorSettings {
+            unreachable_after: Duration::from_secs(40),
+            transient_grace: Duration::from_secs(20),
+            snapshot_grace: Duration::from_secs(60),
+        }
+    );
+}

@@ -27,3 +27,4 @@ mod metrics;
 mod redis_bus;
 mod replicas;
 mod system;
+mod worker_leases;

@@ -151,7 +151,7 @@ async fn the_active_build_of_a_name_is_the_teams_or_the_platforms(db: Db) {
     assert_eq!(found(team, "own").await, None, "finished builds do not");
 }
 
-async fn unfinished_builds_fail_at_startup(db: Db) {
+async fn running_builds_fail_when_taken_over_and_pending_ones_wait(db: Db) {
     let pending = db.create_build(build("pending"), None).await.unwrap();
     let running = db.create_build(build("running"), None).await.unwrap();
     db.build_status_if(running.id, BuildStatus::Pending, BuildStatus::Running, "")
@@ -168,20 +168,23 @@ async fn unfinished_builds_fail_at_startup(db: Db) {
         Some(pending.id),
         "the next build to run is the oldest pending one"
     );
-    assert!(db.fail_unfinished_builds("restarted").await.unwrap() == 2);
-    assert_eq!(db.oldest_pending_build().await.unwrap(), None);
-    for id in [pending.id, running.id] {
-        let b = db.get_build(id).await.unwrap();
-        assert_eq!(
-            (b.status, b.error.as_str()),
-            (BuildStatus::Failed, "restarted")
-        );
-        assert!(b.completed_at.is_some());
-    }
+    assert_eq!(db.fail_running_builds("restarted").await.unwrap(), 1);
+    let b = db.get_build(running.id).await.unwrap();
+    assert_eq!(
+        (b.status, b.error.as_str()),
+        (BuildStatus::Failed, "restarted")
+    );
+    assert!(b.completed_at.is_some());
+    assert_eq!(
+        db.oldest_pending_build().await.unwrap().map(|b| b.id),
+        Some(pending.id),
+        "a pending build no control plane started is left to run"
+    );
     assert_eq!(
         db.get_build(done.id).await.unwrap().status,
         BuildStatus::Cancelled
     );
+    assert_eq!(db.fail_running_builds("restarted").await.unwrap(), 0);
 }
 
 async fn a_builds_archive_is_kept_until_it_finishes(db: Db) {
@@ -218,11 +221,24 @@ async fn a_builds_archive_is_kept_until_it_finishes(db: Db) {
         .create_build(build("left"), Some(&archive))
         .await
         .unwrap();
-    db.fail_unfinished_builds("restarted").await.unwrap();
+    db.build_status_if(left.id, BuildStatus::Pending, BuildStatus::Running, "")
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = db
+        .create_build(build("waiting"), Some(&archive))
+        .await
+        .unwrap();
+    db.fail_running_builds("restarted").await.unwrap();
     assert_eq!(
         db.build_archive(left.id).await.unwrap(),
         None,
-        "an unfinished build's archive goes with it"
+        "a failed running build's archive goes with it"
+    );
+    assert_eq!(
+        db.build_archive(waiting.id).await.unwrap(),
+        Some(archive.clone()),
+        "a pending build keeps its archive"
     );
 
     // A build that cannot be stored leaves no archive behind.
@@ -236,7 +252,7 @@ conformance_tests!(
     a_builds_archive_is_kept_until_it_finishes,
     a_build_records_its_sandbox_and_template,
     the_active_build_of_a_name_is_the_teams_or_the_platforms,
-    unfinished_builds_fail_at_startup,
+    running_builds_fail_when_taken_over_and_pending_ones_wait,
     builds_round_trip_and_list_newest_first,
     build_status_changes_stamp_start_and_completion,
     build_logs_append_in_order,

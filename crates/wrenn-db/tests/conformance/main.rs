@@ -70,3 +70,4 @@ mod schema;
 mod teams;
 mod templates;
 mod users;
+mod worker_leases;

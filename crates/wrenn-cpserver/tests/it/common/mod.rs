@@ -67,6 +67,9 @@ pub struct TestServer {
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), wrenn_cpserver::ServerError>>,
     replica: Replica,
+    /// The configuration variables it was started with (besides `WRENN_DIR`), which
+    /// its replicas get too.
+    vars: Vec<(String, String)>,
 }
 
 /// What a control plane owns besides its server: the first one of a test owns the
@@ -99,6 +102,12 @@ impl TestServer {
 
     /// `None` when Postgres was asked for but is not configured (and not required).
     pub async fn start_with(opts: Options) -> Option<Self> {
+        Self::start_with_vars(opts, &[]).await
+    }
+
+    /// [`TestServer::start_with`], configured with the variables `vars` besides
+    /// `WRENN_DIR` (its replicas get them too).
+    pub async fn start_with_vars(opts: Options, vars: &[(&str, &str)]) -> Option<Self> {
         let db = if opts.postgres {
             TestStores::postgres().await?
         } else {
@@ -112,7 +121,7 @@ impl TestServer {
                 &path,
                 opts.mailer,
                 Replica::First { db, dir },
-                &[],
+                vars,
                 None,
             )
             .await,
@@ -126,12 +135,17 @@ impl TestServer {
             panic!("make replicas of the first control plane");
         };
         let store = db.replica().await;
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         Self::serve(
             store,
             dir.path(),
             self.mailer.is_some(),
             Replica::Second,
-            &[],
+            &vars,
             None,
         )
         .await
@@ -205,6 +219,10 @@ impl TestServer {
             shutdown,
             handle,
             replica,
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
@@ -316,6 +334,38 @@ impl TestServer {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.expect("join").expect("clean shutdown");
+    }
+
+    /// Stops the server and waits for it, keeping what it owns: the database and
+    /// directory of the first control plane stay for its replicas until it is
+    /// dropped.
+    pub async fn halt(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.handle)
+            .await
+            .expect("join")
+            .expect("clean shutdown");
+    }
+}
+
+/// Waits up to `within` until lease `name` is held by `holder`; panics otherwise.
+pub async fn wait_for_lease(
+    store: &Arc<dyn Store>,
+    name: &str,
+    holder: &str,
+    within: std::time::Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = store.lease_holder(name).await.expect("lease holder");
+        if now.as_deref() == Some(holder) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is held by {now:?}, not {holder}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
