@@ -167,6 +167,18 @@ impl std::fmt::Debug for Lifecycle {
     }
 }
 
+/// A sandbox after a failed agent call, as a ping tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Liveness {
+    /// It answers.
+    Alive,
+    /// Its host answered that it is gone or broken.
+    Gone,
+    /// Its host could not be reached (down, restarting, partitioned): nothing is
+    /// known, and nothing may be concluded about the sandbox.
+    Unknown,
+}
+
 pub(super) async fn with_timeout<T>(
     limit: Duration,
     what: &str,
@@ -570,6 +582,21 @@ impl Lifecycle {
         }
     }
 
+    /// What a failed call left of `sb`, asked of its host with a ping.
+    pub(super) async fn after_failure(&self, sb: &Sandbox) -> Liveness {
+        let res = with_timeout(
+            self.inner.timeouts.ping,
+            "ping",
+            self.inner.agents.ping_sandbox(sb.host_id, sb.id),
+        )
+        .await;
+        match res {
+            Ok(()) => Liveness::Alive,
+            Err(HostCallError::Unavailable(_) | HostCallError::Timeout(_)) => Liveness::Unknown,
+            Err(_) => Liveness::Gone,
+        }
+    }
+
     async fn destroy_on_agent(&self, sb: &Sandbox) {
         let res = with_timeout(
             self.inner.timeouts.destroy,
@@ -644,13 +671,10 @@ impl Lifecycle {
             }
             Err(err) => {
                 warn!(error = %err, "agent failed to pause sandbox");
-                let alive = with_timeout(
-                    self.inner.timeouts.ping,
-                    "ping",
-                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
-                )
-                .await
-                .is_ok();
+                // A host that cannot be reached says nothing about the sandbox: it is
+                // `running` again, and the host monitor follows the host's inventory
+                // (paused, if the pause happened after all) once it answers.
+                let alive = self.after_failure(sb).await != Liveness::Gone;
                 let target = if alive { Running } else { Error };
                 match store.status_if(sb.id, Pausing, target).await {
                     Ok(Some(row)) => {

@@ -11,7 +11,7 @@ use crate::model::{Metadata, Sandbox, Template, TemplateKind};
 use crate::repo::{NewTemplate, RepoError};
 use crate::validate;
 
-use super::service::{Lifecycle, LifecycleError, with_timeout};
+use super::service::{Lifecycle, LifecycleError, Liveness, with_timeout};
 
 /// What a template made by [`Lifecycle::snapshot_with`] records about the processes
 /// of capsules made from it (by default, those of the captured capsule's template).
@@ -113,14 +113,10 @@ impl Lifecycle {
         let size = match res {
             Ok(size) => size,
             Err(err) => {
-                let alive = with_timeout(
-                    self.inner.timeouts.ping,
-                    "ping",
-                    self.inner.agents.ping_sandbox(sb.host_id, sb.id),
-                )
-                .await
-                .is_ok();
-                let back = if alive || from == Paused { from } else { Error };
+                // An unreachable host says nothing about the sandbox: it goes back to
+                // where it was, and the host monitor follows the host once it answers.
+                let gone = self.after_failure(&sb).await == Liveness::Gone;
+                let back = if gone && from != Paused { Error } else { from };
                 let _ = store.status_if(sb.id, Snapshotting, back).await;
                 return Err(err.into());
             }

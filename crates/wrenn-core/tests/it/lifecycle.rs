@@ -410,6 +410,34 @@ async fn a_failed_pause_ends_in_error_when_the_sandbox_is_gone(store: Arc<dyn St
     assert_eq!(w.status(id).await, Error);
 }
 
+async fn a_pause_or_snapshot_whose_host_is_unreachable_loses_nothing(store: Arc<dyn Store>) {
+    // The host goes away (an agent restarting) during the call: the call and the ping
+    // that follows it both fail to connect. Nothing is known of the sandbox, so it is
+    // not written off as `error`: it runs again, and the host monitor follows the host.
+    let w = world(store).await;
+    let id = w.create().await;
+    let refused = || HostCallError::Unavailable("connection refused".into());
+    w.agents.fail_next(Op::Pause, refused());
+    w.agents.fail_next(Op::Ping, refused());
+    w.lifecycle.pause(w.team, id, &w.actor).await.unwrap();
+    w.lifecycle.wait_idle().await;
+    assert_eq!(w.status(id).await, Running);
+
+    w.agents.fail_next(Op::Snapshot, refused());
+    w.agents.fail_next(Op::Ping, refused());
+    let err = w
+        .lifecycle
+        .snapshot(w.team, id, Some("lost-host".into()), false, &w.actor)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Agent(HostCallError::Unavailable(_))),
+        "{err:?}"
+    );
+    assert_eq!(w.status(id).await, Running);
+    assert_eq!(w.agents.status_on_host(id), Some(Running));
+}
+
 async fn wrong_state_is_refused_with_the_current_status(store: Arc<dyn Store>) {
     let w = world(store).await;
     let id = w.create().await;
@@ -748,6 +776,7 @@ on_every_store!(
     pause_then_resume,
     a_failed_pause_returns_to_running_when_the_sandbox_answers,
     a_failed_pause_ends_in_error_when_the_sandbox_is_gone,
+    a_pause_or_snapshot_whose_host_is_unreachable_loses_nothing,
     wrong_state_is_refused_with_the_current_status,
     other_teams_cannot_touch_a_sandbox,
     a_failed_resume_returns_to_paused,

@@ -9,7 +9,8 @@
 //!    rows: missing-but-alive rows come back with the agent's status; running rows the
 //!    agent no longer has become `paused` (when its idle reaper paused them) or
 //!    `stopped`; rows the agent reports paused, hibernated or (dead) in error follow
-//!    it; transient rows
+//!    it, and paused or hibernated rows it runs are running (a lost resume outcome);
+//!    transient rows
 //!    stuck past the grace period are resolved (`starting`/`resuming` → `running` when
 //!    alive, else `error`; `pausing` → the agent's status or `error`; `stopping` →
 //!    `stopped` once gone; `snapshotting` → the agent's status after its longer grace);
@@ -243,6 +244,9 @@ async fn reconcile(
             }
             (Running, Some(a @ (Paused | Hibernated))) => settle(ctx, sb, a, report).await?,
             (Paused, Some(Hibernated)) => settle(ctx, sb, Hibernated, report).await?,
+            // A resume whose outcome was lost (its host went away while answering):
+            // the host runs it, so it is running.
+            (Paused | Hibernated, Some(Running)) => settle(ctx, sb, Running, report).await?,
             // The agent noticed the sandbox died (its `failed` event carries the
             // reason; this is the fallback when that event was lost).
             (Running | Paused, Some(Error)) => settle(ctx, sb, Error, report).await?,

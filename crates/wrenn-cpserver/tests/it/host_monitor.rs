@@ -201,3 +201,24 @@ fn the_monitor_settings_come_from_the_configuration() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_paused_row_whose_host_runs_the_sandbox_is_running_again() {
+    // A resume that reached the host but whose answer was lost (the host went away
+    // while answering) left the row paused while the host runs the sandbox.
+    let s = TestServer::start().await;
+    online_host(&s).await;
+    let u = s.user("mon-resume@example.com").await;
+    let id = running(&s, u.team).await;
+    assert!(
+        s.store()
+            .status_if(id, Running, Paused)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let report = pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(report.sandboxes_changed, 1);
+    assert_eq!(s.store().get_sandbox(id).await.unwrap().status, Running);
+    s.stop().await;
+}
