@@ -212,11 +212,11 @@ async fn get_one(
     auth: AuthContext,
     Path(id): Path<SandboxId>,
 ) -> ApiResult<Json<Capsule>> {
+    // Only a capsule the team does not have is a 404: a database that cannot answer
+    // is a server error, never "not found" (clients give up on a capsule that is).
     Ok(Json(
-        ctx.store
-            .get_team_sandbox(auth.team_id, id)
-            .await
-            .map_err(|_| ApiError::not_found("capsule"))?
+        super::data_plane::team_capsule(&ctx, auth.team_id, id)
+            .await?
             .into(),
     ))
 }

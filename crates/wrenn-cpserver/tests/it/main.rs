@@ -24,6 +24,7 @@ mod host_monitor;
 mod host_pool;
 mod liveness_admission;
 mod metrics;
+mod outages;
 mod redis_bus;
 mod replicas;
 mod system;

@@ -10,7 +10,7 @@ use serde_json::json;
 use wrenn_core::events::{Event, SANDBOX_STREAM, SandboxEvent, SandboxEventKind};
 use wrenn_core::id::SandboxId;
 
-use crate::common::{TestServer, json, online_host};
+use crate::common::{OwnDatabase, TestServer, json, online_host};
 
 const TOKEN: &str = "metrics-token-0123456789";
 
@@ -509,81 +509,11 @@ async fn the_event_consumer_records_the_age_of_what_it_handles() {
     s.stop().await;
 }
 
-/// A Postgres database of its own for the outage test, dropped at the end.
-struct OwnDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl OwnDatabase {
-    fn url(&self) -> String {
-        let (base, _) = self
-            .admin_url
-            .rsplit_once('/')
-            .expect("a database in the URL");
-        format!("{base}/{}", self.name)
-    }
-
-    async fn admin(&self) -> sqlx::PgConnection {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&self.admin_url)
-            .await
-            .expect("admin connection")
-    }
-
-    async fn drop_now(&self) {
-        use sqlx::Executor;
-        let mut admin = self.admin().await;
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-            .await
-            .expect("drop database");
-    }
-}
-
-impl Drop for OwnDatabase {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                use sqlx::{Connection, Executor};
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&url).await {
-                    let _ = admin
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn a_scrape_during_a_database_outage_answers_quickly_with_what_it_has() {
-    let Some(admin_url) = wrenn_db::testing::postgres_url() else {
-        assert!(
-            !wrenn_db::testing::require_services(),
-            "WRENN_TEST_POSTGRES_URL is required"
-        );
-        eprintln!("skipped: WRENN_TEST_POSTGRES_URL is not set");
+    let Some(db) = OwnDatabase::create("wrenn_metrics").await else {
         return;
     };
-    let db = OwnDatabase {
-        admin_url,
-        name: format!("wrenn_metrics_{}", uuid::Uuid::new_v4().simple()),
-    };
-    {
-        use sqlx::Executor;
-        let mut admin = db.admin().await;
-        admin
-            .execute(format!("CREATE DATABASE {}", db.name).as_str())
-            .await
-            .expect("create database");
-    }
     let store = wrenn_db::connect(&db.url()).await.expect("migrated store");
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_on(store, dir.path(), &[("WRENN_METRICS_OPEN", "true")], None).await;

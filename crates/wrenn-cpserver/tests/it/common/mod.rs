@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
+mod own_database;
+pub use own_database::OwnDatabase;
+
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::Value;
 use tokio::net::TcpListener;
