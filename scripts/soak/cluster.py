@@ -231,6 +231,10 @@ class Cluster:
             "WRENN_METRICS_SAMPLE_INTERVAL_SECS": "5",
             "WRENN_DB_MAX_CONNECTIONS": "8",
             "WRENN_CHANNELS_CLAIM_AFTER_MS": "30000",
+            "WRENN_CHANNELS_ALLOW": "127.0.0.1/32",
+            "WRENN_CHANNELS_RETRY_BASE_MS": "1000",
+            "WRENN_CHANNELS_RETRY_MAX_MS": "5000",
+            "WRENN_CHANNELS_MAX_ATTEMPTS": "20",
             **(
                 {"WRENN_CA_CERT": s["ca_cert"], "WRENN_CA_KEY": s["ca_key"]}
                 if "ca_cert" in s

@@ -34,6 +34,8 @@ non-zero unless every count but ops is zero.
 
 import argparse
 import hashlib
+import http.server
+import json
 import random
 import secrets
 import sys
@@ -73,8 +75,10 @@ def log(msg):
 class Tally:
     """Counts shared by the clients, the fault schedule and the checks."""
 
-    def __init__(self, target):
+    def __init__(self, target, rate):
         self.target = target
+        self.rate = rate
+        self.started = time.time()
         self.lock = threading.Lock()
         self.ops = 0
         self.outcomes = Counter()
@@ -82,12 +86,14 @@ class Tally:
         self.details = []
 
     def take(self):
-        """Claims one operation of the budget; False once it is spent."""
+        """Claims one operation of the budget (at the run's pace); False once it is spent."""
         with self.lock:
             if self.ops >= self.target:
                 return False
             self.ops += 1
-            return True
+            due = self.started + self.ops / self.rate
+        time.sleep(max(0.0, due - time.time()))
+        return True
 
     def outcome(self, kind, what):
         with self.lock:
@@ -230,7 +236,8 @@ class Client(threading.Thread):
             return cid if self.api.settle(cid) == "running" else self.forget(cid)
         if r.status_code not in (201, 202):
             # A final answer: nothing was created.
-            self.tally.outcome("create", f"refused {r.status_code}")
+            code = (r.json().get("error") or {}).get("code") if r.headers.get("content-type", "").startswith("application/json") else ""
+            self.tally.outcome("create", f"refused {r.status_code} {code}")
             return None
         cid = r.json()["id"]
         status = r.json()["status"]
@@ -285,7 +292,7 @@ class Client(threading.Thread):
         path, data = next(iter(files.items()))
         r = self.api.call(
             "POST", f"/v1/capsules/{cid}/exec",
-            json={"cmd": "/bin/sh", "args": ["-c", f"sha256sum {path}"], "timeout_sec": 30},
+            json={"cmd": "/bin/sh", "args": ["-c", f"sleep 1; sha256sum {path}"], "timeout_sec": 30},
         )
         self.tally.outcome("exec", r.status_code)
         if r.status_code != 200:
@@ -381,11 +388,12 @@ class Client(threading.Thread):
 
 
 class Faults(threading.Thread):
-    """Every fault once, spread over the run by the share of operations done."""
+    """Every fault once per round (one round per 500 operations), spread over the run
+    by the share of operations done."""
 
-    def __init__(self, cluster, tally):
+    def __init__(self, cluster, tally, rounds=1):
         super().__init__(name="faults", daemon=True)
-        self.cluster, self.tally = cluster, tally
+        self.cluster, self.tally, self.rounds = cluster, tally, rounds
         self.timers = []
         self.done = []
         self.error = None
@@ -400,46 +408,128 @@ class Faults(threading.Thread):
         self.timers.append(t)
 
     def run(self):
-        c = self.cluster
         try:
-            self.at(0.12)
-            victim = 1 + secrets.randbelow(AGENTS)
-            log(f"fault: kill -9 agent-{victim} (restarted in 20 s)")
-            c.procs[f"agent-{victim}"].kill9()
-            self.later(20, lambda: (log(f"restart agent-{victim}"), c.start_agent(victim)))
-            self.done.append(f"agent-{victim} killed")
-
-            self.at(0.3)
-            log("fault: kill -9 cp-a (restarted in 5 s)")
-            c.procs["cp-a"].kill9()
-            time.sleep(5)
-            c.start_replica("cp-a")
-            self.done.append("cp-a killed")
-
-            self.at(0.45)
-            log("fault: Redis crashes (kill -9, back in 3 s)")
-            c.procs["redis"].kill9()
-            time.sleep(3)
-            c.start_redis()
-            self.done.append("redis restarted")
-
-            self.at(0.6)
-            log("fault: PostgreSQL crashes (immediate stop, back in 3 s)")
-            c.stop_postgres(immediate=True)
-            time.sleep(3)
-            c.start_postgres()
-            self.done.append("postgres restarted")
-
-            self.at(0.75)
-            log("fault: kill -9 cp-b (restarted in 5 s)")
-            c.procs["cp-b"].kill9()
-            time.sleep(5)
-            c.start_replica("cp-b")
-            self.done.append("cp-b killed")
+            for r in range(self.rounds):
+                self.round(r / self.rounds, 1 / self.rounds)
         except Exception:  # noqa: BLE001
             self.error = traceback.format_exc()
         for t in self.timers:
             t.join()
+
+    def round(self, start, share):
+        """Every fault once, between `start` and `start + share` of the run."""
+        c = self.cluster
+        at = lambda point: self.at(start + point * share)  # noqa: E731
+        at(0.12)
+        victim = 1 + secrets.randbelow(AGENTS)
+        log(f"fault: kill -9 agent-{victim} (restarted in 20 s)")
+        c.procs[f"agent-{victim}"].kill9()
+        self.later(20, lambda: (log(f"restart agent-{victim}"), c.start_agent(victim)))
+        self.done.append(f"agent-{victim} killed")
+
+        at(0.3)
+        log("fault: kill -9 cp-a (restarted in 5 s)")
+        c.procs["cp-a"].kill9()
+        time.sleep(5)
+        c.start_replica("cp-a")
+        self.done.append("cp-a killed")
+
+        at(0.45)
+        log("fault: Redis crashes (kill -9, back in 3 s)")
+        c.procs["redis"].kill9()
+        time.sleep(3)
+        c.start_redis()
+        self.done.append("redis restarted")
+
+        at(0.6)
+        log("fault: PostgreSQL crashes (immediate stop, back in 3 s)")
+        c.stop_postgres(immediate=True)
+        time.sleep(3)
+        c.start_postgres()
+        self.done.append("postgres restarted")
+
+        at(0.75)
+        log("fault: kill -9 cp-b (restarted in 5 s)")
+        c.procs["cp-b"].kill9()
+        time.sleep(5)
+        c.start_replica("cp-b")
+        self.done.append("cp-b killed")
+
+
+# ---- a webhook channel's receiving end --------------------------------------------
+
+CHANNEL_EVENTS = (
+    "capsule.created", "capsule.running", "capsule.paused", "capsule.hibernated",
+    "capsule.destroyed", "capsule.failed", "template.snapshot.created",
+    "template.snapshot.deleted",
+)
+
+
+class Receiver:
+    """A webhook endpoint on loopback that records every delivery it is sent."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.attempts = Counter()  # X-Wrenn-Delivery -> deliveries of it
+        self.events = set()  # (event, timestamp, resource id) delivered at least once
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    p = json.loads(body)
+                    key = (p["event"], p["timestamp"], p["resource"]["id"])
+                except (ValueError, KeyError, TypeError):
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                with receiver.lock:
+                    receiver.attempts[self.headers.get("X-Wrenn-Delivery")] += 1
+                    receiver.events.add(key)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def subscribe(self, cluster):
+        r = cluster.admin().post(
+            "/v1/channels",
+            json={"name": "soak", "provider": "webhook", "config": {"url": self.url},
+                  "events": list(CHANNEL_EVENTS)},
+        )
+        r.raise_for_status()
+
+    def check(self, cluster, tally):
+        """Every platform event of the stream reached the channel (after the backlog
+        drained); a delivery repeated after a replica died keeps its id."""
+        team = None
+        lines = cluster.redis("XRANGE", "wrenn:events", "-", "+").splitlines()
+        expected = set()
+        for i in range(0, len(lines) - 2, 3):
+            p = json.loads(lines[i + 2])["payload"]
+            team = team or p.get("team_id")
+            if p.get("event") in CHANNEL_EVENTS:
+                expected.add((p["event"], p["timestamp"], p["resource"]["id"]))
+
+        def delivered():
+            with self.lock:
+                return expected <= self.events
+
+        try:
+            wait("every event delivered to the webhook", delivered, 60, 1)
+        except TimeoutError:
+            with self.lock:
+                for key in sorted(expected - self.events)[:20]:
+                    tally.problem("events", f"never delivered to the webhook: {key}")
+        with self.lock:
+            repeats = sum(n - 1 for n in self.attempts.values() if n > 1)
+        log(f"webhook: {len(expected)} events delivered, {repeats} repeated deliveries (same id)")
 
 
 # ---- what the hosts run --------------------------------------------------------------
@@ -699,20 +789,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=200)
     parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument(
+        "--rate", type=float, default=3.0,
+        help="operations per second at most, so that the faults land spread over the run",
+    )
     parser.add_argument("--dir", help="cluster directory (default: a new temporary one)")
     args = parser.parse_args()
 
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="wrenn-soak-"))
     cluster = Cluster(workdir)
-    tally = Tally(args.ops)
+    tally = Tally(args.ops, args.rate)
     held, snapshots, destroying = {}, set(), set()
     started = time.time()
     hosts = None
     try:
         log(f"starting the cluster in {workdir}")
         cluster.up()
+        receiver = Receiver()
+        receiver.subscribe(cluster)
         log(f"cluster up in {time.time() - started:.0f} s; {args.clients} clients, {args.ops} operations")
-        faults = Faults(cluster, tally)
+        tally.started = time.time()
+        faults = Faults(cluster, tally, rounds=max(1, args.ops // 500))
         faults.start()
         clients = [Client(n, cluster, tally, held, snapshots, destroying) for n in range(args.clients)]
         for c in clients:
@@ -725,6 +822,7 @@ def main():
         log(f"load done in {time.time() - started:.0f} s; faults: {', '.join(faults.done)}")
         log("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(tally.outcomes.items())))
         hosts = final_checks(cluster, tally, held, snapshots, destroying)
+        receiver.check(cluster, tally)
     except Exception:  # noqa: BLE001
         tally.problem("harness", traceback.format_exc())
     finally:
