@@ -37,9 +37,15 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
-PG_BIN = Path(
-    max((p for p in Path("/usr/lib/postgresql").glob("*/bin")), key=lambda p: int(p.parent.name))
-)
+
+
+def pg_bin(name):
+    """A program of the newest PostgreSQL installed from Debian's packages."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not versions:
+        raise SystemExit("PostgreSQL's server programs are not installed (/usr/lib/postgresql)")
+    return str(versions[-1] / name)
+
 
 REPLICAS = ("cp-a", "cp-b")
 AGENTS = 3
@@ -150,13 +156,13 @@ class Cluster:
             data.mkdir(exist_ok=True)
             shutil.chown(data, "postgres", "postgres")
             subprocess.run(
-                ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(data),
+                ["runuser", "-u", "postgres", "--", pg_bin("initdb"), "-D", str(data),
                  "-A", "trust", "-U", "postgres", "--no-sync"],
                 check=True, capture_output=True,
             )
         self.procs["postgres"] = Proc(
             "postgres",
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
+            ["runuser", "-u", "postgres", "--", pg_bin("postgres"), "-D", str(data),
              "-p", str(port), "-k", str(data), "-c", "listen_addresses=127.0.0.1",
              "-c", "max_connections=200", "-c", "fsync=on"],
             dict(os.environ),
@@ -172,7 +178,7 @@ class Cluster:
         p = self.procs["postgres"]
         data = self.dir / "pg"
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data),
+            ["runuser", "-u", "postgres", "--", pg_bin("pg_ctl"), "-D", str(data),
              "-m", "immediate" if immediate else "fast", "-w", "stop"],
             capture_output=True,
         )
@@ -230,6 +236,8 @@ class Cluster:
             "WRENN_WORKER_LEASE_SECS": "10",
             "WRENN_METRICS_SAMPLE_INTERVAL_SECS": "5",
             "WRENN_DB_MAX_CONNECTIONS": "8",
+            # The scheduler's view of the agents' capacity (see agent_env).
+            "WRENN_CPU_OVERCOMMIT": "16",
             "WRENN_CHANNELS_CLAIM_AFTER_MS": "30000",
             "WRENN_CHANNELS_ALLOW": "127.0.0.1/32",
             "WRENN_CHANNELS_RETRY_BASE_MS": "1000",
@@ -276,6 +284,9 @@ class Cluster:
             "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{a['port']}",
             "WRENN_ENVD_BIN": str(BIN / "wrenn-envd"),
             "WRENN_WARM_CAPSULES": "0",
+            # Three agents share this machine's cores: each may place 32 one-vCPU
+            # capsules (the default 4 per core would refuse creates at 24 in all).
+            "WRENN_CPU_OVERCOMMIT": "16",
             # What of the host this agent owns.
             "WRENN_CGROUP_PARENT": a["cgroup_parent"],
             "WRENN_CAPSULE_NETWORK": a["network"],
@@ -347,7 +358,7 @@ class Cluster:
                 "port": free_port(),
                 "cgroup_parent": f"wrenn-soak-{os.getpid()}-{n}",
                 "network": f"10.{220 + n}.0.0/16",
-                "table": f"wrenn_soak_{n}",
+                "table": f"wrenn_soak_{os.getpid()}_{n}",
                 "veth_prefix": f"wsk{n}v",
                 "id_base": 2**31 + n * 1024 * 65536,
             }

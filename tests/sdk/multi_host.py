@@ -16,47 +16,20 @@ WRENN_TEST_POSTGRES_URL and WRENN_TEST_REDIS_URL.
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "soak"))
+from cluster import free_port, wait  # noqa: E402  (the soak's cluster helpers)
+
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 CA_DIR = Path("/usr/local/share/ca-certificates")
-
-
-def free_port():
-    """A loopback port below the ephemeral range (no outgoing connection takes it)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(1000):
-        port = 10000 + secrets.randbelow(low - 10000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
-
-
-def wait(what, check, timeout=60.0, every=0.2):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except (httpx.HTTPError, KeyError, ValueError) as e:
-            last = e
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def psql(url, sql):
