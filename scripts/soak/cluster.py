@@ -144,6 +144,9 @@ class Cluster:
     def __init__(self, workdir):
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
+        # PostgreSQL runs as its own user and must reach its data directory inside
+        # (a `mkdtemp` directory is 0700); what is secret below keeps its own modes.
+        os.chmod(self.dir, 0o711)
         self.procs = {}
         self.state = {}
 
@@ -155,11 +158,13 @@ class Cluster:
         if not (data / "PG_VERSION").exists():
             data.mkdir(exist_ok=True)
             shutil.chown(data, "postgres", "postgres")
-            subprocess.run(
+            made = subprocess.run(
                 ["runuser", "-u", "postgres", "--", pg_bin("initdb"), "-D", str(data),
                  "-A", "trust", "-U", "postgres", "--no-sync"],
-                check=True, capture_output=True,
+                capture_output=True, text=True,
             )
+            if made.returncode != 0:
+                raise RuntimeError(f"initdb failed: {made.stderr.strip()}")
         self.procs["postgres"] = Proc(
             "postgres",
             ["runuser", "-u", "postgres", "--", pg_bin("postgres"), "-D", str(data),

@@ -38,6 +38,7 @@ import http.server
 import json
 import random
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -836,6 +837,12 @@ def main():
     p = tally.problems
     if p:
         print("\n".join(tally.details[:100]))
+        print(f"logs and state: {workdir}")
+    elif not args.dir and not any(
+        line.split()[4].startswith(str(workdir))
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    ):
+        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"soak: ops={tally.ops} lost={p['lost']} contradictory={p['contradictory']} "
         f"stuck={p['stuck']} leaked={p['leaked']} corrupted={p['corrupted']}"
