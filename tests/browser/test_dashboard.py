@@ -91,6 +91,19 @@ def test_terminal_runs_a_command(signed_in, capsule):
     expect(page.locator(".xterm-rows")).to_contain_text("hi-42", timeout=15_000)
 
 
+def test_a_terminal_that_connects_leaves_the_keyboard_where_the_user_types(signed_in, capsule):
+    """The terminal takes the keyboard when its shell starts only if nothing else has
+    it: a snapshot name being typed while it connects stays in its field."""
+    page = signed_in
+    page.locator(f".capsule-row[data-id='{capsule['id']}'] a").click()
+    name = page.get_by_label("Snapshot name")
+    name.focus()
+    expect(page.get_by_test_id("terminal-status")).to_contain_text("connected", timeout=20_000)
+    page.keyboard.type("kept-name")
+    expect(name).to_be_focused()
+    expect(name).to_have_value("kept-name")
+
+
 def test_file_upload_then_download(signed_in, capsule, tmp_path):
     page = signed_in
     page.goto(f"/capsules/{capsule['id']}?tab=files")

@@ -5,6 +5,7 @@ import { listWindow } from "./vlist";
 import { SseParser, applyEvent, mergeTouched, upsert } from "./events";
 import { match } from "./router.svelte";
 import { decodeClaims } from "./session.svelte";
+import { keyboardIsFree } from "./focus";
 import type { Capsule } from "./api";
 
 suite("API error mapping", () => {
@@ -147,5 +148,19 @@ suite("routes and tokens", () => {
     expect(c).toMatchObject({ sub: "usr-1", team_id: "team-1", role: "owner", is_admin: true });
     expect(decodeClaims("nonsense")).toBeNull();
     expect(decodeClaims("a.b.c")).toBeNull();
+  });
+});
+
+suite("keyboard focus", () => {
+  const own = { kids: new Set<unknown>(["own", "xterm-textarea"]), contains(n: unknown) { return this.kids.has(n); } };
+  it("is free when nothing, or only the page, has it", () => {
+    expect(keyboardIsFree(null, "body", own)).toBe(true);
+    expect(keyboardIsFree("body", "body", own)).toBe(true);
+  });
+  it("is free when it is already inside the widget", () => {
+    expect(keyboardIsFree("xterm-textarea", "body", own)).toBe(true);
+  });
+  it("is not free while a field elsewhere has it", () => {
+    expect(keyboardIsFree("snapshot-name-input", "body", own)).toBe(false);
   });
 });

@@ -6,6 +6,7 @@ import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
 import { wsUrl } from "./api";
+import { keyboardIsFree } from "./focus";
 
 /** A running terminal; `close` detaches it (the shell is killed). */
 export interface TerminalSession {
@@ -67,7 +68,8 @@ export function openTerminal(el: HTMLElement, id: string, token: string, events:
       case "started":
         started = true;
         events.onStatus("connected");
-        term.focus();
+        // Ready to type into, unless the user is typing elsewhere (a snapshot name).
+        if (keyboardIsFree(document.activeElement, document.body, el)) term.focus();
         break;
       case "ping":
         send({ type: "pong" });

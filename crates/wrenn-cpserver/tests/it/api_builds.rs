@@ -527,6 +527,8 @@ async fn team_admins_build_team_templates_that_other_teams_do_not_see() {
 async fn a_capsule_from_a_template_still_building_is_a_conflict() {
     let s = TestServer::start().await;
     let ada = s.user("ada@x.io").await;
+    // Stored after the builds worker took over: it fails builds left running before.
+    wait_until_builds_run(&s).await;
     stored_build(&s, PLATFORM_TEAM_ID, "cooking", BuildStatus::Running).await;
     let got = send(
         s.as_user(&ada, Method::POST, "/v1/capsules")
