@@ -83,6 +83,9 @@ class Tally:
         self.lock = threading.Lock()
         self.ops = 0
         self.outcomes = Counter()
+        # (event, resource id) -> times an API answer said it happened: each must
+        # reach the webhook, whatever was down when it happened.
+        self.said = Counter()
         self.problems = Counter()
         self.details = []
 
@@ -99,6 +102,11 @@ class Tally:
     def outcome(self, kind, what):
         with self.lock:
             self.outcomes[f"{kind}:{what}"] += 1
+
+    def happened(self, event, resource):
+        """An API answer said `event` happened to `resource`: a webhook must tell."""
+        with self.lock:
+            self.said[(event, resource)] += 1
 
     def problem(self, kind, detail):
         with self.lock:
@@ -245,7 +253,11 @@ class Client(threading.Thread):
         if status != "running":
             status = self.api.settle(cid)
         self.tally.outcome("create", status)
-        return cid if status == "running" else self.forget(cid)
+        if status == "running":
+            self.tally.happened("capsule.created", cid)
+            self.tally.happened("capsule.running", cid)
+            return cid
+        return self.forget(cid)
 
     def forget(self, cid):
         """A capsule that did not start: destroy it, so nothing is left of it."""
@@ -323,6 +335,8 @@ class Client(threading.Thread):
         status = self.api.settle(cid)
         self.tally.outcome(action, f"{code}->{status}")
         if status == want:
+            if isinstance(code, int) and code < 300:
+                self.tally.happened(ACTION_EVENTS[action], cid)
             return True
         return self.fate(cid, f"{action} answered {code}, capsule is {status}")
 
@@ -350,6 +364,8 @@ class Client(threading.Thread):
         )
         self.tally.outcome("snapshot", code)
         self.snapshots.add(name)
+        if code == 201:
+            self.tally.happened("template.snapshot.created", name)
         status = self.api.settle(cid)
         if status not in ALIVE:
             self.fate(cid, f"snapshot answered {code}")
@@ -370,6 +386,8 @@ class Client(threading.Thread):
         code = self.answer("DELETE", f"/v1/capsules/{cid}")
         status = self.api.settle(cid)
         self.tally.outcome("destroy", f"{code}->{status}")
+        if isinstance(code, int) and code < 300 and status in (None, "stopped"):
+            self.tally.happened("capsule.destroyed", cid)
         if status is None:
             log(f"note: {cid} answered 404 after destroy ({code})")
         if status in ALIVE:
@@ -455,6 +473,9 @@ class Faults(threading.Thread):
 
 # ---- a webhook channel's receiving end --------------------------------------------
 
+# The event a successful lifecycle call's answer implies.
+ACTION_EVENTS = {"pause": "capsule.paused", "resume": "capsule.running"}
+
 CHANNEL_EVENTS = (
     "capsule.created", "capsule.running", "capsule.paused", "capsule.hibernated",
     "capsule.destroyed", "capsule.failed", "template.snapshot.created",
@@ -514,6 +535,12 @@ class Receiver:
             if p.get("event") in CHANNEL_EVENTS:
                 expected[(p["event"], p["resource"]["id"])] += 1
 
+        # What the API's answers said happened must be there too, whether or not it
+        # reached the stream (an event lost on its way to Redis is lost all the same).
+        with tally.lock:
+            said = Counter(tally.said)
+        expected |= said
+
         def missing():
             with self.lock:
                 return expected - self.events
@@ -526,7 +553,8 @@ class Receiver:
         with self.lock:
             repeats = sum(n - 1 for n in self.attempts.values() if n > 1)
         log(
-            f"webhook: {sum(expected.values())} events on the stream, "
+            f"webhook: {sum(expected.values())} events expected ({sum(said.values())} "
+            f"implied by API answers), "
             f"{sum(self.events.values())} delivered, {repeats} delivered again (same id)"
         )
 

@@ -293,11 +293,8 @@ pub async fn publish_host_event(ctx: &ServerContext, host: &Host, kind: Platform
             kind: "host".into(),
         },
     };
-    if let Err(e) = ctx
-        .events
-        .publish(PLATFORM_STREAM, &Event::Platform(ev))
-        .await
-    {
-        tracing::warn!(host_id = %host.id, error = %e, "could not publish a host event");
-    }
+    ctx.lifecycle
+        .events()
+        .publish(PLATFORM_STREAM, Event::Platform(ev))
+        .await;
 }

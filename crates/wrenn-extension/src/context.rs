@@ -37,7 +37,9 @@ pub struct ServerContext {
     pub auth: Arc<dyn Authenticate>,
     /// Where audit entries go.
     pub audit: Arc<dyn AuditSink>,
-    /// The event bus.
+    /// The event bus, for reading and consuming streams. Platform events are
+    /// published through [`Lifecycle::events`](wrenn_core::lifecycle::Lifecycle::events),
+    /// which keeps them through a bus outage.
     pub events: Arc<dyn EventBus>,
     /// Typed configuration.
     pub config: Arc<Config>,

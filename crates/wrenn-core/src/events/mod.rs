@@ -10,12 +10,14 @@
 use std::time::Duration;
 
 mod in_process;
+mod publisher;
 mod types;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
 
 pub use in_process::{DEFAULT_MAX_LEN, InProcessBus};
+pub use publisher::{MAX_BACKLOG, Publisher};
 pub use types::{
     Event, EventResource, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::Actor;
 use crate::id::{HostId, SandboxId, TeamId};
+use crate::lifecycle::SandboxStatus;
 use crate::model::{Metadata, MetricHistory};
 
 /// Stream of sandbox lifecycle outcomes (agent callbacks and background tasks).
@@ -173,6 +174,20 @@ impl PlatformEventKind {
             Self::HostDown => "host.down",
             Self::ChannelTest => "channel.test",
         }
+    }
+
+    /// What a capsule reaching the stable `status` tells subscribers (`None` for
+    /// statuses they do not hear about: transient ones and `missing`, which
+    /// `host.down` covers).
+    pub const fn of_capsule_status(status: SandboxStatus) -> Option<Self> {
+        Some(match status {
+            SandboxStatus::Running => Self::CapsuleRunning,
+            SandboxStatus::Paused => Self::CapsulePaused,
+            SandboxStatus::Hibernated => Self::CapsuleHibernated,
+            SandboxStatus::Stopped => Self::CapsuleDestroyed,
+            SandboxStatus::Error => Self::CapsuleFailed,
+            _ => return None,
+        })
     }
 }
 

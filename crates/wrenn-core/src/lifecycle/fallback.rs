@@ -87,13 +87,8 @@ impl Lifecycle {
         let Some(row) = changed else {
             return Ok(Applied::Unchanged);
         };
-        let kind = match to {
-            Running => PlatformEventKind::CapsuleRunning,
-            Paused => PlatformEventKind::CapsulePaused,
-            Hibernated => PlatformEventKind::CapsuleHibernated,
-            Stopped => PlatformEventKind::CapsuleDestroyed,
-            _ => PlatformEventKind::CapsuleFailed,
-        };
+        let kind =
+            PlatformEventKind::of_capsule_status(to).unwrap_or(PlatformEventKind::CapsuleFailed);
         self.publish_platform(kind, &row, &Actor::system()).await;
         Ok(Applied::Changed(Box::new(row)))
     }

@@ -18,7 +18,7 @@ use crate::agents::{HostAgents, HostCallError, SandboxSpec, StartedSandbox};
 use crate::audit::Actor;
 use crate::config::DEFAULT_TEAM_MAX_CAPSULES;
 use crate::events::{
-    Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, SANDBOX_STREAM,
+    Event, EventBus, PLATFORM_STREAM, PlatformEvent, PlatformEventKind, Publisher, SANDBOX_STREAM,
     SandboxEvent, SandboxEventKind,
 };
 use crate::id::{BUILTIN_TEMPLATE_NAME, SandboxId, TeamId};
@@ -140,7 +140,8 @@ impl Default for Timeouts {
 pub(super) struct Inner {
     pub(super) store: Arc<dyn Store>,
     pub(super) agents: Arc<dyn HostAgents>,
-    pub(super) bus: Arc<dyn EventBus>,
+    /// Where events go (kept through a bus outage).
+    pub(super) events: Publisher,
     scheduler: Arc<dyn Scheduler>,
     pub(super) tasks: TaskTracker,
     pub(super) timeouts: Timeouts,
@@ -210,13 +211,14 @@ impl Lifecycle {
         scheduler: Arc<dyn Scheduler>,
         timeouts: Timeouts,
     ) -> Self {
+        let tasks = TaskTracker::new();
         Self {
             inner: Arc::new(Inner {
                 store,
                 agents,
-                bus,
+                events: Publisher::new(bus, tasks.clone()),
                 scheduler,
-                tasks: TaskTracker::new(),
+                tasks,
                 timeouts,
                 team_max_capsules: AtomicU32::new(DEFAULT_TEAM_MAX_CAPSULES),
                 copies: Default::default(),
@@ -261,14 +263,10 @@ impl Lifecycle {
     }
 
     pub(super) async fn publish_sandbox(&self, event: SandboxEvent) {
-        if let Err(e) = self
-            .inner
-            .bus
-            .publish(SANDBOX_STREAM, &Event::Sandbox(event))
-            .await
-        {
-            warn!(error = %e, "could not publish sandbox event");
-        }
+        self.inner
+            .events
+            .publish(SANDBOX_STREAM, Event::Sandbox(event))
+            .await;
     }
 
     pub(super) async fn publish_platform(
@@ -278,14 +276,16 @@ impl Lifecycle {
         actor: &Actor,
     ) {
         let ev = PlatformEvent::capsule(kind, sandbox.team_id, actor.clone(), sandbox.id);
-        if let Err(e) = self
-            .inner
-            .bus
-            .publish(PLATFORM_STREAM, &Event::Platform(ev))
-            .await
-        {
-            warn!(error = %e, "could not publish platform event");
-        }
+        self.inner
+            .events
+            .publish(PLATFORM_STREAM, Event::Platform(ev))
+            .await;
+    }
+
+    /// Where the service publishes events: others publishing platform events use
+    /// it too, so that they also survive a bus outage and keep their order.
+    pub fn events(&self) -> &Publisher {
+        &self.inner.events
     }
 
     pub(super) fn outcome(&self, kind: SandboxEventKind, sandbox: &Sandbox) -> SandboxEvent {

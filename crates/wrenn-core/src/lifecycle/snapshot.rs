@@ -172,14 +172,10 @@ impl Lifecycle {
                 kind: "template".into(),
             },
         };
-        if let Err(e) = self
-            .inner
-            .bus
-            .publish(PLATFORM_STREAM, &Event::Platform(ev))
-            .await
-        {
-            warn!(error = %e, "could not publish platform event");
-        }
+        self.inner
+            .events
+            .publish(PLATFORM_STREAM, Event::Platform(ev))
+            .await;
         Ok(template)
     }
 }

@@ -234,13 +234,10 @@ async fn delete(
             kind: "template".into(),
         },
     };
-    if let Err(e) = ctx
-        .events
-        .publish(PLATFORM_STREAM, &Event::Platform(ev))
-        .await
-    {
-        tracing::warn!(error = %e, "could not publish template.snapshot.deleted");
-    }
+    ctx.lifecycle
+        .events()
+        .publish(PLATFORM_STREAM, Event::Platform(ev))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

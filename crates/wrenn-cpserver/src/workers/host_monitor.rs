@@ -26,11 +26,12 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{info, warn};
 use wrenn_core::agents::AgentInventory;
+use wrenn_core::audit::Actor;
 use wrenn_core::audit::AuditStatus;
 use wrenn_core::config::{
     Config, DEFAULT_HOST_UNREACHABLE_AFTER, DEFAULT_SNAPSHOT_GRACE, DEFAULT_TRANSIENT_GRACE,
 };
-use wrenn_core::events::PlatformEventKind;
+use wrenn_core::events::{Event, PLATFORM_STREAM, PlatformEvent, PlatformEventKind};
 use wrenn_core::id::SandboxId;
 use wrenn_core::lifecycle::{HostStatus, SandboxStatus};
 use wrenn_core::model::{Host, Sandbox};
@@ -181,9 +182,17 @@ async fn settle(
     } else {
         ctx.store.status_if(sb.id, sb.status, to).await?
     };
-    if changed.is_some() {
+    if let Some(row) = changed {
         info!(sandbox_id = %sb.id, from = %sb.status, to = %to, "reconciled");
         report.sandboxes_changed += 1;
+        // Subscribers hear of a change the monitor made like of any other.
+        if let Some(kind) = PlatformEventKind::of_capsule_status(to) {
+            let ev = PlatformEvent::capsule(kind, row.team_id, Actor::system(), row.id);
+            ctx.lifecycle
+                .events()
+                .publish(PLATFORM_STREAM, Event::Platform(ev))
+                .await;
+        }
     }
     Ok(())
 }

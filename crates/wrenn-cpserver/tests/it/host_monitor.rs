@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::TestServer;
 use wrenn_core::audit::Actor;
-use wrenn_core::id::HostId;
+use wrenn_core::events::{Event, EventId, PLATFORM_STREAM};
+use wrenn_core::id::{HostId, SandboxId};
 use wrenn_core::lifecycle::{CreateSandbox, HostStatus, SandboxStatus::*};
 use wrenn_core::model::HostKind;
 use wrenn_core::repo::{HostSpec, NewHost};
@@ -47,6 +48,27 @@ async fn running(s: &TestServer, team: wrenn_core::id::TeamId) -> wrenn_core::id
     s.ctx.lifecycle.wait_idle().await;
     assert_eq!(s.store().get_sandbox(sb.id).await.unwrap().status, Running);
     sb.id
+}
+
+/// The platform events published about capsule `id`, oldest first.
+async fn capsule_events(s: &TestServer, id: SandboxId) -> Vec<&'static str> {
+    let all = s
+        .ctx
+        .events
+        .read_after(
+            PLATFORM_STREAM,
+            Some(&EventId("0-0".into())),
+            10_000,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    all.iter()
+        .filter_map(|d| match &d.event {
+            Event::Platform(p) if p.resource.id == id.to_string() => Some(p.event.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn settings() -> MonitorSettings {
@@ -106,6 +128,15 @@ async fn sandboxes_gone_from_their_host_are_stopped_or_paused() {
     assert_eq!(
         s.store().get_sandbox(paused_on_host).await.unwrap().status,
         Paused
+    );
+    // Subscribers hear of what the monitor changed.
+    assert_eq!(
+        capsule_events(&s, gone).await,
+        ["capsule.created", "capsule.running", "capsule.destroyed"]
+    );
+    assert_eq!(
+        capsule_events(&s, paused_on_host).await,
+        ["capsule.created", "capsule.running", "capsule.paused"]
     );
     // A second pass changes nothing.
     assert_eq!(

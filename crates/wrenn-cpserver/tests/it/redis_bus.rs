@@ -1,5 +1,6 @@
 //! The Redis Streams event bus: the shared conformance suite plus Redis-specific
-//! behaviour (trimming, undecodable entries, an unreachable server).
+//! behaviour (trimming, undecodable entries, an unreachable server), and events kept
+//! through a Redis crash by the [`Publisher`].
 //!
 //! Needs `WRENN_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379`); without it the tests
 //! are skipped, unless `WRENN_TEST_REQUIRE_SERVICES=1`, which makes them fail.
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wrenn_core::events::conformance::stream_name;
-use wrenn_core::events::{Event, EventBus, EventBusError, SandboxEvent, SandboxEventKind};
+use wrenn_core::events::{
+    Event, EventBus, EventBusError, EventId, Publisher, SandboxEvent, SandboxEventKind,
+};
 use wrenn_core::id::{HostId, SandboxId};
 use wrenn_cpserver::events::RedisBus;
 
@@ -452,4 +455,118 @@ async fn an_unreachable_server_is_unavailable() {
         matches!(err, Err(EventBusError::Unavailable(_))),
         "got {err:?}"
     );
+}
+
+/// A `redis-server` of the test's own on a free loopback port (append-only file on,
+/// as in production), killed when dropped.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Started, or `None` (the test is skipped) without a `redis-server` binary
+    /// unless services are required.
+    async fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut own = Self {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        match own.run().await {
+            Ok(()) => Some(own),
+            Err(e) if !wrenn_db::testing::require_services() => {
+                eprintln!("skipped: cannot run redis-server ({e})");
+                None
+            }
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and files) and waits for it.
+    async fn run(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "yes", "--dir"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if let Ok(mut conn) = redis::Client::open(self.url())
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(std::io::Error::other("redis-server did not answer"))
+    }
+
+    /// Kills the server as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_while_redis_is_down_reach_the_stream_in_order_once_it_is_back() {
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&redis.url()).await.expect("connect"));
+    let tasks = tokio_util::task::TaskTracker::new();
+    let publisher = Publisher::new(bus, tasks.clone());
+    let stream = stream_name();
+    publisher.publish(&stream, event(1)).await;
+    assert_eq!(
+        publisher.backlog(),
+        0,
+        "published at once while Redis answers"
+    );
+
+    redis.kill();
+    for n in 2..=4 {
+        publisher.publish(&stream, event(n)).await;
+    }
+    assert_eq!(publisher.backlog(), 3, "kept while Redis is down");
+
+    redis.run().await.expect("restart redis-server");
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(30), tasks.wait())
+        .await
+        .expect("the backlog is published once Redis answers");
+    assert_eq!(publisher.backlog(), 0);
+    publisher.publish(&stream, event(5)).await;
+
+    let reader = RedisBus::connect(&redis.url()).await.expect("connect");
+    let got = reader
+        .read_after(&stream, Some(&EventId("0-0".into())), 100, Duration::ZERO)
+        .await
+        .expect("read the stream");
+    assert_eq!(stamps(&got), vec![1, 2, 3, 4, 5]);
 }
