@@ -474,6 +474,15 @@ pub trait SandboxRepo: Send + Sync {
         expected: SandboxStatus,
         to: SandboxStatus,
     ) -> RepoResult<Option<Sandbox>>;
+    /// Moves a sandbox still `starting` on host `from` to host `to` (a create that
+    /// could not reach `from` places it again); `None` when it is no longer starting
+    /// there.
+    async fn rehost_if_starting(
+        &self,
+        id: SandboxId,
+        from: HostId,
+        to: HostId,
+    ) -> RepoResult<Option<Sandbox>>;
     /// Marks the sandbox running (with its host address, `started_at` and
     /// `last_active_at` = now, metadata merged) only if it is `expected`.
     async fn running_if(

@@ -14,7 +14,7 @@ use crate::model::{HostKind, HostLoad, Resources};
 use crate::repo::{HostRepo, RepoError};
 
 /// What a new sandbox needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// Team the sandbox belongs to.
     pub team_id: TeamId,
@@ -22,6 +22,8 @@ pub struct Placement {
     pub team_is_byoc: bool,
     /// The sandbox's machine shape.
     pub resources: Resources,
+    /// Hosts not to choose (those a create could not reach).
+    pub avoid: Vec<HostId>,
 }
 
 /// Why no host was chosen.
@@ -83,7 +85,7 @@ pub trait Scheduler: Send + Sync + 'static {
 /// Whether `load.host` may run sandboxes of the placement's team.
 pub fn is_eligible(load: &HostLoad, placement: &Placement) -> bool {
     let h = &load.host;
-    if h.status != HostStatus::Online || h.address.is_empty() {
+    if h.status != HostStatus::Online || h.address.is_empty() || placement.avoid.contains(&h.id) {
         return false;
     }
     if placement.team_is_byoc {
@@ -475,6 +477,7 @@ mod tests {
                 memory_mb: 512,
                 disk_size_mb: 20480,
             },
+            avoid: Vec::new(),
         }
     }
 
@@ -500,7 +503,7 @@ mod tests {
                     memory_mb: 552,
                     ..p.resources
                 },
-                ..p
+                ..p.clone()
             },
             &overcommit
         ));

@@ -268,6 +268,30 @@ macro_rules! impl_sandbox_repo {
                 }
             }
 
+            #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %id, %from, %to))]
+            async fn rehost_if_starting(
+                &self,
+                id: SandboxId,
+                from: HostId,
+                to: HostId,
+            ) -> RepoResult<Option<Sandbox>> {
+                let row: Option<SandboxRow> = sqlx::query_as(
+                    "UPDATE sandboxes SET host_id = $3, last_updated = $4 \
+                     WHERE id = $1 AND host_id = $2 AND status = 'starting' RETURNING *",
+                )
+                .bind(id.uuid())
+                .bind(from.uuid())
+                .bind(to.uuid())
+                .bind(Ts::now())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("sandbox"))?;
+                match row {
+                    Some(row) => Ok(Some(row.try_into()?)),
+                    None => self.lost_race(id).await,
+                }
+            }
+
             #[tracing::instrument(level = "debug", skip_all, fields(sandbox_id = %id, %expected, host_ip))]
             async fn running_if(
                 &self,

@@ -13,6 +13,6 @@ pub use fallback::Applied;
 pub use request::{
     CreateSandbox, DEFAULT_DISK_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_VCPUS, ResourceRequest,
 };
-pub use service::{Lifecycle, LifecycleError, Timeouts};
+pub use service::{Lifecycle, LifecycleError, MAX_CREATE_PLACEMENTS, Timeouts};
 pub use snapshot::TemplateDefaults;
 pub use status::{HostStatus, SandboxStatus, UnknownStatus};

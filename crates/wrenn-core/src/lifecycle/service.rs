@@ -192,6 +192,10 @@ pub(super) async fn with_timeout<T>(
     })
 }
 
+/// Hosts a create tries at most: the one chosen, then others while those it tried
+/// could not be reached or had no room.
+pub const MAX_CREATE_PLACEMENTS: usize = 3;
+
 impl Lifecycle {
     /// A service over the given backends, with default [`Timeouts`].
     pub fn new(
@@ -393,15 +397,13 @@ impl Lifecycle {
         if team_row.deleted_at.is_some() {
             return Err(LifecycleError::NotFound("team"));
         }
-        let host_id = self
-            .inner
-            .scheduler
-            .select_host(&Placement {
-                team_id: team,
-                team_is_byoc: team_row.is_byoc,
-                resources,
-            })
-            .await?;
+        let placement = Placement {
+            team_id: team,
+            team_is_byoc: team_row.is_byoc,
+            resources,
+            avoid: Vec::new(),
+        };
+        let host_id = self.inner.scheduler.select_host(&placement).await?;
         let limit = self.team_max_capsules();
         let inserted = store
             .insert_sandbox_within_quota(
@@ -434,16 +436,37 @@ impl Lifecycle {
             actor.clone(),
         );
         let finished = self.spawn(span, async move {
-            let res = match this.place_template(&template, sb.host_id).await {
-                Ok(()) => {
-                    with_timeout(
-                        this.inner.timeouts.create,
-                        "create",
-                        this.inner.agents.create_sandbox(sb.host_id, &spec),
-                    )
-                    .await
+            let mut placement = placement;
+            let mut sb = sb;
+            let res = loop {
+                let res = match this.place_template(&template, sb.host_id).await {
+                    Ok(()) => {
+                        with_timeout(
+                            this.inner.timeouts.create,
+                            "create",
+                            this.inner.agents.create_sandbox(sb.host_id, &spec),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                // A host that could not be reached (its agent died, or is restarting)
+                // or had no room after all leaves the create to another one; whatever
+                // an unreachable one may have started is destroyed by the host monitor
+                // once it answers again (its row is elsewhere).
+                if let Err(
+                    HostCallError::Unavailable(reason) | HostCallError::ResourceExhausted(reason),
+                ) = &res
+                    && placement.avoid.len() + 1 < MAX_CREATE_PLACEMENTS
+                {
+                    placement.avoid.push(sb.host_id);
+                    if let Some(moved) = this.place_again(&sb, &placement).await {
+                        warn!(%reason, from = %sb.host_id, to = %moved.host_id, "host unreachable: the create goes to another host");
+                        sb = moved;
+                        continue;
+                    }
                 }
-                Err(e) => Err(e),
+                break res;
             };
             let started = res.is_ok();
             this.finish_start(&sb, Starting, Error, res, &actor).await;
@@ -452,6 +475,24 @@ impl Lifecycle {
             }
         });
         Ok((sandbox, finished))
+    }
+
+    /// Another host for a create whose host could not be reached: the row moved to
+    /// it, or `None` (no other host has room, or the row moved on meanwhile).
+    async fn place_again(&self, sb: &Sandbox, placement: &Placement) -> Option<Sandbox> {
+        let to = self.inner.scheduler.select_host(placement).await.ok()?;
+        match self
+            .inner
+            .store
+            .rehost_if_starting(sb.id, sb.host_id, to)
+            .await
+        {
+            Ok(moved) => moved,
+            Err(e) => {
+                warn!(error = %e, "could not move the create to another host");
+                None
+            }
+        }
     }
 
     /// The template a create in `team` starts from; a template that a build is still

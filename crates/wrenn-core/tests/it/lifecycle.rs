@@ -17,7 +17,7 @@ use wrenn_core::lifecycle::{
     Applied, CreateSandbox, Lifecycle, LifecycleError, ResourceRequest, SandboxStatus::*, Timeouts,
 };
 use wrenn_core::repo::Store;
-use wrenn_core::scheduler::SingleHost;
+use wrenn_core::scheduler::{LeastLoaded, SingleHost};
 
 struct World {
     store: Arc<dyn Store>,
@@ -267,6 +267,45 @@ async fn a_failed_create_ends_in_error(store: Arc<dyn Store>) {
     assert_eq!(w.status(id).await, Error);
     assert_eq!(w.agents.status_on_host(id), None);
     assert_eq!(w.sandbox_events().await, vec![SandboxEventKind::Failed]);
+}
+
+async fn a_create_whose_host_cannot_be_reached_starts_on_another(store: Arc<dyn Store>) {
+    let w = world(store).await;
+    let other = online_host(&w.store).await;
+    let lifecycle = Lifecycle::new(
+        w.store.clone(),
+        w.agents.clone(),
+        w.bus.clone(),
+        Arc::new(LeastLoaded::new(w.store.clone())),
+    );
+    w.agents.fail_next(
+        Op::Create,
+        HostCallError::Unavailable("connection refused".into()),
+    );
+    let first = lifecycle
+        .create(w.team, &w.actor, CreateSandbox::default())
+        .await
+        .expect("create");
+    lifecycle.wait_idle().await;
+    let row = w.store.get_sandbox(first.id).await.unwrap();
+    assert_eq!(row.status, Running);
+    let hosts = [w.host, other];
+    assert!(hosts.contains(&first.host_id) && hosts.contains(&row.host_id));
+    assert_ne!(row.host_id, first.host_id, "placed on the other host");
+    assert_eq!(w.agents.count(Op::Create), 2);
+    assert_eq!(w.sandbox_events().await, vec![SandboxEventKind::Started]);
+}
+
+async fn a_create_whose_only_host_cannot_be_reached_ends_in_error(store: Arc<dyn Store>) {
+    let w = world(store).await;
+    w.agents.fail_next(
+        Op::Create,
+        HostCallError::Unavailable("connection refused".into()),
+    );
+    let id = w.create().await;
+    assert_eq!(w.status(id).await, Error);
+    assert_eq!(w.store.get_sandbox(id).await.unwrap().host_id, w.host);
+    assert_eq!(w.agents.count(Op::Create), 1, "no other host to try");
 }
 
 async fn a_create_that_times_out_ends_in_error_and_is_cleaned_up(store: Arc<dyn Store>) {
@@ -770,6 +809,8 @@ on_every_store!(
     create_waiting_answers_with_the_outcome_or_with_starting_after_the_wait,
     pause_resume_and_destroy_waiting_answer_with_the_outcome_or_the_transient_status,
     a_failed_create_ends_in_error,
+    a_create_whose_host_cannot_be_reached_starts_on_another,
+    a_create_whose_only_host_cannot_be_reached_ends_in_error,
     a_create_that_times_out_ends_in_error_and_is_cleaned_up,
     bad_input_is_refused_and_changes_nothing,
     no_host_means_no_row,

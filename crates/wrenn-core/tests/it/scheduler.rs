@@ -53,6 +53,7 @@ fn placement(team: TeamId, byoc: bool) -> Placement {
             memory_mb: 512,
             disk_size_mb: 1024,
         },
+        avoid: Vec::new(),
     }
 }
 
@@ -150,6 +151,31 @@ async fn unreachable_hosts_are_skipped(store: Arc<dyn Store>) {
             up,
             "{name}"
         );
+    }
+}
+
+async fn hosts_a_create_could_not_reach_are_avoided(store: Arc<dyn Store>) {
+    let tried = host(&store, HostKind::Regular, None, 65536).await;
+    let avoiding = Placement {
+        avoid: vec![tried],
+        ..placement(TeamId::new(), false)
+    };
+    for (name, make) in STRATEGIES {
+        let err = make(store.clone())
+            .select_host(&avoiding)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::NoPlatformHosts),
+            "{name}: {err}"
+        );
+    }
+    let other = host(&store, HostKind::Regular, None, 65536).await;
+    for (name, make) in STRATEGIES {
+        let s = make(store.clone());
+        for _ in 0..3 {
+            assert_eq!(s.select_host(&avoiding).await.unwrap(), other, "{name}");
+        }
     }
 }
 
@@ -306,6 +332,7 @@ on_every_store!(
     no_hosts_is_a_clear_error,
     byoc_teams_use_only_their_own_hosts,
     unreachable_hosts_are_skipped,
+    hosts_a_create_could_not_reach_are_avoided,
     round_robin_takes_hosts_in_turn,
     least_loaded_prefers_the_emptier_host_and_admits_on_memory,
     single_host_pins_its_host,

@@ -14,8 +14,8 @@
 //!    stuck past the grace period are resolved (`starting`/`resuming` → `running` when
 //!    alive, else `error`; `pausing` → the agent's status or `error`; `stopping` →
 //!    `stopped` once gone; `snapshotting` → the agent's status after its longer grace);
-//!    and sandboxes the host runs that the control plane destroyed (or never knew)
-//!    are destroyed on the host.
+//!    and sandboxes the host runs that the control plane destroyed, never knew or
+//!    placed on another host are destroyed on the host.
 //!
 //! Every write is a conditional update, so a lifecycle task or an event that gets
 //! there first wins and the monitor changes nothing.
@@ -282,8 +282,10 @@ async fn reconcile(
     // Sandboxes the host runs that the control plane does not want.
     for (&id, _) in on_host.iter().filter(|(id, _)| !known.contains(id)) {
         match ctx.store.get_sandbox(id).await {
-            // A row created after our listing: leave it to the next pass.
-            Ok(sb) if !sb.status.is_terminal() => {}
+            // A row created after our listing: leave it to the next pass. A live row
+            // on another host (a create placed again after this one was unreachable)
+            // makes this copy an orphan.
+            Ok(sb) if !sb.status.is_terminal() && sb.host_id == host.id => {}
             Ok(_) | Err(wrenn_core::repo::RepoError::NotFound { .. }) => {
                 destroy_on_host(ctx, host, id, report).await
             }

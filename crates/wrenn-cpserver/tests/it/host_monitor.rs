@@ -9,7 +9,7 @@ use wrenn_core::audit::Actor;
 use wrenn_core::events::{Event, EventId, PLATFORM_STREAM};
 use wrenn_core::id::{HostId, SandboxId};
 use wrenn_core::lifecycle::{CreateSandbox, HostStatus, SandboxStatus::*};
-use wrenn_core::model::HostKind;
+use wrenn_core::model::{HostKind, NewSandbox, Resources};
 use wrenn_core::repo::{HostSpec, NewHost};
 use wrenn_cpserver::workers::host_monitor::{MonitorSettings, pass};
 
@@ -189,6 +189,62 @@ async fn orphans_on_a_host_are_destroyed() {
         Some(Running),
         "wanted sandboxes are left alone"
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_copy_left_on_a_host_the_create_moved_away_from_is_destroyed() {
+    let s = TestServer::start().await;
+    let store = s.store();
+    let this_host = online_host(&s).await;
+    let u = s.user("mon5@example.com").await;
+    // The create could not reach this host and was placed on another (not yet
+    // reporting here); this host started it all the same.
+    let elsewhere = HostId::new();
+    store
+        .create_host(NewHost {
+            id: elsewhere,
+            kind: HostKind::Regular,
+            team_id: None,
+            provider: "t".into(),
+            availability_zone: "a".into(),
+            created_by: None,
+        })
+        .await
+        .unwrap();
+    let template = store
+        .get_template_for_team(u.team, wrenn_core::id::BUILTIN_TEMPLATE_NAME)
+        .await
+        .unwrap();
+    let moved = store
+        .insert_sandbox(NewSandbox {
+            id: SandboxId::new(),
+            team_id: u.team,
+            host_id: elsewhere,
+            template: template.name.clone(),
+            template_id: template.id,
+            template_team_id: template.team_id,
+            status: Starting,
+            resources: Resources {
+                vcpus: 1,
+                memory_mb: 512,
+                disk_size_mb: 1024,
+            },
+            timeout_sec: 0,
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    s.agents.sandboxes.lock().unwrap().insert(moved.id, Running);
+    let report = pass(&s.ctx, &settings()).await.unwrap();
+    assert_eq!(report.orphans_destroyed, 1);
+    assert_eq!(s.agents.status_on_host(moved.id), None);
+    assert_eq!(
+        store.get_sandbox(moved.id).await.unwrap().host_id,
+        elsewhere,
+        "the row stays with the host it was placed on"
+    );
+    assert_ne!(this_host, elsewhere);
     s.stop().await;
 }
 

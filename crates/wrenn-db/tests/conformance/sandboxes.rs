@@ -182,6 +182,35 @@ async fn status_changes_only_from_the_expected_status(db: Db) {
     assert_not_found(db.status_if(SandboxId::new(), Running, Pausing).await);
 }
 
+async fn a_sandbox_moves_host_only_while_starting_on_the_expected_one(db: Db) {
+    let (_, team) = owned_team(&db).await;
+    let (a, b) = (host(&db, None).await, host(&db, None).await);
+    let sb = sandbox(&db, team.id, a.id, Starting).await;
+    let moved = db
+        .rehost_if_starting(sb.id, a.id, b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((moved.host_id, moved.status), (b.id, Starting));
+    assert!(
+        db.rehost_if_starting(sb.id, a.id, b.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "no longer on the host it was moved from"
+    );
+    let running = sandbox(&db, team.id, a.id, Running).await;
+    assert!(
+        db.rehost_if_starting(running.id, a.id, b.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "only a start is placed again"
+    );
+    assert_eq!(db.get_sandbox(running.id).await.unwrap().host_id, a.id);
+    assert_not_found(db.rehost_if_starting(SandboxId::new(), a.id, b.id).await);
+}
+
 async fn concurrent_status_changes_have_exactly_one_winner(db: Db) {
     let (_, team) = owned_team(&db).await;
     let host = host(&db, None).await;
@@ -636,6 +665,7 @@ conformance_tests!(
     sandboxes_are_listed_by_host_and_status,
     stuck_sandboxes_are_those_not_updated_since_the_cutoff,
     status_changes_only_from_the_expected_status,
+    a_sandbox_moves_host_only_while_starting_on_the_expected_one,
     concurrent_status_changes_have_exactly_one_winner,
     running_if_records_the_host_ip_and_merges_metadata,
     losing_a_host_marks_its_live_sandboxes_missing,
