@@ -236,7 +236,9 @@ class Cluster:
             "WRENN_CREATE_WAIT_MS": "60000",
             "WRENN_LIFECYCLE_WAIT_MS": "60000",
             "WRENN_HOST_MONITOR_INTERVAL_SECS": "5",
-            "WRENN_HOST_UNREACHABLE_AFTER_SECS": "30",
+            # Three of the agents' 5 s heartbeats, as in production (90 s, 30 s):
+            # an agent killed for 20 s is marked unreachable, a database blip is not.
+            "WRENN_HOST_UNREACHABLE_AFTER_SECS": "15",
             "WRENN_TRANSIENT_GRACE_SECS": "20",
             "WRENN_WORKER_LEASE_SECS": "10",
             "WRENN_METRICS_SAMPLE_INTERVAL_SECS": "5",
@@ -289,6 +291,7 @@ class Cluster:
             "WRENN_HOST_LISTEN_ADDR": f"127.0.0.1:{a['port']}",
             "WRENN_ENVD_BIN": str(BIN / "wrenn-envd"),
             "WRENN_WARM_CAPSULES": "0",
+            "WRENN_HEARTBEAT_INTERVAL_SECS": "5",
             # Three agents share this machine's cores: each may place 32 one-vCPU
             # capsules (the default 4 per core would refuse creates at 24 in all).
             "WRENN_CPU_OVERCOMMIT": "16",

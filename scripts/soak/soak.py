@@ -55,6 +55,9 @@ from cluster import AGENTS, REPLICAS, Cluster, wait  # noqa: E402
 
 TRANSIENT = {"pending", "starting", "resuming", "pausing", "stopping", "snapshotting"}
 ALIVE = {"running", "paused", "hibernated"}
+# Not an answer yet: a transient status, or `missing` (its host stopped answering;
+# the host monitor settles it once the host is back).
+UNSETTLED = TRANSIENT | {"missing"}
 SANDBOX_STREAMS = ("wrenn:sandbox-events", "wrenn:events")
 SETTLE = 90  # host monitor interval 5 s + transient grace 20 s + event claim 60 s
 
@@ -171,11 +174,11 @@ class Api:
             time.sleep(0.5)
 
     def settle(self, cid, timeout=SETTLE + 30):
-        """The capsule's status once it is no longer transient (None: not found)."""
+        """The capsule's status once it is settled (None: not found)."""
         deadline = time.time() + timeout
         while True:
             s = self.status(cid)
-            if s not in TRANSIENT or time.time() > deadline:
+            if s not in UNSETTLED or time.time() > deadline:
                 return s
             time.sleep(0.5)
 
@@ -395,7 +398,7 @@ class Client(threading.Thread):
             return
         # Destroyed, or still stopping (its host is down): it must end up stopped.
         self.held.pop(cid, None)
-        if status in TRANSIENT:
+        if status in UNSETTLED:
             self.destroying.add(cid)
 
 
@@ -656,7 +659,7 @@ def check_rows_against_hosts(cluster, hosts, tally):
         n = hosts.host_of.get(wire_id("host-", host_uid)) if host_uid else None
         runs = n is not None and cid in cgroups[n] and bool(procs.get(cid))
         wrong = None
-        if status in TRANSIENT:
+        if status in UNSETTLED:
             continue  # counted as stuck
         if status in ("running", "paused"):
             claimed.add(cid)
@@ -684,9 +687,10 @@ def check_rows_against_hosts(cluster, hosts, tally):
 
 
 def check_stuck(cluster, tally):
+    """Nothing transient, nor missing once every host is back."""
     stuck = cluster.psql(
         "SELECT id::text || ' ' || status FROM sandboxes WHERE status IN "
-        "('pending','starting','resuming','pausing','stopping','snapshotting')"
+        "('pending','starting','resuming','pausing','stopping','snapshotting','missing')"
     )
     for line in filter(None, stuck.splitlines()):
         uid, status = line.split(" ", 1)
@@ -730,7 +734,7 @@ def wait_settled(cluster, deadline):
     def quiet():
         n = cluster.psql(
             "SELECT count(*) FROM sandboxes WHERE status IN "
-            "('pending','starting','resuming','pausing','stopping','snapshotting')"
+            "('pending','starting','resuming','pausing','stopping','snapshotting','missing')"
         )
         return n == "0"
 

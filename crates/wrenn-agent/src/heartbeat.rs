@@ -22,8 +22,6 @@ use crate::manager::SandboxManager;
 use crate::registration::{ControlPlane, Credentials, HostCredentials};
 use wrenn_core::host_api::{HOST_TOKEN_HEADER, heartbeat_path};
 
-/// Time between heartbeats.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one heartbeat request may take.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat intervals without an answer after which running sandboxes are paused
@@ -197,6 +195,6 @@ mod tests {
         assert_eq!(retry_delay(1), RETRY_FIRST);
         assert_eq!(retry_delay(2), RETRY_FIRST * 2);
         assert_eq!(retry_delay(4), RETRY_FIRST * 8);
-        assert!(retry_delay(u32::MAX) > HEARTBEAT_INTERVAL);
+        assert!(retry_delay(u32::MAX) > wrenn_core::config::DEFAULT_HEARTBEAT_INTERVAL);
     }
 }

@@ -69,7 +69,7 @@ use crate::events::{EventSender, EventsConfig};
 use crate::exporter::{
     self, AgentMetrics, MeteredRuntime, StateCollector, register_process_collector,
 };
-use crate::heartbeat::{HEARTBEAT_INTERVAL, Heartbeat, HeartbeatEnd};
+use crate::heartbeat::{Heartbeat, HeartbeatEnd};
 use crate::manager::{ManagerSettings, SandboxManager};
 use crate::metrics::HostSampler;
 use crate::proxy::{self, token_eq};
@@ -167,7 +167,7 @@ impl AgentOptions {
 
     /// Options from the agent's configuration: layout (`WRENN_DIR`), control-plane URL
     /// (`WRENN_CP_URL`), the manager's tunables ([`ManagerSettings::apply_config`]) and
-    /// the 30 s heartbeat (which runs once credentials are set).
+    /// the heartbeat (`WRENN_HEARTBEAT_INTERVAL_SECS`; it runs once credentials are set).
     pub fn from_config(
         runtime: Arc<dyn Runtime>,
         config: &AgentConfig,
@@ -176,7 +176,7 @@ impl AgentOptions {
         let mut o = Self::new(runtime, config.layout(), listener);
         o.events.cp_url = config.cp_url.clone();
         o.manager.apply_config(config);
-        o.heartbeat_interval = Some(HEARTBEAT_INTERVAL);
+        o.heartbeat_interval = Some(config.heartbeat_interval);
         o
     }
 

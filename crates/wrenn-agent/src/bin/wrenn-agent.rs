@@ -11,7 +11,7 @@
 //! the listen address) and its CPUs, memory and disk, and keeps the credentials in
 //! `$WRENN_DIR/secrets/host-credentials.json`; a later start without the token uses
 //! that file. A registered agent serves mutual TLS with the certificate the control
-//! plane issued it, heartbeats every 30 s and posts sandbox events (see
+//! plane issued it, heartbeats (every 30 s by default) and posts sandbox events (see
 //! `wrenn_agent::registration`, `wrenn_agent::heartbeat` and `wrenn_agent::tls`).
 //! Without a control-plane URL it runs standalone, without TLS.
 //!

@@ -27,6 +27,9 @@ pub const DEFAULT_WARM_CAPSULES: usize = 4;
 pub const MAX_WARM_CAPSULES: usize = 64;
 /// Default [`AgentConfig::sandboxes_pids_max`].
 pub const DEFAULT_SANDBOXES_PIDS_MAX: u64 = 32768;
+/// Default [`AgentConfig::heartbeat_interval`] (the control plane's default
+/// `WRENN_HOST_UNREACHABLE_AFTER_SECS` is three of them).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// Default [`AgentConfig::health_interval`].
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default [`AgentConfig::health_timeout`].
@@ -221,6 +224,11 @@ pub struct AgentConfig {
     /// `WRENN_WARM_CAPSULES`, default 4 (0–64): capsules of the built-in template the
     /// process runtime keeps booted, so that a create only gives one its identity.
     pub warm_capsules: usize,
+    /// `WRENN_HEARTBEAT_INTERVAL_SECS`, default 30 (at least 1): time between
+    /// heartbeats. The control plane's `WRENN_HOST_UNREACHABLE_AFTER_SECS` should be
+    /// about three of them; the agent pauses its running capsules after two without
+    /// an answer.
+    pub heartbeat_interval: Duration,
     /// `WRENN_HEALTH_INTERVAL_SECS`, default 10 (at least 1).
     pub health_interval: Duration,
     /// `WRENN_HEALTH_TIMEOUT_SECS`, default 5 (at least 1).
@@ -297,6 +305,11 @@ impl AgentConfig {
                     .filter(|n| *n <= MAX_WARM_CAPSULES)
                     .ok_or_else(|| format!("expected a whole number from 0 to {MAX_WARM_CAPSULES}"))
             })?,
+            heartbeat_interval: Duration::from_secs(v.positive(
+                vars::WRENN_HEARTBEAT_INTERVAL_SECS,
+                DEFAULT_HEARTBEAT_INTERVAL.as_secs(),
+                "a whole number of seconds",
+            )?),
             health_interval: Duration::from_secs(v.positive(
                 vars::WRENN_HEALTH_INTERVAL_SECS,
                 DEFAULT_HEALTH_INTERVAL.as_secs(),
@@ -485,6 +498,7 @@ mod tests {
         assert_eq!(a.sandboxes_pids_max, 32768);
         assert_eq!(a.health_interval, Duration::from_secs(10));
         assert_eq!(a.health_timeout, Duration::from_secs(5));
+        assert_eq!(a.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
         assert_eq!(cfg(&[]).unwrap().team_max_capsules, 100);
         assert_eq!(cfg(&[]).unwrap().create_wait, DEFAULT_CREATE_WAIT);
         assert_eq!(
@@ -509,8 +523,10 @@ mod tests {
             ("WRENN_SANDBOXES_PIDS_MAX", "1000"),
             ("WRENN_HEALTH_INTERVAL_SECS", "3"),
             ("WRENN_HEALTH_TIMEOUT_SECS", "2"),
+            ("WRENN_HEARTBEAT_INTERVAL_SECS", "5"),
         ])
         .unwrap();
+        assert_eq!(a.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(
             a.overcommit,
             Overcommit {
@@ -544,6 +560,8 @@ mod tests {
             ("WRENN_SANDBOXES_PIDS_MAX", "0"),
             ("WRENN_HEALTH_INTERVAL_SECS", "0"),
             ("WRENN_HEALTH_TIMEOUT_SECS", "x"),
+            ("WRENN_HEARTBEAT_INTERVAL_SECS", "0"),
+            ("WRENN_HEARTBEAT_INTERVAL_SECS", "soon"),
         ] {
             let err = agent(&[(var, value)]).unwrap_err();
             assert_eq!(err_var(&err), var, "{var}={value}: {err}");

@@ -98,6 +98,8 @@ pub const WRENN_CAPSULE_ID_BASE: &str = "WRENN_CAPSULE_ID_BASE";
 pub const WRENN_CAPSULE_ID_RANGES: &str = "WRENN_CAPSULE_ID_RANGES";
 /// Capsules the process runtime keeps booted ahead of creates.
 pub const WRENN_WARM_CAPSULES: &str = "WRENN_WARM_CAPSULES";
+/// Seconds between the agent's heartbeats to the control plane.
+pub const WRENN_HEARTBEAT_INTERVAL_SECS: &str = "WRENN_HEARTBEAT_INTERVAL_SECS";
 /// Seconds between envd health checks of every running sandbox.
 pub const WRENN_HEALTH_INTERVAL_SECS: &str = "WRENN_HEALTH_INTERVAL_SECS";
 /// Seconds one envd health check may take.
