@@ -45,7 +45,11 @@ pub enum RepoError {
     /// A stored value could not be decoded (corrupt or foreign data).
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// The database failed or could not be reached.
+    /// The database could not be reached, or dropped the connection (restarting,
+    /// failing over, every connection busy): worth trying again shortly.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
 }

@@ -80,12 +80,27 @@ pub(crate) fn repo_err(entity: &'static str, err: sqlx::Error) -> RepoError {
                     Some(SQLITE_CONSTRAINT_TRIGGER | PG_RESTRICT_VIOLATION) => {
                         RepoError::Conflict(message)
                     }
+                    Some(code) if server_going_away(code) => {
+                        RepoError::Unavailable(format!("{entity}: {message}"))
+                    }
                     _ => RepoError::Backend(format!("{entity}: {message}")),
                 },
             }
         }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => RepoError::Unavailable(format!("{entity}: {err}")),
         other => RepoError::Backend(format!("{entity}: {other}")),
     }
+}
+
+/// Whether a PostgreSQL error code says the server is going away or cannot take
+/// connections now: class 08 (connection exception) and `admin_shutdown`,
+/// `crash_shutdown`, `cannot_connect_now` (57P01–57P03).
+fn server_going_away(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// `map_err` adaptor: `.map_err(db("team"))`.
@@ -96,6 +111,22 @@ pub(crate) fn db(entity: &'static str) -> impl FnOnce(sqlx::Error) -> RepoError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_or_restarting_database_is_unavailable() {
+        for err in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert!(
+                matches!(repo_err("team", err), RepoError::Unavailable(_)),
+                "unavailable"
+            );
+        }
+        assert!(server_going_away("57P01") && server_going_away("08006"));
+        assert!(!server_going_away("23505") && !server_going_away("57014"));
+    }
 
     #[test]
     fn missing_rows_are_not_found() {
@@ -113,7 +144,7 @@ mod tests {
 
     #[test]
     fn other_failures_are_backend_errors() {
-        let err = sqlx::Error::PoolTimedOut;
+        let err = sqlx::Error::Protocol("unexpected message".into());
         assert!(matches!(repo_err("user", err), RepoError::Backend(_)));
     }
 }

@@ -133,6 +133,14 @@ impl From<RepoError> for ApiError {
             RepoError::NotFound { entity } => Self::not_found(entity),
             RepoError::Conflict(m) => Self::conflict("conflict", m),
             RepoError::Invalid(m) => Self::bad_request(m),
+            RepoError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is unavailable; try again shortly",
+                )
+            }
             other => Self::internal(other),
         }
     }
@@ -289,6 +297,11 @@ mod tests {
         assert_eq!(
             (e.status, &*e.code),
             (StatusCode::TOO_MANY_REQUESTS, "host_capacity_exhausted")
+        );
+        let e: ApiError = RepoError::Unavailable("connection refused".into()).into();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
         );
         let e: ApiError = RepoError::Backend("boom".into()).into();
         assert_eq!(
