@@ -127,6 +127,7 @@ fn scheduling(c: &mut Criterion) {
             memory_mb: 2048,
             disk_size_mb: 20_480,
         },
+        avoid: Vec::new(),
     };
     let reserve = Reserve::default();
     c.bench_function("scheduler/least_loaded(1000 hosts)", |b| {
