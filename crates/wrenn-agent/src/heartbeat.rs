@@ -1,7 +1,9 @@
 //! The heartbeat: a registered agent tells the control plane it is alive, at once and
-//! then every [`HEARTBEAT_INTERVAL`] (`POST {cp}/v1/hosts/{id}/heartbeat`, header
-//! `X-Host-Token`, empty body). The control plane marks a host `unreachable` after
-//! 90 s without one and its sandboxes `missing`.
+//! then every `WRENN_HEARTBEAT_INTERVAL_SECS` (default
+//! [`DEFAULT_HEARTBEAT_INTERVAL`](wrenn_core::config::DEFAULT_HEARTBEAT_INTERVAL);
+//! `POST {cp}/v1/hosts/{id}/heartbeat`, header `X-Host-Token`, empty body). The control
+//! plane marks a host `unreachable` after 90 s (by default) without one and its
+//! sandboxes `missing`.
 //!
 //! What each answer does:
 //!
