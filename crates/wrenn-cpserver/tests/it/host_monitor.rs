@@ -13,10 +13,10 @@ use wrenn_core::model::{HostKind, NewSandbox, Resources};
 use wrenn_core::repo::{HostSpec, NewHost};
 use wrenn_cpserver::workers::host_monitor::{MonitorSettings, pass};
 
-async fn online_host(s: &TestServer) -> HostId {
-    let store = s.store();
+/// A platform host that has not registered (nothing reports it online).
+async fn new_host(s: &TestServer) -> HostId {
     let id = HostId::new();
-    store
+    s.store()
         .create_host(NewHost {
             id,
             kind: HostKind::Regular,
@@ -27,6 +27,12 @@ async fn online_host(s: &TestServer) -> HostId {
         })
         .await
         .unwrap();
+    id
+}
+
+async fn online_host(s: &TestServer) -> HostId {
+    let store = s.store();
+    let id = new_host(s).await;
     let spec = HostSpec {
         address: "127.0.0.1:9".into(),
         arch: "x86_64".into(),
@@ -200,18 +206,7 @@ async fn a_copy_left_on_a_host_the_create_moved_away_from_is_destroyed() {
     let u = s.user("mon5@example.com").await;
     // The create could not reach this host and was placed on another (not yet
     // reporting here); this host started it all the same.
-    let elsewhere = HostId::new();
-    store
-        .create_host(NewHost {
-            id: elsewhere,
-            kind: HostKind::Regular,
-            team_id: None,
-            provider: "t".into(),
-            availability_zone: "a".into(),
-            created_by: None,
-        })
-        .await
-        .unwrap();
+    let elsewhere = new_host(&s).await;
     let template = store
         .get_template_for_team(u.team, wrenn_core::id::BUILTIN_TEMPLATE_NAME)
         .await
