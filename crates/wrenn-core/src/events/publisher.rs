@@ -69,14 +69,9 @@ impl Publisher {
         }
     }
 
-    /// The bus events go to.
-    pub fn bus(&self) -> &Arc<dyn EventBus> {
-        &self.inner.bus
-    }
-
     /// Events waiting for the bus to answer again.
     pub fn backlog(&self) -> usize {
-        self.lock().queue.len()
+        self.inner.lock().queue.len()
     }
 
     /// Publishes `event` on `stream` now, or once the bus answers again if it is
@@ -84,9 +79,9 @@ impl Publisher {
     /// take at all (it does not encode) is logged and dropped.
     pub async fn publish(&self, stream: &str, event: Event) {
         {
-            let mut backlog = self.lock();
+            let mut backlog = self.inner.lock();
             if backlog.flushing {
-                self.keep(&mut backlog, stream, event);
+                backlog.keep(stream, event);
                 return;
             }
         }
@@ -94,8 +89,8 @@ impl Publisher {
             Ok(_) => {}
             Err(EventBusError::Unavailable(reason)) => {
                 warn!(stream, %reason, "event bus unavailable: the event is kept until it answers");
-                let mut backlog = self.lock();
-                self.keep(&mut backlog, stream, event);
+                let mut backlog = self.inner.lock();
+                backlog.keep(stream, event);
                 if !backlog.flushing {
                     backlog.flushing = true;
                     let inner = self.inner.clone();
@@ -105,9 +100,12 @@ impl Publisher {
             Err(e) => error!(stream, error = %e, "event dropped: the bus cannot take it"),
         }
     }
+}
 
-    fn keep(&self, backlog: &mut Backlog, stream: &str, event: Event) {
-        if backlog.queue.len() >= MAX_BACKLOG {
+impl Backlog {
+    /// Queues `event` behind the others (dropped, logged, when the queue is full).
+    fn keep(&mut self, stream: &str, event: Event) {
+        if self.queue.len() >= MAX_BACKLOG {
             error!(
                 stream,
                 kept = MAX_BACKLOG,
@@ -115,11 +113,7 @@ impl Publisher {
             );
             return;
         }
-        backlog.queue.push_back((stream.to_owned(), event));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
-        self.inner.lock()
+        self.queue.push_back((stream.to_owned(), event));
     }
 }
 
@@ -135,8 +129,13 @@ async fn flush(inner: Arc<Inner>) {
     let mut delay = FIRST_RETRY_DELAY;
     let mut published = 0usize;
     loop {
-        let Some((stream, event)) = inner.lock().queue.front().cloned() else {
-            inner.lock().flushing = false;
+        let next = {
+            let mut backlog = inner.lock();
+            let next = backlog.queue.front().cloned();
+            backlog.flushing = next.is_some();
+            next
+        };
+        let Some((stream, event)) = next else {
             return;
         };
         match inner.bus.publish(&stream, &event).await {
